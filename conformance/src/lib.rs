@@ -1,0 +1,1 @@
+//! `iicp-conformance`: the conformance and interop suite; cases land with its issue.

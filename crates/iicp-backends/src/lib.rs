@@ -1,0 +1,1 @@
+//! `iicp-backends`: placeholder until its issue lands; see `docs/architecture.md`.

@@ -1,0 +1,1 @@
+//! `iicp-client`: placeholder until its issue lands; see `docs/architecture.md`.

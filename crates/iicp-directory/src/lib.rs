@@ -1,0 +1,1 @@
+//! `iicp-directory`: placeholder until its issue lands; see `docs/architecture.md`.

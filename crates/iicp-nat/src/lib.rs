@@ -1,0 +1,1 @@
+//! `iicp-nat`: placeholder until its issue lands; see `docs/architecture.md`.

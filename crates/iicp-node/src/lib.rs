@@ -1,0 +1,1 @@
+//! `iicp-node`: placeholder until its issue lands; see `docs/architecture.md`.

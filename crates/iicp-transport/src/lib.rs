@@ -1,0 +1,1 @@
+//! `iicp-transport`: placeholder until its issue lands; see `docs/architecture.md`.
