@@ -26,6 +26,7 @@ pub mod frame;
 pub mod ids;
 pub mod intent;
 pub mod message;
+pub mod secret;
 pub mod session;
 pub mod task;
 
