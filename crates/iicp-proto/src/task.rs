@@ -1,0 +1,1147 @@
+//! CALL and RESPONSE bodies of `POST /v1/task`, the chat payload types and the health
+//! body.
+//!
+//! Implements PROTOCOL.md §4.1 (CALL request), §4.2 (RESPONSE and the wire reality of the
+//! reference nodes), §5.2 (`GET /iicp/health`), §7.4/§19 T13 (QoS names), §19 T2 (lenient
+//! inbound CALL parsing), T7 (status values), T12 (timeout caps) and the `llm:chat:v1`
+//! input/output schemas (`registry/schemas/llm-chat-v1-{input,output}.json`).
+//!
+//! Outbound values serialise minimally (absent optionals are omitted); inbound parsing
+//! keeps unknown members in `extra` maps so nothing a peer sends is lost.
+//! `iicp_conf` / `iicp_conf_resp` (IICP-CX envelopes, §16.2/§16.4) are carried as
+//! [`serde_json::Value`]: `crypto::cx` owns their shape.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{ErrorBody, ErrorCode};
+use crate::ids::TaskId;
+use crate::intent::{Intent, IntentError};
+use crate::secret::Secret;
+
+/// Smallest `constraints.timeout_ms` a node accepts (`schemas/task.json`, §7.5).
+pub const MIN_TIMEOUT_MS: u64 = 100;
+/// Largest `constraints.timeout_ms` a node accepts (`schemas/task.json`, §7.5).
+pub const MAX_TIMEOUT_MS: u64 = 300_000;
+
+/// Lenient serde helpers shared by the JSON body types.
+pub(crate) mod lenient {
+    use serde::de::DeserializeOwned;
+    use serde::{Deserialize, Deserializer};
+    use serde_json::Value;
+
+    fn to_u64(v: &Value) -> Option<u64> {
+        match v {
+            Value::Number(n) => n.as_u64().or_else(|| {
+                n.as_f64().filter(|f| f.is_finite()).map(|f| {
+                    if f <= 0.0 {
+                        0
+                    } else {
+                        f.round() as u64
+                    }
+                })
+            }),
+            Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// `Option<u64>` from an integer, a float (rounded, negatives → 0), a numeric string
+    /// or null; anything else becomes `None`.
+    pub(crate) fn opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        let v = Option::<Value>::deserialize(d)?;
+        Ok(v.as_ref().and_then(to_u64))
+    }
+
+    /// Like [`opt_u64`], saturating at `u32::MAX`.
+    pub(crate) fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        let v = Option::<Value>::deserialize(d)?;
+        Ok(v.as_ref()
+            .and_then(to_u64)
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX)))
+    }
+
+    /// `Option<f64>` from a number or numeric string; anything else becomes `None`.
+    pub(crate) fn opt_f64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        let v = Option::<Value>::deserialize(d)?;
+        Ok(match v {
+            Some(Value::Number(n)) => n.as_f64().filter(|f| f.is_finite()),
+            Some(Value::String(s)) => s.trim().parse().ok().filter(|f: &f64| f.is_finite()),
+            _ => None,
+        })
+    }
+
+    /// `Option<T>` that becomes `None` when the value does not fit `T` instead of failing
+    /// the whole document.
+    pub(crate) fn opt_or_none<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: DeserializeOwned,
+    {
+        let v = Option::<Value>::deserialize(d)?;
+        Ok(v.and_then(|v| serde_json::from_value(v).ok()))
+    }
+
+    /// `Vec<T>` that skips elements which do not fit `T`; a non-array becomes empty.
+    pub(crate) fn vec_skip_invalid<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: DeserializeOwned,
+    {
+        let v = Option::<Value>::deserialize(d)?;
+        Ok(match v {
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .filter_map(|item| serde_json::from_value(item).ok())
+                .collect(),
+            _ => Vec::new(),
+        })
+    }
+
+    /// `Option<Vec<String>>` from an array of strings or a single string.
+    pub(crate) fn opt_string_or_vec<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<String>>, D::Error> {
+        let v = Option::<Value>::deserialize(d)?;
+        Ok(match v {
+            Some(Value::String(s)) => Some(vec![s]),
+            Some(Value::Array(items)) => Some(
+                items
+                    .into_iter()
+                    .filter_map(|i| match i {
+                        Value::String(s) => Some(s),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Constraints
+// ---------------------------------------------------------------------------
+
+/// QoS class (§7.4). Serialises as `realtime`, `interactive`, `batch`, `best-effort`;
+/// also accepts `best_effort` and `realtime`-less spellings used by the ref nodes (T13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Qos {
+    /// Sub-second, streaming preferred.
+    #[serde(rename = "realtime", alias = "real-time", alias = "real_time")]
+    Realtime,
+    /// Human in the loop.
+    #[serde(rename = "interactive")]
+    Interactive,
+    /// Throughput.
+    #[serde(rename = "batch")]
+    Batch,
+    /// Deferrable.
+    #[serde(rename = "best-effort", alias = "best_effort")]
+    BestEffort,
+}
+
+impl Qos {
+    /// All classes.
+    pub const ALL: [Qos; 4] = [Qos::Realtime, Qos::Interactive, Qos::Batch, Qos::BestEffort];
+
+    /// The wire spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Qos::Realtime => "realtime",
+            Qos::Interactive => "interactive",
+            Qos::Batch => "batch",
+            Qos::BestEffort => "best-effort",
+        }
+    }
+
+    /// Parses any accepted spelling.
+    pub fn parse(s: &str) -> Option<Qos> {
+        match s {
+            "realtime" | "real-time" | "real_time" => Some(Qos::Realtime),
+            "interactive" => Some(Qos::Interactive),
+            "batch" => Some(Qos::Batch),
+            "best-effort" | "best_effort" => Some(Qos::BestEffort),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Qos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Task priority, orthogonal to QoS (§4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// `low`.
+    Low,
+    /// `normal` (default).
+    Normal,
+    /// `high`.
+    High,
+    /// `critical`.
+    Critical,
+}
+
+/// Client-side consensus mode (§9.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consensus {
+    /// `none` (default).
+    None,
+    /// `first_completed`.
+    FirstCompleted,
+    /// `majority_of_3`.
+    #[serde(rename = "majority_of_3")]
+    MajorityOf3,
+    /// `majority_of_5`.
+    #[serde(rename = "majority_of_5")]
+    MajorityOf5,
+}
+
+/// `constraints` of a CALL (§4.1). On input `qos_class` is accepted as a spelling of
+/// `qos` (T13); `qos` wins when both are present. On output only `qos` is written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "ConstraintsWire")]
+pub struct Constraints {
+    /// Provider attempt budget in ms (node range 100–300000).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// QoS class.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qos: Option<Qos>,
+    /// Priority.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+    /// Consensus mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consensus: Option<Consensus>,
+    /// Preferred region.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Output token cap (ref SDKs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Requested model (ref SDKs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Profiles the node must support (unknown → `unsupported_profile`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required_profiles: Option<Vec<String>>,
+    /// Profiles the node may use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub optional_profiles: Option<Vec<String>>,
+    /// Unknown members, kept.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct ConstraintsWire {
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    qos: Option<Qos>,
+    #[serde(default)]
+    qos_class: Option<Qos>,
+    #[serde(default)]
+    priority: Option<Priority>,
+    #[serde(default)]
+    consensus: Option<Consensus>,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default, deserialize_with = "lenient::opt_u32")]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    required_profiles: Option<Vec<String>>,
+    #[serde(default)]
+    optional_profiles: Option<Vec<String>>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+impl From<ConstraintsWire> for Constraints {
+    fn from(w: ConstraintsWire) -> Self {
+        Constraints {
+            timeout_ms: w.timeout_ms,
+            qos: w.qos.or(w.qos_class),
+            priority: w.priority,
+            consensus: w.consensus,
+            region: w.region,
+            max_tokens: w.max_tokens,
+            model: w.model,
+            required_profiles: w.required_profiles,
+            optional_profiles: w.optional_profiles,
+            extra: w.extra,
+        }
+    }
+}
+
+impl Constraints {
+    /// True when nothing is set (the member can be omitted).
+    pub fn is_empty(&self) -> bool {
+        self == &Constraints::default()
+    }
+
+    /// `timeout_ms`, or `default_ms` when absent, clamped to the node range
+    /// 100–300000 (T2, T12).
+    pub fn effective_timeout_ms(&self, default_ms: u64) -> u64 {
+        self.timeout_ms
+            .unwrap_or(default_ms)
+            .clamp(MIN_TIMEOUT_MS, MAX_TIMEOUT_MS)
+    }
+}
+
+/// `auth` of a CALL. Accepts `token` as a spelling of `node_token` (ref-rs client);
+/// writes `node_token`. `Debug` never shows the token.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "TaskAuthWire")]
+pub struct TaskAuth {
+    /// The bearer credential the operator granted (§4.3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_token: Option<Secret>,
+    /// Unknown members, kept.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct TaskAuthWire {
+    #[serde(default)]
+    node_token: Option<Secret>,
+    #[serde(default)]
+    token: Option<Secret>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+impl From<TaskAuthWire> for TaskAuth {
+    fn from(w: TaskAuthWire) -> Self {
+        TaskAuth {
+            node_token: w.node_token.or(w.token),
+            extra: w.extra,
+        }
+    }
+}
+
+/// `trace` of a CALL (§2.3): `trace_id` is 32 hex chars (the `traceparent` trace id).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceInfo {
+    /// 32 lowercase hex chars.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// Requesting proxy's node id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_node: Option<String>,
+    /// Unknown members, kept.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+// ---------------------------------------------------------------------------
+// TaskRequest
+// ---------------------------------------------------------------------------
+
+/// Why a CALL is not acceptable to a node (§4.1, T2). Map to HTTP 422
+/// `validation_error` (or `invalid_intent` client-side).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TaskRequestError {
+    /// The intent URN is invalid.
+    #[error("invalid intent: {0}")]
+    Intent(#[source] IntentError),
+    /// `constraints.timeout_ms` is outside 100–300000.
+    #[error("constraints.timeout_ms {value} is outside {MIN_TIMEOUT_MS}..={MAX_TIMEOUT_MS}")]
+    TimeoutOutOfRange {
+        /// The value sent.
+        value: u64,
+    },
+    /// Neither `payload` nor `iicp_conf` is present.
+    #[error("the task carries neither `payload` nor `iicp_conf`")]
+    MissingPayload,
+    /// Both `payload` and `iicp_conf` are present.
+    #[error("the task carries both `payload` and `iicp_conf`")]
+    PayloadAndEnvelope,
+    /// `payload` is present but not a JSON object.
+    #[error("`payload` must be a JSON object")]
+    PayloadNotObject,
+    /// `iicp_conf` is present but not a JSON object.
+    #[error("`iicp_conf` must be a JSON object")]
+    EnvelopeNotObject,
+}
+
+impl TaskRequestError {
+    /// The code to answer with: `validation_error`.
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode::ValidationError
+    }
+}
+
+/// A CALL body (`POST /v1/task`, §4.1).
+///
+/// Parsing is lenient (T2): only `task_id` and `intent` must be present (any non-empty
+/// `task_id`, any string `intent`); call [`TaskRequest::validate`] on the node.
+/// Serialisation omits everything unset. `Debug` shows neither payload, envelope nor
+/// token.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRequest {
+    /// Task id (UUID v4 when we send it).
+    pub task_id: TaskId,
+    /// Intent URN as sent; see [`TaskRequest::validate`].
+    pub intent: String,
+    /// Intent-specific input (absent when `iicp_conf` carries it). Never log it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Value>,
+    /// IICP-CX request envelope (§16.2), replacing `payload`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iicp_conf: Option<Value>,
+    /// Constraints.
+    #[serde(default, skip_serializing_if = "Constraints::is_empty")]
+    pub constraints: Constraints,
+    /// Credential (§4.3). The client never sends its own node_token here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<TaskAuth>,
+    /// Trace information.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceInfo>,
+    /// `"required"` to ask for an encrypted response (§16.4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cx_response_encryption: Option<String>,
+    /// Requester node id (wire reality, #488).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_node_id: Option<String>,
+    /// Replay nonce (wire reality; ref nodes reject reuse within 300 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// Unknown members (`cip`, `identity`, `billing`, …), kept.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl TaskRequest {
+    /// A plaintext CALL with `payload` and nothing else.
+    pub fn new(task_id: TaskId, intent: &Intent, payload: Value) -> Self {
+        Self::bare(task_id, intent, Some(payload), None)
+    }
+
+    /// A CX-encrypted CALL carrying `iicp_conf` instead of `payload`.
+    pub fn new_encrypted(task_id: TaskId, intent: &Intent, iicp_conf: Value) -> Self {
+        Self::bare(task_id, intent, None, Some(iicp_conf))
+    }
+
+    fn bare(
+        task_id: TaskId,
+        intent: &Intent,
+        payload: Option<Value>,
+        iicp_conf: Option<Value>,
+    ) -> Self {
+        Self {
+            task_id,
+            intent: intent.as_str().to_owned(),
+            payload,
+            iicp_conf,
+            constraints: Constraints::default(),
+            auth: None,
+            trace: None,
+            cx_response_encryption: None,
+            source_node_id: None,
+            nonce: None,
+            extra: Map::new(),
+        }
+    }
+
+    /// The node-side checks of §4.1/T2: valid intent, `timeout_ms` in 100–300000 if
+    /// present, exactly one of `payload` (an object) and `iicp_conf` (an object).
+    /// Returns the parsed intent.
+    pub fn validate(&self) -> Result<Intent, TaskRequestError> {
+        let intent = Intent::new(self.intent.as_str()).map_err(TaskRequestError::Intent)?;
+        if let Some(value) = self.constraints.timeout_ms {
+            if !(MIN_TIMEOUT_MS..=MAX_TIMEOUT_MS).contains(&value) {
+                return Err(TaskRequestError::TimeoutOutOfRange { value });
+            }
+        }
+        match (&self.payload, &self.iicp_conf) {
+            (None, None) => Err(TaskRequestError::MissingPayload),
+            (Some(_), Some(_)) => Err(TaskRequestError::PayloadAndEnvelope),
+            (Some(p), None) if !p.is_object() => Err(TaskRequestError::PayloadNotObject),
+            (None, Some(c)) if !c.is_object() => Err(TaskRequestError::EnvelopeNotObject),
+            _ => Ok(intent),
+        }
+    }
+
+    /// True when the request carries a CX envelope.
+    pub fn is_encrypted(&self) -> bool {
+        self.iicp_conf.is_some()
+    }
+}
+
+fn redacted_presence(v: &Option<Value>) -> &'static str {
+    if v.is_some() {
+        "<redacted>"
+    } else {
+        "None"
+    }
+}
+
+impl fmt::Debug for TaskRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskRequest")
+            .field("task_id", &self.task_id)
+            .field("intent", &self.intent)
+            .field("payload", &redacted_presence(&self.payload))
+            .field("iicp_conf", &redacted_presence(&self.iicp_conf))
+            .field("constraints", &self.constraints)
+            .field("auth", &self.auth)
+            .field("trace", &self.trace)
+            .field("cx_response_encryption", &self.cx_response_encryption)
+            .field("source_node_id", &self.source_node_id)
+            .field("nonce", &self.nonce)
+            .field("extra_keys", &self.extra.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// TaskResponse
+// ---------------------------------------------------------------------------
+
+/// RESPONSE `status` (§4.2, T7). Writes `success|error|timeout|partial|encrypted`;
+/// accepts `completed` (→ success) and `failed` (→ error) from peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    /// Success (`completed` accepted on input).
+    #[serde(alias = "completed")]
+    Success,
+    /// Failure (`failed` accepted on input).
+    #[serde(alias = "failed")]
+    Error,
+    /// The task exceeded its budget.
+    Timeout,
+    /// A streaming event (lifecycle profile).
+    Partial,
+    /// CX-encrypted response; the real body is in `iicp_conf_resp` (§16.4).
+    Encrypted,
+}
+
+impl TaskStatus {
+    /// The wire spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TaskStatus::Success => "success",
+            TaskStatus::Error => "error",
+            TaskStatus::Timeout => "timeout",
+            TaskStatus::Partial => "partial",
+            TaskStatus::Encrypted => "encrypted",
+        }
+    }
+
+    /// Parses a wire status including the accepted aliases.
+    pub fn parse(s: &str) -> Option<TaskStatus> {
+        match s {
+            "success" | "completed" => Some(TaskStatus::Success),
+            "error" | "failed" => Some(TaskStatus::Error),
+            "timeout" => Some(TaskStatus::Timeout),
+            "partial" => Some(TaskStatus::Partial),
+            "encrypted" => Some(TaskStatus::Encrypted),
+            _ => None,
+        }
+    }
+}
+
+/// The `error` member of a RESPONSE: `{"code","message",…}` (code may be missing on
+/// input, as ref-rs sends it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorObject {
+    /// The code, when sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
+    /// Message (no stack traces, paths or secrets).
+    #[serde(default)]
+    pub message: String,
+    /// Other members (`qos_class`, `retry_after_ms`, …), kept.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `metrics` of a RESPONSE (§4.2).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Node-side latency in ms (floats are rounded on input).
+    #[serde(
+        default,
+        deserialize_with = "lenient::opt_u64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub latency_ms: Option<u64>,
+    /// Tokens used.
+    #[serde(
+        default,
+        deserialize_with = "lenient::opt_u64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tokens_used: Option<u64>,
+    /// Other members, kept.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// A RESPONSE body (§4.2). Use [`TaskResponse::parse`] on the client; it folds every
+/// failure shape into an [`ErrorBody`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskResponse {
+    /// Echo of the CALL's task id.
+    pub task_id: TaskId,
+    /// Status.
+    pub status: TaskStatus,
+    /// Intent-specific output (`llm:chat:v1`: a [`ChatCompletion`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// Error details when `status` is `error`/`timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorObject>,
+    /// Metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Metrics>,
+    /// Model that produced the result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_used: Option<String>,
+    /// True for model-produced output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generated_by_ai: Option<bool>,
+    /// CX response envelope (§16.4) when `status` is `encrypted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iicp_conf_resp: Option<Value>,
+    /// Unknown members, kept.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// Members of a RESPONSE that are not part of a spread ref-py result.
+const RESPONSE_MEMBERS: [&str; 8] = [
+    "task_id",
+    "status",
+    "result",
+    "error",
+    "metrics",
+    "model_used",
+    "generated_by_ai",
+    "iicp_conf_resp",
+];
+
+impl TaskResponse {
+    /// A success RESPONSE with `result`.
+    pub fn success(task_id: TaskId, result: Value) -> Self {
+        Self {
+            task_id,
+            status: TaskStatus::Success,
+            result: Some(result),
+            error: None,
+            metrics: None,
+            model_used: None,
+            generated_by_ai: None,
+            iicp_conf_resp: None,
+            extra: Map::new(),
+        }
+    }
+
+    /// An error (or timeout) RESPONSE carrying `error`.
+    pub fn failure(task_id: TaskId, error: &ErrorBody) -> Self {
+        let status = if error.code == ErrorCode::TaskTimeout {
+            TaskStatus::Timeout
+        } else {
+            TaskStatus::Error
+        };
+        let mut extra = error.extra.clone();
+        if let Some(q) = &error.qos_class {
+            extra.insert("qos_class".into(), Value::String(q.clone()));
+        }
+        if let Some(ms) = error.retry_after_ms {
+            extra.insert("retry_after_ms".into(), Value::from(ms));
+        }
+        if let Some(reason) = &error.reason {
+            extra.insert("reason".into(), Value::String(reason.clone()));
+        }
+        if let Some(legacy) = &error.legacy_code {
+            extra.insert(
+                "legacy_code".into(),
+                Value::String(legacy.as_str().to_owned()),
+            );
+        }
+        Self {
+            task_id,
+            status,
+            result: None,
+            error: Some(ErrorObject {
+                code: Some(error.code.clone()),
+                message: error.message.clone(),
+                extra,
+            }),
+            metrics: None,
+            model_used: None,
+            generated_by_ai: Some(false),
+            iicp_conf_resp: None,
+            extra: Map::new(),
+        }
+    }
+
+    /// Parses a node's answer to `POST /v1/task` leniently (§4.2 wire reality, T7):
+    ///
+    /// * non-2xx → the error body ([`ErrorBody::parse`]); a code-less `error` from a
+    ///   task endpoint (ref-rs 500) becomes `backend_error`;
+    /// * 2xx with `error`, `error_code`, or status `error|failed|timeout` → `Err`
+    ///   (`task_timeout` for timeouts, `backend_error` when no code is given);
+    /// * `completed` → `success`; a ref-py result spread at the top level (no `result`
+    ///   member, e.g. `choices` beside `status`) becomes `result`;
+    /// * `encrypted` needs `iicp_conf_resp`;
+    /// * anything unparsable → `Err(backend_error)`.
+    // The error is the failure outcome of a remote call, not a hot path; a plain
+    // `ErrorBody` is easier for callers to match than a box.
+    #[allow(clippy::result_large_err)]
+    pub fn parse(http_status: u16, body: &[u8]) -> Result<TaskResponse, ErrorBody> {
+        let is_2xx = (200..300).contains(&http_status);
+        let value: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(_) if !is_2xx => return Err(ErrorBody::parse(http_status, body)),
+            Err(_) => {
+                return Err(
+                    ErrorBody::new(ErrorCode::BackendError, "task response is not JSON")
+                        .with_status(http_status),
+                )
+            }
+        };
+        let Value::Object(mut obj) = value else {
+            if !is_2xx {
+                return Err(ErrorBody::parse(http_status, body));
+            }
+            return Err(ErrorBody::new(
+                ErrorCode::BackendError,
+                "task response is not a JSON object",
+            )
+            .with_status(http_status));
+        };
+
+        let status_text = obj.get("status").and_then(Value::as_str).map(str::to_owned);
+        let status = status_text.as_deref().and_then(TaskStatus::parse);
+        let has_error = obj.get("error").is_some_and(|e| !e.is_null())
+            || obj.get("error_code").is_some_and(|e| !e.is_null());
+        let failed = matches!(status, Some(TaskStatus::Error | TaskStatus::Timeout));
+
+        if !is_2xx || has_error || failed {
+            let (mut err, explicit) = ErrorBody::from_object(&obj);
+            if !explicit {
+                err.code = if status == Some(TaskStatus::Timeout) {
+                    ErrorCode::TaskTimeout
+                } else if is_2xx || http_status == 500 {
+                    ErrorCode::BackendError
+                } else {
+                    ErrorCode::from_http_status(http_status)
+                };
+            }
+            if err.message.is_empty() {
+                err.message = format!("task failed ({})", err.code);
+            }
+            err.http_status = Some(http_status);
+            return Err(err);
+        }
+
+        let Some(task_id) = obj
+            .get("task_id")
+            .and_then(Value::as_str)
+            .and_then(|s| TaskId::parse_lenient(s).ok())
+        else {
+            return Err(ErrorBody::new(
+                ErrorCode::BackendError,
+                "task response has no valid task_id",
+            )
+            .with_status(http_status));
+        };
+
+        let status = match (status, status_text) {
+            (Some(s), _) => s,
+            (None, None) => TaskStatus::Success,
+            (None, Some(_)) => {
+                return Err(ErrorBody::new(
+                    ErrorCode::BackendError,
+                    "task response has an unknown status",
+                )
+                .with_status(http_status))
+            }
+        };
+
+        if status == TaskStatus::Encrypted
+            && !obj.get("iicp_conf_resp").is_some_and(Value::is_object)
+        {
+            return Err(ErrorBody::new(
+                ErrorCode::BackendError,
+                "encrypted task response without iicp_conf_resp",
+            )
+            .with_status(http_status));
+        }
+
+        // ref-py spreads the handler dict at the top level: lift it into `result`.
+        let spread = status == TaskStatus::Success && obj.get("result").is_none_or(Value::is_null);
+        if spread {
+            let mut lifted = Map::new();
+            let keys: Vec<String> = obj
+                .keys()
+                .filter(|k| !RESPONSE_MEMBERS.contains(&k.as_str()))
+                .cloned()
+                .collect();
+            for k in keys {
+                if let Some(v) = obj.remove(&k) {
+                    lifted.insert(k, v);
+                }
+            }
+            if !lifted.is_empty() {
+                obj.insert("result".into(), Value::Object(lifted));
+            }
+        }
+        obj.insert("status".into(), Value::String(status.as_str().to_owned()));
+        obj.insert("task_id".into(), Value::String(task_id.as_str().to_owned()));
+        // Drop members we cannot type rather than failing the whole response.
+        if obj.get("metrics").is_some_and(|m| !m.is_object()) {
+            obj.remove("metrics");
+        }
+        if obj.get("generated_by_ai").is_some_and(|m| !m.is_boolean()) {
+            obj.remove("generated_by_ai");
+        }
+        if obj.get("model_used").is_some_and(|m| !m.is_string()) {
+            obj.remove("model_used");
+        }
+        serde_json::from_value(Value::Object(obj)).map_err(|e| {
+            ErrorBody::new(
+                ErrorCode::BackendError,
+                format!("malformed task response: {e}"),
+            )
+            .with_status(http_status)
+        })
+    }
+
+    /// The result as an OpenAI chat completion, when it is one.
+    pub fn chat_completion(&self) -> Option<ChatCompletion> {
+        self.result
+            .as_ref()
+            .and_then(|r| serde_json::from_value(r.clone()).ok())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Chat payload types (llm:chat:v1)
+// ---------------------------------------------------------------------------
+
+/// One chat message: `role` and `content` (a string or an array of content parts).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant` or `tool` (kept as sent).
+    #[serde(default)]
+    pub role: String,
+    /// A string, an array of content parts, or null (assistant tool calls).
+    #[serde(default)]
+    pub content: Value,
+    /// Optional participant name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Other members (`tool_calls`, `tool_call_id`, …), kept.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl ChatMessage {
+    /// A message with text content.
+    pub fn new(role: impl Into<String>, text: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: Value::String(text.into()),
+            name: None,
+            extra: Map::new(),
+        }
+    }
+
+    /// The text of the message: the content string, or the concatenated `text` parts.
+    pub fn text(&self) -> Option<String> {
+        match &self.content {
+            Value::String(s) => Some(s.clone()),
+            Value::Array(parts) => {
+                let texts: Vec<&str> = parts
+                    .iter()
+                    .filter_map(|p| p.get("text").and_then(Value::as_str))
+                    .collect();
+                (!texts.is_empty()).then(|| texts.concat())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Why a chat payload is invalid (`llm-chat-v1-input.json`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChatError {
+    /// `messages` is empty.
+    #[error("`messages` must contain at least one message")]
+    NoMessages,
+    /// A message has a role outside system/user/assistant/tool.
+    #[error("message {index} has an unsupported role")]
+    InvalidRole {
+        /// Index of the message.
+        index: usize,
+    },
+    /// A message has neither string nor array content.
+    #[error("message {index} content must be a string or an array of parts")]
+    InvalidContent {
+        /// Index of the message.
+        index: usize,
+    },
+    /// `max_tokens` is 0.
+    #[error("`max_tokens` must be at least 1")]
+    InvalidMaxTokens,
+    /// `temperature` is outside 0–2.
+    #[error("`temperature` must be within 0..=2")]
+    InvalidTemperature,
+}
+
+/// The `llm:chat:v1` payload (OpenAI-style chat request).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    /// The conversation (required, non-empty).
+    pub messages: Vec<ChatMessage>,
+    /// Model hint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Sampling temperature (0–2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// Output token cap.
+    #[serde(
+        default,
+        deserialize_with = "lenient::opt_u32",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_tokens: Option<u32>,
+    /// Stop sequences (a single string is accepted on input).
+    #[serde(
+        default,
+        deserialize_with = "lenient::opt_string_or_vec",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stop: Option<Vec<String>>,
+    /// Other members (`stream`, `top_p`, `tools`, …), kept.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl ChatRequest {
+    /// A request with these messages and nothing else.
+    pub fn new(messages: Vec<ChatMessage>) -> Self {
+        Self {
+            messages,
+            model: None,
+            temperature: None,
+            max_tokens: None,
+            stop: None,
+            extra: Map::new(),
+        }
+    }
+
+    /// Checks the `llm-chat-v1-input.json` constraints.
+    pub fn validate(&self) -> Result<(), ChatError> {
+        if self.messages.is_empty() {
+            return Err(ChatError::NoMessages);
+        }
+        for (index, m) in self.messages.iter().enumerate() {
+            if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "tool") {
+                return Err(ChatError::InvalidRole { index });
+            }
+            let content_ok = match &m.content {
+                Value::String(_) | Value::Array(_) => true,
+                // Assistant tool-call turns may carry null content.
+                Value::Null => m.role == "assistant",
+                _ => false,
+            };
+            if !content_ok {
+                return Err(ChatError::InvalidContent { index });
+            }
+        }
+        if self.max_tokens == Some(0) {
+            return Err(ChatError::InvalidMaxTokens);
+        }
+        if let Some(t) = self.temperature {
+            if !(0.0..=2.0).contains(&t) {
+                return Err(ChatError::InvalidTemperature);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One choice of a chat completion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatChoice {
+    /// Choice index.
+    #[serde(
+        default,
+        deserialize_with = "lenient::opt_u32",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub index: Option<u32>,
+    /// The generated message.
+    pub message: ChatMessage,
+    /// Why generation stopped (`stop`, `length`, …).
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+    /// Other members, kept.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// Token usage of a completion.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    #[serde(
+        default,
+        deserialize_with = "lenient::opt_u64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub prompt_tokens: Option<u64>,
+    /// Completion tokens.
+    #[serde(
+        default,
+        deserialize_with = "lenient::opt_u64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub completion_tokens: Option<u64>,
+    /// Total tokens.
+    #[serde(
+        default,
+        deserialize_with = "lenient::opt_u64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub total_tokens: Option<u64>,
+    /// Other members, kept.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Usage {
+    /// `total_tokens`, or the sum of the parts.
+    pub fn total(&self) -> Option<u64> {
+        self.total_tokens
+            .or(match (self.prompt_tokens, self.completion_tokens) {
+                (None, None) => None,
+                (p, c) => Some(p.unwrap_or(0).saturating_add(c.unwrap_or(0))),
+            })
+    }
+}
+
+/// The `llm:chat:v1` result: an OpenAI chat-completion object
+/// (`llm-chat-v1-output.json`: `choices` required).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatCompletion {
+    /// Completion id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `chat.completion`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    /// Unix seconds.
+    #[serde(
+        default,
+        deserialize_with = "lenient::opt_u64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub created: Option<u64>,
+    /// Model name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Choices (required).
+    pub choices: Vec<ChatChoice>,
+    /// Usage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// Other members, kept.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl ChatCompletion {
+    /// The text of the first choice.
+    pub fn text(&self) -> Option<String> {
+        self.choices.first().and_then(|c| c.message.text())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Health
+// ---------------------------------------------------------------------------
+
+/// The `GET /iicp/health` body of a node (§5.2). Every member is optional on input.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HealthStatus {
+    /// `ok` or `degraded`.
+    #[serde(default)]
+    pub status: String,
+    /// Node id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// Region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// `active_jobs / max_concurrent`.
+    #[serde(default, deserialize_with = "lenient::opt_f64")]
+    pub load: Option<f64>,
+    /// Tasks in flight.
+    #[serde(default, deserialize_with = "lenient::opt_u32")]
+    pub active_jobs: Option<u32>,
+    /// Configured concurrency.
+    #[serde(
+        default,
+        deserialize_with = "lenient::opt_u32",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_concurrent: Option<u32>,
+    /// Concurrency after availability windows.
+    #[serde(
+        default,
+        deserialize_with = "lenient::opt_u32",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub effective_max_concurrent: Option<u32>,
+    /// Accepting work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available: Option<bool>,
+    /// Primary model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Served models (superset of the registered ones).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    /// Primary intent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<String>,
+    /// IPv6 pinhole state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinhole_state: Option<Value>,
+    /// Backend stability summary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_stability: Option<Value>,
+    /// Other members, kept.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl HealthStatus {
+    /// True when `status` is `ok` or `degraded` (the conformance requirement).
+    pub fn is_live(&self) -> bool {
+        matches!(self.status.as_str(), "ok" | "degraded")
+    }
+}
