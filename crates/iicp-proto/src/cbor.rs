@@ -238,7 +238,9 @@ pub(crate) fn read_json(d: &mut Decoder<'_>, depth: usize) -> Result<serde_json:
         Type::F16 | Type::F32 | Type::F64 => {
             serde_json::Number::from_f64(d.f64().map_err(err)?).map_or(Value::Null, Value::Number)
         }
-        Type::Bytes => Value::String(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d.bytes().map_err(err)?)),
+        Type::Bytes => Value::String(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d.bytes().map_err(err)?),
+        ),
         Type::BytesIndef => {
             let mut all = Vec::new();
             for c in d.bytes_iter().map_err(err)? {
@@ -344,7 +346,11 @@ pub fn write_json(value: &serde_json::Value, out: &mut Vec<u8>) {
             write_head(out, 5, map.len() as u64);
             // encoded text keys: head then bytes; sort by (len, bytes) == encoded order
             let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.len().cmp(&b.0.len()).then_with(|| a.0.as_bytes().cmp(b.0.as_bytes())));
+            entries.sort_by(|a, b| {
+                a.0.len()
+                    .cmp(&b.0.len())
+                    .then_with(|| a.0.as_bytes().cmp(b.0.as_bytes()))
+            });
             for (k, v) in entries {
                 write_head(out, 3, k.len() as u64);
                 out.extend_from_slice(k.as_bytes());
@@ -399,10 +405,16 @@ mod tests {
     fn tags_are_stripped() {
         // 65535({1: 1}) -> {1: 1}
         let b = unhex("d9ffff a10101");
-        assert_eq!(normalize(&b).expect("ok").as_ref(), unhex("a10101").as_slice());
+        assert_eq!(
+            normalize(&b).expect("ok").as_ref(),
+            unhex("a10101").as_slice()
+        );
         // nested tag on a value: {1: 37(h'00')} -> {1: h'00'}
         let b = unhex("a1 01 d825 4100");
-        assert_eq!(normalize(&b).expect("ok").as_ref(), unhex("a1 01 4100").as_slice());
+        assert_eq!(
+            normalize(&b).expect("ok").as_ref(),
+            unhex("a1 01 4100").as_slice()
+        );
     }
 
     #[test]
@@ -416,7 +428,10 @@ mod tests {
     #[test]
     fn malformed_and_trailing_are_errors() {
         assert!(normalize(&unhex("a201")).is_err());
-        assert!(matches!(normalize(&unhex("a0 00")), Err(CborError::TrailingBytes)));
+        assert!(matches!(
+            normalize(&unhex("a0 00")),
+            Err(CborError::TrailingBytes)
+        ));
         assert!(normalize(&unhex("ff")).is_err());
         assert!(normalize(&unhex("62 c328")).is_err(), "invalid UTF-8 text");
         assert!(normalize(&[]).is_err());
@@ -448,14 +463,28 @@ mod tests {
     fn floats_of_every_width_decode() {
         assert_eq!(to_json(&unhex("f93e00")).expect("f16"), json!(1.5));
         assert_eq!(to_json(&unhex("fa3fc00000")).expect("f32"), json!(1.5));
-        assert_eq!(to_json(&unhex("fb3ff8000000000000")).expect("f64"), json!(1.5));
-        assert_eq!(to_json(&unhex("f97e00")).expect("nan"), serde_json::Value::Null);
+        assert_eq!(
+            to_json(&unhex("fb3ff8000000000000")).expect("f64"),
+            json!(1.5)
+        );
+        assert_eq!(
+            to_json(&unhex("f97e00")).expect("nan"),
+            serde_json::Value::Null
+        );
     }
 
     #[test]
     fn shortest_integer_heads() {
         let mut out = Vec::new();
-        for (n, want) in [(0u64, "00"), (23, "17"), (24, "1818"), (100, "1864"), (256, "190100"), (65536, "1a00010000"), (1 << 32, "1b0000000100000000")] {
+        for (n, want) in [
+            (0u64, "00"),
+            (23, "17"),
+            (24, "1818"),
+            (100, "1864"),
+            (256, "190100"),
+            (65536, "1a00010000"),
+            (1 << 32, "1b0000000100000000"),
+        ] {
             out.clear();
             write_head(&mut out, 0, n);
             assert_eq!(hex::encode(&out), want);

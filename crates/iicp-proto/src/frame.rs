@@ -167,7 +167,13 @@ pub struct FrameHeader {
 impl FrameHeader {
     /// A version-1 header with no flags.
     pub fn new(msg_type: MessageType, length: u32) -> Self {
-        Self { version: VERSION, msg_type, flags: Flags(0), reserved: 0, length }
+        Self {
+            version: VERSION,
+            msg_type,
+            flags: Flags(0),
+            reserved: 0,
+            length,
+        }
     }
 
     /// The 12 header bytes. Reserved bits and the reserved byte are sent as zero.
@@ -273,16 +279,31 @@ impl<'a> Frame<'a> {
     /// Decodes one frame from the front of `buf`, with payloads up to `max_payload`.
     pub fn decode(buf: &'a [u8], max_payload: u32) -> Result<Decoded<'a>, FrameError> {
         let Some(header) = FrameHeader::parse(buf)? else {
-            return Ok(Decoded::Incomplete { header: None, needed: HEADER_LEN });
+            return Ok(Decoded::Incomplete {
+                header: None,
+                needed: HEADER_LEN,
+            });
         };
         if header.length > max_payload {
-            return Err(FrameError::TooLarge { length: header.length, max: max_payload });
+            return Err(FrameError::TooLarge {
+                length: header.length,
+                max: max_payload,
+            });
         }
         let total = HEADER_LEN + header.length as usize;
         if buf.len() < total {
-            return Ok(Decoded::Incomplete { header: Some(header), needed: total });
+            return Ok(Decoded::Incomplete {
+                header: Some(header),
+                needed: total,
+            });
         }
-        Ok(Decoded::Complete { frame: Frame { header, payload: &buf[HEADER_LEN..total] }, consumed: total })
+        Ok(Decoded::Complete {
+            frame: Frame {
+                header,
+                payload: &buf[HEADER_LEN..total],
+            },
+            consumed: total,
+        })
     }
 
     /// Decodes `buf` as one complete frame (the fixture contract): an incomplete frame
@@ -291,7 +312,9 @@ impl<'a> Frame<'a> {
         match Self::decode(buf, max_payload)? {
             Decoded::Complete { frame, consumed } => Ok((frame, consumed)),
             Decoded::Incomplete { header: None, .. } => Err(FrameError::TruncatedHeader),
-            Decoded::Incomplete { header: Some(_), .. } => Err(FrameError::TruncatedPayload),
+            Decoded::Incomplete {
+                header: Some(_), ..
+            } => Err(FrameError::TruncatedPayload),
         }
     }
 }
@@ -300,7 +323,12 @@ impl<'a> Frame<'a> {
 ///
 /// # Errors
 /// [`FrameError::TooLarge`] when the payload exceeds [`MAX_PAYLOAD`].
-pub fn encode_frame(msg_type: MessageType, flags: Flags, payload: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
+pub fn encode_frame(
+    msg_type: MessageType,
+    flags: Flags,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), FrameError> {
     let length = check_len(payload.len())?;
     let mut header = FrameHeader::new(msg_type, length);
     header.flags = flags;
@@ -340,7 +368,10 @@ pub fn finish_frame(out: &mut Vec<u8>, start: usize) -> Result<(), FrameError> {
 fn check_len(len: usize) -> Result<u32, FrameError> {
     match u32::try_from(len) {
         Ok(l) if l <= MAX_PAYLOAD => Ok(l),
-        _ => Err(FrameError::TooLarge { length: u32::try_from(len).unwrap_or(u32::MAX), max: MAX_PAYLOAD }),
+        _ => Err(FrameError::TooLarge {
+            length: u32::try_from(len).unwrap_or(u32::MAX),
+            max: MAX_PAYLOAD,
+        }),
     }
 }
 
@@ -361,17 +392,30 @@ mod tests {
         assert_eq!(FrameHeader::parse(b""), Ok(None));
         assert_eq!(FrameHeader::parse(b"II"), Ok(None));
         assert_eq!(FrameHeader::parse(b"IX"), Err(FrameError::InvalidMagic));
-        assert_eq!(FrameHeader::parse(b"GET / HTTP/1.1\r\n"), Err(FrameError::InvalidMagic));
+        assert_eq!(
+            FrameHeader::parse(b"GET / HTTP/1.1\r\n"),
+            Err(FrameError::InvalidMagic)
+        );
     }
 
     #[test]
     fn oversize_length_rejected_from_header_alone() {
-        let mut h = FrameHeader::new(MessageType::CALL, u32::MAX).encode().to_vec();
-        assert_eq!(Frame::decode(&h, MAX_PAYLOAD), Err(FrameError::TooLarge { length: u32::MAX, max: MAX_PAYLOAD }));
+        let mut h = FrameHeader::new(MessageType::CALL, u32::MAX)
+            .encode()
+            .to_vec();
+        assert_eq!(
+            Frame::decode(&h, MAX_PAYLOAD),
+            Err(FrameError::TooLarge {
+                length: u32::MAX,
+                max: MAX_PAYLOAD
+            })
+        );
         h[8..].copy_from_slice(&(MAX_PAYLOAD + 1).to_be_bytes());
         assert!(Frame::decode(&h, MAX_PAYLOAD).is_err());
         h[8..].copy_from_slice(&MAX_PAYLOAD.to_be_bytes());
-        assert!(matches!(Frame::decode(&h, MAX_PAYLOAD), Ok(Decoded::Incomplete { header: Some(_), needed }) if needed == HEADER_LEN + MAX_PAYLOAD as usize));
+        assert!(
+            matches!(Frame::decode(&h, MAX_PAYLOAD), Ok(Decoded::Incomplete { header: Some(_), needed }) if needed == HEADER_LEN + MAX_PAYLOAD as usize)
+        );
     }
 
     #[test]
@@ -379,7 +423,13 @@ mod tests {
         let mut wire = Vec::new();
         encode_frame(MessageType::CALL, Flags(0), &[0xa1, 0x01, 0x01], &mut wire).expect("encode");
         for cut in 0..wire.len() {
-            assert!(matches!(Frame::decode(&wire[..cut], MAX_PAYLOAD), Ok(Decoded::Incomplete { .. })), "cut {cut}");
+            assert!(
+                matches!(
+                    Frame::decode(&wire[..cut], MAX_PAYLOAD),
+                    Ok(Decoded::Incomplete { .. })
+                ),
+                "cut {cut}"
+            );
         }
         wire.extend_from_slice(b"IICP");
         match Frame::decode(&wire, MAX_PAYLOAD) {

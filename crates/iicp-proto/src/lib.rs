@@ -29,4 +29,3 @@ pub mod message;
 pub mod secret;
 pub mod session;
 pub mod task;
-

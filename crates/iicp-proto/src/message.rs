@@ -101,7 +101,10 @@ impl<C> Encode<C> for Body {
             Body::Bytes(b) => {
                 e.bytes(b)?;
             }
-            Body::Cbor(raw) => e.writer_mut().write_all(raw).map_err(minicbor::encode::Error::write)?,
+            Body::Cbor(raw) => e
+                .writer_mut()
+                .write_all(raw)
+                .map_err(minicbor::encode::Error::write)?,
         }
         Ok(())
     }
@@ -135,7 +138,9 @@ impl<C> Encode<C> for RawCbor {
         e: &mut minicbor::Encoder<W>,
         _: &mut C,
     ) -> Result<(), minicbor::encode::Error<W::Error>> {
-        e.writer_mut().write_all(&self.0).map_err(minicbor::encode::Error::write)
+        e.writer_mut()
+            .write_all(&self.0)
+            .map_err(minicbor::encode::Error::write)
     }
 }
 
@@ -177,7 +182,11 @@ pub struct Init {
 impl Init {
     /// The INIT this crate sends: version 1, minimum version 1.
     pub fn v1() -> Self {
-        Self { protocol_version: Some(PROTOCOL_VERSION), min_version: Some(PROTOCOL_VERSION), ..Self::default() }
+        Self {
+            protocol_version: Some(PROTOCOL_VERSION),
+            min_version: Some(PROTOCOL_VERSION),
+            ..Self::default()
+        }
     }
 }
 
@@ -445,13 +454,20 @@ impl Response {
 
     /// An error in the superset layout (key 6 and keys 100/101), correlated with `call`.
     pub fn error(call: &Call, code: &str, http_status: u16, message: &str) -> Self {
-        let status = if code == "task_timeout" || code == "timeout" { "timeout" } else { "error" };
+        let status = if code == "task_timeout" || code == "timeout" {
+            "timeout"
+        } else {
+            "error"
+        };
         Self {
             protocol_version: Some(PROTOCOL_VERSION),
             session_id: call.session_id.clone(),
             call_id: call.call_id.clone(),
             status: Some(status.into()),
-            error: Some(ErrorMap { code: Some(code.into()), message: Some(message.into()) }),
+            error: Some(ErrorMap {
+                code: Some(code.into()),
+                message: Some(message.into()),
+            }),
             is_final: Some(true),
             legacy_call_id: call.call_id.clone(),
             status_code: Some(u64::from(http_status)),
@@ -465,7 +481,11 @@ impl Response {
         let error = || Outcome::Error {
             code: self.error.as_ref().and_then(|e| e.code.as_deref()),
             status: self.status_code,
-            message: self.error.as_ref().and_then(|e| e.message.as_deref()).or(self.message.as_deref()),
+            message: self
+                .error
+                .as_ref()
+                .and_then(|e| e.message.as_deref())
+                .or(self.message.as_deref()),
         };
         match self.status.as_deref() {
             Some("success" | "completed") => Outcome::Success(self.result.as_ref()),
@@ -501,7 +521,10 @@ pub struct Close {
 impl Close {
     /// A CLOSE with a reason code.
     pub fn with_reason(reason: CloseReason) -> Self {
-        Self { reason: Some(reason.as_str().into()), ..Self::default() }
+        Self {
+            reason: Some(reason.as_str().into()),
+            ..Self::default()
+        }
     }
 }
 
@@ -574,10 +597,16 @@ impl<C> Encode<C> for Discover {
         _: &mut C,
     ) -> Result<(), minicbor::encode::Error<W::Error>> {
         // the spec form; the SDK form is never sent (ADR 0002)
-        let n = [self.intent.is_some(), self.limit.is_some(), self.region.is_some(), self.exclude.is_some(), self.min_score.is_some()]
-            .iter()
-            .filter(|x| **x)
-            .count();
+        let n = [
+            self.intent.is_some(),
+            self.limit.is_some(),
+            self.region.is_some(),
+            self.exclude.is_some(),
+            self.min_score.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
         e.map(n as u64)?;
         if let Some(v) = &self.intent {
             e.u8(1)?.str(v)?;
@@ -604,7 +633,11 @@ impl<'b, C> Decode<'b, C> for Discover {
         let mut out = Discover::default();
         let n = d.map()?.unwrap_or(0);
         for _ in 0..n {
-            let key = if matches!(d.datatype()?, Type::U8 | Type::U16 | Type::U32 | Type::U64) { Some(d.u64()?) } else { None };
+            let key = if matches!(d.datatype()?, Type::U8 | Type::U16 | Type::U32 | Type::U64) {
+                Some(d.u64()?)
+            } else {
+                None
+            };
             match (key, d.datatype()?) {
                 (Some(1), Type::String) => out.intent = Some(d.str()?.to_owned()),
                 (Some(2), Type::String) => out.session_id = Some(d.str()?.to_owned()),
@@ -917,12 +950,23 @@ impl MessageError {
     }
 }
 
-fn decode_as<'b, T: Decode<'b, ()> + Default>(msg_type: MessageType, payload: &'b [u8], allow_empty: bool) -> Result<T, MessageError> {
+fn decode_as<'b, T: Decode<'b, ()> + Default>(
+    msg_type: MessageType,
+    payload: &'b [u8],
+    allow_empty: bool,
+) -> Result<T, MessageError> {
     if payload.is_empty() {
-        return if allow_empty { Ok(T::default()) } else { Err(MessageError::Empty(msg_type)) };
+        return if allow_empty {
+            Ok(T::default())
+        } else {
+            Err(MessageError::Empty(msg_type))
+        };
     }
     let mut d = Decoder::new(payload);
-    let v = d.decode::<T>().map_err(|e| MessageError::Invalid { msg_type, detail: e.to_string() })?;
+    let v = d.decode::<T>().map_err(|e| MessageError::Invalid {
+        msg_type,
+        detail: e.to_string(),
+    })?;
     if d.position() != payload.len() {
         return Err(MessageError::Cbor(CborError::TrailingBytes));
     }
@@ -935,9 +979,17 @@ impl Message {
     /// Empty payloads are accepted for INIT, ACK, PING, PONG and CLOSE (the SDKs send
     /// them) and rejected for CALL and RESPONSE. Tags and indefinite lengths are
     /// normalized away first.
-    pub fn decode(header: &FrameHeader, payload: &[u8], channel: Channel) -> Result<Message, MessageError> {
+    pub fn decode(
+        header: &FrameHeader,
+        payload: &[u8],
+        channel: Channel,
+    ) -> Result<Message, MessageError> {
         let t = header.msg_type;
-        let normalized = if payload.is_empty() { std::borrow::Cow::Borrowed(payload) } else { cbor::normalize(payload).map_err(MessageError::Cbor)? };
+        let normalized = if payload.is_empty() {
+            std::borrow::Cow::Borrowed(payload)
+        } else {
+            cbor::normalize(payload).map_err(MessageError::Cbor)?
+        };
         let p = normalized.as_ref();
         let msg = match (t, channel) {
             (MessageType::INIT, _) => Message::Init(decode_as(t, p, true)?),
@@ -961,7 +1013,9 @@ impl Message {
             }
             (MessageType::CONTROL, Channel::Task) => Message::Control(decode_as(t, p, false)?),
             (MessageType::ADVERTISE, Channel::Task) => Message::Advertise(decode_as(t, p, false)?),
-            (MessageType::RELAY_BIND, Channel::Relay) => Message::RelayBind(decode_as(t, p, false)?),
+            (MessageType::RELAY_BIND, Channel::Relay) => {
+                Message::RelayBind(decode_as(t, p, false)?)
+            }
             (MessageType::RELAY_ACK, Channel::Relay) => Message::RelayAck(decode_as(t, p, false)?),
             (MessageType::OBSERVE, _) => Message::Observe(decode_as(t, p, false)?),
             (MessageType::TELEMETRY, _) => Message::Telemetry(decode_as(t, p, false)?),
@@ -1037,7 +1091,9 @@ mod tests {
     }
 
     fn decode_frame(wire: &[u8], channel: Channel) -> Message {
-        let Ok(Decoded::Complete { frame, consumed }) = Frame::decode(wire, MAX_PAYLOAD) else { panic!("frame") };
+        let Ok(Decoded::Complete { frame, consumed }) = Frame::decode(wire, MAX_PAYLOAD) else {
+            panic!("frame")
+        };
         assert_eq!(consumed, wire.len());
         Message::decode(&frame.header, frame.payload, channel).expect("message")
     }
@@ -1045,10 +1101,23 @@ mod tests {
     #[test]
     fn worked_examples_of_the_digest() {
         // PROTOCOL.md §10.7 worked examples, byte for byte
-        let init = Message::Init(Init { protocol_version: Some(1), ..Init::default() });
-        assert_eq!(init.to_frame().expect("enc"), unhex("494943500101000000000003 a10101"));
-        assert_eq!(Message::Pong(Ping::default()).to_frame().expect("enc"), unhex("49494350010a000000000001 a0"));
-        let ack = Message::Ack(Ack { protocol_version: Some(1), node_id: Some("3fa85f64-5717-4562-b3fc-2c963f66afa6".into()), ..Ack::default() });
+        let init = Message::Init(Init {
+            protocol_version: Some(1),
+            ..Init::default()
+        });
+        assert_eq!(
+            init.to_frame().expect("enc"),
+            unhex("494943500101000000000003 a10101")
+        );
+        assert_eq!(
+            Message::Pong(Ping::default()).to_frame().expect("enc"),
+            unhex("49494350010a000000000001 a0")
+        );
+        let ack = Message::Ack(Ack {
+            protocol_version: Some(1),
+            node_id: Some("3fa85f64-5717-4562-b3fc-2c963f66afa6".into()),
+            ..Ack::default()
+        });
         assert_eq!(
             ack.to_frame().expect("enc"),
             unhex("49494350010200000000002a a2 0101 02 7824 33666138356636342d353731372d343536322d623366632d326339363366363661666136")
@@ -1072,11 +1141,17 @@ mod tests {
 
     #[test]
     fn integer_keys_above_23_are_canonical() {
-        let call = Call { task_id: Some("t".into()), ..Call::default() };
+        let call = Call {
+            task_id: Some("t".into()),
+            ..Call::default()
+        };
         let mut out = Vec::new();
         minicbor::encode(&call, &mut out).expect("enc");
         assert_eq!(out, unhex("a1 1818 6174"));
-        let resp = Response { status_code: Some(429), ..Response::default() };
+        let resp = Response {
+            status_code: Some(429),
+            ..Response::default()
+        };
         out.clear();
         minicbor::encode(&resp, &mut out).expect("enc");
         assert_eq!(out, unhex("a1 1864 1901ad"));
@@ -1085,23 +1160,41 @@ mod tests {
     #[test]
     fn empty_payloads() {
         let h = |t| FrameHeader::new(t, 0);
-        assert_eq!(Message::decode(&h(MessageType::CLOSE), &[], Channel::Task).expect("close"), Message::Close(Close::default()));
-        assert_eq!(Message::decode(&h(MessageType::PING), &[], Channel::Task).expect("ping"), Message::Ping(Ping::default()));
-        let err = Message::decode(&h(MessageType::CALL), &[], Channel::Task).expect_err("empty call");
+        assert_eq!(
+            Message::decode(&h(MessageType::CLOSE), &[], Channel::Task).expect("close"),
+            Message::Close(Close::default())
+        );
+        assert_eq!(
+            Message::decode(&h(MessageType::PING), &[], Channel::Task).expect("ping"),
+            Message::Ping(Ping::default())
+        );
+        let err =
+            Message::decode(&h(MessageType::CALL), &[], Channel::Task).expect_err("empty call");
         assert_eq!(err.close_reason(), CloseReason::InvalidFrame);
-        let err = Message::decode(&h(MessageType::RESPONSE), &[], Channel::Task).expect_err("empty response");
+        let err = Message::decode(&h(MessageType::RESPONSE), &[], Channel::Task)
+            .expect_err("empty response");
         assert_eq!(err.close_reason(), CloseReason::InvalidFrame);
     }
 
     #[test]
     fn type_byte_meaning_depends_on_channel() {
-        let bind = Message::RelayBind(RelayBind { worker_id: Some("w".into()), intent: Some("urn:iicp:intent:llm:chat:v1".into()), models: Some(vec!["m".into()]), bind_ticket: None });
+        let bind = Message::RelayBind(RelayBind {
+            worker_id: Some("w".into()),
+            intent: Some("urn:iicp:intent:llm:chat:v1".into()),
+            models: Some(vec!["m".into()]),
+            bind_ticket: None,
+        });
         let wire = bind.to_frame().expect("enc");
         assert_eq!(wire[5], 0x0B);
         assert_eq!(decode_frame(&wire, Channel::Relay), bind);
         // on a task port the same byte is CONTROL, whose schema the bind does not fit as action text
-        let Ok(Decoded::Complete { frame, .. }) = Frame::decode(&wire, MAX_PAYLOAD) else { panic!() };
-        assert!(matches!(Message::decode(&frame.header, frame.payload, Channel::Task), Ok(Message::Control(_)) | Err(_)));
+        let Ok(Decoded::Complete { frame, .. }) = Frame::decode(&wire, MAX_PAYLOAD) else {
+            panic!()
+        };
+        assert!(matches!(
+            Message::decode(&frame.header, frame.payload, Channel::Task),
+            Ok(Message::Control(_)) | Err(_)
+        ));
     }
 
     #[test]
@@ -1109,21 +1202,43 @@ mod tests {
         let h = FrameHeader::new(MessageType::CALL, 2);
         let e = Message::decode(&h, &unhex("a1"), Channel::Task).expect_err("truncated");
         assert_eq!(e.close_reason(), CloseReason::CborDecodeError);
-        let e = Message::decode(&h, &unhex("a1 02 01"), Channel::Task).expect_err("session id as int");
+        let e =
+            Message::decode(&h, &unhex("a1 02 01"), Channel::Task).expect_err("session id as int");
         assert_eq!(e.close_reason(), CloseReason::InvalidPayload);
-        let e = Message::decode(&h, &unhex("a1 0d 43 010203"), Channel::Task).expect_err("short trace id");
+        let e = Message::decode(&h, &unhex("a1 0d 43 010203"), Channel::Task)
+            .expect_err("short trace id");
         assert_eq!(e.close_reason(), CloseReason::InvalidPayload);
         let e = Message::decode(&h, &unhex("a0 a0"), Channel::Task).expect_err("trailing");
         assert_eq!(e.close_reason(), CloseReason::CborDecodeError);
-        let e = Message::decode(&FrameHeader::new(MessageType(0x42), 1), &unhex("a0"), Channel::Task).expect_err("reserved type");
+        let e = Message::decode(
+            &FrameHeader::new(MessageType(0x42), 1),
+            &unhex("a0"),
+            Channel::Task,
+        )
+        .expect_err("reserved type");
         assert_eq!(e.close_reason(), CloseReason::UnknownType);
-        let e = Message::decode(&FrameHeader::new(MessageType(0xF1), 1), &unhex("a0"), Channel::Task).expect_err("custom type");
+        let e = Message::decode(
+            &FrameHeader::new(MessageType(0xF1), 1),
+            &unhex("a0"),
+            Channel::Task,
+        )
+        .expect_err("custom type");
         assert_eq!(e.close_reason(), CloseReason::UnsupportedExtension);
-        let e = Message::decode(&FrameHeader::new(MessageType(0), 1), &unhex("a0"), Channel::Task).expect_err("type 0");
+        let e = Message::decode(
+            &FrameHeader::new(MessageType(0), 1),
+            &unhex("a0"),
+            Channel::Task,
+        )
+        .expect_err("type 0");
         assert_eq!(e.close_reason(), CloseReason::InvalidType);
         let mut long = vec![0xa1, 0x01, 0x58, 65];
         long.extend_from_slice(&[0u8; 65]);
-        let e = Message::decode(&FrameHeader::new(MessageType::PING, 0), &long, Channel::Task).expect_err("echo too long");
+        let e = Message::decode(
+            &FrameHeader::new(MessageType::PING, 0),
+            &long,
+            Channel::Task,
+        )
+        .expect_err("echo too long");
         assert_eq!(e.close_reason(), CloseReason::InvalidPayload);
     }
 
@@ -1131,24 +1246,63 @@ mod tests {
     fn unknown_keys_and_tags_are_tolerated() {
         // {2: "s", 99: [1,2], 5: 65535({"a": 1})} in insertion order, tagged map
         let p = unhex("a3 02 6173 1863 820102 05 d9ffff a1 6161 01");
-        let m = Message::decode(&FrameHeader::new(MessageType::RESPONSE, 0), &p, Channel::Task).expect("decode");
+        let m = Message::decode(
+            &FrameHeader::new(MessageType::RESPONSE, 0),
+            &p,
+            Channel::Task,
+        )
+        .expect("decode");
         let Message::Response(r) = m else { panic!() };
         assert_eq!(r.session_id.as_deref(), Some("s"));
-        assert_eq!(r.result.expect("result").to_json(Prefer::Cbor).expect("json"), serde_json::json!({"a": 1}));
+        assert_eq!(
+            r.result
+                .expect("result")
+                .to_json(Prefer::Cbor)
+                .expect("json"),
+            serde_json::json!({"a": 1})
+        );
     }
 
     #[test]
     fn outcome_across_dialects() {
-        let call = Call { session_id: Some("s".into()), call_id: Some("c".into()), ..Call::default() };
+        let call = Call {
+            session_id: Some("s".into()),
+            call_id: Some("c".into()),
+            ..Call::default()
+        };
         let ok = Response::success(&call, Body::cbor(&serde_json::json!({"x": 1})));
         assert!(matches!(ok.outcome(), Outcome::Success(Some(_))));
         assert_eq!(ok.call_id(), Some("c"));
         let err = Response::error(&call, "capacity_exceeded", 429, "busy");
-        assert_eq!(err.outcome(), Outcome::Error { code: Some("capacity_exceeded"), status: Some(429), message: Some("busy") });
-        let legacy = Response { session_id: Some("s".into()), legacy_call_id: Some("c".into()), status_code: Some(503), message: Some("drain".into()), ..Response::default() };
-        assert_eq!(legacy.outcome(), Outcome::Error { code: None, status: Some(503), message: Some("drain") });
+        assert_eq!(
+            err.outcome(),
+            Outcome::Error {
+                code: Some("capacity_exceeded"),
+                status: Some(429),
+                message: Some("busy")
+            }
+        );
+        let legacy = Response {
+            session_id: Some("s".into()),
+            legacy_call_id: Some("c".into()),
+            status_code: Some(503),
+            message: Some("drain".into()),
+            ..Response::default()
+        };
+        assert_eq!(
+            legacy.outcome(),
+            Outcome::Error {
+                code: None,
+                status: Some(503),
+                message: Some("drain")
+            }
+        );
         assert_eq!(legacy.call_id(), Some("c"));
-        let bare = Response { legacy_call_id: Some("c".into()), result: Some(Body::Bytes(b"{}".to_vec())), ..Response::default() };
+        let bare = Response {
+            legacy_call_id: Some("c".into()),
+            result: Some(Body::Bytes(b"{}".to_vec())),
+            ..Response::default()
+        };
         assert!(matches!(bare.outcome(), Outcome::Success(Some(_))));
         let timeout = Response::error(&call, "task_timeout", 504, "slow");
         assert_eq!(timeout.outcome(), Outcome::Timeout);
@@ -1157,10 +1311,24 @@ mod tests {
     #[test]
     fn discover_reads_both_layouts() {
         let sdk = unhex("a2 02 6a646973636f7665722d31 03 781b 75726e3a696963703a696e74656e743a6c6c6d3a636861743a7631");
-        let Message::Discover(d) = Message::decode(&FrameHeader::new(MessageType::DISCOVER, 0), &sdk, Channel::Task).expect("sdk") else { panic!() };
+        let Message::Discover(d) = Message::decode(
+            &FrameHeader::new(MessageType::DISCOVER, 0),
+            &sdk,
+            Channel::Task,
+        )
+        .expect("sdk") else {
+            panic!()
+        };
         assert_eq!(d.intent.as_deref(), Some("urn:iicp:intent:llm:chat:v1"));
         assert_eq!(d.session_id.as_deref(), Some("discover-1"));
-        let spec = Discover { intent: Some("urn:iicp:intent:llm:chat:v1".into()), limit: Some(5), region: Some("eu".into()), exclude: Some(vec![]), min_score: Some(0.5), session_id: None };
+        let spec = Discover {
+            intent: Some("urn:iicp:intent:llm:chat:v1".into()),
+            limit: Some(5),
+            region: Some("eu".into()),
+            exclude: Some(vec![]),
+            min_score: Some(0.5),
+            session_id: None,
+        };
         let wire = Message::Discover(spec.clone()).to_frame().expect("enc");
         assert_eq!(decode_frame(&wire, Channel::Task), Message::Discover(spec));
     }
@@ -1169,9 +1337,19 @@ mod tests {
     fn body_interpretations() {
         let v = serde_json::json!({"messages": [{"role": "user", "content": "hi"}]});
         assert_eq!(Body::json(&v).to_json(Prefer::Json).expect("json"), v);
-        assert_eq!(Body::json(&v).to_json(Prefer::Cbor).expect("json via fallback"), v);
+        assert_eq!(
+            Body::json(&v)
+                .to_json(Prefer::Cbor)
+                .expect("json via fallback"),
+            v
+        );
         assert_eq!(Body::cbor(&v).to_json(Prefer::Json).expect("cbor"), v);
-        assert_eq!(Body::Bytes(cbor::json_to_vec(&v)).to_json(Prefer::Cbor).expect("cbor in bytes"), v);
+        assert_eq!(
+            Body::Bytes(cbor::json_to_vec(&v))
+                .to_json(Prefer::Cbor)
+                .expect("cbor in bytes"),
+            v
+        );
         assert!(Body::Bytes(vec![0xff, 0x00]).to_json(Prefer::Json).is_err());
     }
 
@@ -1186,9 +1364,15 @@ mod tests {
 
     #[test]
     fn secrets_are_not_debug_printed() {
-        let c = Call { auth_token: Some(Secret::new("very-secret-token-value-0123456789")), ..Call::default() };
+        let c = Call {
+            auth_token: Some(Secret::new("very-secret-token-value-0123456789")),
+            ..Call::default()
+        };
         assert!(!format!("{c:?}").contains("very-secret"));
-        let i = Init { node_token: Some(Secret::new("node-token-abcdef")), ..Init::default() };
+        let i = Init {
+            node_token: Some(Secret::new("node-token-abcdef")),
+            ..Init::default()
+        };
         assert!(!format!("{i:?}").contains("node-token"));
     }
 }

@@ -29,8 +29,13 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::frame::{Decoded, Frame, FrameError, FrameHeader, MessageType, TypeClass, MAX_PAYLOAD, VERSION};
-use crate::message::{Ack, Call, Channel, Close, CloseReason, Init, Message, MessageError, Ping, Response, PROTOCOL_VERSION};
+use crate::frame::{
+    Decoded, Frame, FrameError, FrameHeader, MessageType, TypeClass, MAX_PAYLOAD, VERSION,
+};
+use crate::message::{
+    Ack, Call, Channel, Close, CloseReason, Init, Message, MessageError, Ping, Response,
+    PROTOCOL_VERSION,
+};
 
 /// Which end of the connection this session is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,7 +90,10 @@ impl Config {
 
     /// Defaults for a server on a task connection.
     pub fn server() -> Self {
-        Self { role: Role::Server, ..Self::client() }
+        Self {
+            role: Role::Server,
+            ..Self::client()
+        }
     }
 }
 
@@ -281,11 +289,18 @@ impl Session {
             }
             _ => {}
         }
-        if self.partial_since.is_some_and(|t| now >= t + self.config.read_timeout) {
+        if self
+            .partial_since
+            .is_some_and(|t| now >= t + self.config.read_timeout)
+        {
             self.close_with(CloseReason::ReadTimeout, Some("frame incomplete"));
             return;
         }
-        if self.config.idle_timeout.is_some_and(|d| now >= self.last_activity + d) {
+        if self
+            .config
+            .idle_timeout
+            .is_some_and(|d| now >= self.last_activity + d)
+        {
             self.close_with(CloseReason::IdleTimeout, None);
         }
     }
@@ -316,8 +331,12 @@ impl Session {
                     // not IICP at all: close with zero bytes written
                     self.close_silently("invalid_magic", false);
                 }
-                Err(FrameError::InvalidMagic) => self.close_with(CloseReason::InvalidFrame, Some("invalid magic")),
-                Err(FrameError::TooLarge { .. }) => self.close_with(CloseReason::FrameTooLarge, None),
+                Err(FrameError::InvalidMagic) => {
+                    self.close_with(CloseReason::InvalidFrame, Some("invalid magic"))
+                }
+                Err(FrameError::TooLarge { .. }) => {
+                    self.close_with(CloseReason::FrameTooLarge, None)
+                }
                 Err(_) => self.close_with(CloseReason::InvalidFrame, None),
             }
         }
@@ -344,11 +363,21 @@ impl Session {
         }
         if header.flags.compressed() || header.flags.fragmented() {
             // neither compression nor fragmentation is offered in our INIT/ACK
-            return self.close_with(CloseReason::ProtocolError, Some("compression and fragmentation were not negotiated"));
+            return self.close_with(
+                CloseReason::ProtocolError,
+                Some("compression and fragmentation were not negotiated"),
+            );
         }
         // A RELAY_BIND on a task port is answered with a CLOSE (PROTOCOL.md §14.2).
-        if self.config.channel == Channel::Task && t == MessageType::RELAY_BIND && self.config.role == Role::Server && !self.peer_spec_aware {
-            return self.close_with(CloseReason::ProtocolError, Some("relay bind is only accepted on the relay port"));
+        if self.config.channel == Channel::Task
+            && t == MessageType::RELAY_BIND
+            && self.config.role == Role::Server
+            && !self.peer_spec_aware
+        {
+            return self.close_with(
+                CloseReason::ProtocolError,
+                Some("relay bind is only accepted on the relay port"),
+            );
         }
         let msg = match Message::decode(header, payload, self.config.channel) {
             Ok(m) => m,
@@ -391,9 +420,16 @@ impl Session {
         }
         let chosen = offered.min(PROTOCOL_VERSION);
         if chosen < floor {
-            return self.close_with(CloseReason::VersionMismatch, Some("server supports version 1 only"));
+            return self.close_with(
+                CloseReason::VersionMismatch,
+                Some("server supports version 1 only"),
+            );
         }
-        let mut ack = Ack { protocol_version: Some(chosen), node_id: self.config.node_id.clone(), ..Ack::default() };
+        let mut ack = Ack {
+            protocol_version: Some(chosen),
+            node_id: self.config.node_id.clone(),
+            ..Ack::default()
+        };
         if self.peer_spec_aware {
             // spec peers learn what was negotiated: no custom types, no compression
             ack.capabilities = Some(Vec::new());
@@ -402,7 +438,10 @@ impl Session {
         self.queue(&Message::Ack(ack));
         self.state = State::Open;
         self.handshake_deadline = None;
-        self.events.push_back(Event::Established { version: chosen, ack: None });
+        self.events.push_back(Event::Established {
+            version: chosen,
+            ack: None,
+        });
     }
 
     fn on_ack(&mut self, ack: Ack) {
@@ -416,18 +455,32 @@ impl Session {
         self.peer_spec_aware = ack.max_frame_size.is_some() || ack.capabilities.is_some();
         self.state = State::Open;
         self.handshake_deadline = None;
-        self.events.push_back(Event::Established { version, ack: Some(ack) });
+        self.events.push_back(Event::Established {
+            version,
+            ack: Some(ack),
+        });
     }
 
     fn on_close(&mut self, close: Close, now: Instant) {
-        let reason = close.reason.unwrap_or_else(|| CloseReason::Graceful.as_str().to_owned());
+        let reason = close
+            .reason
+            .unwrap_or_else(|| CloseReason::Graceful.as_str().to_owned());
         if !self.inbound.is_empty() && self.state != State::Closed {
             // answer what we are executing before closing (PROTOCOL.md §10.6)
-            self.state = State::Draining { deadline: now + self.config.drain_timeout, by_peer: true };
-            self.events.push_back(Event::Closed { reason, by_peer: true });
+            self.state = State::Draining {
+                deadline: now + self.config.drain_timeout,
+                by_peer: true,
+            };
+            self.events.push_back(Event::Closed {
+                reason,
+                by_peer: true,
+            });
             return;
         }
-        self.events.push_back(Event::Closed { reason, by_peer: true });
+        self.events.push_back(Event::Closed {
+            reason,
+            by_peer: true,
+        });
         self.queue(&Message::Close(Close::with_reason(CloseReason::Graceful)));
         self.outbound.clear();
         self.state = State::Closed;
@@ -435,7 +488,10 @@ impl Session {
 
     fn on_call(&mut self, call: Call, now: Instant) {
         if self.calls_outbound() {
-            return self.close_with(CloseReason::ProtocolError, Some("CALL sent in the wrong direction"));
+            return self.close_with(
+                CloseReason::ProtocolError,
+                Some("CALL sent in the wrong direction"),
+            );
         }
         if self.state == State::Handshake {
             if self.config.require_init {
@@ -447,18 +503,36 @@ impl Session {
         }
         let _ = now;
         let Some(id) = call.correlation_id().map(str::to_owned) else {
-            return self.close_with(CloseReason::InvalidPayload, Some("CALL without call id or session id"));
+            return self.close_with(
+                CloseReason::InvalidPayload,
+                Some("CALL without call id or session id"),
+            );
         };
         if matches!(self.state, State::Draining { .. }) {
-            let r = Response::error(&call, "temporarily_unavailable", 503, "node is shutting down");
+            let r = Response::error(
+                &call,
+                "temporarily_unavailable",
+                503,
+                "node is shutting down",
+            );
             return self.queue(&Message::Response(r));
         }
         if self.inbound.contains(&id) {
-            let r = Response::error(&call, "conflict", 409, "a call with this id is already in flight");
+            let r = Response::error(
+                &call,
+                "conflict",
+                409,
+                "a call with this id is already in flight",
+            );
             return self.queue(&Message::Response(r));
         }
         if self.inbound.len() >= self.config.max_in_flight {
-            let r = Response::error(&call, "capacity_exceeded", 429, "too many calls in flight on this connection");
+            let r = Response::error(
+                &call,
+                "capacity_exceeded",
+                429,
+                "too many calls in flight on this connection",
+            );
             return self.queue(&Message::Response(r));
         }
         self.inbound.insert(id);
@@ -467,13 +541,23 @@ impl Session {
 
     fn on_response(&mut self, resp: Response) {
         if !self.calls_outbound() {
-            return self.close_with(CloseReason::ProtocolError, Some("RESPONSE sent in the wrong direction"));
+            return self.close_with(
+                CloseReason::ProtocolError,
+                Some("RESPONSE sent in the wrong direction"),
+            );
         }
         // the SDKs echo the call id (key 15) and the session id (key 2); we registered
         // the call under its correlation id, so look up either
-        let known = [resp.call_id(), resp.session_id.as_deref()].into_iter().flatten().find(|id| self.outbound.contains(*id)).map(str::to_owned);
+        let known = [resp.call_id(), resp.session_id.as_deref()]
+            .into_iter()
+            .flatten()
+            .find(|id| self.outbound.contains(*id))
+            .map(str::to_owned);
         let Some(id) = known else {
-            return self.close_with(CloseReason::ProtocolError, Some("RESPONSE for no outstanding CALL"));
+            return self.close_with(
+                CloseReason::ProtocolError,
+                Some("RESPONSE for no outstanding CALL"),
+            );
         };
         if resp.is_final() {
             self.outbound.remove(&id);
@@ -488,7 +572,10 @@ impl Session {
         if !self.calls_outbound() {
             return Err(SessionError::WrongDirection(MessageType::CALL));
         }
-        let id = call.correlation_id().ok_or(SessionError::MissingId)?.to_owned();
+        let id = call
+            .correlation_id()
+            .ok_or(SessionError::MissingId)?
+            .to_owned();
         if self.outbound.contains(&id) {
             return Err(SessionError::DuplicateCall);
         }
@@ -514,7 +601,12 @@ impl Session {
         if self.calls_outbound() {
             return Err(SessionError::WrongDirection(MessageType::RESPONSE));
         }
-        let id = [resp.call_id(), resp.session_id.as_deref()].into_iter().flatten().find(|id| self.inbound.contains(*id)).map(str::to_owned).ok_or(SessionError::UnknownCall)?;
+        let id = [resp.call_id(), resp.session_id.as_deref()]
+            .into_iter()
+            .flatten()
+            .find(|id| self.inbound.contains(*id))
+            .map(str::to_owned)
+            .ok_or(SessionError::UnknownCall)?;
         let is_final = resp.is_final();
         Message::Response(resp).encode(&mut self.tx)?;
         if is_final {
@@ -531,7 +623,10 @@ impl Session {
     /// Sends a PING with optional echo data (≤ 64 bytes).
     pub fn ping(&mut self, echo: Option<Vec<u8>>) -> Result<(), SessionError> {
         self.check_open_or_handshake()?;
-        Message::Ping(Ping { echo: echo.map(Into::into) }).encode(&mut self.tx)?;
+        Message::Ping(Ping {
+            echo: echo.map(Into::into),
+        })
+        .encode(&mut self.tx)?;
         Ok(())
     }
 
@@ -540,9 +635,11 @@ impl Session {
     pub fn send(&mut self, msg: Message) -> Result<(), SessionError> {
         self.check_open_or_handshake()?;
         match msg {
-            Message::Call(_) | Message::Response(_) | Message::Init(_) | Message::Ack(_) | Message::Close(_) => {
-                Err(SessionError::WrongDirection(msg.msg_type()))
-            }
+            Message::Call(_)
+            | Message::Response(_)
+            | Message::Init(_)
+            | Message::Ack(_)
+            | Message::Close(_) => Err(SessionError::WrongDirection(msg.msg_type())),
             other => {
                 other.encode(&mut self.tx)?;
                 Ok(())
@@ -556,7 +653,10 @@ impl Session {
         match self.state {
             State::Closed | State::Draining { .. } => {}
             _ if !self.inbound.is_empty() => {
-                self.state = State::Draining { deadline: now + self.config.drain_timeout, by_peer: false };
+                self.state = State::Draining {
+                    deadline: now + self.config.drain_timeout,
+                    by_peer: false,
+                };
             }
             _ => self.finish_close(false),
         }
@@ -570,7 +670,10 @@ impl Session {
     fn finish_close(&mut self, by_peer: bool) {
         self.queue(&Message::Close(Close::with_reason(CloseReason::Graceful)));
         if !by_peer {
-            self.events.push_back(Event::Closed { reason: CloseReason::Graceful.as_str().to_owned(), by_peer: false });
+            self.events.push_back(Event::Closed {
+                reason: CloseReason::Graceful.as_str().to_owned(),
+                by_peer: false,
+            });
         }
         self.outbound.clear();
         self.state = State::Closed;
@@ -602,7 +705,11 @@ impl Session {
         if self.state == State::Closed {
             return;
         }
-        let close = Close { reason: Some(reason.as_str().to_owned()), message: message.map(str::to_owned), session_id: None };
+        let close = Close {
+            reason: Some(reason.as_str().to_owned()),
+            message: message.map(str::to_owned),
+            session_id: None,
+        };
         self.queue(&Message::Close(close));
         self.close_silently(reason.as_str(), false);
     }
@@ -615,6 +722,9 @@ impl Session {
         self.outbound.clear();
         self.inbound.clear();
         self.partial_since = None;
-        self.events.push_back(Event::Closed { reason: reason.to_owned(), by_peer });
+        self.events.push_back(Event::Closed {
+            reason: reason.to_owned(),
+            by_peer,
+        });
     }
 }

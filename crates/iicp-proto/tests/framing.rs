@@ -17,8 +17,14 @@ fn unhex(s: &str) -> Vec<u8> {
 fn fixture_is_byte_identical_to_the_pinned_digest() {
     use sha2::Digest as _;
     let digest = hex::encode(sha2::Sha256::digest(FIXTURE.as_bytes()));
-    assert_eq!(digest, "e73a871c069f194c42716f462d2bde04fb79d769e1e98249c2d17c9af50bcfc1");
-    assert!(MANIFEST.contains(&digest), "manifest pins the fixture digest");
+    assert_eq!(
+        digest,
+        "e73a871c069f194c42716f462d2bde04fb79d769e1e98249c2d17c9af50bcfc1"
+    );
+    assert!(
+        MANIFEST.contains(&digest),
+        "manifest pins the fixture digest"
+    );
 }
 
 #[test]
@@ -34,11 +40,31 @@ fn every_framing_vector() {
         match exp["outcome"].as_str() {
             Some("accept") => {
                 let (f, consumed) = got.unwrap_or_else(|e| panic!("{name}: rejected with {e}"));
-                assert_eq!(u64::from(f.header.version), exp["version"].as_u64().expect("v"), "{name}");
-                assert_eq!(u64::from(f.header.msg_type.0), exp["message_type"].as_u64().expect("t"), "{name}");
-                assert_eq!(u64::from(f.header.flags.0), exp["flags"].as_u64().expect("f"), "{name}");
-                assert_eq!(hex::encode(f.payload), exp["payload_hex"].as_str().expect("p"), "{name}");
-                assert_eq!(consumed as u64, exp["consumed"].as_u64().expect("c"), "{name}");
+                assert_eq!(
+                    u64::from(f.header.version),
+                    exp["version"].as_u64().expect("v"),
+                    "{name}"
+                );
+                assert_eq!(
+                    u64::from(f.header.msg_type.0),
+                    exp["message_type"].as_u64().expect("t"),
+                    "{name}"
+                );
+                assert_eq!(
+                    u64::from(f.header.flags.0),
+                    exp["flags"].as_u64().expect("f"),
+                    "{name}"
+                );
+                assert_eq!(
+                    hex::encode(f.payload),
+                    exp["payload_hex"].as_str().expect("p"),
+                    "{name}"
+                );
+                assert_eq!(
+                    consumed as u64,
+                    exp["consumed"].as_u64().expect("c"),
+                    "{name}"
+                );
             }
             Some("reject") => {
                 let e = got.expect_err(name);
@@ -70,7 +96,11 @@ fn capture_frames(text: &str) -> Vec<(char, String, Vec<u8>)> {
         let t = line.trim_start();
         if let Some(rest) = t.strip_prefix(">> ").or_else(|| t.strip_prefix("<< ")) {
             let dir = t.chars().next().expect("dir");
-            let name = rest.split_whitespace().find(|w| w.chars().all(|c| c.is_ascii_uppercase() || c == '_')).unwrap_or("").to_owned();
+            let name = rest
+                .split_whitespace()
+                .find(|w| w.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+                .unwrap_or("")
+                .to_owned();
             current = Some((dir, name));
         } else if let Some(h) = t.strip_prefix("hex: ") {
             if let Some((dir, name)) = current.take() {
@@ -85,29 +115,46 @@ fn check_capture(text: &str, reply_word: &str) {
     let frames = capture_frames(text);
     assert_eq!(frames.len(), 7, "INIT ACK PING PONG CALL RESPONSE CLOSE");
     for (dir, name, wire) in &frames {
-        let (f, consumed) = Frame::parse_exact(wire, MAX_PAYLOAD).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (f, consumed) =
+            Frame::parse_exact(wire, MAX_PAYLOAD).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(consumed, wire.len());
-        assert_eq!(f.header.msg_type.name(), Some(name.as_str()), "{dir} {name}");
-        let msg = Message::decode(&f.header, f.payload, Channel::Task).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            f.header.msg_type.name(),
+            Some(name.as_str()),
+            "{dir} {name}"
+        );
+        let msg = Message::decode(&f.header, f.payload, Channel::Task)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         match msg {
             Message::Call(c) => {
                 assert_eq!(c.intent.as_deref(), Some("urn:iicp:intent:llm:chat:v1"));
                 assert_eq!(c.correlation_id(), Some("call-1"));
-                let payload = c.payload.expect("payload").to_json(Prefer::Json).expect("json payload");
+                let payload = c
+                    .payload
+                    .expect("payload")
+                    .to_json(Prefer::Json)
+                    .expect("json payload");
                 assert_eq!(payload["messages"][0]["role"], "user");
             }
             Message::Response(r) => {
                 assert_eq!(r.call_id(), Some("call-1"));
-                let Outcome::Success(Some(body)) = r.outcome() else { panic!("success expected") };
+                let Outcome::Success(Some(body)) = r.outcome() else {
+                    panic!("success expected")
+                };
                 let result = body.to_json(Prefer::Cbor).expect("cbor result");
-                let content = result["choices"][0]["message"]["content"].as_str().expect("content");
+                let content = result["choices"][0]["message"]["content"]
+                    .as_str()
+                    .expect("content");
                 assert!(content.contains(reply_word), "{content}");
             }
             Message::Ack(a) => {
                 assert_eq!(a.protocol_version, Some(1));
                 assert_eq!(a.node_id.as_deref().map(str::len), Some(36));
             }
-            Message::Ping(p) | Message::Pong(p) => assert_eq!(p.echo.as_deref().map(|e| e.as_slice()), Some(&b"ping-echo"[..])),
+            Message::Ping(p) | Message::Pong(p) => assert_eq!(
+                p.echo.as_deref().map(|e| e.as_slice()),
+                Some(&b"ping-echo"[..])
+            ),
             Message::Init(i) => assert_eq!(i.protocol_version, Some(1)),
             Message::Close(c) => assert_eq!(c.reason, None, "SDK CLOSE frames are empty"),
             other => panic!("unexpected {other:?}"),
@@ -117,12 +164,18 @@ fn check_capture(text: &str, reply_word: &str) {
 
 #[test]
 fn python_node_session_capture_decodes() {
-    check_capture(include_str!("data/native-tcp-python-node.txt"), "hello python native");
+    check_capture(
+        include_str!("data/native-tcp-python-node.txt"),
+        "hello python native",
+    );
 }
 
 #[test]
 fn rust_node_session_capture_decodes() {
-    check_capture(include_str!("data/native-tcp-rust-node.txt"), "hello rust native");
+    check_capture(
+        include_str!("data/native-tcp-rust-node.txt"),
+        "hello rust native",
+    );
 }
 
 #[test]
@@ -135,7 +188,8 @@ fn pcap_sessions_decode_frame_by_frame() {
         match Frame::decode(&wire, MAX_PAYLOAD) {
             Ok(Decoded::Complete { frame, consumed }) => {
                 assert_eq!(consumed, wire.len(), "{name}");
-                Message::decode(&frame.header, frame.payload, Channel::Task).unwrap_or_else(|e| panic!("{name}: {e}"));
+                Message::decode(&frame.header, frame.payload, Channel::Task)
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
                 decoded += 1;
             }
             Ok(Decoded::Incomplete { .. }) => {}
@@ -166,10 +220,21 @@ fn our_call_is_read_by_the_sdk_rules() {
     assert_eq!(map["3"], "urn:iicp:intent:llm:chat:v1");
     assert_eq!(map["15"], "c-1");
     // key 5 is a byte string of UTF-8 JSON, exactly what the SDKs json.loads()
-    let Ok(Decoded::Complete { frame, .. }) = Frame::decode(&wire, MAX_PAYLOAD) else { panic!() };
-    let Message::Call(back) = Message::decode(&frame.header, frame.payload, Channel::Task).expect("decode") else { panic!() };
-    let Some(Body::Bytes(raw)) = back.payload else { panic!("bytes expected") };
-    assert_eq!(serde_json::from_slice::<Value>(&raw).expect("json"), payload);
+    let Ok(Decoded::Complete { frame, .. }) = Frame::decode(&wire, MAX_PAYLOAD) else {
+        panic!()
+    };
+    let Message::Call(back) =
+        Message::decode(&frame.header, frame.payload, Channel::Task).expect("decode")
+    else {
+        panic!()
+    };
+    let Some(Body::Bytes(raw)) = back.payload else {
+        panic!("bytes expected")
+    };
+    assert_eq!(
+        serde_json::from_slice::<Value>(&raw).expect("json"),
+        payload
+    );
     // canonical: keys ascending, as written on the wire
     assert_eq!(map_keys(f.payload), vec![1, 2, 3, 5, 6, 15, 16]);
 }
@@ -177,9 +242,16 @@ fn our_call_is_read_by_the_sdk_rules() {
 #[test]
 fn our_response_is_read_by_the_sdk_rules() {
     // SDK clients read key 5 as CBOR (map or CBOR-in-bytes) and the call id from 15.
-    let call = Call { session_id: Some("s".into()), call_id: Some("c".into()), ..Call::default() };
-    let result = serde_json::json!({"choices": [{"message": {"role": "assistant", "content": "ok"}}]});
-    let wire = Message::Response(Response::success(&call, Body::cbor(&result))).to_frame().expect("encode");
+    let call = Call {
+        session_id: Some("s".into()),
+        call_id: Some("c".into()),
+        ..Call::default()
+    };
+    let result =
+        serde_json::json!({"choices": [{"message": {"role": "assistant", "content": "ok"}}]});
+    let wire = Message::Response(Response::success(&call, Body::cbor(&result)))
+        .to_frame()
+        .expect("encode");
     let (f, _) = Frame::parse_exact(&wire, MAX_PAYLOAD).expect("frame");
     let map = iicp_proto::cbor::to_json(f.payload).expect("cbor");
     assert_eq!(map["15"], "c");
@@ -265,7 +337,8 @@ fn arb_json() -> impl Strategy<Value = Value> {
     leaf.prop_recursive(3, 24, 6, |inner| {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            proptest::collection::btree_map("[0-9a-z]{1,3}", inner, 0..6).prop_map(|m| Value::Object(m.into_iter().collect())),
+            proptest::collection::btree_map("[0-9a-z]{1,3}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
 }

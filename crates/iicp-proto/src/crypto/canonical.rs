@@ -1,0 +1,257 @@
+//! Canonical JSON for signatures: the "PHP-style" sorted compact form of PROTOCOL.md
+//! §17.2 and §17.6.
+//!
+//! Rules: object keys sorted (recursively) by their UTF-8 bytes — the same order as
+//! Unicode code points, i.e. Python's `sort_keys=True`; separators `,` and `:` with no
+//! whitespace; UTF-8 output; `/` and non-ASCII characters written as-is; `"`, `\` and
+//! control characters below U+0020 escaped exactly as `serde_json` and Python's `json`
+//! do (`\b \t \n \f \r` short forms, other controls as `\u00xx`). Numbers are written as
+//! `serde_json` formats them (integers exactly; floats via the shortest round-trip
+//! form, e.g. `1.0`).
+//!
+//! This is not RFC 8785 JCS: JCS sorts by UTF-16 code units and formats numbers the
+//! ECMAScript way. For the integer/ASCII payloads the operator signatures use, the two
+//! coincide.
+//!
+//! [`to_string_ascii`] is the variant with Python's default `ensure_ascii=True`
+//! (non-ASCII written as `\uXXXX`, UTF-16 surrogate pairs above U+FFFF), which the
+//! reference node uses for the CIP receipt `response_hash` (§8.11).
+//!
+//! The writer walks a [`serde_json::Value`] itself and sorts keys explicitly, so the
+//! output does not depend on whether `serde_json/preserve_order` is enabled anywhere
+//! in the dependency graph (§19 T26).
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Errors from [`to_vec_from`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CanonicalError {
+    /// The value could not be turned into JSON (for example a map with non-string keys).
+    #[error("value cannot be represented as JSON")]
+    NotJson(#[source] serde_json::Error),
+}
+
+/// The canonical bytes of a JSON value.
+pub fn to_vec(value: &Value) -> Vec<u8> {
+    to_string(value).into_bytes()
+}
+
+/// The canonical text of a JSON value.
+pub fn to_string(value: &Value) -> String {
+    let mut out = String::new();
+    write(value, &mut out);
+    out
+}
+
+/// Serialises any `Serialize` value through [`serde_json::Value`] and returns its
+/// canonical bytes.
+///
+/// # Errors
+/// [`CanonicalError::NotJson`] when the value has no JSON form.
+pub fn to_vec_from<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CanonicalError> {
+    let value = serde_json::to_value(value).map_err(CanonicalError::NotJson)?;
+    Ok(to_vec(&value))
+}
+
+/// The canonical text with every non-ASCII character escaped as `\uXXXX` (Python
+/// `json.dumps(sort_keys=True, separators=(",", ":"))` with the default
+/// `ensure_ascii=True`).
+pub fn to_string_ascii(value: &Value) -> String {
+    let mut out = String::new();
+    write_value(value, &mut out, true);
+    out
+}
+
+/// Appends the canonical text of `value` to `out`.
+pub fn write(value: &Value, out: &mut String) {
+    write_value(value, out, false);
+}
+
+fn write_value(value: &Value, out: &mut String, ascii: bool) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(true) => out.push_str("true"),
+        Value::Bool(false) => out.push_str("false"),
+        Value::Number(n) => out.push_str(&n.to_string()),
+        Value::String(s) => write_str(s, out, ascii),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_value(item, out, ascii);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push('{');
+            for (i, (key, item)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_str(key, out, ascii);
+                out.push(':');
+                write_value(item, out, ascii);
+            }
+            out.push('}');
+        }
+    }
+}
+
+fn push_u_escape(unit: u16, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push_str("\\u");
+    for shift in [12u16, 8, 4, 0] {
+        out.push(char::from(HEX[usize::from((unit >> shift) & 0xf)]));
+    }
+}
+
+/// Writes a JSON string literal: escapes `"`, `\` and C0 controls, and with `ascii`
+/// also every character above U+007F.
+fn write_str(s: &str, out: &mut String, ascii: bool) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{09}' => out.push_str("\\t"),
+            '\u{0A}' => out.push_str("\\n"),
+            '\u{0C}' => out.push_str("\\f"),
+            '\u{0D}' => out.push_str("\\r"),
+            c if (c as u32) < 0x20 || (ascii && (c as u32) > 0x7f) => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    push_u_escape(*unit, out);
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn kat_delegation_17_2() {
+        let v = json!({"operator_pub": "T3BQdWJLZXlCYXNlNjQ=", "node_id": "node-kat-1", "not_after": 1_893_456_000u64});
+        assert_eq!(
+            to_string(&v),
+            r#"{"node_id":"node-kat-1","not_after":1893456000,"operator_pub":"T3BQdWJLZXlCYXNlNjQ="}"#
+        );
+    }
+
+    #[test]
+    fn kat_rename_17_3() {
+        let v =
+            json!({"ts": 1_893_456_000u64, "operator_pub": "T3BQdWI=", "display_name": "New Name"});
+        assert_eq!(
+            to_string(&v),
+            r#"{"display_name":"New Name","operator_pub":"T3BQdWI=","ts":1893456000}"#
+        );
+    }
+
+    #[test]
+    fn kat_self_service_body_17_3() {
+        let v = json!({
+            "ts": 1_893_456_000u64, "terms_version": "2026-07", "operator_pub": "T3BQdWI=",
+            "nonce": "nonce-1234567890", "dpa_version": "2026-07", "action": "accept"
+        });
+        assert_eq!(
+            to_string(&v),
+            r#"{"action":"accept","dpa_version":"2026-07","nonce":"nonce-1234567890","operator_pub":"T3BQdWI=","terms_version":"2026-07","ts":1893456000}"#
+        );
+    }
+
+    #[test]
+    fn nested_objects_are_sorted_and_arrays_keep_order() {
+        let v = json!({"b": {"z": 1, "a": [3, {"y": null, "x": true}]}, "a": false});
+        assert_eq!(
+            to_string(&v),
+            r#"{"a":false,"b":{"a":[3,{"x":true,"y":null}],"z":1}}"#
+        );
+    }
+
+    #[test]
+    fn slashes_and_unicode_are_not_escaped() {
+        let v = json!({"url": "https://x.example/a/b", "name": "Zoë 東京 🚀"});
+        assert_eq!(
+            to_string(&v),
+            "{\"name\":\"Zoë 東京 🚀\",\"url\":\"https://x.example/a/b\"}"
+        );
+    }
+
+    #[test]
+    fn control_characters_are_escaped_like_serde_json() {
+        let s: String = (0u32..0x21).filter_map(char::from_u32).collect::<String>() + "\"\\\u{7f}";
+        let v = Value::String(s);
+        assert_eq!(to_string(&v), serde_json::to_string(&v).unwrap());
+    }
+
+    #[test]
+    fn keys_sort_by_code_point() {
+        let v = json!({"é": 1, "z": 2, "Z": 3, "\u{ff61}": 4, "😀": 5});
+        assert_eq!(
+            to_string(&v),
+            "{\"Z\":3,\"z\":2,\"é\":1,\"\u{ff61}\":4,\"😀\":5}"
+        );
+    }
+
+    #[test]
+    fn ascii_variant_matches_python_ensure_ascii() {
+        // Expected text produced with Python 3:
+        // json.dumps({"z": "Zoë/東京 🚀\x01", "a": 1}, sort_keys=True, separators=(",", ":"))
+        let v = json!({"z": "Zoë/東京 🚀\u{1}", "a": 1});
+        assert_eq!(
+            to_string_ascii(&v),
+            r#"{"a":1,"z":"Zo\u00eb/\u6771\u4eac \ud83d\ude80\u0001"}"#
+        );
+    }
+
+    #[test]
+    fn numbers() {
+        let v = json!([0, -1, 18_446_744_073_709_551_615u64, 1.5, 1.0]);
+        assert_eq!(to_string(&v), "[0,-1,18446744073709551615,1.5,1.0]");
+    }
+
+    #[test]
+    fn from_serialize() {
+        #[derive(Serialize)]
+        struct S {
+            z: u8,
+            a: &'static str,
+        }
+        assert_eq!(
+            to_vec_from(&S { z: 1, a: "x" }).unwrap(),
+            br#"{"a":"x","z":1}"#
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn canonical_text_parses_back_to_the_same_value(
+            keys in proptest::collection::vec("\\PC{0,8}", 0..8),
+            s in "\\PC{0,16}",
+            n in proptest::num::i64::ANY,
+        ) {
+            let mut map = serde_json::Map::new();
+            for (i, k) in keys.iter().enumerate() {
+                map.insert(k.clone(), if i % 2 == 0 { json!(s) } else { json!({"n": n, "s": [s.clone()]}) });
+            }
+            let v = Value::Object(map);
+            let text = to_string(&v);
+            let back: Value = serde_json::from_str(&text).unwrap();
+            proptest::prop_assert_eq!(&back, &v);
+            proptest::prop_assert_eq!(to_string(&back), text);
+        }
+    }
+}
