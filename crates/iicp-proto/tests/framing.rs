@@ -343,8 +343,8 @@ fn arb_json() -> impl Strategy<Value = Value> {
     })
 }
 
-/// Many random byte strings through the decoders (the stable-toolchain stand-in for a
-/// fuzz target; `fuzz/` has the cargo-fuzz one).
+/// Many random byte strings through the decoders: the stable-toolchain stand-in for the
+/// coverage-guided targets in `fuzz/` (which need cargo-fuzz and `RUSTC_BOOTSTRAP=1`).
 #[test]
 fn decoders_survive_random_bytes() {
     use rand_core::RngCore;

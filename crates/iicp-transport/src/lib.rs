@@ -1,1 +1,21 @@
-//! `iicp-transport`: placeholder until its issue lands; see `docs/architecture.md`.
+//! `iicp-transport`: the tokio drivers that carry `iicp-proto` over real sockets.
+//!
+//! What it is:
+//! * [`native`] — the native binary transport (12-byte frames + CBOR over TCP, TLS for
+//!   `iicpsec://`): a server driver that runs one [`iicp_proto::session::Session`] per
+//!   connection and hands CALLs to a [`native::CallHandler`], and a pooled, multiplexing
+//!   client ([`native::NativeClient`]).
+//! * [`http`] — an HTTP/1.1 server over hyper with a small typed router and JSON helpers
+//!   (used by the node and the directory), and a pooled rustls HTTP client.
+//! * [`listener`] — one TCP port for both: the first bytes of each connection decide
+//!   (`IICP` → native, anything else → HTTP).
+//! * [`shutdown`] — the graceful-shutdown signal shared by the servers.
+//!
+//! What it is not: nothing here knows about directories, node selection, backends, NAT or
+//! configuration files. Place in the crate graph: layer L1, above `iicp-proto` only.
+#![forbid(unsafe_code)]
+
+pub mod http;
+pub mod listener;
+pub mod native;
+pub mod shutdown;

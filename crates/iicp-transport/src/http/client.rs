@@ -1,0 +1,664 @@
+//! The pooled HTTP client of the workspace: node → directory, client → node, backends →
+//! model servers.
+//!
+//! One [`HttpClient`] (cheap to clone, share it) holds a keep-alive pool over
+//! hyper-util's client and a rustls connector (ring provider, webpki roots plus any
+//! private CA given in [`HttpClientConfig::extra_root_certificates`]); `http://` and
+//! `https://` both work. Everything is bounded: connect timeout, a per-request timeout
+//! covering redirects and the body, and a response body cap
+//! ([`HttpClientConfig::max_response_bytes`]) enforced while reading.
+//!
+//! Spec points implemented here:
+//! * §8 / conf SDK-05: certificates are always verified; the switch to accept invalid
+//!   certificates ([`HttpClientConfig::danger_accept_invalid_certs`]) only exists in
+//!   debug builds.
+//! * §8.0, §19 T9/T29, DESIGN §4.13: the caller picks a [`Redirects`] policy; directory
+//!   calls follow 307/308 (method and body kept) up to 3 hops, with loop detection.
+//!   Other statuses (301/302/303) are never followed.
+//! * §10.4 LOG-FORBIDDEN, DESIGN §4.10: bearer tokens live in a
+//!   [`Secret`], the header is marked sensitive, and URLs in
+//!   errors lose their userinfo and query string.
+//!
+//! ```no_run
+//! use iicp_transport::http::client::{HttpClient, HttpClientConfig, Redirects};
+//! # async fn run() -> Result<(), iicp_transport::http::client::HttpClientError> {
+//! let client = HttpClient::new(HttpClientConfig::default())?;
+//! let reply = client
+//!     .post_json("https://iicp.network/api/v1/heartbeat", &serde_json::json!({"node_id": "n1"}))
+//!     .bearer("node-token")
+//!     .redirects(Redirects::follow(3))
+//!     .send()
+//!     .await?
+//!     .error_for_status()?;
+//! let ack: serde_json::Value = reply.json()?;
+//! # let _ = ack; Ok(()) }
+//! ```
+
+mod error;
+#[cfg(debug_assertions)]
+mod insecure;
+mod redirect;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION,
+    USER_AGENT,
+};
+use http::{Method, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use iicp_proto::error::ErrorBody;
+use iicp_proto::secret::Secret;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use error::HttpClientError;
+pub use redirect::Redirects;
+
+use error::{redact_str, redact_uri};
+
+/// The default `User-Agent`: `iicp-rs/<crate version>`.
+pub const DEFAULT_USER_AGENT: &str = concat!("iicp-rs/", env!("CARGO_PKG_VERSION"));
+
+/// Settings of an [`HttpClient`]. `Default` gives the production values.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct HttpClientConfig {
+    /// TCP connect timeout per address. Default 10 s.
+    pub connect_timeout: Duration,
+    /// Whole-request timeout (connect, redirects, response head and body) unless a
+    /// request sets its own. Default 30 s.
+    pub request_timeout: Duration,
+    /// Largest response body accepted, in bytes. Default 16 MiB.
+    pub max_response_bytes: usize,
+    /// How long an idle pooled connection is kept. Default 90 s.
+    pub pool_idle_timeout: Duration,
+    /// Idle pooled connections kept per host. Default 32.
+    pub pool_max_idle_per_host: usize,
+    /// Extra trusted root certificates (DER), for private CAs and self-signed test
+    /// servers; added to the webpki roots.
+    pub extra_root_certificates: Vec<Vec<u8>>,
+    /// The `User-Agent` sent with every request. Default [`DEFAULT_USER_AGENT`].
+    pub user_agent: String,
+    /// Redirect policy of requests that do not set one. Default [`Redirects::None`].
+    pub redirects: Redirects,
+    /// Accept any server certificate. Exists only in debug builds (conf SDK-05: no
+    /// TLS-verify switch in release builds). Default off.
+    #[cfg(debug_assertions)]
+    pub danger_accept_invalid_certs: bool,
+}
+
+impl Default for HttpClientConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_response_bytes: 16 * 1024 * 1024,
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 32,
+            extra_root_certificates: Vec::new(),
+            user_agent: DEFAULT_USER_AGENT.to_owned(),
+            redirects: Redirects::None,
+            #[cfg(debug_assertions)]
+            danger_accept_invalid_certs: false,
+        }
+    }
+}
+
+impl fmt::Debug for HttpClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("HttpClientConfig");
+        d.field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .field("pool_idle_timeout", &self.pool_idle_timeout)
+            .field("pool_max_idle_per_host", &self.pool_max_idle_per_host)
+            .field(
+                "extra_root_certificates",
+                &self.extra_root_certificates.len(),
+            )
+            .field("user_agent", &self.user_agent)
+            .field("redirects", &self.redirects);
+        #[cfg(debug_assertions)]
+        d.field(
+            "danger_accept_invalid_certs",
+            &self.danger_accept_invalid_certs,
+        );
+        d.finish()
+    }
+}
+
+type Pool = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+struct Inner {
+    pool: Pool,
+    user_agent: HeaderValue,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    max_response_bytes: usize,
+    redirects: Redirects,
+}
+
+/// A pooled HTTP/1.1 client over rustls. Clones share the pool.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpClient")
+            .field("request_timeout", &self.inner.request_timeout)
+            .field("max_response_bytes", &self.inner.max_response_bytes)
+            .field("redirects", &self.inner.redirects)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpClient {
+    /// Builds a client. Fails on an unparsable extra root certificate or user agent.
+    pub fn new(config: HttpClientConfig) -> Result<Self, HttpClientError> {
+        let tls = tls_config(&config)?;
+        let user_agent =
+            HeaderValue::from_str(&config.user_agent).map_err(|_| HttpClientError::Config {
+                reason: "user agent is not a valid header value",
+                source: None,
+            })?;
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let pool = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .build(https);
+
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                user_agent,
+                connect_timeout: config.connect_timeout,
+                request_timeout: config.request_timeout,
+                max_response_bytes: config.max_response_bytes,
+                redirects: config.redirects,
+            }),
+        })
+    }
+
+    /// A request with `method` to `url` (absolute `http://` or `https://`).
+    pub fn request(&self, method: Method, url: impl AsRef<str>) -> RequestBuilder {
+        RequestBuilder::new(self.clone(), method, url.as_ref())
+    }
+
+    /// A `GET` request.
+    pub fn get(&self, url: impl AsRef<str>) -> RequestBuilder {
+        self.request(Method::GET, url)
+    }
+
+    /// A `POST` request with a JSON body.
+    pub fn post_json<T: Serialize + ?Sized>(
+        &self,
+        url: impl AsRef<str>,
+        body: &T,
+    ) -> RequestBuilder {
+        self.request(Method::POST, url).json(body)
+    }
+
+    /// A `DELETE` request with a JSON body (the directory deregister, §19 T9).
+    pub fn delete_json<T: Serialize + ?Sized>(
+        &self,
+        url: impl AsRef<str>,
+        body: &T,
+    ) -> RequestBuilder {
+        self.request(Method::DELETE, url).json(body)
+    }
+}
+
+fn tls_config(config: &HttpClientConfig) -> Result<rustls::ClientConfig, HttpClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|err| HttpClientError::Config {
+            reason: "TLS protocol versions unsupported by the crypto provider",
+            source: Some(Box::new(err)),
+        })?;
+
+    #[cfg(debug_assertions)]
+    if config.danger_accept_invalid_certs {
+        tracing::warn!("TLS certificate verification is disabled (debug build only)");
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(insecure::AcceptAnyCert::new(provider)))
+            .with_no_client_auth());
+    }
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for der in &config.extra_root_certificates {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(der.clone()))
+            .map_err(|err| HttpClientError::Config {
+                reason: "extra root certificate is not a valid DER certificate",
+                source: Some(Box::new(err)),
+            })?;
+    }
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// A request being built; finish it with [`RequestBuilder::send`]. Invalid input
+/// (URL, header) is reported by `send`.
+pub struct RequestBuilder {
+    client: HttpClient,
+    method: Method,
+    url: Result<Uri, HttpClientError>,
+    headers: HeaderMap,
+    body: Bytes,
+    bearer: Option<Secret>,
+    timeout: Option<Duration>,
+    redirects: Option<Redirects>,
+    max_response_bytes: Option<usize>,
+    error: Option<HttpClientError>,
+}
+
+impl fmt::Debug for RequestBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = match &self.url {
+            Ok(uri) => redact_uri(uri),
+            Err(_) => "<invalid>".to_owned(),
+        };
+        let header_names: Vec<&str> = self.headers.keys().map(HeaderName::as_str).collect();
+        f.debug_struct("RequestBuilder")
+            .field("method", &self.method)
+            .field("url", &url)
+            .field("headers", &header_names)
+            .field("body_len", &self.body.len())
+            .field("bearer", &self.bearer)
+            .field("timeout", &self.timeout)
+            .field("redirects", &self.redirects)
+            .finish()
+    }
+}
+
+impl RequestBuilder {
+    fn new(client: HttpClient, method: Method, url: &str) -> Self {
+        Self {
+            client,
+            method,
+            url: parse_url(url),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            bearer: None,
+            timeout: None,
+            redirects: None,
+            max_response_bytes: None,
+            error: None,
+        }
+    }
+
+    /// Adds a header (appending to earlier values of the same name). `Authorization`
+    /// and `X-IICP-Consumer-Token` values are marked sensitive.
+    pub fn header<K, V>(mut self, name: K, value: V) -> Self
+    where
+        K: TryInto<HeaderName>,
+        V: TryInto<HeaderValue>,
+    {
+        let name = match name.try_into() {
+            Ok(name) => name,
+            Err(_) => {
+                self.error.get_or_insert(HttpClientError::InvalidHeader {
+                    name: "<invalid name>".to_owned(),
+                });
+                return self;
+            }
+        };
+        match value.try_into() {
+            Ok(mut value) => {
+                if is_credential_header(&name) {
+                    value.set_sensitive(true);
+                }
+                self.headers.append(name, value);
+            }
+            Err(_) => {
+                self.error.get_or_insert(HttpClientError::InvalidHeader {
+                    name: name.as_str().to_owned(),
+                });
+            }
+        }
+        self
+    }
+
+    /// Sends `Authorization: Bearer <token>`. The token is kept redacted in `Debug` and
+    /// dropped when a redirect leaves the origin.
+    pub fn bearer(mut self, token: impl Into<Secret>) -> Self {
+        self.bearer = Some(token.into());
+        self
+    }
+
+    /// Replaces the body with `bytes` and sets `Content-Type`.
+    pub fn body(mut self, content_type: &'static str, bytes: impl Into<Bytes>) -> Self {
+        self.body = bytes.into();
+        self.headers
+            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        self
+    }
+
+    /// Replaces the body with `value` as JSON (`Content-Type: application/json`).
+    pub fn json<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
+        match serde_json::to_vec(value) {
+            Ok(bytes) => self.body("application/json", bytes),
+            Err(err) => {
+                self.error.get_or_insert(HttpClientError::Serialize {
+                    source: Box::new(err),
+                });
+                self
+            }
+        }
+    }
+
+    /// Overrides the whole-request timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Overrides the redirect policy.
+    pub fn redirects(mut self, redirects: Redirects) -> Self {
+        self.redirects = Some(redirects);
+        self
+    }
+
+    /// Overrides the response body cap.
+    pub fn max_response_bytes(mut self, limit: usize) -> Self {
+        self.max_response_bytes = Some(limit);
+        self
+    }
+
+    /// Sends the request and reads the whole response body (bounded). Any HTTP status
+    /// is a successful reply; see [`HttpReply::error_for_status`].
+    pub async fn send(self) -> Result<HttpReply, HttpClientError> {
+        if let Some(err) = self.error {
+            return Err(err);
+        }
+        let url = self.url?;
+        let inner = Arc::clone(&self.client.inner);
+        let timeout = self.timeout.unwrap_or(inner.request_timeout);
+        let exchange = Exchange {
+            inner: &inner,
+            method: self.method,
+            headers: self.headers,
+            body: self.body,
+            bearer: self.bearer,
+            redirects: self.redirects.unwrap_or(inner.redirects),
+            max_response_bytes: self.max_response_bytes.unwrap_or(inner.max_response_bytes),
+        };
+        let redacted = redact_uri(&url);
+        match tokio::time::timeout(timeout, exchange.run(url)).await {
+            Ok(result) => result,
+            Err(_) => Err(HttpClientError::Timeout {
+                url: redacted,
+                after: timeout,
+            }),
+        }
+    }
+}
+
+fn is_credential_header(name: &HeaderName) -> bool {
+    *name == AUTHORIZATION
+        || *name == http::header::PROXY_AUTHORIZATION
+        || *name == http::header::COOKIE
+        || name.as_str() == "x-iicp-consumer-token"
+}
+
+fn parse_url(url: &str) -> Result<Uri, HttpClientError> {
+    let invalid = |reason| HttpClientError::InvalidUrl {
+        url: redact_str(url),
+        reason,
+    };
+    let uri: Uri = url.parse().map_err(|_| invalid("not a valid URL"))?;
+    check_uri(&uri).map_err(invalid)?;
+    Ok(uri)
+}
+
+/// An absolute `http`/`https` URI with a host and no userinfo.
+fn check_uri(uri: &Uri) -> Result<(), &'static str> {
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(_) => return Err("scheme must be http or https"),
+        None => return Err("URL must be absolute"),
+    }
+    let Some(authority) = uri.authority() else {
+        return Err("URL has no host");
+    };
+    if authority.as_str().contains('@') {
+        return Err("credentials in URLs are not supported");
+    }
+    if authority.host().is_empty() {
+        return Err("URL has no host");
+    }
+    Ok(())
+}
+
+/// One logical request: the hops of its redirect chain.
+struct Exchange<'a> {
+    inner: &'a Inner,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+    bearer: Option<Secret>,
+    redirects: Redirects,
+    max_response_bytes: usize,
+}
+
+impl Exchange<'_> {
+    async fn run(mut self, url: Uri) -> Result<HttpReply, HttpClientError> {
+        let mut current = url;
+        let mut visited: Vec<Uri> = Vec::new();
+        let mut credentials = true;
+        loop {
+            let request = self.build(&current, credentials)?;
+            let response = self
+                .inner
+                .pool
+                .request(request)
+                .await
+                .map_err(|err| error::classify(err, &current, self.inner.connect_timeout))?;
+
+            let Redirects::Follow {
+                max_hops,
+                same_origin_only,
+            } = self.redirects
+            else {
+                return self.read(response, &current).await;
+            };
+            let status = response.status();
+            if status != StatusCode::TEMPORARY_REDIRECT && status != StatusCode::PERMANENT_REDIRECT
+            {
+                return self.read(response, &current).await;
+            }
+            let Some(location) = response.headers().get(LOCATION) else {
+                return self.read(response, &current).await;
+            };
+            let refused = |reason| HttpClientError::RedirectRefused {
+                url: redact_uri(&current),
+                reason,
+            };
+            let next = location
+                .to_str()
+                .ok()
+                .and_then(|loc| redirect::resolve(&current, loc))
+                .ok_or_else(|| refused("invalid Location header"))?;
+            check_uri(&next).map_err(|_| refused("Location is not an http(s) URL"))?;
+            if visited.len() >= usize::from(max_hops) {
+                return Err(HttpClientError::TooManyRedirects {
+                    url: redact_uri(&current),
+                    max_hops,
+                });
+            }
+            if next == current || visited.contains(&next) {
+                return Err(HttpClientError::RedirectLoop {
+                    url: redact_uri(&next),
+                });
+            }
+            if current.scheme_str() == Some("https") && next.scheme_str() != Some("https") {
+                return Err(refused("redirect from https to http"));
+            }
+            let origin = visited.first().unwrap_or(&current);
+            if same_origin_only && !redirect::same_origin(origin, &next) {
+                return Err(refused("cross-origin redirect"));
+            }
+            if !redirect::same_origin(&current, &next) && credentials {
+                credentials = false;
+                remove_credentials(&mut self.headers);
+            }
+            tracing::debug!(
+                from = %redact_uri(&current),
+                to = %redact_uri(&next),
+                status = status.as_u16(),
+                "following redirect"
+            );
+            drop(response);
+            visited.push(std::mem::replace(&mut current, next));
+        }
+    }
+
+    fn build(
+        &self,
+        url: &Uri,
+        credentials: bool,
+    ) -> Result<http::Request<Full<Bytes>>, HttpClientError> {
+        let mut request = http::Request::new(Full::new(self.body.clone()));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = url.clone();
+        let headers = request.headers_mut();
+        headers.clone_from(&self.headers);
+        headers
+            .entry(USER_AGENT)
+            .or_insert_with(|| self.inner.user_agent.clone());
+        if credentials {
+            if let Some(token) = &self.bearer {
+                let mut value = HeaderValue::try_from(format!("Bearer {}", token.expose()))
+                    .map_err(|_| HttpClientError::InvalidHeader {
+                        name: AUTHORIZATION.as_str().to_owned(),
+                    })?;
+                value.set_sensitive(true);
+                headers.insert(AUTHORIZATION, value);
+            }
+        }
+        Ok(request)
+    }
+
+    async fn read(
+        &self,
+        response: http::Response<hyper::body::Incoming>,
+        url: &Uri,
+    ) -> Result<HttpReply, HttpClientError> {
+        let limit = self.max_response_bytes;
+        let too_large = || HttpClientError::BodyTooLarge {
+            url: redact_uri(url),
+            limit,
+        };
+        let (parts, body) = response.into_parts();
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit as u64) {
+            return Err(too_large());
+        }
+        let body = match Limited::new(body, limit).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
+            Err(err) => {
+                return Err(HttpClientError::Body {
+                    url: redact_uri(url),
+                    source: err,
+                })
+            }
+        };
+        Ok(HttpReply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            url: redact_uri(url),
+        })
+    }
+}
+
+/// Drops the credential headers (a redirect left the origin).
+fn remove_credentials(headers: &mut HeaderMap) {
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_credential_header(name))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+/// A complete response: status, headers and the whole (bounded) body.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct HttpReply {
+    /// The status.
+    pub status: StatusCode,
+    /// The headers.
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Bytes,
+    /// The URL that answered (after redirects), without userinfo and query.
+    pub url: String,
+}
+
+impl HttpReply {
+    /// Whether the status is 2xx.
+    pub fn is_success(&self) -> bool {
+        self.status.is_success()
+    }
+
+    /// Deserialises the body as JSON. The error names the position only, never body
+    /// content (the body may hold tokens).
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, HttpClientError> {
+        serde_json::from_slice(&self.body).map_err(|err| HttpClientError::Json {
+            url: self.url.clone(),
+            line: err.line(),
+            column: err.column(),
+        })
+    }
+
+    /// The body parsed as an IICP error in any of the shapes peers send (§6.1), with
+    /// this reply's status.
+    pub fn error_body(&self) -> ErrorBody {
+        ErrorBody::parse(self.status.as_u16(), &self.body)
+    }
+
+    /// `Ok(self)` for 2xx; otherwise [`HttpClientError::Status`] with the parsed error
+    /// body.
+    pub fn error_for_status(self) -> Result<Self, HttpClientError> {
+        if self.status.is_success() {
+            Ok(self)
+        } else {
+            Err(HttpClientError::Status {
+                status: self.status.as_u16(),
+                error: Box::new(self.error_body()),
+                url: self.url,
+            })
+        }
+    }
+}

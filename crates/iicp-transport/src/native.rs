@@ -1,0 +1,273 @@
+//! The native binary transport over TCP (PROTOCOL.md §10, §14.2; ADR 0002).
+//!
+//! * [`connection`] — one actor task per TCP (or TLS) connection that drives an
+//!   [`iicp_proto::session::Session`]: it reads and writes frames, applies the session's
+//!   timers, multiplexes outbound CALLs by call id, and hands inbound CALLs to a
+//!   [`CallHandler`]. The same actor serves every role: task server, task client, relay
+//!   worker and relay-accept server.
+//! * [`client`] — [`NativeClient`], a pool of multiplexed connections per endpoint for
+//!   `iicp://` and `iicpsec://` (TLS) targets.
+//!
+//! Servers are started through [`crate::listener`], which also shares the port with HTTP.
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::str::FromStr;
+
+use iicp_proto::message::{Call, Response};
+
+pub mod client;
+pub mod connection;
+
+pub use client::{NativeClient, NativeClientConfig};
+pub use connection::{CloseInfo, ConnectionConfig, ConnectionHandle};
+
+/// Default TCP port of the native transport (PROTOCOL.md §1.2).
+pub const DEFAULT_PORT: u16 = 9484;
+
+/// A boxed, sendable future, as returned by [`CallHandler::handle`].
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// What a handler knows about the CALL's connection.
+#[derive(Clone, Debug)]
+pub struct CallContext {
+    /// Remote address of the connection.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS (`iicpsec://`).
+    pub tls: bool,
+}
+
+/// Executes native CALLs. The connection correlates the returned RESPONSE with the CALL:
+/// a response without session or call id gets the CALL's.
+pub trait CallHandler: Send + Sync + 'static {
+    /// Runs one CALL to completion.
+    fn handle(&self, call: Call, ctx: CallContext) -> BoxFuture<Response>;
+}
+
+impl<F, Fut> CallHandler for F
+where
+    F: Fn(Call, CallContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send + 'static,
+{
+    fn handle(&self, call: Call, ctx: CallContext) -> BoxFuture<Response> {
+        Box::pin(self(call, ctx))
+    }
+}
+
+/// A native endpoint: `iicp://host:port` or `iicpsec://host:port` (default port 9484).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct NativeEndpoint {
+    /// Whether the connection uses TLS (`iicpsec://`).
+    pub tls: bool,
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+/// An endpoint string that is not `iicp://` or `iicpsec://` `host[:port]`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid native endpoint: {0}")]
+pub struct EndpointError(&'static str);
+
+impl FromStr for NativeEndpoint {
+    type Err = EndpointError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (tls, rest) = if let Some(r) = s.strip_prefix("iicpsec://") {
+            (true, r)
+        } else if let Some(r) = s.strip_prefix("iicp://") {
+            (false, r)
+        } else {
+            return Err(EndpointError("scheme must be iicp:// or iicpsec://"));
+        };
+        let authority = rest.split('/').next().unwrap_or_default();
+        if authority.contains('@') {
+            return Err(EndpointError("user info is not allowed"));
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, tail) = v6
+                .split_once(']')
+                .ok_or(EndpointError("unclosed IPv6 bracket"))?;
+            let port = match tail.strip_prefix(':') {
+                Some(p) => Some(p),
+                None if tail.is_empty() => None,
+                None => return Err(EndpointError("junk after IPv6 address")),
+            };
+            (h, port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(EndpointError("missing host"));
+        }
+        let port = match port {
+            Some(p) => p.parse::<u16>().map_err(|_| EndpointError("bad port"))?,
+            None => DEFAULT_PORT,
+        };
+        if port == 0 {
+            return Err(EndpointError("port 0"));
+        }
+        Ok(Self {
+            tls,
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl NativeEndpoint {
+    /// The endpoint that shares host and port with an HTTP endpoint, as the SDKs derive
+    /// it: `http://H:P` → `iicp://H:P`, `https://H:P` → `iicpsec://H:P` (PROTOCOL.md §1.2).
+    pub fn from_http(endpoint: &str) -> Option<Self> {
+        let (tls, rest) = if let Some(r) = endpoint.strip_prefix("https://") {
+            (true, r)
+        } else {
+            (false, endpoint.strip_prefix("http://")?)
+        };
+        let authority = rest.split('/').next().unwrap_or_default();
+        let scheme = if tls { "iicpsec://" } else { "iicp://" };
+        let mut ep: NativeEndpoint = format!("{scheme}{authority}").parse().ok()?;
+        if !authority.trim_start_matches('[').contains(':') || authority.ends_with(']') {
+            ep.port = if tls { 443 } else { 80 };
+        }
+        Some(ep)
+    }
+
+    /// `host:port` for connecting (IPv6 in brackets).
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl fmt::Display for NativeEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "iicpsec" } else { "iicp" };
+        write!(f, "{scheme}://{}", self.authority())
+    }
+}
+
+impl fmt::Debug for NativeEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Errors of native calls and connections.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NativeError {
+    /// TCP connect failed.
+    #[error("connect to {endpoint} failed")]
+    Connect {
+        /// Target.
+        endpoint: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TCP connect did not finish in time.
+    #[error("connect to {0} timed out")]
+    ConnectTimeout(String),
+    /// TLS handshake failed.
+    #[error("TLS handshake with {endpoint} failed")]
+    Tls {
+        /// Target.
+        endpoint: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The endpoint is in its 60 s back-off after an ACK timeout (PROTOCOL.md §10.3).
+    #[error("{0} is backing off after a handshake timeout")]
+    BackingOff(String),
+    /// The connection closed before the answer arrived.
+    #[error("connection closed: {0}")]
+    Closed(String),
+    /// No RESPONSE within the call's timeout.
+    #[error("call timed out")]
+    Timeout,
+    /// The session refused the request (duplicate id, too many in flight, …).
+    #[error(transparent)]
+    Session(#[from] iicp_proto::session::SessionError),
+}
+
+impl NativeError {
+    /// Whether the failure is a timeout (connect or call).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, NativeError::Timeout | NativeError::ConnectTimeout(_))
+    }
+
+    /// Whether the failure happened before anything reached the peer.
+    pub fn is_connect(&self) -> bool {
+        matches!(
+            self,
+            NativeError::Connect { .. }
+                | NativeError::ConnectTimeout(_)
+                | NativeError::Tls { .. }
+                | NativeError::BackingOff(_)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        let e: NativeEndpoint = "iicp://127.0.0.1:9500".parse().expect("ok");
+        assert_eq!((e.tls, e.host.as_str(), e.port), (false, "127.0.0.1", 9500));
+        let e: NativeEndpoint = "iicpsec://node.example".parse().expect("ok");
+        assert_eq!((e.tls, e.port), (true, DEFAULT_PORT));
+        let e: NativeEndpoint = "iicp://[::1]:7000".parse().expect("ok");
+        assert_eq!((e.host.as_str(), e.port), ("::1", 7000));
+        assert_eq!(e.to_string(), "iicp://[::1]:7000");
+        assert_eq!(
+            "iicp://[::1]".parse::<NativeEndpoint>().expect("ok").port,
+            DEFAULT_PORT
+        );
+        for bad in [
+            "http://x:1",
+            "iicp://",
+            "iicp://h:0",
+            "iicp://h:70000",
+            "iicp://u@h:1",
+            "iicp://[::1",
+        ] {
+            assert!(bad.parse::<NativeEndpoint>().is_err(), "{bad}");
+        }
+        assert_eq!(
+            NativeEndpoint::from_http("http://10.0.0.1:9484")
+                .expect("ok")
+                .to_string(),
+            "iicp://10.0.0.1:9484"
+        );
+        assert_eq!(
+            NativeEndpoint::from_http("https://n.example/x")
+                .expect("ok")
+                .to_string(),
+            "iicpsec://n.example:443"
+        );
+        assert_eq!(
+            NativeEndpoint::from_http("http://[::1]:80")
+                .expect("ok")
+                .to_string(),
+            "iicp://[::1]:80"
+        );
+        assert_eq!(
+            NativeEndpoint::from_http("http://[::1]").expect("ok").port,
+            80
+        );
+        assert!(NativeEndpoint::from_http("ftp://x").is_none());
+    }
+}

@@ -1,0 +1,515 @@
+//! The per-connection actor: one tokio task owns the socket and the
+//! [`Session`]; everything else talks to it through a bounded command channel
+//! (PROTOCOL.md §10.3, §10.6).
+//!
+//! Memory per connection is bounded: the read buffer holds at most one frame plus what
+//! the socket delivered with it (the session checks a frame's length against
+//! [`session::Config::max_payload`] from its header, before the payload is read), the
+//! number of outstanding calls in each direction is capped by the session, the command
+//! and response channels are bounded, and writes that do not progress within
+//! [`ConnectionConfig::write_timeout`] end the connection.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use iicp_proto::frame::{Decoded, Frame};
+use iicp_proto::message::{Call, Message, Ping, Response};
+use iicp_proto::session::{self, Event, Session};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+
+use super::{CallContext, CallHandler, NativeError};
+use crate::shutdown::Shutdown;
+
+/// Settings of one connection.
+#[derive(Clone, Debug)]
+pub struct ConnectionConfig {
+    /// The session's settings (role, channel, limits, timers).
+    pub session: session::Config,
+    /// A write that makes no progress for this long ends the connection (slow reader).
+    pub write_timeout: Duration,
+    /// Capacity of the command channel from [`ConnectionHandle`]s.
+    pub command_capacity: usize,
+}
+
+impl ConnectionConfig {
+    /// Defaults for a task client.
+    pub fn client() -> Self {
+        Self {
+            session: session::Config::client(),
+            write_timeout: Duration::from_secs(30),
+            command_capacity: 256,
+        }
+    }
+
+    /// Defaults for a task server.
+    pub fn server() -> Self {
+        Self {
+            session: session::Config::server(),
+            ..Self::client()
+        }
+    }
+}
+
+/// How a connection ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloseInfo {
+    /// The CLOSE reason (ours or the peer's), `eof` when the peer just hung up, or
+    /// `io_error` / `write_timeout`.
+    pub reason: String,
+    /// Whether the peer ended it.
+    pub by_peer: bool,
+}
+
+enum Command {
+    Call(Call, oneshot::Sender<Result<Response, NativeError>>),
+    Abandon(String),
+    Send(Message, oneshot::Sender<Result<(), NativeError>>),
+    Ping(Option<Vec<u8>>, oneshot::Sender<Result<Ping, NativeError>>),
+    Close,
+}
+
+/// A cheap, cloneable handle to a running connection.
+#[derive(Clone, Debug)]
+pub struct ConnectionHandle {
+    commands: mpsc::Sender<Command>,
+    closed: watch::Receiver<Option<CloseInfo>>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Call(..) => "Call",
+            Command::Abandon(_) => "Abandon",
+            Command::Send(..) => "Send",
+            Command::Ping(..) => "Ping",
+            Command::Close => "Close",
+        })
+    }
+}
+
+impl ConnectionHandle {
+    /// Sends a CALL and waits up to `timeout` for its final RESPONSE. The CALL needs a
+    /// call id or session id unique among this connection's outstanding calls.
+    pub async fn call(&self, call: Call, timeout: Duration) -> Result<Response, NativeError> {
+        let id = call.correlation_id().map(str::to_owned);
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Call(call, tx))
+            .await
+            .map_err(|_| self.closed_error())?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(self.closed_error()),
+            Err(_) => {
+                if let Some(id) = id {
+                    let _ = self.commands.try_send(Command::Abandon(id));
+                }
+                Err(NativeError::Timeout)
+            }
+        }
+    }
+
+    /// Sends any non-call message (RELAY_BIND, RELAY_ACK, FEEDBACK, …).
+    pub async fn send(&self, msg: Message) -> Result<(), NativeError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Send(msg, tx))
+            .await
+            .map_err(|_| self.closed_error())?;
+        rx.await.map_err(|_| self.closed_error())?
+    }
+
+    /// Sends a PING and waits up to `timeout` for the PONG; returns the round-trip time.
+    pub async fn ping(
+        &self,
+        echo: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<Duration, NativeError> {
+        let start = Instant::now();
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Ping(echo, tx))
+            .await
+            .map_err(|_| self.closed_error())?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Ok(_pong))) => Ok(start.elapsed()),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) => Err(self.closed_error()),
+            Err(_) => Err(NativeError::Timeout),
+        }
+    }
+
+    /// Starts a graceful close (in-flight answers are flushed first).
+    pub fn close(&self) {
+        let _ = self.commands.try_send(Command::Close);
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.closed.borrow().is_some() || self.commands.is_closed()
+    }
+
+    /// Waits until the connection has ended and says how.
+    pub async fn closed(&self) -> CloseInfo {
+        let mut rx = self.closed.clone();
+        loop {
+            if let Some(info) = rx.borrow_and_update().clone() {
+                return info;
+            }
+            if rx.changed().await.is_err() {
+                return CloseInfo {
+                    reason: "dropped".into(),
+                    by_peer: false,
+                };
+            }
+        }
+    }
+
+    fn closed_error(&self) -> NativeError {
+        let reason = self
+            .closed
+            .borrow()
+            .as_ref()
+            .map_or_else(|| "connection ended".to_owned(), |c| c.reason.clone());
+        NativeError::Closed(reason)
+    }
+}
+
+/// Where non-call messages go: RELAY_BIND, RELAY_ACK, DISCOVER, FEEDBACK, ….
+pub type MessageSink = mpsc::Sender<Message>;
+
+/// Starts the actor for an established transport and returns its handle.
+///
+/// `handler` executes inbound CALLs (servers, relay workers); without one, inbound CALLs
+/// are answered with an error. `messages` receives other messages; without it they are
+/// logged and dropped. The task ends when the session closes, the peer hangs up, or
+/// `shutdown` fires and the drain completes.
+pub fn spawn<IO>(
+    io: IO,
+    ctx: CallContext,
+    config: ConnectionConfig,
+    handler: Option<Arc<dyn CallHandler>>,
+    messages: Option<MessageSink>,
+    shutdown: Shutdown,
+) -> (ConnectionHandle, tokio::task::JoinHandle<CloseInfo>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (cmd_tx, cmd_rx) = mpsc::channel(config.command_capacity.max(1));
+    let (closed_tx, closed_rx) = watch::channel(None);
+    let actor = Actor::new(io, ctx, config, handler, messages);
+    let task = tokio::spawn(actor.run(cmd_rx, closed_tx, shutdown));
+    (
+        ConnectionHandle {
+            commands: cmd_tx,
+            closed: closed_rx,
+        },
+        task,
+    )
+}
+
+/// Runs a server-side connection to completion on the current task (used by the
+/// listener, which already runs one task per accepted connection).
+pub async fn serve<IO>(
+    io: IO,
+    ctx: CallContext,
+    config: ConnectionConfig,
+    handler: Arc<dyn CallHandler>,
+    shutdown: Shutdown,
+) -> CloseInfo
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (_cmd_tx, cmd_rx) = mpsc::channel(1);
+    let (closed_tx, _closed_rx) = watch::channel(None);
+    Actor::new(io, ctx, config, Some(handler), None)
+        .run(cmd_rx, closed_tx, shutdown)
+        .await
+}
+
+struct Actor<IO> {
+    io: IO,
+    ctx: CallContext,
+    config: ConnectionConfig,
+    handler: Option<Arc<dyn CallHandler>>,
+    messages: Option<MessageSink>,
+    session: Session,
+    rbuf: BytesMut,
+    wbuf: Vec<u8>,
+    pending: HashMap<String, oneshot::Sender<Result<Response, NativeError>>>,
+    pings: VecDeque<oneshot::Sender<Result<Ping, NativeError>>>,
+    tasks: JoinSet<Response>,
+    /// (session id, call id) of each running handler task, to answer even if it panics.
+    task_calls: HashMap<tokio::task::Id, (Option<String>, Option<String>)>,
+    close: Option<CloseInfo>,
+}
+
+impl<IO> Actor<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn new(
+        io: IO,
+        ctx: CallContext,
+        config: ConnectionConfig,
+        handler: Option<Arc<dyn CallHandler>>,
+        messages: Option<MessageSink>,
+    ) -> Self {
+        let session = Session::new(config.session.clone(), Instant::now());
+        Self {
+            io,
+            ctx,
+            config,
+            handler,
+            messages,
+            session,
+            rbuf: BytesMut::with_capacity(8 * 1024),
+            wbuf: Vec::with_capacity(8 * 1024),
+            pending: HashMap::new(),
+            pings: VecDeque::new(),
+            tasks: JoinSet::new(),
+            task_calls: HashMap::new(),
+            close: None,
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        closed_tx: watch::Sender<Option<CloseInfo>>,
+        mut shutdown: Shutdown,
+    ) -> CloseInfo {
+        let mut commands_open = true;
+        let mut shutting_down = shutdown.is_fired();
+        if shutting_down {
+            self.session.close(Instant::now());
+        }
+        loop {
+            self.dispatch_events().await;
+            if let Err(info) = self.flush().await {
+                self.close.get_or_insert(info);
+                break;
+            }
+            if self.session.is_closed() {
+                break;
+            }
+            self.reserve_for_next_frame();
+            let deadline = self
+                .session
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std);
+            tokio::select! {
+                read = self.io.read_buf(&mut self.rbuf) => match read {
+                    Ok(0) => {
+                        self.close.get_or_insert(CloseInfo { reason: "eof".into(), by_peer: true });
+                        break;
+                    }
+                    Ok(_) => {
+                        let used = self.session.handle_input(&self.rbuf, Instant::now());
+                        self.rbuf.advance(used);
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer = %self.ctx.peer, error = %e, "native read failed");
+                        self.close.get_or_insert(CloseInfo { reason: "io_error".into(), by_peer: true });
+                        break;
+                    }
+                },
+                cmd = commands.recv(), if commands_open => match cmd {
+                    Some(cmd) => self.command(cmd),
+                    None => commands_open = false,
+                },
+                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => self.finish_call(joined),
+                _ = sleep_until(deadline), if deadline.is_some() => self.session.handle_timeout(Instant::now()),
+                _ = shutdown.fired(), if !shutting_down => {
+                    shutting_down = true;
+                    self.session.close(Instant::now());
+                }
+            }
+        }
+        self.dispatch_events().await;
+        let _ = self.flush().await;
+        let _ = self.io.shutdown().await;
+        let info = self.close.clone().unwrap_or_else(|| CloseInfo {
+            reason: "closed".into(),
+            by_peer: false,
+        });
+        for (_, tx) in self.pending.drain() {
+            let _ = tx.send(Err(NativeError::Closed(info.reason.clone())));
+        }
+        for tx in self.pings.drain(..) {
+            let _ = tx.send(Err(NativeError::Closed(info.reason.clone())));
+        }
+        self.tasks.abort_all();
+        let _ = closed_tx.send(Some(info.clone()));
+        info
+    }
+
+    /// Grows the read buffer to hold the frame being received (its length was already
+    /// checked against the limit), so large frames are read in few syscalls.
+    fn reserve_for_next_frame(&mut self) {
+        let needed = match Frame::decode(&self.rbuf, self.config.session.max_payload) {
+            Ok(Decoded::Incomplete { needed, .. }) => needed,
+            _ => 0,
+        };
+        let want = needed.saturating_sub(self.rbuf.len()).max(8 * 1024);
+        if self.rbuf.capacity() - self.rbuf.len() < want {
+            self.rbuf.reserve(want);
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), CloseInfo> {
+        self.session.take_transmit(&mut self.wbuf);
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let result =
+            tokio::time::timeout(self.config.write_timeout, self.io.write_all(&self.wbuf)).await;
+        self.wbuf.clear();
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(CloseInfo {
+                reason: "io_error".into(),
+                by_peer: true,
+            }),
+            Err(_) => Err(CloseInfo {
+                reason: "write_timeout".into(),
+                by_peer: false,
+            }),
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Call(call, tx) => {
+                let id = call.correlation_id().map(str::to_owned);
+                match (self.session.send_call(call), id) {
+                    (Ok(()), Some(id)) => {
+                        self.pending.insert(id, tx);
+                    }
+                    (Ok(()), None) => {}
+                    (Err(e), _) => {
+                        let _ = tx.send(Err(e.into()));
+                    }
+                }
+            }
+            Command::Abandon(id) => {
+                self.session.abandon_call(&id);
+                self.pending.remove(&id);
+            }
+            Command::Send(msg, tx) => {
+                let _ = tx.send(self.session.send(msg).map_err(Into::into));
+            }
+            Command::Ping(echo, tx) => match self.session.ping(echo) {
+                Ok(()) => self.pings.push_back(tx),
+                Err(e) => {
+                    let _ = tx.send(Err(e.into()));
+                }
+            },
+            Command::Close => self.session.close(Instant::now()),
+        }
+    }
+
+    async fn dispatch_events(&mut self) {
+        while let Some(event) = self.session.poll_event() {
+            match event {
+                Event::Call(call) => self.start_call(call),
+                Event::Response(resp) => {
+                    let key = [resp.call_id(), resp.session_id.as_deref()]
+                        .into_iter()
+                        .flatten()
+                        .find(|k| self.pending.contains_key(*k))
+                        .map(str::to_owned);
+                    if let Some(key) = key {
+                        if resp.is_final() {
+                            if let Some(tx) = self.pending.remove(&key) {
+                                let _ = tx.send(Ok(resp));
+                            }
+                        }
+                        // partial (lifecycle) responses are not surfaced by this API
+                    }
+                }
+                Event::Pong(p) => {
+                    if let Some(tx) = self.pings.pop_front() {
+                        let _ = tx.send(Ok(p));
+                    }
+                }
+                Event::Message(msg) => match &self.messages {
+                    Some(sink) => {
+                        if sink.send(msg).await.is_err() {
+                            tracing::debug!(peer = %self.ctx.peer, "message sink gone");
+                        }
+                    }
+                    None => {
+                        tracing::debug!(peer = %self.ctx.peer, msg_type = %msg.msg_type(), "native message without a consumer ignored")
+                    }
+                },
+                Event::Ignored(t) => {
+                    tracing::debug!(peer = %self.ctx.peer, msg_type = %t, "ignored frame of unknown type")
+                }
+                Event::Closed { reason, by_peer } => {
+                    if !by_peer && reason != "graceful" {
+                        tracing::warn!(peer = %self.ctx.peer, %reason, "native connection closed on malformed input");
+                    }
+                    self.close.get_or_insert(CloseInfo { reason, by_peer });
+                }
+                Event::Established { .. } => {}
+                _ => {}
+            }
+        }
+    }
+
+    fn start_call(&mut self, call: Call) {
+        let Some(handler) = self.handler.clone() else {
+            let r = Response::error(
+                &call,
+                "not_found",
+                404,
+                "this connection does not execute calls",
+            );
+            let _ = self.session.send_response(r);
+            return;
+        };
+        let ids = (call.session_id.clone(), call.call_id.clone());
+        let task = self.tasks.spawn(handler.handle(call, self.ctx.clone()));
+        self.task_calls.insert(task.id(), ids);
+    }
+
+    /// Sends the answer of a finished handler task; a panicked handler is answered with
+    /// a 500 error so the caller is not left waiting.
+    fn finish_call(&mut self, joined: Result<(tokio::task::Id, Response), tokio::task::JoinError>) {
+        let (task, mut resp) = match joined {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!(peer = %self.ctx.peer, "native call handler failed");
+                let probe = Call::default();
+                (
+                    e.id(),
+                    Response::error(&probe, "internal_error", 500, "the handler failed"),
+                )
+            }
+        };
+        let Some((session_id, call_id)) = self.task_calls.remove(&task) else {
+            return;
+        };
+        if resp.session_id.is_none() {
+            resp.session_id = session_id;
+        }
+        if resp.call_id.is_none() && resp.legacy_call_id.is_none() {
+            resp.call_id.clone_from(&call_id);
+            resp.legacy_call_id = call_id;
+        }
+        // an answer for a call the session already dropped (it closed) is moot
+        let _ = self.session.send_response(resp);
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
