@@ -249,3 +249,36 @@ async fn iicpsec_and_https_share_the_tls_port() {
     trigger.fire();
     server.await.expect("join").expect("serve");
 }
+
+#[tokio::test]
+async fn dual_stack_listener_accepts_ipv4_and_ipv6() {
+    let listener = Listener::bind_dual_stack(0, ListenerConfig::default()).expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (trigger, sd) = shutdown::channel();
+    let server = tokio::spawn(listener.serve(services(), sd));
+    let http = HttpClient::new(HttpClientConfig::default()).expect("client");
+    for host in ["127.0.0.1", "[::1]"] {
+        let reply = http
+            .get(format!("http://{host}:{port}/iicp/health"))
+            .send()
+            .await
+            .expect(host);
+        assert!(reply.is_success(), "{host}");
+        let ep: NativeEndpoint = format!("iicp://{host}:{port}").parse().expect("ep");
+        let call = Call {
+            call_id: Some(host.into()),
+            payload: Some(Body::json(&serde_json::json!({"host": host}))),
+            ..Call::default()
+        };
+        let resp = NativeClient::default()
+            .call(&ep, call, Duration::from_secs(5))
+            .await
+            .expect("native");
+        assert!(
+            matches!(resp.outcome(), Outcome::Success(Some(_))),
+            "{host}"
+        );
+    }
+    trigger.fire();
+    server.await.expect("join").expect("serve");
+}
