@@ -7,6 +7,16 @@ python (scripts/peers prints IICP_PEER_PYTHON). Output is one JSON object per li
 
   py_peer.py tcp-client HOST PORT N       IicpTcpClient: handshake, ping, N calls, close
   py_peer.py stub-openai PORT             OpenAI-compatible stub (echoes the last user message)
+  py_peer.py node serve [FLAGS...]        the SDK's `iicp-node` CLI with its loopback-registration
+                                          skip disabled (for loopback testbeds only);
+                                          IICP_PEER_HEARTBEAT_S shortens its 30 s heartbeat
+  py_peer.py discover DIR_URL             IicpClient.discover_async (plain GET /v1/discover)
+  py_peer.py chat DIR_URL PROMPT          IicpClient.chat_async with ticketed dispatch
+                                          (route_discovery_mode=ticketed: tickets are verified)
+
+The client subcommands replace the SDK's discovery SSRF filter, which drops loopback
+endpoints, so that a loopback mesh works; they send qos=best-effort (a fresh mesh has no
+task history for interactive gating).
 """
 import asyncio
 import json
@@ -73,6 +83,54 @@ class Stub(BaseHTTPRequestHandler):
         pass
 
 
+def allow_loopback_nodes():
+    """Loopback testbeds only: the SDK's discovery filter drops 127.0.0.1 endpoints."""
+    import os
+    os.environ["IICP_PROXY_ALLOW_LOOPBACK_NODES"] = "1"
+    import iicp_client.client as client_mod
+    client_mod._is_ssrf_safe = lambda url: url.startswith(("http://", "https://"))
+
+
+def sdk_client(dir_url, mode):
+    from iicp_client import IicpClient
+    from iicp_client.types import ClientConfig
+    allow_loopback_nodes()
+    return IicpClient(ClientConfig(directory_url=dir_url, tls_verify=False, route_discovery_mode=mode))
+
+
+async def discover(dir_url):
+    from iicp_client.types import DiscoverOptions
+    nl = await sdk_client(dir_url, "legacy").discover_async(INTENT, DiscoverOptions(qos="best-effort"))
+    for n in nl.nodes:
+        emit(event="node", node_id=n.node_id, endpoint=n.endpoint, models=n.models,
+             transport_endpoint=getattr(n, "transport_endpoint", None),
+             cx_key=bool(getattr(n, "cx_public_key", None)), score=getattr(n, "score", None))
+    emit(event="discovered", count=len(nl.nodes))
+
+
+async def chat(dir_url, prompt):
+    from iicp_client.types import ChatMessage, ChatOptions
+    cl = sdk_client(dir_url, "ticketed")
+    t0 = time.perf_counter()
+    r = await cl.chat_async([ChatMessage(role="user", content=prompt)],
+                            ChatOptions(timeout_ms=30_000, qos="best-effort"))
+    emit(event="chat", ms=(time.perf_counter() - t0) * 1000, node_id=r.iicp_node_id,
+         model=r.model, reply=r.choices[0].message.content)
+
+
+def node(args):
+    """The SDK node CLI, with only its loopback/private-endpoint registration skip disabled."""
+    import os
+    import iicp_client.cli as cli
+    import iicp_client.node as node_mod
+    cli.endpoint_is_local_or_private = lambda endpoint: False
+    # Tests only: a shorter heartbeat period than the SDK's fixed 30 s.
+    if os.environ.get("IICP_PEER_HEARTBEAT_S"):
+        node_mod._HEARTBEAT_INTERVAL = float(os.environ["IICP_PEER_HEARTBEAT_S"])
+    sys.argv = ["iicp-node", *args]
+    sys.exit(cli.main())
+
+
 def main():
     cmd = sys.argv[1]
     if cmd == "tcp-client":
@@ -81,6 +139,12 @@ def main():
         srv = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), Stub)
         emit(event="listening", port=srv.server_address[1])
         srv.serve_forever()
+    elif cmd == "node":
+        node(sys.argv[2:])
+    elif cmd == "discover":
+        asyncio.run(discover(sys.argv[2]))
+    elif cmd == "chat":
+        asyncio.run(chat(sys.argv[2], sys.argv[3]))
     else:
         sys.exit(f"unknown command {cmd}")
 

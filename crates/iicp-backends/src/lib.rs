@@ -1,1 +1,558 @@
-//! `iicp-backends`: placeholder until its issue lands; see `docs/architecture.md`.
+//! `iicp-backends`: the adapters that turn an IICP task into a call to the operator's
+//! model server and map the answer back, so every node looks the same to every client
+//! whatever serves it.
+//!
+//! * [`Backend`] — the async trait a node calls: `execute` (any supported intent),
+//!   `chat_stream` (server-sent events), `models`, `health`. Futures are cancelled by
+//!   dropping them (the HTTP request is dropped with them); `deadline` bounds each call
+//!   and turns into `task_timeout`.
+//! * [`build`] — the factory by type name ([`BackendKind`]): `openai_compat` (Ollama,
+//!   LM Studio, OpenAI; default base `http://localhost:11434/v1`), `vllm`
+//!   (`http://localhost:8000/v1`), `llamacpp` (`http://localhost:8080/v1`) and
+//!   `anthropic` (`https://api.anthropic.com/v1`, the Messages API mapped to and from
+//!   the OpenAI chat-completion shape).
+//! * [`detect_flavour`] — what kind of OpenAI-compatible server answers at a URL.
+//!
+//! Every result of `llm:chat:v1` is an OpenAI chat-completion object, whichever server
+//! produced it. Errors are [`BackendError`]s carrying an IICP [`ErrorCode`]
+//! (`backend_error` for unreachable or failing servers, `task_timeout` for deadlines,
+//! `validation_error` for payloads the server refused, `capacity_exceeded` when the
+//! server is rate limiting or overloaded) and a message cleaned of paths and traces.
+//!
+//! Cargo features, all on by default: `openai-compat`, `vllm`, `llamacpp`, `anthropic`.
+//!
+//! Place in the crate graph: layer L2, above `iicp-proto` and `iicp-transport`; it knows
+//! nothing of nodes or directories. PROTOCOL.md §4.1 (payloads), §4.2 (results), §6
+//! (codes); the backend table of SEED-SDK.md §1.14.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use iicp_proto::error::ErrorCode;
+use iicp_proto::secret::Secret;
+use iicp_transport::http::{HttpClient, HttpClientConfig};
+use serde_json::Value;
+
+#[cfg(feature = "anthropic")]
+pub mod anthropic;
+mod clean;
+mod detect;
+#[cfg(feature = "openai-compat")]
+pub mod openai;
+pub mod sse;
+
+pub use detect::{detect_flavour, list_models, Flavour};
+
+/// The chat intent every backend serves.
+pub const CHAT_INTENT: &str = "urn:iicp:intent:llm:chat:v1";
+/// The text-completion intent (OpenAI dialect).
+pub const COMPLETION_INTENT: &str = "urn:iicp:intent:llm:completion:v1";
+/// The embedding intent (OpenAI dialect).
+pub const EMBEDDING_INTENT: &str = "urn:iicp:intent:llm:embedding:v1";
+/// Longest backend error text kept in a [`BackendError`] message.
+pub const MAX_ERROR_TEXT: usize = 512;
+
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The model-server dialects this crate speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BackendKind {
+    /// OpenAI-compatible chat completions: Ollama, LM Studio, OpenAI.
+    OpenAiCompat,
+    /// vLLM's OpenAI-compatible server.
+    Vllm,
+    /// llama.cpp's `llama-server` (and llama-cpp-python's server).
+    LlamaCpp,
+    /// The Anthropic Messages API.
+    Anthropic,
+}
+
+impl BackendKind {
+    /// Every kind, in the order the CLI lists them.
+    pub const ALL: [BackendKind; 4] = [
+        BackendKind::OpenAiCompat,
+        BackendKind::Vllm,
+        BackendKind::LlamaCpp,
+        BackendKind::Anthropic,
+    ];
+
+    /// The type name used on the command line and in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::OpenAiCompat => "openai_compat",
+            BackendKind::Vllm => "vllm",
+            BackendKind::LlamaCpp => "llamacpp",
+            BackendKind::Anthropic => "anthropic",
+        }
+    }
+
+    /// The default base URL of this kind of server.
+    pub fn default_base_url(self) -> &'static str {
+        match self {
+            BackendKind::OpenAiCompat => "http://localhost:11434/v1",
+            BackendKind::Vllm => "http://localhost:8000/v1",
+            BackendKind::LlamaCpp => "http://localhost:8080/v1",
+            BackendKind::Anthropic => "https://api.anthropic.com/v1",
+        }
+    }
+
+    /// Whether this build includes the adapter (cargo features).
+    pub fn is_enabled(self) -> bool {
+        match self {
+            BackendKind::OpenAiCompat => cfg!(feature = "openai-compat"),
+            BackendKind::Vllm => cfg!(feature = "vllm"),
+            BackendKind::LlamaCpp => cfg!(feature = "llamacpp"),
+            BackendKind::Anthropic => cfg!(feature = "anthropic"),
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown backend type name.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown backend type `{0}` (expected one of openai_compat, vllm, llamacpp, anthropic)")]
+pub struct UnknownBackend(pub String);
+
+impl FromStr for BackendKind {
+    type Err = UnknownBackend;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+            "openai_compat" | "openai" | "ollama" | "lmstudio" => Ok(BackendKind::OpenAiCompat),
+            "vllm" => Ok(BackendKind::Vllm),
+            "llamacpp" | "llama.cpp" | "llama_cpp" => Ok(BackendKind::LlamaCpp),
+            "anthropic" | "claude" => Ok(BackendKind::Anthropic),
+            _ => Err(UnknownBackend(s.chars().take(40).collect())),
+        }
+    }
+}
+
+/// How to reach a model server.
+#[derive(Clone)]
+pub struct BackendConfig {
+    /// The dialect.
+    pub kind: BackendKind,
+    /// Base URL ending in the API version (`…/v1`); `None` = the kind's default.
+    pub base_url: Option<String>,
+    /// Default model, used when a payload names none.
+    pub model: Option<String>,
+    /// API key: a bearer token for OpenAI-compatible servers, `x-api-key` for Anthropic.
+    pub api_key: Option<Secret>,
+    /// Upper bound on one backend call when the task sets no deadline.
+    pub timeout: Duration,
+    /// `anthropic-version` header value.
+    pub anthropic_version: String,
+    /// `max_tokens` sent to Anthropic when the payload sets none (the API requires one).
+    pub anthropic_default_max_tokens: u64,
+    /// Largest accepted response body.
+    pub max_response_bytes: usize,
+}
+
+impl BackendConfig {
+    /// Defaults for `kind`.
+    pub fn new(kind: BackendKind) -> Self {
+        Self {
+            kind,
+            base_url: None,
+            model: None,
+            api_key: None,
+            timeout: Duration::from_secs(120),
+            anthropic_version: "2023-06-01".into(),
+            anthropic_default_max_tokens: 4096,
+            max_response_bytes: 16 * 1024 * 1024,
+        }
+    }
+
+    /// The base URL in force, without a trailing slash.
+    pub fn effective_base_url(&self) -> String {
+        self.base_url
+            .as_deref()
+            .unwrap_or(self.kind.default_base_url())
+            .trim_end_matches('/')
+            .to_owned()
+    }
+}
+
+impl fmt::Debug for BackendConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackendConfig")
+            .field("kind", &self.kind)
+            .field("base_url", &self.base_url)
+            .field("model", &self.model)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a backend call failed. The message never contains an API key, a payload, a file
+/// path or a stack trace.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct BackendError {
+    /// The IICP code a node answers with.
+    pub code: ErrorCode,
+    /// The HTTP status a node answers with.
+    pub http_status: u16,
+    /// A short, cleaned message.
+    pub message: String,
+    /// The backend's own HTTP status, when it answered.
+    pub upstream_status: Option<u16>,
+}
+
+impl BackendError {
+    /// A new error.
+    pub fn new(code: ErrorCode, http_status: u16, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            http_status,
+            message: message.into(),
+            upstream_status: None,
+        }
+    }
+
+    /// The model server could not be reached or failed (502 `backend_error`).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BackendError, 502, message)
+    }
+
+    /// The deadline passed (504 `task_timeout`).
+    pub fn timeout() -> Self {
+        Self::new(
+            ErrorCode::TaskTimeout,
+            504,
+            "the model server did not answer before the task deadline",
+        )
+    }
+
+    /// The payload cannot be served (422 `validation_error`).
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::ValidationError, 422, message)
+    }
+
+    /// The intent is not served by this backend (422 `unknown_intent`).
+    pub fn unsupported_intent(intent: &str) -> Self {
+        Self::new(
+            ErrorCode::UnknownIntent,
+            422,
+            format!(
+                "this backend does not serve {}",
+                clean::truncate(intent, 120)
+            ),
+        )
+    }
+
+    /// Whether a retry on another node may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.code.is_retryable() || matches!(self.http_status, 429 | 503)
+    }
+
+    /// The spec error body a node sends for this error.
+    pub fn to_error_body(&self) -> iicp_proto::error::ErrorBody {
+        iicp_proto::error::ErrorBody::new(self.code.clone(), self.message.clone())
+            .with_status(self.http_status)
+    }
+}
+
+/// The result of a successful backend call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Completion {
+    /// The result value (an OpenAI chat-completion object for `llm:chat:v1`).
+    pub result: Value,
+    /// The model that produced it, when known.
+    pub model: Option<String>,
+    /// Total tokens used, when the server reported usage.
+    pub tokens_used: Option<u64>,
+}
+
+impl Completion {
+    /// Wraps a result and reads `model` and `usage.total_tokens` from it.
+    pub fn from_result(result: Value) -> Self {
+        let model = result
+            .get("model")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let usage = result.get("usage");
+        let tokens_used = usage
+            .and_then(|u| u.get("total_tokens"))
+            .and_then(Value::as_u64)
+            .or_else(|| {
+                let p = usage
+                    .and_then(|u| u.get("prompt_tokens"))
+                    .and_then(Value::as_u64)?;
+                let c = usage
+                    .and_then(|u| u.get("completion_tokens"))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
+                Some(p + c)
+            });
+        Self {
+            result,
+            model,
+            tokens_used,
+        }
+    }
+}
+
+/// One event of a streamed chat: an OpenAI `chat.completion.chunk` object.
+pub type ChatChunk = Value;
+
+/// A streamed chat: chunks until `None`. Dropping it cancels the backend request.
+pub struct ChatStream {
+    rx: tokio::sync::mpsc::Receiver<Result<ChatChunk, BackendError>>,
+}
+
+impl fmt::Debug for ChatStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ChatStream")
+    }
+}
+
+impl ChatStream {
+    /// Creates a stream fed by `rx`.
+    pub fn new(rx: tokio::sync::mpsc::Receiver<Result<ChatChunk, BackendError>>) -> Self {
+        Self { rx }
+    }
+
+    /// The next chunk, or `None` when the stream ended.
+    pub async fn next(&mut self) -> Option<Result<ChatChunk, BackendError>> {
+        self.rx.recv().await
+    }
+
+    /// Reads every chunk and joins their `delta.content` texts.
+    pub async fn collect_text(mut self) -> Result<String, BackendError> {
+        let mut text = String::new();
+        while let Some(chunk) = self.next().await {
+            let chunk = chunk?;
+            if let Some(t) = chunk
+                .pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+            {
+                text.push_str(t);
+            }
+        }
+        Ok(text)
+    }
+}
+
+/// Health of the model server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendHealth {
+    /// Whether it answered.
+    pub reachable: bool,
+    /// The models it lists (empty when unknown).
+    pub models: Vec<String>,
+}
+
+/// A model server adapter.
+pub trait Backend: Send + Sync + 'static {
+    /// The dialect.
+    fn kind(&self) -> BackendKind;
+
+    /// The default model, used when a payload names none.
+    fn default_model(&self) -> Option<&str>;
+
+    /// The intents this backend serves.
+    fn intents(&self) -> &[&'static str];
+
+    /// Runs one task. `deadline` bounds the call (`task_timeout` when it passes);
+    /// dropping the future cancels the request.
+    fn execute<'a>(
+        &'a self,
+        intent: &'a str,
+        payload: &'a Value,
+        deadline: Option<Duration>,
+    ) -> BoxFuture<'a, Result<Completion, BackendError>>;
+
+    /// Streams a chat (`stream: true` towards the server; SSE back).
+    fn chat_stream<'a>(
+        &'a self,
+        payload: &'a Value,
+        deadline: Option<Duration>,
+    ) -> BoxFuture<'a, Result<ChatStream, BackendError>>;
+
+    /// The models the server lists.
+    fn models(&self) -> BoxFuture<'_, Result<Vec<String>, BackendError>>;
+
+    /// Whether the server answers, and its models.
+    fn health(&self) -> BoxFuture<'_, BackendHealth> {
+        Box::pin(async move {
+            match self.models().await {
+                Ok(models) => BackendHealth {
+                    reachable: true,
+                    models,
+                },
+                Err(e) => BackendHealth {
+                    reachable: e.upstream_status.is_some(),
+                    models: Vec::new(),
+                },
+            }
+        })
+    }
+}
+
+/// Why [`build`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The adapter is not compiled in (cargo feature off).
+    #[error("backend type {0} is not enabled in this build")]
+    Disabled(BackendKind),
+    /// The HTTP client could not be created.
+    #[error("could not create the HTTP client")]
+    Http(#[source] iicp_transport::http::HttpClientError),
+    /// The base URL is not an http(s) URL.
+    #[error("backend URL must start with http:// or https://")]
+    BadUrl,
+}
+
+/// Builds the adapter for `config`, with its own pooled HTTP client.
+pub fn build(config: BackendConfig) -> Result<Arc<dyn Backend>, BuildError> {
+    let mut http = HttpClientConfig::default();
+    http.max_response_bytes = config.max_response_bytes;
+    http.request_timeout = config.timeout;
+    let client = HttpClient::new(http).map_err(BuildError::Http)?;
+    build_with_client(config, client)
+}
+
+/// Builds the adapter for `config` sharing an existing HTTP client.
+pub fn build_with_client(
+    config: BackendConfig,
+    client: HttpClient,
+) -> Result<Arc<dyn Backend>, BuildError> {
+    let base = config.effective_base_url();
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        return Err(BuildError::BadUrl);
+    }
+    if !config.kind.is_enabled() {
+        return Err(BuildError::Disabled(config.kind));
+    }
+    match config.kind {
+        #[cfg(feature = "anthropic")]
+        BackendKind::Anthropic => Ok(Arc::new(anthropic::Anthropic::new(config, client))),
+        #[cfg(feature = "openai-compat")]
+        BackendKind::OpenAiCompat | BackendKind::Vllm | BackendKind::LlamaCpp => {
+            Ok(Arc::new(openai::OpenAi::new(config, client)))
+        }
+        #[allow(unreachable_patterns)]
+        other => Err(BuildError::Disabled(other)),
+    }
+}
+
+/// Runs `fut` within `deadline` (if any), mapping expiry to `task_timeout`.
+pub(crate) async fn within<T>(
+    deadline: Option<Duration>,
+    fut: impl Future<Output = Result<T, BackendError>>,
+) -> Result<T, BackendError> {
+    match deadline {
+        Some(d) => tokio::time::timeout(d, fut)
+            .await
+            .unwrap_or_else(|_| Err(BackendError::timeout())),
+        None => fut.await,
+    }
+}
+
+/// The model a payload names, else the backend default; an error when neither exists.
+pub(crate) fn model_for(payload: &Value, default: Option<&str>) -> Result<String, BackendError> {
+    payload
+        .get("model")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+        .or(default)
+        .map(str::to_owned)
+        .ok_or_else(|| BackendError::invalid("no model given and the backend has no default model"))
+}
+
+/// Maps an HTTP-client failure to a backend error.
+pub(crate) fn transport_error(e: &iicp_transport::http::HttpClientError) -> BackendError {
+    if e.is_timeout() {
+        BackendError::timeout()
+    } else if e.is_connect() {
+        BackendError::unavailable("the model server is unreachable")
+    } else {
+        BackendError::unavailable("the model server connection failed")
+    }
+}
+
+/// Maps a backend's error status and body to an IICP error (body cleaned, truncated).
+pub(crate) fn status_error(status: u16, body: &[u8]) -> BackendError {
+    let text = clean::error_text(body);
+    let (code, http_status) = match status {
+        400 | 404 | 413 | 422 => (ErrorCode::ValidationError, 422),
+        401 | 403 => (ErrorCode::BackendError, 502),
+        408 | 504 => (ErrorCode::TaskTimeout, 504),
+        429 | 529 => (ErrorCode::CapacityExceeded, 429),
+        503 => (ErrorCode::TemporarilyUnavailable, 503),
+        _ => (ErrorCode::BackendError, 502),
+    };
+    let message = if text.is_empty() {
+        format!("model server answered HTTP {status}")
+    } else {
+        format!("model server answered HTTP {status}: {text}")
+    };
+    BackendError {
+        code,
+        http_status,
+        message,
+        upstream_status: Some(status),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_parse_and_default() {
+        for k in BackendKind::ALL {
+            assert_eq!(k.as_str().parse::<BackendKind>(), Ok(k));
+            assert!(k.default_base_url().ends_with("/v1"));
+            assert!(k.is_enabled());
+        }
+        assert_eq!(
+            "llama.cpp".parse::<BackendKind>(),
+            Ok(BackendKind::LlamaCpp)
+        );
+        assert_eq!(
+            "Ollama".parse::<BackendKind>(),
+            Ok(BackendKind::OpenAiCompat)
+        );
+        assert!("meshllm".parse::<BackendKind>().is_err());
+    }
+
+    #[test]
+    fn status_mapping() {
+        assert_eq!(status_error(429, b"{}").code, ErrorCode::CapacityExceeded);
+        assert_eq!(status_error(400, b"{}").http_status, 422);
+        assert_eq!(status_error(500, b"boom").code, ErrorCode::BackendError);
+        assert_eq!(status_error(504, b"").code, ErrorCode::TaskTimeout);
+        assert_eq!(status_error(529, b"").http_status, 429);
+    }
+
+    #[test]
+    fn completion_reads_model_and_usage() {
+        let c = Completion::from_result(
+            serde_json::json!({"model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 4}}),
+        );
+        assert_eq!((c.model.as_deref(), c.tokens_used), (Some("m"), Some(7)));
+    }
+
+    #[test]
+    fn config_debug_redacts_key() {
+        let mut c = BackendConfig::new(BackendKind::Anthropic);
+        c.api_key = Some(Secret::new("sk-ant-secret"));
+        assert!(!format!("{c:?}").contains("sk-ant"));
+    }
+}

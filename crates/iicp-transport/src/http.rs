@@ -4,5 +4,5 @@
 pub mod client;
 pub mod server;
 
-pub use client::{HttpClient, HttpClientConfig, HttpClientError, HttpReply, Redirects};
+pub use client::{HttpClient, HttpClientConfig, HttpClientError, HttpReply, HttpStream, Redirects};
 pub use server::{HttpError, HttpServer, HttpServerConfig, Params, PeerAddr, Router};

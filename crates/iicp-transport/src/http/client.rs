@@ -417,6 +417,91 @@ impl RequestBuilder {
     }
 }
 
+impl RequestBuilder {
+    /// Sends the request and returns as soon as the response head arrives; the body is
+    /// read incrementally with [`HttpStream::chunk`] (server-sent events, large
+    /// downloads). Redirects are not followed. The request timeout covers the head; each
+    /// chunk must arrive within the same timeout of the previous one, and the whole body
+    /// stays within the response size limit.
+    pub async fn send_streaming(self) -> Result<HttpStream, HttpClientError> {
+        if let Some(err) = self.error {
+            return Err(err);
+        }
+        let url = self.url?;
+        let inner = Arc::clone(&self.client.inner);
+        let timeout = self.timeout.unwrap_or(inner.request_timeout);
+        let exchange = Exchange {
+            inner: &inner,
+            method: self.method,
+            headers: self.headers,
+            body: self.body,
+            bearer: self.bearer,
+            redirects: Redirects::None,
+            max_response_bytes: self.max_response_bytes.unwrap_or(inner.max_response_bytes),
+        };
+        let redacted = redact_uri(&url);
+        let request = exchange.build(&url, true)?;
+        let response = match tokio::time::timeout(timeout, inner.pool.request(request)).await {
+            Ok(r) => r.map_err(|err| error::classify(err, &url, inner.connect_timeout))?,
+            Err(_) => return Err(HttpClientError::Timeout { url: redacted, after: timeout }),
+        };
+        let (parts, body) = response.into_parts();
+        Ok(HttpStream {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            remaining: exchange.max_response_bytes,
+            limit: exchange.max_response_bytes,
+            idle_timeout: timeout,
+            url: redacted,
+        })
+    }
+}
+
+/// A response whose body is read chunk by chunk ([`RequestBuilder::send_streaming`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct HttpStream {
+    /// The status.
+    pub status: StatusCode,
+    /// The headers.
+    pub headers: HeaderMap,
+    body: hyper::body::Incoming,
+    remaining: usize,
+    limit: usize,
+    idle_timeout: Duration,
+    url: String,
+}
+
+impl HttpStream {
+    /// The next chunk of the body, `None` at its end.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, HttpClientError> {
+        loop {
+            let frame = match tokio::time::timeout(self.idle_timeout, self.body.frame()).await {
+                Err(_) => return Err(HttpClientError::Timeout { url: self.url.clone(), after: self.idle_timeout }),
+                Ok(None) => return Ok(None),
+                Ok(Some(Err(e))) => return Err(HttpClientError::Body { url: self.url.clone(), source: Box::new(e) }),
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let Ok(data) = frame.into_data() else { continue };
+            if data.len() > self.remaining {
+                return Err(HttpClientError::BodyTooLarge { url: self.url.clone(), limit: self.limit });
+            }
+            self.remaining -= data.len();
+            return Ok(Some(data));
+        }
+    }
+
+    /// Reads the rest of the body (within the size limit).
+    pub async fn collect(mut self) -> Result<Bytes, HttpClientError> {
+        let mut all = Vec::new();
+        while let Some(c) = self.chunk().await? {
+            all.extend_from_slice(&c);
+        }
+        Ok(Bytes::from(all))
+    }
+}
+
 fn is_credential_header(name: &HeaderName) -> bool {
     *name == AUTHORIZATION
         || *name == http::header::PROXY_AUTHORIZATION

@@ -1,0 +1,187 @@
+//! The OpenAI chat-completions dialect: Ollama, LM Studio, OpenAI, vLLM and llama.cpp
+//! (SEED-SDK.md §1.14; PROTOCOL.md §4.1 `llm:chat:v1` payloads are OpenAI-shaped).
+//!
+//! Payloads are forwarded as they are — every request field (temperature, max_tokens,
+//! stop, tools, response_format, …) reaches the server — with `model` filled from the
+//! backend default when absent and `stream` removed from buffered calls. The answer is
+//! the server's own completion object.
+
+use std::time::Duration;
+
+use iicp_transport::http::HttpClient;
+use serde_json::Value;
+
+use crate::sse::SseParser;
+use crate::{
+    model_for, status_error, transport_error, within, Backend, BackendConfig, BackendError,
+    BackendKind, BoxFuture, ChatStream, Completion, CHAT_INTENT, COMPLETION_INTENT,
+    EMBEDDING_INTENT,
+};
+
+const INTENTS: [&str; 3] = [CHAT_INTENT, COMPLETION_INTENT, EMBEDDING_INTENT];
+
+/// An OpenAI-dialect backend.
+#[derive(Debug)]
+pub struct OpenAi {
+    config: BackendConfig,
+    client: HttpClient,
+    base: String,
+}
+
+impl OpenAi {
+    /// An adapter for `config` using `client`.
+    pub fn new(config: BackendConfig, client: HttpClient) -> Self {
+        let base = config.effective_base_url();
+        Self {
+            config,
+            client,
+            base,
+        }
+    }
+
+    fn post(
+        &self,
+        path: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> iicp_transport::http::client::RequestBuilder {
+        let mut req = self
+            .client
+            .post_json(format!("{}{path}", self.base), body)
+            .timeout(timeout);
+        if let Some(key) = &self.config.api_key {
+            req = req.bearer(key.clone());
+        }
+        req
+    }
+
+    fn body_for(&self, payload: &Value, stream: bool) -> Result<Value, BackendError> {
+        let Value::Object(map) = payload else {
+            return Err(BackendError::invalid("payload must be a JSON object"));
+        };
+        let mut map = map.clone();
+        let model = model_for(payload, self.config.model.as_deref())?;
+        map.insert("model".into(), Value::String(model));
+        if stream {
+            map.insert("stream".into(), Value::Bool(true));
+        } else {
+            map.remove("stream");
+            map.remove("stream_options");
+        }
+        Ok(Value::Object(map))
+    }
+
+    fn timeout(&self, deadline: Option<Duration>) -> Duration {
+        deadline.map_or(self.config.timeout, |d| d.min(self.config.timeout))
+    }
+}
+
+fn path_for(intent: &str) -> Option<&'static str> {
+    match intent {
+        CHAT_INTENT => Some("/chat/completions"),
+        COMPLETION_INTENT => Some("/completions"),
+        EMBEDDING_INTENT => Some("/embeddings"),
+        _ => None,
+    }
+}
+
+impl Backend for OpenAi {
+    fn kind(&self) -> BackendKind {
+        self.config.kind
+    }
+
+    fn default_model(&self) -> Option<&str> {
+        self.config.model.as_deref()
+    }
+
+    fn intents(&self) -> &[&'static str] {
+        &INTENTS
+    }
+
+    fn execute<'a>(
+        &'a self,
+        intent: &'a str,
+        payload: &'a Value,
+        deadline: Option<Duration>,
+    ) -> BoxFuture<'a, Result<Completion, BackendError>> {
+        Box::pin(within(deadline, async move {
+            let path = path_for(intent).ok_or_else(|| BackendError::unsupported_intent(intent))?;
+            let body = self.body_for(payload, false)?;
+            let reply = self
+                .post(path, &body, self.timeout(deadline))
+                .send()
+                .await
+                .map_err(|e| transport_error(&e))?;
+            if !reply.is_success() {
+                return Err(status_error(reply.status.as_u16(), &reply.body));
+            }
+            let result: Value = serde_json::from_slice(&reply.body).map_err(|_| {
+                BackendError::unavailable("the model server returned a body that is not JSON")
+            })?;
+            if !result.is_object()
+                || (intent == CHAT_INTENT && !result.get("choices").is_some_and(Value::is_array))
+            {
+                return Err(BackendError::unavailable(
+                    "the model server returned a malformed completion",
+                ));
+            }
+            Ok(Completion::from_result(result))
+        }))
+    }
+
+    fn chat_stream<'a>(
+        &'a self,
+        payload: &'a Value,
+        deadline: Option<Duration>,
+    ) -> BoxFuture<'a, Result<ChatStream, BackendError>> {
+        Box::pin(async move {
+            let body = self.body_for(payload, true)?;
+            let timeout = self.timeout(deadline);
+            let mut stream = within(deadline, async {
+                self.post("/chat/completions", &body, timeout)
+                    .send_streaming()
+                    .await
+                    .map_err(|e| transport_error(&e))
+            })
+            .await?;
+            if !stream.status.is_success() {
+                let status = stream.status.as_u16();
+                let body = stream.collect().await.unwrap_or_default();
+                return Err(status_error(status, &body));
+            }
+            let (tx, rx) = tokio::sync::mpsc::channel(32);
+            tokio::spawn(async move {
+                let pump = async {
+                    let mut parser = SseParser::new();
+                    while let Some(chunk) = stream.chunk().await.map_err(|e| transport_error(&e))? {
+                        for ev in parser
+                            .push(&chunk)
+                            .map_err(|_| BackendError::unavailable("oversized streamed event"))?
+                        {
+                            if ev.data.trim() == "[DONE]" {
+                                return Ok(());
+                            }
+                            let v: Value = serde_json::from_str(&ev.data).map_err(|_| {
+                                BackendError::unavailable("streamed event is not JSON")
+                            })?;
+                            if tx.send(Ok(v)).await.is_err() {
+                                return Ok(()); // consumer gone: dropping the stream cancels the request
+                            }
+                        }
+                    }
+                    Ok::<(), BackendError>(())
+                };
+                if let Err(e) = within(deadline, pump).await {
+                    let _ = tx.send(Err(e)).await;
+                }
+            });
+            Ok(ChatStream::new(rx))
+        })
+    }
+
+    fn models(&self) -> BoxFuture<'_, Result<Vec<String>, BackendError>> {
+        Box::pin(async move {
+            crate::detect::list_models(&self.client, &self.base, self.config.api_key.as_ref()).await
+        })
+    }
+}

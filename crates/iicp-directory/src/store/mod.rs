@@ -1,0 +1,260 @@
+//! Persistence of the directory state (PROTOCOL.md §8.12 "directory state"): node
+//! registrations with their credential hashes and liveness, the directory signing key,
+//! credit receipts (§8.11) and operator display names (§17.3).
+//!
+//! The [`Store`] trait is asynchronous and object-safe (boxed futures) so that back ends
+//! with their own async drivers (a PostgreSQL store, see
+//! `docs/adr/0003-directory-storage.md`) fit as well as blocking ones:
+//! [`SqliteStore`] runs every call on the blocking thread pool, never on the async
+//! runtime threads. [`MemoryStore`] keeps everything in process (tests, throwaway
+//! meshes).
+//!
+//! The directory keeps a working copy of all live nodes in memory and writes through to
+//! the store before it answers; on start it loads the store. Secrets: the store sees
+//! only SHA-256 hashes of `node_token` and `proxy_token`. `node_hmac_key` is kept in
+//! clear because verifying an HMAC needs the key; it is never served back.
+
+mod memory;
+mod sqlite;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use iicp_proto::secret::Secret;
+
+pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
+
+use crate::error::StoreError;
+
+/// The future every [`Store`] method returns.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Credentials of one node, as stored.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeCredentials {
+    /// SHA-256 (hex) of the current `node_token`.
+    pub token_hash: String,
+    /// SHA-256 (hex) of the current `proxy_token`.
+    pub proxy_token_hash: String,
+    /// The HMAC key shared with the node (heartbeat challenge, receipts).
+    pub hmac_key: Secret,
+}
+
+impl fmt::Debug for NodeCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeCredentials")
+            .field("token_hash", &"<hash>")
+            .field("proxy_token_hash", &"<hash>")
+            .field("hmac_key", &self.hmac_key)
+            .finish()
+    }
+}
+
+/// Result of the endpoint liveness probe (§8.2 "liveness probe", §8.9 active probes).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProbeState {
+    /// `GET {endpoint}/iicp/health` has answered at least once since the endpoint was
+    /// registered.
+    pub verified: bool,
+    /// Last successful probe, ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ok_ms: Option<u64>,
+    /// Last probe attempt, ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_ms: Option<u64>,
+    /// Consecutive failed probes.
+    #[serde(default)]
+    pub failures: u32,
+    /// When the next probe is due, ms since the epoch.
+    #[serde(default)]
+    pub next_due_ms: u64,
+    /// Latency of the last successful probe in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
+}
+
+/// The dynamic state of a node: what heartbeats, probes and receipts change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeState {
+    /// Last valid REGISTER or HEARTBEAT, ms since the epoch.
+    pub last_seen_ms: u64,
+    /// `available` of the last heartbeat (absent ⇒ true, §8.3).
+    pub available: bool,
+    /// Load 0–1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<f64>,
+    /// Tasks in flight.
+    #[serde(default)]
+    pub active_jobs: u32,
+    /// Effective concurrency reported in heartbeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+    /// Declared p95 latency SLA in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sla_p95_ms: Option<u64>,
+    /// Source IP of the last REGISTER/HEARTBEAT (§8.7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_ip: Option<String>,
+    /// The challenge sent in the last PONG (§8.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenge: Option<String>,
+    /// Heartbeats whose `challenge_response` verified.
+    #[serde(default)]
+    pub challenges_passed: u64,
+    /// Outcome-based reputation 0–1 (default 0.5).
+    pub reputation: f64,
+    /// Successful tasks (heartbeat metrics and receipts).
+    #[serde(default)]
+    pub tasks_success: u64,
+    /// Failed tasks (heartbeat metrics).
+    #[serde(default)]
+    pub tasks_failed: u64,
+    /// Verified credit receipts (§8.11).
+    #[serde(default)]
+    pub receipts: u64,
+    /// Average latency from heartbeat metrics, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avg_latency_ms: Option<f64>,
+    /// Last accepted `metrics_batch_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_metrics_batch: Option<String>,
+    /// Liveness probe state.
+    #[serde(default)]
+    pub probe: ProbeState,
+    /// Other members of the last heartbeat (`health_models`, `backend_stability`,
+    /// `recovery_*`, updater evidence, …), credentials removed.
+    #[serde(default)]
+    pub heartbeat: Map<String, Value>,
+    /// Operator public key bound by a verified delegation (§17.2); never served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_pub: Option<String>,
+}
+
+impl NodeState {
+    /// A fresh state at `now_ms`.
+    pub fn new(now_ms: u64) -> Self {
+        Self {
+            last_seen_ms: now_ms,
+            available: true,
+            load: None,
+            active_jobs: 0,
+            max_concurrent: None,
+            sla_p95_ms: None,
+            observed_ip: None,
+            challenge: None,
+            challenges_passed: 0,
+            reputation: 0.5,
+            tasks_success: 0,
+            tasks_failed: 0,
+            receipts: 0,
+            avg_latency_ms: None,
+            last_metrics_batch: None,
+            probe: ProbeState::default(),
+            heartbeat: Map::new(),
+            operator_pub: None,
+        }
+    }
+}
+
+/// One registered node as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRecord {
+    /// Node id (UUID).
+    pub node_id: String,
+    /// The full REGISTER body as the node sent it, minus credentials
+    /// (`current_node_token`, `node_token`, `node_hmac_key`).
+    pub registration: Value,
+    /// `endpoint` (indexed copy).
+    pub endpoint: String,
+    /// `transport_endpoint` (indexed copy).
+    pub transport_endpoint: Option<String>,
+    /// `region` (indexed copy).
+    pub region: String,
+    /// `cx_public_key` (copy).
+    pub cx_public_key: Option<Value>,
+    /// Credential hashes and the HMAC key.
+    pub credentials: NodeCredentials,
+    /// First registration, ms since the epoch.
+    pub registered_at_ms: u64,
+    /// Last REGISTER, ms since the epoch.
+    pub updated_at_ms: u64,
+    /// Dynamic state.
+    pub state: NodeState,
+}
+
+/// A verified credit receipt (`POST /v1/credits/award`, §8.11).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReceiptRecord {
+    /// Node that reported the work.
+    pub node_id: String,
+    /// Task id.
+    pub task_id: String,
+    /// Receipt nonce (unique per node).
+    pub nonce: String,
+    /// Tokens used.
+    pub tokens_used: u64,
+    /// Credits awarded.
+    pub amount: f64,
+    /// `response_hash` of the receipt.
+    pub response_hash: String,
+    /// Caller node, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub querying_node_id: Option<String>,
+    /// Receipt `reason`.
+    pub reason: String,
+    /// When the directory recorded it, ms since the epoch.
+    pub recorded_at_ms: u64,
+}
+
+/// Result of recording a receipt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum ReceiptOutcome {
+    /// Recorded; the node's balance after it.
+    Recorded {
+        /// Balance after the award.
+        balance: f64,
+    },
+    /// The `(node_id, nonce)` pair was recorded before; nothing changed.
+    Duplicate,
+}
+
+/// Storage back end of a directory. See the module docs for the contract.
+///
+/// Implementations must be crash-safe: once a method's future resolves `Ok`, the change
+/// survives a process crash.
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// Every stored node.
+    fn load_nodes(&self) -> StoreFuture<'_, Vec<NodeRecord>>;
+    /// Inserts or replaces a node (registration, credentials and state).
+    fn put_node(&self, node: NodeRecord) -> StoreFuture<'_, ()>;
+    /// Replaces only the dynamic state of a node (heartbeats, probes). `Ok(false)` if
+    /// the node is unknown.
+    fn put_state(&self, node_id: String, state: NodeState) -> StoreFuture<'_, bool>;
+    /// Removes a node. `Ok(false)` if it was unknown.
+    fn delete_node(&self, node_id: String) -> StoreFuture<'_, bool>;
+    /// The directory signing-key seed: the stored one, or `candidate` stored now if
+    /// there is none yet (atomically, so concurrent starts agree on one key).
+    fn directory_key_seed(&self, candidate: [u8; 32]) -> StoreFuture<'_, [u8; 32]>;
+    /// Records a receipt and credits the node, unless its nonce was seen before.
+    fn record_receipt(&self, receipt: ReceiptRecord) -> StoreFuture<'_, ReceiptOutcome>;
+    /// The node's credit balance (sum of awards).
+    fn credit_balance(&self, node_id: String) -> StoreFuture<'_, f64>;
+    /// The node's most recent receipts, newest first, at most `limit`.
+    fn receipts(&self, node_id: String, limit: usize) -> StoreFuture<'_, Vec<ReceiptRecord>>;
+    /// Sets an operator's public display name (§17.3) signed at `ts`. `Ok(false)` if a
+    /// rename with a later or equal `ts` is already stored (replay or reordering).
+    fn set_operator_name(
+        &self,
+        operator_pub: String,
+        display_name: String,
+        ts: u64,
+    ) -> StoreFuture<'_, bool>;
+    /// An operator's display name.
+    fn operator_name(&self, operator_pub: String) -> StoreFuture<'_, Option<String>>;
+}
