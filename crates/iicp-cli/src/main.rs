@@ -1,7 +1,6 @@
-//! `iicp`: the IICP operator CLI. Commands arrive with the CLI issue.
-#![allow(clippy::print_stderr)]
+//! `iicp`: the IICP operator CLI. All of it lives in the `iicp_cli` library so the
+//! `iicp-node` alias binary runs exactly the same code.
 
 fn main() -> std::process::ExitCode {
-    eprintln!("iicp: not yet — the CLI lands with its own issue; see README.md");
-    std::process::ExitCode::from(2)
+    iicp_cli::run("iicp")
 }

@@ -1,7 +1,6 @@
-//! `iicp-node`: alias of `iicp` so the seed SDK's command lines work verbatim.
-#![allow(clippy::print_stderr)]
+//! `iicp-node`: alias of `iicp`, so the TypeScript SDK's documented command lines
+//! (`iicp-node serve --model qwen2.5:0.5b`) work verbatim.
 
 fn main() -> std::process::ExitCode {
-    eprintln!("iicp-node: not yet — the CLI lands with its own issue; see README.md");
-    std::process::ExitCode::from(2)
+    iicp_cli::run("iicp-node")
 }

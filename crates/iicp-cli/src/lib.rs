@@ -1,0 +1,114 @@
+//! `iicp-cli`: the operator CLI (`iicp`, alias `iicp-node`).
+//!
+//! Thin by design (DESIGN.md §2, L4): each subcommand parses its flags (clap, with the
+//! environment variables of SEED-SDK.md §2.2 as fallbacks: flag > env > default), calls
+//! one library entry point, prints, and returns an exit code — 0 success, 2 usage or
+//! invalid configuration (before any network I/O), 1 runtime failure. Logs go to stderr
+//! through `tracing` (`-v`, `-q`, `RUST_LOG`); machine output (`--json`) to stdout.
+//! No protocol, HTTP, CBOR or NAT logic lives here.
+#![forbid(unsafe_code)]
+// printing is this crate's job
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches as _, Parser, Subcommand};
+
+mod cmd;
+mod signal;
+
+/// Exit code for usage errors and invalid configuration.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code for runtime failures.
+pub const EXIT_FAILURE: u8 = 1;
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "IICP: route AI tasks by intent across a mesh of provider nodes",
+    propagate_version = true
+)]
+struct Cli {
+    /// More log output (repeat for more).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the embedded IICP directory (a private mesh needs no outside service).
+    Directory(cmd::directory::Args),
+    /// Print a shell completion script.
+    Completion(cmd::completion::Args),
+}
+
+/// Parses the command line of binary `bin` and runs it.
+pub fn run(bin: &'static str) -> ExitCode {
+    let parsed = Cli::command()
+        .name(bin)
+        .bin_name(bin)
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_logging(cli.verbose, cli.quiet);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ERROR: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Directory(args) => cmd::directory::run(args).await,
+            Command::Completion(args) => {
+                cmd::completion::run(args, bin, &mut Cli::command().name(bin))
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = e
+                .downcast_ref::<cmd::UsageError>()
+                .map_or(EXIT_FAILURE, |_| EXIT_USAGE);
+            eprintln!("ERROR: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal as _;
+    let ansi = std::io::stderr().is_terminal();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi)
+        .try_init();
+}
