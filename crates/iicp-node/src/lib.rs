@@ -1,1 +1,68 @@
-//! `iicp-node`: placeholder until its issue lands; see `docs/architecture.md`.
+//! `iicp-node`: the IICP provider runtime — what a provider runs in front of a model
+//! server (the Rust counterpart of the seed SDK's `IicpNode`, SEED-SDK.md §1.7–§1.15).
+//!
+//! What it does:
+//! * serves `POST /v1/task`, `GET /iicp/health`, `GET /metrics` and native CALLs on one
+//!   port (PROTOCOL.md §4, §5, §10; DESIGN §4.2, §4.4), through one pipeline: lenient
+//!   parsing, validation, auth modes (DESIGN §4.5), IICP-CX (§16), duplicate replay
+//!   (§7.2), admission without queueing (§7.3), per-task deadlines, metrics;
+//! * registers with a directory, heartbeats with the HMAC challenge, re-registers when
+//!   the directory forgets it, survives directory outages, deregisters on stop (§8.2,
+//!   §8.3, §8.6), and posts optional credit receipts (§8.11);
+//! * advertises capabilities built from its models ([`capability`], §12).
+//!
+//! What it does not do: parse arguments, read the environment or files, print, pick
+//! ports (it never auto-increments, DESIGN §4.15), talk to model servers (a
+//! [`TaskHandler`] does; `iicp-backends` provides them), or traverse NAT (`iicp-nat`).
+//!
+//! Place in the crate graph: layer L3, over `iicp-proto` and `iicp-transport`.
+//!
+//! ```no_run
+//! use iicp_node::{HandlerError, Node, ServeOptions, Task};
+//! use serde_json::json;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let node = Node::builder()
+//!     .endpoint("https://node.example:9484")
+//!     .intent("urn:iicp:intent:llm:chat:v1")
+//!     .model("llama3")
+//!     .directory_url("https://iicp.network/api")
+//!     .build()?;
+//! node.register().await?;
+//! let handle = node
+//!     .serve(
+//!         |task: Task| async move {
+//!             Ok::<_, HandlerError>(json!({"choices": [{"message": {"role": "assistant", "content": "hi"}}]}))
+//!         },
+//!         ServeOptions::default(),
+//!     )
+//!     .await?;
+//! // …
+//! handle.stop().await;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+mod agent;
+pub mod capability;
+pub mod clock;
+pub mod config;
+mod dedup;
+pub mod directory;
+mod error;
+pub mod handler;
+mod metrics;
+mod native;
+mod node;
+mod pipeline;
+mod ratelimit;
+mod receipt;
+mod routes;
+mod serve;
+
+pub use config::{AuthMode, Backoff, ConfigError, NodeBuilder, NodeConfig, RateLimit};
+pub use directory::{DirectoryApi, DirectoryError, HttpDirectory};
+pub use error::Error;
+pub use handler::{HandlerError, Task, TaskHandler, TaskOutput};
+pub use node::Node;
+pub use serve::{ServeHandle, ServeOptions, Stopped};

@@ -1,0 +1,1406 @@
+//! [`Client`] and [`ClientBuilder`]: discover, select, submit, chat.
+//!
+//! The submit pipeline follows PROTOCOL.md §9.2 and DESIGN §4.9 exactly:
+//!
+//! 1. intent URN validation and the local prohibited-intent guardrail, payload and
+//!    timeout checks — before any I/O (`invalid_intent`, `IICP-POLICY-001`,
+//!    `invalid_config`);
+//! 2. one `task_id` (UUID v4) and one W3C `traceparent` for the whole logical submit;
+//! 3. candidates: ticketed dispatch (§8.5) when the directory offers it, else
+//!    `GET /v1/discover` (cached for a few seconds, §8.4 `Cache-Control`); hard
+//!    eligibility gates (available, score, node id, route, endpoint policy §9.3, IICP-CX
+//!    key unless plaintext is allowed §16, circuit breaker §9.5), then the selection
+//!    strategy; at most 3 candidates;
+//! 4. per node up to 3 attempts on 429/503 with back-off 200 ms × 2ⁿ ± 20 % jitter;
+//!    `capacity_exceeded` (or `IICP-E021` + 429) → next node at once; transport errors
+//!    and timeouts → next node; other 4xx, 500 and 502 → stop (§7.1, §7.3);
+//! 5. per-node circuit breaker: 5 consecutive failures open it for 30 s;
+//! 6. `no_nodes_available` (+ `IICP-E033`) when no candidate was eligible,
+//!    `all_nodes_failed` (last node error as source) when every candidate failed.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use iicp_proto::crypto::cx::NodePublicKey;
+use iicp_proto::directory::{DiscoverQuery, NodeEntry, NodeList, MAX_EXCLUDED_PREFIXES};
+use iicp_proto::error::ErrorCode;
+use iicp_proto::ids::{TaskId, TraceParent};
+use iicp_proto::intent::{check_intent_policy, Intent};
+use iicp_proto::secret::Secret;
+use iicp_proto::task::{
+    ChatCompletion, ChatMessage, ChatRequest, Constraints, Qos, TaskResponse, MIN_TIMEOUT_MS,
+};
+use iicp_transport::http::client::{HttpClient, HttpClientConfig};
+use iicp_transport::native::{NativeClient, NativeEndpoint};
+use rand_core::OsRng;
+use serde_json::{Map, Value};
+
+use crate::breaker::Breakers;
+use crate::directory::{unix_now, DirectoryClient, TicketOutcome, DEFAULT_DIRECTORY_URL};
+use crate::endpoint::EndpointPolicy;
+use crate::error::{short_id, Error, Kind};
+use crate::options::{
+    ChatOptions, ChatResult, DiscoverOptions, Encryption, RouteDiscovery, Task, TaskResult,
+    Transport, TransportUsed, CHAT_INTENT,
+};
+use crate::select::{Strategy, MAX_CANDIDATES};
+use crate::submit::{self, Exchange, Route, Seal, NATIVE_CX_V1};
+use crate::time::{Clock, Env, Random, Sleeper};
+
+/// Default node timeout (conf SDK-04, seed SDK).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(30_000);
+/// Largest node timeout a client accepts (conf SDK-04): more is `invalid_config`.
+pub const MAX_TIMEOUT: Duration = Duration::from_millis(120_000);
+/// Attempts per node on 429/503 (DESIGN §4.9).
+pub const MAX_ATTEMPTS_PER_NODE: u32 = 3;
+/// Base of the exponential back-off (DESIGN §4.9).
+pub const BACKOFF_BASE: Duration = Duration::from_millis(200);
+/// Relative jitter of the back-off (± 20 %).
+pub const BACKOFF_JITTER: f64 = 0.2;
+/// Default lifetime of cached discovery results (the directory's `max-age=5`).
+pub const DEFAULT_DISCOVERY_TTL: Duration = Duration::from_secs(5);
+
+/// Most discovery results cached.
+const DISCOVERY_CACHE_ENTRIES: usize = 64;
+/// Most consumer tokens cached.
+const TOKEN_CACHE_ENTRIES: usize = 256;
+/// A consumer token is renewed this long before it expires (seed SDK).
+const TOKEN_RENEW_BEFORE_SECS: u64 = 30;
+/// Most ticket requests per submit (usable or not).
+const MAX_TICKET_REQUESTS: usize = 6;
+/// How long a directory without ticketed dispatch is not asked again.
+const TICKETING_RECHECK: Duration = Duration::from_secs(300);
+/// Code of a directory that lacks ticketed dispatch in `Ticketed` mode (seed SDK).
+const TICKET_UNAVAILABLE: &str = "IICP-DISPATCH-TICKET-UNAVAILABLE";
+/// Code of a node skipped because its circuit breaker is open.
+const CIRCUIT_OPEN: &str = "circuit_open";
+
+/// The back-off before retry `n` (0-based) of the same node: `200 ms × 2ⁿ`, scaled by
+/// `1 + 0.2 × (2r − 1)` for the uniform draw `r` (so within ± 20 %).
+pub fn backoff(retry: u32, r: f64) -> Duration {
+    let base = BACKOFF_BASE.as_secs_f64() * f64::from(2u32.saturating_pow(retry.min(16)));
+    let r = if r.is_finite() {
+        r.clamp(0.0, 1.0)
+    } else {
+        0.5
+    };
+    Duration::from_secs_f64(base * (1.0 + BACKOFF_JITTER * (2.0 * r - 1.0)))
+}
+
+/// Builds a [`Client`].
+///
+/// ```
+/// use std::time::Duration;
+/// use iicp_client::{Client, Encryption, Strategy, Transport};
+///
+/// let client = Client::builder()
+///     .directory_url("http://127.0.0.1:8080/api")
+///     .timeout(Duration::from_secs(60))
+///     .region("eu-central")
+///     .api_token("my-api-token")
+///     .transport(Transport::Http)
+///     .encryption(Encryption::Required)
+///     .allow_private_endpoints(true)
+///     .strategy(Strategy::weighted_v1())
+///     .build()?;
+/// assert_eq!(client.directory().base_url(), "http://127.0.0.1:8080/api");
+/// # Ok::<(), iicp_client::Error>(())
+/// ```
+pub struct ClientBuilder {
+    directory_url: String,
+    timeout: Duration,
+    region: Option<String>,
+    api_token: Option<Secret>,
+    node_credentials: Option<(String, Secret)>,
+    transport: Transport,
+    encryption: Encryption,
+    allow_private_endpoints: bool,
+    strategy: Strategy,
+    route_discovery: RouteDiscovery,
+    discovery_ttl: Duration,
+    http: Option<HttpClient>,
+    native: Option<NativeClient>,
+    env: Env,
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("directory_url", &self.directory_url)
+            .field("timeout", &self.timeout)
+            .field("region", &self.region)
+            .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
+            .field("node_id", &self.node_credentials.as_ref().map(|(id, _)| id))
+            .field("transport", &self.transport)
+            .field("encryption", &self.encryption)
+            .field("allow_private_endpoints", &self.allow_private_endpoints)
+            .field("strategy", &self.strategy)
+            .field("route_discovery", &self.route_discovery)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        Self {
+            directory_url: DEFAULT_DIRECTORY_URL.to_owned(),
+            timeout: DEFAULT_TIMEOUT,
+            region: None,
+            api_token: None,
+            node_credentials: None,
+            transport: Transport::default(),
+            encryption: Encryption::default(),
+            allow_private_endpoints: false,
+            strategy: Strategy::default(),
+            route_discovery: RouteDiscovery::default(),
+            discovery_ttl: DEFAULT_DISCOVERY_TTL,
+            http: None,
+            native: None,
+            env: Env::default(),
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// The directory base URL (default `https://iicp.network/api`); every directory path
+    /// is derived from it.
+    pub fn directory_url(mut self, url: impl Into<String>) -> Self {
+        self.directory_url = url.into();
+        self
+    }
+
+    /// The node timeout (default 30 s). More than 120 000 ms (or zero) makes
+    /// [`ClientBuilder::build`] fail with `invalid_config` (conf SDK-04).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The default region preference of discovery.
+    pub fn region(mut self, region: impl Into<String>) -> Self {
+        self.region = Some(region.into());
+        self
+    }
+
+    /// The caller's credential for authenticated nodes, sent as
+    /// `Authorization: Bearer` (HTTP) or key 11 (native). Never logged.
+    pub fn api_token(mut self, token: impl Into<Secret>) -> Self {
+        self.api_token = Some(token.into());
+        self
+    }
+
+    /// Identity of a client that is itself a registered node: its `node_id` and the
+    /// directory-issued `node_token`. The token is used only towards the directory, to
+    /// mint per-node consumer tokens sent as `X-IICP-Consumer-Token` (§8.10); it is
+    /// never sent to a provider (§19 T6).
+    pub fn node_credentials(
+        mut self,
+        node_id: impl Into<String>,
+        token: impl Into<Secret>,
+    ) -> Self {
+        self.node_credentials = Some((node_id.into(), token.into()));
+        self
+    }
+
+    /// Transport preference (default [`Transport::Auto`]).
+    pub fn transport(mut self, transport: Transport) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    /// Encryption policy (default [`Encryption::Required`]).
+    pub fn encryption(mut self, encryption: Encryption) -> Self {
+        self.encryption = encryption;
+        self
+    }
+
+    /// Admit loopback, private and link-local provider endpoints (off by default; dev
+    /// meshes on one machine or a LAN need it).
+    pub fn allow_private_endpoints(mut self, allow: bool) -> Self {
+        self.allow_private_endpoints = allow;
+        self
+    }
+
+    /// Selection strategy (default [`Strategy::Deterministic`]).
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// Route discovery mode (default [`RouteDiscovery::Auto`]).
+    pub fn route_discovery(mut self, mode: RouteDiscovery) -> Self {
+        self.route_discovery = mode;
+        self
+    }
+
+    /// Lifetime of cached discovery results (default 5 s; the directory's
+    /// `Cache-Control: max-age` caps it; zero disables the cache).
+    pub fn discovery_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.discovery_ttl = ttl;
+        self
+    }
+
+    /// Shares an HTTP client (and its keep-alive pool).
+    pub fn http_client(mut self, http: HttpClient) -> Self {
+        self.http = Some(http);
+        self
+    }
+
+    /// Shares a native client (and its connection pool).
+    pub fn native_client(mut self, native: NativeClient) -> Self {
+        self.native = Some(native);
+        self
+    }
+
+    /// The clock of the circuit breaker and the caches (tests, simulations).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.env.clock = clock;
+        self
+    }
+
+    /// The sleeper of the retry back-off (tests, simulations).
+    pub fn sleeper(mut self, sleeper: Arc<dyn Sleeper>) -> Self {
+        self.env.sleeper = sleeper;
+        self
+    }
+
+    /// The random source of selection profiles and back-off jitter (tests).
+    pub fn random(mut self, random: Arc<dyn Random>) -> Self {
+        self.env.random = random;
+        self
+    }
+
+    /// Builds the client.
+    ///
+    /// # Errors
+    /// `invalid_config` for a timeout of zero or above 120 000 ms, a bad directory URL,
+    /// an empty credential, or an HTTP client that cannot be built.
+    pub fn build(self) -> Result<Client, Error> {
+        if self.timeout > MAX_TIMEOUT {
+            return Err(Error::config(format!(
+                "timeout of {} ms exceeds the maximum of {} ms",
+                self.timeout.as_millis(),
+                MAX_TIMEOUT.as_millis()
+            )));
+        }
+        if self.timeout < Duration::from_millis(MIN_TIMEOUT_MS) {
+            return Err(Error::config(format!(
+                "timeout must be at least {MIN_TIMEOUT_MS} ms"
+            )));
+        }
+        if self.api_token.as_ref().is_some_and(Secret::is_empty) {
+            return Err(Error::config("api_token is empty"));
+        }
+        if let Some((id, token)) = &self.node_credentials {
+            if id.is_empty() || token.is_empty() {
+                return Err(Error::config("node credentials are incomplete"));
+            }
+        }
+        let http = match self.http {
+            Some(h) => h,
+            None => HttpClient::new(HttpClientConfig::default())
+                .map_err(|e| Error::config("the HTTP client could not be built").with_source(e))?,
+        };
+        let directory = DirectoryClient::new(&self.directory_url, http.clone())?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                directory,
+                http,
+                native: self.native.unwrap_or_default(),
+                timeout: self.timeout,
+                region: self.region,
+                api_token: self.api_token,
+                node_credentials: self.node_credentials,
+                transport: self.transport,
+                encryption: self.encryption,
+                endpoint_policy: EndpointPolicy::new(self.allow_private_endpoints),
+                strategy: self.strategy,
+                route_discovery: self.route_discovery,
+                discovery_ttl: self.discovery_ttl,
+                env: self.env,
+                breakers: Breakers::default(),
+                discovery_cache: Mutex::new(HashMap::new()),
+                tokens: Mutex::new(HashMap::new()),
+                ticketing_off_until: Mutex::new(None),
+            }),
+        })
+    }
+}
+
+struct Inner {
+    directory: DirectoryClient,
+    http: HttpClient,
+    native: NativeClient,
+    timeout: Duration,
+    region: Option<String>,
+    api_token: Option<Secret>,
+    node_credentials: Option<(String, Secret)>,
+    transport: Transport,
+    encryption: Encryption,
+    endpoint_policy: EndpointPolicy,
+    strategy: Strategy,
+    route_discovery: RouteDiscovery,
+    discovery_ttl: Duration,
+    env: Env,
+    breakers: Breakers,
+    discovery_cache: Mutex<HashMap<String, (Instant, Arc<NodeList>)>>,
+    tokens: Mutex<HashMap<(String, String), (Secret, u64)>>,
+    ticketing_off_until: Mutex<Option<Instant>>,
+}
+
+/// The IICP consumer client. Cheap to clone; clones share pools, caches and breakers.
+///
+/// ```no_run
+/// use iicp_client::{Client, Task};
+/// use iicp_proto::task::ChatMessage;
+/// use serde_json::json;
+///
+/// # async fn run() -> Result<(), iicp_client::Error> {
+/// let client = Client::new()?;
+///
+/// // Chat: an OpenAI-shaped completion and the node that answered.
+/// let reply = client.chat(vec![ChatMessage::new("user", "Hello!")]).await?;
+/// println!("{} (node {})", reply.text(), reply.node_id);
+///
+/// // Discover nodes for an intent.
+/// let nodes = client.discover("urn:iicp:intent:llm:chat:v1", Default::default()).await?;
+/// println!("{} nodes", nodes.len());
+///
+/// // Submit any task.
+/// let task = Task::new(
+///     "urn:iicp:intent:llm:chat:v1",
+///     json!({"messages": [{"role": "user", "content": "Hi"}]}),
+/// );
+/// let result = client.submit(task).await?;
+/// println!("{}", result.result());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("directory", &self.inner.directory.base_url())
+            .field("timeout", &self.inner.timeout)
+            .field("transport", &self.inner.transport)
+            .field("encryption", &self.inner.encryption)
+            .field("strategy", &self.inner.strategy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a discovered node is not a candidate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Skip {
+    Unavailable,
+    NoNodeId,
+    Score,
+    NoRoute,
+    Endpoint,
+    Keyless,
+    BadKey,
+    CircuitOpen,
+}
+
+/// An eligible node with its route and key.
+struct Candidate {
+    node_id: String,
+    route: Route,
+    check_url: String,
+    key: Option<NodePublicKey>,
+    response_encryption: bool,
+}
+
+/// What to do after a failed attempt.
+enum Next {
+    RetrySame,
+    OtherNode,
+    Stop,
+}
+
+/// Where candidates come from during one submit.
+enum Source {
+    List(VecDeque<Candidate>),
+    Tickets {
+        excluded: Vec<String>,
+        requests: usize,
+        exhausted: bool,
+    },
+}
+
+/// Everything fixed for one logical submit.
+struct Prepared {
+    intent: Intent,
+    payload: Value,
+    payload_json: Vec<u8>,
+    constraints: Constraints,
+    route: DiscoverOptions,
+    task_id: TaskId,
+    traceparent: TraceParent,
+    timeout: Duration,
+}
+
+#[derive(Default)]
+struct Skips {
+    counts: HashMap<Skip, usize>,
+}
+
+impl Skips {
+    fn add(&mut self, s: Skip) {
+        *self.counts.entry(s).or_default() += 1;
+    }
+
+    fn no_candidates(&self) -> Error {
+        let total: usize = self.counts.values().sum();
+        let keyless = self.counts.get(&Skip::Keyless).copied().unwrap_or(0);
+        if total > 0 && keyless == total {
+            return Error::new(
+                Kind::NoNodes,
+                ErrorCode::CxRequired,
+                "every discovered node lacks an IICP-CX key and plaintext is not allowed",
+            );
+        }
+        let mut reasons: Vec<String> = self
+            .counts
+            .iter()
+            .map(|(k, v)| format!("{k:?}: {v}"))
+            .collect();
+        reasons.sort();
+        let message = if total == 0 {
+            "the directory returned no node for this intent".to_owned()
+        } else {
+            format!("no eligible node ({})", reasons.join(", "))
+        };
+        Error::new(Kind::NoNodes, ErrorCode::NoNodesAvailable, message)
+            .with_spec_code(ErrorCode::E033)
+            .with_status(503)
+    }
+}
+
+impl Client {
+    /// A client with the defaults: directory `https://iicp.network/api`, 30 s timeout,
+    /// IICP-CX required, public endpoints only, deterministic selection.
+    ///
+    /// # Errors
+    /// `invalid_config` if the HTTP client cannot be built.
+    pub fn new() -> Result<Self, Error> {
+        Self::builder().build()
+    }
+
+    /// A builder with the defaults.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// The directory client (shared pool).
+    pub fn directory(&self) -> &DirectoryClient {
+        &self.inner.directory
+    }
+
+    /// The configured node timeout.
+    pub fn timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    fn secrets(&self) -> Vec<&str> {
+        let mut out = Vec::with_capacity(2);
+        if let Some(t) = &self.inner.api_token {
+            out.push(t.expose());
+        }
+        if let Some((_, t)) = &self.inner.node_credentials {
+            out.push(t.expose());
+        }
+        out
+    }
+
+    fn scrub(&self, e: Error) -> Error {
+        e.scrub(&self.secrets())
+    }
+
+    /// Discovers nodes for `intent` (`GET /v1/discover`, cached a few seconds) and drops
+    /// ineligible ones: unavailable, score below 0.1, no node id, no usable endpoint,
+    /// refused by the endpoint policy. IICP-CX keys are not required here.
+    ///
+    /// ```no_run
+    /// use iicp_client::{Client, DiscoverOptions};
+    ///
+    /// # async fn run() -> Result<(), iicp_client::Error> {
+    /// let client = Client::new()?;
+    /// let opts = DiscoverOptions { region: Some("eu-central".into()), limit: Some(5), ..Default::default() };
+    /// for node in client.discover("urn:iicp:intent:llm:chat:v1", opts).await? {
+    ///     println!("{:?} score {:?}", node.node_id, node.score);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// `invalid_intent` / `IICP-POLICY-001` before any I/O, `validation_error` for a
+    /// `min_reputation` outside `[0, 1]`, directory and transport errors.
+    pub async fn discover(
+        &self,
+        intent: &str,
+        options: DiscoverOptions,
+    ) -> Result<Vec<NodeEntry>, Error> {
+        let intent = check_intent(intent)?;
+        check_route_options(&options)?;
+        let tp = TraceParent::generate(&mut OsRng);
+        let list = self
+            .discover_cached(&options.query(&intent, self.inner.region.as_deref()), &tp)
+            .await
+            .map_err(|e| self.scrub(e))?;
+        Ok(list
+            .nodes
+            .iter()
+            .filter(|n| self.basic_eligibility(n).is_ok())
+            .cloned()
+            .collect())
+    }
+
+    /// Submits a task: validation before any I/O, discovery, selection, submission with
+    /// the retry rules of DESIGN §4.9.
+    ///
+    /// ```no_run
+    /// use iicp_client::{Client, ErrorCode, Task};
+    /// use serde_json::json;
+    ///
+    /// # async fn run() -> Result<(), iicp_client::Error> {
+    /// let client = Client::new()?;
+    /// let task = Task::new("urn:iicp:intent:llm:chat:v1", json!({"messages": [{"role": "user", "content": "2+2?"}]}))
+    ///     .with_timeout_ms(20_000);
+    /// match client.submit(task).await {
+    ///     Ok(done) => println!("{} answered: {}", done.node_id, done.result()),
+    ///     Err(e) if e.code() == &ErrorCode::NoNodesAvailable => println!("no node serves this intent"),
+    ///     Err(e) if e.code() == &ErrorCode::AllNodesFailed => println!("every node failed: {e}"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// `invalid_intent`, `IICP-POLICY-001`, `invalid_config` (timeout), `validation_error`
+    /// (payload not an object) before any I/O; `no_nodes_available` / `IICP-CX-REQUIRED`
+    /// when no node is eligible; a node's error when it is not retryable (other 4xx,
+    /// 500, 502, CX errors); `all_nodes_failed` when every candidate failed.
+    pub async fn submit(&self, task: Task) -> Result<TaskResult, Error> {
+        let prepared = self.prepare(task)?;
+        self.run(&prepared).await.map_err(|e| self.scrub(e))
+    }
+
+    /// Chat with the default options: intent `urn:iicp:intent:llm:chat:v1`, QoS
+    /// `interactive`.
+    ///
+    /// ```no_run
+    /// use iicp_client::Client;
+    /// use iicp_proto::task::ChatMessage;
+    ///
+    /// # async fn run() -> Result<(), iicp_client::Error> {
+    /// let client = Client::new()?;
+    /// let reply = client.chat(vec![ChatMessage::new("user", "Say hi")]).await?;
+    /// println!("{}", reply.completion.choices[0].message.content);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Client::submit`], plus `validation_error` for an invalid chat payload and
+    /// `backend_error` when the node's result is not a chat completion.
+    pub async fn chat(&self, messages: Vec<ChatMessage>) -> Result<ChatResult, Error> {
+        self.chat_with(messages, ChatOptions::default()).await
+    }
+
+    /// Chat with options (model, max_tokens, temperature, timeout, QoS, region, …).
+    ///
+    /// # Errors
+    /// As [`Client::chat`].
+    pub async fn chat_with(
+        &self,
+        messages: Vec<ChatMessage>,
+        options: ChatOptions,
+    ) -> Result<ChatResult, Error> {
+        let mut request = ChatRequest::new(messages);
+        request.model = options.model.clone();
+        request.max_tokens = options.max_tokens;
+        request.temperature = options.temperature;
+        request.validate().map_err(|e| {
+            Error::new(
+                Kind::Input,
+                ErrorCode::ValidationError,
+                format!("invalid chat request: {e}"),
+            )
+        })?;
+        let payload = serde_json::to_value(&request).map_err(|e| {
+            Error::new(
+                Kind::Input,
+                ErrorCode::ValidationError,
+                "chat request is not serialisable",
+            )
+            .with_source(e)
+        })?;
+        let qos = options.qos.unwrap_or(Qos::Interactive);
+        let mut task = Task::new(options.intent.as_deref().unwrap_or(CHAT_INTENT), payload);
+        task.constraints.qos = Some(qos);
+        task.constraints.model = options.model.clone();
+        task.constraints.max_tokens = options.max_tokens;
+        task.constraints.timeout_ms = options
+            .timeout
+            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+        task.route = DiscoverOptions {
+            region: options.region,
+            qos: Some(qos),
+            min_reputation: options.min_reputation,
+            model: options.model,
+            ..DiscoverOptions::default()
+        };
+        let result = self.submit(task).await?;
+        let completion = to_completion(result.result(), &result.task_id).ok_or_else(|| {
+            Error::protocol("the node's result is not a chat completion").with_node(&result.node_id)
+        })?;
+        let model = result
+            .response
+            .model_used
+            .clone()
+            .or_else(|| completion.model.clone());
+        Ok(ChatResult {
+            completion,
+            node_id: result.node_id,
+            task_id: result.task_id,
+            model,
+        })
+    }
+
+    // -----------------------------------------------------------------------------
+    // Pipeline
+    // -----------------------------------------------------------------------------
+
+    fn prepare(&self, task: Task) -> Result<Prepared, Error> {
+        let intent = check_intent(&task.intent)?;
+        check_route_options(&task.route)?;
+        if !task.payload.is_object() {
+            return Err(Error::new(
+                Kind::Input,
+                ErrorCode::ValidationError,
+                "the task payload must be a JSON object",
+            ));
+        }
+        let timeout = match task.constraints.timeout_ms {
+            Some(ms) if ms > MAX_TIMEOUT.as_millis() as u64 => {
+                return Err(Error::config(format!(
+                    "constraints.timeout_ms of {ms} exceeds the maximum of {} ms",
+                    MAX_TIMEOUT.as_millis()
+                )))
+            }
+            Some(ms) if ms < MIN_TIMEOUT_MS => {
+                return Err(Error::config(format!(
+                    "constraints.timeout_ms must be at least {MIN_TIMEOUT_MS} ms"
+                )))
+            }
+            Some(ms) => Duration::from_millis(ms),
+            None => self.inner.timeout,
+        };
+        let payload_json = serde_json::to_vec(&task.payload).map_err(|e| {
+            Error::new(
+                Kind::Input,
+                ErrorCode::ValidationError,
+                "payload is not serialisable",
+            )
+            .with_source(e)
+        })?;
+        let constraints = project_constraints(&task.constraints, timeout);
+        let mut route = task.route;
+        if route.qos.is_none() {
+            route.qos = task.constraints.qos;
+        }
+        if route.model.is_none() {
+            route.model = task.constraints.model.clone();
+        }
+        if route.region.is_none() {
+            route.region = task.constraints.region.clone();
+        }
+        Ok(Prepared {
+            intent,
+            payload: task.payload,
+            payload_json,
+            constraints,
+            route,
+            task_id: task.task_id.unwrap_or_else(|| TaskId::generate(&mut OsRng)),
+            traceparent: TraceParent::generate(&mut OsRng),
+            timeout,
+        })
+    }
+
+    async fn run(&self, p: &Prepared) -> Result<TaskResult, Error> {
+        let mut skips = Skips::default();
+        let (mut source, mut profile) = self.open_source(p, &mut skips).await?;
+        let mut attempts = 0u32;
+        let mut tried = 0usize;
+        let mut last: Option<Error> = None;
+        while tried < MAX_CANDIDATES {
+            let cand = match self
+                .next_candidate(&mut source, &mut profile, p, &mut skips)
+                .await?
+            {
+                Some(c) => c,
+                None => break,
+            };
+            tried += 1;
+            match self.try_node(&cand, p, &mut attempts).await {
+                Ok((response, latency, transport)) => {
+                    return Ok(TaskResult {
+                        task_id: p.task_id.clone(),
+                        node_id: cand.node_id,
+                        response,
+                        attempts,
+                        latency,
+                        transport,
+                        encrypted: cand.key.is_some(),
+                        selection_profile: profile,
+                        traceparent: p.traceparent,
+                    })
+                }
+                Err((Next::Stop, e)) => return Err(e.with_node(&cand.node_id)),
+                Err((_, e)) => {
+                    tracing::debug!(
+                        node = %short_id(&cand.node_id),
+                        code = %e.code(),
+                        "node failed; trying the next candidate"
+                    );
+                    last = Some(e.with_node(&cand.node_id));
+                }
+            }
+        }
+        match last {
+            None => Err(skips.no_candidates()),
+            Some(last) => {
+                let message = format!(
+                    "all {tried} candidate node(s) failed after {attempts} attempt(s); last: {}",
+                    last.code()
+                );
+                let status = last.status_code();
+                let mut err = Error::new(Kind::Exhausted, ErrorCode::AllNodesFailed, message)
+                    .with_source(last);
+                if let Some(s) = status {
+                    err = err.with_status(s);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn open_source(
+        &self,
+        p: &Prepared,
+        skips: &mut Skips,
+    ) -> Result<(Source, &'static str), Error> {
+        let ticketing = match self.inner.route_discovery {
+            RouteDiscovery::Legacy => false,
+            RouteDiscovery::Ticketed => true,
+            RouteDiscovery::Auto => {
+                let now = self.inner.env.clock.now();
+                let mut off = lock(&self.inner.ticketing_off_until);
+                match *off {
+                    Some(until) if now < until => false,
+                    Some(_) => {
+                        *off = None;
+                        true
+                    }
+                    None => true,
+                }
+            }
+        };
+        if ticketing {
+            return Ok((
+                Source::Tickets {
+                    excluded: Vec::new(),
+                    requests: 0,
+                    exhausted: false,
+                },
+                "directory_ticket_v1",
+            ));
+        }
+        Ok((
+            self.list_source(p, skips).await?,
+            self.inner.strategy.name(),
+        ))
+    }
+
+    async fn list_source(&self, p: &Prepared, skips: &mut Skips) -> Result<Source, Error> {
+        let query = p.route.query(&p.intent, self.inner.region.as_deref());
+        let list = self.discover_cached(&query, &p.traceparent).await?;
+        let mut eligible: Vec<(NodeEntry, Candidate)> = Vec::new();
+        for node in &list.nodes {
+            match self.candidate(node) {
+                Ok(c) => eligible.push((node.clone(), c)),
+                Err(s) => skips.add(s),
+            }
+        }
+        let nodes: Vec<NodeEntry> = eligible.iter().map(|(n, _)| n.clone()).collect();
+        let order =
+            self.inner
+                .strategy
+                .order(&nodes, MAX_CANDIDATES, self.inner.env.random.as_ref());
+        let mut slots: Vec<Option<Candidate>> =
+            eligible.into_iter().map(|(_, c)| Some(c)).collect();
+        let queue = order
+            .into_iter()
+            .filter_map(|i| slots.get_mut(i).and_then(Option::take))
+            .collect();
+        Ok(Source::List(queue))
+    }
+
+    async fn next_candidate(
+        &self,
+        source: &mut Source,
+        profile: &mut &'static str,
+        p: &Prepared,
+        skips: &mut Skips,
+    ) -> Result<Option<Candidate>, Error> {
+        loop {
+            match source {
+                Source::List(queue) => return Ok(queue.pop_front()),
+                Source::Tickets {
+                    excluded,
+                    requests,
+                    exhausted,
+                } => {
+                    if *exhausted
+                        || *requests >= MAX_TICKET_REQUESTS
+                        || excluded.len() >= MAX_EXCLUDED_PREFIXES
+                    {
+                        return Ok(None);
+                    }
+                    *requests += 1;
+                    let mut req = p
+                        .route
+                        .ticket_request(&p.intent, self.inner.region.as_deref());
+                    req.exclude_node_id_prefixes = excluded.clone();
+                    match self
+                        .inner
+                        .directory
+                        .dispatch_ticket(&req, Some(&p.traceparent))
+                        .await?
+                    {
+                        TicketOutcome::Ticket(ticket) => {
+                            let node_id = ticket.node_id().to_owned();
+                            excluded.push(short_id(&node_id).to_owned());
+                            match self.candidate(&ticket.route) {
+                                Ok(c) => return Ok(Some(c)),
+                                Err(s) => skips.add(s),
+                            }
+                        }
+                        TicketOutcome::NoRoute => *exhausted = true,
+                        TicketOutcome::Unavailable => {
+                            if self.inner.route_discovery == RouteDiscovery::Ticketed {
+                                return Err(Error::new(
+                                    Kind::Remote,
+                                    ErrorCode::from(TICKET_UNAVAILABLE),
+                                    "the directory does not offer ticketed dispatch",
+                                ));
+                            }
+                            if *requests > 1 {
+                                // tickets worked before in this submit; do not mix sources
+                                *exhausted = true;
+                                continue;
+                            }
+                            let until = self.inner.env.clock.now() + TICKETING_RECHECK;
+                            *lock(&self.inner.ticketing_off_until) = Some(until);
+                            tracing::debug!("directory lacks ticketed dispatch; using discover");
+                            *source = self.list_source(p, skips).await?;
+                            *profile = self.inner.strategy.name();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Up to 3 attempts on one node. Returns the response, the attempt's latency and
+    /// transport, or what to do next with the node's error.
+    async fn try_node(
+        &self,
+        cand: &Candidate,
+        p: &Prepared,
+        attempts: &mut u32,
+    ) -> Result<(TaskResponse, Duration, TransportUsed), (Next, Error)> {
+        let env = &self.inner.env;
+        if let Err(refusal) = self
+            .inner
+            .endpoint_policy
+            .check_resolved(&cand.check_url)
+            .await
+        {
+            return Err((
+                Next::OtherNode,
+                Error::new(
+                    Kind::Connect,
+                    ErrorCode::EndpointRefused,
+                    refusal.to_string(),
+                )
+                .with_source(refusal),
+            ));
+        }
+        // Consumer tokens travel as an HTTP header; native CALLs carry only key 11.
+        let consumer_token = match cand.route {
+            Route::Http(_) => self.consumer_token(&cand.node_id, p.intent.as_str()).await,
+            Route::Native(_) => None,
+        };
+        let exchange = Exchange {
+            task_id: &p.task_id,
+            intent: &p.intent,
+            payload: &p.payload,
+            payload_json: &p.payload_json,
+            constraints: &p.constraints,
+            traceparent: &p.traceparent,
+            timeout: p.timeout,
+            api_token: self.inner.api_token.as_ref(),
+            consumer_token: consumer_token.as_ref(),
+        };
+        let seal = Seal {
+            key: cand.key.as_ref(),
+            response_encryption: cand.response_encryption,
+        };
+        let transport = match cand.route {
+            Route::Http(_) => TransportUsed::Http,
+            Route::Native(_) => TransportUsed::Native,
+        };
+        let mut retry = 0u32;
+        loop {
+            if !self.inner.breakers.allow(&cand.node_id, env.clock.as_ref()) {
+                return Err((
+                    Next::OtherNode,
+                    Error::new(
+                        Kind::Connect,
+                        ErrorCode::from(CIRCUIT_OPEN),
+                        "the node's circuit breaker is open",
+                    ),
+                ));
+            }
+            *attempts += 1;
+            let started = Instant::now();
+            let outcome = submit::attempt(
+                &self.inner.http,
+                &self.inner.native,
+                &cand.route,
+                &exchange,
+                &seal,
+            )
+            .await;
+            let err = match outcome {
+                Ok(resp) => {
+                    self.inner.breakers.record_success(&cand.node_id);
+                    return Ok((resp, started.elapsed(), transport));
+                }
+                Err(e) => self.scrub(e),
+            };
+            let next = classify(&err);
+            let counts_as_failure = match next {
+                Next::RetrySame | Next::OtherNode => !err.is_node_switch(),
+                Next::Stop => err.status_code().is_some_and(|s| s >= 500),
+            };
+            if counts_as_failure {
+                self.inner
+                    .breakers
+                    .record_failure(&cand.node_id, env.clock.as_ref());
+            } else {
+                self.inner.breakers.release_probe(&cand.node_id);
+            }
+            match next {
+                Next::RetrySame if retry + 1 < MAX_ATTEMPTS_PER_NODE => {
+                    let delay = backoff(retry, env.random.next_f64());
+                    tracing::debug!(
+                        node = %short_id(&cand.node_id),
+                        code = %err.code(),
+                        delay_ms = delay.as_millis() as u64,
+                        "retrying the same node"
+                    );
+                    env.sleeper.sleep(delay).await;
+                    retry += 1;
+                }
+                Next::RetrySame => return Err((Next::OtherNode, err)),
+                other => return Err((other, err)),
+            }
+        }
+    }
+
+    async fn consumer_token(&self, target: &str, intent: &str) -> Option<Secret> {
+        let (caller, node_token) = self.inner.node_credentials.as_ref()?;
+        let key = (target.to_owned(), intent.to_owned());
+        let now = unix_now();
+        if let Some((tok, exp)) = lock(&self.inner.tokens).get(&key) {
+            if now.saturating_add(TOKEN_RENEW_BEFORE_SECS) < *exp {
+                return Some(tok.clone());
+            }
+        }
+        match self
+            .inner
+            .directory
+            .consumer_token(node_token, caller, target, intent)
+            .await
+        {
+            Ok(resp) => {
+                let exp = resp.expires_at.unwrap_or(now.saturating_add(300));
+                let mut tokens = lock(&self.inner.tokens);
+                if tokens.len() >= TOKEN_CACHE_ENTRIES {
+                    tokens.retain(|_, (_, e)| now.saturating_add(TOKEN_RENEW_BEFORE_SECS) < *e);
+                    if tokens.len() >= TOKEN_CACHE_ENTRIES {
+                        tokens.clear();
+                    }
+                }
+                tokens.insert(key, (resp.token.clone(), exp));
+                Some(resp.token)
+            }
+            Err(e) => {
+                tracing::debug!(code = %e.code(), "no consumer token; continuing without one");
+                None
+            }
+        }
+    }
+
+    async fn discover_cached(
+        &self,
+        query: &DiscoverQuery,
+        tp: &TraceParent,
+    ) -> Result<Arc<NodeList>, Error> {
+        let key = query
+            .to_query_pairs()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&");
+        let now = self.inner.env.clock.now();
+        if let Some((expires, list)) = lock(&self.inner.discovery_cache).get(&key) {
+            if now < *expires {
+                return Ok(Arc::clone(list));
+            }
+        }
+        let (list, max_age) = self
+            .inner
+            .directory
+            .discover_with_ttl(query, Some(tp))
+            .await?;
+        let list = Arc::new(list);
+        let ttl = max_age.map_or(self.inner.discovery_ttl, |m| {
+            m.min(self.inner.discovery_ttl)
+        });
+        if !ttl.is_zero() {
+            let mut cache = lock(&self.inner.discovery_cache);
+            if cache.len() >= DISCOVERY_CACHE_ENTRIES {
+                cache.retain(|_, (e, _)| now < *e);
+                if cache.len() >= DISCOVERY_CACHE_ENTRIES {
+                    cache.clear();
+                }
+            }
+            cache.insert(key, (now + ttl, Arc::clone(&list)));
+        }
+        Ok(list)
+    }
+
+    /// Drops cached discovery results (e.g. after the mesh changed).
+    pub fn clear_discovery_cache(&self) {
+        lock(&self.inner.discovery_cache).clear();
+    }
+
+    // -----------------------------------------------------------------------------
+    // Eligibility
+    // -----------------------------------------------------------------------------
+
+    /// The checks shared by `discover` and submission: availability, score, node id, a
+    /// usable route for the transport preference, the endpoint policy.
+    fn basic_eligibility(&self, node: &NodeEntry) -> Result<(String, Route, String), Skip> {
+        if !node.is_available() {
+            return Err(Skip::Unavailable);
+        }
+        if let Some(score) = node.score {
+            if !score.is_finite() || score < 0.1 {
+                return Err(Skip::Score);
+            }
+        }
+        let node_id = node
+            .node_id
+            .clone()
+            .filter(|id| !id.is_empty())
+            .ok_or(Skip::NoNodeId)?;
+        let (route, check_url) = self.route_for(node)?;
+        Ok((node_id, route, check_url))
+    }
+
+    fn route_for(&self, node: &NodeEntry) -> Result<(Route, String), Skip> {
+        let policy = &self.inner.endpoint_policy;
+        let native_cx = node
+            .cx_key()
+            .is_some_and(|k| k.features.iter().any(|f| f == NATIVE_CX_V1));
+        let has_key = node.cx_key().is_some();
+        let native = node
+            .transport_endpoint
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .and_then(|t| {
+                t.parse::<NativeEndpoint>()
+                    .ok()
+                    .map(|ep| (t.to_owned(), ep))
+            })
+            .filter(|(t, _)| policy.check_url(t).is_ok())
+            .filter(|_| !has_key || native_cx);
+        let http = node
+            .endpoint
+            .as_deref()
+            .map(|e| e.trim().trim_end_matches('/'))
+            .filter(|e| e.starts_with("http://") || e.starts_with("https://"))
+            .map(str::to_owned);
+        let http_ok = http.as_ref().map(|e| policy.check_url(e).is_ok());
+        // A keyed node without `native_cx_v1` is reached over HTTP even when native is
+        // preferred: IICP-CX over native needs the ADR 0005 convention.
+        let advertised = node
+            .transport_endpoint
+            .as_deref()
+            .is_some_and(|t| !t.is_empty());
+        let use_native = match self.inner.transport {
+            Transport::Http => false,
+            Transport::Native => native.is_some() || !(advertised && has_key && !native_cx),
+            Transport::Auto => native.is_some(),
+        };
+        if use_native {
+            return match native {
+                Some((url, ep)) => Ok((Route::Native(ep), url)),
+                None => Err(Skip::NoRoute),
+            };
+        }
+        match (http, http_ok) {
+            (Some(e), Some(true)) => Ok((Route::Http(format!("{e}/v1/task")), e)),
+            (Some(_), _) => Err(Skip::Endpoint),
+            (None, _) => Err(Skip::NoRoute),
+        }
+    }
+
+    /// Full eligibility for submission: [`Client::basic_eligibility`], the IICP-CX
+    /// requirement and the circuit breaker.
+    fn candidate(&self, node: &NodeEntry) -> Result<Candidate, Skip> {
+        let (node_id, route, check_url) = self.basic_eligibility(node)?;
+        let (key, response_encryption) = match node.cx_key() {
+            Some(adv) => match NodePublicKey::from_advertisement(&adv) {
+                Ok(k) => (Some(k), adv.supports_response_encryption()),
+                Err(_) => return Err(Skip::BadKey),
+            },
+            None if self.inner.encryption == Encryption::Required => return Err(Skip::Keyless),
+            None => (None, false),
+        };
+        if self
+            .inner
+            .breakers
+            .is_open(&node_id, self.inner.env.clock.as_ref())
+        {
+            return Err(Skip::CircuitOpen);
+        }
+        Ok(Candidate {
+            node_id,
+            route,
+            check_url,
+            key,
+            response_encryption,
+        })
+    }
+}
+
+/// Retry classification of a failed attempt (§7.1, §7.3, DESIGN §4.9).
+fn classify(e: &Error) -> Next {
+    match e.kind() {
+        Kind::Timeout | Kind::Connect | Kind::Transport | Kind::Protocol => Next::OtherNode,
+        Kind::Remote => {
+            if e.is_node_switch() {
+                return Next::OtherNode;
+            }
+            if matches!(e.code(), ErrorCode::TaskTimeout | ErrorCode::Timeout) {
+                return Next::OtherNode;
+            }
+            match e.status_code() {
+                Some(429 | 503) => Next::RetrySame,
+                Some(408 | 504) => Next::OtherNode,
+                Some(s) if (200..300).contains(&s) || s == 0 => match e.code() {
+                    ErrorCode::RateLimited | ErrorCode::TemporarilyUnavailable => Next::RetrySame,
+                    _ => Next::Stop,
+                },
+                None => match e.code() {
+                    ErrorCode::RateLimited | ErrorCode::TemporarilyUnavailable => Next::RetrySame,
+                    _ => Next::Stop,
+                },
+                Some(_) => Next::Stop,
+            }
+        }
+        _ => Next::Stop,
+    }
+}
+
+fn check_intent(intent: &str) -> Result<Intent, Error> {
+    let parsed = Intent::new(intent).map_err(|e| {
+        Error::new(
+            Kind::Input,
+            ErrorCode::InvalidIntent,
+            format!("invalid intent URN: {e}"),
+        )
+        .with_source(e)
+    })?;
+    check_intent_policy(parsed.as_str()).map_err(|refusal| {
+        Error::new(Kind::Policy, refusal.code(), refusal.to_string()).with_source(refusal)
+    })?;
+    Ok(parsed)
+}
+
+fn check_route_options(options: &DiscoverOptions) -> Result<(), Error> {
+    if let Some(r) = options.min_reputation {
+        if !(0.0..=1.0).contains(&r) {
+            return Err(Error::new(
+                Kind::Input,
+                ErrorCode::ValidationError,
+                "min_reputation must be within [0, 1]",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The execution constraints sent to the provider (§9.3 projection): route-only members
+/// (`region`) are dropped; `timeout_ms` is always set; `qos_class` mirrors `qos` for the
+/// reference nodes (§19 T13).
+fn project_constraints(c: &Constraints, timeout: Duration) -> Constraints {
+    let mut out = Constraints {
+        timeout_ms: Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+        qos: c.qos,
+        priority: c.priority,
+        consensus: c.consensus,
+        region: None,
+        max_tokens: c.max_tokens,
+        model: c.model.clone(),
+        required_profiles: c.required_profiles.clone(),
+        optional_profiles: c.optional_profiles.clone(),
+        extra: Map::new(),
+    };
+    for (k, v) in &c.extra {
+        if !matches!(
+            k.as_str(),
+            "min_reputation" | "limit" | "region" | "qos_class"
+        ) {
+            out.extra.insert(k.clone(), v.clone());
+        }
+    }
+    if let Some(q) = c.qos {
+        out.extra.insert(
+            "qos_class".into(),
+            Value::String(q.as_str().replace('-', "_")),
+        );
+    }
+    out
+}
+
+/// Maps a node's result to an OpenAI chat completion (seed SDK §1.5): choices indexed
+/// by position, role default `assistant`, content default `""`, `finish_reason` default
+/// `stop`, `id` default the task id. A bare text result (`content`, `text`, `response`,
+/// `output` or a string) becomes one choice.
+fn to_completion(result: &Value, task_id: &TaskId) -> Option<ChatCompletion> {
+    let mut obj = match result {
+        Value::Object(o) => o.clone(),
+        Value::String(s) => {
+            let mut o = Map::new();
+            o.insert("content".into(), Value::String(s.clone()));
+            o
+        }
+        _ => return None,
+    };
+    if !obj.get("choices").is_some_and(Value::is_array) {
+        let text = ["content", "text", "response", "output"]
+            .iter()
+            .find_map(|k| obj.get(*k).and_then(Value::as_str).map(str::to_owned))?;
+        obj.insert(
+            "choices".into(),
+            serde_json::json!([{"message": {"role": "assistant", "content": text}}]),
+        );
+    }
+    if let Some(Value::Array(choices)) = obj.get_mut("choices") {
+        for (i, choice) in choices.iter_mut().enumerate() {
+            let Value::Object(c) = choice else {
+                *choice = serde_json::json!({"message": {"role": "assistant", "content": ""}});
+                continue;
+            };
+            c.entry("index").or_insert(Value::from(i));
+            if c.get("finish_reason").is_none_or(Value::is_null) {
+                c.insert("finish_reason".into(), Value::from("stop"));
+            }
+            let msg = c
+                .entry("message")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if !msg.is_object() {
+                *msg = Value::Object(Map::new());
+            }
+            if let Value::Object(m) = msg {
+                if !m.get("role").is_some_and(Value::is_string) {
+                    m.insert("role".into(), Value::from("assistant"));
+                }
+                if m.get("content").is_none_or(Value::is_null) {
+                    m.insert("content".into(), Value::from(""));
+                }
+            }
+        }
+    }
+    if !obj.get("id").is_some_and(Value::is_string) {
+        obj.insert("id".into(), Value::from(task_id.as_str()));
+    }
+    serde_json::from_value(Value::Object(obj)).ok()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_envelope() {
+        assert_eq!(backoff(0, 0.5), Duration::from_millis(200));
+        assert_eq!(backoff(1, 0.5), Duration::from_millis(400));
+        assert_eq!(backoff(0, 0.0), Duration::from_millis(160));
+        assert_eq!(backoff(1, 1.0), Duration::from_millis(480));
+        for r in [0.0, 0.13, 0.5, 0.77, 0.999] {
+            let d = backoff(2, r).as_secs_f64();
+            assert!((0.64..=0.96).contains(&d), "{d}");
+        }
+    }
+
+    #[test]
+    fn chat_mapping() {
+        let id = TaskId::generate(&mut OsRng);
+        let c = to_completion(
+            &serde_json::json!({"choices": [{"message": {"content": "hi"}}], "usage": {"total_tokens": 3}}),
+            &id,
+        )
+        .expect("completion");
+        assert_eq!(c.text().as_deref(), Some("hi"));
+        assert_eq!(c.choices[0].message.role, "assistant");
+        assert_eq!(c.choices[0].finish_reason.as_deref(), Some("stop"));
+        assert_eq!(c.id.as_deref(), Some(id.as_str()));
+        let c = to_completion(&serde_json::json!({"content": "plain"}), &id).expect("completion");
+        assert_eq!(c.text().as_deref(), Some("plain"));
+        assert!(to_completion(&serde_json::json!(42), &id).is_none());
+    }
+
+    #[test]
+    fn projection_drops_route_fields() {
+        let mut c = Constraints {
+            region: Some("eu".into()),
+            qos: Some(Qos::BestEffort),
+            ..Constraints::default()
+        };
+        c.extra.insert("min_reputation".into(), Value::from(0.5));
+        let out = project_constraints(&c, Duration::from_millis(1500));
+        assert_eq!(out.region, None);
+        assert_eq!(out.timeout_ms, Some(1500));
+        assert!(out.extra.get("min_reputation").is_none());
+        assert_eq!(
+            out.extra.get("qos_class"),
+            Some(&Value::from("best_effort"))
+        );
+    }
+}

@@ -1,0 +1,286 @@
+//! `DirectoryClient` against a scripted directory: paths derived from the base URL,
+//! bearer tokens, `X-Node-Id`, `DELETE` with a body, key caching, ticket outcomes and
+//! 307/308 redirects (up to 3 hops).
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use http::{Method, StatusCode};
+use iicp_client::{DirectoryClient, ErrorCode, TicketOutcome};
+use iicp_proto::directory::{
+    Capability, DispatchTicketRequest, HeartbeatRequest, Limits, RegisterRequest,
+};
+use iicp_proto::intent::Intent;
+use iicp_proto::secret::Secret;
+use iicp_transport::http::client::{HttpClient, HttpClientConfig};
+use iicp_transport::http::server::{json, Request, Router};
+use serde_json::json;
+
+type Log = Arc<Mutex<Vec<Recorded>>>;
+
+fn http() -> HttpClient {
+    HttpClient::new(HttpClientConfig::default()).expect("http")
+}
+
+fn redirect(
+    to: &'static str,
+    code: u16,
+) -> impl Fn(
+    Request,
+    iicp_transport::http::server::Params,
+) -> std::future::Ready<iicp_transport::http::server::Response>
+       + Send
+       + Sync
+       + 'static {
+    move |_req, _p| {
+        let mut resp = json(
+            StatusCode::from_u16(code).unwrap_or(StatusCode::TEMPORARY_REDIRECT),
+            &json!({}),
+        );
+        resp.headers_mut()
+            .insert("location", http::HeaderValue::from_static(to));
+        std::future::ready(resp)
+    }
+}
+
+async fn directory(log: Log, ticket_status: u16) -> Server {
+    let l1 = Arc::clone(&log);
+    let l2 = Arc::clone(&log);
+    let l3 = Arc::clone(&log);
+    let l4 = Arc::clone(&log);
+    let l5 = Arc::clone(&log);
+    let l6 = Arc::clone(&log);
+    let router = Router::new()
+        .route(Method::POST, "/api/v1/register", move |mut req: Request, _p| {
+            let log = Arc::clone(&l1);
+            async move {
+                let rec = record(&mut req).await;
+                lock(&log).push(rec);
+                json(
+                    StatusCode::CREATED,
+                    &json!({"node_id": "n-1", "node_token": "tok-registered-secret", "jwt_token": "jwt-x", "node_hmac_key": "hmac-x"}),
+                )
+            }
+        })
+        .route(Method::DELETE, "/api/v1/register", move |mut req: Request, _p| {
+            let log = Arc::clone(&l2);
+            async move {
+                let rec = record(&mut req).await;
+                lock(&log).push(rec);
+                json(StatusCode::OK, &json!({"deregistered": true}))
+            }
+        })
+        .route(Method::POST, "/api/v1/heartbeat", move |mut req: Request, _p| {
+            let log = Arc::clone(&l3);
+            async move {
+                let rec = record(&mut req).await;
+                let ok = rec.header("authorization") == Some("Bearer tok-registered-secret");
+                lock(&log).push(rec);
+                if ok {
+                    json(StatusCode::OK, &json!({"ok": true, "next_heartbeat_ms": 30000}))
+                } else {
+                    json(
+                        StatusCode::UNAUTHORIZED,
+                        &json!({"error": {"code": "unauthorized", "message": "bad token"}}),
+                    )
+                }
+            }
+        })
+        .route(Method::GET, "/api/v1/directory-key", move |mut req: Request, _p| {
+            let log = Arc::clone(&l4);
+            async move {
+                let rec = record(&mut req).await;
+                lock(&log).push(rec);
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"error": {"code": "not_configured", "message": "no key"}}),
+                )
+            }
+        })
+        .route(Method::POST, "/api/v1/consumer-token", move |mut req: Request, _p| {
+            let log = Arc::clone(&l5);
+            async move {
+                let rec = record(&mut req).await;
+                lock(&log).push(rec);
+                json(StatusCode::CREATED, &json!({"token": "ct.abc", "expires_at": 1}))
+            }
+        })
+        .route(Method::POST, "/api/v1/dispatch/ticket", move |mut req: Request, _p| {
+            let log = Arc::clone(&l6);
+            async move {
+                let rec = record(&mut req).await;
+                lock(&log).push(rec);
+                let (code, body) = match ticket_status {
+                    503 => (503, json!({"error": {"code": "not_configured", "message": "no key"}})),
+                    404 => (404, json!({"error": {"code": "no_route_available", "message": "none"}})),
+                    405 => (405, json!({"error": {"code": "method_not_allowed", "message": "x"}})),
+                    other => (other, json!({"error": {"code": "internal_error", "message": "boom"}})),
+                };
+                json(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body)
+            }
+        })
+        .route(Method::POST, "/r1/api/v1/register", redirect("/api/v1/register", 307))
+        .route(Method::POST, "/r2/api/v1/register", redirect("/r1/api/v1/register", 308))
+        .route(Method::POST, "/r3/api/v1/register", redirect("/r2/api/v1/register", 307))
+        .route(Method::POST, "/r4/api/v1/register", redirect("/r3/api/v1/register", 307));
+    serve(router).await
+}
+
+fn register_request() -> RegisterRequest {
+    let intent: Intent = CHAT.parse().expect("intent");
+    RegisterRequest::new(
+        "https://node.example.com",
+        "eu-central",
+        vec![Capability::llm(&intent, vec!["m".into()], 1024)],
+        Limits {
+            max_concurrent: 2,
+            tokens_per_min: 1000,
+            ..Limits::default()
+        },
+    )
+}
+
+#[tokio::test]
+async fn lifecycle_calls_use_the_base_url_and_credentials() {
+    let log: Log = Arc::default();
+    let server = directory(Arc::clone(&log), 404).await;
+    let dir = DirectoryClient::new(&format!("{}/api/", server.url()), http()).expect("dir");
+    assert_eq!(dir.base_url(), format!("{}/api", server.url()));
+    assert_eq!(dir.origin(), server.url());
+
+    let ack = dir.register(&register_request()).await.expect("register");
+    assert_eq!(ack.node_id, "n-1");
+    let token = ack.node_token.clone().expect("token");
+    assert!(!format!("{ack:?}").contains("tok-registered-secret"));
+
+    let hb = dir
+        .heartbeat(&token, &HeartbeatRequest::new("n-1"))
+        .await
+        .expect("heartbeat");
+    assert!(hb.ok);
+    let err = dir
+        .heartbeat(
+            &Secret::new("wrong-token-value"),
+            &HeartbeatRequest::new("n-1"),
+        )
+        .await
+        .expect_err("401");
+    assert_eq!(err.code(), &ErrorCode::Unauthorized);
+    assert_eq!(err.status_code(), Some(401));
+    assert!(!err.to_string().contains("wrong-token-value"));
+
+    dir.deregister(&token, "n-1").await.expect("deregister");
+    let ct = dir
+        .consumer_token(&token, "n-1", "n-2", CHAT)
+        .await
+        .expect("consumer token");
+    assert_eq!(ct.token.expose(), "ct.abc");
+
+    let calls = lock(&log).clone();
+    let paths: Vec<(String, String)> = calls
+        .iter()
+        .map(|c| (c.method.clone(), c.path.clone()))
+        .collect();
+    assert_eq!(
+        paths,
+        vec![
+            ("POST".into(), "/api/v1/register".into()),
+            ("POST".into(), "/api/v1/heartbeat".into()),
+            ("POST".into(), "/api/v1/heartbeat".into()),
+            ("DELETE".into(), "/api/v1/register".into()),
+            ("POST".into(), "/api/v1/consumer-token".into()),
+        ]
+    );
+    assert!(calls[0].header("authorization").is_none());
+    assert_eq!(calls[0].header("x-iicp-version"), Some("1.5"));
+    assert_eq!(calls[3].json(), json!({"node_id": "n-1"}));
+    assert_eq!(
+        calls[3].header("authorization"),
+        Some("Bearer tok-registered-secret")
+    );
+    assert_eq!(calls[4].header("x-node-id"), Some("n-1"));
+    assert_eq!(
+        calls[4].json(),
+        json!({"target_node_id": "n-2", "intent": CHAT})
+    );
+}
+
+#[tokio::test]
+async fn redirects_are_followed_up_to_three_hops() {
+    let log: Log = Arc::default();
+    let server = directory(Arc::clone(&log), 404).await;
+    let dir = DirectoryClient::new(&format!("{}/r3/api", server.url()), http()).expect("dir");
+    let ack = dir.register(&register_request()).await.expect("3 hops");
+    assert_eq!(ack.node_id, "n-1");
+    let body = lock(&log)[0].json();
+    assert_eq!(
+        body["endpoint"], "https://node.example.com",
+        "body kept across 307/308"
+    );
+
+    let dir = DirectoryClient::new(&format!("{}/r4/api", server.url()), http()).expect("dir");
+    let err = dir.register(&register_request()).await.expect_err("4 hops");
+    assert!(err.message().contains("redirect"), "{err}");
+}
+
+#[tokio::test]
+async fn ticket_outcomes() {
+    let intent: Intent = CHAT.parse().expect("intent");
+    let req = DispatchTicketRequest::new(&intent);
+    for (status, expect) in [
+        (404, "no_route"),
+        (503, "unavailable"),
+        (405, "unavailable"),
+    ] {
+        let log: Log = Arc::default();
+        let server = directory(Arc::clone(&log), status).await;
+        let dir = DirectoryClient::new(&format!("{}/api", server.url()), http()).expect("dir");
+        let outcome = dir.dispatch_ticket(&req, None).await.expect("outcome");
+        let got = match outcome {
+            TicketOutcome::NoRoute => "no_route",
+            TicketOutcome::Unavailable => "unavailable",
+            TicketOutcome::Ticket(_) => "ticket",
+            _ => "other",
+        };
+        assert_eq!(got, expect, "{status}");
+    }
+    let log: Log = Arc::default();
+    let server = directory(Arc::clone(&log), 500).await;
+    let dir = DirectoryClient::new(&format!("{}/api", server.url()), http()).expect("dir");
+    let err = dir.dispatch_ticket(&req, None).await.expect_err("500");
+    assert_eq!(err.status_code(), Some(500));
+}
+
+#[tokio::test]
+async fn directory_key_not_configured_and_cache() {
+    let log: Log = Arc::default();
+    let server = directory(Arc::clone(&log), 404).await;
+    let dir = DirectoryClient::new(&format!("{}/api", server.url()), http()).expect("dir");
+    let err = dir.directory_key().await.expect_err("503");
+    assert_eq!(err.code(), &ErrorCode::NotConfigured);
+
+    // a configured key is fetched once
+    let fake = fake_directory(vec![], Tickets::On).await;
+    let dir = DirectoryClient::new(&fake.base(), http()).expect("dir");
+    let k1 = dir.directory_key().await.expect("key");
+    let k2 = dir.clone().directory_key().await.expect("key");
+    assert_eq!(k1, k2);
+    assert_eq!(k1, fake.state.key.public_key());
+    assert_eq!(fake.count("/api/v1/directory-key"), 1);
+}
+
+#[test]
+fn bad_base_urls_are_invalid_config() {
+    for bad in [
+        "",
+        "iicp.network/api",
+        "ftp://x/api",
+        "https://user:pw@x/api",
+        "https://x/api?q=1",
+    ] {
+        let err = DirectoryClient::new(bad, http()).expect_err(bad);
+        assert_eq!(err.code(), &ErrorCode::InvalidConfig, "{bad}");
+    }
+}

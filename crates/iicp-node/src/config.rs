@@ -1,0 +1,790 @@
+//! Node configuration and its builder (SEED-SDK.md §1.7; PROTOCOL.md §8.2 for the
+//! registered fields, §4.3 and DESIGN §4.5 for the auth modes, §7.2–§7.3 for admission
+//! and duplicates).
+//!
+//! The library reads no environment and no files: the CLI layers those and calls the
+//! builder. No directory is configured by default (a standalone node); the CLI passes
+//! `https://iicp.network/api` when the user asks for the public mesh.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use iicp_proto::crypto::cx::CxKeyPair;
+use iicp_proto::crypto::token::DirectoryPublicKey;
+use iicp_proto::intent::{Intent, IntentError};
+use iicp_proto::secret::Secret;
+
+use crate::clock::{Clock, SystemClock};
+use crate::directory::DirectoryApi;
+use crate::Node;
+
+/// The name sent as `implementation_name` (PROTOCOL.md §8.2.3).
+pub const IMPLEMENTATION_NAME: &str = "iicp-rs";
+/// The version sent as `implementation_version`.
+pub const IMPLEMENTATION_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Default `sdk_compatibility_version` (and `sdk_version`, which must equal it).
+pub const SDK_COMPATIBILITY_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Default port of [`crate::ServeOptions`] (PROTOCOL.md §1.2).
+pub const DEFAULT_PORT: u16 = 9484;
+/// Default relay accept port (§14.2).
+pub const DEFAULT_RELAY_ACCEPT_PORT: u16 = 9485;
+/// `cx_public_key.features` entry announcing IICP-CX over native CALLs (ADR 0005): a
+/// key-5 JSON object with `iicp_conf` is an encrypted task.
+pub const NATIVE_CX_V1: &str = "native_cx_v1";
+
+/// Who may call `POST /v1/task` and native CALL (PROTOCOL.md §4.3, §19 T6, DESIGN §4.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum AuthMode {
+    /// Anyone (the public mesh today), rate-limited per `Origin` and per source IP.
+    #[default]
+    Open,
+    /// A bearer credential (`Authorization: Bearer`, `auth.node_token`, native key 11)
+    /// equal, in constant time, to one of the configured API tokens or to the node's own
+    /// directory-issued node token (TASK-1).
+    Token,
+    /// A directory-signed `X-IICP-Consumer-Token` for this node and intent; when the
+    /// directory key is not known yet, or no consumer token is sent, [`AuthMode::Token`]
+    /// rules apply.
+    Consumer,
+}
+
+impl AuthMode {
+    /// `open`, `token` or `consumer`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AuthMode::Open => "open",
+            AuthMode::Token => "token",
+            AuthMode::Consumer => "consumer",
+        }
+    }
+}
+
+/// A fixed-window request limit per key (per `Origin`, else per source IP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Requests allowed per window; 0 disables the limit.
+    pub max_requests: u32,
+    /// Window length.
+    pub window: Duration,
+}
+
+impl Default for RateLimit {
+    /// 120 requests per 60 s (the reference nodes' `IICP_TASK_RATE_LIMIT` default).
+    fn default() -> Self {
+        Self {
+            max_requests: 120,
+            window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Exponential backoff between directory attempts (±20 % jitter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// First delay.
+    pub initial: Duration,
+    /// Largest delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    /// 1 s doubling up to 60 s.
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A configuration the builder refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// No public endpoint was given.
+    #[error("the node needs a public endpoint")]
+    MissingEndpoint,
+    /// The endpoint is not an `http://` or `https://` URL with a host.
+    #[error("the endpoint must be an http:// or https:// URL with a host")]
+    InvalidEndpoint,
+    /// No intent was given.
+    #[error("the node needs at least one intent")]
+    NoIntent,
+    /// An intent URN is invalid.
+    #[error("invalid intent")]
+    Intent(#[source] IntentError),
+    /// `max_concurrent` is outside 1–256.
+    #[error("max_concurrent must be 1-256")]
+    MaxConcurrent,
+    /// `region` is longer than 64 characters.
+    #[error("region must be at most 64 characters")]
+    Region,
+    /// The directory URL is not an `http://` or `https://` URL.
+    #[error("the directory URL must be an http:// or https:// URL")]
+    DirectoryUrl,
+    /// `sdk_compatibility_version` does not match the version grammar.
+    #[error("sdk_compatibility_version does not match the version grammar")]
+    SdkVersion,
+    /// The HTTP client for the directory could not be built.
+    #[error("the directory HTTP client could not be built")]
+    HttpClient,
+}
+
+/// The validated node configuration. Built by [`NodeBuilder`]; read it back with
+/// [`Node::config`].
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct NodeConfig {
+    /// Node id to register with (the directory assigns one when absent).
+    pub node_id: Option<String>,
+    /// Public HTTP endpoint (`http(s)://host:port`).
+    pub endpoint: String,
+    /// Intents served (at least one; embedding models add the embedding intent).
+    pub intents: Vec<Intent>,
+    /// Models served (advertised and reported by `/iicp/health`).
+    pub models: Vec<String>,
+    /// Region (`"unknown"` when unset).
+    pub region: String,
+    /// Concurrent tasks (1–256); more are refused with 429, never queued.
+    pub max_concurrent: u32,
+    /// Advertised token throughput.
+    pub tokens_per_min: u64,
+    /// Advertised `max_tokens` of each capability.
+    pub max_tokens: u32,
+    /// Offer relay service (advertised; the relay server lives in `iicp-nat`).
+    pub relay_capable: bool,
+    /// Relay accept port advertised with `relay_capable`.
+    pub relay_accept_port: u16,
+    /// Take part in peer exchange (advertised only for now).
+    pub enable_mesh: bool,
+    /// Who may submit tasks.
+    pub auth: AuthMode,
+    /// Extra bearer credentials accepted in [`AuthMode::Token`] / fallback.
+    pub api_tokens: Vec<Secret>,
+    /// Per-origin / per-IP limit on task submissions.
+    pub rate_limit: RateLimit,
+    /// Serve native CALLs on the HTTP port and advertise `transport_endpoint`.
+    pub native: bool,
+    /// Directory base URL (`None`: standalone, no registration).
+    pub directory_url: Option<String>,
+    /// Timeout of one directory call.
+    pub directory_timeout: Duration,
+    /// Backoff of registration and heartbeat retries.
+    pub directory_backoff: Backoff,
+    /// Heartbeat interval until the directory says otherwise (`next_heartbeat_ms`).
+    pub heartbeat_interval: Duration,
+    /// The CX key (`None`: no IICP-CX; privacy-first clients skip the node).
+    pub cx_key: Option<CxKeyPair>,
+    /// Advertised CX key lifetime (`not_after`, at most 90 days).
+    pub cx_key_lifetime: Duration,
+    /// Deadline of a task that sends no `timeout_ms`.
+    pub default_timeout: Duration,
+    /// `retry_after_ms` of a `capacity_exceeded` refusal.
+    pub capacity_retry_after: Duration,
+    /// How long finished task results are kept for duplicate replay.
+    pub idempotency_ttl: Duration,
+    /// Most task ids remembered for duplicate detection.
+    pub idempotency_capacity: usize,
+    /// Largest accepted `POST /v1/task` body.
+    pub max_body_bytes: usize,
+    /// Send a CIP credits receipt after each success (needs token and HMAC key).
+    pub credits_receipts: bool,
+    /// Operator-provisioned HMAC key (else the directory's is adopted).
+    pub node_hmac_key: Option<Secret>,
+    /// Backend label (`ollama`, `vllm`, …), advisory.
+    pub backend: Option<String>,
+    /// `sdk_compatibility_version` / `sdk_version` sent at REGISTER.
+    pub sdk_compatibility_version: String,
+    /// How long [`crate::ServeHandle::stop`] waits for in-flight work.
+    pub drain_timeout: Duration,
+    /// Directory key for consumer tokens, when known up front.
+    pub directory_key: Option<DirectoryPublicKey>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) directory: Option<Arc<dyn DirectoryApi>>,
+}
+
+impl fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("node_id", &self.node_id)
+            .field("endpoint", &self.endpoint)
+            .field(
+                "intents",
+                &self.intents.iter().map(Intent::as_str).collect::<Vec<_>>(),
+            )
+            .field("models", &self.models)
+            .field("region", &self.region)
+            .field("max_concurrent", &self.max_concurrent)
+            .field("auth", &self.auth)
+            .field("api_tokens", &self.api_tokens.len())
+            .field("native", &self.native)
+            .field("directory_url", &self.directory_url)
+            .field("cx_key", &self.cx_key.as_ref().map(CxKeyPair::key_id))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Node`]. Start with [`Node::builder`].
+///
+/// ```
+/// use iicp_node::{AuthMode, Node};
+/// let node = Node::builder()
+///     .endpoint("http://127.0.0.1:9484")
+///     .intent("urn:iicp:intent:llm:chat:v1")
+///     .model("llama3")
+///     .max_concurrent(2)
+///     .auth(AuthMode::Open)
+///     .build()?;
+/// assert_eq!(node.config().max_concurrent, 2);
+/// # Ok::<(), iicp_node::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct NodeBuilder {
+    node_id: Option<String>,
+    endpoint: Option<String>,
+    intents: Vec<String>,
+    models: Vec<String>,
+    region: Option<String>,
+    max_concurrent: Option<u32>,
+    tokens_per_min: Option<u64>,
+    max_tokens: Option<u32>,
+    relay_capable: bool,
+    relay_accept_port: Option<u16>,
+    enable_mesh: bool,
+    auth: AuthMode,
+    api_tokens: Vec<Secret>,
+    rate_limit: Option<RateLimit>,
+    native: Option<bool>,
+    directory_url: Option<String>,
+    directory_timeout: Option<Duration>,
+    directory_backoff: Option<Backoff>,
+    heartbeat_interval: Option<Duration>,
+    cx_key: Option<Option<CxKeyPair>>,
+    cx_key_lifetime: Option<Duration>,
+    default_timeout: Option<Duration>,
+    capacity_retry_after: Option<Duration>,
+    idempotency_ttl: Option<Duration>,
+    idempotency_capacity: Option<usize>,
+    max_body_bytes: Option<usize>,
+    credits_receipts: Option<bool>,
+    node_hmac_key: Option<Secret>,
+    backend: Option<String>,
+    sdk_compatibility_version: Option<String>,
+    drain_timeout: Option<Duration>,
+    directory_key: Option<DirectoryPublicKey>,
+    clock: Option<ClockSlot>,
+    directory: Option<DirectorySlot>,
+}
+
+#[derive(Clone)]
+struct ClockSlot(Arc<dyn Clock>);
+
+impl fmt::Debug for ClockSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[derive(Clone)]
+struct DirectorySlot(Arc<dyn DirectoryApi>);
+
+impl fmt::Debug for DirectorySlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl NodeBuilder {
+    /// Node id to register with (persist the one the directory returns).
+    pub fn node_id(mut self, id: impl Into<String>) -> Self {
+        self.node_id = Some(id.into());
+        self
+    }
+
+    /// Public HTTP endpoint, e.g. `https://node.example:9484`.
+    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// Adds an intent URN.
+    pub fn intent(mut self, intent: impl Into<String>) -> Self {
+        self.intents.push(intent.into());
+        self
+    }
+
+    /// Adds several intent URNs.
+    pub fn intents<I, S>(mut self, intents: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.intents.extend(intents.into_iter().map(Into::into));
+        self
+    }
+
+    /// Adds a model.
+    pub fn model(mut self, model: impl Into<String>) -> Self {
+        self.models.push(model.into());
+        self
+    }
+
+    /// Adds several models.
+    pub fn models<I, S>(mut self, models: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.models.extend(models.into_iter().map(Into::into));
+        self
+    }
+
+    /// Region (≤ 64 chars).
+    pub fn region(mut self, region: impl Into<String>) -> Self {
+        self.region = Some(region.into());
+        self
+    }
+
+    /// Concurrent task slots (1–256, default 4).
+    pub fn max_concurrent(mut self, n: u32) -> Self {
+        self.max_concurrent = Some(n);
+        self
+    }
+
+    /// Advertised tokens per minute (default 10 000).
+    pub fn tokens_per_min(mut self, n: u64) -> Self {
+        self.tokens_per_min = Some(n);
+        self
+    }
+
+    /// Advertised `max_tokens` (default 8192).
+    pub fn max_tokens(mut self, n: u32) -> Self {
+        self.max_tokens = Some(n);
+        self
+    }
+
+    /// Advertise relay service.
+    pub fn relay_capable(mut self, on: bool) -> Self {
+        self.relay_capable = on;
+        self
+    }
+
+    /// Relay accept port (default 9485).
+    pub fn relay_accept_port(mut self, port: u16) -> Self {
+        self.relay_accept_port = Some(port);
+        self
+    }
+
+    /// Peer exchange on/off (default off).
+    pub fn enable_mesh(mut self, on: bool) -> Self {
+        self.enable_mesh = on;
+        self
+    }
+
+    /// Auth mode (default [`AuthMode::Open`]).
+    pub fn auth(mut self, mode: AuthMode) -> Self {
+        self.auth = mode;
+        self
+    }
+
+    /// Adds an accepted bearer credential for [`AuthMode::Token`].
+    pub fn api_token(mut self, token: impl Into<Secret>) -> Self {
+        self.api_tokens.push(token.into());
+        self
+    }
+
+    /// Task rate limit per `Origin` / source IP (default 120 per 60 s).
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
+        self
+    }
+
+    /// Serve native CALLs on the HTTP port (default on).
+    pub fn native(mut self, on: bool) -> Self {
+        self.native = Some(on);
+        self
+    }
+
+    /// Directory base URL, e.g. `https://iicp.network/api`.
+    pub fn directory_url(mut self, url: impl Into<String>) -> Self {
+        self.directory_url = Some(url.into());
+        self
+    }
+
+    /// Uses `api` for every directory call instead of HTTP to `directory_url`.
+    pub fn directory(mut self, api: Arc<dyn DirectoryApi>) -> Self {
+        self.directory = Some(DirectorySlot(api));
+        self
+    }
+
+    /// Timeout of one directory call (default 5 s).
+    pub fn directory_timeout(mut self, timeout: Duration) -> Self {
+        self.directory_timeout = Some(timeout);
+        self
+    }
+
+    /// Backoff of directory retries (default 1 s → 60 s).
+    pub fn directory_backoff(mut self, backoff: Backoff) -> Self {
+        self.directory_backoff = Some(backoff);
+        self
+    }
+
+    /// Heartbeat interval until the directory sends `next_heartbeat_ms` (default 30 s).
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = Some(interval);
+        self
+    }
+
+    /// The node's CX key (default: a fresh key generated at build).
+    pub fn cx_key(mut self, key: CxKeyPair) -> Self {
+        self.cx_key = Some(Some(key));
+        self
+    }
+
+    /// No CX key: `iicp_conf` is refused with `IICP-CX-01`.
+    pub fn without_cx(mut self) -> Self {
+        self.cx_key = Some(None);
+        self
+    }
+
+    /// Advertised CX key lifetime (default and maximum 90 days).
+    pub fn cx_key_lifetime(mut self, lifetime: Duration) -> Self {
+        self.cx_key_lifetime = Some(lifetime);
+        self
+    }
+
+    /// Deadline of tasks without `timeout_ms` (default 60 s, clamped to 0.1–300 s).
+    pub fn default_timeout(mut self, timeout: Duration) -> Self {
+        self.default_timeout = Some(timeout);
+        self
+    }
+
+    /// `retry_after_ms` of `capacity_exceeded` (default 2 s).
+    pub fn capacity_retry_after(mut self, after: Duration) -> Self {
+        self.capacity_retry_after = Some(after);
+        self
+    }
+
+    /// Duplicate-replay window and capacity (default 300 s, 10 000 ids).
+    pub fn idempotency(mut self, ttl: Duration, capacity: usize) -> Self {
+        self.idempotency_ttl = Some(ttl);
+        self.idempotency_capacity = Some(capacity);
+        self
+    }
+
+    /// Largest `POST /v1/task` body (default 16 MiB).
+    pub fn max_body_bytes(mut self, n: usize) -> Self {
+        self.max_body_bytes = Some(n);
+        self
+    }
+
+    /// Post CIP credit receipts after successes (default on; needs token + HMAC key).
+    pub fn credits_receipts(mut self, on: bool) -> Self {
+        self.credits_receipts = Some(on);
+        self
+    }
+
+    /// Operator-provisioned HMAC key.
+    pub fn node_hmac_key(mut self, key: impl Into<Secret>) -> Self {
+        self.node_hmac_key = Some(key.into());
+        self
+    }
+
+    /// Backend label sent at REGISTER.
+    pub fn backend(mut self, label: impl Into<String>) -> Self {
+        self.backend = Some(label.into());
+        self
+    }
+
+    /// `sdk_compatibility_version` (and `sdk_version`) sent at REGISTER.
+    pub fn sdk_compatibility_version(mut self, version: impl Into<String>) -> Self {
+        self.sdk_compatibility_version = Some(version.into());
+        self
+    }
+
+    /// How long `stop()` waits for in-flight work (default 10 s).
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = Some(timeout);
+        self
+    }
+
+    /// The directory's consumer-token key, when known up front.
+    pub fn directory_key(mut self, key: DirectoryPublicKey) -> Self {
+        self.directory_key = Some(key);
+        self
+    }
+
+    /// Wall clock (default: the system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(ClockSlot(clock));
+        self
+    }
+
+    /// Validates and builds the node.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first problem.
+    pub fn build(self) -> Result<Node, ConfigError> {
+        let endpoint = self.endpoint.ok_or(ConfigError::MissingEndpoint)?;
+        if url_host(&endpoint).is_none() {
+            return Err(ConfigError::InvalidEndpoint);
+        }
+        if self.intents.is_empty() {
+            return Err(ConfigError::NoIntent);
+        }
+        let mut intents: Vec<Intent> = Vec::new();
+        for raw in &self.intents {
+            let intent = Intent::new(raw.as_str()).map_err(ConfigError::Intent)?;
+            if !intents.contains(&intent) {
+                intents.push(intent);
+            }
+        }
+        let max_concurrent = self.max_concurrent.unwrap_or(4);
+        if !(1..=256).contains(&max_concurrent) {
+            return Err(ConfigError::MaxConcurrent);
+        }
+        let region = self.region.unwrap_or_else(|| "unknown".to_owned());
+        if region.chars().count() > 64 {
+            return Err(ConfigError::Region);
+        }
+        if let Some(url) = &self.directory_url {
+            if url_host(url).is_none() {
+                return Err(ConfigError::DirectoryUrl);
+            }
+        }
+        let sdk = self
+            .sdk_compatibility_version
+            .unwrap_or_else(|| SDK_COMPATIBILITY_VERSION.to_owned());
+        if !version_grammar(&sdk) {
+            return Err(ConfigError::SdkVersion);
+        }
+        let mut models: Vec<String> = Vec::new();
+        for m in self.models {
+            if !m.is_empty() && !models.contains(&m) {
+                models.push(m);
+            }
+        }
+        let cx_key = match self.cx_key {
+            Some(k) => k,
+            None => Some(CxKeyPair::generate(&mut rand_core::OsRng)),
+        };
+        let max_lifetime = Duration::from_secs(iicp_proto::crypto::cx::MAX_KEY_LIFETIME_SECS);
+        let directory_timeout = self.directory_timeout.unwrap_or(Duration::from_secs(5));
+        let directory = match (self.directory, &self.directory_url) {
+            (Some(slot), _) => Some(slot.0),
+            (None, Some(url)) => {
+                let http = iicp_transport::http::client::HttpClient::new(
+                    iicp_transport::http::client::HttpClientConfig::default(),
+                )
+                .map_err(|_| ConfigError::HttpClient)?;
+                let api: Arc<dyn DirectoryApi> = Arc::new(
+                    crate::directory::HttpDirectory::new(url, http, directory_timeout)
+                        .map_err(|_| ConfigError::DirectoryUrl)?,
+                );
+                Some(api)
+            }
+            (None, None) => None,
+        };
+        let config = NodeConfig {
+            node_id: self.node_id.filter(|s| !s.is_empty()),
+            endpoint,
+            intents,
+            models,
+            region,
+            max_concurrent,
+            tokens_per_min: self.tokens_per_min.unwrap_or(10_000).max(1),
+            max_tokens: self.max_tokens.unwrap_or(8192).max(1),
+            relay_capable: self.relay_capable,
+            relay_accept_port: self.relay_accept_port.unwrap_or(DEFAULT_RELAY_ACCEPT_PORT),
+            enable_mesh: self.enable_mesh,
+            auth: self.auth,
+            api_tokens: self
+                .api_tokens
+                .into_iter()
+                .filter(|t| !t.is_empty())
+                .collect(),
+            rate_limit: self.rate_limit.unwrap_or_default(),
+            native: self.native.unwrap_or(true),
+            directory_url: self.directory_url,
+            directory_timeout,
+            directory_backoff: self.directory_backoff.unwrap_or_default(),
+            heartbeat_interval: self
+                .heartbeat_interval
+                .unwrap_or(Duration::from_secs(30))
+                .max(Duration::from_millis(10)),
+            cx_key,
+            cx_key_lifetime: self
+                .cx_key_lifetime
+                .unwrap_or(max_lifetime)
+                .min(max_lifetime),
+            default_timeout: self
+                .default_timeout
+                .unwrap_or(Duration::from_secs(60))
+                .clamp(Duration::from_millis(100), Duration::from_secs(300)),
+            capacity_retry_after: self
+                .capacity_retry_after
+                .unwrap_or(Duration::from_secs(2))
+                .max(Duration::from_millis(1)),
+            idempotency_ttl: self.idempotency_ttl.unwrap_or(Duration::from_secs(300)),
+            idempotency_capacity: self.idempotency_capacity.unwrap_or(10_000),
+            max_body_bytes: self.max_body_bytes.unwrap_or(16 * 1024 * 1024),
+            credits_receipts: self.credits_receipts.unwrap_or(true),
+            node_hmac_key: self.node_hmac_key.filter(|k| !k.is_empty()),
+            backend: self.backend,
+            sdk_compatibility_version: sdk,
+            drain_timeout: self.drain_timeout.unwrap_or(Duration::from_secs(10)),
+            directory_key: self.directory_key,
+            clock: self
+                .clock
+                .map_or_else(|| Arc::new(SystemClock) as Arc<dyn Clock>, |c| c.0),
+            directory,
+        };
+        Ok(Node::from_config(config))
+    }
+}
+
+/// The host of an `http://` / `https://` URL (IPv6 without brackets).
+pub(crate) fn url_host(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    (!host.is_empty()).then_some(host)
+}
+
+/// Whether a host is loopback, private, link-local or a local-only name (DESIGN §4.12).
+pub(crate) fn is_private_host(host: &str) -> bool {
+    use std::net::IpAddr;
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return match ip {
+            IpAddr::V4(v4) => {
+                v4.is_loopback()
+                    || v4.is_private()
+                    || v4.is_link_local()
+                    || v4.is_unspecified()
+                    || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
+            }
+            IpAddr::V6(v6) => {
+                v6.is_loopback()
+                    || v6.is_unspecified()
+                    || (v6.segments()[0] & 0xfe00) == 0xfc00
+                    || (v6.segments()[0] & 0xffc0) == 0xfe80
+            }
+        };
+    }
+    let h = host.to_ascii_lowercase();
+    h == "localhost"
+        || !h.contains('.')
+        || [
+            ".local",
+            ".lan",
+            ".internal",
+            ".test",
+            ".localhost",
+            ".home.arpa",
+        ]
+        .iter()
+        .any(|s| h.ends_with(s))
+}
+
+fn version_grammar(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 32
+        && b[0].is_ascii_alphanumeric()
+        && b[1..]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"._+-".contains(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        assert_eq!(url_host("http://a.example:9484/x"), Some("a.example"));
+        assert_eq!(url_host("https://[::1]:8/"), Some("::1"));
+        assert_eq!(url_host("ftp://x"), None);
+        assert_eq!(url_host("http://"), None);
+        assert_eq!(url_host("http://u@h"), None);
+        for p in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "::1",
+            "fd00::1",
+            "localhost",
+            "box",
+            "n.local",
+            "100.64.0.1",
+        ] {
+            assert!(is_private_host(p), "{p}");
+        }
+        for p in ["8.8.8.8", "node.example.com", "2001:db8::1"] {
+            assert!(!is_private_host(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn builder_rejects() {
+        let base = || {
+            Node::builder()
+                .endpoint("http://1.2.3.4:9484")
+                .intent("urn:iicp:intent:llm:chat:v1")
+        };
+        assert_eq!(
+            Node::builder().build().err(),
+            Some(ConfigError::MissingEndpoint)
+        );
+        assert_eq!(
+            Node::builder().endpoint("x").build().err(),
+            Some(ConfigError::InvalidEndpoint)
+        );
+        assert_eq!(
+            Node::builder().endpoint("http://h").build().err(),
+            Some(ConfigError::NoIntent)
+        );
+        assert!(matches!(
+            base().intent("urn:iicp:intent:BAD:v1").build().err(),
+            Some(ConfigError::Intent(_))
+        ));
+        assert_eq!(
+            base().max_concurrent(0).build().err(),
+            Some(ConfigError::MaxConcurrent)
+        );
+        assert_eq!(
+            base().max_concurrent(257).build().err(),
+            Some(ConfigError::MaxConcurrent)
+        );
+        assert_eq!(
+            base().region("r".repeat(65)).build().err(),
+            Some(ConfigError::Region)
+        );
+        assert_eq!(
+            base().directory_url("iicp.network").build().err(),
+            Some(ConfigError::DirectoryUrl)
+        );
+        assert_eq!(
+            base()
+                .sdk_compatibility_version("bad version")
+                .build()
+                .err(),
+            Some(ConfigError::SdkVersion)
+        );
+        let node = base().model("a").model("a").build().expect("ok");
+        assert_eq!(node.config().models, ["a"]);
+        assert_eq!(node.config().region, "unknown");
+        assert!(node.config().cx_key.is_some());
+    }
+}

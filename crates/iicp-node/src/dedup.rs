@@ -1,0 +1,242 @@
+//! Duplicate task ids (PROTOCOL.md §7.2, §19 T21, DESIGN §4.7): an identical `task_id`
+//! and body replays the cached terminal result without running the handler again; the
+//! same id with a different body, or while the first is still running, is `conflict`.
+//!
+//! The store is bounded: finished entries expire after the TTL, and at capacity the
+//! oldest finished entries are evicted first. Running entries are bounded by the number
+//! of requests in the pipeline; if the store is full of them, the new request simply
+//! goes unrecorded.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::time::Instant;
+
+/// A finished task's answer, replayed to duplicates (plaintext; re-encrypted per
+/// request when the duplicate asks for CX response encryption).
+#[derive(Debug, Clone)]
+pub(crate) struct Cached {
+    pub(crate) status: u16,
+    pub(crate) body: Value,
+    pub(crate) error_code: Option<String>,
+}
+
+enum State {
+    Running,
+    Done { at: Instant, reply: Cached },
+}
+
+struct Entry {
+    fingerprint: [u8; 32],
+    state: State,
+    seq: u64,
+}
+
+/// What to do with a task id.
+pub(crate) enum Begin {
+    /// First sighting: run it; the ticket records the outcome.
+    New(Ticket),
+    /// Identical duplicate of a finished task.
+    Replay(Cached),
+    /// Same id, other body, or still running.
+    Conflict,
+    /// Not tracked (store full of running tasks).
+    Untracked,
+}
+
+struct Inner {
+    entries: HashMap<String, Entry>,
+    /// (seq, task id) in insertion order, for expiry and eviction.
+    order: VecDeque<(u64, String)>,
+    next_seq: u64,
+    ttl: Duration,
+    capacity: usize,
+}
+
+/// The bounded TTL store.
+#[derive(Clone)]
+pub(crate) struct Dedup {
+    inner: Arc<Mutex<Inner>>,
+}
+
+fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Dedup {
+    pub(crate) fn new(ttl: Duration, capacity: usize) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                entries: HashMap::new(),
+                order: VecDeque::new(),
+                next_seq: 0,
+                ttl,
+                capacity,
+            })),
+        }
+    }
+
+    /// Looks up `task_id` with the body's `fingerprint`.
+    pub(crate) fn begin(&self, task_id: &str, fingerprint: [u8; 32]) -> Begin {
+        let mut g = lock(&self.inner);
+        if g.capacity == 0 {
+            return Begin::Untracked;
+        }
+        let now = Instant::now();
+        g.expire(now);
+        if let Some(e) = g.entries.get(task_id) {
+            return match &e.state {
+                State::Done { reply, .. } if e.fingerprint == fingerprint => {
+                    Begin::Replay(reply.clone())
+                }
+                _ => Begin::Conflict,
+            };
+        }
+        if g.entries.len() >= g.capacity && !g.evict_one_done() {
+            return Begin::Untracked;
+        }
+        let seq = g.next_seq;
+        g.next_seq += 1;
+        g.entries.insert(
+            task_id.to_owned(),
+            Entry {
+                fingerprint,
+                state: State::Running,
+                seq,
+            },
+        );
+        g.order.push_back((seq, task_id.to_owned()));
+        Begin::New(Ticket {
+            store: self.clone(),
+            task_id: task_id.to_owned(),
+            seq,
+            done: false,
+        })
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        lock(&self.inner).entries.len()
+    }
+}
+
+impl Inner {
+    fn expire(&mut self, now: Instant) {
+        let ttl = self.ttl;
+        self.entries.retain(|_, e| match &e.state {
+            State::Done { at, .. } => now.duration_since(*at) < ttl,
+            State::Running => true,
+        });
+        let entries = &self.entries;
+        self.order
+            .retain(|(seq, id)| entries.get(id).is_some_and(|e| e.seq == *seq));
+    }
+
+    fn evict_one_done(&mut self) -> bool {
+        let pos = self.order.iter().position(|(seq, id)| {
+            self.entries
+                .get(id)
+                .is_some_and(|e| e.seq == *seq && matches!(e.state, State::Done { .. }))
+        });
+        match pos.and_then(|p| self.order.remove(p)) {
+            Some((_, id)) => {
+                self.entries.remove(&id);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A running task's entry. [`Ticket::finish`] caches the answer; dropping the ticket
+/// without finishing forgets the id (the task was refused or abandoned, so a retry may
+/// run it).
+pub(crate) struct Ticket {
+    store: Dedup,
+    task_id: String,
+    seq: u64,
+    done: bool,
+}
+
+impl Ticket {
+    /// Records the terminal answer for replay.
+    pub(crate) fn finish(mut self, reply: Cached) {
+        let mut g = lock(&self.store.inner);
+        if let Some(e) = g.entries.get_mut(&self.task_id) {
+            if e.seq == self.seq {
+                e.state = State::Done {
+                    at: Instant::now(),
+                    reply,
+                };
+            }
+        }
+        self.done = true;
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut g = lock(&self.store.inner);
+        if g.entries
+            .get(&self.task_id)
+            .is_some_and(|e| e.seq == self.seq)
+        {
+            g.entries.remove(&self.task_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cached(n: u16) -> Cached {
+        Cached {
+            status: n,
+            body: Value::from(n),
+            error_code: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lifecycle() {
+        let d = Dedup::new(Duration::from_secs(10), 2);
+        let Begin::New(t) = d.begin("a", [1; 32]) else {
+            panic!("new")
+        };
+        assert!(matches!(d.begin("a", [1; 32]), Begin::Conflict), "running");
+        t.finish(cached(200));
+        assert!(matches!(d.begin("a", [1; 32]), Begin::Replay(c) if c.status == 200));
+        assert!(
+            matches!(d.begin("a", [2; 32]), Begin::Conflict),
+            "other body"
+        );
+        // a refused task is forgotten
+        let Begin::New(t) = d.begin("b", [1; 32]) else {
+            panic!("new")
+        };
+        drop(t);
+        assert_eq!(d.len(), 1);
+        // capacity: evicts the oldest finished entry
+        let Begin::New(tb) = d.begin("b", [1; 32]) else {
+            panic!("new")
+        };
+        let Begin::New(tc) = d.begin("c", [1; 32]) else {
+            panic!("evicts a")
+        };
+        assert!(
+            matches!(d.begin("d", [1; 32]), Begin::Untracked),
+            "all running"
+        );
+        tb.finish(cached(1));
+        tc.finish(cached(2));
+        // expiry
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(matches!(d.begin("b", [9; 32]), Begin::New(_)));
+    }
+}

@@ -1,0 +1,361 @@
+//! The application side of a node: the [`TaskHandler`] that turns a validated task into
+//! a result (PROTOCOL.md §4.1 CALL, §4.2 RESPONSE; seed contract of SEED-SDK.md §1.11).
+//!
+//! The handler returns the *inner* result value (for `llm:chat:v1` an OpenAI
+//! chat-completion object); the node wraps it as `{"task_id", "status": "success",
+//! "result": …, "metrics", "model_used", "generated_by_ai": true}`. Returning
+//! `{"result": …}` yourself nests it twice. Failures are typed ([`HandlerError`]) and
+//! mapped to spec error responses (§6.1, §6.2).
+//!
+//! Cancellation: when the task's deadline passes, the caller goes away or the node shuts
+//! down, the handler's future is dropped — an `async fn` handler needs to do nothing.
+//! Work the handler spawns elsewhere can watch [`Task::cancel`].
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use iicp_proto::error::{ErrorBody, ErrorCode, MAX_MESSAGE_CHARS};
+use iicp_proto::ids::{TaskId, TraceParent};
+use iicp_proto::intent::Intent;
+use iicp_proto::task::Constraints;
+use serde_json::Value;
+use tokio::sync::watch;
+
+/// A boxed, sendable future.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Which transport a task arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Transport {
+    /// `POST /v1/task`.
+    Http,
+    /// A native CALL frame on the same port.
+    Native,
+}
+
+impl Transport {
+    /// `http` or `native` (metrics and logs).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Transport::Http => "http",
+            Transport::Native => "native",
+        }
+    }
+}
+
+/// The trace context of a task (PROTOCOL.md §2.3, §19 T14).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    /// 32 lowercase hex chars: from `traceparent`, else `trace.trace_id`, else native key
+    /// 13, else freshly generated. Echoed as `X-IICP-Trace-Id`.
+    pub trace_id: String,
+    /// The caller's `traceparent`, when it sent one.
+    pub traceparent: Option<TraceParent>,
+}
+
+/// Fires when the task is abandoned: deadline passed, caller gone, node stopping, or
+/// the task finished. Cheap to clone.
+#[derive(Clone)]
+pub struct Cancellation {
+    rx: watch::Receiver<bool>,
+}
+
+impl fmt::Debug for Cancellation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cancellation")
+            .field("cancelled", &self.is_cancelled())
+            .finish()
+    }
+}
+
+impl Cancellation {
+    /// A signal and the guard that fires it when dropped.
+    pub(crate) fn new() -> (CancelGuard, Cancellation) {
+        let (tx, rx) = watch::channel(false);
+        (CancelGuard(tx), Cancellation { rx })
+    }
+
+    /// Whether the task was abandoned.
+    pub fn is_cancelled(&self) -> bool {
+        *self.rx.borrow() || self.rx.has_changed().is_err()
+    }
+
+    /// Resolves once the task is abandoned.
+    pub async fn cancelled(&self) {
+        let mut rx = self.rx.clone();
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Fires the [`Cancellation`] when dropped.
+#[derive(Debug)]
+pub(crate) struct CancelGuard(watch::Sender<bool>);
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        let _ = self.0.send(true);
+    }
+}
+
+/// A validated task as the handler sees it. `Debug` never shows the payload.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct Task {
+    /// Task id (echoed in the response).
+    pub task_id: TaskId,
+    /// The intent; always one this node serves.
+    pub intent: Intent,
+    /// The task input, decrypted when it arrived under IICP-CX. Never log it.
+    pub payload: Value,
+    /// Constraints as sent (`timeout_ms` already applied as [`Task::deadline`]).
+    pub constraints: Constraints,
+    /// Trace context.
+    pub trace: TraceContext,
+    /// When the node gives up on the task and answers 504 `task_timeout`.
+    pub deadline: tokio::time::Instant,
+    /// Fires when the task is abandoned.
+    pub cancel: Cancellation,
+    /// Transport the task arrived on.
+    pub transport: Transport,
+    /// Whether the payload arrived CX-encrypted.
+    pub encrypted: bool,
+    /// The requesting node's id, when the caller named it (`source_node_id`).
+    pub source_node_id: Option<String>,
+}
+
+impl fmt::Debug for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Task")
+            .field("task_id", &self.task_id)
+            .field("intent", &self.intent.as_str())
+            .field("payload", &"<redacted>")
+            .field("constraints", &self.constraints)
+            .field("trace", &self.trace)
+            .field("transport", &self.transport)
+            .field("encrypted", &self.encrypted)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Task {
+    /// Time left before the deadline.
+    pub fn remaining(&self) -> Duration {
+        self.deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+    }
+
+    /// The task as the seed backends take it: `{task_id, intent, payload, constraints?}`.
+    pub fn to_json(&self) -> Value {
+        let mut obj = serde_json::Map::new();
+        obj.insert("task_id".into(), Value::String(self.task_id.to_string()));
+        obj.insert(
+            "intent".into(),
+            Value::String(self.intent.as_str().to_owned()),
+        );
+        obj.insert("payload".into(), self.payload.clone());
+        if !self.constraints.is_empty() {
+            if let Ok(c) = serde_json::to_value(&self.constraints) {
+                obj.insert("constraints".into(), c);
+            }
+        }
+        Value::Object(obj)
+    }
+}
+
+/// What a handler returns on success: the inner result and optional accounting.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskOutput {
+    /// The inner result (wrapped by the node as `result`).
+    pub result: Value,
+    /// Tokens used; when `None`, the node reads `result.usage.total_tokens`.
+    pub tokens_used: Option<u64>,
+    /// The model that produced the result; when `None`, the node reads `result.model`,
+    /// else names its first model.
+    pub model_used: Option<String>,
+}
+
+impl TaskOutput {
+    /// An output with just a result.
+    pub fn new(result: Value) -> Self {
+        Self {
+            result,
+            tokens_used: None,
+            model_used: None,
+        }
+    }
+
+    /// Sets the token count.
+    pub fn with_tokens(mut self, tokens: u64) -> Self {
+        self.tokens_used = Some(tokens);
+        self
+    }
+
+    /// Sets the model name.
+    pub fn with_model(mut self, model: impl Into<String>) -> Self {
+        self.model_used = Some(model.into());
+        self
+    }
+}
+
+impl From<Value> for TaskOutput {
+    fn from(result: Value) -> Self {
+        Self::new(result)
+    }
+}
+
+/// A handler failure, mapped to a spec error response. Messages are sent to the caller:
+/// never put secrets, paths or payload content in them (they are cut to 512 chars).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandlerError {
+    /// The inference backend failed → 502 `backend_error`.
+    #[error("backend failed: {message}")]
+    Backend {
+        /// Caller-visible message.
+        message: String,
+    },
+    /// The task input is unusable for this backend → 422 `validation_error`.
+    #[error("invalid task: {message}")]
+    Invalid {
+        /// Caller-visible message.
+        message: String,
+    },
+    /// The backend is temporarily unavailable → 503 `temporarily_unavailable` with
+    /// `Retry-After` when given.
+    #[error("backend temporarily unavailable")]
+    Unavailable {
+        /// Suggested wait.
+        retry_after: Option<Duration>,
+    },
+    /// The backend timed out → 504 `task_timeout`.
+    #[error("backend timed out")]
+    Timeout,
+    /// Any protocol error, sent as given (status from the body or its code).
+    #[error("{0}")]
+    Protocol(ErrorBody),
+}
+
+impl HandlerError {
+    /// [`HandlerError::Backend`].
+    pub fn backend(message: impl Into<String>) -> Self {
+        Self::Backend {
+            message: message.into(),
+        }
+    }
+
+    /// [`HandlerError::Invalid`].
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::Invalid {
+            message: message.into(),
+        }
+    }
+
+    /// The error body (with HTTP status) this failure is answered with.
+    pub fn to_error_body(&self) -> ErrorBody {
+        let cut = |m: &str| m.chars().take(MAX_MESSAGE_CHARS).collect::<String>();
+        match self {
+            HandlerError::Backend { message } => {
+                ErrorBody::new(ErrorCode::BackendError, cut(message)).with_status(502)
+            }
+            HandlerError::Invalid { message } => {
+                ErrorBody::new(ErrorCode::ValidationError, cut(message)).with_status(422)
+            }
+            HandlerError::Unavailable { retry_after } => {
+                let mut b = ErrorBody::new(
+                    ErrorCode::TemporarilyUnavailable,
+                    "the backend is temporarily unavailable",
+                )
+                .with_status(503);
+                b.retry_after_ms =
+                    retry_after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                b
+            }
+            HandlerError::Timeout => {
+                ErrorBody::new(ErrorCode::TaskTimeout, "the backend timed out").with_status(504)
+            }
+            HandlerError::Protocol(body) => {
+                let mut b = body.clone();
+                b.message = cut(&b.message);
+                b.http_status = Some(b.status_or_default());
+                b
+            }
+        }
+    }
+}
+
+/// Executes tasks. Implemented for every `Fn(Task) -> impl Future<Output =
+/// Result<impl Into<TaskOutput>, HandlerError>>` that is `Send + Sync + 'static`.
+///
+/// ```
+/// use iicp_node::handler::{HandlerError, Task, TaskHandler};
+/// use serde_json::json;
+/// fn assert_handler(_: impl TaskHandler) {}
+/// assert_handler(|task: Task| async move {
+///     Ok::<_, HandlerError>(json!({"echo": task.payload}))
+/// });
+/// ```
+pub trait TaskHandler: Send + Sync + 'static {
+    /// Runs one task.
+    fn handle(&self, task: Task) -> BoxFuture<Result<TaskOutput, HandlerError>>;
+}
+
+impl<F, Fut, O> TaskHandler for F
+where
+    F: Fn(Task) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<O, HandlerError>> + Send + 'static,
+    O: Into<TaskOutput>,
+{
+    fn handle(&self, task: Task) -> BoxFuture<Result<TaskOutput, HandlerError>> {
+        let fut = self(task);
+        Box::pin(async move { fut.await.map(Into::into) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_mapping() {
+        let cases = [
+            (HandlerError::backend("x"), 502, "backend_error"),
+            (HandlerError::invalid("x"), 422, "validation_error"),
+            (
+                HandlerError::Unavailable {
+                    retry_after: Some(Duration::from_secs(2)),
+                },
+                503,
+                "temporarily_unavailable",
+            ),
+            (HandlerError::Timeout, 504, "task_timeout"),
+            (
+                HandlerError::Protocol(ErrorBody::new(ErrorCode::E029, "no such model")),
+                404,
+                "IICP-E029",
+            ),
+        ];
+        for (err, status, code) in cases {
+            let b = err.to_error_body();
+            assert_eq!(b.status_or_default(), status, "{err}");
+            assert_eq!(b.code.as_str(), code);
+        }
+        let long = HandlerError::backend("y".repeat(2000)).to_error_body();
+        assert_eq!(long.message.len(), MAX_MESSAGE_CHARS);
+    }
+
+    #[tokio::test]
+    async fn cancellation_fires_on_drop() {
+        let (guard, cancel) = Cancellation::new();
+        assert!(!cancel.is_cancelled());
+        drop(guard);
+        cancel.cancelled().await;
+        assert!(cancel.is_cancelled());
+    }
+}

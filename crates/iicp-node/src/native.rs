@@ -1,0 +1,216 @@
+//! Native CALLs through the task pipeline (PROTOCOL.md §10.7, §19 T3, T12, T22;
+//! ADR 0002 and 0005).
+//!
+//! A CALL is mapped onto a task: intent from key 3, payload from key 5 (UTF-8 JSON in a
+//! byte string, or CBOR), timeout from key 6 (seconds), credential from key 11, trace id
+//! from key 13, QoS from key 18, max tokens from key 17. The task id is key 24, else the
+//! idempotency key 16 (both are real idempotency keys, so duplicates are tracked), else
+//! the call id or session id (then duplicates are not tracked: the SDKs reuse literal
+//! session ids such as `"call-1"`).
+//!
+//! Native IICP-CX (`native_cx_v1`): when the key-5 JSON object has an `iicp_conf` member
+//! it is an encrypted task `{task_id, iicp_conf, cx_response_encryption?}`; it is opened
+//! with the node's CX key and, when response encryption is required, key 5 of the answer
+//! is `{task_id, status: "encrypted", iicp_conf_resp}`.
+//!
+//! The answer uses the superset RESPONSE layout: on success key 5 holds `{"result": …}`
+//! (the reference handlers' shape, lifted by our client) as a CBOR map, with keys 7
+//! (tokens), 8 (duration) and 11 (node id); errors carry key 6 `{code, message}` and keys
+//! 100/101.
+
+use std::sync::Arc;
+
+use iicp_proto::error::ErrorCode;
+use iicp_proto::ids::TaskId;
+use iicp_proto::message::{Body, Call, Prefer, Response};
+use iicp_proto::task::{Constraints, Qos, TaskAuth, TaskRequest};
+use iicp_transport::native::{BoxFuture, CallContext, CallHandler};
+use serde_json::{Map, Value};
+
+use crate::handler::{TaskHandler, Transport};
+use crate::node::Shared;
+use crate::pipeline::{self, Inbound};
+
+/// The native CALL handler of a node.
+pub(crate) struct NativeTasks {
+    shared: Arc<Shared>,
+    handler: Arc<dyn TaskHandler>,
+}
+
+impl NativeTasks {
+    pub(crate) fn new(shared: Arc<Shared>, handler: Arc<dyn TaskHandler>) -> Self {
+        Self { shared, handler }
+    }
+}
+
+impl CallHandler for NativeTasks {
+    fn handle(&self, call: Call, ctx: CallContext) -> BoxFuture<Response> {
+        let shared = Arc::clone(&self.shared);
+        let handler = Arc::clone(&self.handler);
+        Box::pin(async move { native_call(shared, handler, call, ctx).await })
+    }
+}
+
+fn refuse(call: &Call, code: ErrorCode, status: u16, message: &str) -> Response {
+    Response::error(call, code.as_str(), status, message)
+}
+
+async fn native_call(
+    shared: Arc<Shared>,
+    handler: Arc<dyn TaskHandler>,
+    call: Call,
+    ctx: CallContext,
+) -> Response {
+    let peer = ctx.peer.ip();
+    if shared.limiter.check(&format!("ip:{peer}")).is_err() {
+        return refuse(
+            &call,
+            ErrorCode::RateLimited,
+            429,
+            "too many calls; slow down",
+        );
+    }
+    let Some(intent) = call.intent.clone() else {
+        return refuse(
+            &call,
+            ErrorCode::ValidationError,
+            422,
+            "CALL without intent (key 3)",
+        );
+    };
+    let payload = match call.payload.as_ref().map(|b| b.to_json(Prefer::Json)) {
+        Some(Ok(Value::Object(map))) => map,
+        Some(Ok(_)) => {
+            return refuse(
+                &call,
+                ErrorCode::ValidationError,
+                422,
+                "payload (key 5) must be a JSON object",
+            )
+        }
+        Some(Err(_)) => {
+            return refuse(
+                &call,
+                ErrorCode::ValidationError,
+                422,
+                "payload (key 5) is neither JSON nor CBOR",
+            )
+        }
+        None => {
+            return refuse(
+                &call,
+                ErrorCode::ValidationError,
+                422,
+                "CALL without payload (key 5)",
+            )
+        }
+    };
+    let explicit_id = call
+        .task_id
+        .clone()
+        .or_else(|| call.idempotency_key.clone())
+        .filter(|s| !s.is_empty());
+    let (task_id_text, track, task_payload, iicp_conf, cx_resp) =
+        if payload.contains_key("iicp_conf") {
+            let mut env: Map<String, Value> = payload;
+            let id = env
+                .get("task_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .or_else(|| explicit_id.clone());
+            let conf = env.remove("iicp_conf");
+            let resp = env
+                .get("cx_response_encryption")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            (id, true, None, conf, resp)
+        } else {
+            let track = explicit_id.is_some();
+            let id = explicit_id.or_else(|| call.correlation_id().map(str::to_owned));
+            (id, track, Some(Value::Object(payload)), None, None)
+        };
+    let task_id = match task_id_text {
+        Some(id) => match TaskId::parse_lenient(&id) {
+            Ok(t) => t,
+            Err(_) => return refuse(&call, ErrorCode::ValidationError, 422, "invalid task id"),
+        },
+        None if iicp_conf.is_some() => {
+            return refuse(
+                &call,
+                ErrorCode::ValidationError,
+                422,
+                "encrypted CALL without task_id",
+            )
+        }
+        None => TaskId::generate(&mut rand_core::OsRng),
+    };
+    let constraints = Constraints {
+        timeout_ms: call
+            .timeout_s
+            .map(|s| s.saturating_mul(1000).min(iicp_proto::task::MAX_TIMEOUT_MS)),
+        qos: call.qos.as_deref().and_then(Qos::parse),
+        max_tokens: call
+            .max_tokens
+            .map(|t| u32::try_from(t).unwrap_or(u32::MAX)),
+        region: call.region.clone(),
+        ..Constraints::default()
+    };
+    let mut task = TaskRequest {
+        task_id,
+        intent,
+        payload: task_payload,
+        iicp_conf,
+        constraints,
+        auth: None,
+        trace: None,
+        cx_response_encryption: cx_resp,
+        source_node_id: None,
+        nonce: None,
+        extra: Map::new(),
+    };
+    if let Some(tok) = call.auth_token.clone() {
+        task.auth = Some(TaskAuth {
+            node_token: Some(tok),
+            ..TaskAuth::default()
+        });
+    }
+    let trace_bytes = call.trace_id.as_ref().map(|t| **t);
+    let reply = pipeline::run(
+        Arc::clone(&shared),
+        handler,
+        Inbound {
+            transport: Transport::Native,
+            peer,
+            bearer: None,
+            consumer_token: None,
+            traceparent: None,
+            trace_bytes,
+            task,
+            track_duplicates: track,
+        },
+    )
+    .await;
+    if reply.status == 200 {
+        // key 5: `{"result": …}` as the reference SDKs exchange it, or the sealed
+        // `{task_id, status: "encrypted", iicp_conf_resp}` (native CX)
+        let key5 = if reply.body.get("iicp_conf_resp").is_some() {
+            reply.body.clone()
+        } else {
+            serde_json::json!({"result": reply.body.get("result").cloned().unwrap_or(Value::Null)})
+        };
+        let mut r = Response::success(&call, Body::cbor(&key5));
+        r.tokens_used = reply.tokens_used;
+        r.duration_ms = Some(reply.latency_ms);
+        r.node_id = shared.node_id();
+        r
+    } else {
+        let (code, message) = reply.error.as_ref().map_or_else(
+            || ("internal_error".to_owned(), "task failed".to_owned()),
+            |e| (e.code.as_str().to_owned(), e.message.clone()),
+        );
+        let mut r = Response::error(&call, &code, reply.status, &message);
+        r.duration_ms = Some(reply.latency_ms);
+        r.node_id = shared.node_id();
+        r
+    }
+}

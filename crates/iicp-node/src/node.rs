@@ -1,0 +1,371 @@
+//! The [`Node`]: configuration, credentials and the runtime state shared by the task
+//! pipeline, the routes and the directory agent. Registration and deregistration per
+//! PROTOCOL.md §8.2 (with §8.2.3 implementation metadata, §8.2.4 `current_node_token`)
+//! and §8.6.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use iicp_proto::crypto::token::DirectoryPublicKey;
+use iicp_proto::directory::{Capability, Limits, RegisterRequest};
+use iicp_proto::intent::Intent;
+use iicp_proto::secret::Secret;
+use iicp_transport::listener::Services;
+use iicp_transport::native::NativeEndpoint;
+use tokio::sync::Semaphore;
+
+use crate::capability::build_capabilities_for;
+use crate::clock::iso8601;
+use crate::config::{
+    is_private_host, url_host, NodeBuilder, NodeConfig, IMPLEMENTATION_NAME,
+    IMPLEMENTATION_VERSION, NATIVE_CX_V1,
+};
+use crate::dedup::Dedup;
+use crate::error::Error;
+use crate::handler::TaskHandler;
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
+use crate::serve::{ServeHandle, ServeOptions};
+
+/// Most credit receipts posted at once; more are dropped (they are best effort).
+const MAX_RECEIPTS_IN_FLIGHT: usize = 16;
+
+/// What the directory issued.
+#[derive(Default)]
+pub(crate) struct Credentials {
+    pub(crate) node_id: Option<String>,
+    pub(crate) token: Option<Secret>,
+    pub(crate) hmac_key: Option<Secret>,
+}
+
+/// Heartbeat counters since the last drained batch (§8.3 `metrics`).
+#[derive(Default, Debug, Clone, Copy)]
+pub(crate) struct Counters {
+    pub(crate) success: u64,
+    pub(crate) failed: u64,
+    pub(crate) latency_sum_ms: u64,
+}
+
+/// State shared by every part of a running node.
+pub(crate) struct Shared {
+    pub(crate) cfg: NodeConfig,
+    pub(crate) capabilities: Vec<Capability>,
+    pub(crate) served: Vec<Intent>,
+    pub(crate) creds: Mutex<Credentials>,
+    pub(crate) dir_key: RwLock<Option<DirectoryPublicKey>>,
+    pub(crate) slots: Arc<Semaphore>,
+    pub(crate) active: AtomicU32,
+    pub(crate) draining: AtomicBool,
+    pub(crate) dedup: Dedup,
+    pub(crate) limiter: RateLimiter,
+    pub(crate) metrics: Metrics,
+    pub(crate) counters: Mutex<Counters>,
+    pub(crate) receipts: Arc<Semaphore>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    pub(crate) fn node_id(&self) -> Option<String> {
+        lock(&self.creds).node_id.clone()
+    }
+
+    pub(crate) fn token(&self) -> Option<Secret> {
+        lock(&self.creds).token.clone()
+    }
+
+    pub(crate) fn hmac_key(&self) -> Option<Secret> {
+        self.cfg
+            .node_hmac_key
+            .clone()
+            .or_else(|| lock(&self.creds).hmac_key.clone())
+    }
+
+    pub(crate) fn directory_key(&self) -> Option<DirectoryPublicKey> {
+        *self.dir_key.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn set_directory_key(&self, key: DirectoryPublicKey) {
+        *self.dir_key.write().unwrap_or_else(PoisonError::into_inner) = Some(key);
+    }
+
+    pub(crate) fn active_jobs(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn unix_secs(&self) -> u64 {
+        self.cfg.clock.unix_now().as_secs()
+    }
+
+    /// The `transport_endpoint` advertised when native is on.
+    pub(crate) fn transport_endpoint(&self) -> Option<String> {
+        if !self.cfg.native {
+            return None;
+        }
+        NativeEndpoint::from_http(&self.cfg.endpoint).map(|e| e.to_string())
+    }
+}
+
+/// An IICP provider node. Cheap to clone (shared state); build with [`Node::builder`].
+#[derive(Clone)]
+pub struct Node {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("config", &self.shared.cfg)
+            .field("node_id", &self.shared.node_id())
+            .field("registered", &self.shared.token().is_some())
+            .finish()
+    }
+}
+
+impl Node {
+    /// A builder with the seed defaults.
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder::default()
+    }
+
+    pub(crate) fn from_config(cfg: NodeConfig) -> Self {
+        let capabilities = build_capabilities_for(&cfg.models, &cfg.intents, cfg.max_tokens);
+        let mut served: Vec<Intent> = cfg.intents.clone();
+        for cap in &capabilities {
+            if let Ok(i) = cap.parsed_intent() {
+                if !served.contains(&i) {
+                    served.push(i);
+                }
+            }
+        }
+        let creds = Credentials {
+            node_id: cfg.node_id.clone(),
+            token: None,
+            hmac_key: None,
+        };
+        let shared = Shared {
+            capabilities,
+            served,
+            creds: Mutex::new(creds),
+            dir_key: RwLock::new(cfg.directory_key),
+            slots: Arc::new(Semaphore::new(cfg.max_concurrent as usize)),
+            active: AtomicU32::new(0),
+            draining: AtomicBool::new(false),
+            dedup: Dedup::new(cfg.idempotency_ttl, cfg.idempotency_capacity),
+            limiter: RateLimiter::new(cfg.rate_limit),
+            metrics: Metrics::new(),
+            counters: Mutex::new(Counters::default()),
+            receipts: Arc::new(Semaphore::new(MAX_RECEIPTS_IN_FLIGHT)),
+            cfg,
+        };
+        Self {
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.shared.cfg
+    }
+
+    /// The node id (configured, or assigned by the directory at registration).
+    pub fn node_id(&self) -> Option<String> {
+        self.shared.node_id()
+    }
+
+    /// The node token held (persist it securely; never log it).
+    pub fn node_token(&self) -> Option<Secret> {
+        self.shared.token()
+    }
+
+    /// Adopts a node token from an earlier registration (e.g. a saved node file).
+    pub fn set_node_token(&self, token: Secret) {
+        lock(&self.shared.creds).token = (!token.is_empty()).then_some(token);
+    }
+
+    /// The advertised capabilities.
+    pub fn capabilities(&self) -> &[Capability] {
+        &self.shared.capabilities
+    }
+
+    /// The intents accepted by `POST /v1/task`.
+    pub fn served_intents(&self) -> &[Intent] {
+        &self.shared.served
+    }
+
+    /// Tasks executing now.
+    pub fn active_jobs(&self) -> u32 {
+        self.shared.active_jobs()
+    }
+
+    /// The REGISTER body this node sends (PROTOCOL.md §8.2), with the token held as
+    /// `current_node_token`.
+    pub fn registration_request(&self) -> RegisterRequest {
+        let s = &self.shared;
+        let cfg = &s.cfg;
+        let mut req = RegisterRequest::new(
+            cfg.endpoint.clone(),
+            cfg.region.clone(),
+            s.capabilities.clone(),
+            Limits {
+                max_concurrent: cfg.max_concurrent,
+                tokens_per_min: cfg.tokens_per_min,
+                ..Limits::default()
+            },
+        );
+        {
+            let creds = lock(&s.creds);
+            req.node_id.clone_from(&creds.node_id);
+            req.current_node_token.clone_from(&creds.token);
+        }
+        req.transport_endpoint = s.transport_endpoint();
+        if req.transport_endpoint.is_some() {
+            req.transport_method = Some("direct".to_owned());
+        }
+        if cfg.relay_capable {
+            req.relay_capable = Some(true);
+            req.relay_accept_port = Some(cfg.relay_accept_port);
+        }
+        if let Some(key) = &cfg.cx_key {
+            let not_after = iso8601(s.unix_secs().saturating_add(cfg.cx_key_lifetime.as_secs()));
+            let mut adv = key.advertisement(Some(not_after), true);
+            if cfg.native {
+                adv.features.push(NATIVE_CX_V1.to_owned());
+            }
+            req.cx_public_key = Some(adv);
+        }
+        req.node_hmac_key.clone_from(&cfg.node_hmac_key);
+        req.backend.clone_from(&cfg.backend);
+        req.sdk_language = Some("rust".to_owned());
+        req.implementation_name = Some(IMPLEMENTATION_NAME.to_owned());
+        req.implementation_version = Some(IMPLEMENTATION_VERSION.to_owned());
+        req.sdk_version = Some(cfg.sdk_compatibility_version.clone());
+        req.sdk_compatibility_version = Some(cfg.sdk_compatibility_version.clone());
+        req
+    }
+
+    /// Registers once (no retry: [`Node::serve`] retries in the background) and returns
+    /// the node token. The directory's node id and HMAC key are kept inside; a 403
+    /// leaves the old token in place (§8.2.4).
+    ///
+    /// # Errors
+    /// [`Error::NoDirectory`], [`Error::PrivateEndpoint`], [`Error::Directory`].
+    pub async fn register(&self) -> Result<Secret, Error> {
+        let s = &self.shared;
+        let dir = s.cfg.directory.clone().ok_or(Error::NoDirectory)?;
+        let endpoint_private = url_host(&s.cfg.endpoint).is_some_and(is_private_host);
+        if endpoint_private {
+            let dir_private = s
+                .cfg
+                .directory_url
+                .as_deref()
+                .and_then(url_host)
+                .is_none_or(is_private_host);
+            if !dir_private {
+                return Err(Error::PrivateEndpoint);
+            }
+            tracing::warn!(
+                endpoint = %s.cfg.endpoint,
+                "registering a loopback/private endpoint: only peers on this network can reach the node"
+            );
+        }
+        let req = self.registration_request();
+        let ack = tokio::time::timeout(s.cfg.directory_timeout, dir.register(&req))
+            .await
+            .map_err(|_| crate::directory::DirectoryError::transport("register", Elapsed))??;
+        let token = ack
+            .node_token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| crate::directory::DirectoryError::invalid_reply("register"))?;
+        {
+            let mut creds = lock(&s.creds);
+            if !ack.node_id.is_empty() {
+                creds.node_id = Some(ack.node_id.clone());
+            }
+            creds.token = Some(token.clone());
+            if ack.node_hmac_key.as_ref().is_some_and(|k| !k.is_empty()) {
+                creds.hmac_key.clone_from(&ack.node_hmac_key);
+            }
+        }
+        tracing::info!(node_id = ?s.node_id(), "registered with the directory");
+        Ok(token)
+    }
+
+    /// Deregisters (`DELETE /v1/register`) and forgets the token. 404 counts as done.
+    ///
+    /// # Errors
+    /// [`Error::NoDirectory`], [`Error::NotRegistered`], [`Error::Directory`].
+    pub async fn deregister(&self) -> Result<(), Error> {
+        let s = &self.shared;
+        let dir = s.cfg.directory.clone().ok_or(Error::NoDirectory)?;
+        let (token, node_id) = {
+            let c = lock(&s.creds);
+            (c.token.clone(), c.node_id.clone())
+        };
+        let (Some(token), Some(node_id)) = (token, node_id) else {
+            return Err(Error::NotRegistered);
+        };
+        tokio::time::timeout(s.cfg.directory_timeout, dir.deregister(&token, &node_id))
+            .await
+            .map_err(|_| crate::directory::DirectoryError::transport("deregister", Elapsed))??;
+        let mut c = lock(&s.creds);
+        if c.token.as_ref() == Some(&token) {
+            c.token = None;
+        }
+        tracing::info!(%node_id, "deregistered from the directory");
+        Ok(())
+    }
+
+    /// The HTTP router and native handler for `handler`, to mount on a listener of your
+    /// own ([`Node::serve`] does this for you).
+    pub fn services(&self, handler: impl TaskHandler) -> Services {
+        let handler: Arc<dyn TaskHandler> = Arc::new(handler);
+        self.services_arc(handler)
+    }
+
+    pub(crate) fn services_arc(&self, handler: Arc<dyn TaskHandler>) -> Services {
+        let native: Option<Arc<dyn iicp_transport::native::CallHandler>> = if self.shared.cfg.native
+        {
+            Some(Arc::new(crate::native::NativeTasks::new(
+                Arc::clone(&self.shared),
+                Arc::clone(&handler),
+            )))
+        } else {
+            None
+        };
+        Services {
+            http: Some(Arc::new(crate::routes::router(
+                Arc::clone(&self.shared),
+                handler,
+            ))),
+            native,
+        }
+    }
+
+    /// Binds `options.host:options.port` (never another port) and serves HTTP and
+    /// native IICP there. With a directory configured, registers in the background if
+    /// no token is held (and `options.register`), then heartbeats until stopped.
+    ///
+    /// # Errors
+    /// [`Error::Bind`] when the port cannot be bound.
+    pub async fn serve(
+        &self,
+        handler: impl TaskHandler,
+        options: ServeOptions,
+    ) -> Result<ServeHandle, Error> {
+        crate::serve::start(self.clone(), Arc::new(handler), options).await
+    }
+
+    /// Time until the directory considers a silent node dormant (§8.3), for callers
+    /// scheduling their own heartbeats.
+    pub const DORMANT_AFTER: Duration = Duration::from_secs(90);
+}
+
+/// A directory call that did not finish within the configured timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("directory call timed out")]
+struct Elapsed;

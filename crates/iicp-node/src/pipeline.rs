@@ -1,0 +1,585 @@
+//! The task pipeline shared by `POST /v1/task` and native CALL (PROTOCOL.md §4.1–§4.3,
+//! §6, §7.2, §7.3, §16, §19 T2, T6, T7, T8, T11, T12, T13, T21, T22).
+//!
+//! Order of checks, each with its answer:
+//! 1. validation (`TaskRequest::validate`: intent URN, `timeout_ms` 100–300000, payload
+//!    or envelope) → 422 `validation_error`;
+//! 2. auth per mode → 401 `unauthorized`;
+//! 3. intent served → 422 `unknown_intent`; required profiles → 422
+//!    `unsupported_profile`;
+//! 4. IICP-CX: open `iicp_conf` (no key → 400 `IICP-CX-01`, failure → 400
+//!    `IICP-CX-02`); `cx_response_encryption: "required"` without an envelope → 400
+//!    `IICP-CX-03`;
+//! 5. duplicates: identical id + body of a finished task → replay; otherwise → 409
+//!    `conflict` (fingerprint over intent and the decrypted payload, so a re-sealed
+//!    retry is still identical);
+//! 6. admission: stopping → 503 `temporarily_unavailable`; all `max_concurrent` slots
+//!    busy → 429 `capacity_exceeded` + `Retry-After` + `retry_after_ms` (never queued);
+//! 7. execution under the deadline → 504 `task_timeout` (the handler future is dropped,
+//!    its slot freed); handler errors → their spec codes;
+//! 8. success → `{task_id, status: "success", result, metrics, model_used,
+//!    generated_by_ai: true}`, sealed as `{task_id, status: "encrypted", iicp_conf_resp}`
+//!    when response encryption was required.
+//!
+//! Logs carry task id, intent, trace id, status and timings — never payloads, results
+//! or credentials (§4.1 SEC-LOG-01).
+
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use iicp_proto::crypto::canonical;
+use iicp_proto::crypto::cx::{self, IicpConf, IicpConfResp, ResponseKey};
+use iicp_proto::crypto::mac::tokens_equal;
+use iicp_proto::crypto::token::verify_consumer_token;
+use iicp_proto::error::{ErrorBody, ErrorCode};
+use iicp_proto::ids::{TaskId, TraceParent};
+use iicp_proto::intent::Intent;
+use iicp_proto::secret::Secret;
+use iicp_proto::task::{Metrics as TaskMetrics, TaskRequest, TaskResponse};
+use rand_core::RngCore;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::config::AuthMode;
+use crate::dedup::{Begin, Cached};
+use crate::handler::{Cancellation, Task, TaskHandler, TraceContext, Transport};
+use crate::node::{lock, Shared};
+
+/// A task as it reaches the pipeline, whichever transport carried it.
+pub(crate) struct Inbound {
+    pub(crate) transport: Transport,
+    pub(crate) peer: IpAddr,
+    pub(crate) bearer: Option<Secret>,
+    pub(crate) consumer_token: Option<Secret>,
+    pub(crate) traceparent: Option<TraceParent>,
+    pub(crate) trace_bytes: Option<[u8; 16]>,
+    pub(crate) task: TaskRequest,
+    /// Whether the task id is a real idempotency key (native CALLs without key 24/16
+    /// have none).
+    pub(crate) track_duplicates: bool,
+}
+
+/// The pipeline's answer.
+#[derive(Debug, Clone)]
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) body: Value,
+    pub(crate) retry_after: Option<Duration>,
+    pub(crate) trace_id: String,
+    pub(crate) error: Option<ErrorBody>,
+    pub(crate) tokens_used: Option<u64>,
+    pub(crate) latency_ms: u64,
+}
+
+fn elapsed_ms(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A random 32-hex trace id.
+pub(crate) fn new_trace_id() -> String {
+    let mut b = [0u8; 16];
+    rand_core::OsRng.fill_bytes(&mut b);
+    if b == [0; 16] {
+        b[15] = 1;
+    }
+    hex::encode(b)
+}
+
+fn trace_context(inb: &Inbound) -> TraceContext {
+    let from_body = inb
+        .task
+        .trace
+        .as_ref()
+        .and_then(|t| t.trace_id.as_deref())
+        .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_ascii_lowercase);
+    let trace_id = inb
+        .traceparent
+        .as_ref()
+        .map(TraceParent::trace_id_hex)
+        .or(from_body)
+        .or_else(|| inb.trace_bytes.filter(|b| *b != [0; 16]).map(hex::encode))
+        .unwrap_or_else(new_trace_id);
+    TraceContext {
+        trace_id,
+        traceparent: inb.traceparent,
+    }
+}
+
+/// Builds an error reply; with a task id the body is the RESPONSE superset
+/// `{task_id, status, error:{code,message,…}, metrics, generated_by_ai:false}`.
+pub(crate) fn error_reply(
+    task_id: Option<&TaskId>,
+    mut error: ErrorBody,
+    trace_id: String,
+    latency_ms: u64,
+) -> Reply {
+    let status = error.status_or_default();
+    error.http_status = Some(status);
+    let body = match task_id {
+        Some(id) => {
+            let mut r = TaskResponse::failure(id.clone(), &error);
+            r.metrics = Some(TaskMetrics {
+                latency_ms: Some(latency_ms),
+                tokens_used: Some(0),
+                ..TaskMetrics::default()
+            });
+            serde_json::to_value(&r)
+                .unwrap_or_else(|_| json!({"error": {"code": "internal_error"}}))
+        }
+        None => serde_json::to_value(&error)
+            .unwrap_or_else(|_| json!({"error": {"code": "internal_error"}})),
+    };
+    Reply {
+        status,
+        body,
+        retry_after: error.retry_after_ms.map(Duration::from_millis),
+        trace_id,
+        error: Some(error),
+        tokens_used: None,
+        latency_ms,
+    }
+}
+
+/// Checks the caller's credential per [`AuthMode`] (§4.3, DESIGN §4.5).
+fn authorize(shared: &Shared, inb: &Inbound, intent: &str) -> bool {
+    match shared.cfg.auth {
+        AuthMode::Open => true,
+        AuthMode::Token => check_token(shared, inb),
+        AuthMode::Consumer => {
+            if let (Some(token), Some(key), Some(node_id)) = (
+                inb.consumer_token.as_ref(),
+                shared.directory_key(),
+                shared.node_id(),
+            ) {
+                match verify_consumer_token(
+                    &key,
+                    token.expose(),
+                    &node_id,
+                    intent,
+                    shared.unix_secs(),
+                ) {
+                    Ok(_) => return true,
+                    Err(e) => tracing::debug!(reason = %e, "consumer token refused"),
+                }
+            }
+            check_token(shared, inb)
+        }
+    }
+}
+
+fn check_token(shared: &Shared, inb: &Inbound) -> bool {
+    let offered: Vec<&Secret> = [
+        inb.bearer.as_ref(),
+        inb.task.auth.as_ref().and_then(|a| a.node_token.as_ref()),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|s| !s.is_empty())
+    .collect();
+    let own = shared.token();
+    let accepted = shared.cfg.api_tokens.iter().chain(own.as_ref());
+    let mut ok = false;
+    for a in accepted {
+        for o in &offered {
+            ok |= tokens_equal(a.expose(), o.expose());
+        }
+    }
+    ok
+}
+
+/// SHA-256 of `bytes` (the duplicate fingerprint).
+fn fingerprint(bytes: &[u8]) -> [u8; 32] {
+    let hex = iicp_proto::crypto::mac::sha256_hex(bytes);
+    let mut out = [0u8; 32];
+    let _ = hex::decode_to_slice(hex, &mut out);
+    out
+}
+
+fn qos_label(task: &TaskRequest) -> &'static str {
+    task.constraints.qos.map_or("best-effort", |q| q.as_str())
+}
+
+/// Runs one task through the pipeline.
+pub(crate) async fn run(shared: Arc<Shared>, handler: Arc<dyn TaskHandler>, inb: Inbound) -> Reply {
+    let trace = trace_context(&inb);
+    let span = tracing::info_span!(
+        "task",
+        task_id = %inb.task.task_id,
+        intent = %inb.task.intent,
+        trace_id = %trace.trace_id,
+        transport = inb.transport.as_str(),
+        peer = %inb.peer,
+    );
+    async move {
+        let started = Instant::now();
+        let reply = run_inner(&shared, handler, inb, trace, started).await;
+        match &reply.error {
+            None => tracing::info!(status = reply.status, latency_ms = reply.latency_ms, "task answered"),
+            Some(e) => tracing::info!(status = reply.status, code = %e.code, latency_ms = reply.latency_ms, "task refused or failed"),
+        }
+        reply
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run_inner(
+    shared: &Arc<Shared>,
+    handler: Arc<dyn TaskHandler>,
+    inb: Inbound,
+    trace: TraceContext,
+    started: Instant,
+) -> Reply {
+    let cfg = &shared.cfg;
+    let task_id = inb.task.task_id.clone();
+    let qos = qos_label(&inb.task);
+    let fail = |e: ErrorBody, intent_label: &str, status_label: &'static str| {
+        shared
+            .metrics
+            .task(status_label, intent_label, qos, None, 0);
+        error_reply(
+            Some(&task_id),
+            e,
+            trace.trace_id.clone(),
+            elapsed_ms(started),
+        )
+    };
+
+    // 1. validation
+    let intent = match inb.task.validate() {
+        Ok(i) => i,
+        Err(e) => {
+            return fail(
+                ErrorBody::new(e.code(), e.to_string()).with_status(422),
+                "other",
+                "rejected",
+            )
+        }
+    };
+    // 2. auth
+    if !authorize(shared, &inb, intent.as_str()) {
+        return fail(
+            ErrorBody::new(
+                ErrorCode::Unauthorized,
+                "missing or invalid task credential",
+            )
+            .with_status(401),
+            "other",
+            "rejected",
+        );
+    }
+    // 3. served intent, profiles
+    if !shared.served.contains(&intent) {
+        return fail(
+            ErrorBody::new(
+                ErrorCode::UnknownIntent,
+                format!("this node does not serve {}", intent.as_str()),
+            )
+            .with_status(422),
+            "other",
+            "rejected",
+        );
+    }
+    let intent_label = intent.as_str().to_owned();
+    if inb
+        .task
+        .constraints
+        .required_profiles
+        .as_ref()
+        .is_some_and(|p| !p.is_empty())
+    {
+        return fail(
+            ErrorBody::new(
+                ErrorCode::UnsupportedProfile,
+                "this node supports none of the required profiles",
+            )
+            .with_status(422),
+            &intent_label,
+            "rejected",
+        );
+    }
+    // 4. IICP-CX
+    let wants_encryption = inb
+        .task
+        .cx_response_encryption
+        .as_deref()
+        .is_some_and(|v| v.eq_ignore_ascii_case(cx::RESPONSE_ENCRYPTION_REQUIRED));
+    let (payload, response_key) = match &inb.task.iicp_conf {
+        Some(conf) => match open_envelope(shared, conf, &task_id, &intent) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(reason = %e, spec_code = %e.spec_code(), "CX request refused");
+                return fail(
+                    ErrorBody::new(e.wire_code(), e.to_string()).with_status(e.http_status()),
+                    &intent_label,
+                    "rejected",
+                );
+            }
+        },
+        None => {
+            if wants_encryption {
+                return fail(
+                    ErrorBody::new(
+                        ErrorCode::Cx03,
+                        "an encrypted response needs an encrypted request",
+                    )
+                    .with_status(400),
+                    &intent_label,
+                    "rejected",
+                );
+            }
+            (inb.task.payload.clone().unwrap_or(Value::Null), None)
+        }
+    };
+    let seal_key = if wants_encryption { response_key } else { None };
+    // 5. duplicates
+    let ticket = if inb.track_duplicates {
+        let fp = fingerprint(&canonical::to_vec(&json!({
+            "intent": intent.as_str(),
+            "payload": &payload,
+        })));
+        match shared.dedup.begin(task_id.as_str(), fp) {
+            Begin::New(t) => Some(t),
+            Begin::Untracked => None,
+            Begin::Replay(cached) => {
+                tracing::info!("duplicate task: replaying the cached result");
+                let mut reply = Reply {
+                    status: cached.status,
+                    body: cached.body,
+                    retry_after: None,
+                    trace_id: trace.trace_id.clone(),
+                    error: cached
+                        .error_code
+                        .map(|c| ErrorBody::new(ErrorCode::from(c), "replayed")),
+                    tokens_used: None,
+                    latency_ms: elapsed_ms(started),
+                };
+                if let Some(key) = &seal_key {
+                    seal(&mut reply, key, &task_id);
+                }
+                return reply;
+            }
+            Begin::Conflict => {
+                return fail(
+                    ErrorBody::new(
+                        ErrorCode::Conflict,
+                        "task_id is in use: still running, or reused with a different body",
+                    )
+                    .with_status(409),
+                    &intent_label,
+                    "rejected",
+                )
+            }
+        }
+    } else {
+        None
+    };
+    // 6. admission
+    if shared.draining.load(Ordering::Relaxed) {
+        return fail(
+            ErrorBody::new(ErrorCode::TemporarilyUnavailable, "the node is stopping")
+                .with_status(503),
+            &intent_label,
+            "rejected",
+        );
+    }
+    let Ok(permit) = Arc::clone(&shared.slots).try_acquire_owned() else {
+        let ms = u64::try_from(cfg.capacity_retry_after.as_millis()).unwrap_or(u64::MAX);
+        return fail(
+            ErrorBody::capacity_exceeded(qos, ms),
+            &intent_label,
+            "capacity_exceeded",
+        );
+    };
+    // 7. execution
+    let timeout_ms = inb
+        .task
+        .constraints
+        .effective_timeout_ms(u64::try_from(cfg.default_timeout.as_millis()).unwrap_or(60_000));
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+    let (cancel_guard, cancel) = Cancellation::new();
+    let task = Task {
+        task_id: task_id.clone(),
+        intent: intent.clone(),
+        payload,
+        constraints: inb.task.constraints.clone(),
+        trace: trace.clone(),
+        deadline,
+        cancel,
+        transport: inb.transport,
+        encrypted: inb.task.iicp_conf.is_some(),
+        source_node_id: inb.task.source_node_id.clone(),
+    };
+    let running = Running::start(shared);
+    let outcome = tokio::time::timeout_at(deadline, handler.handle(task)).await;
+    drop(cancel_guard);
+    drop(running);
+    drop(permit);
+    let latency_ms = elapsed_ms(started);
+    match outcome {
+        Ok(Ok(out)) => {
+            let tokens = out.tokens_used.or_else(|| {
+                out.result
+                    .pointer("/usage/total_tokens")
+                    .and_then(Value::as_u64)
+            });
+            let model = out
+                .model_used
+                .clone()
+                .or_else(|| {
+                    out.result
+                        .get("model")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
+                .or_else(|| cfg.models.first().cloned());
+            let mut r = TaskResponse::success(task_id.clone(), out.result);
+            r.metrics = Some(TaskMetrics {
+                latency_ms: Some(latency_ms),
+                tokens_used: Some(tokens.unwrap_or(0)),
+                ..TaskMetrics::default()
+            });
+            r.model_used = model;
+            r.generated_by_ai = Some(true);
+            let body = serde_json::to_value(&r).unwrap_or(Value::Null);
+            shared.metrics.task(
+                "success",
+                &intent_label,
+                qos,
+                Some(latency_ms),
+                tokens.unwrap_or(0),
+            );
+            count(shared, true, latency_ms);
+            crate::receipt::spawn(
+                shared,
+                &task_id,
+                tokens.unwrap_or(0),
+                r.result.as_ref().unwrap_or(&Value::Null),
+                inb.task.source_node_id.as_deref(),
+            );
+            if let Some(t) = ticket {
+                t.finish(Cached {
+                    status: 200,
+                    body: body.clone(),
+                    error_code: None,
+                });
+            }
+            let mut reply = Reply {
+                status: 200,
+                body,
+                retry_after: None,
+                trace_id: trace.trace_id.clone(),
+                error: None,
+                tokens_used: tokens,
+                latency_ms,
+            };
+            if let Some(key) = &seal_key {
+                seal(&mut reply, key, &task_id);
+            }
+            reply
+        }
+        Ok(Err(e)) => {
+            let body = e.to_error_body();
+            let label = if body.code == ErrorCode::TaskTimeout {
+                "timeout"
+            } else {
+                "error"
+            };
+            tracing::warn!(code = %body.code, "task handler failed");
+            shared
+                .metrics
+                .task(label, &intent_label, qos, Some(latency_ms), 0);
+            count(shared, false, latency_ms);
+            error_reply(Some(&task_id), body, trace.trace_id.clone(), latency_ms)
+        }
+        Err(_) => {
+            tracing::warn!(timeout_ms, "task deadline passed; handler cancelled");
+            shared
+                .metrics
+                .task("timeout", &intent_label, qos, Some(latency_ms), 0);
+            count(shared, false, latency_ms);
+            error_reply(
+                Some(&task_id),
+                ErrorBody::new(
+                    ErrorCode::TaskTimeout,
+                    format!("the task exceeded its {timeout_ms} ms budget"),
+                )
+                .with_status(504),
+                trace.trace_id.clone(),
+                latency_ms,
+            )
+        }
+    }
+}
+
+/// Counts a running task in `active_jobs` and the in-flight gauge, even when the
+/// pipeline future is dropped midway (caller gone).
+struct Running<'a>(&'a Shared);
+
+impl<'a> Running<'a> {
+    fn start(shared: &'a Shared) -> Self {
+        shared.active.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.in_flight(1);
+        Self(shared)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.in_flight(-1);
+    }
+}
+
+fn count(shared: &Shared, success: bool, latency_ms: u64) {
+    let mut c = lock(&shared.counters);
+    if success {
+        c.success += 1;
+    } else {
+        c.failed += 1;
+    }
+    c.latency_sum_ms = c.latency_sum_ms.saturating_add(latency_ms);
+}
+
+fn open_envelope(
+    shared: &Shared,
+    conf: &Value,
+    task_id: &TaskId,
+    intent: &Intent,
+) -> Result<(Value, Option<ResponseKey>), cx::CxError> {
+    let key = shared.cfg.cx_key.as_ref().ok_or(cx::CxError::NoKey)?;
+    let conf = IicpConf::from_value(conf)?;
+    let opened = cx::open_call(key, &conf, task_id.as_str(), intent.as_str())?;
+    let payload = opened.payload_json()?;
+    Ok((payload, Some(opened.response_key().clone())))
+}
+
+/// Replaces a 200 body with `{task_id, status: "encrypted", iicp_conf_resp}` (§16.4).
+fn seal(reply: &mut Reply, key: &ResponseKey, task_id: &TaskId) {
+    if reply.status != 200 {
+        return;
+    }
+    let plain = serde_json::to_vec(&reply.body).unwrap_or_default();
+    match key.seal(&mut rand_core::OsRng, &plain) {
+        Ok(sealed) => {
+            reply.body = json!({
+                "task_id": task_id.as_str(),
+                "status": "encrypted",
+                "iicp_conf_resp": IicpConfResp::to_value(&sealed),
+            });
+        }
+        Err(e) => {
+            tracing::error!(reason = %e, "CX response encryption failed");
+            *reply = error_reply(
+                Some(task_id),
+                ErrorBody::new(ErrorCode::Cx02, "response encryption failed").with_status(500),
+                reply.trace_id.clone(),
+                reply.latency_ms,
+            );
+        }
+    }
+}

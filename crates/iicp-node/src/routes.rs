@@ -1,0 +1,174 @@
+//! The node's HTTP surface (PROTOCOL.md §5.1–§5.3): `POST /v1/task`, `GET /iicp/health`,
+//! `GET /metrics`, CORS on every route and `OPTIONS` preflights (§5.1).
+//!
+//! `POST /v1/task` first applies the per-origin / per-IP rate limit (429
+//! `rate_limited`, legacy `IICP-E023`), then reads the body (415 for a non-JSON
+//! `Content-Type`, 413 past the size limit — refused from `Content-Length` before any
+//! body byte is read — 422 for malformed or too deeply nested JSON) and hands the task
+//! to the pipeline. Every answer echoes `X-IICP-Trace-Id`.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use http::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use http::{Method, StatusCode};
+use iicp_proto::error::{ErrorBody, ErrorCode};
+use iicp_proto::ids::TraceParent;
+use iicp_proto::secret::Secret;
+use iicp_proto::task::TaskRequest;
+use iicp_transport::http::server::{
+    json, read_json, set_retry_after, HttpError, PeerAddr, Request, Response, Router,
+};
+use serde_json::json;
+
+use crate::handler::{TaskHandler, Transport};
+use crate::node::Shared;
+use crate::pipeline::{self, error_reply, Inbound, Reply};
+
+/// Response header carrying the trace id (§5.3, T14).
+pub(crate) const TRACE_HEADER: &str = "x-iicp-trace-id";
+
+/// The router of a node.
+pub(crate) fn router(shared: Arc<Shared>, handler: Arc<dyn TaskHandler>) -> Router {
+    let task_shared = Arc::clone(&shared);
+    let health_shared = Arc::clone(&shared);
+    let metrics_shared = shared;
+    Router::new()
+        .route(Method::POST, "/v1/task", move |req, _params| {
+            let shared = Arc::clone(&task_shared);
+            let handler = Arc::clone(&handler);
+            async move { post_task(shared, handler, req).await }
+        })
+        .route(Method::GET, "/iicp/health", move |_req, _params| {
+            let shared = Arc::clone(&health_shared);
+            async move { json(StatusCode::OK, &health(&shared)) }
+        })
+        .route(Method::GET, "/metrics", move |_req, _params| {
+            let shared = Arc::clone(&metrics_shared);
+            async move {
+                let mut r = Response::new(shared.metrics.render().into());
+                r.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                r
+            }
+        })
+        .cors(true)
+}
+
+fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+fn bearer(headers: &HeaderMap) -> Option<Secret> {
+    let v = header_str(headers, AUTHORIZATION.as_str())?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| Secret::new(token.trim()))
+}
+
+async fn post_task(
+    shared: Arc<Shared>,
+    handler: Arc<dyn TaskHandler>,
+    mut req: Request,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<PeerAddr>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.0.ip());
+    let headers = req.headers();
+    let traceparent = header_str(headers, "traceparent").and_then(|v| TraceParent::parse(v).ok());
+    let early_trace = traceparent
+        .as_ref()
+        .map_or_else(pipeline::new_trace_id, TraceParent::trace_id_hex);
+    let key = match header_str(headers, "origin") {
+        Some(o) => format!("origin:{o}"),
+        None => format!("ip:{peer}"),
+    };
+    if let Err(wait) = shared.limiter.check(&key) {
+        let mut e = ErrorBody::new(ErrorCode::RateLimited, "too many task requests; slow down")
+            .with_status(429);
+        e.legacy_code = Some(ErrorCode::E023);
+        e.retry_after_ms = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
+        return to_response(error_reply(None, e, early_trace, 0));
+    }
+    let bearer = bearer(headers);
+    let consumer_token = header_str(headers, "x-iicp-consumer-token").map(Secret::new);
+    let task: TaskRequest = match read_json(&mut req, shared.cfg.max_body_bytes).await {
+        Ok(t) => t,
+        Err(e) => return with_trace(error_response(e), &early_trace),
+    };
+    let reply = pipeline::run(
+        shared,
+        handler,
+        Inbound {
+            transport: Transport::Http,
+            peer,
+            bearer,
+            consumer_token,
+            traceparent,
+            trace_bytes: None,
+            task,
+            track_duplicates: true,
+        },
+    )
+    .await;
+    to_response(reply)
+}
+
+fn error_response(e: HttpError) -> Response {
+    e.into_response()
+}
+
+fn with_trace(mut r: Response, trace_id: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(trace_id) {
+        r.headers_mut().insert(TRACE_HEADER, v);
+    }
+    r
+}
+
+fn to_response(reply: Reply) -> Response {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = json(status, &reply.body);
+    if let Some(after) = reply.retry_after {
+        set_retry_after(r.headers_mut(), after);
+    }
+    with_trace(r, &reply.trace_id)
+}
+
+/// The `/iicp/health` body (§5.2).
+fn health(shared: &Shared) -> serde_json::Value {
+    let cfg = &shared.cfg;
+    let active = shared.active_jobs();
+    let max = cfg.max_concurrent;
+    let draining = shared.draining.load(Ordering::Relaxed);
+    let available = !draining && active < max;
+    let intent = cfg.intents.first().map(|i| i.as_str().to_owned());
+    json!({
+        "status": if draining { "degraded" } else { "ok" },
+        "node_id": shared.node_id(),
+        "region": cfg.region,
+        "load": f64::from(active) / f64::from(max.max(1)),
+        "active_jobs": active,
+        "max_concurrent": max,
+        "effective_max_concurrent": max,
+        "available": available,
+        "model": cfg.models.first(),
+        "models": cfg.models,
+        "intent": intent,
+        "intents": shared.served.iter().map(|i| i.as_str()).collect::<Vec<_>>(),
+        "auth_mode": cfg.auth.as_str(),
+        "native_transport": cfg.native,
+        "transport_endpoint": shared.transport_endpoint(),
+        "cx": cfg.cx_key.is_some(),
+        "implementation_name": crate::config::IMPLEMENTATION_NAME,
+        "implementation_version": crate::config::IMPLEMENTATION_VERSION,
+    })
+}
