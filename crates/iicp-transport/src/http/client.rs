@@ -443,7 +443,12 @@ impl RequestBuilder {
         let request = exchange.build(&url, true)?;
         let response = match tokio::time::timeout(timeout, inner.pool.request(request)).await {
             Ok(r) => r.map_err(|err| error::classify(err, &url, inner.connect_timeout))?,
-            Err(_) => return Err(HttpClientError::Timeout { url: redacted, after: timeout }),
+            Err(_) => {
+                return Err(HttpClientError::Timeout {
+                    url: redacted,
+                    after: timeout,
+                })
+            }
         };
         let (parts, body) = response.into_parts();
         Ok(HttpStream {
@@ -478,14 +483,29 @@ impl HttpStream {
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, HttpClientError> {
         loop {
             let frame = match tokio::time::timeout(self.idle_timeout, self.body.frame()).await {
-                Err(_) => return Err(HttpClientError::Timeout { url: self.url.clone(), after: self.idle_timeout }),
+                Err(_) => {
+                    return Err(HttpClientError::Timeout {
+                        url: self.url.clone(),
+                        after: self.idle_timeout,
+                    })
+                }
                 Ok(None) => return Ok(None),
-                Ok(Some(Err(e))) => return Err(HttpClientError::Body { url: self.url.clone(), source: Box::new(e) }),
+                Ok(Some(Err(e))) => {
+                    return Err(HttpClientError::Body {
+                        url: self.url.clone(),
+                        source: Box::new(e),
+                    })
+                }
                 Ok(Some(Ok(frame))) => frame,
             };
-            let Ok(data) = frame.into_data() else { continue };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
             if data.len() > self.remaining {
-                return Err(HttpClientError::BodyTooLarge { url: self.url.clone(), limit: self.limit });
+                return Err(HttpClientError::BodyTooLarge {
+                    url: self.url.clone(),
+                    limit: self.limit,
+                });
             }
             self.remaining -= data.len();
             return Ok(Some(data));
