@@ -42,6 +42,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start a private mesh on this machine (directory + nodes) and chat through it.
+    Dev(cmd::dev::Args),
     /// Run the embedded IICP directory (a private mesh needs no outside service).
     Directory(cmd::directory::Args),
     /// Print a shell completion script.
@@ -63,7 +65,10 @@ pub fn run(bin: &'static str) -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    init_logging(cli.verbose, cli.quiet);
+    // the dev mesh prints its own summary; its expected warnings (loopback endpoints,
+    // plaintext native) would only be noise there
+    let quiet_default = matches!(cli.command, Command::Dev(_));
+    init_logging(cli.verbose, cli.quiet, quiet_default);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -76,6 +81,7 @@ pub fn run(bin: &'static str) -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
+            Command::Dev(args) => cmd::dev::run(args).await,
             Command::Directory(args) => cmd::directory::run(args).await,
             Command::Completion(args) => {
                 cmd::completion::run(args, bin, &mut Cli::command().name(bin))
@@ -94,9 +100,10 @@ pub fn run(bin: &'static str) -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
+fn init_logging(verbose: u8, quiet: bool, quiet_default: bool) {
     let default = match (quiet, verbose) {
         (true, _) => "error",
+        (false, 0) if quiet_default => "error",
         (false, 0) => "info",
         (false, 1) => "debug",
         (false, _) => "trace",

@@ -138,3 +138,148 @@ fn directory_serve_answers_and_stops_on_sigterm() {
         let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
     }
 }
+
+#[test]
+fn dev_once_chats_over_both_transports() {
+    let out = iicp()
+        .args(["dev", "--once", "--nodes", "3", "--prompt", "ping the mesh"])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("registered  3 node(s)"), "{stdout}");
+    let chats: Vec<&str> = stdout.lines().filter(|l| l.starts_with("chat")).collect();
+    assert_eq!(chats.len(), 2, "{stdout}");
+    assert!(
+        chats[0].contains("via HTTP") && chats[1].contains("via native"),
+        "{stdout}"
+    );
+    for c in chats {
+        assert!(
+            c.contains("IICP-CX encrypted") && c.ends_with("echo: ping the mesh"),
+            "{c}"
+        );
+    }
+    assert!(
+        stdout.contains("/api"),
+        "prints the directory URL: {stdout}"
+    );
+}
+
+#[test]
+fn dev_usage_errors() {
+    let out = iicp()
+        .args(["dev", "--once", "--backend-url", "http://127.0.0.1:1/v1"])
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "missing --model is a usage error"
+    );
+    let out = iicp()
+        .args(["dev", "--once", "--nodes", "0"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let out = iicp()
+        .args([
+            "dev",
+            "--once",
+            "--backend-url",
+            "http://x/v1",
+            "--model",
+            "m",
+            "--backend-type",
+            "meshllm",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// The main job with a real model: llama-cpp-python's server with SmolLM2-135M behind
+/// every node (needs IICP_MODEL_PYTHON / IICP_MODEL_GGUF from scripts/test).
+#[test]
+fn dev_once_with_a_real_model() {
+    let (py, gguf) = match (
+        std::env::var("IICP_MODEL_PYTHON"),
+        std::env::var("IICP_MODEL_GGUF"),
+    ) {
+        (Ok(p), Ok(g)) => (p, g),
+        _ if std::env::var_os("CI").is_some() => panic!(
+            "IICP_MODEL_PYTHON / IICP_MODEL_GGUF not set: run the tests through scripts/test"
+        ),
+        _ => return,
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut server = Command::new(py)
+        .args([
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            &gguf,
+            "--model_alias",
+            "smollm2",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--n_ctx",
+            "2048",
+            "--n_threads",
+            "2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("model server");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "model server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = iicp()
+        .args([
+            "dev",
+            "--once",
+            "--nodes",
+            "1",
+            "--backend-url",
+            &format!("http://127.0.0.1:{port}/v1"),
+            "--model",
+            "smollm2",
+            "--prompt",
+            "Say hello.",
+        ])
+        .output()
+        .expect("run");
+    let _ = server.kill();
+    let _ = server.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let chats: Vec<&str> = stdout.lines().filter(|l| l.starts_with("chat")).collect();
+    assert_eq!(chats.len(), 2, "{stdout}");
+    for c in chats {
+        let answer = c.split_once(": ").map(|x| x.1).unwrap_or_default();
+        assert!(
+            !answer.trim().is_empty() && !answer.contains("<no text>"),
+            "{c}"
+        );
+    }
+}

@@ -44,6 +44,7 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+pub mod backend;
 pub mod capability;
 pub mod clock;
 pub mod config;
@@ -60,6 +61,7 @@ mod receipt;
 mod routes;
 mod serve;
 
+pub use backend::{BackendHandler, EchoModel};
 pub use config::{AuthMode, Backoff, ConfigError, NodeBuilder, NodeConfig, RateLimit};
 pub use directory::{DirectoryApi, DirectoryError, HttpDirectory};
 pub use error::Error;

@@ -1,0 +1,215 @@
+//! `dev`: a complete private mesh on this machine in one command — the embedded
+//! directory on loopback, N nodes (the built-in echo model, or a real backend), and a
+//! chat sent through discover → select → submit over HTTP and over the native transport.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use iicp_backends::{BackendConfig, BackendKind};
+use iicp_client::{Client, Task, TaskResult, Transport, TransportUsed};
+use iicp_directory::store::MemoryStore;
+use iicp_directory::Directory;
+use iicp_node::{BackendHandler, EchoModel, Node, ServeHandle, ServeOptions, TaskHandler};
+use iicp_proto::secret::Secret;
+use iicp_proto::task::Qos;
+use iicp_transport::listener::{Listener, ListenerConfig};
+use iicp_transport::shutdown;
+use serde_json::json;
+
+use super::UsageError;
+
+const CHAT: &str = "urn:iicp:intent:llm:chat:v1";
+
+/// Arguments of `dev`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Number of provider nodes to start.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    nodes: u16,
+    /// Exit after the round trips instead of serving until Ctrl-C.
+    #[arg(long)]
+    once: bool,
+    /// The chat message sent through the mesh.
+    #[arg(long, default_value = "Hello from the IICP dev mesh")]
+    prompt: String,
+    /// A real model server instead of the built-in echo model.
+    #[arg(long, env = "IICP_BACKEND_URL")]
+    backend_url: Option<String>,
+    /// Backend type: openai_compat, vllm, llamacpp, anthropic.
+    #[arg(long, env = "IICP_BACKEND_TYPE", default_value = "openai_compat")]
+    backend_type: String,
+    /// Model name (required with --backend-url).
+    #[arg(long, env = "IICP_BACKEND_MODEL")]
+    model: Option<String>,
+    /// API key of the backend.
+    #[arg(long, env = "IICP_BACKEND_API_KEY", hide_env_values = true)]
+    backend_api_key: Option<String>,
+    /// Port of the directory (0 = any free port).
+    #[arg(long, default_value_t = 0)]
+    directory_port: u16,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn handler(args: &Args) -> anyhow::Result<(Arc<dyn TaskHandler>, String)> {
+    let Some(url) = &args.backend_url else {
+        return Ok((Arc::new(EchoModel::default()), "echo".into()));
+    };
+    let kind: BackendKind = args
+        .backend_type
+        .parse()
+        .map_err(|e: iicp_backends::UnknownBackend| UsageError(e.to_string()))?;
+    let model = args
+        .model
+        .clone()
+        .ok_or_else(|| UsageError("--model is required with --backend-url".into()))?;
+    let mut config = BackendConfig::new(kind);
+    config.base_url = Some(url.clone());
+    config.model = Some(model.clone());
+    config.api_key = args.backend_api_key.clone().map(Secret::new);
+    let backend = iicp_backends::build(config).map_err(|e| UsageError(e.to_string()))?;
+    Ok((Arc::new(BackendHandler::new(backend)), model))
+}
+
+struct ArcHandler(Arc<dyn TaskHandler>);
+
+impl TaskHandler for ArcHandler {
+    fn handle(
+        &self,
+        task: iicp_node::Task,
+    ) -> iicp_node::handler::BoxFuture<Result<iicp_node::TaskOutput, iicp_node::HandlerError>> {
+        self.0.handle(task)
+    }
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let (handler, model) = handler(&args)?;
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    // 1. the directory
+    let directory = Directory::builder()
+        .private_mesh(true)
+        .store(MemoryStore::new())
+        .build()
+        .await
+        .context("starting the directory")?;
+    let listener = Listener::bind(
+        SocketAddr::new(loopback, args.directory_port),
+        ListenerConfig::default(),
+    )
+    .await
+    .context("binding the directory")?;
+    let dir_addr = listener.local_addr()?;
+    let dir_url = format!("http://{dir_addr}/api");
+    let (dir_trigger, dir_sd) = shutdown::channel();
+    let dir_task = tokio::spawn(async move { directory.serve(listener, dir_sd).await });
+    println!("directory   {dir_url}");
+
+    // 2. the nodes
+    let mut handles: Vec<ServeHandle> = Vec::new();
+    for i in 0..args.nodes {
+        let port = free_port()?;
+        let node = Node::builder()
+            .endpoint(format!("http://127.0.0.1:{port}"))
+            .intent(CHAT)
+            .model(model.clone())
+            .region("local")
+            .directory_url(dir_url.clone())
+            .build()
+            .context("configuring a node")?;
+        let handle = node
+            .serve(
+                ArcHandler(Arc::clone(&handler)),
+                ServeOptions::new(loopback, port),
+            )
+            .await
+            .with_context(|| format!("starting node {i}"))?;
+        println!(
+            "node {i}      http://127.0.0.1:{port} (native iicp://127.0.0.1:{port}), model {model}"
+        );
+        handles.push(handle);
+    }
+    let start = Instant::now();
+    while handles.iter().any(|h| h.node().node_token().is_none()) {
+        if start.elapsed() > Duration::from_secs(15) {
+            bail!("nodes did not register with the directory within 15 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "registered  {} node(s) in {:.0?}",
+        handles.len(),
+        start.elapsed()
+    );
+
+    // 3. a chat over each transport, end to end through the directory
+    let mut failed = false;
+    for transport in [Transport::Http, Transport::Native] {
+        let client = Client::builder()
+            .directory_url(dir_url.clone())
+            .allow_private_endpoints(true)
+            .transport(transport)
+            .build()
+            .context("building the client")?;
+        let payload = json!({"messages": [{"role": "user", "content": args.prompt}]});
+        let t0 = Instant::now();
+        match client
+            .submit(Task::new(CHAT, payload).with_qos(Qos::BestEffort))
+            .await
+        {
+            Ok(result) => report(&result, t0.elapsed()),
+            Err(e) => {
+                failed = true;
+                println!("chat        {transport:?} failed: {e}");
+            }
+        }
+    }
+    println!();
+    println!("Other SDKs can join this mesh with the directory URL {dir_url}");
+    println!("  e.g. iicp-node serve --directory-url {dir_url} ... (Python or TypeScript SDK)");
+
+    if !args.once {
+        println!("serving until Ctrl-C");
+        let (trigger, mut sd) = shutdown::channel();
+        crate::signal::on_terminate(trigger);
+        sd.fired().await;
+    }
+    for h in handles {
+        let _ = h.stop().await;
+    }
+    dir_trigger.fire();
+    let _ = dir_task.await;
+    if failed {
+        bail!("the mesh did not answer over every transport");
+    }
+    Ok(())
+}
+
+fn report(result: &TaskResult, elapsed: Duration) {
+    let text = result
+        .response
+        .result
+        .as_ref()
+        .and_then(|r| r.pointer("/choices/0/message/content"))
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("<no text>")
+        .to_owned();
+    let transport = match result.transport {
+        TransportUsed::Http => "HTTP",
+        TransportUsed::Native => "native",
+        _ => "other",
+    };
+    let node = result.node_id.get(..8).unwrap_or(&result.node_id);
+    let cx = if result.encrypted {
+        ", IICP-CX encrypted"
+    } else {
+        ""
+    };
+    println!("chat        via {transport:<6} node {node}  {elapsed:>8.1?}{cx}: {text}");
+}

@@ -1,0 +1,168 @@
+//! Task handlers that come with the node: [`BackendHandler`] runs tasks on a model server
+//! through an `iicp-backends` adapter, and [`EchoModel`] is a deterministic built-in model
+//! for development meshes, tests and benchmarks (no model server needed).
+
+use std::sync::Arc;
+
+use iicp_backends::{Backend, BackendError};
+use iicp_proto::error::ErrorCode;
+use serde_json::{json, Value};
+
+use crate::handler::{BoxFuture, HandlerError, Task, TaskHandler, TaskOutput};
+
+/// Runs each task on a model server; the backend call is bounded by the task deadline
+/// and cancelled when the node abandons the task.
+#[derive(Clone)]
+pub struct BackendHandler {
+    backend: Arc<dyn Backend>,
+}
+
+impl std::fmt::Debug for BackendHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendHandler")
+            .field("kind", &self.backend.kind())
+            .finish()
+    }
+}
+
+impl BackendHandler {
+    /// A handler over `backend`.
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        Self { backend }
+    }
+}
+
+/// Maps a backend failure to the node's handler error (keeping the IICP code and status).
+fn map_error(e: BackendError) -> HandlerError {
+    match e.code {
+        ErrorCode::TaskTimeout => HandlerError::Timeout,
+        ErrorCode::BackendError => HandlerError::backend(e.message),
+        ErrorCode::ValidationError => HandlerError::invalid(e.message),
+        _ => HandlerError::Protocol(e.to_error_body()),
+    }
+}
+
+impl TaskHandler for BackendHandler {
+    fn handle(&self, task: Task) -> BoxFuture<Result<TaskOutput, HandlerError>> {
+        let backend = Arc::clone(&self.backend);
+        Box::pin(async move {
+            let remaining = task.remaining();
+            let run = backend.execute(task.intent.as_str(), &task.payload, Some(remaining));
+            let out = tokio::select! {
+                out = run => out.map_err(map_error)?,
+                () = task.cancel.cancelled() => return Err(HandlerError::Timeout),
+            };
+            let mut output = TaskOutput::new(out.result);
+            if let Some(t) = out.tokens_used {
+                output = output.with_tokens(t);
+            }
+            if let Some(m) = out.model {
+                output = output.with_model(m);
+            }
+            Ok(output)
+        })
+    }
+}
+
+/// A deterministic model: answers a chat with `echo: <last user message>` in the OpenAI
+/// chat-completion shape, with word-count usage. Serves only `llm:chat:v1` payloads.
+#[derive(Clone, Debug)]
+pub struct EchoModel {
+    name: String,
+}
+
+impl EchoModel {
+    /// The model name it reports (`echo` by default).
+    pub fn new(name: impl Into<String>) -> Self {
+        Self { name: name.into() }
+    }
+
+    /// The completion it gives for a chat payload.
+    pub fn complete(&self, payload: &Value) -> Result<Value, HandlerError> {
+        let messages = payload
+            .get("messages")
+            .and_then(Value::as_array)
+            .ok_or_else(|| HandlerError::invalid("payload.messages must be an array"))?;
+        let last = messages
+            .iter()
+            .rev()
+            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+            .ok_or_else(|| HandlerError::invalid("no user message"))?;
+        let text = match last.get("content") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(parts)) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join(" "),
+            _ => String::new(),
+        };
+        let prompt_words: usize = messages
+            .iter()
+            .filter_map(|m| m.get("content").and_then(Value::as_str))
+            .map(|c| c.split_whitespace().count())
+            .sum();
+        let reply = format!("echo: {text}");
+        let completion_words = reply.split_whitespace().count();
+        Ok(json!({
+            "id": "chatcmpl-echo",
+            "object": "chat.completion",
+            "created": 0,
+            "model": self.name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt_words, "completion_tokens": completion_words, "total_tokens": prompt_words + completion_words},
+        }))
+    }
+}
+
+impl Default for EchoModel {
+    fn default() -> Self {
+        Self::new("echo")
+    }
+}
+
+impl TaskHandler for EchoModel {
+    fn handle(&self, task: Task) -> BoxFuture<Result<TaskOutput, HandlerError>> {
+        let out = self
+            .complete(&task.payload)
+            .map(|v| TaskOutput::new(v).with_model(self.name.clone()));
+        Box::pin(async move { out })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_completion() {
+        let m = EchoModel::default();
+        let v = m.complete(&json!({"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": "hello there"}]})).expect("ok");
+        assert_eq!(v["choices"][0]["message"]["content"], "echo: hello there");
+        assert_eq!(v["usage"]["total_tokens"], 6);
+        assert!(m.complete(&json!({"messages": []})).is_err());
+        assert!(m.complete(&json!({})).is_err());
+    }
+
+    #[test]
+    fn backend_errors_map_to_handler_errors() {
+        assert!(matches!(
+            map_error(BackendError::timeout()),
+            HandlerError::Timeout
+        ));
+        assert!(matches!(
+            map_error(BackendError::unavailable("x")),
+            HandlerError::Backend { .. }
+        ));
+        assert!(matches!(
+            map_error(BackendError::invalid("x")),
+            HandlerError::Invalid { .. }
+        ));
+        let HandlerError::Protocol(body) =
+            map_error(BackendError::new(ErrorCode::CapacityExceeded, 429, "busy"))
+        else {
+            panic!()
+        };
+        assert_eq!(body.status_or_default(), 429);
+    }
+}
