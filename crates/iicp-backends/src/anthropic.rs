@@ -22,10 +22,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use iicp_transport::http::HttpClient;
 use serde_json::{json, Map, Value};
 
-use crate::sse::SseParser;
 use crate::{
-    model_for, status_error, transport_error, within, Backend, BackendConfig, BackendError,
-    BackendKind, BoxFuture, ChatStream, Completion, CHAT_INTENT,
+    model_for, open_stream, pump_events, status_error, transport_error, within, Backend,
+    BackendConfig, BackendError, BackendKind, BoxFuture, ChatStream, Completion, Step, CHAT_INTENT,
 };
 
 const INTENTS: [&str; 1] = [CHAT_INTENT];
@@ -353,72 +352,41 @@ impl Backend for Anthropic {
     ) -> BoxFuture<'a, Result<ChatStream, BackendError>> {
         Box::pin(async move {
             let body = self.request_body(payload, true)?;
-            let timeout = self.timeout(deadline);
-            let mut stream = within(deadline, async {
-                self.post(&body, timeout)
-                    .send_streaming()
-                    .await
-                    .map_err(|e| transport_error(&e))
-            })
-            .await?;
-            if !stream.status.is_success() {
-                let status = stream.status.as_u16();
-                let body = stream.collect().await.unwrap_or_default();
-                return Err(status_error(status, &body));
-            }
-            let (tx, rx) = tokio::sync::mpsc::channel(32);
-            tokio::spawn(async move {
-                let pump = async {
-                    let mut parser = SseParser::new();
-                    let (mut id, mut model) = (Value::Null, Value::Null);
-                    while let Some(chunk) = stream.chunk().await.map_err(|e| transport_error(&e))? {
-                        for ev in parser
-                            .push(&chunk)
-                            .map_err(|_| BackendError::unavailable("oversized streamed event"))?
-                        {
-                            let v: Value = serde_json::from_str(&ev.data).map_err(|_| {
-                                BackendError::unavailable("streamed event is not JSON")
-                            })?;
-                            let delta = match v.get("type").and_then(Value::as_str) {
-                                Some("message_start") => {
-                                    id = v.pointer("/message/id").cloned().unwrap_or(Value::Null);
-                                    model =
-                                        v.pointer("/message/model").cloned().unwrap_or(Value::Null);
-                                    json!({"role": "assistant"})
-                                }
-                                Some("content_block_delta") => {
-                                    match v.pointer("/delta/text").and_then(Value::as_str) {
-                                        Some(t) => json!({"content": t}),
-                                        None => continue,
-                                    }
-                                }
-                                Some("message_delta") => {
-                                    let fr = finish_reason(
-                                        v.pointer("/delta/stop_reason").and_then(Value::as_str),
-                                    );
-                                    let chunk = json!({"id": id, "object": "chat.completion.chunk", "model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": fr}]});
-                                    if tx.send(Ok(chunk)).await.is_err() {
-                                        return Ok(());
-                                    }
-                                    continue;
-                                }
-                                Some("message_stop") => return Ok(()),
-                                Some("error") => return Err(status_error(529, ev.data.as_bytes())),
-                                _ => continue,
-                            };
-                            let chunk = json!({"id": id, "object": "chat.completion.chunk", "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": null}]});
-                            if tx.send(Ok(chunk)).await.is_err() {
-                                return Ok(());
+            let stream = open_stream(self.post(&body, self.timeout(deadline)), deadline).await?;
+            let (mut id, mut model) = (Value::Null, Value::Null);
+            Ok(pump_events(stream, deadline, move |ev| {
+                let v: Value = serde_json::from_str(&ev.data)
+                    .map_err(|_| BackendError::unavailable("streamed event is not JSON"))?;
+                let chunk = |delta: Value, finish: Value, id: &Value, model: &Value| json!({"id": id, "object": "chat.completion.chunk", "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+                Ok(match v.get("type").and_then(Value::as_str) {
+                    Some("message_start") => {
+                        id = v.pointer("/message/id").cloned().unwrap_or(Value::Null);
+                        model = v.pointer("/message/model").cloned().unwrap_or(Value::Null);
+                        Step::Emit(chunk(
+                            json!({"role": "assistant"}),
+                            Value::Null,
+                            &id,
+                            &model,
+                        ))
+                    }
+                    Some("content_block_delta") => {
+                        match v.pointer("/delta/text").and_then(Value::as_str) {
+                            Some(t) => {
+                                Step::Emit(chunk(json!({"content": t}), Value::Null, &id, &model))
                             }
+                            None => Step::Skip,
                         }
                     }
-                    Ok::<(), BackendError>(())
-                };
-                if let Err(e) = within(deadline, pump).await {
-                    let _ = tx.send(Err(e)).await;
-                }
-            });
-            Ok(ChatStream::new(rx))
+                    Some("message_delta") => {
+                        let fr =
+                            finish_reason(v.pointer("/delta/stop_reason").and_then(Value::as_str));
+                        Step::Emit(chunk(json!({}), json!(fr), &id, &model))
+                    }
+                    Some("message_stop") => Step::Done,
+                    Some("error") => return Err(status_error(529, ev.data.as_bytes())),
+                    _ => Step::Skip,
+                })
+            }))
         })
     }
 

@@ -475,6 +475,70 @@ pub(crate) fn model_for(payload: &Value, default: Option<&str>) -> Result<String
         .ok_or_else(|| BackendError::invalid("no model given and the backend has no default model"))
 }
 
+/// What a streamed event turns into.
+pub(crate) enum Step {
+    /// Send this chunk to the consumer.
+    Emit(ChatChunk),
+    /// Nothing to send for this event.
+    Skip,
+    /// The stream is complete.
+    Done,
+}
+
+/// Sends a streaming request; a non-2xx answer is read (bounded) and mapped to an error.
+pub(crate) async fn open_stream(
+    req: iicp_transport::http::client::RequestBuilder,
+    deadline: Option<Duration>,
+) -> Result<iicp_transport::http::HttpStream, BackendError> {
+    let stream = within(deadline, async {
+        req.send_streaming().await.map_err(|e| transport_error(&e))
+    })
+    .await?;
+    if !stream.status.is_success() {
+        let status = stream.status.as_u16();
+        let body = stream.collect().await.unwrap_or_default();
+        return Err(status_error(status, &body));
+    }
+    Ok(stream)
+}
+
+/// Feeds the server-sent events of `stream` through `on_event` on a background task and
+/// returns the consumer's end. The whole stream is bounded by `deadline`; dropping the
+/// [`ChatStream`] ends the task and with it the request.
+pub(crate) fn pump_events(
+    mut stream: iicp_transport::http::HttpStream,
+    deadline: Option<Duration>,
+    mut on_event: impl FnMut(sse::SseEvent) -> Result<Step, BackendError> + Send + 'static,
+) -> ChatStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(32);
+    tokio::spawn(async move {
+        let pump = async {
+            let mut parser = sse::SseParser::new();
+            while let Some(chunk) = stream.chunk().await.map_err(|e| transport_error(&e))? {
+                for ev in parser
+                    .push(&chunk)
+                    .map_err(|_| BackendError::unavailable("oversized streamed event"))?
+                {
+                    match on_event(ev)? {
+                        Step::Emit(v) => {
+                            if tx.send(Ok(v)).await.is_err() {
+                                return Ok(()); // consumer gone
+                            }
+                        }
+                        Step::Skip => {}
+                        Step::Done => return Ok(()),
+                    }
+                }
+            }
+            Ok::<(), BackendError>(())
+        };
+        if let Err(e) = within(deadline, pump).await {
+            let _ = tx.send(Err(e)).await;
+        }
+    });
+    ChatStream::new(rx)
+}
+
 /// Maps an HTTP-client failure to a backend error.
 pub(crate) fn transport_error(e: &iicp_transport::http::HttpClientError) -> BackendError {
     if e.is_timeout() {

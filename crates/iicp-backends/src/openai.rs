@@ -11,11 +11,10 @@ use std::time::Duration;
 use iicp_transport::http::HttpClient;
 use serde_json::Value;
 
-use crate::sse::SseParser;
 use crate::{
-    model_for, status_error, transport_error, within, Backend, BackendConfig, BackendError,
-    BackendKind, BoxFuture, ChatStream, Completion, CHAT_INTENT, COMPLETION_INTENT,
-    EMBEDDING_INTENT,
+    model_for, open_stream, pump_events, status_error, transport_error, within, Backend,
+    BackendConfig, BackendError, BackendKind, BoxFuture, ChatStream, Completion, Step, CHAT_INTENT,
+    COMPLETION_INTENT, EMBEDDING_INTENT,
 };
 
 const INTENTS: [&str; 3] = [CHAT_INTENT, COMPLETION_INTENT, EMBEDDING_INTENT];
@@ -136,46 +135,19 @@ impl Backend for OpenAi {
     ) -> BoxFuture<'a, Result<ChatStream, BackendError>> {
         Box::pin(async move {
             let body = self.body_for(payload, true)?;
-            let timeout = self.timeout(deadline);
-            let mut stream = within(deadline, async {
-                self.post("/chat/completions", &body, timeout)
-                    .send_streaming()
-                    .await
-                    .map_err(|e| transport_error(&e))
-            })
+            let stream = open_stream(
+                self.post("/chat/completions", &body, self.timeout(deadline)),
+                deadline,
+            )
             .await?;
-            if !stream.status.is_success() {
-                let status = stream.status.as_u16();
-                let body = stream.collect().await.unwrap_or_default();
-                return Err(status_error(status, &body));
-            }
-            let (tx, rx) = tokio::sync::mpsc::channel(32);
-            tokio::spawn(async move {
-                let pump = async {
-                    let mut parser = SseParser::new();
-                    while let Some(chunk) = stream.chunk().await.map_err(|e| transport_error(&e))? {
-                        for ev in parser
-                            .push(&chunk)
-                            .map_err(|_| BackendError::unavailable("oversized streamed event"))?
-                        {
-                            if ev.data.trim() == "[DONE]" {
-                                return Ok(());
-                            }
-                            let v: Value = serde_json::from_str(&ev.data).map_err(|_| {
-                                BackendError::unavailable("streamed event is not JSON")
-                            })?;
-                            if tx.send(Ok(v)).await.is_err() {
-                                return Ok(()); // consumer gone: dropping the stream cancels the request
-                            }
-                        }
-                    }
-                    Ok::<(), BackendError>(())
-                };
-                if let Err(e) = within(deadline, pump).await {
-                    let _ = tx.send(Err(e)).await;
+            Ok(pump_events(stream, deadline, |ev| {
+                if ev.data.trim() == "[DONE]" {
+                    return Ok(Step::Done);
                 }
-            });
-            Ok(ChatStream::new(rx))
+                serde_json::from_str(&ev.data)
+                    .map(Step::Emit)
+                    .map_err(|_| BackendError::unavailable("streamed event is not JSON"))
+            }))
         })
     }
 

@@ -391,21 +391,8 @@ impl RequestBuilder {
     /// Sends the request and reads the whole response body (bounded). Any HTTP status
     /// is a successful reply; see [`HttpReply::error_for_status`].
     pub async fn send(self) -> Result<HttpReply, HttpClientError> {
-        if let Some(err) = self.error {
-            return Err(err);
-        }
-        let url = self.url?;
-        let inner = Arc::clone(&self.client.inner);
-        let timeout = self.timeout.unwrap_or(inner.request_timeout);
-        let exchange = Exchange {
-            inner: &inner,
-            method: self.method,
-            headers: self.headers,
-            body: self.body,
-            bearer: self.bearer,
-            redirects: self.redirects.unwrap_or(inner.redirects),
-            max_response_bytes: self.max_response_bytes.unwrap_or(inner.max_response_bytes),
-        };
+        let (url, inner, timeout, parts) = self.prepare()?;
+        let exchange = parts.exchange(&inner);
         let redacted = redact_uri(&url);
         match tokio::time::timeout(timeout, exchange.run(url)).await {
             Ok(result) => result,
@@ -413,6 +400,50 @@ impl RequestBuilder {
                 url: redacted,
                 after: timeout,
             }),
+        }
+    }
+
+    /// Validates the builder and resolves its options against the client's defaults:
+    /// the URL, the client, the request timeout and the parts of the exchange.
+    fn prepare(self) -> Result<(Uri, Arc<Inner>, Duration, Parts), HttpClientError> {
+        if let Some(err) = self.error {
+            return Err(err);
+        }
+        let url = self.url?;
+        let inner = Arc::clone(&self.client.inner);
+        let parts = Parts {
+            redirects: self.redirects.unwrap_or(inner.redirects),
+            max_response_bytes: self.max_response_bytes.unwrap_or(inner.max_response_bytes),
+            method: self.method,
+            headers: self.headers,
+            body: self.body,
+            bearer: self.bearer,
+        };
+        let timeout = self.timeout.unwrap_or(inner.request_timeout);
+        Ok((url, inner, timeout, parts))
+    }
+}
+
+/// What an [`Exchange`] needs besides the client: the request and its policies.
+struct Parts {
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+    bearer: Option<Secret>,
+    redirects: Redirects,
+    max_response_bytes: usize,
+}
+
+impl Parts {
+    fn exchange(self, inner: &Inner) -> Exchange<'_> {
+        Exchange {
+            inner,
+            method: self.method,
+            headers: self.headers,
+            body: self.body,
+            bearer: self.bearer,
+            redirects: self.redirects,
+            max_response_bytes: self.max_response_bytes,
         }
     }
 }
@@ -424,25 +455,14 @@ impl RequestBuilder {
     /// chunk must arrive within the same timeout of the previous one, and the whole body
     /// stays within the response size limit.
     pub async fn send_streaming(self) -> Result<HttpStream, HttpClientError> {
-        if let Some(err) = self.error {
-            return Err(err);
-        }
-        let url = self.url?;
-        let inner = Arc::clone(&self.client.inner);
-        let timeout = self.timeout.unwrap_or(inner.request_timeout);
-        let exchange = Exchange {
-            inner: &inner,
-            method: self.method,
-            headers: self.headers,
-            body: self.body,
-            bearer: self.bearer,
-            redirects: Redirects::None,
-            max_response_bytes: self.max_response_bytes.unwrap_or(inner.max_response_bytes),
-        };
-        let redacted = redact_uri(&url);
-        let request = exchange.build(&url, true)?;
+        let (url, inner, timeout, mut parts) = self.prepare()?;
+        parts.redirects = Redirects::None;
+        let exchange = parts.exchange(&inner);
+        let (url, inner) = (&url, &inner);
+        let redacted = redact_uri(url);
+        let request = exchange.build(url, true)?;
         let response = match tokio::time::timeout(timeout, inner.pool.request(request)).await {
-            Ok(r) => r.map_err(|err| error::classify(err, &url, inner.connect_timeout))?,
+            Ok(r) => r.map_err(|err| error::classify(err, url, inner.connect_timeout))?,
             Err(_) => {
                 return Err(HttpClientError::Timeout {
                     url: redacted,
