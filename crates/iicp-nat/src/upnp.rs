@@ -1,0 +1,694 @@
+//! UPnP IGD client (PROTOCOL.md §13.1 rung 2, §13.2; SEED-SDK.md §3.1 step 4, §3.3):
+//! SSDP discovery ([`ssdp`]), the device description, and the SOAP actions the planner's
+//! steps need — WANIPConnection / WANPPPConnection `GetExternalIPAddress`,
+//! `AddPortMapping`, `DeletePortMapping`, `GetSpecificPortMappingEntry`, and
+//! WANIPv6FirewallControl `AddPinhole`, `UpdatePinhole`, `DeletePinhole`.
+//!
+//! Hand-written over [`iicp_transport::http::HttpClient`]: the control calls are small
+//! SOAP POSTs and the answers are flat XML. Every exchange has a timeout and a response
+//! size cap; nothing here retries (the planner decides).
+//!
+//! The [`Gateway`] trait is the seam the [`crate::Executor`] drives; [`Igd`] is the real
+//! implementation, tests substitute fakes.
+
+pub mod ssdp;
+mod xml;
+
+use std::fmt;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use iicp_transport::http::{HttpClient, HttpClientError};
+
+use crate::plan::UpnpFailure;
+
+/// A boxed, sendable future (the [`Gateway`] trait is object safe).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Service type of the IPv6 firewall control service.
+pub const WAN_IPV6_FIREWALL_CONTROL: &str = "urn:schemas-upnp-org:service:WANIPv6FirewallControl:1";
+
+/// WAN connection services, in preference order.
+pub const WAN_CONNECTION_SERVICES: [&str; 3] = [
+    "urn:schemas-upnp-org:service:WANIPConnection:2",
+    "urn:schemas-upnp-org:service:WANIPConnection:1",
+    "urn:schemas-upnp-org:service:WANPPPConnection:1",
+];
+
+/// Largest description or SOAP answer read.
+const MAX_ANSWER_BYTES: usize = 256 * 1024;
+
+/// Errors of UPnP exchanges.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpnpError {
+    /// The SSDP socket failed.
+    #[error("SSDP search failed")]
+    Ssdp(#[source] std::io::Error),
+    /// The HTTP exchange with the gateway failed (connect, timeout, size).
+    #[error("HTTP exchange with the gateway failed")]
+    Http(#[source] HttpClientError),
+    /// The gateway answered with a SOAP fault.
+    #[error("gateway answered {action} with UPnP error {code}")]
+    Fault {
+        /// The action.
+        action: &'static str,
+        /// UPnP `errorCode`.
+        code: u16,
+        /// `errorDescription` (from the gateway, not from us).
+        description: String,
+    },
+    /// The gateway answered with an HTTP error that is not a SOAP fault.
+    #[error("gateway answered {action} with HTTP {status}")]
+    Status {
+        /// The action (or `description` for the device description).
+        action: &'static str,
+        /// HTTP status.
+        status: u16,
+    },
+    /// The device description has no WAN connection service.
+    #[error("the gateway offers no WANIPConnection or WANPPPConnection service")]
+    NoWanService,
+    /// The device description has no WANIPv6FirewallControl service.
+    #[error("the gateway offers no WANIPv6FirewallControl service")]
+    NoPinholeService,
+    /// An answer lacked a required element or had a bad value.
+    #[error("malformed gateway answer: {0}")]
+    Malformed(&'static str),
+}
+
+impl UpnpError {
+    /// The UPnP error code of a SOAP fault.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            UpnpError::Fault { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// Whether the exchange timed out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, UpnpError::Http(e) if e.is_timeout())
+    }
+
+    /// The failure as the planner records it.
+    pub fn failure(&self) -> UpnpFailure {
+        UpnpFailure { code: self.code() }
+    }
+}
+
+/// Transport protocol of a mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        }
+    }
+
+    fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+}
+
+/// An `AddPortMapping` request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortMapping {
+    /// Port on the gateway's WAN side.
+    pub external_port: u16,
+    /// Port on our host.
+    pub internal_port: u16,
+    /// Our LAN address.
+    pub internal_client: IpAddr,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Lease; zero asks for a permanent mapping.
+    pub lease: Duration,
+    /// `NewPortMappingDescription`.
+    pub description: String,
+}
+
+/// A `GetSpecificPortMappingEntry` answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MappingEntry {
+    /// Internal port.
+    pub internal_port: u16,
+    /// Internal client.
+    pub internal_client: String,
+    /// Whether enabled.
+    pub enabled: bool,
+    /// Remaining lease in seconds (0 = permanent).
+    pub lease_remaining: u64,
+}
+
+/// An `AddPinhole` request (WANIPv6FirewallControl:1; SEED-SDK.md §3.3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinholeRequest {
+    /// Our global IPv6 address.
+    pub internal_client: IpAddr,
+    /// Our port.
+    pub internal_port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Lease.
+    pub lease: Duration,
+}
+
+/// A UPnP Internet Gateway Device as the executor drives it.
+pub trait Gateway: Send + Sync + fmt::Debug {
+    /// Our address on the gateway's network (the `NewInternalClient` to use).
+    fn local_ip(&self) -> Option<IpAddr>;
+    /// Whether WANIPv6FirewallControl is offered.
+    fn has_pinhole_service(&self) -> bool;
+    /// `GetExternalIPAddress`; `None` for an empty or `0.0.0.0` answer.
+    fn external_ip(&self) -> BoxFuture<'_, Result<Option<IpAddr>, UpnpError>>;
+    /// `AddPortMapping` (also used to renew).
+    fn add_port_mapping<'a>(&'a self, m: &'a PortMapping) -> BoxFuture<'a, Result<(), UpnpError>>;
+    /// `DeletePortMapping`.
+    fn delete_port_mapping(
+        &self,
+        external_port: u16,
+        protocol: Protocol,
+    ) -> BoxFuture<'_, Result<(), UpnpError>>;
+    /// `AddPinhole`; returns the `UniqueID`.
+    fn add_pinhole<'a>(&'a self, p: &'a PinholeRequest) -> BoxFuture<'a, Result<u32, UpnpError>>;
+    /// `UpdatePinhole`.
+    fn update_pinhole(&self, id: u32, lease: Duration) -> BoxFuture<'_, Result<(), UpnpError>>;
+    /// `DeletePinhole`.
+    fn delete_pinhole(&self, id: u32) -> BoxFuture<'_, Result<(), UpnpError>>;
+}
+
+/// Finds a gateway (the seam for fakes).
+pub trait Discover: Send + Sync {
+    /// Searches; `Ok(None)` when nothing answered.
+    fn discover(&self) -> BoxFuture<'_, Result<Option<Arc<dyn Gateway>>, UpnpError>>;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Service {
+    service_type: String,
+    control_url: String,
+}
+
+/// A real IGD reached over HTTP/SOAP.
+#[derive(Clone)]
+pub struct Igd {
+    http: HttpClient,
+    timeout: Duration,
+    location: String,
+    wan: Service,
+    v6fc: Option<Service>,
+    local_ip: Option<IpAddr>,
+}
+
+impl fmt::Debug for Igd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Igd")
+            .field("location", &self.location)
+            .field("wan", &self.wan.service_type)
+            .field("pinholes", &self.v6fc.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings of [`UpnpDiscovery`].
+#[derive(Clone, Debug)]
+pub struct DiscoveryConfig {
+    /// Where the M-SEARCH goes (default the SSDP multicast group).
+    pub ssdp_target: SocketAddr,
+    /// How long SSDP answers are collected.
+    pub search_timeout: Duration,
+    /// Timeout of each HTTP exchange with the gateway.
+    pub http_timeout: Duration,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            ssdp_target: SocketAddr::from(([239, 255, 255, 250], 1900)),
+            search_timeout: Duration::from_secs(3),
+            http_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// SSDP + description discovery of a real IGD.
+#[derive(Clone, Debug)]
+pub struct UpnpDiscovery {
+    http: HttpClient,
+    config: DiscoveryConfig,
+}
+
+impl UpnpDiscovery {
+    /// Discovery with `http` as the client for descriptions and SOAP calls.
+    pub fn new(http: HttpClient, config: DiscoveryConfig) -> Self {
+        Self { http, config }
+    }
+
+    /// SSDP search, then the first answering device whose description has a WAN
+    /// connection service.
+    ///
+    /// # Errors
+    /// SSDP socket errors; description errors only when no device worked.
+    pub async fn find(&self) -> Result<Option<Igd>, UpnpError> {
+        let replies = ssdp::search(
+            self.config.ssdp_target,
+            &ssdp::SEARCH_TARGETS,
+            self.config.search_timeout,
+        )
+        .await
+        .map_err(UpnpError::Ssdp)?;
+        let mut last_err = None;
+        for reply in replies {
+            match Igd::from_location(self.http.clone(), &reply.location, self.config.http_timeout)
+                .await
+            {
+                Ok(igd) => return Ok(Some(igd)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "SSDP answer without a usable IGD");
+                    last_err = Some(e);
+                }
+            }
+        }
+        match last_err {
+            Some(UpnpError::NoWanService) | None => Ok(None),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+impl Discover for UpnpDiscovery {
+    fn discover(&self) -> BoxFuture<'_, Result<Option<Arc<dyn Gateway>>, UpnpError>> {
+        Box::pin(async move {
+            Ok(self
+                .find()
+                .await?
+                .map(|igd| Arc::new(igd) as Arc<dyn Gateway>))
+        })
+    }
+}
+
+/// `scheme://host:port` of a URL.
+fn origin(url: &str) -> Option<&str> {
+    let (scheme, rest) = url.split_once("://")?;
+    let end = rest.find('/').unwrap_or(rest.len());
+    Some(&url[..scheme.len() + 3 + end])
+}
+
+fn join(base: &str, path: &str) -> String {
+    if path.starts_with("http://") || path.starts_with("https://") {
+        return path.to_owned();
+    }
+    let base = origin(base).unwrap_or(base).trim_end_matches('/');
+    if path.starts_with('/') {
+        format!("{base}{path}")
+    } else {
+        format!("{base}/{path}")
+    }
+}
+
+/// Parses a device description: the preferred WAN connection service and the IPv6
+/// firewall service, with absolute control URLs.
+fn parse_description(
+    location: &str,
+    xml_text: &str,
+) -> Result<(Service, Option<Service>), UpnpError> {
+    let base = xml::text(xml_text, "URLBase")
+        .filter(|b| b.starts_with("http://"))
+        .unwrap_or_else(|| location.to_owned());
+    let services: Vec<Service> = xml::elements(xml_text, "service")
+        .into_iter()
+        .filter_map(|s| {
+            Some(Service {
+                service_type: xml::text(s, "serviceType")?,
+                control_url: join(&base, &xml::text(s, "controlURL")?),
+            })
+        })
+        .collect();
+    let wan = WAN_CONNECTION_SERVICES
+        .iter()
+        .find_map(|t| services.iter().find(|s| s.service_type == *t))
+        .cloned()
+        .ok_or(UpnpError::NoWanService)?;
+    let v6fc = services
+        .iter()
+        .find(|s| s.service_type == WAN_IPV6_FIREWALL_CONTROL)
+        .cloned();
+    Ok((wan, v6fc))
+}
+
+/// The SOAP envelope for `action` of `service_type` with `args` (escaped).
+fn envelope(service_type: &str, action: &str, args: &[(&str, String)]) -> String {
+    let mut body = String::with_capacity(512);
+    body.push_str("<?xml version=\"1.0\"?>\r\n<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\" s:encodingStyle=\"http://schemas.xmlsoap.org/soap/encoding/\"><s:Body>");
+    body.push_str(&format!(
+        "<u:{action} xmlns:u=\"{}\">",
+        xml::escape(service_type)
+    ));
+    for (name, value) in args {
+        body.push_str(&format!("<{name}>{}</{name}>", xml::escape(value)));
+    }
+    body.push_str(&format!("</u:{action}></s:Body></s:Envelope>\r\n"));
+    body
+}
+
+/// A SOAP fault's `errorCode` and `errorDescription`.
+fn parse_fault(xml_text: &str) -> Option<(u16, String)> {
+    let code = xml::text(xml_text, "errorCode")?.parse().ok()?;
+    Some((
+        code,
+        xml::text(xml_text, "errorDescription").unwrap_or_default(),
+    ))
+}
+
+impl Igd {
+    /// Fetches and parses the device description at `location`; finds our local
+    /// address towards the gateway (a connected UDP socket; no packet is sent).
+    ///
+    /// # Errors
+    /// HTTP errors, or [`UpnpError::NoWanService`].
+    pub async fn from_location(
+        http: HttpClient,
+        location: &str,
+        timeout: Duration,
+    ) -> Result<Self, UpnpError> {
+        let reply = http
+            .get(location)
+            .timeout(timeout)
+            .max_response_bytes(MAX_ANSWER_BYTES)
+            .send()
+            .await
+            .map_err(UpnpError::Http)?;
+        if !reply.is_success() {
+            return Err(UpnpError::Status {
+                action: "description",
+                status: reply.status.as_u16(),
+            });
+        }
+        let text = String::from_utf8_lossy(&reply.body);
+        let (wan, v6fc) = parse_description(location, &text)?;
+        let local_ip = local_ip_towards(location).await;
+        Ok(Self {
+            http,
+            timeout,
+            location: location.to_owned(),
+            wan,
+            v6fc,
+            local_ip,
+        })
+    }
+
+    /// The description URL.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// The WAN connection service type in use.
+    pub fn service_type(&self) -> &str {
+        &self.wan.service_type
+    }
+
+    async fn soap(
+        &self,
+        service: &Service,
+        action: &'static str,
+        args: &[(&str, String)],
+    ) -> Result<String, UpnpError> {
+        let body = envelope(&service.service_type, action, args);
+        let reply = self
+            .http
+            .request(http::Method::POST, &service.control_url)
+            .header(
+                "SOAPAction",
+                format!("\"{}#{action}\"", service.service_type),
+            )
+            .body("text/xml; charset=\"utf-8\"", body)
+            .timeout(self.timeout)
+            .max_response_bytes(MAX_ANSWER_BYTES)
+            .send()
+            .await
+            .map_err(UpnpError::Http)?;
+        let text = String::from_utf8_lossy(&reply.body).into_owned();
+        if reply.is_success() {
+            return Ok(text);
+        }
+        match parse_fault(&text) {
+            Some((code, description)) => {
+                tracing::debug!(action, code, "UPnP fault");
+                Err(UpnpError::Fault {
+                    action,
+                    code,
+                    description,
+                })
+            }
+            None => Err(UpnpError::Status {
+                action,
+                status: reply.status.as_u16(),
+            }),
+        }
+    }
+
+    fn v6fc(&self) -> Result<&Service, UpnpError> {
+        self.v6fc.as_ref().ok_or(UpnpError::NoPinholeService)
+    }
+
+    /// `GetExternalIPAddress`; `None` for an empty or unspecified answer.
+    ///
+    /// # Errors
+    /// Exchange errors and SOAP faults.
+    pub async fn get_external_ip(&self) -> Result<Option<IpAddr>, UpnpError> {
+        let text = self.soap(&self.wan, "GetExternalIPAddress", &[]).await?;
+        let ip = xml::text(&text, "NewExternalIPAddress").unwrap_or_default();
+        Ok(ip.parse::<IpAddr>().ok().filter(|ip| !ip.is_unspecified()))
+    }
+
+    /// `AddPortMapping`.
+    ///
+    /// # Errors
+    /// Exchange errors and SOAP faults (718 conflict, 606, 725, …).
+    pub async fn add(&self, m: &PortMapping) -> Result<(), UpnpError> {
+        let args = [
+            ("NewRemoteHost", String::new()),
+            ("NewExternalPort", m.external_port.to_string()),
+            ("NewProtocol", m.protocol.as_str().to_owned()),
+            ("NewInternalPort", m.internal_port.to_string()),
+            ("NewInternalClient", m.internal_client.to_string()),
+            ("NewEnabled", "1".to_owned()),
+            ("NewPortMappingDescription", m.description.clone()),
+            ("NewLeaseDuration", m.lease.as_secs().to_string()),
+        ];
+        self.soap(&self.wan, "AddPortMapping", &args)
+            .await
+            .map(drop)
+    }
+
+    /// `DeletePortMapping`.
+    ///
+    /// # Errors
+    /// Exchange errors and SOAP faults (714 no such entry).
+    pub async fn delete(&self, external_port: u16, protocol: Protocol) -> Result<(), UpnpError> {
+        let args = [
+            ("NewRemoteHost", String::new()),
+            ("NewExternalPort", external_port.to_string()),
+            ("NewProtocol", protocol.as_str().to_owned()),
+        ];
+        self.soap(&self.wan, "DeletePortMapping", &args)
+            .await
+            .map(drop)
+    }
+
+    /// `GetSpecificPortMappingEntry`; `None` when there is no such mapping (714).
+    ///
+    /// # Errors
+    /// Exchange errors and other SOAP faults.
+    pub async fn get_mapping(
+        &self,
+        external_port: u16,
+        protocol: Protocol,
+    ) -> Result<Option<MappingEntry>, UpnpError> {
+        let args = [
+            ("NewRemoteHost", String::new()),
+            ("NewExternalPort", external_port.to_string()),
+            ("NewProtocol", protocol.as_str().to_owned()),
+        ];
+        let text = match self
+            .soap(&self.wan, "GetSpecificPortMappingEntry", &args)
+            .await
+        {
+            Ok(t) => t,
+            Err(UpnpError::Fault { code: 714, .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let field =
+            |n| xml::text(&text, n).ok_or(UpnpError::Malformed("mapping entry field missing"));
+        Ok(Some(MappingEntry {
+            internal_port: field("NewInternalPort")?
+                .parse()
+                .map_err(|_| UpnpError::Malformed("bad NewInternalPort"))?,
+            internal_client: field("NewInternalClient")?,
+            enabled: field("NewEnabled")? == "1",
+            lease_remaining: field("NewLeaseDuration")?.parse().unwrap_or(0),
+        }))
+    }
+
+    /// `AddPinhole`; returns the `UniqueID`.
+    ///
+    /// # Errors
+    /// [`UpnpError::NoPinholeService`], exchange errors, SOAP faults (606 refused).
+    pub async fn add_pinhole_request(&self, p: &PinholeRequest) -> Result<u32, UpnpError> {
+        let args = [
+            ("RemoteHost", String::new()),
+            ("RemotePort", "0".to_owned()),
+            ("InternalClient", p.internal_client.to_string()),
+            ("InternalPort", p.internal_port.to_string()),
+            ("Protocol", p.protocol.number().to_string()),
+            ("LeaseTime", p.lease.as_secs().to_string()),
+        ];
+        let text = self.soap(self.v6fc()?, "AddPinhole", &args).await?;
+        xml::text(&text, "UniqueID")
+            .and_then(|id| id.parse().ok())
+            .ok_or(UpnpError::Malformed("AddPinhole answer without UniqueID"))
+    }
+
+    /// `UpdatePinhole`.
+    ///
+    /// # Errors
+    /// As [`Igd::add_pinhole_request`].
+    pub async fn update_pinhole_lease(&self, id: u32, lease: Duration) -> Result<(), UpnpError> {
+        let args = [
+            ("UniqueID", id.to_string()),
+            ("NewLeaseTime", lease.as_secs().to_string()),
+        ];
+        self.soap(self.v6fc()?, "UpdatePinhole", &args)
+            .await
+            .map(drop)
+    }
+
+    /// `DeletePinhole`.
+    ///
+    /// # Errors
+    /// As [`Igd::add_pinhole_request`].
+    pub async fn delete_pinhole_id(&self, id: u32) -> Result<(), UpnpError> {
+        let args = [("UniqueID", id.to_string())];
+        self.soap(self.v6fc()?, "DeletePinhole", &args)
+            .await
+            .map(drop)
+    }
+}
+
+impl Gateway for Igd {
+    fn local_ip(&self) -> Option<IpAddr> {
+        self.local_ip
+    }
+
+    fn has_pinhole_service(&self) -> bool {
+        self.v6fc.is_some()
+    }
+
+    fn external_ip(&self) -> BoxFuture<'_, Result<Option<IpAddr>, UpnpError>> {
+        Box::pin(self.get_external_ip())
+    }
+
+    fn add_port_mapping<'a>(&'a self, m: &'a PortMapping) -> BoxFuture<'a, Result<(), UpnpError>> {
+        Box::pin(self.add(m))
+    }
+
+    fn delete_port_mapping(
+        &self,
+        external_port: u16,
+        protocol: Protocol,
+    ) -> BoxFuture<'_, Result<(), UpnpError>> {
+        Box::pin(self.delete(external_port, protocol))
+    }
+
+    fn add_pinhole<'a>(&'a self, p: &'a PinholeRequest) -> BoxFuture<'a, Result<u32, UpnpError>> {
+        Box::pin(self.add_pinhole_request(p))
+    }
+
+    fn update_pinhole(&self, id: u32, lease: Duration) -> BoxFuture<'_, Result<(), UpnpError>> {
+        Box::pin(self.update_pinhole_lease(id, lease))
+    }
+
+    fn delete_pinhole(&self, id: u32) -> BoxFuture<'_, Result<(), UpnpError>> {
+        Box::pin(self.delete_pinhole_id(id))
+    }
+}
+
+/// Our source address towards the host of `url` (a connected UDP socket sends nothing).
+async fn local_ip_towards(url: &str) -> Option<IpAddr> {
+    let host = crate::addr::endpoint_host(url)?;
+    let ip: IpAddr = host.parse().ok()?;
+    let bind: SocketAddr = if ip.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let socket = tokio::net::UdpSocket::bind(bind).await.ok()?;
+    socket.connect(SocketAddr::new(ip, 9)).await.ok()?;
+    socket.local_addr().ok().map(|a| a.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DESC: &str = r#"<?xml version="1.0"?><root xmlns="urn:schemas-upnp-org:device-1-0"><device><serviceList>
+        <service><serviceType>urn:schemas-upnp-org:service:Layer3Forwarding:1</serviceType><controlURL>/ctl/L3F</controlURL></service>
+        </serviceList><deviceList><device><deviceList><device><serviceList>
+        <service><serviceType>urn:schemas-upnp-org:service:WANIPConnection:1</serviceType><controlURL>/ctl/IPConn1</controlURL></service>
+        <service><serviceType>urn:schemas-upnp-org:service:WANIPConnection:2</serviceType><controlURL>ctl/IPConn</controlURL></service>
+        <service><serviceType>urn:schemas-upnp-org:service:WANIPv6FirewallControl:1</serviceType><controlURL>http://10.0.0.1:5000/ctl/IP6FCtl</controlURL></service>
+        </serviceList></device></deviceList></device></deviceList></device></root>"#;
+
+    #[test]
+    fn description_picks_services() {
+        let (wan, v6) = parse_description("http://10.77.1.1:5000/rootDesc.xml", DESC).unwrap();
+        assert_eq!(wan.service_type, WAN_CONNECTION_SERVICES[0]);
+        assert_eq!(wan.control_url, "http://10.77.1.1:5000/ctl/IPConn");
+        assert_eq!(v6.unwrap().control_url, "http://10.0.0.1:5000/ctl/IP6FCtl");
+        let ppp = r#"<root><URLBase>http://192.168.1.1:49000/</URLBase><service><serviceType>urn:schemas-upnp-org:service:WANPPPConnection:1</serviceType><controlURL>/upnp/control/WANPPPConn1</controlURL></service></root>"#;
+        let (wan, v6) = parse_description("http://192.168.1.1:49000/igddesc.xml", ppp).unwrap();
+        assert_eq!(
+            wan.control_url,
+            "http://192.168.1.1:49000/upnp/control/WANPPPConn1"
+        );
+        assert!(v6.is_none());
+        assert!(matches!(
+            parse_description("http://x/", "<root/>"),
+            Err(UpnpError::NoWanService)
+        ));
+    }
+
+    #[test]
+    fn envelope_and_fault() {
+        let e = envelope(
+            WAN_CONNECTION_SERVICES[1],
+            "AddPortMapping",
+            &[("NewPortMappingDescription", "a<b".into())],
+        );
+        assert!(e.contains(
+            "<u:AddPortMapping xmlns:u=\"urn:schemas-upnp-org:service:WANIPConnection:1\">"
+        ));
+        assert!(e.contains("<NewPortMappingDescription>a&lt;b</NewPortMappingDescription>"));
+        let fault = r#"<s:Envelope><s:Body><s:Fault><faultcode>s:Client</faultcode><faultstring>UPnPError</faultstring><detail><UPnPError xmlns="urn:schemas-upnp-org:control-1-0"><errorCode>718</errorCode><errorDescription>ConflictInMappingEntry</errorDescription></UPnPError></detail></s:Fault></s:Body></s:Envelope>"#;
+        assert_eq!(
+            parse_fault(fault),
+            Some((718, "ConflictInMappingEntry".to_owned()))
+        );
+        assert_eq!(parse_fault("<x/>"), None);
+    }
+}

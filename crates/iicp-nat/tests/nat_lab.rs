@@ -1,0 +1,578 @@
+//! The real-gateway test (shared/testing/NAT-LAB.md): Debian's `miniupnpd` runs as the
+//! IGD between network namespaces this test creates (`scripts/nat-lab`), our executor
+//! runs inside the LAN namespace and maps the node's port, a client in the WAN namespace
+//! reaches the node through the mapping, the lease is renewed, and stopping the lease
+//! keeper deletes the mapping (the WAN client is refused afterwards).
+//!
+//! The parent test re-executes this test binary inside the namespaces (`ip netns exec …
+//! <binary> --exact lab_lan_child --ignored`), passing roles through the environment and
+//! progress through files in the lab's state directory. Nothing leaves the machine: the
+//! namespaces have no link to the host network.
+//!
+//! The second test puts a relay in the WAN namespace and a relay worker in the LAN
+//! namespace, which has no inbound route (the gateway only masquerades outbound
+//! traffic): a WAN client reaches the worker's task endpoint through the relay, killing
+//! the worker makes the relay answer `IICP-E030`, and a restarted worker binds again.
+//!
+//! Skips (with a message) when not root or without `ip netns`; under `CI=true` a lab
+//! that cannot be built fails the test instead.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use iicp_nat::upnp::{DiscoveryConfig, Protocol, UpnpDiscovery};
+use iicp_nat::{
+    detect, Executor, ExecutorConfig, KeeperConfig, Observations, Settings, Tier, TransportMethod,
+};
+use iicp_transport::http::server::json;
+use iicp_transport::http::{HttpClient, HttpClientConfig, HttpServer, Router};
+use iicp_transport::shutdown;
+
+const ROLE: &str = "IICP_NAT_LAB_ROLE";
+const DIR: &str = "IICP_NAT_LAB_DIR";
+const TARGET: &str = "IICP_NAT_LAB_TARGET";
+const NODE_PORT: u16 = 18080;
+const WAN_IP: &str = "11.77.2.1";
+const LEASE: Duration = Duration::from_secs(6);
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/nat-lab")
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Tears the lab down (processes, namespaces, state) whatever happens.
+struct Lab {
+    id: String,
+    dir: PathBuf,
+    children: Vec<Child>,
+}
+
+impl Lab {
+    fn ns(&self, side: &str) -> String {
+        format!("iicp-{}-{side}", self.id)
+    }
+
+    fn spawn_child(&self, side: &str, role: &str, target: Option<&str>) -> Command {
+        let exe = std::env::current_exe().unwrap();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns(side)])
+            .arg(exe)
+            .args([
+                "--exact",
+                role,
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(ROLE, role)
+            .env(DIR, &self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        if let Some(t) = target {
+            cmd.env(TARGET, t);
+        }
+        cmd
+    }
+
+    fn wait_for(&self, file: &str, timeout: Duration, child: &mut Child) -> String {
+        let path = self.dir.join(file);
+        let start = Instant::now();
+        loop {
+            if let Ok(s) = std::fs::read_to_string(&path) {
+                if s.ends_with('\n') {
+                    return s;
+                }
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("LAN child exited early ({status}) before writing {file}");
+            }
+            assert!(start.elapsed() < timeout, "timed out waiting for {file}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new(script()).args(["down", &self.id]).status();
+    }
+}
+
+fn write(dir: &Path, file: &str, text: &str) {
+    let tmp = dir.join(format!("{file}.tmp"));
+    std::fs::write(&tmp, format!("{text}\n")).unwrap();
+    std::fs::rename(tmp, dir.join(file)).unwrap();
+}
+
+/// Builds lab `prefix{pid}`, or `None` (skip) when this machine cannot; under CI a
+/// machine that should be able to but cannot fails the test.
+fn build_lab(prefix: &str) -> Option<Lab> {
+    if !is_root() {
+        eprintln!("SKIP NAT lab test: needs root (network namespaces)");
+        return None;
+    }
+    let netns_ok = Command::new("ip")
+        .args(["netns", "list"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !netns_ok {
+        eprintln!("SKIP NAT lab test: `ip netns` is unavailable");
+        assert!(
+            !ci(),
+            "CI must be able to run the NAT lab (ip netns missing)"
+        );
+        return None;
+    }
+    let id = format!("{prefix}{}", std::process::id());
+    let lab = Lab {
+        dir: PathBuf::from(format!("/tmp/iicp-nat-lab-{id}")),
+        id,
+        children: Vec::new(),
+    };
+    let up = Command::new(script())
+        .args(["up", &lab.id])
+        .stdout(Stdio::null())
+        .status();
+    if !up.is_ok_and(|s| s.success()) {
+        assert!(
+            !ci(),
+            "CI: scripts/nat-lab up failed; the NAT lab must run in CI"
+        );
+        eprintln!("SKIP NAT lab test: scripts/nat-lab up failed (miniupnpd missing?)");
+        return None;
+    }
+    Some(lab)
+}
+
+#[test]
+fn real_gateway_maps_reaches_renews_and_deletes() {
+    let Some(mut lab) = build_lab("t") else {
+        return;
+    };
+
+    // the node and our executor, inside the LAN namespace
+    let mut lan = lab
+        .spawn_child("lan", "lab_lan_child", None)
+        .spawn()
+        .expect("spawn LAN child");
+    let mapped = lab.wait_for("mapped", Duration::from_secs(60), &mut lan);
+    lab.children.push(lan);
+    let mapped: Vec<&str> = mapped.split_whitespace().collect();
+    assert_eq!(mapped[0], "1a", "tier: {mapped:?}");
+    assert_eq!(mapped[1], format!("http://{WAN_IP}:{NODE_PORT}"));
+    assert_eq!(mapped[2], "upnp_mapped");
+    assert_eq!(
+        mapped[3], WAN_IP,
+        "GetExternalIPAddress must be the WAN address"
+    );
+
+    // a client on the WAN side reaches the node through the mapping
+    let target = format!("{WAN_IP}:{NODE_PORT}");
+    let status = lab
+        .spawn_child("wan", "lab_wan_reach", Some(&target))
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "WAN client could not reach the node through the mapping"
+    );
+    write(&lab.dir, "wan-done", "ok");
+
+    // renewal, then deletion on stop
+    let lan = lab.children.last_mut().unwrap();
+    let renewed = {
+        let dir = lab.dir.clone();
+        let path = dir.join("renewed");
+        let start = Instant::now();
+        loop {
+            if let Ok(s) = std::fs::read_to_string(&path) {
+                if s.ends_with('\n') {
+                    break s;
+                }
+            }
+            if let Ok(Some(st)) = lan.try_wait() {
+                panic!("LAN child exited early ({st})");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no renewal report"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let renewals: u64 = renewed.trim().parse().unwrap();
+    assert!(renewals >= 2, "lease renewed {renewals} times");
+    let mut lan = lab.children.pop().unwrap();
+    let deleted = lab.wait_for("deleted", Duration::from_secs(30), &mut lan);
+    lab.children.push(lan);
+    assert_eq!(deleted.trim(), "gone", "mapping still listed after stop");
+    let status = lab
+        .spawn_child("wan", "lab_wan_refused", Some(&target))
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "WAN client still reached the node after the mapping was deleted"
+    );
+    write(&lab.dir, "wan2-done", "ok");
+    let lan = lab.children.last_mut().unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = lan.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "LAN child did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "LAN child failed");
+}
+
+fn role_is(role: &str) -> Option<PathBuf> {
+    (std::env::var(ROLE).ok().as_deref() == Some(role))
+        .then(|| PathBuf::from(std::env::var(DIR).unwrap()))
+}
+
+async fn wait_file(path: &Path, timeout: Duration) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {path:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs in the LAN namespace: serve, plan and map, renew, delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of real_gateway_maps_reaches_renews_and_deletes"]
+async fn lab_lan_child() {
+    let Some(dir) = role_is("lab_lan_child") else {
+        return;
+    };
+    // the node: a health route on the node port
+    let router = Router::new().route(Method::GET, "/iicp/health", |_req, _p| async {
+        json(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ok", "side": "lan"}),
+        )
+    });
+    let server = HttpServer::bind(([0, 0, 0, 0], NODE_PORT).into())
+        .await
+        .unwrap();
+    let (trigger, stop) = shutdown::channel();
+    let serving = tokio::spawn(server.serve(router, stop));
+
+    let http = HttpClient::new(HttpClientConfig::default()).unwrap();
+    let discovery = UpnpDiscovery::new(http.clone(), DiscoveryConfig::default());
+    let mut obs = Observations::new(Settings {
+        port: NODE_PORT,
+        lease: LEASE,
+        ..Settings::default()
+    });
+    obs.interfaces = detect::interfaces().unwrap();
+    let executor =
+        Executor::new(ExecutorConfig::default()).with_discovery(Arc::new(discovery.clone()));
+    let outcome = executor.run(obs).await;
+    let plan = &outcome.plan;
+    assert_eq!(plan.tier, Tier::UpnpMapped, "{plan:?}");
+    assert_eq!(plan.transport_method, Some(TransportMethod::UpnpMapped));
+    let external = match outcome.observations.external_ip {
+        Some(iicp_nat::ExternalIp::Address(ip)) => ip.to_string(),
+        other => panic!("{other:?}"),
+    };
+    // our own view of the gateway, for checks
+    let igd = discovery.find().await.unwrap().expect("IGD");
+    let entry = igd
+        .get_mapping(NODE_PORT, Protocol::Tcp)
+        .await
+        .unwrap()
+        .expect("mapping listed");
+    assert_eq!(entry.internal_port, NODE_PORT);
+    assert_eq!(entry.internal_client, "10.77.1.2");
+    assert_eq!(outcome.leases.mappings.len(), 1);
+    let keeper = outcome.leases.keep(KeeperConfig {
+        min_interval: Duration::from_secs(1),
+        retry_after_failure: Duration::from_secs(1),
+        cleanup_timeout: Duration::from_secs(5),
+    });
+    write(
+        &dir,
+        "mapped",
+        &format!(
+            "{} {} {} {external}",
+            plan.tier,
+            plan.endpoint.as_deref().unwrap_or("-"),
+            plan.transport_method.map_or("-", |m| m.as_str()),
+        ),
+    );
+    wait_file(&dir.join("wan-done"), Duration::from_secs(60)).await;
+
+    // outlive the original lease: the keeper must have renewed it (every lease/2 = 3 s)
+    tokio::time::sleep(LEASE + Duration::from_secs(4)).await;
+    assert!(
+        igd.get_mapping(NODE_PORT, Protocol::Tcp)
+            .await
+            .unwrap()
+            .is_some(),
+        "mapping expired although the keeper runs"
+    );
+    write(&dir, "renewed", &keeper.renewals().to_string());
+
+    keeper.stop().await;
+    let gone = igd
+        .get_mapping(NODE_PORT, Protocol::Tcp)
+        .await
+        .unwrap()
+        .is_none();
+    write(&dir, "deleted", if gone { "gone" } else { "present" });
+    wait_file(&dir.join("wan2-done"), Duration::from_secs(60)).await;
+    trigger.fire();
+    let _ = serving.await;
+}
+
+/// Runs in the WAN namespace: the node answers through the mapping.
+#[tokio::test]
+#[ignore = "child process of real_gateway_maps_reaches_renews_and_deletes"]
+async fn lab_wan_reach() {
+    if role_is("lab_wan_reach").is_none() {
+        return;
+    }
+    let target = std::env::var(TARGET).unwrap();
+    let http = HttpClient::new(HttpClientConfig::default()).unwrap();
+    let reply = http
+        .get(format!("http://{target}/iicp/health"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("reach the node through the mapping");
+    assert_eq!(reply.status, StatusCode::OK);
+    let body: serde_json::Value = reply.json().unwrap();
+    assert_eq!(body["side"], "lan");
+}
+
+/// Runs in the WAN namespace: after deletion nothing answers.
+#[tokio::test]
+#[ignore = "child process of real_gateway_maps_reaches_renews_and_deletes"]
+async fn lab_wan_refused() {
+    if role_is("lab_wan_refused").is_none() {
+        return;
+    }
+    let target = std::env::var(TARGET).unwrap();
+    let r = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::net::TcpStream::connect(&target),
+    )
+    .await;
+    assert!(
+        !matches!(r, Ok(Ok(_))),
+        "connected to {target} after the mapping was deleted"
+    );
+}
+
+// ------------------------------------------------------------ relay through the NAT
+
+const RELAY_IP: &str = "11.77.2.2";
+const RELAY_HTTP_PORT: u16 = 18090;
+const TAG: &str = "IICP_NAT_LAB_TAG";
+
+#[test]
+fn relay_reaches_a_worker_behind_the_nat() {
+    let Some(mut lab) = build_lab("r") else {
+        return;
+    };
+    let mut relay = lab
+        .spawn_child("wan", "lab_relay_child", None)
+        .spawn()
+        .expect("spawn relay");
+    lab.wait_for("relay-up", Duration::from_secs(30), &mut relay);
+    lab.children.push(relay);
+
+    // nothing on the WAN side can open a connection to the LAN host
+    let status = lab
+        .spawn_child("wan", "lab_wan_refused", Some("10.77.1.2:18080"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "the LAN host must have no inbound route");
+
+    let task_url = format!("http://{RELAY_IP}:{RELAY_HTTP_PORT}/v1/relay-for/w-lab/v1/task");
+    for round in ["1", "2"] {
+        let mut worker = lab.spawn_child("lan", "lab_worker_child", None);
+        worker.env(TAG, round);
+        let mut worker = worker.spawn().expect("spawn worker");
+        let bound = lab.wait_for(
+            &format!("bound-{round}"),
+            Duration::from_secs(30),
+            &mut worker,
+        );
+        assert_eq!(
+            bound.trim(),
+            format!("http://{RELAY_IP}:{RELAY_HTTP_PORT}/v1/relay-for/w-lab")
+        );
+        let status = lab
+            .spawn_child("wan", "lab_wan_task", Some(&task_url))
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "round {round}: task through the relay failed"
+        );
+        // kill the worker: the relay must answer IICP-E030
+        let _ = worker.kill();
+        let _ = worker.wait();
+        let status = lab
+            .spawn_child("wan", "lab_wan_task_e030", Some(&task_url))
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "round {round}: no IICP-E030 after the worker died"
+        );
+    }
+    write(&lab.dir, "relay-stop", "ok");
+}
+
+/// Runs in the WAN namespace: a relay-capable node's relay listener and HTTP routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of relay_reaches_a_worker_behind_the_nat"]
+async fn lab_relay_child() {
+    let Some(dir) = role_is("lab_relay_child") else {
+        return;
+    };
+    let http = HttpServer::bind(
+        (
+            RELAY_IP.parse::<std::net::IpAddr>().unwrap(),
+            RELAY_HTTP_PORT,
+        )
+            .into(),
+    )
+    .await
+    .unwrap();
+    let relay = iicp_nat::RelayServer::bind(iicp_nat::RelayConfig {
+        listen: (
+            RELAY_IP.parse::<std::net::IpAddr>().unwrap(),
+            iicp_nat::relay::DEFAULT_RELAY_PORT,
+        )
+            .into(),
+        http_port: RELAY_HTTP_PORT,
+        ..iicp_nat::RelayConfig::default()
+    })
+    .await
+    .unwrap();
+    let (trigger, stop) = shutdown::channel();
+    tokio::spawn(http.serve(relay.handle().routes(Router::new()), stop.clone()));
+    let serving = tokio::spawn(relay.serve(stop));
+    write(&dir, "relay-up", "ok");
+    wait_file(&dir.join("relay-stop"), Duration::from_secs(120)).await;
+    trigger.fire();
+    let _ = serving.await;
+}
+
+/// Runs in the LAN namespace: a worker that binds to the relay and echoes tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of relay_reaches_a_worker_behind_the_nat"]
+async fn lab_worker_child() {
+    let Some(dir) = role_is("lab_worker_child") else {
+        return;
+    };
+    let tag = std::env::var(TAG).unwrap();
+    let handler: Arc<dyn iicp_transport::native::CallHandler> = Arc::new(
+        |call: iicp_proto::message::Call, _ctx: iicp_transport::native::CallContext| async move {
+            let task = call
+                .payload
+                .as_ref()
+                .and_then(|b| b.to_json(iicp_proto::message::Prefer::Json).ok())
+                .unwrap_or_default();
+            let result =
+                serde_json::json!({"output": {"echo": task["payload"]}, "node_id": "w-lab"});
+            iicp_proto::message::Response::success(&call, iicp_proto::message::Body::json(&result))
+        },
+    );
+    let mut config = iicp_nat::WorkerConfig::new(
+        RELAY_IP,
+        iicp_nat::relay::DEFAULT_RELAY_PORT,
+        "w-lab",
+        "urn:iicp:intent:llm:chat:v1",
+    );
+    config.backoff_initial = Duration::from_millis(200);
+    let worker = iicp_nat::RelayWorker::spawn(config, handler, None);
+    let endpoint = worker
+        .wait_bound(Duration::from_secs(20))
+        .await
+        .expect("bound");
+    write(&dir, &format!("bound-{tag}"), &endpoint);
+    // serve until the parent kills this process
+    tokio::time::sleep(Duration::from_secs(120)).await;
+}
+
+/// Runs in the WAN namespace: a task through the relay comes back from the worker.
+#[tokio::test]
+#[ignore = "child process of relay_reaches_a_worker_behind_the_nat"]
+async fn lab_wan_task() {
+    if role_is("lab_wan_task").is_none() {
+        return;
+    }
+    let url = std::env::var(TARGET).unwrap();
+    let http = HttpClient::new(HttpClientConfig::default()).unwrap();
+    let task = serde_json::json!({"task_id": "lab-1", "intent": "urn:iicp:intent:llm:chat:v1", "payload": {"q": 42}});
+    let reply = http
+        .post_json(&url, &task)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    let body: serde_json::Value = reply.json().unwrap();
+    assert_eq!(body["output"]["echo"]["q"], 42);
+    assert_eq!(body["task_id"], "lab-1");
+}
+
+/// Runs in the WAN namespace: with the worker gone the relay answers IICP-E030.
+#[tokio::test]
+#[ignore = "child process of relay_reaches_a_worker_behind_the_nat"]
+async fn lab_wan_task_e030() {
+    if role_is("lab_wan_task_e030").is_none() {
+        return;
+    }
+    let url = std::env::var(TARGET).unwrap();
+    let http = HttpClient::new(HttpClientConfig::default()).unwrap();
+    let task = serde_json::json!({"task_id": "lab-2", "payload": {}});
+    let start = Instant::now();
+    loop {
+        let reply = http.post_json(&url, &task).send().await.unwrap();
+        if reply.status == StatusCode::NOT_FOUND {
+            assert_eq!(reply.error_body().code.as_str(), "IICP-E030");
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "still {}",
+            reply.status
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
