@@ -9,10 +9,13 @@ python (scripts/peers prints IICP_PEER_PYTHON). Output is one JSON object per li
   py_peer.py stub-openai PORT             OpenAI-compatible stub (echoes the last user message)
   py_peer.py node serve [FLAGS...]        the SDK's `iicp-node` CLI with its loopback-registration
                                           skip disabled (for loopback testbeds only);
-                                          IICP_PEER_HEARTBEAT_S shortens its 30 s heartbeat
+                                          IICP_PEER_HEARTBEAT_S shortens its 30 s heartbeat;
+                                          IICP_PEER_NO_CX=1 makes it keyless (no cx_public_key)
   py_peer.py discover DIR_URL             IicpClient.discover_async (plain GET /v1/discover)
-  py_peer.py chat DIR_URL PROMPT          IicpClient.chat_async with ticketed dispatch
-                                          (route_discovery_mode=ticketed: tickets are verified)
+  py_peer.py chat DIR_URL PROMPT [--sdk-qos]
+                                          IicpClient.chat_async with ticketed dispatch
+                                          (route_discovery_mode=ticketed: tickets are verified);
+                                          --sdk-qos keeps the SDK's default qos (interactive)
 
 The client subcommands replace the SDK's discovery SSRF filter, which drops loopback
 endpoints, so that a loopback mesh works; they send qos=best-effort (a fresh mesh has no
@@ -108,12 +111,12 @@ async def discover(dir_url):
     emit(event="discovered", count=len(nl.nodes))
 
 
-async def chat(dir_url, prompt):
+async def chat(dir_url, prompt, sdk_qos=False):
     from iicp_client.types import ChatMessage, ChatOptions
     cl = sdk_client(dir_url, "ticketed")
+    opts = ChatOptions(timeout_ms=30_000) if sdk_qos else ChatOptions(timeout_ms=30_000, qos="best-effort")
     t0 = time.perf_counter()
-    r = await cl.chat_async([ChatMessage(role="user", content=prompt)],
-                            ChatOptions(timeout_ms=30_000, qos="best-effort"))
+    r = await cl.chat_async([ChatMessage(role="user", content=prompt)], opts)
     emit(event="chat", ms=(time.perf_counter() - t0) * 1000, node_id=r.iicp_node_id,
          model=r.model, reply=r.choices[0].message.content)
 
@@ -127,6 +130,14 @@ def node(args):
     # Tests only: a shorter heartbeat period than the SDK's fixed 30 s.
     if os.environ.get("IICP_PEER_HEARTBEAT_S"):
         node_mod._HEARTBEAT_INTERVAL = float(os.environ["IICP_PEER_HEARTBEAT_S"])
+    # Tests only: a keyless node, through the SDK's own fallback when its IICP-CX key
+    # cannot be loaded (it then registers without cx_public_key).
+    if os.environ.get("IICP_PEER_NO_CX") == "1":
+        import iicp_client._confidentiality as conf
+
+        def no_key(*_args, **_kwargs):
+            raise RuntimeError("IICP_PEER_NO_CX=1")
+        conf.load_or_create_node_cx_key = no_key
     sys.argv = ["iicp-node", *args]
     sys.exit(cli.main())
 
@@ -144,7 +155,7 @@ def main():
     elif cmd == "discover":
         asyncio.run(discover(sys.argv[2]))
     elif cmd == "chat":
-        asyncio.run(chat(sys.argv[2], sys.argv[3]))
+        asyncio.run(chat(sys.argv[2], sys.argv[3], "--sdk-qos" in sys.argv[4:]))
     else:
         sys.exit(f"unknown command {cmd}")
 

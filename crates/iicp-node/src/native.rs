@@ -13,8 +13,9 @@
 //! with the node's CX key and, when response encryption is required, key 5 of the answer
 //! is `{task_id, status: "encrypted", iicp_conf_resp}`.
 //!
-//! The answer uses the superset RESPONSE layout: on success key 5 holds `{"result": …}`
-//! (the reference handlers' shape, lifted by our client) as a CBOR map, with keys 7
+//! The answer uses the superset RESPONSE layout: on success key 5 holds the result value
+//! itself (for chat the OpenAI completion, as the Python and Rust SDK nodes answer and
+//! their `IicpTcpClient`s return it) as a CBOR map, with keys 7
 //! (tokens), 8 (duration) and 11 (node id); errors carry key 6 `{code, message}` and keys
 //! 100/101.
 
@@ -48,6 +49,12 @@ impl CallHandler for NativeTasks {
         let shared = Arc::clone(&self.shared);
         let handler = Arc::clone(&self.handler);
         Box::pin(async move { native_call(shared, handler, call, ctx).await })
+    }
+
+    /// The ACK announces the node id the node holds now: one assigned by the directory
+    /// at registration, after the port was bound, included.
+    fn node_id(&self) -> Option<String> {
+        self.shared.node_id()
     }
 }
 
@@ -191,12 +198,13 @@ async fn native_call(
     )
     .await;
     if reply.status == 200 {
-        // key 5: `{"result": …}` as the reference SDKs exchange it, or the sealed
+        // key 5: the result itself, as the reference nodes answer (not `{"result": …}`,
+        // which their clients would hand to the caller as is), or the sealed
         // `{task_id, status: "encrypted", iicp_conf_resp}` (native CX)
         let key5 = if reply.body.get("iicp_conf_resp").is_some() {
             reply.body.clone()
         } else {
-            serde_json::json!({"result": reply.body.get("result").cloned().unwrap_or(Value::Null)})
+            reply.body.get("result").cloned().unwrap_or(Value::Null)
         };
         let mut r = Response::success(&call, Body::cbor(&key5));
         r.tokens_used = reply.tokens_used;

@@ -66,8 +66,8 @@ async fn native_calls_share_the_pipeline() {
     };
     let v = body.to_json(Prefer::Cbor).expect("result");
     assert_eq!(
-        v["result"]["choices"][0]["message"]["content"],
-        "echo: over tcp"
+        v["choices"][0]["message"]["content"], "echo: over tcp",
+        "key 5 is the result itself, as the reference nodes send it"
     );
     // session ids such as "call-1" are reused by SDK clients: never treated as duplicates
     let resp = native.call(&ep, call(msg("other")), T).await.expect("call");

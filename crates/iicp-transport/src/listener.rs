@@ -281,14 +281,11 @@ async fn serve_native<IO>(
         tracing::debug!(%peer, "native connection refused: native transport disabled");
         return;
     };
-    let info = connection::serve(
-        io,
-        CallContext { peer, tls },
-        config.native.clone(),
-        handler,
-        shutdown,
-    )
-    .await;
+    let mut native = config.native.clone();
+    if let Some(id) = handler.node_id() {
+        native.session.node_id = Some(id);
+    }
+    let info = connection::serve(io, CallContext { peer, tls }, native, handler, shutdown).await;
     tracing::trace!(%peer, reason = %info.reason, "native connection ended");
 }
 

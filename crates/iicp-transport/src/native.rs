@@ -44,6 +44,15 @@ pub struct CallContext {
 pub trait CallHandler: Send + Sync + 'static {
     /// Runs one CALL to completion.
     fn handle(&self, call: Call, ctx: CallContext) -> BoxFuture<Response>;
+
+    /// The node id announced in the ACK of each new connection, read when the connection
+    /// is accepted; `None` (the default) keeps the configured
+    /// [`session::Config::node_id`](iicp_proto::session::Config::node_id). For a server
+    /// whose id is only known after it starts listening (a directory assigns it at
+    /// registration).
+    fn node_id(&self) -> Option<String> {
+        None
+    }
 }
 
 impl<F, Fut> CallHandler for F

@@ -282,3 +282,63 @@ async fn dual_stack_listener_accepts_ipv4_and_ipv6() {
     trigger.fire();
     server.await.expect("join").expect("serve");
 }
+
+/// A handler that learns its node id after the port is bound (as a node whose id the
+/// directory assigns): each new connection's ACK announces the id it holds then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_announces_the_handler_node_id_of_the_moment() {
+    struct Late(Arc<std::sync::Mutex<Option<String>>>);
+    impl CallHandler for Late {
+        fn handle(
+            &self,
+            call: Call,
+            _ctx: CallContext,
+        ) -> iicp_transport::native::BoxFuture<Response> {
+            Box::pin(async move { Response::success(&call, Body::cbor(&serde_json::json!({}))) })
+        }
+        fn node_id(&self) -> Option<String> {
+            self.0.lock().expect("lock").clone()
+        }
+    }
+    async fn ack_node_id(addr: SocketAddr) -> Option<String> {
+        let mut sock = TcpStream::connect(addr).await.expect("connect");
+        let init = Message::Init(Init::v1()).to_frame().expect("init");
+        sock.write_all(&init).await.expect("write");
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1024];
+        loop {
+            if let Ok(Decoded::Complete { frame, .. }) = Frame::decode(&got, MAX_PAYLOAD) {
+                match Message::decode(&frame.header, frame.payload, Channel::Task).expect("ack") {
+                    Message::Ack(ack) => return ack.node_id,
+                    other => panic!("{other:?}"),
+                }
+            }
+            let n = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf))
+                .await
+                .expect("in time")
+                .expect("read");
+            assert!(n > 0, "closed before ACK");
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    let id = Arc::new(std::sync::Mutex::new(None));
+    let mut config = ListenerConfig::default();
+    config.native.session.node_id = Some("configured".into());
+    let listener = Listener::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config)
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (trigger, sd) = shutdown::channel();
+    let services = Services {
+        http: None,
+        native: Some(Arc::new(Late(Arc::clone(&id)))),
+    };
+    let server = tokio::spawn(listener.serve(services, sd));
+
+    assert_eq!(ack_node_id(addr).await.as_deref(), Some("configured"));
+    *id.lock().expect("lock") = Some("assigned-later".into());
+    assert_eq!(ack_node_id(addr).await.as_deref(), Some("assigned-later"));
+    trigger.fire();
+    server.await.expect("join").expect("serve");
+}
