@@ -215,3 +215,52 @@ async fn rust_sdk_client_to_our_node_with_cx() {
     handle.stop().await;
     mesh.stop().await;
 }
+
+/// The Rust SDK's own native client (`iicp_client::iicp_tcp::IicpTcpClient`, driven by
+/// our small harness `conformance/peers/rust-sdk-tcp`, built by `scripts/peers`) completes
+/// a handshake, a PING and CALLs against our node's native port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_sdk_tcp_client_to_our_node_native() {
+    let bin = match peers::locate("IICP_RUST_SDK_TCP") {
+        Ok(Some(p)) => p,
+        Ok(None) => return,
+        Err(e) => panic!("{e}"),
+    };
+    let scratch = Scratch::new("rs-tcp").unwrap();
+    let mesh = Mesh::start().await.unwrap();
+    let (handle, recorder) = mesh.start_echo_node().await.unwrap();
+    let node_id = handle.node().node_id().unwrap();
+    let port = handle.local_addr().port().to_string();
+    let mut cmd = peers::peer_command(&bin, &scratch);
+    cmd.args(["127.0.0.1", &port, "3"]);
+    let out = peers::run("rust-sdk-tcp", cmd, &scratch, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rust sdk tcp client failed: {}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let events = out.json_lines();
+    assert_eq!(events[0]["event"], "handshake", "{events:?}");
+    assert_eq!(events[0]["peer_node_id"], node_id.as_str());
+    assert_eq!(events[0]["framing"], 1);
+    assert_eq!(events[1], json!({"event": "pong", "echo": "rs-echo"}));
+    let calls: Vec<&Value> = events.iter().filter(|e| e["event"] == "call").collect();
+    assert_eq!(calls.len(), 3, "{events:?}");
+    for (i, c) in calls.iter().enumerate() {
+        assert_eq!(
+            c["result"]["choices"][0]["message"]["content"],
+            format!("echo: rust sdk native #{i}"),
+            "{c}"
+        );
+    }
+    let seen = recorder.seen();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen
+        .iter()
+        .all(|a| a.transport == Arrival::Native && !a.encrypted));
+    handle.stop().await;
+    mesh.stop().await;
+}

@@ -1,0 +1,23 @@
+//! `rust-sdk-tcp HOST PORT N`: the Rust SDK's `IicpTcpClient` against a node's native
+//! port — handshake, ping, N CALLs — printing one JSON object per line.
+
+use iicp_client::iicp_tcp::IicpTcpClient;
+use serde_json::json;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let (host, port, n) = (args[1].clone(), args[2].parse::<u16>()?, args[3].parse::<usize>()?);
+    let mut client = IicpTcpClient::connect(&host, port).await?;
+    client.handshake().await?;
+    println!("{}", json!({"event": "handshake", "peer_node_id": client.peer_node_id, "framing": client.framing_version}));
+    let echo = client.ping(Some(b"rs-echo")).await?;
+    println!("{}", json!({"event": "pong", "echo": echo.map(|e| String::from_utf8_lossy(&e).into_owned())}));
+    for i in 0..n {
+        let payload = json!({"messages": [{"role": "user", "content": format!("rust sdk native #{i}")}]});
+        let result = client.call_with_session("urn:iicp:intent:llm:chat:v1", payload, Some(&format!("rc{i}")), &format!("rs{i}")).await?;
+        println!("{}", json!({"event": "call", "i": i, "result": result}));
+    }
+    println!("{}", json!({"event": "done"}));
+    Ok(())
+}
