@@ -421,6 +421,9 @@ pub enum BuildError {
 /// Builds the adapter for `config`, with its own pooled HTTP client.
 pub fn build(config: BackendConfig) -> Result<Arc<dyn Backend>, BuildError> {
     let mut http = HttpClientConfig::default();
+    // keep a kept-alive connection per concurrent task (a node runs at most 256): a
+    // smaller idle pool closes and reopens connections under load
+    http.pool_max_idle_per_host = 256;
     http.max_response_bytes = config.max_response_bytes;
     http.request_timeout = config.timeout;
     let client = HttpClient::new(http).map_err(BuildError::Http)?;

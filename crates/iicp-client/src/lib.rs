@@ -33,6 +33,7 @@ mod client;
 pub mod directory;
 pub mod endpoint;
 pub mod error;
+pub mod load;
 mod options;
 pub mod select;
 mod submit;

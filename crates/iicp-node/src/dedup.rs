@@ -86,13 +86,20 @@ impl Dedup {
         }
         let now = Instant::now();
         g.expire(now);
-        if let Some(e) = g.entries.get(task_id) {
-            return match &e.state {
+        let ttl = g.ttl;
+        let expired = match g.entries.get(task_id) {
+            Some(e) => match &e.state {
+                State::Done { at, .. } if now.duration_since(*at) >= ttl => true,
                 State::Done { reply, .. } if e.fingerprint == fingerprint => {
-                    Begin::Replay(reply.clone())
+                    return Begin::Replay(reply.clone())
                 }
-                _ => Begin::Conflict,
-            };
+                _ => return Begin::Conflict,
+            },
+            None => false,
+        };
+        if expired {
+            // finished past its TTL but still queued behind a younger entry
+            g.entries.remove(task_id);
         }
         if g.entries.len() >= g.capacity && !g.evict_one_done() {
             return Begin::Untracked;
@@ -123,17 +130,36 @@ impl Dedup {
 }
 
 impl Inner {
+    /// Drops expired entries from the front of the insertion order, and order records
+    /// of entries that are gone. Amortised O(1) per request: the front stops at the
+    /// first entry still running or still fresh (an entry finished behind it may outlive
+    /// its TTL there; lookups treat it as expired), and the order is compacted when its
+    /// records of forgotten entries outnumber the live ones.
     fn expire(&mut self, now: Instant) {
         let ttl = self.ttl;
-        self.entries.retain(|_, e| match &e.state {
-            State::Done { at, .. } => now.duration_since(*at) < ttl,
-            State::Running => true,
-        });
-        let entries = &self.entries;
-        self.order
-            .retain(|(seq, id)| entries.get(id).is_some_and(|e| e.seq == *seq));
+        while let Some((seq, id)) = self.order.front() {
+            match self.entries.get(id) {
+                Some(e) if e.seq == *seq => match &e.state {
+                    State::Done { at, .. } if now.duration_since(*at) >= ttl => {
+                        let id = id.clone();
+                        self.entries.remove(&id);
+                        self.order.pop_front();
+                    }
+                    _ => break,
+                },
+                _ => {
+                    self.order.pop_front();
+                }
+            }
+        }
+        if self.order.len() > 2 * self.entries.len() + 64 {
+            let entries = &self.entries;
+            self.order
+                .retain(|(seq, id)| entries.get(id).is_some_and(|e| e.seq == *seq));
+        }
     }
 
+    /// Evicts the oldest finished entry (normally the front of the order).
     fn evict_one_done(&mut self) -> bool {
         let pos = self.order.iter().position(|(seq, id)| {
             self.entries
@@ -238,5 +264,28 @@ mod tests {
         // expiry
         tokio::time::advance(Duration::from_secs(11)).await;
         assert!(matches!(d.begin("b", [9; 32]), Begin::New(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_behind_a_running_task() {
+        let d = Dedup::new(Duration::from_secs(10), 100);
+        let Begin::New(_running) = d.begin("slow", [1; 32]) else {
+            panic!("new")
+        };
+        let Begin::New(t) = d.begin("fast", [1; 32]) else {
+            panic!("new")
+        };
+        t.finish(cached(200));
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(matches!(d.begin("fast", [2; 32]), Begin::New(_)));
+        // refused tasks leave no unbounded trail in the order
+        for i in 0..1000 {
+            let Begin::New(t) = d.begin(&format!("r{i}"), [1; 32]) else {
+                panic!("new")
+            };
+            drop(t);
+        }
+        let live = d.len();
+        assert!(lock(&d.inner).order.len() <= 2 * live + 65);
     }
 }

@@ -1,0 +1,56 @@
+//! A standalone node for benchmarks: serves `BackendHandler` over an OpenAI-compatible
+//! backend (e.g. `iicp stub-model`) on one port (HTTP and native), with no directory
+//! (no registration), the per-origin rate limit off and the concurrency cap at its
+//! maximum, so load tests measure the node and not its admission limits.
+//!
+//! `cargo run --release -p iicp-node --example bench_node -- PORT BACKEND_URL [MODEL] [MAX_CONCURRENT]`
+//!
+//! `BACKEND_URL` is the OpenAI base, e.g. `http://127.0.0.1:18080/v1`. Runs until killed.
+#![allow(clippy::print_stdout)]
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use iicp_backends::{BackendConfig, BackendKind};
+use iicp_node::{BackendHandler, Node, RateLimit, ServeOptions};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let port: u16 = args
+        .next()
+        .ok_or("usage: bench_node PORT BACKEND_URL [MODEL] [MAX_CONCURRENT]")?
+        .parse()?;
+    let backend_url = args.next().ok_or("missing BACKEND_URL")?;
+    let model = args.next().unwrap_or_else(|| "stub-model".to_owned());
+    let max_concurrent: u32 = args.next().map_or(Ok(256), |s| s.parse())?;
+
+    let mut config = BackendConfig::new(BackendKind::OpenAiCompat);
+    config.base_url = Some(backend_url.clone());
+    config.model = Some(model.clone());
+    let backend = iicp_backends::build(config)?;
+
+    let node = Node::builder()
+        .endpoint(format!("http://127.0.0.1:{port}"))
+        .intent("urn:iicp:intent:llm:chat:v1")
+        .model(model)
+        .max_concurrent(max_concurrent)
+        .rate_limit(RateLimit {
+            max_requests: 0,
+            window: Duration::from_secs(60),
+        })
+        .build()?;
+    let handle = node
+        .serve(
+            BackendHandler::new(backend),
+            ServeOptions::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port).with_register(false),
+        )
+        .await?;
+    println!(
+        "bench node on http://{} (native iicp://{}), backend {backend_url}",
+        handle.local_addr(),
+        handle.local_addr()
+    );
+    std::future::pending::<()>().await;
+    Ok(())
+}
