@@ -96,6 +96,10 @@ async fn step(node: &Node, st: &mut State) -> Duration {
     if shared.token().is_none() {
         return register(node, st).await;
     }
+    if delegation_due(shared) {
+        tracing::info!("operator delegation expires soon; registering again to renew it");
+        return register(node, st).await;
+    }
     match heartbeat(shared, st).await {
         Ok(interval) => {
             st.backoff = None;
@@ -136,6 +140,22 @@ async fn register(node: &Node, st: &mut State) -> Duration {
             next_backoff(shared, st)
         }
     }
+}
+
+/// Whether the operator delegation sent at the last REGISTER is in the last fifth of
+/// its lifetime (§17.2: re-issue before expiry and re-register).
+fn delegation_due(shared: &Shared) -> bool {
+    let Some(op) = &shared.cfg.operator else {
+        return false;
+    };
+    let not_after = shared
+        .delegation_not_after
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if not_after == 0 {
+        return false;
+    }
+    let margin = (op.delegation_ttl().as_secs() / 5).max(1);
+    shared.unix_secs().saturating_add(margin) >= not_after
 }
 
 async fn fetch_directory_key(shared: &Shared) {

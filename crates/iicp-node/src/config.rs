@@ -17,6 +17,7 @@ use iicp_proto::secret::Secret;
 
 use crate::clock::{Clock, SystemClock};
 use crate::directory::DirectoryApi;
+use crate::operator::OperatorIdentity;
 use crate::Node;
 
 /// The name sent as `implementation_name` (PROTOCOL.md §8.2.3).
@@ -201,6 +202,9 @@ pub struct NodeConfig {
     pub drain_timeout: Duration,
     /// Directory key for consumer tokens, when known up front.
     pub directory_key: Option<DirectoryPublicKey>,
+    /// The operator identity whose delegation every REGISTER carries (PROTOCOL.md §17.2);
+    /// `None`: the node registers anonymously.
+    pub operator: Option<OperatorIdentity>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) directory: Option<Arc<dyn DirectoryApi>>,
 }
@@ -222,6 +226,10 @@ impl fmt::Debug for NodeConfig {
             .field("native", &self.native)
             .field("directory_url", &self.directory_url)
             .field("cx_key", &self.cx_key.as_ref().map(CxKeyPair::key_id))
+            .field(
+                "operator",
+                &self.operator.as_ref().map(OperatorIdentity::operator_id),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -274,6 +282,7 @@ pub struct NodeBuilder {
     sdk_compatibility_version: Option<String>,
     drain_timeout: Option<Duration>,
     directory_key: Option<DirectoryPublicKey>,
+    operator: Option<OperatorIdentity>,
     clock: Option<ClockSlot>,
     directory: Option<DirectorySlot>,
 }
@@ -516,6 +525,17 @@ impl NodeBuilder {
         self
     }
 
+    /// Registers as operated by `identity`: every REGISTER carries a fresh
+    /// `operator_delegation` for this node (signed at registration, valid for the
+    /// identity's delegation TTL) with `operator_display_name`, `operator_created_at`
+    /// and `operator_integrity_hash` (PROTOCOL.md §17.1–§17.2), and the node registers
+    /// again before the delegation expires. A delegation names the node id, so a node
+    /// built without [`NodeBuilder::node_id`] gets a random UUID.
+    pub fn operator(mut self, identity: OperatorIdentity) -> Self {
+        self.operator = Some(identity);
+        self
+    }
+
     /// Wall clock (default: the system clock).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(ClockSlot(clock));
@@ -588,7 +608,11 @@ impl NodeBuilder {
             (None, None) => None,
         };
         let config = NodeConfig {
-            node_id: self.node_id.filter(|s| !s.is_empty()),
+            node_id: self.node_id.filter(|s| !s.is_empty()).or_else(|| {
+                self.operator
+                    .as_ref()
+                    .map(|_| iicp_proto::ids::uuid_v4(&mut rand_core::OsRng).to_string())
+            }),
             endpoint,
             intents,
             models,
@@ -636,6 +660,7 @@ impl NodeBuilder {
             sdk_compatibility_version: sdk,
             drain_timeout: self.drain_timeout.unwrap_or(Duration::from_secs(10)),
             directory_key: self.directory_key,
+            operator: self.operator,
             clock: self
                 .clock
                 .map_or_else(|| Arc::new(SystemClock) as Arc<dyn Clock>, |c| c.0),

@@ -9,9 +9,12 @@
 //! * registers with a directory, heartbeats with the HMAC challenge, re-registers when
 //!   the directory forgets it, survives directory outages, deregisters on stop (§8.2,
 //!   §8.3, §8.6), and posts optional credit receipts (§8.11);
-//! * advertises capabilities built from its models ([`capability`], §12).
+//! * advertises capabilities built from its models ([`capability`], §12);
+//! * keeps the operator identity and saved node profiles under `~/.iicp` and signs the
+//!   operator → node delegation sent at REGISTER ([`operator`], §17).
 //!
-//! What it does not do: parse arguments, read the environment or files, print, pick
+//! What it does not do: parse arguments, read the environment or files (except the
+//! [`operator`] store under `$IICP_HOME`), print, prompt, pick
 //! ports (it never auto-increments, DESIGN §4.15), talk to model servers (a
 //! [`TaskHandler`] does; `iicp-backends` provides them), or traverse NAT (`iicp-nat`).
 //!
@@ -55,6 +58,7 @@ pub mod handler;
 mod metrics;
 mod native;
 mod node;
+pub mod operator;
 mod pipeline;
 mod ratelimit;
 mod receipt;

@@ -3,7 +3,7 @@
 //! PROTOCOL.md §8.2 (with §8.2.3 implementation metadata, §8.2.4 `current_node_token`)
 //! and §8.6.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -62,6 +62,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     pub(crate) counters: Mutex<Counters>,
     pub(crate) receipts: Arc<Semaphore>,
+    /// `not_after` of the operator delegation last accepted at REGISTER (0: none).
+    pub(crate) delegation_not_after: AtomicU64,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -159,6 +161,7 @@ impl Node {
             metrics: Metrics::new(),
             counters: Mutex::new(Counters::default()),
             receipts: Arc::new(Semaphore::new(MAX_RECEIPTS_IN_FLIGHT)),
+            delegation_not_after: AtomicU64::new(0),
             cfg,
         };
         Self {
@@ -237,6 +240,16 @@ impl Node {
             }
             req.cx_public_key = Some(adv);
         }
+        if let (Some(op), Some(node_id)) = (&cfg.operator, req.node_id.as_deref()) {
+            // §17.1–§17.2: a fresh delegation at every REGISTER
+            let delegation = op.delegate(node_id, s.unix_secs());
+            req.operator_delegation = serde_json::to_value(&delegation).ok();
+            req.operator_display_name =
+                (!op.display_name().is_empty()).then(|| op.display_name().to_owned());
+            req.operator_created_at =
+                (!op.created_at().is_empty()).then(|| op.created_at().to_owned());
+            req.operator_integrity_hash = Some(op.integrity_hash());
+        }
         req.node_hmac_key.clone_from(&cfg.node_hmac_key);
         req.backend.clone_from(&cfg.backend);
         req.sdk_language = Some("rust".to_owned());
@@ -291,7 +304,14 @@ impl Node {
                 creds.hmac_key.clone_from(&ack.node_hmac_key);
             }
         }
-        tracing::info!(node_id = ?s.node_id(), "registered with the directory");
+        let not_after = req
+            .operator_delegation
+            .as_ref()
+            .and_then(|d| d.get("not_after"))
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        s.delegation_not_after.store(not_after, Ordering::Relaxed);
+        tracing::info!(node_id = ?s.node_id(), operated = not_after > 0, "registered with the directory");
         Ok(token)
     }
 
