@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches as _, Parser, Subcommand};
 
 mod cmd;
+mod prompt;
 mod signal;
 
 /// Exit code for usage errors and invalid configuration.
@@ -42,12 +43,28 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve a provider node in front of a model server, registered with a directory.
+    Serve(cmd::serve::Args),
+    /// Create the operator identity and a saved node profile.
+    Init(cmd::init::Args),
+    /// The operator identity: show, rename, encrypt, decrypt.
+    Operator(cmd::operator::Args),
+    /// Send a chat through the mesh and print the answer.
+    Chat(cmd::chat::Args),
+    /// List the nodes a directory offers for an intent.
+    Discover(cmd::discover::Args),
+    /// Check backend, directory, port, NAT and operator identity.
+    Doctor(cmd::doctor::Args),
     /// Start a private mesh on this machine (directory + nodes) and chat through it.
     Dev(cmd::dev::Args),
     /// Run the embedded IICP directory (a private mesh needs no outside service).
     Directory(cmd::directory::Args),
     /// Print a shell completion script.
     Completion(cmd::completion::Args),
+    /// Load-test an IICP node over HTTP or the native transport.
+    Bench(cmd::bench::Args),
+    /// Run a fast OpenAI-compatible stub model server (a benchmark backend).
+    StubModel(cmd::stub_model::Args),
 }
 
 /// Parses the command line of binary `bin` and runs it.
@@ -81,8 +98,16 @@ pub fn run(bin: &'static str) -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
+            Command::Serve(args) => cmd::serve::run(args).await,
+            Command::Init(args) => cmd::init::run(args),
+            Command::Operator(args) => cmd::operator::run(args).await,
+            Command::Chat(args) => cmd::chat::run(args).await,
+            Command::Discover(args) => cmd::discover::run(args).await,
+            Command::Doctor(args) => cmd::doctor::run(args).await,
             Command::Dev(args) => cmd::dev::run(args).await,
             Command::Directory(args) => cmd::directory::run(args).await,
+            Command::Bench(args) => cmd::bench::run(args).await,
+            Command::StubModel(args) => cmd::stub_model::run(args).await,
             Command::Completion(args) => {
                 cmd::completion::run(args, bin, &mut Cli::command().name(bin))
             }

@@ -2,29 +2,30 @@
 
 use iicp_transport::shutdown::Trigger;
 
-/// Fires `trigger` on the first SIGINT or SIGTERM.
+/// Fires `trigger` on the first SIGINT or SIGTERM. The handlers are installed before
+/// this returns (a signal arriving right after it is not lost); call it inside the
+/// runtime.
 pub(crate) fn on_terminate(trigger: Trigger) {
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = match signal(SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    trigger.fire();
-                    return;
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
                 }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+                tracing::info!("shutting down");
+                trigger.fire();
+            });
+            return;
         }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+    }
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down");
         trigger.fire();
     });

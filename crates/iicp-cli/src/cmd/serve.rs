@@ -1,0 +1,790 @@
+//! `serve`: run a provider node in front of a model server, registered with a directory
+//! (SEED-SDK.md §2.2–§2.4). Configuration layers: saved node profile (`--node NAME`,
+//! `~/.iicp/nodes/NAME.json`) → environment → flags, then the defaults. All
+//! validation happens before any network I/O (exit 2).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use iicp_backends::{BackendConfig, BackendKind};
+use iicp_node::operator::{Home, NodeProfile, OperatorError, OperatorIdentity};
+use iicp_node::{BackendHandler, EchoModel, Node, ServeHandle, ServeOptions};
+use iicp_proto::crypto::cx::CxKeyPair;
+use iicp_proto::secret::Secret;
+use iicp_transport::http::client::{HttpClient, HttpClientConfig};
+use iicp_transport::shutdown;
+
+use super::UsageError;
+
+/// The public mesh directory.
+pub(crate) const DEFAULT_DIRECTORY: &str = "https://iicp.network/api";
+/// The chat intent.
+pub(crate) const CHAT: &str = "urn:iicp:intent:llm:chat:v1";
+const DEFAULT_PORT: u16 = 9484;
+const PORT_TRIES: u16 = 64;
+
+/// Arguments of `serve`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Saved node profile to load (~/.iicp/nodes/NAME.json, created by `init`).
+    #[arg(long, env = "IICP_NODE_NAME", value_name = "NAME")]
+    node: Option<String>,
+    /// Model to serve (auto-selected when the backend lists exactly one).
+    #[arg(long, env = "IICP_BACKEND_MODEL", value_name = "NAME")]
+    model: Option<String>,
+    /// Model server URL [default: http://localhost:11434; anthropic: https://api.anthropic.com].
+    #[arg(long, env = "IICP_BACKEND_URL", value_name = "URL")]
+    backend_url: Option<String>,
+    /// Backend type: openai_compat, vllm, llamacpp, anthropic [default: openai_compat].
+    #[arg(long, env = "IICP_BACKEND_TYPE", value_name = "TYPE")]
+    backend_type: Option<String>,
+    /// API key of the backend (Bearer; `x-api-key` for anthropic).
+    #[arg(
+        long,
+        env = "IICP_BACKEND_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    backend_api_key: Option<String>,
+    /// Externally reachable URL of this node (disables port auto-increment).
+    #[arg(long, env = "IICP_PUBLIC_ENDPOINT", value_name = "URL")]
+    public_endpoint: Option<String>,
+    /// Directory base URL [default: https://iicp.network/api].
+    #[arg(long, env = "IICP_DIRECTORY_URL", value_name = "URL")]
+    directory_url: Option<String>,
+    /// Region (registered as `unknown` when empty).
+    #[arg(long, env = "IICP_REGION")]
+    region: Option<String>,
+    /// Intent served [default: urn:iicp:intent:llm:chat:v1].
+    #[arg(long, env = "IICP_INTENT", value_name = "URN")]
+    intent: Option<String>,
+    /// Concurrent tasks, 1-256 [default: 4].
+    #[arg(long, env = "IICP_MAX_CONCURRENT", value_name = "N")]
+    max_concurrent: Option<u32>,
+    /// Node id [default: the saved profile's, else a random UUID].
+    #[arg(long, env = "IICP_NODE_ID", value_name = "ID")]
+    node_id: Option<String>,
+    /// Port; the first free one of the next 64 is taken unless --public-endpoint is set [default: 9484].
+    #[arg(long, env = "IICP_PORT", value_name = "N")]
+    port: Option<u16>,
+    /// Address to bind [default: :: (dual stack)].
+    #[arg(long, env = "IICP_HOST", value_name = "HOST")]
+    host: Option<String>,
+    /// Serve without registering with a directory (no heartbeat).
+    #[arg(long, env = "IICP_SKIP_REGISTRATION", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    skip_registration: bool,
+    /// Detect NAT reachability at startup (the default).
+    #[arg(long, env = "IICP_AUTO_DETECT_NAT", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    auto_detect_nat: bool,
+    /// Do not detect NAT reachability (overrides --auto-detect-nat and the environment).
+    #[arg(long)]
+    no_auto_detect_nat: bool,
+    /// Offer relay service to nodes behind CGNAT (advertised at registration).
+    #[arg(long, env = "IICP_RELAY_CAPABLE", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    relay_capable: bool,
+    /// TCP port of the relay accept server [default: 9485].
+    #[arg(long, env = "IICP_RELAY_ACCEPT_PORT", value_name = "N")]
+    relay_accept_port: Option<u16>,
+    /// Relay host:port to reach this node through (disables relay auto-election).
+    #[arg(long, env = "IICP_RELAY_WORKER_ENDPOINT", value_name = "HOST:PORT")]
+    relay_worker_endpoint: Option<String>,
+    /// Do not serve the native IICP transport on the HTTP port.
+    #[arg(long, env = "IICP_DISABLE_NATIVE_TRANSPORT", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    no_native: bool,
+}
+
+/// What answers the tasks.
+pub(crate) enum Backend {
+    /// The built-in deterministic echo model (testing and demos).
+    Echo,
+    /// A model server.
+    Server {
+        kind: BackendKind,
+        base_url: String,
+        api_key: Option<Secret>,
+    },
+}
+
+impl Backend {
+    /// Parses `--backend-type` / `--backend-url` / `--backend-api-key` (usage errors).
+    /// The hidden type `echo` is the built-in echo model, for tests and demos.
+    pub(crate) fn from_flags(
+        backend_type: Option<&str>,
+        backend_url: Option<&str>,
+        api_key: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let ty = backend_type.filter(|t| !t.is_empty());
+        if ty.is_some_and(|t| t.eq_ignore_ascii_case("echo")) {
+            return Ok(Backend::Echo);
+        }
+        let url = backend_url.filter(|u| !u.is_empty());
+        let kind: BackendKind = match ty {
+            Some(t) => t
+                .parse()
+                .map_err(|e: iicp_backends::UnknownBackend| UsageError(e.to_string()))?,
+            // a saved profile has no backend type: infer Anthropic from its URL
+            None if url.is_some_and(|u| u.contains("api.anthropic.com")) => BackendKind::Anthropic,
+            None => BackendKind::OpenAiCompat,
+        };
+        let base_url = match url {
+            Some(u) => {
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    return Err(UsageError(format!(
+                        "--backend-url must be an http(s) URL, got {u:?}"
+                    ))
+                    .into());
+                }
+                // the adapters expect the API root ending in /v1 (SEED-SDK §2.3 step 13)
+                let u = u.trim_end_matches('/');
+                if u.ends_with("/v1") {
+                    u.to_owned()
+                } else {
+                    format!("{u}/v1")
+                }
+            }
+            None => kind.default_base_url().to_owned(),
+        };
+        Ok(Backend::Server {
+            kind,
+            base_url,
+            api_key: api_key.filter(|k| !k.is_empty()).map(Secret::new),
+        })
+    }
+
+    /// `echo (built-in)` or `<type> <url>`.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Backend::Echo => "echo (built-in test model)".to_owned(),
+            Backend::Server { kind, base_url, .. } => format!("{kind} {base_url}"),
+        }
+    }
+
+    /// The models the backend lists (`["echo"]` for the echo model).
+    pub(crate) async fn models(&self, http: &HttpClient) -> Result<Vec<String>, String> {
+        match self {
+            Backend::Echo => Ok(vec!["echo".to_owned()]),
+            Backend::Server {
+                base_url, api_key, ..
+            } => iicp_backends::list_models(http, base_url, api_key.as_ref())
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// An HTTP client for short probes (model lists, directory health).
+pub(crate) fn probe_client() -> anyhow::Result<HttpClient> {
+    let mut cfg = HttpClientConfig::default();
+    cfg.request_timeout = Duration::from_secs(5);
+    HttpClient::new(cfg).context("creating the HTTP client")
+}
+
+pub(crate) fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The configuration root, as a usage error when it cannot be found.
+pub(crate) fn home() -> anyhow::Result<Home> {
+    Home::from_env().map_err(|e| UsageError(e.to_string()).into())
+}
+
+/// File problems the user must fix (permissions, bad JSON, bad names) are usage errors.
+pub(crate) fn operator_error(e: OperatorError) -> anyhow::Error {
+    match e {
+        OperatorError::Read { .. }
+        | OperatorError::Write { .. }
+        | OperatorError::Directory { .. }
+        | OperatorError::AtRest(_) => anyhow::Error::new(e),
+        other => UsageError(other.to_string()).into(),
+    }
+}
+
+fn parse_host(host: &str) -> anyhow::Result<IpAddr> {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    match h {
+        "" | "0.0.0.0" => Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        "localhost" => Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        _ => h
+            .parse()
+            .map_err(|_| UsageError(format!("--host must be an IP address, got {host:?}")).into()),
+    }
+}
+
+/// The first port from `start` (up to 64) that `host` can bind; `start` when none.
+fn first_free_port(host: IpAddr, start: u16) -> u16 {
+    for p in start..start.saturating_add(PORT_TRIES) {
+        if std::net::TcpListener::bind(SocketAddr::new(host, p)).is_ok() {
+            return p;
+        }
+    }
+    start
+}
+
+/// The endpoint advertised when no public endpoint is given.
+fn local_endpoint(host: IpAddr, port: u16) -> String {
+    match host {
+        IpAddr::V6(v6) if v6 == Ipv6Addr::LOCALHOST => format!("http://[::1]:{port}"),
+        h if h.is_unspecified() || h.is_loopback() => format!("http://127.0.0.1:{port}"),
+        IpAddr::V4(v4) => format!("http://{v4}:{port}"),
+        IpAddr::V6(v6) => format!("http://[{v6}]:{port}"),
+    }
+}
+
+fn is_private_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => {
+            v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified()
+        }
+        Ok(IpAddr::V6(v6)) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+        Err(_) => host == "localhost" || !host.contains('.') || host.ends_with(".local"),
+    }
+}
+
+/// The operator identity for serving: `None` (anonymous, with a one-time notice) when
+/// there is no key-backed identity. Never prompts; an encrypted key needs
+/// `IICP_OPERATOR_PASSPHRASE`.
+fn operator_identity(home: Option<&Home>) -> anyhow::Result<Option<OperatorIdentity>> {
+    let file = match home
+        .map(Home::load_operator)
+        .transpose()
+        .map_err(operator_error)?
+    {
+        Some(Some(f)) if f.is_key_backed() => f,
+        _ => {
+            anonymous_notice(home);
+            return Ok(None);
+        }
+    };
+    let pass = std::env::var(crate::prompt::PASSPHRASE_ENV)
+        .ok()
+        .filter(|p| !p.is_empty())
+        .map(zeroize::Zeroizing::new);
+    match file.unlock(pass.as_deref().map(String::as_str)) {
+        Ok(identity) => Ok(Some(identity)),
+        Err(OperatorError::PassphraseRequired) => Err(UsageError(format!(
+            "the operator secret is encrypted: set {} (serve never prompts)",
+            crate::prompt::PASSPHRASE_ENV
+        ))
+        .into()),
+        Err(e) => Err(operator_error(e)),
+    }
+}
+
+/// Printed once per configuration root (a marker file remembers it); later starts log a
+/// single line.
+fn anonymous_notice(home: Option<&Home>) {
+    let marker = home.map(|h| h.root().join("state").join("anonymous-notice-shown"));
+    if marker.as_ref().is_some_and(|m| m.exists()) {
+        tracing::info!("no operator identity: registering anonymously (run `iicp init`)");
+        return;
+    }
+    eprintln!(
+        "NOTICE: no operator identity - this node registers anonymously.\n        \
+         Run `iicp init` to create an operator identity (one key for all your nodes),\n        \
+         then restart; the directory will show your nodes under your display name."
+    );
+    if let Some(m) = marker {
+        let _ = iicp_node::operator::write_private_atomic(&m, b"1\n");
+    }
+}
+
+struct Resolved {
+    backend: Backend,
+    model: Option<String>,
+    directory: Option<String>,
+    region: String,
+    intent: String,
+    max_concurrent: u32,
+    node_id: String,
+    port: u16,
+    host: IpAddr,
+    public_endpoint: Option<String>,
+}
+
+fn nonempty(s: Option<&str>) -> Option<String> {
+    s.map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// flag/env > saved profile > default, validated.
+fn resolve(args: &Args, profile: Option<&NodeProfile>) -> anyhow::Result<Resolved> {
+    let p = |f: fn(&NodeProfile) -> &str| profile.and_then(|p| nonempty(Some(f(p))));
+    let backend = Backend::from_flags(
+        args.backend_type.as_deref(),
+        nonempty(args.backend_url.as_deref())
+            .or_else(|| p(|p| &p.backend_url))
+            .as_deref(),
+        args.backend_api_key.as_deref(),
+    )?;
+    let directory = if args.skip_registration {
+        None
+    } else {
+        let d = nonempty(args.directory_url.as_deref())
+            .or_else(|| p(|p| &p.directory_url))
+            .unwrap_or_else(|| DEFAULT_DIRECTORY.to_owned());
+        if !(d.starts_with("http://") || d.starts_with("https://")) {
+            return Err(
+                UsageError(format!("--directory-url must be an http(s) URL, got {d:?}")).into(),
+            );
+        }
+        Some(d.trim_end_matches('/').to_owned())
+    };
+    let public_endpoint =
+        nonempty(args.public_endpoint.as_deref()).or_else(|| p(|p| &p.public_endpoint));
+    if let Some(e) = &public_endpoint {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            return Err(UsageError(format!(
+                "--public-endpoint must be an http(s) URL, got {e:?}"
+            ))
+            .into());
+        }
+    }
+    let intent = nonempty(args.intent.as_deref())
+        .or_else(|| p(|p| &p.intent))
+        .unwrap_or_else(|| CHAT.to_owned());
+    iicp_proto::intent::Intent::new(intent.as_str())
+        .map_err(|e| UsageError(format!("--intent {intent:?}: {e}")))?;
+    let max_concurrent = args
+        .max_concurrent
+        .or_else(|| profile.map(|p| p.max_concurrent))
+        .unwrap_or(4);
+    if !(1..=256).contains(&max_concurrent) {
+        return Err(UsageError("--max-concurrent must be 1-256".into()).into());
+    }
+    let region = nonempty(args.region.as_deref())
+        .or_else(|| p(|p| &p.region))
+        .unwrap_or_else(|| "unknown".to_owned());
+    if region.chars().count() > 64 {
+        return Err(UsageError("--region must be at most 64 characters".into()).into());
+    }
+    let node_id: String = nonempty(args.node_id.as_deref())
+        .or_else(|| p(|p| &p.node_id))
+        .unwrap_or_else(|| iicp_proto::ids::uuid_v4(&mut rand_core_rng()).to_string())
+        .chars()
+        .take(36)
+        .collect();
+    let host_text = nonempty(args.host.as_deref())
+        .or_else(|| p(|p| &p.host))
+        .unwrap_or_else(|| "::".to_owned());
+    let host = parse_host(&host_text)?;
+    let port = args
+        .port
+        .or_else(|| profile.map(|p| p.port))
+        .unwrap_or(DEFAULT_PORT);
+    if args.relay_capable && args.relay_accept_port.unwrap_or(9485) == port && port != 0 {
+        return Err(UsageError(format!(
+            "--relay-accept-port {port} collides with the node port; choose another"
+        ))
+        .into());
+    }
+    if let Some(w) = &args.relay_worker_endpoint {
+        if w.rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(UsageError(format!(
+                "--relay-worker-endpoint must be host:port, got {w:?}"
+            ))
+            .into());
+        }
+    }
+    Ok(Resolved {
+        backend,
+        model: nonempty(args.model.as_deref()).or_else(|| p(|p| &p.model)),
+        directory,
+        region,
+        intent,
+        max_concurrent,
+        node_id,
+        port,
+        host,
+        public_endpoint,
+    })
+}
+
+fn rand_core_rng() -> rand_core::OsRng {
+    rand_core::OsRng
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    // 1. configuration (no network I/O before it is valid)
+    let home = match &args.node {
+        Some(_) => Some(home()?),
+        None => Home::from_env().ok(),
+    };
+    let profile = match (&args.node, &home) {
+        (Some(name), Some(h)) => {
+            Some(h.load_node(name).map_err(operator_error)?.ok_or_else(|| {
+                UsageError(format!(
+                    "no saved node {name:?} (expected {}); run `iicp init`",
+                    h.node_path(name)
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                ))
+            })?)
+        }
+        _ => None,
+    };
+    let cfg = resolve(&args, profile.as_ref())?;
+    let operator = operator_identity(home.as_ref())?;
+    let http = probe_client()?;
+
+    // 2. model auto-selection (SEED-SDK §2.3 step 5)
+    let listed = cfg.backend.models(&http).await;
+    let model = match (&cfg.model, &listed) {
+        (Some(m), _) => m.clone(),
+        (None, Ok(models)) if models.len() == 1 => {
+            tracing::info!(model = %models[0], "auto-selected the backend's only model");
+            models[0].clone()
+        }
+        (None, Ok(models)) if models.is_empty() => {
+            return Err(UsageError("--model is required: the backend lists no model".into()).into())
+        }
+        (None, Ok(models)) => {
+            return Err(UsageError(format!(
+                "--model is required: the backend lists several ({})",
+                models.join(", ")
+            ))
+            .into())
+        }
+        (None, Err(e)) => {
+            return Err(UsageError(format!(
+                "--model is required (the backend's model list is unavailable: {e})"
+            ))
+            .into())
+        }
+    };
+    let mut models = vec![model.clone()];
+    if let Ok(all) = &listed {
+        let extra: Vec<String> = all.iter().filter(|m| **m != model).cloned().collect();
+        if !extra.is_empty() {
+            tracing::info!("advertising {} additional model(s)", extra.len());
+        }
+        models.extend(extra);
+    }
+    if let Backend::Server {
+        kind: BackendKind::OpenAiCompat,
+        base_url,
+        api_key,
+    } = &cfg.backend
+    {
+        let flavour = iicp_backends::detect_flavour(&http, base_url, api_key.as_ref()).await;
+        eprintln!("backend detected: {}", flavour.as_str());
+    }
+
+    // 3. port auto-increment (SEED-SDK §2.4)
+    let port = if cfg.public_endpoint.is_none() && cfg.port != 0 {
+        let free = first_free_port(cfg.host, cfg.port);
+        if free != cfg.port {
+            tracing::warn!(
+                "port {} in use — auto-incremented to first free port {free}.",
+                cfg.port
+            );
+        }
+        free
+    } else {
+        cfg.port
+    };
+    let endpoint = cfg
+        .public_endpoint
+        .clone()
+        .unwrap_or_else(|| local_endpoint(cfg.host, port));
+
+    // 4. NAT (the seam: iicp-nat's detection plugs in here)
+    let nat_on = !args.no_auto_detect_nat && cfg.public_endpoint.is_none();
+    let tier = if nat_on {
+        tracing::info!(
+            "NAT detection is not available in this build yet; serving on {endpoint} as given"
+        );
+        "direct (NAT detection not available yet)"
+    } else {
+        "direct"
+    };
+    if args.relay_worker_endpoint.is_some() {
+        tracing::warn!("--relay-worker-endpoint: the relay worker client is not available in this build yet; ignored");
+    }
+
+    // 5. the node
+    let mut register = cfg.directory.is_some();
+    if register && is_private_url(&endpoint) {
+        let dir_private = cfg.directory.as_deref().is_some_and(is_private_url);
+        if !dir_private {
+            tracing::warn!(
+                "endpoint {endpoint} is private and no relay is configured: registration with {} skipped (pass --public-endpoint)",
+                cfg.directory.as_deref().unwrap_or_default()
+            );
+            register = false;
+        }
+    }
+    let mut builder = Node::builder()
+        .node_id(cfg.node_id.clone())
+        .endpoint(endpoint.clone())
+        .intent(cfg.intent.clone())
+        .models(models.clone())
+        .region(cfg.region.clone())
+        .max_concurrent(cfg.max_concurrent)
+        .native(!args.no_native)
+        .relay_capable(args.relay_capable)
+        .backend(match &cfg.backend {
+            Backend::Echo => "echo".to_owned(),
+            Backend::Server { kind, .. } => kind.to_string(),
+        });
+    if let Some(p) = args.relay_accept_port {
+        builder = builder.relay_accept_port(p);
+    }
+    if let (true, Some(d)) = (register, &cfg.directory) {
+        builder = builder.directory_url(d.clone());
+    }
+    if let Some(op) = &operator {
+        builder = builder.operator(op.clone());
+    }
+    // the CX key persists with a saved profile
+    let persist = match (&args.node, &home) {
+        (Some(_), Some(h)) => Some(h),
+        _ => None,
+    };
+    if let Some(h) = persist {
+        let key = match h.load_cx_key(&cfg.node_id).map_err(operator_error)? {
+            Some(k) => k,
+            None => {
+                let k = CxKeyPair::generate(&mut rand_core_rng());
+                h.save_cx_key(&cfg.node_id, &k).map_err(operator_error)?;
+                k
+            }
+        };
+        builder = builder.cx_key(key);
+    }
+    let node = builder
+        .build()
+        .map_err(|e| UsageError(format!("invalid node configuration: {e}")))?;
+    let saved_token = profile.as_ref().and_then(|p| p.node_token.clone());
+    if register {
+        if let Some(t) = saved_token.clone() {
+            node.set_node_token(t); // ownership proof for re-registration (§8.2.4)
+        }
+    }
+    let options = ServeOptions::new(cfg.host, port).with_register(register);
+    let handle = match &cfg.backend {
+        Backend::Echo => node.serve(EchoModel::default(), options).await,
+        Backend::Server {
+            kind,
+            base_url,
+            api_key,
+        } => {
+            let mut bc = BackendConfig::new(*kind);
+            bc.base_url = Some(base_url.clone());
+            bc.model = Some(model.clone());
+            bc.api_key = api_key.clone();
+            let backend = iicp_backends::build(bc).map_err(|e| UsageError(e.to_string()))?;
+            node.serve(BackendHandler::new(backend), options).await
+        }
+    }
+    .with_context(|| format!("serving on port {port}"))?;
+
+    // 6. registration: with a saved token, register now (the background loop would
+    //    only heartbeat); otherwise the background loop registers at once.
+    let mut registered = false;
+    if register {
+        if saved_token.is_some() {
+            registered = register_now(&node).await;
+        } else {
+            registered = wait_registered(&node, Duration::from_secs(10)).await;
+        }
+    }
+    let (trigger, mut stop) = shutdown::channel();
+    crate::signal::on_terminate(trigger);
+    summary(
+        &handle,
+        &cfg,
+        &endpoint,
+        tier,
+        &models,
+        register,
+        registered,
+        operator.as_ref(),
+        !args.no_native,
+    );
+
+    // 7. persist the profile's node token when it changes, until a signal arrives
+    let mut saved = saved_token;
+    loop {
+        if let (Some(h), Some(p)) = (persist, &profile) {
+            let now = node.node_token();
+            if now != saved {
+                save_token(h, p, &cfg.node_id, now.clone());
+                saved = now;
+            }
+        }
+        tokio::select! {
+            _ = stop.fired() => break,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    let stopped = handle.stop().await;
+    if stopped.deregistered {
+        println!("deregistered {}", cfg.node_id);
+        if let (Some(h), Some(p)) = (persist, &profile) {
+            save_token(h, p, &cfg.node_id, None);
+        }
+    }
+    println!("stopped");
+    Ok(())
+}
+
+fn save_token(home: &Home, profile: &NodeProfile, node_id: &str, token: Option<Secret>) {
+    let mut p = profile.clone();
+    p.node_id = node_id.to_owned();
+    p.node_token = token;
+    if let Err(e) = home.save_node(&p) {
+        tracing::warn!(error = %e, "could not save the node profile");
+    }
+}
+
+async fn register_now(node: &Node) -> bool {
+    for (attempt, pause) in [(1, 2), (2, 4), (3, 0)] {
+        match node.register().await {
+            Ok(_) => return true,
+            Err(e) => {
+                if pause == 0 {
+                    tracing::warn!(error = %e, "registration failed; retrying in the background");
+                    node.set_node_token(Secret::default());
+                } else {
+                    tracing::warn!(error = %e, "registration attempt {attempt} failed — retrying in {pause}s");
+                    tokio::time::sleep(Duration::from_secs(pause)).await;
+                }
+            }
+        }
+    }
+    false
+}
+
+async fn wait_registered(node: &Node, within: Duration) -> bool {
+    let start = tokio::time::Instant::now();
+    while node.node_token().is_none() {
+        if start.elapsed() > within {
+            tracing::warn!("not registered yet; retrying in the background");
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    true
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summary(
+    handle: &ServeHandle,
+    cfg: &Resolved,
+    endpoint: &str,
+    tier: &str,
+    models: &[String],
+    register: bool,
+    registered: bool,
+    operator: Option<&OperatorIdentity>,
+    native: bool,
+) {
+    let node = handle.node();
+    let native_ep = if native {
+        iicp_transport::native::NativeEndpoint::from_http(endpoint)
+            .map(|e| format!(" (native {e})"))
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    println!(
+        "IICP node {}",
+        node.node_id().unwrap_or_else(|| cfg.node_id.clone())
+    );
+    println!("  listening  {}", handle.local_addr());
+    println!("  endpoint   {endpoint}{native_ep}");
+    println!("  tier       {tier}");
+    println!("  backend    {}", cfg.backend.describe());
+    println!("  models     {}", models.join(", "));
+    println!("  intent     {}", cfg.intent);
+    let dir = match (&cfg.directory, register, registered) {
+        (None, _, _) => "none (--skip-registration)".to_owned(),
+        (Some(d), false, _) => format!("{d} (registration skipped)"),
+        (Some(d), true, true) => format!("{d} (registered)"),
+        (Some(d), true, false) => format!("{d} (registering in the background)"),
+    };
+    println!("  directory  {dir}");
+    match operator {
+        Some(op) => {
+            let name = if op.display_name().is_empty() {
+                "(no display name)".to_owned()
+            } else {
+                format!("{:?}", op.display_name())
+            };
+            let id = op.operator_id();
+            println!("  operator   {name} {}…", id.get(..12).unwrap_or(&id));
+        }
+        None => println!("  operator   anonymous"),
+    }
+    println!(
+        "serving {} on {} (max_concurrent={})",
+        cfg.intent,
+        handle.local_addr(),
+        cfg.max_concurrent
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_defaults() {
+        let Backend::Server { kind, base_url, .. } =
+            Backend::from_flags(Some("anthropic"), None, None).expect("ok")
+        else {
+            panic!("server")
+        };
+        assert_eq!(kind, BackendKind::Anthropic);
+        assert_eq!(base_url, "https://api.anthropic.com/v1");
+        let Backend::Server { base_url, .. } =
+            Backend::from_flags(None, Some("http://h:11434/"), None).expect("ok")
+        else {
+            panic!("server")
+        };
+        assert_eq!(base_url, "http://h:11434/v1");
+        assert!(matches!(
+            Backend::from_flags(Some("echo"), None, None),
+            Ok(Backend::Echo)
+        ));
+        assert!(Backend::from_flags(Some("bogus"), None, None).is_err());
+        assert!(Backend::from_flags(None, Some("ftp://x"), None).is_err());
+    }
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            local_endpoint(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 9484),
+            "http://127.0.0.1:9484"
+        );
+        assert_eq!(
+            local_endpoint("10.0.0.2".parse().expect("ip"), 1),
+            "http://10.0.0.2:1"
+        );
+        assert!(is_private_url("http://127.0.0.1:9484"));
+        assert!(is_private_url("http://[::1]:9484"));
+        assert!(!is_private_url("https://node.example.com"));
+    }
+}
