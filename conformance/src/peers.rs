@@ -861,3 +861,18 @@ impl Drop for Mesh {
         self.trigger.fire();
     }
 }
+
+/// A chat task for the interop tests. QoS `best-effort`: the nodes of a fresh mesh have no
+/// task history, and some directories gate `interactive` on it.
+pub fn chat_task(prompt: &str) -> iicp_client::Task {
+    iicp_client::Task::new(
+        CHAT,
+        serde_json::json!({"messages": [{"role": "user", "content": prompt}]}),
+    )
+    .with_qos(iicp_proto::task::Qos::BestEffort)
+}
+
+/// The text of the first choice of a chat task's result.
+pub fn reply(r: &iicp_client::TaskResult) -> &Value {
+    &r.result()["choices"][0]["message"]["content"]
+}

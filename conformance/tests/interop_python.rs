@@ -14,13 +14,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use iicp_client::{Encryption, ErrorCode, Task, TaskResult, Transport, TransportUsed};
+use iicp_client::{Encryption, ErrorCode, Transport, TransportUsed};
 use iicp_conformance::peers::{
-    self, python_node, Mesh, OpenAiStub, PeerCx, PeerProcess, Scratch, CHAT, ECHO_MODEL,
-    PYTHON_VAR, STUB_MODEL,
+    self, python_node, Mesh, OpenAiStub, PeerCx, PeerProcess, Scratch, ECHO_MODEL, PYTHON_VAR,
+    STUB_MODEL,
 };
 use iicp_node::handler::Transport as Arrival;
-use iicp_proto::task::{ChatMessage, Qos};
+use iicp_proto::task::ChatMessage;
 use serde_json::{json, Value};
 
 const REGISTER_WITHIN: Duration = Duration::from_secs(60);
@@ -37,17 +37,7 @@ fn python() -> Option<PathBuf> {
     }
 }
 
-fn chat_task(prompt: &str) -> Task {
-    Task::new(
-        CHAT,
-        json!({"messages": [{"role": "user", "content": prompt}]}),
-    )
-    .with_qos(Qos::BestEffort)
-}
-
-fn reply(r: &TaskResult) -> &Value {
-    &r.result()["choices"][0]["message"]["content"]
-}
+use peers::{chat_task, reply};
 
 /// The Python node's discovery entry, once it registered.
 async fn python_entry(mesh: &Mesh, node: &mut PeerProcess) -> Value {

@@ -17,13 +17,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use iicp_client::{Encryption, ErrorCode, Task, TaskResult, Transport, TransportUsed};
+use iicp_client::{Encryption, ErrorCode, Transport, TransportUsed};
 use iicp_conformance::peers::{
-    self, rust_sdk_endpoint, rust_sdk_node, Mesh, OpenAiStub, PeerCx, PeerProcess, Scratch, CHAT,
+    self, rust_sdk_endpoint, rust_sdk_node, Mesh, OpenAiStub, PeerCx, PeerProcess, Scratch,
     ECHO_MODEL, RUST_SDK_VAR,
 };
 use iicp_node::handler::Transport as Arrival;
-use iicp_proto::task::{ChatMessage, Qos};
+use iicp_proto::task::ChatMessage;
 use serde_json::{json, Value};
 
 const REGISTER_WITHIN: Duration = Duration::from_secs(60);
@@ -40,17 +40,7 @@ fn rust_sdk() -> Option<PathBuf> {
     }
 }
 
-fn chat_task(prompt: &str) -> Task {
-    Task::new(
-        CHAT,
-        json!({"messages": [{"role": "user", "content": prompt}]}),
-    )
-    .with_qos(Qos::BestEffort)
-}
-
-fn reply(r: &TaskResult) -> &Value {
-    &r.result()["choices"][0]["message"]["content"]
-}
+use peers::{chat_task, reply};
 
 /// Starts the Rust SDK node and returns it with its discovery entry once registered.
 async fn registered_rust_node(
