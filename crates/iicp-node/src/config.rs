@@ -687,6 +687,14 @@ pub(crate) fn url_host(url: &str) -> Option<&str> {
     (!host.is_empty()).then_some(host)
 }
 
+/// Whether an `http(s)://` endpoint is only reachable on this machine or its LAN:
+/// loopback, private, link-local, CGNAT or a local-only name (DESIGN §4.12). A URL
+/// without a host counts as private. Such an endpoint registers only with a directory
+/// that is itself private ([`crate::Node::register`]).
+pub fn is_private_endpoint(url: &str) -> bool {
+    url_host(url).is_none_or(is_private_host)
+}
+
 /// Whether a host is loopback, private, link-local or a local-only name (DESIGN §4.12).
 pub(crate) fn is_private_host(host: &str) -> bool {
     use std::net::IpAddr;

@@ -66,7 +66,9 @@ mod routes;
 mod serve;
 
 pub use backend::{BackendHandler, EchoModel};
-pub use config::{AuthMode, Backoff, ConfigError, NodeBuilder, NodeConfig, RateLimit};
+pub use config::{
+    is_private_endpoint, AuthMode, Backoff, ConfigError, NodeBuilder, NodeConfig, RateLimit,
+};
 pub use directory::{DirectoryApi, DirectoryError, HttpDirectory};
 pub use error::Error;
 pub use handler::{HandlerError, Task, TaskHandler, TaskOutput};

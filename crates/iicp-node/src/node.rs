@@ -18,8 +18,8 @@ use tokio::sync::Semaphore;
 use crate::capability::build_capabilities_for;
 use crate::clock::iso8601;
 use crate::config::{
-    is_private_host, url_host, NodeBuilder, NodeConfig, IMPLEMENTATION_NAME,
-    IMPLEMENTATION_VERSION, NATIVE_CX_V1,
+    is_private_endpoint, NodeBuilder, NodeConfig, IMPLEMENTATION_NAME, IMPLEMENTATION_VERSION,
+    NATIVE_CX_V1,
 };
 use crate::dedup::Dedup;
 use crate::error::Error;
@@ -269,14 +269,12 @@ impl Node {
     pub async fn register(&self) -> Result<Secret, Error> {
         let s = &self.shared;
         let dir = s.cfg.directory.clone().ok_or(Error::NoDirectory)?;
-        let endpoint_private = url_host(&s.cfg.endpoint).is_some_and(is_private_host);
-        if endpoint_private {
+        if is_private_endpoint(&s.cfg.endpoint) {
             let dir_private = s
                 .cfg
                 .directory_url
                 .as_deref()
-                .and_then(url_host)
-                .is_none_or(is_private_host);
+                .is_none_or(is_private_endpoint);
             if !dir_private {
                 return Err(Error::PrivateEndpoint);
             }

@@ -233,29 +233,9 @@ fn local_endpoint(host: IpAddr, port: u16) -> String {
     }
 }
 
+/// The node's rule for LAN-only endpoints (one rule for node and CLI).
 fn is_private_url(url: &str) -> bool {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .unwrap_or(url);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = if let Some(v6) = authority.strip_prefix('[') {
-        v6.split(']').next().unwrap_or_default()
-    } else {
-        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
-    };
-    match host.parse::<IpAddr>() {
-        Ok(IpAddr::V4(v4)) => {
-            v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified()
-        }
-        Ok(IpAddr::V6(v6)) => {
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
-        }
-        Err(_) => host == "localhost" || !host.contains('.') || host.ends_with(".local"),
-    }
+    iicp_node::is_private_endpoint(url)
 }
 
 /// The operator identity for serving: `None` (anonymous, with a one-time notice) when
@@ -659,22 +639,17 @@ fn save_token(home: &Home, profile: &NodeProfile, node_id: &str, token: Option<S
     }
 }
 
+/// Refreshes the registration at start with the saved token as ownership proof. On
+/// failure the node's background loop takes over: it heartbeats with the saved token and
+/// registers again (sending it as `current_node_token`) when the directory lost the node.
 async fn register_now(node: &Node) -> bool {
-    for (attempt, pause) in [(1, 2), (2, 4), (3, 0)] {
-        match node.register().await {
-            Ok(_) => return true,
-            Err(e) => {
-                if pause == 0 {
-                    tracing::warn!(error = %e, "registration failed; retrying in the background");
-                    node.set_node_token(Secret::default());
-                } else {
-                    tracing::warn!(error = %e, "registration attempt {attempt} failed — retrying in {pause}s");
-                    tokio::time::sleep(Duration::from_secs(pause)).await;
-                }
-            }
+    match node.register().await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "registration failed; retrying in the background");
+            false
         }
     }
-    false
 }
 
 async fn wait_registered(node: &Node, within: Duration) -> bool {
