@@ -12,6 +12,7 @@
 //!   `anthropic` (`https://api.anthropic.com/v1`, the Messages API mapped to and from
 //!   the OpenAI chat-completion shape).
 //! * [`detect_flavour`] — what kind of OpenAI-compatible server answers at a URL.
+//! * [`stub::StubModel`] — a fast OpenAI-compatible stub model server (benchmarks, demos).
 //!
 //! Every result of `llm:chat:v1` is an OpenAI chat-completion object, whichever server
 //! produced it. Errors are [`BackendError`]s carrying an IICP [`ErrorCode`]
@@ -45,6 +46,7 @@ mod detect;
 #[cfg(feature = "openai-compat")]
 pub mod openai;
 pub mod sse;
+pub mod stub;
 
 pub use detect::{detect_flavour, list_models, Flavour};
 

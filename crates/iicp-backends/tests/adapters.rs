@@ -618,3 +618,54 @@ async fn model_listing_and_flavour_detection() {
         Flavour::Custom
     );
 }
+
+#[tokio::test]
+async fn the_stub_model_serves_what_the_adapters_ask() {
+    let stub = iicp_backends::stub::StubModel::new("stub-model", Duration::ZERO);
+    let server = HttpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let (_trigger, sd) = shutdown::channel();
+    tokio::spawn(server.serve(stub.router(), sd));
+    let mut cfg = BackendConfig::new(BackendKind::OpenAiCompat);
+    cfg.base_url = Some(format!("http://{addr}/v1"));
+    let backend = build(cfg).expect("build");
+    assert_eq!(backend.models().await.expect("models"), ["stub-model"]);
+    let out = backend
+        .execute(
+            CHAT_INTENT,
+            &json!({"messages": [{"role": "user", "content": "x"}], "model": "m2"}),
+            None,
+        )
+        .await
+        .expect("chat");
+    assert_eq!(out.result["choices"][0]["message"]["content"], "stub reply");
+    assert_eq!(
+        (out.model.as_deref(), out.tokens_used),
+        (Some("m2"), Some(6))
+    );
+    let out = backend
+        .execute(EMBEDDING_INTENT, &json!({"input": "x", "model": "e"}), None)
+        .await
+        .expect("embedding");
+    assert_eq!(
+        out.result["data"][0]["embedding"].as_array().map(Vec::len),
+        Some(4)
+    );
+    let text = backend
+        .chat_stream(
+            &json!({"messages": [{"role": "user", "content": "x"}], "model": "m"}),
+            None,
+        )
+        .await
+        .expect("stream")
+        .collect_text()
+        .await
+        .expect("text");
+    assert_eq!(text, "stub reply");
+    assert_eq!(stub.completions(), 3);
+    let counts = stub.request_counts();
+    assert_eq!(counts.get("POST /v1/chat/completions"), Some(&2));
+    assert_eq!(counts.get("GET /api/tags"), Some(&1));
+}

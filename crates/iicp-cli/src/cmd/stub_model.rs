@@ -1,27 +1,13 @@
-//! `stub-model`: a fast OpenAI-compatible stub model server on iicp-transport's HTTP
-//! server, the shared backend of node benchmarks (ours and the other SDKs' nodes).
-//!
-//! Answers what the nodes send to a model server: `POST /v1/chat/completions` (and
-//! `/chat/completions`, `/v1/completions`, `/completions`, Ollama's `/api/chat`,
-//! `/v1/embeddings`), `GET /v1/models` (and `/models`), Ollama's `GET /api/tags`, and
-//! `GET /health`. `"stream": true` gets the same answer as server-sent events. Every reply
-//! is a fixed small completion, after `--delay-ms`. Other paths get a JSON 404 and are
-//! counted; the counts per path are printed on exit (Ctrl-C / SIGTERM).
+//! `stub-model`: serves `iicp_backends::stub::StubModel`, the shared backend of node
+//! benchmarks; prints the request counts per path on exit (Ctrl-C / SIGTERM).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use http::{Method, StatusCode};
-use iicp_transport::http::server::{
-    json_bytes, read_body, HttpServer, HttpServerConfig, Params, Request, Response, Router,
-};
+use iicp_backends::stub::StubModel;
+use iicp_transport::http::server::{HttpServer, HttpServerConfig};
 use iicp_transport::shutdown;
-use serde::Deserialize;
-
 /// Arguments of `stub-model`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -39,177 +25,8 @@ pub(crate) struct Args {
     model: String,
 }
 
-/// Most distinct paths counted.
-const MAX_PATHS: usize = 64;
-
-struct Stub {
-    delay: Duration,
-    model: String,
-    completions: AtomicU64,
-    counts: Mutex<BTreeMap<String, u64>>,
-}
-
-impl Stub {
-    fn count(&self, key: &str) {
-        let mut counts = self
-            .counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = counts.get_mut(key) {
-            *n += 1;
-        } else if counts.len() < MAX_PATHS {
-            counts.insert(key.to_owned(), 1);
-        }
-    }
-}
-
-/// The members of a completion request the stub looks at.
-#[derive(Deserialize)]
-struct CompletionRequest {
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    stream: Option<bool>,
-}
-
-fn completion(stub: &Stub, model: &str, path: &str) -> Vec<u8> {
-    let n = stub.completions.fetch_add(1, Ordering::Relaxed);
-    let model = serde_json::Value::from(model);
-    if path.ends_with("/embeddings") {
-        return format!(
-            r#"{{"object":"list","data":[{{"object":"embedding","index":0,"embedding":[0.1,0.2,0.3,0.4]}}],"model":{model},"usage":{{"prompt_tokens":4,"total_tokens":4}}}}"#
-        )
-        .into_bytes();
-    }
-    if path == "/api/chat" {
-        return format!(
-            r#"{{"model":{model},"created_at":"2026-01-01T00:00:00Z","message":{{"role":"assistant","content":"stub reply"}},"done":true,"prompt_eval_count":4,"eval_count":2}}"#
-        )
-        .into_bytes();
-    }
-    if path.ends_with("/chat/completions") {
-        format!(
-            r#"{{"id":"chatcmpl-stub-{n}","object":"chat.completion","created":1767225600,"model":{model},"choices":[{{"index":0,"message":{{"role":"assistant","content":"stub reply"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":4,"completion_tokens":2,"total_tokens":6}}}}"#
-        )
-        .into_bytes()
-    } else {
-        format!(
-            r#"{{"id":"cmpl-stub-{n}","object":"text_completion","created":1767225600,"model":{model},"choices":[{{"index":0,"text":"stub reply","finish_reason":"stop"}}],"usage":{{"prompt_tokens":4,"completion_tokens":2,"total_tokens":6}}}}"#
-        )
-        .into_bytes()
-    }
-}
-
-fn sse(model: &str) -> Vec<u8> {
-    let model = serde_json::Value::from(model);
-    let mut out = String::new();
-    for (delta, finish) in [
-        (r#"{"role":"assistant","content":"stub "}"#, "null"),
-        (r#"{"content":"reply"}"#, "null"),
-        ("{}", r#""stop""#),
-    ] {
-        out.push_str(&format!(
-            "data: {{\"id\":\"chatcmpl-stub\",\"object\":\"chat.completion.chunk\",\"created\":1767225600,\"model\":{model},\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}]}}\n\n"
-        ));
-    }
-    out.push_str("data: [DONE]\n\n");
-    out.into_bytes()
-}
-
-async fn complete(stub: Arc<Stub>, mut req: Request) -> Response {
-    let path = req.uri().path().to_owned();
-    stub.count(&format!("POST {path}"));
-    let body = match read_body(&mut req, 16 * 1024 * 1024).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let parsed: CompletionRequest = serde_json::from_slice(&body).unwrap_or(CompletionRequest {
-        model: None,
-        stream: None,
-    });
-    if !stub.delay.is_zero() {
-        tokio::time::sleep(stub.delay).await;
-    }
-    let model = parsed.model.as_deref().unwrap_or(&stub.model);
-    if parsed.stream == Some(true) && path != "/api/chat" {
-        let mut response = json_bytes(StatusCode::OK, sse(model).into());
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("text/event-stream"),
-        );
-        return response;
-    }
-    json_bytes(StatusCode::OK, completion(&stub, model, &path).into())
-}
-
-fn router(stub: &Arc<Stub>) -> Router {
-    let mut router = Router::new();
-    for path in [
-        "/v1/chat/completions",
-        "/chat/completions",
-        "/v1/completions",
-        "/completions",
-        "/api/chat",
-        "/v1/embeddings",
-        "/embeddings",
-    ] {
-        let s = Arc::clone(stub);
-        router = router.route(Method::POST, path, move |req: Request, _p: Params| {
-            complete(Arc::clone(&s), req)
-        });
-    }
-    let models = Arc::new(
-        serde_json::json!({"object": "list", "data": [{"id": stub.model, "object": "model", "created": 1767225600, "owned_by": "stub"}]})
-            .to_string(),
-    );
-    for path in ["/v1/models", "/models"] {
-        let (s, m) = (Arc::clone(stub), Arc::clone(&models));
-        router = router.route(Method::GET, path, move |req: Request, _p: Params| {
-            s.count(&format!("GET {}", req.uri().path()));
-            let body = m.as_bytes().to_vec();
-            async move { json_bytes(StatusCode::OK, body.into()) }
-        });
-    }
-    let tags = serde_json::json!({"models": [{"name": stub.model, "model": stub.model, "size": 0, "digest": "stub"}]})
-        .to_string();
-    let s = Arc::clone(stub);
-    router = router.route(
-        Method::GET,
-        "/api/tags",
-        move |_req: Request, _p: Params| {
-            s.count("GET /api/tags");
-            let body = tags.clone().into_bytes();
-            async move { json_bytes(StatusCode::OK, body.into()) }
-        },
-    );
-    let s = Arc::clone(stub);
-    router = router.route(Method::GET, "/health", move |_req: Request, _p: Params| {
-        s.count("GET /health");
-        async move { json_bytes(StatusCode::OK, (&br#"{"status":"ok"}"#[..]).into()) }
-    });
-    for method in [Method::GET, Method::POST] {
-        let s = Arc::clone(stub);
-        router = router.route(method, "/{*rest}", move |req: Request, _p: Params| {
-            s.count(&format!("{} {} (404)", req.method(), req.uri().path()));
-            async move {
-                iicp_transport::http::server::error(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    "the stub model server does not serve this path",
-                )
-            }
-        });
-    }
-    router
-}
-
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let stub = Arc::new(Stub {
-        delay: Duration::from_millis(args.delay_ms),
-        model: args.model.clone(),
-        completions: AtomicU64::new(0),
-        counts: Mutex::new(BTreeMap::new()),
-    });
+    let stub = StubModel::new(args.model.clone(), Duration::from_millis(args.delay_ms));
     let addr = SocketAddr::new(args.host, args.port);
     let mut config = HttpServerConfig::default();
     config.max_connections = config.max_connections.max(4096);
@@ -224,14 +41,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         "stub model server on http://{bound} (OpenAI base http://{bound}/v1), model {}, delay {} ms",
         args.model, args.delay_ms
     );
-    server.serve(router(&stub), sd).await;
-    let counts = stub
-        .counts
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+    server.serve(stub.router(), sd).await;
     println!("stub model server stopped; requests by path:");
-    for (path, n) in counts {
+    for (path, n) in stub.request_counts() {
         println!("  {n:>10}  {path}");
     }
     Ok(())

@@ -1,0 +1,212 @@
+//! A fast OpenAI-compatible stub model server: the shared, zero-cost backend of node
+//! benchmarks (ours and the other SDKs' nodes) and of demos without a model server.
+//!
+//! Answers what nodes send to a model server: `POST /v1/chat/completions` (and
+//! `/chat/completions`, `/v1/completions`, `/completions`, Ollama's `/api/chat`,
+//! `/v1/embeddings`), `GET /v1/models` (and `/models`), Ollama's `GET /api/tags`, and
+//! `GET /health`. `"stream": true` gets the same answer as server-sent events. Every reply
+//! is a fixed small completion, after the configured delay. Other paths get a JSON 404
+//! and are counted ([`StubModel::request_counts`]).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use iicp_transport::http::server::{json_bytes, read_body, Params, Request, Response, Router};
+use serde::Deserialize;
+
+/// Most distinct paths counted.
+const MAX_PATHS: usize = 64;
+
+/// A stub model server's state: its model name, fixed delay and request counts.
+pub struct StubModel {
+    delay: Duration,
+    model: String,
+    completions: AtomicU64,
+    counts: Mutex<BTreeMap<String, u64>>,
+}
+
+impl StubModel {
+    /// A stub answering as `model` after `delay`.
+    pub fn new(model: impl Into<String>, delay: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            delay,
+            model: model.into(),
+            completions: AtomicU64::new(0),
+            counts: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Requests seen, by `METHOD path` (at most 64 distinct paths are counted).
+    pub fn request_counts(&self) -> BTreeMap<String, u64> {
+        self.counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Completions answered.
+    pub fn completions(&self) -> u64 {
+        self.completions.load(Ordering::Relaxed)
+    }
+
+    /// The routes, to serve with `iicp_transport`'s HTTP server or listener.
+    pub fn router(self: &Arc<Self>) -> Router {
+        router(self)
+    }
+
+    fn count(&self, key: &str) {
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = counts.get_mut(key) {
+            *n += 1;
+        } else if counts.len() < MAX_PATHS {
+            counts.insert(key.to_owned(), 1);
+        }
+    }
+}
+
+/// The members of a completion request the stub looks at.
+#[derive(Deserialize)]
+struct CompletionRequest {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+fn completion(stub: &StubModel, model: &str, path: &str) -> Vec<u8> {
+    let n = stub.completions.fetch_add(1, Ordering::Relaxed);
+    let model = serde_json::Value::from(model);
+    if path.ends_with("/embeddings") {
+        return format!(
+            r#"{{"object":"list","data":[{{"object":"embedding","index":0,"embedding":[0.1,0.2,0.3,0.4]}}],"model":{model},"usage":{{"prompt_tokens":4,"total_tokens":4}}}}"#
+        )
+        .into_bytes();
+    }
+    if path == "/api/chat" {
+        return format!(
+            r#"{{"model":{model},"created_at":"2026-01-01T00:00:00Z","message":{{"role":"assistant","content":"stub reply"}},"done":true,"prompt_eval_count":4,"eval_count":2}}"#
+        )
+        .into_bytes();
+    }
+    if path.ends_with("/chat/completions") {
+        format!(
+            r#"{{"id":"chatcmpl-stub-{n}","object":"chat.completion","created":1767225600,"model":{model},"choices":[{{"index":0,"message":{{"role":"assistant","content":"stub reply"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":4,"completion_tokens":2,"total_tokens":6}}}}"#
+        )
+        .into_bytes()
+    } else {
+        format!(
+            r#"{{"id":"cmpl-stub-{n}","object":"text_completion","created":1767225600,"model":{model},"choices":[{{"index":0,"text":"stub reply","finish_reason":"stop"}}],"usage":{{"prompt_tokens":4,"completion_tokens":2,"total_tokens":6}}}}"#
+        )
+        .into_bytes()
+    }
+}
+
+fn sse(model: &str) -> Vec<u8> {
+    let model = serde_json::Value::from(model);
+    let mut out = String::new();
+    for (delta, finish) in [
+        (r#"{"role":"assistant","content":"stub "}"#, "null"),
+        (r#"{"content":"reply"}"#, "null"),
+        ("{}", r#""stop""#),
+    ] {
+        out.push_str(&format!(
+            "data: {{\"id\":\"chatcmpl-stub\",\"object\":\"chat.completion.chunk\",\"created\":1767225600,\"model\":{model},\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}]}}\n\n"
+        ));
+    }
+    out.push_str("data: [DONE]\n\n");
+    out.into_bytes()
+}
+
+async fn complete(stub: Arc<StubModel>, mut req: Request) -> Response {
+    let path = req.uri().path().to_owned();
+    stub.count(&format!("POST {path}"));
+    let body = match read_body(&mut req, 16 * 1024 * 1024).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let parsed: CompletionRequest = serde_json::from_slice(&body).unwrap_or(CompletionRequest {
+        model: None,
+        stream: None,
+    });
+    if !stub.delay.is_zero() {
+        tokio::time::sleep(stub.delay).await;
+    }
+    let model = parsed.model.as_deref().unwrap_or(&stub.model);
+    if parsed.stream == Some(true) && path != "/api/chat" {
+        stub.completions.fetch_add(1, Ordering::Relaxed);
+        let mut response = json_bytes(StatusCode::OK, sse(model).into());
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/event-stream"),
+        );
+        return response;
+    }
+    json_bytes(StatusCode::OK, completion(&stub, model, &path).into())
+}
+
+fn router(stub: &Arc<StubModel>) -> Router {
+    let mut router = Router::new();
+    for path in [
+        "/v1/chat/completions",
+        "/chat/completions",
+        "/v1/completions",
+        "/completions",
+        "/api/chat",
+        "/v1/embeddings",
+        "/embeddings",
+    ] {
+        let s = Arc::clone(stub);
+        router = router.route(Method::POST, path, move |req: Request, _p: Params| {
+            complete(Arc::clone(&s), req)
+        });
+    }
+    let models = Arc::new(
+        serde_json::json!({"object": "list", "data": [{"id": stub.model, "object": "model", "created": 1767225600, "owned_by": "stub"}]})
+            .to_string(),
+    );
+    for path in ["/v1/models", "/models"] {
+        let (s, m) = (Arc::clone(stub), Arc::clone(&models));
+        router = router.route(Method::GET, path, move |req: Request, _p: Params| {
+            s.count(&format!("GET {}", req.uri().path()));
+            let body = m.as_bytes().to_vec();
+            async move { json_bytes(StatusCode::OK, body.into()) }
+        });
+    }
+    let tags = serde_json::json!({"models": [{"name": stub.model, "model": stub.model, "size": 0, "digest": "stub"}]})
+        .to_string();
+    let s = Arc::clone(stub);
+    router = router.route(
+        Method::GET,
+        "/api/tags",
+        move |_req: Request, _p: Params| {
+            s.count("GET /api/tags");
+            let body = tags.clone().into_bytes();
+            async move { json_bytes(StatusCode::OK, body.into()) }
+        },
+    );
+    let s = Arc::clone(stub);
+    router = router.route(Method::GET, "/health", move |_req: Request, _p: Params| {
+        s.count("GET /health");
+        async move { json_bytes(StatusCode::OK, (&br#"{"status":"ok"}"#[..]).into()) }
+    });
+    for method in [Method::GET, Method::POST] {
+        let s = Arc::clone(stub);
+        router = router.route(method, "/{*rest}", move |req: Request, _p: Params| {
+            s.count(&format!("{} {} (404)", req.method(), req.uri().path()));
+            async move {
+                iicp_transport::http::server::error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "the stub model server does not serve this path",
+                )
+            }
+        });
+    }
+    router
+}
