@@ -3,9 +3,10 @@
 //! (no registration), the per-origin rate limit off and the concurrency cap at its
 //! maximum, so load tests measure the node and not its admission limits.
 //!
-//! `cargo run --release -p iicp-node --example bench_node -- PORT BACKEND_URL [MODEL] [MAX_CONCURRENT]`
+//! `cargo run --release -p iicp-node --example bench_node -- PORT BACKEND_URL [MODEL] [MAX_CONCURRENT] [MAX_CONNECTIONS]`
 //!
-//! `BACKEND_URL` is the OpenAI base, e.g. `http://127.0.0.1:18080/v1`. Runs until killed.
+//! `BACKEND_URL` is the OpenAI base, e.g. `http://127.0.0.1:18080/v1`. `MAX_CONNECTIONS`
+//! (default 1024) caps open connections on the port. Runs until killed.
 #![allow(clippy::print_stdout)]
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -24,6 +25,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let backend_url = args.next().ok_or("missing BACKEND_URL")?;
     let model = args.next().unwrap_or_else(|| "stub-model".to_owned());
     let max_concurrent: u32 = args.next().map_or(Ok(256), |s| s.parse())?;
+    let max_connections: usize = args.next().map_or(Ok(1024), |s| s.parse())?;
 
     let mut config = BackendConfig::new(BackendKind::OpenAiCompat);
     config.base_url = Some(backend_url.clone());
@@ -40,12 +42,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             window: Duration::from_secs(60),
         })
         .build()?;
-    let handle = node
-        .serve(
-            BackendHandler::new(backend),
-            ServeOptions::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port).with_register(false),
-        )
-        .await?;
+    let mut options = ServeOptions::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port).with_register(false);
+    options.listener.max_connections = max_connections;
+    let handle = node.serve(BackendHandler::new(backend), options).await?;
     println!(
         "bench node on http://{} (native iicp://{}), backend {backend_url}",
         handle.local_addr(),

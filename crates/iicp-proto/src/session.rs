@@ -251,6 +251,23 @@ impl Session {
         self.events.pop_front()
     }
 
+    /// Releases the capacity of empty internal queues. For a connection going idle: a
+    /// server holding many thousands of quiet connections keeps only what they use.
+    pub fn shrink_idle(&mut self) {
+        if self.events.is_empty() {
+            self.events = VecDeque::new();
+        }
+        if self.tx.is_empty() {
+            self.tx = Vec::new();
+        }
+        if self.inbound.is_empty() {
+            self.inbound = HashSet::new();
+        }
+        if self.outbound.is_empty() {
+            self.outbound = HashSet::new();
+        }
+    }
+
     /// The earliest instant at which [`Session::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut next: Option<Instant> = None;

@@ -182,6 +182,23 @@ impl ConnectionHandle {
 /// Where non-call messages go: RELAY_BIND, RELAY_ACK, DISCOVER, FEEDBACK, ….
 pub type MessageSink = mpsc::Sender<Message>;
 
+/// Smallest read buffer: an idle connection holds at most this much (most frames of a
+/// quiet connection — PING, small CALLs — fit in it).
+const MIN_READ: usize = 1024;
+/// Largest read buffer kept between frames; a busy multiplexed connection grows its
+/// reads up to this size so that one syscall picks up many frames.
+const MAX_READ: usize = 64 * 1024;
+/// A write buffer larger than this is released after it has been flushed.
+const KEEP_WRITE: usize = 16 * 1024;
+
+/// The next command, or never when the connection has no command channel.
+async fn recv(commands: &mut Option<mpsc::Receiver<Command>>) -> Option<Command> {
+    match commands {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Starts the actor for an established transport and returns its handle.
 ///
 /// `handler` executes inbound CALLs (servers, relay workers); without one, inbound CALLs
@@ -202,7 +219,7 @@ where
     let (cmd_tx, cmd_rx) = mpsc::channel(config.command_capacity.max(1));
     let (closed_tx, closed_rx) = watch::channel(None);
     let actor = Actor::new(io, ctx, config, handler, messages);
-    let task = tokio::spawn(actor.run(cmd_rx, closed_tx, shutdown));
+    let task = tokio::spawn(actor.run(Some(cmd_rx), closed_tx, shutdown));
     (
         ConnectionHandle {
             commands: cmd_tx,
@@ -224,10 +241,10 @@ pub async fn serve<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (_cmd_tx, cmd_rx) = mpsc::channel(1);
+    // nobody holds a handle to a served connection: no command channel
     let (closed_tx, _closed_rx) = watch::channel(None);
     Actor::new(io, ctx, config, Some(handler), None)
-        .run(cmd_rx, closed_tx, shutdown)
+        .run(None, closed_tx, shutdown)
         .await
 }
 
@@ -239,6 +256,8 @@ struct Actor<IO> {
     messages: Option<MessageSink>,
     session: Session,
     rbuf: BytesMut,
+    /// How much the next read asks for (adapts between [`MIN_READ`] and [`MAX_READ`]).
+    read_hint: usize,
     wbuf: Vec<u8>,
     pending: HashMap<String, oneshot::Sender<Result<Response, NativeError>>>,
     pings: VecDeque<oneshot::Sender<Result<Ping, NativeError>>>,
@@ -267,8 +286,9 @@ where
             handler,
             messages,
             session,
-            rbuf: BytesMut::with_capacity(8 * 1024),
-            wbuf: Vec::with_capacity(8 * 1024),
+            rbuf: BytesMut::new(),
+            read_hint: MIN_READ,
+            wbuf: Vec::new(),
             pending: HashMap::new(),
             pings: VecDeque::new(),
             tasks: JoinSet::new(),
@@ -279,11 +299,11 @@ where
 
     async fn run(
         mut self,
-        mut commands: mpsc::Receiver<Command>,
+        mut commands: Option<mpsc::Receiver<Command>>,
         closed_tx: watch::Sender<Option<CloseInfo>>,
         mut shutdown: Shutdown,
     ) -> CloseInfo {
-        let mut commands_open = true;
+        let mut commands_open = commands.is_some();
         let mut shutting_down = shutdown.is_fired();
         if shutting_down {
             self.session.close(Instant::now());
@@ -297,6 +317,9 @@ where
             if self.session.is_closed() {
                 break;
             }
+            if self.tasks.is_empty() && self.pending.is_empty() && self.pings.is_empty() {
+                self.shrink_idle();
+            }
             self.reserve_for_next_frame();
             let deadline = self
                 .session
@@ -308,9 +331,10 @@ where
                         self.close.get_or_insert(CloseInfo { reason: "eof".into(), by_peer: true });
                         break;
                     }
-                    Ok(_) => {
+                    Ok(n) => {
                         let used = self.session.handle_input(&self.rbuf, Instant::now());
                         self.rbuf.advance(used);
+                        self.adapt_read_buffer(n);
                     }
                     Err(e) => {
                         tracing::debug!(peer = %self.ctx.peer, error = %e, "native read failed");
@@ -318,7 +342,7 @@ where
                         break;
                     }
                 },
-                cmd = commands.recv(), if commands_open => match cmd {
+                cmd = recv(&mut commands), if commands_open => match cmd {
                     Some(cmd) => self.command(cmd),
                     None => commands_open = false,
                 },
@@ -355,9 +379,33 @@ where
             Ok(Decoded::Incomplete { needed, .. }) => needed,
             _ => 0,
         };
-        let want = needed.saturating_sub(self.rbuf.len()).max(8 * 1024);
+        let want = needed.saturating_sub(self.rbuf.len()).max(self.read_hint);
         if self.rbuf.capacity() - self.rbuf.len() < want {
             self.rbuf.reserve(want);
+        }
+    }
+
+    /// Nothing in flight: give back the capacity of empty queues and buffers.
+    fn shrink_idle(&mut self) {
+        self.session.shrink_idle();
+        self.wbuf = Vec::new();
+        self.pending.shrink_to_fit();
+        self.task_calls.shrink_to_fit();
+        self.pings.shrink_to_fit();
+    }
+
+    /// After a read of `n` bytes: a read that filled the buffer asks for twice as much
+    /// next time, a small one for half, and an emptied buffer much larger than the
+    /// hint is released, so idle connections hold [`MIN_READ`] bytes while busy ones
+    /// read many frames per syscall.
+    fn adapt_read_buffer(&mut self, n: usize) {
+        if n >= self.read_hint {
+            self.read_hint = (self.read_hint * 2).min(MAX_READ);
+        } else if n < self.read_hint / 4 {
+            self.read_hint = (self.read_hint / 2).max(MIN_READ);
+        }
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 4 * self.read_hint {
+            self.rbuf = BytesMut::new();
         }
     }
 
@@ -369,6 +417,9 @@ where
         let result =
             tokio::time::timeout(self.config.write_timeout, self.io.write_all(&self.wbuf)).await;
         self.wbuf.clear();
+        if self.wbuf.capacity() > KEEP_WRITE {
+            self.wbuf = Vec::new();
+        }
         match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(CloseInfo {
