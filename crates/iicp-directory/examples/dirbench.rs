@@ -1,6 +1,7 @@
 //! Directory load benchmark: registers N nodes over loopback HTTP, then measures
-//! `GET /v1/discover` latency and `POST /v1/heartbeat` throughput at a given
-//! concurrency, for the memory and the SQLite store.
+//! `GET /v1/discover` latency (one client; one client with the result cache defeated;
+//! 100 concurrent clients) and `POST /v1/heartbeat` throughput at a given concurrency,
+//! for the memory and the SQLite store.
 //!
 //! `cargo run --release -p iicp-directory --example dirbench -- [NODES] [REQUESTS] [CONCURRENCY]`
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
@@ -36,7 +37,10 @@ async fn run(label: &str, directory: Directory, nodes: usize, requests: usize, c
         tokio::spawn(async move { d.serve(listener, sd).await })
     };
     let base = format!("http://{addr}/api");
-    let http = HttpClient::new(HttpClientConfig::default()).unwrap();
+    // keep a connection per concurrent caller (the default pool keeps 32 per host)
+    let mut config = HttpClientConfig::default();
+    config.pool_max_idle_per_host = 256;
+    let http = HttpClient::new(config).unwrap();
 
     // register
     let t0 = Instant::now();
@@ -100,6 +104,68 @@ async fn run(label: &str, directory: Directory, nodes: usize, requests: usize, c
             pct(&mut samples, 0.99)
         );
     }
+
+    // discover without the result cache: every request a distinct query
+    let mut samples = Vec::with_capacity(200);
+    for i in 0..200 {
+        let url =
+            format!("{base}/v1/discover?intent=urn:iicp:intent:llm:chat:v1&limit=10&nocache={i}");
+        let t = Instant::now();
+        let r = http.get(&url).send().await.unwrap();
+        assert!(r.is_success());
+        samples.push(t.elapsed());
+    }
+    println!(
+        "{label}: discover limit=10, uncached (distinct queries): median {:.2?} p99 {:.2?}",
+        pct(&mut samples, 0.5),
+        pct(&mut samples, 0.99)
+    );
+
+    // discover under load: 100 concurrent clients (each on its own kept-alive
+    // connection, opened during 20 unmeasured requests), the three queries above in
+    // turn, long enough for every cached result to be refreshed a few times
+    let clients = 100;
+    let per_client = 500;
+    let warmup = 20;
+    let start = Arc::new(tokio::sync::Barrier::new(clients + 1));
+    let mut workers = Vec::new();
+    for w in 0..clients {
+        let (http, base, start) = (http.clone(), base.clone(), Arc::clone(&start));
+        workers.push(tokio::spawn(async move {
+            let queries = ["", "&region=eu-central&limit=50", "&model=model-3"];
+            let mut lat = Vec::with_capacity(per_client);
+            for i in 0..warmup + per_client {
+                if i == warmup {
+                    start.wait().await;
+                }
+                let url = format!(
+                    "{base}/v1/discover?intent=urn:iicp:intent:llm:chat:v1&qos=best-effort{}",
+                    queries[(w + i) % queries.len()]
+                );
+                let t = Instant::now();
+                let r = http.get(&url).send().await.unwrap();
+                assert!(r.is_success());
+                if i >= warmup {
+                    lat.push(t.elapsed());
+                }
+            }
+            lat
+        }));
+    }
+    start.wait().await;
+    let t0 = Instant::now();
+    let mut lat = Vec::new();
+    for w in workers {
+        lat.extend(w.await.unwrap());
+    }
+    let el = t0.elapsed();
+    println!(
+        "{label}: discover at {clients} concurrent clients: {} requests in {el:.2?} = {:.0}/s; median {:.2?} p99 {:.2?}",
+        lat.len(),
+        lat.len() as f64 / el.as_secs_f64(),
+        pct(&mut lat, 0.5),
+        pct(&mut lat, 0.99)
+    );
 
     // heartbeat throughput
     let creds = Arc::new(creds);

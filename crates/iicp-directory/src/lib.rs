@@ -31,6 +31,7 @@
 
 mod api;
 mod auth;
+mod cache;
 pub mod clock;
 mod directory;
 pub mod error;

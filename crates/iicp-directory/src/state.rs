@@ -13,10 +13,12 @@ use iicp_proto::directory::RegisterRequest;
 use iicp_transport::http::client::HttpClient;
 
 use crate::auth::JwtKey;
+use crate::cache::{changes_eligibility, DiscoverCache};
 use crate::clock::Clock;
 use crate::net::{parse_url, EndpointUrl, HTTP_SCHEMES};
 use crate::ratelimit::RateLimiter;
-use crate::store::{NodeRecord, Store};
+use crate::store::{NodeRecord, NodeState, Store};
+use crate::view::PROBATION_TASKS;
 
 /// Resolved, immutable settings (see [`crate::Config`] for the documented knobs).
 #[derive(Debug, Clone)]
@@ -140,6 +142,7 @@ pub(crate) struct Core {
     pub(crate) http: HttpClient,
     pub(crate) counters: Counters,
     pub(crate) started_at_ms: u64,
+    pub(crate) discover_cache: DiscoverCache,
 }
 
 impl std::fmt::Debug for Core {
@@ -188,6 +191,7 @@ impl Core {
             http,
             counters: Counters::default(),
             started_at_ms,
+            discover_cache: DiscoverCache::default(),
         }
     }
 
@@ -202,6 +206,25 @@ impl Core {
         }
     }
 
+    /// Replaces the working-set state of `node_id` after it was stored, and drops cached
+    /// discover results when the change can alter which queries return the node.
+    pub(crate) fn replace_state(&self, node_id: &str, state: NodeState) {
+        let mut reg = self.write();
+        if let Some(n) = reg.nodes.get_mut(node_id) {
+            if changes_eligibility(
+                &n.record.state,
+                &state,
+                self.settings.liveness_window_ms,
+                PROBATION_TASKS,
+            ) {
+                self.discover_cache.invalidate();
+            }
+            n.record.state = state;
+        }
+    }
+
+    /// Write access to the node set. Callers that add, remove or rename nodes also call
+    /// `discover_cache.invalidate()`; state updates go through [`Core::replace_state`].
     pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Registry> {
         match self.registry.write() {
             Ok(g) => g,

@@ -110,6 +110,7 @@ async fn sweep_once(core: &Arc<Core>) {
             match core.store.delete_node(id.clone()).await {
                 Ok(_) => {
                     core.write().remove(&id);
+                    core.discover_cache.invalidate();
                     tracing::info!(node = %short(&id), "dormant node removed after retention period");
                 }
                 Err(err) => tracing::warn!(error = %err, "could not delete dormant node"),
@@ -170,9 +171,7 @@ pub(crate) async fn apply_probe(
         .await
     {
         Ok(true) => {
-            if let Some(n) = core.write().nodes.get_mut(node_id) {
-                n.record.state = state;
-            }
+            core.replace_state(node_id, state);
         }
         Ok(false) => {}
         Err(err) => tracing::warn!(error = %err, "could not store probe result"),

@@ -341,6 +341,96 @@ async fn discover_filters_scoring_expiry() {
     }
 }
 
+/// Discover results are cached for up to a second by the directory clock, but a change
+/// of the node set (register, deregister, availability) shows at once.
+#[tokio::test]
+async fn discover_cache_follows_the_node_set() {
+    for backend in BACKENDS {
+        let clock = ManualClock::starting_now();
+        let d = start_mesh(backend, &clock).await;
+        let base = d.base.clone();
+        let url = format!("{base}/api/v1/discover?intent=urn%3Aiicp%3Aintent%3Allm%3Achat%3Av1");
+        let score = |r: &Reply, id: &str| {
+            r.body["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["node_id"] == id)
+                .map(|n| n["score"].as_f64().unwrap())
+        };
+
+        let a = register(
+            &base,
+            &register_body("http://127.0.0.1:19201", "eu-central", &["m"]),
+        )
+        .await;
+        let ida = a["node_id"].as_str().unwrap().to_owned();
+        let r = get(&url).await;
+        assert_eq!(ids(&r), vec![ida.clone()]);
+        let idle_score = score(&r, &ida).unwrap();
+
+        // a registration shows at once
+        let b = register(
+            &base,
+            &register_body("http://127.0.0.1:19202", "eu-central", &["m"]),
+        )
+        .await;
+        let idb = b["node_id"].as_str().unwrap().to_owned();
+        let tb = b["node_token"].as_str().unwrap().to_owned();
+        let r = get(&url).await;
+        assert_eq!(r.body["count"], 2, "{backend:?}: {}", r.body);
+
+        // load only moves the score: served from the cache until it is a second old
+        let r = heartbeat(
+            &base,
+            &ida,
+            a["node_token"].as_str().unwrap(),
+            json!({"load": 0.9}),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        let r = get(&url).await;
+        assert_eq!(
+            score(&r, &ida),
+            Some(idle_score),
+            "{backend:?}: cached score"
+        );
+        // a second later the load counts: the first request may still get the old
+        // result while it is refreshed in the background, the next ones the new one
+        clock.advance(Duration::from_millis(1_000));
+        let mut refreshed = None;
+        for _ in 0..100 {
+            let r = get(&url).await;
+            if score(&r, &ida).unwrap() < idle_score {
+                refreshed = Some(r);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(refreshed.is_some(), "{backend:?}: the load never counted");
+
+        // unavailability shows at once
+        let r = heartbeat(&base, &idb, &tb, json!({"available": false})).await;
+        assert_eq!(r.status, 200);
+        let r = get(&url).await;
+        assert_eq!(ids(&r), vec![ida.clone()], "{backend:?}");
+
+        // and so does a deregistration
+        let r = call(
+            Method::DELETE,
+            &format!("{base}/api/v1/register"),
+            Some(&json!({"node_id": ida})),
+            Some(a["node_token"].as_str().unwrap()),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let r = get(&url).await;
+        assert_eq!(r.body["count"], 0, "{backend:?}: {}", r.body);
+        assert_eq!(r.body["nodes"], json!([]));
+        d.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn private_endpoints_need_a_private_mesh() {
     let d = start_with(

@@ -179,9 +179,7 @@ pub(super) async fn award(core: Arc<Core>, mut req: Request, _p: Params) -> Hand
                 .await
                 .is_ok()
             {
-                if let Some(n) = core.write().nodes.get_mut(&node_id) {
-                    n.record.state = state;
-                }
+                core.replace_state(&node_id, state);
             }
         }
     }

@@ -12,7 +12,7 @@ use iicp_proto::directory::{
 use iicp_proto::error::ErrorCode;
 use iicp_proto::intent::check_intent_policy;
 use iicp_proto::task::Qos;
-use iicp_transport::http::server::{json, HttpError, Params, Request};
+use iicp_transport::http::server::{json, json_bytes, HttpError, Params, Request};
 use rand_core::OsRng;
 use serde_json::{json, Value};
 
@@ -21,6 +21,7 @@ use super::{
     typed, HandlerResult,
 };
 use crate::auth::iso8601;
+use crate::cache::{Cached, Lookup};
 use crate::net::{is_private_host, parse_host_ip, EndpointUrl};
 use crate::probe::{self, ProbeFailure};
 use crate::state::{Core, Counters, Node};
@@ -53,7 +54,7 @@ fn select(core: &Core, sel: &Selection<'_>, limit: usize) -> Vec<(Node, f64)> {
         .map(|n| (n, n.score(sel, now)))
         .filter(|(_, score)| *score >= MIN_SCORE)
         .collect();
-    out.sort_by(|(a, sa), (b, sb)| {
+    let best_first = |(a, sa): &(&Node, f64), (b, sb): &(&Node, f64)| {
         sb.total_cmp(sa)
             .then(
                 b.record
@@ -62,21 +63,43 @@ fn select(core: &Core, sel: &Selection<'_>, limit: usize) -> Vec<(Node, f64)> {
                     .cmp(&a.record.state.last_seen_ms),
             )
             .then(a.record.node_id.cmp(&b.record.node_id))
-    });
-    out.into_iter()
-        .take(limit)
-        .map(|(n, s)| (n.clone(), s))
-        .collect()
+    };
+    // the best `limit` in linear time, then only those sorted
+    if limit == 0 {
+        return Vec::new();
+    }
+    if out.len() > limit {
+        out.select_nth_unstable_by(limit - 1, best_first);
+        out.truncate(limit);
+    }
+    out.sort_unstable_by(best_first);
+    out.into_iter().map(|(n, s)| (n.clone(), s)).collect()
+}
+
+/// `{"nodes": <nodes_json>, ...envelope}`: the envelope is per request (timing), the
+/// node list may come from the cache already serialised.
+fn splice_nodes(envelope: &Value, nodes_json: &str) -> Vec<u8> {
+    let rest = serde_json::to_vec(envelope).unwrap_or_else(|_| b"{}".to_vec());
+    let mut out = Vec::with_capacity(rest.len() + nodes_json.len() + 16);
+    out.extend_from_slice(b"{\"nodes\":");
+    out.extend_from_slice(nodes_json.as_bytes());
+    match rest.get(1..) {
+        Some(tail) if tail != b"}" => {
+            out.push(b',');
+            out.extend_from_slice(tail);
+        }
+        _ => out.push(b'}'),
+    }
+    out
 }
 
 fn discover_error(e: DiscoverQueryError) -> HttpError {
     HttpError::validation(e.to_string())
 }
 
-pub(super) async fn discover(core: Arc<Core>, req: Request, _p: Params) -> HandlerResult {
-    let started = Instant::now();
-    let q = DiscoverQuery::from_query_pairs(query_pairs(&req)).map_err(discover_error)?;
-    policy_refused(&q.intent)?;
+/// Ranks and renders the nodes for `q` at `now` and stores the result under `key`.
+fn compute_discover(core: &Core, q: &DiscoverQuery, key: String, now: u64) -> Arc<Cached> {
+    let generation = core.discover_cache.generation();
     let sel = Selection {
         intent: &q.intent,
         region: q.region.as_deref(),
@@ -91,9 +114,8 @@ pub(super) async fn discover(core: Arc<Core>, req: Request, _p: Params) -> Handl
         ..Selection::default()
     };
     let limit = usize::try_from(q.effective_limit()).unwrap_or(10);
-    let picked = select(&core, &sel, limit);
-    let now = core.now_ms();
     let public = q.view == Some(DiscoverView::Public);
+    let picked = select(core, &sel, limit);
     let nodes: Vec<Value> = picked
         .iter()
         .map(|(n, score)| {
@@ -104,38 +126,102 @@ pub(super) async fn discover(core: Arc<Core>, req: Request, _p: Params) -> Handl
             }
         })
         .collect();
-    Counters::bump(&core.counters.discovers);
     let relay_available = picked
         .iter()
         .any(|(n, _)| n.reg.relay_capable.unwrap_or(false));
-    let mut body = json!({
-        "nodes": nodes,
-        "count": nodes.len(),
+    let nodes_json = serde_json::to_string(&nodes).unwrap_or_else(|_| "[]".into());
+    core.discover_cache.put(
+        key,
+        generation,
+        now,
+        nodes_json,
+        nodes.len(),
+        relay_available,
+    )
+}
+
+/// [`compute_discover`] on the blocking pool: scoring thousands of nodes takes
+/// milliseconds, which must not stall the requests served from the cache meanwhile.
+async fn compute_off_runtime(
+    core: &Arc<Core>,
+    q: &DiscoverQuery,
+    key: &str,
+) -> Result<Arc<Cached>, HttpError> {
+    let (core, q, key) = (Arc::clone(core), q.clone(), key.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let now = core.now_ms();
+        compute_discover(&core, &q, key, now)
+    })
+    .await
+    .map_err(|_| HttpError::internal())
+}
+
+/// The discover result for `q`: from the cache when fresh; a stale entry of the same
+/// node set is served while one request refreshes it in the background; otherwise one
+/// request per query computes it while the others wait for its result.
+async fn discover_result(
+    core: &Arc<Core>,
+    q: &DiscoverQuery,
+    key: &str,
+) -> Result<Arc<Cached>, HttpError> {
+    let now = core.now_ms();
+    match core.discover_cache.lookup(key, now) {
+        Lookup::Fresh(hit) => Ok(hit),
+        Lookup::Stale(hit) => {
+            if let Ok(guard) = core.discover_cache.compute_lock(key).try_lock_owned() {
+                let (core, q, key) = (Arc::clone(core), q.clone(), key.to_owned());
+                tokio::spawn(async move {
+                    let _ = compute_off_runtime(&core, &q, &key).await;
+                    drop(guard);
+                });
+            }
+            Ok(hit)
+        }
+        Lookup::Miss => {
+            let _guard = core.discover_cache.compute_lock(key).lock_owned().await;
+            match core.discover_cache.lookup(key, core.now_ms()) {
+                Lookup::Fresh(hit) => Ok(hit),
+                Lookup::Stale(_) | Lookup::Miss => compute_off_runtime(core, q, key).await,
+            }
+        }
+    }
+}
+
+pub(super) async fn discover(core: Arc<Core>, req: Request, _p: Params) -> HandlerResult {
+    let started = Instant::now();
+    let q = DiscoverQuery::from_query_pairs(query_pairs(&req)).map_err(discover_error)?;
+    policy_refused(&q.intent)?;
+    let public = q.view == Some(DiscoverView::Public);
+    let cached = discover_result(&core, &q, req.uri().query().unwrap_or("")).await?;
+    Counters::bump(&core.counters.discovers);
+    let mut envelope = json!({
+        "count": cached.count,
         "query_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         "intent": q.intent,
         "view": if public { "public" } else { "dispatch" },
         "data_class": if public { "public_presentation" } else { "route_dispatch" },
         "route_fields_present": !public,
-        "relay_available": relay_available,
+        "relay_available": cached.relay_available,
         "ticketed_dispatch_available": true,
         "dispatch_ticket_endpoint": "/v1/dispatch/ticket",
     });
     if public {
-        body["redaction"] = json!({
+        envelope["redaction"] = json!({
             "node_id": "prefix_only",
             "route_fields": "omitted",
             "cx_public_key": "key_ready_only",
         });
     }
+    let body = splice_nodes(&envelope, &cached.nodes_json);
     let data_class = if public {
         "public_presentation"
     } else {
         "route_dispatch"
     };
-    let mut resp = json_with(
-        StatusCode::OK,
-        &body,
-        &[("x-iicp-discover-data-class", data_class)],
+    let mut resp = json_bytes(StatusCode::OK, body.into());
+    resp.headers_mut().insert(
+        "x-iicp-discover-data-class",
+        http::HeaderValue::from_static(data_class),
     );
     set_cache(
         &mut resp,

@@ -281,6 +281,7 @@ pub(super) async fn register(core: Arc<Core>, mut req: Request, _p: Params) -> H
     let verified = node.record.state.probe.verified;
     let lifetime_jobs = node.completed_tasks();
     core.write().insert(node);
+    core.discover_cache.invalidate();
     drop(_guard);
     Counters::bump(&core.counters.registrations);
     tracing::info!(
@@ -328,6 +329,7 @@ pub(super) async fn deregister(core: Arc<Core>, mut req: Request, _p: Params) ->
         .await
         .map_err(|e| store_failed(&core, &e))?;
     core.write().remove(&node_id);
+    core.discover_cache.invalidate();
     tracing::info!(node = %short(&node_id), "node deregistered");
     Ok(json(
         StatusCode::OK,
@@ -418,9 +420,7 @@ pub(super) async fn heartbeat(core: Arc<Core>, mut req: Request, _p: Params) -> 
         .await
         .map_err(|e| store_failed(&core, &e))?;
     let reputation = state.reputation;
-    if let Some(n) = core.write().nodes.get_mut(&node_id) {
-        n.record.state = state;
-    }
+    core.replace_state(&node_id, state);
     drop(_guard);
     Counters::bump(&core.counters.heartbeats);
 

@@ -176,6 +176,7 @@ pub(super) async fn operator_rename(
             bound += 1;
         }
     }
+    core.discover_cache.invalidate();
     let fingerprint = operator_fingerprint(&rename.operator_pub);
     tracing::info!(operator = %short(&fingerprint), nodes = bound, "operator renamed");
     Ok(no_store(
