@@ -205,6 +205,31 @@ fn dev_usage_errors() {
 /// The main job with a real model: llama-cpp-python's server with SmolLM2-135M behind
 /// every node (needs IICP_MODEL_PYTHON / IICP_MODEL_GGUF from scripts/test).
 #[test]
+fn dev_rounds_times_repeated_chats() {
+    let out = iicp()
+        .args(["dev", "--once", "--nodes", "1", "--rounds", "25"])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let timings: Vec<&str> = stdout.lines().filter(|l| l.starts_with("timing")).collect();
+    assert_eq!(timings.len(), 2, "{stdout}");
+    for (line, transport) in timings.iter().zip(["via HTTP", "via native"]) {
+        assert!(
+            line.contains("25 x chat()") && line.contains(transport),
+            "{line}"
+        );
+        for field in ["p50", "p90", "p99", "max", "discovery cached"] {
+            assert!(line.contains(field), "{line}");
+        }
+    }
+}
+
+#[test]
 fn dev_once_with_a_real_model() {
     let (py, gguf) = match (
         std::env::var("IICP_MODEL_PYTHON"),

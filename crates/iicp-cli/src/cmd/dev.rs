@@ -11,9 +11,11 @@ use iicp_backends::{BackendConfig, BackendKind};
 use iicp_client::{Client, Task, TaskResult, Transport, TransportUsed};
 use iicp_directory::store::MemoryStore;
 use iicp_directory::Directory;
-use iicp_node::{BackendHandler, EchoModel, Node, ServeHandle, ServeOptions, TaskHandler};
+use iicp_node::{
+    BackendHandler, EchoModel, Node, RateLimit, ServeHandle, ServeOptions, TaskHandler,
+};
 use iicp_proto::secret::Secret;
-use iicp_proto::task::Qos;
+use iicp_proto::task::{ChatMessage, Qos};
 use iicp_transport::listener::{Listener, ListenerConfig};
 use iicp_transport::shutdown;
 use serde_json::json;
@@ -49,6 +51,10 @@ pub(crate) struct Args {
     /// Port of the directory (0 = any free port).
     #[arg(long, default_value_t = 0)]
     directory_port: u16,
+    /// After the first chat on each transport, time this many more `chat()` calls
+    /// through the same client (discovery cached) and print their latency percentiles.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    rounds: u32,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -121,6 +127,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             .model(model.clone())
             .region("local")
             .directory_url(dir_url.clone())
+            // a private mesh on loopback: no per-origin task limit (--rounds loads it)
+            .rate_limit(RateLimit {
+                max_requests: 0,
+                window: Duration::from_secs(60),
+            })
             .build()
             .context("configuring a node")?;
         let handle = node
@@ -167,6 +178,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             Err(e) => {
                 failed = true;
                 println!("chat        {transport:?} failed: {e}");
+                continue;
+            }
+        }
+        if args.rounds > 0 {
+            if let Err(e) = time_rounds(&client, transport, &args.prompt, args.rounds).await {
+                failed = true;
+                println!("rounds      {transport:?} failed: {e}");
             }
         }
     }
@@ -188,6 +206,38 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     if failed {
         bail!("the mesh did not answer over every transport");
     }
+    Ok(())
+}
+
+/// `rounds` sequential `chat()` calls: latency percentiles, end to end.
+async fn time_rounds(
+    client: &Client,
+    transport: Transport,
+    prompt: &str,
+    rounds: u32,
+) -> Result<(), iicp_client::Error> {
+    let mut samples = Vec::with_capacity(rounds as usize);
+    let t0 = Instant::now();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        client.chat(vec![ChatMessage::new("user", prompt)]).await?;
+        samples.push(t.elapsed());
+    }
+    let total = t0.elapsed();
+    samples.sort_unstable();
+    let pick = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "timing      {rounds} x chat() via {:<6} p50 {:.1?}  p90 {:.1?}  p99 {:.1?}  max {:.1?}  ({:.0}/s, discovery cached)",
+        match transport {
+            Transport::Native => "native",
+            _ => "HTTP",
+        },
+        pick(0.5),
+        pick(0.9),
+        pick(0.99),
+        pick(1.0),
+        f64::from(rounds) / total.as_secs_f64(),
+    );
     Ok(())
 }
 
