@@ -12,6 +12,13 @@ python (scripts/peers prints IICP_PEER_PYTHON). Output is one JSON object per li
                                           IICP_PEER_HEARTBEAT_S shortens its 30 s heartbeat;
                                           IICP_PEER_NO_CX=1 makes it keyless (no cx_public_key)
   py_peer.py discover DIR_URL             IicpClient.discover_async (plain GET /v1/discover)
+  py_peer.py submit                       client harness of the conformance runner
+                                          (iicp-conformance --client-cmd): one
+                                          IicpClient.submit_async to the directory in
+                                          IICP_CONFORMANCE_DIRECTORY for the intent in
+                                          IICP_CONFORMANCE_INTENT (plain discovery,
+                                          directory order, plaintext to keyless nodes),
+                                          node_token from IICP_CONFORMANCE_NODE_TOKEN
   py_peer.py chat DIR_URL PROMPT [--sdk-qos]
                                           IicpClient.chat_async with ticketed dispatch
                                           (route_discovery_mode=ticketed: tickets are verified);
@@ -121,6 +128,32 @@ async def chat(dir_url, prompt, sdk_qos=False):
          model=r.model, reply=r.choices[0].message.content)
 
 
+async def submit():
+    """One task through the SDK's full pipeline, for the conformance runner's scripted
+    directory and nodes (keyless, on loopback)."""
+    import os
+    os.environ["IICP_CX_ALLOW_PLAINTEXT"] = "1"
+    allow_loopback_nodes()
+    from iicp_client import IicpClient
+    from iicp_client.types import ClientConfig, TaskConstraints, TaskRequest
+    cfg = ClientConfig(
+        directory_url=os.environ["IICP_CONFORMANCE_DIRECTORY"],
+        route_discovery_mode="legacy",
+        routing_strategy="deterministic",
+        node_token=os.environ.get("IICP_CONFORMANCE_NODE_TOKEN") or None,
+    )
+    req = TaskRequest(
+        intent=os.environ["IICP_CONFORMANCE_INTENT"],
+        payload={"messages": [{"role": "user", "content": "conformance"}]},
+        constraints=TaskConstraints(timeout_ms=10_000, qos="best-effort"),
+    )
+    try:
+        r = await IicpClient(cfg).submit_async(req)
+        emit(event="submitted", task_id=r.task_id, status=str(getattr(r, "status", "")))
+    except Exception as e:  # the runner reads the requests its servers saw, not this
+        emit(event="error", type=type(e).__name__, code=str(getattr(e, "code", "")), message=str(e))
+
+
 def node(args):
     """The SDK node CLI, with only its loopback/private-endpoint registration skip disabled."""
     import os
@@ -154,6 +187,8 @@ def main():
         node(sys.argv[2:])
     elif cmd == "discover":
         asyncio.run(discover(sys.argv[2]))
+    elif cmd == "submit":
+        asyncio.run(submit())
     elif cmd == "chat":
         asyncio.run(chat(sys.argv[2], sys.argv[3], "--sdk-qos" in sys.argv[4:]))
     else:

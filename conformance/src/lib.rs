@@ -1,6 +1,17 @@
-//! `iicp-conformance`: the conformance and interop suite; cases land with its issue.
+//! `iicp-conformance`: the conformance and interop suite of IICP for Rust (publish =
+//! false).
 //!
-//! [`peers`] runs the other SDKs and our own crates side by side for the cross-SDK
-//! interop matrix (`tests/interop_*.rs`, `docs/interop.md`).
+//! * [`cases`] — the case library: every case with its id, spec source and target (a
+//!   node's HTTP or native endpoint, a directory, or the client harness);
+//! * [`report`] — one line per case and the `iicp.conformance_result.v1`-shaped JSON;
+//! * [`scripted`] — scripted directories and nodes for the client-side cases;
+//! * [`peers`] — the other SDKs and our own crates side by side for the cross-SDK
+//!   interop matrix (`tests/interop_*.rs`, `docs/interop.md`).
+//!
+//! The runner binary `iicp-conformance` (`src/bin/iicp-conformance.rs`) targets any
+//! implementation by URL; `docs/conformance.md` lists the cases and current results.
 
+pub mod cases;
 pub mod peers;
+pub mod report;
+pub mod scripted;

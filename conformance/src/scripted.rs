@@ -1,0 +1,415 @@
+//! Scripted HTTP peers for the client-side cases: one server type that plays a
+//! directory, a node or a misbehaving directory, on 127.0.0.1:0.
+//!
+//! Each route has a default reply ([`Canned`]) and a queue of scripted replies that are
+//! used first, oldest first. Every request is recorded (method, path, headers, body,
+//! arrival time) so a case can count attempts, compare trace headers and look for
+//! leaked secrets. The server stops when the [`Scripted`] is dropped.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use http::{HeaderValue, Method, StatusCode};
+use iicp_transport::http::server::{json, read_body, HttpServer, Request, Response, Router};
+use iicp_transport::shutdown::{self, Trigger};
+use serde_json::{json, Value};
+
+/// One scripted answer.
+#[derive(Clone, Debug)]
+pub enum Canned {
+    /// Node: 200 `success` echoing the task id, with a chat completion saying
+    /// `hello from <label>`.
+    TaskOk,
+    /// Directory: 200 NODELIST of [`Scripted::set_nodes`].
+    Discover,
+    /// Directory: 201 with a fresh node id and token (`tok-<n>`, hex-free on purpose).
+    Register,
+    /// Directory: 200 heartbeat acknowledgement.
+    Heartbeat,
+    /// This status and JSON body.
+    Json(u16, Value),
+    /// This status and JSON body with `Retry-After: <secs>`.
+    RetryAfter(u16, Value, u64),
+    /// This status, content type and raw body.
+    Raw(u16, &'static str, Vec<u8>),
+    /// A redirect with this status to this path on the same server, or to this absolute
+    /// URL when it starts with `http`.
+    Redirect(u16, String),
+}
+
+/// One request as the server saw it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    /// Method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Headers.
+    pub headers: http::HeaderMap,
+    /// Body bytes.
+    pub body: Vec<u8>,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+impl Recorded {
+    /// A header's value as text (`None` when absent or not visible ASCII).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name)?.to_str().ok()
+    }
+
+    /// The body as JSON (`null` when it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// Whether `needle` occurs anywhere in the request (path, header values, body).
+    pub fn contains(&self, needle: &str) -> bool {
+        let n = needle.as_bytes();
+        let has = |hay: &[u8]| hay.windows(n.len().max(1)).any(|w| w == n);
+        has(self.path.as_bytes())
+            || self.headers.values().any(|v| has(v.as_bytes()))
+            || has(&self.body)
+    }
+}
+
+/// `(method, path)` of a scripted route.
+type RouteKey = (Method, String);
+/// A route's queued replies and its default.
+type Route = (VecDeque<Canned>, Canned);
+
+#[derive(Default)]
+struct State {
+    label: String,
+    origin: Mutex<String>,
+    routes: Mutex<HashMap<RouteKey, Route>>,
+    log: Mutex<Vec<Recorded>>,
+    nodes: Mutex<Vec<Value>>,
+    issued: AtomicUsize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Declares the routes of a [`Scripted`] server.
+#[derive(Default)]
+pub struct ScriptedBuilder {
+    label: String,
+    routes: Vec<(Method, String, Canned)>,
+    alias: Option<String>,
+}
+
+impl ScriptedBuilder {
+    /// A server named `label` (used in node answers).
+    pub fn new(label: impl Into<String>) -> Self {
+        Self {
+            label: label.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Serves `method path` with `default` once its queue is empty.
+    pub fn on(mut self, method: Method, path: &str, default: Canned) -> Self {
+        self.routes.push((method, path.to_owned(), default));
+        self
+    }
+
+    /// Also serves every route under `prefix` (e.g. `/api`).
+    pub fn alias(mut self, prefix: &str) -> Self {
+        self.alias = Some(prefix.to_owned());
+        self
+    }
+
+    /// A scripted node: `POST /v1/task` answers [`Canned::TaskOk`], health `ok`.
+    pub fn node(label: impl Into<String>) -> Self {
+        Self::new(label)
+            .on(Method::POST, "/v1/task", Canned::TaskOk)
+            .on(
+                Method::GET,
+                "/iicp/health",
+                Canned::Json(200, json!({"status": "ok", "load": 0.0, "active_jobs": 0})),
+            )
+    }
+
+    /// A scripted directory at `…/api`: discover, register, heartbeat, deregister;
+    /// dispatch tickets and consumer tokens answer 404 (not offered).
+    pub fn directory() -> Self {
+        let not_offered = Canned::Json(
+            404,
+            json!({"error": {"code": "not_found", "message": "not offered"}}),
+        );
+        Self::new("directory")
+            .on(Method::GET, "/v1/discover", Canned::Discover)
+            .on(Method::POST, "/v1/register", Canned::Register)
+            .on(Method::POST, "/v1/heartbeat", Canned::Heartbeat)
+            .on(
+                Method::DELETE,
+                "/v1/register",
+                Canned::Json(200, json!({"deregistered": true})),
+            )
+            .on(Method::POST, "/v1/dispatch/ticket", not_offered.clone())
+            .on(Method::POST, "/v1/consumer-token", not_offered)
+            .on(
+                Method::POST,
+                "/v1/credits/award",
+                Canned::Json(200, json!({"awarded": true})),
+            )
+            .alias("/api")
+    }
+
+    /// Binds and serves.
+    ///
+    /// # Errors
+    /// When no port can be bound.
+    pub async fn start(self) -> std::io::Result<Scripted> {
+        let state = Arc::new(State {
+            label: self.label,
+            ..State::default()
+        });
+        let mut router = Router::new();
+        for (method, path, default) in self.routes {
+            lock(&state.routes).insert((method.clone(), path.clone()), (VecDeque::new(), default));
+            let st = Arc::clone(&state);
+            let key = (method.clone(), path.clone());
+            router = router.route(method, &path, move |req: Request, _p| {
+                let st = Arc::clone(&st);
+                let key = key.clone();
+                async move { answer(&st, key, req).await }
+            });
+        }
+        if let Some(prefix) = &self.alias {
+            router = router.nest_alias(prefix);
+        }
+        let server = HttpServer::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
+        let addr = server.local_addr()?;
+        *lock(&state.origin) = format!("http://{addr}");
+        let (trigger, signal) = shutdown::channel();
+        tokio::spawn(server.serve(router, signal));
+        Ok(Scripted {
+            addr,
+            state,
+            _trigger: trigger,
+        })
+    }
+}
+
+/// A running scripted server; stops on drop.
+pub struct Scripted {
+    addr: SocketAddr,
+    state: Arc<State>,
+    _trigger: Trigger,
+}
+
+impl std::fmt::Debug for Scripted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scripted")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl Scripted {
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT/api`, the base a client is given.
+    pub fn base(&self) -> String {
+        format!("{}/api", self.url())
+    }
+
+    /// Queues `replies` on `method path` before its default.
+    pub fn script(&self, method: Method, path: &str, replies: impl IntoIterator<Item = Canned>) {
+        if let Some((q, _)) = lock(&self.state.routes).get_mut(&(method, path.to_owned())) {
+            q.extend(replies);
+        }
+    }
+
+    /// Replaces the default reply of `method path`.
+    pub fn set_default(&self, method: Method, path: &str, reply: Canned) {
+        if let Some((_, d)) = lock(&self.state.routes).get_mut(&(method, path.to_owned())) {
+            *d = reply;
+        }
+    }
+
+    /// Sets the NODELIST of [`Canned::Discover`].
+    pub fn set_nodes(&self, nodes: Vec<Value>) {
+        *lock(&self.state.nodes) = nodes;
+    }
+
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        lock(&self.state.log).clone()
+    }
+
+    /// Requests whose path ends with `suffix` (e.g. `/v1/task`), any method.
+    pub fn hits(&self, suffix: &str) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| {
+                r.path
+                    .split('?')
+                    .next()
+                    .is_some_and(|p| p.ends_with(suffix))
+            })
+            .collect()
+    }
+
+    /// How many requests hit `suffix`.
+    pub fn count(&self, suffix: &str) -> usize {
+        self.hits(suffix).len()
+    }
+
+    /// A NODELIST entry for this server as a plaintext node with id `node_id`.
+    pub fn entry(&self, node_id: &str) -> Value {
+        json!({
+            "node_id": node_id,
+            "endpoint": self.url(),
+            "region": "local",
+            "score": 0.9,
+            "available": true,
+            "load": 0.1,
+            "intents": [iicp_client::CHAT_INTENT],
+        })
+    }
+}
+
+async fn answer(st: &State, key: RouteKey, mut req: Request) -> Response {
+    let body = read_body(&mut req, 4 << 20)
+        .await
+        .map(|b| b.to_vec())
+        .unwrap_or_default();
+    let rec = Recorded {
+        method: req.method().to_string(),
+        // origin-form request target: path and query
+        path: req.uri().to_string(),
+        headers: req.headers().clone(),
+        body,
+        at: Instant::now(),
+    };
+    let reply = {
+        let mut routes = lock(&st.routes);
+        match routes.get_mut(&key) {
+            Some((q, d)) => q.pop_front().unwrap_or_else(|| d.clone()),
+            None => Canned::Json(
+                404,
+                json!({"error": {"code": "not_found", "message": "no route"}}),
+            ),
+        }
+    };
+    let req_json = rec.json();
+    lock(&st.log).push(rec);
+    render(st, reply, &req_json)
+}
+
+fn status(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+fn render(st: &State, reply: Canned, req: &Value) -> Response {
+    match reply {
+        Canned::TaskOk => json(
+            StatusCode::OK,
+            &json!({
+                "task_id": req["task_id"],
+                "status": "success",
+                "result": {
+                    "id": "chatcmpl-scripted",
+                    "object": "chat.completion",
+                    "model": "scripted",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("hello from {}", st.label)}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4},
+                },
+                "metrics": {"latency_ms": 1, "tokens_used": 4},
+                "model_used": "scripted",
+            }),
+        ),
+        Canned::Discover => {
+            let nodes = lock(&st.nodes).clone();
+            let mut r = json(
+                StatusCode::OK,
+                &json!({"nodes": nodes, "count": nodes.len(), "query_ms": 1}),
+            );
+            r.headers_mut().insert(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static(
+                    "public, max-age=5, s-maxage=10, stale-while-revalidate=5",
+                ),
+            );
+            r
+        }
+        Canned::Register => {
+            let n = st.issued.fetch_add(1, Ordering::SeqCst) + 1;
+            json(
+                StatusCode::CREATED,
+                &json!({
+                    "node_id": "3fa85f64-5717-4562-b3fc-2c963f66afa6",
+                    "node_token": format!("tok-{n}"),
+                    "node_hmac_key": "scripted-hmac-key",
+                }),
+            )
+        }
+        Canned::Heartbeat => json(
+            StatusCode::OK,
+            &json!({"ok": true, "next_heartbeat_ms": 50}),
+        ),
+        Canned::Json(code, v) => json(status(code), &v),
+        Canned::RetryAfter(code, v, secs) => {
+            let mut r = json(status(code), &v);
+            r.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+            r
+        }
+        Canned::Raw(code, ct, body) => {
+            let mut r = iicp_transport::http::server::json_bytes(status(code), body.into());
+            r.headers_mut()
+                .insert(http::header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            r
+        }
+        Canned::Redirect(code, path) => {
+            let mut r = iicp_transport::http::server::json_bytes(status(code), Vec::new().into());
+            let location = if path.starts_with("http") {
+                path
+            } else {
+                format!("{}{path}", lock(&st.origin))
+            };
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                r.headers_mut().insert(http::header::LOCATION, v);
+            }
+            r
+        }
+    }
+}
+
+/// Records requested back-off sleeps and returns at once (injected into our client).
+#[derive(Debug, Default)]
+pub struct RecordingSleeper(Mutex<Vec<Duration>>);
+
+impl RecordingSleeper {
+    /// The sleeps requested so far.
+    pub fn sleeps(&self) -> Vec<Duration> {
+        lock(&self.0).clone()
+    }
+}
+
+impl iicp_client::time::Sleeper for RecordingSleeper {
+    fn sleep(&self, d: Duration) -> iicp_client::time::SleepFuture {
+        lock(&self.0).push(d);
+        Box::pin(async {})
+    }
+}
+
+/// A random source that always returns the same number (0.5 = no jitter).
+#[derive(Debug, Clone, Copy)]
+pub struct FixedRandom(pub f64);
+
+impl iicp_client::time::Random for FixedRandom {
+    fn next_f64(&self) -> f64 {
+        self.0
+    }
+}
