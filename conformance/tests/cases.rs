@@ -108,10 +108,7 @@ async fn our_node_and_directory_pass_in_open_mode() {
     let reports = cases::run(&cases, ctx).await;
     show(&reports);
     assert_eq!(reports.len(), cases.len(), "every case ran");
-    // Known failures of our crates (docs/conformance.md "Findings"):
-    // DIR-HB-03 — our directory answers an unknown node's heartbeat with 404
-    // `IICP-E003` (the reference directory's code), the suite wants `not_found`.
-    assert_eq!(ids(&reports, "FAIL"), vec!["DIR-HB-03"]);
+    assert_eq!(ids(&reports, "FAIL"), Vec::<&str>::new());
     // only the token-mode cases need what open mode cannot give
     assert_eq!(ids(&reports, "SKIP"), vec!["NODE-TASK-05", "SEC-AUTH-02"]);
     h.stop().await;
@@ -139,9 +136,7 @@ async fn client_harness_cases_pass_against_our_client_and_node() {
     let reports = cases::run(&cases, Arc::new(Ctx::default())).await;
     show(&reports);
     assert_eq!(reports.len(), cases.len());
-    // Known failure of our crates (docs/conformance.md "Findings"): DIRX-429 — our
-    // node retries a 429 register after its own back-off, ignoring Retry-After.
-    assert_eq!(ids(&reports, "FAIL"), vec!["DIRX-429"]);
+    assert_eq!(ids(&reports, "FAIL"), Vec::<&str>::new());
     assert_eq!(ids(&reports, "SKIP"), Vec::<&str>::new());
 }
 

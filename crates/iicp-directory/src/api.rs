@@ -122,12 +122,16 @@ fn unauthorized(message: &str) -> HttpError {
     err(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
 }
 
+/// 404 for a heartbeat or deregistration of an unknown node: `not_found` as the spec's
+/// suite wants (DIR-HB-03), with the reference directory's `IICP-E003` alongside for
+/// clients that match on it (PROTOCOL.md §6.2, §8.3). Nodes react to the status.
 fn unknown_node() -> HttpError {
     err(
         StatusCode::NOT_FOUND,
-        ErrorCode::E003,
+        ErrorCode::NotFound,
         "node is not registered",
     )
+    .with_member("legacy_code", "IICP-E003")
 }
 
 /// 503 for a storage failure (logged without detail that could carry secrets).

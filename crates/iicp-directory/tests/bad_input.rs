@@ -120,7 +120,8 @@ async fn refusals_are_json_and_the_directory_keeps_serving() {
         Some(token),
     )
     .await;
-    assert_eq!((r.status, r.code()), (404, Some("IICP-E003")));
+    assert_eq!((r.status, r.code()), (404, Some("not_found")));
+    assert_eq!(r.body["error"]["legacy_code"], "IICP-E003");
     let r = post(
         &format!("{base}/v1/heartbeat"),
         &json!({"node_id": id, "load": 7}),

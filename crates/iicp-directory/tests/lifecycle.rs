@@ -145,7 +145,8 @@ async fn register_heartbeat_rotate_deregister() {
         assert_eq!(r.body["deregistered"], true);
         let r = heartbeat(&base, &node_id, &token2, json!({})).await;
         assert_eq!(r.status, 404);
-        assert_eq!(r.code(), Some("IICP-E003"));
+        assert_eq!(r.code(), Some("not_found"));
+        assert_eq!(r.body["error"]["legacy_code"], "IICP-E003");
         d.stop().await;
     }
 }

@@ -78,6 +78,19 @@ fn next_backoff(shared: &Shared, st: &mut State) -> Duration {
     jitter(next)
 }
 
+/// Longest `Retry-After` honoured; a directory asking for more is retried after this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// The back-off after a failed call, but never sooner than the directory asked
+/// (`Retry-After` on 429/503, PROTOCOL.md §5.3, §6.3).
+fn delay_after(shared: &Shared, st: &mut State, e: Option<&DirectoryError>) -> Duration {
+    let backoff = next_backoff(shared, st);
+    match e.and_then(DirectoryError::retry_after) {
+        Some(asked) => backoff.max(asked.min(MAX_RETRY_AFTER)),
+        None => backoff,
+    }
+}
+
 fn failure_reason(e: &DirectoryError) -> &'static str {
     match e.status_code() {
         Some(401 | 404 | 410) => "registration_lost",
@@ -116,7 +129,7 @@ async fn step(node: &Node, st: &mut State) -> Duration {
         Err(e) => {
             tracing::warn!(error = %e, "heartbeat failed; will retry");
             shared.metrics.heartbeat_failure(failure_reason(&e));
-            next_backoff(shared, st)
+            delay_after(shared, st, Some(&e))
         }
     }
 }
@@ -132,12 +145,14 @@ async fn register(node: &Node, st: &mut State) -> Duration {
         }
         Err(e) => {
             tracing::warn!(error = %e, "registration failed; will retry");
-            let reason = match &e {
-                crate::Error::Directory(d) => failure_reason(d),
-                _ => "rejected",
+            let directory_error = match &e {
+                crate::Error::Directory(d) => Some(d),
+                _ => None,
             };
-            shared.metrics.heartbeat_failure(reason);
-            next_backoff(shared, st)
+            shared
+                .metrics
+                .heartbeat_failure(directory_error.map_or("rejected", failure_reason));
+            delay_after(shared, st, directory_error)
         }
     }
 }

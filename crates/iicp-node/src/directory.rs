@@ -28,6 +28,7 @@ pub struct DirectoryError {
     status: Option<u16>,
     code: Option<ErrorCode>,
     retryable: bool,
+    retry_after: Option<Duration>,
     #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
@@ -46,8 +47,15 @@ impl DirectoryError {
             status: Some(status),
             code,
             retryable: iicp_proto::error::is_retryable_status(status),
+            retry_after: None,
             source: None,
         }
+    }
+
+    /// The same error, with the delay the directory asked for (`Retry-After`).
+    pub fn with_retry_after(mut self, delay: Option<Duration>) -> Self {
+        self.retry_after = delay;
+        self
     }
 
     /// A transport failure (connect, timeout, …) of `operation`; retryable.
@@ -60,6 +68,7 @@ impl DirectoryError {
             status: None,
             code: None,
             retryable: true,
+            retry_after: None,
             source: Some(Box::new(source)),
         }
     }
@@ -71,6 +80,7 @@ impl DirectoryError {
             status: None,
             code: None,
             retryable: false,
+            retry_after: None,
             source: None,
         }
     }
@@ -88,6 +98,11 @@ impl DirectoryError {
     /// The protocol error code, when the directory sent one.
     pub fn code(&self) -> Option<&ErrorCode> {
         self.code.as_ref()
+    }
+
+    /// How long the directory asked us to wait (`Retry-After` / `retry_after_ms`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
     }
 
     /// Whether trying again later may succeed.
@@ -110,6 +125,7 @@ impl DirectoryError {
             status,
             code,
             retryable,
+            retry_after: err.retry_after(),
             source: Some(Box::new(err)),
         }
     }
@@ -119,6 +135,7 @@ impl DirectoryError {
             HttpClientError::Status { status, error, .. } => {
                 let code = (!error.code.is_unknown()).then(|| error.code.clone());
                 Self::status(operation, *status, code)
+                    .with_retry_after(error.retry_after_ms.map(Duration::from_millis))
             }
             _ => {
                 let retryable = err.is_retryable();
