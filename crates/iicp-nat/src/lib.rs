@@ -14,6 +14,8 @@
 //! * [`detect`] — interface enumeration and Docker/Kubernetes detection.
 //! * [`relay`] — the relay-accept server ([`RelayServer`]), the relay worker client
 //!   ([`RelayWorker`]) and relay election ([`relay::elect`]).
+//! * [`mesh`] — peer exchange in the spec's Ed25519 form (§15): checks, answers and the
+//!   peer cache (IO-free; the node serves `POST /v1/peers`).
 //!
 //! What it does not do: decide what the node advertises or call the directory (the node
 //! does both, and plugs probes and relay binding in through [`Prober`] and
@@ -43,6 +45,7 @@ pub mod addr;
 pub mod detect;
 mod executor;
 pub mod lease;
+pub mod mesh;
 pub mod plan;
 pub mod relay;
 pub mod upnp;
@@ -54,4 +57,6 @@ pub use plan::{
     MappingAttempt, Observations, Plan, PortPair, ProbeVerdict, RelayObservation, Settings, Step,
     Tier, TransportMethod, UpnpFailure,
 };
-pub use relay::{RelayConfig, RelayHandle, RelayServer, RelayWorker, WorkerConfig, WorkerState};
+pub use relay::{
+    RelayConfig, RelayHandle, RelayServer, RelayWorker, TicketSource, WorkerConfig, WorkerState,
+};

@@ -4,8 +4,11 @@
 //!
 //! Type bytes 0x0B/0x0C mean RELAY_BIND/RELAY_ACK only on relay-accept connections
 //! (§19 T4): both ends run their sessions with [`iicp_proto::message::Channel::Relay`].
-//! The HTTP long-poll worker transport (§14.3) and the legacy `POST /v1/relay` are not
-//! implemented here.
+//! The relay's HTTP side ([`RelayHandle::routes`]) also serves the HTTP long-poll worker
+//! transport (§14.3: `POST /v1/relay/bind`, `GET /v1/relay/pull`, `POST /v1/relay/result`,
+//! `POST /v1/relay/unbind`) under the same admission rules, and the legacy
+//! `POST /v1/relay` `{target_node_id, task}` for bound workers (forwarding to gossip
+//! peers is not done). Relayed tasks are rate-limited per source address.
 
 mod election;
 mod limits;

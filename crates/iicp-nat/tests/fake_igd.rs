@@ -3,182 +3,18 @@
 //! and 502 (rate limited). Drives the real SSDP/SOAP client and the executor.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, StatusCode};
-use iicp_nat::upnp::{BoxFuture, DiscoveryConfig, Gateway, UpnpDiscovery};
+use iicp_nat::upnp::{BoxFuture, Gateway};
 use iicp_nat::{
     Executor, ExecutorConfig, Guidance, InterfaceAddr, KeeperConfig, Observations, ProbeVerdict,
     Prober, RelayBinder, RelayObservation, Settings, Tier, TransportMethod,
 };
-use iicp_transport::http::server::{read_body, ResponseBody};
-use iicp_transport::http::{HttpClient, HttpClientConfig, HttpServer, Router};
-use iicp_transport::shutdown::{self, Trigger};
-use tokio::net::UdpSocket;
 
-const DESC: &str = r#"<?xml version="1.0"?>
-<root xmlns="urn:schemas-upnp-org:device-1-0"><device><deviceType>urn:schemas-upnp-org:device:InternetGatewayDevice:1</deviceType>
-<deviceList><device><deviceList><device><serviceList>
-<service><serviceType>urn:schemas-upnp-org:service:WANIPConnection:1</serviceType><controlURL>/ctl/IPConn</controlURL></service>
-<service><serviceType>urn:schemas-upnp-org:service:WANIPv6FirewallControl:1</serviceType><controlURL>/ctl/IP6FCtl</controlURL></service>
-</serviceList></device></deviceList></device></deviceList></device></root>"#;
+mod igd;
 
-#[derive(Default)]
-struct FakeState {
-    external_ip: String,
-    faults: HashMap<String, VecDeque<u16>>,
-    calls: Vec<String>,
-    mappings: HashMap<String, String>,
-}
-
-struct FakeIgd {
-    state: Arc<Mutex<FakeState>>,
-    http: SocketAddr,
-    ssdp: SocketAddr,
-    _trigger: Trigger,
-}
-
-impl FakeIgd {
-    async fn start(external_ip: &str) -> Self {
-        let state = Arc::new(Mutex::new(FakeState {
-            external_ip: external_ip.into(),
-            ..FakeState::default()
-        }));
-        let s = Arc::clone(&state);
-        let router = Router::new()
-            .route(Method::GET, "/rootDesc.xml", |_r, _p| async {
-                xml(StatusCode::OK, DESC.to_owned())
-            })
-            .route(Method::POST, "/ctl/{svc}", move |mut req, _p| {
-                let s = Arc::clone(&s);
-                async move {
-                    let action = req
-                        .headers()
-                        .get("soapaction")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim_matches('"').split_once('#'))
-                        .map(|(_, a)| a.to_owned())
-                        .unwrap_or_default();
-                    let body = read_body(&mut req, 64 * 1024).await.unwrap();
-                    let body = String::from_utf8_lossy(&body).into_owned();
-                    answer(&s, &action, &body)
-                }
-            });
-        let server = HttpServer::bind("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        let http = server.local_addr().unwrap();
-        let (trigger, stop) = shutdown::channel();
-        tokio::spawn(server.serve(router, stop.clone()));
-        // SSDP responder: answers any M-SEARCH with our description URL
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let ssdp = udp.local_addr().unwrap();
-        let mut stop2 = stop;
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            loop {
-                tokio::select! {
-                    r = udp.recv_from(&mut buf) => {
-                        let Ok((n, from)) = r else { break };
-                        if buf[..n].starts_with(b"M-SEARCH") {
-                            let reply = format!("HTTP/1.1 200 OK\r\nST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\nLOCATION: http://{http}/rootDesc.xml\r\n\r\n");
-                            let _ = udp.send_to(reply.as_bytes(), from).await;
-                        }
-                    }
-                    _ = stop2.fired() => break,
-                }
-            }
-        });
-        Self {
-            state,
-            http,
-            ssdp,
-            _trigger: trigger,
-        }
-    }
-
-    fn fail(&self, action: &str, codes: &[u16]) {
-        self.state
-            .lock()
-            .unwrap()
-            .faults
-            .entry(action.into())
-            .or_default()
-            .extend(codes);
-    }
-
-    fn calls(&self) -> Vec<String> {
-        self.state.lock().unwrap().calls.clone()
-    }
-
-    fn discovery(&self) -> Arc<UpnpDiscovery> {
-        let http = HttpClient::new(HttpClientConfig::default()).unwrap();
-        Arc::new(UpnpDiscovery::new(
-            http,
-            DiscoveryConfig {
-                ssdp_target: self.ssdp,
-                search_timeout: Duration::from_millis(300),
-                http_timeout: Duration::from_secs(2),
-            },
-        ))
-    }
-}
-
-fn xml(status: StatusCode, body: String) -> http::Response<ResponseBody> {
-    http::Response::builder()
-        .status(status)
-        .header("content-type", "text/xml; charset=\"utf-8\"")
-        .body(ResponseBody::from(body))
-        .unwrap()
-}
-
-fn tag(body: &str, name: &str) -> String {
-    body.split(&format!("<{name}>"))
-        .nth(1)
-        .and_then(|r| r.split(&format!("</{name}>")).next())
-        .unwrap_or_default()
-        .to_owned()
-}
-
-fn answer(s: &Mutex<FakeState>, action: &str, body: &str) -> http::Response<ResponseBody> {
-    let mut st = s.lock().unwrap();
-    st.calls.push(action.to_owned());
-    if let Some(code) = st.faults.get_mut(action).and_then(VecDeque::pop_front) {
-        return xml(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!(
-                "<?xml version=\"1.0\"?><s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body><s:Fault><faultcode>s:Client</faultcode><faultstring>UPnPError</faultstring><detail><UPnPError xmlns=\"urn:schemas-upnp-org:control-1-0\"><errorCode>{code}</errorCode><errorDescription>scripted</errorDescription></UPnPError></detail></s:Fault></s:Body></s:Envelope>"
-            ),
-        );
-    }
-    let out = match action {
-        "GetExternalIPAddress" => format!(
-            "<NewExternalIPAddress>{}</NewExternalIPAddress>",
-            st.external_ip
-        ),
-        "AddPortMapping" => {
-            let port = tag(body, "NewExternalPort");
-            let client = tag(body, "NewInternalClient");
-            st.mappings.insert(port, client);
-            String::new()
-        }
-        "DeletePortMapping" => {
-            st.mappings.remove(&tag(body, "NewExternalPort"));
-            String::new()
-        }
-        "AddPinhole" => "<UniqueID>7</UniqueID>".to_owned(),
-        _ => String::new(),
-    };
-    xml(
-        StatusCode::OK,
-        format!(
-            "<?xml version=\"1.0\"?><s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body><u:{action}Response xmlns:u=\"x\">{out}</u:{action}Response></s:Body></s:Envelope>"
-        ),
-    )
-}
+use igd::FakeIgd;
 
 fn obs(ips: &[&str]) -> Observations {
     let mut o = Observations::new(Settings {

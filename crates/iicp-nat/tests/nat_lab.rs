@@ -15,11 +15,12 @@
 //! the worker makes the relay answer `IICP-E030`, and a restarted worker binds again.
 //!
 //! Skips (with a message) when not root or without `ip netns`; under `CI=true` a lab
-//! that cannot be built fails the test instead.
+//! that cannot be built fails the test instead. The harness is `tests/lab/mod.rs`,
+//! shared with the node-level lab test of `iicp-cli`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod lab;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,142 +32,10 @@ use iicp_nat::{
 use iicp_transport::http::server::json;
 use iicp_transport::http::{HttpClient, HttpClientConfig, HttpServer, Router};
 use iicp_transport::shutdown;
+use lab::{build_lab, role_is, wait_file, write, TARGET, WAN_IP};
 
-const ROLE: &str = "IICP_NAT_LAB_ROLE";
-const DIR: &str = "IICP_NAT_LAB_DIR";
-const TARGET: &str = "IICP_NAT_LAB_TARGET";
 const NODE_PORT: u16 = 18080;
-const WAN_IP: &str = "11.77.2.1";
 const LEASE: Duration = Duration::from_secs(6);
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/nat-lab")
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// Tears the lab down (processes, namespaces, state) whatever happens.
-struct Lab {
-    id: String,
-    dir: PathBuf,
-    children: Vec<Child>,
-}
-
-impl Lab {
-    fn ns(&self, side: &str) -> String {
-        format!("iicp-{}-{side}", self.id)
-    }
-
-    fn spawn_child(&self, side: &str, role: &str, target: Option<&str>) -> Command {
-        let exe = std::env::current_exe().unwrap();
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns(side)])
-            .arg(exe)
-            .args([
-                "--exact",
-                role,
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(ROLE, role)
-            .env(DIR, &self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        if let Some(t) = target {
-            cmd.env(TARGET, t);
-        }
-        cmd
-    }
-
-    fn wait_for(&self, file: &str, timeout: Duration, child: &mut Child) -> String {
-        let path = self.dir.join(file);
-        let start = Instant::now();
-        loop {
-            if let Ok(s) = std::fs::read_to_string(&path) {
-                if s.ends_with('\n') {
-                    return s;
-                }
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("LAN child exited early ({status}) before writing {file}");
-            }
-            assert!(start.elapsed() < timeout, "timed out waiting for {file}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = Command::new(script()).args(["down", &self.id]).status();
-    }
-}
-
-fn write(dir: &Path, file: &str, text: &str) {
-    let tmp = dir.join(format!("{file}.tmp"));
-    std::fs::write(&tmp, format!("{text}\n")).unwrap();
-    std::fs::rename(tmp, dir.join(file)).unwrap();
-}
-
-/// Builds lab `prefix{pid}`, or `None` (skip) when this machine cannot; under CI a
-/// machine that should be able to but cannot fails the test.
-fn build_lab(prefix: &str) -> Option<Lab> {
-    if !is_root() {
-        eprintln!("SKIP NAT lab test: needs root (network namespaces)");
-        return None;
-    }
-    let netns_ok = Command::new("ip")
-        .args(["netns", "list"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !netns_ok {
-        eprintln!("SKIP NAT lab test: `ip netns` is unavailable");
-        assert!(
-            !ci(),
-            "CI must be able to run the NAT lab (ip netns missing)"
-        );
-        return None;
-    }
-    let id = format!("{prefix}{}", std::process::id());
-    let lab = Lab {
-        dir: PathBuf::from(format!("/tmp/iicp-nat-lab-{id}")),
-        id,
-        children: Vec::new(),
-    };
-    let up = Command::new(script())
-        .args(["up", &lab.id])
-        .stdout(Stdio::null())
-        .status();
-    if !up.is_ok_and(|s| s.success()) {
-        assert!(
-            !ci(),
-            "CI: scripts/nat-lab up failed; the NAT lab must run in CI"
-        );
-        eprintln!("SKIP NAT lab test: scripts/nat-lab up failed (miniupnpd missing?)");
-        return None;
-    }
-    Some(lab)
-}
 
 #[test]
 fn real_gateway_maps_reaches_renews_and_deletes() {
@@ -203,27 +72,9 @@ fn real_gateway_maps_reaches_renews_and_deletes() {
     write(&lab.dir, "wan-done", "ok");
 
     // renewal, then deletion on stop
-    let lan = lab.children.last_mut().unwrap();
-    let renewed = {
-        let dir = lab.dir.clone();
-        let path = dir.join("renewed");
-        let start = Instant::now();
-        loop {
-            if let Ok(s) = std::fs::read_to_string(&path) {
-                if s.ends_with('\n') {
-                    break s;
-                }
-            }
-            if let Ok(Some(st)) = lan.try_wait() {
-                panic!("LAN child exited early ({st})");
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "no renewal report"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let mut lan = lab.children.pop().unwrap();
+    let renewed = lab.wait_for("renewed", Duration::from_secs(60), &mut lan);
+    lab.children.push(lan);
     let renewals: u64 = renewed.trim().parse().unwrap();
     assert!(renewals >= 2, "lease renewed {renewals} times");
     let mut lan = lab.children.pop().unwrap();
@@ -252,19 +103,6 @@ fn real_gateway_maps_reaches_renews_and_deletes() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "LAN child failed");
-}
-
-fn role_is(role: &str) -> Option<PathBuf> {
-    (std::env::var(ROLE).ok().as_deref() == Some(role))
-        .then(|| PathBuf::from(std::env::var(DIR).unwrap()))
-}
-
-async fn wait_file(path: &Path, timeout: Duration) {
-    let start = Instant::now();
-    while !path.exists() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {path:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Runs in the LAN namespace: serve, plan and map, renew, delete.
@@ -396,7 +234,7 @@ async fn lab_wan_refused() {
 
 // ------------------------------------------------------------ relay through the NAT
 
-const RELAY_IP: &str = "11.77.2.2";
+const RELAY_IP: &str = lab::WAN_HOST;
 const RELAY_HTTP_PORT: u16 = 18090;
 const TAG: &str = "IICP_NAT_LAB_TAG";
 
@@ -558,21 +396,5 @@ async fn lab_wan_task_e030() {
     if role_is("lab_wan_task_e030").is_none() {
         return;
     }
-    let url = std::env::var(TARGET).unwrap();
-    let http = HttpClient::new(HttpClientConfig::default()).unwrap();
-    let task = serde_json::json!({"task_id": "lab-2", "payload": {}});
-    let start = Instant::now();
-    loop {
-        let reply = http.post_json(&url, &task).send().await.unwrap();
-        if reply.status == StatusCode::NOT_FOUND {
-            assert_eq!(reply.error_body().code.as_str(), "IICP-E030");
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "still {}",
-            reply.status
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    lab::expect_e030(&std::env::var(TARGET).unwrap()).await;
 }

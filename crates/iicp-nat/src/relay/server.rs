@@ -13,8 +13,10 @@
 //! [`RelayHandle::routes`] adds the HTTP side to the node's router:
 //! `POST /v1/relay-for/{worker_id}/v1/task` (forward; 404 `IICP-E030` without an alive
 //! session, 502 `IICP-E031` when forwarding fails) and
-//! `GET /v1/relay-for/{worker_id}/iicp/health`. Payloads are never logged, and source
-//! addresses are not logged either.
+//! `GET /v1/relay-for/{worker_id}/iicp/health`, and the HTTP long-poll worker API of
+//! §14.3 (module `longpoll`): HTTP workers are sessions like native ones, admitted by
+//! the same checks. Payloads are never logged, and source addresses are not logged
+//! either.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -37,6 +39,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::limits::{BindRateLimiter, JtiCache};
+
+mod longpoll;
 use super::{RelayError, DEFAULT_RELAY_PORT};
 
 /// RELAY_ACK error reasons (PROTOCOL.md §14.2).
@@ -84,6 +88,15 @@ pub struct RelayConfig {
     pub max_body_bytes: usize,
     /// Session settings (server role, relay channel; idle timeout 90 s).
     pub connection: ConnectionConfig,
+    /// Longest `GET /v1/relay/pull` wait (§14.3: 25 s).
+    pub poll_timeout: Duration,
+    /// An HTTP worker that has not pulled for this long is dead (§14.1: 90 s).
+    pub http_liveness: Duration,
+    /// Tasks queued per HTTP worker before forwarding fails (default 16).
+    pub http_queue: usize,
+    /// Relayed tasks per source address per `bind_rate_window` (default 600; 0
+    /// disables): 429 `rate_limited` beyond.
+    pub forward_rate_limit: u32,
 }
 
 impl Default for RelayConfig {
@@ -105,6 +118,10 @@ impl Default for RelayConfig {
             bind_timeout: Duration::from_secs(10),
             max_body_bytes: 4 * 1024 * 1024,
             connection,
+            poll_timeout: Duration::from_secs(25),
+            http_liveness: Duration::from_secs(90),
+            http_queue: 16,
+            forward_rate_limit: 600,
         }
     }
 }
@@ -130,9 +147,19 @@ pub enum ForwardError {
     /// The worker did not answer in time (`IICP-E031`, 502).
     #[error("the relayed worker did not answer in time")]
     Timeout,
-    /// The session failed or the worker answered with an error (`IICP-E031`, 502).
+    /// The session failed or the worker's answer was unusable (`IICP-E031`, 502).
     #[error("forwarding to the relayed worker failed")]
     Failed,
+    /// The worker answered the task with a protocol error; passed on as it is.
+    #[error("the relayed worker answered with {code} ({status})")]
+    Worker {
+        /// HTTP status (400–599).
+        status: u16,
+        /// The worker's error code.
+        code: String,
+        /// The worker's message.
+        message: String,
+    },
 }
 
 impl ForwardError {
@@ -141,20 +168,51 @@ impl ForwardError {
         match self {
             ForwardError::NoSession => ErrorCode::E030,
             ForwardError::Timeout | ForwardError::Failed => ErrorCode::E031,
+            ForwardError::Worker { code, .. } => ErrorCode::from(code.as_str()),
         }
     }
 
     fn http(&self) -> HttpError {
         let status = match self {
             ForwardError::NoSession => StatusCode::NOT_FOUND,
+            ForwardError::Worker { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
+            }
             _ => StatusCode::BAD_GATEWAY,
         };
-        HttpError::new(status, self.code(), self.to_string())
+        let message = match self {
+            ForwardError::Worker { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        HttpError::new(status, self.code(), message)
+    }
+}
+
+/// A bound worker's session: a native relay connection or an HTTP long-poll session.
+#[derive(Clone)]
+enum Session {
+    Native(ConnectionHandle),
+    Http(Arc<longpoll::HttpSession>),
+}
+
+impl Session {
+    fn is_closed(&self) -> bool {
+        match self {
+            Session::Native(h) => h.is_closed(),
+            Session::Http(s) => s.is_closed(),
+        }
+    }
+
+    fn close(&self) {
+        match self {
+            Session::Native(h) => h.close(),
+            Session::Http(s) => s.close(),
+        }
     }
 }
 
 struct Bound {
-    handle: ConnectionHandle,
+    session: Session,
     generation: u64,
     intent: Option<String>,
     models: Vec<String>,
@@ -163,6 +221,8 @@ struct Bound {
 struct State {
     sessions: HashMap<String, Bound>,
     rate: BindRateLimiter,
+    /// Relayed tasks per source (the worker's own limiter only sees the relay).
+    forward_rate: BindRateLimiter,
     jti: JtiCache,
 }
 
@@ -181,12 +241,12 @@ impl Registry {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn alive(&self, worker_id: &str) -> Option<ConnectionHandle> {
+    fn alive(&self, worker_id: &str) -> Option<Session> {
         let st = self.lock();
         st.sessions
             .get(worker_id)
-            .filter(|b| !b.handle.is_closed())
-            .map(|b| b.handle.clone())
+            .filter(|b| !b.session.is_closed())
+            .map(|b| b.session.clone())
     }
 
     /// Runs the §14.2 checks; on success registers the session and returns its
@@ -195,7 +255,7 @@ impl Registry {
         &self,
         bind: &RelayBind,
         source: IpAddr,
-        handle: &ConnectionHandle,
+        session: Session,
     ) -> Result<u64, &'static str> {
         let Some(worker_id) = bind.worker_id.as_deref().filter(|w| !w.is_empty()) else {
             return Err(reason::WORKER_ID_REQUIRED);
@@ -225,7 +285,7 @@ impl Registry {
         let now = Instant::now();
         let mut st = self.lock();
         let rebind = match st.sessions.get(worker_id) {
-            Some(b) if !b.handle.is_closed() => return Err(reason::ALREADY_BOUND),
+            Some(b) if !b.session.is_closed() => return Err(reason::ALREADY_BOUND),
             Some(_) => true,
             None => false,
         };
@@ -233,7 +293,7 @@ impl Registry {
             if !st.rate.allow(source, now) {
                 return Err(reason::RATE_LIMITED);
             }
-            st.sessions.retain(|_, b| !b.handle.is_closed());
+            st.sessions.retain(|_, b| !b.session.is_closed());
             if st.sessions.len() >= self.config.max_sessions {
                 return Err(reason::AT_CAPACITY);
             }
@@ -249,7 +309,7 @@ impl Registry {
         st.sessions.insert(
             worker_id.to_owned(),
             Bound {
-                handle: handle.clone(),
+                session,
                 generation,
                 intent: bind.intent.clone(),
                 models: bind.models.clone().unwrap_or_default(),
@@ -295,8 +355,29 @@ impl RelayHandle {
         let st = self.inner.lock();
         st.sessions
             .values()
-            .filter(|b| !b.handle.is_closed())
+            .filter(|b| !b.session.is_closed())
             .count()
+    }
+
+    /// The per-source limit on relayed tasks.
+    fn admit_task(&self, req: &iicp_transport::http::server::Request) -> Result<(), HttpError> {
+        let Some(peer) = req
+            .extensions()
+            .get::<iicp_transport::http::PeerAddr>()
+            .map(|p| p.0.ip())
+        else {
+            return Ok(());
+        };
+        if self.inner.lock().forward_rate.allow(peer, Instant::now()) {
+            Ok(())
+        } else {
+            Err(HttpError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                "too many relayed tasks; slow down",
+            )
+            .with_retry_after(Duration::from_secs(1)))
+        }
     }
 
     /// Pushes `task` (the JSON task body) to the worker as a CALL and returns the
@@ -305,8 +386,20 @@ impl RelayHandle {
     /// # Errors
     /// [`ForwardError`].
     pub async fn forward(&self, worker_id: &str, task: &Value) -> Result<Value, ForwardError> {
-        let handle = self.inner.alive(worker_id).ok_or(ForwardError::NoSession)?;
+        let session = self.inner.alive(worker_id).ok_or(ForwardError::NoSession)?;
         let n = self.inner.calls.fetch_add(1, Ordering::Relaxed);
+        let handle = match session {
+            Session::Native(h) => h,
+            Session::Http(s) => {
+                return s
+                    .forward(
+                        format!("relay-{n}"),
+                        task,
+                        self.inner.config.forward_timeout,
+                    )
+                    .await
+            }
+        };
         let call = Call {
             call_id: Some(format!("relay-{n}")),
             payload: Some(Body::json(task)),
@@ -325,16 +418,59 @@ impl RelayHandle {
                 body.to_json(Prefer::Json).map_err(|_| ForwardError::Failed)
             }
             Outcome::Success(None) => Ok(Value::Object(Map::new())),
+            Outcome::Timeout => Err(ForwardError::Worker {
+                status: 504,
+                code: "task_timeout".to_owned(),
+                message: "the relayed worker's task timed out".to_owned(),
+            }),
+            Outcome::Error {
+                code: Some(code),
+                status: Some(status),
+                message,
+            } if (400..600).contains(&status) => Err(ForwardError::Worker {
+                status: u16::try_from(status).unwrap_or(502),
+                code: code.chars().take(64).collect(),
+                message: message
+                    .unwrap_or("the relayed worker refused the task")
+                    .chars()
+                    .take(512)
+                    .collect(),
+            }),
             _ => Err(ForwardError::Failed),
         }
     }
 
-    /// Adds `POST /v1/relay-for/{worker_id}/v1/task` and
-    /// `GET /v1/relay-for/{worker_id}/iicp/health` to `router` (with CORS).
+    /// Adds `POST /v1/relay-for/{worker_id}/v1/task`,
+    /// `GET /v1/relay-for/{worker_id}/iicp/health` and the HTTP long-poll worker API
+    /// (`POST /v1/relay/bind`, `GET /v1/relay/pull`, `POST /v1/relay/result`,
+    /// `POST /v1/relay/unbind`, §14.3) to `router`, all with CORS.
     pub fn routes(&self, router: Router) -> Router {
         let task = self.clone();
         let health = self.clone();
-        router
+        let legacy = self.clone();
+        longpoll::routes(self, router)
+            .route_cors(Method::POST, "/v1/relay", move |mut req, _params| {
+                // legacy `{target_node_id, task}` (§14.4): bound workers only; no peer
+                // forwarding
+                let relay = legacy.clone();
+                async move {
+                    relay.admit_task(&req)?;
+                    let limit = relay.inner.config.max_body_bytes;
+                    let body: Value = read_json(&mut req, limit).await?;
+                    let (Some(worker), Some(task)) = (
+                        body.get("target_node_id").and_then(Value::as_str),
+                        body.get("task"),
+                    ) else {
+                        return Err(HttpError::new(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            ErrorCode::E001,
+                            "`target_node_id` and `task` are required",
+                        ));
+                    };
+                    let result = relay.forward(worker, task).await.map_err(|e| e.http())?;
+                    Ok::<_, HttpError>(json(StatusCode::OK, &relay_answer(task, result)))
+                }
+            })
             .route_cors(
                 Method::POST,
                 "/v1/relay-for/{worker_id}/v1/task",
@@ -342,6 +478,7 @@ impl RelayHandle {
                     let relay = task.clone();
                     async move {
                         let worker = params.get("worker_id").unwrap_or_default().to_owned();
+                        relay.admit_task(&req)?;
                         if !relay.is_bound(&worker) {
                             return Err(ForwardError::NoSession.http());
                         }
@@ -360,7 +497,7 @@ impl RelayHandle {
                     async move {
                         let worker = params.get("worker_id").unwrap_or_default().to_owned();
                         let st = relay.inner.lock();
-                        let Some(b) = st.sessions.get(&worker).filter(|b| !b.handle.is_closed())
+                        let Some(b) = st.sessions.get(&worker).filter(|b| !b.session.is_closed())
                         else {
                             return Err(ForwardError::NoSession.http());
                         };
@@ -443,6 +580,11 @@ impl RelayServer {
                     config.bind_rate_window,
                     max_sources,
                 ),
+                forward_rate: BindRateLimiter::new(
+                    config.forward_rate_limit,
+                    config.bind_rate_window,
+                    max_sources,
+                ),
                 jti: JtiCache::new(jti_cap),
             }),
             config,
@@ -500,12 +642,12 @@ impl RelayServer {
                 drop(permit);
             });
         }
-        let handles: Vec<ConnectionHandle> = {
+        let sessions: Vec<Session> = {
             let st = self.registry.lock();
-            st.sessions.values().map(|b| b.handle.clone()).collect()
+            st.sessions.values().map(|b| b.session.clone()).collect()
         };
-        for h in handles {
-            h.close();
+        for s in sessions {
+            s.close();
         }
     }
 }
@@ -540,7 +682,7 @@ async fn session(registry: Arc<Registry>, stream: TcpStream, peer: SocketAddr, s
         return;
     };
     let worker_id = bind.worker_id.clone().unwrap_or_default();
-    match registry.admit(&bind, peer.ip(), &handle) {
+    match registry.admit(&bind, peer.ip(), Session::Native(handle.clone())) {
         Err(why) => {
             tracing::info!(reason = why, "relay bind refused");
             let _ = handle
