@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches as _, Parser, Subcommand};
 
 mod cmd;
+mod logfile;
 mod prompt;
 mod signal;
 
@@ -55,6 +56,12 @@ enum Command {
     Discover(cmd::discover::Args),
     /// Check backend, directory, port, NAT and operator identity.
     Doctor(cmd::doctor::Args),
+    /// List the saved node profiles (~/.iicp/nodes) and which of them are serving.
+    List(cmd::list::Args),
+    /// Show a node's credit ledger from its directory.
+    Credits(cmd::credits::Args),
+    /// Check a serving node's runtime-health snapshot (exit 0 healthy, 1 unhealthy, 2 unknown).
+    Healthcheck(cmd::healthcheck::Args),
     /// Start a private mesh on this machine (directory + nodes) and chat through it.
     Dev(cmd::dev::Args),
     /// Run the embedded IICP directory (a private mesh needs no outside service).
@@ -104,6 +111,9 @@ pub fn run(bin: &'static str) -> ExitCode {
             Command::Chat(args) => cmd::chat::run(args).await,
             Command::Discover(args) => cmd::discover::run(args).await,
             Command::Doctor(args) => cmd::doctor::run(args).await,
+            Command::List(args) => cmd::list::run(args),
+            Command::Credits(args) => cmd::credits::run(args).await,
+            Command::Healthcheck(args) => cmd::healthcheck::run(args),
             Command::Dev(args) => cmd::dev::run(args).await,
             Command::Directory(args) => cmd::directory::run(args).await,
             Command::Bench(args) => cmd::bench::run(args).await,
@@ -115,6 +125,9 @@ pub fn run(bin: &'static str) -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<cmd::Exit>().is_some() => {
+            ExitCode::from(e.downcast_ref::<cmd::Exit>().map_or(EXIT_FAILURE, |x| x.0))
+        }
         Err(e) => {
             let code = e
                 .downcast_ref::<cmd::UsageError>()
@@ -133,14 +146,28 @@ fn init_logging(verbose: u8, quiet: bool, quiet_default: bool) {
         (false, 1) => "debug",
         (false, _) => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = |default: &str| {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+    };
     use std::io::IsTerminal as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
     let ansi = std::io::stderr().is_terminal();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(ansi)
+        .with_filter(filter(default));
+    // `serve --log-dir`: the same log at info level or more, whatever -q says
+    let file = tracing_subscriber::fmt::layer()
+        .with_writer(logfile::FileSlot)
+        .with_target(false)
+        .with_ansi(false)
+        .with_filter(filter(if verbose == 0 { "info" } else { default }));
+    let _ = tracing_subscriber::registry()
+        .with(stderr)
+        .with(file)
         .try_init();
 }

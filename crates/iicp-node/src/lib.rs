@@ -10,13 +10,20 @@
 //!   the directory forgets it, survives directory outages, deregisters on stop (§8.2,
 //!   §8.3, §8.6), and posts optional credit receipts (§8.11);
 //! * advertises capabilities built from its models ([`capability`], §12);
+//! * finds its public route at `serve` — NAT detection, UPnP mapping, directory probe,
+//!   relay election and binding, lease keeping and cleanup ([`reach`], §13–§14) — serves
+//!   relays for `relay_capable` nodes and gossips with peers (§15);
 //! * keeps the operator identity and saved node profiles under `~/.iicp` and signs the
-//!   operator → node delegation sent at REGISTER ([`operator`], §17).
+//!   operator → node delegation sent at REGISTER ([`operator`], §17);
+//! * announces its lifecycle (registered, serving, deregistered, and their failures) to
+//!   subscribers ([`Node::subscribe`], [`event`]), keeps the single-instance lock and the
+//!   runtime-health snapshot under `~/.iicp/run` ([`run`]), and reads the directory's
+//!   credit summary of the node ([`credits`]).
 //!
 //! What it does not do: parse arguments, read the environment or files (except the
-//! [`operator`] store under `$IICP_HOME`), print, prompt, pick
+//! [`operator`] store and the [`run`] state under `$IICP_HOME`), print, prompt, pick
 //! ports (it never auto-increments, DESIGN §4.15), talk to model servers (a
-//! [`TaskHandler`] does; `iicp-backends` provides them), or traverse NAT (`iicp-nat`).
+//! [`TaskHandler`] does; `iicp-backends` provides them), or implement NAT traversal itself (it drives `iicp-nat` from [`reach`]).
 //!
 //! Place in the crate graph: layer L3, over `iicp-proto` and `iicp-transport`.
 //!
@@ -51,18 +58,23 @@ pub mod backend;
 pub mod capability;
 pub mod clock;
 pub mod config;
+pub mod credits;
 mod dedup;
 pub mod directory;
 mod error;
+pub mod event;
 pub mod handler;
+mod mesh;
 mod metrics;
 mod native;
 mod node;
 pub mod operator;
 mod pipeline;
 mod ratelimit;
+pub mod reach;
 mod receipt;
 mod routes;
+pub mod run;
 mod serve;
 
 pub use backend::{BackendHandler, EchoModel};
@@ -71,6 +83,8 @@ pub use config::{
 };
 pub use directory::{DirectoryApi, DirectoryError, HttpDirectory};
 pub use error::Error;
+pub use event::{EventKind, NodeEvent};
 pub use handler::{HandlerError, Task, TaskHandler, TaskOutput};
 pub use node::Node;
+pub use reach::{Diagnosis, ReachConfig, Reachability};
 pub use serve::{ServeHandle, ServeOptions, Stopped};

@@ -13,7 +13,7 @@ use iicp_proto::intent::Intent;
 use iicp_proto::secret::Secret;
 use iicp_transport::listener::Services;
 use iicp_transport::native::NativeEndpoint;
-use tokio::sync::Semaphore;
+use tokio::sync::{broadcast, Semaphore};
 
 use crate::capability::build_capabilities_for;
 use crate::clock::iso8601;
@@ -23,6 +23,7 @@ use crate::config::{
 };
 use crate::dedup::Dedup;
 use crate::error::Error;
+use crate::event::EventKind;
 use crate::handler::TaskHandler;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
@@ -64,6 +65,12 @@ pub(crate) struct Shared {
     pub(crate) receipts: Arc<Semaphore>,
     /// `not_after` of the operator delegation last accepted at REGISTER (0: none).
     pub(crate) delegation_not_after: AtomicU64,
+    /// Lifecycle events ([`Node::subscribe`]).
+    pub(crate) events: broadcast::Sender<crate::event::NodeEvent>,
+    /// What reachability decided to advertise ([`crate::reach`]).
+    pub(crate) advert: Mutex<crate::reach::Advert>,
+    /// Gossip state of mesh / relay nodes ([`crate::mesh`]).
+    pub(crate) mesh: Option<Arc<crate::mesh::MeshState>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -162,6 +169,9 @@ impl Node {
             counters: Mutex::new(Counters::default()),
             receipts: Arc::new(Semaphore::new(MAX_RECEIPTS_IN_FLIGHT)),
             delegation_not_after: AtomicU64::new(0),
+            events: crate::event::channel(),
+            advert: Mutex::new(crate::reach::Advert::default()),
+            mesh: crate::mesh::MeshState::for_config(&cfg),
             cfg,
         };
         Self {
@@ -187,6 +197,12 @@ impl Node {
     /// Adopts a node token from an earlier registration (e.g. a saved node file).
     pub fn set_node_token(&self, token: Secret) {
         lock(&self.shared.creds).token = (!token.is_empty()).then_some(token);
+    }
+
+    /// Lifecycle events from now on (registration, serving, deregistration), for event
+    /// logs. Bounded: a receiver that falls behind loses the oldest events.
+    pub fn subscribe(&self) -> broadcast::Receiver<crate::event::NodeEvent> {
+        self.shared.events.subscribe()
     }
 
     /// The advertised capabilities.
@@ -250,6 +266,7 @@ impl Node {
                 (!op.created_at().is_empty()).then(|| op.created_at().to_owned());
             req.operator_integrity_hash = Some(op.integrity_hash());
         }
+        crate::reach::apply(s, &mut req);
         req.node_hmac_key.clone_from(&cfg.node_hmac_key);
         req.backend.clone_from(&cfg.backend);
         req.sdk_language = Some("rust".to_owned());
@@ -268,8 +285,31 @@ impl Node {
     /// [`Error::NoDirectory`], [`Error::PrivateEndpoint`], [`Error::Directory`].
     pub async fn register(&self) -> Result<Secret, Error> {
         let s = &self.shared;
+        let result = self.register_once().await;
+        let directory_url = s.cfg.directory_url.clone();
+        crate::event::emit(
+            s,
+            match &result {
+                Ok(_) => EventKind::Registered {
+                    directory_url,
+                    endpoint: crate::reach::advertised_endpoint(s),
+                    operated: s.delegation_not_after.load(Ordering::Relaxed) > 0,
+                },
+                Err(e) => EventKind::RegisterFailed {
+                    directory_url,
+                    status: crate::event::status_of(e),
+                    retryable: e.is_retryable(),
+                    error: e.to_string(),
+                },
+            },
+        );
+        result
+    }
+
+    async fn register_once(&self) -> Result<Secret, Error> {
+        let s = &self.shared;
         let dir = s.cfg.directory.clone().ok_or(Error::NoDirectory)?;
-        if is_private_endpoint(&s.cfg.endpoint) {
+        if is_private_endpoint(&crate::reach::advertised_endpoint(s)) {
             let dir_private = s
                 .cfg
                 .directory_url
@@ -279,7 +319,7 @@ impl Node {
                 return Err(Error::PrivateEndpoint);
             }
             tracing::warn!(
-                endpoint = %s.cfg.endpoint,
+                endpoint = %crate::reach::advertised_endpoint(s),
                 "registering a loopback/private endpoint: only peers on this network can reach the node"
             );
         }
@@ -319,6 +359,26 @@ impl Node {
     /// [`Error::NoDirectory`], [`Error::NotRegistered`], [`Error::Directory`].
     pub async fn deregister(&self) -> Result<(), Error> {
         let s = &self.shared;
+        let result = self.deregister_once().await;
+        let directory_url = s.cfg.directory_url.clone();
+        match &result {
+            Ok(()) => crate::event::emit(s, EventKind::Deregistered { directory_url }),
+            // nothing to deregister is not a failure worth an event
+            Err(Error::NoDirectory | Error::NotRegistered) => {}
+            Err(e) => crate::event::emit(
+                s,
+                EventKind::DeregisterFailed {
+                    directory_url,
+                    status: crate::event::status_of(e),
+                    error: e.to_string(),
+                },
+            ),
+        }
+        result
+    }
+
+    async fn deregister_once(&self) -> Result<(), Error> {
+        let s = &self.shared;
         let dir = s.cfg.directory.clone().ok_or(Error::NoDirectory)?;
         let (token, node_id) = {
             let c = lock(&s.creds);
@@ -346,6 +406,15 @@ impl Node {
     }
 
     pub(crate) fn services_arc(&self, handler: Arc<dyn TaskHandler>) -> Services {
+        self.services_with(handler, None)
+    }
+
+    /// Services with the relay's HTTP routes mounted (relay-capable nodes, §14.4).
+    pub(crate) fn services_with(
+        &self,
+        handler: Arc<dyn TaskHandler>,
+        relay: Option<&iicp_nat::RelayHandle>,
+    ) -> Services {
         let native: Option<Arc<dyn iicp_transport::native::CallHandler>> = if self.shared.cfg.native
         {
             Some(Arc::new(crate::native::NativeTasks::new(
@@ -355,11 +424,13 @@ impl Node {
         } else {
             None
         };
+        let mut router = crate::routes::router(Arc::clone(&self.shared), handler);
+        if let Some(relay) = relay {
+            router = relay.routes(router);
+        }
+        router = crate::mesh::routes(&self.shared, router);
         Services {
-            http: Some(Arc::new(crate::routes::router(
-                Arc::clone(&self.shared),
-                handler,
-            ))),
+            http: Some(Arc::new(router)),
             native,
         }
     }
@@ -375,7 +446,16 @@ impl Node {
         handler: impl TaskHandler,
         options: ServeOptions,
     ) -> Result<ServeHandle, Error> {
-        crate::serve::start(self.clone(), Arc::new(handler), options).await
+        let handle = crate::serve::start(self.clone(), Arc::new(handler), options).await?;
+        crate::event::emit(
+            &self.shared,
+            EventKind::Serving {
+                addr: handle.local_addr(),
+                endpoint: self.shared.cfg.endpoint.clone(),
+                native: self.shared.cfg.native,
+            },
+        );
+        Ok(handle)
     }
 
     /// Time until the directory considers a silent node dormant (§8.3), for callers

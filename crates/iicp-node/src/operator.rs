@@ -38,6 +38,7 @@ use crate::clock::iso8601;
 
 mod store;
 
+pub(crate) use store::{create_private_dir, node_file_stem};
 pub use store::{write_private_atomic, Home, NodeProfile, DEFAULT_PROFILE_PORT};
 
 /// Default lifetime of a delegation (§17.2: 3600 s, re-issued before expiry).
@@ -458,7 +459,7 @@ pub async fn rename(
     })
 }
 
-fn transport_message(e: &HttpClientError) -> String {
+pub(crate) fn transport_message(e: &HttpClientError) -> String {
     let mut msg = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {

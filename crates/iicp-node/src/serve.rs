@@ -16,10 +16,14 @@ use iicp_transport::shutdown::{self, Trigger};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use iicp_nat::relay::{check_ports, RelayError};
+use iicp_nat::{RelayConfig, RelayServer};
+
 use crate::config::DEFAULT_PORT;
 use crate::error::Error;
 use crate::handler::TaskHandler;
 use crate::node::Node;
+use crate::reach::{ReachConfig, Reachability};
 
 /// How to serve.
 #[derive(Debug, Clone)]
@@ -37,6 +41,9 @@ pub struct ServeOptions {
     /// Listener settings (connection limits, timeouts, TLS); the node sets the native
     /// ACK node id, drain deadlines and the body ceiling from its own configuration.
     pub listener: ListenerConfig,
+    /// Reachability (NAT detection, UPnP, relay; [`crate::reach`]). `None` (default):
+    /// the configured endpoint is registered as given.
+    pub reach: Option<ReachConfig>,
 }
 
 impl Default for ServeOptions {
@@ -47,6 +54,7 @@ impl Default for ServeOptions {
             node_token: None,
             register: true,
             listener: ListenerConfig::default(),
+            reach: None,
         }
     }
 }
@@ -72,6 +80,12 @@ impl ServeOptions {
         self.register = register;
         self
     }
+
+    /// Finds the public route at start ([`crate::reach`]).
+    pub fn with_reach(mut self, reach: ReachConfig) -> Self {
+        self.reach = Some(reach);
+        self
+    }
 }
 
 /// What [`ServeHandle::stop`] achieved.
@@ -93,6 +107,10 @@ pub struct ServeHandle {
     trigger: Trigger,
     server: JoinHandle<std::io::Result<()>>,
     agent: Option<(watch::Sender<bool>, JoinHandle<()>)>,
+    reachability: Option<Reachability>,
+    reach: Option<crate::reach::Running>,
+    relay: Option<(SocketAddr, JoinHandle<()>)>,
+    gossip: Option<(watch::Sender<bool>, JoinHandle<()>)>,
 }
 
 pub(crate) async fn start(
@@ -124,16 +142,44 @@ pub(crate) async fn start(
             "serving plaintext native IICP (iicp://); prefer TLS (iicpsec://) in production"
         );
     }
-    let services = node.services_arc(handler);
     let (trigger, stop) = shutdown::channel();
-    let server = tokio::spawn(listener.serve(services, stop));
-    let agent = if cfg.directory.is_some() && (shared.token().is_some() || options.register) {
-        let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(crate::agent::run(node.clone(), rx));
-        Some((tx, task))
+    // relay-capable: the relay accept server and its HTTP routes (§14.2, §19 T31)
+    let relay = if cfg.relay_capable {
+        let server = start_relay(&node, options.host, local.port()).await?;
+        let addr = server
+            .local_addr()
+            .map_err(|source| Error::Bind { addr, source })?;
+        crate::node::lock(&shared.advert).relay_accept_port = Some(addr.port());
+        let handle = server.handle();
+        let task = tokio::spawn(server.serve(stop.clone()));
+        tracing::info!(addr = %addr, "relay accept server listening");
+        Some((addr, handle, task))
     } else {
         None
     };
+    let services = node.services_with(Arc::clone(&handler), relay.as_ref().map(|r| &r.1));
+    let relay = relay.map(|(a, _, t)| (a, t));
+    let server = tokio::spawn(listener.serve(services, stop));
+    let (reachability, reach) = match options.reach.clone() {
+        Some(rc) => {
+            let (r, running) = crate::reach::start(&node, handler, rc, local.port()).await;
+            (Some(r), Some(running))
+        }
+        None => (None, None),
+    };
+    let registers = reachability.as_ref().is_none_or(|r| r.registers);
+    let agent =
+        if registers && cfg.directory.is_some() && (shared.token().is_some() || options.register) {
+            let (tx, rx) = watch::channel(false);
+            let task = tokio::spawn(crate::agent::run(node.clone(), rx));
+            Some((tx, task))
+        } else {
+            None
+        };
+    let gossip = (agent.is_some() && shared.mesh.is_some()).then(|| {
+        let (tx, rx) = watch::channel(false);
+        (tx, tokio::spawn(crate::mesh::run(node.clone(), rx)))
+    });
     tracing::info!(addr = %local, native = cfg.native, auth = cfg.auth.as_str(), "node serving");
     Ok(ServeHandle {
         node,
@@ -141,7 +187,37 @@ pub(crate) async fn start(
         trigger,
         server,
         agent,
+        reachability,
+        reach,
+        relay,
+        gossip,
     })
+}
+
+async fn start_relay(node: &Node, host: IpAddr, port: u16) -> Result<RelayServer, Error> {
+    let cfg = &node.shared.cfg;
+    let addr = SocketAddr::new(host, cfg.relay_accept_port);
+    let refused = |e: RelayError| -> Error {
+        let kind = match &e {
+            RelayError::PortCollision { .. } | RelayError::PortInUse { .. } => {
+                std::io::ErrorKind::AddrInUse
+            }
+            _ => std::io::ErrorKind::Other,
+        };
+        Error::Bind {
+            addr,
+            source: std::io::Error::new(kind, e.to_string()),
+        }
+    };
+    check_ports(port, cfg.relay_accept_port).map_err(refused)?;
+    let config = RelayConfig {
+        listen: addr,
+        relay_node_id: node.shared.node_id(),
+        ticket_key: node.shared.directory_key(),
+        http_port: port,
+        ..RelayConfig::default()
+    };
+    RelayServer::bind(config).await.map_err(refused)
 }
 
 impl ServeHandle {
@@ -153,6 +229,16 @@ impl ServeHandle {
     /// The node being served.
     pub fn node(&self) -> &Node {
         &self.node
+    }
+
+    /// What reachability planning achieved (with [`ServeOptions::reach`]).
+    pub fn reachability(&self) -> Option<&Reachability> {
+        self.reachability.as_ref()
+    }
+
+    /// The relay accept address of a relay-capable node.
+    pub fn relay_addr(&self) -> Option<SocketAddr> {
+        self.relay.as_ref().map(|r| r.0)
     }
 
     /// Stops gracefully: no new connections or tasks, in-flight work finishes up to the
@@ -175,6 +261,17 @@ impl ServeHandle {
         if let Some((tx, task)) = self.agent {
             let _ = tx.send(true);
             let _ = task.await;
+        }
+        if let Some((tx, task)) = self.gossip {
+            let _ = tx.send(true);
+            let _ = task.await;
+        }
+        // the relay worker and UPnP mappings go before the registration (§13, §14)
+        if let Some(reach) = self.reach {
+            reach.stop().await;
+        }
+        if let Some((_, task)) = self.relay {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
         let deregistered = if shared.cfg.directory.is_some() && shared.token().is_some() {
             match self.node.deregister().await {

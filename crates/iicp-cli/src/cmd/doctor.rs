@@ -11,6 +11,8 @@ use serde_json::{json, Value};
 use super::serve::{home, probe_client, Backend, CHAT, DEFAULT_DIRECTORY};
 use super::UsageError;
 
+mod nat;
+
 /// Arguments of `doctor`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -155,13 +157,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         extra: json!({"port": port, "free": free}),
     });
 
-    // NAT
-    checks.push(Check {
-        name: "nat",
-        ok: true,
-        detail: "NAT detection is not available in this build yet (use --public-endpoint when the node is behind NAT)".into(),
-        extra: json!({"available": false}),
-    });
+    // NAT: observations and plan, nothing mapped
+    checks.push(nat::check(port).await);
 
     // operator identity
     checks.push(match home.as_ref().map(iicp_node::operator::Home::load_operator) {

@@ -9,13 +9,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use iicp_backends::{BackendConfig, BackendKind};
 use iicp_node::operator::{Home, NodeProfile, OperatorError, OperatorIdentity};
+use iicp_node::run::Lifecycle;
 use iicp_node::{BackendHandler, EchoModel, Node, ServeHandle, ServeOptions};
 use iicp_proto::crypto::cx::CxKeyPair;
 use iicp_proto::secret::Secret;
 use iicp_transport::http::client::{HttpClient, HttpClientConfig};
 use iicp_transport::shutdown;
 
+use super::runstate::RunState;
 use super::UsageError;
+
+mod nat;
 
 /// The public mesh directory.
 pub(crate) const DEFAULT_DIRECTORY: &str = "https://iicp.network/api";
@@ -89,9 +93,18 @@ pub(crate) struct Args {
     /// Relay host:port to reach this node through (disables relay auto-election).
     #[arg(long, env = "IICP_RELAY_WORKER_ENDPOINT", value_name = "HOST:PORT")]
     relay_worker_endpoint: Option<String>,
+    /// Do not try UPnP port mapping or IPv6 pinholes during NAT detection.
+    #[arg(long, env = "IICP_SKIP_UPNP", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    skip_upnp: bool,
     /// Do not serve the native IICP transport on the HTTP port.
     #[arg(long, env = "IICP_DISABLE_NATIVE_TRANSPORT", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     no_native: bool,
+    /// Take over the single-instance lock (~/.iicp/run/<node_id>.pid) of a running process.
+    #[arg(long, env = "IICP_FORCE", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    force: bool,
+    /// Also log to DIR/<node_id>.log, and lifecycle events to DIR/events.jsonl.
+    #[arg(long, env = "IICP_LOG_DIR", value_name = "DIR")]
+    log_dir: Option<std::path::PathBuf>,
 }
 
 /// What answers the tasks.
@@ -425,6 +438,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         _ => None,
     };
     let cfg = resolve(&args, profile.as_ref())?;
+    let mut run = RunState::start(
+        home.as_ref(),
+        &cfg.node_id,
+        args.force,
+        args.log_dir.as_deref(),
+    )?;
     let operator = operator_identity(home.as_ref())?;
     let http = probe_client()?;
 
@@ -489,23 +508,16 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| local_endpoint(cfg.host, port));
 
-    // 4. NAT (the seam: iicp-nat's detection plugs in here)
-    let nat_on = !args.no_auto_detect_nat && cfg.public_endpoint.is_none();
-    let tier = if nat_on {
-        tracing::info!(
-            "NAT detection is not available in this build yet; serving on {endpoint} as given"
-        );
-        "direct (NAT detection not available yet)"
-    } else {
-        "direct"
-    };
-    if args.relay_worker_endpoint.is_some() {
-        tracing::warn!("--relay-worker-endpoint: the relay worker client is not available in this build yet; ignored");
-    }
+    // 4. NAT: the node plans its reachability at start (iicp_node::reach)
+    let reach = nat::reach_config(
+        &args,
+        cfg.public_endpoint.as_deref(),
+        cfg.directory.as_deref(),
+    );
 
     // 5. the node
     let mut register = cfg.directory.is_some();
-    if register && is_private_url(&endpoint) {
+    if register && reach.is_none() && is_private_url(&endpoint) {
         let dir_private = cfg.directory.as_deref().is_some_and(is_private_url);
         if !dir_private {
             tracing::warn!(
@@ -556,13 +568,17 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let node = builder
         .build()
         .map_err(|e| UsageError(format!("invalid node configuration: {e}")))?;
+    run.watch(&node, home.as_ref(), args.node.as_deref());
     let saved_token = profile.as_ref().and_then(|p| p.node_token.clone());
     if register {
         if let Some(t) = saved_token.clone() {
             node.set_node_token(t); // ownership proof for re-registration (§8.2.4)
         }
     }
-    let options = ServeOptions::new(cfg.host, port).with_register(register);
+    let mut options = ServeOptions::new(cfg.host, port).with_register(register);
+    if let Some(r) = reach {
+        options = options.with_reach(r);
+    }
     let handle = match &cfg.backend {
         Backend::Echo => node.serve(EchoModel::default(), options).await,
         Backend::Server {
@@ -580,29 +596,41 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     .with_context(|| format!("serving on port {port}"))?;
 
+    // a signal from here on drains, deregisters and cleans up (also during step 6)
+    let (trigger, mut stop) = shutdown::channel();
+    crate::signal::on_terminate(trigger);
+
     // 6. registration: with a saved token, register now (the background loop would
     //    only heartbeat); otherwise the background loop registers at once.
     let mut registered = false;
+    let register = register && nat::registers(&handle);
+    let tier = nat::tier_line(&handle, cfg.public_endpoint.is_some());
+    let endpoint = nat::advertised(&handle, &endpoint);
     if register {
-        if saved_token.is_some() {
-            registered = register_now(&node).await;
-        } else {
-            registered = wait_registered(&node, Duration::from_secs(10)).await;
+        let wait = async {
+            if saved_token.is_some() {
+                register_now(&node).await
+            } else {
+                wait_registered(&node, Duration::from_secs(10)).await
+            }
+        };
+        tokio::select! {
+            r = wait => registered = r,
+            () = stop.fired() => {}
         }
     }
-    let (trigger, mut stop) = shutdown::channel();
-    crate::signal::on_terminate(trigger);
     summary(
         &handle,
         &cfg,
         &endpoint,
-        tier,
+        &tier,
         &models,
         register,
         registered,
         operator.as_ref(),
-        !args.no_native,
+        !args.no_native && nat::native_reachable(&handle),
     );
+    nat::print_guidance(&handle);
 
     // 7. persist the profile's node token when it changes, until a signal arrives
     let mut saved = saved_token;
@@ -614,11 +642,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 saved = now;
             }
         }
+        run.tick(&node, Lifecycle::Running);
         tokio::select! {
             _ = stop.fired() => break,
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
+    run.tick(&node, Lifecycle::Stopping);
     let stopped = handle.stop().await;
     if stopped.deregistered {
         println!("deregistered {}", cfg.node_id);
@@ -626,6 +656,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             save_token(h, p, &cfg.node_id, None);
         }
     }
+    run.finish().await;
     println!("stopped");
     Ok(())
 }

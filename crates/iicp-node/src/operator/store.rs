@@ -90,17 +90,7 @@ impl Home {
     /// `<root>/cx/<node_id>.json` (node ids with other characters than `[A-Za-z0-9._-]`
     /// are hex-encoded).
     pub fn cx_key_path(&self, node_id: &str) -> PathBuf {
-        let safe = !node_id.is_empty()
-            && node_id.len() <= 64
-            && !node_id.starts_with('.')
-            && node_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-        let stem = if safe {
-            node_id.to_owned()
-        } else {
-            hex::encode(node_id.as_bytes())
-        };
+        let stem = node_file_stem(node_id);
         self.root.join("cx").join(format!("{stem}.json"))
     }
 
@@ -173,6 +163,39 @@ impl Home {
             return Ok(None);
         };
         parse(&path, "node profile", &bytes).map(Some)
+    }
+
+    /// Every saved node profile (`nodes/*.json` with a valid name), sorted by name;
+    /// a file that cannot be loaded is listed with its error so it hides no other.
+    ///
+    /// # Errors
+    /// [`OperatorError::Read`] when `nodes/` exists but cannot be listed.
+    #[allow(clippy::type_complexity)]
+    pub fn list_nodes(
+        &self,
+    ) -> Result<Vec<(String, Result<NodeProfile, OperatorError>)>, OperatorError> {
+        let dir = self.root.join("nodes");
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(OperatorError::Read { path: dir, source }),
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().to_str()?.strip_suffix(".json")?.to_owned();
+                valid_node_name(&name).then_some(name)
+            })
+            .collect();
+        names.sort();
+        Ok(names
+            .into_iter()
+            .filter_map(|name| match self.load_node(&name) {
+                Ok(Some(p)) => Some((name, Ok(p))),
+                Ok(None) => None, // removed meanwhile
+                Err(e) => Some((name, Err(e))),
+            })
+            .collect())
     }
 
     /// Writes a node profile atomically with mode 0600 (it may hold the node token).
@@ -354,6 +377,22 @@ impl NodeProfile {
     }
 }
 
+/// A file-name stem for `node_id`: itself when it is 1-64 characters of
+/// `[A-Za-z0-9._-]` not starting with `.`, else its hex encoding.
+pub(crate) fn node_file_stem(node_id: &str) -> String {
+    let safe = !node_id.is_empty()
+        && node_id.len() <= 64
+        && !node_id.starts_with('.')
+        && node_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if safe {
+        node_id.to_owned()
+    } else {
+        hex::encode(node_id.as_bytes())
+    }
+}
+
 /// Whether `name` is a valid node profile name.
 fn valid_node_name(name: &str) -> bool {
     let b = name.as_bytes();
@@ -468,7 +507,7 @@ pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::DirBuilderExt as _;

@@ -1,0 +1,75 @@
+//! `healthcheck --node NAME [--json] [--ready]`: reads the runtime-health snapshot that
+//! `serve --node NAME` rewrites every 5 s (`~/.iicp/run/NAME/health-v1.json`, the
+//! Python SDK's schema) — SEED-SDK.md §2.5. Exit 0 live (with `--ready`: ready, which
+//! includes being registered when the node registers), 1 stale, gone, not live or not
+//! ready, 2 no usable snapshot. No network I/O, so it suits a Docker `HEALTHCHECK`.
+
+use iicp_node::run::{read_health, HealthError, Verdict};
+
+use super::serve::home;
+use super::{Exit, UsageError};
+use crate::{EXIT_FAILURE, EXIT_USAGE};
+
+/// Arguments of `healthcheck`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Saved node name (the one given to `serve --node`).
+    #[arg(long, env = "IICP_NODE_NAME", value_name = "NAME")]
+    node: String,
+    /// Print the snapshot (JSON).
+    #[arg(long)]
+    json: bool,
+    /// Check readiness (serving, capacity free, registered) instead of liveness.
+    #[arg(long)]
+    ready: bool,
+}
+
+/// Exit 0 healthy; 1 unhealthy, 2 indeterminate, as [`Exit`] after a line on stderr.
+pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    let home = home()?;
+    let report = match read_health(&home, &args.node) {
+        Ok(r) => r,
+        Err(HealthError::Name(e)) => return Err(UsageError(e.to_string()).into()),
+        Err(e) => {
+            eprintln!("INDETERMINATE: {e}");
+            return Err(Exit(EXIT_USAGE).into());
+        }
+    };
+    let s = &report.snapshot;
+    let field = |k: &str| {
+        s.get(k)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("unknown")
+            .to_owned()
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(s)?);
+    } else {
+        let reasons: Vec<&str> = s
+            .get("reason_codes")
+            .and_then(serde_json::Value::as_array)
+            .map(|a| a.iter().filter_map(serde_json::Value::as_str).collect())
+            .unwrap_or_default();
+        println!("IICP node health — {}", args.node);
+        println!("  liveness   {}", field("liveness"));
+        println!("  readiness  {}", field("readiness"));
+        println!("  reasons    {}", reasons.join(", "));
+        println!("  age        {}s", report.age.as_secs());
+    }
+    let code = match report.verdict(args.ready) {
+        Verdict::Healthy => return Ok(()),
+        Verdict::Unhealthy(why) => {
+            eprintln!("UNHEALTHY: {why}");
+            EXIT_FAILURE
+        }
+        Verdict::Indeterminate(why) => {
+            eprintln!("INDETERMINATE: {why}");
+            EXIT_USAGE
+        }
+        other => {
+            eprintln!("UNHEALTHY: {other:?}");
+            EXIT_FAILURE
+        }
+    };
+    Err(Exit(code).into())
+}

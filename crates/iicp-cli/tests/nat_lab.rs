@@ -1,0 +1,273 @@
+//! The NAT lab with our real node (issue 8; shared/testing/NAT-LAB.md): the `iicp`
+//! binary runs inside network namespaces made by `scripts/nat-lab` — LAN 10.77.1.2 behind
+//! a miniupnpd gateway (10.77.1.1 / WAN 11.77.2.1), and a WAN host 11.77.2.2 running the
+//! embedded directory (`iicp directory serve`, not a private mesh). Nothing leaves the
+//! machine.
+//!
+//! * `serve_maps_its_port_through_miniupnpd_and_cleans_up`: `iicp serve` in the LAN
+//!   detects NAT, maps its port through the gateway (tier 1a), has the directory probe
+//!   the WAN endpoint, registers `http://11.77.2.1:PORT`; a WAN client finds it at the
+//!   directory and gets a chat answer through the mapping; after SIGTERM the mapping is
+//!   gone from the gateway (`upnpc -l`) and the node from the directory.
+//! * `serve_without_inbound_route_is_reached_through_an_elected_relay`: a relay-capable
+//!   `iicp serve` on the WAN host; `iicp serve` in the LAN with UPnP skipped has no
+//!   inbound route, elects the relay from the directory, binds, registers
+//!   `http://11.77.2.2:PORT/v1/relay-for/{id}` (`turn_relay`); a WAN client reaches it
+//!   through the relay; after SIGTERM the relay answers `IICP-E030`.
+//!
+//! The harness is shared with `iicp-nat`'s lab test (`crates/iicp-nat/tests/lab`). Runs
+//! as root with `ip netns` and miniupnpd (installed by `scripts/nat-lab`); skips
+//! otherwise, except under `CI=true`, where it fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+mod common;
+#[path = "../../iicp-nat/tests/lab/mod.rs"]
+mod lab;
+
+use std::time::Duration;
+
+use common::{iicp, temp_home, Proc};
+use lab::{build_lab, role_is, Lab, TARGET, WAN_HOST, WAN_IP};
+use serde_json::{json, Value};
+
+const INTENT: &str = "urn:iicp:intent:llm:chat:v1";
+const DIR_PORT: u16 = 9480;
+const NODE_PORT: u16 = 18080;
+const RELAY_HTTP_PORT: u16 = 18090;
+
+fn dir_url() -> String {
+    format!("http://{WAN_HOST}:{DIR_PORT}/api")
+}
+
+/// `iicp …` inside `side`, with a fresh IICP_HOME and none of the host's IICP settings.
+fn iicp_in(lab: &Lab, side: &str, home: &std::path::Path) -> std::process::Command {
+    let base = iicp();
+    let mut cmd = lab.exec(side, base.get_program());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("IICP_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("IICP_HOME", home).env("RUST_LOG", "info");
+    cmd
+}
+
+fn start_directory(lab: &Lab, home: &std::path::Path) -> Proc {
+    let mut cmd = iicp_in(lab, "wan", home);
+    cmd.args([
+        "directory",
+        "serve",
+        "--listen",
+        &format!("{WAN_HOST}:{DIR_PORT}"),
+    ]);
+    let mut p = Proc::spawn(cmd);
+    p.read_until("listening");
+    p
+}
+
+/// `iicp serve` with the echo backend on `port` in `side`, registering with the lab's
+/// directory; `extra` flags appended.
+fn serve_in(lab: &Lab, side: &str, home: &std::path::Path, port: u16, extra: &[&str]) -> Proc {
+    let mut cmd = iicp_in(lab, side, home);
+    cmd.args([
+        "serve",
+        "--backend-type",
+        "echo",
+        "--port",
+        &port.to_string(),
+        "--directory-url",
+        &dir_url(),
+    ])
+    .args(extra);
+    Proc::spawn(cmd)
+}
+
+/// A WAN client finds `endpoint` at the directory and chats with it; then `node` gets
+/// SIGTERM and must exit 0 after deregistering.
+fn chat_then_stop(lab: &Lab, node: &mut Proc, endpoint: &str) {
+    assert!(
+        lab.run_child(
+            "wan",
+            "lab_wan_chat",
+            Some(&format!("{}|{endpoint}", dir_url()))
+        ),
+        "WAN client could not reach {endpoint}"
+    );
+    node.signal("-TERM");
+    let (code, out, err) = node.wait();
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("deregistered"), "{out}\n{err}");
+}
+
+fn upnp_listing(lab: &Lab) -> String {
+    let o = lab
+        .exec("lan", "upnpc")
+        .arg("-l")
+        .output()
+        .expect("run upnpc");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn mapped(listing: &str, port: u16) -> bool {
+    listing
+        .lines()
+        .any(|l| l.contains("TCP") && l.contains(&format!("{port}->")))
+}
+
+#[test]
+fn serve_maps_its_port_through_miniupnpd_and_cleans_up() {
+    let Some(lab) = build_lab("c") else {
+        return;
+    };
+    let home = temp_home("natlab-upnp");
+    let _dir = start_directory(&lab, &home);
+
+    let mut node = serve_in(&lab, "lan", &home, NODE_PORT, &[]);
+    let summary = node.read_until("serving ");
+    let endpoint = format!("http://{WAN_IP}:{NODE_PORT}");
+    assert!(
+        summary.contains(&format!("endpoint   {endpoint}")),
+        "{summary}"
+    );
+    assert!(summary.contains("tier       1a"), "{summary}");
+    assert!(summary.contains("upnp_mapped"), "{summary}");
+    assert!(summary.contains("(registered)"), "{summary}");
+    assert!(mapped(&upnp_listing(&lab), NODE_PORT), "mapping not listed");
+
+    // a WAN client finds the node at the directory and reaches it through the mapping
+    chat_then_stop(&lab, &mut node, &endpoint);
+    let listing = upnp_listing(&lab);
+    assert!(
+        !mapped(&listing, NODE_PORT),
+        "mapping left behind:\n{listing}"
+    );
+    assert!(
+        lab.run_child("wan", "lab_wan_gone", Some(&dir_url())),
+        "node still listed after shutdown"
+    );
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+#[test]
+fn serve_without_inbound_route_is_reached_through_an_elected_relay() {
+    let Some(lab) = build_lab("d") else {
+        return;
+    };
+    let home = temp_home("natlab-relay");
+    let _dir = start_directory(&lab, &home);
+
+    // the relay: a relay-capable node on the WAN host
+    let relay_home = temp_home("natlab-relay-r");
+    let public = format!("http://{WAN_HOST}:{RELAY_HTTP_PORT}");
+    let mut relay = serve_in(
+        &lab,
+        "wan",
+        &relay_home,
+        RELAY_HTTP_PORT,
+        &[
+            "--public-endpoint",
+            &public,
+            "--relay-capable",
+            "--relay-accept-port",
+            "9485",
+        ],
+    );
+    let summary = relay.read_until("serving ");
+    assert!(summary.contains("(registered)"), "{summary}");
+
+    // the worker: LAN, UPnP skipped, so no inbound route
+    let mut worker = serve_in(&lab, "lan", &home, NODE_PORT, &["--skip-upnp"]);
+    let summary = worker.read_until("serving ");
+    let prefix = format!("http://{WAN_HOST}:{RELAY_HTTP_PORT}/v1/relay-for/");
+    let endpoint = summary
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("endpoint").map(str::trim))
+        .map(|e| e.split_whitespace().next().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    assert!(endpoint.starts_with(&prefix), "{summary}");
+    assert!(summary.contains("tier       3"), "{summary}");
+    assert!(summary.contains("turn_relay"), "{summary}");
+    assert!(
+        summary.contains(&format!("via {WAN_HOST}:9485")),
+        "{summary}"
+    );
+    assert!(summary.contains("(registered)"), "{summary}");
+
+    chat_then_stop(&lab, &mut worker, &endpoint);
+    assert!(
+        lab.run_child("wan", "lab_wan_e030", Some(&endpoint)),
+        "the relay did not answer IICP-E030 after the worker stopped"
+    );
+    relay.signal("-TERM");
+    let _ = relay.wait();
+    let _ = std::fs::remove_dir_all(&home);
+    let _ = std::fs::remove_dir_all(&relay_home);
+}
+
+fn client() -> iicp_transport::http::HttpClient {
+    iicp_transport::http::HttpClient::new(iicp_transport::http::HttpClientConfig::default())
+        .unwrap()
+}
+
+async fn listed(dir: &str) -> Vec<Value> {
+    let r = client()
+        .get(format!("{dir}/v1/discover?intent={INTENT}&limit=50"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().unwrap();
+    v["nodes"].as_array().cloned().unwrap_or_default()
+}
+
+/// WAN side: the directory lists `endpoint`; a chat task to it is answered.
+#[tokio::test]
+#[ignore = "child process of the NAT lab tests"]
+async fn lab_wan_chat() {
+    if role_is("lab_wan_chat").is_none() {
+        return;
+    }
+    let target = std::env::var(TARGET).unwrap();
+    let (dir, endpoint) = target.split_once('|').unwrap();
+    let nodes = listed(dir).await;
+    assert!(
+        nodes.iter().any(|n| n["endpoint"] == endpoint),
+        "{endpoint} not listed: {nodes:?}"
+    );
+    let task = json!({
+        "task_id": "0f8e7d6c-5b4a-4392-8170-6f5e4d3c2b1a",
+        "intent": INTENT,
+        "payload": {"messages": [{"role": "user", "content": "hello from the WAN"}]},
+    });
+    let reply = client()
+        .post_json(format!("{endpoint}/v1/task"), &task)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status.as_u16(), 200, "{:?}", reply.body);
+    let text = String::from_utf8_lossy(&reply.body).into_owned();
+    assert!(text.contains("hello from the WAN"), "{text}");
+}
+
+/// WAN side: the directory lists no node any more (the relay node excepted).
+#[tokio::test]
+#[ignore = "child process of the NAT lab tests"]
+async fn lab_wan_gone() {
+    if role_is("lab_wan_gone").is_none() {
+        return;
+    }
+    let dir = std::env::var(TARGET).unwrap();
+    let nodes = listed(&dir).await;
+    assert!(nodes.is_empty(), "{nodes:?}");
+}
+
+/// WAN side: the relay answers IICP-E030 for the stopped worker.
+#[tokio::test]
+#[ignore = "child process of the NAT lab tests"]
+async fn lab_wan_e030() {
+    if role_is("lab_wan_e030").is_none() {
+        return;
+    }
+    lab::expect_e030(&std::env::var(TARGET).unwrap()).await;
+}

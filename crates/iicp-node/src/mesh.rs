@@ -1,0 +1,327 @@
+//! Mesh gossip on the node (PROTOCOL.md §15 in the spec's Ed25519 form, §19 T10; the
+//! checks and the peer cache are `iicp_nat::mesh`).
+//!
+//! Nodes built with `enable_mesh(true)` or `relay_capable(true)` hold a fresh Ed25519
+//! gossip key, register its public half as `public_key` (64 hex), serve
+//! `POST /v1/peers` and, every 30 s once registered, exchange with up to three peers
+//! (from the cache, else relay-capable nodes the directory lists). The sender's key is
+//! looked up at the directory (`GET /v1/node/{sender_id}`, cached 10 min, bounded); the
+//! node token is never sent to peers and any `Authorization` header is ignored. Relay
+//! election ([`crate::reach`]) adds the cache's relay-capable peers to the directory's.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use iicp_nat::mesh::{self, Mesh, Peer, SIGNATURE_HEADER};
+use iicp_nat::relay::RelayCandidate;
+use iicp_proto::crypto::sign::{OperatorKey, OperatorPublicKey};
+use iicp_transport::http::client::{HttpClient, HttpClientConfig, Redirects};
+use iicp_transport::http::server::{json, read_body, HttpError, Request, Response};
+use iicp_transport::http::Router;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::node::{lock, Node, Shared};
+
+/// Largest `POST /v1/peers` body.
+const MAX_BODY: usize = 64 * 1024;
+/// Peers, senders and cached keys held at most.
+const CAPACITY: usize = 1024;
+/// How long a looked-up sender key is trusted.
+const KEY_TTL: Duration = Duration::from_secs(600);
+/// Interval of outbound exchanges.
+const ROUND: Duration = Duration::from_secs(30);
+/// Peers contacted per round.
+const FANOUT: usize = 3;
+
+/// A sender looked up at the directory: its peer entry, its gossip key, when.
+type Looked = (Option<Peer>, Option<OperatorPublicKey>, Instant);
+
+/// A node's gossip state.
+pub(crate) struct MeshState {
+    key: OperatorKey,
+    mesh: Mutex<Mesh>,
+    keys: Mutex<HashMap<String, Looked>>,
+    http: Option<HttpClient>,
+}
+
+impl std::fmt::Debug for MeshState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshState").finish_non_exhaustive()
+    }
+}
+
+fn now_ms(shared: &Shared) -> u64 {
+    u64::try_from(shared.cfg.clock.unix_now().as_millis()).unwrap_or(u64::MAX)
+}
+
+impl MeshState {
+    /// Gossip state for a node that enables mesh or relays; `None` otherwise.
+    pub(crate) fn for_config(cfg: &crate::config::NodeConfig) -> Option<Arc<Self>> {
+        (cfg.enable_mesh || cfg.relay_capable).then(|| {
+            Arc::new(Self {
+                key: OperatorKey::generate(&mut rand_core::OsRng),
+                mesh: Mutex::new(Mesh::new(cfg.node_id.clone().unwrap_or_default(), CAPACITY)),
+                keys: Mutex::new(HashMap::new()),
+                http: HttpClient::new(HttpClientConfig::default()).ok(),
+            })
+        })
+    }
+
+    /// The registered `public_key` (64 hex).
+    pub(crate) fn public_key_hex(&self) -> String {
+        mesh::public_key_hex(&self.key)
+    }
+
+    /// Fresh relay-capable peers for election.
+    pub(crate) fn relay_candidates(&self, shared: &Shared) -> Vec<RelayCandidate> {
+        lock(&self.mesh).relay_candidates(now_ms(shared))
+    }
+
+    /// The sender's detail from the directory: its peer entry and gossip key.
+    async fn lookup(&self, shared: &Shared, id: &str) -> (Option<Peer>, Option<OperatorPublicKey>) {
+        if let Some((p, k, at)) = lock(&self.keys).get(id) {
+            if at.elapsed() < KEY_TTL {
+                return (p.clone(), *k);
+            }
+        }
+        let (Some(http), Some(base)) = (&self.http, shared.cfg.directory_url.as_deref()) else {
+            return (None, None);
+        };
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return (None, None);
+        }
+        let url = format!("{}/v1/node/{id}", base.trim_end_matches('/'));
+        let reply = http
+            .get(url)
+            .redirects(Redirects::follow(3))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        let detail: Option<Value> = match reply {
+            Ok(r) if r.status.is_success() => r.json().ok(),
+            _ => None,
+        };
+        let Some(d) = detail else {
+            return (None, None);
+        };
+        let key = d
+            .get("public_key")
+            .and_then(Value::as_str)
+            .and_then(mesh::parse_public_key);
+        let peer = peer_of(&d, now_ms(shared));
+        let mut keys = lock(&self.keys);
+        if keys.len() >= CAPACITY {
+            keys.retain(|_, (_, _, at)| at.elapsed() < KEY_TTL);
+            if keys.len() >= CAPACITY {
+                keys.clear();
+            }
+        }
+        keys.insert(id.to_owned(), (peer.clone(), key, Instant::now()));
+        (peer, key)
+    }
+}
+
+/// A peer entry from a directory node object (discover entry or node detail).
+fn peer_of(v: &Value, now_ms: u64) -> Option<Peer> {
+    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    Some(Peer {
+        node_id: s("node_id")?,
+        endpoint: s("endpoint")?,
+        region: s("region"),
+        last_seen_ms: now_ms,
+        relay_capable: v
+            .get("relay_capable")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        relay_accept_port: v
+            .get("relay_accept_port")
+            .and_then(Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok()),
+        relay_load: v
+            .get("relay_load")
+            .or_else(|| v.get("load"))
+            .and_then(Value::as_f64),
+    })
+}
+
+fn refusal(r: &mesh::Refusal) -> HttpError {
+    HttpError::new(
+        StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST),
+        r.code,
+        r.message,
+    )
+}
+
+async fn post_peers(
+    shared: Arc<Shared>,
+    state: Arc<MeshState>,
+    mut req: Request,
+) -> Result<Response, HttpError> {
+    let signature = req
+        .headers()
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = read_body(&mut req, MAX_BODY).await?;
+    let sender = mesh::sender_of(&body).map_err(|r| refusal(&r))?;
+    let (peer, key) = if signature.is_some() {
+        state.lookup(&shared, &sender).await
+    } else {
+        (None, None)
+    };
+    let now = now_ms(&shared);
+    let mut m = lock(&state.mesh);
+    if let Some(id) = shared.node_id() {
+        m.set_own_id(id);
+    }
+    let ex = m
+        .admit(&body, signature.as_deref(), key.as_ref(), now)
+        .map_err(|r| {
+            tracing::debug!(status = r.status, "peer exchange refused");
+            refusal(&r)
+        })?;
+    let answer = m.answer(&ex, now);
+    if let Some(p) = peer {
+        m.merge([p], now);
+    }
+    Ok(json(StatusCode::OK, &answer))
+}
+
+/// Mounts `POST /v1/peers` when the node gossips.
+pub(crate) fn routes(shared: &Arc<Shared>, router: Router) -> Router {
+    let Some(state) = shared.mesh.clone() else {
+        return router;
+    };
+    let shared = Arc::clone(shared);
+    router.route_cors(Method::POST, "/v1/peers", move |req, _| {
+        post_peers(Arc::clone(&shared), Arc::clone(&state), req)
+    })
+}
+
+/// Exchanges with one peer; merges its answer.
+async fn exchange(shared: &Shared, state: &MeshState, own_id: &str, peer: &Peer) -> bool {
+    let Some(http) = &state.http else {
+        return false;
+    };
+    let now = now_ms(shared);
+    let known: Vec<String> = lock(&state.mesh)
+        .peers(now)
+        .into_iter()
+        .map(|p| p.node_id)
+        .collect();
+    let (body, sig) = mesh::sign(&state.key, own_id, &known, now);
+    let url = format!("{}/v1/peers", peer.endpoint.trim_end_matches('/'));
+    let reply = http
+        .request(Method::POST, url)
+        .header(SIGNATURE_HEADER, sig)
+        .body("application/json", body)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await;
+    match reply {
+        Ok(r) if r.status.is_success() => {
+            if let Ok(v) = r.json::<Value>() {
+                let mut m = lock(&state.mesh);
+                m.merge(
+                    [Peer {
+                        last_seen_ms: now,
+                        ..peer.clone()
+                    }],
+                    now,
+                );
+                m.merge_answer(&v, now);
+                return true;
+            }
+            false
+        }
+        Ok(r) => {
+            tracing::debug!(status = r.status.as_u16(), "peer exchange refused by peer");
+            false
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "peer exchange failed");
+            false
+        }
+    }
+}
+
+/// Relay-capable nodes the directory lists, as exchange targets.
+async fn directory_peers(shared: &Shared, state: &MeshState) -> Vec<Peer> {
+    let (Some(http), Some(base)) = (&state.http, shared.cfg.directory_url.as_deref()) else {
+        return Vec::new();
+    };
+    let now = now_ms(shared);
+    crate::reach::relay_nodes(http, base, shared, 20)
+        .await
+        .map(|nodes| nodes.iter().filter_map(|n| peer_of(n, now)).collect())
+        .unwrap_or_default()
+}
+
+/// One round: up to three peers from the cache, else relay-capable nodes the directory
+/// lists; returns how many exchanges succeeded.
+async fn round(shared: &Shared, state: &MeshState) -> usize {
+    let (Some(own_id), true) = (shared.node_id(), shared.token().is_some()) else {
+        return 0;
+    };
+    let now = now_ms(shared);
+    let mut targets = lock(&state.mesh).peers(now);
+    if targets.is_empty() {
+        targets = directory_peers(shared, state).await;
+    }
+    targets.retain(|p| p.node_id != own_id);
+    let mut ok = 0;
+    for p in targets.iter().take(FANOUT) {
+        if exchange(shared, state, &own_id, p).await {
+            ok += 1;
+        }
+    }
+    ok
+}
+
+impl Node {
+    /// Runs one peer-exchange round now (a serving mesh or relay node also does this
+    /// every 30 s): signed exchanges with up to three peers; returns how many
+    /// succeeded. 0 when the node does not gossip or is not registered.
+    pub async fn exchange_peers(&self) -> usize {
+        match &self.shared.mesh {
+            Some(state) => round(&self.shared, state).await,
+            None => 0,
+        }
+    }
+
+    /// The node ids of the fresh peers known from gossip.
+    pub fn mesh_peers(&self) -> Vec<String> {
+        self.shared.mesh.as_ref().map_or_else(Vec::new, |m| {
+            lock(&m.mesh)
+                .peers(now_ms(&self.shared))
+                .into_iter()
+                .map(|p| p.node_id)
+                .collect()
+        })
+    }
+}
+
+/// Exchanges every 30 s until `stop` fires.
+pub(crate) async fn run(node: Node, mut stop: watch::Receiver<bool>) {
+    let shared = Arc::clone(&node.shared);
+    let Some(state) = shared.mesh.clone() else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(ROUND) => {}
+            _ = stop.changed() => return,
+        }
+        tokio::select! {
+            _ = round(&shared, &state) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,912 @@
+//! Reachability: how a serving node becomes reachable from outside (PROTOCOL.md
+//! §13.1–§13.2 ladder, §14.4–§14.6 relay, §19 T31; SEED-SDK.md §3).
+//!
+//! With [`ReachConfig`] in [`crate::ServeOptions::reach`], [`crate::Node::serve`], after
+//! binding its port and before the first registration:
+//!
+//! 1. gathers observations: interface addresses and container detection
+//!    ([`iicp_nat::detect`], unless given in the config), the operator settings;
+//! 2. runs the [`iicp_nat::Executor`] with UPnP discovery, a [`iicp_nat::Prober`] asking the
+//!    directory's `GET /v1/probe` (§8.9), and a [`iicp_nat::RelayBinder`] that, unless a relay is
+//!    configured, discovers `relay_capable` nodes (`GET /v1/discover?intent=…&
+//!    relay_capable=true`), elects one ([`iicp_nat::relay::elect`], §14.5), fetches bind
+//!    tickets (`POST /v1/relay/ticket`, §14.6) and runs a [`RelayWorker`] whose pushed
+//!    CALLs go through the node's task pipeline;
+//! 3. registers what the final plan says: the endpoint, `transport_method`,
+//!    `exposure_mode` (and, through a relay, `transport_metadata = {relay_for,
+//!    relay_host, relay_port}`, §14.4); a tier-4 node with a private endpoint does not
+//!    register with a public directory;
+//! 4. keeps UPnP leases renewed ([`iicp_nat::LeaseKeeper`]) and re-registers when the
+//!    relay worker binds again with another endpoint.
+//!
+//! [`crate::ServeHandle::stop`] stops the relay worker and deletes mappings and pinholes
+//! before deregistering. Relay-capable nodes serve [`iicp_nat::RelayServer`] on
+//! `relay_accept_port` (refused when it equals the node port, §19 T31) and its HTTP
+//! routes on the node's router.
+//!
+//! [`diagnose`] is the read-only variant for `iicp doctor`: it observes (interfaces,
+//! container, gateway, external address) and plans, without mapping anything.
+//!
+//! This module reads no environment: the CLI fills [`ReachConfig`].
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use iicp_nat::relay::{elect, parse_relay_endpoint, RelayCandidate};
+use iicp_nat::upnp::{BoxFuture, Discover, DiscoveryConfig, UpnpDiscovery};
+use iicp_nat::{
+    ExecutorConfig, ExternalIp, GatewayObservation, InterfaceAddr, KeeperConfig, LeaseKeeper,
+    Observations, Plan, ProbeVerdict, RelayObservation, RelayWorker, Settings, Step, TicketSource,
+    WorkerConfig, WorkerState,
+};
+use iicp_proto::message::{Body, Call, Prefer, Response};
+use iicp_proto::secret::Secret;
+use iicp_proto::task::TaskRequest;
+use iicp_transport::http::client::{HttpClient, HttpClientConfig, Redirects};
+use iicp_transport::native::{CallContext, CallHandler};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::handler::{TaskHandler, Transport};
+use crate::node::{lock, Node, Shared};
+use crate::pipeline::{self, Inbound};
+
+pub use iicp_nat::mesh;
+pub use iicp_nat::{Container, ExposureMode, Tier, TransportMethod};
+
+/// How the node finds its public route. Fill it from flags and env in the CLI
+/// (`IICP_AUTO_DETECT_NAT`, `IICP_PUBLIC_ENDPOINT`, `IICP_RELAY_WORKER_ENDPOINT`,
+/// `IICP_SKIP_UPNP`); the library reads none of them.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ReachConfig {
+    /// Detect NAT (default on). Off: only `public_endpoint` or a configured relay count.
+    pub auto_detect: bool,
+    /// The operator's public endpoint (trusted as given, tier 0).
+    pub public_endpoint: Option<String>,
+    /// `host:port` of a relay to bind to (skips election).
+    pub relay_worker_endpoint: Option<String>,
+    /// Skip UPnP.
+    pub skip_upnp: bool,
+    /// Accept a non-routable `public_endpoint` (private meshes).
+    pub allow_private_endpoint: bool,
+    /// Container detection result; `None`: detect (files only, no environment; pass
+    /// `iicp_nat::detect::container(|k| std::env::var(k).ok())` from the CLI to include
+    /// `KUBERNETES_SERVICE_HOST`).
+    pub container: Option<Container>,
+    /// Interface addresses; `None`: enumerate them.
+    pub interfaces: Option<Vec<InterfaceAddr>>,
+    /// Requested UPnP lease (default 3600 s).
+    pub lease: Duration,
+    /// SSDP / IGD settings.
+    pub discovery: DiscoveryConfig,
+    /// Executor settings (timeouts, round limit).
+    pub executor: ExecutorConfig,
+    /// Lease keeper settings.
+    pub keeper: KeeperConfig,
+    /// First reconnect delay of the relay worker (default 2 s).
+    pub relay_backoff: Duration,
+    /// How many relay candidates to ask the directory for (default 20).
+    pub relay_candidates: u32,
+}
+
+impl Default for ReachConfig {
+    fn default() -> Self {
+        Self {
+            auto_detect: true,
+            public_endpoint: None,
+            relay_worker_endpoint: None,
+            skip_upnp: false,
+            allow_private_endpoint: false,
+            container: None,
+            interfaces: None,
+            lease: iicp_nat::plan::DEFAULT_LEASE,
+            discovery: DiscoveryConfig::default(),
+            executor: ExecutorConfig::default(),
+            keeper: KeeperConfig::default(),
+            relay_backoff: Duration::from_secs(2),
+            relay_candidates: 20,
+        }
+    }
+}
+
+impl ReachConfig {
+    /// Sets the operator's public endpoint.
+    pub fn with_public_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.public_endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// Binds to this relay (`host:port`) instead of electing one.
+    pub fn with_relay_worker_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.relay_worker_endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// Turns NAT detection on or off.
+    pub fn with_auto_detect(mut self, on: bool) -> Self {
+        self.auto_detect = on;
+        self
+    }
+
+    /// Skips UPnP.
+    pub fn with_skip_upnp(mut self, skip: bool) -> Self {
+        self.skip_upnp = skip;
+        self
+    }
+
+    fn settings(&self, node: &Shared, port: u16) -> Settings {
+        Settings {
+            port,
+            transport_port: None,
+            public_endpoint: self.public_endpoint.clone().filter(|e| !e.is_empty()),
+            auto_detect: self.auto_detect,
+            relay_worker_endpoint: self.relay_worker_endpoint.clone().filter(|e| !e.is_empty()),
+            relay_capable: node.cfg.relay_capable,
+            skip_upnp: self.skip_upnp,
+            allow_private_endpoint: self.allow_private_endpoint,
+            lease: self.lease,
+            ..Settings::default()
+        }
+    }
+
+    fn observations(&self, node: &Shared, port: u16) -> Observations {
+        let mut obs = Observations::new(self.settings(node, port));
+        obs.interfaces = match &self.interfaces {
+            Some(i) => i.clone(),
+            None => iicp_nat::detect::interfaces().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "interface enumeration failed");
+                Vec::new()
+            }),
+        };
+        obs.container = self
+            .container
+            .unwrap_or_else(|| iicp_nat::detect::container(|_| None));
+        obs
+    }
+}
+
+/// What reachability planning achieved (on [`crate::ServeHandle::reachability`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Reachability {
+    /// The tier reached.
+    pub tier: Tier,
+    /// The endpoint advertised (`None` at tier 4: the configured one stays local).
+    pub endpoint: Option<String>,
+    /// `transport_method` registered.
+    pub transport_method: Option<TransportMethod>,
+    /// `exposure_mode` registered.
+    pub exposure_mode: ExposureMode,
+    /// Operator guidance, one sentence each.
+    pub guidance: Vec<String>,
+    /// The relay bound to (`host:port`), at tier 3.
+    pub relay: Option<String>,
+    /// External ports mapped through UPnP (tier 1a).
+    pub mapped_ports: Vec<u16>,
+    /// Whether the node registers at all (false: tier 4 with a private endpoint and a
+    /// public directory).
+    pub registers: bool,
+}
+
+impl Reachability {
+    fn from_plan(plan: &Plan) -> Self {
+        Self {
+            tier: plan.tier,
+            endpoint: plan.endpoint.clone(),
+            transport_method: plan.transport_method,
+            exposure_mode: plan.exposure_mode,
+            guidance: plan.guidance.iter().map(ToString::to_string).collect(),
+            relay: None,
+            mapped_ports: Vec::new(),
+            registers: true,
+        }
+    }
+}
+
+/// What the node advertises instead of its configured endpoint (set by reachability).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Advert {
+    pub(crate) endpoint: Option<String>,
+    pub(crate) transport_method: Option<TransportMethod>,
+    pub(crate) exposure_mode: Option<ExposureMode>,
+    pub(crate) transport_metadata: Option<Value>,
+    pub(crate) relayed: bool,
+    /// The real relay accept port (an ephemeral one when configured as 0).
+    pub(crate) relay_accept_port: Option<u16>,
+}
+
+/// Applies the advert to a REGISTER body.
+pub(crate) fn apply(shared: &Shared, req: &mut iicp_proto::directory::RegisterRequest) {
+    let ad = lock(&shared.advert).clone();
+    if let Some(ep) = &ad.endpoint {
+        req.endpoint.clone_from(ep);
+        req.transport_endpoint = if ad.relayed || !shared.cfg.native {
+            None
+        } else {
+            iicp_transport::native::NativeEndpoint::from_http(ep).map(|e| e.to_string())
+        };
+    }
+    if let Some(m) = ad.transport_method {
+        req.transport_method = Some(m.as_str().to_owned());
+    }
+    if let Some(m) = ad.exposure_mode {
+        req.exposure_mode = Some(m.as_str().to_owned());
+    }
+    if ad.relayed {
+        req.relay_endpoint.clone_from(&ad.endpoint);
+        req.transport_metadata.clone_from(&ad.transport_metadata);
+    }
+    if let (Some(p), true) = (ad.relay_accept_port, shared.cfg.relay_capable) {
+        req.relay_accept_port = Some(p);
+    }
+    if let Some(m) = &shared.mesh {
+        req.public_key = Some(m.public_key_hex());
+    }
+}
+
+/// The endpoint the node registers now.
+pub(crate) fn advertised_endpoint(shared: &Shared) -> String {
+    lock(&shared.advert)
+        .endpoint
+        .clone()
+        .unwrap_or_else(|| shared.cfg.endpoint.clone())
+}
+
+fn http_client() -> Option<HttpClient> {
+    HttpClient::new(HttpClientConfig::default())
+        .map_err(|e| tracing::warn!(error = %e, "reachability HTTP client unavailable"))
+        .ok()
+}
+
+fn directory_base(shared: &Shared) -> Option<String> {
+    shared
+        .cfg
+        .directory_url
+        .as_deref()
+        .map(|u| u.trim_end_matches('/').to_owned())
+}
+
+/// [`iicp_nat::Prober`] over the directory's `GET /v1/probe?host=&port=` (§8.9).
+struct DirectoryProber {
+    http: HttpClient,
+    base: String,
+}
+
+impl iicp_nat::Prober for DirectoryProber {
+    fn probe<'a>(&'a self, host: &'a str, port: u16) -> BoxFuture<'a, ProbeVerdict> {
+        Box::pin(async move {
+            let url = format!("{}/v1/probe?host={}&port={port}", self.base, host);
+            let reply = self
+                .http
+                .get(url)
+                .redirects(Redirects::follow(3))
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await;
+            let verdict = match reply {
+                Ok(r) if r.status.is_success() => match r.json::<Value>() {
+                    Ok(v) => match v.get("reachable").and_then(Value::as_bool) {
+                        Some(true) => ProbeVerdict::Reachable,
+                        Some(false) => ProbeVerdict::Unreachable,
+                        None => ProbeVerdict::Unavailable,
+                    },
+                    Err(_) => ProbeVerdict::Unavailable,
+                },
+                // 422 private_address, 404 (no probe), 429, 5xx: the probe could not run
+                Ok(_) | Err(_) => ProbeVerdict::Unavailable,
+            };
+            tracing::info!(%host, port, ?verdict, "reachability probe");
+            verdict
+        })
+    }
+}
+
+/// [`TicketSource`]: `POST /v1/relay/ticket` with the node's token (§14.6). Without a
+/// token yet (first bind before registration), binds without a ticket (soft mode).
+struct DirectoryTickets {
+    shared: Arc<Shared>,
+    http: HttpClient,
+    base: String,
+    relay_node_id: Option<String>,
+}
+
+impl TicketSource for DirectoryTickets {
+    fn ticket(&self) -> BoxFuture<'_, Option<Secret>> {
+        Box::pin(async move {
+            let (token, node_id) = {
+                let c = lock(&self.shared.creds);
+                (c.token.clone(), c.node_id.clone())
+            };
+            let (Some(token), Some(node_id)) = (token, node_id) else {
+                return None;
+            };
+            let body = json!({"relay_node_id": self.relay_node_id.as_deref().unwrap_or("*")});
+            let reply = self
+                .http
+                .post_json(format!("{}/v1/relay/ticket", self.base), &body)
+                .bearer(token)
+                .header("x-node-id", node_id)
+                .redirects(Redirects::follow(3))
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await;
+            match reply {
+                Ok(r) if r.status.is_success() => r
+                    .json::<Value>()
+                    .ok()
+                    .and_then(|v| v.get("ticket").and_then(Value::as_str).map(Secret::new)),
+                Ok(r) => {
+                    tracing::info!(status = r.status.as_u16(), "no relay bind ticket");
+                    None
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "relay bind ticket request failed");
+                    None
+                }
+            }
+        })
+    }
+}
+
+/// Tasks pushed by the relay (a CALL whose key 5 is the JSON task body, §14.4) go
+/// through the node's pipeline; the answer is the task RESPONSE body.
+struct RelayTasks {
+    shared: Arc<Shared>,
+    handler: Arc<dyn TaskHandler>,
+}
+
+impl CallHandler for RelayTasks {
+    fn handle(&self, call: Call, ctx: CallContext) -> iicp_transport::native::BoxFuture<Response> {
+        let shared = Arc::clone(&self.shared);
+        let handler = Arc::clone(&self.handler);
+        Box::pin(async move {
+            let task = call
+                .payload
+                .as_ref()
+                .and_then(|b| b.to_json(Prefer::Json).ok())
+                .map(serde_json::from_value::<TaskRequest>);
+            let task = match task {
+                Some(Ok(t)) => t,
+                _ => {
+                    return Response::error(
+                        &call,
+                        iicp_proto::error::ErrorCode::ValidationError.as_str(),
+                        422,
+                        "relayed CALL without a valid JSON task in key 5",
+                    )
+                }
+            };
+            let reply = pipeline::run(
+                shared,
+                handler,
+                Inbound {
+                    transport: Transport::Native,
+                    peer: ctx.peer.ip(),
+                    bearer: None,
+                    consumer_token: None,
+                    traceparent: None,
+                    trace_bytes: None,
+                    task,
+                    track_duplicates: true,
+                },
+            )
+            .await;
+            if reply.status == 200 {
+                let mut r = Response::success(&call, Body::json(&reply.body));
+                r.tokens_used = reply.tokens_used;
+                r.duration_ms = Some(reply.latency_ms);
+                r
+            } else {
+                let (code, message) = reply.error.as_ref().map_or_else(
+                    || ("internal_error".to_owned(), "task failed".to_owned()),
+                    |e| (e.code.as_str().to_owned(), e.message.clone()),
+                );
+                Response::error(&call, &code, reply.status, &message)
+            }
+        })
+    }
+
+    fn node_id(&self) -> Option<String> {
+        self.shared.node_id()
+    }
+}
+
+/// [`iicp_nat::RelayBinder`]: configured relay or election, tickets, worker.
+struct NodeRelays {
+    shared: Arc<Shared>,
+    handler: Arc<dyn TaskHandler>,
+    http: Option<HttpClient>,
+    base: Option<String>,
+    config: ReachConfig,
+    /// The worker that bound (taken by [`Running`]).
+    bound: Mutex<Option<(RelayWorker, WorkerConfig)>>,
+}
+
+/// `GET {base}/v1/discover?intent=…&relay_capable=true&limit=…` → the `nodes` array
+/// (`None` when the directory cannot be asked or fails).
+pub(crate) async fn relay_nodes(
+    http: &HttpClient,
+    base: &str,
+    shared: &Shared,
+    limit: u32,
+) -> Option<Vec<Value>> {
+    let intent = shared.cfg.intents.first()?;
+    let url = format!(
+        "{}/v1/discover?intent={}&relay_capable=true&limit={}",
+        base.trim_end_matches('/'),
+        intent.as_str(),
+        limit.clamp(1, 100)
+    );
+    let reply = http
+        .get(url)
+        .redirects(Redirects::follow(3))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .ok()
+        .filter(|r| r.status.is_success())?;
+    reply
+        .json::<Value>()
+        .ok()?
+        .get("nodes")
+        .and_then(Value::as_array)
+        .cloned()
+}
+
+impl NodeRelays {
+    async fn candidates(&self) -> Vec<RelayCandidate> {
+        let (Some(http), Some(base)) = (&self.http, &self.base) else {
+            return Vec::new();
+        };
+        let nodes = relay_nodes(http, base, &self.shared, self.config.relay_candidates).await;
+        if nodes.is_none() {
+            tracing::info!("relay discovery at the directory failed");
+        }
+        let mut found: Vec<RelayCandidate> = nodes
+            .map(|nodes| nodes.iter().filter_map(candidate).collect())
+            .unwrap_or_default();
+        // §14.5: the gossip peer cache is another source
+        if let Some(m) = &self.shared.mesh {
+            for c in m.relay_candidates(&self.shared) {
+                if !found.iter().any(|f| f.node_id == c.node_id) {
+                    found.push(c);
+                }
+            }
+        }
+        found
+    }
+}
+
+fn candidate(v: &Value) -> Option<RelayCandidate> {
+    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    Some(RelayCandidate {
+        node_id: s("node_id")?,
+        endpoint: s("endpoint"),
+        relay_capable: v
+            .get("relay_capable")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        load: v
+            .get("relay_load")
+            .or_else(|| v.get("load"))
+            .and_then(Value::as_f64),
+        relay_accept_port: v
+            .get("relay_accept_port")
+            .and_then(Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0),
+        reputation_score: v.get("reputation_score").and_then(Value::as_f64),
+    })
+}
+
+impl iicp_nat::RelayBinder for NodeRelays {
+    fn bind<'a>(&'a self, configured: Option<&'a str>) -> BoxFuture<'a, RelayObservation> {
+        Box::pin(async move {
+            let Some(worker_id) = self.shared.node_id() else {
+                tracing::warn!("relay: the node has no node id yet; cannot bind");
+                return RelayObservation::Unavailable;
+            };
+            let (host, port, relay_node_id) = match configured {
+                Some(text) => match parse_relay_endpoint(text) {
+                    Some((h, p)) => (h, p, None),
+                    None => {
+                        tracing::warn!(endpoint = %text, "relay worker endpoint is not host:port");
+                        return RelayObservation::Unavailable;
+                    }
+                },
+                None => match elect(&worker_id, &self.candidates().await) {
+                    Some(t) => {
+                        tracing::info!(relay = %t.node_id, at = %t.authority(), "relay elected");
+                        (t.host, t.port, Some(t.node_id))
+                    }
+                    None => {
+                        tracing::info!("no relay-capable node to elect");
+                        return RelayObservation::Unavailable;
+                    }
+                },
+            };
+            let Some(intent) = self.shared.cfg.intents.first() else {
+                return RelayObservation::Unavailable;
+            };
+            let mut wc = WorkerConfig::new(host, port, worker_id, intent.as_str());
+            wc.models.clone_from(&self.shared.cfg.models);
+            wc.backoff_initial = self.config.relay_backoff;
+            let tickets: Option<Arc<dyn TicketSource>> = match (&self.http, &self.base) {
+                (Some(http), Some(base)) => Some(Arc::new(DirectoryTickets {
+                    shared: Arc::clone(&self.shared),
+                    http: http.clone(),
+                    base: base.clone(),
+                    relay_node_id,
+                })),
+                _ => None,
+            };
+            let handler: Arc<dyn CallHandler> = Arc::new(RelayTasks {
+                shared: Arc::clone(&self.shared),
+                handler: Arc::clone(&self.handler),
+            });
+            let worker = RelayWorker::spawn(wc.clone(), handler, tickets);
+            let wait = self
+                .config
+                .executor
+                .relay_timeout
+                .saturating_sub(Duration::from_secs(1));
+            match worker.wait_bound(wait.max(Duration::from_secs(1))).await {
+                Some(endpoint) => {
+                    *lock(&self.bound) = Some((worker, wc));
+                    RelayObservation::Bound { endpoint }
+                }
+                None => {
+                    tracing::info!(state = ?worker.state(), "relay bind did not succeed");
+                    worker.stop().await;
+                    RelayObservation::Unavailable
+                }
+            }
+        })
+    }
+}
+
+/// The running side of reachability: leases, relay worker, re-registration watcher.
+#[derive(Debug)]
+pub(crate) struct Running {
+    keeper: Option<LeaseKeeper>,
+    worker: Option<RelayWorker>,
+    watcher: Option<JoinHandle<()>>,
+    stop_tx: watch::Sender<bool>,
+}
+
+impl Running {
+    /// Stops the relay worker and deletes mappings and pinholes.
+    pub(crate) async fn stop(mut self) {
+        let _ = self.stop_tx.send(true);
+        if let Some(w) = self.watcher.take() {
+            let _ = w.await;
+        }
+        if let Some(worker) = self.worker.take() {
+            worker.stop().await;
+            tracing::info!("relay worker stopped");
+        }
+        if let Some(k) = self.keeper.take() {
+            k.stop().await;
+            tracing::info!("UPnP mappings and pinholes removed");
+        }
+    }
+}
+
+/// Runs reachability for a node serving on `port`; sets what it registers.
+pub(crate) async fn start(
+    node: &Node,
+    handler: Arc<dyn TaskHandler>,
+    config: ReachConfig,
+    port: u16,
+) -> (Reachability, Running) {
+    let shared = Arc::clone(&node.shared);
+    let http = http_client();
+    let base = directory_base(&shared);
+    let mut executor = iicp_nat::Executor::new(config.executor.clone());
+    if let Some(h) = &http {
+        if !config.skip_upnp && config.auto_detect {
+            executor = executor.with_discovery(Arc::new(UpnpDiscovery::new(
+                h.clone(),
+                config.discovery.clone(),
+            )));
+        }
+        if let Some(b) = &base {
+            executor = executor.with_prober(Arc::new(DirectoryProber {
+                http: h.clone(),
+                base: b.clone(),
+            }));
+        }
+    }
+    let relays = Arc::new(NodeRelays {
+        shared: Arc::clone(&shared),
+        handler,
+        http: http.clone(),
+        base: base.clone(),
+        config: config.clone(),
+        bound: Mutex::new(None),
+    });
+    executor = executor.with_relay(Arc::clone(&relays) as Arc<dyn iicp_nat::RelayBinder>);
+    let outcome = executor.run(config.observations(&shared, port)).await;
+    let plan = &outcome.plan;
+    let mut reach = Reachability::from_plan(plan);
+    reach.mapped_ports = outcome
+        .leases
+        .mappings
+        .iter()
+        .map(|m| m.mapping.external_port)
+        .collect();
+    let bound = lock(&relays.bound).take();
+    let (worker, worker_cfg) = match bound {
+        Some((w, c)) if plan.tier == Tier::Relay => (Some(w), Some(c)),
+        Some((w, _)) => {
+            w.stop().await;
+            (None, None)
+        }
+        None => (None, None),
+    };
+    {
+        let mut ad = lock(&shared.advert);
+        ad.endpoint.clone_from(&plan.endpoint);
+        ad.transport_method = plan.transport_method;
+        ad.exposure_mode = Some(plan.exposure_mode);
+        ad.relayed = plan.tier == Tier::Relay;
+        if let Some(wc) = &worker_cfg {
+            reach.relay = Some(format!("{}:{}", wc.relay_host, wc.relay_port));
+            ad.transport_metadata = Some(relay_metadata(wc));
+        }
+    }
+    let endpoint = advertised_endpoint(&shared);
+    if crate::config::is_private_endpoint(&endpoint) {
+        let dir_private = shared
+            .cfg
+            .directory_url
+            .as_deref()
+            .is_none_or(crate::config::is_private_endpoint);
+        if !dir_private {
+            reach.registers = false;
+            reach.guidance.push(
+                "the endpoint is private and no public route was found: not registering with the public directory".to_owned(),
+            );
+        }
+    }
+    tracing::info!(
+        tier = %reach.tier,
+        endpoint = reach.endpoint.as_deref().unwrap_or("<none>"),
+        method = reach.transport_method.map_or("-", |m| m.as_str()),
+        exposure = reach.exposure_mode.as_str(),
+        "NAT auto-detect"
+    );
+    let keeper = (!outcome.leases.is_empty()).then(|| outcome.leases.keep(config.keeper));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let watcher = worker
+        .as_ref()
+        .map(|w| tokio::spawn(watch_worker(node.clone(), w.subscribe(), stop_rx)));
+    (
+        reach,
+        Running {
+            keeper,
+            worker,
+            watcher,
+            stop_tx,
+        },
+    )
+}
+
+fn relay_metadata(wc: &WorkerConfig) -> Value {
+    json!({
+        "relay_for": wc.worker_id,
+        "relay_host": wc.relay_host,
+        "relay_port": wc.relay_port,
+    })
+}
+
+/// Re-registers when the worker binds again with another endpoint (§14.4).
+async fn watch_worker(
+    node: Node,
+    mut state: watch::Receiver<WorkerState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            changed = state.changed() => if changed.is_err() { return },
+            _ = stop.changed() => return,
+        }
+        let endpoint = match &*state.borrow_and_update() {
+            WorkerState::Bound { endpoint, .. } => endpoint.clone(),
+            _ => continue,
+        };
+        let changed = {
+            let mut ad = lock(&node.shared.advert);
+            let changed = ad.endpoint.as_deref() != Some(endpoint.as_str());
+            ad.endpoint = Some(endpoint);
+            changed
+        };
+        if changed && node.node_token().is_some() {
+            tracing::info!("relay endpoint changed; registering again");
+            if let Err(e) = node.register().await {
+                tracing::warn!(error = %e, "re-registration through the relay failed; the heartbeat loop retries");
+            }
+        }
+    }
+}
+
+/// Container detection ([`iicp_nat::detect::container`]); `env` looks up environment
+/// variables (the CLI passes `|k| std::env::var(k).ok()`).
+pub fn detect_container(env: impl Fn(&str) -> Option<String>) -> Container {
+    iicp_nat::detect::container(env)
+}
+
+/// What `iicp doctor` shows: observations and the plan so far, nothing mapped.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Diagnosis {
+    /// Tier reached without acting (a non-final plan's tier is provisional).
+    pub tier: Tier,
+    /// Whether the plan is final (nothing left to try).
+    pub is_final: bool,
+    /// Endpoint the final plan would advertise.
+    pub endpoint: Option<String>,
+    /// The exposure mode.
+    pub exposure_mode: ExposureMode,
+    /// Next steps the node would take at `serve` (human text).
+    pub next_steps: Vec<String>,
+    /// Guidance.
+    pub guidance: Vec<String>,
+    /// Interface addresses seen (loopback excluded).
+    pub interfaces: Vec<String>,
+    /// Container detection.
+    pub container: &'static str,
+    /// The UPnP gateway: `None` not found (or UPnP skipped).
+    pub gateway: Option<String>,
+    /// The gateway's external address, when asked.
+    pub external_ip: Option<String>,
+}
+
+/// Observes and plans without mapping anything (SSDP and `GetExternalIPAddress` only).
+pub async fn diagnose(config: &ReachConfig, port: u16, relay_capable: bool) -> Diagnosis {
+    let mut settings = Settings {
+        port,
+        public_endpoint: config.public_endpoint.clone().filter(|e| !e.is_empty()),
+        auto_detect: config.auto_detect,
+        relay_worker_endpoint: config
+            .relay_worker_endpoint
+            .clone()
+            .filter(|e| !e.is_empty()),
+        relay_capable,
+        skip_upnp: config.skip_upnp,
+        allow_private_endpoint: config.allow_private_endpoint,
+        lease: config.lease,
+        ..Settings::default()
+    };
+    settings.transport_port = None;
+    let mut obs = Observations::new(settings);
+    obs.interfaces = config
+        .interfaces
+        .clone()
+        .unwrap_or_else(|| iicp_nat::detect::interfaces().unwrap_or_default());
+    obs.container = config
+        .container
+        .unwrap_or_else(|| iicp_nat::detect::container(|_| None));
+    let mut gateway_text = None;
+    let mut external = None;
+    // one pass of discovery when the plan asks for it; stop before any mapping
+    for _ in 0..4 {
+        let p = iicp_nat::plan(&obs);
+        if p.is_final() {
+            break;
+        }
+        let mut progressed = false;
+        for step in &p.steps {
+            match step {
+                Step::DiscoverGateway => {
+                    progressed = true;
+                    let found = match http_client() {
+                        Some(h) if !config.skip_upnp => {
+                            let d = UpnpDiscovery::new(h, config.discovery.clone());
+                            tokio::time::timeout(
+                                config.executor.discovery_timeout,
+                                Discover::discover(&d),
+                            )
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                            .flatten()
+                        }
+                        _ => None,
+                    };
+                    obs.gateway = match &found {
+                        None => GatewayObservation::NotFound,
+                        Some(gw) => {
+                            gateway_text = Some(format!("{gw:?}"));
+                            if let Ok(Ok(ip)) =
+                                tokio::time::timeout(config.executor.step_timeout, gw.external_ip())
+                                    .await
+                            {
+                                obs.external_ip = Some(match ip {
+                                    Some(ip) => ExternalIp::Address(ip),
+                                    None => ExternalIp::Empty,
+                                });
+                                external = ip.map(|i: IpAddr| i.to_string());
+                            }
+                            GatewayObservation::Found {
+                                local_ip: gw.local_ip(),
+                                pinhole_service: gw.has_pinhole_service(),
+                            }
+                        }
+                    };
+                }
+                Step::QueryExternalIp if obs.external_ip.is_none() => {
+                    progressed = true;
+                    obs.external_ip =
+                        Some(ExternalIp::Failed(iicp_nat::UpnpFailure { code: None }));
+                }
+                _ => {}
+            }
+        }
+        if !progressed {
+            break;
+        }
+    }
+    let p = iicp_nat::plan(&obs);
+    Diagnosis {
+        tier: p.tier,
+        is_final: p.is_final(),
+        endpoint: p.endpoint.clone(),
+        exposure_mode: p.exposure_mode,
+        next_steps: p.steps.iter().map(describe_step).collect(),
+        guidance: p.guidance.iter().map(ToString::to_string).collect(),
+        interfaces: obs
+            .interfaces
+            .iter()
+            .filter(|i| !i.loopback)
+            .map(|i| format!("{} {}", i.name, i.ip))
+            .collect(),
+        container: match obs.container {
+            Container::DockerBridge => "docker-bridge",
+            Container::DockerHost => "docker-host",
+            Container::Kubernetes => "kubernetes",
+            _ => "none",
+        },
+        gateway: gateway_text,
+        external_ip: external,
+    }
+}
+
+fn describe_step(step: &Step) -> String {
+    match step {
+        Step::DiscoverGateway => "search for a UPnP gateway".to_owned(),
+        Step::QueryExternalIp => "ask the gateway for its external address".to_owned(),
+        Step::DeleteMappings { ports } => format!("delete stale mappings {ports:?}"),
+        Step::Backoff(d) => format!("wait {d:?}"),
+        Step::MapPorts {
+            internal_client,
+            ports,
+            ..
+        } => format!(
+            "map TCP port(s) {} to {internal_client} through UPnP",
+            ports
+                .iter()
+                .map(|p| p.external.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Step::OpenPinhole {
+            internal_client,
+            port,
+            ..
+        } => format!("open an IPv6 pinhole to [{internal_client}]:{port}"),
+        Step::Probe { host, port } => {
+            format!("ask the directory whether {host}:{port} is reachable")
+        }
+        Step::BindRelay {
+            configured: Some(r),
+        } => format!("bind to the relay {r}"),
+        Step::BindRelay { configured: None } => {
+            "elect a relay-capable node and bind to it".to_owned()
+        }
+        _ => format!("{step:?}"),
+    }
+}
