@@ -15,6 +15,10 @@ use std::time::Duration;
 use iicp_backends::{BackendConfig, BackendKind};
 use iicp_node::{BackendHandler, Node, RateLimit, ServeOptions};
 
+// the allocator of the `iicp` binary, so the benchmark measures what operators run
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
