@@ -40,22 +40,8 @@ work=$(mktemp -d /tmp/iicp-bench-peers.XXXXXX)
 cp "$CARGO_TARGET_DIR/release/iicp" "$CARGO_TARGET_DIR/release/examples/bench_node" "$work/"
 iicp="$work/iicp"
 
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { # url
-  for _ in $(seq 1 150); do
-    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
-    sleep 0.2
-  done
-  echo "bench-peers: $1 did not come up" >&2
-  return 1
-}
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
 
 stub_port=$(free_port)
 "$iicp" stub-model --port "$stub_port" >"$work/stub.log" 2>&1 &
@@ -186,16 +172,6 @@ EOF
 
 echo "$section"
 if [ "$write" = 1 ]; then
-  python3 - "$repo/docs/PERFORMANCE.md" "$section" <<'PY'
-import re, sys
-path, section = sys.argv[1], sys.argv[2]
-text = open(path, encoding="utf-8").read()
-pat = re.compile(r"<!-- bench-peers:begin.*?<!-- bench-peers:end -->", re.S)
-if pat.search(text):
-    text = pat.sub(lambda _: section, text)
-else:
-    text = text.rstrip("\n") + "\n\n" + section + "\n"
-open(path, "w", encoding="utf-8").write(text)
-PY
+  write_section "$repo/docs/PERFORMANCE.md" bench-peers "$section"
   echo "bench-peers: wrote docs/PERFORMANCE.md" >&2
 fi

@@ -93,6 +93,13 @@ pub(crate) fn router(core: Arc<Core>) -> Router {
         "/v1/credits/transactions",
         credits::transactions,
     );
+    let r = route(
+        r,
+        &core,
+        Method::GET,
+        "/v1/credits/summary",
+        credits::summary,
+    );
     let r = route(r, &core, Method::POST, "/v1/telemetry", credits::telemetry);
     r.nest_alias("/api").cors(true)
 }

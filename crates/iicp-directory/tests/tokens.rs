@@ -197,6 +197,37 @@ async fn tickets_and_tokens_verify() {
         )
         .await;
         assert_eq!(r.body["count"], 1);
+        // the summary `iicp credits` shows: the token must match the node asked about
+        let r = call(
+            Method::GET,
+            &format!("{base}/api/v1/credits/summary?node_id={ida}"),
+            None,
+            Some(ta),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["node_id"], ida);
+        assert_eq!(r.body["balance"], 0.12);
+        assert_eq!(r.body["total_earned"], 0.12);
+        assert_eq!(r.body["total_spent"], 0.0);
+        assert_eq!(r.body["tx_count"], 1);
+        assert_eq!(r.body["reconciles"], true);
+        let r = call(
+            Method::GET,
+            &format!("{base}/api/v1/credits/summary?node_id={idb}"),
+            None,
+            Some(ta),
+        )
+        .await;
+        assert_eq!(r.status, 401, "another node's ledger: {}", r.body);
+        let r = call(
+            Method::GET,
+            &format!("{base}/api/v1/credits/summary?node_id={ida}"),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 401);
         // telemetry takes the proxy token only
         let r = post(
             &format!("{base}/v1/telemetry"),

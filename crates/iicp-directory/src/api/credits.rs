@@ -19,7 +19,7 @@ use crate::state::{Core, Counters};
 use crate::store::{ReceiptOutcome, ReceiptRecord};
 
 /// Tokens per credit (§8.11 credit schedule).
-const TOKENS_PER_CREDIT: f64 = 1000.0;
+const TOKENS_PER_CREDIT: u32 = 1000;
 /// Largest `tokens_used` accepted in one receipt.
 const MAX_TOKENS_PER_RECEIPT: u64 = 10_000_000;
 
@@ -136,7 +136,7 @@ pub(super) async fn award(core: Arc<Core>, mut req: Request, _p: Params) -> Hand
     let amount = if self_query {
         0.0
     } else {
-        (r.tokens_used.max(1) as f64 / TOKENS_PER_CREDIT * 10_000.0).round() / 10_000.0
+        (r.tokens_used.max(1) as f64 / f64::from(TOKENS_PER_CREDIT) * 10_000.0).round() / 10_000.0
     };
     let record = ReceiptRecord {
         node_id: node_id.clone(),
@@ -208,6 +208,39 @@ pub(super) async fn balance(core: Arc<Core>, req: Request, _p: Params) -> Handle
     Ok(super::no_store(
         StatusCode::OK,
         &json!({"node_id": node_id, "balance": balance, "currency": "credits"}),
+    ))
+}
+
+/// `GET /v1/credits/summary?node_id=…` (Bearer node token; PROTOCOL.md §8 credits
+/// extension): the node's ledger as `iicp credits` and the other SDKs' CLIs show it.
+/// This directory only awards credits (nothing is spent through it), so the balance is
+/// what was earned; `reconciles` is its own check of balance = earned − spent.
+pub(super) async fn summary(core: Arc<Core>, req: Request, _p: Params) -> HandlerResult {
+    let claimed = super::query_pairs(&req)
+        .into_iter()
+        .find(|(k, _)| k == "node_id")
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_empty());
+    let node_id = authenticate(&core, req.headers(), claimed.as_deref(), None)?;
+    let balance = core
+        .store
+        .credit_balance(node_id.clone())
+        .await
+        .map_err(|e| store_failed(&core, &e))?;
+    let tx_count = core.node(&node_id).map_or(0, |n| n.record.state.receipts);
+    let (earned, spent) = (balance, 0.0_f64);
+    Ok(super::no_store(
+        StatusCode::OK,
+        &json!({
+            "node_id": node_id,
+            "balance": balance,
+            "total_earned": earned,
+            "total_spent": spent,
+            "tx_count": tx_count,
+            "reconciles": (balance - (earned - spent)).abs() < 1e-9,
+            "tokens_per_credit": TOKENS_PER_CREDIT,
+            "currency": "credits",
+        }),
     ))
 }
 
