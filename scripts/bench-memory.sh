@@ -121,7 +121,6 @@ slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else 0.0
 first = [r[1] / 1024 for r in steady[: max(1, n // 4)]]
 last = [r[1] / 1024 for r in steady[-max(1, n // 4):]]
 print(json.dumps({
-  "tasks": bench["completed"] if "completed" in bench else None,
   "rps": round(bench["throughput_rps"]),
   "errors": bench["errors"],
   "samples": len(rows),
