@@ -426,6 +426,78 @@ impl DirectoryClient {
         }
         Ok(token)
     }
+
+    /// `PROBE`: `GET {base}/v1/probe?host=…&port=…` (§8.9): whether the directory
+    /// reaches `host:port` from outside. `Ok(None)` when it answered without a verdict.
+    ///
+    /// # Errors
+    /// The directory's refusal (422 `private_address`, 404 without a probe, 429) or a
+    /// transport error.
+    pub async fn probe(&self, host: &str, port: u16) -> Result<Option<bool>, Error> {
+        let url = format!(
+            "{}?host={}&port={port}",
+            self.url("/v1/probe"),
+            percent_encode(host)
+        );
+        let reply = self
+            .send(self.prepare(self.inner.http.get(url), None))
+            .await?;
+        let verdict: serde_json::Value = parse_ok(&reply)?;
+        Ok(verdict
+            .get("reachable")
+            .and_then(serde_json::Value::as_bool))
+    }
+
+    /// A relay bind ticket: `POST {base}/v1/relay/ticket` with the worker's bearer
+    /// node_token and `X-Node-Id` (§14.6), for the relay `relay_node_id` (`"*"`, any
+    /// relay, when `None`).
+    ///
+    /// # Errors
+    /// 401 (unknown token), 503 `not_configured` (no signing key), a reply without a
+    /// ticket, transport errors.
+    pub async fn relay_ticket(
+        &self,
+        node_token: &Secret,
+        node_id: &str,
+        relay_node_id: Option<&str>,
+    ) -> Result<Secret, Error> {
+        let body = serde_json::json!({"relay_node_id": relay_node_id.unwrap_or("*")});
+        let http = self
+            .inner
+            .http
+            .post_json(self.url("/v1/relay/ticket"), &body)
+            .bearer(node_token.clone())
+            .header("x-node-id", node_id);
+        let reply = self.send(self.prepare(http, None)).await?;
+        let answer: serde_json::Value = parse_ok(&reply)?;
+        answer
+            .get("ticket")
+            .and_then(serde_json::Value::as_str)
+            .filter(|t| !t.is_empty())
+            .map(Secret::new)
+            .ok_or_else(|| Error::protocol("relay ticket response carries no ticket"))
+    }
+
+    /// Node detail: `GET {base}/v1/node/{node_id}` (§8.11), as the directory sent it
+    /// (health, probation, the gossip `public_key`, …).
+    ///
+    /// # Errors
+    /// `invalid_config` for a node id that is not a plain identifier, 404 for an
+    /// unknown node, transport errors.
+    pub async fn node_detail(&self, node_id: &str) -> Result<serde_json::Value, Error> {
+        if node_id.is_empty()
+            || !node_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(Error::config("node id is not a plain identifier"));
+        }
+        let url = self.url(&format!("/v1/node/{node_id}"));
+        let reply = self
+            .send(self.prepare(self.inner.http.get(url), None))
+            .await?;
+        parse_ok(&reply)
+    }
 }
 
 fn malformed(message: &str) -> Error {

@@ -284,3 +284,120 @@ fn bad_base_urls_are_invalid_config() {
         assert_eq!(err.code(), &ErrorCode::InvalidConfig, "{bad}");
     }
 }
+
+/// The calls the node's reachability makes: probe, relay bind ticket, node detail.
+#[tokio::test]
+async fn probe_relay_ticket_and_node_detail() {
+    let log: Log = Arc::default();
+    let (l1, l2, l3) = (Arc::clone(&log), Arc::clone(&log), Arc::clone(&log));
+    let router = Router::new()
+        .route(Method::GET, "/api/v1/probe", move |mut req: Request, _p| {
+            let log = Arc::clone(&l1);
+            async move {
+                let query = req.uri().query().unwrap_or_default().to_owned();
+                let rec = record(&mut req).await;
+                lock(&log).push(rec);
+                match query.as_str() {
+                    "host=203.0.113.7&port=9484" => {
+                        json(StatusCode::OK, &json!({"reachable": true}))
+                    }
+                    "host=%5B2001%3Adb8%3A%3A1%5D&port=9484" => {
+                        json(StatusCode::OK, &json!({"reachable": false}))
+                    }
+                    _ => json(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        &json!({"reachable": false, "error": "private_address"}),
+                    ),
+                }
+            }
+        })
+        .route(
+            Method::POST,
+            "/api/v1/relay/ticket",
+            move |mut req: Request, _p| {
+                let log = Arc::clone(&l2);
+                async move {
+                    let rec = record(&mut req).await;
+                    let ok = rec.header("authorization") == Some("Bearer tok-node")
+                        && rec.header("x-node-id") == Some("n-1");
+                    lock(&log).push(rec);
+                    if ok {
+                        json(
+                            StatusCode::CREATED,
+                            &json!({"ticket": "tkt.sig", "algorithm": "ed25519"}),
+                        )
+                    } else {
+                        json(
+                            StatusCode::UNAUTHORIZED,
+                            &json!({"error": {"code": "unauthorized", "message": "no"}}),
+                        )
+                    }
+                }
+            },
+        )
+        .route(
+            Method::GET,
+            "/api/v1/node/{id}",
+            move |mut req: Request, p| {
+                let log = Arc::clone(&l3);
+                async move {
+                    let rec = record(&mut req).await;
+                    lock(&log).push(rec);
+                    let id = p.get("id").unwrap_or_default().to_owned();
+                    json(
+                        StatusCode::OK,
+                        &json!({"node_id": id, "public_key": "ab".repeat(32)}),
+                    )
+                }
+            },
+        );
+    let server = serve(router).await;
+    let dir = DirectoryClient::new(&format!("{}/api", server.url()), http()).expect("dir");
+
+    assert_eq!(
+        dir.probe("203.0.113.7", 9484).await.expect("probe"),
+        Some(true)
+    );
+    assert_eq!(
+        dir.probe("[2001:db8::1]", 9484).await.expect("probe"),
+        Some(false)
+    );
+    let refused = dir.probe("10.0.0.1", 9484).await.expect_err("422");
+    assert_eq!(refused.status_code(), Some(422));
+
+    let token = Secret::new("tok-node");
+    let ticket = dir
+        .relay_ticket(&token, "n-1", Some("relay-9"))
+        .await
+        .expect("ticket");
+    assert_eq!(ticket.expose(), "tkt.sig");
+    let err = dir
+        .relay_ticket(&Secret::new("tok-other"), "n-1", None)
+        .await
+        .expect_err("401");
+    assert_eq!(err.status_code(), Some(401));
+    assert!(!err.to_string().contains("tok-other"));
+
+    let detail = dir.node_detail("n-7").await.expect("detail");
+    assert_eq!(detail["node_id"], "n-7");
+    assert_eq!(detail["public_key"], "ab".repeat(32));
+    let bad = dir.node_detail("../v1/register").await.expect_err("bad id");
+    assert_eq!(bad.code(), &ErrorCode::InvalidConfig);
+
+    let calls = lock(&log).clone();
+    let tickets: Vec<_> = calls
+        .iter()
+        .filter(|c| c.path == "/api/v1/relay/ticket")
+        .collect();
+    assert_eq!(tickets[0].json(), json!({"relay_node_id": "relay-9"}));
+    assert_eq!(tickets[1].json(), json!({"relay_node_id": "*"}));
+    // the bad node id never reached the server
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.path.starts_with("/api/v1/node/"))
+            .count(),
+        1
+    );
+    drop(server);
+}

@@ -14,10 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
+use iicp_client::DirectoryClient;
 use iicp_nat::mesh::{self, Mesh, Peer, SIGNATURE_HEADER};
 use iicp_nat::relay::RelayCandidate;
 use iicp_proto::crypto::sign::{OperatorKey, OperatorPublicKey};
-use iicp_transport::http::client::{HttpClient, HttpClientConfig, Redirects};
+use iicp_proto::directory::NodeEntry;
+use iicp_transport::http::client::{HttpClient, HttpClientConfig};
 use iicp_transport::http::server::{json, read_body, HttpError, Request, Response};
 use iicp_transport::http::Router;
 use serde_json::Value;
@@ -44,7 +46,10 @@ pub(crate) struct MeshState {
     key: OperatorKey,
     mesh: Mutex<Mesh>,
     keys: Mutex<HashMap<String, Looked>>,
+    /// For exchanges with peers.
     http: Option<HttpClient>,
+    /// For sender lookups and relay-capable peers.
+    directory: Option<DirectoryClient>,
 }
 
 impl std::fmt::Debug for MeshState {
@@ -61,11 +66,17 @@ impl MeshState {
     /// Gossip state for a node that enables mesh or relays; `None` otherwise.
     pub(crate) fn for_config(cfg: &crate::config::NodeConfig) -> Option<Arc<Self>> {
         (cfg.enable_mesh || cfg.relay_capable).then(|| {
+            let http = HttpClient::new(HttpClientConfig::default()).ok();
             Arc::new(Self {
                 key: OperatorKey::generate(&mut rand_core::OsRng),
                 mesh: Mutex::new(Mesh::new(cfg.node_id.clone().unwrap_or_default(), CAPACITY)),
                 keys: Mutex::new(HashMap::new()),
-                http: HttpClient::new(HttpClientConfig::default()).ok(),
+                http: http.clone(),
+                directory: cfg
+                    .directory_url
+                    .as_deref()
+                    .zip(http)
+                    .and_then(|(url, http)| DirectoryClient::new(url, http).ok()),
             })
         })
     }
@@ -87,35 +98,20 @@ impl MeshState {
                 return (p.clone(), *k);
             }
         }
-        let (Some(http), Some(base)) = (&self.http, shared.cfg.directory_url.as_deref()) else {
+        let Some(dir) = &self.directory else {
             return (None, None);
         };
-        if id.is_empty()
-            || !id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return (None, None);
-        }
-        let url = format!("{}/v1/node/{id}", base.trim_end_matches('/'));
-        let reply = http
-            .get(url)
-            .redirects(Redirects::follow(3))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await;
-        let detail: Option<Value> = match reply {
-            Ok(r) if r.status.is_success() => r.json().ok(),
-            _ => None,
-        };
-        let Some(d) = detail else {
+        let lookup = dir.node_detail(id);
+        let Ok(Ok(d)) = tokio::time::timeout(Duration::from_secs(5), lookup).await else {
             return (None, None);
         };
         let key = d
             .get("public_key")
             .and_then(Value::as_str)
             .and_then(mesh::parse_public_key);
-        let peer = peer_of(&d, now_ms(shared));
+        let peer = serde_json::from_value::<NodeEntry>(d)
+            .ok()
+            .and_then(|n| peer_of(&n, now_ms(shared)));
         let mut keys = lock(&self.keys);
         if keys.len() >= CAPACITY {
             keys.retain(|_, (_, _, at)| at.elapsed() < KEY_TTL);
@@ -129,25 +125,15 @@ impl MeshState {
 }
 
 /// A peer entry from a directory node object (discover entry or node detail).
-fn peer_of(v: &Value, now_ms: u64) -> Option<Peer> {
-    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+fn peer_of(n: &NodeEntry, now_ms: u64) -> Option<Peer> {
     Some(Peer {
-        node_id: s("node_id")?,
-        endpoint: s("endpoint")?,
-        region: s("region"),
+        node_id: n.node_id.clone()?,
+        endpoint: n.endpoint.clone()?,
+        region: n.region.clone(),
         last_seen_ms: now_ms,
-        relay_capable: v
-            .get("relay_capable")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        relay_accept_port: v
-            .get("relay_accept_port")
-            .and_then(Value::as_u64)
-            .and_then(|p| u16::try_from(p).ok()),
-        relay_load: v
-            .get("relay_load")
-            .or_else(|| v.get("load"))
-            .and_then(Value::as_f64),
+        relay_capable: n.relay_capable.unwrap_or(false),
+        relay_accept_port: n.relay_accept_port,
+        relay_load: n.relay_load.or(n.load),
     })
 }
 
@@ -254,11 +240,11 @@ async fn exchange(shared: &Shared, state: &MeshState, own_id: &str, peer: &Peer)
 
 /// Relay-capable nodes the directory lists, as exchange targets.
 async fn directory_peers(shared: &Shared, state: &MeshState) -> Vec<Peer> {
-    let (Some(http), Some(base)) = (&state.http, shared.cfg.directory_url.as_deref()) else {
+    let Some(dir) = &state.directory else {
         return Vec::new();
     };
     let now = now_ms(shared);
-    crate::reach::relay_nodes(http, base, shared, 20)
+    crate::reach::relay_nodes(dir, shared, 20)
         .await
         .map(|nodes| nodes.iter().filter_map(|n| peer_of(n, now)).collect())
         .unwrap_or_default()

@@ -33,6 +33,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use iicp_client::DirectoryClient;
 use iicp_nat::relay::{elect, parse_relay_endpoint, RelayCandidate};
 use iicp_nat::upnp::{BoxFuture, Discover, DiscoveryConfig, UpnpDiscovery};
 use iicp_nat::{
@@ -40,10 +41,11 @@ use iicp_nat::{
     Observations, Plan, ProbeVerdict, RelayObservation, RelayWorker, Settings, Step, TicketSource,
     WorkerConfig, WorkerState,
 };
+use iicp_proto::directory::{DiscoverQuery, NodeEntry};
 use iicp_proto::message::{Body, Call, Prefer, Response};
 use iicp_proto::secret::Secret;
 use iicp_proto::task::TaskRequest;
-use iicp_transport::http::client::{HttpClient, HttpClientConfig, Redirects};
+use iicp_transport::http::client::{HttpClient, HttpClientConfig};
 use iicp_transport::native::{CallContext, CallHandler};
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -261,42 +263,28 @@ fn http_client() -> Option<HttpClient> {
         .ok()
 }
 
-fn directory_base(shared: &Shared) -> Option<String> {
-    shared
-        .cfg
-        .directory_url
-        .as_deref()
-        .map(|u| u.trim_end_matches('/').to_owned())
+/// The node's directory, for probes, relay discovery and tickets.
+fn directory(shared: &Shared, http: Option<&HttpClient>) -> Option<DirectoryClient> {
+    let url = shared.cfg.directory_url.as_deref()?;
+    DirectoryClient::new(url, http?.clone())
+        .map_err(|e| tracing::warn!(error = %e, "reachability: directory URL unusable"))
+        .ok()
 }
 
 /// [`iicp_nat::Prober`] over the directory's `GET /v1/probe?host=&port=` (§8.9).
 struct DirectoryProber {
-    http: HttpClient,
-    base: String,
+    dir: DirectoryClient,
 }
 
 impl iicp_nat::Prober for DirectoryProber {
     fn probe<'a>(&'a self, host: &'a str, port: u16) -> BoxFuture<'a, ProbeVerdict> {
         Box::pin(async move {
-            let url = format!("{}/v1/probe?host={}&port={port}", self.base, host);
-            let reply = self
-                .http
-                .get(url)
-                .redirects(Redirects::follow(3))
-                .timeout(Duration::from_secs(10))
-                .send()
-                .await;
-            let verdict = match reply {
-                Ok(r) if r.status.is_success() => match r.json::<Value>() {
-                    Ok(v) => match v.get("reachable").and_then(Value::as_bool) {
-                        Some(true) => ProbeVerdict::Reachable,
-                        Some(false) => ProbeVerdict::Unreachable,
-                        None => ProbeVerdict::Unavailable,
-                    },
-                    Err(_) => ProbeVerdict::Unavailable,
-                },
-                // 422 private_address, 404 (no probe), 429, 5xx: the probe could not run
-                Ok(_) | Err(_) => ProbeVerdict::Unavailable,
+            let verdict = match self.dir.probe(host, port).await {
+                Ok(Some(true)) => ProbeVerdict::Reachable,
+                Ok(Some(false)) => ProbeVerdict::Unreachable,
+                // no verdict; 422 private_address, 404 (no probe), 429, 5xx, transport:
+                // the probe could not run
+                Ok(None) | Err(_) => ProbeVerdict::Unavailable,
             };
             tracing::info!(%host, port, ?verdict, "reachability probe");
             verdict
@@ -308,8 +296,7 @@ impl iicp_nat::Prober for DirectoryProber {
 /// token yet (first bind before registration), binds without a ticket (soft mode).
 struct DirectoryTickets {
     shared: Arc<Shared>,
-    http: HttpClient,
-    base: String,
+    dir: DirectoryClient,
     relay_node_id: Option<String>,
 }
 
@@ -323,30 +310,11 @@ impl TicketSource for DirectoryTickets {
             let (Some(token), Some(node_id)) = (token, node_id) else {
                 return None;
             };
-            let body = json!({"relay_node_id": self.relay_node_id.as_deref().unwrap_or("*")});
-            let reply = self
-                .http
-                .post_json(format!("{}/v1/relay/ticket", self.base), &body)
-                .bearer(token)
-                .header("x-node-id", node_id)
-                .redirects(Redirects::follow(3))
-                .timeout(Duration::from_secs(10))
-                .send()
-                .await;
-            match reply {
-                Ok(r) if r.status.is_success() => r
-                    .json::<Value>()
-                    .ok()
-                    .and_then(|v| v.get("ticket").and_then(Value::as_str).map(Secret::new)),
-                Ok(r) => {
-                    tracing::info!(status = r.status.as_u16(), "no relay bind ticket");
-                    None
-                }
-                Err(e) => {
-                    tracing::info!(error = %e, "relay bind ticket request failed");
-                    None
-                }
-            }
+            self.dir
+                .relay_ticket(&token, &node_id, self.relay_node_id.as_deref())
+                .await
+                .map_err(|e| tracing::info!(error = %e, "no relay bind ticket"))
+                .ok()
         })
     }
 }
@@ -418,53 +386,40 @@ impl CallHandler for RelayTasks {
 struct NodeRelays {
     shared: Arc<Shared>,
     handler: Arc<dyn TaskHandler>,
-    http: Option<HttpClient>,
-    base: Option<String>,
+    dir: Option<DirectoryClient>,
     config: ReachConfig,
     /// The worker that bound (taken by [`Running`]).
     bound: Mutex<Option<(RelayWorker, WorkerConfig)>>,
 }
 
-/// `GET {base}/v1/discover?intent=…&relay_capable=true&limit=…` → the `nodes` array
-/// (`None` when the directory cannot be asked or fails).
+/// Relay-capable nodes for the node's first intent:
+/// `GET {base}/v1/discover?intent=…&relay_capable=true&limit=…` (`None` when the
+/// directory fails).
 pub(crate) async fn relay_nodes(
-    http: &HttpClient,
-    base: &str,
+    dir: &DirectoryClient,
     shared: &Shared,
     limit: u32,
-) -> Option<Vec<Value>> {
+) -> Option<Vec<NodeEntry>> {
     let intent = shared.cfg.intents.first()?;
-    let url = format!(
-        "{}/v1/discover?intent={}&relay_capable=true&limit={}",
-        base.trim_end_matches('/'),
-        intent.as_str(),
-        limit.clamp(1, 100)
-    );
-    let reply = http
-        .get(url)
-        .redirects(Redirects::follow(3))
-        .timeout(Duration::from_secs(10))
-        .send()
+    let query = DiscoverQuery {
+        intent: intent.as_str().to_owned(),
+        relay_capable: Some(true),
+        limit: Some(limit.clamp(1, 100)),
+        ..DiscoverQuery::default()
+    };
+    dir.discover(&query, None)
         .await
+        .map(|list| list.nodes)
+        .map_err(|e| tracing::info!(error = %e, "relay discovery at the directory failed"))
         .ok()
-        .filter(|r| r.status.is_success())?;
-    reply
-        .json::<Value>()
-        .ok()?
-        .get("nodes")
-        .and_then(Value::as_array)
-        .cloned()
 }
 
 impl NodeRelays {
     async fn candidates(&self) -> Vec<RelayCandidate> {
-        let (Some(http), Some(base)) = (&self.http, &self.base) else {
-            return Vec::new();
+        let nodes = match &self.dir {
+            Some(dir) => relay_nodes(dir, &self.shared, self.config.relay_candidates).await,
+            None => None,
         };
-        let nodes = relay_nodes(http, base, &self.shared, self.config.relay_candidates).await;
-        if nodes.is_none() {
-            tracing::info!("relay discovery at the directory failed");
-        }
         let mut found: Vec<RelayCandidate> = nodes
             .map(|nodes| nodes.iter().filter_map(candidate).collect())
             .unwrap_or_default();
@@ -480,25 +435,14 @@ impl NodeRelays {
     }
 }
 
-fn candidate(v: &Value) -> Option<RelayCandidate> {
-    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+fn candidate(n: &NodeEntry) -> Option<RelayCandidate> {
     Some(RelayCandidate {
-        node_id: s("node_id")?,
-        endpoint: s("endpoint"),
-        relay_capable: v
-            .get("relay_capable")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        load: v
-            .get("relay_load")
-            .or_else(|| v.get("load"))
-            .and_then(Value::as_f64),
-        relay_accept_port: v
-            .get("relay_accept_port")
-            .and_then(Value::as_u64)
-            .and_then(|p| u16::try_from(p).ok())
-            .filter(|p| *p != 0),
-        reputation_score: v.get("reputation_score").and_then(Value::as_f64),
+        node_id: n.node_id.clone()?,
+        endpoint: n.endpoint.clone(),
+        relay_capable: n.relay_capable.unwrap_or(false),
+        load: n.relay_load.or(n.load),
+        relay_accept_port: n.relay_accept_port.filter(|p| *p != 0),
+        reputation_score: n.reputation_score,
     })
 }
 
@@ -534,15 +478,13 @@ impl iicp_nat::RelayBinder for NodeRelays {
             let mut wc = WorkerConfig::new(host, port, worker_id, intent.as_str());
             wc.models.clone_from(&self.shared.cfg.models);
             wc.backoff_initial = self.config.relay_backoff;
-            let tickets: Option<Arc<dyn TicketSource>> = match (&self.http, &self.base) {
-                (Some(http), Some(base)) => Some(Arc::new(DirectoryTickets {
+            let tickets = self.dir.clone().map(|dir| {
+                Arc::new(DirectoryTickets {
                     shared: Arc::clone(&self.shared),
-                    http: http.clone(),
-                    base: base.clone(),
+                    dir,
                     relay_node_id,
-                })),
-                _ => None,
-            };
+                }) as Arc<dyn TicketSource>
+            });
             let handler: Arc<dyn CallHandler> = Arc::new(RelayTasks {
                 shared: Arc::clone(&self.shared),
                 handler: Arc::clone(&self.handler),
@@ -604,7 +546,7 @@ pub(crate) async fn start(
 ) -> (Reachability, Running) {
     let shared = Arc::clone(&node.shared);
     let http = http_client();
-    let base = directory_base(&shared);
+    let dir = directory(&shared, http.as_ref());
     let mut executor = iicp_nat::Executor::new(config.executor.clone());
     if let Some(h) = &http {
         if !config.skip_upnp && config.auto_detect {
@@ -613,18 +555,14 @@ pub(crate) async fn start(
                 config.discovery.clone(),
             )));
         }
-        if let Some(b) = &base {
-            executor = executor.with_prober(Arc::new(DirectoryProber {
-                http: h.clone(),
-                base: b.clone(),
-            }));
+        if let Some(d) = &dir {
+            executor = executor.with_prober(Arc::new(DirectoryProber { dir: d.clone() }));
         }
     }
     let relays = Arc::new(NodeRelays {
         shared: Arc::clone(&shared),
         handler,
-        http: http.clone(),
-        base: base.clone(),
+        dir,
         config: config.clone(),
         bound: Mutex::new(None),
     });

@@ -1231,6 +1231,14 @@ pub struct NodeEntry {
         skip_serializing_if = "Option::is_none"
     )]
     pub relay_accept_port: Option<u16>,
+    /// Load of its relay service 0–1 (gossip and some directories; relay election
+    /// falls back to `load`).
+    #[serde(
+        default,
+        deserialize_with = "lenient::opt_f64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub relay_load: Option<f64>,
     /// Input modalities.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_modalities: Option<Vec<String>>,
