@@ -349,7 +349,7 @@ async fn run_inner(
                 tracing::info!("duplicate task: replaying the cached result");
                 let mut reply = Reply {
                     status: cached.status,
-                    body: cached.body,
+                    body: serde_json::from_str(&cached.body).unwrap_or(Value::Null),
                     retry_after: None,
                     trace_id: trace.trace_id.clone(),
                     error: cached
@@ -464,7 +464,7 @@ async fn run_inner(
             if let Some(t) = ticket {
                 t.finish(Cached {
                     status: 200,
-                    body: body.clone(),
+                    body: Arc::from(body.to_string()),
                     error_code: None,
                 });
             }
