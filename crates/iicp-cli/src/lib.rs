@@ -38,6 +38,17 @@ struct Cli {
     /// Only errors on stderr.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Runtime threads: 0 = one per CPU core; 1 = a single-threaded runtime (lowest
+    /// per-task CPU when the node shares its cores with the model server, see
+    /// docs/PERFORMANCE.md).
+    #[arg(
+        long,
+        global = true,
+        env = "IICP_WORKER_THREADS",
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u16).range(0..=1024)
+    )]
+    worker_threads: u16,
     #[command(subcommand)]
     command: Command,
 }
@@ -93,10 +104,17 @@ pub fn run(bin: &'static str) -> ExitCode {
     // plaintext native) would only be noise there
     let quiet_default = matches!(cli.command, Command::Dev(_));
     init_logging(cli.verbose, cli.quiet, quiet_default);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = match cli.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 1 {
+                b.worker_threads(usize::from(n));
+            }
+            b
+        }
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ERROR: cannot start the async runtime: {e}");

@@ -205,6 +205,32 @@ fn dev_usage_errors() {
 /// The main job with a real model: llama-cpp-python's server with SmolLM2-135M behind
 /// every node (needs IICP_MODEL_PYTHON / IICP_MODEL_GGUF from scripts/test).
 #[test]
+fn dev_runs_on_a_single_threaded_runtime() {
+    let out = iicp()
+        .args(["--worker-threads", "1", "dev", "--once", "--nodes", "1"])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("chat")).count(),
+        2,
+        "{stdout}"
+    );
+    let out = iicp()
+        .args(["dev", "--once"])
+        .env("IICP_WORKER_THREADS", "2000")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "out of range is a usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("worker-threads"));
+}
+
+#[test]
 fn dev_rounds_times_repeated_chats() {
     let out = iicp()
         .args(["dev", "--once", "--nodes", "1", "--rounds", "25"])

@@ -3,10 +3,12 @@
 //! (no registration), the per-origin rate limit off and the concurrency cap at its
 //! maximum, so load tests measure the node and not its admission limits.
 //!
-//! `cargo run --release -p iicp-node --example bench_node -- PORT BACKEND_URL [MODEL] [MAX_CONCURRENT] [MAX_CONNECTIONS]`
+//! `cargo run --release -p iicp-node --example bench_node -- PORT BACKEND_URL [MODEL] [MAX_CONCURRENT] [MAX_CONNECTIONS] [THREADS]`
 //!
 //! `BACKEND_URL` is the OpenAI base, e.g. `http://127.0.0.1:18080/v1`. `MAX_CONNECTIONS`
-//! (default 1024) caps open connections on the port. Runs until killed.
+//! (default 1024) caps open connections on the port. `THREADS` is the runtime's, as
+//! `iicp --worker-threads`: 0 (default) one per core, 1 single-threaded. Runs until
+//! killed.
 #![allow(clippy::print_stdout)]
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -19,8 +21,22 @@ use iicp_node::{BackendHandler, Node, RateLimit, ServeOptions};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let threads: usize = std::env::args().nth(6).map_or(Ok(0), |s| s.parse())?;
+    let mut runtime = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 1 {
+                b.worker_threads(n);
+            }
+            b
+        }
+    };
+    runtime.enable_all().build()?.block_on(serve())
+}
+
+async fn serve() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let port: u16 = args
         .next()
