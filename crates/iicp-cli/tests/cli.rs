@@ -139,18 +139,21 @@ fn directory_serve_answers_and_stops_on_sigterm() {
     }
 }
 
-#[test]
-fn dev_once_chats_over_both_transports() {
-    let out = iicp()
-        .args(["dev", "--once", "--nodes", "3", "--prompt", "ping the mesh"])
-        .output()
-        .expect("run");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+/// Runs `iicp ARGS`, which must succeed, and returns its stdout.
+fn stdout_of_success(args: &[&str]) -> String {
+    let out = iicp().args(args).output().expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+#[test]
+fn dev_once_chats_over_both_transports() {
+    let stdout = stdout_of_success(&["dev", "--once", "--nodes", "3", "--prompt", "ping the mesh"]);
     assert!(stdout.contains("registered  3 node(s)"), "{stdout}");
     let chats: Vec<&str> = stdout.lines().filter(|l| l.starts_with("chat")).collect();
     assert_eq!(chats.len(), 2, "{stdout}");
@@ -202,20 +205,9 @@ fn dev_usage_errors() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-/// The main job with a real model: llama-cpp-python's server with SmolLM2-135M behind
-/// every node (needs IICP_MODEL_PYTHON / IICP_MODEL_GGUF from scripts/test).
 #[test]
 fn dev_runs_on_a_single_threaded_runtime() {
-    let out = iicp()
-        .args(["--worker-threads", "1", "dev", "--once", "--nodes", "1"])
-        .output()
-        .expect("run");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = stdout_of_success(&["--worker-threads", "1", "dev", "--once", "--nodes", "1"]);
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("chat")).count(),
         2,
@@ -232,16 +224,7 @@ fn dev_runs_on_a_single_threaded_runtime() {
 
 #[test]
 fn dev_rounds_times_repeated_chats() {
-    let out = iicp()
-        .args(["dev", "--once", "--nodes", "1", "--rounds", "25"])
-        .output()
-        .expect("run");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = stdout_of_success(&["dev", "--once", "--nodes", "1", "--rounds", "25"]);
     let timings: Vec<&str> = stdout.lines().filter(|l| l.starts_with("timing")).collect();
     assert_eq!(timings.len(), 2, "{stdout}");
     for (line, transport) in timings.iter().zip(["via HTTP", "via native"]) {
@@ -255,6 +238,8 @@ fn dev_rounds_times_repeated_chats() {
     }
 }
 
+/// The main job with a real model: llama-cpp-python's server with SmolLM2-135M behind
+/// every node (needs IICP_MODEL_PYTHON / IICP_MODEL_GGUF from scripts/test).
 #[test]
 fn dev_once_with_a_real_model() {
     let (py, gguf) = match (
