@@ -154,7 +154,7 @@ async fn show_progress(progress: Arc<Progress>, stop: Stop) {
     }
 }
 
-fn ms(us: f64) -> String {
+pub(crate) fn ms(us: f64) -> String {
     if us >= 1000.0 {
         format!("{:.2} ms", us / 1000.0)
     } else {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use iicp_backends::{BackendConfig, BackendKind};
+use iicp_client::load::Histogram;
 use iicp_client::{Client, Task, TaskResult, Transport, TransportUsed};
 use iicp_directory::store::MemoryStore;
 use iicp_directory::Directory;
@@ -20,6 +21,7 @@ use iicp_transport::listener::{Listener, ListenerConfig};
 use iicp_transport::shutdown;
 use serde_json::json;
 
+use super::bench::ms;
 use super::UsageError;
 
 const CHAT: &str = "urn:iicp:intent:llm:chat:v1";
@@ -216,26 +218,25 @@ async fn time_rounds(
     prompt: &str,
     rounds: u32,
 ) -> Result<(), iicp_client::Error> {
-    let mut samples = Vec::with_capacity(rounds as usize);
+    let mut latencies = Histogram::new();
     let t0 = Instant::now();
     for _ in 0..rounds {
         let t = Instant::now();
         client.chat(vec![ChatMessage::new("user", prompt)]).await?;
-        samples.push(t.elapsed());
+        latencies.record(t.elapsed());
     }
     let total = t0.elapsed();
-    samples.sort_unstable();
-    let pick = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    let l = latencies.latency();
     println!(
-        "timing      {rounds} x chat() via {:<6} p50 {:.1?}  p90 {:.1?}  p99 {:.1?}  max {:.1?}  ({:.0}/s, discovery cached)",
+        "timing      {rounds} x chat() via {:<6} p50 {}  p90 {}  p99 {}  max {}  ({:.0}/s, discovery cached)",
         match transport {
             Transport::Native => "native",
             _ => "HTTP",
         },
-        pick(0.5),
-        pick(0.9),
-        pick(0.99),
-        pick(1.0),
+        ms(l.p50_us),
+        ms(l.p90_us),
+        ms(l.p99_us),
+        ms(l.max_us),
         f64::from(rounds) / total.as_secs_f64(),
     );
     Ok(())
