@@ -304,18 +304,31 @@ impl ClientBuilder {
                 .map_err(|e| Error::config("the HTTP client could not be built").with_source(e))?,
         };
         let directory = DirectoryClient::new(&self.directory_url, http.clone())?;
+        // Provider calls get pools of their own whose connectors enforce the endpoint
+        // policy on the addresses they dial; directory calls keep the given client.
+        let endpoint_policy = EndpointPolicy::new(self.allow_private_endpoints);
+        let native = self.native.unwrap_or_default();
+        let (http, native) = match endpoint_policy.address_rule() {
+            Some(rule) => (
+                http.with_address_rule(rule.clone()).map_err(|e| {
+                    Error::config("the HTTP client could not be built").with_source(e)
+                })?,
+                native.with_address_rule(rule),
+            ),
+            None => (http, native),
+        };
         Ok(Client {
             inner: Arc::new(Inner {
                 directory,
                 http,
-                native: self.native.unwrap_or_default(),
+                native,
                 timeout: self.timeout,
                 region: self.region,
                 api_token: self.api_token,
                 node_credentials: self.node_credentials,
                 transport: self.transport,
                 encryption: self.encryption,
-                endpoint_policy: EndpointPolicy::new(self.allow_private_endpoints),
+                endpoint_policy,
                 strategy: self.strategy,
                 route_discovery: self.route_discovery,
                 discovery_ttl: self.discovery_ttl,
@@ -926,12 +939,8 @@ impl Client {
         attempts: &mut u32,
     ) -> Result<(TaskResponse, Duration, TransportUsed), (Next, Error)> {
         let env = &self.inner.env;
-        if let Err(refusal) = self
-            .inner
-            .endpoint_policy
-            .check_resolved(&cand.check_url)
-            .await
-        {
+        // names and literals here; resolved addresses in the provider pools' connectors
+        if let Err(refusal) = self.inner.endpoint_policy.check_url(&cand.check_url) {
             return Err((
                 Next::OtherNode,
                 Error::new(

@@ -10,11 +10,17 @@
 //! `.lan`, `.home.arpa`, `.test`, `.example`, `.invalid` are refused before resolution.
 //!
 //! Redirects on provider calls are followed only within the same origin (307/308, at
-//! most 3). Limitation: the HTTP client resolves the host again when it connects, so a
-//! DNS answer that changes between the check and the connection (rebinding) is not
-//! caught; IP-literal endpoints are not affected.
+//! most 3).
+//!
+//! Where the check happens: names and IP literals are checked without I/O before a
+//! node is tried ([`EndpointPolicy::check_url`]); resolved addresses are checked by the
+//! connectors of the client's provider HTTP and native pools, on the very answer they
+//! dial ([`EndpointPolicy::address_rule`], `iicp_transport::resolve`), so a DNS answer
+//! that changes between a check and the connection (rebinding) cannot slip through.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use iicp_transport::resolve::AddressRule;
 
 /// Why an endpoint was refused (code `IICP-ENDPOINT-REFUSED`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,6 +72,18 @@ impl EndpointPolicy {
         self.allow_private
     }
 
+    /// The policy as an address rule for the transport's connectors (`None` when
+    /// private endpoints are allowed: then every address is).
+    pub fn address_rule(&self) -> Option<AddressRule> {
+        if self.allow_private {
+            return None;
+        }
+        let policy = *self;
+        Some(AddressRule::new(move |addrs| {
+            policy.check_addresses(addrs).is_ok()
+        }))
+    }
+
     /// Checks a set of resolved addresses: all must be global (any mix refused).
     pub fn check_addresses(&self, addrs: &[IpAddr]) -> Result<(), EndpointRefusal> {
         if addrs.is_empty() {
@@ -112,7 +130,9 @@ impl EndpointPolicy {
     }
 
     /// [`EndpointPolicy::check_url`], then, for a host name, resolves it and checks
-    /// every address.
+    /// every address. (A pre-flight check for callers; the client itself relies on its
+    /// connectors' [`address_rule`](EndpointPolicy::address_rule) instead, which sees
+    /// the answer actually dialled.)
     pub async fn check_resolved(&self, url: &str) -> Result<(), EndpointRefusal> {
         let (host, port) = host_port(url).ok_or(EndpointRefusal::Malformed)?;
         self.check_host(&host)?;

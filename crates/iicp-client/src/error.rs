@@ -130,7 +130,9 @@ impl Error {
             body.http_status = Some(*status);
             return Self::remote(body);
         }
-        let (kind, code) = if err.is_timeout() {
+        let (kind, code) = if matches!(err, HttpClientError::AddressRefused { .. }) {
+            (Kind::Connect, ErrorCode::EndpointRefused)
+        } else if err.is_timeout() {
             (Kind::Timeout, timeout_code)
         } else if err.is_connect() {
             (Kind::Connect, ErrorCode::E004)

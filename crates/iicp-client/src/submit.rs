@@ -254,7 +254,9 @@ fn lift_result(value: Value) -> Value {
 }
 
 fn native_error(e: NativeError) -> Error {
-    let (kind, code) = if e.is_timeout() {
+    let (kind, code) = if matches!(e, NativeError::AddressRefused(_)) {
+        (Kind::Connect, ErrorCode::EndpointRefused)
+    } else if e.is_timeout() {
         (Kind::Timeout, ErrorCode::TaskTimeout)
     } else if e.is_connect() {
         (Kind::Connect, ErrorCode::E004)

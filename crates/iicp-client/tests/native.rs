@@ -111,6 +111,37 @@ async fn plaintext_task_over_native_uses_the_superset_call_layout() {
 }
 
 #[tokio::test]
+async fn native_names_that_resolve_to_private_addresses_are_refused_at_connect() {
+    // as the HTTP test in submit.rs: `127.1` passes the name checks, resolves to
+    // loopback locally, and only the native pool's address rule can refuse it
+    let calls: Calls = Arc::default();
+    let node = native_node(handler(Arc::clone(&calls), vec![], None)).await;
+    let mut v = entry(&node_id(1), node.addr, None, &[]);
+    v["endpoint"] = json!(format!("http://127.1:{}", node.addr.port()));
+    v["transport_endpoint"] = json!(format!("iicp://127.1:{}", node.addr.port()));
+    let dir = fake_directory(vec![v], Tickets::Off).await;
+    let strict = iicp_client::Client::builder()
+        .directory_url(dir.base())
+        .sleeper(Arc::new(RecordingSleeper::default()))
+        .encryption(Encryption::AllowPlaintext)
+        .transport(Transport::Native)
+        .build()
+        .expect("client");
+    let err = strict.submit(chat_task()).await.expect_err("refused");
+    assert_eq!(err.code(), &ErrorCode::AllNodesFailed, "{err}");
+    assert!(lock(&calls).is_empty());
+    assert!(lock(&node.http_calls).is_empty());
+    let open = builder(&dir, Arc::new(RecordingSleeper::default()))
+        .encryption(Encryption::AllowPlaintext)
+        .transport(Transport::Native)
+        .build()
+        .expect("client");
+    let done = open.submit(chat_task()).await.expect("submit");
+    assert_eq!(done.transport, TransportUsed::Native);
+    assert_eq!(lock(&calls).len(), 1);
+}
+
+#[tokio::test]
 async fn native_retries_keep_the_idempotency_key_and_change_the_call_id() {
     let calls: Calls = Arc::default();
     let node = native_node(handler(Arc::clone(&calls), vec![503, 429], None)).await;

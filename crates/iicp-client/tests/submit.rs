@@ -362,6 +362,43 @@ async fn private_endpoints_need_the_opt_in() {
 }
 
 #[tokio::test]
+async fn names_that_resolve_to_private_addresses_are_refused_at_connect() {
+    // `127.1` passes the name checks (not a local name, not an IP literal to Rust) and
+    // resolves to 127.0.0.1 without DNS: the refusal can only come from the connector's
+    // address rule, applied to the answer it dials (no rebinding window).
+    let node = fake_node(&node_id(1), key(), vec![]).await;
+    let mut entry = node.entry();
+    let by_name = node.url().replace("127.0.0.1", "127.1");
+    entry["endpoint"] = json!(by_name);
+    let dir = fake_directory(vec![entry], Tickets::Off).await;
+    let strict = Client::builder()
+        .directory_url(dir.base())
+        .sleeper(Arc::new(RecordingSleeper::default()))
+        .build()
+        .expect("client");
+    let err = strict
+        .submit(chat_task())
+        .await
+        .expect_err("private address refused");
+    assert_eq!(err.code(), &ErrorCode::AllNodesFailed, "{err}");
+    assert_eq!(node.server.accepted(), 0, "the refused node was dialled");
+    let mut source = std::error::Error::source(&err);
+    let mut refused = false;
+    while let Some(e) = source {
+        refused |= e.to_string().contains("not allowed");
+        source = e.source();
+    }
+    assert!(refused, "the cause names the refusal: {err:?}");
+    // the same endpoint with the opt-in: reached, so the name itself works
+    let open = builder(&dir, Arc::new(RecordingSleeper::default()))
+        .build()
+        .expect("client");
+    let done = open.submit(chat_task()).await.expect("submit");
+    assert_eq!(done.node_id, node_id(1));
+    assert_eq!(node.server.accepted(), 1);
+}
+
+#[tokio::test]
 async fn chat_returns_an_openai_completion_and_the_node_id() {
     let node = fake_node(&node_id(1), key(), vec![]).await;
     let dir = fake_directory(vec![node.entry()], Tickets::Off).await;

@@ -209,6 +209,7 @@ impl DirectoryBuilder {
         http_config.pool_max_idle_per_host = 1;
         http_config.user_agent =
             concat!("iicp-rs-directory/", env!("CARGO_PKG_VERSION")).to_owned();
+        http_config.address_rule = crate::probe::address_rule(config.private_mesh);
         let http = HttpClient::new(http_config).map_err(DirectoryError::HttpClient)?;
 
         let settings = Settings {

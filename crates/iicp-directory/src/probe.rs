@@ -4,14 +4,17 @@
 //!
 //! Peers often register before they listen (INTEROP.md), so a failed probe at REGISTER
 //! time does not reject the node: it stays unverified and the directory re-probes it in
-//! the background with backoff. In production mode host names are resolved first and
-//! refused when any address is private (the SSRF guard of
-//! `fixtures/endpoint-security-v1.json`); a private-mesh directory skips that check.
+//! the background with backoff. In production mode an endpoint whose addresses include
+//! a private one is refused (the SSRF guard of `fixtures/endpoint-security-v1.json`): the
+//! `/v1/probe` TCP check dials exactly the addresses it checked, and the health probe's
+//! HTTP client carries the guard as its address rule, so it is applied to the answer
+//! the connector dials (no DNS-rebinding window). A private-mesh directory skips it.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use iicp_transport::http::client::{HttpClient, Redirects};
+use iicp_transport::http::client::{HttpClient, HttpClientError, Redirects};
+use iicp_transport::resolve::AddressRule;
 
 use crate::net::{is_private_ip, EndpointUrl};
 
@@ -52,28 +55,31 @@ pub(crate) async fn resolve_checked(
     Ok(addrs)
 }
 
-/// `GET {endpoint}/iicp/health`; the latency in ms on a 2xx answer.
+/// The SSRF guard as the probe client's address rule (`None` in a private mesh).
+pub(crate) fn address_rule(private_mesh: bool) -> Option<AddressRule> {
+    (!private_mesh).then(|| AddressRule::new(|addrs| !addrs.iter().any(|a| is_private_ip(*a))))
+}
+
+/// `GET {endpoint}/iicp/health` with `client` (which carries the SSRF guard, see
+/// [`address_rule`]); the latency in ms on a 2xx answer.
 pub(crate) async fn health(
     client: &HttpClient,
     endpoint: &str,
-    url: &EndpointUrl,
-    allow_private: bool,
     timeout: Duration,
 ) -> Result<u64, ProbeFailure> {
     let started = Instant::now();
-    resolve_checked(url, allow_private, timeout).await?;
-    let remaining = timeout
-        .saturating_sub(started.elapsed())
-        .max(Duration::from_millis(100));
     let target = format!("{}/iicp/health", endpoint.trim_end_matches('/'));
     let reply = client
         .get(&target)
-        .timeout(remaining)
+        .timeout(timeout)
         .redirects(Redirects::None)
         .max_response_bytes(MAX_HEALTH_BYTES)
         .send()
         .await
-        .map_err(|_| ProbeFailure::Unreachable)?;
+        .map_err(|e| match e {
+            HttpClientError::AddressRefused { .. } => ProbeFailure::PrivateAddress,
+            _ => ProbeFailure::Unreachable,
+        })?;
     if reply.is_success() {
         Ok(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX))
     } else {

@@ -11,7 +11,6 @@ use std::time::Duration;
 use iicp_transport::shutdown::Shutdown;
 use tokio::task::JoinSet;
 
-use crate::net::EndpointUrl;
 use crate::probe::{self, ProbeFailure};
 use crate::state::{Core, Settings};
 use crate::store::ProbeState;
@@ -73,7 +72,7 @@ pub(crate) async fn run(core: Arc<Core>, interval: Duration, mut shutdown: Shutd
 async fn sweep_once(core: &Arc<Core>) {
     let now = core.now_ms();
     let s = &core.settings;
-    let (stale, due): (Vec<String>, Vec<(String, String, EndpointUrl)>) = {
+    let (stale, due): (Vec<String>, Vec<(String, String)>) = {
         let reg = core.read();
         let stale = reg
             .nodes
@@ -87,13 +86,7 @@ async fn sweep_once(core: &Arc<Core>) {
                 .values()
                 .filter(|n| n.is_fresh(now, s) && n.record.state.probe.next_due_ms <= now)
                 .take(s.max_concurrent_probes.saturating_mul(4))
-                .map(|n| {
-                    (
-                        n.record.node_id.clone(),
-                        n.reg.endpoint.clone(),
-                        n.url.clone(),
-                    )
-                })
+                .map(|n| (n.record.node_id.clone(), n.reg.endpoint.clone()))
                 .collect()
         } else {
             Vec::new()
@@ -122,20 +115,13 @@ async fn sweep_once(core: &Arc<Core>) {
     let mut running = JoinSet::new();
     loop {
         while running.len() < s.max_concurrent_probes {
-            let Some((id, endpoint, url)) = queue.next() else {
+            let Some((id, endpoint)) = queue.next() else {
                 break;
             };
             let core = Arc::clone(core);
             running.spawn(async move {
                 let timeout = Duration::from_millis(core.settings.probe_timeout_ms);
-                let result = probe::health(
-                    &core.http,
-                    &endpoint,
-                    &url,
-                    core.settings.private_mesh,
-                    timeout,
-                )
-                .await;
+                let result = probe::health(&core.http, &endpoint, timeout).await;
                 apply_probe(&core, &id, &endpoint, result).await;
             });
         }

@@ -477,6 +477,38 @@ async fn private_endpoints_need_a_private_mesh() {
 }
 
 #[tokio::test]
+async fn the_liveness_probe_never_dials_a_name_that_resolves_to_a_private_address() {
+    // `127.1` is a host name to the endpoint checks (not an IP literal, has a dot) and
+    // resolves to 127.0.0.1 without DNS: only the probe client's address rule, applied
+    // to the answer it dials, can refuse it.
+    let d = start_with(Backend::Memory, iicp_directory::Directory::builder(), None).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let a = std::sync::Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    let r = post(
+        &format!("{}/v1/register", d.base),
+        &register_body(&format!("http://127.1:{port}"), "eu", &["m"]),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.code(), Some("IICP-E035"));
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the probe dialled a private address"
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
 async fn liveness_probe_tolerates_late_listeners() {
     // A node that registers before it listens stays unverified, is re-probed in the
     // background, and becomes verified once it answers.

@@ -10,6 +10,8 @@
 //! * [`listener`] — one TCP port for both: the first bytes of each connection decide
 //!   (`IICP` → native, anything else → HTTP).
 //! * [`shutdown`] — the graceful-shutdown signal shared by the servers.
+//! * [`resolve`] — name resolution with an address rule checked on the addresses the
+//!   clients actually dial (no DNS-rebinding window between a policy check and connect).
 //!
 //! What it is not: nothing here knows about directories, node selection, backends, NAT or
 //! configuration files. Place in the crate graph: layer L1, above `iicp-proto` only.
@@ -18,4 +20,5 @@
 pub mod http;
 pub mod listener;
 pub mod native;
+pub mod resolve;
 pub mod shutdown;

@@ -187,6 +187,10 @@ pub enum NativeError {
     /// TCP connect did not finish in time.
     #[error("connect to {0} timed out")]
     ConnectTimeout(String),
+    /// The client's [`AddressRule`](crate::resolve::AddressRule) refused the endpoint's
+    /// addresses; nothing was sent.
+    #[error("connect to {0} refused: its address is not allowed")]
+    AddressRefused(String),
     /// TLS handshake failed.
     #[error("TLS handshake with {endpoint} failed")]
     Tls {
@@ -222,6 +226,7 @@ impl NativeError {
             self,
             NativeError::Connect { .. }
                 | NativeError::ConnectTimeout(_)
+                | NativeError::AddressRefused(_)
                 | NativeError::Tls { .. }
                 | NativeError::BackingOff(_)
         )

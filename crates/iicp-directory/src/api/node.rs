@@ -108,14 +108,7 @@ pub(super) async fn register(core: Arc<Core>, mut req: Request, _p: Params) -> H
     // Liveness probe before any lock (it may take up to probe_timeout).
     let probe_timeout = Duration::from_millis(s.probe_timeout_ms);
     let probe_result = if s.liveness_probe {
-        let r = probe::health(
-            &core.http,
-            &reg.endpoint,
-            &url,
-            s.private_mesh,
-            probe_timeout,
-        )
-        .await;
+        let r = probe::health(&core.http, &reg.endpoint, probe_timeout).await;
         if r == Err(ProbeFailure::PrivateAddress) {
             return Err(e035("`endpoint` resolves to a non-routable address"));
         }
@@ -141,15 +134,9 @@ pub(super) async fn register(core: Arc<Core>, mut req: Request, _p: Params) -> H
             || old.reg.transport_endpoint != reg.transport_endpoint
             || old.reg.relay_endpoint != reg.relay_endpoint;
         if !proof && route_changed && old.reg.cx_public_key.is_none() {
-            old_route_dead = probe::health(
-                &core.http,
-                &old.reg.endpoint,
-                &old.url,
-                s.private_mesh,
-                probe_timeout,
-            )
-            .await
-            .is_err();
+            old_route_dead = probe::health(&core.http, &old.reg.endpoint, probe_timeout)
+                .await
+                .is_err();
         }
     }
 

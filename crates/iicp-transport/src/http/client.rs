@@ -57,6 +57,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use iicp_proto::error::ErrorBody;
 use iicp_proto::secret::Secret;
 use serde::de::DeserializeOwned;
+
+use crate::resolve::{AddressRule, RuleResolver};
 use serde::Serialize;
 
 pub use error::HttpClientError;
@@ -89,6 +91,9 @@ pub struct HttpClientConfig {
     pub user_agent: String,
     /// Redirect policy of requests that do not set one. Default [`Redirects::None`].
     pub redirects: Redirects,
+    /// Which addresses the client may connect to, checked on the answer the connector
+    /// itself dials and on IP-literal URLs ([`crate::resolve`]). Default: any.
+    pub address_rule: Option<AddressRule>,
     /// Accept any server certificate. Exists only in debug builds (conf SDK-05: no
     /// TLS-verify switch in release builds). Default off.
     #[cfg(debug_assertions)]
@@ -106,6 +111,7 @@ impl Default for HttpClientConfig {
             extra_root_certificates: Vec::new(),
             user_agent: DEFAULT_USER_AGENT.to_owned(),
             redirects: Redirects::None,
+            address_rule: None,
             #[cfg(debug_assertions)]
             danger_accept_invalid_certs: false,
         }
@@ -120,6 +126,7 @@ impl fmt::Debug for HttpClientConfig {
             .field("max_response_bytes", &self.max_response_bytes)
             .field("pool_idle_timeout", &self.pool_idle_timeout)
             .field("pool_max_idle_per_host", &self.pool_max_idle_per_host)
+            .field("address_rule", &self.address_rule.is_some())
             .field(
                 "extra_root_certificates",
                 &self.extra_root_certificates.len(),
@@ -135,10 +142,12 @@ impl fmt::Debug for HttpClientConfig {
     }
 }
 
-type Pool = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type Pool = Client<HttpsConnector<HttpConnector<RuleResolver>>, Full<Bytes>>;
 
 struct Inner {
     pool: Pool,
+    /// What the client was built from ([`HttpClient::with_address_rule`]).
+    config: HttpClientConfig,
     user_agent: HeaderValue,
     connect_timeout: Duration,
     request_timeout: Duration,
@@ -172,7 +181,9 @@ impl HttpClient {
                 source: None,
             })?;
 
-        let mut http = HttpConnector::new();
+        let mut http = HttpConnector::new_with_resolver(RuleResolver {
+            rule: config.address_rule.clone(),
+        });
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout));
@@ -196,8 +207,19 @@ impl HttpClient {
                 request_timeout: config.request_timeout,
                 max_response_bytes: config.max_response_bytes,
                 redirects: config.redirects,
+                config,
             }),
         })
+    }
+
+    /// A client with this one's settings and `rule` as its [`address_rule`], with a
+    /// pool of its own (connections admitted without the rule are not shared).
+    ///
+    /// [`address_rule`]: HttpClientConfig::address_rule
+    pub fn with_address_rule(&self, rule: AddressRule) -> Result<Self, HttpClientError> {
+        let mut config = self.inner.config.clone();
+        config.address_rule = Some(rule);
+        Self::new(config)
     }
 
     /// A request with `method` to `url` (absolute `http://` or `https://`).
@@ -393,11 +415,10 @@ impl RequestBuilder {
     pub async fn send(self) -> Result<HttpReply, HttpClientError> {
         let (url, inner, timeout, parts) = self.prepare()?;
         let exchange = parts.exchange(&inner);
-        let redacted = redact_uri(&url);
-        match tokio::time::timeout(timeout, exchange.run(url)).await {
+        match tokio::time::timeout(timeout, exchange.run(url.clone())).await {
             Ok(result) => result,
             Err(_) => Err(HttpClientError::Timeout {
-                url: redacted,
+                url: redact_uri(&url),
                 after: timeout,
             }),
         }
@@ -460,6 +481,7 @@ impl RequestBuilder {
         let exchange = parts.exchange(&inner);
         let (url, inner) = (&url, &inner);
         let redacted = redact_uri(url);
+        refuse_literal(inner, url)?;
         let request = exchange.build(url, true)?;
         let response = match tokio::time::timeout(timeout, inner.pool.request(request)).await {
             Ok(r) => r.map_err(|err| error::classify(err, url, inner.connect_timeout))?,
@@ -542,6 +564,20 @@ impl HttpStream {
     }
 }
 
+/// The address rule on an IP-literal URL, which hyper-util dials without resolving.
+fn refuse_literal(inner: &Inner, uri: &Uri) -> Result<(), HttpClientError> {
+    let Some(rule) = inner.config.address_rule.as_ref() else {
+        return Ok(());
+    };
+    let host = uri.host().unwrap_or_default();
+    match host.trim_start_matches('[').trim_end_matches(']').parse() {
+        Ok(ip) if !rule.admits(&[ip]) => Err(HttpClientError::AddressRefused {
+            url: redact_uri(uri),
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn is_credential_header(name: &HeaderName) -> bool {
     *name == AUTHORIZATION
         || *name == http::header::PROXY_AUTHORIZATION
@@ -595,6 +631,7 @@ impl Exchange<'_> {
         let mut visited: Vec<Uri> = Vec::new();
         let mut credentials = true;
         loop {
+            refuse_literal(self.inner, &current)?;
             let request = self.build(&current, credentials)?;
             let response = self
                 .inner

@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 
 use super::connection::{self, ConnectionConfig, ConnectionHandle};
 use super::{CallContext, NativeEndpoint, NativeError};
+use crate::resolve::{resolve, AddressRule};
 use crate::shutdown::Shutdown;
 
 /// Settings of a [`NativeClient`].
@@ -28,6 +29,9 @@ pub struct NativeClientConfig {
     pub ack_backoff: Duration,
     /// Extra trusted root certificates (DER) for `iicpsec://` peers with private CAs.
     pub extra_roots: Vec<Vec<u8>>,
+    /// Which addresses the client may connect to, checked on the answer it dials
+    /// ([`crate::resolve`]). Default: any.
+    pub address_rule: Option<AddressRule>,
 }
 
 impl Default for NativeClientConfig {
@@ -37,6 +41,7 @@ impl Default for NativeClientConfig {
             connect_timeout: Duration::from_secs(10),
             ack_backoff: Duration::from_secs(60),
             extra_roots: Vec::new(),
+            address_rule: None,
         }
     }
 }
@@ -81,6 +86,14 @@ impl NativeClient {
                 tls: Mutex::new(None),
             }),
         }
+    }
+
+    /// A client with this one's settings and `rule` as its
+    /// [`address_rule`](NativeClientConfig::address_rule), with a pool of its own.
+    pub fn with_address_rule(&self, rule: AddressRule) -> Self {
+        let mut config = self.inner.config.clone();
+        config.address_rule = Some(rule);
+        Self::new(config)
     }
 
     /// Sends `call` to `endpoint` and waits up to `timeout` for the final RESPONSE.
@@ -139,20 +152,41 @@ impl NativeClient {
         }
     }
 
+    /// TCP to the first address of `endpoint` that accepts, the answer checked against
+    /// the address rule first.
+    async fn dial(&self, endpoint: &NativeEndpoint) -> Result<TcpStream, NativeError> {
+        let rule = self.inner.config.address_rule.as_ref();
+        let addrs = match resolve(&endpoint.host, endpoint.port, rule).await {
+            Ok(a) => a,
+            Err(e) if e.is_refused() => {
+                return Err(NativeError::AddressRefused(endpoint.to_string()))
+            }
+            Err(e) => {
+                return Err(NativeError::Connect {
+                    endpoint: endpoint.to_string(),
+                    source: std::io::Error::other(e),
+                })
+            }
+        };
+        let mut last = None;
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(NativeError::Connect {
+            endpoint: endpoint.to_string(),
+            source: last.unwrap_or_else(|| std::io::Error::other("no address")),
+        })
+    }
+
     async fn connect(&self, endpoint: &NativeEndpoint) -> Result<ConnectionHandle, NativeError> {
         let cfg = &self.inner.config;
-        let authority = endpoint.authority();
-        let tcp =
-            match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(&authority)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(source)) => {
-                    return Err(NativeError::Connect {
-                        endpoint: endpoint.to_string(),
-                        source,
-                    })
-                }
-                Err(_) => return Err(NativeError::ConnectTimeout(endpoint.to_string())),
-            };
+        let tcp = match tokio::time::timeout(cfg.connect_timeout, self.dial(endpoint)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(NativeError::ConnectTimeout(endpoint.to_string())),
+        };
         let _ = tcp.set_nodelay(true);
         let peer = tcp
             .peer_addr()

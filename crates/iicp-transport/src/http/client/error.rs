@@ -49,6 +49,13 @@ pub enum HttpClientError {
         #[source]
         source: Box<dyn StdError + Send + Sync>,
     },
+    /// The [`AddressRule`](crate::resolve::AddressRule) refused the host's addresses;
+    /// nothing was sent.
+    #[error("connecting to {url} refused: its address is not allowed")]
+    AddressRefused {
+        /// The URL, redacted.
+        url: String,
+    },
     /// The TCP connect timed out.
     #[error("connecting to {url} timed out after {after:?}")]
     ConnectTimeout {
@@ -178,6 +185,9 @@ pub(super) fn classify(
     connect_timeout: Duration,
 ) -> HttpClientError {
     let url = redact_uri(url);
+    if err.is_connect() && crate::resolve::ResolveError::refused_in(&err) {
+        return HttpClientError::AddressRefused { url };
+    }
     if err.is_connect() {
         if chain_has_timeout(&err) {
             return HttpClientError::ConnectTimeout {
