@@ -14,6 +14,10 @@
 //!   inbound route, elects the relay from the directory, binds, registers
 //!   `http://11.77.2.2:PORT/v1/relay-for/{id}` (`turn_relay`); a WAN client reaches it
 //!   through the relay; after SIGTERM the relay answers `IICP-E030`.
+//! * `serve_behind_cgnat_opens_an_ipv6_pinhole_and_cleans_up`: behind a gateway with
+//!   only a CGNAT IPv4 address and routed, firewalled IPv6 (`scripts/nat-lab up ID
+//!   --cgnat6`), `iicp serve` opens an IPv6 pinhole (tier 1b), is probed and listed by an
+//!   IPv6 directory, chats with a WAN client, and removes the pinhole on SIGTERM.
 //!
 //! The harness is shared with `iicp-nat`'s lab test (`crates/iicp-nat/tests/lab`). Runs
 //! as root with `ip netns` and miniupnpd (installed by `scripts/nat-lab`); skips
@@ -27,7 +31,7 @@ mod lab;
 use std::time::Duration;
 
 use common::{iicp, temp_home, Proc};
-use lab::{build_lab, role_is, Lab, TARGET, WAN_HOST, WAN_IP};
+use lab::{build_lab, role_is, Lab, LAN6, TARGET, WAN6_HOST, WAN_HOST, WAN_IP};
 use serde_json::{json, Value};
 
 const INTENT: &str = "urn:iicp:intent:llm:chat:v1";
@@ -53,13 +57,13 @@ fn iicp_in(lab: &Lab, side: &str, home: &std::path::Path) -> std::process::Comma
 }
 
 fn start_directory(lab: &Lab, home: &std::path::Path) -> Proc {
+    start_directory_at(lab, home, &format!("{WAN_HOST}:{DIR_PORT}"))
+}
+
+/// `iicp directory serve --listen LISTEN` on the WAN host.
+fn start_directory_at(lab: &Lab, home: &std::path::Path, listen: &str) -> Proc {
     let mut cmd = iicp_in(lab, "wan", home);
-    cmd.args([
-        "directory",
-        "serve",
-        "--listen",
-        &format!("{WAN_HOST}:{DIR_PORT}"),
-    ]);
+    cmd.args(["directory", "serve", "--listen", listen]);
     let mut p = Proc::spawn(cmd);
     p.read_until("listening");
     p
@@ -68,6 +72,18 @@ fn start_directory(lab: &Lab, home: &std::path::Path) -> Proc {
 /// `iicp serve` with the echo backend on `port` in `side`, registering with the lab's
 /// directory; `extra` flags appended.
 fn serve_in(lab: &Lab, side: &str, home: &std::path::Path, port: u16, extra: &[&str]) -> Proc {
+    serve_with(lab, side, home, port, &dir_url(), extra)
+}
+
+/// [`serve_in`] with the directory at `dir`.
+fn serve_with(
+    lab: &Lab,
+    side: &str,
+    home: &std::path::Path,
+    port: u16,
+    dir: &str,
+    extra: &[&str],
+) -> Proc {
     let mut cmd = iicp_in(lab, side, home);
     cmd.args([
         "serve",
@@ -76,7 +92,7 @@ fn serve_in(lab: &Lab, side: &str, home: &std::path::Path, port: u16, extra: &[&
         "--port",
         &port.to_string(),
         "--directory-url",
-        &dir_url(),
+        dir,
     ])
     .args(extra);
     Proc::spawn(cmd)
@@ -85,12 +101,13 @@ fn serve_in(lab: &Lab, side: &str, home: &std::path::Path, port: u16, extra: &[&
 /// A WAN client finds `endpoint` at the directory and chats with it; then `node` gets
 /// SIGTERM and must exit 0 after deregistering.
 fn chat_then_stop(lab: &Lab, node: &mut Proc, endpoint: &str) {
+    chat_then_stop_at(lab, node, &dir_url(), endpoint);
+}
+
+/// [`chat_then_stop`] with the directory at `dir`.
+fn chat_then_stop_at(lab: &Lab, node: &mut Proc, dir: &str, endpoint: &str) {
     assert!(
-        lab.run_child(
-            "wan",
-            "lab_wan_chat",
-            Some(&format!("{}|{endpoint}", dir_url()))
-        ),
+        lab.run_child("wan", "lab_wan_chat", Some(&format!("{dir}|{endpoint}"))),
         "WAN client could not reach {endpoint}"
     );
     node.signal("-TERM");
@@ -143,6 +160,44 @@ fn serve_maps_its_port_through_miniupnpd_and_cleans_up() {
     );
     assert!(
         lab.run_child("wan", "lab_wan_gone", Some(&dir_url())),
+        "node still listed after shutdown"
+    );
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+#[test]
+fn serve_behind_cgnat_opens_an_ipv6_pinhole_and_cleans_up() {
+    // The gateway has no public IPv4 address (100.77.2.1) and routes IPv6, which it
+    // firewalls: `iicp serve` opens a pinhole for its port (tier 1b, over the
+    // gateway's IPv6 control URL), the directory (IPv6 only) probes and lists
+    // `http://[2a0b:7701::2]:PORT`, a WAN client chats through the pinhole, and after
+    // SIGTERM the pinhole is gone and the node deregistered.
+    let Some(lab) = lab::build_lab_with("e", &["--cgnat6"]) else {
+        return;
+    };
+    let home = temp_home("natlab-pinhole");
+    let dir = format!("http://[{WAN6_HOST}]:{DIR_PORT}/api");
+    let _dir = start_directory_at(&lab, &home, &format!("[{WAN6_HOST}]:{DIR_PORT}"));
+
+    let mut node = serve_with(&lab, "lan", &home, NODE_PORT, &dir, &[]);
+    let summary = node.read_until("serving ");
+    let endpoint = format!("http://[{LAN6}]:{NODE_PORT}");
+    assert!(
+        summary.contains(&format!("endpoint   {endpoint}")),
+        "{summary}"
+    );
+    assert!(summary.contains("tier       1b"), "{summary}");
+    assert!(summary.contains("(registered)"), "{summary}");
+    let rules = lab.pinhole_rules();
+    assert!(
+        rules.contains(&format!("dport {NODE_PORT}")),
+        "no pinhole on the gateway: {rules:?}"
+    );
+
+    chat_then_stop_at(&lab, &mut node, &dir, &endpoint);
+    assert_eq!(lab.pinhole_rules(), "", "pinhole left behind");
+    assert!(
+        lab.run_child("wan", "lab_wan_gone", Some(&dir)),
         "node still listed after shutdown"
     );
     let _ = std::fs::remove_dir_all(&home);

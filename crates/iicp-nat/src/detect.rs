@@ -24,6 +24,25 @@ pub fn interfaces() -> std::io::Result<Vec<InterfaceAddr>> {
         .collect())
 }
 
+/// Indexes of the interfaces that have a global IPv6 address (at most 8): where an
+/// IPv6 SSDP search goes.
+pub fn ipv6_scopes() -> Vec<u32> {
+    let mut scopes: Vec<u32> = Vec::new();
+    for i in if_addrs::get_if_addrs().unwrap_or_default() {
+        let IpAddr::V6(v6) = i.ip() else { continue };
+        if i.is_loopback() || !crate::addr::is_global_v6(v6) {
+            continue;
+        }
+        if let Some(index) = i.index.filter(|x| !scopes.contains(x)) {
+            scopes.push(index);
+        }
+        if scopes.len() >= 8 {
+            break;
+        }
+    }
+    scopes
+}
+
 /// The raw signals of container detection.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ContainerSignals {

@@ -8,20 +8,30 @@
 //! SOAP POSTs and the answers are flat XML. Every exchange has a timeout and a response
 //! size cap; nothing here retries (the planner decides).
 //!
+//! IPv6 pinholes: IGD2 gateways authorise `AddPinhole` (and the later `UpdatePinhole` and
+//! `DeletePinhole`) by the caller's address — miniupnpd answers 606 "Action not
+//! authorized" to a request for `[2001:…]` that arrives from an IPv4 address. Discovery
+//! therefore also searches `[ff02::c]:1900` on the interfaces that have a global IPv6
+//! address, pairs the gateway's IPv6 description with its IPv4 one by the root device's
+//! `UDN`, and the pinhole actions go to the IPv6 control URL from the very address the pinhole
+//! opens (the source address is bound). Without an IPv6 answer they fall back to the
+//! IPv4 control URL, and the gateway decides.
+//!
 //! The [`Gateway`] trait is the seam the [`crate::Executor`] drives; [`Igd`] is the real
 //! implementation, tests substitute fakes.
 
 pub mod ssdp;
 mod xml;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use iicp_transport::http::{HttpClient, HttpClientError};
+use iicp_transport::http::{HttpClient, HttpClientConfig, HttpClientError};
 
 use crate::plan::UpnpFailure;
 
@@ -210,10 +220,29 @@ pub struct Igd {
     http: HttpClient,
     timeout: Duration,
     location: String,
+    /// The root device's `UDN`.
+    udn: Option<String>,
     wan: Service,
+    /// WANIPv6FirewallControl as the description at `location` names it.
     v6fc: Option<Service>,
+    /// The same service at the gateway's IPv6 control URL, when it answered there.
+    v6fc_over_ipv6: Option<Service>,
     local_ip: Option<IpAddr>,
+    pinholes: Arc<Mutex<PinholeClients>>,
 }
+
+/// Who opened which pinhole, and the HTTP clients bound to those addresses.
+#[derive(Default)]
+struct PinholeClients {
+    /// `UniqueID` → the internal client it was opened for (bounded by the gateway's
+    /// pinholes of this node: one per served port).
+    owners: HashMap<u32, IpAddr>,
+    /// Clients whose source address is bound, per address (at most a few).
+    bound: Vec<(IpAddr, HttpClient)>,
+}
+
+/// Most bound clients kept (a node opens pinholes for one or two addresses).
+const MAX_BOUND_CLIENTS: usize = 4;
 
 impl fmt::Debug for Igd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -221,6 +250,7 @@ impl fmt::Debug for Igd {
             .field("location", &self.location)
             .field("wan", &self.wan.service_type)
             .field("pinholes", &self.v6fc.is_some())
+            .field("pinholes_over_ipv6", &self.v6fc_over_ipv6.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -228,8 +258,11 @@ impl fmt::Debug for Igd {
 /// Settings of [`UpnpDiscovery`].
 #[derive(Clone, Debug)]
 pub struct DiscoveryConfig {
-    /// Where the M-SEARCH goes (default the SSDP multicast group).
+    /// Where the IPv4 M-SEARCH goes (default the SSDP multicast group).
     pub ssdp_target: SocketAddr,
+    /// Where the IPv6 M-SEARCH goes: `None` (default) for `[ff02::c]:1900` on every
+    /// interface with a global IPv6 address; an empty list turns the IPv6 search off.
+    pub ssdp_targets_v6: Option<Vec<SocketAddr>>,
     /// How long SSDP answers are collected.
     pub search_timeout: Duration,
     /// Timeout of each HTTP exchange with the gateway.
@@ -240,6 +273,7 @@ impl Default for DiscoveryConfig {
     fn default() -> Self {
         Self {
             ssdp_target: SocketAddr::from(([239, 255, 255, 250], 1900)),
+            ssdp_targets_v6: None,
             search_timeout: Duration::from_secs(3),
             http_timeout: Duration::from_secs(5),
         }
@@ -259,25 +293,45 @@ impl UpnpDiscovery {
         Self { http, config }
     }
 
-    /// SSDP search, then the first answering device whose description has a WAN
-    /// connection service.
+    /// SSDP search over IPv4 and IPv6 at once, then the first answering device whose
+    /// description has a WAN connection service (IPv4 answers first), with its IPv6
+    /// pinhole control URL when the same device (root `UDN`) answered over IPv6.
     ///
     /// # Errors
-    /// SSDP socket errors; description errors only when no device worked.
+    /// SSDP socket errors when neither search could run; description errors only when
+    /// no device worked.
     pub async fn find(&self) -> Result<Option<Igd>, UpnpError> {
-        let replies = ssdp::search(
-            self.config.ssdp_target,
-            &ssdp::SEARCH_TARGETS,
-            self.config.search_timeout,
-        )
-        .await
-        .map_err(UpnpError::Ssdp)?;
+        let timeout = self.config.search_timeout;
+        let v6_targets = match &self.config.ssdp_targets_v6 {
+            Some(t) => t.clone(),
+            None => ssdp::v6_targets(&crate::detect::ipv6_scopes()),
+        };
+        let v4_target = [self.config.ssdp_target];
+        let (v4, v6) = tokio::join!(
+            ssdp::search(&v4_target, &ssdp::SEARCH_TARGETS, timeout),
+            ssdp::search(&v6_targets, &ssdp::SEARCH_TARGETS, timeout),
+        );
+        let v6 = v6.unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "IPv6 SSDP search failed");
+            Vec::new()
+        });
+        let v4 = match v4 {
+            Ok(r) => r,
+            Err(e) if v6.is_empty() => return Err(UpnpError::Ssdp(e)),
+            Err(e) => {
+                tracing::debug!(error = %e, "IPv4 SSDP search failed; using IPv6 answers");
+                Vec::new()
+            }
+        };
         let mut last_err = None;
-        for reply in replies {
+        for reply in v4.iter().chain(&v6) {
             match Igd::from_location(self.http.clone(), &reply.location, self.config.http_timeout)
                 .await
             {
-                Ok(igd) => return Ok(Some(igd)),
+                Ok(mut igd) => {
+                    self.pair_ipv6(&mut igd, &v6).await;
+                    return Ok(Some(igd));
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "SSDP answer without a usable IGD");
                     last_err = Some(e);
@@ -289,6 +343,69 @@ impl UpnpDiscovery {
             Some(e) => Err(e),
         }
     }
+
+    /// Gives `igd` the IPv6 control URL of its firewall service, from the IPv6 answer
+    /// whose description names the same root device (`UDN`; SSDP `USN`s name whichever
+    /// sub-device answered, so they cannot pair), or from the only IPv6 answer when the
+    /// descriptions carry no `UDN`.
+    async fn pair_ipv6(&self, igd: &mut Igd, v6: &[ssdp::Reply]) {
+        if igd.v6fc.is_none() || is_ipv6_url(&igd.location) {
+            return;
+        }
+        let mut locations: Vec<&str> = v6.iter().map(|r| r.location.as_str()).collect();
+        locations.dedup();
+        let only_one = locations.len() == 1;
+        for location in locations {
+            let desc = match describe(&self.http, location, self.config.http_timeout).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::debug!(error = %e, "IPv6 description unusable");
+                    continue;
+                }
+            };
+            let same_device = match (&igd.udn, &desc.udn) {
+                (Some(a), Some(b)) => a == b,
+                _ => only_one,
+            };
+            match desc.v6fc {
+                Some(v6fc) if same_device && is_ipv6_url(&v6fc.control_url) => {
+                    tracing::debug!(control = %v6fc.control_url, "IPv6 pinhole control URL");
+                    igd.v6fc_over_ipv6 = Some(v6fc);
+                    return;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Whether `url`'s host is an IPv6 literal.
+fn is_ipv6_url(url: &str) -> bool {
+    crate::addr::endpoint_host(url)
+        .and_then(|h| h.parse::<IpAddr>().ok())
+        .is_some_and(|ip| ip.is_ipv6())
+}
+
+/// Fetches and parses the device description at `location`.
+async fn describe(
+    http: &HttpClient,
+    location: &str,
+    timeout: Duration,
+) -> Result<Description, UpnpError> {
+    let reply = http
+        .get(location)
+        .timeout(timeout)
+        .max_response_bytes(MAX_ANSWER_BYTES)
+        .send()
+        .await
+        .map_err(UpnpError::Http)?;
+    if !reply.is_success() {
+        return Err(UpnpError::Status {
+            action: "description",
+            status: reply.status.as_u16(),
+        });
+    }
+    parse_description(location, &String::from_utf8_lossy(&reply.body))
 }
 
 impl Discover for UpnpDiscovery {
@@ -321,12 +438,18 @@ fn join(base: &str, path: &str) -> String {
     }
 }
 
-/// Parses a device description: the preferred WAN connection service and the IPv6
-/// firewall service, with absolute control URLs.
-fn parse_description(
-    location: &str,
-    xml_text: &str,
-) -> Result<(Service, Option<Service>), UpnpError> {
+/// What a device description tells: the root device's `UDN` (its identity, the same
+/// whichever address the description was fetched from), the preferred WAN connection
+/// service and the IPv6 firewall service, with absolute control URLs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Description {
+    udn: Option<String>,
+    wan: Service,
+    v6fc: Option<Service>,
+}
+
+/// Parses a device description ([`Description`]).
+fn parse_description(location: &str, xml_text: &str) -> Result<Description, UpnpError> {
     let base = xml::text(xml_text, "URLBase")
         .filter(|b| b.starts_with("http://"))
         .unwrap_or_else(|| location.to_owned());
@@ -348,7 +471,9 @@ fn parse_description(
         .iter()
         .find(|s| s.service_type == WAN_IPV6_FIREWALL_CONTROL)
         .cloned();
-    Ok((wan, v6fc))
+    // the first UDN of the document is the root device's
+    let udn = xml::text(xml_text, "UDN").filter(|u| !u.is_empty());
+    Ok(Description { udn, wan, v6fc })
 }
 
 /// The SOAP envelope for `action` of `service_type` with `args` (escaped).
@@ -386,30 +511,27 @@ impl Igd {
         location: &str,
         timeout: Duration,
     ) -> Result<Self, UpnpError> {
-        let reply = http
-            .get(location)
-            .timeout(timeout)
-            .max_response_bytes(MAX_ANSWER_BYTES)
-            .send()
-            .await
-            .map_err(UpnpError::Http)?;
-        if !reply.is_success() {
-            return Err(UpnpError::Status {
-                action: "description",
-                status: reply.status.as_u16(),
-            });
-        }
-        let text = String::from_utf8_lossy(&reply.body);
-        let (wan, v6fc) = parse_description(location, &text)?;
+        let Description { udn, wan, v6fc } = describe(&http, location, timeout).await?;
         let local_ip = local_ip_towards(location).await;
         Ok(Self {
             http,
             timeout,
             location: location.to_owned(),
+            udn,
             wan,
             v6fc,
+            v6fc_over_ipv6: None,
             local_ip,
+            pinholes: Arc::default(),
         })
+    }
+
+    /// The control URL pinhole actions go to (the IPv6 one when known).
+    pub fn pinhole_control_url(&self) -> Option<&str> {
+        self.v6fc_over_ipv6
+            .as_ref()
+            .or(self.v6fc.as_ref())
+            .map(|s| s.control_url.as_str())
     }
 
     /// The description URL.
@@ -428,9 +550,18 @@ impl Igd {
         action: &'static str,
         args: &[(&str, String)],
     ) -> Result<String, UpnpError> {
+        self.soap_with(&self.http, service, action, args).await
+    }
+
+    async fn soap_with(
+        &self,
+        http: &HttpClient,
+        service: &Service,
+        action: &'static str,
+        args: &[(&str, String)],
+    ) -> Result<String, UpnpError> {
         let body = envelope(&service.service_type, action, args);
-        let reply = self
-            .http
+        let reply = http
             .request(http::Method::POST, &service.control_url)
             .header(
                 "SOAPAction",
@@ -463,7 +594,46 @@ impl Igd {
     }
 
     fn v6fc(&self) -> Result<&Service, UpnpError> {
-        self.v6fc.as_ref().ok_or(UpnpError::NoPinholeService)
+        self.v6fc_over_ipv6
+            .as_ref()
+            .or(self.v6fc.as_ref())
+            .ok_or(UpnpError::NoPinholeService)
+    }
+
+    fn pinhole_state(&self) -> MutexGuard<'_, PinholeClients> {
+        self.pinholes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The client for pinhole actions on behalf of `owner`: bound to `owner` when the
+    /// control URL is IPv6 and `owner` an IPv6 address (the gateway authorises by the
+    /// caller's address), else the shared one.
+    fn pinhole_client(&self, service: &Service, owner: Option<IpAddr>) -> HttpClient {
+        let Some(owner) = owner.filter(|o| o.is_ipv6() && is_ipv6_url(&service.control_url)) else {
+            return self.http.clone();
+        };
+        let mut st = self.pinhole_state();
+        if let Some((_, c)) = st.bound.iter().find(|(a, _)| *a == owner) {
+            return c.clone();
+        }
+        let mut config = HttpClientConfig::default();
+        config.connect_timeout = self.timeout;
+        config.request_timeout = self.timeout;
+        config.local_address = Some(owner);
+        match HttpClient::new(config) {
+            Ok(c) => {
+                if st.bound.len() >= MAX_BOUND_CLIENTS {
+                    st.bound.remove(0);
+                }
+                st.bound.push((owner, c.clone()));
+                c
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "bound client unavailable; using the shared one");
+                self.http.clone()
+            }
+        }
     }
 
     /// `GetExternalIPAddress`; `None` for an empty or unspecified answer.
@@ -558,10 +728,16 @@ impl Igd {
             ("Protocol", p.protocol.number().to_string()),
             ("LeaseTime", p.lease.as_secs().to_string()),
         ];
-        let text = self.soap(self.v6fc()?, "AddPinhole", &args).await?;
-        xml::text(&text, "UniqueID")
+        let service = self.v6fc()?;
+        let client = self.pinhole_client(service, Some(p.internal_client));
+        let text = self
+            .soap_with(&client, service, "AddPinhole", &args)
+            .await?;
+        let id = xml::text(&text, "UniqueID")
             .and_then(|id| id.parse().ok())
-            .ok_or(UpnpError::Malformed("AddPinhole answer without UniqueID"))
+            .ok_or(UpnpError::Malformed("AddPinhole answer without UniqueID"))?;
+        self.pinhole_state().owners.insert(id, p.internal_client);
+        Ok(id)
     }
 
     /// `UpdatePinhole`.
@@ -573,7 +749,10 @@ impl Igd {
             ("UniqueID", id.to_string()),
             ("NewLeaseTime", lease.as_secs().to_string()),
         ];
-        self.soap(self.v6fc()?, "UpdatePinhole", &args)
+        let service = self.v6fc()?;
+        let owner = self.pinhole_state().owners.get(&id).copied();
+        let client = self.pinhole_client(service, owner);
+        self.soap_with(&client, service, "UpdatePinhole", &args)
             .await
             .map(drop)
     }
@@ -584,9 +763,17 @@ impl Igd {
     /// As [`Igd::add_pinhole_request`].
     pub async fn delete_pinhole_id(&self, id: u32) -> Result<(), UpnpError> {
         let args = [("UniqueID", id.to_string())];
-        self.soap(self.v6fc()?, "DeletePinhole", &args)
+        let service = self.v6fc()?;
+        let owner = self.pinhole_state().owners.get(&id).copied();
+        let client = self.pinhole_client(service, owner);
+        let result = self
+            .soap_with(&client, service, "DeletePinhole", &args)
             .await
-            .map(drop)
+            .map(drop);
+        if result.is_ok() {
+            self.pinhole_state().owners.remove(&id);
+        }
+        result
     }
 }
 
@@ -646,9 +833,9 @@ async fn local_ip_towards(url: &str) -> Option<IpAddr> {
 mod tests {
     use super::*;
 
-    const DESC: &str = r#"<?xml version="1.0"?><root xmlns="urn:schemas-upnp-org:device-1-0"><device><serviceList>
+    const DESC: &str = r#"<?xml version="1.0"?><root xmlns="urn:schemas-upnp-org:device-1-0"><device><UDN>uuid:root-0001</UDN><serviceList>
         <service><serviceType>urn:schemas-upnp-org:service:Layer3Forwarding:1</serviceType><controlURL>/ctl/L3F</controlURL></service>
-        </serviceList><deviceList><device><deviceList><device><serviceList>
+        </serviceList><deviceList><device><UDN>uuid:wan-0002</UDN><deviceList><device><UDN>uuid:wcd-0003</UDN><serviceList>
         <service><serviceType>urn:schemas-upnp-org:service:WANIPConnection:1</serviceType><controlURL>/ctl/IPConn1</controlURL></service>
         <service><serviceType>urn:schemas-upnp-org:service:WANIPConnection:2</serviceType><controlURL>ctl/IPConn</controlURL></service>
         <service><serviceType>urn:schemas-upnp-org:service:WANIPv6FirewallControl:1</serviceType><controlURL>http://10.0.0.1:5000/ctl/IP6FCtl</controlURL></service>
@@ -656,12 +843,20 @@ mod tests {
 
     #[test]
     fn description_picks_services() {
-        let (wan, v6) = parse_description("http://10.77.1.1:5000/rootDesc.xml", DESC).unwrap();
+        let Description { udn, wan, v6fc: v6 } =
+            parse_description("http://10.77.1.1:5000/rootDesc.xml", DESC).unwrap();
+        assert_eq!(
+            udn.as_deref(),
+            Some("uuid:root-0001"),
+            "the root device's UDN"
+        );
         assert_eq!(wan.service_type, WAN_CONNECTION_SERVICES[0]);
         assert_eq!(wan.control_url, "http://10.77.1.1:5000/ctl/IPConn");
         assert_eq!(v6.unwrap().control_url, "http://10.0.0.1:5000/ctl/IP6FCtl");
         let ppp = r#"<root><URLBase>http://192.168.1.1:49000/</URLBase><service><serviceType>urn:schemas-upnp-org:service:WANPPPConnection:1</serviceType><controlURL>/upnp/control/WANPPPConn1</controlURL></service></root>"#;
-        let (wan, v6) = parse_description("http://192.168.1.1:49000/igddesc.xml", ppp).unwrap();
+        let Description { udn, wan, v6fc: v6 } =
+            parse_description("http://192.168.1.1:49000/igddesc.xml", ppp).unwrap();
+        assert_eq!(udn, None);
         assert_eq!(
             wan.control_url,
             "http://192.168.1.1:49000/upnp/control/WANPPPConn1"

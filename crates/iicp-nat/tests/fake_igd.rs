@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use iicp_nat::upnp::{BoxFuture, Gateway};
+use iicp_nat::upnp::{BoxFuture, Gateway, PinholeRequest, Protocol};
 use iicp_nat::{
     Executor, ExecutorConfig, Guidance, InterfaceAddr, KeeperConfig, Observations, ProbeVerdict,
     Prober, RelayBinder, RelayObservation, Settings, Tier, TransportMethod,
@@ -213,4 +213,61 @@ async fn pinhole_opened_renewed_and_deleted() {
     let calls = igd.calls();
     assert!(calls.contains(&"UpdatePinhole".to_owned()));
     assert_eq!(calls.last().map(String::as_str), Some("DeletePinhole"));
+}
+
+#[tokio::test]
+async fn pinholes_go_to_the_ipv6_control_url_from_the_pinhole_address() {
+    // The gateway answers SSDP on both faces with one device UUID; mappings stay on the
+    // IPv4 control URL, pinhole actions go to the IPv6 one, from the address opened
+    // (`::1` here, the one global-looking address a test can bind).
+    let igd = FakeIgd::start_dual("100.64.3.4").await;
+    let found = igd.discovery().find().await.unwrap().expect("gateway");
+    assert_eq!(
+        found.location(),
+        format!("http://{}/rootDesc.xml", igd.http)
+    );
+    let v6_url = format!("http://{}/ctl/IP6FCtl", igd.http6.unwrap());
+    assert_eq!(found.pinhole_control_url(), Some(v6_url.as_str()));
+    assert_eq!(
+        found.get_external_ip().await.unwrap(),
+        "100.64.3.4".parse().ok()
+    );
+    let owner: std::net::IpAddr = "::1".parse().unwrap();
+    let id = found
+        .add_pinhole_request(&PinholeRequest {
+            internal_client: owner,
+            internal_port: 19484,
+            protocol: Protocol::Tcp,
+            lease: Duration::from_secs(60),
+        })
+        .await
+        .unwrap();
+    found
+        .update_pinhole_lease(id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    found.delete_pinhole_id(id).await.unwrap();
+    let peers = igd.state.lock().unwrap().peers.clone();
+    let by = |action: &str| -> Vec<std::net::IpAddr> {
+        peers
+            .iter()
+            .filter(|(a, _)| a == action)
+            .map(|(_, p)| p.ip())
+            .collect()
+    };
+    assert_eq!(
+        by("GetExternalIPAddress"),
+        vec!["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+    );
+    for action in ["AddPinhole", "UpdatePinhole", "DeletePinhole"] {
+        assert_eq!(by(action), vec![owner], "{action}: {peers:?}");
+    }
+}
+
+#[tokio::test]
+async fn without_an_ipv6_answer_pinholes_use_the_ipv4_control_url() {
+    let igd = FakeIgd::start("100.64.3.4").await;
+    let found = igd.discovery().find().await.unwrap().expect("gateway");
+    let v4_url = format!("http://{}/ctl/IP6FCtl", igd.http);
+    assert_eq!(found.pinhole_control_url(), Some(v4_url.as_str()));
 }

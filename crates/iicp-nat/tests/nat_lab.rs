@@ -32,7 +32,7 @@ use iicp_nat::{
 use iicp_transport::http::server::json;
 use iicp_transport::http::{HttpClient, HttpClientConfig, HttpServer, Router};
 use iicp_transport::shutdown;
-use lab::{build_lab, role_is, wait_file, write, TARGET, WAN_IP};
+use lab::{build_lab, role_is, wait_file, write, LAN6, TARGET, WAN_IP};
 
 const NODE_PORT: u16 = 18080;
 const LEASE: Duration = Duration::from_secs(6);
@@ -397,4 +397,210 @@ async fn lab_wan_task_e030() {
         return;
     }
     lab::expect_e030(&std::env::var(TARGET).unwrap()).await;
+}
+
+// ---------------------------------------------- IPv6 pinholes behind carrier-grade NAT
+
+/// A second port of the LAN host that no pinhole opens.
+const CLOSED_PORT: u16 = 18081;
+
+/// Waits for `child` to exit and asserts it succeeded.
+fn finish(child: &mut std::process::Child, what: &str) {
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{what} did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{what} failed");
+}
+
+#[test]
+fn real_gateway_opens_an_ipv6_pinhole_behind_cgnat() {
+    // Tier 1b with Debian's miniupnpd: no external IPv4 address (CGNAT), a global IPv6
+    // address on the LAN host, AddPinhole sent over IPv6 from that address; a WAN client
+    // reaches the node through the pinhole while a port without one stays closed; the
+    // lease is renewed; stopping the keeper deletes the pinhole.
+    let Some(mut lab) = lab::build_lab_with("p", &["--cgnat6"]) else {
+        return;
+    };
+    let mut lan = lab
+        .spawn_child("lan", "lab_lan_pinhole", None)
+        .spawn()
+        .expect("spawn LAN child");
+    let opened = lab.wait_for("opened", Duration::from_secs(60), &mut lan);
+    lab.children.push(lan);
+    let opened: Vec<&str> = opened.split_whitespace().collect();
+    assert_eq!(opened[0], "1b", "tier: {opened:?}");
+    assert_eq!(opened[1], format!("http://[{LAN6}]:{NODE_PORT}"));
+    let rules = lab.pinhole_rules();
+    assert!(
+        rules.contains(&format!("dport {NODE_PORT}")) && rules.lines().count() == 1,
+        "gateway rules: {rules}"
+    );
+
+    let open = format!("[{LAN6}]:{NODE_PORT}");
+    let closed = format!("[{LAN6}]:{CLOSED_PORT}");
+    assert!(
+        lab.run_child("wan", "lab_wan_reach", Some(&open)),
+        "WAN client could not reach the node through the pinhole"
+    );
+    assert!(
+        lab.run_child("wan", "lab_wan_refused", Some(&closed)),
+        "a port without a pinhole was reachable: the lab's firewall is open"
+    );
+    write(&lab.dir, "wan-done", "ok");
+
+    let mut lan = lab.children.pop().unwrap();
+    let renewed = lab.wait_for("renewed", Duration::from_secs(60), &mut lan);
+    let renewals: u64 = renewed.trim().parse().unwrap();
+    assert!(renewals >= 2, "pinhole lease renewed {renewals} times");
+    lab.wait_for("deleted", Duration::from_secs(30), &mut lan);
+    assert_eq!(lab.pinhole_rules(), "", "pinhole left on the gateway");
+    assert!(
+        lab.run_child("wan", "lab_wan_refused", Some(&open)),
+        "the node was reachable after the pinhole was deleted"
+    );
+    write(&lab.dir, "wan2-done", "ok");
+    finish(&mut lan, "LAN child");
+}
+
+#[test]
+fn real_gateway_refuses_a_pinhole_asked_for_over_ipv4() {
+    // Tier 1c: the gateway does not answer IPv6 SSDP (dropped at its input), so the
+    // pinhole request can only go to its IPv4 control URL, and miniupnpd refuses a
+    // pinhole for an IPv6 address the caller is not (606): the node keeps its IPv6
+    // endpoint unverified and tells the operator how to open the port.
+    let Some(mut lab) = lab::build_lab_with("q", &["--cgnat6"]) else {
+        return;
+    };
+    let blocked = lab
+        .exec("igd", "nft")
+        .args([
+            "-f",
+            "-",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write as _;
+            c.stdin.take().unwrap().write_all(
+                b"table inet lab {\n  chain input {\n    type filter hook input priority 0;\n    meta nfproto ipv6 udp dport 1900 drop\n  }\n}\n",
+            )?;
+            c.wait()
+        })
+        .expect("nft");
+    assert!(blocked.success());
+    let mut lan = lab
+        .spawn_child("lan", "lab_lan_pinhole_refused", None)
+        .spawn()
+        .expect("spawn LAN child");
+    let out = lab.wait_for("planned", Duration::from_secs(60), &mut lan);
+    lab.children.push(lan);
+    let out: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(out[0], "1c", "tier: {out:?}");
+    assert_eq!(out[1], format!("http://[{LAN6}]:{NODE_PORT}"));
+    assert_eq!(out[2], "pinhole_refused", "{out:?}");
+    assert_eq!(lab.pinhole_rules(), "");
+    let mut lan = lab.children.pop().unwrap();
+    finish(&mut lan, "LAN child");
+}
+
+/// Serves `/iicp/health` on the node port and on [`CLOSED_PORT`] (dual stack).
+async fn serve_both_ports() -> shutdown::Trigger {
+    let (trigger, stop) = shutdown::channel();
+    for port in [NODE_PORT, CLOSED_PORT] {
+        let router = Router::new().route(Method::GET, "/iicp/health", |_req, _p| async {
+            json(
+                StatusCode::OK,
+                &serde_json::json!({"status": "ok", "side": "lan"}),
+            )
+        });
+        let server = HttpServer::bind((std::net::Ipv6Addr::UNSPECIFIED, port).into())
+            .await
+            .unwrap();
+        tokio::spawn(server.serve(router, stop.clone()));
+    }
+    trigger
+}
+
+fn lab_observations() -> Observations {
+    let mut obs = Observations::new(Settings {
+        port: NODE_PORT,
+        lease: LEASE,
+        ..Settings::default()
+    });
+    obs.interfaces = detect::interfaces().unwrap();
+    obs
+}
+
+/// Runs in the LAN namespace of the `--cgnat6` lab: plan, open, renew, delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of real_gateway_opens_an_ipv6_pinhole_behind_cgnat"]
+async fn lab_lan_pinhole() {
+    let Some(dir) = role_is("lab_lan_pinhole") else {
+        return;
+    };
+    let trigger = serve_both_ports().await;
+    let http = HttpClient::new(HttpClientConfig::default()).unwrap();
+    let discovery = UpnpDiscovery::new(http, DiscoveryConfig::default());
+    let executor = Executor::new(ExecutorConfig::default()).with_discovery(Arc::new(discovery));
+    let outcome = executor.run(lab_observations()).await;
+    let plan = &outcome.plan;
+    assert_eq!(plan.tier, Tier::Ipv6Pinhole, "{plan:?}");
+    assert_eq!(outcome.leases.pinholes.len(), 1);
+    assert!(outcome.leases.mappings.is_empty());
+    let keeper = outcome.leases.keep(KeeperConfig {
+        min_interval: Duration::from_secs(1),
+        retry_after_failure: Duration::from_secs(1),
+        cleanup_timeout: Duration::from_secs(5),
+    });
+    write(
+        &dir,
+        "opened",
+        &format!("{} {}", plan.tier, plan.endpoint.as_deref().unwrap_or("-")),
+    );
+    wait_file(&dir.join("wan-done"), Duration::from_secs(60)).await;
+    // outlive the lease: the keeper renews every lease/2 (UpdatePinhole)
+    tokio::time::sleep(LEASE + Duration::from_secs(4)).await;
+    write(&dir, "renewed", &keeper.renewals().to_string());
+    keeper.stop().await;
+    write(&dir, "deleted", "ok");
+    wait_file(&dir.join("wan2-done"), Duration::from_secs(60)).await;
+    trigger.fire();
+}
+
+/// Runs in the LAN namespace of the `--cgnat6` lab whose gateway ignores IPv6 SSDP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of real_gateway_refuses_a_pinhole_asked_for_over_ipv4"]
+async fn lab_lan_pinhole_refused() {
+    let Some(dir) = role_is("lab_lan_pinhole_refused") else {
+        return;
+    };
+    let http = HttpClient::new(HttpClientConfig::default()).unwrap();
+    let discovery = UpnpDiscovery::new(http, DiscoveryConfig::default());
+    let executor = Executor::new(ExecutorConfig::default()).with_discovery(Arc::new(discovery));
+    let outcome = executor.run(lab_observations()).await;
+    let plan = &outcome.plan;
+    assert!(outcome.leases.is_empty());
+    let refused = plan.guidance.contains(&iicp_nat::Guidance::PinholeRefused);
+    write(
+        &dir,
+        "planned",
+        &format!(
+            "{} {} {}",
+            plan.tier,
+            plan.endpoint.as_deref().unwrap_or("-"),
+            if refused {
+                "pinhole_refused"
+            } else {
+                "no_guidance"
+            }
+        ),
+    );
 }

@@ -1,14 +1,19 @@
-//! SSDP discovery (UPnP Device Architecture §1.3): a multicast `M-SEARCH` to
-//! 239.255.255.250:1900 per search target, unicast HTTPU answers collected until a
-//! deadline. Bounded: one socket, at most [`MAX_REPLIES`] answers, each ≤ 2 KiB read.
+//! SSDP discovery (UPnP Device Architecture §1.3): a multicast `M-SEARCH` per search
+//! target to 239.255.255.250:1900 (IPv4) or to the link-local group `[ff02::c]:1900` on
+//! each IPv6 interface (IGD2 gateways announce their IPv6 control URLs there), unicast
+//! HTTPU answers collected until a deadline. Bounded: one socket, at most
+//! [`MAX_REPLIES`] answers, each ≤ 2 KiB read.
 
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
 
 /// The SSDP multicast group and port.
 pub const SSDP_MULTICAST: &str = "239.255.255.250:1900";
+
+/// The link-local IPv6 SSDP group (`ff02::c`).
+pub const SSDP_MULTICAST_V6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0xc);
 
 /// Search targets tried, in preference order (SEED-SDK.md §3.1 step 4, §3.3).
 pub const SEARCH_TARGETS: [&str; 4] = [
@@ -28,15 +33,35 @@ pub struct Reply {
     pub location: String,
     /// `ST`: the search target answered.
     pub st: String,
+    /// `USN`: the unique service name (`uuid:…::…`) of the (sub)device that answered,
+    /// empty when absent.
+    pub usn: String,
     /// Who answered.
     pub from: SocketAddr,
 }
 
-/// The `M-SEARCH` request for `st` with `MX` seconds.
-pub fn m_search(st: &str, mx: u64) -> String {
+/// The `HOST` of an `M-SEARCH` sent to `to`: the multicast group of its family.
+pub fn host_header(to: SocketAddr) -> &'static str {
+    if to.is_ipv4() {
+        SSDP_MULTICAST
+    } else {
+        "[FF02::C]:1900"
+    }
+}
+
+/// The `M-SEARCH` request for `st` with `MX` seconds, for the group `host`.
+pub fn m_search(host: &str, st: &str, mx: u64) -> String {
     format!(
-        "M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nMAN: \"ssdp:discover\"\r\nMX: {mx}\r\nST: {st}\r\n\r\n"
+        "M-SEARCH * HTTP/1.1\r\nHOST: {host}\r\nMAN: \"ssdp:discover\"\r\nMX: {mx}\r\nST: {st}\r\n\r\n"
     )
+}
+
+/// The IPv6 SSDP group on each interface of `scopes` (interface indexes).
+pub fn v6_targets(scopes: &[u32]) -> Vec<SocketAddr> {
+    scopes
+        .iter()
+        .map(|&scope| SocketAddr::V6(SocketAddrV6::new(SSDP_MULTICAST_V6, 1900, 0, scope)))
+        .collect()
 }
 
 /// Parses an SSDP answer (`HTTP/1.1 200 OK` with `LOCATION` and `ST`). Headers are
@@ -48,49 +73,70 @@ pub fn parse_reply(datagram: &[u8], from: SocketAddr) -> Option<Reply> {
     if !(status.starts_with("HTTP/1.1 200") || status.starts_with("HTTP/1.0 200")) {
         return None;
     }
-    let (mut location, mut st) = (None, None);
+    let (mut location, mut st, mut usn) = (None, None, None);
     for line in lines {
         let Some((k, v)) = line.split_once(':') else {
             continue;
         };
-        let v = v.trim();
-        if k.trim().eq_ignore_ascii_case("location") {
+        let (k, v) = (k.trim(), v.trim());
+        if k.eq_ignore_ascii_case("location") {
             location = Some(v.to_owned());
-        } else if k.trim().eq_ignore_ascii_case("st") {
+        } else if k.eq_ignore_ascii_case("st") {
             st = Some(v.to_owned());
+        } else if k.eq_ignore_ascii_case("usn") {
+            usn = Some(v.to_owned());
         }
     }
     let location = location.filter(|l| l.starts_with("http://"))?;
     Some(Reply {
         location,
         st: st.unwrap_or_default(),
+        usn: usn.unwrap_or_default(),
         from,
     })
 }
 
-/// Sends one `M-SEARCH` per target to `to` (normally [`SSDP_MULTICAST`]) and collects
+/// Sends one `M-SEARCH` per target to each destination of `to` (normally
+/// [`SSDP_MULTICAST`], or [`v6_targets`]; all of one address family) and collects
 /// distinct answers until `timeout` has passed or [`MAX_REPLIES`] arrived.
 ///
 /// # Errors
-/// Socket errors (no route for multicast, bind failure).
+/// Socket errors (no route for multicast, bind failure). With several destinations,
+/// only a failure to send to every one of them.
 pub async fn search(
-    to: SocketAddr,
+    to: &[SocketAddr],
     targets: &[&str],
     timeout: Duration,
 ) -> std::io::Result<Vec<Reply>> {
-    let bind: SocketAddr = if to.is_ipv4() {
+    let Some(first) = to.first() else {
+        return Ok(Vec::new());
+    };
+    let bind: SocketAddr = if first.is_ipv4() {
         SocketAddr::from(([0, 0, 0, 0], 0))
     } else {
         SocketAddr::from(([0u16; 8], 0))
     };
     let socket = UdpSocket::bind(bind).await?;
-    if to.ip().is_multicast() {
+    if first.is_ipv4() && first.ip().is_multicast() {
         // stay on the local link
         let _ = socket.set_multicast_ttl_v4(2);
     }
     let mx = timeout.as_secs().clamp(1, 5);
-    for st in targets {
-        socket.send_to(m_search(st, mx).as_bytes(), to).await?;
+    let mut sent = 0;
+    let mut last_err = None;
+    for dest in to {
+        for st in targets {
+            match socket
+                .send_to(m_search(host_header(*dest), st, mx).as_bytes(), dest)
+                .await
+            {
+                Ok(_) => sent += 1,
+                Err(e) => last_err = Some(e),
+            }
+        }
+    }
+    if sent == 0 {
+        return Err(last_err.unwrap_or_else(|| std::io::Error::other("nothing sent")));
     }
     let deadline = tokio::time::Instant::now() + timeout;
     let mut replies: Vec<Reply> = Vec::new();
@@ -116,14 +162,32 @@ mod tests {
     fn parses_answers() {
         let from: SocketAddr = "10.77.1.1:1900".parse().unwrap();
         let r = parse_reply(
-            b"HTTP/1.1 200 OK\r\nCACHE-CONTROL: max-age=120\r\nst: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\nLocation: http://10.77.1.1:5000/rootDesc.xml\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nCACHE-CONTROL: max-age=120\r\nst: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\nUSN: uuid:6a1c3e6e-77a1::urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\nLocation: http://10.77.1.1:5000/rootDesc.xml\r\n\r\n",
             from,
         )
         .unwrap();
         assert_eq!(r.location, "http://10.77.1.1:5000/rootDesc.xml");
         assert!(r.st.ends_with("InternetGatewayDevice:1"));
+        assert!(r.usn.starts_with("uuid:6a1c3e6e-77a1::"));
         assert!(parse_reply(b"NOTIFY * HTTP/1.1\r\nLOCATION: http://x/\r\n\r\n", from).is_none());
         assert!(parse_reply(b"HTTP/1.1 200 OK\r\n\r\n", from).is_none());
-        assert!(m_search("st", 2).contains("MX: 2\r\nST: st\r\n\r\n"));
+        let no_usn = parse_reply(b"HTTP/1.1 200 OK\r\nLOCATION: http://x/\r\n\r\n", from).unwrap();
+        assert_eq!(no_usn.usn, "");
+    }
+
+    #[test]
+    fn m_search_names_the_group_of_its_family() {
+        let v4: SocketAddr = SSDP_MULTICAST.parse().unwrap();
+        let m = m_search(host_header(v4), "st", 2);
+        assert!(m.starts_with("M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\n"));
+        assert!(m.contains("MX: 2\r\nST: st\r\n\r\n"));
+        let v6 = v6_targets(&[3, 7]);
+        assert_eq!(v6.len(), 2);
+        let SocketAddr::V6(a) = v6[1] else { panic!() };
+        assert_eq!(
+            (*a.ip(), a.port(), a.scope_id()),
+            (SSDP_MULTICAST_V6, 1900, 7)
+        );
+        assert!(m_search(host_header(v6[0]), "st", 2).contains("HOST: [FF02::C]:1900\r\n"));
     }
 }

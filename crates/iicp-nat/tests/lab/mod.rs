@@ -1,7 +1,9 @@
 //! Shared harness of the NAT lab tests (shared/testing/NAT-LAB.md), used by
 //! `iicp-nat/tests/nat_lab.rs` and, through `#[path]`, by `iicp-cli/tests/nat_lab.rs`:
 //! builds a lab with `scripts/nat-lab up ID` (LAN 10.77.1.2 ─ IGD 10.77.1.1/11.77.2.1
-//! running miniupnpd ─ WAN 11.77.2.2, nothing connected to the host network), starts
+//! running miniupnpd ─ WAN 11.77.2.2, nothing connected to the host network; with
+//! `--cgnat6` the WAN side is 100.77.2.0/24 and IPv6 is routed: LAN 2a0b:7701::2,
+//! WAN host 2a0b:7702::2), starts
 //! processes inside its namespaces, exchanges progress through files in the lab's state
 //! directory, and tears everything down on drop (`scripts/nat-lab down ID`).
 //!
@@ -30,6 +32,11 @@ pub const LAN_IP: &str = "10.77.1.2";
 pub const WAN_IP: &str = "11.77.2.1";
 /// The WAN host's address.
 pub const WAN_HOST: &str = "11.77.2.2";
+
+/// The LAN host's IPv6 address in a `--cgnat6` lab.
+pub const LAN6: &str = "2a0b:7701::2";
+/// The WAN host's IPv6 address in a `--cgnat6` lab.
+pub const WAN6_HOST: &str = "2a0b:7702::2";
 
 /// `scripts/nat-lab`.
 pub fn script() -> PathBuf {
@@ -76,6 +83,21 @@ impl Lab {
             .arg(program)
             .stdin(Stdio::null());
         cmd
+    }
+
+    /// The rules of the pinholes miniupnpd holds open (its `miniupnpd` chain on the
+    /// gateway), one per line; empty when none.
+    pub fn pinhole_rules(&self) -> String {
+        let out = self
+            .exec("igd", "nft")
+            .args(["list", "chain", "inet", "filter", "miniupnpd"])
+            .output()
+            .expect("nft list");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("accept"))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// This test binary re-executed in `side` as the ignored test `role`.
@@ -145,6 +167,11 @@ pub fn write(dir: &Path, file: &str, text: &str) {
 /// Builds lab `prefix{pid}`, or `None` (skip) when this machine cannot; under CI a
 /// machine that should be able to but cannot fails the test.
 pub fn build_lab(prefix: &str) -> Option<Lab> {
+    build_lab_with(prefix, &[])
+}
+
+/// [`build_lab`] with extra `scripts/nat-lab up` arguments (`--cgnat6`).
+pub fn build_lab_with(prefix: &str, args: &[&str]) -> Option<Lab> {
     if !is_root() {
         eprintln!("SKIP NAT lab test: needs root (network namespaces)");
         return None;
@@ -171,6 +198,7 @@ pub fn build_lab(prefix: &str) -> Option<Lab> {
     };
     let up = Command::new(script())
         .args(["up", &lab.id])
+        .args(args)
         .stdout(Stdio::null())
         .status();
     if !up.is_ok_and(|s| s.success()) {

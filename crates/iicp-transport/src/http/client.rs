@@ -40,6 +40,7 @@ mod insecure;
 mod redirect;
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,6 +95,10 @@ pub struct HttpClientConfig {
     /// Which addresses the client may connect to, checked on the answer the connector
     /// itself dials and on IP-literal URLs ([`crate::resolve`]). Default: any.
     pub address_rule: Option<AddressRule>,
+    /// The source address of connections to peers of its family (connections to the
+    /// other family are not bound). For peers that authorise by the caller's address,
+    /// such as a UPnP gateway's IPv6 firewall. Default: chosen by the system.
+    pub local_address: Option<IpAddr>,
     /// Accept any server certificate. Exists only in debug builds (conf SDK-05: no
     /// TLS-verify switch in release builds). Default off.
     #[cfg(debug_assertions)]
@@ -112,6 +117,7 @@ impl Default for HttpClientConfig {
             user_agent: DEFAULT_USER_AGENT.to_owned(),
             redirects: Redirects::None,
             address_rule: None,
+            local_address: None,
             #[cfg(debug_assertions)]
             danger_accept_invalid_certs: false,
         }
@@ -127,6 +133,7 @@ impl fmt::Debug for HttpClientConfig {
             .field("pool_idle_timeout", &self.pool_idle_timeout)
             .field("pool_max_idle_per_host", &self.pool_max_idle_per_host)
             .field("address_rule", &self.address_rule.is_some())
+            .field("local_address", &self.local_address)
             .field(
                 "extra_root_certificates",
                 &self.extra_root_certificates.len(),
@@ -185,6 +192,8 @@ impl HttpClient {
             rule: config.address_rule.clone(),
         });
         http.enforce_http(false);
+        // binds only connections of the address's family
+        http.set_local_address(config.local_address);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
