@@ -69,12 +69,21 @@ pub fn write(value: &Value, out: &mut String) {
     write_value(value, out, false);
 }
 
+/// Appends the canonical text of the JSON string `s` to `out` (what [`write`] writes
+/// for `Value::String(s)`, without building the value).
+pub fn write_string(s: &str, out: &mut String) {
+    write_str(s, out, false);
+}
+
 fn write_value(value: &Value, out: &mut String, ascii: bool) {
     match value {
         Value::Null => out.push_str("null"),
         Value::Bool(true) => out.push_str("true"),
         Value::Bool(false) => out.push_str("false"),
-        Value::Number(n) => out.push_str(&n.to_string()),
+        Value::Number(n) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{n}");
+        }
         Value::String(s) => write_str(s, out, ascii),
         Value::Array(items) => {
             out.push('[');
@@ -87,19 +96,36 @@ fn write_value(value: &Value, out: &mut String, ascii: bool) {
             out.push(']');
         }
         Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
             out.push('{');
-            for (i, (key, item)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_str(key, out, ascii);
-                out.push(':');
-                write_value(item, out, ascii);
+            // serde_json's default map iterates in key order already; sort only when not
+            let sorted = map
+                .keys()
+                .zip(map.keys().skip(1))
+                .all(|(a, b)| a.as_bytes() <= b.as_bytes());
+            if sorted {
+                write_entries(map.iter(), out, ascii);
+            } else {
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+                write_entries(entries.into_iter(), out, ascii);
             }
             out.push('}');
         }
+    }
+}
+
+fn write_entries<'a>(
+    entries: impl Iterator<Item = (&'a String, &'a Value)>,
+    out: &mut String,
+    ascii: bool,
+) {
+    for (i, (key, item)) in entries.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_str(key, out, ascii);
+        out.push(':');
+        write_value(item, out, ascii);
     }
 }
 
@@ -112,27 +138,44 @@ fn push_u_escape(unit: u16, out: &mut String) {
 }
 
 /// Writes a JSON string literal: escapes `"`, `\` and C0 controls, and with `ascii`
-/// also every character above U+007F.
+/// also every character above U+007F. Runs of characters that need no escape are
+/// copied at once.
 fn write_str(s: &str, out: &mut String, ascii: bool) {
+    out.reserve(s.len() + 2);
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{08}' => out.push_str("\\b"),
-            '\u{09}' => out.push_str("\\t"),
-            '\u{0A}' => out.push_str("\\n"),
-            '\u{0C}' => out.push_str("\\f"),
-            '\u{0D}' => out.push_str("\\r"),
-            c if (c as u32) < 0x20 || (ascii && (c as u32) > 0x7f) => {
-                let mut units = [0u16; 2];
-                for unit in c.encode_utf16(&mut units) {
-                    push_u_escape(*unit, out);
-                }
-            }
-            c => out.push(c),
+    let bytes = s.as_bytes();
+    let (mut start, mut i) = (0, 0);
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b >= 0x20 && b != b'"' && b != b'\\' && (!ascii || b < 0x80) {
+            i += 1;
+            continue;
         }
+        // `i` is a char boundary: every byte before it was ASCII or a whole character
+        out.push_str(&s[start..i]);
+        if b >= 0x80 {
+            let c = s[i..].chars().next().unwrap_or('\u{fffd}');
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                push_u_escape(*unit, out);
+            }
+            i += c.len_utf8();
+        } else {
+            match b {
+                b'"' => out.push_str("\\\""),
+                b'\\' => out.push_str("\\\\"),
+                0x08 => out.push_str("\\b"),
+                0x09 => out.push_str("\\t"),
+                0x0A => out.push_str("\\n"),
+                0x0C => out.push_str("\\f"),
+                0x0D => out.push_str("\\r"),
+                _ => push_u_escape(u16::from(b), out),
+            }
+            i += 1;
+        }
+        start = i;
     }
+    out.push_str(&s[start..]);
     out.push('"');
 }
 
@@ -140,6 +183,59 @@ fn write_str(s: &str, out: &mut String, ascii: bool) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The straightforward char-by-char writer the fast one must equal.
+    fn reference_str(s: &str, ascii: bool) -> String {
+        let mut out = String::from('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\u{08}' => out.push_str("\\b"),
+                '\u{09}' => out.push_str("\\t"),
+                '\u{0A}' => out.push_str("\\n"),
+                '\u{0C}' => out.push_str("\\f"),
+                '\u{0D}' => out.push_str("\\r"),
+                c if (c as u32) < 0x20 || (ascii && (c as u32) > 0x7f) => {
+                    let mut units = [0u16; 2];
+                    for unit in c.encode_utf16(&mut units) {
+                        out.push_str(&format!("\\u{unit:04x}"));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn strings_match_the_reference_and_serde_json(s in "\\PC*|[\\x00-\\x7f]*|.*") {
+            for ascii in [false, true] {
+                let mut out = String::new();
+                write_str(&s, &mut out, ascii);
+                proptest::prop_assert_eq!(&out, &reference_str(&s, ascii));
+            }
+            let mut out = String::new();
+            write_str(&s, &mut out, false);
+            proptest::prop_assert_eq!(out, serde_json::to_string(&s).unwrap());
+        }
+    }
+
+    #[test]
+    fn escapes_every_kind_of_character() {
+        let s = "a\"b\\c\u{1}\u{8}\t\n\u{c}\r\u{1f}\u{7f}é€😀z";
+        for ascii in [false, true] {
+            let mut out = String::new();
+            write_str(s, &mut out, ascii);
+            assert_eq!(out, reference_str(s, ascii));
+        }
+        // DEL (U+007F) is not escaped, as in Python's json.dumps
+        let want =
+            "\"a\\\"b\\\\c\\u0001\\b\\t\\n\\f\\r\\u001f\u{7f}\\u00e9\\u20ac\\ud83d\\ude00z\"";
+        assert_eq!(to_string_ascii(&json!(s)), want);
+    }
 
     #[test]
     fn kat_delegation_17_2() {

@@ -52,7 +52,12 @@ pub fn verify_hmac_sha256_hex(key: &[u8], message: &[u8], tag_hex: &str) -> bool
 
 /// Lowercase hex SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    hex::encode(sha256(bytes))
+}
+
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
 }
 
 /// Heartbeat `challenge_response` for the PONG `challenge` (§8.3).
