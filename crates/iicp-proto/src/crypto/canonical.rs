@@ -69,7 +69,7 @@ pub fn write(value: &Value, out: &mut String) {
     write_value(value, out, false);
 }
 
-/// Appends the canonical text of the JSON string `s` to `out` (what [`write`] writes
+/// Appends the canonical text of the JSON string `s` to `out` (what [`write()`] writes
 /// for `Value::String(s)`, without building the value).
 pub fn write_string(s: &str, out: &mut String) {
     write_str(s, out, false);
