@@ -202,9 +202,13 @@ async fn native_call(
         // which their clients would hand to the caller as is), or the sealed
         // `{task_id, status: "encrypted", iicp_conf_resp}` (native CX)
         let key5 = if reply.body.get("iicp_conf_resp").is_some() {
-            reply.body.clone()
+            reply.body
         } else {
-            reply.body.get("result").cloned().unwrap_or(Value::Null)
+            // the reply is ours: move the result out instead of copying it
+            match reply.body {
+                Value::Object(mut body) => body.remove("result").unwrap_or(Value::Null),
+                _ => Value::Null,
+            }
         };
         let mut r = Response::success(&call, Body::cbor(&key5));
         r.tokens_used = reply.tokens_used;

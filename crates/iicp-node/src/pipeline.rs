@@ -67,6 +67,9 @@ pub(crate) struct Inbound {
 pub(crate) struct Reply {
     pub(crate) status: u16,
     pub(crate) body: Value,
+    /// `body` as JSON text when it was already serialised (the duplicate-replay copy),
+    /// so the HTTP answer does not serialise it again.
+    pub(crate) text: Option<Arc<str>>,
     pub(crate) retry_after: Option<Duration>,
     pub(crate) trace_id: String,
     pub(crate) error: Option<ErrorBody>,
@@ -158,6 +161,7 @@ pub(crate) fn error_reply(
     Reply {
         status,
         body,
+        text: None,
         retry_after: error.retry_after_ms.map(Duration::from_millis),
         trace_id,
         error: Some(error),
@@ -379,6 +383,7 @@ async fn run_inner(
                 let mut reply = Reply {
                     status: cached.status,
                     body: serde_json::from_str(&cached.body).unwrap_or(Value::Null),
+                    text: Some(Arc::clone(&cached.body)),
                     retry_after: None,
                     trace_id: trace.trace_id.clone(),
                     error: cached
@@ -490,16 +495,19 @@ async fn run_inner(
                 r.result.as_ref().unwrap_or(&Value::Null),
                 inb.task.source_node_id.as_deref(),
             );
-            if let Some(t) = ticket {
+            // serialised once: the replay copy and the HTTP answer share the text
+            let text: Option<Arc<str>> = serde_json::to_string(&body).ok().map(Arc::from);
+            if let (Some(t), Some(text)) = (ticket, &text) {
                 t.finish(Cached {
                     status: 200,
-                    body: Arc::from(serde_json::to_string(&body).unwrap_or_default()),
+                    body: Arc::clone(text),
                     error_code: None,
                 });
             }
             let mut reply = Reply {
                 status: 200,
                 body,
+                text,
                 retry_after: None,
                 trace_id: trace.trace_id.clone(),
                 error: None,
@@ -595,6 +603,7 @@ fn seal(reply: &mut Reply, key: &ResponseKey, task_id: &TaskId) {
     let plain = serde_json::to_vec(&reply.body).unwrap_or_default();
     match key.seal(&mut rand_core::OsRng, &plain) {
         Ok(sealed) => {
+            reply.text = None;
             reply.body = json!({
                 "task_id": task_id.as_str(),
                 "status": "encrypted",

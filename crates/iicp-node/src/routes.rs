@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::{Method, StatusCode};
 use iicp_proto::error::{ErrorBody, ErrorCode};
@@ -18,7 +19,7 @@ use iicp_proto::ids::TraceParent;
 use iicp_proto::secret::Secret;
 use iicp_proto::task::TaskRequest;
 use iicp_transport::http::server::{
-    json, read_json, set_retry_after, HttpError, PeerAddr, Request, Response, Router,
+    json, json_bytes, read_json, set_retry_after, HttpError, PeerAddr, Request, Response, Router,
 };
 use serde_json::json;
 
@@ -134,9 +135,21 @@ fn with_trace(mut r: Response, trace_id: &str) -> Response {
     r
 }
 
+/// A JSON text shared with the duplicate store, as a response body without a copy.
+struct SharedText(Arc<str>);
+
+impl AsRef<[u8]> for SharedText {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
 fn to_response(reply: Reply) -> Response {
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut r = json(status, &reply.body);
+    let mut r = match reply.text {
+        Some(text) => json_bytes(status, Bytes::from_owner(SharedText(text))),
+        None => json(status, &reply.body),
+    };
     if let Some(after) = reply.retry_after {
         set_retry_after(r.headers_mut(), after);
     }
