@@ -9,7 +9,8 @@
 use std::time::Duration;
 
 use iicp_transport::http::HttpClient;
-use serde_json::Value;
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::{Map, Value};
 
 use crate::{
     model_for, open_stream, pump_events, status_error, transport_error, within, Backend,
@@ -41,7 +42,7 @@ impl OpenAi {
     fn post(
         &self,
         path: &str,
-        body: &Value,
+        body: &RequestBody<'_>,
         timeout: Duration,
     ) -> iicp_transport::http::client::RequestBuilder {
         let mut req = self
@@ -54,24 +55,48 @@ impl OpenAi {
         req
     }
 
-    fn body_for(&self, payload: &Value, stream: bool) -> Result<Value, BackendError> {
+    fn body_for<'p>(
+        &self,
+        payload: &'p Value,
+        stream: bool,
+    ) -> Result<RequestBody<'p>, BackendError> {
         let Value::Object(map) = payload else {
             return Err(BackendError::invalid("payload must be a JSON object"));
         };
-        let mut map = map.clone();
-        let model = model_for(payload, self.config.model.as_deref())?;
-        map.insert("model".into(), Value::String(model));
-        if stream {
-            map.insert("stream".into(), Value::Bool(true));
-        } else {
-            map.remove("stream");
-            map.remove("stream_options");
-        }
-        Ok(Value::Object(map))
+        Ok(RequestBody {
+            payload: map,
+            model: model_for(payload, self.config.model.as_deref())?,
+            stream,
+        })
     }
 
     fn timeout(&self, deadline: Option<Duration>) -> Duration {
         deadline.map_or(self.config.timeout, |d| d.min(self.config.timeout))
+    }
+}
+
+/// The request body: the task's payload with `model` set and `stream` set (streamed) or
+/// removed with `stream_options` (buffered). Serialised from the borrowed payload: the
+/// payload tree is not copied.
+pub(crate) struct RequestBody<'p> {
+    payload: &'p Map<String, Value>,
+    model: String,
+    stream: bool,
+}
+
+impl Serialize for RequestBody<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let skip =
+            |k: &str| k == "model" || k == "stream" || (!self.stream && k == "stream_options");
+        let mut map = serializer.serialize_map(None)?;
+        for (k, v) in self.payload.iter().filter(|(k, _)| !skip(k)) {
+            map.serialize_entry(k, v)?;
+        }
+        map.serialize_entry("model", &self.model)?;
+        if self.stream {
+            map.serialize_entry("stream", &true)?;
+        }
+        map.end()
     }
 }
 
@@ -155,5 +180,43 @@ impl Backend for OpenAi {
         Box::pin(async move {
             crate::detect::list_models(&self.client, &self.base, self.config.api_key.as_ref()).await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(payload: &Value, default: Option<&str>, stream: bool) -> Value {
+        let Value::Object(map) = payload else {
+            panic!("object")
+        };
+        let b = RequestBody {
+            payload: map,
+            model: model_for(payload, default).unwrap(),
+            stream,
+        };
+        serde_json::to_value(&b).unwrap()
+    }
+
+    #[test]
+    fn request_bodies_are_the_payload_with_model_and_stream_set() {
+        let p = json!({"messages": [{"role": "user", "content": "hi"}], "model": "m1",
+            "stream": true, "stream_options": {"include_usage": true}, "temperature": 0.5});
+        assert_eq!(
+            body(&p, Some("default"), false),
+            json!({"messages": [{"role": "user", "content": "hi"}], "model": "m1", "temperature": 0.5})
+        );
+        assert_eq!(
+            body(&p, None, true),
+            json!({"messages": [{"role": "user", "content": "hi"}], "model": "m1", "stream": true,
+                "stream_options": {"include_usage": true}, "temperature": 0.5})
+        );
+        let bare = json!({"messages": [], "stream": false});
+        assert_eq!(
+            body(&bare, Some("d"), false),
+            json!({"messages": [], "model": "d"})
+        );
     }
 }
