@@ -61,6 +61,9 @@ start_node() { # name port cmd...
 
 port=$(free_port)
 start_node "iicp-rs" "$port" "$work/bench_node" "$port" "http://127.0.0.1:$stub_port/v1" stub-model 256
+# the same node on one runtime thread (`iicp --worker-threads 1`), for comparison only
+port=$(free_port)
+start_node "iicp-rs-1t" "$port" "$work/bench_node" "$port" "http://127.0.0.1:$stub_port/v1" stub-model 256 1024 1
 port=$(free_port)
 start_node "rust-sdk" "$port" "${peer_env[@]}" "$rs_node" serve --skip-registration \
   --host 127.0.0.1 --port "$port" --backend-url "http://127.0.0.1:$stub_port" --model stub-model \
@@ -131,7 +134,7 @@ table=$(jq -rs '
       else
         .r as $r | ($r.watched | map(select(.pid != null)) | .[0]) as $n
         | "| \(.title) | \(.node) | \($r.throughput_rps | f0) | "
-          + (if .node == "iicp-rs" or $r.throughput_rps == 0 then "—" else (($ours[.run] // 0) / $r.throughput_rps * 10 | round / 10 | tostring) + "×" end)
+          + (if (.node | startswith("iicp-rs")) or $r.throughput_rps == 0 then "—" else (($ours[.run] // 0) / $r.throughput_rps * 10 | round / 10 | tostring) + "×" end)
           + " | \($r.latency.p50_us | us) | \($r.latency.p90_us | us) | \($r.latency.p99_us | us) | \($r.latency.max_us | us) | \($r.errors)"
           + " | \($n | cpu) | \($n.rss_bytes | mib) | \($r.generator | cpu) |"
       end)
@@ -146,8 +149,10 @@ All three nodes ran at the same time on this machine, each with \`--skip-registr
 behind the same \`iicp stub-model\` backend (zero delay, fixed small completion), and were
 loaded one after the other by \`iicp bench\` with identical settings: ${duration} measured
 after a 1 s warm-up, ${payload}-byte chat payloads, plaintext tasks (no IICP-CX), a fresh
-UUID task id per task. "ours ÷ theirs" is our node's throughput divided by that node's
-in the same run. CPU per task is user + system time of the node process (and of the
+UUID task id per task. "ours ÷ theirs" is our node's throughput (\`iicp-rs\`, default
+runtime: one worker thread per core) divided by that node's in the same run;
+\`iicp-rs-1t\` is the same node on one runtime thread (\`iicp --worker-threads 1\`),
+shown for comparison. CPU per task is user + system time of the node process (and of the
 load generator) over the measured window divided by the tasks served (10 ms tick
 resolution); RSS is at the end of the run.
 
