@@ -90,19 +90,7 @@ fn real_gateway_maps_reaches_renews_and_deletes() {
         "WAN client still reached the node after the mapping was deleted"
     );
     write(&lab.dir, "wan2-done", "ok");
-    let lan = lab.children.last_mut().unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = lan.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "LAN child did not finish"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(status.success(), "LAN child failed");
+    finish(lab.children.last_mut().unwrap(), "LAN child");
 }
 
 /// Runs in the LAN namespace: serve, plan and map, renew, delete.
