@@ -228,21 +228,10 @@ pub struct Igd {
     /// The same service at the gateway's IPv6 control URL, when it answered there.
     v6fc_over_ipv6: Option<Service>,
     local_ip: Option<IpAddr>,
-    pinholes: Arc<Mutex<PinholeClients>>,
+    /// Pinhole `UniqueID` → the address it was opened for, whose later `UpdatePinhole`
+    /// and `DeletePinhole` must come from it too (one entry per served port).
+    pinhole_owners: Arc<Mutex<HashMap<u32, IpAddr>>>,
 }
-
-/// Who opened which pinhole, and the HTTP clients bound to those addresses.
-#[derive(Default)]
-struct PinholeClients {
-    /// `UniqueID` → the internal client it was opened for (bounded by the gateway's
-    /// pinholes of this node: one per served port).
-    owners: HashMap<u32, IpAddr>,
-    /// Clients whose source address is bound, per address (at most a few).
-    bound: Vec<(IpAddr, HttpClient)>,
-}
-
-/// Most bound clients kept (a node opens pinholes for one or two addresses).
-const MAX_BOUND_CLIENTS: usize = 4;
 
 impl fmt::Debug for Igd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -352,11 +341,10 @@ impl UpnpDiscovery {
         if igd.v6fc.is_none() || is_ipv6_url(&igd.location) {
             return;
         }
-        let mut locations: Vec<&str> = v6.iter().map(|r| r.location.as_str()).collect();
-        locations.dedup();
-        let only_one = locations.len() == 1;
-        for location in locations {
-            let desc = match describe(&self.http, location, self.config.http_timeout).await {
+        // `ssdp::search` keeps one answer per location
+        let only_one = v6.len() == 1;
+        for reply in v6 {
+            let desc = match describe(&self.http, &reply.location, self.config.http_timeout).await {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::debug!(error = %e, "IPv6 description unusable");
@@ -522,7 +510,7 @@ impl Igd {
             v6fc,
             v6fc_over_ipv6: None,
             local_ip,
-            pinholes: Arc::default(),
+            pinhole_owners: Arc::default(),
         })
     }
 
@@ -600,40 +588,28 @@ impl Igd {
             .ok_or(UpnpError::NoPinholeService)
     }
 
-    fn pinhole_state(&self) -> MutexGuard<'_, PinholeClients> {
-        self.pinholes
+    fn owners(&self) -> MutexGuard<'_, HashMap<u32, IpAddr>> {
+        self.pinhole_owners
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The client for pinhole actions on behalf of `owner`: bound to `owner` when the
-    /// control URL is IPv6 and `owner` an IPv6 address (the gateway authorises by the
-    /// caller's address), else the shared one.
+    /// The client for pinhole actions on behalf of `owner`: a client bound to `owner`
+    /// when the control URL is IPv6 and `owner` an IPv6 address (the gateway authorises
+    /// by the caller's address), else the shared one. Pinhole actions are rare (open,
+    /// renew at lease/2, delete), so the bound client is not kept.
     fn pinhole_client(&self, service: &Service, owner: Option<IpAddr>) -> HttpClient {
         let Some(owner) = owner.filter(|o| o.is_ipv6() && is_ipv6_url(&service.control_url)) else {
             return self.http.clone();
         };
-        let mut st = self.pinhole_state();
-        if let Some((_, c)) = st.bound.iter().find(|(a, _)| *a == owner) {
-            return c.clone();
-        }
         let mut config = HttpClientConfig::default();
         config.connect_timeout = self.timeout;
         config.request_timeout = self.timeout;
         config.local_address = Some(owner);
-        match HttpClient::new(config) {
-            Ok(c) => {
-                if st.bound.len() >= MAX_BOUND_CLIENTS {
-                    st.bound.remove(0);
-                }
-                st.bound.push((owner, c.clone()));
-                c
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "bound client unavailable; using the shared one");
-                self.http.clone()
-            }
-        }
+        HttpClient::new(config).unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "bound client unavailable; using the shared one");
+            self.http.clone()
+        })
     }
 
     /// `GetExternalIPAddress`; `None` for an empty or unspecified answer.
@@ -736,7 +712,7 @@ impl Igd {
         let id = xml::text(&text, "UniqueID")
             .and_then(|id| id.parse().ok())
             .ok_or(UpnpError::Malformed("AddPinhole answer without UniqueID"))?;
-        self.pinhole_state().owners.insert(id, p.internal_client);
+        self.owners().insert(id, p.internal_client);
         Ok(id)
     }
 
@@ -750,7 +726,7 @@ impl Igd {
             ("NewLeaseTime", lease.as_secs().to_string()),
         ];
         let service = self.v6fc()?;
-        let owner = self.pinhole_state().owners.get(&id).copied();
+        let owner = self.owners().get(&id).copied();
         let client = self.pinhole_client(service, owner);
         self.soap_with(&client, service, "UpdatePinhole", &args)
             .await
@@ -764,14 +740,14 @@ impl Igd {
     pub async fn delete_pinhole_id(&self, id: u32) -> Result<(), UpnpError> {
         let args = [("UniqueID", id.to_string())];
         let service = self.v6fc()?;
-        let owner = self.pinhole_state().owners.get(&id).copied();
+        let owner = self.owners().get(&id).copied();
         let client = self.pinhole_client(service, owner);
         let result = self
             .soap_with(&client, service, "DeletePinhole", &args)
             .await
             .map(drop);
         if result.is_ok() {
-            self.pinhole_state().owners.remove(&id);
+            self.owners().remove(&id);
         }
         result
     }
