@@ -22,7 +22,7 @@
 mod lab;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Method, StatusCode};
 use iicp_nat::upnp::{DiscoveryConfig, Protocol, UpnpDiscovery};
@@ -44,12 +44,8 @@ fn real_gateway_maps_reaches_renews_and_deletes() {
     };
 
     // the node and our executor, inside the LAN namespace
-    let mut lan = lab
-        .spawn_child("lan", "lab_lan_child", None)
-        .spawn()
-        .expect("spawn LAN child");
-    let mapped = lab.wait_for("mapped", Duration::from_secs(60), &mut lan);
-    lab.children.push(lan);
+    lab.start("lan", "lab_lan_child");
+    let mapped = lab.wait_last("mapped", Duration::from_secs(60));
     let mapped: Vec<&str> = mapped.split_whitespace().collect();
     assert_eq!(mapped[0], "1a", "tier: {mapped:?}");
     assert_eq!(mapped[1], format!("http://{WAN_IP}:{NODE_PORT}"));
@@ -72,14 +68,10 @@ fn real_gateway_maps_reaches_renews_and_deletes() {
     write(&lab.dir, "wan-done", "ok");
 
     // renewal, then deletion on stop
-    let mut lan = lab.children.pop().unwrap();
-    let renewed = lab.wait_for("renewed", Duration::from_secs(60), &mut lan);
-    lab.children.push(lan);
+    let renewed = lab.wait_last("renewed", Duration::from_secs(60));
     let renewals: u64 = renewed.trim().parse().unwrap();
     assert!(renewals >= 2, "lease renewed {renewals} times");
-    let mut lan = lab.children.pop().unwrap();
-    let deleted = lab.wait_for("deleted", Duration::from_secs(30), &mut lan);
-    lab.children.push(lan);
+    let deleted = lab.wait_last("deleted", Duration::from_secs(30));
     assert_eq!(deleted.trim(), "gone", "mapping still listed after stop");
     let status = lab
         .spawn_child("wan", "lab_wan_refused", Some(&target))
@@ -90,7 +82,7 @@ fn real_gateway_maps_reaches_renews_and_deletes() {
         "WAN client still reached the node after the mapping was deleted"
     );
     write(&lab.dir, "wan2-done", "ok");
-    finish(lab.children.last_mut().unwrap(), "LAN child");
+    lab.finish_last();
 }
 
 /// Runs in the LAN namespace: serve, plan and map, renew, delete.
@@ -231,12 +223,8 @@ fn relay_reaches_a_worker_behind_the_nat() {
     let Some(mut lab) = build_lab("r") else {
         return;
     };
-    let mut relay = lab
-        .spawn_child("wan", "lab_relay_child", None)
-        .spawn()
-        .expect("spawn relay");
-    lab.wait_for("relay-up", Duration::from_secs(30), &mut relay);
-    lab.children.push(relay);
+    lab.start("wan", "lab_relay_child");
+    lab.wait_last("relay-up", Duration::from_secs(30));
 
     // nothing on the WAN side can open a connection to the LAN host
     let status = lab
@@ -392,22 +380,6 @@ async fn lab_wan_task_e030() {
 /// A second port of the LAN host that no pinhole opens.
 const CLOSED_PORT: u16 = 18081;
 
-/// Waits for `child` to exit and asserts it succeeded.
-fn finish(child: &mut std::process::Child, what: &str) {
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{what} did not finish"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(status.success(), "{what} failed");
-}
-
 #[test]
 fn real_gateway_opens_an_ipv6_pinhole_behind_cgnat() {
     // Tier 1b with Debian's miniupnpd: no external IPv4 address (CGNAT), a global IPv6
@@ -417,12 +389,8 @@ fn real_gateway_opens_an_ipv6_pinhole_behind_cgnat() {
     let Some(mut lab) = lab::build_lab_with("p", &["--cgnat6"]) else {
         return;
     };
-    let mut lan = lab
-        .spawn_child("lan", "lab_lan_pinhole", None)
-        .spawn()
-        .expect("spawn LAN child");
-    let opened = lab.wait_for("opened", Duration::from_secs(60), &mut lan);
-    lab.children.push(lan);
+    lab.start("lan", "lab_lan_pinhole");
+    let opened = lab.wait_last("opened", Duration::from_secs(60));
     let opened: Vec<&str> = opened.split_whitespace().collect();
     assert_eq!(opened[0], "1b", "tier: {opened:?}");
     assert_eq!(opened[1], format!("http://[{LAN6}]:{NODE_PORT}"));
@@ -444,18 +412,17 @@ fn real_gateway_opens_an_ipv6_pinhole_behind_cgnat() {
     );
     write(&lab.dir, "wan-done", "ok");
 
-    let mut lan = lab.children.pop().unwrap();
-    let renewed = lab.wait_for("renewed", Duration::from_secs(60), &mut lan);
+    let renewed = lab.wait_last("renewed", Duration::from_secs(60));
     let renewals: u64 = renewed.trim().parse().unwrap();
     assert!(renewals >= 2, "pinhole lease renewed {renewals} times");
-    lab.wait_for("deleted", Duration::from_secs(30), &mut lan);
+    lab.wait_last("deleted", Duration::from_secs(30));
     assert_eq!(lab.pinhole_rules(), "", "pinhole left on the gateway");
     assert!(
         lab.run_child("wan", "lab_wan_refused", Some(&open)),
         "the node was reachable after the pinhole was deleted"
     );
     write(&lab.dir, "wan2-done", "ok");
-    finish(&mut lan, "LAN child");
+    lab.finish_last();
 }
 
 #[test]
@@ -467,36 +434,22 @@ fn real_gateway_refuses_a_pinhole_asked_for_over_ipv4() {
     let Some(mut lab) = lab::build_lab_with("q", &["--cgnat6"]) else {
         return;
     };
-    let blocked = lab
-        .exec("igd", "nft")
-        .args([
-            "-f",
-            "-",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write as _;
-            c.stdin.take().unwrap().write_all(
-                b"table inet lab {\n  chain input {\n    type filter hook input priority 0;\n    meta nfproto ipv6 udp dport 1900 drop\n  }\n}\n",
-            )?;
-            c.wait()
-        })
-        .expect("nft");
-    assert!(blocked.success());
-    let mut lan = lab
-        .spawn_child("lan", "lab_lan_pinhole_refused", None)
-        .spawn()
-        .expect("spawn LAN child");
-    let out = lab.wait_for("planned", Duration::from_secs(60), &mut lan);
-    lab.children.push(lan);
+    let rules = lab.dir.join("no-ipv6-ssdp.nft");
+    std::fs::write(
+        &rules,
+        "table inet lab {\n  chain input {\n    type filter hook input priority 0;\n    meta nfproto ipv6 udp dport 1900 drop\n  }\n}\n",
+    )
+    .unwrap();
+    let blocked = lab.exec("igd", "nft").arg("-f").arg(&rules).status();
+    assert!(blocked.is_ok_and(|s| s.success()), "nft refused the rules");
+    lab.start("lan", "lab_lan_pinhole_refused");
+    let out = lab.wait_last("planned", Duration::from_secs(60));
     let out: Vec<&str> = out.split_whitespace().collect();
     assert_eq!(out[0], "1c", "tier: {out:?}");
     assert_eq!(out[1], format!("http://[{LAN6}]:{NODE_PORT}"));
     assert_eq!(out[2], "pinhole_refused", "{out:?}");
     assert_eq!(lab.pinhole_rules(), "");
-    let mut lan = lab.children.pop().unwrap();
-    finish(&mut lan, "LAN child");
+    lab.finish_last();
 }
 
 /// Serves `/iicp/health` on the node port and on [`CLOSED_PORT`] (dual stack).

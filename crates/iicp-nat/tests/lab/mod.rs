@@ -123,20 +123,40 @@ impl Lab {
     /// Waits for `file` (complete when it ends with a newline) in the state directory;
     /// panics when `child` exits first or after `timeout`.
     pub fn wait_for(&self, file: &str, timeout: Duration, child: &mut Child) -> String {
-        let path = self.dir.join(file);
+        wait_written(&self.dir, file, timeout, child)
+    }
+
+    /// Starts this test binary's role `role` in `side`; the lab keeps the process (it is
+    /// killed on drop) for [`Lab::wait_last`] and [`Lab::finish_last`].
+    pub fn start(&mut self, side: &str, role: &str) {
+        let child = self
+            .spawn_child(side, role, None)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {role}: {e}"));
+        self.children.push(child);
+    }
+
+    /// [`Lab::wait_for`] on the process started last.
+    pub fn wait_last(&mut self, file: &str, timeout: Duration) -> String {
+        let child = self.children.last_mut().expect("a started child");
+        wait_written(&self.dir, file, timeout, child)
+    }
+
+    /// Waits (30 s at most) until the process started last exits; asserts it succeeded.
+    pub fn finish_last(&mut self) {
+        let child = self.children.last_mut().expect("a started child");
         let start = Instant::now();
-        loop {
-            if let Ok(s) = std::fs::read_to_string(&path) {
-                if s.ends_with('\n') {
-                    return s;
-                }
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
             }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("child exited early ({status}) before writing {file}");
-            }
-            assert!(start.elapsed() < timeout, "timed out waiting for {file}");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "child did not finish"
+            );
             std::thread::sleep(Duration::from_millis(100));
-        }
+        };
+        assert!(status.success(), "child failed");
     }
 
     /// Runs this test binary's role `role` in `side` to completion; true on success.
@@ -154,6 +174,25 @@ impl Drop for Lab {
             let _ = c.wait();
         }
         let _ = Command::new(script()).args(["down", &self.id]).status();
+    }
+}
+
+/// Waits for `file` in `dir` to be complete (ending with a newline); panics when
+/// `child` exits first or after `timeout`.
+fn wait_written(dir: &Path, file: &str, timeout: Duration, child: &mut Child) -> String {
+    let path = dir.join(file);
+    let start = Instant::now();
+    loop {
+        if let Ok(s) = std::fs::read_to_string(&path) {
+            if s.ends_with('\n') {
+                return s;
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("child exited early ({status}) before writing {file}");
+        }
+        assert!(start.elapsed() < timeout, "timed out waiting for {file}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
