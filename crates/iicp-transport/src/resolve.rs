@@ -98,6 +98,14 @@ impl ResolveError {
     }
 }
 
+/// The address of an IP-literal host (IPv6 with or without brackets), `None` for a name.
+pub(crate) fn literal(host: &str) -> Option<IpAddr> {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
+}
+
 /// The addresses of `host` (a name, or an IP literal with or without brackets) at
 /// `port`, checked against `rule`.
 pub async fn resolve(
@@ -106,9 +114,9 @@ pub async fn resolve(
     rule: Option<&AddressRule>,
 ) -> Result<Vec<SocketAddr>, ResolveError> {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let addrs: Vec<SocketAddr> = match bare.parse::<IpAddr>() {
-        Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => tokio::net::lookup_host((bare, port))
+    let addrs: Vec<SocketAddr> = match literal(bare) {
+        Some(ip) => vec![SocketAddr::new(ip, port)],
+        None => tokio::net::lookup_host((bare, port))
             .await
             .map_err(|source| ResolveError::Lookup {
                 host: bare.to_owned(),

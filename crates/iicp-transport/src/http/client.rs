@@ -59,7 +59,7 @@ use iicp_proto::error::ErrorBody;
 use iicp_proto::secret::Secret;
 use serde::de::DeserializeOwned;
 
-use crate::resolve::{AddressRule, RuleResolver};
+use crate::resolve::{literal, AddressRule, RuleResolver};
 use serde::Serialize;
 
 pub use error::HttpClientError;
@@ -153,13 +153,10 @@ type Pool = Client<HttpsConnector<HttpConnector<RuleResolver>>, Full<Bytes>>;
 
 struct Inner {
     pool: Pool,
-    /// What the client was built from ([`HttpClient::with_address_rule`]).
+    /// What the client was built from (its timeouts, caps and redirect policy, and the
+    /// base of [`HttpClient::with_address_rule`]).
     config: HttpClientConfig,
     user_agent: HeaderValue,
-    connect_timeout: Duration,
-    request_timeout: Duration,
-    max_response_bytes: usize,
-    redirects: Redirects,
 }
 
 /// A pooled HTTP/1.1 client over rustls. Clones share the pool.
@@ -171,9 +168,9 @@ pub struct HttpClient {
 impl fmt::Debug for HttpClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpClient")
-            .field("request_timeout", &self.inner.request_timeout)
-            .field("max_response_bytes", &self.inner.max_response_bytes)
-            .field("redirects", &self.inner.redirects)
+            .field("request_timeout", &self.inner.config.request_timeout)
+            .field("max_response_bytes", &self.inner.config.max_response_bytes)
+            .field("redirects", &self.inner.config.redirects)
             .finish_non_exhaustive()
     }
 }
@@ -212,10 +209,6 @@ impl HttpClient {
             inner: Arc::new(Inner {
                 pool,
                 user_agent,
-                connect_timeout: config.connect_timeout,
-                request_timeout: config.request_timeout,
-                max_response_bytes: config.max_response_bytes,
-                redirects: config.redirects,
                 config,
             }),
         })
@@ -442,14 +435,16 @@ impl RequestBuilder {
         let url = self.url?;
         let inner = Arc::clone(&self.client.inner);
         let parts = Parts {
-            redirects: self.redirects.unwrap_or(inner.redirects),
-            max_response_bytes: self.max_response_bytes.unwrap_or(inner.max_response_bytes),
+            redirects: self.redirects.unwrap_or(inner.config.redirects),
+            max_response_bytes: self
+                .max_response_bytes
+                .unwrap_or(inner.config.max_response_bytes),
             method: self.method,
             headers: self.headers,
             body: self.body,
             bearer: self.bearer,
         };
-        let timeout = self.timeout.unwrap_or(inner.request_timeout);
+        let timeout = self.timeout.unwrap_or(inner.config.request_timeout);
         Ok((url, inner, timeout, parts))
     }
 }
@@ -493,7 +488,7 @@ impl RequestBuilder {
         refuse_literal(inner, url)?;
         let request = exchange.build(url, true)?;
         let response = match tokio::time::timeout(timeout, inner.pool.request(request)).await {
-            Ok(r) => r.map_err(|err| error::classify(err, url, inner.connect_timeout))?,
+            Ok(r) => r.map_err(|err| error::classify(err, url, inner.config.connect_timeout))?,
             Err(_) => {
                 return Err(HttpClientError::Timeout {
                     url: redacted,
@@ -578,9 +573,8 @@ fn refuse_literal(inner: &Inner, uri: &Uri) -> Result<(), HttpClientError> {
     let Some(rule) = inner.config.address_rule.as_ref() else {
         return Ok(());
     };
-    let host = uri.host().unwrap_or_default();
-    match host.trim_start_matches('[').trim_end_matches(']').parse() {
-        Ok(ip) if !rule.admits(&[ip]) => Err(HttpClientError::AddressRefused {
+    match literal(uri.host().unwrap_or_default()) {
+        Some(ip) if !rule.admits(&[ip]) => Err(HttpClientError::AddressRefused {
             url: redact_uri(uri),
         }),
         _ => Ok(()),
@@ -642,12 +636,10 @@ impl Exchange<'_> {
         loop {
             refuse_literal(self.inner, &current)?;
             let request = self.build(&current, credentials)?;
-            let response = self
-                .inner
-                .pool
-                .request(request)
-                .await
-                .map_err(|err| error::classify(err, &current, self.inner.connect_timeout))?;
+            let response =
+                self.inner.pool.request(request).await.map_err(|err| {
+                    error::classify(err, &current, self.inner.config.connect_timeout)
+                })?;
 
             let Redirects::Follow {
                 max_hops,
