@@ -817,15 +817,29 @@ impl Mesh {
     /// # Errors
     /// When it cannot bind or does not register within 15 s.
     pub async fn start_echo_node(&self) -> Result<(ServeHandle, RecordingEcho), PeerError> {
+        self.start_echo_node_with(|b| b).await
+    }
+
+    /// [`Mesh::start_echo_node`] with the builder adjusted by `configure` (auth mode,
+    /// intent, …) before it is built.
+    ///
+    /// # Errors
+    /// When it cannot bind or does not register within 15 s.
+    pub async fn start_echo_node_with(
+        &self,
+        configure: impl FnOnce(iicp_node::NodeBuilder) -> iicp_node::NodeBuilder,
+    ) -> Result<(ServeHandle, RecordingEcho), PeerError> {
         let recorder = RecordingEcho::default();
         let port = free_port()?;
-        let node = Node::builder()
-            .endpoint(format!("http://127.0.0.1:{port}"))
-            .intent(CHAT)
-            .model(ECHO_MODEL)
-            .region("local")
-            .directory_url(self.url())
-            .build()?;
+        let node = configure(
+            Node::builder()
+                .endpoint(format!("http://127.0.0.1:{port}"))
+                .intent(CHAT)
+                .model(ECHO_MODEL)
+                .region("local")
+                .directory_url(self.url()),
+        )
+        .build()?;
         let handle = node
             .serve(
                 recorder.clone(),

@@ -74,8 +74,38 @@ pub(crate) fn scrub(text: &str) -> String {
         }
         joined.replace_range(a..=b, " ");
     }
-    let words: Vec<String> = joined.split_whitespace().map(redact_path).collect();
+    let words: Vec<String> = joined
+        .split_whitespace()
+        .map(|w| redact_secret(&redact_path(w)))
+        .collect();
     truncate(&words.join(" "), MAX_ERROR_TEXT)
+}
+
+/// Replaces a word that looks like a credential with `<redacted>`: API-key prefixes
+/// (`sk-`, `sk_`, `sk-ant-`, `hf_`, `ghp_`, `xox`), `key=…`/`token=…` assignments, and
+/// long runs of letters and digits mixed (24+ characters: keys, tokens, hashes).
+fn redact_secret(word: &str) -> String {
+    let w = word.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_');
+    let lower = w.to_ascii_lowercase();
+    let prefixed = [
+        "sk-", "sk_", "hf_", "ghp_", "gho_", "xoxb-", "xoxp-", "akia",
+    ]
+    .iter()
+    .any(|p| lower.starts_with(p) && w.len() > p.len() + 8);
+    let assignment = ["key=", "token=", "secret=", "password=", "api_key="]
+        .iter()
+        .any(|p| lower.contains(p));
+    let alnum = w.chars().filter(char::is_ascii_alphanumeric).count();
+    let mixed = alnum >= 24
+        && w.chars().any(|c| c.is_ascii_digit())
+        && w.chars().any(|c| c.is_ascii_alphabetic())
+        && w.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if prefixed || assignment || mixed {
+        "<redacted>".to_owned()
+    } else {
+        word.to_owned()
+    }
 }
 
 /// Replaces a word that looks like a file-system path with `<path>`.

@@ -199,8 +199,12 @@ impl fmt::Debug for BackendConfig {
     }
 }
 
-/// Why a backend call failed. The message never contains an API key, a payload, a file
-/// path or a stack trace.
+/// Why a backend call failed.
+///
+/// `message` is our own fixed text (with the model server's HTTP status when it
+/// answered): it is what a node tells its caller. What the model server said about the
+/// failure is in `detail`, cleaned of stack traces, file paths, markup and secret-like
+/// words, for the operator's log only: a caller, who may be anonymous, never sees it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct BackendError {
@@ -208,10 +212,12 @@ pub struct BackendError {
     pub code: ErrorCode,
     /// The HTTP status a node answers with.
     pub http_status: u16,
-    /// A short, cleaned message.
+    /// A short fixed message, safe to send to a caller.
     pub message: String,
     /// The backend's own HTTP status, when it answered.
     pub upstream_status: Option<u16>,
+    /// The model server's own words (cleaned, truncated), for the operator only.
+    pub detail: Option<String>,
 }
 
 impl BackendError {
@@ -222,6 +228,7 @@ impl BackendError {
             http_status,
             message: message.into(),
             upstream_status: None,
+            detail: None,
         }
     }
 
@@ -555,7 +562,8 @@ pub(crate) fn transport_error(e: &iicp_transport::http::HttpClientError) -> Back
     }
 }
 
-/// Maps a backend's error status and body to an IICP error (body cleaned, truncated).
+/// Maps a backend's error status and body to an IICP error. The caller's message is
+/// fixed; the body's message (cleaned, truncated) becomes the operator-only `detail`.
 pub(crate) fn status_error(status: u16, body: &[u8]) -> BackendError {
     let text = clean::error_text(body);
     let (code, http_status) = match status {
@@ -566,16 +574,16 @@ pub(crate) fn status_error(status: u16, body: &[u8]) -> BackendError {
         503 => (ErrorCode::TemporarilyUnavailable, 503),
         _ => (ErrorCode::BackendError, 502),
     };
-    let message = if text.is_empty() {
-        format!("model server answered HTTP {status}")
-    } else {
-        format!("model server answered HTTP {status}: {text}")
+    let message = match status {
+        400 | 404 | 413 | 422 => format!("the model server refused the request (HTTP {status})"),
+        _ => format!("the model server failed (HTTP {status})"),
     };
     BackendError {
         code,
         http_status,
         message,
         upstream_status: Some(status),
+        detail: (!text.is_empty()).then_some(text),
     }
 }
 
@@ -608,6 +616,23 @@ mod tests {
         assert_eq!(status_error(500, b"boom").code, ErrorCode::BackendError);
         assert_eq!(status_error(504, b"").code, ErrorCode::TaskTimeout);
         assert_eq!(status_error(529, b"").http_status, 429);
+    }
+
+    #[test]
+    fn the_callers_message_is_fixed_and_the_detail_is_cleaned() {
+        let body = b"Traceback (most recent call last):\n  File \"/home/x/secret.py\", line 3\nValueError: bad shape in /srv/app/model.py key sk-proj-abcdefghijklmnop1234";
+        let e = status_error(500, body);
+        assert_eq!(e.message, "the model server failed (HTTP 500)");
+        assert_eq!(e.to_error_body().message, e.message);
+        let detail = e.detail.unwrap();
+        assert!(detail.starts_with("ValueError: bad shape"), "{detail}");
+        for leak in ["secret.py", "/srv/app", "sk-proj", "Traceback"] {
+            assert!(!detail.contains(leak), "{leak} in {detail}");
+        }
+        let e = status_error(400, br#"{"error":{"message":"prompt too long: /tmp/x/y"}}"#);
+        assert_eq!(e.message, "the model server refused the request (HTTP 400)");
+        assert_eq!(e.detail.as_deref(), Some("prompt too long: <path>"));
+        assert_eq!(status_error(502, b"").detail, None);
     }
 
     #[test]

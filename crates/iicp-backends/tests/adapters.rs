@@ -195,7 +195,12 @@ async fn openai_dialect_keeps_the_payload_model_and_maps_errors() {
         .expect_err("404");
     assert_eq!(err.code, ErrorCode::ValidationError);
     assert_eq!(err.upstream_status, Some(404));
-    assert!(err.message.contains("does not exist"), "{}", err.message);
+    assert_eq!(
+        err.message,
+        "the model server refused the request (HTTP 404)"
+    );
+    let detail = err.detail.as_deref().unwrap_or_default();
+    assert!(detail.contains("does not exist"), "{detail}");
     assert_eq!(stub.requests()[0].body["model"], "gpt-5-nano-x");
     assert!(
         stub.requests()[0].headers.get("authorization").is_none(),
@@ -273,16 +278,13 @@ async fn errors_unreachable_timeout_malformed_and_oversize() {
         .await
         .expect_err("500");
     assert_eq!(err.code, ErrorCode::BackendError);
+    assert_eq!(err.message, "the model server failed (HTTP 500)");
+    let detail = err.detail.as_deref().unwrap_or_default();
     assert!(
-        !err.message.contains("/srv/app") && !err.message.contains("Traceback"),
-        "{}",
-        err.message
+        !detail.contains("/srv/app") && !detail.contains("Traceback"),
+        "{detail}"
     );
-    assert!(
-        err.message.contains("CUDA out of memory"),
-        "{}",
-        err.message
-    );
+    assert!(detail.contains("CUDA out of memory"), "{detail}");
 
     let big = format!("{{\"choices\":[],\"pad\":\"{}\"}}", "x".repeat(4096));
     let stub = Stub::start(vec![(
@@ -470,14 +472,15 @@ async fn anthropic_response_and_error_mapping() {
             (code, http),
             "{status}"
         );
+        assert!(!err.message.contains("error:"), "{}", err.message);
+        let detail = err.detail.as_deref().unwrap_or_default();
         assert!(
-            err.message.contains(if status == 400 {
+            detail.contains(if status == 400 {
                 "invalid_request_error"
             } else {
                 "overloaded_error"
             }),
-            "{}",
-            err.message
+            "{detail}"
         );
     }
     let err = build(config(BackendKind::Anthropic, "http://127.0.0.1:9"))

@@ -418,6 +418,8 @@ enum Skip {
     Keyless,
     BadKey,
     CircuitOpen,
+    /// The node advertises an auth mode whose credential this client cannot present.
+    NoCredential,
 }
 
 /// An eligible node with its route and key.
@@ -427,6 +429,8 @@ struct Candidate {
     check_url: String,
     key: Option<NodePublicKey>,
     response_encryption: bool,
+    /// The node advertises `consumer` auth (`iicp_auth` capability extension).
+    consumer_auth: bool,
 }
 
 /// What to do after a failed attempt.
@@ -951,10 +955,18 @@ impl Client {
                 .with_source(refusal),
             ));
         }
-        // Consumer tokens travel as an HTTP header; native CALLs carry only key 11.
+        // Consumer tokens travel as an HTTP header; native CALLs have only key 11, which
+        // carries one to a node that advertises `consumer` auth when no API token is set.
         let consumer_token = match cand.route {
             Route::Http(_) => self.consumer_token(&cand.node_id, p.intent.as_str()).await,
+            Route::Native(_) if cand.consumer_auth && self.inner.api_token.is_none() => {
+                self.consumer_token(&cand.node_id, p.intent.as_str()).await
+            }
             Route::Native(_) => None,
+        };
+        let api_token = match cand.route {
+            Route::Native(_) if self.inner.api_token.is_none() => consumer_token.as_ref(),
+            _ => self.inner.api_token.as_ref(),
         };
         let exchange = Exchange {
             task_id: &p.task_id,
@@ -964,7 +976,7 @@ impl Client {
             constraints: &p.constraints,
             traceparent: &p.traceparent,
             timeout: p.timeout,
-            api_token: self.inner.api_token.as_ref(),
+            api_token,
             consumer_token: consumer_token.as_ref(),
         };
         let seal = Seal {
@@ -1203,12 +1215,23 @@ impl Client {
         {
             return Err(Skip::CircuitOpen);
         }
+        // a locked node is worth an attempt only with a credential it can accept
+        let auth_mode = node.capabilities.iter().find_map(|c| c.auth_mode());
+        let has_api_token = self.inner.api_token.is_some();
+        let has_identity = self.inner.node_credentials.is_some();
+        let consumer_auth = auth_mode == Some("consumer");
+        match auth_mode {
+            Some("token") if !has_api_token => return Err(Skip::NoCredential),
+            Some("consumer") if !has_api_token && !has_identity => return Err(Skip::NoCredential),
+            _ => {}
+        }
         Ok(Candidate {
             node_id,
             route,
             check_url,
             key,
             response_encryption,
+            consumer_auth,
         })
     }
 }

@@ -33,7 +33,17 @@ impl BackendHandler {
 }
 
 /// Maps a backend failure to the node's handler error (keeping the IICP code and status).
+/// The caller gets the code, the status and the fixed message; what the model server
+/// said goes to the node's own log (already cleaned of paths and secret-like words).
 fn map_error(e: BackendError) -> HandlerError {
+    if let Some(detail) = &e.detail {
+        tracing::warn!(
+            upstream_status = e.upstream_status,
+            code = %e.code,
+            detail = %detail,
+            "model server error"
+        );
+    }
     match e.code {
         ErrorCode::TaskTimeout => HandlerError::Timeout,
         ErrorCode::BackendError => HandlerError::backend(e.message),

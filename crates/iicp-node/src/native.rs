@@ -117,14 +117,18 @@ async fn native_call(
         .clone()
         .or_else(|| call.idempotency_key.clone())
         .filter(|s| !s.is_empty());
+    // the caller's own task id (key 24, or the CX envelope's) must be a UUID v4;
+    // one taken from idempotency key 16 may be any short string
+    let mut strict = call.task_id.as_deref().is_some_and(|s| !s.is_empty());
     let (task_id_text, track, task_payload, iicp_conf, cx_resp) =
         if payload.contains_key("iicp_conf") {
             let mut env: Map<String, Value> = payload;
-            let id = env
+            let own = env
                 .get("task_id")
                 .and_then(Value::as_str)
-                .map(str::to_owned)
-                .or_else(|| explicit_id.clone());
+                .map(str::to_owned);
+            strict |= own.is_some();
+            let id = own.or_else(|| explicit_id.clone());
             let conf = env.remove("iicp_conf");
             let resp = env
                 .get("cx_response_encryption")
@@ -194,6 +198,7 @@ async fn native_call(
             trace_bytes,
             task,
             track_duplicates: track,
+            strict_task_id: strict,
         },
     )
     .await;

@@ -141,7 +141,13 @@ impl Node {
     }
 
     pub(crate) fn from_config(cfg: NodeConfig) -> Self {
-        let capabilities = build_capabilities_for(&cfg.models, &cfg.intents, cfg.max_tokens);
+        let mut capabilities = build_capabilities_for(&cfg.models, &cfg.intents, cfg.max_tokens);
+        if cfg.auth != crate::config::AuthMode::Open {
+            // tell clients which credential to bring (`iicp_auth` extension)
+            for cap in &mut capabilities {
+                cap.set_auth_mode(Some(cfg.auth.as_str()));
+            }
+        }
         let mut served: Vec<Intent> = cfg.intents.clone();
         for cap in &capabilities {
             if let Ok(i) = cap.parsed_intent() {

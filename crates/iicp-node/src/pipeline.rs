@@ -2,7 +2,8 @@
 //! §6, §7.2, §7.3, §16, §19 T2, T6, T7, T8, T11, T12, T13, T21, T22).
 //!
 //! Order of checks, each with its answer:
-//! 1. validation (`TaskRequest::validate`: intent URN, `timeout_ms` 100–300000, payload
+//! 1. validation (`TaskRequest::validate`: `task_id` a UUID v4 when the caller chose
+//!    it, intent URN, `timeout_ms` a whole number in 100–300000 when present, payload
 //!    or envelope) → 422 `validation_error`;
 //! 2. auth per mode → 401 `unauthorized`;
 //! 3. intent served → 422 `unknown_intent`; required profiles → 422
@@ -60,6 +61,10 @@ pub(crate) struct Inbound {
     /// Whether the task id is a real idempotency key (native CALLs without key 24/16
     /// have none).
     pub(crate) track_duplicates: bool,
+    /// Whether the task id is the caller's `task_id` (HTTP body, native key 24, a
+    /// relayed task object, a native CX envelope), which must be a UUID v4; false for
+    /// ids the node took from a native idempotency key or made itself.
+    pub(crate) strict_task_id: bool,
 }
 
 /// The pipeline's answer.
@@ -171,16 +176,22 @@ pub(crate) fn error_reply(
 }
 
 /// Checks the caller's credential per [`AuthMode`] (§4.3, DESIGN §4.5).
+///
+/// `consumer`: a directory-signed consumer token, from `X-IICP-Consumer-Token` or, on
+/// the native transport (which has no headers), from key 11; or, as §4.3 requires of
+/// every node, the node's own token or a configured API token.
 fn authorize(shared: &Shared, inb: &Inbound, intent: &str) -> bool {
     match shared.cfg.auth {
         AuthMode::Open => true,
         AuthMode::Token => check_token(shared, inb),
         AuthMode::Consumer => {
-            if let (Some(token), Some(key), Some(node_id)) = (
-                inb.consumer_token.as_ref(),
-                shared.directory_key(),
-                shared.node_id(),
-            ) {
+            let offered = inb.consumer_token.as_ref().or(match inb.transport {
+                Transport::Native => inb.task.auth.as_ref().and_then(|a| a.node_token.as_ref()),
+                _ => None,
+            });
+            if let (Some(token), Some(key), Some(node_id)) =
+                (offered, shared.directory_key(), shared.node_id())
+            {
                 match verify_consumer_token(
                     &key,
                     token.expose(),
@@ -285,7 +296,12 @@ async fn run_inner(
     };
 
     // 1. validation
-    let intent = match inb.task.validate() {
+    let checked = if inb.strict_task_id {
+        inb.task.validate()
+    } else {
+        inb.task.validate_body()
+    };
+    let intent = match checked {
         Ok(i) => i,
         Err(e) => {
             return fail(

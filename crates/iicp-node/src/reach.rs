@@ -359,6 +359,7 @@ impl CallHandler for RelayTasks {
                     trace_bytes: None,
                     task,
                     track_duplicates: true,
+                    strict_task_id: true,
                 },
             )
             .await;

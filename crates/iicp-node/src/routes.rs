@@ -118,6 +118,7 @@ async fn post_task(
             trace_bytes: None,
             task,
             track_duplicates: true,
+            strict_task_id: true,
         },
     )
     .await;

@@ -35,20 +35,24 @@ async fn capacity_exactly_at_max_concurrent() {
     let h = serve(&node, gated(Arc::clone(&gate), Arc::clone(&calls))).await;
     let addr = h.local_addr();
     let c = http();
+    let run_ids: Arc<Vec<String>> = Arc::new((0..3).map(|_| uuid()).collect());
+    let over_ids: Arc<Vec<String>> = Arc::new((0..8).map(|_| uuid()).collect());
     let mut running = Vec::new();
     for i in 0..3 {
+        let run_ids = Arc::clone(&run_ids);
         let c = c.clone();
         running.push(tokio::spawn(async move {
-            post(&c, addr, &task_body(&format!("run-{i}"), "x")).await
+            post(&c, addr, &task_body(&run_ids[i], "x")).await
         }));
     }
     wait_for("3 running", || node.active_jobs() == 3).await;
     // 8 more at once: all refused immediately, none queued
     let mut refused = Vec::new();
     for i in 0..8 {
+        let over_ids = Arc::clone(&over_ids);
         let c = c.clone();
         refused.push(tokio::spawn(async move {
-            post(&c, addr, &task_body(&format!("over-{i}"), "x")).await
+            post(&c, addr, &task_body(&over_ids[i], "x")).await
         }));
     }
     for r in refused {
@@ -80,7 +84,10 @@ async fn capacity_exactly_at_max_concurrent() {
         assert_eq!(r.await.expect("join").status, 200);
     }
     // refused ids were forgotten: the same id runs now
-    assert_eq!(post(&c, addr, &task_body("over-0", "x")).await.status, 200);
+    assert_eq!(
+        post(&c, addr, &task_body(&over_ids[0], "x")).await.status,
+        200
+    );
     h.stop().await;
 }
 

@@ -130,14 +130,15 @@ async fn input_errors() {
         (422, "validation_error")
     );
     // invalid intent URN
-    let mut b = task_body("t4", "x");
+    let t4 = uuid();
+    let mut b = task_body(&t4, "x");
     b["intent"] = json!("urn:iicp:intent:LLM:Chat:v1");
     let r = post(&c, addr, &b).await;
     assert_eq!(
         (r.status.as_u16(), code_of(&r).as_str()),
         (422, "validation_error")
     );
-    assert_eq!(json_of(&r)["task_id"], "t4");
+    assert_eq!(json_of(&r)["task_id"], t4.as_str());
     // valid but unknown intent
     b["intent"] = json!("urn:iicp:intent:llm:embedding:v1");
     let r = post(&c, addr, &b).await;
@@ -147,7 +148,7 @@ async fn input_errors() {
     );
     // missing ids
     for missing in ["task_id", "intent"] {
-        let mut b = task_body("t5", "x");
+        let mut b = task_body(&uuid(), "x");
         b.as_object_mut().expect("obj").remove(missing);
         let r = post(&c, addr, &b).await;
         assert_eq!(
@@ -165,7 +166,7 @@ async fn input_errors() {
     let r = post(&c, addr, &b).await;
     assert_eq!(r.status, 422);
     // payload missing / not an object
-    let mut b = task_body("t6", "x");
+    let mut b = task_body(&uuid(), "x");
     b.as_object_mut().expect("obj").remove("payload");
     assert_eq!(post(&c, addr, &b).await.status, 422);
     b["payload"] = json!("text");
@@ -189,11 +190,12 @@ async fn input_errors() {
         (r.status.as_u16(), code_of(&r).as_str()),
         (422, "unsupported_profile")
     );
-    // lenient: unknown members, qos_class, string timeout, no constraints
+    // lenient: unknown members, qos_class, a string max_tokens, no constraints (a
+    // string timeout_ms is refused: tests/refusals.rs)
     let b = json!({
-        "task_id": "lenient-1", "intent": CHAT,
+        "task_id": uuid(), "intent": CHAT,
         "payload": {"messages": [{"role": "user", "content": "ok"}]},
-        "constraints": {"qos_class": "best_effort", "timeout_ms": "5000", "max_tokens": 10, "model": "m"},
+        "constraints": {"qos_class": "best_effort", "timeout_ms": 5000, "max_tokens": "10", "model": "m"},
         "cip": {"x": 1}, "nonce": "n", "source_node_id": "peer", "billing": {}
     });
     let r = post(&c, addr, &b).await;

@@ -192,6 +192,41 @@ pub struct Capability {
     pub extra: Map<String, Value>,
 }
 
+/// The capability extension in which a node that is not open says how callers
+/// authenticate (`{"iicp_auth": {"mode": "token" | "consumer"}}`), so that a client can
+/// bring the right credential, or skip the node, without a refused attempt.
+pub const AUTH_EXTENSION: &str = "iicp_auth";
+
+impl Capability {
+    /// The auth mode the node advertises in [`AUTH_EXTENSION`] (`None`: open, or not
+    /// said).
+    pub fn auth_mode(&self) -> Option<&str> {
+        self.extensions
+            .as_ref()?
+            .get(AUTH_EXTENSION)?
+            .get("mode")?
+            .as_str()
+    }
+
+    /// Sets (`Some`) or removes (`None`) the [`AUTH_EXTENSION`] advertisement, keeping
+    /// any other extension.
+    pub fn set_auth_mode(&mut self, mode: Option<&str>) {
+        let mut ext = match self.extensions.take() {
+            Some(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        match mode {
+            Some(m) => {
+                ext.insert(AUTH_EXTENSION.to_owned(), serde_json::json!({ "mode": m }));
+            }
+            None => {
+                ext.remove(AUTH_EXTENSION);
+            }
+        }
+        self.extensions = (!ext.is_empty()).then_some(Value::Object(ext));
+    }
+}
+
 impl Capability {
     /// An LLM capability with the fields current directories require (T19).
     pub fn llm(intent: &Intent, models: Vec<String>, max_tokens: u32) -> Self {

@@ -76,6 +76,11 @@ pub struct TaskId(String);
 /// Checks the strict form: 36 chars, lowercase hex, hyphens at 8/13/18/23, version 4,
 /// variant 10xx.
 fn check_uuid_v4(s: &str) -> Result<(), IdError> {
+    uuid_v4_form(s, false)
+}
+
+/// [`check_uuid_v4`], with upper-case hex digits allowed when `any_case`.
+fn uuid_v4_form(s: &str, any_case: bool) -> Result<(), IdError> {
     let b = s.as_bytes();
     if b.len() != 36 {
         return Err(IdError::NotUuid);
@@ -83,13 +88,14 @@ fn check_uuid_v4(s: &str) -> Result<(), IdError> {
     for (i, &c) in b.iter().enumerate() {
         let ok = match i {
             8 | 13 | 18 | 23 => c == b'-',
+            _ if any_case => c.is_ascii_hexdigit(),
             _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
         };
         if !ok {
             return Err(IdError::NotUuid);
         }
     }
-    if b[14] != b'4' || !matches!(b[19], b'8' | b'9' | b'a' | b'b') {
+    if b[14] != b'4' || !matches!(b[19].to_ascii_lowercase(), b'8' | b'9' | b'a' | b'b') {
         return Err(IdError::NotUuidV4);
     }
     Ok(())
@@ -145,6 +151,12 @@ impl TaskId {
     /// True when the id is a canonical lowercase UUID v4.
     pub fn is_uuid_v4(&self) -> bool {
         check_uuid_v4(&self.0).is_ok()
+    }
+
+    /// True when the id is a hyphenated UUID v4 in either case (RFC 9562 reads hex
+    /// digits case-insensitively): what a node requires of a caller's `task_id`.
+    pub fn is_hyphenated_uuid_v4(&self) -> bool {
+        uuid_v4_form(&self.0, true).is_ok()
     }
 
     /// The id as a UUID, when it is one.

@@ -244,8 +244,8 @@ pub struct Constraints {
 
 #[derive(Deserialize)]
 struct ConstraintsWire {
-    #[serde(default, deserialize_with = "lenient::opt_u64")]
-    timeout_ms: Option<u64>,
+    #[serde(default)]
+    timeout_ms: Option<Value>,
     #[serde(default)]
     qos: Option<Qos>,
     #[serde(default)]
@@ -268,10 +268,35 @@ struct ConstraintsWire {
     extra: Map<String, Value>,
 }
 
+/// `timeout_ms` as a whole number of milliseconds: a non-negative JSON integer, or a
+/// float with no fraction (`5000.0`). Strings, booleans, arrays, objects, negative and
+/// fractional numbers are not.
+fn timeout_ms_value(v: &Value) -> Option<u64> {
+    let n = v.as_number()?;
+    n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.is_finite() && *f >= 0.0 && f.fract() == 0.0 && *f <= u64::MAX as f64)
+            .map(|f| f as u64)
+    })
+}
+
 impl From<ConstraintsWire> for Constraints {
     fn from(w: ConstraintsWire) -> Self {
+        let mut extra = w.extra;
+        // A `timeout_ms` that is not a number of milliseconds is kept as sent, in
+        // `extra`, so that `TaskRequest::validate` refuses it (and it round-trips).
+        let timeout_ms = match w.timeout_ms {
+            None | Some(Value::Null) => None,
+            Some(v) => match timeout_ms_value(&v) {
+                Some(ms) => Some(ms),
+                None => {
+                    extra.insert("timeout_ms".to_owned(), v);
+                    None
+                }
+            },
+        };
         Constraints {
-            timeout_ms: w.timeout_ms,
+            timeout_ms,
             qos: w.qos.or(w.qos_class),
             priority: w.priority,
             consensus: w.consensus,
@@ -280,7 +305,7 @@ impl From<ConstraintsWire> for Constraints {
             model: w.model,
             required_profiles: w.required_profiles,
             optional_profiles: w.optional_profiles,
-            extra: w.extra,
+            extra,
         }
     }
 }
@@ -358,6 +383,12 @@ pub enum TaskRequestError {
     /// The intent URN is invalid.
     #[error("invalid intent: {0}")]
     Intent(#[source] IntentError),
+    /// `task_id` is not a UUID v4 (36 characters, hyphenated; §4.1, `schemas/task.json`).
+    #[error("task_id must be a UUID v4 (36 characters, hyphenated)")]
+    TaskIdNotUuidV4,
+    /// `constraints.timeout_ms` is not a whole number of milliseconds.
+    #[error("constraints.timeout_ms must be an integer number of milliseconds")]
+    TimeoutNotInteger,
     /// `constraints.timeout_ms` is outside 100–300000.
     #[error("constraints.timeout_ms {value} is outside {MIN_TIMEOUT_MS}..={MAX_TIMEOUT_MS}")]
     TimeoutOutOfRange {
@@ -458,11 +489,25 @@ impl TaskRequest {
         }
     }
 
-    /// The node-side checks of §4.1/T2: valid intent, `timeout_ms` in 100–300000 if
-    /// present, exactly one of `payload` (an object) and `iicp_conf` (an object).
-    /// Returns the parsed intent.
+    /// The node-side checks of §4.1/T2: `task_id` a UUID v4, then
+    /// [`TaskRequest::validate_body`]. Returns the parsed intent.
     pub fn validate(&self) -> Result<Intent, TaskRequestError> {
+        if !self.task_id.is_hyphenated_uuid_v4() {
+            return Err(TaskRequestError::TaskIdNotUuidV4);
+        }
+        self.validate_body()
+    }
+
+    /// The checks of [`TaskRequest::validate`] except the task id's form, for tasks
+    /// whose id the node chose or took from a native idempotency key: valid intent,
+    /// `timeout_ms` a whole number in 100–300000 if present (absent: the node's
+    /// default, as the reference clients omit it, ADR 0010), exactly one of `payload`
+    /// (an object) and `iicp_conf` (an object).
+    pub fn validate_body(&self) -> Result<Intent, TaskRequestError> {
         let intent = Intent::new(self.intent.as_str()).map_err(TaskRequestError::Intent)?;
+        if self.constraints.extra.contains_key("timeout_ms") {
+            return Err(TaskRequestError::TimeoutNotInteger);
+        }
         if let Some(value) = self.constraints.timeout_ms {
             if !(MIN_TIMEOUT_MS..=MAX_TIMEOUT_MS).contains(&value) {
                 return Err(TaskRequestError::TimeoutOutOfRange { value });

@@ -36,7 +36,18 @@ fn every_captured_call_parses_and_validates() {
         let src = ex["source"].as_str().unwrap();
         let body = ex["request_body"].as_str().unwrap();
         let req: TaskRequest = serde_json::from_str(body).unwrap_or_else(|e| panic!("{src}: {e}"));
-        let intent = req.validate().unwrap_or_else(|e| panic!("{src}: {e}"));
+        // every SDK client sends a UUID v4; the one capture without (`t-rs-1`) was typed
+        // by hand with curl, and a node refuses its id (ADR 0010)
+        let intent = if req.task_id.is_hyphenated_uuid_v4() {
+            req.validate().unwrap_or_else(|e| panic!("{src}: {e}"))
+        } else {
+            assert_eq!(
+                req.validate(),
+                Err(TaskRequestError::TaskIdNotUuidV4),
+                "{src}"
+            );
+            req.validate_body().unwrap_or_else(|e| panic!("{src}: {e}"))
+        };
         assert_eq!(intent.as_str(), "urn:iicp:intent:llm:chat:v1");
         if req.is_encrypted() {
             assert_eq!(req.cx_response_encryption.as_deref(), Some("required"));
@@ -144,7 +155,8 @@ fn lenient_call_input_t2_t13() {
     );
     assert!(req.extra.contains_key("cip"));
     assert!(req.extra.contains_key("identity"));
-    assert!(req.validate().is_ok());
+    assert!(req.validate_body().is_ok());
+    assert_eq!(req.validate(), Err(TaskRequestError::TaskIdNotUuidV4));
     // Output: spec spellings.
     let out = serde_json::to_value(&req).unwrap();
     assert_eq!(out["constraints"]["qos"], "best-effort");
@@ -450,4 +462,45 @@ fn health_bodies() {
         }
     }
     assert!(nodes >= 6);
+}
+
+#[test]
+fn timeout_ms_of_the_wrong_type_is_kept_and_refused() {
+    let base = json!({
+        "task_id": "3fa85f64-5717-4562-b3fc-2c963f66afa6",
+        "intent": "urn:iicp:intent:llm:chat:v1",
+        "payload": {},
+    });
+    for bad in [
+        json!("abc"),
+        json!("5000"),
+        json!(true),
+        json!([1]),
+        json!({}),
+        json!(-1),
+        json!(1.5),
+    ] {
+        let mut b = base.clone();
+        b["constraints"] = json!({"timeout_ms": bad.clone(), "qos": "batch"});
+        let req: TaskRequest = serde_json::from_value(b.clone()).expect("parses");
+        assert_eq!(req.constraints.timeout_ms, None, "{bad}");
+        assert_eq!(
+            req.validate(),
+            Err(TaskRequestError::TimeoutNotInteger),
+            "{bad}"
+        );
+        // kept as sent: re-serialising gives the same document
+        assert_eq!(serde_json::to_value(&req).expect("json"), b, "{bad}");
+    }
+    for (ok, ms) in [
+        (json!(5000), Some(5000)),
+        (json!(5000.0), Some(5000)),
+        (Value::Null, None),
+    ] {
+        let mut b = base.clone();
+        b["constraints"] = json!({"timeout_ms": ok.clone()});
+        let req: TaskRequest = serde_json::from_value(b).expect("parses");
+        assert_eq!(req.constraints.timeout_ms, ms, "{ok}");
+        assert!(req.validate().is_ok(), "{ok}");
+    }
 }
