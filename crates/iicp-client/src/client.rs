@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use iicp_proto::crypto::cx::NodePublicKey;
 use iicp_proto::directory::{DiscoverQuery, NodeEntry, NodeList, MAX_EXCLUDED_PREFIXES};
-use iicp_proto::error::ErrorCode;
+use iicp_proto::error::{ErrorBody, ErrorCode};
 use iicp_proto::ids::{TaskId, TraceParent};
 use iicp_proto::intent::{check_intent_policy, Intent};
 use iicp_proto::secret::Secret;
@@ -40,7 +40,7 @@ use serde_json::{Map, Value};
 use crate::breaker::Breakers;
 use crate::directory::{unix_now, DirectoryClient, TicketOutcome, DEFAULT_DIRECTORY_URL};
 use crate::endpoint::EndpointPolicy;
-use crate::error::{short_id, Error, Kind};
+use crate::error::{short_id, Disposition, Error, Kind};
 use crate::options::{
     ChatOptions, ChatResult, DiscoverOptions, Encryption, RouteDiscovery, Task, TaskResult,
     Transport, TransportUsed, CHAT_INTENT,
@@ -76,6 +76,8 @@ const TICKETING_RECHECK: Duration = Duration::from_secs(300);
 const TICKET_UNAVAILABLE: &str = "IICP-DISPATCH-TICKET-UNAVAILABLE";
 /// Code of a node skipped because its circuit breaker is open.
 const CIRCUIT_OPEN: &str = "circuit_open";
+/// The longest directory `Retry-After` the client honours by failing fast.
+const MAX_DIRECTORY_WAIT: Duration = Duration::from_secs(300);
 
 /// The back-off before retry `n` (0-based) of the same node: `200 ms × 2ⁿ`, scaled by
 /// `1 + 0.2 × (2r − 1)` for the uniform draw `r` (so within ± 20 %).
@@ -337,6 +339,7 @@ impl ClientBuilder {
                 discovery_cache: Mutex::new(HashMap::new()),
                 tokens: Mutex::new(HashMap::new()),
                 ticketing_off_until: Mutex::new(None),
+                directory_wait: Mutex::new(None),
             }),
         })
     }
@@ -361,6 +364,9 @@ struct Inner {
     discovery_cache: Mutex<HashMap<String, (Instant, Arc<NodeList>)>>,
     tokens: Mutex<HashMap<(String, String), (Secret, u64)>>,
     ticketing_off_until: Mutex<Option<Instant>>,
+    /// A directory 429/503 with `Retry-After`: until then, directory calls fail fast
+    /// with that error (what it answered, and how long is left).
+    directory_wait: Mutex<Option<(Instant, ErrorBody)>>,
 }
 
 /// The IICP consumer client. Cheap to clone; clones share pools, caches and breakers.
@@ -495,7 +501,6 @@ impl Skips {
         };
         Error::new(Kind::NoNodes, ErrorCode::NoNodesAvailable, message)
             .with_spec_code(ErrorCode::E033)
-            .with_status(503)
     }
 }
 
@@ -570,10 +575,14 @@ impl Client {
             .discover_cached(&options.query(&intent, self.inner.region.as_deref()), &tp)
             .await
             .map_err(|e| self.scrub(e))?;
+        let limit = options
+            .limit
+            .map_or(usize::MAX, |l| l.clamp(1, 50) as usize);
         Ok(list
             .nodes
             .iter()
             .filter(|n| self.basic_eligibility(n).is_ok())
+            .take(limit)
             .cloned()
             .collect())
     }
@@ -755,6 +764,7 @@ impl Client {
         let mut attempts = 0u32;
         let mut tried = 0usize;
         let mut last: Option<Error> = None;
+        let mut all_transient = true;
         while tried < MAX_CANDIDATES {
             let cand = match self
                 .next_candidate(&mut source, &mut profile, p, &mut skips)
@@ -785,25 +795,14 @@ impl Client {
                         code = %e.code(),
                         "node failed; trying the next candidate"
                     );
+                    all_transient &= e.disposition().is_transient();
                     last = Some(e.with_node(&cand.node_id));
                 }
             }
         }
         match last {
             None => Err(skips.no_candidates()),
-            Some(last) => {
-                let message = format!(
-                    "all {tried} candidate node(s) failed after {attempts} attempt(s); last: {}",
-                    last.code()
-                );
-                let status = last.status_code();
-                let mut err = Error::new(Kind::Exhausted, ErrorCode::AllNodesFailed, message)
-                    .with_source(last);
-                if let Some(s) = status {
-                    err = err.with_status(s);
-                }
-                Err(err)
-            }
+            Some(last) => Err(Error::exhausted(tried, attempts, last, all_transient)),
         }
     }
 
@@ -894,12 +893,14 @@ impl Client {
                         .route
                         .ticket_request(&p.intent, self.inner.region.as_deref());
                     req.exclude_node_id_prefixes = excluded.clone();
-                    match self
-                        .inner
-                        .directory
-                        .dispatch_ticket(&req, Some(&p.traceparent))
-                        .await?
-                    {
+                    self.directory_gate()?;
+                    let outcome = self.note_directory(
+                        self.inner
+                            .directory
+                            .dispatch_ticket(&req, Some(&p.traceparent))
+                            .await,
+                    )?;
+                    match outcome {
                         TicketOutcome::Ticket(ticket) => {
                             let node_id = ticket.node_id().to_owned();
                             excluded.push(short_id(&node_id).to_owned());
@@ -1030,7 +1031,13 @@ impl Client {
             }
             match next {
                 Next::RetrySame if retry + 1 < MAX_ATTEMPTS_PER_NODE => {
-                    let delay = backoff(retry, env.random.next_f64());
+                    // max(backoff, the node's Retry-After), if that fits the task's
+                    // budget; otherwise the next node
+                    let delay = backoff(retry, env.random.next_f64())
+                        .max(err.retry_after().unwrap_or_default());
+                    if delay > p.timeout {
+                        return Err((Next::OtherNode, err));
+                    }
                     tracing::debug!(
                         node = %short_id(&cand.node_id),
                         code = %err.code(),
@@ -1097,12 +1104,14 @@ impl Client {
                 return Ok(Arc::clone(list));
             }
         }
-        let (list, max_age) = self
-            .inner
-            .directory
-            .discover_with_ttl(query, Some(tp))
-            .await?;
-        let list = Arc::new(list);
+        self.directory_gate()?;
+        let (list, max_age) = self.note_directory(
+            self.inner
+                .directory
+                .discover_with_ttl(query, Some(tp))
+                .await,
+        )?;
+        let list = Arc::new(sanitize(list));
         let ttl = max_age.map_or(self.inner.discovery_ttl, |m| {
             m.min(self.inner.discovery_ttl)
         });
@@ -1117,6 +1126,45 @@ impl Client {
             cache.insert(key, (now + ttl, Arc::clone(&list)));
         }
         Ok(list)
+    }
+
+    /// Fails fast while the directory's last 429/503 `Retry-After` runs: the error it
+    /// answered, with the time left as `retry_after`, and no request sent.
+    fn directory_gate(&self) -> Result<(), Error> {
+        let now = self.inner.env.clock.now();
+        let mut wait = lock(&self.inner.directory_wait);
+        match wait.as_ref() {
+            Some((until, body)) if now < *until => {
+                let mut body = body.clone();
+                let left = until.saturating_duration_since(now);
+                body.retry_after_ms =
+                    Some(u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1));
+                Err(Error::remote(body))
+            }
+            Some(_) => {
+                *wait = None;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Remembers a directory 429/503 that asked for a wait (`Retry-After`).
+    fn note_directory<T>(&self, r: Result<T, Error>) -> Result<T, Error> {
+        if let Err(e) = &r {
+            if let (Some(429 | 503), Some(after), Some(body)) =
+                (e.status_code(), e.retry_after(), e.error_body())
+            {
+                let after = after.min(MAX_DIRECTORY_WAIT);
+                let until = self.inner.env.clock.now() + after;
+                *lock(&self.inner.directory_wait) = Some((until, body.clone()));
+                tracing::debug!(
+                    wait_ms = after.as_millis() as u64,
+                    "directory asked to wait"
+                );
+            }
+        }
+        r
     }
 
     /// Drops cached discovery results (e.g. after the mesh changed).
@@ -1237,31 +1285,42 @@ impl Client {
 }
 
 /// Retry classification of a failed attempt (§7.1, §7.3, DESIGN §4.9).
-fn classify(e: &Error) -> Next {
-    match e.kind() {
-        Kind::Timeout | Kind::Connect | Kind::Transport | Kind::Protocol => Next::OtherNode,
-        Kind::Remote => {
-            if e.is_node_switch() {
-                return Next::OtherNode;
-            }
-            if matches!(e.code(), ErrorCode::TaskTimeout | ErrorCode::Timeout) {
-                return Next::OtherNode;
-            }
-            match e.status_code() {
-                Some(429 | 503) => Next::RetrySame,
-                Some(408 | 504) => Next::OtherNode,
-                Some(s) if (200..300).contains(&s) || s == 0 => match e.code() {
-                    ErrorCode::RateLimited | ErrorCode::TemporarilyUnavailable => Next::RetrySame,
-                    _ => Next::Stop,
-                },
-                None => match e.code() {
-                    ErrorCode::RateLimited | ErrorCode::TemporarilyUnavailable => Next::RetrySame,
-                    _ => Next::Stop,
-                },
-                Some(_) => Next::Stop,
-            }
+/// Drops directory entries whose numbers are out of the spec's range or not finite
+/// (`score` and `reputation_score` in [0, 1], `load` and `relay_load` ≥ 0), and every
+/// repeat of a node id after its first entry: a directory's data is not trusted further
+/// than its schema.
+fn sanitize(mut list: NodeList) -> NodeList {
+    let unit = |v: Option<f64>| v.is_none_or(|x| x.is_finite() && (0.0..=1.0).contains(&x));
+    let non_negative = |v: Option<f64>| v.is_none_or(|x| x.is_finite() && x >= 0.0);
+    let mut seen = std::collections::HashSet::new();
+    let before = list.nodes.len();
+    list.nodes.retain(|n| {
+        let sane = unit(n.score)
+            && unit(n.reputation_score)
+            && non_negative(n.load)
+            && non_negative(n.relay_load);
+        let first = n.node_id.as_ref().is_none_or(|id| seen.insert(id.clone()));
+        if !sane || !first {
+            tracing::debug!(
+                node = %n.node_id.as_deref().map_or("?", short_id),
+                out_of_range = !sane,
+                duplicate = !first,
+                "discovery entry dropped"
+            );
         }
-        _ => Next::Stop,
+        sane && first
+    });
+    if list.nodes.len() != before {
+        list.count = Some(list.nodes.len() as u64);
+    }
+    list
+}
+
+fn classify(e: &Error) -> Next {
+    match e.disposition() {
+        Disposition::RetrySame => Next::RetrySame,
+        Disposition::OtherNode | Disposition::BrokenNode => Next::OtherNode,
+        Disposition::Stop => Next::Stop,
     }
 }
 

@@ -107,7 +107,9 @@ impl EndpointPolicy {
         if host.is_empty() {
             return Err(EndpointRefusal::Malformed);
         }
-        if let Ok(ip) = host.parse::<IpAddr>() {
+        // every literal form the resolver takes without a lookup (`127.1`,
+        // `2130706433`, `0x7f.1`, …) is an address, not a name
+        if let Some(ip) = iicp_proto::endpoint::ip_literal(host) {
             return self.check_addresses(&[ip]);
         }
         if self.allow_private {
@@ -136,7 +138,7 @@ impl EndpointPolicy {
     pub async fn check_resolved(&self, url: &str) -> Result<(), EndpointRefusal> {
         let (host, port) = host_port(url).ok_or(EndpointRefusal::Malformed)?;
         self.check_host(&host)?;
-        if self.allow_private || host.parse::<IpAddr>().is_ok() {
+        if self.allow_private || iicp_proto::endpoint::ip_literal(&host).is_some() {
             return Ok(());
         }
         let addrs: Vec<IpAddr> = tokio::net::lookup_host((host.as_str(), port))

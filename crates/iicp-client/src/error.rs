@@ -77,6 +77,31 @@ pub struct Error {
     inner: Box<Inner>,
 }
 
+/// What the retry loop does after a failed attempt, and so whether the failure is
+/// transient: the one rule of PROTOCOL.md §7.1/§7.3 that both the loop
+/// (`client::try_node`) and [`Error::is_retryable`] read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Disposition {
+    /// Transient on this node (429/503, `rate_limited`, `temporarily_unavailable`):
+    /// retry it after a backoff (or its `Retry-After`).
+    RetrySame,
+    /// Transient, but not worth the same node again (a node switch, a timeout, 408/504,
+    /// connect and transport failures): the next candidate.
+    OtherNode,
+    /// The node answered something that breaks the protocol: the next candidate, but
+    /// trying again later would not help.
+    BrokenNode,
+    /// Final: the caller must change something.
+    Stop,
+}
+
+impl Disposition {
+    /// Whether a retry (later or elsewhere) may succeed.
+    pub(crate) fn is_transient(self) -> bool {
+        matches!(self, Disposition::RetrySame | Disposition::OtherNode)
+    }
+}
+
 struct Inner {
     kind: Kind,
     code: ErrorCode,
@@ -86,6 +111,8 @@ struct Inner {
     node_id: Option<String>,
     body: Option<ErrorBody>,
     source: Option<BoxError>,
+    /// For `all_nodes_failed`: every node's failure was transient.
+    all_transient: bool,
 }
 
 impl Error {
@@ -100,8 +127,22 @@ impl Error {
                 node_id: None,
                 body: None,
                 source: None,
+                all_transient: false,
             }),
         }
+    }
+
+    /// `all_nodes_failed` after `last`: retryable when every node's failure was
+    /// transient; the message ends with the last failure itself.
+    pub(crate) fn exhausted(tried: usize, attempts: u32, last: Error, all_transient: bool) -> Self {
+        let message = format!(
+            "all {tried} candidate node(s) failed after {attempts} attempt(s); last: {last}"
+        );
+        let status = last.status_code();
+        let mut err = Self::new(Kind::Exhausted, ErrorCode::AllNodesFailed, message);
+        err.inner.status = status;
+        err.inner.all_transient = all_transient;
+        err.with_source(last)
     }
 
     /// `invalid_config`.
@@ -130,8 +171,16 @@ impl Error {
             body.http_status = Some(*status);
             return Self::remote(body);
         }
+        let redirect = matches!(
+            err,
+            HttpClientError::RedirectRefused { .. }
+                | HttpClientError::RedirectLoop { .. }
+                | HttpClientError::TooManyRedirects { .. }
+        );
         let (kind, code) = if matches!(err, HttpClientError::AddressRefused { .. }) {
             (Kind::Connect, ErrorCode::EndpointRefused)
+        } else if redirect {
+            (Kind::Protocol, ErrorCode::RedirectRefused)
         } else if err.is_timeout() {
             (Kind::Timeout, timeout_code)
         } else if err.is_connect() {
@@ -166,10 +215,6 @@ impl Error {
             self.inner.node_id = Some(node_id.to_owned());
         }
         self
-    }
-
-    pub(crate) fn kind(&self) -> Kind {
-        self.inner.kind
     }
 
     /// Replaces every occurrence of each non-empty secret in the message (and the
@@ -241,31 +286,63 @@ impl Error {
             .and_then(|s| s.downcast_ref::<Error>())
     }
 
-    /// Whether trying again (later, or elsewhere) may succeed (§7.1): timeouts,
-    /// network failures, 429/503/504 and retryable codes; `no_nodes_available` (the
-    /// mesh may change). Configuration, input, policy, CX and other 4xx/502 failures
-    /// are not retryable.
-    pub fn is_retryable(&self) -> bool {
+    /// What the retry loop does after this failure (§7.1, §7.3): see [`Disposition`].
+    pub(crate) fn disposition(&self) -> Disposition {
         match self.inner.kind {
-            Kind::Timeout | Kind::Connect | Kind::Transport | Kind::NoNodes => true,
-            Kind::Remote => match &self.inner.body {
-                Some(body) => body.is_retryable(),
-                None => self.inner.code.is_retryable(),
-            },
+            Kind::Timeout | Kind::Connect | Kind::Transport => Disposition::OtherNode,
+            Kind::Protocol => Disposition::BrokenNode,
+            Kind::Remote => {
+                if self.is_node_switch()
+                    || matches!(self.inner.code, ErrorCode::TaskTimeout | ErrorCode::Timeout)
+                {
+                    return Disposition::OtherNode;
+                }
+                match self.inner.status {
+                    Some(429 | 503) => Disposition::RetrySame,
+                    Some(408 | 504) => Disposition::OtherNode,
+                    Some(s) if !(200..300).contains(&s) && s != 0 => Disposition::Stop,
+                    // no status, or an error inside a 2xx body: the code decides
+                    _ => match &self.inner.body {
+                        Some(body) if body.is_retryable() => Disposition::RetrySame,
+                        None if self.inner.code.is_retryable() => Disposition::RetrySame,
+                        _ => Disposition::Stop,
+                    },
+                }
+            }
             Kind::Config
             | Kind::Input
             | Kind::Policy
-            | Kind::Protocol
             | Kind::Crypto
-            | Kind::Exhausted => false,
+            | Kind::NoNodes
+            | Kind::Exhausted => Disposition::Stop,
+        }
+    }
+
+    /// Whether trying again (later, or elsewhere) may succeed (§7.1): what the retry
+    /// loop treats as transient — timeouts, connect and network failures, 408, 429, 503
+    /// and 504, node switches, retryable codes — and `no_nodes_available` (the mesh may
+    /// change). `all_nodes_failed` is retryable when every node failed transiently.
+    /// Configuration, input, policy, CX, redirect refusals, protocol violations and
+    /// other 4xx/5xx answers are not.
+    pub fn is_retryable(&self) -> bool {
+        match self.inner.kind {
+            Kind::NoNodes => true,
+            Kind::Exhausted => self.inner.all_transient,
+            _ => self.disposition().is_transient(),
         }
     }
 
     /// Whether a timeout caused the failure: a local request timeout, or a node's
-    /// `task_timeout` / `timeout`.
+    /// `task_timeout` / `timeout` / HTTP 504; for `all_nodes_failed`, the last node's.
     pub fn is_timeout(&self) -> bool {
-        self.inner.kind == Kind::Timeout
-            || matches!(self.inner.code, ErrorCode::TaskTimeout | ErrorCode::Timeout)
+        match self.inner.kind {
+            Kind::Timeout => true,
+            Kind::Exhausted => self.last_node_error().is_some_and(Error::is_timeout),
+            _ => {
+                matches!(self.inner.code, ErrorCode::TaskTimeout | ErrorCode::Timeout)
+                    || (self.inner.kind == Kind::Remote && self.inner.status == Some(504))
+            }
+        }
     }
 
     /// Whether the connection to the peer could not be established.

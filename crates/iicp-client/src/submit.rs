@@ -168,7 +168,12 @@ async fn http_attempt(
         .send()
         .await
         .map_err(|e| Error::http(e, ErrorCode::TaskTimeout))?;
-    TaskResponse::parse(reply.status.as_u16(), &reply.body).map_err(Error::remote)
+    TaskResponse::parse(reply.status.as_u16(), &reply.body).map_err(|mut body| {
+        if body.retry_after_ms.is_none() {
+            body.retry_after_ms = reply.retry_after_ms();
+        }
+        Error::remote(body)
+    })
 }
 
 async fn native_attempt(

@@ -111,9 +111,9 @@ async fn plaintext_task_over_native_uses_the_superset_call_layout() {
 }
 
 #[tokio::test]
-async fn native_names_that_resolve_to_private_addresses_are_refused_at_connect() {
-    // as the HTTP test in submit.rs: `127.1` passes the name checks, resolves to
-    // loopback locally, and only the native pool's address rule can refuse it
+async fn native_ipv4_shorthand_for_loopback_is_refused_before_any_io() {
+    // as the HTTP test in submit.rs: `127.1` is loopback to the resolver, and so to the
+    // endpoint policy, before anything is dialled
     let calls: Calls = Arc::default();
     let node = native_node(handler(Arc::clone(&calls), vec![], None)).await;
     let mut v = entry(&node_id(1), node.addr, None, &[]);
@@ -128,7 +128,7 @@ async fn native_names_that_resolve_to_private_addresses_are_refused_at_connect()
         .build()
         .expect("client");
     let err = strict.submit(chat_task()).await.expect_err("refused");
-    assert_eq!(err.code(), &ErrorCode::AllNodesFailed, "{err}");
+    assert_eq!(err.code(), &ErrorCode::NoNodesAvailable, "{err}");
     assert!(lock(&calls).is_empty());
     assert!(lock(&node.http_calls).is_empty());
     let open = builder(&dir, Arc::new(RecordingSleeper::default()))

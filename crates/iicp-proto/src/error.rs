@@ -259,6 +259,9 @@ error_codes! {
     ConsumerAuthRequired = "IICP-CONSUMER-AUTH-REQUIRED", status None, retry false;
     /// `IICP-ENDPOINT-REFUSED` (client): endpoint policy refused the provider endpoint.
     EndpointRefused = "IICP-ENDPOINT-REFUSED", status None, retry false;
+    /// `IICP-REDIRECT-REFUSED` (client): a provider or directory redirect was not
+    /// followed (cross-origin, a loop, or too many hops).
+    RedirectRefused = "IICP-REDIRECT-REFUSED", status None, retry false;
     /// `IICP-CANDIDATE-RANKER-REFUSED` (client).
     CandidateRankerRefused = "IICP-CANDIDATE-RANKER-REFUSED", status None, retry false;
     /// `IICP-POLICY-MANIFEST-BINDING-MISMATCH` (client).

@@ -21,6 +21,7 @@
 pub mod cbor;
 pub mod crypto;
 pub mod directory;
+pub mod endpoint;
 pub mod error;
 pub mod frame;
 pub mod ids;

@@ -100,10 +100,7 @@ impl ResolveError {
 
 /// The address of an IP-literal host (IPv6 with or without brackets), `None` for a name.
 pub(crate) fn literal(host: &str) -> Option<IpAddr> {
-    host.trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse()
-        .ok()
+    iicp_proto::endpoint::ip_literal(host)
 }
 
 /// The addresses of `host` (a name, or an IP literal with or without brackets) at

@@ -239,6 +239,8 @@ pub enum Reply {
     Result(Value),
     /// This status and JSON body.
     Status(u16, Value),
+    /// This status and JSON body, with these headers (`Retry-After`, …).
+    Headed(u16, Value, Vec<(&'static str, &'static str)>),
     /// Sleep, then answer `Ok`.
     Sleep(Duration),
     /// 200 success naming another task id.
@@ -406,6 +408,15 @@ async fn answer(st: &NodeState, body: &Value, reply: Reply) -> Response {
         Reply::Status(code, v) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             return json(status, &v);
+        }
+        Reply::Headed(code, v, headers) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut r = json(status, &v);
+            for (k, val) in headers {
+                r.headers_mut()
+                    .insert(k, http::HeaderValue::from_static(val));
+            }
+            return r;
         }
     };
     let mut response_key = None;

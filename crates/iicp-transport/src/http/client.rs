@@ -805,19 +805,22 @@ impl HttpReply {
         })
     }
 
+    /// The `Retry-After: <seconds>` header in milliseconds, if present and numeric.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        self.headers
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|secs| secs.saturating_mul(1000))
+    }
+
     /// The body parsed as an IICP error in any of the shapes peers send (§6.1), with
-    /// this reply's status.
-    /// The parsed error body; a `Retry-After: <seconds>` header fills in
-    /// `retry_after_ms` when the body has none (429/503 from directories and proxies).
+    /// this reply's status; a `Retry-After` header fills in `retry_after_ms` when the
+    /// body has none (429/503 from directories, nodes and proxies).
     pub fn error_body(&self) -> ErrorBody {
         let mut body = ErrorBody::parse(self.status.as_u16(), &self.body);
         if body.retry_after_ms.is_none() {
-            body.retry_after_ms = self
-                .headers
-                .get(http::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(|secs| secs.saturating_mul(1000));
+            body.retry_after_ms = self.retry_after_ms();
         }
         body
     }
