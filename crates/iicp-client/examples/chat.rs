@@ -10,8 +10,7 @@
 //! endpoints) and, if its nodes have no IICP-CX key, `IICP_CX_ALLOW_PLAINTEXT=1`.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use iicp_client::{Client, Encryption};
-use iicp_proto::task::ChatMessage;
+use iicp_client::{ChatMessage, Client, Encryption};
 
 fn flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "yes" | "on"))

@@ -82,13 +82,44 @@ const MAX_DIRECTORY_WAIT: Duration = Duration::from_secs(300);
 /// The back-off before retry `n` (0-based) of the same node: `200 ms × 2ⁿ`, scaled by
 /// `1 + 0.2 × (2r − 1)` for the uniform draw `r` (so within ± 20 %).
 pub fn backoff(retry: u32, r: f64) -> Duration {
-    let base = BACKOFF_BASE.as_secs_f64() * f64::from(2u32.saturating_pow(retry.min(16)));
-    let r = if r.is_finite() {
-        r.clamp(0.0, 1.0)
-    } else {
-        0.5
-    };
-    Duration::from_secs_f64(base * (1.0 + BACKOFF_JITTER * (2.0 * r - 1.0)))
+    RetryPolicy::default().delay(retry, r)
+}
+
+/// How often one node is tried and how long the client waits between tries
+/// ([`ClientBuilder::retry`]). Default: 3 attempts, 200 ms doubling, capped at 10 s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts on one node before the next candidate (1–10).
+    pub attempts_per_node: u32,
+    /// The first back-off (before jitter); it doubles with each retry.
+    pub base: Duration,
+    /// The longest back-off (before jitter).
+    pub cap: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts_per_node: MAX_ATTEMPTS_PER_NODE,
+            base: BACKOFF_BASE,
+            cap: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The back-off before retry `n` (0-based): `base × 2ⁿ` capped at `cap`, scaled by
+    /// `1 + 0.2 × (2r − 1)` for the uniform draw `r`.
+    pub fn delay(&self, retry: u32, r: f64) -> Duration {
+        let grown = self.base.as_secs_f64() * f64::from(2u32.saturating_pow(retry.min(16)));
+        let capped = grown.min(self.cap.as_secs_f64());
+        let r = if r.is_finite() {
+            r.clamp(0.0, 1.0)
+        } else {
+            0.5
+        };
+        Duration::from_secs_f64(capped * (1.0 + BACKOFF_JITTER * (2.0 * r - 1.0)))
+    }
 }
 
 /// Builds a [`Client`].
@@ -125,6 +156,10 @@ pub struct ClientBuilder {
     http: Option<HttpClient>,
     native: Option<NativeClient>,
     env: Env,
+    retry: RetryPolicy,
+    directory_timeout: Option<Duration>,
+    user_agent: Option<String>,
+    headers: Vec<(String, String)>,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -140,6 +175,13 @@ impl fmt::Debug for ClientBuilder {
             .field("allow_private_endpoints", &self.allow_private_endpoints)
             .field("strategy", &self.strategy)
             .field("route_discovery", &self.route_discovery)
+            .field("retry", &self.retry)
+            .field("directory_timeout", &self.directory_timeout)
+            .field("user_agent", &self.user_agent)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -161,6 +203,10 @@ impl Default for ClientBuilder {
             http: None,
             native: None,
             env: Env::default(),
+            retry: RetryPolicy::default(),
+            directory_timeout: None,
+            user_agent: None,
+            headers: Vec::new(),
         }
     }
 }
@@ -170,6 +216,36 @@ impl ClientBuilder {
     /// is derived from it.
     pub fn directory_url(mut self, url: impl Into<String>) -> Self {
         self.directory_url = url.into();
+        self
+    }
+
+    /// Attempts per node and the back-off between them (default
+    /// [`RetryPolicy::default`]). Attempts outside 1–10, a zero base or a cap below the
+    /// base make [`ClientBuilder::build`] fail with `invalid_config`.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// The timeout of one directory request (default 10 s).
+    pub fn directory_timeout(mut self, timeout: Duration) -> Self {
+        self.directory_timeout = Some(timeout);
+        self
+    }
+
+    /// The `User-Agent` of every request (default `iicp-rs/<version>`). Ignored with
+    /// [`ClientBuilder::http_client`].
+    pub fn user_agent(mut self, user_agent: impl Into<String>) -> Self {
+        self.user_agent = Some(user_agent.into());
+        self
+    }
+
+    /// A header sent with every request to the directory and to nodes (a gateway key,
+    /// a tenant id); treated like a credential: not sent after a redirect leaves the
+    /// origin, never logged. An invalid name or value makes [`ClientBuilder::build`]
+    /// fail with `invalid_config`. Ignored with [`ClientBuilder::http_client`].
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
         self
     }
 
@@ -300,12 +376,39 @@ impl ClientBuilder {
                 return Err(Error::config("node credentials are incomplete"));
             }
         }
+        let r = &self.retry;
+        if !(1..=10).contains(&r.attempts_per_node) || r.base.is_zero() || r.cap < r.base {
+            return Err(Error::config(
+                "retry policy: attempts_per_node must be 1-10, base above zero, cap >= base",
+            ));
+        }
+        if self.directory_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::config("directory_timeout must be above zero"));
+        }
         let http = match self.http {
             Some(h) => h,
-            None => HttpClient::new(HttpClientConfig::default())
-                .map_err(|e| Error::config("the HTTP client could not be built").with_source(e))?,
+            None => {
+                let mut cfg = HttpClientConfig::default();
+                if let Some(ua) = self.user_agent {
+                    cfg.user_agent = ua;
+                }
+                for (name, value) in &self.headers {
+                    let name = http::HeaderName::try_from(name.as_str())
+                        .map_err(|_| Error::config(format!("header name {name:?} is invalid")))?;
+                    let value = http::HeaderValue::try_from(value.as_str()).map_err(|_| {
+                        Error::config(format!("the value of header {name} is invalid"))
+                    })?;
+                    cfg.default_headers.append(name, value);
+                }
+                HttpClient::new(cfg).map_err(|e| {
+                    Error::config("the HTTP client could not be built").with_source(e)
+                })?
+            }
         };
-        let directory = DirectoryClient::new(&self.directory_url, http.clone())?;
+        let mut directory = DirectoryClient::new(&self.directory_url, http.clone())?;
+        if let Some(t) = self.directory_timeout {
+            directory = directory.with_timeout(t);
+        }
         // Provider calls get pools of their own whose connectors enforce the endpoint
         // policy on the addresses they dial; directory calls keep the given client.
         let endpoint_policy = EndpointPolicy::new(self.allow_private_endpoints);
@@ -340,6 +443,7 @@ impl ClientBuilder {
                 tokens: Mutex::new(HashMap::new()),
                 ticketing_off_until: Mutex::new(None),
                 directory_wait: Mutex::new(None),
+                retry: self.retry,
             }),
         })
     }
@@ -367,6 +471,7 @@ struct Inner {
     /// A directory 429/503 with `Retry-After`: until then, directory calls fail fast
     /// with that error (what it answered, and how long is left).
     directory_wait: Mutex<Option<(Instant, ErrorBody)>>,
+    retry: RetryPolicy,
 }
 
 /// The IICP consumer client. Cheap to clone; clones share pools, caches and breakers.
@@ -581,6 +686,7 @@ impl Client {
         Ok(list
             .nodes
             .iter()
+            .filter(|n| pinned_to(&options, n))
             .filter(|n| self.basic_eligibility(n).is_ok())
             .take(limit)
             .cloned()
@@ -679,6 +785,7 @@ impl Client {
             qos: Some(qos),
             min_reputation: options.min_reputation,
             model: options.model,
+            node_id: options.node_id,
             ..DiscoverOptions::default()
         };
         let result = self.submit(task).await?;
@@ -812,6 +919,8 @@ impl Client {
         skips: &mut Skips,
     ) -> Result<(Source, &'static str), Error> {
         let ticketing = match self.inner.route_discovery {
+            // a pinned task names its node: the list is filtered to it
+            _ if p.route.node_id.is_some() => false,
             RouteDiscovery::Legacy => false,
             RouteDiscovery::Ticketed => true,
             RouteDiscovery::Auto => {
@@ -847,7 +956,7 @@ impl Client {
         let query = p.route.query(&p.intent, self.inner.region.as_deref());
         let list = self.discover_cached(&query, &p.traceparent).await?;
         let mut eligible: Vec<(NodeEntry, Candidate)> = Vec::new();
-        for node in &list.nodes {
+        for node in list.nodes.iter().filter(|n| pinned_to(&p.route, n)) {
             match self.candidate(node) {
                 Ok(c) => eligible.push((node.clone(), c)),
                 Err(s) => skips.add(s),
@@ -1030,10 +1139,13 @@ impl Client {
                 self.inner.breakers.release_probe(&cand.node_id);
             }
             match next {
-                Next::RetrySame if retry + 1 < MAX_ATTEMPTS_PER_NODE => {
+                Next::RetrySame if retry + 1 < self.inner.retry.attempts_per_node => {
                     // max(backoff, the node's Retry-After), if that fits the task's
                     // budget; otherwise the next node
-                    let delay = backoff(retry, env.random.next_f64())
+                    let delay = self
+                        .inner
+                        .retry
+                        .delay(retry, env.random.next_f64())
                         .max(err.retry_after().unwrap_or_default());
                     if delay > p.timeout {
                         return Err((Next::OtherNode, err));
@@ -1285,6 +1397,14 @@ impl Client {
 }
 
 /// Retry classification of a failed attempt (§7.1, §7.3, DESIGN §4.9).
+/// Whether `node` may serve a task routed with `options` (its `node_id` pin).
+fn pinned_to(options: &DiscoverOptions, node: &NodeEntry) -> bool {
+    options
+        .node_id
+        .as_deref()
+        .is_none_or(|pin| node.node_id.as_deref() == Some(pin))
+}
+
 /// Drops directory entries whose numbers are out of the spec's range or not finite
 /// (`score` and `reputation_score` in [0, 1], `load` and `relay_load` ≥ 0), and every
 /// repeat of a node id after its first entry: a directory's data is not trusted further

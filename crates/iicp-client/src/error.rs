@@ -20,9 +20,11 @@ use iicp_transport::http::client::HttpClientError;
 
 type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
-/// What kind of failure an [`Error`] is; private, surfaced through the predicates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
+/// What kind of failure an [`Error`] is ([`Error::kind`]), to `match` on; the
+/// predicates ([`Error::is_retryable`], …) answer the common questions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
     /// Configuration refused (builder, base URL).
     Config,
     /// Caller input refused before any I/O (intent, payload, constraints).
@@ -76,6 +78,8 @@ pub(crate) enum Kind {
 pub struct Error {
     inner: Box<Inner>,
 }
+
+pub(crate) use self::ErrorKind as Kind;
 
 /// What the retry loop does after a failed attempt, and so whether the failure is
 /// transient: the one rule of PROTOCOL.md §7.1/§7.3 that both the loop
@@ -235,6 +239,21 @@ impl Error {
             }
         }
         self
+    }
+
+    /// What kind of failure this is.
+    ///
+    /// ```
+    /// use iicp_client::{Client, ErrorKind};
+    ///
+    /// let err = Client::builder().directory_url("not a url").build().unwrap_err();
+    /// match err.kind() {
+    ///     ErrorKind::Config => {} // fix the configuration
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// ```
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
     }
 
     /// The protocol code (DESIGN §4.8; PROTOCOL.md §6).

@@ -17,13 +17,86 @@
 //! and native drivers). No optional features.
 //!
 //! ```no_run
-//! use iicp_client::Client;
-//! use iicp_proto::task::ChatMessage;
+//! use iicp_client::{ChatMessage, Client};
 //!
 //! # async fn run() -> Result<(), iicp_client::Error> {
 //! let client = Client::new()?;
 //! let reply = client.chat(vec![ChatMessage::new("user", "Hello")]).await?;
 //! println!("{}", reply.text());
+//! # Ok(()) }
+//! ```
+//!
+//! Everything a caller names is re-exported here ([`ChatMessage`], [`NodeEntry`],
+//! [`Qos`], [`Constraints`], [`TaskId`], [`ChatCompletion`], [`ErrorCode`], [`Secret`]),
+//! so `iicp-client` is the one dependency an application needs.
+//!
+//! # Guide
+//!
+//! ## Talk to a local dev mesh
+//!
+//! `iicp dev` runs a directory and two nodes on this machine and prints the
+//! directory URL. Nodes there listen on loopback, which the default endpoint (SSRF)
+//! policy refuses, so opt in to private endpoints:
+//!
+//! ```no_run
+//! use iicp_client::{ChatMessage, Client};
+//!
+//! # async fn run() -> Result<(), iicp_client::Error> {
+//! let client = Client::builder()
+//!     .directory_url("http://127.0.0.1:41669/api") // what `iicp dev` printed
+//!     .allow_private_endpoints(true)
+//!     .build()?;
+//! let reply = client.chat(vec![ChatMessage::new("user", "Hello, mesh")]).await?;
+//! println!("{} answered: {}", reply.node_id, reply.text());
+//! # Ok(()) }
+//! ```
+//!
+//! ## Handle errors
+//!
+//! Every failure is one [`Error`] with a protocol [`ErrorCode`], an [`ErrorKind`] to
+//! match on, and predicates for the usual decisions. `is_retryable` is the rule the
+//! client's own retry loop follows: after `all_nodes_failed` it is true exactly when
+//! every node failed transiently (429, 503, 504, a timeout, a refused connection).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use iicp_client::{ChatMessage, Client, ErrorKind};
+//!
+//! # async fn run(client: Client) -> Result<(), iicp_client::Error> {
+//! match client.chat(vec![ChatMessage::new("user", "Hi")]).await {
+//!     Ok(reply) => println!("{}", reply.text()),
+//!     Err(e) if e.is_retryable() => {
+//!         // the mesh is busy or changing: wait as asked, then try again
+//!         let wait = e.retry_after().unwrap_or(Duration::from_secs(1));
+//!         tokio::time::sleep(wait).await;
+//!     }
+//!     Err(e) => match e.kind() {
+//!         ErrorKind::Config | ErrorKind::Input => return Err(e), // our mistake
+//!         ErrorKind::NoNodes => eprintln!("no node serves this: {e}"),
+//!         _ => eprintln!("failed: {e}"), // the message names the last cause
+//!     },
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! ## Pin a node
+//!
+//! A conversation often wants the node that answered its first turn (its cache, its
+//! model). [`ChatOptions::node_id`] (for any task [`DiscoverOptions::node_id`]) makes
+//! that node the only candidate; when it
+//! has left the mesh the call fails with `no_nodes_available` instead of silently
+//! landing elsewhere.
+//!
+//! ```no_run
+//! use iicp_client::{ChatMessage, ChatOptions, Client};
+//!
+//! # async fn run(client: Client) -> Result<(), iicp_client::Error> {
+//! let first = client.chat(vec![ChatMessage::new("user", "Remember: 42")]).await?;
+//! let pinned = ChatOptions { node_id: Some(first.node_id.clone()), ..Default::default() };
+//! let again = client
+//!     .chat_with(vec![ChatMessage::new("user", "What did I say?")], pinned)
+//!     .await?;
+//! assert_eq!(again.node_id, first.node_id);
 //! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
@@ -41,13 +114,18 @@ pub mod time;
 
 pub use breaker::{FAILURE_THRESHOLD as BREAKER_FAILURE_THRESHOLD, OPEN_FOR as BREAKER_OPEN_FOR};
 pub use client::{
-    backoff, Client, ClientBuilder, BACKOFF_BASE, BACKOFF_JITTER, DEFAULT_DISCOVERY_TTL,
-    DEFAULT_TIMEOUT, MAX_ATTEMPTS_PER_NODE, MAX_TIMEOUT,
+    backoff, Client, ClientBuilder, RetryPolicy, BACKOFF_BASE, BACKOFF_JITTER,
+    DEFAULT_DISCOVERY_TTL, DEFAULT_TIMEOUT, MAX_ATTEMPTS_PER_NODE, MAX_TIMEOUT,
 };
 pub use directory::{DirectoryClient, TicketOutcome, VerifiedTicket, DEFAULT_DIRECTORY_URL};
 pub use endpoint::{EndpointPolicy, EndpointRefusal};
-pub use error::Error;
+pub use error::{Error, ErrorKind};
+// what a caller of `chat`/`submit`/`discover` names, so that one dependency is enough
+pub use iicp_proto::directory::NodeEntry;
 pub use iicp_proto::error::ErrorCode;
+pub use iicp_proto::ids::TaskId;
+pub use iicp_proto::secret::Secret;
+pub use iicp_proto::task::{ChatCompletion, ChatMessage, Constraints, Qos};
 pub use options::{
     ChatOptions, ChatResult, DiscoverOptions, Encryption, RouteDiscovery, Task, TaskResult,
     Transport, TransportUsed, CHAT_INTENT,

@@ -84,6 +84,10 @@ pub struct DiscoverOptions {
     pub model: Option<String>,
     /// Required input modality (`text`, `image`, …).
     pub modality: Option<String>,
+    /// Only this node (a conversation pinned to the node that answered before): the
+    /// others are not candidates, and ticketed dispatch is not used. A node that is no
+    /// longer listed, or not eligible, gives `no_nodes_available`.
+    pub node_id: Option<String>,
 }
 
 impl DiscoverOptions {
@@ -260,6 +264,8 @@ pub struct ChatOptions {
     pub min_reputation: Option<f64>,
     /// Another chat-shaped intent than `urn:iicp:intent:llm:chat:v1`.
     pub intent: Option<String>,
+    /// Only this node ([`DiscoverOptions::node_id`](crate::DiscoverOptions::node_id)).
+    pub node_id: Option<String>,
 }
 
 /// The result of [`Client::chat`](crate::Client::chat): an OpenAI chat completion and
@@ -279,9 +285,16 @@ pub struct ChatResult {
 }
 
 impl ChatResult {
-    /// The text of the first choice (empty when none).
-    pub fn text(&self) -> String {
-        self.completion.text().unwrap_or_default()
+    /// The text of the first choice (empty when none), borrowed when the content is a
+    /// plain string (the usual case), joined when it is a list of text parts.
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        let Some(message) = self.message() else {
+            return std::borrow::Cow::Borrowed("");
+        };
+        match message.content.as_str() {
+            Some(s) => std::borrow::Cow::Borrowed(s),
+            None => std::borrow::Cow::Owned(message.text().unwrap_or_default()),
+        }
     }
 
     /// The first choice's message, if any.

@@ -315,3 +315,142 @@ async fn all_nodes_failed_names_the_last_cause_and_redirects_have_their_own_code
     );
     assert_eq!(target.count(), 0);
 }
+
+#[tokio::test]
+async fn the_builder_sets_retries_user_agent_headers_and_the_directory_timeout() {
+    use iicp_client::{ErrorKind, RetryPolicy};
+    // one attempt per node, no back-off sleep
+    let (dir, nodes) = mesh(vec![vec![status(503)], vec![]]).await;
+    let sleeper = Arc::new(RecordingSleeper::default());
+    let client = builder(&dir, sleeper.clone())
+        .retry(RetryPolicy {
+            attempts_per_node: 1,
+            ..RetryPolicy::default()
+        })
+        .user_agent("my-app/2.1")
+        .header("x-tenant", "acme")
+        .build()
+        .expect("client");
+    let done = client.submit(chat_task()).await.expect("submit");
+    assert_eq!(done.node_id, node_id(2));
+    assert_eq!(
+        nodes.iter().map(FakeNode::count).collect::<Vec<_>>(),
+        [1, 1]
+    );
+    assert!(sleeper.sleeps().is_empty());
+    for call in dir.calls().iter().chain(nodes[1].calls().iter()) {
+        assert_eq!(
+            call.header("user-agent"),
+            Some("my-app/2.1"),
+            "{}",
+            call.path
+        );
+        assert_eq!(call.header("x-tenant"), Some("acme"), "{}", call.path);
+    }
+    // the cap bounds the doubling
+    let (dir, _nodes) = mesh(vec![vec![status(503); 4], vec![]]).await;
+    let sleeper = Arc::new(RecordingSleeper::default());
+    let client = builder(&dir, sleeper.clone())
+        .retry(RetryPolicy {
+            attempts_per_node: 5,
+            base: Duration::from_millis(100),
+            cap: Duration::from_millis(250),
+        })
+        .build()
+        .expect("client");
+    client.submit(chat_task()).await.expect("submit");
+    assert_eq!(
+        sleeper.sleeps(),
+        [100, 200, 250, 250].map(Duration::from_millis).to_vec()
+    );
+    // bad settings are configuration errors, matched by kind
+    for bad in [
+        iicp_client::Client::builder().retry(RetryPolicy {
+            attempts_per_node: 0,
+            ..RetryPolicy::default()
+        }),
+        iicp_client::Client::builder().header("bad header", "x"),
+        iicp_client::Client::builder().header("x-ok", "line\nbreak"),
+        iicp_client::Client::builder().directory_timeout(Duration::ZERO),
+    ] {
+        let err = bad.build().expect_err("refused");
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert_eq!(err.code(), &ErrorCode::InvalidConfig);
+    }
+}
+
+#[tokio::test]
+async fn a_slow_directory_is_cut_at_the_directory_timeout() {
+    let router = Router::new()
+        .route(Method::GET, "/v1/discover", |_req: Request, _p| async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            json(StatusCode::OK, &j!({"nodes": []}))
+        })
+        .nest_alias("/api");
+    let server = serve(router).await;
+    let client = iicp_client::Client::builder()
+        .directory_url(format!("{}/api", server.url()))
+        .route_discovery(RouteDiscovery::Legacy)
+        .directory_timeout(Duration::from_millis(200))
+        .build()
+        .expect("client");
+    let started = std::time::Instant::now();
+    let err = client
+        .discover(CHAT, DiscoverOptions::default())
+        .await
+        .expect_err("timeout");
+    assert!(err.is_timeout(), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "not cut at 200 ms"
+    );
+}
+
+#[tokio::test]
+async fn a_pinned_task_goes_to_its_node_or_nowhere() {
+    let (dir, nodes) = mesh(vec![vec![], vec![], vec![]]).await;
+    let client = builder(&dir, Arc::new(RecordingSleeper::default()))
+        .build()
+        .expect("client");
+    let pin = iicp_client::ChatOptions {
+        node_id: Some(node_id(3)),
+        ..Default::default()
+    };
+    for _ in 0..3 {
+        let r = client
+            .chat_with(
+                vec![iicp_client::ChatMessage::new("user", "hi")],
+                pin.clone(),
+            )
+            .await
+            .expect("chat");
+        assert_eq!(r.node_id, node_id(3));
+        // text() borrows the content string
+        assert!(matches!(r.text(), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(r.text(), format!("hello from {}", node_id(3)));
+    }
+    assert_eq!(
+        nodes.iter().map(FakeNode::count).collect::<Vec<_>>(),
+        [0, 0, 3]
+    );
+    let listed = client
+        .discover(
+            CHAT,
+            DiscoverOptions {
+                node_id: Some(node_id(2)),
+                ..DiscoverOptions::default()
+            },
+        )
+        .await
+        .expect("discover");
+    assert_eq!(listed.len(), 1);
+    let gone = iicp_client::ChatOptions {
+        node_id: Some(node_id(42)),
+        ..Default::default()
+    };
+    let err = client
+        .chat_with(vec![iicp_client::ChatMessage::new("user", "hi")], gone)
+        .await
+        .expect_err("not listed");
+    assert_eq!(err.code(), &ErrorCode::NoNodesAvailable);
+}

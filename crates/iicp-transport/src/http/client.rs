@@ -90,6 +90,10 @@ pub struct HttpClientConfig {
     pub extra_root_certificates: Vec<Vec<u8>>,
     /// The `User-Agent` sent with every request. Default [`DEFAULT_USER_AGENT`].
     pub user_agent: String,
+    /// Headers added to every request that does not set them itself, treated like
+    /// credentials: marked sensitive, and not sent after a redirect leaves the origin.
+    /// Default none.
+    pub default_headers: http::HeaderMap,
     /// Redirect policy of requests that do not set one. Default [`Redirects::None`].
     pub redirects: Redirects,
     /// Which addresses the client may connect to, checked on the answer the connector
@@ -115,6 +119,7 @@ impl Default for HttpClientConfig {
             pool_max_idle_per_host: 32,
             extra_root_certificates: Vec::new(),
             user_agent: DEFAULT_USER_AGENT.to_owned(),
+            default_headers: http::HeaderMap::new(),
             redirects: Redirects::None,
             address_rule: None,
             local_address: None,
@@ -139,6 +144,10 @@ impl fmt::Debug for HttpClientConfig {
                 &self.extra_root_certificates.len(),
             )
             .field("user_agent", &self.user_agent)
+            .field(
+                "default_headers",
+                &self.default_headers.keys().collect::<Vec<_>>(),
+            )
             .field("redirects", &self.redirects);
         #[cfg(debug_assertions)]
         d.field(
@@ -713,6 +722,13 @@ impl Exchange<'_> {
             .entry(USER_AGENT)
             .or_insert_with(|| self.inner.user_agent.clone());
         if credentials {
+            for (name, value) in &self.inner.config.default_headers {
+                if !headers.contains_key(name) {
+                    let mut value = value.clone();
+                    value.set_sensitive(true);
+                    headers.insert(name.clone(), value);
+                }
+            }
             if let Some(token) = &self.bearer {
                 let mut value = HeaderValue::try_from(format!("Bearer {}", token.expose()))
                     .map_err(|_| HttpClientError::InvalidHeader {
