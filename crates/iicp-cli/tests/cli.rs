@@ -263,8 +263,6 @@ fn dev_once_with_a_real_model() {
             "llama_cpp.server",
             "--model",
             &gguf,
-            "--model_alias",
-            "smollm2",
             "--host",
             "127.0.0.1",
             "--port",
@@ -292,10 +290,9 @@ fn dev_once_with_a_real_model() {
             "--once",
             "--nodes",
             "1",
+            // no `/v1`, no `--model`: normalised and auto-selected as `serve` does
             "--backend-url",
-            &format!("http://127.0.0.1:{port}/v1"),
-            "--model",
-            "smollm2",
+            &format!("http://127.0.0.1:{port}"),
             "--prompt",
             "Say hello.",
         ])
@@ -308,6 +305,16 @@ fn dev_once_with_a_real_model() {
         out.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    // llama-cpp-python lists the model by its GGUF path: the node publishes the stem
+    let stem = std::path::Path::new(&gguf)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .expect("stem");
+    assert!(stdout.contains(&format!("model {stem}")), "{stdout}");
+    assert!(
+        !stdout.contains(".gguf") && !stdout.contains("/root"),
+        "{stdout}"
     );
     let chats: Vec<&str> = stdout.lines().filter(|l| l.starts_with("chat")).collect();
     assert_eq!(chats.len(), 2, "{stdout}");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use iicp_backends::{BackendConfig, BackendKind};
+use iicp_backends::BackendConfig;
 use iicp_client::load::Histogram;
 use iicp_client::{Client, Task, TaskResult, Transport, TransportUsed};
 use iicp_directory::store::MemoryStore;
@@ -44,7 +44,7 @@ pub(crate) struct Args {
     /// Backend type: openai_compat, vllm, llamacpp, anthropic.
     #[arg(long, env = "IICP_BACKEND_TYPE", default_value = "openai_compat")]
     backend_type: String,
-    /// Model name (required with --backend-url).
+    /// Model name (with --backend-url; auto-selected when the server lists exactly one).
     #[arg(long, env = "IICP_BACKEND_MODEL")]
     model: Option<String>,
     /// API key of the backend.
@@ -65,24 +65,31 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-fn handler(args: &Args) -> anyhow::Result<(Arc<dyn TaskHandler>, String)> {
+/// The task handler: the echo model, or the model server at `--backend-url` read the
+/// way `serve` reads it (`/v1` added, the model auto-selected when the server lists one,
+/// GGUF paths published by file name).
+async fn handler(args: &Args) -> anyhow::Result<(Arc<dyn TaskHandler>, String)> {
     let Some(url) = &args.backend_url else {
         return Ok((Arc::new(EchoModel::default()), "echo".into()));
     };
-    let kind: BackendKind = args
-        .backend_type
-        .parse()
-        .map_err(|e: iicp_backends::UnknownBackend| UsageError(e.to_string()))?;
-    let model = args
-        .model
-        .clone()
-        .ok_or_else(|| UsageError("--model is required with --backend-url".into()))?;
+    let (kind, base_url) = iicp_backends::resolve_endpoint(Some(&args.backend_type), Some(url))
+        .map_err(|e| UsageError(format!("--backend-type/--backend-url: {e}")))?;
+    let api_key = args.backend_api_key.clone().map(Secret::new);
+    let plan = iicp_backends::plan_models(
+        &super::serve::probe_client()?,
+        &base_url,
+        api_key.as_ref(),
+        args.model.as_deref(),
+    )
+    .await
+    .map_err(|e| UsageError(e.to_string()))?;
     let mut config = BackendConfig::new(kind);
-    config.base_url = Some(url.clone());
-    config.model = Some(model.clone());
-    config.api_key = args.backend_api_key.clone().map(Secret::new);
+    config.base_url = Some(base_url);
+    config.model = Some(plan.model.clone());
+    config.api_key = api_key;
+    config.model_aliases = plan.aliases;
     let backend = iicp_backends::build(config).map_err(|e| UsageError(e.to_string()))?;
-    Ok((Arc::new(BackendHandler::new(backend)), model))
+    Ok((Arc::new(BackendHandler::new(backend)), plan.model))
 }
 
 struct ArcHandler(Arc<dyn TaskHandler>);
@@ -97,7 +104,7 @@ impl TaskHandler for ArcHandler {
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let (handler, model) = handler(&args)?;
+    let (handler, model) = handler(&args).await?;
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
     // 1. the directory

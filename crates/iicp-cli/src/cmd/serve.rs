@@ -131,33 +131,9 @@ impl Backend {
         if ty.is_some_and(|t| t.eq_ignore_ascii_case("echo")) {
             return Ok(Backend::Echo);
         }
-        let url = backend_url.filter(|u| !u.is_empty());
-        let kind: BackendKind = match ty {
-            Some(t) => t
-                .parse()
-                .map_err(|e: iicp_backends::UnknownBackend| UsageError(e.to_string()))?,
-            // a saved profile has no backend type: infer Anthropic from its URL
-            None if url.is_some_and(|u| u.contains("api.anthropic.com")) => BackendKind::Anthropic,
-            None => BackendKind::OpenAiCompat,
-        };
-        let base_url = match url {
-            Some(u) => {
-                if !(u.starts_with("http://") || u.starts_with("https://")) {
-                    return Err(UsageError(format!(
-                        "--backend-url must be an http(s) URL, got {u:?}"
-                    ))
-                    .into());
-                }
-                // the adapters expect the API root ending in /v1 (SEED-SDK §2.3 step 13)
-                let u = u.trim_end_matches('/');
-                if u.ends_with("/v1") {
-                    u.to_owned()
-                } else {
-                    format!("{u}/v1")
-                }
-            }
-            None => kind.default_base_url().to_owned(),
-        };
+        // one reading of type and URL for every command (iicp_backends)
+        let (kind, base_url) = iicp_backends::resolve_endpoint(ty, backend_url)
+            .map_err(|e| UsageError(format!("--backend-type/--backend-url: {e}")))?;
         Ok(Backend::Server {
             kind,
             base_url,
@@ -447,39 +423,29 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let operator = operator_identity(home.as_ref())?;
     let http = probe_client()?;
 
-    // 2. model auto-selection (SEED-SDK §2.3 step 5)
-    let listed = cfg.backend.models(&http).await;
-    let model = match (&cfg.model, &listed) {
-        (Some(m), _) => m.clone(),
-        (None, Ok(models)) if models.len() == 1 => {
-            tracing::info!(model = %models[0], "auto-selected the backend's only model");
-            models[0].clone()
-        }
-        (None, Ok(models)) if models.is_empty() => {
-            return Err(UsageError("--model is required: the backend lists no model".into()).into())
-        }
-        (None, Ok(models)) => {
-            return Err(UsageError(format!(
-                "--model is required: the backend lists several ({})",
-                models.join(", ")
-            ))
-            .into())
-        }
-        (None, Err(e)) => {
-            return Err(UsageError(format!(
-                "--model is required (the backend's model list is unavailable: {e})"
-            ))
-            .into())
-        }
+    // 2. model auto-selection (SEED-SDK §2.3 step 5), public names for GGUF paths,
+    //    the context window as max_tokens (iicp_backends::plan_models)
+    let plan = match &cfg.backend {
+        Backend::Echo => iicp_backends::ModelPlan {
+            model: cfg.model.clone().unwrap_or_else(|| "echo".to_owned()),
+            models: vec![cfg.model.clone().unwrap_or_else(|| "echo".to_owned())],
+            aliases: Vec::new(),
+            context_length: None,
+        },
+        Backend::Server {
+            base_url, api_key, ..
+        } => iicp_backends::plan_models(&http, base_url, api_key.as_ref(), cfg.model.as_deref())
+            .await
+            .map_err(|e| UsageError(e.to_string()))?,
     };
-    let mut models = vec![model.clone()];
-    if let Ok(all) = &listed {
-        let extra: Vec<String> = all.iter().filter(|m| **m != model).cloned().collect();
-        if !extra.is_empty() {
-            tracing::info!("advertising {} additional model(s)", extra.len());
-        }
-        models.extend(extra);
+    if plan.models.len() > 1 {
+        tracing::info!("advertising {} additional model(s)", plan.models.len() - 1);
     }
+    for (public, _) in &plan.aliases {
+        tracing::info!(model = %public, "the backend lists this model by its file path; advertised by its file name");
+    }
+    let model = plan.model.clone();
+    let models = plan.models.clone();
     if let Backend::Server {
         kind: BackendKind::OpenAiCompat,
         base_url,
@@ -543,6 +509,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(p) = args.relay_accept_port {
         builder = builder.relay_accept_port(p);
     }
+    if let Some(ctx) = plan.context_length {
+        builder = builder.max_tokens(ctx);
+    }
     if let (true, Some(d)) = (register, &cfg.directory) {
         builder = builder.directory_url(d.clone());
     }
@@ -590,6 +559,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             bc.base_url = Some(base_url.clone());
             bc.model = Some(model.clone());
             bc.api_key = api_key.clone();
+            bc.model_aliases = plan.aliases.clone();
             let backend = iicp_backends::build(bc).map_err(|e| UsageError(e.to_string()))?;
             node.serve(BackendHandler::new(backend), options).await
         }
