@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Node benchmark, side by side: our node, the Python SDK node and the Rust SDK node
-# (iicp-client 0.7.109, see ../shared/interop/INTEROP.md), each serving with
+# (iicp-client 0.7.109, see docs/interop.md), each serving with
 # --skip-registration behind the SAME `iicp stub-model` backend, loaded in turn by
 # `iicp bench` with identical settings. Writes the comparison table into
 # docs/PERFORMANCE.md between the bench-peers markers (a rerun replaces it).
