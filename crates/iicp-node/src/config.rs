@@ -166,6 +166,11 @@ pub struct NodeConfig {
     pub api_tokens: Vec<Secret>,
     /// Per-origin / per-IP limit on task submissions.
     pub rate_limit: RateLimit,
+    /// Key the per-IP limit by the client address a reverse proxy reports in
+    /// `X-Forwarded-For` / `Forwarded` (the rightmost hop that is not a proxy, ADR 0008)
+    /// instead of the connection's address. Off by default: only a node that is reached
+    /// through its proxy alone may trust these headers.
+    pub trust_forwarded_for: bool,
     /// Serve native CALLs on the HTTP port and advertise `transport_endpoint`.
     pub native: bool,
     /// Directory base URL (`None`: standalone, no registration).
@@ -223,6 +228,8 @@ impl fmt::Debug for NodeConfig {
             .field("max_concurrent", &self.max_concurrent)
             .field("auth", &self.auth)
             .field("api_tokens", &self.api_tokens.len())
+            .field("rate_limit", &self.rate_limit)
+            .field("trust_forwarded_for", &self.trust_forwarded_for)
             .field("native", &self.native)
             .field("directory_url", &self.directory_url)
             .field("cx_key", &self.cx_key.as_ref().map(CxKeyPair::key_id))
@@ -264,6 +271,7 @@ pub struct NodeBuilder {
     auth: AuthMode,
     api_tokens: Vec<Secret>,
     rate_limit: Option<RateLimit>,
+    trust_forwarded_for: bool,
     native: Option<bool>,
     directory_url: Option<String>,
     directory_timeout: Option<Duration>,
@@ -407,6 +415,13 @@ impl NodeBuilder {
     /// Task rate limit per `Origin` / source IP (default 120 per 60 s).
     pub fn rate_limit(mut self, limit: RateLimit) -> Self {
         self.rate_limit = Some(limit);
+        self
+    }
+
+    /// Key the per-IP task limit by the client address in `X-Forwarded-For` /
+    /// `Forwarded` (see [`NodeConfig::trust_forwarded_for`]; default off).
+    pub fn trust_forwarded_for(mut self, on: bool) -> Self {
+        self.trust_forwarded_for = on;
         self
     }
 
@@ -630,6 +645,7 @@ impl NodeBuilder {
                 .filter(|t| !t.is_empty())
                 .collect(),
             rate_limit: self.rate_limit.unwrap_or_default(),
+            trust_forwarded_for: self.trust_forwarded_for,
             native: self.native.unwrap_or(true),
             directory_url: self.directory_url,
             directory_timeout,
