@@ -62,6 +62,31 @@ impl AuthMode {
     }
 }
 
+impl fmt::Display for AuthMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A text that is not `open`, `token` or `consumer`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown auth mode {0:?} (expected open, token or consumer)")]
+pub struct UnknownAuthMode(String);
+
+impl std::str::FromStr for AuthMode {
+    type Err = UnknownAuthMode;
+
+    /// `open`, `token` or `consumer`, ASCII case-insensitive.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        [AuthMode::Open, AuthMode::Token, AuthMode::Consumer]
+            .into_iter()
+            .find(|m| m.as_str().eq_ignore_ascii_case(t))
+            // the message echoes a bounded prefix of the (mistyped) value
+            .ok_or_else(|| UnknownAuthMode(t.chars().take(32).collect()))
+    }
+}
+
 /// A fixed-window request limit per key (per `Origin`, else per source IP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
@@ -783,6 +808,23 @@ mod tests {
         for p in ["8.8.8.8", "node.example.com", "2001:db8::1"] {
             assert!(!is_private_host(p), "{p}");
         }
+    }
+
+    #[test]
+    fn auth_modes_parse() {
+        for (text, mode) in [
+            ("open", AuthMode::Open),
+            ("Token", AuthMode::Token),
+            (" consumer ", AuthMode::Consumer),
+        ] {
+            assert_eq!(text.parse::<AuthMode>(), Ok(mode), "{text}");
+            assert_eq!(mode.to_string().parse::<AuthMode>(), Ok(mode));
+        }
+        for bad in ["", "tokens", "bearer", "none"] {
+            assert!(bad.parse::<AuthMode>().is_err(), "{bad}");
+        }
+        let long = "x".repeat(100).parse::<AuthMode>().expect_err("bad");
+        assert!(long.to_string().len() < 100, "{long}");
     }
 
     #[test]
