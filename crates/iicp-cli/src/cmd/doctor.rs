@@ -8,6 +8,7 @@ use iicp_client::DirectoryClient;
 use iicp_proto::directory::DiscoverQuery;
 use serde_json::{json, Value};
 
+use super::runstate::serving_on;
 use super::serve::{home, probe_client, Backend, CHAT, DEFAULT_DIRECTORY};
 use super::UsageError;
 
@@ -144,17 +145,33 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         }
     });
 
-    // port
+    // port: free, used by a node this configuration root serves, or by something else
     let free = std::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).is_ok();
+    let serving = (!free)
+        .then(|| home.as_ref().and_then(|h| serving_on(h, port)))
+        .flatten();
     checks.push(Check {
         name: "port",
         ok: true,
-        detail: if free {
-            format!("{port} is free")
-        } else {
-            format!("{port} is in use — `serve` will take the next free port (or pass --port)")
+        detail: match (free, &serving) {
+            (true, _) => format!("{port} is free"),
+            (false, Some(n)) => format!(
+                "{port} is used by the serving node {} (pid {}) — another `serve` takes the next free port",
+                match &n.name {
+                    Some(name) => format!("{name} ({})", n.node_id),
+                    None => n.node_id.clone(),
+                },
+                n.pid
+            ),
+            (false, None) => format!(
+                "{port} is in use — `serve` will take the next free port (or pass --port)"
+            ),
         },
-        extra: json!({"port": port, "free": free}),
+        extra: json!({
+            "port": port,
+            "free": free,
+            "serving": serving.as_ref().map(|n| json!({"pid": n.pid, "node_id": n.node_id, "name": n.name})),
+        }),
     });
 
     // NAT: observations and plan, nothing mapped

@@ -609,6 +609,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     .with_context(|| format!("serving on port {port}"))?;
+    run.serving(
+        home.as_ref(),
+        &cfg.node_id,
+        args.node.as_deref(),
+        handle.local_addr(),
+    );
 
     // a signal from here on drains, deregisters and cleans up (also during step 6)
     let (trigger, mut stop) = shutdown::channel();
