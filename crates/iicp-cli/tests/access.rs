@@ -172,6 +172,69 @@ fn token_mode_from_the_environment_locks_http_and_never_shows_the_token() {
 }
 
 #[test]
+fn token_mode_applies_to_native_calls_too() {
+    use iicp_client::{Client, Transport};
+    use iicp_proto::task::ChatMessage;
+
+    let home = temp_home("auth-native");
+    let (_dir, url) = common::directory();
+    let token = fresh_token();
+    let port = free_port();
+    let mut cmd = iicp();
+    cmd.env("IICP_HOME", &home)
+        .env("IICP_NODE_TOKEN", &token)
+        .env("IICP_AUTO_DETECT_NAT", "0")
+        .args([
+            "serve",
+            "--backend-type",
+            "echo",
+            "--auth",
+            "token",
+            "--directory-url",
+            &url,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ]);
+    let mut node = Proc::spawn(cmd);
+    let summary = node.read_until("serving ");
+    assert!(summary.contains("(registered)"), "{summary}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let chat = |with: Option<&str>| {
+        let mut b = Client::builder()
+            .directory_url(url.clone())
+            .allow_private_endpoints(true)
+            .transport(Transport::Native);
+        if let Some(t) = with {
+            b = b.api_token(t.to_owned());
+        }
+        let client = b.build().expect("client");
+        rt.block_on(client.chat(vec![ChatMessage::new("user", "over native")]))
+    };
+    let e = chat(None).expect_err("no token");
+    assert_eq!(e.code().as_str(), "unauthorized", "{e}");
+    let mut wrong = token.clone();
+    wrong.pop();
+    wrong.push('x');
+    let e = chat(Some(&wrong)).expect_err("wrong token");
+    assert_eq!(e.code().as_str(), "unauthorized", "{e}");
+    let ok = chat(Some(&token)).expect("right token");
+    assert_eq!(
+        ok.completion.choices[0].message.content,
+        "echo: over native"
+    );
+    node.signal("-TERM");
+    let (code, out, err) = node.wait();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!format!("{summary}{out}{err}").contains(&token));
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+#[test]
 fn node_token_as_a_flag_works_but_warns() {
     let home = temp_home("auth-flag");
     let token = fresh_token();
@@ -242,6 +305,48 @@ fn access_usage_errors_exit_2_without_echoing_the_token() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(needle), "{args:?} {env:?}: {err}");
         assert!(!err.contains(secretish), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+#[test]
+fn help_names_the_access_flags_and_init_refuses_bad_auth_before_writing() {
+    let o = run(iicp().args(["serve", "--help"]));
+    let help = String::from_utf8_lossy(&o.stdout);
+    for name in [
+        "--auth",
+        "IICP_NODE_AUTH",
+        "--node-token",
+        "IICP_NODE_TOKEN",
+        "--rate-limit",
+        "IICP_TASK_RATE_LIMIT",
+        "--trust-forwarded-for",
+        "IICP_TRUST_FORWARDED_FOR",
+    ] {
+        assert!(help.contains(name), "serve --help lacks {name}");
+    }
+    let o = run(iicp().args(["init", "--help"]));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("--auth"));
+
+    let home = temp_home("init-auth");
+    for (args, token) in [
+        (vec!["--auth", "bogus"], None),
+        (vec!["--auth", "token"], Some("too-short")),
+        (vec!["--auth", "open"], Some("0123456789abcdef0123")),
+    ] {
+        let mut c = iicp();
+        c.env("IICP_HOME", &home)
+            .env_remove("IICP_NODE_TOKEN")
+            .args(["init", "--yes", "--display-name", "op", "--node", "edge"])
+            .args(&args);
+        if let Some(t) = token {
+            c.env("IICP_NODE_TOKEN", t);
+        }
+        let o = run(&mut c);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(!text(&o).contains("too-short"), "{}", text(&o));
+        assert!(!home.join("nodes").join("edge.json").exists(), "{args:?}");
+        assert!(!home.join("auth").join("edge.json").exists(), "{args:?}");
     }
     let _ = std::fs::remove_dir_all(&home);
 }
