@@ -562,6 +562,29 @@ fn doctor_recognises_the_serving_node_on_its_port() {
             .all(|n| !n.to_string_lossy().ends_with(".serve.json")),
         "{left:?}"
     );
+
+    // a node of another configuration root is named by what its health says
+    let elsewhere = temp_home("doctor-other");
+    let mut node = Proc::spawn(serve_cmd(&elsewhere, port));
+    let summary = node.read_until("serving ");
+    let other_id = summary
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("IICP node "))
+        .expect("node id")
+        .trim()
+        .to_owned();
+    let o = doctor(false);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!(
+            "{port} is used by IICP node {other_id}, not served from this configuration root"
+        )),
+        "{out}"
+    );
+    node.signal("-TERM");
+    assert_eq!(node.wait().0, Some(0));
+    let _ = std::fs::remove_dir_all(&elsewhere);
     let _ = std::fs::remove_dir_all(&home);
 }
 

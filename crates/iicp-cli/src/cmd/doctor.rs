@@ -150,6 +150,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let serving = (!free)
         .then(|| home.as_ref().and_then(|h| serving_on(h, port)))
         .flatten();
+    // not ours: perhaps a node of another configuration root or SDK, which says so
+    let other = match (free, &serving) {
+        (false, None) => local_node_id(&http, port).await,
+        _ => None,
+    };
     checks.push(Check {
         name: "port",
         ok: true,
@@ -163,14 +168,20 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 },
                 n.pid
             ),
-            (false, None) => format!(
-                "{port} is in use — `serve` will take the next free port (or pass --port)"
-            ),
+            (false, None) => match &other {
+                Some(id) => format!(
+                    "{port} is used by IICP node {id}, not served from this configuration root — `serve` will take the next free port (or pass --port)"
+                ),
+                None => format!(
+                    "{port} is in use — `serve` will take the next free port (or pass --port)"
+                ),
+            },
         },
         extra: json!({
             "port": port,
             "free": free,
-            "serving": serving.as_ref().map(|n| json!({"pid": n.pid, "node_id": n.node_id, "name": n.name})),
+            "serving": serving.as_ref().map(|n| json!({"pid": n.pid, "node_id": n.node_id, "name": n.name}))
+                .or_else(|| other.as_ref().map(|id| json!({"node_id": id}))),
         }),
     });
 
@@ -247,4 +258,25 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The `node_id` that `/iicp/health` on 127.0.0.1:`port` reports, if an IICP node
+/// answers there.
+async fn local_node_id(
+    http: &iicp_transport::http::client::HttpClient,
+    port: u16,
+) -> Option<String> {
+    let reply = http
+        .get(format!("http://127.0.0.1:{port}/iicp/health"))
+        .send()
+        .await
+        .ok()?;
+    if reply.status != 200 {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&reply.body).ok()?;
+    v["node_id"]
+        .as_str()
+        .filter(|id| !id.is_empty() && id.len() <= 64 && !id.chars().any(char::is_control))
+        .map(str::to_owned)
 }
