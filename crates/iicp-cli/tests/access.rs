@@ -352,6 +352,46 @@ fn help_names_the_access_flags_and_init_refuses_bad_auth_before_writing() {
 }
 
 #[test]
+fn consumer_mode_on_an_unregistered_node_warns_that_it_refuses_everyone() {
+    let home = temp_home("consumer-unreg");
+    let port = free_port();
+    let mut cmd = iicp();
+    // a loopback endpoint does not register with a public directory (which is never
+    // contacted: `.example` does not resolve)
+    cmd.env("IICP_HOME", &home)
+        .env_remove("IICP_NODE_TOKEN")
+        .args([
+            "serve",
+            "--backend-type",
+            "echo",
+            "--auth",
+            "consumer",
+            "--directory-url",
+            "http://directory.example/api",
+            "--no-auto-detect-nat",
+            "--skip-upnp",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ]);
+    let mut node = Proc::spawn(cmd);
+    let summary = node.read_until("serving ");
+    assert!(summary.contains("(registration skipped)"), "{summary}");
+    assert!(summary.contains("  auth       consumer"), "{summary}");
+    let (status, body) = post(port, &[], &task(None));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    node.signal("-TERM");
+    let (code, _, err) = node.wait();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("every task will be refused"), "{err}");
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+#[test]
 fn init_auth_token_saves_a_generated_token_that_serve_node_uses() {
     let home = temp_home("auth-profile");
     let o = run(iicp()

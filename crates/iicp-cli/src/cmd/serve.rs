@@ -540,6 +540,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             register = false;
         }
     }
+    if !register {
+        cfg.access.warn_without_directory();
+    }
     let mut builder = Node::builder()
         .node_id(cfg.node_id.clone())
         .endpoint(endpoint.clone())

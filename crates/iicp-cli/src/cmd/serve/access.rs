@@ -238,6 +238,16 @@ impl Access {
         b
     }
 
+    /// For a node that does not register: consumer mode then has no directory key to
+    /// verify consumer tokens with, and without a node token it refuses every task.
+    pub(crate) fn warn_without_directory(&self) {
+        if self.mode == AuthMode::Consumer && self.token.is_none() {
+            tracing::warn!(
+                "--auth consumer on a node that does not register: no consumer token can be verified and no node token is set, so every task will be refused (set {TOKEN_ENV}, or register)"
+            );
+        }
+    }
+
     /// The summary's `auth` value (no secret).
     pub(crate) fn describe(&self) -> String {
         match self.mode {
