@@ -433,6 +433,12 @@ fn init_auth_token_saves_a_generated_token_that_serve_node_uses() {
     .expect("json");
     assert!(profile.get("auth").is_none() && profile.get("api_token").is_none());
 
+    let o = run(iicp().env("IICP_HOME", &home).args(["list", "--json"]));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains(&token));
+    let listed: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(listed[0]["auth"], "token", "{listed}");
+
     let port = free_port();
     let mut cmd = serve_cmd(&home, port);
     cmd.args(["--node", "edge"]);
