@@ -85,8 +85,30 @@ enum Command {
     StubModel(cmd::stub_model::Args),
 }
 
-/// Parses the command line of binary `bin` and runs it.
+/// The name the program was invoked by: the file name of `argv[0]` (a symlink
+/// `iicp-node` to `iicp` calls itself `iicp-node` in `--version`, usage and
+/// completions), else `default` when that is missing or not a plain short name.
+fn program_name(argv0: Option<&std::ffi::OsStr>, default: &'static str) -> String {
+    argv0
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|f| f.to_str())
+        .map(|n| n.strip_suffix(".exe").unwrap_or(n))
+        .filter(|n| {
+            !n.is_empty()
+                && n.len() <= 64
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c))
+        })
+        .unwrap_or(default)
+        .to_owned()
+}
+
+/// Parses the command line and runs it; `bin` names the program when `argv[0]` does
+/// not.
 pub fn run(bin: &'static str) -> ExitCode {
+    let argv0 = std::env::args_os().next();
+    // clap wants a 'static name; one short string per process
+    let bin: &'static str = Box::leak(program_name(argv0.as_deref(), bin).into_boxed_str());
     let parsed = Cli::command()
         .name(bin)
         .bin_name(bin)
@@ -188,4 +210,23 @@ fn init_logging(verbose: u8, quiet: bool, quiet_default: bool) {
         .with(stderr)
         .with(file)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::program_name;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn program_name_is_argv0_file_name() {
+        let name = |a: &str| program_name(Some(OsStr::new(a)), "iicp");
+        assert_eq!(name("/usr/local/bin/iicp-node"), "iicp-node");
+        assert_eq!(name("iicp"), "iicp");
+        assert_eq!(name("./bin/my-iicp"), "my-iicp");
+        assert_eq!(name("C:/x/iicp-node.exe"), "iicp-node");
+        assert_eq!(name("/weird/na me"), "iicp");
+        assert_eq!(name("/"), "iicp");
+        assert_eq!(name(&"x".repeat(65)), "iicp");
+        assert_eq!(program_name(None, "iicp-node"), "iicp-node");
+    }
 }

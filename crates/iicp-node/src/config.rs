@@ -62,6 +62,31 @@ impl AuthMode {
     }
 }
 
+impl fmt::Display for AuthMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A text that is not `open`, `token` or `consumer`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown auth mode {0:?} (expected open, token or consumer)")]
+pub struct UnknownAuthMode(String);
+
+impl std::str::FromStr for AuthMode {
+    type Err = UnknownAuthMode;
+
+    /// `open`, `token` or `consumer`, ASCII case-insensitive.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        [AuthMode::Open, AuthMode::Token, AuthMode::Consumer]
+            .into_iter()
+            .find(|m| m.as_str().eq_ignore_ascii_case(t))
+            // the message echoes a bounded prefix of the (mistyped) value
+            .ok_or_else(|| UnknownAuthMode(t.chars().take(32).collect()))
+    }
+}
+
 /// A fixed-window request limit per key (per `Origin`, else per source IP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
@@ -166,6 +191,11 @@ pub struct NodeConfig {
     pub api_tokens: Vec<Secret>,
     /// Per-origin / per-IP limit on task submissions.
     pub rate_limit: RateLimit,
+    /// Key the per-IP limit by the client address a reverse proxy reports in
+    /// `X-Forwarded-For` / `Forwarded` (the rightmost hop that is not a proxy, ADR 0008)
+    /// instead of the connection's address. Off by default: only a node that is reached
+    /// through its proxy alone may trust these headers.
+    pub trust_forwarded_for: bool,
     /// Serve native CALLs on the HTTP port and advertise `transport_endpoint`.
     pub native: bool,
     /// Directory base URL (`None`: standalone, no registration).
@@ -223,6 +253,8 @@ impl fmt::Debug for NodeConfig {
             .field("max_concurrent", &self.max_concurrent)
             .field("auth", &self.auth)
             .field("api_tokens", &self.api_tokens.len())
+            .field("rate_limit", &self.rate_limit)
+            .field("trust_forwarded_for", &self.trust_forwarded_for)
             .field("native", &self.native)
             .field("directory_url", &self.directory_url)
             .field("cx_key", &self.cx_key.as_ref().map(CxKeyPair::key_id))
@@ -264,6 +296,7 @@ pub struct NodeBuilder {
     auth: AuthMode,
     api_tokens: Vec<Secret>,
     rate_limit: Option<RateLimit>,
+    trust_forwarded_for: bool,
     native: Option<bool>,
     directory_url: Option<String>,
     directory_timeout: Option<Duration>,
@@ -407,6 +440,13 @@ impl NodeBuilder {
     /// Task rate limit per `Origin` / source IP (default 120 per 60 s).
     pub fn rate_limit(mut self, limit: RateLimit) -> Self {
         self.rate_limit = Some(limit);
+        self
+    }
+
+    /// Key the per-IP task limit by the client address in `X-Forwarded-For` /
+    /// `Forwarded` (see [`NodeConfig::trust_forwarded_for`]; default off).
+    pub fn trust_forwarded_for(mut self, on: bool) -> Self {
+        self.trust_forwarded_for = on;
         self
     }
 
@@ -630,6 +670,7 @@ impl NodeBuilder {
                 .filter(|t| !t.is_empty())
                 .collect(),
             rate_limit: self.rate_limit.unwrap_or_default(),
+            trust_forwarded_for: self.trust_forwarded_for,
             native: self.native.unwrap_or(true),
             directory_url: self.directory_url,
             directory_timeout,
@@ -767,6 +808,23 @@ mod tests {
         for p in ["8.8.8.8", "node.example.com", "2001:db8::1"] {
             assert!(!is_private_host(p), "{p}");
         }
+    }
+
+    #[test]
+    fn auth_modes_parse() {
+        for (text, mode) in [
+            ("open", AuthMode::Open),
+            ("Token", AuthMode::Token),
+            (" consumer ", AuthMode::Consumer),
+        ] {
+            assert_eq!(text.parse::<AuthMode>(), Ok(mode), "{text}");
+            assert_eq!(mode.to_string().parse::<AuthMode>(), Ok(mode));
+        }
+        for bad in ["", "tokens", "bearer", "none"] {
+            assert!(bad.parse::<AuthMode>().is_err(), "{bad}");
+        }
+        let long = "x".repeat(100).parse::<AuthMode>().expect_err("bad");
+        assert!(long.to_string().len() < 100, "{long}");
     }
 
     #[test]

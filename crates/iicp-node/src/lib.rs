@@ -80,6 +80,7 @@ mod serve;
 pub use backend::{BackendHandler, EchoModel};
 pub use config::{
     is_private_endpoint, AuthMode, Backoff, ConfigError, NodeBuilder, NodeConfig, RateLimit,
+    UnknownAuthMode,
 };
 pub use directory::{DirectoryApi, DirectoryError, HttpDirectory};
 pub use error::Error;

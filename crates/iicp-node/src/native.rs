@@ -68,7 +68,9 @@ async fn native_call(
     call: Call,
     ctx: CallContext,
 ) -> Response {
-    let peer = ctx.peer.ip();
+    // one bucket per caller across both transports (an IPv4 caller of a dual-stack
+    // socket arrives IPv4-mapped); forwarding headers do not exist on native
+    let peer = ctx.peer.ip().to_canonical();
     if shared.limiter.check(&format!("ip:{peer}")).is_err() {
         return refuse(
             &call,

@@ -39,7 +39,7 @@ use crate::clock::iso8601;
 mod store;
 
 pub(crate) use store::{create_private_dir, node_file_stem};
-pub use store::{write_private_atomic, Home, NodeProfile, DEFAULT_PROFILE_PORT};
+pub use store::{write_private_atomic, Home, NodeAuth, NodeProfile, DEFAULT_PROFILE_PORT};
 
 /// Default lifetime of a delegation (§17.2: 3600 s, re-issued before expiry).
 pub const DEFAULT_DELEGATION_TTL: Duration = Duration::from_secs(DEFAULT_DELEGATION_TTL_SECS);

@@ -1,8 +1,13 @@
 //! Per-origin / per-IP fixed-window rate limit on task submission (PROTOCOL.md §4.3
 //! "per-origin rate limit", §19 T6, DESIGN §4.5). Bounded: at most `MAX_KEYS` keys are
 //! tracked; beyond that, new keys share one overflow bucket.
+//!
+//! Behind a reverse proxy every caller arrives from the proxy's address; with
+//! `trust_forwarded_for` the per-IP key is the client address the proxies report
+//! ([`client_addr`], ADR 0008).
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -56,9 +61,170 @@ impl RateLimiter {
     }
 }
 
+/// Most forwarded hops looked at, from the right.
+const MAX_HOPS: usize = 64;
+
+/// The address a request is counted against. Without `trust` (or without forwarding
+/// headers) it is the connection's `peer`. With `trust` the peer is a reverse proxy the
+/// operator put in front of the node, and the hops it reports are walked from the
+/// right (nearest first): loopback, private, link-local, unique-local and CGNAT
+/// addresses are further proxies of the operator's own network and are skipped; the
+/// first other address is the client. When every hop is internal the leftmost one is
+/// the client; an entry that is not an address (`unknown`, an obfuscated name, junk)
+/// ends the walk at the hop to its right, so a caller cannot pick its own key with it.
+///
+/// `x_forwarded_for` (every `X-Forwarded-For` line, in order) is used when present,
+/// else `forwarded` (every RFC 7239 `Forwarded` line, its `for=` parameters); a proxy
+/// appends to the one it maintains, and the other may be the caller's own invention.
+pub(crate) fn client_addr(
+    peer: IpAddr,
+    trust: bool,
+    x_forwarded_for: &[&str],
+    forwarded: &[&str],
+) -> IpAddr {
+    let peer = peer.to_canonical();
+    if !trust {
+        return peer;
+    }
+    let hops: Vec<Option<IpAddr>> = if !x_forwarded_for.is_empty() {
+        x_forwarded_for
+            .iter()
+            .rev()
+            .flat_map(|line| line.rsplit(','))
+            .take(MAX_HOPS)
+            .map(hop_addr)
+            .collect()
+    } else {
+        forwarded
+            .iter()
+            .rev()
+            .flat_map(|line| line.rsplit(','))
+            .filter_map(forwarded_for)
+            .take(MAX_HOPS)
+            .map(hop_addr)
+            .collect()
+    };
+    let mut client = peer;
+    for hop in hops {
+        let Some(ip) = hop else { break };
+        client = ip;
+        if !internal(ip) {
+            break;
+        }
+    }
+    client
+}
+
+/// One hop: `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1`, `[2001:db8::1]` or
+/// `[2001:db8::1]:4711`, surrounding blanks and quotes ignored.
+fn hop_addr(text: &str) -> Option<IpAddr> {
+    let t = text.trim().trim_matches('"');
+    let ip = t
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| t.parse::<SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| {
+            t.strip_prefix('[')
+                .and_then(|v| v.strip_suffix(']'))
+                .and_then(|v| v.parse().ok())
+        })?;
+    Some(ip.to_canonical())
+}
+
+/// The `for=` value of one `Forwarded` element (`for=1.2.3.4;proto=https`); an element
+/// without one is not a hop.
+fn forwarded_for(element: &str) -> Option<&str> {
+    element.split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        k.trim().eq_ignore_ascii_case("for").then_some(v)
+    })
+}
+
+/// Addresses of the operator's own network: loopback, private (RFC 1918), link-local,
+/// CGNAT (100.64/10), unique-local (fc00::/7), unspecified.
+fn internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(v6) => {
+            let s0 = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (s0 & 0xfe00) == 0xfc00
+                || (s0 & 0xffc0) == 0xfe80
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn forwarded_client() {
+        let proxy = ip("127.0.0.1");
+        // not trusted: the connection's address, whatever the headers say
+        assert_eq!(client_addr(proxy, false, &["203.0.113.7"], &[]), proxy);
+        // no header: the peer
+        assert_eq!(client_addr(proxy, true, &[], &[]), proxy);
+        // one proxy: the address it appended
+        assert_eq!(
+            client_addr(proxy, true, &["203.0.113.7"], &[]),
+            ip("203.0.113.7")
+        );
+        // a caller-supplied prefix is left of the first untrusted hop: ignored
+        assert_eq!(
+            client_addr(proxy, true, &["1.1.1.1, 203.0.113.7, 10.0.0.2"], &[]),
+            ip("203.0.113.7")
+        );
+        // several header lines are one list
+        assert_eq!(
+            client_addr(proxy, true, &["9.9.9.9", "198.51.100.2 , 192.168.1.1"], &[]),
+            ip("198.51.100.2")
+        );
+        // all internal: the leftmost
+        assert_eq!(
+            client_addr(proxy, true, &["192.168.1.20, 10.0.0.2"], &[]),
+            ip("192.168.1.20")
+        );
+        // junk ends the walk at the hop to its right
+        assert_eq!(
+            client_addr(proxy, true, &["1.2.3.4, unknown, 10.0.0.9"], &[]),
+            ip("10.0.0.9")
+        );
+        assert_eq!(client_addr(proxy, true, &["garbage"], &[]), proxy);
+        // ports, brackets, IPv4-mapped peers
+        assert_eq!(
+            client_addr(proxy, true, &["[2001:db8::5]:4711"], &[]),
+            ip("2001:db8::5")
+        );
+        assert_eq!(
+            client_addr(proxy, true, &["203.0.113.9:5555"], &[]),
+            ip("203.0.113.9")
+        );
+        assert_eq!(client_addr(ip("::ffff:127.0.0.1"), false, &[], &[]), proxy);
+        // RFC 7239, only when there is no X-Forwarded-For
+        let fwd = ["for=192.0.2.60;proto=http;by=203.0.113.43, For=\"[2001:db8:cafe::17]:4711\""];
+        assert_eq!(client_addr(proxy, true, &[], &fwd), ip("2001:db8:cafe::17"));
+        assert_eq!(
+            client_addr(proxy, true, &["198.51.100.1"], &fwd),
+            ip("198.51.100.1")
+        );
+        assert_eq!(client_addr(proxy, true, &[], &["for=unknown"]), proxy);
+        // long lists are bounded
+        let long = vec!["10.0.0.1"; 1000].join(",");
+        assert_eq!(client_addr(proxy, true, &[&long], &[]), ip("10.0.0.1"));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn window() {

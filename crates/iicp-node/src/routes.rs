@@ -5,7 +5,9 @@
 //! `rate_limited`, legacy `IICP-E023`), then reads the body (415 for a non-JSON
 //! `Content-Type`, 413 past the size limit — refused from `Content-Length` before any
 //! body byte is read — 422 for malformed or too deeply nested JSON) and hands the task
-//! to the pipeline. Every answer echoes `X-IICP-Trace-Id`.
+//! to the pipeline. Every answer echoes `X-IICP-Trace-Id`. The per-IP key is the
+//! connection's address, or with `trust_forwarded_for` the client a reverse proxy
+//! reports ([`crate::ratelimit::client_addr`], ADR 0008).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
@@ -75,16 +77,33 @@ fn bearer(headers: &HeaderMap) -> Option<Secret> {
         .then(|| Secret::new(token.trim()))
 }
 
+/// The caller's address for the rate limit and the log: the connection's, or with
+/// `trust_forwarded_for` the client the reverse proxies report (ADR 0008).
+fn client_ip(shared: &Shared, req: &Request, headers: &HeaderMap) -> IpAddr {
+    let peer = req
+        .extensions()
+        .get::<PeerAddr>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.0.ip());
+    if !shared.cfg.trust_forwarded_for {
+        return crate::ratelimit::client_addr(peer, false, &[], &[]);
+    }
+    let lines = |name: &str| -> Vec<&str> {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect()
+    };
+    crate::ratelimit::client_addr(peer, true, &lines("x-forwarded-for"), &lines("forwarded"))
+}
+
 async fn post_task(
     shared: Arc<Shared>,
     handler: Arc<dyn TaskHandler>,
     mut req: Request,
 ) -> Response {
-    let peer = req
-        .extensions()
-        .get::<PeerAddr>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.0.ip());
     let headers = req.headers();
+    let peer = client_ip(&shared, &req, headers);
     let traceparent = header_str(headers, "traceparent").and_then(|v| TraceParent::parse(v).ok());
     let early_trace = traceparent
         .as_ref()
@@ -179,6 +198,12 @@ fn health(shared: &Shared) -> serde_json::Value {
         "intent": intent,
         "intents": shared.served.iter().map(|i| i.as_str()).collect::<Vec<_>>(),
         "auth_mode": cfg.auth.as_str(),
+        "task_rate_limit": {
+            "enabled": cfg.rate_limit.max_requests > 0,
+            "max_requests": cfg.rate_limit.max_requests,
+            "window_ms": u64::try_from(cfg.rate_limit.window.as_millis()).unwrap_or(u64::MAX),
+            "trust_forwarded_for": cfg.trust_forwarded_for,
+        },
         "native_transport": cfg.native,
         "transport_endpoint": shared.transport_endpoint(),
         "cx": cfg.cx_key.is_some(),

@@ -8,6 +8,7 @@ use iicp_client::DirectoryClient;
 use iicp_proto::directory::DiscoverQuery;
 use serde_json::{json, Value};
 
+use super::runstate::serving_on;
 use super::serve::{home, probe_client, Backend, CHAT, DEFAULT_DIRECTORY};
 use super::UsageError;
 
@@ -144,17 +145,44 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         }
     });
 
-    // port
+    // port: free, used by a node this configuration root serves, or by something else
     let free = std::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).is_ok();
+    let serving = (!free)
+        .then(|| home.as_ref().and_then(|h| serving_on(h, port)))
+        .flatten();
+    // not ours: perhaps a node of another configuration root or SDK, which says so
+    let other = match (free, &serving) {
+        (false, None) => local_node_id(&http, port).await,
+        _ => None,
+    };
     checks.push(Check {
         name: "port",
         ok: true,
-        detail: if free {
-            format!("{port} is free")
-        } else {
-            format!("{port} is in use — `serve` will take the next free port (or pass --port)")
+        detail: match (free, &serving) {
+            (true, _) => format!("{port} is free"),
+            (false, Some(n)) => format!(
+                "{port} is used by the serving node {} (pid {}) — another `serve` takes the next free port",
+                match &n.name {
+                    Some(name) => format!("{name} ({})", n.node_id),
+                    None => n.node_id.clone(),
+                },
+                n.pid
+            ),
+            (false, None) => match &other {
+                Some(id) => format!(
+                    "{port} is used by IICP node {id}, not served from this configuration root — `serve` will take the next free port (or pass --port)"
+                ),
+                None => format!(
+                    "{port} is in use — `serve` will take the next free port (or pass --port)"
+                ),
+            },
         },
-        extra: json!({"port": port, "free": free}),
+        extra: json!({
+            "port": port,
+            "free": free,
+            "serving": serving.as_ref().map(|n| json!({"pid": n.pid, "node_id": n.node_id, "name": n.name}))
+                .or_else(|| other.as_ref().map(|id| json!({"node_id": id}))),
+        }),
     });
 
     // NAT: observations and plan, nothing mapped
@@ -230,4 +258,25 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The `node_id` that `/iicp/health` on 127.0.0.1:`port` reports, if an IICP node
+/// answers there.
+async fn local_node_id(
+    http: &iicp_transport::http::client::HttpClient,
+    port: u16,
+) -> Option<String> {
+    let reply = http
+        .get(format!("http://127.0.0.1:{port}/iicp/health"))
+        .send()
+        .await
+        .ok()?;
+    if reply.status != 200 {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&reply.body).ok()?;
+    v["node_id"]
+        .as_str()
+        .filter(|id| !id.is_empty() && id.len() <= 64 && !id.chars().any(char::is_control))
+        .map(str::to_owned)
 }

@@ -1,11 +1,17 @@
 //! `init`: create the operator identity (`~/.iicp/operator.json`) and a saved node
-//! profile (`~/.iicp/nodes/NAME.json`) — interactively with defaults when standard
-//! input is a terminal, fully by flags otherwise (SEED-SDK.md §2.5, §4.1).
+//! profile (`~/.iicp/nodes/NAME.json`, with who may call it in `~/.iicp/auth/NAME.json`)
+//! — interactively with defaults when standard input is a terminal, fully by flags
+//! otherwise (SEED-SDK.md §2.5, §4.1; ADR 0008 for the auth settings).
 
 use anyhow::bail;
-use iicp_node::operator::{valid_display_name, NodeProfile};
+use iicp_node::operator::{valid_display_name, Home, NodeAuth, NodeProfile};
+use iicp_node::AuthMode;
+use iicp_proto::secret::Secret;
 
-use super::serve::{home, now_unix, operator_error, CHAT, DEFAULT_DIRECTORY};
+use super::serve::{
+    check_token, generate_token, home, now_unix, operator_error, token_from_env, warn_token_flag,
+    CHAT, DEFAULT_DIRECTORY,
+};
 use super::UsageError;
 use crate::prompt;
 
@@ -57,6 +63,82 @@ pub(crate) struct Args {
     /// Externally reachable URL (blank: none).
     #[arg(long, default_value = "", value_name = "URL")]
     public_endpoint: String,
+    /// Who may call the node: open, token or consumer [default: the node's saved mode,
+    /// else open].
+    #[arg(long, value_name = "MODE", value_parser = parse_auth)]
+    auth: Option<AuthMode>,
+    /// The token callers present in token mode [default: IICP_NODE_TOKEN, else the
+    /// node's saved token, else a generated one]. A flag is visible in `ps`: prefer
+    /// IICP_NODE_TOKEN.
+    #[arg(long, value_name = "TOKEN", value_parser = parse_secret)]
+    node_token: Option<Secret>,
+}
+
+fn parse_auth(s: &str) -> Result<AuthMode, String> {
+    s.parse()
+        .map_err(|e: iicp_node::UnknownAuthMode| e.to_string())
+}
+
+fn parse_secret(s: &str) -> Result<Secret, String> {
+    Ok(Secret::new(s))
+}
+
+/// The node's auth settings to save (`None`: open, nothing saved before) and whether
+/// the token was generated here. Validated before anything is written.
+fn node_auth(home: &Home, args: &Args, ask: bool) -> anyhow::Result<Option<(NodeAuth, bool)>> {
+    let previous = home.load_node_auth(&args.node).map_err(operator_error)?;
+    let mut mode = args
+        .auth
+        .or_else(|| previous.as_ref().map(|p| p.mode))
+        .unwrap_or_default();
+    if ask {
+        let answer = prompt::ask(
+            "Who may call the node (open, token, consumer)",
+            mode.as_str(),
+        )?;
+        mode = parse_auth(&answer).map_err(UsageError)?;
+    }
+    if args.node_token.is_some() {
+        warn_token_flag();
+    }
+    let given = args
+        .node_token
+        .clone()
+        .filter(|t| !t.is_empty())
+        .or_else(token_from_env);
+    if mode == AuthMode::Open {
+        if given.is_some() {
+            return Err(UsageError(
+                "a node token is given but the auth mode is open: pass --auth token".into(),
+            )
+            .into());
+        }
+        return Ok(previous.map(|_| {
+            (
+                NodeAuth {
+                    mode,
+                    api_token: None,
+                },
+                false,
+            )
+        }));
+    }
+    let kept = given.or_else(|| previous.and_then(|p| p.api_token));
+    let (token, generated) = match kept {
+        Some(t) => (Some(t), false),
+        None if mode == AuthMode::Token => (Some(generate_token()), true),
+        None => (None, false),
+    };
+    if let Some(t) = &token {
+        check_token(t.expose()).map_err(UsageError)?;
+    }
+    Ok(Some((
+        NodeAuth {
+            mode,
+            api_token: token,
+        },
+        generated,
+    )))
 }
 
 pub(crate) fn run(mut args: Args) -> anyhow::Result<()> {
@@ -141,6 +223,7 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<()> {
     }
     iicp_proto::intent::Intent::new(args.intent.as_str())
         .map_err(|e| UsageError(format!("--intent {:?}: {e}", args.intent)))?;
+    let auth = node_auth(&home, &args, ask)?;
     let mut profile = NodeProfile::new(args.node.clone(), operator_id, now_unix());
     if let Some(prev) = previous {
         // keep the node's identity (and its directory record) across re-init
@@ -163,6 +246,21 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<()> {
         profile.node_id,
         saved.display()
     );
+    if let Some((auth, generated)) = auth {
+        let path = home
+            .save_node_auth(&profile.name, &auth)
+            .map_err(operator_error)?;
+        let token = match (&auth.api_token, generated) {
+            (None, _) => String::new(),
+            (Some(_), true) => {
+                "; a new node token was generated and saved there (mode 0600): give it to \
+                 your callers, who send it as `Authorization: Bearer <token>`"
+                    .to_owned()
+            }
+            (Some(_), false) => "; the node token is saved there (mode 0600)".to_owned(),
+        };
+        println!("auth {} saved as {}{token}", auth.mode, path.display());
+    }
     println!("Run: iicp serve --node {}", profile.name);
     Ok(())
 }

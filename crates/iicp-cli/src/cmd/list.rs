@@ -4,6 +4,7 @@
 
 use iicp_node::operator::NodeProfile;
 use iicp_node::run::lock_holder;
+use iicp_node::AuthMode;
 use serde_json::{json, Value};
 
 use super::serve::{home, operator_error};
@@ -11,12 +12,13 @@ use super::serve::{home, operator_error};
 /// Arguments of `list`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// Machine-readable output (a JSON array; node tokens are never shown).
+    /// Machine-readable output (a JSON array with each node's auth mode; tokens are
+    /// never shown).
     #[arg(long)]
     json: bool,
 }
 
-fn entry(p: &NodeProfile, pid: Option<u32>) -> Value {
+fn entry(p: &NodeProfile, pid: Option<u32>, auth: Option<&str>) -> Value {
     json!({
         "name": p.name,
         "node_id": p.node_id,
@@ -27,6 +29,7 @@ fn entry(p: &NodeProfile, pid: Option<u32>) -> Value {
         "region": p.region,
         "port": p.port,
         "registered": p.node_token.is_some(),
+        "auth": auth,
         "serving_pid": pid,
     })
 }
@@ -37,7 +40,17 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let mut out = Vec::new();
     for (name, profile) in &nodes {
         match profile {
-            Ok(p) => out.push(entry(p, lock_holder(&home, &p.node_id))),
+            Ok(p) => {
+                // the saved auth mode (`null` when its file cannot be read)
+                let auth = match home.load_node_auth(name) {
+                    Ok(a) => Some(a.map_or(AuthMode::Open, |a| a.mode).as_str()),
+                    Err(e) => {
+                        eprintln!("WARNING: node {name:?}: {e}");
+                        None
+                    }
+                };
+                out.push(entry(p, lock_holder(&home, &p.node_id), auth));
+            }
             Err(e) => eprintln!("WARNING: skipping node {name:?}: {e}"),
         }
     }

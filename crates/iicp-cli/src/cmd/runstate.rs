@@ -1,8 +1,10 @@
 //! What `serve` keeps beside the node (SEED-SDK.md §2.2–§2.5): the single-instance
 //! lock `~/.iicp/run/<node_id>.pid`, the `--log-dir` files (`<node_id>.log`, a copy of
 //! the log, and `events.jsonl`, one lifecycle event a line) and, for a saved node, the
-//! runtime-health snapshot that `healthcheck` reads. All of it is released when the
-//! value is dropped: the pidfile and the snapshot are removed.
+//! runtime-health snapshot that `healthcheck` reads, and `run/<node_id>.serve.json`
+//! (pid, node id, profile name, listening address) by which `doctor` recognises the
+//! port of a serving node. All of it is released when the value is dropped: the
+//! pidfile, the snapshot and the serve file are removed.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
@@ -10,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use iicp_node::event::{EventKind, NodeEvent};
 use iicp_node::operator::Home;
-use iicp_node::run::{HealthWriter, InstanceLock, Lifecycle};
+use iicp_node::run::{pid_alive, pidfile_path, run_dir, HealthWriter, InstanceLock, Lifecycle};
 use iicp_node::Node;
 use serde_json::{json, Value};
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
@@ -25,6 +27,49 @@ pub(crate) struct RunState {
     events: Option<EventLog>,
     writer: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     health: Option<HealthWriter>,
+    serving: Option<ServeFile>,
+}
+
+/// `run/<node_id>.serve.json`, removed on drop.
+struct ServeFile(PathBuf);
+
+impl Drop for ServeFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A node served by a live process, from its serve file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ServingNode {
+    pub(crate) pid: u32,
+    pub(crate) node_id: String,
+    pub(crate) name: Option<String>,
+    pub(crate) port: u16,
+}
+
+/// The live serving node listening on `port`, if this configuration root has one.
+pub(crate) fn serving_on(home: &Home, port: u16) -> Option<ServingNode> {
+    let entries = std::fs::read_dir(run_dir(home)).ok()?;
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".serve.json"))
+        .take(1024)
+        .filter_map(|e| {
+            // small files only: this is our own record, not arbitrary input
+            let meta = e.metadata().ok()?;
+            if meta.len() > 4096 {
+                return None;
+            }
+            let v: Value = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+            Some(ServingNode {
+                pid: u32::try_from(v["pid"].as_u64()?).ok()?,
+                node_id: v["node_id"].as_str()?.to_owned(),
+                name: v["name"].as_str().map(str::to_owned),
+                port: u16::try_from(v["port"].as_u64()?).ok()?,
+            })
+        })
+        .find(|n| n.port == port && pid_alive(n.pid))
 }
 
 /// `events.jsonl`, appended to.
@@ -97,6 +142,7 @@ impl RunState {
             events,
             writer: None,
             health: None,
+            serving: None,
         })
     }
 
@@ -116,6 +162,32 @@ impl RunState {
             }
         }
         self.tick(node, Lifecycle::Starting);
+    }
+
+    /// Records that this process serves `node_id` (saved node `name`) on `addr`, for
+    /// `doctor`. Best effort: a failure is logged.
+    pub(crate) fn serving(
+        &mut self,
+        home: Option<&Home>,
+        node_id: &str,
+        name: Option<&str>,
+        addr: std::net::SocketAddr,
+    ) {
+        let Some(h) = home else { return };
+        let path = pidfile_path(h, node_id).with_extension("serve.json");
+        let line = json!({
+            "pid": std::process::id(),
+            "node_id": node_id,
+            "name": name,
+            "listen": addr.to_string(),
+            "port": addr.port(),
+        });
+        match iicp_node::operator::write_private_atomic(&path, line.to_string().as_bytes()) {
+            Ok(()) => self.serving = Some(ServeFile(path)),
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "cannot write the serve file")
+            }
+        }
     }
 
     /// Writes the health snapshot when it changed or is due.

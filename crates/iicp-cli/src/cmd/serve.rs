@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use iicp_backends::{BackendConfig, BackendKind};
-use iicp_node::operator::{Home, NodeProfile, OperatorError, OperatorIdentity};
+use iicp_node::operator::{Home, NodeAuth, NodeProfile, OperatorError, OperatorIdentity};
 use iicp_node::run::Lifecycle;
 use iicp_node::{BackendHandler, EchoModel, Node, ServeHandle, ServeOptions};
 use iicp_proto::crypto::cx::CxKeyPair;
@@ -19,7 +19,10 @@ use iicp_transport::shutdown;
 use super::runstate::RunState;
 use super::UsageError;
 
+mod access;
 mod nat;
+
+pub(crate) use access::{check_token, generate_token, token_from_env, warn_token_flag};
 
 /// The public mesh directory.
 pub(crate) const DEFAULT_DIRECTORY: &str = "https://iicp.network/api";
@@ -105,6 +108,8 @@ pub(crate) struct Args {
     /// Also log to DIR/<node_id>.log, and lifecycle events to DIR/events.jsonl.
     #[arg(long, env = "IICP_LOG_DIR", value_name = "DIR")]
     log_dir: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    access: access::AccessArgs,
 }
 
 /// What answers the tasks.
@@ -286,6 +291,7 @@ struct Resolved {
     port: u16,
     host: IpAddr,
     public_endpoint: Option<String>,
+    access: access::Access,
 }
 
 fn nonempty(s: Option<&str>) -> Option<String> {
@@ -295,7 +301,11 @@ fn nonempty(s: Option<&str>) -> Option<String> {
 }
 
 /// flag/env > saved profile > default, validated.
-fn resolve(args: &Args, profile: Option<&NodeProfile>) -> anyhow::Result<Resolved> {
+fn resolve(
+    args: &Args,
+    profile: Option<&NodeProfile>,
+    saved_auth: Option<&NodeAuth>,
+) -> anyhow::Result<Resolved> {
     let p = |f: fn(&NodeProfile) -> &str| profile.and_then(|p| nonempty(Some(f(p))));
     let backend = Backend::from_flags(
         args.backend_type.as_deref(),
@@ -376,6 +386,7 @@ fn resolve(args: &Args, profile: Option<&NodeProfile>) -> anyhow::Result<Resolve
             .into());
         }
     }
+    let access = access::Access::resolve(&args.access, saved_auth, directory.is_some())?;
     Ok(Resolved {
         backend,
         model: nonempty(args.model.as_deref()).or_else(|| p(|p| &p.model)),
@@ -387,6 +398,7 @@ fn resolve(args: &Args, profile: Option<&NodeProfile>) -> anyhow::Result<Resolve
         port,
         host,
         public_endpoint,
+        access,
     })
 }
 
@@ -413,7 +425,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let cfg = resolve(&args, profile.as_ref())?;
+    let saved_auth = access::load(home.as_ref(), args.node.as_deref())?;
+    let cfg = resolve(&args, profile.as_ref(), saved_auth.as_ref())?;
     let mut run = RunState::start(
         home.as_ref(),
         &cfg.node_id,
@@ -493,6 +506,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             register = false;
         }
     }
+    if !register {
+        cfg.access.warn_without_directory();
+    }
     let mut builder = Node::builder()
         .node_id(cfg.node_id.clone())
         .endpoint(endpoint.clone())
@@ -512,6 +528,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(ctx) = plan.context_length {
         builder = builder.max_tokens(ctx);
     }
+    builder = cfg.access.apply(builder);
     if let (true, Some(d)) = (register, &cfg.directory) {
         builder = builder.directory_url(d.clone());
     }
@@ -565,6 +582,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     .with_context(|| format!("serving on port {port}"))?;
+    run.serving(
+        home.as_ref(),
+        &cfg.node_id,
+        args.node.as_deref(),
+        handle.local_addr(),
+    );
 
     // a signal from here on drains, deregisters and cleans up (also during step 6)
     let (trigger, mut stop) = shutdown::channel();
@@ -695,6 +718,8 @@ fn summary(
     println!("  backend    {}", cfg.backend.describe());
     println!("  models     {}", models.join(", "));
     println!("  intent     {}", cfg.intent);
+    println!("  auth       {}", cfg.access.describe());
+    println!("  rate limit {}", cfg.access.describe_limit());
     let dir = match (&cfg.directory, register, registered) {
         (None, _, _) => "none (--skip-registration)".to_owned(),
         (Some(d), false, _) => format!("{d} (registration skipped)"),

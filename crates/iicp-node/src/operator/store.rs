@@ -1,6 +1,7 @@
 //! The configuration root and its files (SEED-SDK.md §4.1): `operator.json`,
-//! `nodes/<name>.json`, and `cx/<node_id>.json` (this SDK's persisted IICP-CX key; the
-//! other SDKs' node-profile loaders reject unknown members, so it lives apart).
+//! `nodes/<name>.json`, and this SDK's own `cx/<node_id>.json` (the persisted IICP-CX
+//! key) and `auth/<name>.json` (who may call the node) — the other SDKs' node-profile
+//! loaders reject unknown members, so these live apart.
 //!
 //! Every file is pretty JSON (2-space indent, trailing newline) written atomically: a
 //! temporary file with mode 0600 in the same directory, fsynced, then renamed over the
@@ -17,6 +18,7 @@ use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
 use super::{nullable_string, OperatorError, OperatorFile};
+use crate::config::AuthMode;
 
 /// `port` written by `init` (the node default, 9484).
 pub const DEFAULT_PROFILE_PORT: u16 = 9484;
@@ -212,6 +214,61 @@ impl Home {
         Ok(path)
     }
 
+    /// `<root>/auth/<name>.json`: who may call saved node `name` ([`NodeAuth`]). It
+    /// lives beside `nodes/<name>.json` because the other SDKs' profile loaders reject
+    /// members they do not know.
+    ///
+    /// # Errors
+    /// [`OperatorError::NodeName`] for an invalid node name.
+    pub fn node_auth_path(&self, name: &str) -> Result<PathBuf, OperatorError> {
+        self.node_path(name)?; // validates the name
+        Ok(self.root.join("auth").join(format!("{name}.json")))
+    }
+
+    /// The saved auth settings of node `name`; `None` when there are none (open).
+    ///
+    /// # Errors
+    /// [`OperatorError::NodeName`], [`OperatorError::InsecurePermissions`] when the file
+    /// is group- or world-readable (Unix), [`OperatorError::Read`],
+    /// [`OperatorError::Parse`] (also for an unknown mode).
+    pub fn load_node_auth(&self, name: &str) -> Result<Option<NodeAuth>, OperatorError> {
+        let path = self.node_auth_path(name)?;
+        let Some(bytes) = read_if_exists(&path)? else {
+            return Ok(None);
+        };
+        check_private(&path)?;
+        let file: NodeAuthFile = parse(&path, "node auth", &bytes)?;
+        let mode = file.auth.parse().map_err(|_| OperatorError::Parse {
+            path: path.clone(),
+            what: "node auth",
+            line: 0,
+            column: 0,
+        })?;
+        Ok(Some(NodeAuth {
+            mode,
+            api_token: file.api_token.filter(|t| !t.is_empty()),
+        }))
+    }
+
+    /// Writes the auth settings of node `name` atomically with mode 0600 (they may hold
+    /// the access token).
+    ///
+    /// # Errors
+    /// [`OperatorError::NodeName`], [`OperatorError::Write`].
+    pub fn save_node_auth(&self, name: &str, auth: &NodeAuth) -> Result<PathBuf, OperatorError> {
+        let path = self.node_auth_path(name)?;
+        let file = NodeAuthFile {
+            auth: auth.mode.as_str().to_owned(),
+            api_token: auth.api_token.clone(),
+        };
+        let bytes = Zeroizing::new(to_pretty(&file));
+        write_private_atomic(&path, &bytes).map_err(|source| OperatorError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(path)
+    }
+
     /// The persisted IICP-CX key of `node_id`, if any.
     ///
     /// # Errors
@@ -264,6 +321,33 @@ struct CxKeyFile {
     node_id: String,
     key_id: String,
     secret: Secret,
+}
+
+/// Who may call a saved node (`auth/<name>.json`, mode 0600): the auth mode and, for
+/// [`AuthMode::Token`] (and as the fallback of [`AuthMode::Consumer`]), the access
+/// token callers present. Not the directory-issued [`NodeProfile::node_token`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct NodeAuth {
+    /// The auth mode.
+    pub mode: AuthMode,
+    /// The access token (never printed).
+    pub api_token: Option<Secret>,
+}
+
+impl std::fmt::Debug for NodeAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeAuth")
+            .field("mode", &self.mode)
+            .field("has_token", &self.api_token.is_some())
+            .finish()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct NodeAuthFile {
+    auth: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    api_token: Option<Secret>,
 }
 
 /// A saved node profile, `nodes/<name>.json`, with exactly the members the Python and
@@ -542,6 +626,43 @@ mod tests {
             Path::new("/abs")
         );
         assert!(Home::resolve(None, None).is_err());
+    }
+
+    #[test]
+    fn node_auth_round_trip() {
+        let root = std::env::temp_dir().join(format!(
+            "iicp-node-auth-{}-{}",
+            std::process::id(),
+            hex::encode(rand_core::RngCore::next_u64(&mut rand_core::OsRng).to_le_bytes())
+        ));
+        let h = Home::new(&root);
+        assert_eq!(h.load_node_auth("n1").expect("load"), None);
+        let auth = NodeAuth {
+            mode: AuthMode::Token,
+            api_token: Some(Secret::new("s3cret-token-value-0123")),
+        };
+        let path = h.save_node_auth("n1", &auth).expect("save");
+        assert_eq!(path, root.join("auth").join("n1.json"));
+        assert_eq!(h.load_node_auth("n1").expect("load"), Some(auth.clone()));
+        assert!(!format!("{auth:?}").contains("s3cret"));
+        assert!(h.node_auth_path("../x").is_err());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+            assert!(matches!(
+                h.load_node_auth("n1"),
+                Err(OperatorError::InsecurePermissions { .. })
+            ));
+        }
+        write_private_atomic(&path, b"{\"auth\": \"tokn\"}\n").expect("write");
+        assert!(matches!(
+            h.load_node_auth("n1"),
+            Err(OperatorError::Parse { .. })
+        ));
+        let _ = fs::remove_dir_all(&root);
     }
 
     #[test]
