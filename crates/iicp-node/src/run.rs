@@ -324,8 +324,11 @@ impl HealthWriter {
             lifecycle
         };
         let capacity = shared.active_jobs() < shared.cfg.max_concurrent && !draining;
-        let directory = match (self.register, shared.token().is_some()) {
+        let status = shared.directory_status();
+        let directory = match (self.register, status.registered) {
             (false, _) => "not_applicable",
+            // registered, but the breaker opened: the directory is out of reach
+            (true, true) if status.breaker_open_until_unix_ms.is_some() => "unavailable",
             (true, true) => "healthy",
             (true, false) => "unavailable",
         };
@@ -367,6 +370,7 @@ impl HealthWriter {
             "node_id": shared.node_id(),
             "active_jobs": shared.active_jobs(),
             "max_concurrent": shared.cfg.max_concurrent,
+            "directory": self.register.then(|| directory_json(node, &status)),
         })
     }
 
@@ -415,12 +419,42 @@ impl Drop for HealthWriter {
     }
 }
 
+/// The `directory` object of the snapshot (an addition to the Python SDK's schema,
+/// which readers of version 1 ignore): the registration state, the failures in a row,
+/// the circuit breaker, and the last failure with the directory's code and message.
+fn directory_json(node: &Node, status: &crate::DirectoryStatus) -> Value {
+    let iso = |ms: u64| crate::event::iso8601_millis(Duration::from_millis(ms));
+    let last_error = status.last_error.as_ref().map(|e| {
+        json!({
+            "operation": e.operation,
+            "status": e.status,
+            "code": e.code,
+            "message": e.message,
+            "error": e.error,
+            "at": iso(e.at_unix_ms),
+        })
+    });
+    json!({
+        "url": node.config().directory_url,
+        "state": status.state(),
+        "registered": status.registered,
+        "consecutive_failures": status.consecutive_failures,
+        "breaker_open_until": status.breaker_open_until_unix_ms.map(iso),
+        "last_success_at": status.last_success_unix_ms.map(iso),
+        "last_error": last_error,
+    })
+}
+
+/// What makes a snapshot worth writing before its interval is up: a change of
+/// lifecycle, liveness, readiness, reasons, or of the directory's state or last error.
 fn health_state(snap: &Value) -> Value {
     json!([
         snap["lifecycle"],
         snap["liveness"],
         snap["readiness"],
-        snap["reason_codes"]
+        snap["reason_codes"],
+        snap["directory"]["state"],
+        snap["directory"]["last_error"]["error"],
     ])
 }
 
