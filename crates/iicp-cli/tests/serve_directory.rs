@@ -228,8 +228,8 @@ impl Serve {
         }
     }
 
-    /// SIGTERM, then the exit code (15 s at most).
-    fn terminate(&mut self) -> Option<i32> {
+    /// SIGTERM, then the exit code (15 s at most) and stderr (the log).
+    fn terminate(&mut self) -> (Option<i32>, String) {
         let ok = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -239,7 +239,11 @@ impl Serve {
         let start = Instant::now();
         loop {
             if let Some(s) = self.child.try_wait().expect("wait") {
-                return s.code();
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                return (s.code(), err);
             }
             assert!(start.elapsed() < Duration::from_secs(15), "did not exit");
             thread::sleep(Duration::from_millis(50));
@@ -349,6 +353,17 @@ fn listening_comes_at_once_and_the_directory_refusal_is_shown_with_its_code_and_
     assert_eq!(d["last_error"]["message"], E050_MESSAGE);
     assert!(d["consecutive_failures"].as_u64() >= Some(1), "{snap:#}");
     assert_eq!(snap["external_connectivity"]["directory"], "unavailable");
+    let o = run(iicp()
+        .env("IICP_HOME", &home)
+        .args(["healthcheck", "--node", "answers"]));
+    assert!(o.status.success(), "live: {}", text(&o));
+    let human = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        human.contains(&format!(
+            "directory  refused (HTTP 403 IICP-E050: {E050_MESSAGE})"
+        )),
+        "{human}"
+    );
     assert!(
         snap["reason_codes"]
             .as_array()
@@ -377,8 +392,19 @@ fn listening_comes_at_once_and_the_directory_refusal_is_shown_with_its_code_and_
         );
         thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(node.terminate(), Some(0));
+    let (code, log) = node.terminate();
+    assert_eq!(code, Some(0), "{log}");
     assert_eq!(dir.with(|s| s.deregisters), 1);
+    // the log names the directory's code and message too, never the node token
+    let refusal = log
+        .lines()
+        .find(|l| l.contains("registration failed"))
+        .unwrap_or_else(|| panic!("no registration failure logged:\n{log}"));
+    assert!(
+        refusal.contains("IICP-E050") && refusal.contains(E050_MESSAGE),
+        "{refusal}"
+    );
+    assert!(!log.contains("tok-1"), "the node token leaked into the log");
     let _ = std::fs::remove_dir_all(&home);
 }
 
@@ -410,7 +436,7 @@ fn a_registration_answered_at_once_is_in_the_summary() {
         )
     );
     node.line_with("serving ");
-    assert_eq!(node.terminate(), Some(0));
+    assert_eq!(node.terminate().0, Some(0));
     let _ = std::fs::remove_dir_all(&home);
 }
 
