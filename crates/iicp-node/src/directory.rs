@@ -499,3 +499,79 @@ impl DirectoryApi for HttpDirectory {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directory_text_is_one_bounded_line() {
+        assert_eq!(one_line("a\u{1b}[31mb\r\n\tc  ", 50), "a [31mb c");
+        let long = "x".repeat(500);
+        let cut = one_line(&long, MAX_DIRECTORY_MESSAGE_CHARS);
+        assert_eq!(cut.chars().count(), MAX_DIRECTORY_MESSAGE_CHARS);
+        assert!(cut.ends_with('…'));
+        let e = DirectoryError::status("register", 403, None).with_message(" \n ");
+        assert_eq!(e.message(), None, "a blank message is no message");
+    }
+
+    #[test]
+    fn display_redaction_and_summary() {
+        let token = Secret::new("tok-abcdef");
+        let short = Secret::new("abc");
+        let e = DirectoryError::status("register", 403, Some(ErrorCode::E050))
+            .with_message("token tok-abcdef is not yours (abc)")
+            .redact(&[&token, &short]);
+        assert_eq!(
+            e.to_string(),
+            "directory register failed with HTTP 403: IICP-E050: token <redacted> is not yours (abc)"
+        );
+        let f = DirectoryFailure::of(&e, 1);
+        assert_eq!(
+            f.summary(),
+            "HTTP 403 IICP-E050: token <redacted> is not yours (abc)"
+        );
+        // a code made of a secret is not shown either
+        let e = DirectoryError::status(
+            "heartbeat",
+            400,
+            Some(ErrorCode::Unknown("tok-abcdef".into())),
+        )
+        .redact(&[&token]);
+        assert_eq!(e.code_str().as_deref(), Some("<redacted>"));
+        // no answer: the error itself
+        let e = DirectoryError::invalid_reply("register");
+        assert_eq!(
+            DirectoryFailure::of(&e, 1).summary(),
+            "directory register failed"
+        );
+    }
+
+    #[test]
+    fn states() {
+        let failure = |status| {
+            Some(DirectoryFailure::of(
+                &match status {
+                    Some(s) => DirectoryError::status("register", s, None),
+                    None => DirectoryError::invalid_reply("register"),
+                },
+                1,
+            ))
+        };
+        let st = |registered, failures, status: Option<u16>, open: bool| DirectoryStatus {
+            registered,
+            consecutive_failures: failures,
+            breaker_open_until_unix_ms: open.then_some(9),
+            last_error: if failures > 0 { failure(status) } else { None },
+            last_success_unix_ms: None,
+        };
+        assert_eq!(DirectoryStatus::default().state(), "registering");
+        assert_eq!(st(true, 0, None, false).state(), "registered");
+        assert_eq!(st(true, 2, Some(503), false).state(), "degraded");
+        assert_eq!(st(false, 1, Some(403), false).state(), "refused");
+        assert_eq!(st(false, 1, Some(429), false).state(), "rate_limited");
+        assert_eq!(st(false, 1, Some(503), false).state(), "unreachable");
+        assert_eq!(st(false, 1, None, false).state(), "unreachable");
+        assert_eq!(st(false, 5, Some(503), true).state(), "breaker_open");
+    }
+}
