@@ -886,7 +886,6 @@ impl Shown {
                 error,
                 ..
             } => {
-                self.last = Some(format!("unavailable: {error}"));
                 format!(
                     "directory unavailable: {failures} calls failed in a row (last: {error}); no directory calls for {}s, still serving",
                     retry_in.as_secs()
