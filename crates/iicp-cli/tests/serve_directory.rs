@@ -304,10 +304,12 @@ fn listening_comes_at_once_and_the_directory_refusal_is_shown_with_its_code_and_
     let home = temp_home("dir-answers");
     let dir = Directory::start(Mode::Hold);
     init_node(&home, "answers", &dir.url);
+    let logs = home.join("logs");
     let mut cmd = iicp();
     cmd.env("IICP_HOME", &home)
         .env("IICP_AUTO_DETECT_NAT", "no")
         .env("IICP_HEARTBEAT_INTERVAL", "200ms")
+        .env("IICP_LOG_DIR", &logs)
         .args([
             "serve",
             "--node",
@@ -405,6 +407,16 @@ fn listening_comes_at_once_and_the_directory_refusal_is_shown_with_its_code_and_
         "{refusal}"
     );
     assert!(!log.contains("tok-1"), "the node token leaked into the log");
+    // and events.jsonl carries them as fields
+    let events = std::fs::read_to_string(logs.join("events.jsonl")).expect("events");
+    let fail: Value = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["event"] == "register_fail")
+        .unwrap_or_else(|| panic!("no register_fail event:\n{events}"));
+    assert_eq!(fail["status"], 403, "{fail}");
+    assert_eq!(fail["code"], "IICP-E050", "{fail}");
+    assert_eq!(fail["message"], E050_MESSAGE, "{fail}");
     let _ = std::fs::remove_dir_all(&home);
 }
 
