@@ -619,6 +619,9 @@ pub fn read_health(home: &Home, name: &str) -> Result<HealthReport, HealthError>
 
 #[cfg(test)]
 mod tests {
+    use iicp_proto::error::ErrorCode;
+    use iicp_proto::secret::Secret;
+
     use super::*;
 
     fn temp(tag: &str) -> PathBuf {
@@ -672,6 +675,49 @@ mod tests {
             PathBuf::from("/h/run/2e2e2f78.pid")
         );
         assert!(health_path(&home, "Bad/Name").is_err());
+    }
+
+    #[test]
+    fn the_snapshot_shows_the_directory_and_its_breaker() {
+        let node = Node::builder()
+            .endpoint("http://127.0.0.1:9484")
+            .intent("urn:iicp:intent:llm:chat:v1")
+            .directory_url("http://127.0.0.1:1/api")
+            .build()
+            .expect("node");
+        let home = Home::new(temp("snap"));
+        let w = HealthWriter::new(&home, "n1", true).expect("writer");
+        let e = crate::DirectoryError::status("register", 403, Some(ErrorCode::E050))
+            .with_message("endpoint change requires current_node_token");
+        node.shared.directory_failed(&e);
+        let s = w.snapshot(&node, Lifecycle::Running);
+        let d = &s["directory"];
+        assert_eq!(d["url"], "http://127.0.0.1:1/api");
+        assert_eq!(d["state"], "refused");
+        assert_eq!(d["consecutive_failures"], 1);
+        assert_eq!(d["last_error"]["code"], "IICP-E050");
+        assert_eq!(
+            d["last_error"]["message"],
+            "endpoint change requires current_node_token"
+        );
+        assert_eq!(s["readiness"], "degraded");
+        // registered, but the breaker is open: the directory is out of reach
+        node.set_node_token(Secret::new("tok-1"));
+        node.shared.set_breaker(Some(1));
+        let s = w.snapshot(&node, Lifecycle::Running);
+        assert_eq!(s["directory"]["state"], "breaker_open");
+        assert_eq!(s["external_connectivity"]["directory"], "unavailable");
+        assert_eq!(s["reason_codes"], json!(["DIRECTORY_UNAVAILABLE"]));
+        // a success closes it
+        node.shared.directory_ok();
+        let s = w.snapshot(&node, Lifecycle::Running);
+        assert_eq!(s["directory"]["state"], "registered");
+        assert_eq!(s["readiness"], "ready");
+        // a node that does not register has no directory object
+        let w = HealthWriter::new(&home, "n2", false).expect("writer");
+        assert!(w.snapshot(&node, Lifecycle::Running)["directory"].is_null());
+        drop(w);
+        let _ = fs::remove_dir_all(home.root());
     }
 
     #[test]
