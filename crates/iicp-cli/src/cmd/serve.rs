@@ -969,6 +969,23 @@ mod tests {
     }
 
     #[test]
+    fn durations() {
+        let ms = Duration::from_millis;
+        assert_eq!(heartbeat_interval("500ms"), Ok(ms(500)));
+        assert_eq!(heartbeat_interval(" 30s "), Ok(ms(30_000)));
+        assert_eq!(heartbeat_interval("45"), Ok(ms(45_000)));
+        assert_eq!(heartbeat_interval("1m"), Ok(ms(60_000)));
+        assert_eq!(backoff_base("10ms"), Ok(ms(10)));
+        for bad in ["99ms", "2m", "-1s", "1.5s", "s", "", "10 parsecs"] {
+            assert!(heartbeat_interval(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            backoff_base("9ms"),
+            Err("\"9ms\" is out of range (10ms-60s)".to_owned())
+        );
+    }
+
+    #[test]
     fn endpoints() {
         assert_eq!(
             local_endpoint(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 9484),
