@@ -4,9 +4,14 @@
 //! directory outages (PROTOCOL.md §8.2, §8.2.4, §8.3; SEED-SDK.md §1.9).
 //!
 //! One loop per served node. Failures back off exponentially (±20 % jitter) up to the
-//! configured maximum; the node keeps serving tasks meanwhile. Heartbeat `metrics` are
-//! sent as a batch with a `metrics_batch_id` until the directory acknowledges it (or
-//! does not speak batch ids at all).
+//! configured maximum, never sooner than a `Retry-After`; after
+//! [`Breaker::failures`](crate::Breaker) failures in a row (registration or heartbeat)
+//! the circuit breaker opens and no directory call is made for at least
+//! [`Breaker::open_for`](crate::Breaker) (ADR 0009). The node keeps serving tasks
+//! meanwhile. Every failure is recorded with the directory's code and message
+//! ([`crate::Node::directory_status`]) and logged, scrubbed of the node's secrets.
+//! Heartbeat `metrics` are sent as a batch with a `metrics_batch_id` until the directory
+//! acknowledges it (or does not speak batch ids at all).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +23,7 @@ use tokio::sync::watch;
 
 use crate::config::AuthMode;
 use crate::directory::DirectoryError;
+use crate::event::EventKind;
 use crate::node::{lock, Counters, Node, Shared};
 
 /// Shortest and longest heartbeat interval accepted from `next_heartbeat_ms`.
@@ -68,6 +74,12 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.8 + f64::from(r) / 1000.0)
 }
 
+/// Upward-only jitter (1.0..=1.2): an open breaker is never shortened.
+fn jitter_up(d: Duration) -> Duration {
+    let r = rand_core::OsRng.next_u32() % 201; // 0..=200 → 1.0..=1.2
+    d.mul_f64(1.0 + f64::from(r) / 1000.0)
+}
+
 fn next_backoff(shared: &Shared, st: &mut State) -> Duration {
     let b = shared.cfg.directory_backoff;
     let next = match st.backoff {
@@ -89,6 +101,52 @@ fn delay_after(shared: &Shared, st: &mut State, e: Option<&DirectoryError>) -> D
         Some(asked) => backoff.max(asked.min(MAX_RETRY_AFTER)),
         None => backoff,
     }
+}
+
+/// The delay after a failed call that made `failures` in a row: the backoff, or — from
+/// the breaker's threshold on — at least the breaker's open time, during which no
+/// directory call is made. Opening is announced once (`directory_unavailable`).
+fn after_failure(
+    shared: &Shared,
+    st: &mut State,
+    e: Option<&DirectoryError>,
+    failures: u32,
+) -> Duration {
+    let delay = delay_after(shared, st, e);
+    let breaker = shared.cfg.directory_breaker;
+    if breaker.failures == 0 || failures < breaker.failures {
+        return delay;
+    }
+    let delay = delay.max(jitter_up(breaker.open_for));
+    let until = shared
+        .unix_ms()
+        .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+    shared.set_breaker(Some(until));
+    let error = e.map_or_else(|| "registration failed".to_owned(), ToString::to_string);
+    if failures == breaker.failures {
+        tracing::warn!(
+            failures,
+            retry_in_ms = delay.as_millis() as u64,
+            last_error = %error,
+            "directory unavailable: circuit breaker open, no directory calls until it closes; still serving tasks"
+        );
+        crate::event::emit(
+            shared,
+            EventKind::DirectoryUnavailable {
+                directory_url: shared.cfg.directory_url.clone(),
+                failures,
+                retry_in: delay,
+                error,
+            },
+        );
+    } else {
+        tracing::info!(
+            failures,
+            retry_in_ms = delay.as_millis() as u64,
+            "directory still unavailable; circuit breaker open again"
+        );
+    }
+    delay
 }
 
 fn failure_reason(e: &DirectoryError) -> &'static str {
@@ -117,19 +175,26 @@ async fn step(node: &Node, st: &mut State) -> Duration {
         Ok(interval) => {
             st.backoff = None;
             st.interval = interval;
+            shared.directory_ok();
             fetch_directory_key(shared).await;
             interval
         }
         Err(e) if e.is_registration_lost() => {
-            tracing::warn!(status = ?e.status_code(), "directory lost our registration; registering again");
+            tracing::warn!(status = ?e.status_code(), code = ?e.code_str(), "directory lost our registration; registering again");
             shared.metrics.heartbeat_failure("registration_lost");
             st.challenge = None;
             register(node, st).await
         }
         Err(e) => {
-            tracing::warn!(error = %e, "heartbeat failed; will retry");
+            tracing::warn!(
+                status = ?e.status_code(),
+                code = ?e.code_str(),
+                error = %e,
+                "heartbeat failed; will retry"
+            );
             shared.metrics.heartbeat_failure(failure_reason(&e));
-            delay_after(shared, st, Some(&e))
+            let failures = shared.directory_failed(&e);
+            after_failure(shared, st, Some(&e), failures)
         }
     }
 }
@@ -144,15 +209,22 @@ async fn register(node: &Node, st: &mut State) -> Duration {
             st.interval
         }
         Err(e) => {
-            tracing::warn!(error = %e, "registration failed; will retry");
             let directory_error = match &e {
                 crate::Error::Directory(d) => Some(d),
                 _ => None,
             };
+            tracing::warn!(
+                status = ?directory_error.and_then(DirectoryError::status_code),
+                code = ?directory_error.and_then(DirectoryError::code_str),
+                error = %e,
+                "registration failed; will retry"
+            );
             shared
                 .metrics
                 .heartbeat_failure(directory_error.map_or("rejected", failure_reason));
-            delay_after(shared, st, directory_error)
+            // Node::register counted the failure
+            let failures = lock(&shared.dir_status).consecutive_failures;
+            after_failure(shared, st, directory_error, failures)
         }
     }
 }
@@ -229,7 +301,11 @@ async fn heartbeat(shared: &Shared, st: &mut State) -> Result<Duration, Director
     }
     let pong = tokio::time::timeout(shared.cfg.directory_timeout, dir.heartbeat(&token, &req))
         .await
-        .map_err(|_| DirectoryError::transport("heartbeat", TimedOut))??;
+        .map_err(|_| DirectoryError::transport("heartbeat", TimedOut))?
+        .map_err(|e| {
+            let secrets = shared.secrets();
+            e.redact(&secrets.iter().collect::<Vec<_>>())
+        })?;
     if let Some((id, _)) = &st.batch {
         let acked = pong
             .metrics_batch_accepted
@@ -271,3 +347,238 @@ fn batch_metrics(c: Counters) -> HeartbeatMetrics {
 #[derive(Debug, thiserror::Error)]
 #[error("directory call timed out")]
 struct TimedOut;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    use iicp_proto::crypto::token::DirectoryPublicKey;
+    use iicp_proto::directory::{HeartbeatResponse, RegisterAck, RegisterRequest};
+    use iicp_proto::error::ErrorCode;
+    use iicp_proto::secret::Secret;
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::config::{Backoff, Breaker};
+    use crate::directory::DirectoryApi;
+    use crate::event::EventKind;
+    use crate::handler::BoxFuture;
+
+    const TOKEN: &str = "tok-secret-1234";
+    const HMAC: &str = "hmac-secret-5678";
+
+    /// A directory that refuses (503, or 429 with a `Retry-After`) while `down`,
+    /// recording when each call came (tokio's clock, paused in these tests).
+    #[derive(Debug, Default)]
+    struct Outage {
+        down: AtomicBool,
+        retry_after: Option<Duration>,
+        calls: Mutex<Vec<(&'static str, Instant)>>,
+    }
+
+    impl Outage {
+        fn call(&self, op: &'static str) -> Result<(), DirectoryError> {
+            lock(&self.calls).push((op, Instant::now()));
+            if !self.down.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            Err(match self.retry_after {
+                Some(after) => DirectoryError::status(op, 429, Some(ErrorCode::E034))
+                    .with_retry_after(Some(after))
+                    .with_message("too many registrations"),
+                // a directory echoing the HMAC key it was sent: scrubbed before it is kept
+                None => DirectoryError::status(op, 503, Some(ErrorCode::TemporarilyUnavailable))
+                    .with_message(&format!("down for maintenance \u{1b}[31m(key {HMAC})")),
+            })
+        }
+
+        fn times(&self) -> Vec<Instant> {
+            lock(&self.calls).iter().map(|(_, t)| *t).collect()
+        }
+    }
+
+    impl DirectoryApi for Outage {
+        fn register(&self, _: &RegisterRequest) -> BoxFuture<Result<RegisterAck, DirectoryError>> {
+            let r = self.call("register").map(|()| RegisterAck {
+                node_id: "node-1".into(),
+                node_token: Some(Secret::new(TOKEN)),
+                ..RegisterAck::default()
+            });
+            Box::pin(async move { r })
+        }
+
+        fn heartbeat(
+            &self,
+            _: &Secret,
+            _: &HeartbeatRequest,
+        ) -> BoxFuture<Result<HeartbeatResponse, DirectoryError>> {
+            let r = self
+                .call("heartbeat")
+                .map(|()| HeartbeatResponse::default());
+            Box::pin(async move { r })
+        }
+
+        fn deregister(&self, _: &Secret, _: &str) -> BoxFuture<Result<(), DirectoryError>> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn directory_key(&self) -> BoxFuture<Result<Option<DirectoryPublicKey>, DirectoryError>> {
+            Box::pin(async { Ok(None) })
+        }
+    }
+
+    fn node(dir: Arc<Outage>) -> Node {
+        Node::builder()
+            .endpoint("http://127.0.0.1:9484")
+            .intent("urn:iicp:intent:llm:chat:v1")
+            .model("m")
+            .node_hmac_key(HMAC)
+            .directory(dir)
+            .build()
+            .expect("node")
+    }
+
+    /// Lets the paused clock run until `dir` saw `n` calls (or an hour passed).
+    async fn until_calls(dir: &Outage, n: usize) {
+        let start = Instant::now();
+        while lock(&dir.calls).len() < n {
+            assert!(start.elapsed() < Duration::from_secs(3600), "no call {n}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn five_failures_open_the_breaker_for_thirty_seconds_then_a_probe_closes_it() {
+        let dir = Arc::new(Outage::default());
+        dir.down.store(true, Ordering::Relaxed);
+        let node = node(Arc::clone(&dir));
+        let mut events = node.subscribe();
+        let (tx, rx) = watch::channel(false);
+        let agent = tokio::spawn(run(node.clone(), rx));
+
+        until_calls(&dir, 7).await;
+        let t = dir.times();
+        // the plain backoff (1 s doubling, ±20 %) until the fifth failure …
+        for (i, gap) in t.windows(2).take(4).map(|w| w[1] - w[0]).enumerate() {
+            let base = Duration::from_secs(1 << i);
+            assert!(
+                gap >= base.mul_f64(0.8) && gap <= base.mul_f64(1.2),
+                "{i}: {gap:?}"
+            );
+        }
+        // … then the breaker: no call for at least 30 s, and each failed probe opens it
+        // again (for at least 30 s, or the grown backoff)
+        assert!(t[5] - t[4] >= Duration::from_secs(30), "{:?}", t[5] - t[4]);
+        assert!(t[6] - t[5] >= Duration::from_secs(30), "{:?}", t[6] - t[5]);
+        // never more than 5 calls in any 30 s
+        for (i, &start) in t.iter().enumerate() {
+            let within = t[i..]
+                .iter()
+                .filter(|&&c| c - start < Duration::from_secs(30))
+                .count();
+            assert!(within <= 5, "{within} calls in 30 s from call {i}");
+        }
+        let st = node.directory_status();
+        assert_eq!(st.state(), "breaker_open");
+        assert_eq!(st.consecutive_failures, 7);
+        assert!(st.breaker_open_until_unix_ms.is_some());
+        let last = st.last_error.expect("last error");
+        assert_eq!(
+            (last.operation, last.status, last.code.as_deref()),
+            ("register", Some(503), Some("temporarily_unavailable"))
+        );
+        let message = last.message.expect("message");
+        assert!(message.starts_with("down for maintenance"), "{message}");
+        assert!(message.contains("<redacted>"), "{message}");
+        assert!(
+            !message.contains(HMAC) && !message.contains('\u{1b}'),
+            "{message}"
+        );
+
+        // announced once, when it opened
+        let mut opened = Vec::new();
+        while let Ok(ev) = events.try_recv() {
+            match ev.kind {
+                EventKind::DirectoryUnavailable {
+                    failures, retry_in, ..
+                } => opened.push((failures, retry_in)),
+                EventKind::RegisterFailed { code, message, .. } => {
+                    assert_eq!(code.as_deref(), Some("temporarily_unavailable"));
+                    assert!(message.is_some_and(|m| !m.contains(HMAC)));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(opened.len(), 1, "{opened:?}");
+        assert_eq!(opened[0].0, 5);
+        assert!(opened[0].1 >= Duration::from_secs(30));
+
+        // the directory is back: the next probe registers and closes the breaker
+        dir.down.store(false, Ordering::Relaxed);
+        until_calls(&dir, 8).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let st = node.directory_status();
+        assert_eq!(
+            (st.state(), st.consecutive_failures, st.registered),
+            ("registered", 0, true)
+        );
+        assert!(st.breaker_open_until_unix_ms.is_none());
+        let kinds: Vec<&str> = std::iter::from_fn(|| events.try_recv().ok())
+            .map(|e| e.kind.name())
+            .collect();
+        assert_eq!(kinds, ["directory_recovered", "register_ok"]);
+        // heartbeats follow at the configured interval
+        until_calls(&dir, 9).await;
+        assert_eq!(lock(&dir.calls)[8].0, "heartbeat");
+        tx.send(true).expect("stop");
+        agent.await.expect("agent");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_failures_count_too_and_retry_after_is_honoured() {
+        let dir = Arc::new(Outage {
+            retry_after: Some(Duration::from_secs(45)),
+            ..Outage::default()
+        });
+        let node = Node::builder()
+            .endpoint("http://127.0.0.1:9484")
+            .intent("urn:iicp:intent:llm:chat:v1")
+            .model("m")
+            .directory(Arc::clone(&dir) as Arc<dyn DirectoryApi>)
+            .heartbeat_interval(Duration::from_millis(500))
+            .directory_backoff(Backoff {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(1),
+            })
+            .directory_breaker(Breaker {
+                failures: 3,
+                open_for: Duration::from_secs(2),
+            })
+            .build()
+            .expect("node");
+        let (tx, rx) = watch::channel(false);
+        let agent = tokio::spawn(run(node.clone(), rx));
+        until_calls(&dir, 2).await; // register, then a heartbeat after 500 ms
+        let t = dir.times();
+        assert!(t[1] - t[0] >= Duration::from_millis(500));
+        dir.down.store(true, Ordering::Relaxed);
+        until_calls(&dir, 6).await;
+        let t = dir.times();
+        let ops: Vec<&str> = lock(&dir.calls).iter().map(|(op, _)| *op).collect();
+        assert_eq!(ops[1..], ["heartbeat"; 5]);
+        // every delay honours the 45 s Retry-After, above the backoff and the breaker
+        for w in t[2..].windows(2) {
+            assert!(w[1] - w[0] >= Duration::from_secs(45), "{:?}", w[1] - w[0]);
+        }
+        let st = node.directory_status();
+        assert_eq!(st.state(), "breaker_open");
+        assert_eq!(st.consecutive_failures, 4);
+        assert_eq!(
+            st.last_error.and_then(|e| e.code),
+            Some("IICP-E034".to_owned())
+        );
+        tx.send(true).expect("stop");
+        agent.await.expect("agent");
+    }
+}

@@ -125,6 +125,29 @@ impl Default for Backoff {
     }
 }
 
+/// The directory circuit breaker (ADR 0009): after `failures` directory calls in a row
+/// failed (registration or heartbeat), the node makes no directory call for at least
+/// `open_for`; then one call probes the directory, and each failed probe opens the
+/// breaker again (for `open_for`, or the grown backoff when that is longer). Tasks are
+/// served throughout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Breaker {
+    /// Failures in a row that open the breaker; 0 disables it (plain backoff).
+    pub failures: u32,
+    /// How long it stays open (never shortened by jitter).
+    pub open_for: Duration,
+}
+
+impl Default for Breaker {
+    /// 5 failures, open for 30 s.
+    fn default() -> Self {
+        Self {
+            failures: 5,
+            open_for: Duration::from_secs(30),
+        }
+    }
+}
+
 /// A configuration the builder refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -204,6 +227,8 @@ pub struct NodeConfig {
     pub directory_timeout: Duration,
     /// Backoff of registration and heartbeat retries.
     pub directory_backoff: Backoff,
+    /// When directory outages pause directory calls altogether.
+    pub directory_breaker: Breaker,
     /// Heartbeat interval until the directory says otherwise (`next_heartbeat_ms`).
     pub heartbeat_interval: Duration,
     /// The CX key (`None`: no IICP-CX; privacy-first clients skip the node).
@@ -301,6 +326,7 @@ pub struct NodeBuilder {
     directory_url: Option<String>,
     directory_timeout: Option<Duration>,
     directory_backoff: Option<Backoff>,
+    directory_breaker: Option<Breaker>,
     heartbeat_interval: Option<Duration>,
     cx_key: Option<Option<CxKeyPair>>,
     cx_key_lifetime: Option<Duration>,
@@ -474,9 +500,23 @@ impl NodeBuilder {
         self
     }
 
-    /// Backoff of directory retries (default 1 s → 60 s).
+    /// Backoff of directory retries (default 1 s → 60 s; the first delay is at least
+    /// 1 ms and the largest at least the first).
     pub fn directory_backoff(mut self, backoff: Backoff) -> Self {
         self.directory_backoff = Some(backoff);
+        self
+    }
+
+    /// The first backoff delay, keeping the default largest delay (60 s).
+    pub fn directory_backoff_base(mut self, base: Duration) -> Self {
+        let max = self.directory_backoff.unwrap_or_default().max;
+        self.directory_backoff = Some(Backoff { initial: base, max });
+        self
+    }
+
+    /// The directory circuit breaker (default: open for 30 s after 5 failures in a row).
+    pub fn directory_breaker(mut self, breaker: Breaker) -> Self {
+        self.directory_breaker = Some(breaker);
         self
     }
 
@@ -674,7 +714,15 @@ impl NodeBuilder {
             native: self.native.unwrap_or(true),
             directory_url: self.directory_url,
             directory_timeout,
-            directory_backoff: self.directory_backoff.unwrap_or_default(),
+            directory_backoff: {
+                let b = self.directory_backoff.unwrap_or_default();
+                let initial = b.initial.max(Duration::from_millis(1));
+                Backoff {
+                    initial,
+                    max: b.max.max(initial),
+                }
+            },
+            directory_breaker: self.directory_breaker.unwrap_or_default(),
             heartbeat_interval: self
                 .heartbeat_interval
                 .unwrap_or(Duration::from_secs(30))

@@ -1,6 +1,7 @@
 //! Lifecycle events of a node, for operators' event logs (SEED-SDK.md §2.2
 //! `--log-dir`: `register_ok`, `register_fail`, `serve_start`, `deregister_ok`,
-//! `deregister_fail`).
+//! `deregister_fail`; ours: `directory_unavailable`, `directory_recovered` for the
+//! directory circuit breaker, ADR 0009).
 //!
 //! [`Node::subscribe`](crate::Node::subscribe) hands out a receiver of a bounded
 //! broadcast channel ([`EVENT_CAPACITY`] events); a receiver that falls behind loses the
@@ -54,6 +55,30 @@ pub enum EventKind {
         retryable: bool,
         /// The error, one line.
         error: String,
+        /// The directory's error code (`IICP-E050`), when it answered with one.
+        code: Option<String>,
+        /// The directory's message (one bounded line, scrubbed of the node's secrets).
+        message: Option<String>,
+    },
+    /// Directory calls failed `failures` times in a row: the circuit breaker opened and
+    /// no directory call is made for `retry_in` (`directory_unavailable`, ADR 0009).
+    /// Announced when the breaker opens, not at each failed probe.
+    DirectoryUnavailable {
+        /// The directory base URL.
+        directory_url: Option<String>,
+        /// Failures in a row.
+        failures: u32,
+        /// Until the next directory call.
+        retry_in: Duration,
+        /// The last error, one line.
+        error: String,
+    },
+    /// A directory call succeeded after the breaker had opened (`directory_recovered`).
+    DirectoryRecovered {
+        /// The directory base URL.
+        directory_url: Option<String>,
+        /// Failures in a row before this success.
+        after_failures: u32,
     },
     /// The node listens and serves (`serve_start`).
     Serving {
@@ -104,6 +129,8 @@ impl EventKind {
             EventKind::Serving { .. } => "serve_start",
             EventKind::Deregistered { .. } => "deregister_ok",
             EventKind::DeregisterFailed { .. } => "deregister_fail",
+            EventKind::DirectoryUnavailable { .. } => "directory_unavailable",
+            EventKind::DirectoryRecovered { .. } => "directory_recovered",
         }
     }
 }
@@ -118,9 +145,8 @@ pub(crate) fn emit(shared: &Shared, kind: EventKind) {
     if shared.events.receiver_count() == 0 {
         return;
     }
-    let at_unix_ms = u64::try_from(shared.cfg.clock.unix_now().as_millis()).unwrap_or(u64::MAX);
     let _ = shared.events.send(NodeEvent {
-        at_unix_ms,
+        at_unix_ms: shared.unix_ms(),
         node_id: shared.node_id(),
         kind,
     });

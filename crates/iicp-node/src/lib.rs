@@ -79,10 +79,12 @@ mod serve;
 
 pub use backend::{BackendHandler, EchoModel};
 pub use config::{
-    is_private_endpoint, AuthMode, Backoff, ConfigError, NodeBuilder, NodeConfig, RateLimit,
-    UnknownAuthMode,
+    is_private_endpoint, AuthMode, Backoff, Breaker, ConfigError, NodeBuilder, NodeConfig,
+    RateLimit, UnknownAuthMode,
 };
-pub use directory::{DirectoryApi, DirectoryError, HttpDirectory};
+pub use directory::{
+    DirectoryApi, DirectoryError, DirectoryFailure, DirectoryStatus, HttpDirectory,
+};
 pub use error::Error;
 pub use event::{EventKind, NodeEvent};
 pub use handler::{HandlerError, Task, TaskHandler, TaskOutput};

@@ -101,6 +101,10 @@ impl MeshState {
         let Some(dir) = &self.directory else {
             return (None, None);
         };
+        if shared.breaker_open() {
+            // no directory calls while the circuit breaker is open (ADR 0009)
+            return (None, None);
+        }
         let lookup = dir.node_detail(id);
         let Ok(Ok(d)) = tokio::time::timeout(Duration::from_secs(5), lookup).await else {
             return (None, None);

@@ -22,6 +22,7 @@ use crate::config::{
     NATIVE_CX_V1,
 };
 use crate::dedup::Dedup;
+use crate::directory::{DirectoryError, DirectoryFailure, DirectoryStatus};
 use crate::error::Error;
 use crate::event::EventKind;
 use crate::handler::TaskHandler;
@@ -71,6 +72,8 @@ pub(crate) struct Shared {
     pub(crate) advert: Mutex<crate::reach::Advert>,
     /// Gossip state of mesh / relay nodes ([`crate::mesh`]).
     pub(crate) mesh: Option<Arc<crate::mesh::MeshState>>,
+    /// What the node knows of its directory ([`Node::directory_status`]).
+    pub(crate) dir_status: Mutex<DirectoryStatus>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -107,6 +110,75 @@ impl Shared {
 
     pub(crate) fn unix_secs(&self) -> u64 {
         self.cfg.clock.unix_now().as_secs()
+    }
+
+    pub(crate) fn unix_ms(&self) -> u64 {
+        u64::try_from(self.cfg.clock.unix_now().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The secrets a directory might echo in an error message: the node token, the
+    /// HMAC keys and the API tokens.
+    pub(crate) fn secrets(&self) -> Vec<Secret> {
+        let mut out: Vec<Secret> = self.cfg.api_tokens.clone();
+        out.extend(self.cfg.node_hmac_key.clone());
+        let c = lock(&self.creds);
+        out.extend(c.token.clone());
+        out.extend(c.hmac_key.clone());
+        out
+    }
+
+    /// Records a failed directory call; returns the failures in a row, this one included.
+    pub(crate) fn directory_failed(&self, e: &DirectoryError) -> u32 {
+        let failure = DirectoryFailure::of(e, self.unix_ms());
+        let mut st = lock(&self.dir_status);
+        st.consecutive_failures = st.consecutive_failures.saturating_add(1);
+        st.last_error = Some(failure);
+        st.consecutive_failures
+    }
+
+    /// Records a successful directory call (closing the breaker; announced with
+    /// `directory_recovered` when it had opened); returns the failures in a row before it.
+    pub(crate) fn directory_ok(&self) -> u32 {
+        let now = self.unix_ms();
+        let before = {
+            let mut st = lock(&self.dir_status);
+            st.breaker_open_until_unix_ms = None;
+            st.last_success_unix_ms = Some(now);
+            std::mem::take(&mut st.consecutive_failures)
+        };
+        let threshold = self.cfg.directory_breaker.failures;
+        if threshold > 0 && before >= threshold {
+            tracing::info!(
+                after_failures = before,
+                "directory reachable again: circuit breaker closed"
+            );
+            crate::event::emit(
+                self,
+                EventKind::DirectoryRecovered {
+                    directory_url: self.cfg.directory_url.clone(),
+                    after_failures: before,
+                },
+            );
+        }
+        before
+    }
+
+    /// Whether the directory circuit breaker is open: from the failure that opened it
+    /// until a directory call succeeds. Only the agent's probe calls the directory
+    /// meanwhile (no credit receipts, no peer look-ups).
+    pub(crate) fn breaker_open(&self) -> bool {
+        lock(&self.dir_status).breaker_open_until_unix_ms.is_some()
+    }
+
+    /// Opens the breaker until `until_unix_ms`, or closes it.
+    pub(crate) fn set_breaker(&self, until_unix_ms: Option<u64>) {
+        lock(&self.dir_status).breaker_open_until_unix_ms = until_unix_ms;
+    }
+
+    pub(crate) fn directory_status(&self) -> DirectoryStatus {
+        let mut st = lock(&self.dir_status).clone();
+        st.registered = self.token().is_some();
+        st
     }
 
     /// The `transport_endpoint` advertised when native is on.
@@ -178,6 +250,7 @@ impl Node {
             events: crate::event::channel(),
             advert: Mutex::new(crate::reach::Advert::default()),
             mesh: crate::mesh::MeshState::for_config(&cfg),
+            dir_status: Mutex::new(DirectoryStatus::default()),
             cfg,
         };
         Self {
@@ -203,6 +276,13 @@ impl Node {
     /// Adopts a node token from an earlier registration (e.g. a saved node file).
     pub fn set_node_token(&self, token: Secret) {
         lock(&self.shared.creds).token = (!token.is_empty()).then_some(token);
+    }
+
+    /// What the node knows of its directory now: registered or not, the failures in a
+    /// row, whether the circuit breaker is open, and the last failure with the
+    /// directory's own code and message.
+    pub fn directory_status(&self) -> DirectoryStatus {
+        self.shared.directory_status()
     }
 
     /// Lifecycle events from now on (registration, serving, deregistration), for event
@@ -292,6 +372,15 @@ impl Node {
     pub async fn register(&self) -> Result<Secret, Error> {
         let s = &self.shared;
         let result = self.register_once().await;
+        match &result {
+            Ok(_) => {
+                s.directory_ok();
+            }
+            Err(Error::Directory(e)) => {
+                s.directory_failed(e);
+            }
+            Err(_) => {}
+        }
         let directory_url = s.cfg.directory_url.clone();
         crate::event::emit(
             s,
@@ -301,12 +390,20 @@ impl Node {
                     endpoint: crate::reach::advertised_endpoint(s),
                     operated: s.delegation_not_after.load(Ordering::Relaxed) > 0,
                 },
-                Err(e) => EventKind::RegisterFailed {
-                    directory_url,
-                    status: crate::event::status_of(e),
-                    retryable: e.is_retryable(),
-                    error: e.to_string(),
-                },
+                Err(e) => {
+                    let (code, message) = match e {
+                        Error::Directory(d) => (d.code_str(), d.message().map(str::to_owned)),
+                        _ => (None, None),
+                    };
+                    EventKind::RegisterFailed {
+                        directory_url,
+                        status: crate::event::status_of(e),
+                        retryable: e.is_retryable(),
+                        error: e.to_string(),
+                        code,
+                        message,
+                    }
+                }
             },
         );
         result
@@ -332,12 +429,16 @@ impl Node {
         let req = self.registration_request();
         let ack = tokio::time::timeout(s.cfg.directory_timeout, dir.register(&req))
             .await
-            .map_err(|_| crate::directory::DirectoryError::transport("register", Elapsed))??;
+            .map_err(|_| DirectoryError::transport("register", Elapsed))?
+            .map_err(|e| {
+                let secrets = s.secrets();
+                e.redact(&secrets.iter().collect::<Vec<_>>())
+            })?;
         let token = ack
             .node_token
             .clone()
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| crate::directory::DirectoryError::invalid_reply("register"))?;
+            .ok_or_else(|| DirectoryError::invalid_reply("register"))?;
         {
             let mut creds = lock(&s.creds);
             if !ack.node_id.is_empty() {
@@ -395,7 +496,7 @@ impl Node {
         };
         tokio::time::timeout(s.cfg.directory_timeout, dir.deregister(&token, &node_id))
             .await
-            .map_err(|_| crate::directory::DirectoryError::transport("deregister", Elapsed))??;
+            .map_err(|_| DirectoryError::transport("deregister", Elapsed))??;
         let mut c = lock(&s.creds);
         if c.token.as_ref() == Some(&token) {
             c.token = None;

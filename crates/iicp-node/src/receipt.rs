@@ -31,6 +31,10 @@ pub(crate) fn spawn(
     if !shared.cfg.credits_receipts {
         return;
     }
+    if shared.breaker_open() {
+        tracing::debug!("credits receipt dropped: the directory circuit breaker is open");
+        return;
+    }
     let (Some(dir), Some(token), Some(key), Some(node_id)) = (
         shared.cfg.directory.clone(),
         shared.token(),

@@ -324,8 +324,11 @@ impl HealthWriter {
             lifecycle
         };
         let capacity = shared.active_jobs() < shared.cfg.max_concurrent && !draining;
-        let directory = match (self.register, shared.token().is_some()) {
+        let status = shared.directory_status();
+        let directory = match (self.register, status.registered) {
             (false, _) => "not_applicable",
+            // registered, but the breaker opened: the directory is out of reach
+            (true, true) if status.breaker_open_until_unix_ms.is_some() => "unavailable",
             (true, true) => "healthy",
             (true, false) => "unavailable",
         };
@@ -367,6 +370,7 @@ impl HealthWriter {
             "node_id": shared.node_id(),
             "active_jobs": shared.active_jobs(),
             "max_concurrent": shared.cfg.max_concurrent,
+            "directory": self.register.then(|| directory_json(node, &status)),
         })
     }
 
@@ -415,12 +419,42 @@ impl Drop for HealthWriter {
     }
 }
 
+/// The `directory` object of the snapshot (an addition to the Python SDK's schema,
+/// which readers of version 1 ignore): the registration state, the failures in a row,
+/// the circuit breaker, and the last failure with the directory's code and message.
+fn directory_json(node: &Node, status: &crate::DirectoryStatus) -> Value {
+    let iso = |ms: u64| crate::event::iso8601_millis(Duration::from_millis(ms));
+    let last_error = status.last_error.as_ref().map(|e| {
+        json!({
+            "operation": e.operation,
+            "status": e.status,
+            "code": e.code,
+            "message": e.message,
+            "error": e.error,
+            "at": iso(e.at_unix_ms),
+        })
+    });
+    json!({
+        "url": node.config().directory_url,
+        "state": status.state(),
+        "registered": status.registered,
+        "consecutive_failures": status.consecutive_failures,
+        "breaker_open_until": status.breaker_open_until_unix_ms.map(iso),
+        "last_success_at": status.last_success_unix_ms.map(iso),
+        "last_error": last_error,
+    })
+}
+
+/// What makes a snapshot worth writing before its interval is up: a change of
+/// lifecycle, liveness, readiness, reasons, or of the directory's state or last error.
 fn health_state(snap: &Value) -> Value {
     json!([
         snap["lifecycle"],
         snap["liveness"],
         snap["readiness"],
-        snap["reason_codes"]
+        snap["reason_codes"],
+        snap["directory"]["state"],
+        snap["directory"]["last_error"]["error"],
     ])
 }
 
@@ -585,6 +619,9 @@ pub fn read_health(home: &Home, name: &str) -> Result<HealthReport, HealthError>
 
 #[cfg(test)]
 mod tests {
+    use iicp_proto::error::ErrorCode;
+    use iicp_proto::secret::Secret;
+
     use super::*;
 
     fn temp(tag: &str) -> PathBuf {
@@ -638,6 +675,49 @@ mod tests {
             PathBuf::from("/h/run/2e2e2f78.pid")
         );
         assert!(health_path(&home, "Bad/Name").is_err());
+    }
+
+    #[test]
+    fn the_snapshot_shows_the_directory_and_its_breaker() {
+        let node = Node::builder()
+            .endpoint("http://127.0.0.1:9484")
+            .intent("urn:iicp:intent:llm:chat:v1")
+            .directory_url("http://127.0.0.1:1/api")
+            .build()
+            .expect("node");
+        let home = Home::new(temp("snap"));
+        let w = HealthWriter::new(&home, "n1", true).expect("writer");
+        let e = crate::DirectoryError::status("register", 403, Some(ErrorCode::E050))
+            .with_message("endpoint change requires current_node_token");
+        node.shared.directory_failed(&e);
+        let s = w.snapshot(&node, Lifecycle::Running);
+        let d = &s["directory"];
+        assert_eq!(d["url"], "http://127.0.0.1:1/api");
+        assert_eq!(d["state"], "refused");
+        assert_eq!(d["consecutive_failures"], 1);
+        assert_eq!(d["last_error"]["code"], "IICP-E050");
+        assert_eq!(
+            d["last_error"]["message"],
+            "endpoint change requires current_node_token"
+        );
+        assert_eq!(s["readiness"], "degraded");
+        // registered, but the breaker is open: the directory is out of reach
+        node.set_node_token(Secret::new("tok-1"));
+        node.shared.set_breaker(Some(1));
+        let s = w.snapshot(&node, Lifecycle::Running);
+        assert_eq!(s["directory"]["state"], "breaker_open");
+        assert_eq!(s["external_connectivity"]["directory"], "unavailable");
+        assert_eq!(s["reason_codes"], json!(["DIRECTORY_UNAVAILABLE"]));
+        // a success closes it
+        node.shared.directory_ok();
+        let s = w.snapshot(&node, Lifecycle::Running);
+        assert_eq!(s["directory"]["state"], "registered");
+        assert_eq!(s["readiness"], "ready");
+        // a node that does not register has no directory object
+        let w = HealthWriter::new(&home, "n2", false).expect("writer");
+        assert!(w.snapshot(&node, Lifecycle::Running)["directory"].is_null());
+        drop(w);
+        let _ = fs::remove_dir_all(home.root());
     }
 
     #[test]

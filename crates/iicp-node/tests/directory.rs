@@ -1,17 +1,18 @@
 //! The directory agent against a scripted directory built on the transport's router:
 //! register (201) → heartbeats with the HMAC challenge → 401 → re-register with
 //! `current_node_token` → deregister on stop; a directory that is down, then back;
-//! credit receipts.
+//! credit receipts; the directory's refusals (code and message) reaching the operator;
+//! the circuit breaker pausing directory calls while tasks are served.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use http::{Method, StatusCode};
-use iicp_node::{Backoff, Error, Node, ServeOptions};
+use iicp_node::{Backoff, Breaker, Error, EventKind, Node, ServeOptions};
 use iicp_proto::crypto::mac::{challenge_response, Receipt};
 use iicp_transport::http::server::{json, read_json, HttpServer, Request, Router};
 use iicp_transport::shutdown::{self, Trigger};
@@ -31,6 +32,10 @@ struct Script {
     valid_token: Option<String>,
     challenges: Vec<String>,
     down: bool,
+    /// Answer REGISTER with this status and body instead.
+    refuse: Option<(StatusCode, Value)>,
+    /// Every REGISTER and HEARTBEAT (path, arrival), answered or not.
+    attempts: Vec<(&'static str, Instant)>,
 }
 
 type Shared = Arc<Mutex<Script>>;
@@ -59,8 +64,12 @@ fn router(s: Shared) -> Router {
             async move {
                 let body: Value = read_json(&mut req, 1 << 20).await.unwrap_or(Value::Null);
                 let mut g = s.lock().expect("lock");
+                g.attempts.push(("register", Instant::now()));
                 if g.down {
                     return unavailable();
+                }
+                if let Some((status, body)) = &g.refuse {
+                    return json(*status, body);
                 }
                 g.registers.push(body);
                 g.issued += 1;
@@ -78,6 +87,7 @@ fn router(s: Shared) -> Router {
                 let token = bearer(&req);
                 let body: Value = read_json(&mut req, 1 << 20).await.unwrap_or(Value::Null);
                 let mut g = s.lock().expect("lock");
+                g.attempts.push(("heartbeat", Instant::now()));
                 if g.down {
                     return unavailable();
                 }
@@ -129,6 +139,10 @@ fn node_for(dir: SocketAddr) -> Node {
         .directory_backoff(Backoff {
             initial: Duration::from_millis(20),
             max: Duration::from_millis(100),
+        })
+        .directory_breaker(Breaker {
+            failures: 5,
+            open_for: Duration::from_millis(300),
         })
         .directory_timeout(Duration::from_secs(2))
         .build()
@@ -339,4 +353,145 @@ async fn register_refusals() {
     }
     assert!(node.node_token().is_none());
     assert!(matches!(node.deregister().await, Err(Error::NotRegistered)));
+}
+
+#[tokio::test]
+async fn the_directory_code_and_message_reach_the_error_the_event_and_the_status() {
+    let (dir, s, _t) = start_directory(
+        tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind"),
+    )
+    .await;
+    s.lock().expect("lock").refuse = Some((
+        StatusCode::FORBIDDEN,
+        j!({"error": {"code": "IICP-E050", "message": "endpoint change requires\u{1b} current_node_token\r\n"}}),
+    ));
+    let node = node_for(dir);
+    let mut events = node.subscribe();
+    let e = match node.register().await {
+        Err(Error::Directory(e)) => e,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(e.status_code(), Some(403));
+    assert_eq!(e.code_str().as_deref(), Some("IICP-E050"));
+    let message = "endpoint change requires current_node_token";
+    assert_eq!(e.message(), Some(message), "control characters are dropped");
+    assert_eq!(
+        e.to_string(),
+        format!("directory register failed with HTTP 403: IICP-E050: {message}")
+    );
+    let ev = events.try_recv().expect("register_fail");
+    match ev.kind {
+        EventKind::RegisterFailed {
+            status,
+            code,
+            message: m,
+            ..
+        } => {
+            assert_eq!(status, Some(403));
+            assert_eq!(code.as_deref(), Some("IICP-E050"));
+            assert_eq!(m.as_deref(), Some(message));
+        }
+        other => panic!("{other:?}"),
+    }
+    let st = node.directory_status();
+    assert_eq!(st.state(), "refused");
+    assert_eq!(st.consecutive_failures, 1);
+    let last = st.last_error.expect("last error");
+    assert_eq!(last.summary(), format!("HTTP 403 IICP-E050: {message}"));
+
+    // 429 IICP-E034 with Retry-After: the code, the message and the delay asked for
+    s.lock().expect("lock").refuse = Some((
+        StatusCode::TOO_MANY_REQUESTS,
+        j!({"error": {"code": "IICP-E034", "message": "registration rate limit", "retry_after_ms": 7000}}),
+    ));
+    let e = match node.register().await {
+        Err(Error::Directory(e)) => e,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(e.code_str().as_deref(), Some("IICP-E034"));
+    assert_eq!(e.message(), Some("registration rate limit"));
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+    let st = node.directory_status();
+    assert_eq!((st.state(), st.consecutive_failures), ("rate_limited", 2));
+
+    // accepted at last: the failures in a row are forgotten, the last error kept
+    s.lock().expect("lock").refuse = None;
+    node.register().await.expect("register");
+    let st = node.directory_status();
+    assert_eq!((st.state(), st.consecutive_failures), ("registered", 0));
+    assert_eq!(
+        st.last_error.and_then(|e| e.code).as_deref(),
+        Some("IICP-E034")
+    );
+}
+
+#[tokio::test]
+async fn the_breaker_pauses_directory_calls_while_tasks_are_served() {
+    let (dir, s, _t) = start_directory(
+        tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind"),
+    )
+    .await;
+    s.lock().expect("lock").down = true;
+    let open_for = Duration::from_millis(1500);
+    let node = builder()
+        .directory_url(format!("http://{dir}"))
+        .heartbeat_interval(Duration::from_millis(40))
+        .directory_backoff(Backoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(40),
+        })
+        .directory_breaker(Breaker {
+            failures: 5,
+            open_for,
+        })
+        .directory_timeout(Duration::from_secs(2))
+        .build()
+        .expect("node");
+    let mut events = node.subscribe();
+    let echo = Echo::default();
+    let h = node
+        .serve(echo.handler(), ServeOptions::new([127, 0, 0, 1].into(), 0))
+        .await
+        .expect("serve");
+    // five failures, then the breaker opens
+    wait_until("five attempts", &s, |g| g.attempts.len() >= 5).await;
+    let opened = loop {
+        match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+            Ok(Ok(ev)) => {
+                if let EventKind::DirectoryUnavailable {
+                    failures, retry_in, ..
+                } = ev.kind
+                {
+                    break (failures, retry_in);
+                }
+            }
+            other => panic!("no directory_unavailable event: {other:?}"),
+        }
+    };
+    assert_eq!(opened.0, 5);
+    assert!(opened.1 >= open_for, "{opened:?}");
+    assert_eq!(node.directory_status().state(), "breaker_open");
+    // a task is served while the directory is out of reach
+    let r = post(&http(), h.local_addr(), &task_body(&uuid(), "still here")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(echo.count(), 1);
+    // the probe comes no sooner than the breaker allows; the directory is back for it
+    s.lock().expect("lock").down = false;
+    wait_until("the probe", &s, |g| g.attempts.len() >= 6).await;
+    {
+        let g = s.lock().expect("lock");
+        let t: Vec<Instant> = g.attempts.iter().map(|(_, t)| *t).collect();
+        assert!(t[5] - t[4] >= open_for, "probe after {:?}", t[5] - t[4]);
+        assert_eq!(g.attempts[5].0, "register");
+    }
+    wait_until("registration", &s, |g| g.registers.len() == 1).await;
+    wait_until("heartbeats", &s, |g| g.heartbeats.len() >= 2).await;
+    let st = node.directory_status();
+    assert_eq!((st.state(), st.consecutive_failures), ("registered", 0));
+    let stopped = h.stop().await;
+    assert!(stopped.deregistered);
 }

@@ -54,6 +54,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         println!("  liveness   {}", field("liveness"));
         println!("  readiness  {}", field("readiness"));
         println!("  reasons    {}", reasons.join(", "));
+        if let Some(d) = s.get("directory").filter(|d| d.is_object()) {
+            println!("  directory  {}", directory_line(d));
+        }
         println!("  age        {}s", report.age.as_secs());
     }
     let code = match report.verdict(args.ready) {
@@ -72,4 +75,40 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     Err(Exit(code).into())
+}
+
+/// `refused (HTTP 403 IICP-E050: <message>)` from the snapshot's `directory` object.
+fn directory_line(d: &serde_json::Value) -> String {
+    let state = d
+        .get("state")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("unknown");
+    let failing = d
+        .get("consecutive_failures")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0)
+        > 0;
+    let last = d.get("last_error").filter(|e| e.is_object());
+    match last {
+        Some(e) if failing => {
+            let text = |k: &str| e.get(k).and_then(serde_json::Value::as_str);
+            let what = match e.get("status").and_then(serde_json::Value::as_u64) {
+                Some(status) => {
+                    let mut t = format!("HTTP {status}");
+                    if let Some(c) = text("code") {
+                        t.push(' ');
+                        t.push_str(c);
+                    }
+                    if let Some(m) = text("message") {
+                        t.push_str(": ");
+                        t.push_str(m);
+                    }
+                    t
+                }
+                None => text("error").unwrap_or("no answer").to_owned(),
+            };
+            format!("{state} ({what})")
+        }
+        _ => state.to_owned(),
+    }
 }

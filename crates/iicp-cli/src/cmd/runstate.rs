@@ -242,9 +242,30 @@ fn event_line(ev: &NodeEvent) -> Value {
             status,
             retryable,
             error,
+            code,
+            message,
         } => (
             error.clone(),
-            json!({"directory_url": directory_url, "status": status, "retryable": retryable, "error": error}),
+            json!({"directory_url": directory_url, "status": status, "retryable": retryable, "error": error, "code": code, "message": message}),
+        ),
+        EventKind::DirectoryUnavailable {
+            directory_url,
+            failures,
+            retry_in,
+            error,
+        } => (
+            format!(
+                "{failures} directory calls failed in a row; none for {}s",
+                retry_in.as_secs()
+            ),
+            json!({"directory_url": directory_url, "failures": failures, "retry_in_ms": retry_in.as_millis() as u64, "error": error}),
+        ),
+        EventKind::DirectoryRecovered {
+            directory_url,
+            after_failures,
+        } => (
+            format!("directory reachable again after {after_failures} failures"),
+            json!({"directory_url": directory_url, "after_failures": after_failures}),
         ),
         EventKind::Serving {
             addr,

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use iicp_backends::{BackendConfig, BackendKind};
+use iicp_node::event::{EventKind, NodeEvent};
 use iicp_node::operator::{Home, NodeAuth, NodeProfile, OperatorError, OperatorIdentity};
 use iicp_node::run::Lifecycle;
 use iicp_node::{BackendHandler, EchoModel, Node, ServeHandle, ServeOptions};
@@ -60,6 +61,12 @@ pub(crate) struct Args {
     /// Directory base URL [default: https://iicp.network/api].
     #[arg(long, env = "IICP_DIRECTORY_URL", value_name = "URL")]
     directory_url: Option<String>,
+    /// Heartbeat interval until the directory sets one, 100ms-60s (e.g. 30s, 500ms) [default: 30s].
+    #[arg(long, env = "IICP_HEARTBEAT_INTERVAL", value_name = "DURATION", value_parser = heartbeat_interval)]
+    heartbeat_interval: Option<Duration>,
+    /// First retry delay after a failed directory call, doubling to 60s; 10ms-60s [default: 1s].
+    #[arg(long, env = "IICP_DIRECTORY_BACKOFF_BASE", value_name = "DURATION", value_parser = backoff_base)]
+    directory_backoff_base: Option<Duration>,
     /// Region (registered as `unknown` when empty).
     #[arg(long, env = "IICP_REGION")]
     region: Option<String>,
@@ -165,6 +172,47 @@ impl Backend {
                 .map_err(|e| e.to_string()),
         }
     }
+}
+
+/// A duration of whole milliseconds, seconds or minutes (`500ms`, `30s`, `2m`; a bare
+/// number is seconds) within `min..=max`.
+fn duration_within(text: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s or 500ms"))?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(format!("{text:?}: use ms, s or m")),
+    };
+    if d < min || d > max {
+        return Err(format!(
+            "{text:?} is out of range ({}-{})",
+            fmt_duration(min),
+            fmt_duration(max)
+        ));
+    }
+    Ok(d)
+}
+
+fn fmt_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+fn heartbeat_interval(text: &str) -> Result<Duration, String> {
+    duration_within(text, Duration::from_millis(100), Duration::from_secs(60))
+}
+
+fn backoff_base(text: &str) -> Result<Duration, String> {
+    duration_within(text, Duration::from_millis(10), Duration::from_secs(60))
 }
 
 /// An HTTP client for short probes (model lists, directory health).
@@ -532,6 +580,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     if let (true, Some(d)) = (register, &cfg.directory) {
         builder = builder.directory_url(d.clone());
     }
+    if let Some(d) = args.heartbeat_interval {
+        builder = builder.heartbeat_interval(d);
+    }
+    if let Some(d) = args.directory_backoff_base {
+        builder = builder.directory_backoff_base(d);
+    }
     if let Some(op) = &operator {
         builder = builder.operator(op.clone());
     }
@@ -555,6 +609,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .build()
         .map_err(|e| UsageError(format!("invalid node configuration: {e}")))?;
     run.watch(&node, home.as_ref(), args.node.as_deref());
+    // before serving: the first registration result must not be missed
+    let mut events = node.subscribe();
     let saved_token = profile.as_ref().and_then(|p| p.node_token.clone());
     if register {
         if let Some(t) = saved_token.clone() {
@@ -593,39 +649,54 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let (trigger, mut stop) = shutdown::channel();
     crate::signal::on_terminate(trigger);
 
-    // 6. registration: with a saved token, register now (the background loop would
-    //    only heartbeat); otherwise the background loop registers at once.
-    let mut registered = false;
+    // 6. the summary at once, then the registration result when it comes: with a saved
+    //    token, register now (the background loop would only heartbeat); otherwise the
+    //    background loop registers at once.
     let register = register && nat::registers(&handle);
     let tier = nat::tier_line(&handle, cfg.public_endpoint.is_some());
     let endpoint = nat::advertised(&handle, &endpoint);
-    if register {
-        let wait = async {
-            if saved_token.is_some() {
-                register_now(&node).await
-            } else {
-                wait_registered(&node, Duration::from_secs(10)).await
-            }
-        };
-        tokio::select! {
-            r = wait => registered = r,
-            () = stop.fired() => {}
-        }
-    }
     summary(
         &handle,
         &cfg,
         &endpoint,
         &tier,
         &models,
-        register,
-        registered,
         operator.as_ref(),
         !args.no_native && nat::native_reachable(&handle),
     );
+    run.tick(&node, Lifecycle::Running);
+    let mut shown = Shown::default();
+    let first = if register {
+        let wait = async {
+            if saved_token.is_some() {
+                register_now(&node).await;
+            }
+            first_result(&mut events, FIRST_RESULT_WITHIN).await
+        };
+        tokio::select! {
+            r = wait => r,
+            () = stop.fired() => None,
+        }
+    } else {
+        None
+    };
+    let dir = match (&cfg.directory, register, &first) {
+        (None, _, _) => "none (--skip-registration)".to_owned(),
+        (Some(d), false, _) => format!("{d} (registration skipped)"),
+        (Some(d), true, Some(ev)) => format!("{d} {}", shown.first(ev)),
+        (Some(d), true, None) => format!("{d} (registering in the background)"),
+    };
+    println!("  directory  {dir}");
+    println!(
+        "serving {} on {} (max_concurrent={})",
+        cfg.intent,
+        handle.local_addr(),
+        cfg.max_concurrent
+    );
     nat::print_guidance(&handle);
 
-    // 7. persist the profile's node token when it changes, until a signal arrives
+    // 7. report the directory's answers as they change, and persist the profile's node
+    //    token when it changes, until a signal arrives
     let mut saved = saved_token;
     loop {
         if let (Some(h), Some(p)) = (persist, &profile) {
@@ -638,6 +709,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         run.tick(&node, Lifecycle::Running);
         tokio::select! {
             _ = stop.fired() => break,
+            ev = events.recv(), if register => {
+                match ev {
+                    Ok(ev) => shown.later(&ev),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
+                }
+            }
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
@@ -666,37 +744,161 @@ fn save_token(home: &Home, profile: &NodeProfile, node_id: &str, token: Option<S
 /// Refreshes the registration at start with the saved token as ownership proof. On
 /// failure the node's background loop takes over: it heartbeats with the saved token and
 /// registers again (sending it as `current_node_token`) when the directory lost the node.
-async fn register_now(node: &Node) -> bool {
-    match node.register().await {
-        Ok(_) => true,
-        Err(e) => {
-            tracing::warn!(error = %e, "registration failed; retrying in the background");
-            false
+async fn register_now(node: &Node) {
+    if let Err(e) = node.register().await {
+        tracing::warn!(error = %e, "registration failed; retrying in the background");
+    }
+}
+
+/// How long the summary's directory line waits for the first registration result: a
+/// directory call times out after 5 s, so a result comes well within this.
+const FIRST_RESULT_WITHIN: Duration = Duration::from_secs(15);
+
+/// The first registration result (`register_ok` or `register_fail`), or `None` when
+/// none came within `within`.
+async fn first_result(
+    events: &mut tokio::sync::broadcast::Receiver<NodeEvent>,
+    within: Duration,
+) -> Option<NodeEvent> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(ev)) => {
+                if matches!(
+                    ev.kind,
+                    EventKind::Registered { .. } | EventKind::RegisterFailed { .. }
+                ) {
+                    return Some(ev);
+                }
+            }
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) | Err(_) => {
+                tracing::warn!("not registered yet; retrying in the background");
+                return None;
+            }
         }
     }
 }
 
-async fn wait_registered(node: &Node, within: Duration) -> bool {
-    let start = tokio::time::Instant::now();
-    while node.node_token().is_none() {
-        if start.elapsed() > within {
-            tracing::warn!("not registered yet; retrying in the background");
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+/// `HTTP 403 IICP-E050: <message>` from a failed registration, or the error when the
+/// directory did not answer.
+fn failure_text(
+    status: Option<u16>,
+    code: Option<&str>,
+    message: Option<&str>,
+    error: &str,
+) -> String {
+    let Some(status) = status else {
+        return error.to_owned();
+    };
+    let mut out = format!("HTTP {status}");
+    if let Some(c) = code {
+        out.push(' ');
+        out.push_str(c);
     }
-    true
+    if let Some(m) = message {
+        out.push_str(": ");
+        out.push_str(m);
+    }
+    out
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What `serve` last printed about the directory, so each change is printed once.
+#[derive(Default)]
+struct Shown {
+    last: Option<String>,
+}
+
+impl Shown {
+    /// The summary's directory state for the first registration result:
+    /// `(registered) node <id>` or `(registration refused: HTTP 403 IICP-E050: …)`.
+    fn first(&mut self, ev: &NodeEvent) -> String {
+        match &ev.kind {
+            EventKind::RegisterFailed {
+                status,
+                code,
+                message,
+                error,
+                ..
+            } => {
+                let text = failure_text(*status, code.as_deref(), message.as_deref(), error);
+                self.last = Some(text.clone());
+                let what = if status.is_some_and(|s| (400..500).contains(&s)) {
+                    "registration refused"
+                } else {
+                    "registration failed"
+                };
+                format!("({what}: {text}; retrying in the background)")
+            }
+            _ => {
+                self.last = Some(String::new());
+                match &ev.node_id {
+                    Some(id) => format!("(registered) node {id}"),
+                    None => "(registered)".to_owned(),
+                }
+            }
+        }
+    }
+
+    /// Prints a later directory event when it says something new.
+    fn later(&mut self, ev: &NodeEvent) {
+        let line = match &ev.kind {
+            EventKind::Registered { directory_url, .. } => {
+                if self.last.as_deref() == Some("") {
+                    return; // a re-registration while registered: the log has it
+                }
+                self.last = Some(String::new());
+                format!(
+                    "registered with {} as node {}",
+                    directory_url.as_deref().unwrap_or("the directory"),
+                    ev.node_id.as_deref().unwrap_or("?")
+                )
+            }
+            EventKind::RegisterFailed {
+                status,
+                code,
+                message,
+                error,
+                ..
+            } => {
+                let text = failure_text(*status, code.as_deref(), message.as_deref(), error);
+                if self.last.as_ref() == Some(&text) {
+                    return;
+                }
+                self.last = Some(text.clone());
+                let what = if status.is_some_and(|s| (400..500).contains(&s)) {
+                    "refused"
+                } else {
+                    "failed"
+                };
+                format!("registration {what}: {text} (retrying in the background)")
+            }
+            EventKind::DirectoryUnavailable {
+                failures,
+                retry_in,
+                error,
+                ..
+            } => {
+                format!(
+                    "directory unavailable: {failures} calls failed in a row (last: {error}); no directory calls for {}s, still serving",
+                    retry_in.as_secs()
+                )
+            }
+            EventKind::DirectoryRecovered { after_failures, .. } => {
+                format!("directory reachable again after {after_failures} failed calls")
+            }
+            _ => return,
+        };
+        println!("{line}");
+    }
+}
+
 fn summary(
     handle: &ServeHandle,
     cfg: &Resolved,
     endpoint: &str,
     tier: &str,
     models: &[String],
-    register: bool,
-    registered: bool,
     operator: Option<&OperatorIdentity>,
     native: bool,
 ) {
@@ -720,13 +922,6 @@ fn summary(
     println!("  intent     {}", cfg.intent);
     println!("  auth       {}", cfg.access.describe());
     println!("  rate limit {}", cfg.access.describe_limit());
-    let dir = match (&cfg.directory, register, registered) {
-        (None, _, _) => "none (--skip-registration)".to_owned(),
-        (Some(d), false, _) => format!("{d} (registration skipped)"),
-        (Some(d), true, true) => format!("{d} (registered)"),
-        (Some(d), true, false) => format!("{d} (registering in the background)"),
-    };
-    println!("  directory  {dir}");
     match operator {
         Some(op) => {
             let name = if op.display_name().is_empty() {
@@ -739,12 +934,6 @@ fn summary(
         }
         None => println!("  operator   anonymous"),
     }
-    println!(
-        "serving {} on {} (max_concurrent={})",
-        cfg.intent,
-        handle.local_addr(),
-        cfg.max_concurrent
-    );
 }
 
 #[cfg(test)]
@@ -772,6 +961,23 @@ mod tests {
         ));
         assert!(Backend::from_flags(Some("bogus"), None, None).is_err());
         assert!(Backend::from_flags(None, Some("ftp://x"), None).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        let ms = Duration::from_millis;
+        assert_eq!(heartbeat_interval("500ms"), Ok(ms(500)));
+        assert_eq!(heartbeat_interval(" 30s "), Ok(ms(30_000)));
+        assert_eq!(heartbeat_interval("45"), Ok(ms(45_000)));
+        assert_eq!(heartbeat_interval("1m"), Ok(ms(60_000)));
+        assert_eq!(backoff_base("10ms"), Ok(ms(10)));
+        for bad in ["99ms", "2m", "-1s", "1.5s", "s", "", "10 parsecs"] {
+            assert!(heartbeat_interval(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            backoff_base("9ms"),
+            Err("\"9ms\" is out of range (10ms-60s)".to_owned())
+        );
     }
 
     #[test]
