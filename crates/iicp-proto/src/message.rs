@@ -5,8 +5,10 @@
 //! ascending order, so the derived encoding is deterministic CBOR (sorted keys, shortest
 //! integers, definite lengths, no tags). Absent optional fields are not encoded.
 //!
-//! Receiving is lenient: payloads are first [normalized](crate::cbor::normalize) (tags
-//! stripped, indefinite lengths made definite), unknown keys are ignored, empty payloads
+//! Receiving is strict on structure and lenient on everything else (ADR 0007): payloads
+//! are first [normalized](crate::cbor::normalize) — indefinite-length items and duplicate
+//! map keys at any depth are refused with `invalid_payload`, tags are stripped, key order
+//! and integer widths are not checked — then unknown keys are ignored, empty payloads
 //! are accepted for INIT, ACK, PING, PONG and CLOSE, and the deployed SDK dialect is
 //! read next to the spec schema: key 5 as a map, CBOR-in-bytes or JSON-in-bytes
 //! ([`Body`]), the call id from key 3 or 15, errors from key 6 or 100/101.
@@ -663,6 +665,55 @@ impl<'b, C> Decode<'b, C> for Discover {
     }
 }
 
+/// The answer to a DISCOVER: a RESPONSE (0x06) frame `{2: session_id, 3: intent,
+/// 20: [node maps]}`, the shape both reference servers send and their
+/// `IicpTcpClient.discover()` reads (key 20; PROTOCOL.md §10.7). The spec defines no
+/// answer; key 2 is left out when the request had no session id (spec form `{1: intent}`).
+///
+/// Each node map is a string-keyed map with the directory's NODELIST field names
+/// (`node_id`, `endpoint`, `intents`, …), as the reference servers fill it from a
+/// directory lookup. Send it with
+/// [`Session::send_discover_reply`](crate::session::Session::send_discover_reply).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct DiscoverReply {
+    /// Session id of the DISCOVER, echoed.
+    #[n(2)]
+    pub session_id: Option<String>,
+    /// Intent of the DISCOVER, echoed.
+    #[n(3)]
+    pub intent: Option<String>,
+    /// The nodes, each one encoded CBOR map.
+    #[n(20)]
+    #[cbor(default)]
+    pub nodes: Vec<RawCbor>,
+}
+
+impl DiscoverReply {
+    /// The answer to `request` listing `nodes` (JSON objects, sent as CBOR maps).
+    pub fn new(request: &Discover, nodes: &[serde_json::Value]) -> Self {
+        Self {
+            session_id: request.session_id.clone(),
+            intent: request.intent.clone(),
+            nodes: nodes
+                .iter()
+                .map(|n| RawCbor(cbor::json_to_vec(n)))
+                .collect(),
+        }
+    }
+
+    /// The whole RESPONSE frame, appended to `out`.
+    ///
+    /// # Errors
+    /// [`FrameError::TooLarge`] when the payload exceeds 16 MiB; `out` is left as it was.
+    pub fn encode_frame(&self, out: &mut Vec<u8>) -> Result<(), FrameError> {
+        let start = frame::begin_frame(MessageType::RESPONSE, out);
+        // writing into a Vec cannot fail
+        let _ = minicbor::encode(self, &mut *out);
+        frame::finish_frame(out, start)
+    }
+}
+
 /// FEEDBACK (0x08).
 #[derive(Clone, Debug, Default, PartialEq, Encode, Decode)]
 #[cbor(map)]
@@ -912,7 +963,8 @@ pub enum Message {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MessageError {
-    /// The payload is not well-formed CBOR.
+    /// The payload is not well-formed CBOR, or breaks a structural rule of the native
+    /// transport (indefinite length, duplicate map key: see [`CborError::is_structural`]).
     #[error("payload is not valid CBOR: {0}")]
     Cbor(#[source] CborError),
     /// Well-formed CBOR of the wrong shape (types, lengths, UTF-8).
@@ -938,6 +990,7 @@ impl MessageError {
     /// The CLOSE reason the spec prescribes for this error (PROTOCOL.md §10.3).
     pub fn close_reason(&self) -> CloseReason {
         match self {
+            MessageError::Cbor(e) if e.is_structural() => CloseReason::InvalidPayload,
             MessageError::Cbor(_) => CloseReason::CborDecodeError,
             MessageError::Invalid { .. } | MessageError::Rule(_) => CloseReason::InvalidPayload,
             MessageError::Empty(_) => CloseReason::InvalidFrame,
@@ -977,8 +1030,8 @@ impl Message {
     /// Decodes a frame payload into a message.
     ///
     /// Empty payloads are accepted for INIT, ACK, PING, PONG and CLOSE (the SDKs send
-    /// them) and rejected for CALL and RESPONSE. Tags and indefinite lengths are
-    /// normalized away first.
+    /// them) and rejected for CALL and RESPONSE. Indefinite lengths and duplicate map
+    /// keys are refused ([`CloseReason::InvalidPayload`]); tags are stripped first.
     pub fn decode(
         header: &FrameHeader,
         payload: &[u8],
