@@ -141,6 +141,18 @@ async fn duplicate_keys_and_indefinite_lengths_are_never_executed() {
             "{name}: {got:?}"
         );
     }
+    // JSON in key 5 that repeats a member name: refused too, as an error RESPONSE (the
+    // frame itself is well-formed CBOR)
+    let mut json_dup = vec![0xa3, 0x02];
+    text("call-1", &mut json_dup);
+    json_dup.push(0x03);
+    text(CHAT, &mut json_dup);
+    let body = br#"{"messages":[{"role":"user","content":"a"}],"messages":[]}"#;
+    json_dup.extend([0x05, 0x58, body.len() as u8]);
+    json_dup.extend(body);
+    let got = exchange(addr, 0x05, &json_dup, 2).await;
+    assert_eq!(got.get(1).map(|f| f.0), Some(0x06), "{got:?}");
+    assert_eq!(got[1].1["100"], 422, "{got:?}");
     assert_eq!(echo.count(), 0, "the backend was never called");
 
     // the clean CALL runs, on the same node

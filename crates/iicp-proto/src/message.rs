@@ -11,7 +11,8 @@
 //! and integer widths are not checked — then unknown keys are ignored, empty payloads
 //! are accepted for INIT, ACK, PING, PONG and CLOSE, and the deployed SDK dialect is
 //! read next to the spec schema: key 5 as a map, CBOR-in-bytes or JSON-in-bytes
-//! ([`Body`]), the call id from key 3 or 15, errors from key 6 or 100/101.
+//! ([`Body`]; JSON that repeats a member name is refused like a repeated CBOR key), the
+//! call id from key 3 or 15, errors from key 6 or 100/101.
 
 use std::collections::BTreeMap;
 
@@ -47,10 +48,88 @@ pub enum Prefer {
     Cbor,
 }
 
-/// A key-5 body that is neither JSON nor CBOR.
+/// A key-5 body that is neither JSON nor CBOR (or is ambiguous: a repeated JSON member
+/// name or CBOR map key, ADR 0007).
 #[derive(Debug, thiserror::Error)]
 #[error("body is neither JSON nor CBOR")]
 pub struct BodyError;
+
+/// Parses JSON text, refusing objects that repeat a member name (at any depth):
+/// `serde_json` would keep the last one, while other readers keep the first (ADR 0007).
+pub fn json_strict(text: &[u8]) -> Result<serde_json::Value, serde_json::Error> {
+    use serde::de::DeserializeSeed as _;
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let v = StrictJson.deserialize(&mut de)?;
+    de.end()?;
+    Ok(v)
+}
+
+/// Builds a `serde_json::Value`, failing on a repeated member name.
+#[derive(Clone, Copy)]
+struct StrictJson;
+
+impl<'de> serde::de::DeserializeSeed<'de> for StrictJson {
+    type Value = serde_json::Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for StrictJson {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, Into::into))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(StrictJson)? {
+            out.push(v);
+        }
+        Ok(serde_json::Value::Array(out))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value_seed(StrictJson)?;
+            if out.insert(key, value).is_some() {
+                return Err(serde::de::Error::custom("duplicate member name"));
+            }
+        }
+        Ok(serde_json::Value::Object(out))
+    }
+}
 
 impl Body {
     /// The CALL form of the deployed SDKs: UTF-8 JSON text in a byte string.
@@ -69,7 +148,7 @@ impl Body {
         match self {
             Body::Cbor(raw) => cbor::to_json(raw).map_err(|_| BodyError),
             Body::Bytes(b) => {
-                let as_json = || serde_json::from_slice::<serde_json::Value>(b).ok();
+                let as_json = || json_strict(b).ok();
                 let as_cbor = || cbor::to_json(b).ok();
                 let v = match prefer {
                     Prefer::Json => as_json().or_else(as_cbor),
@@ -1404,6 +1483,20 @@ mod tests {
             v
         );
         assert!(Body::Bytes(vec![0xff, 0x00]).to_json(Prefer::Json).is_err());
+        // a repeated JSON member name, at any depth, is not read either way (ADR 0007)
+        for dup in [
+            &br#"{"intent": "a", "intent": "b"}"#[..],
+            br#"{"payload": {"messages": [], "messages": [1]}}"#,
+            br#"[{"a": 1, "b": 2, "a": 3}]"#,
+        ] {
+            assert!(json_strict(dup).is_err());
+            assert!(Body::Bytes(dup.to_vec()).to_json(Prefer::Json).is_err());
+            assert!(Body::Bytes(dup.to_vec()).to_json(Prefer::Cbor).is_err());
+        }
+        let v = serde_json::json!({"a": [1, -2, 2.5, true, null, "s"], "b": {"a": {}}, "c": 18446744073709551615u64});
+        let text = serde_json::to_vec(&v).expect("json");
+        assert_eq!(json_strict(&text).expect("strict"), v);
+        assert!(json_strict(b"{} x").is_err(), "trailing text");
     }
 
     #[test]
