@@ -6,6 +6,8 @@ or runs a tiny OpenAI-compatible stub behind an SDK node. Run it with the intero
 python (scripts/peers prints IICP_PEER_PYTHON). Output is one JSON object per line.
 
   py_peer.py tcp-client HOST PORT N       IicpTcpClient: handshake, ping, N calls, close
+  py_peer.py tcp-discover HOST PORT INTENT
+                                          IicpTcpClient: handshake, one discover(), close
   py_peer.py stub-openai PORT             OpenAI-compatible stub (echoes the last user message)
   py_peer.py node serve [FLAGS...]        the SDK's `iicp-node` CLI with its loopback-registration
                                           skip disabled (for loopback testbeds only);
@@ -54,6 +56,18 @@ async def tcp_client(host, port, n):
             r = await c.call(INTENT, {"messages": [{"role": "user", "content": f"py native #{i}"}]},
                              session_id=f"s{i}", call_id=f"c{i}")
             emit(event="call", i=i, ms=(time.perf_counter() - t0) * 1000, result=r)
+    emit(event="closed")
+
+
+async def tcp_discover(host, port, intent):
+    from iicp_client.iicp_tcp import IicpTcpClient
+
+    async with IicpTcpClient(host, port, timeout_s=10) as c:
+        await c.handshake()
+        emit(event="handshake", peer_node_id=c.peer_node_id, framing=c.framing_version)
+        t0 = time.perf_counter()
+        nodes = await c.discover(intent)
+        emit(event="discover", ms=(time.perf_counter() - t0) * 1000, nodes=nodes)
     emit(event="closed")
 
 
@@ -179,6 +193,8 @@ def main():
     cmd = sys.argv[1]
     if cmd == "tcp-client":
         asyncio.run(tcp_client(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+    elif cmd == "tcp-discover":
+        asyncio.run(tcp_discover(sys.argv[2], int(sys.argv[3]), sys.argv[4]))
     elif cmd == "stub-openai":
         srv = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), Stub)
         emit(event="listening", port=srv.server_address[1])

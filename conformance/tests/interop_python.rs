@@ -5,7 +5,8 @@
 //!   not do IICP-CX over native, so CX stays on HTTP); native in plaintext against a
 //!   keyless Python node;
 //! * Python SDK client (`IicpClient.chat_async`, default encryption) → our node, HTTP;
-//! * Python `IicpTcpClient` → our node's native port.
+//! * Python `IicpTcpClient` → our node's native port (CALLs, and `discover()`, which our
+//!   node answers with its own entry instead of leaving the client to its 10 s timeout).
 //!
 //! Needs `IICP_PEER_PYTHON` (`scripts/peers env`): fails under CI without it, skips
 //! elsewhere.
@@ -257,6 +258,64 @@ async fn python_tcp_client_to_our_node_native() {
     assert!(seen
         .iter()
         .all(|a| a.transport == Arrival::Native && !a.encrypted));
+    handle.stop().await;
+    mesh.stop().await;
+}
+
+/// `IicpTcpClient.discover()` gets our node's own entry at once (issue 16 §4: the
+/// DISCOVER used to be dropped and the client waited out its 10 s timeout), and an empty
+/// list for an intent the node does not serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_tcp_client_discovers_our_node_native() {
+    let Some(py) = python() else { return };
+    let scratch = Scratch::new("py-tcp-discover").unwrap();
+    let mesh = Mesh::start().await.unwrap();
+    let (handle, recorder) = mesh.start_echo_node().await.unwrap();
+    let node_id = handle.node().node_id().unwrap();
+    let port = handle.local_addr().port().to_string();
+    for (intent, served) in [
+        (peers::CHAT, true),
+        ("urn:iicp:intent:llm:embedding:v1", false),
+    ] {
+        let out = peers::run(
+            "py-tcp-discover",
+            peers::py_peer(&py, &scratch, &["tcp-discover", "127.0.0.1", &port, intent]),
+            &scratch,
+            PEER_RUN_WITHIN,
+        )
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "python discover failed: {}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        let events = out.json_lines();
+        let d = events
+            .iter()
+            .find(|e| e["event"] == "discover")
+            .unwrap_or_else(|| panic!("{events:?}"));
+        assert!(
+            d["ms"].as_f64().unwrap() < 3000.0,
+            "answered, not timed out: {d}"
+        );
+        let nodes = d["nodes"].as_array().unwrap();
+        if served {
+            assert_eq!(nodes.len(), 1, "{d}");
+            assert_eq!(nodes[0]["node_id"], node_id.as_str(), "{d}");
+            assert_eq!(
+                nodes[0]["transport_endpoint"],
+                format!("iicp://127.0.0.1:{port}"),
+                "{d}"
+            );
+            assert!(nodes[0]["models"].to_string().contains(ECHO_MODEL), "{d}");
+        } else {
+            assert!(nodes.is_empty(), "{d}");
+        }
+        assert_eq!(events.last().unwrap()["event"], "closed");
+    }
+    assert!(recorder.seen().is_empty(), "DISCOVER runs no task");
     handle.stop().await;
     mesh.stop().await;
 }

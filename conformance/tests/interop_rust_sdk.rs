@@ -254,3 +254,60 @@ async fn rust_sdk_tcp_client_to_our_node_native() {
     handle.stop().await;
     mesh.stop().await;
 }
+
+/// The Rust SDK's `IicpTcpClient::discover` gets our node's own entry at once (issue 16
+/// §4: the DISCOVER used to be dropped and the client waited out its 10 s timeout), and
+/// an empty list for an intent the node does not serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_sdk_tcp_client_discovers_our_node_native() {
+    let bin = match peers::locate("IICP_RUST_SDK_TCP") {
+        Ok(Some(p)) => p,
+        Ok(None) => return,
+        Err(e) => panic!("{e}"),
+    };
+    let scratch = Scratch::new("rs-tcp-discover").unwrap();
+    let mesh = Mesh::start().await.unwrap();
+    let (handle, recorder) = mesh.start_echo_node().await.unwrap();
+    let node_id = handle.node().node_id().unwrap();
+    let port = handle.local_addr().port().to_string();
+    for (intent, served) in [
+        (peers::CHAT, true),
+        ("urn:iicp:intent:llm:embedding:v1", false),
+    ] {
+        let mut cmd = peers::peer_command(&bin, &scratch);
+        cmd.args(["127.0.0.1", &port, "discover", intent]);
+        let out = peers::run("rust-sdk-tcp", cmd, &scratch, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "rust sdk discover failed: {}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        let events = out.json_lines();
+        let d = events
+            .iter()
+            .find(|e| e["event"] == "discover")
+            .unwrap_or_else(|| panic!("{events:?}"));
+        assert!(
+            d["ms"].as_f64().unwrap() < 3000.0,
+            "answered, not timed out: {d}"
+        );
+        let nodes = d["nodes"].as_array().unwrap();
+        if served {
+            assert_eq!(nodes.len(), 1, "{d}");
+            assert_eq!(nodes[0]["node_id"], node_id.as_str(), "{d}");
+            assert_eq!(
+                nodes[0]["transport_endpoint"],
+                format!("iicp://127.0.0.1:{port}"),
+                "{d}"
+            );
+        } else {
+            assert!(nodes.is_empty(), "{d}");
+        }
+    }
+    assert!(recorder.seen().is_empty(), "DISCOVER runs no task");
+    handle.stop().await;
+    mesh.stop().await;
+}

@@ -31,6 +31,8 @@ const PEER_NODES_FAIL: &[&str] = &[
     "NATIVE-MAL-07",
     "NATIVE-MAL-08",
     "NATIVE-MAL-09",
+    "NATIVE-MAL-10",
+    "NATIVE-MAL-11",
     "NODE-TASK-04",
     "NODE-TASK-06",
     "NODE-VAL-01",

@@ -57,6 +57,14 @@ pub fn cases() -> Vec<Case> {
             "PROTOCOL §10.3", |ctx| malformed(ctx, Bad::Cbor, "cbor_decode_error")),
         case!("NATIVE-MAL-09", T, "CALL with length 0 → CLOSE invalid_frame",
             "PROTOCOL §10.3 (length 0 on CALL)", |ctx| malformed(ctx, Bad::EmptyCall, "invalid_frame")),
+        case!("NATIVE-MAL-10", T, "CALL whose map holds key 3 twice → CLOSE invalid_payload, not executed",
+            "framing §4.1 (no duplicate map keys), §9.6; PROTOCOL §10.3, §10.4; ADR 0007", |ctx| malformed(ctx, Bad::DuplicateKey, "invalid_payload")),
+        case!("NATIVE-MAL-11", T, "CALL as an indefinite-length map → CLOSE invalid_payload",
+            "framing §4.1, §10.6 (indefinite length MUST be refused with invalid_payload); PROTOCOL §10.3; ADR 0007", |ctx| malformed(ctx, Bad::Indefinite, "invalid_payload")),
+        case!("NATIVE-MAL-12", T, "bad magic after a valid frame → closed with zero bytes (no CLOSE frame)",
+            "framing §1.2, §9.6 notes (wrong magic: close silently); PROTOCOL §10.3", |ctx| bad_magic_later(ctx)),
+        case!("NATIVE-DISC-01", T, "deployed-dialect DISCOVER {2,3} → RESPONSE {2,3,20:[nodes]}",
+            "PROTOCOL §10.5 DISCOVER, §10.7 (DISCOVER reply); ADR 0007", |ctx| discover(ctx)),
         case!("NATIVE-CALL-01", T, "deployed-dialect CALL {2,3,5:bstr JSON,15} → RESPONSE echoing 2 with a result",
             "PROTOCOL §10.7, §19 T3; ADR 0002", |ctx| call(ctx, Layout::Deployed)),
         case!("NATIVE-CALL-02", T, "spec-layout CALL {1,2,3,5,6,11?,15} → RESPONSE echoing call_id with a result",
@@ -428,6 +436,51 @@ async fn bad_magic(ctx: Arc<Ctx>) -> Outcome {
     Ok(None)
 }
 
+async fn bad_magic_later(ctx: Arc<Ctx>) -> Outcome {
+    let mut c = Conn::open(&ctx).await?;
+    c.handshake().await?;
+    c.send(b"XICP\x01\x09\x00\x00\x00\x00\x00\x00").await?;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(ctx.request_timeout, c.s.read_to_end(&mut buf)).await;
+    ensure(read.is_ok(), None, || {
+        "the connection stayed open after bad magic".into()
+    })?;
+    ensure(buf.is_empty(), None, || {
+        format!(
+            "peer sent {} bytes after bad magic: {}",
+            buf.len(),
+            super::snippet(&buf)
+        )
+    })?;
+    Ok(None)
+}
+
+async fn discover(ctx: Arc<Ctx>) -> Outcome {
+    let mut c = Conn::open(&ctx).await?;
+    c.handshake().await?;
+    let session = super::task_id();
+    let m = C::M(vec![
+        (2, C::T(session.clone())),
+        (3, C::T(ctx.intent.clone())),
+    ]);
+    c.send(&v1(0x03, &m.bytes())).await?;
+    let rx = c
+        .recv_skipping(&[0x0A], ctx.request_timeout)
+        .await?
+        .ok_or_else(|| Stop::assertion(None, "closed instead of answering DISCOVER".to_owned()))?;
+    let v = rx.json();
+    ensure(rx.ty == 0x06, None, || {
+        format!("expected RESPONSE (0x06), got type {:#04x} {v}", rx.ty)
+    })?;
+    ensure(v["2"] == session.as_str(), None, || {
+        format!("DISCOVER reply key 2 is {}, not the session id", v["2"])
+    })?;
+    ensure(v["20"].is_array(), None, || {
+        format!("DISCOVER reply has no node list under key 20: {v}")
+    })?;
+    Ok(None)
+}
+
 #[derive(Clone, Copy)]
 enum Bad {
     Version(u8),
@@ -435,6 +488,10 @@ enum Bad {
     Type(u8),
     Cbor,
     EmptyCall,
+    /// A deployed-dialect CALL with key 3 twice: a custom intent, then the target's.
+    DuplicateKey,
+    /// A deployed-dialect CALL as an indefinite-length map.
+    Indefinite,
 }
 
 async fn malformed(ctx: Arc<Ctx>, bad: Bad, reason: &'static str) -> Outcome {
@@ -451,6 +508,25 @@ async fn malformed(ctx: Arc<Ctx>, bad: Bad, reason: &'static str) -> Outcome {
         Bad::Type(t) => v1(t, &C::M(vec![]).bytes()),
         Bad::Cbor => v1(0x05, &[0xa2, 0x01, 0xff, 0xff, 0x1c]),
         Bad::EmptyCall => v1(0x05, &[]),
+        Bad::DuplicateKey | Bad::Indefinite => {
+            let payload = serde_json::to_vec(&ctx.payload).unwrap_or_default();
+            let mut m = vec![(2, C::T(super::task_id()))];
+            if matches!(bad, Bad::DuplicateKey) {
+                m.push((3, C::T("urn:iicp:intent:x.conformance:other:v1".into())));
+            }
+            m.push((3, C::T(ctx.intent.clone())));
+            m.push((5, C::B(payload)));
+            if let Some(t) = &ctx.node_token {
+                m.push((11, C::T(t.clone())));
+            }
+            let mut body = C::M(m).bytes();
+            if matches!(bad, Bad::Indefinite) {
+                // same entries, indefinite-length map head and a break
+                body[0] = 0xbf;
+                body.push(0xff);
+            }
+            v1(0x05, &body)
+        }
     };
     c.send(&bytes).await?;
     c.expect_close(reason, ctx.request_timeout).await?;

@@ -18,12 +18,22 @@
 //! their `IicpTcpClient`s return it) as a CBOR map, with keys 7
 //! (tokens), 8 (duration) and 11 (node id); errors carry key 6 `{code, message}` and keys
 //! 100/101.
+//!
+//! A DISCOVER (type 0x03, `{2: session_id, 3: intent}` from the SDK clients or the spec's
+//! `{1: intent, 2: limit, …}`) is answered with this node's own NODELIST entry when it
+//! serves the intent, else with an empty list, in the deployed RESPONSE shape
+//! `{2, 3, 20: [entry]}` (PROTOCOL.md §10.7; ADR 0007). The entry carries only what the
+//! node advertises at REGISTER anyway: never a token or key other than the public CX key.
 
 use std::sync::Arc;
 
+use std::sync::atomic::Ordering;
+
+use iicp_proto::directory::{Limits, NodeEntry, RegisterRequest};
 use iicp_proto::error::ErrorCode;
 use iicp_proto::ids::TaskId;
-use iicp_proto::message::{Body, Call, Prefer, Response};
+use iicp_proto::intent::Intent;
+use iicp_proto::message::{Body, Call, Discover, Prefer, Response};
 use iicp_proto::task::{Constraints, Qos, TaskAuth, TaskRequest};
 use iicp_transport::native::{BoxFuture, CallContext, CallHandler};
 use serde_json::{Map, Value};
@@ -55,6 +65,106 @@ impl CallHandler for NativeTasks {
     /// at registration, after the port was bound, included.
     fn node_id(&self) -> Option<String> {
         self.shared.node_id()
+    }
+
+    fn discover(&self, request: &Discover, _ctx: &CallContext) -> Vec<Value> {
+        discover_self(&self.shared, request)
+    }
+}
+
+/// This node's answer to a DISCOVER: its own entry when it serves the intent and is not
+/// excluded by the request (key 4), else nothing.
+fn discover_self(shared: &Shared, request: &Discover) -> Vec<Value> {
+    let Some(intent) = request.intent.as_deref().and_then(|i| Intent::new(i).ok()) else {
+        return Vec::new();
+    };
+    if !shared.served.contains(&intent) || request.limit == Some(0) {
+        return Vec::new();
+    }
+    let entry = own_entry(shared, &intent);
+    let excluded = request.exclude.as_ref().is_some_and(|ex| {
+        entry
+            .node_id
+            .as_ref()
+            .is_some_and(|id| ex.iter().any(|x| x == id))
+    });
+    if excluded {
+        return Vec::new();
+    }
+    serde_json::to_value(&entry)
+        .map(|v| vec![v])
+        .unwrap_or_default()
+}
+
+/// The node's NODELIST entry (PROTOCOL.md §8.4) for `intent`, from what it registers.
+fn own_entry(shared: &Shared, intent: &Intent) -> NodeEntry {
+    let cfg = &shared.cfg;
+    // what REGISTER would advertise: configured endpoint, then the reachability advert
+    let mut reg = RegisterRequest::new(
+        cfg.endpoint.clone(),
+        cfg.region.clone(),
+        Vec::new(),
+        Limits::default(),
+    );
+    reg.transport_endpoint = shared.transport_endpoint();
+    crate::reach::apply(shared, &mut reg);
+    let capabilities: Vec<_> = shared
+        .capabilities
+        .iter()
+        .filter(|c| c.intent == intent.as_str())
+        .cloned()
+        .collect();
+    let mut models: Vec<String> = capabilities
+        .iter()
+        .flat_map(|c| c.models.iter().cloned())
+        .collect();
+    models.dedup();
+    if models.is_empty() {
+        models.clone_from(&cfg.models);
+    }
+    let active = shared.active_jobs();
+    let max = cfg.max_concurrent;
+    let draining = shared.draining.load(Ordering::Relaxed);
+    let cx = cfg.cx_key.as_ref().map(|key| {
+        let not_after = crate::clock::iso8601(
+            shared
+                .unix_secs()
+                .saturating_add(cfg.cx_key_lifetime.as_secs()),
+        );
+        let mut adv = key.advertisement(Some(not_after), true);
+        if cfg.native {
+            adv.features.push(crate::config::NATIVE_CX_V1.to_owned());
+        }
+        adv
+    });
+    let mut transport = vec!["http".to_owned()];
+    if reg.transport_endpoint.is_some() {
+        transport.push("iicp-native".to_owned());
+    }
+    NodeEntry {
+        node_id: shared.node_id(),
+        endpoint: Some(reg.endpoint),
+        transport_endpoint: reg.transport_endpoint,
+        transport_method: reg.transport_method,
+        exposure_mode: reg.exposure_mode,
+        relay_endpoint: reg.relay_endpoint,
+        region: Some(cfg.region.clone()),
+        available: Some(!draining && active < max),
+        load: Some(f64::from(active) / f64::from(max.max(1))),
+        active_jobs: Some(active),
+        max_concurrent: Some(max),
+        models: Some(models),
+        capabilities,
+        transport: Some(transport),
+        key_ready: Some(cx.is_some()),
+        cx_public_key: cx,
+        relay_capable: cfg.relay_capable.then_some(true),
+        relay_accept_port: reg.relay_accept_port,
+        backend: cfg.backend.clone(),
+        sdk_language: Some("rust".to_owned()),
+        implementation_name: Some(crate::config::IMPLEMENTATION_NAME.to_owned()),
+        implementation_version: Some(crate::config::IMPLEMENTATION_VERSION.to_owned()),
+        ..NodeEntry::default()
     }
 }
 

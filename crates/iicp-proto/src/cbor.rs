@@ -1,18 +1,23 @@
-//! CBOR helpers shared by the native messages (PROTOCOL.md §10.4, §19 T5, T15).
+//! CBOR helpers shared by the native messages (PROTOCOL.md §10.4, §19 T5, T15; ADR 0007).
 //!
-//! * [`normalize`] turns any well-formed CBOR item into the form our typed decoders read:
-//!   tags removed (T15: emit untagged, strip on receive) and indefinite-length strings,
-//!   arrays and maps rewritten as definite ones. Input that needs no change is returned
+//! * [`normalize`] checks the structure of a received CBOR item and turns it into the
+//!   form our typed decoders read. Strict on structure: indefinite-length items and
+//!   duplicate map keys (at any depth) are refused ([`CborError::Indefinite`],
+//!   [`CborError::DuplicateKey`]; framing §4.1, §10.6). Lenient on canonical form: keys in
+//!   any order, integers and lengths of any width, every float width, and tags, which are
+//!   removed (T15: emit untagged, strip on receive). Input without tags is returned
 //!   borrowed, so the common path copies nothing.
 //! * [`to_json`] / [`write_json`] convert between CBOR items and `serde_json::Value`, for
-//!   task payloads and results that travel as JSON over HTTP and as CBOR natively. Output
-//!   is deterministic CBOR (RFC 8949 §4.2.1: shortest integers, definite lengths, map keys
-//!   sorted by their encoded bytes).
+//!   task payloads and results that travel as JSON over HTTP and as CBOR natively.
+//!   [`to_json`] applies the same structural rules. Output is deterministic CBOR
+//!   (RFC 8949 §4.2.1: shortest integers, definite lengths, map keys sorted by their
+//!   encoded bytes).
 //!
 //! All walkers bound their recursion depth ([`MAX_DEPTH`]) so hostile input cannot
 //! exhaust the stack.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 
 use base64::Engine as _;
 use minicbor::data::Type;
@@ -20,6 +25,10 @@ use minicbor::Decoder;
 
 /// Deepest nesting of arrays/maps/tags accepted in any received CBOR item.
 pub const MAX_DEPTH: usize = 64;
+
+/// Maps with more entries than this check their keys for duplicates with a hash set;
+/// smaller ones compare linearly (no hashing for the usual handful of keys).
+const LINEAR_KEY_CHECK: usize = 16;
 
 /// Why a CBOR item could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +43,14 @@ pub enum CborError {
     /// Bytes remain after the single top-level item.
     #[error("trailing bytes after the CBOR item")]
     TrailingBytes,
+    /// An indefinite-length string, array or map (framing §4.1, §10.6: definite lengths
+    /// only).
+    #[error("indefinite-length CBOR item")]
+    Indefinite,
+    /// A map holds the same key twice (framing §4.1). Readers that keep the first or the
+    /// last value would disagree on what the message says.
+    #[error("duplicate CBOR map key")]
+    DuplicateKey,
 }
 
 impl CborError {
@@ -41,12 +58,20 @@ impl CborError {
     pub(crate) fn from_decode(e: &minicbor::decode::Error) -> Self {
         CborError::Malformed(e.to_string())
     }
+
+    /// Whether the item is well-formed CBOR that breaks a structural rule of the native
+    /// transport (indefinite length, duplicate key): answered `invalid_payload`, not
+    /// `cbor_decode_error` (framing §9.6, §10.6).
+    pub fn is_structural(&self) -> bool {
+        matches!(self, CborError::Indefinite | CborError::DuplicateKey)
+    }
 }
 
-/// Returns `bytes` unchanged when it holds one CBOR item without tags or
-/// indefinite-length containers, or a rewritten copy without them.
+/// Returns `bytes` unchanged when it holds one CBOR item without tags, or a copy with
+/// the tags removed.
 ///
-/// Errors on malformed input, nesting deeper than [`MAX_DEPTH`] and trailing bytes.
+/// Errors on malformed input, indefinite-length items, duplicate map keys at any depth,
+/// nesting deeper than [`MAX_DEPTH`] and trailing bytes.
 pub fn normalize(bytes: &[u8]) -> Result<Cow<'_, [u8]>, CborError> {
     let mut d = Decoder::new(bytes);
     let needs_rewrite = scan(&mut d, 0)?;
@@ -62,7 +87,84 @@ pub fn normalize(bytes: &[u8]) -> Result<Cow<'_, [u8]>, CborError> {
     Ok(Cow::Owned(out))
 }
 
-/// Walks one item; returns whether it contains tags or indefinite-length items.
+/// What identifies a map key, independent of how it was encoded: integers by value
+/// (so `3` and the non-shortest `0x18 0x03` are the same key), strings by content,
+/// tags ignored (they are stripped), anything else by its encoded bytes.
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum KeyId<'b> {
+    Int(i128),
+    Text(&'b str),
+    Bytes(&'b [u8]),
+    Other(&'b [u8]),
+}
+
+/// The keys seen so far in one map.
+enum SeenKeys<'b> {
+    Few(Vec<KeyId<'b>>),
+    Many(HashSet<KeyId<'b>>),
+}
+
+impl<'b> SeenKeys<'b> {
+    fn new(entries: u64) -> Self {
+        let n = usize::try_from(entries).unwrap_or(usize::MAX);
+        if n <= LINEAR_KEY_CHECK {
+            SeenKeys::Few(Vec::with_capacity(n))
+        } else {
+            // the entry count is the peer's claim: reserve only what a frame can hold
+            SeenKeys::Many(HashSet::with_capacity(n.min(1024)))
+        }
+    }
+
+    /// Records `key`; `false` when it was already there.
+    fn insert(&mut self, key: KeyId<'b>) -> bool {
+        match self {
+            SeenKeys::Few(v) => {
+                if v.contains(&key) {
+                    return false;
+                }
+                v.push(key);
+                true
+            }
+            SeenKeys::Many(set) => set.insert(key),
+        }
+    }
+}
+
+/// Reads one map key; returns its identity and whether it carried tags.
+fn scan_key<'b>(d: &mut Decoder<'b>, depth: usize) -> Result<(KeyId<'b>, bool), CborError> {
+    let err = |e: minicbor::decode::Error| CborError::from_decode(&e);
+    let mut tagged = false;
+    let mut depth = depth;
+    while d.datatype().map_err(err)? == Type::Tag {
+        if depth > MAX_DEPTH {
+            return Err(CborError::Invalid("CBOR nested too deeply"));
+        }
+        d.tag().map_err(err)?;
+        tagged = true;
+        depth += 1;
+    }
+    let start = d.position();
+    let id = match d.datatype().map_err(err)? {
+        Type::U8
+        | Type::U16
+        | Type::U32
+        | Type::U64
+        | Type::I8
+        | Type::I16
+        | Type::I32
+        | Type::I64
+        | Type::Int => KeyId::Int(d.int().map_err(err)?.into()),
+        Type::String => KeyId::Text(d.str().map_err(err)?),
+        Type::Bytes => KeyId::Bytes(d.bytes().map_err(err)?),
+        _ => {
+            tagged |= scan(d, depth)?;
+            KeyId::Other(&d.input()[start..d.position()])
+        }
+    };
+    Ok((id, tagged))
+}
+
+/// Walks one item; returns whether it contains tags.
 fn scan(d: &mut Decoder<'_>, depth: usize) -> Result<bool, CborError> {
     if depth > MAX_DEPTH {
         return Err(CborError::Invalid("CBOR nested too deeply"));
@@ -75,9 +177,8 @@ fn scan(d: &mut Decoder<'_>, depth: usize) -> Result<bool, CborError> {
             scan(d, depth + 1)?;
             true
         }
-        Type::BytesIndef | Type::StringIndef => {
-            d.skip().map_err(err)?;
-            true
+        Type::BytesIndef | Type::StringIndef | Type::ArrayIndef | Type::MapIndef => {
+            return Err(CborError::Indefinite)
         }
         Type::String => {
             d.str().map_err(err)?; // validates UTF-8
@@ -93,16 +194,17 @@ fn scan(d: &mut Decoder<'_>, depth: usize) -> Result<bool, CborError> {
         }
         Type::Map => {
             let n = d.map().map_err(err)?.unwrap_or(0);
+            let mut seen = SeenKeys::new(n);
             let mut dirty = false;
             for _ in 0..n {
-                dirty |= scan(d, depth + 1)?;
+                let (key, tagged) = scan_key(d, depth + 1)?;
+                if !seen.insert(key) {
+                    return Err(CborError::DuplicateKey);
+                }
+                dirty |= tagged;
                 dirty |= scan(d, depth + 1)?;
             }
             dirty
-        }
-        Type::ArrayIndef | Type::MapIndef => {
-            walk_indef(d, depth)?;
-            true
         }
         Type::Break => return Err(CborError::Invalid("unexpected break")),
         Type::Unknown(_) => return Err(CborError::Invalid("unknown CBOR initial byte")),
@@ -113,28 +215,7 @@ fn scan(d: &mut Decoder<'_>, depth: usize) -> Result<bool, CborError> {
     })
 }
 
-/// Consumes an indefinite array or map, validating its items.
-fn walk_indef(d: &mut Decoder<'_>, depth: usize) -> Result<(), CborError> {
-    let err = |e: minicbor::decode::Error| CborError::from_decode(&e);
-    let is_map = d.datatype().map_err(err)? == Type::MapIndef;
-    if is_map {
-        d.map().map_err(err)?;
-    } else {
-        d.array().map_err(err)?;
-    }
-    loop {
-        if d.datatype().map_err(err)? == Type::Break {
-            d.skip().map_err(err)?;
-            return Ok(());
-        }
-        scan(d, depth + 1)?;
-        if is_map {
-            scan(d, depth + 1)?;
-        }
-    }
-}
-
-/// Copies one item from `d` to `out`, dropping tags and making lengths definite.
+/// Copies one item (already checked by [`scan`]) from `d` to `out`, dropping tags.
 fn copy_item(d: &mut Decoder<'_>, out: &mut Vec<u8>, depth: usize) -> Result<(), CborError> {
     if depth > MAX_DEPTH {
         return Err(CborError::Invalid("CBOR nested too deeply"));
@@ -146,47 +227,18 @@ fn copy_item(d: &mut Decoder<'_>, out: &mut Vec<u8>, depth: usize) -> Result<(),
             d.tag().map_err(err)?;
             copy_item(d, out, depth + 1)?;
         }
-        Type::BytesIndef => {
-            let mut all = Vec::new();
-            for chunk in d.bytes_iter().map_err(err)? {
-                all.extend_from_slice(chunk.map_err(err)?);
+        ty @ (Type::Array | Type::Map) => {
+            let is_map = ty == Type::Map;
+            let len = if is_map { d.map() } else { d.array() }
+                .map_err(err)?
+                .ok_or(CborError::Indefinite)?;
+            write_head(out, if is_map { 5 } else { 4 }, len);
+            for _ in 0..len * if is_map { 2 } else { 1 } {
+                copy_item(d, out, depth + 1)?;
             }
-            write_head(out, 2, all.len() as u64);
-            out.extend_from_slice(&all);
         }
-        Type::StringIndef => {
-            let mut all = String::new();
-            for chunk in d.str_iter().map_err(err)? {
-                all.push_str(chunk.map_err(err)?);
-            }
-            write_head(out, 3, all.len() as u64);
-            out.extend_from_slice(all.as_bytes());
-        }
-        ty @ (Type::Array | Type::ArrayIndef | Type::Map | Type::MapIndef) => {
-            let is_map = matches!(ty, Type::Map | Type::MapIndef);
-            let len = if is_map { d.map() } else { d.array() }.map_err(err)?;
-            let per = if is_map { 2 } else { 1 };
-            let mut body = Vec::new();
-            let mut count = 0u64;
-            match len {
-                Some(n) => {
-                    for _ in 0..n * per {
-                        copy_item(d, &mut body, depth + 1)?;
-                    }
-                    count = n;
-                }
-                None => {
-                    while d.datatype().map_err(err)? != Type::Break {
-                        for _ in 0..per {
-                            copy_item(d, &mut body, depth + 1)?;
-                        }
-                        count += 1;
-                    }
-                    d.skip().map_err(err)?;
-                }
-            }
-            write_head(out, if is_map { 5 } else { 4 }, count);
-            out.extend_from_slice(&body);
+        Type::BytesIndef | Type::StringIndef | Type::ArrayIndef | Type::MapIndef => {
+            return Err(CborError::Indefinite)
         }
         _ => {
             d.skip().map_err(err)?;
@@ -200,7 +252,8 @@ fn copy_item(d: &mut Decoder<'_>, out: &mut Vec<u8>, depth: usize) -> Result<(),
 ///
 /// Map keys that are not text become their JSON text (`1` → `"1"`); byte strings become
 /// unpadded base64url text; NaN and infinities, `undefined` and simple values become
-/// `null`. The whole input must be exactly one item.
+/// `null`. The whole input must be exactly one item, with definite lengths only and no
+/// map whose keys collide as JSON keys (a duplicate key, or `1` next to `"1"`).
 pub fn to_json(bytes: &[u8]) -> Result<serde_json::Value, CborError> {
     let mut d = Decoder::new(bytes);
     let v = read_json(&mut d, 0)?;
@@ -241,69 +294,37 @@ pub(crate) fn read_json(d: &mut Decoder<'_>, depth: usize) -> Result<serde_json:
         Type::Bytes => Value::String(
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d.bytes().map_err(err)?),
         ),
-        Type::BytesIndef => {
-            let mut all = Vec::new();
-            for c in d.bytes_iter().map_err(err)? {
-                all.extend_from_slice(c.map_err(err)?);
-            }
-            Value::String(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(all))
-        }
         Type::String => Value::String(d.str().map_err(err)?.to_owned()),
-        Type::StringIndef => {
-            let mut all = String::new();
-            for c in d.str_iter().map_err(err)? {
-                all.push_str(c.map_err(err)?);
-            }
-            Value::String(all)
-        }
         Type::Tag => {
             d.tag().map_err(err)?;
             read_json(d, depth + 1)?
         }
-        Type::Array | Type::ArrayIndef => {
-            let len = d.array().map_err(err)?;
-            let mut out = Vec::with_capacity(len.unwrap_or(0).min(1024) as usize);
-            match len {
-                Some(n) => {
-                    for _ in 0..n {
-                        out.push(read_json(d, depth + 1)?);
-                    }
-                }
-                None => {
-                    while d.datatype().map_err(err)? != Type::Break {
-                        out.push(read_json(d, depth + 1)?);
-                    }
-                    d.skip().map_err(err)?;
-                }
+        Type::Array => {
+            let n = d.array().map_err(err)?.ok_or(CborError::Indefinite)?;
+            // the count is the peer's claim: reserve no more than a frame can hold
+            let mut out = Vec::with_capacity(n.min(1024) as usize);
+            for _ in 0..n {
+                out.push(read_json(d, depth + 1)?);
             }
             Value::Array(out)
         }
-        Type::Map | Type::MapIndef => {
-            let len = d.map().map_err(err)?;
+        Type::Map => {
+            let n = d.map().map_err(err)?.ok_or(CborError::Indefinite)?;
             let mut out = serde_json::Map::new();
-            let mut entry = |d: &mut Decoder<'_>| -> Result<(), CborError> {
+            for _ in 0..n {
                 let key = match read_json(d, depth + 1)? {
                     Value::String(s) => s,
                     other => other.to_string(),
                 };
                 let value = read_json(d, depth + 1)?;
-                out.insert(key, value);
-                Ok(())
-            };
-            match len {
-                Some(n) => {
-                    for _ in 0..n {
-                        entry(d)?;
-                    }
-                }
-                None => {
-                    while d.datatype().map_err(err)? != Type::Break {
-                        entry(d)?;
-                    }
-                    d.skip().map_err(err)?;
+                if out.insert(key, value).is_some() {
+                    return Err(CborError::DuplicateKey);
                 }
             }
             Value::Object(out)
+        }
+        Type::BytesIndef | Type::StringIndef | Type::ArrayIndef | Type::MapIndef => {
+            return Err(CborError::Indefinite)
         }
         Type::Break => return Err(CborError::Invalid("unexpected break")),
         Type::Unknown(_) => return Err(CborError::Invalid("unknown CBOR initial byte")),
@@ -418,11 +439,88 @@ mod tests {
     }
 
     #[test]
-    fn indefinite_lengths_become_definite() {
-        // {_ 1: "a" "b"(indef) , 2: [_ 1, 2] }
-        let b = unhex("bf 01 7f 6161 6162 ff 02 9f 01 02 ff ff");
-        let n = normalize(&b).expect("ok");
-        assert_eq!(n.as_ref(), unhex("a2 01 626162 02 820102").as_slice());
+    fn indefinite_lengths_are_refused() {
+        // framing §4.1 / §10.6: definite lengths only, at any depth, in both readers
+        for hex in [
+            "bf 01 02 ff",       // {_ 1: 2}
+            "9f 01 02 ff",       // [_ 1, 2]
+            "a1 01 9f 01 ff",    // {1: [_ 1]}
+            "a1 05 a1 01 bf ff", // {5: {1: {_ }}}
+            "a1 02 7f 6161 ff",  // {2: (_ "a")}
+            "a1 05 5f 4101 ff",  // {5: (_ h'01')}
+            "81 d9ffff bf ff",   // [65535({_ })]
+        ] {
+            let b = unhex(hex);
+            assert!(
+                matches!(normalize(&b), Err(CborError::Indefinite)),
+                "normalize {hex}"
+            );
+            assert!(
+                matches!(to_json(&b), Err(CborError::Indefinite)),
+                "to_json {hex}"
+            );
+            assert!(CborError::Indefinite.is_structural());
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_at_every_depth() {
+        for hex in [
+            "a2 03 61 61 03 61 62",          // {3: "a", 3: "b"}
+            "a2 03 61 61 18 03 61 62",       // {3: .., 3 (non-shortest): ..}
+            "a2 03 61 61 d8 25 03 61 62",    // {3: .., 37(3): ..}: tags are stripped
+            "a2 61 6b 01 61 6b 02",          // {"k": 1, "k": 2}
+            "a2 41 00 01 41 00 02",          // {h'00': 1, h'00': 2}
+            "a2 20 01 38 00 02",             // {-1: 1, -1 (non-shortest): 2}
+            "a1 05 a2 01 01 01 02",          // {5: {1: 1, 1: 2}}
+            "a1 14 81 a2 61 61 01 61 61 02", // {20: [{"a": 1, "a": 2}]}
+            "a2 82 01 02 00 82 01 02 01",    // {[1, 2]: 0, [1, 2]: 1}
+        ] {
+            let b = unhex(hex);
+            assert!(
+                matches!(normalize(&b), Err(CborError::DuplicateKey)),
+                "normalize {hex}: {:?}",
+                normalize(&b)
+            );
+            assert!(
+                matches!(to_json(&b), Err(CborError::DuplicateKey)),
+                "to_json {hex}"
+            );
+        }
+        // a map with more keys than the linear check, one duplicate at the end
+        let mut big = vec![0xb8, 40];
+        for k in 0..39u8 {
+            write_head(&mut big, 0, u64::from(k));
+            big.push(0xf6);
+        }
+        big.extend_from_slice(&[0x05, 0xf6]);
+        assert!(matches!(normalize(&big), Err(CborError::DuplicateKey)));
+        big[1] = 39;
+        big.truncate(big.len() - 2);
+        assert!(normalize(&big).is_ok(), "39 distinct keys");
+        // JSON cannot hold both 1 and "1": refused there, distinct keys for the typed path
+        let mixed = unhex("a2 01 01 61 31 02");
+        assert!(normalize(&mixed).is_ok());
+        assert!(matches!(to_json(&mixed), Err(CborError::DuplicateKey)));
+        assert!(CborError::DuplicateKey.is_structural());
+        assert!(!CborError::TrailingBytes.is_structural());
+    }
+
+    #[test]
+    fn non_canonical_forms_stay_accepted() {
+        // DESIGN T5: lenient on canonical form — unsorted keys, non-shortest integers and
+        // lengths, every float width, tags
+        for hex in [
+            "a3 0f 61 63 02 61 73 05 a0", // keys 15, 2, 5 (the Rust SDK's order)
+            "a1 18 03 19 0001",           // {3 (1-byte head): 1 (2-byte head)}
+            "a1 01 78 01 61",             // text length in a 1-byte head
+            "a3 01 f9 3c00 02 fa 3f800000 03 fb 3ff0000000000000",
+            "d9ffff a2 02 61 73 05 d8 18 41 00",
+        ] {
+            let b = unhex(hex);
+            assert!(normalize(&b).is_ok(), "normalize {hex}");
+            assert!(to_json(&b).is_ok(), "to_json {hex}");
+        }
     }
 
     #[test]

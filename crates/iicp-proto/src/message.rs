@@ -5,11 +5,14 @@
 //! ascending order, so the derived encoding is deterministic CBOR (sorted keys, shortest
 //! integers, definite lengths, no tags). Absent optional fields are not encoded.
 //!
-//! Receiving is lenient: payloads are first [normalized](crate::cbor::normalize) (tags
-//! stripped, indefinite lengths made definite), unknown keys are ignored, empty payloads
+//! Receiving is strict on structure and lenient on everything else (ADR 0007): payloads
+//! are first [normalized](crate::cbor::normalize) — indefinite-length items and duplicate
+//! map keys at any depth are refused with `invalid_payload`, tags are stripped, key order
+//! and integer widths are not checked — then unknown keys are ignored, empty payloads
 //! are accepted for INIT, ACK, PING, PONG and CLOSE, and the deployed SDK dialect is
 //! read next to the spec schema: key 5 as a map, CBOR-in-bytes or JSON-in-bytes
-//! ([`Body`]), the call id from key 3 or 15, errors from key 6 or 100/101.
+//! ([`Body`]; JSON that repeats a member name is refused like a repeated CBOR key), the
+//! call id from key 3 or 15, errors from key 6 or 100/101.
 
 use std::collections::BTreeMap;
 
@@ -45,10 +48,88 @@ pub enum Prefer {
     Cbor,
 }
 
-/// A key-5 body that is neither JSON nor CBOR.
+/// A key-5 body that is neither JSON nor CBOR (or is ambiguous: a repeated JSON member
+/// name or CBOR map key, ADR 0007).
 #[derive(Debug, thiserror::Error)]
 #[error("body is neither JSON nor CBOR")]
 pub struct BodyError;
+
+/// Parses JSON text, refusing objects that repeat a member name (at any depth):
+/// `serde_json` would keep the last one, while other readers keep the first (ADR 0007).
+pub fn json_strict(text: &[u8]) -> Result<serde_json::Value, serde_json::Error> {
+    use serde::de::DeserializeSeed as _;
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let v = StrictJson.deserialize(&mut de)?;
+    de.end()?;
+    Ok(v)
+}
+
+/// Builds a `serde_json::Value`, failing on a repeated member name.
+#[derive(Clone, Copy)]
+struct StrictJson;
+
+impl<'de> serde::de::DeserializeSeed<'de> for StrictJson {
+    type Value = serde_json::Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for StrictJson {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, Into::into))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(StrictJson)? {
+            out.push(v);
+        }
+        Ok(serde_json::Value::Array(out))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value_seed(StrictJson)?;
+            if out.insert(key, value).is_some() {
+                return Err(serde::de::Error::custom("duplicate member name"));
+            }
+        }
+        Ok(serde_json::Value::Object(out))
+    }
+}
 
 impl Body {
     /// The CALL form of the deployed SDKs: UTF-8 JSON text in a byte string.
@@ -67,7 +148,7 @@ impl Body {
         match self {
             Body::Cbor(raw) => cbor::to_json(raw).map_err(|_| BodyError),
             Body::Bytes(b) => {
-                let as_json = || serde_json::from_slice::<serde_json::Value>(b).ok();
+                let as_json = || json_strict(b).ok();
                 let as_cbor = || cbor::to_json(b).ok();
                 let v = match prefer {
                     Prefer::Json => as_json().or_else(as_cbor),
@@ -663,6 +744,55 @@ impl<'b, C> Decode<'b, C> for Discover {
     }
 }
 
+/// The answer to a DISCOVER: a RESPONSE (0x06) frame `{2: session_id, 3: intent,
+/// 20: [node maps]}`, the shape both reference servers send and their
+/// `IicpTcpClient.discover()` reads (key 20; PROTOCOL.md §10.7). The spec defines no
+/// answer; key 2 is left out when the request had no session id (spec form `{1: intent}`).
+///
+/// Each node map is a string-keyed map with the directory's NODELIST field names
+/// (`node_id`, `endpoint`, `intents`, …), as the reference servers fill it from a
+/// directory lookup. Send it with
+/// [`Session::send_discover_reply`](crate::session::Session::send_discover_reply).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct DiscoverReply {
+    /// Session id of the DISCOVER, echoed.
+    #[n(2)]
+    pub session_id: Option<String>,
+    /// Intent of the DISCOVER, echoed.
+    #[n(3)]
+    pub intent: Option<String>,
+    /// The nodes, each one encoded CBOR map.
+    #[n(20)]
+    #[cbor(default)]
+    pub nodes: Vec<RawCbor>,
+}
+
+impl DiscoverReply {
+    /// The answer to `request` listing `nodes` (JSON objects, sent as CBOR maps).
+    pub fn new(request: &Discover, nodes: &[serde_json::Value]) -> Self {
+        Self {
+            session_id: request.session_id.clone(),
+            intent: request.intent.clone(),
+            nodes: nodes
+                .iter()
+                .map(|n| RawCbor(cbor::json_to_vec(n)))
+                .collect(),
+        }
+    }
+
+    /// The whole RESPONSE frame, appended to `out`.
+    ///
+    /// # Errors
+    /// [`FrameError::TooLarge`] when the payload exceeds 16 MiB; `out` is left as it was.
+    pub fn encode_frame(&self, out: &mut Vec<u8>) -> Result<(), FrameError> {
+        let start = frame::begin_frame(MessageType::RESPONSE, out);
+        // writing into a Vec cannot fail
+        let _ = minicbor::encode(self, &mut *out);
+        frame::finish_frame(out, start)
+    }
+}
+
 /// FEEDBACK (0x08).
 #[derive(Clone, Debug, Default, PartialEq, Encode, Decode)]
 #[cbor(map)]
@@ -912,7 +1042,8 @@ pub enum Message {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MessageError {
-    /// The payload is not well-formed CBOR.
+    /// The payload is not well-formed CBOR, or breaks a structural rule of the native
+    /// transport (indefinite length, duplicate map key: see [`CborError::is_structural`]).
     #[error("payload is not valid CBOR: {0}")]
     Cbor(#[source] CborError),
     /// Well-formed CBOR of the wrong shape (types, lengths, UTF-8).
@@ -938,6 +1069,7 @@ impl MessageError {
     /// The CLOSE reason the spec prescribes for this error (PROTOCOL.md §10.3).
     pub fn close_reason(&self) -> CloseReason {
         match self {
+            MessageError::Cbor(e) if e.is_structural() => CloseReason::InvalidPayload,
             MessageError::Cbor(_) => CloseReason::CborDecodeError,
             MessageError::Invalid { .. } | MessageError::Rule(_) => CloseReason::InvalidPayload,
             MessageError::Empty(_) => CloseReason::InvalidFrame,
@@ -977,8 +1109,8 @@ impl Message {
     /// Decodes a frame payload into a message.
     ///
     /// Empty payloads are accepted for INIT, ACK, PING, PONG and CLOSE (the SDKs send
-    /// them) and rejected for CALL and RESPONSE. Tags and indefinite lengths are
-    /// normalized away first.
+    /// them) and rejected for CALL and RESPONSE. Indefinite lengths and duplicate map
+    /// keys are refused ([`CloseReason::InvalidPayload`]); tags are stripped first.
     pub fn decode(
         header: &FrameHeader,
         payload: &[u8],
@@ -1351,6 +1483,20 @@ mod tests {
             v
         );
         assert!(Body::Bytes(vec![0xff, 0x00]).to_json(Prefer::Json).is_err());
+        // a repeated JSON member name, at any depth, is not read either way (ADR 0007)
+        for dup in [
+            &br#"{"intent": "a", "intent": "b"}"#[..],
+            br#"{"payload": {"messages": [], "messages": [1]}}"#,
+            br#"[{"a": 1, "b": 2, "a": 3}]"#,
+        ] {
+            assert!(json_strict(dup).is_err());
+            assert!(Body::Bytes(dup.to_vec()).to_json(Prefer::Json).is_err());
+            assert!(Body::Bytes(dup.to_vec()).to_json(Prefer::Cbor).is_err());
+        }
+        let v = serde_json::json!({"a": [1, -2, 2.5, true, null, "s"], "b": {"a": {}}, "c": 18446744073709551615u64});
+        let text = serde_json::to_vec(&v).expect("json");
+        assert_eq!(json_strict(&text).expect("strict"), v);
+        assert!(json_strict(b"{} x").is_err(), "trailing text");
     }
 
     #[test]

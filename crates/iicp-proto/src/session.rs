@@ -12,10 +12,12 @@
 //!   (`version_mismatch`), and answers reference-SDK clients (INIT without `min_version`)
 //!   with exactly the ACK they expect. Servers accept CALLs without INIT unless
 //!   [`Config::require_init`] is set (the SDKs' behaviour, T16).
-//! * the malformed-frame dispositions of §10.3: bad magic on the first frame closes
-//!   silently; oversize lengths, version 0 or > 1, invalid, reserved and custom type
-//!   bytes, empty CALL/RESPONSE, undecodable CBOR and wrong shapes send one CLOSE with
-//!   the prescribed reason and end the session. Reserved/custom type bytes are ignored
+//! * the malformed-frame dispositions of §10.3: bad magic closes silently, on the first
+//!   frame and on any later one (framing §1.2, §9.6: no CLOSE frame, the peer is likely
+//!   not IICP); oversize lengths, version 0 or > 1, invalid, reserved and custom type
+//!   bytes, empty CALL/RESPONSE, undecodable CBOR, indefinite lengths, duplicate map keys
+//!   and wrong shapes send one CLOSE with the prescribed reason and end the session
+//!   (ADR 0007); nothing of such a frame reaches the application. Reserved/custom type bytes are ignored
 //!   instead for peers that did not show they speak the spec (T17).
 //! * call-id bookkeeping: a RESPONSE must answer an outstanding CALL (else
 //!   `protocol_error`: call-id drift); duplicate in-flight ids are answered `conflict`;
@@ -25,6 +27,9 @@
 //!   complete within the read timeout, optional idle timeout, graceful-close drain.
 //! * graceful close: flush the answers to in-flight calls, then CLOSE `graceful`; a peer
 //!   CLOSE is answered with our own CLOSE.
+//! * DISCOVER on a server's task connection becomes [`Event::Discover`]; the application
+//!   answers each with [`Session::send_discover_reply`] (a RESPONSE `{2, 3, 20}`, the
+//!   deployed shape, PROTOCOL.md §10.7).
 
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -33,8 +38,8 @@ use crate::frame::{
     Decoded, Frame, FrameError, FrameHeader, MessageType, TypeClass, MAX_PAYLOAD, VERSION,
 };
 use crate::message::{
-    Ack, Call, Channel, Close, CloseReason, Init, Message, MessageError, Ping, Response,
-    PROTOCOL_VERSION,
+    Ack, Call, Channel, Close, CloseReason, Discover, DiscoverReply, Init, Message, MessageError,
+    Ping, Response, PROTOCOL_VERSION,
 };
 
 /// Which end of the connection this session is.
@@ -114,7 +119,11 @@ pub enum Event {
     Response(Response),
     /// A PONG to our PING.
     Pong(Ping),
-    /// Any other message (RELAY_BIND, RELAY_ACK, DISCOVER, FEEDBACK, TELEMETRY, …).
+    /// Server, task connection: a DISCOVER to answer with
+    /// [`Session::send_discover_reply`] (an empty list when the node knows none).
+    Discover(Discover),
+    /// Any other message (RELAY_BIND, RELAY_ACK, FEEDBACK, TELEMETRY, a DISCOVER that
+    /// is not for a task server, …).
     Message(Message),
     /// A frame with a reserved or custom type from a peer that does not speak the spec;
     /// ignored for compatibility.
@@ -186,6 +195,8 @@ pub struct Session {
     outbound: HashSet<String>,
     /// Ids of CALLs we received that await our RESPONSE.
     inbound: HashSet<String>,
+    /// DISCOVERs handed to the application and not answered yet.
+    discovers: usize,
     tx: Vec<u8>,
     events: VecDeque<Event>,
 }
@@ -203,6 +214,7 @@ impl Session {
             peer_spec_aware: false,
             outbound: HashSet::new(),
             inbound: HashSet::new(),
+            discovers: 0,
             tx: Vec::new(),
             events: VecDeque::new(),
         };
@@ -344,12 +356,10 @@ impl Session {
                     self.partial_since.get_or_insert(now);
                     break;
                 }
-                Err(FrameError::InvalidMagic) if !self.seen_frame => {
-                    // not IICP at all: close with zero bytes written
-                    self.close_silently("invalid_magic", false);
-                }
                 Err(FrameError::InvalidMagic) => {
-                    self.close_with(CloseReason::InvalidFrame, Some("invalid magic"))
+                    // not IICP (any more): close with zero bytes written, whether or not
+                    // valid frames came before (framing §1.2, §9.6)
+                    self.close_silently("invalid_magic", false);
                 }
                 Err(FrameError::TooLarge { .. }) => {
                     self.close_with(CloseReason::FrameTooLarge, None)
@@ -421,6 +431,11 @@ impl Session {
             Message::Close(c) => self.on_close(c, now),
             Message::Call(call) => self.on_call(call, now),
             Message::Response(resp) => self.on_response(resp),
+            Message::Discover(d)
+                if self.config.role == Role::Server && self.config.channel == Channel::Task =>
+            {
+                self.on_discover(d)
+            }
             other => self.events.push_back(Event::Message(other)),
         }
     }
@@ -556,6 +571,19 @@ impl Session {
         self.events.push_back(Event::Call(call));
     }
 
+    fn on_discover(&mut self, discover: Discover) {
+        if self.state == State::Handshake {
+            if self.config.require_init {
+                return self.close_with(CloseReason::ProtocolError, Some("DISCOVER before INIT"));
+            }
+            // like a CALL: reference SDK clients may skip the handshake (T16)
+            self.state = State::Open;
+            self.handshake_deadline = None;
+        }
+        self.discovers += 1;
+        self.events.push_back(Event::Discover(discover));
+    }
+
     fn on_response(&mut self, resp: Response) {
         if !self.calls_outbound() {
             return self.close_with(
@@ -634,6 +662,28 @@ impl Session {
                 self.finish_close(by_peer);
             }
         }
+        Ok(())
+    }
+
+    /// Answers one [`Event::Discover`] (server, task connection).
+    ///
+    /// # Errors
+    /// [`SessionError::Closed`] after the session ended, [`SessionError::WrongDirection`]
+    /// on a client or relay connection, [`SessionError::UnknownCall`] when every DISCOVER
+    /// was already answered, [`SessionError::Frame`] when the reply exceeds the frame
+    /// limit (the DISCOVER stays unanswered: send a shorter list).
+    pub fn send_discover_reply(&mut self, reply: &DiscoverReply) -> Result<(), SessionError> {
+        if self.state == State::Closed {
+            return Err(SessionError::Closed);
+        }
+        if self.config.role != Role::Server || self.config.channel != Channel::Task {
+            return Err(SessionError::WrongDirection(MessageType::RESPONSE));
+        }
+        if self.discovers == 0 {
+            return Err(SessionError::UnknownCall);
+        }
+        reply.encode_frame(&mut self.tx)?;
+        self.discovers -= 1;
         Ok(())
     }
 

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::str::FromStr;
 
-use iicp_proto::message::{Call, Response};
+use iicp_proto::message::{Call, Discover, Response};
 
 pub mod client;
 pub mod connection;
@@ -39,11 +39,29 @@ pub struct CallContext {
     pub tls: bool,
 }
 
-/// Executes native CALLs. The connection correlates the returned RESPONSE with the CALL:
-/// a response without session or call id gets the CALL's.
+/// Nodes listed in one DISCOVER answer when the request names no limit (framing §4.7).
+pub const DISCOVER_DEFAULT_LIMIT: usize = 10;
+/// Most nodes listed in one DISCOVER answer, whatever the request asks for.
+pub const DISCOVER_MAX_LIMIT: usize = 100;
+
+/// Executes native CALLs and answers DISCOVERs. The connection correlates the returned
+/// RESPONSE with the CALL: a response without session or call id gets the CALL's.
 pub trait CallHandler: Send + Sync + 'static {
     /// Runs one CALL to completion.
     fn handle(&self, call: Call, ctx: CallContext) -> BoxFuture<Response>;
+
+    /// The nodes a DISCOVER on a task connection lists (PROTOCOL.md §10.5, §10.7): JSON
+    /// objects with the directory's NODELIST field names, sent as string-keyed CBOR maps
+    /// under key 20 of a RESPONSE `{2: session_id, 3: intent, 20: [...]}`.
+    ///
+    /// Called on the connection's task: answer from memory, without IO. The connection
+    /// keeps at most the request's `limit` (default [`DISCOVER_DEFAULT_LIMIT`], at most
+    /// [`DISCOVER_MAX_LIMIT`]). The default lists nothing, so a DISCOVER is still answered
+    /// (an empty list) instead of leaving the client waiting.
+    fn discover(&self, request: &Discover, ctx: &CallContext) -> Vec<serde_json::Value> {
+        let _ = (request, ctx);
+        Vec::new()
+    }
 
     /// The node id announced in the ACK of each new connection, read when the connection
     /// is accepted; `None` (the default) keeps the configured

@@ -388,10 +388,11 @@ async fn hostile_servers_fail_the_call_quickly() {
     .expect("f");
     for (name, reply, want) in [
         ("oversize length", oversize, "frame_too_large"),
+        // bad magic after the ACK: closed without a CLOSE frame (framing §1.2, §9.6)
         (
             "bad magic",
             b"HTTP/1.1 400 Bad\r\n\r\n".to_vec(),
-            "invalid_frame",
+            "invalid_magic",
         ),
         ("call-id drift", drift, "protocol_error"),
     ] {

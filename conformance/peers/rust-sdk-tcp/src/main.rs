@@ -1,5 +1,8 @@
-//! `rust-sdk-tcp HOST PORT N`: the Rust SDK's `IicpTcpClient` against a node's native
-//! port — handshake, ping, N CALLs — printing one JSON object per line.
+//! Our harness around the Rust SDK's `IicpTcpClient` against a node's native port,
+//! printing one JSON object per line:
+//!
+//! * `rust-sdk-tcp HOST PORT N` — handshake, ping, N CALLs;
+//! * `rust-sdk-tcp HOST PORT discover INTENT` — handshake, one DISCOVER, the node list.
 
 use iicp_client::iicp_tcp::IicpTcpClient;
 use serde_json::json;
@@ -7,10 +10,19 @@ use serde_json::json;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let (host, port, n) = (args[1].clone(), args[2].parse::<u16>()?, args[3].parse::<usize>()?);
+    let (host, port) = (args[1].clone(), args[2].parse::<u16>()?);
     let mut client = IicpTcpClient::connect(&host, port).await?;
     client.handshake().await?;
     println!("{}", json!({"event": "handshake", "peer_node_id": client.peer_node_id, "framing": client.framing_version}));
+    if args[3] == "discover" {
+        let started = std::time::Instant::now();
+        let nodes = client.discover(&args[4]).await?;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        println!("{}", json!({"event": "discover", "ms": ms, "nodes": serde_json::to_value(&nodes)?}));
+        println!("{}", json!({"event": "done"}));
+        return Ok(());
+    }
+    let n = args[3].parse::<usize>()?;
     let echo = client.ping(Some(b"rs-echo")).await?;
     println!("{}", json!({"event": "pong", "echo": echo.map(|e| String::from_utf8_lossy(&e).into_owned())}));
     for i in 0..n {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use iicp_proto::frame::{Decoded, Frame};
-use iicp_proto::message::{Call, Message, Ping, Response};
+use iicp_proto::message::{Call, Discover, DiscoverReply, Message, Ping, Response};
 use iicp_proto::session::{self, Event, Session};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -488,6 +488,7 @@ where
                         let _ = tx.send(Ok(p));
                     }
                 }
+                Event::Discover(d) => self.answer_discover(&d),
                 Event::Message(msg) => match &self.messages {
                     Some(sink) => {
                         if sink.send(msg).await.is_err() {
@@ -510,6 +511,30 @@ where
                 Event::Established { .. } => {}
                 _ => {}
             }
+        }
+    }
+
+    /// Answers a DISCOVER with the handler's nodes (none without a handler), bounded by
+    /// the request's limit; a list too large for one frame is answered empty.
+    fn answer_discover(&mut self, request: &Discover) {
+        let mut nodes = self
+            .handler
+            .as_ref()
+            .map(|h| h.discover(request, &self.ctx))
+            .unwrap_or_default();
+        let limit = request
+            .limit
+            .map_or(super::DISCOVER_DEFAULT_LIMIT, |l| {
+                usize::try_from(l).unwrap_or(usize::MAX)
+            })
+            .min(super::DISCOVER_MAX_LIMIT);
+        nodes.truncate(limit);
+        let reply = DiscoverReply::new(request, &nodes);
+        if let Err(e) = self.session.send_discover_reply(&reply) {
+            tracing::debug!(peer = %self.ctx.peer, error = %e, "DISCOVER answer not sent as built");
+            let _ = self
+                .session
+                .send_discover_reply(&DiscoverReply::new(request, &[]));
         }
     }
 
