@@ -215,8 +215,10 @@ fn token_mode_applies_to_native_calls_too() {
         let client = b.build().expect("client");
         rt.block_on(client.chat(vec![ChatMessage::new("user", "over native")]))
     };
+    // the node advertises token mode: a client without a token does not even try it
     let e = chat(None).expect_err("no token");
-    assert_eq!(e.code().as_str(), "unauthorized", "{e}");
+    assert_eq!(e.code().as_str(), "no_nodes_available", "{e}");
+    assert!(e.to_string().contains("NoCredential: 1"), "{e}");
     let mut wrong = token.clone();
     wrong.pop();
     wrong.push('x');

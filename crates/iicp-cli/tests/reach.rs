@@ -515,3 +515,84 @@ async fn node_maps_its_port_through_an_igd_and_deletes_the_mapping_on_stop() {
     assert!(igd.calls().iter().any(|c| c == "DeletePortMapping"));
     assert!(igd.state.lock().unwrap().mappings.is_empty());
 }
+
+/// `doctor` says whether the directory lists a relay-capable node when tier 3 is what
+/// the node needs, and names the flags as well as the env vars in its guidance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_says_whether_a_relay_is_listed() {
+    let (dir, _dir_stop) = directory().await;
+    let home = common::temp_home("doctor-relay");
+    let doctor = |dir: String| {
+        let home = home.clone();
+        tokio::task::spawn_blocking(move || -> Value {
+            let mut cmd = common::iicp();
+            cmd.env("IICP_HOME", &home)
+                .env_remove("IICP_PUBLIC_ENDPOINT")
+                .env_remove("IICP_RELAY_WORKER_ENDPOINT")
+                .env_remove("IICP_RELAY_CAPABLE")
+                .env("IICP_AUTO_DETECT_NAT", "false")
+                .env("IICP_SKIP_UPNP", "1")
+                .args([
+                    "doctor",
+                    "--json",
+                    "--backend-type",
+                    "echo",
+                    "--directory-url",
+                    &dir,
+                ]);
+            let o = common::run(&mut cmd);
+            let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+            v["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == "nat")
+                .cloned()
+                .expect("nat check")
+        })
+    };
+    let nat = doctor(dir.clone()).await.unwrap();
+    assert_eq!(nat["tier"], "4");
+    let detail = nat["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("no relay-capable node is listed"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("--relay-capable / IICP_RELAY_CAPABLE"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("--relay-worker-endpoint (IICP_RELAY_WORKER_ENDPOINT)")
+            || detail.contains("--no-auto-detect-nat / IICP_AUTO_DETECT_NAT"),
+        "guidance names flags and env vars: {detail}"
+    );
+    assert_eq!(nat["relay_capable_nodes"], 0);
+
+    let port = free_port();
+    let relay = on_port(port)
+        .node_id("relay-r")
+        .relay_capable(true)
+        .relay_accept_port(0)
+        .directory_url(dir.clone())
+        .build()
+        .unwrap();
+    let h = relay
+        .serve(EchoModel::default(), ServeOptions::new(LOCAL, port))
+        .await
+        .unwrap();
+    wait_registered(&relay).await;
+    let nat = doctor(dir.clone()).await.unwrap();
+    let detail = nat["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("1 relay-capable node(s) listed"),
+        "{detail}"
+    );
+    assert_eq!(nat["relay_capable_nodes"], 1);
+    h.stop().await;
+
+    let nat = doctor("http://127.0.0.1:1/api".into()).await.unwrap();
+    let detail = nat["detail"].as_str().unwrap();
+    assert!(detail.contains("could not ask"), "{detail}");
+    let _ = std::fs::remove_dir_all(&home);
+}

@@ -469,10 +469,10 @@ impl fmt::Display for Guidance {
         };
         match self {
             Guidance::PublicEndpointNotRoutable => f.write_str("the configured public endpoint is not publicly routable; ignoring it"),
-            Guidance::AutoDetectOff => f.write_str("NAT detection is off and no public endpoint or relay is configured"),
-            Guidance::DockerBridgeSkipsUpnp => f.write_str("running on a Docker bridge network: UPnP skipped; set IICP_PUBLIC_ENDPOINT or use --network host"),
-            Guidance::KubernetesNeedsPublicEndpoint => f.write_str("running under Kubernetes: UPnP skipped; set IICP_PUBLIC_ENDPOINT to the LoadBalancer or NodePort address"),
-            Guidance::UpnpDisabled => f.write_str("UPnP disabled by configuration"),
+            Guidance::AutoDetectOff => f.write_str("NAT detection is off (--no-auto-detect-nat / IICP_AUTO_DETECT_NAT=0) and no public endpoint or relay is configured"),
+            Guidance::DockerBridgeSkipsUpnp => f.write_str("running on a Docker bridge network: UPnP skipped; set --public-endpoint (IICP_PUBLIC_ENDPOINT) or use --network host"),
+            Guidance::KubernetesNeedsPublicEndpoint => f.write_str("running under Kubernetes: UPnP skipped; set --public-endpoint (IICP_PUBLIC_ENDPOINT) to the LoadBalancer or NodePort address"),
+            Guidance::UpnpDisabled => f.write_str("UPnP disabled by configuration (--skip-upnp / IICP_SKIP_UPNP)"),
             Guidance::NoGateway => f.write_str("no UPnP gateway answered"),
             Guidance::Cgnat => f.write_str("the gateway's WAN address is in the CGNAT range 100.64.0.0/10: a port mapping would not be reachable from the internet"),
             Guidance::DoubleNat => f.write_str("the gateway's WAN address is private: another NAT sits upstream (double NAT)"),
@@ -489,7 +489,7 @@ impl fmt::Display for Guidance {
             Guidance::Ipv6Unreachable => f.write_str("the IPv6 endpoint is not reachable from the directory"),
             Guidance::RelayCapableNoRelay => f.write_str("relay-capable nodes do not bind to other relays"),
             Guidance::RelayUnavailable => f.write_str("no relay could be bound"),
-            Guidance::LocalOnly => f.write_str("no public route: serving locally only; set IICP_PUBLIC_ENDPOINT, forward the port on the router, or set IICP_RELAY_WORKER_ENDPOINT"),
+            Guidance::LocalOnly => f.write_str("no public route: serving locally only; set --public-endpoint (IICP_PUBLIC_ENDPOINT), forward the port on the router, or set --relay-worker-endpoint (IICP_RELAY_WORKER_ENDPOINT)"),
         }
     }
 }

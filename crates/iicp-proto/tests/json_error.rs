@@ -323,6 +323,7 @@ fn code_table_status_and_retryability() {
         ("IICP-POLICY-001", Some(422), false),
         ("IICP-CONSUMER-AUTH-REQUIRED", None, false),
         ("IICP-ENDPOINT-REFUSED", None, false),
+        ("IICP-REDIRECT-REFUSED", None, false),
         ("IICP-CANDIDATE-RANKER-REFUSED", None, false),
         ("IICP-POLICY-MANIFEST-BINDING-MISMATCH", None, false),
     ];

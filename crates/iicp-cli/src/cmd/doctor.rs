@@ -52,6 +52,30 @@ struct Check {
     extra: Value,
 }
 
+/// How many relay-capable nodes the directory lists (`relay_capable=true`), or why it
+/// could not say.
+async fn relay_capable_nodes(
+    http: &iicp_transport::http::client::HttpClient,
+    directory: &str,
+) -> Result<usize, String> {
+    let dir = DirectoryClient::new(directory, http.clone()).map_err(|e| e.to_string())?;
+    let intent = CHAT
+        .parse()
+        .map_err(|_| "the chat intent does not parse".to_owned())?;
+    let mut q = DiscoverQuery::new(&intent);
+    q.relay_capable = Some(true);
+    q.limit = Some(50);
+    dir.discover(&q, None)
+        .await
+        .map(|list| {
+            list.nodes
+                .iter()
+                .filter(|n| n.relay_capable == Some(true))
+                .count()
+        })
+        .map_err(|e| e.to_string())
+}
+
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let home = home().ok();
     let profile = match (&args.node, &home) {
@@ -186,7 +210,15 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     });
 
     // NAT: observations and plan, nothing mapped
-    checks.push(nat::check(port).await);
+    let relays = relay_capable_nodes(&http, &directory).await;
+    checks.push(
+        nat::check(
+            port,
+            relays.as_ref().copied().map_err(String::as_str),
+            &directory,
+        )
+        .await,
+    );
 
     // operator identity
     checks.push(match home.as_ref().map(iicp_node::operator::Home::load_operator) {

@@ -2,6 +2,7 @@
 //! external address) and the reachability plan so far, from `iicp_node::reach::diagnose`.
 //! Nothing is mapped: discovery and `GetExternalIPAddress` only.
 
+use iicp_node::reach::Tier;
 use iicp_node::ReachConfig;
 use serde_json::json;
 
@@ -19,8 +20,9 @@ fn env_bool(name: &str) -> Option<bool> {
     }
 }
 
-/// The NAT check for a node on `port` (settings from the `serve` environment).
-pub(super) async fn check(port: u16) -> Check {
+/// The NAT check for a node on `port` (settings from the `serve` environment); `relays`
+/// is how many relay-capable nodes `directory` lists (tier 3 needs one).
+pub(super) async fn check(port: u16, relays: Result<usize, &str>, directory: &str) -> Check {
     let mut rc = ReachConfig::default()
         .with_auto_detect(env_bool("IICP_AUTO_DETECT_NAT").unwrap_or(true))
         .with_skip_upnp(env_bool("IICP_SKIP_UPNP").unwrap_or(false));
@@ -57,6 +59,23 @@ pub(super) async fn check(port: u16) -> Check {
     for g in &d.guidance {
         detail.push_str(&format!("; {g}"));
     }
+    // a relay is what tiers 3 and 4 hinge on: say whether the directory has one
+    let wants_relay = matches!(d.tier, Tier::Relay | Tier::LocalOnly)
+        || d.next_steps.iter().any(|s| s.contains("relay"));
+    let configured_relay = env("IICP_RELAY_WORKER_ENDPOINT").is_some();
+    if wants_relay && !configured_relay && !relay_capable {
+        detail.push_str(&match relays {
+            Ok(0) => format!(
+                "; no relay-capable node is listed at {directory}: tier 3 needs one \
+                 (run one with --relay-capable / IICP_RELAY_CAPABLE=1 on a reachable host, or \
+                 point --relay-worker-endpoint / IICP_RELAY_WORKER_ENDPOINT at one)"
+            ),
+            Ok(n) => format!(
+                "; {n} relay-capable node(s) listed at {directory}: serve would bind to one"
+            ),
+            Err(e) => format!("; could not ask {directory} for relays ({e})"),
+        });
+    }
     Check {
         name: "nat",
         ok: true,
@@ -74,6 +93,7 @@ pub(super) async fn check(port: u16) -> Check {
             "next_steps": d.next_steps,
             "guidance": d.guidance,
             "mapped": false,
+            "relay_capable_nodes": relays.ok(),
         }),
     }
 }
