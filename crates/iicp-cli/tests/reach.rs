@@ -201,6 +201,19 @@ async fn node_without_route_binds_an_elected_relay_and_is_reached_through_it() {
     let status = refused.status.as_u16();
     assert!((400..500).contains(&status), "{status} {:?}", refused.body);
     assert_ne!(refused.error_body().code.as_str(), "IICP-E031");
+    // a relayed task object is validated like any other: its id must be a UUID v4
+    let not_v4 = json!({
+        "task_id": "45439b9a-f1d4-11f1-abea-02fc00000001",
+        "intent": INTENT,
+        "payload": {"messages": [{"role": "user", "content": "never run"}]},
+    });
+    let refused = http()
+        .post_json(format!("{expected}/v1/task"), &not_v4)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status.as_u16(), 422, "{:?}", refused.body);
+    assert_eq!(refused.error_body().code.as_str(), "validation_error");
 
     // stopping the worker ends the relay session: IICP-E030
     let stopped = handle.stop().await;
