@@ -11,13 +11,14 @@
 //! [`ProbeVerdict::Unavailable`] and relays as unavailable. Every step has a timeout
 //! and the loop is bounded by [`ExecutorConfig::max_rounds`].
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::lease::{tcp_mapping, Leases, MappingLease, PinholeLease};
 use crate::plan::{
-    plan, ExternalIp, GatewayObservation, MappingAttempt, Observations, Plan, ProbeVerdict,
-    RelayObservation, Step, Tier, UpnpFailure,
+    plan, ExternalIp, GatewayObservation, MappingAttempt, MappingOwner, Observations, Plan,
+    ProbeVerdict, RelayObservation, Step, Tier, UpnpFailure,
 };
 use crate::upnp::{BoxFuture, Discover, Gateway, PinholeRequest, Protocol};
 
@@ -224,6 +225,36 @@ impl Executor {
                     Err(_) => ExternalIp::Failed(timeout_failure),
                 });
             }
+            Step::InspectMappings {
+                internal_client,
+                ports,
+            } => {
+                for port in ports {
+                    let owner = match gateway.as_ref() {
+                        None => MappingOwner::Unknown,
+                        Some(gw) => {
+                            match tokio::time::timeout(t, gw.mapping_entry(port, Protocol::Tcp))
+                                .await
+                            {
+                                Ok(Ok(None)) => MappingOwner::Free,
+                                Ok(Ok(Some(entry))) => {
+                                    match entry.internal_client.trim().parse::<IpAddr>() {
+                                        Ok(ip) if ip == internal_client => MappingOwner::Ours,
+                                        _ => MappingOwner::Other(entry.internal_client),
+                                    }
+                                }
+                                Ok(Err(e)) => {
+                                    tracing::info!(port, error = %e, "GetSpecificPortMappingEntry failed");
+                                    MappingOwner::Unknown
+                                }
+                                Err(_) => MappingOwner::Unknown,
+                            }
+                        }
+                    };
+                    tracing::info!(port, owner = ?owner, "conflicting port mapping inspected");
+                    obs.mapping_owners.push((port, owner));
+                }
+            }
             Step::DeleteMappings { ports } => {
                 if let Some(gw) = gateway.as_ref() {
                     for port in ports {
@@ -253,6 +284,7 @@ impl Executor {
                 };
                 let mut made = Vec::new();
                 let mut failure = None;
+                obs.last_mapping_ports = ports.iter().map(|p| p.external).collect();
                 for p in ports {
                     let m = tcp_mapping(
                         internal_client,

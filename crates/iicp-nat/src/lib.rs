@@ -54,8 +54,8 @@ pub use executor::{Executor, ExecutorConfig, Outcome, Prober, RelayBinder};
 pub use lease::{KeeperConfig, LeaseKeeper, Leases};
 pub use plan::{
     plan, Container, ExposureMode, ExternalIp, GatewayObservation, Guidance, InterfaceAddr,
-    MappingAttempt, Observations, Plan, PortPair, ProbeVerdict, RelayObservation, Settings, Step,
-    Tier, TransportMethod, UpnpFailure,
+    MappingAttempt, MappingOwner, Observations, Plan, PortPair, ProbeVerdict, RelayObservation,
+    Settings, Step, Tier, TransportMethod, UpnpFailure, MAX_PORT_SHIFT,
 };
 pub use relay::{
     RelayConfig, RelayHandle, RelayServer, RelayWorker, TicketSource, WorkerConfig, WorkerState,

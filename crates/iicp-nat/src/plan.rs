@@ -20,8 +20,11 @@
 //! Traps (§13.2): a WAN address in 100.64.0.0/10 (CGNAT) or a private one (double NAT)
 //! is never mapped or advertised, although UPnP would "succeed"; a mapped endpoint that
 //! the directory's probe cannot reach is dropped (UPnP "success" behind an upstream NAT);
-//! error 606 (auth required) abandons UPnP; 718 (conflict) deletes the stale mapping and
-//! re-adds once; 502/501 (rate limited / action failed) retry with exponential back-off,
+//! error 606 (auth required) abandons UPnP; 718 (conflict) first reads the mapping that
+//! holds the port (`GetSpecificPortMappingEntry`): one of ours (this host's address, a
+//! stale lease) is deleted and re-added once, one of another host's is left alone and
+//! the next external port is tried (up to [`MAX_PORT_SHIFT`] further), and the port
+//! actually mapped is the one advertised; 502/501 (rate limited / action failed) retry with exponential back-off,
 //! a bounded number of times; 725 (only permanent leases) retries with lease 0; Docker
 //! bridge networks and Kubernetes skip UPnP and say why.
 //!
@@ -35,6 +38,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use crate::addr::{self, is_cgnat, is_global_v6, is_public_v4, is_stable_v6};
+
+/// How many external ports past the node's own a conflicting mapping of another host
+/// may push the node's mapping (718: the port is taken on the gateway).
+pub const MAX_PORT_SHIFT: u16 = 16;
 
 /// Default UPnP lease requested for port mappings and pinholes (SEED-SDK.md §3.1).
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(3600);
@@ -278,6 +285,19 @@ pub enum MappingAttempt {
     Failed(UpnpFailure),
 }
 
+/// Who holds an external port on the gateway (`GetSpecificPortMappingEntry` after 718).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MappingOwner {
+    /// No mapping (714): the conflict is gone.
+    Free,
+    /// A mapping to this host's own address: a stale one of ours.
+    Ours,
+    /// A mapping to another host of the LAN (its `NewInternalClient`).
+    Other(String),
+    /// The entry could not be read: treated like another host's, never deleted.
+    Unknown,
+}
+
 /// Result of a reachability probe (`GET /v1/probe`, PROTOCOL.md §8.9).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProbeVerdict {
@@ -322,6 +342,10 @@ pub struct Observations {
     pub mapping_attempts: Vec<MappingAttempt>,
     /// Whether a conflicting mapping was deleted after 718.
     pub conflict_cleared: bool,
+    /// Who holds the external ports that conflicted (718), as read from the gateway.
+    pub mapping_owners: Vec<(u16, MappingOwner)>,
+    /// The external ports of the last `AddPortMapping` round.
+    pub last_mapping_ports: Vec<u16>,
     /// `AddPinhole`.
     pub pinhole: Option<Result<(), UpnpFailure>>,
     /// Probe verdicts per `(host, port)`.
@@ -366,6 +390,14 @@ pub enum Step {
     DiscoverGateway,
     /// `GetExternalIPAddress`.
     QueryExternalIp,
+    /// `GetSpecificPortMappingEntry` for these external ports (after 718): whose
+    /// mapping holds them.
+    InspectMappings {
+        /// Our address on the gateway's LAN (a mapping to it is ours).
+        internal_client: IpAddr,
+        /// External ports to read.
+        ports: Vec<u16>,
+    },
     /// `DeletePortMapping` for these external ports (stale mapping after 718).
     DeleteMappings {
         /// External ports to free.
@@ -579,24 +611,50 @@ impl Builder<'_> {
 
     fn transport_endpoint(&self, ip: IpAddr) -> Option<String> {
         let s = &self.obs.settings;
-        s.transport_port
-            .filter(|p| *p != s.port)
-            .map(|p| addr::native_endpoint(ip, p))
+        s.transport_port.filter(|p| *p != s.port).map(|p| {
+            let external = self
+                .ports()
+                .and_then(|ports| ports.into_iter().find(|x| x.internal == p))
+                .map_or(p, |x| x.external);
+            addr::native_endpoint(ip, external)
+        })
     }
 
-    fn ports(&self) -> Vec<PortPair> {
+    /// The ports to map: 1:1, unless other hosts' mappings hold the node's ports on
+    /// the gateway; then shifted past every external port known to be taken
+    /// ([`MAX_PORT_SHIFT`] at most; `None` beyond).
+    fn ports(&self) -> Option<Vec<PortPair>> {
+        (0..=MAX_PORT_SHIFT)
+            .map(|shift| self.ports_shifted(shift))
+            .find(|ports| {
+                ports.iter().all(|p| {
+                    !self.obs.mapping_owners.iter().any(|(port, owner)| {
+                        *port == p.external
+                            && matches!(owner, MappingOwner::Other(_) | MappingOwner::Unknown)
+                    })
+                })
+            })
+    }
+
+    fn ports_shifted(&self, shift: u16) -> Vec<PortPair> {
         let s = &self.obs.settings;
-        let mut ports = vec![PortPair {
-            internal: s.port,
-            external: s.port,
-        }];
+        let pair = |internal: u16| PortPair {
+            internal,
+            external: internal.checked_add(shift).unwrap_or(internal),
+        };
+        let mut ports = vec![pair(s.port)];
         if let Some(t) = s.transport_port.filter(|p| *p != s.port) {
-            ports.push(PortPair {
-                internal: t,
-                external: t,
-            });
+            ports.push(pair(t));
         }
         ports
+    }
+
+    /// The external port the node's HTTP port is mapped to (1:1 unless shifted).
+    fn external_port(&self) -> u16 {
+        let s = &self.obs.settings;
+        self.ports()
+            .and_then(|p| p.first().map(|p| p.external))
+            .unwrap_or(s.port)
     }
 
     fn global_v6(&self) -> Option<IpAddr> {
@@ -791,9 +849,13 @@ fn upnp_rung(b: &mut Builder<'_>) -> Option<Plan> {
     let attempts = &obs.mapping_attempts;
     let used = u32::try_from(attempts.len()).unwrap_or(u32::MAX);
     let can_retry = used < s.max_mapping_attempts.max(1);
+    let Some(ports) = b.ports() else {
+        b.guidance.push(Guidance::UpnpConflict);
+        return None;
+    };
     let map = |lease: Duration| Step::MapPorts {
         internal_client,
-        ports: b.ports(),
+        ports: ports.clone(),
         lease,
     };
     let next = |b: &mut Builder<'_>, steps: Vec<Step>| {
@@ -812,7 +874,7 @@ fn upnp_rung(b: &mut Builder<'_>) -> Option<Plan> {
     };
     match attempts.last() {
         None => next(b, vec![map(lease)]),
-        Some(MappingAttempt::Mapped) => match b.probed(wan, s.port) {
+        Some(MappingAttempt::Mapped) => match b.probed(wan, b.external_port()) {
             Probed::Ask(step) => next(b, vec![step]),
             Probed::Failed => {
                 b.guidance.push(Guidance::MappedButUnreachable);
@@ -828,9 +890,10 @@ fn upnp_rung(b: &mut Builder<'_>) -> Option<Plan> {
                         cgnat: false,
                     },
                 );
+                let external = b.external_port();
                 Some(b.finish(
                     Tier::UpnpMapped,
-                    Some(addr::http_endpoint(wan, s.port)),
+                    Some(addr::http_endpoint(wan, external)),
                     te,
                     Some(TransportMethod::UpnpMapped),
                     ExposureMode::Ipv4PublicDirect,
@@ -842,9 +905,42 @@ fn upnp_rung(b: &mut Builder<'_>) -> Option<Plan> {
                 b.guidance.push(Guidance::UpnpAuthRequired);
                 None
             }
-            Some(code::CONFLICT) if can_retry && !obs.conflict_cleared => {
-                let ports = b.ports().iter().map(|p| p.external).collect();
-                next(b, vec![Step::DeleteMappings { ports }, map(lease)])
+            Some(code::CONFLICT) if can_retry => {
+                // whose mapping holds the ports? only a stale one of ours is deleted
+                let externals: Vec<u16> = ports.iter().map(|p| p.external).collect();
+                if obs.last_mapping_ports != externals {
+                    // another host holds the ports that conflicted: the next ones
+                    return next(b, vec![map(lease)]);
+                }
+                let owner = |port: u16| {
+                    obs.mapping_owners
+                        .iter()
+                        .rev()
+                        .find(|(p, _)| *p == port)
+                        .map(|(_, o)| o)
+                };
+                if externals.iter().any(|p| owner(*p).is_none()) {
+                    return next(
+                        b,
+                        vec![Step::InspectMappings {
+                            internal_client,
+                            ports: externals,
+                        }],
+                    );
+                }
+                let ours: Vec<u16> = externals
+                    .iter()
+                    .copied()
+                    .filter(|p| owner(*p) == Some(&MappingOwner::Ours))
+                    .collect();
+                if obs.conflict_cleared {
+                    // deleted ours and re-added, and it still conflicts
+                    b.guidance.push(Guidance::UpnpConflict);
+                    return None;
+                }
+                // nobody else's (another host's would have shifted the ports): ours, or
+                // gone since the 718
+                next(b, vec![Step::DeleteMappings { ports: ours }, map(lease)])
             }
             Some(code::CONFLICT) => {
                 b.guidance.push(Guidance::UpnpConflict);

@@ -194,6 +194,12 @@ pub trait Gateway: Send + Sync + fmt::Debug {
         external_port: u16,
         protocol: Protocol,
     ) -> BoxFuture<'_, Result<(), UpnpError>>;
+    /// `GetSpecificPortMappingEntry`; `None` when there is no such mapping.
+    fn mapping_entry(
+        &self,
+        external_port: u16,
+        protocol: Protocol,
+    ) -> BoxFuture<'_, Result<Option<MappingEntry>, UpnpError>>;
     /// `AddPinhole`; returns the `UniqueID`.
     fn add_pinhole<'a>(&'a self, p: &'a PinholeRequest) -> BoxFuture<'a, Result<u32, UpnpError>>;
     /// `UpdatePinhole`.
@@ -776,6 +782,14 @@ impl Gateway for Igd {
         protocol: Protocol,
     ) -> BoxFuture<'_, Result<(), UpnpError>> {
         Box::pin(self.delete(external_port, protocol))
+    }
+
+    fn mapping_entry(
+        &self,
+        external_port: u16,
+        protocol: Protocol,
+    ) -> BoxFuture<'_, Result<Option<MappingEntry>, UpnpError>> {
+        Box::pin(self.get_mapping(external_port, protocol))
     }
 
     fn add_pinhole<'a>(&'a self, p: &'a PinholeRequest) -> BoxFuture<'a, Result<u32, UpnpError>> {

@@ -95,23 +95,59 @@ async fn maps_keeps_and_deletes_on_stop() {
 }
 
 #[tokio::test]
-async fn conflict_718_deletes_and_re_adds() {
+async fn conflict_718_with_a_stale_mapping_of_ours_deletes_and_re_adds() {
     let igd = FakeIgd::start("11.77.2.1").await;
+    // our own mapping from an earlier run (the gateway sees us at the address we reach
+    // it from, loopback here), then a conflict the gateway reports
+    igd.preset_mapping(19484, "127.0.0.1");
     igd.fail("AddPortMapping", &[718]);
     let out = Executor::default()
         .with_discovery(igd.discovery())
         .run(obs(&["192.168.1.20"]))
         .await;
     assert_eq!(out.tier(), Tier::UpnpMapped);
+    assert_eq!(out.endpoint(), Some("http://11.77.2.1:19484"));
     assert_eq!(
         igd.calls(),
         [
             "GetExternalIPAddress",
             "AddPortMapping",
+            "GetSpecificPortMappingEntry",
             "DeletePortMapping",
             "AddPortMapping"
         ]
     );
+}
+
+#[tokio::test]
+async fn conflict_718_with_another_hosts_mapping_takes_the_next_port() {
+    let igd = FakeIgd::start("11.77.2.1").await;
+    // another LAN host serves on the same port and mapped it first
+    igd.preset_mapping(19484, "192.168.1.99");
+    let out = Executor::default()
+        .with_discovery(igd.discovery())
+        .run(obs(&["192.168.1.20"]))
+        .await;
+    assert_eq!(out.tier(), Tier::UpnpMapped);
+    assert_eq!(out.endpoint(), Some("http://11.77.2.1:19485"), "{out:?}");
+    assert!(
+        !igd.calls().iter().any(|c| c == "DeletePortMapping"),
+        "another host's mapping is never deleted: {:?}",
+        igd.calls()
+    );
+    let st = igd.state.lock().unwrap();
+    assert_eq!(st.mappings["19484"], "192.168.1.99", "left as it was");
+    assert_eq!(st.mappings["19485"], "127.0.0.1", "ours, at the next port");
+    drop(st);
+    // two ports taken: the third
+    let igd = FakeIgd::start("11.77.2.1").await;
+    igd.preset_mapping(19484, "192.168.1.99");
+    igd.preset_mapping(19485, "192.168.1.98");
+    let out = Executor::default()
+        .with_discovery(igd.discovery())
+        .run(obs(&["192.168.1.20"]))
+        .await;
+    assert_eq!(out.endpoint(), Some("http://11.77.2.1:19486"), "{out:?}");
 }
 
 #[tokio::test]

@@ -212,6 +212,137 @@ async fn lab_wan_refused() {
     );
 }
 
+// ------------------------------------------------ two LAN hosts wanting one port
+
+/// Two nodes on two LAN hosts both serve on port 18080. The second one's mapping
+/// conflicts (718) with the first one's: it reads the entry, sees another host's
+/// address, leaves that mapping alone and maps 18081, which it advertises — in both of
+/// miniupnpd's modes (`secure_mode=no`, and `yes`, where a host may map only to itself).
+#[test]
+fn two_lan_hosts_on_one_port_each_get_their_own_mapping() {
+    for (id, args) in [
+        ("two", &["--lan2"][..]),
+        ("twos", &["--lan2", "--secure"][..]),
+    ] {
+        let Some(mut lab) = lab::build_lab_with(id, args) else {
+            return;
+        };
+        lab.start("lan", "lab_lan_host_a");
+        let a = lab.wait_last("mapped-a", Duration::from_secs(60));
+        assert_eq!(
+            a.trim(),
+            format!("1a http://{WAN_IP}:{NODE_PORT}"),
+            "{args:?}"
+        );
+        lab.start("lan2", "lab_lan_host_b");
+        let b = lab.wait_last("mapped-b", Duration::from_secs(60));
+        assert_eq!(
+            b.trim(),
+            format!("1a http://{WAN_IP}:{} 10.77.1.2", NODE_PORT + 1),
+            "the second host takes the next port and leaves the first one's mapping: {args:?}"
+        );
+        // from the WAN side, each advertised endpoint reaches its own node
+        for (port, side) in [(NODE_PORT, "a"), (NODE_PORT + 1, "b")] {
+            let target = format!("{WAN_IP}:{port}={side}");
+            assert!(
+                lab.run_child("wan", "lab_wan_side", Some(&target)),
+                "{target} ({args:?})"
+            );
+        }
+        write(&lab.dir, "two-done", "ok");
+        lab.finish_last();
+        let first = lab.children.first_mut().expect("host a");
+        let status = first.wait().unwrap();
+        assert!(status.success(), "host a failed ({args:?})");
+    }
+}
+
+/// A node on a LAN host: serves `/iicp/health` (saying `side`) on NODE_PORT, maps it
+/// through the gateway and writes `mapped-SIDE` (tier, endpoint, and for host b the
+/// holder of NODE_PORT afterwards), then deletes its mapping when told.
+async fn lan_host(dir: std::path::PathBuf, side: &'static str) {
+    let router = Router::new().route(Method::GET, "/iicp/health", move |_req, _p| async move {
+        json(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ok", "side": side}),
+        )
+    });
+    let server = HttpServer::bind(([0, 0, 0, 0], NODE_PORT).into())
+        .await
+        .unwrap();
+    let (trigger, stop) = shutdown::channel();
+    let serving = tokio::spawn(server.serve(router, stop));
+    let http = HttpClient::new(HttpClientConfig::default()).unwrap();
+    let discovery = UpnpDiscovery::new(http.clone(), DiscoveryConfig::default());
+    let mut obs = Observations::new(Settings {
+        port: NODE_PORT,
+        lease: Duration::from_secs(120),
+        ..Settings::default()
+    });
+    obs.interfaces = detect::interfaces().unwrap();
+    let outcome = Executor::new(ExecutorConfig::default())
+        .with_discovery(Arc::new(discovery.clone()))
+        .run(obs)
+        .await;
+    let plan = &outcome.plan;
+    let mut line = format!("{} {}", plan.tier, plan.endpoint.as_deref().unwrap_or("-"));
+    if side == "b" {
+        let igd = discovery.find().await.unwrap().expect("IGD");
+        let held = igd
+            .get_mapping(NODE_PORT, Protocol::Tcp)
+            .await
+            .unwrap()
+            .map_or("-".to_owned(), |e| e.internal_client);
+        line.push_str(&format!(" {held}"));
+    }
+    let keeper = outcome.leases.keep(KeeperConfig {
+        min_interval: Duration::from_secs(1),
+        retry_after_failure: Duration::from_secs(1),
+        cleanup_timeout: Duration::from_secs(5),
+    });
+    write(&dir, &format!("mapped-{side}"), &line);
+    wait_file(&dir.join("two-done"), Duration::from_secs(90)).await;
+    keeper.stop().await;
+    trigger.fire();
+    let _ = serving.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of two_lan_hosts_on_one_port_each_get_their_own_mapping"]
+async fn lab_lan_host_a() {
+    if let Some(dir) = role_is("lab_lan_host_a") {
+        lan_host(dir, "a").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of two_lan_hosts_on_one_port_each_get_their_own_mapping"]
+async fn lab_lan_host_b() {
+    if let Some(dir) = role_is("lab_lan_host_b") {
+        lan_host(dir, "b").await;
+    }
+}
+
+/// Runs in the WAN namespace: `host:port=side` answers as that side.
+#[tokio::test]
+#[ignore = "child process of two_lan_hosts_on_one_port_each_get_their_own_mapping"]
+async fn lab_wan_side() {
+    if role_is("lab_wan_side").is_none() {
+        return;
+    }
+    let target = std::env::var(TARGET).unwrap();
+    let (addr, side) = target.split_once('=').unwrap();
+    let reply = HttpClient::new(HttpClientConfig::default())
+        .unwrap()
+        .get(format!("http://{addr}/iicp/health"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("reach the node through its mapping");
+    let body: serde_json::Value = reply.json().unwrap();
+    assert_eq!(body["side"], side, "{addr}");
+}
+
 // ------------------------------------------------------------ relay through the NAT
 
 const RELAY_IP: &str = lab::WAN_HOST;

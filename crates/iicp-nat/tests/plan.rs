@@ -11,8 +11,8 @@ use std::time::Duration;
 use iicp_nat::plan::code;
 use iicp_nat::{
     plan, Container, ExposureMode, ExternalIp, GatewayObservation, Guidance, InterfaceAddr,
-    MappingAttempt, Observations, Plan, ProbeVerdict, RelayObservation, Settings, Step, Tier,
-    TransportMethod, UpnpFailure,
+    MappingAttempt, MappingOwner, Observations, Plan, PortPair, ProbeVerdict, RelayObservation,
+    Settings, Step, Tier, TransportMethod, UpnpFailure,
 };
 
 const LAN: &str = "192.168.1.20";
@@ -28,6 +28,8 @@ struct World {
     pinhole: Result<(), UpnpFailure>,
     probe: fn(&str) -> ProbeVerdict,
     relay: RelayObservation,
+    /// Who holds which external port (`GetSpecificPortMappingEntry`).
+    owners: Vec<(u16, MappingOwner)>,
 }
 
 impl Default for World {
@@ -36,6 +38,7 @@ impl Default for World {
             gateway: Some(false),
             external_ip: ExternalIp::Address(WAN.parse().unwrap()),
             mappings: VecDeque::new(),
+            owners: Vec::new(),
             pinhole: Ok(()),
             probe: |_| ProbeVerdict::Reachable,
             relay: RelayObservation::Bound {
@@ -91,10 +94,22 @@ fn simulate(mut obs: Observations, mut world: World) -> (Plan, Vec<Step>) {
                 }
                 Step::QueryExternalIp => obs.external_ip = Some(world.external_ip),
                 Step::DeleteMappings { .. } => obs.conflict_cleared = true,
+                Step::InspectMappings { ports, .. } => {
+                    for port in ports {
+                        let owner = world
+                            .owners
+                            .iter()
+                            .find(|(p, _)| *p == port)
+                            .map_or(MappingOwner::Free, |(_, o)| o.clone());
+                        obs.mapping_owners.push((port, owner));
+                    }
+                }
                 Step::Backoff(_) => {}
-                Step::MapPorts { .. } => obs
-                    .mapping_attempts
-                    .push(world.mappings.pop_front().unwrap_or(MappingAttempt::Mapped)),
+                Step::MapPorts { ports, .. } => {
+                    obs.last_mapping_ports = ports.iter().map(|p| p.external).collect();
+                    obs.mapping_attempts
+                        .push(world.mappings.pop_front().unwrap_or(MappingAttempt::Mapped))
+                }
                 Step::OpenPinhole { .. } => obs.pinhole = Some(world.pinhole),
                 Step::Probe { host, port } => {
                     let v = (world.probe)(&host);
@@ -115,6 +130,7 @@ fn kinds(trace: &[Step]) -> Vec<&'static str> {
             Step::DiscoverGateway => "discover",
             Step::QueryExternalIp => "external_ip",
             Step::DeleteMappings { .. } => "delete",
+            Step::InspectMappings { .. } => "inspect",
             Step::Backoff(_) => "backoff",
             Step::MapPorts { .. } => "map",
             Step::OpenPinhole { .. } => "pinhole",
@@ -429,17 +445,26 @@ fn trap_auth_required_igd_606() {
 }
 
 #[test]
-fn trap_conflict_718_deletes_then_re_adds_once() {
+fn trap_conflict_718_deletes_a_stale_mapping_of_ours_then_re_adds_once() {
     let w = World {
         mappings: [MappingAttempt::Failed(fail(code::CONFLICT))].into(),
+        owners: vec![(9484, MappingOwner::Ours)],
         ..World::default()
     };
     let (p, trace) = simulate(home(&[LAN]), w);
     assert_eq!(
         kinds(&trace),
-        ["discover", "external_ip", "map", "delete", "map", "probe"]
+        [
+            "discover",
+            "external_ip",
+            "map",
+            "inspect",
+            "delete",
+            "map",
+            "probe"
+        ]
     );
-    assert_eq!(trace[3], Step::DeleteMappings { ports: vec![9484] });
+    assert_eq!(trace[4], Step::DeleteMappings { ports: vec![9484] });
     assert_eq!(p.tier, Tier::UpnpMapped);
     // a second conflict after the delete gives up
     let w = World {
@@ -448,12 +473,65 @@ fn trap_conflict_718_deletes_then_re_adds_once() {
             MappingAttempt::Failed(fail(code::CONFLICT)),
         ]
         .into(),
+        owners: vec![(9484, MappingOwner::Ours)],
         ..World::default()
     };
     let (p, trace) = simulate(home(&[LAN]), w);
     assert_eq!(kinds(&trace).iter().filter(|k| **k == "delete").count(), 1);
     assert!(p.guidance.contains(&Guidance::UpnpConflict));
     assert_eq!(p.tier, Tier::Relay);
+}
+
+#[test]
+fn trap_conflict_718_with_another_hosts_mapping_takes_the_next_port() {
+    for owner in [
+        MappingOwner::Other("10.0.0.9".into()),
+        MappingOwner::Unknown,
+    ] {
+        let w = World {
+            mappings: [MappingAttempt::Failed(fail(code::CONFLICT))].into(),
+            owners: vec![(9484, owner.clone())],
+            ..World::default()
+        };
+        let (p, trace) = simulate(home(&[LAN]), w);
+        assert_eq!(
+            kinds(&trace),
+            ["discover", "external_ip", "map", "inspect", "map", "probe"],
+            "{owner:?}"
+        );
+        let Step::MapPorts { ports, .. } = &trace[4] else {
+            panic!("{trace:?}")
+        };
+        assert_eq!(
+            ports,
+            &[PortPair {
+                internal: 9484,
+                external: 9485
+            }]
+        );
+        assert_eq!(
+            trace[5],
+            Step::Probe {
+                host: WAN.into(),
+                port: 9485
+            }
+        );
+        assert_eq!(p.tier, Tier::UpnpMapped);
+        assert_eq!(p.endpoint.as_deref(), Some("http://11.77.2.1:9485"));
+    }
+    // every port of the range taken: no mapping, guidance
+    let taken: Vec<(u16, MappingOwner)> = (0..=iicp_nat::MAX_PORT_SHIFT)
+        .map(|i| (9484 + i, MappingOwner::Other("10.0.0.9".into())))
+        .collect();
+    let mut w = World {
+        owners: taken,
+        ..World::default()
+    };
+    w.mappings = std::iter::repeat_n(MappingAttempt::Failed(fail(code::CONFLICT)), 20).collect();
+    let (p, trace) = simulate(home(&[LAN]), w);
+    assert!(p.guidance.contains(&Guidance::UpnpConflict), "{trace:?}");
+    assert_ne!(p.tier, Tier::UpnpMapped);
+    assert_eq!(kinds(&trace).iter().filter(|k| **k == "delete").count(), 0);
 }
 
 #[test]

@@ -818,6 +818,9 @@ fn describe_step(step: &Step) -> String {
     match step {
         Step::DiscoverGateway => "search for a UPnP gateway".to_owned(),
         Step::QueryExternalIp => "ask the gateway for its external address".to_owned(),
+        Step::InspectMappings { ports, .. } => {
+            format!("read who holds the conflicting port mappings {ports:?}")
+        }
         Step::DeleteMappings { ports } => format!("delete stale mappings {ports:?}"),
         Step::Backoff(d) => format!("wait {d:?}"),
         Step::MapPorts {

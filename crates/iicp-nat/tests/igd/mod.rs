@@ -88,6 +88,15 @@ impl FakeIgd {
             .extend(codes);
     }
 
+    /// A mapping of another LAN host, as if it had asked for it.
+    pub fn preset_mapping(&self, external_port: u16, internal_client: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .mappings
+            .insert(external_port.to_string(), internal_client.to_owned());
+    }
+
     pub fn calls(&self) -> Vec<String> {
         self.state.lock().unwrap().calls.clone()
     }
@@ -182,16 +191,20 @@ fn tag(body: &str, name: &str) -> String {
         .to_owned()
 }
 
+fn fault(code: u16) -> http::Response<ResponseBody> {
+    xml(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!(
+            "<?xml version=\"1.0\"?><s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body><s:Fault><faultcode>s:Client</faultcode><faultstring>UPnPError</faultstring><detail><UPnPError xmlns=\"urn:schemas-upnp-org:control-1-0\"><errorCode>{code}</errorCode><errorDescription>scripted</errorDescription></UPnPError></detail></s:Fault></s:Body></s:Envelope>"
+        ),
+    )
+}
+
 fn answer(s: &Mutex<FakeState>, action: &str, body: &str) -> http::Response<ResponseBody> {
     let mut st = s.lock().unwrap();
     st.calls.push(action.to_owned());
     if let Some(code) = st.faults.get_mut(action).and_then(VecDeque::pop_front) {
-        return xml(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!(
-                "<?xml version=\"1.0\"?><s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body><s:Fault><faultcode>s:Client</faultcode><faultstring>UPnPError</faultstring><detail><UPnPError xmlns=\"urn:schemas-upnp-org:control-1-0\"><errorCode>{code}</errorCode><errorDescription>scripted</errorDescription></UPnPError></detail></s:Fault></s:Body></s:Envelope>"
-            ),
-        );
+        return fault(code);
     }
     let out = match action {
         "GetExternalIPAddress" => format!(
@@ -201,9 +214,20 @@ fn answer(s: &Mutex<FakeState>, action: &str, body: &str) -> http::Response<Resp
         "AddPortMapping" => {
             let port = tag(body, "NewExternalPort");
             let client = tag(body, "NewInternalClient");
+            // as IGDs do: a port mapped to another client is a conflict (718)
+            if st.mappings.get(&port).is_some_and(|held| *held != client) {
+                return fault(718);
+            }
             st.mappings.insert(port, client);
             String::new()
         }
+        "GetSpecificPortMappingEntry" => match st.mappings.get(&tag(body, "NewExternalPort")) {
+            None => return fault(714),
+            Some(client) => format!(
+                "<NewInternalPort>{}</NewInternalPort><NewInternalClient>{client}</NewInternalClient><NewEnabled>1</NewEnabled><NewPortMappingDescription>x</NewPortMappingDescription><NewLeaseDuration>3000</NewLeaseDuration>",
+                tag(body, "NewExternalPort")
+            ),
+        },
         "DeletePortMapping" => {
             st.mappings.remove(&tag(body, "NewExternalPort"));
             String::new()
