@@ -135,10 +135,11 @@ async fn conflict_718_with_another_hosts_mapping_takes_the_next_port() {
         "another host's mapping is never deleted: {:?}",
         igd.calls()
     );
-    let st = igd.state.lock().unwrap();
-    assert_eq!(st.mappings["19484"], "192.168.1.99", "left as it was");
-    assert_eq!(st.mappings["19485"], "127.0.0.1", "ours, at the next port");
-    drop(st);
+    {
+        let st = igd.state.lock().unwrap();
+        assert_eq!(st.mappings["19484"], "192.168.1.99", "left as it was");
+        assert_eq!(st.mappings["19485"], "127.0.0.1", "ours, at the next port");
+    }
     // two ports taken: the third
     let igd = FakeIgd::start("11.77.2.1").await;
     igd.preset_mapping(19484, "192.168.1.99");
