@@ -259,6 +259,138 @@ fn serve_without_inbound_route_is_reached_through_an_elected_relay() {
     let _ = std::fs::remove_dir_all(&relay_home);
 }
 
+/// [`Proc::read_until`], bounded: the process is killed when `needle` has not come
+/// within `within`, so the read ends (and the test fails) instead of hanging.
+fn read_within(node: &mut Proc, needle: &str, within: Duration) -> String {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let done = Arc::new(AtomicBool::new(false));
+    let pid = node.child.id().to_string();
+    let watchdog = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            while start.elapsed() < within {
+                if done.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid])
+                .status();
+        })
+    };
+    let out = node.read_until(needle);
+    done.store(true, Ordering::SeqCst);
+    let _ = watchdog.join();
+    out
+}
+
+/// A node with no inbound route starts at tier 4 (no relay exists yet, nothing is
+/// registered); when a relay-capable node appears, its re-planning finds it, binds,
+/// registers the relay endpoint, and a WAN client reaches it.
+#[test]
+fn serve_at_tier_4_picks_up_a_relay_that_appears_later() {
+    let Some(lab) = build_lab("late") else {
+        return;
+    };
+    let home = temp_home("natlab-late");
+    let _dir = start_directory(&lab, &home);
+    let mut worker = serve_in(
+        &lab,
+        "lan",
+        &home,
+        NODE_PORT,
+        &["--skip-upnp", "--replan-interval", "1s"],
+    );
+    let summary = read_within(&mut worker, "serving ", Duration::from_secs(60));
+    assert!(summary.contains("tier       4"), "{summary}");
+    assert!(summary.contains("(registration skipped)"), "{summary}");
+
+    // the relay comes later
+    let relay_home = temp_home("natlab-late-r");
+    let public = format!("http://{WAN_HOST}:{RELAY_HTTP_PORT}");
+    let mut relay = serve_in(
+        &lab,
+        "wan",
+        &relay_home,
+        RELAY_HTTP_PORT,
+        &[
+            "--public-endpoint",
+            &public,
+            "--relay-capable",
+            "--relay-accept-port",
+            "9485",
+        ],
+    );
+    let rs = read_within(&mut relay, "serving ", Duration::from_secs(60));
+    assert!(rs.contains("(registered)"), "{rs}");
+
+    let changed = read_within(&mut worker, "reachability changed", Duration::from_secs(60));
+    let line = changed
+        .lines()
+        .find(|l| l.contains("reachability changed"))
+        .unwrap_or_default();
+    let prefix = format!("http://{WAN_HOST}:{RELAY_HTTP_PORT}/v1/relay-for/");
+    assert!(line.contains("tier 3"), "{line}");
+    let endpoint = line
+        .split_once("endpoint ")
+        .map(|(_, e)| e.split_whitespace().next().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    assert!(endpoint.starts_with(&prefix), "{line}");
+    let registered = read_within(&mut worker, "registered with", Duration::from_secs(30));
+    assert!(
+        registered.contains(&endpoint) || registered.contains("as node"),
+        "{registered}"
+    );
+    chat_then_stop(&lab, &mut worker, &endpoint);
+    relay.signal("-TERM");
+    let _ = relay.wait();
+    let _ = std::fs::remove_dir_all(&home);
+    let _ = std::fs::remove_dir_all(&relay_home);
+}
+
+/// The gateway loses the node's mapping (it is deleted behind the node's back): the
+/// directory's probe of the endpoint fails at the next check, the node plans again,
+/// maps the port again, and a WAN client reaches it.
+#[test]
+fn serve_maps_again_when_the_gateway_loses_the_mapping() {
+    let Some(lab) = build_lab("lost") else {
+        return;
+    };
+    let home = temp_home("natlab-lost");
+    let _dir = start_directory(&lab, &home);
+    let mut node = serve_in(&lab, "lan", &home, NODE_PORT, &["--replan-interval", "1s"]);
+    let summary = read_within(&mut node, "serving ", Duration::from_secs(60));
+    let endpoint = format!("http://{WAN_IP}:{NODE_PORT}");
+    assert!(summary.contains("tier       1a"), "{summary}");
+    assert!(summary.contains("(registered)"), "{summary}");
+    assert!(mapped(&upnp_listing(&lab), NODE_PORT));
+
+    let deleted = lab
+        .exec("lan", "upnpc")
+        .args(["-d", &NODE_PORT.to_string(), "TCP"])
+        .output()
+        .expect("upnpc -d");
+    assert!(deleted.status.success(), "{deleted:?}");
+    assert!(!mapped(&upnp_listing(&lab), NODE_PORT), "still mapped");
+    let start = std::time::Instant::now();
+    while !mapped(&upnp_listing(&lab), NODE_PORT) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the node did not map its port again"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    chat_then_stop(&lab, &mut node, &endpoint);
+    assert!(
+        !mapped(&upnp_listing(&lab), NODE_PORT),
+        "mapping left behind"
+    );
+    let _ = std::fs::remove_dir_all(&home);
+}
+
 fn client() -> iicp_transport::http::HttpClient {
     iicp_transport::http::HttpClient::new(iicp_transport::http::HttpClientConfig::default())
         .unwrap()

@@ -51,6 +51,13 @@ pub(crate) async fn run(node: Node, mut stop: watch::Receiver<bool>) {
         if *stop.borrow() {
             return;
         }
+        if crate::node::lock(&shared.advert).withheld {
+            // no public route yet (reachability plans again): nothing to register
+            tokio::select! {
+                () = tokio::time::sleep(WITHHELD_RECHECK) => continue,
+                _ = stop.changed() => return,
+            }
+        }
         let delay = if first && shared.token().is_some() {
             // serving with a token from an earlier registration: beat after an interval
             first = false;
@@ -68,6 +75,9 @@ pub(crate) async fn run(node: Node, mut stop: watch::Receiver<bool>) {
         }
     }
 }
+
+/// How often a node without a public route looks whether reachability found one.
+const WITHHELD_RECHECK: Duration = Duration::from_millis(500);
 
 fn jitter(d: Duration) -> Duration {
     let r = rand_core::OsRng.next_u32() % 401; // 0..=400 → 0.8..=1.2

@@ -89,6 +89,17 @@ pub enum EventKind {
         /// Whether native IICP is served on the same port.
         native: bool,
     },
+    /// Reachability was planned again and what the node advertises changed
+    /// (`reachability_changed`): a relay that appeared, a mapping that was lost, a route
+    /// that went away.
+    ReachabilityChanged {
+        /// The tier now (`0`, `1a`, `1b`, `1c`, `3`, `4`).
+        tier: String,
+        /// The endpoint now advertised, if any.
+        endpoint: Option<String>,
+        /// Whether the node registers it (false: no public route, withdrawn).
+        registers: bool,
+    },
     /// The node deregistered (`deregister_ok`).
     Deregistered {
         /// The directory base URL.
@@ -131,6 +142,7 @@ impl EventKind {
             EventKind::DeregisterFailed { .. } => "deregister_fail",
             EventKind::DirectoryUnavailable { .. } => "directory_unavailable",
             EventKind::DirectoryRecovered { .. } => "directory_recovered",
+            EventKind::ReachabilityChanged { .. } => "reachability_changed",
         }
     }
 }

@@ -51,6 +51,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::event::EventKind;
 use crate::handler::{TaskHandler, Transport};
 use crate::node::{lock, Node, Shared};
 use crate::pipeline::{self, Inbound};
@@ -92,6 +93,9 @@ pub struct ReachConfig {
     pub relay_backoff: Duration,
     /// How many relay candidates to ask the directory for (default 20).
     pub relay_candidates: u32,
+    /// How often the node checks its route and plans again when it is broken or could
+    /// be better (default 5 min; `Duration::ZERO`: never; docs/nat.md "Planning again").
+    pub replan_interval: Duration,
 }
 
 impl Default for ReachConfig {
@@ -110,6 +114,7 @@ impl Default for ReachConfig {
             keeper: KeeperConfig::default(),
             relay_backoff: Duration::from_secs(2),
             relay_candidates: 20,
+            replan_interval: Duration::from_secs(300),
         }
     }
 }
@@ -136,6 +141,12 @@ impl ReachConfig {
     /// Skips UPnP.
     pub fn with_skip_upnp(mut self, skip: bool) -> Self {
         self.skip_upnp = skip;
+        self
+    }
+
+    /// How often the route is checked and planned again (`Duration::ZERO`: never).
+    pub fn with_replan_interval(mut self, interval: Duration) -> Self {
+        self.replan_interval = interval;
         self
     }
 
@@ -218,6 +229,9 @@ pub(crate) struct Advert {
     pub(crate) relayed: bool,
     /// The real relay accept port (an ephemeral one when configured as 0).
     pub(crate) relay_accept_port: Option<u16>,
+    /// The plan found no public route and the directory is public: do not register
+    /// (the heartbeat loop waits until a re-plan finds one).
+    pub(crate) withheld: bool,
 }
 
 /// Applies the advert to a REGISTER body.
@@ -511,20 +525,21 @@ impl iicp_nat::RelayBinder for NodeRelays {
     }
 }
 
-/// The running side of reachability: leases, relay worker, re-registration watcher.
+/// What one planning round holds while its plan is in force: leases, relay worker,
+/// the worker's re-registration watcher.
 #[derive(Debug)]
-pub(crate) struct Running {
+struct Round {
+    tier: Tier,
     keeper: Option<LeaseKeeper>,
     worker: Option<RelayWorker>,
-    watcher: Option<JoinHandle<()>>,
-    stop_tx: watch::Sender<bool>,
+    watcher: Option<(watch::Sender<bool>, JoinHandle<()>)>,
 }
 
-impl Running {
+impl Round {
     /// Stops the relay worker and deletes mappings and pinholes.
-    pub(crate) async fn stop(mut self) {
-        let _ = self.stop_tx.send(true);
-        if let Some(w) = self.watcher.take() {
+    async fn stop(mut self) {
+        if let Some((tx, w)) = self.watcher.take() {
+            let _ = tx.send(true);
             let _ = w.await;
         }
         if let Some(worker) = self.worker.take() {
@@ -536,9 +551,229 @@ impl Running {
             tracing::info!("UPnP mappings and pinholes removed");
         }
     }
+
+    /// Whether the route of this round still works: a relay worker still bound (it
+    /// reconnects by itself; a worker that gave up is not), a mapped or direct endpoint
+    /// the directory can still reach (no verdict counts as working). Tier 4 and an
+    /// unverified IPv6 route are never good enough to stop looking.
+    async fn healthy(&self, shared: &Shared, prober: Option<&DirectoryProber>) -> bool {
+        match self.tier {
+            Tier::LocalOnly | Tier::Ipv6Unverified => false,
+            // bound, or reconnecting for the first few times: a relay that keeps
+            // refusing or stays away is given up for another
+            Tier::Relay => self.worker.as_ref().is_some_and(|w| {
+                matches!(
+                    *w.subscribe().borrow(),
+                    WorkerState::Bound { .. } | WorkerState::Connecting { attempt: 0..=2 }
+                )
+            }),
+            _ => {
+                let Some(prober) = prober else { return true };
+                let endpoint = advertised_endpoint(shared);
+                let Ok(uri) = endpoint.parse::<http::Uri>() else {
+                    return true;
+                };
+                let (Some(host), Some(port)) = (
+                    uri.host()
+                        .map(|h| h.trim_start_matches('[').trim_end_matches(']')),
+                    uri.port_u16().or(match uri.scheme_str() {
+                        Some("https") => Some(443),
+                        Some("http") => Some(80),
+                        _ => None,
+                    }),
+                ) else {
+                    return true;
+                };
+                iicp_nat::Prober::probe(prober, host, port).await != ProbeVerdict::Unreachable
+            }
+        }
+    }
 }
 
-/// Runs reachability for a node serving on `port`; sets what it registers.
+/// The running side of reachability: the current round and the supervisor that plans
+/// again when the route breaks or a better one may exist.
+#[derive(Debug)]
+pub(crate) struct Running {
+    supervisor: Option<JoinHandle<()>>,
+    stop_tx: watch::Sender<bool>,
+}
+
+impl Running {
+    /// Stops planning, the relay worker, and deletes mappings and pinholes.
+    pub(crate) async fn stop(mut self) {
+        let _ = self.stop_tx.send(true);
+        if let Some(s) = self.supervisor.take() {
+            let _ = s.await;
+        }
+    }
+}
+
+/// Everything a planning round needs, kept by the supervisor for the next one.
+struct Planner {
+    node: Node,
+    shared: Arc<Shared>,
+    handler: Arc<dyn TaskHandler>,
+    config: ReachConfig,
+    port: u16,
+    http: Option<HttpClient>,
+    dir: Option<DirectoryClient>,
+}
+
+impl Planner {
+    /// Observes, plans and executes once; sets what the node advertises.
+    async fn round(&self) -> (Reachability, Round) {
+        let shared = &self.shared;
+        let config = &self.config;
+        let mut executor = iicp_nat::Executor::new(config.executor.clone());
+        if let Some(h) = &self.http {
+            if !config.skip_upnp && config.auto_detect {
+                executor = executor.with_discovery(Arc::new(UpnpDiscovery::new(
+                    h.clone(),
+                    config.discovery.clone(),
+                )));
+            }
+            if let Some(d) = &self.dir {
+                executor = executor.with_prober(Arc::new(DirectoryProber { dir: d.clone() }));
+            }
+        }
+        let relays = Arc::new(NodeRelays {
+            shared: Arc::clone(shared),
+            handler: Arc::clone(&self.handler),
+            dir: self.dir.clone(),
+            config: config.clone(),
+            bound: Mutex::new(None),
+        });
+        executor = executor.with_relay(Arc::clone(&relays) as Arc<dyn iicp_nat::RelayBinder>);
+        let outcome = executor.run(config.observations(shared, self.port)).await;
+        let plan = &outcome.plan;
+        let mut reach = Reachability::from_plan(plan);
+        reach.mapped_ports = outcome
+            .leases
+            .mappings
+            .iter()
+            .map(|m| m.mapping.external_port)
+            .collect();
+        let bound = lock(&relays.bound).take();
+        let (worker, worker_cfg) = match bound {
+            Some((w, c)) if plan.tier == Tier::Relay => (Some(w), Some(c)),
+            Some((w, _)) => {
+                w.stop().await;
+                (None, None)
+            }
+            None => (None, None),
+        };
+        {
+            let mut ad = lock(&shared.advert);
+            ad.endpoint.clone_from(&plan.endpoint);
+            ad.transport_method = plan.transport_method;
+            ad.exposure_mode = Some(plan.exposure_mode);
+            ad.relayed = plan.tier == Tier::Relay;
+            ad.transport_metadata = None;
+            if let Some(wc) = &worker_cfg {
+                reach.relay = Some(format!("{}:{}", wc.relay_host, wc.relay_port));
+                ad.transport_metadata = Some(relay_metadata(wc));
+            }
+        }
+        let endpoint = advertised_endpoint(shared);
+        if crate::config::is_private_endpoint(&endpoint) {
+            let dir_private = shared
+                .cfg
+                .directory_url
+                .as_deref()
+                .is_none_or(crate::config::is_private_endpoint);
+            if !dir_private {
+                reach.registers = false;
+                reach.guidance.push(
+                    "the endpoint is private and no public route was found: not registering with the public directory".to_owned(),
+                );
+            }
+        }
+        lock(&shared.advert).withheld = !reach.registers;
+        tracing::info!(
+            tier = %reach.tier,
+            endpoint = reach.endpoint.as_deref().unwrap_or("<none>"),
+            method = reach.transport_method.map_or("-", |m| m.as_str()),
+            exposure = reach.exposure_mode.as_str(),
+            "NAT auto-detect"
+        );
+        let keeper = (!outcome.leases.is_empty()).then(|| outcome.leases.keep(config.keeper));
+        let watcher = worker.as_ref().map(|w| {
+            let (tx, rx) = watch::channel(false);
+            (
+                tx,
+                tokio::spawn(watch_worker(self.node.clone(), w.subscribe(), rx)),
+            )
+        });
+        (
+            reach,
+            Round {
+                tier: plan.tier,
+                keeper,
+                worker,
+                watcher,
+            },
+        )
+    }
+
+    /// Every `replan_interval`: when the current route is broken (the directory cannot
+    /// reach the endpoint, the relay worker gave up) or not good enough (tier 4, 1c),
+    /// lets go of it and plans again; a new endpoint is registered (or withdrawn, when
+    /// the new plan has no public route).
+    async fn supervise(self, mut round: Round, mut stop: watch::Receiver<bool>) {
+        let interval = self.config.replan_interval;
+        let prober = self.dir.clone().map(|dir| DirectoryProber { dir });
+        let publicly_configured = self.config.public_endpoint.is_some();
+        loop {
+            if interval.is_zero() || publicly_configured {
+                // the operator's endpoint is trusted as given: nothing to re-plan
+                let _ = stop.changed().await;
+                break;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                _ = stop.changed() => break,
+            }
+            if *stop.borrow() {
+                break;
+            }
+            if round.healthy(&self.shared, prober.as_ref()).await {
+                continue;
+            }
+            let before = advertised_endpoint(&self.shared);
+            let registered_before = !lock(&self.shared.advert).withheld;
+            tracing::info!(tier = %round.tier, "reachability: the route is broken or could be better; planning again");
+            round.stop().await;
+            let (reach, next) = self.round().await;
+            round = next;
+            let after = advertised_endpoint(&self.shared);
+            if after != before || registered_before != reach.registers {
+                crate::event::emit(
+                    &self.shared,
+                    EventKind::ReachabilityChanged {
+                        tier: reach.tier.label().to_owned(),
+                        endpoint: reach.endpoint.clone(),
+                        registers: reach.registers,
+                    },
+                );
+                if !reach.registers {
+                    if self.node.node_token().is_some() {
+                        tracing::info!("no public route any more: deregistering");
+                        let _ = self.node.deregister().await;
+                    }
+                } else if self.node.node_token().is_some() {
+                    tracing::info!(endpoint = %after, "new route: registering again");
+                    if let Err(e) = self.node.register().await {
+                        tracing::warn!(error = %e, "re-registration failed; the heartbeat loop retries");
+                    }
+                }
+            }
+        }
+        round.stop().await;
+    }
+}
+
+/// Runs reachability for a node serving on `port`; sets what it registers, and starts
+/// the supervisor that plans again when the route breaks or could be better.
 pub(crate) async fn start(
     node: &Node,
     handler: Arc<dyn TaskHandler>,
@@ -548,87 +783,22 @@ pub(crate) async fn start(
     let shared = Arc::clone(&node.shared);
     let http = http_client();
     let dir = directory(&shared, http.as_ref());
-    let mut executor = iicp_nat::Executor::new(config.executor.clone());
-    if let Some(h) = &http {
-        if !config.skip_upnp && config.auto_detect {
-            executor = executor.with_discovery(Arc::new(UpnpDiscovery::new(
-                h.clone(),
-                config.discovery.clone(),
-            )));
-        }
-        if let Some(d) = &dir {
-            executor = executor.with_prober(Arc::new(DirectoryProber { dir: d.clone() }));
-        }
-    }
-    let relays = Arc::new(NodeRelays {
-        shared: Arc::clone(&shared),
+    let planner = Planner {
+        node: node.clone(),
+        shared,
         handler,
+        config,
+        port,
+        http,
         dir,
-        config: config.clone(),
-        bound: Mutex::new(None),
-    });
-    executor = executor.with_relay(Arc::clone(&relays) as Arc<dyn iicp_nat::RelayBinder>);
-    let outcome = executor.run(config.observations(&shared, port)).await;
-    let plan = &outcome.plan;
-    let mut reach = Reachability::from_plan(plan);
-    reach.mapped_ports = outcome
-        .leases
-        .mappings
-        .iter()
-        .map(|m| m.mapping.external_port)
-        .collect();
-    let bound = lock(&relays.bound).take();
-    let (worker, worker_cfg) = match bound {
-        Some((w, c)) if plan.tier == Tier::Relay => (Some(w), Some(c)),
-        Some((w, _)) => {
-            w.stop().await;
-            (None, None)
-        }
-        None => (None, None),
     };
-    {
-        let mut ad = lock(&shared.advert);
-        ad.endpoint.clone_from(&plan.endpoint);
-        ad.transport_method = plan.transport_method;
-        ad.exposure_mode = Some(plan.exposure_mode);
-        ad.relayed = plan.tier == Tier::Relay;
-        if let Some(wc) = &worker_cfg {
-            reach.relay = Some(format!("{}:{}", wc.relay_host, wc.relay_port));
-            ad.transport_metadata = Some(relay_metadata(wc));
-        }
-    }
-    let endpoint = advertised_endpoint(&shared);
-    if crate::config::is_private_endpoint(&endpoint) {
-        let dir_private = shared
-            .cfg
-            .directory_url
-            .as_deref()
-            .is_none_or(crate::config::is_private_endpoint);
-        if !dir_private {
-            reach.registers = false;
-            reach.guidance.push(
-                "the endpoint is private and no public route was found: not registering with the public directory".to_owned(),
-            );
-        }
-    }
-    tracing::info!(
-        tier = %reach.tier,
-        endpoint = reach.endpoint.as_deref().unwrap_or("<none>"),
-        method = reach.transport_method.map_or("-", |m| m.as_str()),
-        exposure = reach.exposure_mode.as_str(),
-        "NAT auto-detect"
-    );
-    let keeper = (!outcome.leases.is_empty()).then(|| outcome.leases.keep(config.keeper));
+    let (reach, round) = planner.round().await;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let watcher = worker
-        .as_ref()
-        .map(|w| tokio::spawn(watch_worker(node.clone(), w.subscribe(), stop_rx)));
+    let supervisor = tokio::spawn(planner.supervise(round, stop_rx));
     (
         reach,
         Running {
-            keeper,
-            worker,
-            watcher,
+            supervisor: Some(supervisor),
             stop_tx,
         },
     )

@@ -167,15 +167,15 @@ pub(crate) async fn start(
         }
         None => (None, None),
     };
-    let registers = reachability.as_ref().is_none_or(|r| r.registers);
-    let agent =
-        if registers && cfg.directory.is_some() && (shared.token().is_some() || options.register) {
-            let (tx, rx) = watch::channel(false);
-            let task = tokio::spawn(crate::agent::run(node.clone(), rx));
-            Some((tx, task))
-        } else {
-            None
-        };
+    // without a public route yet the agent waits (`Advert::withheld`) until a re-plan
+    // finds one, then registers
+    let agent = if cfg.directory.is_some() && (shared.token().is_some() || options.register) {
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(crate::agent::run(node.clone(), rx));
+        Some((tx, task))
+    } else {
+        None
+    };
     let gossip = (agent.is_some() && shared.mesh.is_some()).then(|| {
         let (tx, rx) = watch::channel(false);
         (tx, tokio::spawn(crate::mesh::run(node.clone(), rx)))

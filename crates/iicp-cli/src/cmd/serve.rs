@@ -103,6 +103,9 @@ pub(crate) struct Args {
     /// Relay host:port to reach this node through (disables relay auto-election).
     #[arg(long, env = "IICP_RELAY_WORKER_ENDPOINT", value_name = "HOST:PORT")]
     relay_worker_endpoint: Option<String>,
+    /// How often the route is checked and planned again when it broke or could be better (a relay that appeared, a lost mapping), e.g. 5m; 0 never [default: 5m].
+    #[arg(long, env = "IICP_REPLAN_INTERVAL", value_name = "DURATION", value_parser = replan_interval)]
+    replan_interval: Option<Duration>,
     /// Do not try UPnP port mapping or IPv6 pinholes during NAT detection.
     #[arg(long, env = "IICP_SKIP_UPNP", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     skip_upnp: bool,
@@ -172,6 +175,13 @@ impl Backend {
                 .map_err(|e| e.to_string()),
         }
     }
+}
+
+fn replan_interval(text: &str) -> Result<Duration, String> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    duration_within(text, Duration::from_secs(1), Duration::from_secs(24 * 3600))
 }
 
 /// A duration of whole milliseconds, seconds or minutes (`500ms`, `30s`, `2m`; a bare
@@ -709,7 +719,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         run.tick(&node, Lifecycle::Running);
         tokio::select! {
             _ = stop.fired() => break,
-            ev = events.recv(), if register => {
+            ev = events.recv(), if register || handle.reachability().is_some() => {
                 match ev {
                     Ok(ev) => shown.later(&ev),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -887,6 +897,19 @@ impl Shown {
             EventKind::DirectoryRecovered { after_failures, .. } => {
                 format!("directory reachable again after {after_failures} failed calls")
             }
+            EventKind::ReachabilityChanged {
+                tier,
+                endpoint,
+                registers,
+            } => format!(
+                "reachability changed: tier {tier}, endpoint {}{}",
+                endpoint.as_deref().unwrap_or("none"),
+                if *registers {
+                    ""
+                } else {
+                    " (not registered: no public route)"
+                }
+            ),
             _ => return,
         };
         println!("{line}");

@@ -54,6 +54,9 @@ pub(super) fn reach_config(
     let mut rc = ReachConfig::default()
         .with_auto_detect(auto)
         .with_skip_upnp(args.skip_upnp);
+    if let Some(every) = args.replan_interval {
+        rc = rc.with_replan_interval(every);
+    }
     if let Some(e) = public_endpoint {
         rc = rc.with_public_endpoint(e);
     }
