@@ -40,7 +40,7 @@ use serde_json::{Map, Value};
 
 use crate::handler::{TaskHandler, Transport};
 use crate::node::Shared;
-use crate::pipeline::{self, Inbound};
+use crate::pipeline::{self, Inbound, Outcome};
 
 /// The native CALL handler of a node.
 pub(crate) struct NativeTasks {
@@ -314,32 +314,29 @@ async fn native_call(
         },
     )
     .await;
-    if reply.status == 200 {
+    let key5 = match reply.outcome {
         // key 5: the result itself, as the reference nodes answer (not `{"result": …}`,
-        // which their clients would hand to the caller as is), or the sealed
-        // `{task_id, status: "encrypted", iicp_conf_resp}` (native CX)
-        let key5 = if reply.body.get("iicp_conf_resp").is_some() {
-            reply.body
-        } else {
-            // the reply is ours: move the result out instead of copying it
-            match reply.body {
+        // which their clients would hand to the caller as is); the reply is ours, so
+        // the result is moved out, not copied (a replay has only the text)
+        Outcome::Answered { body, text } => {
+            let body = body.unwrap_or_else(|| serde_json::from_str(&text).unwrap_or(Value::Null));
+            match body {
                 Value::Object(mut body) => body.remove("result").unwrap_or(Value::Null),
                 _ => Value::Null,
             }
-        };
-        let mut r = Response::success(&call, Body::cbor(&key5));
-        r.tokens_used = reply.tokens_used;
-        r.duration_ms = Some(reply.latency_ms);
-        r.node_id = shared.node_id();
-        r
-    } else {
-        let (code, message) = reply.error.as_ref().map_or_else(
-            || ("internal_error".to_owned(), "task failed".to_owned()),
-            |e| (e.code.as_str().to_owned(), e.message.clone()),
-        );
-        let mut r = Response::error(&call, &code, reply.status, &message);
-        r.duration_ms = Some(reply.latency_ms);
-        r.node_id = shared.node_id();
-        r
-    }
+        }
+        // native CX: the sealed `{task_id, status: "encrypted", iicp_conf_resp}`
+        Outcome::Sealed(body) => body,
+        Outcome::Failed { status, error, .. } => {
+            let mut r = Response::error(&call, error.code.as_str(), status, &error.message);
+            r.duration_ms = Some(reply.latency_ms);
+            r.node_id = shared.node_id();
+            return r;
+        }
+    };
+    let mut r = Response::success(&call, Body::cbor(&key5));
+    r.tokens_used = reply.tokens_used;
+    r.duration_ms = Some(reply.latency_ms);
+    r.node_id = shared.node_id();
+    r
 }

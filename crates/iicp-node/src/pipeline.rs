@@ -22,6 +22,11 @@
 //!    generated_by_ai: true}`, sealed as `{task_id, status: "encrypted", iicp_conf_resp}`
 //!    when response encryption was required.
 //!
+//! Steps 1–6 are [`admit`], 7 [`execute`], 8 [`finish`]. The answer is a typed
+//! [`Outcome`] (answered, sealed, failed) that HTTP (`routes`), native (`native`) and the
+//! relay worker (`reach`) each render in their own shape; the answered RESPONSE is
+//! serialised once, and that text is what the duplicate store keeps and HTTP sends.
+//!
 //! Logs carry task id, intent, trace id, status and timings — never payloads, results
 //! or credentials (§4.1 SEC-LOG-01).
 
@@ -46,7 +51,9 @@ use tracing::Instrument;
 
 use crate::config::AuthMode;
 use crate::dedup::{Begin, Cached};
-use crate::handler::{Cancellation, Task, TaskHandler, TraceContext, Transport};
+use crate::handler::{
+    Cancellation, HandlerError, Task, TaskHandler, TaskOutput, TraceContext, Transport,
+};
 use crate::node::{lock, Shared};
 
 /// A task as it reaches the pipeline, whichever transport carried it.
@@ -67,19 +74,59 @@ pub(crate) struct Inbound {
     pub(crate) strict_task_id: bool,
 }
 
-/// The pipeline's answer.
+/// What became of a task, for each transport to render in its own shape.
+#[derive(Debug, Clone)]
+pub(crate) enum Outcome {
+    /// The task ran, now or before (a duplicate replayed): the RESPONSE
+    /// `{task_id, status: "success", result, …}` as JSON text, shared with the
+    /// duplicate store; `body` is the same object as a value when the task just ran
+    /// (the native transport moves the result out of it), `None` on a replay.
+    Answered {
+        /// The RESPONSE as JSON text.
+        text: Arc<str>,
+        /// The RESPONSE as a value, when it was built here.
+        body: Option<Value>,
+    },
+    /// The answer sealed for the caller (IICP-CX response encryption, §16.4):
+    /// `{task_id, status: "encrypted", iicp_conf_resp}`.
+    Sealed(Value),
+    /// Refused or failed: the status, the RESPONSE-superset error body, the error.
+    Failed {
+        /// HTTP (and native key 100) status.
+        status: u16,
+        /// `{task_id, status, error:{code,message,…}, metrics, generated_by_ai:false}`.
+        body: Value,
+        /// The error.
+        error: ErrorBody,
+    },
+}
+
+/// The pipeline's answer: the outcome and what every transport reports with it.
 #[derive(Debug, Clone)]
 pub(crate) struct Reply {
-    pub(crate) status: u16,
-    pub(crate) body: Value,
-    /// `body` as JSON text when it was already serialised (the duplicate-replay copy),
-    /// so the HTTP answer does not serialise it again.
-    pub(crate) text: Option<Arc<str>>,
+    pub(crate) outcome: Outcome,
     pub(crate) retry_after: Option<Duration>,
     pub(crate) trace_id: String,
-    pub(crate) error: Option<ErrorBody>,
     pub(crate) tokens_used: Option<u64>,
     pub(crate) latency_ms: u64,
+}
+
+impl Reply {
+    /// The HTTP status of the answer.
+    pub(crate) fn status(&self) -> u16 {
+        match &self.outcome {
+            Outcome::Answered { .. } | Outcome::Sealed(_) => 200,
+            Outcome::Failed { status, .. } => *status,
+        }
+    }
+
+    /// The error, for a refused or failed task.
+    pub(crate) fn error(&self) -> Option<&ErrorBody> {
+        match &self.outcome {
+            Outcome::Failed { error, .. } => Some(error),
+            _ => None,
+        }
+    }
 }
 
 fn elapsed_ms(start: Instant) -> u64 {
@@ -164,12 +211,13 @@ pub(crate) fn error_reply(
             .unwrap_or_else(|_| json!({"error": {"code": "internal_error"}})),
     };
     Reply {
-        status,
-        body,
-        text: None,
         retry_after: error.retry_after_ms.map(Duration::from_millis),
+        outcome: Outcome::Failed {
+            status,
+            body,
+            error,
+        },
         trace_id,
-        error: Some(error),
         tokens_used: None,
         latency_ms,
     }
@@ -263,14 +311,26 @@ pub(crate) async fn run(shared: Arc<Shared>, handler: Arc<dyn TaskHandler>, inb:
     async move {
         let started = Instant::now();
         let reply = run_inner(&shared, handler, inb, trace, started).await;
-        match &reply.error {
-            None => tracing::info!(status = reply.status, latency_ms = reply.latency_ms, "task answered"),
-            Some(e) => tracing::info!(status = reply.status, code = %e.code, latency_ms = reply.latency_ms, "task refused or failed"),
+        match reply.error() {
+            None => tracing::info!(status = reply.status(), latency_ms = reply.latency_ms, "task answered"),
+            Some(e) => tracing::info!(status = reply.status(), code = %e.code, latency_ms = reply.latency_ms, "task refused or failed"),
         }
         reply
     }
     .instrument(span)
     .await
+}
+
+/// A task that passed steps 1–6, holding its slot.
+struct Admitted {
+    intent: Intent,
+    intent_label: String,
+    payload: Value,
+    /// The key to seal the answer with (IICP-CX response encryption required).
+    seal_key: Option<ResponseKey>,
+    /// The duplicate-store entry the answer goes to.
+    ticket: Option<crate::dedup::Ticket>,
+    permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 async fn run_inner(
@@ -280,6 +340,37 @@ async fn run_inner(
     trace: TraceContext,
     started: Instant,
 ) -> Reply {
+    let Admitted {
+        intent,
+        intent_label,
+        payload,
+        seal_key,
+        ticket,
+        permit,
+    } = match admit(shared, &mut inb, &trace, started) {
+        Ok(a) => a,
+        Err(answer) => return *answer,
+    };
+    let (timeout_ms, outcome) =
+        execute(shared, handler, &inb, &trace, (intent, payload), permit).await;
+    let pending = Pending {
+        intent_label,
+        seal_key,
+        ticket,
+        timeout_ms,
+    };
+    finish(shared, &inb, &trace, started, pending, outcome)
+}
+
+/// Steps 1–6: validation, auth, served intent and profiles, IICP-CX, duplicates,
+/// admission. `Err` is the answer already (a refusal, or a duplicate's replay; boxed,
+/// as the admitted path is the common one).
+fn admit(
+    shared: &Arc<Shared>,
+    inb: &mut Inbound,
+    trace: &TraceContext,
+    started: Instant,
+) -> Result<Admitted, Box<Reply>> {
     let cfg = &shared.cfg;
     let task_id = inb.task.task_id.clone();
     let qos = qos_label(&inb.task);
@@ -287,12 +378,12 @@ async fn run_inner(
         shared
             .metrics
             .task(status_label, intent_label, qos, None, 0);
-        error_reply(
+        Err(Box::new(error_reply(
             Some(&task_id),
             e,
             trace.trace_id.clone(),
             elapsed_ms(started),
-        )
+        )))
     };
 
     // 1. validation
@@ -312,7 +403,7 @@ async fn run_inner(
         }
     };
     // 2. auth
-    if !authorize(shared, &inb, intent.as_str()) {
+    if !authorize(shared, inb, intent.as_str()) {
         return fail(
             ErrorBody::new(
                 ErrorCode::Unauthorized,
@@ -396,22 +487,28 @@ async fn run_inner(
             Begin::Untracked => None,
             Begin::Replay(cached) => {
                 tracing::info!("duplicate task: replaying the cached result");
+                let outcome = match cached.error_code {
+                    None => Outcome::Answered {
+                        text: Arc::clone(&cached.body),
+                        body: None,
+                    },
+                    Some(code) => Outcome::Failed {
+                        status: cached.status,
+                        body: serde_json::from_str(&cached.body).unwrap_or(Value::Null),
+                        error: ErrorBody::new(ErrorCode::from(code), "replayed"),
+                    },
+                };
                 let mut reply = Reply {
-                    status: cached.status,
-                    body: serde_json::from_str(&cached.body).unwrap_or(Value::Null),
-                    text: Some(Arc::clone(&cached.body)),
+                    outcome,
                     retry_after: None,
                     trace_id: trace.trace_id.clone(),
-                    error: cached
-                        .error_code
-                        .map(|c| ErrorBody::new(ErrorCode::from(c), "replayed")),
                     tokens_used: None,
                     latency_ms: elapsed_ms(started),
                 };
                 if let Some(key) = &seal_key {
                     seal(&mut reply, key, &task_id);
                 }
-                return reply;
+                return Err(Box::new(reply));
             }
             Begin::Conflict => {
                 return fail(
@@ -445,16 +542,37 @@ async fn run_inner(
             "capacity_exceeded",
         );
     };
-    // 7. execution
-    let timeout_ms = inb
-        .task
-        .constraints
-        .effective_timeout_ms(u64::try_from(cfg.default_timeout.as_millis()).unwrap_or(60_000));
+    Ok(Admitted {
+        intent,
+        intent_label,
+        payload,
+        seal_key,
+        ticket,
+        permit,
+    })
+}
+
+/// What the handler did within the deadline (`Err`: the deadline passed first).
+type HandlerOutcome = Result<Result<TaskOutput, HandlerError>, tokio::time::error::Elapsed>;
+
+/// Step 7: runs the handler under the task's deadline (its future is dropped when the
+/// deadline passes) and frees the slot. Returns the budget and what the handler did.
+async fn execute(
+    shared: &Arc<Shared>,
+    handler: Arc<dyn TaskHandler>,
+    inb: &Inbound,
+    trace: &TraceContext,
+    (intent, payload): (Intent, Value),
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> (u64, HandlerOutcome) {
+    let timeout_ms = inb.task.constraints.effective_timeout_ms(
+        u64::try_from(shared.cfg.default_timeout.as_millis()).unwrap_or(60_000),
+    );
     let deadline = Instant::now() + Duration::from_millis(timeout_ms);
     let (cancel_guard, cancel) = Cancellation::new();
     let task = Task {
-        task_id: task_id.clone(),
-        intent: intent.clone(),
+        task_id: inb.task.task_id.clone(),
+        intent,
         payload,
         constraints: inb.task.constraints.clone(),
         trace: trace.clone(),
@@ -469,6 +587,37 @@ async fn run_inner(
     drop(cancel_guard);
     drop(running);
     drop(permit);
+    (timeout_ms, outcome)
+}
+
+/// What [`finish`] needs of an admitted task besides the handler's outcome.
+struct Pending {
+    intent_label: String,
+    seal_key: Option<ResponseKey>,
+    ticket: Option<crate::dedup::Ticket>,
+    timeout_ms: u64,
+}
+
+/// Step 8: the answer — success (kept for duplicates, sealed when asked), the
+/// handler's error, or the timeout — with metrics and the credits receipt.
+fn finish(
+    shared: &Arc<Shared>,
+    inb: &Inbound,
+    trace: &TraceContext,
+    started: Instant,
+    pending: Pending,
+    outcome: HandlerOutcome,
+) -> Reply {
+    let cfg = &shared.cfg;
+    let task_id = &inb.task.task_id;
+    let qos = qos_label(&inb.task);
+    let Pending {
+        intent_label,
+        seal_key,
+        ticket,
+        timeout_ms,
+    } = pending;
+
     let latency_ms = elapsed_ms(started);
     match outcome {
         Ok(Ok(out)) => {
@@ -506,32 +655,32 @@ async fn run_inner(
             count(shared, true, latency_ms);
             crate::receipt::spawn(
                 shared,
-                &task_id,
+                task_id,
                 tokens.unwrap_or(0),
                 r.result.as_ref().unwrap_or(&Value::Null),
                 inb.task.source_node_id.as_deref(),
             );
             // serialised once: the replay copy and the HTTP answer share the text
-            let text: Option<Arc<str>> = serde_json::to_string(&body).ok().map(Arc::from);
-            if let (Some(t), Some(text)) = (ticket, &text) {
+            let text: Arc<str> = Arc::from(serde_json::to_string(&body).unwrap_or_default());
+            if let Some(t) = ticket {
                 t.finish(Cached {
                     status: 200,
-                    body: Arc::clone(text),
+                    body: Arc::clone(&text),
                     error_code: None,
                 });
             }
             let mut reply = Reply {
-                status: 200,
-                body,
-                text,
+                outcome: Outcome::Answered {
+                    text,
+                    body: Some(body),
+                },
                 retry_after: None,
                 trace_id: trace.trace_id.clone(),
-                error: None,
                 tokens_used: tokens,
                 latency_ms,
             };
             if let Some(key) = &seal_key {
-                seal(&mut reply, key, &task_id);
+                seal(&mut reply, key, task_id);
             }
             reply
         }
@@ -547,7 +696,7 @@ async fn run_inner(
                 .metrics
                 .task(label, &intent_label, qos, Some(latency_ms), 0);
             count(shared, false, latency_ms);
-            error_reply(Some(&task_id), body, trace.trace_id.clone(), latency_ms)
+            error_reply(Some(task_id), body, trace.trace_id.clone(), latency_ms)
         }
         Err(_) => {
             tracing::warn!(timeout_ms, "task deadline passed; handler cancelled");
@@ -556,7 +705,7 @@ async fn run_inner(
                 .task("timeout", &intent_label, qos, Some(latency_ms), 0);
             count(shared, false, latency_ms);
             error_reply(
-                Some(&task_id),
+                Some(task_id),
                 ErrorBody::new(
                     ErrorCode::TaskTimeout,
                     format!("the task exceeded its {timeout_ms} ms budget"),
@@ -611,20 +760,20 @@ fn open_envelope(
     Ok((payload, Some(opened.response_key().clone())))
 }
 
-/// Replaces a 200 body with `{task_id, status: "encrypted", iicp_conf_resp}` (§16.4).
+/// Seals an answered task for the caller: `{task_id, status: "encrypted",
+/// iicp_conf_resp}` (§16.4), the plaintext being the RESPONSE text. Failures stay as
+/// they are.
 fn seal(reply: &mut Reply, key: &ResponseKey, task_id: &TaskId) {
-    if reply.status != 200 {
+    let Outcome::Answered { text, .. } = &reply.outcome else {
         return;
-    }
-    let plain = serde_json::to_vec(&reply.body).unwrap_or_default();
-    match key.seal(&mut rand_core::OsRng, &plain) {
+    };
+    match key.seal(&mut rand_core::OsRng, text.as_bytes()) {
         Ok(sealed) => {
-            reply.text = None;
-            reply.body = json!({
+            reply.outcome = Outcome::Sealed(json!({
                 "task_id": task_id.as_str(),
                 "status": "encrypted",
                 "iicp_conf_resp": IicpConfResp::to_value(&sealed),
-            });
+            }));
         }
         Err(e) => {
             tracing::error!(reason = %e, "CX response encryption failed");

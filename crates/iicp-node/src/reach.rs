@@ -54,7 +54,7 @@ use tokio::task::JoinHandle;
 use crate::event::EventKind;
 use crate::handler::{TaskHandler, Transport};
 use crate::node::{lock, Node, Shared};
-use crate::pipeline::{self, Inbound};
+use crate::pipeline::{self, Inbound, Outcome};
 
 pub use iicp_nat::mesh;
 pub use iicp_nat::{Container, ExposureMode, Tier, TransportMethod};
@@ -377,18 +377,18 @@ impl CallHandler for RelayTasks {
                 },
             )
             .await;
-            if reply.status == 200 {
-                let mut r = Response::success(&call, Body::json(&reply.body));
-                r.tokens_used = reply.tokens_used;
-                r.duration_ms = Some(reply.latency_ms);
-                r
-            } else {
-                let (code, message) = reply.error.as_ref().map_or_else(
-                    || ("internal_error".to_owned(), "task failed".to_owned()),
-                    |e| (e.code.as_str().to_owned(), e.message.clone()),
-                );
-                Response::error(&call, &code, reply.status, &message)
-            }
+            // the relayed answer is the whole RESPONSE (sealed or not), as JSON text
+            let body = match reply.outcome {
+                Outcome::Answered { text, .. } => Body::Bytes(text.as_bytes().to_vec()),
+                Outcome::Sealed(sealed) => Body::json(&sealed),
+                Outcome::Failed { status, error, .. } => {
+                    return Response::error(&call, error.code.as_str(), status, &error.message)
+                }
+            };
+            let mut r = Response::success(&call, body);
+            r.tokens_used = reply.tokens_used;
+            r.duration_ms = Some(reply.latency_ms);
+            r
         })
     }
 

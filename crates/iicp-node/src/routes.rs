@@ -27,7 +27,7 @@ use serde_json::json;
 
 use crate::handler::{TaskHandler, Transport};
 use crate::node::Shared;
-use crate::pipeline::{self, error_reply, Inbound, Reply};
+use crate::pipeline::{self, error_reply, Inbound, Outcome, Reply};
 
 /// Response header carrying the trace id (§5.3, T14).
 pub(crate) const TRACE_HEADER: &str = "x-iicp-trace-id";
@@ -165,10 +165,16 @@ impl AsRef<[u8]> for SharedText {
 }
 
 fn to_response(reply: Reply) -> Response {
-    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut r = match reply.text {
-        Some(text) => json_bytes(status, Bytes::from_owner(SharedText(text))),
-        None => json(status, &reply.body),
+    let mut r = match reply.outcome {
+        // the RESPONSE text the duplicate store keeps, sent without a copy
+        Outcome::Answered { text, .. } => {
+            json_bytes(StatusCode::OK, Bytes::from_owner(SharedText(text)))
+        }
+        Outcome::Sealed(body) => json(StatusCode::OK, &body),
+        Outcome::Failed { status, body, .. } => json(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            &body,
+        ),
     };
     if let Some(after) = reply.retry_after {
         set_retry_after(r.headers_mut(), after);
