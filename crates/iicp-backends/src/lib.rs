@@ -54,7 +54,7 @@ pub use detect::{
 };
 
 /// The chat intent every backend serves.
-pub const CHAT_INTENT: &str = "urn:iicp:intent:llm:chat:v1";
+pub use iicp_proto::constants::CHAT_INTENT;
 /// The text-completion intent (OpenAI dialect).
 pub const COMPLETION_INTENT: &str = "urn:iicp:intent:llm:completion:v1";
 /// The embedding intent (OpenAI dialect).

@@ -37,13 +37,13 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Kind};
 
 /// The public directory (DESIGN §4.13).
-pub const DEFAULT_DIRECTORY_URL: &str = "https://iicp.network/api";
+pub use iicp_proto::constants::DEFAULT_DIRECTORY_URL;
 /// Redirect hops followed on directory calls (§19 T29).
 pub const MAX_REDIRECTS: u8 = 3;
 /// Default timeout of one directory request.
 pub const DEFAULT_DIRECTORY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The protocol version advertised in `X-IICP-Version` (§19 T24).
-pub const PROTOCOL_VERSION_HEADER: &str = "1.5";
+pub use iicp_proto::constants::PROTOCOL_VERSION_HEADER;
 /// Longest `Cache-Control: max-age` honoured for discovery results.
 pub const MAX_DISCOVERY_TTL: Duration = Duration::from_secs(30);
 
@@ -173,7 +173,10 @@ impl DirectoryClient {
     fn prepare(&self, req: RequestBuilder, traceparent: Option<&TraceParent>) -> RequestBuilder {
         let req = req
             .header("accept", "application/json")
-            .header("x-iicp-version", PROTOCOL_VERSION_HEADER)
+            .header(
+                iicp_proto::constants::VERSION_HEADER,
+                PROTOCOL_VERSION_HEADER,
+            )
             .redirects(Redirects::follow(MAX_REDIRECTS))
             .timeout(self.inner.timeout);
         match traceparent {

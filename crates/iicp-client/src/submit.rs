@@ -40,7 +40,7 @@ pub(crate) const CX_RESP_REQUIRED: &str = "IICP-CX-RESP-REQUIRED";
 /// Code of an encrypted reply that does not open (seed SDK).
 pub(crate) const CX_RESP_INVALID: &str = "IICP-CX-RESP-INVALID";
 /// Key feature of nodes that accept IICP-CX over the native transport (ADR 0005).
-pub const NATIVE_CX_V1: &str = "native_cx_v1";
+pub use iicp_proto::constants::NATIVE_CX_V1;
 /// Same-origin redirects followed on provider calls.
 const PROVIDER_REDIRECTS: u8 = 3;
 
@@ -155,7 +155,10 @@ async fn http_attempt(
         .header("accept", "application/json")
         .header("traceparent", ex.traceparent.to_string())
         .header("x-iicp-trace-id", ex.traceparent.trace_id_hex())
-        .header("x-iicp-version", PROTOCOL_VERSION_HEADER)
+        .header(
+            iicp_proto::constants::VERSION_HEADER,
+            PROTOCOL_VERSION_HEADER,
+        )
         .timeout(ex.timeout)
         .redirects(Redirects::follow_same_origin(PROVIDER_REDIRECTS));
     if let Some(token) = ex.api_token {

@@ -184,7 +184,10 @@ pub(crate) fn address_family(url: &EndpointUrl) -> &'static str {
 /// The endpoint schemes of REGISTER `endpoint`.
 pub(crate) const HTTP_SCHEMES: &[(&str, u16)] = &[("http", 80), ("https", 443)];
 /// The schemes of REGISTER `transport_endpoint` (§8.2: default port 9484).
-pub(crate) const NATIVE_SCHEMES: &[(&str, u16)] = &[("iicp", 9484), ("iicpsec", 9484)];
+pub(crate) const NATIVE_SCHEMES: &[(&str, u16)] = &[
+    ("iicp", iicp_proto::constants::DEFAULT_PORT),
+    ("iicpsec", iicp_proto::constants::DEFAULT_PORT),
+];
 
 #[cfg(test)]
 mod tests {

@@ -23,7 +23,7 @@ pub use worker::{RelayWorker, TicketSource, WorkerConfig, WorkerState};
 
 /// Default relay accept port (PROTOCOL.md §14.2; collides with the node auto-increment
 /// band, §19 T31 — check with [`check_ports`] and advertise the real port).
-pub const DEFAULT_RELAY_PORT: u16 = 9485;
+pub use iicp_proto::constants::DEFAULT_RELAY_ACCEPT_PORT as DEFAULT_RELAY_PORT;
 
 /// Errors starting a relay.
 #[derive(Debug, thiserror::Error)]

@@ -27,12 +27,12 @@ pub const IMPLEMENTATION_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Default `sdk_compatibility_version` (and `sdk_version`, which must equal it).
 pub const SDK_COMPATIBILITY_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Default port of [`crate::ServeOptions`] (PROTOCOL.md §1.2).
-pub const DEFAULT_PORT: u16 = 9484;
+pub use iicp_proto::constants::DEFAULT_PORT;
 /// Default relay accept port (§14.2).
-pub const DEFAULT_RELAY_ACCEPT_PORT: u16 = 9485;
+pub use iicp_proto::constants::DEFAULT_RELAY_ACCEPT_PORT;
 /// `cx_public_key.features` entry announcing IICP-CX over native CALLs (ADR 0005): a
 /// key-5 JSON object with `iicp_conf` is an encrypted task.
-pub const NATIVE_CX_V1: &str = "native_cx_v1";
+pub use iicp_proto::constants::NATIVE_CX_V1;
 
 /// Who may call `POST /v1/task` and native CALL (PROTOCOL.md §4.3, §19 T6, DESIGN §4.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

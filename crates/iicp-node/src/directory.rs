@@ -487,7 +487,10 @@ impl DirectoryApi for HttpDirectory {
                 receipt,
             )
             .bearer(token.clone())
-            .header("x-iicp-version", "1.5")
+            .header(
+                iicp_proto::constants::VERSION_HEADER,
+                iicp_proto::constants::PROTOCOL_VERSION_HEADER,
+            )
             .redirects(Redirects::follow(3))
             .timeout(Duration::from_secs(10));
         Box::pin(async move {

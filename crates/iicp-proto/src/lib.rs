@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cbor;
+pub mod constants;
 pub mod crypto;
 pub mod directory;
 pub mod endpoint;

@@ -25,7 +25,7 @@ pub use client::{NativeClient, NativeClientConfig};
 pub use connection::{CloseInfo, ConnectionConfig, ConnectionHandle};
 
 /// Default TCP port of the native transport (PROTOCOL.md §1.2).
-pub const DEFAULT_PORT: u16 = 9484;
+pub use iicp_proto::constants::DEFAULT_PORT;
 
 /// A boxed, sendable future, as returned by [`CallHandler::handle`].
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;

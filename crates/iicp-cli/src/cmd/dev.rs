@@ -24,7 +24,7 @@ use serde_json::json;
 use super::bench::ms;
 use super::UsageError;
 
-const CHAT: &str = "urn:iicp:intent:llm:chat:v1";
+use iicp_proto::constants::CHAT_INTENT as CHAT;
 
 /// Arguments of `dev`.
 #[derive(Debug, clap::Args)]

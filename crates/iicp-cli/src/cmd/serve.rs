@@ -25,11 +25,11 @@ mod nat;
 
 pub(crate) use access::{check_token, generate_token, token_from_env, warn_token_flag};
 
-/// The public mesh directory.
-pub(crate) const DEFAULT_DIRECTORY: &str = "https://iicp.network/api";
 /// The chat intent.
-pub(crate) const CHAT: &str = "urn:iicp:intent:llm:chat:v1";
-const DEFAULT_PORT: u16 = 9484;
+pub(crate) use iicp_proto::constants::CHAT_INTENT as CHAT;
+/// The public mesh directory.
+pub(crate) use iicp_proto::constants::DEFAULT_DIRECTORY_URL as DEFAULT_DIRECTORY;
+use iicp_proto::constants::DEFAULT_PORT;
 const PORT_TRIES: u16 = 64;
 
 /// Arguments of `serve`.

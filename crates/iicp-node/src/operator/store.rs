@@ -21,7 +21,7 @@ use super::{nullable_string, OperatorError, OperatorFile};
 use crate::config::AuthMode;
 
 /// `port` written by `init` (the node default, 9484).
-pub const DEFAULT_PROFILE_PORT: u16 = 9484;
+pub const DEFAULT_PROFILE_PORT: u16 = iicp_proto::constants::DEFAULT_PORT;
 
 /// The configuration root: `$IICP_HOME` (leading `~` expanded), else `~/.iicp`.
 #[derive(Debug, Clone, PartialEq, Eq)]
