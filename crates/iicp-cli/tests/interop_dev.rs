@@ -189,9 +189,25 @@ fn python_sdk_node_and_client_join_a_running_dev_mesh() {
     let r = py_chat(&python, &scratch, &dir, "echo", "hello dev node");
     assert_eq!(r["node_id"], dev_node.as_str(), "{r}");
     assert_eq!(r["reply"], "echo: hello dev node", "{r}");
-    let r = py_chat(&python, &scratch, &dir, "stub-model", "hello python node");
-    assert_eq!(r["node_id"], py_node.as_str(), "{r}");
-    assert_eq!(r["reply"], "STUB: hello python node", "{r}");
+    // `model` is a ranking weight (§9.1 Phase 5: 0.10 of the score), not a filter, and
+    // the Python client moves to the next ticket when its first node fails: a chat for
+    // `stub-model` landed on our echo node once in CI, with the Python node just
+    // registered. Every answer must come from the node it names; the Python node must
+    // be reached within a few tries.
+    let mut reached = false;
+    for _ in 0..8 {
+        let r = py_chat(&python, &scratch, &dir, "stub-model", "hello python node");
+        if r["node_id"] == dev_node.as_str() {
+            assert_eq!(r["reply"], "echo: hello python node", "{r}");
+            std::thread::sleep(Duration::from_millis(500));
+            continue;
+        }
+        assert_eq!(r["node_id"], py_node.as_str(), "{r}");
+        assert_eq!(r["reply"], "STUB: hello python node", "{r}");
+        reached = true;
+        break;
+    }
+    assert!(reached, "the Python client never reached the Python node");
 
     // 4. our chat reaches the Python node through the same directory
     let o = run(iicp().args([
