@@ -563,22 +563,10 @@ fn validate_base_url(url: &str) -> Result<String, Error> {
     Ok(url.to_owned())
 }
 
-/// Percent-encodes a query component (RFC 3986 unreserved characters kept).
+/// Percent-encodes a query component (`iicp_proto::endpoint::encode_component`).
 pub(crate) fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0x0f)]));
-        }
-    }
-    out
+    iicp_proto::endpoint::encode_component(s)
 }
-
-const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()

@@ -294,44 +294,7 @@ fn authenticate(
 
 /// Decoded query pairs (`application/x-www-form-urlencoded`), at most 64.
 fn query_pairs(req: &Request) -> Vec<(String, String)> {
-    req.uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .take(64)
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
-                    .and_then(|h| std::str::from_utf8(h).ok());
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    iicp_proto::endpoint::query_pairs(req.uri().query().unwrap_or(""), 64)
 }
 
 /// Reads a JSON object body within the directory's limit.
@@ -377,14 +340,15 @@ fn set_cache(resp: &mut Response, value: &'static str) {
 
 #[cfg(test)]
 mod tests {
-    use super::percent_decode;
+    use iicp_proto::endpoint::query_pairs;
 
     #[test]
     fn decodes_queries() {
-        assert_eq!(percent_decode("urn%3Aiicp%3Aintent"), "urn:iicp:intent");
-        assert_eq!(percent_decode("a+b"), "a b");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
-        assert_eq!(percent_decode("%4"), "%4");
+        let value = |q: &str| query_pairs(&format!("k={q}"), 64)[0].1.clone();
+        assert_eq!(value("urn%3Aiicp%3Aintent"), "urn:iicp:intent");
+        assert_eq!(value("a+b"), "a b");
+        assert_eq!(value("100%"), "100%");
+        assert_eq!(value("%zz"), "%zz");
+        assert_eq!(value("%4"), "%4");
     }
 }

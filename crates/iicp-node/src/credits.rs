@@ -183,18 +183,9 @@ pub async fn summary_with_pause(
     Err(CreditsError::Unavailable(last))
 }
 
-/// Percent-encodes a query component (RFC 3986 unreserved characters kept).
+/// Percent-encodes a query component (`iicp_proto::endpoint::encode_component`).
 fn percent_encode(s: &str) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
+    iicp_proto::endpoint::encode_component(s)
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Endpoint hosts, without I/O: what an IP literal is.
+//! Endpoint hosts and URL components, without I/O: what an IP literal is, and the one
+//! percent-encoding of query components and path segments every crate uses.
 //!
 //! A host is an IP literal whenever the system resolver would take it as one without a
 //! lookup, so that a policy that classifies hosts sees the address the connection will
@@ -85,6 +86,36 @@ fn number(part: &str) -> Option<u64> {
     u64::from_str_radix(digits, radix).ok()
 }
 
+/// What a query component keeps unescaped: RFC 3986's unreserved characters.
+const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Percent-encodes a query component or path segment (UTF-8; RFC 3986 unreserved
+/// characters kept, everything else escaped): `a b/é` → `a%20b%2F%C3%A9`.
+pub fn encode_component(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, COMPONENT).to_string()
+}
+
+/// Decodes a path segment's percent-escapes; the segment unchanged when the result
+/// is not UTF-8. `+` stays `+` (it means a space only in queries).
+pub fn decode_path_segment(segment: &str) -> String {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map_or_else(|_| segment.to_owned(), std::borrow::Cow::into_owned)
+}
+
+/// The pairs of an `application/x-www-form-urlencoded` query (`+` is a space), at
+/// most `limit`.
+pub fn query_pairs(query: &str, limit: usize) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.as_bytes())
+        .take(limit)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +170,36 @@ mod tests {
             "127.1.example",
         ] {
             assert_eq!(ip_literal(host), None, "{host}");
+        }
+    }
+
+    #[test]
+    fn components_round_trip() {
+        assert_eq!(encode_component("a b/é"), "a%20b%2F%C3%A9");
+        assert_eq!(
+            encode_component("urn:iicp:intent:llm:chat:v1"),
+            "urn%3Aiicp%3Aintent%3Allm%3Achat%3Av1"
+        );
+        assert_eq!(encode_component("A-z_0.9~"), "A-z_0.9~");
+        assert_eq!(decode_path_segment("a%20b%2Fc+d"), "a b/c+d");
+        assert_eq!(
+            decode_path_segment("%ff%fe"),
+            "%ff%fe",
+            "not UTF-8: unchanged"
+        );
+        assert_eq!(decode_path_segment("100%"), "100%");
+        assert_eq!(
+            query_pairs("intent=urn%3Aiicp%3Ax&q=a+b&flag&bad=%zz", 64),
+            [
+                ("intent".to_owned(), "urn:iicp:x".to_owned()),
+                ("q".to_owned(), "a b".to_owned()),
+                ("flag".to_owned(), String::new()),
+                ("bad".to_owned(), "%zz".to_owned()),
+            ]
+        );
+        assert_eq!(query_pairs("a=1&b=2&c=3", 2).len(), 2);
+        for s in ["", "plain", "sp ace", "ü/ß?&=#%", "emoji 🦀"] {
+            assert_eq!(decode_path_segment(&encode_component(s)), s);
         }
     }
 
