@@ -9,8 +9,8 @@ use iicp_node::AuthMode;
 use iicp_proto::secret::Secret;
 
 use super::serve::{
-    check_token, generate_token, home, now_unix, operator_error, token_from_env, warn_token_flag,
-    CHAT, DEFAULT_DIRECTORY,
+    check_token, generate_token, given_token, home, now_unix, operator_error, CHAT,
+    DEFAULT_DIRECTORY,
 };
 use super::UsageError;
 use crate::prompt;
@@ -98,21 +98,8 @@ fn node_auth(home: &Home, args: &Args, ask: bool) -> anyhow::Result<Option<(Node
         )?;
         mode = parse_auth(&answer).map_err(UsageError)?;
     }
-    if args.node_token.is_some() {
-        warn_token_flag();
-    }
-    let given = args
-        .node_token
-        .clone()
-        .filter(|t| !t.is_empty())
-        .or_else(token_from_env);
+    let given = given_token(args.node_token.as_ref(), mode)?;
     if mode == AuthMode::Open {
-        if given.is_some() {
-            return Err(UsageError(
-                "a node token is given but the auth mode is open: pass --auth token".into(),
-            )
-            .into());
-        }
         return Ok(previous.map(|_| {
             (
                 NodeAuth {

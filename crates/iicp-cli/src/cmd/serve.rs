@@ -23,7 +23,7 @@ use super::UsageError;
 mod access;
 mod nat;
 
-pub(crate) use access::{check_token, generate_token, token_from_env, warn_token_flag};
+pub(crate) use access::{check_token, generate_token, given_token};
 
 /// The chat intent.
 pub(crate) use iicp_proto::constants::CHAT_INTENT as CHAT;

@@ -145,6 +145,29 @@ pub(crate) fn token_from_env() -> Option<Secret> {
 }
 
 /// Printed when the token came as a flag.
+/// The token the operator gives for `mode`: `--node-token` (warned about: it shows in
+/// `ps`), else `IICP_NODE_TOKEN`; a usage error with the `open` mode, which would leave
+/// the node open although the operator meant to lock it. The saved token is the caller's.
+pub(crate) fn given_token(
+    flag: Option<&Secret>,
+    mode: AuthMode,
+) -> Result<Option<Secret>, UsageError> {
+    if flag.is_some() {
+        warn_token_flag();
+    }
+    let given = flag
+        .filter(|t| !t.is_empty())
+        .cloned()
+        .or_else(token_from_env);
+    if given.is_some() && mode == AuthMode::Open {
+        return Err(UsageError(format!(
+            "a node token is set (--node-token or {TOKEN_ENV}) but the auth mode is open: \
+             pass --auth token to lock the node, or unset the token"
+        )));
+    }
+    Ok(given)
+}
+
 pub(crate) fn warn_token_flag() {
     eprintln!(
         "WARNING: --node-token is visible to other users in `ps` and in your shell history; \
@@ -180,21 +203,7 @@ impl Access {
             .auth
             .or_else(|| saved.map(|s| s.mode))
             .unwrap_or_default();
-        if args.node_token.is_some() {
-            warn_token_flag();
-        }
-        let given = args
-            .node_token
-            .clone()
-            .filter(|t| !t.is_empty())
-            .or_else(token_from_env);
-        if given.is_some() && mode == AuthMode::Open {
-            return Err(UsageError(format!(
-                "a node token is set (--node-token or {TOKEN_ENV}) but the auth mode is open: \
-                 pass --auth token to lock the node, or unset the token"
-            ))
-            .into());
-        }
+        let given = given_token(args.node_token.as_ref(), mode)?;
         let token = given.or_else(|| saved.and_then(|s| s.api_token.clone()));
         if let Some(t) = &token {
             check_token(t.expose()).map_err(UsageError)?;
