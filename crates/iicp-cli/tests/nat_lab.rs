@@ -98,6 +98,28 @@ fn serve_with(
     Proc::spawn(cmd)
 }
 
+/// A relay-capable `iicp serve` on the WAN host (public endpoint, relay accept port
+/// 9485), registered with the lab's directory.
+fn start_relay(lab: &Lab, home: &std::path::Path) -> Proc {
+    let public = format!("http://{WAN_HOST}:{RELAY_HTTP_PORT}");
+    let mut relay = serve_in(
+        lab,
+        "wan",
+        home,
+        RELAY_HTTP_PORT,
+        &[
+            "--public-endpoint",
+            &public,
+            "--relay-capable",
+            "--relay-accept-port",
+            "9485",
+        ],
+    );
+    let summary = read_within(&mut relay, "serving ", Duration::from_secs(60));
+    assert!(summary.contains("(registered)"), "{summary}");
+    relay
+}
+
 /// A WAN client finds `endpoint` at the directory and chats with it; then `node` gets
 /// SIGTERM and must exit 0 after deregistering.
 fn chat_then_stop(lab: &Lab, node: &mut Proc, endpoint: &str) {
@@ -213,22 +235,7 @@ fn serve_without_inbound_route_is_reached_through_an_elected_relay() {
 
     // the relay: a relay-capable node on the WAN host
     let relay_home = temp_home("natlab-relay-r");
-    let public = format!("http://{WAN_HOST}:{RELAY_HTTP_PORT}");
-    let mut relay = serve_in(
-        &lab,
-        "wan",
-        &relay_home,
-        RELAY_HTTP_PORT,
-        &[
-            "--public-endpoint",
-            &public,
-            "--relay-capable",
-            "--relay-accept-port",
-            "9485",
-        ],
-    );
-    let summary = relay.read_until("serving ");
-    assert!(summary.contains("(registered)"), "{summary}");
+    let mut relay = start_relay(&lab, &relay_home);
 
     // the worker: LAN, UPnP skipped, so no inbound route
     let mut worker = serve_in(&lab, "lan", &home, NODE_PORT, &["--skip-upnp"]);
@@ -310,22 +317,7 @@ fn serve_at_tier_4_picks_up_a_relay_that_appears_later() {
 
     // the relay comes later
     let relay_home = temp_home("natlab-late-r");
-    let public = format!("http://{WAN_HOST}:{RELAY_HTTP_PORT}");
-    let mut relay = serve_in(
-        &lab,
-        "wan",
-        &relay_home,
-        RELAY_HTTP_PORT,
-        &[
-            "--public-endpoint",
-            &public,
-            "--relay-capable",
-            "--relay-accept-port",
-            "9485",
-        ],
-    );
-    let rs = read_within(&mut relay, "serving ", Duration::from_secs(60));
-    assert!(rs.contains("(registered)"), "{rs}");
+    let mut relay = start_relay(&lab, &relay_home);
 
     let changed = read_within(&mut worker, "reachability changed", Duration::from_secs(60));
     let line = changed
