@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches as _, Parser, Subcommand};
 
 mod cmd;
+mod exit;
 mod logfile;
 mod prompt;
 mod signal;

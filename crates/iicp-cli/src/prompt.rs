@@ -77,7 +77,7 @@ pub(crate) fn passphrase(confirm: bool) -> anyhow::Result<Zeroizing<String>> {
         Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned())
     };
     if pass.is_empty() {
-        return Err(crate::cmd::UsageError(format!(
+        return Err(crate::exit::UsageError(format!(
             "no passphrase: set {PASSPHRASE_ENV} or run in a terminal"
         ))
         .into());

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use common::free_port;
 use iicp_directory::{Directory, MemoryStore};
-use iicp_node::reach::mesh as iicp_nat_mesh;
+use iicp_node::gossip;
 use iicp_node::{EchoModel, Node, ReachConfig, ServeOptions};
 use iicp_transport::http::{HttpClient, HttpClientConfig};
 use iicp_transport::listener::{Listener, ListenerConfig};
@@ -296,7 +296,7 @@ async fn public_endpoint_is_tier_0_and_nothing_is_tier_4() {
 async fn register_gossiper(dir: &str, id: &str, key: &iicp_proto::crypto::sign::OperatorKey) {
     let node = on_port(free_port()).node_id(id).build().unwrap();
     let mut req = node.registration_request();
-    req.public_key = Some(iicp_nat_mesh::public_key_hex(key));
+    req.public_key = Some(gossip::public_key_hex(key));
     let r = http()
         .post_json(format!("{dir}/v1/register"), &req)
         .send()
@@ -341,7 +341,7 @@ async fn relay_node_answers_signed_peer_exchanges() {
         .unwrap();
     let pk = detail["public_key"].as_str().expect("public_key");
     assert_eq!(pk.len(), 64);
-    assert!(iicp_nat_mesh::parse_public_key(pk).is_some());
+    assert!(gossip::parse_public_key(pk).is_some());
 
     let url = format!("http://127.0.0.1:{port}");
     let g = OperatorKey::from_seed(&[7; 32]);
@@ -355,10 +355,10 @@ async fn relay_node_answers_signed_peer_exchanges() {
         )
         .unwrap()
     };
-    let (body, sig) = iicp_nat_mesh::sign(&g, "gossip-g", &[], now());
+    let (body, sig) = gossip::sign(&g, "gossip-g", &[], now());
     // unsigned → 401; signed by another key → 403
     assert_eq!(exchange(&url, &body, None).await.status.as_u16(), 401);
-    let (_, wrong) = iicp_nat_mesh::sign(&OperatorKey::from_seed(&[8; 32]), "gossip-g", &[], now());
+    let (_, wrong) = gossip::sign(&OperatorKey::from_seed(&[8; 32]), "gossip-g", &[], now());
     assert_eq!(
         exchange(&url, &body, Some(&wrong)).await.status.as_u16(),
         403
@@ -370,17 +370,17 @@ async fn relay_node_answers_signed_peer_exchanges() {
     assert_eq!(v["receiver_id"], "relay-gossip-1");
     assert!(v["new_peers"].as_array().unwrap().is_empty());
     assert_eq!(exchange(&url, &body, Some(&sig)).await.status.as_u16(), 409);
-    let (b2, s2) = iicp_nat_mesh::sign(&g, "gossip-g", &["x".into()], now());
+    let (b2, s2) = gossip::sign(&g, "gossip-g", &["x".into()], now());
     assert_eq!(exchange(&url, &b2, Some(&s2)).await.status.as_u16(), 429);
     // an unknown sender (no registered key) → 403
     let u = OperatorKey::from_seed(&[9; 32]);
-    let (b3, s3) = iicp_nat_mesh::sign(&u, "never-registered", &[], now());
+    let (b3, s3) = gossip::sign(&u, "never-registered", &[], now());
     assert_eq!(exchange(&url, &b3, Some(&s3)).await.status.as_u16(), 403);
 
     // a second sender learns about the first from the relay's peer cache
     let k = OperatorKey::from_seed(&[10; 32]);
     register_gossiper(&dir, "gossip-k", &k).await;
-    let (b4, s4) = iicp_nat_mesh::sign(&k, "gossip-k", &[], now());
+    let (b4, s4) = gossip::sign(&k, "gossip-k", &[], now());
     let r = exchange(&url, &b4, Some(&s4)).await;
     assert_eq!(r.status.as_u16(), 200);
     let v: Value = r.json().unwrap();

@@ -18,7 +18,9 @@ use crate::clock::Clock;
 use crate::net::{parse_url, EndpointUrl, HTTP_SCHEMES};
 use crate::ratelimit::RateLimiter;
 use crate::store::{NodeRecord, NodeState, Store};
-use crate::view::PROBATION_TASKS;
+
+/// Nodes with at least this many completed tasks are out of probation.
+pub(crate) const PROBATION_TASKS: u64 = 10;
 
 /// Resolved, immutable settings (see [`crate::Config`] for the documented knobs).
 #[derive(Debug, Clone)]

@@ -7,10 +7,7 @@ use serde_json::{json, Map, Value};
 
 use crate::auth::iso8601;
 use crate::net::address_family;
-use crate::state::{Node, Settings};
-
-/// Nodes with at least this many completed tasks are out of probation.
-pub(crate) const PROBATION_TASKS: u64 = 10;
+use crate::state::{Node, Settings, PROBATION_TASKS};
 
 /// Everything a selection needs besides the node.
 #[derive(Debug, Clone, Default)]

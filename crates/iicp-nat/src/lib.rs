@@ -14,8 +14,6 @@
 //! * [`detect`] — interface enumeration and Docker/Kubernetes detection.
 //! * [`relay`] — the relay-accept server ([`RelayServer`]), the relay worker client
 //!   ([`RelayWorker`]) and relay election ([`relay::elect`]).
-//! * [`mesh`] — peer exchange in the spec's Ed25519 form (§15): checks, answers and the
-//!   peer cache (IO-free; the node serves `POST /v1/peers`).
 //!
 //! What it does not do: decide what the node advertises or call the directory (the node
 //! does both, and plugs probes and relay binding in through [`Prober`] and
@@ -45,7 +43,6 @@ pub mod addr;
 pub mod detect;
 mod executor;
 pub mod lease;
-pub mod mesh;
 pub mod plan;
 pub mod relay;
 pub mod upnp;

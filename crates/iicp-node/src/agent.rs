@@ -21,10 +21,10 @@ use iicp_proto::directory::{HeartbeatMetrics, HeartbeatRequest};
 use rand_core::RngCore;
 use tokio::sync::watch;
 
-use crate::config::AuthMode;
+use crate::access::AuthMode;
 use crate::directory::DirectoryError;
 use crate::event::EventKind;
-use crate::node::{lock, Counters, Node, Shared};
+use crate::state::{Counters, Shared};
 
 /// Shortest and longest heartbeat interval accepted from `next_heartbeat_ms`.
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
@@ -38,8 +38,7 @@ struct State {
 }
 
 /// Runs until `stop` fires.
-pub(crate) async fn run(node: Node, mut stop: watch::Receiver<bool>) {
-    let shared = Arc::clone(&node.shared);
+pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut st = State {
         challenge: None,
         backoff: None,
@@ -51,7 +50,7 @@ pub(crate) async fn run(node: Node, mut stop: watch::Receiver<bool>) {
         if *stop.borrow() {
             return;
         }
-        if crate::node::lock(&shared.advert).withheld {
+        if shared.advert.lock().withheld {
             // no public route yet (reachability plans again): nothing to register
             tokio::select! {
                 () = tokio::time::sleep(WITHHELD_RECHECK) => continue,
@@ -65,7 +64,7 @@ pub(crate) async fn run(node: Node, mut stop: watch::Receiver<bool>) {
         } else {
             first = false;
             tokio::select! {
-                d = step(&node, &mut st) => d,
+                d = step(&shared, &mut st) => d,
                 _ = stop.changed() => return,
             }
         };
@@ -140,15 +139,12 @@ fn after_failure(
             last_error = %error,
             "directory unavailable: circuit breaker open, no directory calls until it closes; still serving tasks"
         );
-        crate::event::emit(
-            shared,
-            EventKind::DirectoryUnavailable {
-                directory_url: shared.cfg.directory_url.clone(),
-                failures,
-                retry_in: delay,
-                error,
-            },
-        );
+        shared.emit(EventKind::DirectoryUnavailable {
+            directory_url: shared.cfg.directory_url.clone(),
+            failures,
+            retry_in: delay,
+            error,
+        });
     } else {
         tracing::info!(
             failures,
@@ -172,14 +168,13 @@ fn failure_reason(e: &DirectoryError) -> &'static str {
 
 /// One attempt: register when no token is held, else heartbeat. Returns the delay to
 /// the next attempt.
-async fn step(node: &Node, st: &mut State) -> Duration {
-    let shared = &node.shared;
+async fn step(shared: &Shared, st: &mut State) -> Duration {
     if shared.token().is_none() {
-        return register(node, st).await;
+        return register(shared, st).await;
     }
     if delegation_due(shared) {
         tracing::info!("operator delegation expires soon; registering again to renew it");
-        return register(node, st).await;
+        return register(shared, st).await;
     }
     match heartbeat(shared, st).await {
         Ok(interval) => {
@@ -193,7 +188,7 @@ async fn step(node: &Node, st: &mut State) -> Duration {
             tracing::warn!(status = ?e.status_code(), code = ?e.code_str(), "directory lost our registration; registering again");
             shared.metrics.heartbeat_failure("registration_lost");
             st.challenge = None;
-            register(node, st).await
+            register(shared, st).await
         }
         Err(e) => {
             tracing::warn!(
@@ -209,9 +204,8 @@ async fn step(node: &Node, st: &mut State) -> Duration {
     }
 }
 
-async fn register(node: &Node, st: &mut State) -> Duration {
-    let shared = &node.shared;
-    match node.register().await {
+async fn register(shared: &Shared, st: &mut State) -> Duration {
+    match crate::registration::register(shared).await {
         Ok(_) => {
             st.backoff = None;
             st.challenge = None;
@@ -233,7 +227,7 @@ async fn register(node: &Node, st: &mut State) -> Duration {
                 .metrics
                 .heartbeat_failure(directory_error.map_or("rejected", failure_reason));
             // Node::register counted the failure
-            let failures = lock(&shared.dir_status).consecutive_failures;
+            let failures = shared.dir_status.lock().consecutive_failures;
             after_failure(shared, st, directory_error, failures)
         }
     }
@@ -280,14 +274,14 @@ async fn heartbeat(shared: &Shared, st: &mut State) -> Result<Duration, Director
         .clone()
         .ok_or_else(|| DirectoryError::unsupported("heartbeat"))?;
     let (token, node_id) = {
-        let c = lock(&shared.creds);
+        let c = shared.creds.lock();
         (c.token.clone(), c.node_id.clone())
     };
     let (Some(token), Some(node_id)) = (token, node_id) else {
         return Err(DirectoryError::status("heartbeat", 404, None));
     };
     if st.batch.is_none() {
-        let c = std::mem::take(&mut *lock(&shared.counters));
+        let c = std::mem::take(&mut *shared.counters.lock());
         if c.success + c.failed > 0 {
             st.batch = Some((batch_id(), batch_metrics(c)));
         }
@@ -360,8 +354,9 @@ struct TimedOut;
 
 #[cfg(test)]
 mod tests {
+    use crate::Node;
+    use parking_lot::Mutex;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Mutex;
 
     use iicp_proto::crypto::token::DirectoryPublicKey;
     use iicp_proto::directory::{HeartbeatResponse, RegisterAck, RegisterRequest};
@@ -389,7 +384,7 @@ mod tests {
 
     impl Outage {
         fn call(&self, op: &'static str) -> Result<(), DirectoryError> {
-            lock(&self.calls).push((op, Instant::now()));
+            self.calls.lock().push((op, Instant::now()));
             if !self.down.load(Ordering::Relaxed) {
                 return Ok(());
             }
@@ -404,7 +399,7 @@ mod tests {
         }
 
         fn times(&self) -> Vec<Instant> {
-            lock(&self.calls).iter().map(|(_, t)| *t).collect()
+            self.calls.lock().iter().map(|(_, t)| *t).collect()
         }
     }
 
@@ -452,7 +447,7 @@ mod tests {
     /// Lets the paused clock run until `dir` saw `n` calls (or an hour passed).
     async fn until_calls(dir: &Outage, n: usize) {
         let start = Instant::now();
-        while lock(&dir.calls).len() < n {
+        while dir.calls.lock().len() < n {
             assert!(start.elapsed() < Duration::from_secs(3600), "no call {n}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -465,7 +460,7 @@ mod tests {
         let node = node(Arc::clone(&dir));
         let mut events = node.subscribe();
         let (tx, rx) = watch::channel(false);
-        let agent = tokio::spawn(run(node.clone(), rx));
+        let agent = tokio::spawn(run(Arc::clone(&node.shared), rx));
 
         until_calls(&dir, 7).await;
         let t = dir.times();
@@ -540,7 +535,7 @@ mod tests {
         assert_eq!(kinds, ["directory_recovered", "register_ok"]);
         // heartbeats follow at the configured interval
         until_calls(&dir, 9).await;
-        assert_eq!(lock(&dir.calls)[8].0, "heartbeat");
+        assert_eq!(dir.calls.lock()[8].0, "heartbeat");
         tx.send(true).expect("stop");
         agent.await.expect("agent");
     }
@@ -568,14 +563,14 @@ mod tests {
             .build()
             .expect("node");
         let (tx, rx) = watch::channel(false);
-        let agent = tokio::spawn(run(node.clone(), rx));
+        let agent = tokio::spawn(run(Arc::clone(&node.shared), rx));
         until_calls(&dir, 2).await; // register, then a heartbeat after 500 ms
         let t = dir.times();
         assert!(t[1] - t[0] >= Duration::from_millis(500));
         dir.down.store(true, Ordering::Relaxed);
         until_calls(&dir, 6).await;
         let t = dir.times();
-        let ops: Vec<&str> = lock(&dir.calls).iter().map(|(op, _)| *op).collect();
+        let ops: Vec<&str> = dir.calls.lock().iter().map(|(op, _)| *op).collect();
         assert_eq!(ops[1..], ["heartbeat"; 5]);
         // every delay honours the 45 s Retry-After, above the backoff and the breaker
         for w in t[2..].windows(2) {

@@ -15,10 +15,10 @@ use iicp_proto::crypto::token::DirectoryPublicKey;
 use iicp_proto::intent::{Intent, IntentError};
 use iicp_proto::secret::Secret;
 
+pub use crate::access::{AuthMode, UnknownAuthMode};
 use crate::clock::{Clock, SystemClock};
 use crate::directory::DirectoryApi;
 use crate::operator::OperatorIdentity;
-use crate::Node;
 
 /// The name sent as `implementation_name` (PROTOCOL.md §8.2.3).
 pub const IMPLEMENTATION_NAME: &str = "iicp-rs";
@@ -33,59 +33,6 @@ pub use iicp_proto::constants::DEFAULT_RELAY_ACCEPT_PORT;
 /// `cx_public_key.features` entry announcing IICP-CX over native CALLs (ADR 0005): a
 /// key-5 JSON object with `iicp_conf` is an encrypted task.
 pub use iicp_proto::constants::NATIVE_CX_V1;
-
-/// Who may call `POST /v1/task` and native CALL (PROTOCOL.md §4.3, §19 T6, DESIGN §4.5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum AuthMode {
-    /// Anyone (the public mesh today), rate-limited per `Origin` and per source IP.
-    #[default]
-    Open,
-    /// A bearer credential (`Authorization: Bearer`, `auth.node_token`, native key 11)
-    /// equal, in constant time, to one of the configured API tokens or to the node's own
-    /// directory-issued node token (TASK-1).
-    Token,
-    /// A directory-signed `X-IICP-Consumer-Token` for this node and intent; when the
-    /// directory key is not known yet, or no consumer token is sent, [`AuthMode::Token`]
-    /// rules apply.
-    Consumer,
-}
-
-impl AuthMode {
-    /// `open`, `token` or `consumer`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            AuthMode::Open => "open",
-            AuthMode::Token => "token",
-            AuthMode::Consumer => "consumer",
-        }
-    }
-}
-
-impl fmt::Display for AuthMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A text that is not `open`, `token` or `consumer`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown auth mode {0:?} (expected open, token or consumer)")]
-pub struct UnknownAuthMode(String);
-
-impl std::str::FromStr for AuthMode {
-    type Err = UnknownAuthMode;
-
-    /// `open`, `token` or `consumer`, ASCII case-insensitive.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let t = s.trim();
-        [AuthMode::Open, AuthMode::Token, AuthMode::Consumer]
-            .into_iter()
-            .find(|m| m.as_str().eq_ignore_ascii_case(t))
-            // the message echoes a bounded prefix of the (mistyped) value
-            .ok_or_else(|| UnknownAuthMode(t.chars().take(32).collect()))
-    }
-}
 
 /// A fixed-window request limit per key (per `Origin`, else per source IP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -622,11 +569,9 @@ impl NodeBuilder {
         self
     }
 
-    /// Validates and builds the node.
-    ///
-    /// # Errors
-    /// A [`ConfigError`] naming the first problem.
-    pub fn build(self) -> Result<Node, ConfigError> {
+    /// Validates the settings into a [`NodeConfig`] (`NodeBuilder::build` makes the
+    /// node from it).
+    pub(crate) fn into_config(self) -> Result<NodeConfig, ConfigError> {
         let endpoint = self.endpoint.ok_or(ConfigError::MissingEndpoint)?;
         if url_host(&endpoint).is_none() {
             return Err(ConfigError::InvalidEndpoint);
@@ -755,7 +700,7 @@ impl NodeBuilder {
                 .map_or_else(|| Arc::new(SystemClock) as Arc<dyn Clock>, |c| c.0),
             directory,
         };
-        Ok(Node::from_config(config))
+        Ok(config)
     }
 }
 
@@ -832,6 +777,7 @@ fn version_grammar(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Node;
 
     #[test]
     fn hosts() {

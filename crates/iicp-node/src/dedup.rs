@@ -7,8 +7,9 @@
 //! of requests in the pipeline; if the store is full of them, the new request simply
 //! goes unrecorded.
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -62,10 +63,6 @@ pub(crate) struct Dedup {
     inner: Arc<Mutex<Inner>>,
 }
 
-fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl Dedup {
     pub(crate) fn new(ttl: Duration, capacity: usize) -> Self {
         Self {
@@ -81,7 +78,7 @@ impl Dedup {
 
     /// Looks up `task_id` with the body's `fingerprint`.
     pub(crate) fn begin(&self, task_id: &str, fingerprint: [u8; 32]) -> Begin {
-        let mut g = lock(&self.inner);
+        let mut g = self.inner.lock();
         if g.capacity == 0 {
             return Begin::Untracked;
         }
@@ -126,7 +123,7 @@ impl Dedup {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        lock(&self.inner).entries.len()
+        self.inner.lock().entries.len()
     }
 }
 
@@ -190,7 +187,7 @@ pub(crate) struct Ticket {
 impl Ticket {
     /// Records the terminal answer for replay.
     pub(crate) fn finish(mut self, reply: Cached) {
-        let mut g = lock(&self.store.inner);
+        let mut g = self.store.inner.lock();
         if let Some(e) = g.entries.get_mut(&self.task_id) {
             if e.seq == self.seq {
                 e.state = State::Done {
@@ -208,7 +205,7 @@ impl Drop for Ticket {
         if self.done {
             return;
         }
-        let mut g = lock(&self.store.inner);
+        let mut g = self.store.inner.lock();
         if g.entries
             .get(&self.task_id)
             .is_some_and(|e| e.seq == self.seq)
@@ -287,6 +284,6 @@ mod tests {
             drop(t);
         }
         let live = d.len();
-        assert!(lock(&d.inner).order.len() <= 2 * live + 65);
+        assert!(d.inner.lock().order.len() <= 2 * live + 65);
     }
 }

@@ -12,10 +12,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::sync::broadcast;
-
-use crate::node::Shared;
-
 /// Events buffered per receiver before the oldest are dropped.
 pub const EVENT_CAPACITY: usize = 64;
 
@@ -145,23 +141,6 @@ impl EventKind {
             EventKind::ReachabilityChanged { .. } => "reachability_changed",
         }
     }
-}
-
-/// The sending side, held by the node.
-pub(crate) fn channel() -> broadcast::Sender<NodeEvent> {
-    broadcast::channel(EVENT_CAPACITY).0
-}
-
-/// Sends `kind` to every receiver (none listening is fine).
-pub(crate) fn emit(shared: &Shared, kind: EventKind) {
-    if shared.events.receiver_count() == 0 {
-        return;
-    }
-    let _ = shared.events.send(NodeEvent {
-        at_unix_ms: shared.unix_ms(),
-        node_id: shared.node_id(),
-        kind,
-    });
 }
 
 /// The status of a failed node operation, when a directory answered.

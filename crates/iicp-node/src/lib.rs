@@ -53,6 +53,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod access;
 mod agent;
 pub mod backend;
 pub mod capability;
@@ -63,6 +64,7 @@ mod dedup;
 pub mod directory;
 mod error;
 pub mod event;
+pub mod gossip;
 pub mod handler;
 mod mesh;
 mod metrics;
@@ -73,9 +75,11 @@ mod pipeline;
 mod ratelimit;
 pub mod reach;
 mod receipt;
+mod registration;
 mod routes;
 pub mod run;
 mod serve;
+mod state;
 
 pub use backend::{BackendHandler, EchoModel};
 pub use config::{

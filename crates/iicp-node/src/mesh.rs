@@ -1,5 +1,5 @@
 //! Mesh gossip on the node (PROTOCOL.md §15 in the spec's Ed25519 form, §19 T10; the
-//! checks and the peer cache are `iicp_nat::mesh`).
+//! checks and the peer cache are [`crate::gossip`]).
 //!
 //! Nodes built with `enable_mesh(true)` or `relay_capable(true)` hold a fresh Ed25519
 //! gossip key, register its public half as `public_key` (64 hex), serve
@@ -9,28 +9,22 @@
 //! node token is never sent to peers and any `Authorization` header is ignored. Relay
 //! election ([`crate::reach`]) adds the cache's relay-capable peers to the directory's.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use iicp_client::DirectoryClient;
-use iicp_nat::mesh::{self, Mesh, Peer, SIGNATURE_HEADER};
-use iicp_nat::relay::RelayCandidate;
-use iicp_proto::crypto::sign::{OperatorKey, OperatorPublicKey};
+use iicp_proto::crypto::sign::OperatorPublicKey;
 use iicp_proto::directory::NodeEntry;
-use iicp_transport::http::client::{HttpClient, HttpClientConfig};
 use iicp_transport::http::server::{json, read_body, HttpError, Request, Response};
 use iicp_transport::http::Router;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::node::{lock, Node, Shared};
+use crate::gossip::{self as mesh, Peer, SIGNATURE_HEADER};
+use crate::state::{MeshState, Shared, GOSSIP_CAPACITY};
 
 /// Largest `POST /v1/peers` body.
 const MAX_BODY: usize = 64 * 1024;
-/// Peers, senders and cached keys held at most.
-const CAPACITY: usize = 1024;
 /// How long a looked-up sender key is trusted.
 const KEY_TTL: Duration = Duration::from_secs(600);
 /// Interval of outbound exchanges.
@@ -38,94 +32,48 @@ const ROUND: Duration = Duration::from_secs(30);
 /// Peers contacted per round.
 const FANOUT: usize = 3;
 
-/// A sender looked up at the directory: its peer entry, its gossip key, when.
-type Looked = (Option<Peer>, Option<OperatorPublicKey>, Instant);
-
-/// A node's gossip state.
-pub(crate) struct MeshState {
-    key: OperatorKey,
-    mesh: Mutex<Mesh>,
-    keys: Mutex<HashMap<String, Looked>>,
-    /// For exchanges with peers.
-    http: Option<HttpClient>,
-    /// For sender lookups and relay-capable peers.
-    directory: Option<DirectoryClient>,
-}
-
-impl std::fmt::Debug for MeshState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MeshState").finish_non_exhaustive()
-    }
-}
-
 fn now_ms(shared: &Shared) -> u64 {
     u64::try_from(shared.cfg.clock.unix_now().as_millis()).unwrap_or(u64::MAX)
 }
 
-impl MeshState {
-    /// Gossip state for a node that enables mesh or relays; `None` otherwise.
-    pub(crate) fn for_config(cfg: &crate::config::NodeConfig) -> Option<Arc<Self>> {
-        (cfg.enable_mesh || cfg.relay_capable).then(|| {
-            let http = HttpClient::new(HttpClientConfig::default()).ok();
-            Arc::new(Self {
-                key: OperatorKey::generate(&mut rand_core::OsRng),
-                mesh: Mutex::new(Mesh::new(cfg.node_id.clone().unwrap_or_default(), CAPACITY)),
-                keys: Mutex::new(HashMap::new()),
-                http: http.clone(),
-                directory: cfg
-                    .directory_url
-                    .as_deref()
-                    .zip(http)
-                    .and_then(|(url, http)| DirectoryClient::new(url, http).ok()),
-            })
-        })
-    }
-
-    /// The registered `public_key` (64 hex).
-    pub(crate) fn public_key_hex(&self) -> String {
-        mesh::public_key_hex(&self.key)
-    }
-
-    /// Fresh relay-capable peers for election.
-    pub(crate) fn relay_candidates(&self, shared: &Shared) -> Vec<RelayCandidate> {
-        lock(&self.mesh).relay_candidates(now_ms(shared))
-    }
-
-    /// The sender's detail from the directory: its peer entry and gossip key.
-    async fn lookup(&self, shared: &Shared, id: &str) -> (Option<Peer>, Option<OperatorPublicKey>) {
-        if let Some((p, k, at)) = lock(&self.keys).get(id) {
-            if at.elapsed() < KEY_TTL {
-                return (p.clone(), *k);
-            }
+/// The sender's detail from the directory: its peer entry and gossip key.
+async fn lookup(
+    shared: &Shared,
+    state: &MeshState,
+    id: &str,
+) -> (Option<Peer>, Option<OperatorPublicKey>) {
+    if let Some((p, k, at)) = state.keys.lock().get(id) {
+        if at.elapsed() < KEY_TTL {
+            return (p.clone(), *k);
         }
-        let Some(dir) = &self.directory else {
-            return (None, None);
-        };
-        if shared.breaker_open() {
-            // no directory calls while the circuit breaker is open (ADR 0009)
-            return (None, None);
-        }
-        let lookup = dir.node_detail(id);
-        let Ok(Ok(d)) = tokio::time::timeout(Duration::from_secs(5), lookup).await else {
-            return (None, None);
-        };
-        let key = d
-            .get("public_key")
-            .and_then(Value::as_str)
-            .and_then(mesh::parse_public_key);
-        let peer = serde_json::from_value::<NodeEntry>(d)
-            .ok()
-            .and_then(|n| peer_of(&n, now_ms(shared)));
-        let mut keys = lock(&self.keys);
-        if keys.len() >= CAPACITY {
-            keys.retain(|_, (_, _, at)| at.elapsed() < KEY_TTL);
-            if keys.len() >= CAPACITY {
-                keys.clear();
-            }
-        }
-        keys.insert(id.to_owned(), (peer.clone(), key, Instant::now()));
-        (peer, key)
     }
+    let Some(dir) = &state.directory else {
+        return (None, None);
+    };
+    if shared.breaker_open() {
+        // no directory calls while the circuit breaker is open (ADR 0009)
+        return (None, None);
+    }
+    let lookup = dir.node_detail(id);
+    let Ok(Ok(d)) = tokio::time::timeout(Duration::from_secs(5), lookup).await else {
+        return (None, None);
+    };
+    let key = d
+        .get("public_key")
+        .and_then(Value::as_str)
+        .and_then(mesh::parse_public_key);
+    let peer = serde_json::from_value::<NodeEntry>(d)
+        .ok()
+        .and_then(|n| peer_of(&n, now_ms(shared)));
+    let mut keys = state.keys.lock();
+    if keys.len() >= GOSSIP_CAPACITY {
+        keys.retain(|_, (_, _, at)| at.elapsed() < KEY_TTL);
+        if keys.len() >= GOSSIP_CAPACITY {
+            keys.clear();
+        }
+    }
+    keys.insert(id.to_owned(), (peer.clone(), key, Instant::now()));
+    (peer, key)
 }
 
 /// A peer entry from a directory node object (discover entry or node detail).
@@ -162,12 +110,12 @@ async fn post_peers(
     let body = read_body(&mut req, MAX_BODY).await?;
     let sender = mesh::sender_of(&body).map_err(|r| refusal(&r))?;
     let (peer, key) = if signature.is_some() {
-        state.lookup(&shared, &sender).await
+        lookup(&shared, &state, &sender).await
     } else {
         (None, None)
     };
     let now = now_ms(&shared);
-    let mut m = lock(&state.mesh);
+    let mut m = state.mesh.lock();
     if let Some(id) = shared.node_id() {
         m.set_own_id(id);
     }
@@ -201,7 +149,9 @@ async fn exchange(shared: &Shared, state: &MeshState, own_id: &str, peer: &Peer)
         return false;
     };
     let now = now_ms(shared);
-    let known: Vec<String> = lock(&state.mesh)
+    let known: Vec<String> = state
+        .mesh
+        .lock()
         .peers(now)
         .into_iter()
         .map(|p| p.node_id)
@@ -218,7 +168,7 @@ async fn exchange(shared: &Shared, state: &MeshState, own_id: &str, peer: &Peer)
     match reply {
         Ok(r) if r.status.is_success() => {
             if let Ok(v) = r.json::<Value>() {
-                let mut m = lock(&state.mesh);
+                let mut m = state.mesh.lock();
                 m.merge(
                     [Peer {
                         last_seen_ms: now,
@@ -256,12 +206,12 @@ async fn directory_peers(shared: &Shared, state: &MeshState) -> Vec<Peer> {
 
 /// One round: up to three peers from the cache, else relay-capable nodes the directory
 /// lists; returns how many exchanges succeeded.
-async fn round(shared: &Shared, state: &MeshState) -> usize {
+pub(crate) async fn round(shared: &Shared, state: &MeshState) -> usize {
     let (Some(own_id), true) = (shared.node_id(), shared.token().is_some()) else {
         return 0;
     };
     let now = now_ms(shared);
-    let mut targets = lock(&state.mesh).peers(now);
+    let mut targets = state.mesh.lock().peers(now);
     if targets.is_empty() {
         targets = directory_peers(shared, state).await;
     }
@@ -275,32 +225,8 @@ async fn round(shared: &Shared, state: &MeshState) -> usize {
     ok
 }
 
-impl Node {
-    /// Runs one peer-exchange round now (a serving mesh or relay node also does this
-    /// every 30 s): signed exchanges with up to three peers; returns how many
-    /// succeeded. 0 when the node does not gossip or is not registered.
-    pub async fn exchange_peers(&self) -> usize {
-        match &self.shared.mesh {
-            Some(state) => round(&self.shared, state).await,
-            None => 0,
-        }
-    }
-
-    /// The node ids of the fresh peers known from gossip.
-    pub fn mesh_peers(&self) -> Vec<String> {
-        self.shared.mesh.as_ref().map_or_else(Vec::new, |m| {
-            lock(&m.mesh)
-                .peers(now_ms(&self.shared))
-                .into_iter()
-                .map(|p| p.node_id)
-                .collect()
-        })
-    }
-}
-
 /// Exchanges every 30 s until `stop` fires.
-pub(crate) async fn run(node: Node, mut stop: watch::Receiver<bool>) {
-    let shared = Arc::clone(&node.shared);
+pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let Some(state) = shared.mesh.clone() else {
         return;
     };

@@ -39,8 +39,8 @@ use iicp_transport::native::{BoxFuture, CallContext, CallHandler};
 use serde_json::{Map, Value};
 
 use crate::handler::{TaskHandler, Transport};
-use crate::node::Shared;
 use crate::pipeline::{self, Inbound, Outcome};
+use crate::state::Shared;
 
 /// The native CALL handler of a node.
 pub(crate) struct NativeTasks {
@@ -107,7 +107,7 @@ fn own_entry(shared: &Shared, intent: &Intent) -> NodeEntry {
         Limits::default(),
     );
     reg.transport_endpoint = shared.transport_endpoint();
-    crate::reach::apply(shared, &mut reg);
+    crate::registration::apply_advert(shared, &mut reg);
     let capabilities: Vec<_> = shared
         .capabilities
         .iter()

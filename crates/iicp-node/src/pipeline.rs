@@ -49,12 +49,12 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::config::AuthMode;
+use crate::access::AuthMode;
 use crate::dedup::{Begin, Cached};
 use crate::handler::{
     Cancellation, HandlerError, Task, TaskHandler, TaskOutput, TraceContext, Transport,
 };
-use crate::node::{lock, Shared};
+use crate::state::Shared;
 
 /// A task as it reaches the pipeline, whichever transport carried it.
 pub(crate) struct Inbound {
@@ -738,7 +738,7 @@ impl Drop for Running<'_> {
 }
 
 fn count(shared: &Shared, success: bool, latency_ms: u64) {
-    let mut c = lock(&shared.counters);
+    let mut c = shared.counters.lock();
     if success {
         c.success += 1;
     } else {

@@ -6,9 +6,9 @@
 //! `trust_forwarded_for` the per-IP key is the client address the proxies report
 //! ([`client_addr`], ADR 0008).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -40,7 +40,7 @@ impl RateLimiter {
         }
         let now = Instant::now();
         let window = self.limit.window;
-        let mut map = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self.windows.lock();
         if !map.contains_key(key) && map.len() >= MAX_KEYS {
             map.retain(|_, (start, _)| now.duration_since(*start) < window);
         }

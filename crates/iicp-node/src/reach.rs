@@ -29,8 +29,9 @@
 //!
 //! This module reads no environment: the CLI fills [`ReachConfig`].
 
+use parking_lot::Mutex;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use iicp_client::DirectoryClient;
@@ -53,10 +54,10 @@ use tokio::task::JoinHandle;
 
 use crate::event::EventKind;
 use crate::handler::{TaskHandler, Transport};
-use crate::node::{lock, Node, Shared};
 use crate::pipeline::{self, Inbound, Outcome};
+use crate::registration::advertised_endpoint;
+use crate::state::Shared;
 
-pub use iicp_nat::mesh;
 pub use iicp_nat::{Container, ExposureMode, Tier, TransportMethod};
 
 /// How the node finds its public route. Fill it from flags and env in the CLI
@@ -219,58 +220,6 @@ impl Reachability {
     }
 }
 
-/// What the node advertises instead of its configured endpoint (set by reachability).
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Advert {
-    pub(crate) endpoint: Option<String>,
-    pub(crate) transport_method: Option<TransportMethod>,
-    pub(crate) exposure_mode: Option<ExposureMode>,
-    pub(crate) transport_metadata: Option<Value>,
-    pub(crate) relayed: bool,
-    /// The real relay accept port (an ephemeral one when configured as 0).
-    pub(crate) relay_accept_port: Option<u16>,
-    /// The plan found no public route and the directory is public: do not register
-    /// (the heartbeat loop waits until a re-plan finds one).
-    pub(crate) withheld: bool,
-}
-
-/// Applies the advert to a REGISTER body.
-pub(crate) fn apply(shared: &Shared, req: &mut iicp_proto::directory::RegisterRequest) {
-    let ad = lock(&shared.advert).clone();
-    if let Some(ep) = &ad.endpoint {
-        req.endpoint.clone_from(ep);
-        req.transport_endpoint = if ad.relayed || !shared.cfg.native {
-            None
-        } else {
-            iicp_transport::native::NativeEndpoint::from_http(ep).map(|e| e.to_string())
-        };
-    }
-    if let Some(m) = ad.transport_method {
-        req.transport_method = Some(m.as_str().to_owned());
-    }
-    if let Some(m) = ad.exposure_mode {
-        req.exposure_mode = Some(m.as_str().to_owned());
-    }
-    if ad.relayed {
-        req.relay_endpoint.clone_from(&ad.endpoint);
-        req.transport_metadata.clone_from(&ad.transport_metadata);
-    }
-    if let (Some(p), true) = (ad.relay_accept_port, shared.cfg.relay_capable) {
-        req.relay_accept_port = Some(p);
-    }
-    if let Some(m) = &shared.mesh {
-        req.public_key = Some(m.public_key_hex());
-    }
-}
-
-/// The endpoint the node registers now.
-pub(crate) fn advertised_endpoint(shared: &Shared) -> String {
-    lock(&shared.advert)
-        .endpoint
-        .clone()
-        .unwrap_or_else(|| shared.cfg.endpoint.clone())
-}
-
 fn http_client() -> Option<HttpClient> {
     HttpClient::new(HttpClientConfig::default())
         .map_err(|e| tracing::warn!(error = %e, "reachability HTTP client unavailable"))
@@ -318,7 +267,7 @@ impl TicketSource for DirectoryTickets {
     fn ticket(&self) -> BoxFuture<'_, Option<Secret>> {
         Box::pin(async move {
             let (token, node_id) = {
-                let c = lock(&self.shared.creds);
+                let c = self.shared.creds.lock();
                 (c.token.clone(), c.node_id.clone())
             };
             let (Some(token), Some(node_id)) = (token, node_id) else {
@@ -440,7 +389,7 @@ impl NodeRelays {
             .unwrap_or_default();
         // §14.5: the gossip peer cache is another source
         if let Some(m) = &self.shared.mesh {
-            for c in m.relay_candidates(&self.shared) {
+            for c in m.relay_candidates(self.shared.unix_ms()) {
                 if !found.iter().any(|f| f.node_id == c.node_id) {
                     found.push(c);
                 }
@@ -512,7 +461,7 @@ impl iicp_nat::RelayBinder for NodeRelays {
                 .saturating_sub(Duration::from_secs(1));
             match worker.wait_bound(wait.max(Duration::from_secs(1))).await {
                 Some(endpoint) => {
-                    *lock(&self.bound) = Some((worker, wc));
+                    *self.bound.lock() = Some((worker, wc));
                     RelayObservation::Bound { endpoint }
                 }
                 None => {
@@ -610,7 +559,6 @@ impl Running {
 
 /// Everything a planning round needs, kept by the supervisor for the next one.
 struct Planner {
-    node: Node,
     shared: Arc<Shared>,
     handler: Arc<dyn TaskHandler>,
     config: ReachConfig,
@@ -653,7 +601,7 @@ impl Planner {
             .iter()
             .map(|m| m.mapping.external_port)
             .collect();
-        let bound = lock(&relays.bound).take();
+        let bound = relays.bound.lock().take();
         let (worker, worker_cfg) = match bound {
             Some((w, c)) if plan.tier == Tier::Relay => (Some(w), Some(c)),
             Some((w, _)) => {
@@ -663,7 +611,7 @@ impl Planner {
             None => (None, None),
         };
         {
-            let mut ad = lock(&shared.advert);
+            let mut ad = shared.advert.lock();
             ad.endpoint.clone_from(&plan.endpoint);
             ad.transport_method = plan.transport_method;
             ad.exposure_mode = Some(plan.exposure_mode);
@@ -688,7 +636,7 @@ impl Planner {
                 );
             }
         }
-        lock(&shared.advert).withheld = !reach.registers;
+        shared.advert.lock().withheld = !reach.registers;
         tracing::info!(
             tier = %reach.tier,
             endpoint = reach.endpoint.as_deref().unwrap_or("<none>"),
@@ -701,7 +649,7 @@ impl Planner {
             let (tx, rx) = watch::channel(false);
             (
                 tx,
-                tokio::spawn(watch_worker(self.node.clone(), w.subscribe(), rx)),
+                tokio::spawn(watch_worker(Arc::clone(&self.shared), w.subscribe(), rx)),
             )
         });
         (
@@ -740,29 +688,26 @@ impl Planner {
                 continue;
             }
             let before = advertised_endpoint(&self.shared);
-            let registered_before = !lock(&self.shared.advert).withheld;
+            let registered_before = !self.shared.advert.lock().withheld;
             tracing::info!(tier = %round.tier, "reachability: the route is broken or could be better; planning again");
             round.stop().await;
             let (reach, next) = self.round().await;
             round = next;
             let after = advertised_endpoint(&self.shared);
             if after != before || registered_before != reach.registers {
-                crate::event::emit(
-                    &self.shared,
-                    EventKind::ReachabilityChanged {
-                        tier: reach.tier.label().to_owned(),
-                        endpoint: reach.endpoint.clone(),
-                        registers: reach.registers,
-                    },
-                );
+                self.shared.emit(EventKind::ReachabilityChanged {
+                    tier: reach.tier.label().to_owned(),
+                    endpoint: reach.endpoint.clone(),
+                    registers: reach.registers,
+                });
                 if !reach.registers {
-                    if self.node.node_token().is_some() {
+                    if self.shared.token().is_some() {
                         tracing::info!("no public route any more: deregistering");
-                        let _ = self.node.deregister().await;
+                        let _ = crate::registration::deregister(&self.shared).await;
                     }
-                } else if self.node.node_token().is_some() {
+                } else if self.shared.token().is_some() {
                     tracing::info!(endpoint = %after, "new route: registering again");
-                    if let Err(e) = self.node.register().await {
+                    if let Err(e) = crate::registration::register(&self.shared).await {
                         tracing::warn!(error = %e, "re-registration failed; the heartbeat loop retries");
                     }
                 }
@@ -775,16 +720,14 @@ impl Planner {
 /// Runs reachability for a node serving on `port`; sets what it registers, and starts
 /// the supervisor that plans again when the route breaks or could be better.
 pub(crate) async fn start(
-    node: &Node,
+    shared: Arc<Shared>,
     handler: Arc<dyn TaskHandler>,
     config: ReachConfig,
     port: u16,
 ) -> (Reachability, Running) {
-    let shared = Arc::clone(&node.shared);
     let http = http_client();
     let dir = directory(&shared, http.as_ref());
     let planner = Planner {
-        node: node.clone(),
         shared,
         handler,
         config,
@@ -814,7 +757,7 @@ fn relay_metadata(wc: &WorkerConfig) -> Value {
 
 /// Re-registers when the worker binds again with another endpoint (§14.4).
 async fn watch_worker(
-    node: Node,
+    shared: Arc<Shared>,
     mut state: watch::Receiver<WorkerState>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -828,14 +771,14 @@ async fn watch_worker(
             _ => continue,
         };
         let changed = {
-            let mut ad = lock(&node.shared.advert);
+            let mut ad = shared.advert.lock();
             let changed = ad.endpoint.as_deref() != Some(endpoint.as_str());
             ad.endpoint = Some(endpoint);
             changed
         };
-        if changed && node.node_token().is_some() {
+        if changed && shared.token().is_some() {
             tracing::info!("relay endpoint changed; registering again");
-            if let Err(e) = node.register().await {
+            if let Err(e) = crate::registration::register(&shared).await {
                 tracing::warn!(error = %e, "re-registration through the relay failed; the heartbeat loop retries");
             }
         }

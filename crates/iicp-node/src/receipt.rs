@@ -14,7 +14,7 @@ use rand_core::RngCore;
 use serde_json::{json, Value};
 
 use crate::clock::iso8601;
-use crate::node::Shared;
+use crate::state::Shared;
 
 /// Receipt lifetime (`expires_at` = now + 300 s).
 const RECEIPT_TTL_SECS: u64 = 300;

@@ -26,8 +26,8 @@ use iicp_transport::http::server::{
 use serde_json::json;
 
 use crate::handler::{TaskHandler, Transport};
-use crate::node::Shared;
 use crate::pipeline::{self, error_reply, Inbound, Outcome, Reply};
+use crate::state::Shared;
 
 /// Response header carrying the trace id (§5.3, T14).
 pub(crate) const TRACE_HEADER: &str = "x-iicp-trace-id";

@@ -21,6 +21,7 @@ use iicp_nat::{RelayConfig, RelayServer};
 
 use crate::config::DEFAULT_PORT;
 use crate::error::Error;
+use crate::event::EventKind;
 use crate::handler::TaskHandler;
 use crate::node::Node;
 use crate::reach::{ReachConfig, Reachability};
@@ -113,6 +114,28 @@ pub struct ServeHandle {
     gossip: Option<(watch::Sender<bool>, JoinHandle<()>)>,
 }
 
+impl Node {
+    /// Binds `options.host:options.port` (never another port) and serves HTTP and
+    /// native IICP there. With a directory configured, registers in the background if
+    /// no token is held (and `options.register`), then heartbeats until stopped.
+    ///
+    /// # Errors
+    /// [`Error::Bind`] when the port cannot be bound.
+    pub async fn serve(
+        &self,
+        handler: impl TaskHandler,
+        options: ServeOptions,
+    ) -> Result<ServeHandle, Error> {
+        let handle = crate::serve::start(self.clone(), Arc::new(handler), options).await?;
+        self.shared.emit(EventKind::Serving {
+            addr: handle.local_addr(),
+            endpoint: self.shared.cfg.endpoint.clone(),
+            native: self.shared.cfg.native,
+        });
+        Ok(handle)
+    }
+}
+
 pub(crate) async fn start(
     node: Node,
     handler: Arc<dyn TaskHandler>,
@@ -149,7 +172,7 @@ pub(crate) async fn start(
         let addr = server
             .local_addr()
             .map_err(|source| Error::Bind { addr, source })?;
-        crate::node::lock(&shared.advert).relay_accept_port = Some(addr.port());
+        shared.advert.lock().relay_accept_port = Some(addr.port());
         let handle = server.handle();
         let task = tokio::spawn(server.serve(stop.clone()));
         tracing::info!(addr = %addr, "relay accept server listening");
@@ -162,7 +185,8 @@ pub(crate) async fn start(
     let server = tokio::spawn(listener.serve(services, stop));
     let (reachability, reach) = match options.reach.clone() {
         Some(rc) => {
-            let (r, running) = crate::reach::start(&node, handler, rc, local.port()).await;
+            let (r, running) =
+                crate::reach::start(Arc::clone(&shared), handler, rc, local.port()).await;
             (Some(r), Some(running))
         }
         None => (None, None),
@@ -171,14 +195,14 @@ pub(crate) async fn start(
     // finds one, then registers
     let agent = if cfg.directory.is_some() && (shared.token().is_some() || options.register) {
         let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(crate::agent::run(node.clone(), rx));
+        let task = tokio::spawn(crate::agent::run(Arc::clone(&shared), rx));
         Some((tx, task))
     } else {
         None
     };
     let gossip = (agent.is_some() && shared.mesh.is_some()).then(|| {
         let (tx, rx) = watch::channel(false);
-        (tx, tokio::spawn(crate::mesh::run(node.clone(), rx)))
+        (tx, tokio::spawn(crate::mesh::run(Arc::clone(&shared), rx)))
     });
     tracing::info!(addr = %local, native = cfg.native, auth = cfg.auth.as_str(), "node serving");
     Ok(ServeHandle {

@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
 use super::{nullable_string, OperatorError, OperatorFile};
-use crate::config::AuthMode;
+use crate::access::AuthMode;
 
 /// `port` written by `init` (the node default, 9484).
 pub const DEFAULT_PROFILE_PORT: u16 = iicp_proto::constants::DEFAULT_PORT;

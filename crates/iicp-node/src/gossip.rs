@@ -1,5 +1,5 @@
 //! Peer exchange (mesh gossip) in the spec's Ed25519 form (PROTOCOL.md §15 errata v1.5.1,
-//! §19 T10) — IO-free: the node serves `POST /v1/peers`, looks up the sender's gossip key
+//! §19 T10) — IO-free (the node's `mesh` module does the IO): the node serves `POST /v1/peers`, looks up the sender's gossip key
 //! at the directory and sends exchanges; this module parses and checks them, keeps the
 //! peer cache and answers.
 //!
@@ -16,7 +16,7 @@
 //! The HMAC(node_token) variant of the deployed SDKs is deliberately not implemented
 //! (it would need a secret the peers do not share). Returned peers are merged, never
 //! deleted on that basis, and expire 90 s after they were last seen; the cache offers
-//! them as [`crate::relay::RelayCandidate`]s for relay election.
+//! them as [`RelayCandidate`]s for relay election.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -24,7 +24,7 @@ use iicp_proto::crypto::sign::{OperatorKey, OperatorPublicKey};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::relay::RelayCandidate;
+use iicp_nat::relay::RelayCandidate;
 
 /// Peers expire this long after they were last seen (§15).
 pub const PEER_EXPIRY_MS: u64 = 90_000;

@@ -3,7 +3,7 @@
 //! expiry), merging, and the cache as relay-election input.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use iicp_nat::mesh::{self, Mesh, Peer, MAX_NEW_PEERS, PEER_EXPIRY_MS};
+use iicp_node::gossip::{self as mesh, Mesh, Peer, MAX_NEW_PEERS, PEER_EXPIRY_MS};
 use iicp_proto::crypto::sign::OperatorKey;
 
 const NOW: u64 = 1_800_000_000_000;

@@ -1,0 +1,314 @@
+//! The state every part of a running node shares ([`Shared`]): configuration, what the
+//! directory issued, admission slots, the duplicate cache, counters, the advert that
+//! reachability decided, gossip state and the event channel. A leaf below the task
+//! pipeline, the routes, the directory agent and reachability, which all take an
+//! `Arc<Shared>`; the public [`crate::Node`] is a handle on it.
+
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use iicp_client::DirectoryClient;
+use iicp_nat::relay::RelayCandidate;
+use iicp_nat::{ExposureMode, TransportMethod};
+use iicp_proto::crypto::sign::{OperatorKey, OperatorPublicKey};
+use iicp_proto::crypto::token::DirectoryPublicKey;
+use iicp_proto::directory::Capability;
+use iicp_proto::intent::Intent;
+use iicp_proto::secret::Secret;
+use iicp_transport::http::client::{HttpClient, HttpClientConfig};
+use iicp_transport::native::NativeEndpoint;
+use serde_json::Value;
+use tokio::sync::{broadcast, Semaphore};
+
+use crate::access::AuthMode;
+use crate::capability::build_capabilities_for;
+use crate::config::NodeConfig;
+use crate::dedup::Dedup;
+use crate::directory::{DirectoryError, DirectoryFailure, DirectoryStatus};
+use crate::event::{EventKind, NodeEvent, EVENT_CAPACITY};
+use crate::gossip::{Mesh, Peer};
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
+
+/// Most credit receipts posted at once; more are dropped (they are best effort).
+const MAX_RECEIPTS_IN_FLIGHT: usize = 16;
+
+/// What the directory issued.
+#[derive(Default)]
+pub(crate) struct Credentials {
+    pub(crate) node_id: Option<String>,
+    pub(crate) token: Option<Secret>,
+    pub(crate) hmac_key: Option<Secret>,
+}
+
+/// Heartbeat counters since the last drained batch (§8.3 `metrics`).
+#[derive(Default, Debug, Clone, Copy)]
+pub(crate) struct Counters {
+    pub(crate) success: u64,
+    pub(crate) failed: u64,
+    pub(crate) latency_sum_ms: u64,
+}
+
+/// State shared by every part of a running node.
+pub(crate) struct Shared {
+    pub(crate) cfg: NodeConfig,
+    pub(crate) capabilities: Vec<Capability>,
+    pub(crate) served: Vec<Intent>,
+    pub(crate) creds: Mutex<Credentials>,
+    pub(crate) dir_key: RwLock<Option<DirectoryPublicKey>>,
+    pub(crate) slots: Arc<Semaphore>,
+    pub(crate) active: AtomicU32,
+    pub(crate) draining: AtomicBool,
+    pub(crate) dedup: Dedup,
+    pub(crate) limiter: RateLimiter,
+    pub(crate) metrics: Metrics,
+    pub(crate) counters: Mutex<Counters>,
+    pub(crate) receipts: Arc<Semaphore>,
+    /// `not_after` of the operator delegation last accepted at REGISTER (0: none).
+    pub(crate) delegation_not_after: AtomicU64,
+    /// Lifecycle events (`Node::subscribe`).
+    pub(crate) events: broadcast::Sender<NodeEvent>,
+    /// What reachability decided to advertise (`reach`).
+    pub(crate) advert: Mutex<Advert>,
+    /// Gossip state of mesh / relay nodes (`mesh`).
+    pub(crate) mesh: Option<Arc<MeshState>>,
+    /// What the node knows of its directory ([`Node::directory_status`]).
+    pub(crate) dir_status: Mutex<DirectoryStatus>,
+}
+
+impl Shared {
+    pub(crate) fn new(cfg: NodeConfig) -> Self {
+        let mut capabilities = build_capabilities_for(&cfg.models, &cfg.intents, cfg.max_tokens);
+        if cfg.auth != AuthMode::Open {
+            // tell clients which credential to bring (`iicp_auth` extension)
+            for cap in &mut capabilities {
+                cap.set_auth_mode(Some(cfg.auth.as_str()));
+            }
+        }
+        let mut served: Vec<Intent> = cfg.intents.clone();
+        for cap in &capabilities {
+            if let Ok(i) = cap.parsed_intent() {
+                if !served.contains(&i) {
+                    served.push(i);
+                }
+            }
+        }
+        let creds = Credentials {
+            node_id: cfg.node_id.clone(),
+            token: None,
+            hmac_key: None,
+        };
+        Shared {
+            capabilities,
+            served,
+            creds: Mutex::new(creds),
+            dir_key: RwLock::new(cfg.directory_key),
+            slots: Arc::new(Semaphore::new(cfg.max_concurrent as usize)),
+            active: AtomicU32::new(0),
+            draining: AtomicBool::new(false),
+            dedup: Dedup::new(cfg.idempotency_ttl, cfg.idempotency_capacity),
+            limiter: RateLimiter::new(cfg.rate_limit),
+            metrics: Metrics::new(),
+            counters: Mutex::new(Counters::default()),
+            receipts: Arc::new(Semaphore::new(MAX_RECEIPTS_IN_FLIGHT)),
+            delegation_not_after: AtomicU64::new(0),
+            events: broadcast::channel(EVENT_CAPACITY).0,
+            advert: Mutex::new(Advert::default()),
+            mesh: MeshState::for_config(&cfg),
+            dir_status: Mutex::new(DirectoryStatus::default()),
+            cfg,
+        }
+    }
+
+    pub(crate) fn node_id(&self) -> Option<String> {
+        self.creds.lock().node_id.clone()
+    }
+
+    pub(crate) fn token(&self) -> Option<Secret> {
+        self.creds.lock().token.clone()
+    }
+
+    pub(crate) fn hmac_key(&self) -> Option<Secret> {
+        self.cfg
+            .node_hmac_key
+            .clone()
+            .or_else(|| self.creds.lock().hmac_key.clone())
+    }
+
+    pub(crate) fn directory_key(&self) -> Option<DirectoryPublicKey> {
+        *self.dir_key.read()
+    }
+
+    pub(crate) fn set_directory_key(&self, key: DirectoryPublicKey) {
+        *self.dir_key.write() = Some(key);
+    }
+
+    pub(crate) fn active_jobs(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn unix_secs(&self) -> u64 {
+        self.cfg.clock.unix_now().as_secs()
+    }
+
+    pub(crate) fn unix_ms(&self) -> u64 {
+        u64::try_from(self.cfg.clock.unix_now().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The secrets a directory might echo in an error message: the node token, the
+    /// HMAC keys and the API tokens.
+    pub(crate) fn secrets(&self) -> Vec<Secret> {
+        let mut out: Vec<Secret> = self.cfg.api_tokens.clone();
+        out.extend(self.cfg.node_hmac_key.clone());
+        let c = self.creds.lock();
+        out.extend(c.token.clone());
+        out.extend(c.hmac_key.clone());
+        out
+    }
+
+    /// Records a failed directory call; returns the failures in a row, this one included.
+    pub(crate) fn directory_failed(&self, e: &DirectoryError) -> u32 {
+        let failure = DirectoryFailure::of(e, self.unix_ms());
+        let mut st = self.dir_status.lock();
+        st.consecutive_failures = st.consecutive_failures.saturating_add(1);
+        st.last_error = Some(failure);
+        st.consecutive_failures
+    }
+
+    /// Records a successful directory call (closing the breaker; announced with
+    /// `directory_recovered` when it had opened); returns the failures in a row before it.
+    pub(crate) fn directory_ok(&self) -> u32 {
+        let now = self.unix_ms();
+        let before = {
+            let mut st = self.dir_status.lock();
+            st.breaker_open_until_unix_ms = None;
+            st.last_success_unix_ms = Some(now);
+            std::mem::take(&mut st.consecutive_failures)
+        };
+        let threshold = self.cfg.directory_breaker.failures;
+        if threshold > 0 && before >= threshold {
+            tracing::info!(
+                after_failures = before,
+                "directory reachable again: circuit breaker closed"
+            );
+            self.emit(EventKind::DirectoryRecovered {
+                directory_url: self.cfg.directory_url.clone(),
+                after_failures: before,
+            });
+        }
+        before
+    }
+
+    /// Whether the directory circuit breaker is open: from the failure that opened it
+    /// until a directory call succeeds. Only the agent's probe calls the directory
+    /// meanwhile (no credit receipts, no peer look-ups).
+    pub(crate) fn breaker_open(&self) -> bool {
+        self.dir_status.lock().breaker_open_until_unix_ms.is_some()
+    }
+
+    /// Opens the breaker until `until_unix_ms`, or closes it.
+    pub(crate) fn set_breaker(&self, until_unix_ms: Option<u64>) {
+        self.dir_status.lock().breaker_open_until_unix_ms = until_unix_ms;
+    }
+
+    pub(crate) fn directory_status(&self) -> DirectoryStatus {
+        let mut st = self.dir_status.lock().clone();
+        st.registered = self.token().is_some();
+        st
+    }
+
+    /// The `transport_endpoint` advertised when native is on.
+    pub(crate) fn transport_endpoint(&self) -> Option<String> {
+        if !self.cfg.native {
+            return None;
+        }
+        NativeEndpoint::from_http(&self.cfg.endpoint).map(|e| e.to_string())
+    }
+
+    /// Sends `kind` to every event receiver (none listening is fine).
+    pub(crate) fn emit(&self, kind: EventKind) {
+        if self.events.receiver_count() == 0 {
+            return;
+        }
+        let _ = self.events.send(NodeEvent {
+            at_unix_ms: self.unix_ms(),
+            node_id: self.node_id(),
+            kind,
+        });
+    }
+}
+
+/// What the node advertises instead of its configured endpoint (set by reachability).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Advert {
+    pub(crate) endpoint: Option<String>,
+    pub(crate) transport_method: Option<TransportMethod>,
+    pub(crate) exposure_mode: Option<ExposureMode>,
+    pub(crate) transport_metadata: Option<Value>,
+    pub(crate) relayed: bool,
+    /// The real relay accept port (an ephemeral one when configured as 0).
+    pub(crate) relay_accept_port: Option<u16>,
+    /// The plan found no public route and the directory is public: do not register
+    /// (the heartbeat loop waits until a re-plan finds one).
+    pub(crate) withheld: bool,
+}
+
+/// Peers, senders and cached keys a gossiping node holds at most.
+pub(crate) const GOSSIP_CAPACITY: usize = 1024;
+
+/// A sender looked up at the directory: its peer entry, its gossip key, when.
+pub(crate) type Looked = (Option<Peer>, Option<OperatorPublicKey>, Instant);
+
+/// A node's gossip state.
+pub(crate) struct MeshState {
+    pub(crate) key: OperatorKey,
+    pub(crate) mesh: Mutex<Mesh>,
+    /// Senders looked up at the directory: peer entry, gossip key, when.
+    pub(crate) keys: Mutex<HashMap<String, Looked>>,
+    /// For exchanges with peers.
+    pub(crate) http: Option<HttpClient>,
+    /// For sender lookups and relay-capable peers.
+    pub(crate) directory: Option<DirectoryClient>,
+}
+
+impl std::fmt::Debug for MeshState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshState").finish_non_exhaustive()
+    }
+}
+
+impl MeshState {
+    /// Gossip state for a node that enables mesh or relays; `None` otherwise.
+    pub(crate) fn for_config(cfg: &NodeConfig) -> Option<Arc<Self>> {
+        (cfg.enable_mesh || cfg.relay_capable).then(|| {
+            let http = HttpClient::new(HttpClientConfig::default()).ok();
+            Arc::new(Self {
+                key: OperatorKey::generate(&mut rand_core::OsRng),
+                mesh: Mutex::new(Mesh::new(
+                    cfg.node_id.clone().unwrap_or_default(),
+                    GOSSIP_CAPACITY,
+                )),
+                keys: Mutex::new(HashMap::new()),
+                http: http.clone(),
+                directory: cfg
+                    .directory_url
+                    .as_deref()
+                    .zip(http)
+                    .and_then(|(url, http)| DirectoryClient::new(url, http).ok()),
+            })
+        })
+    }
+
+    /// The registered `public_key` (64 hex).
+    pub(crate) fn public_key_hex(&self) -> String {
+        crate::gossip::public_key_hex(&self.key)
+    }
+
+    /// Fresh relay-capable peers for election.
+    pub(crate) fn relay_candidates(&self, now_ms: u64) -> Vec<RelayCandidate> {
+        self.mesh.lock().relay_candidates(now_ms)
+    }
+}
