@@ -15,12 +15,13 @@
 //! `IICP_TUNNEL=0`) and `HOME` in a [`Scratch`] directory, so it never reaches outside
 //! the machine or touches the user's `~/.iicp`.
 
+use parking_lot::Mutex;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use iicp_client::{Client, Encryption, Transport};
@@ -663,19 +664,17 @@ pub struct RecordingEcho {
 impl RecordingEcho {
     /// The tasks handled so far, oldest first.
     pub fn seen(&self) -> Vec<Arrived> {
-        self.seen.lock().map(|v| v.clone()).unwrap_or_default()
+        self.seen.lock().clone()
     }
 }
 
 impl TaskHandler for RecordingEcho {
     fn handle(&self, task: iicp_node::Task) -> BoxFuture<Result<TaskOutput, HandlerError>> {
-        if let Ok(mut seen) = self.seen.lock() {
-            seen.push(Arrived {
-                task_id: task.task_id.as_str().to_owned(),
-                transport: task.transport,
-                encrypted: task.encrypted,
-            });
-        }
+        self.seen.lock().push(Arrived {
+            task_id: task.task_id.as_str().to_owned(),
+            transport: task.transport,
+            encrypted: task.encrypted,
+        });
         EchoModel::new(ECHO_MODEL).handle(task)
     }
 }

@@ -6,10 +6,11 @@
 //! arrival time) so a case can count attempts, compare trace headers and look for
 //! leaked secrets. The server stops when the [`Scripted`] is dropped.
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method, StatusCode};
@@ -91,10 +92,6 @@ struct State {
     issued: AtomicUsize,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// Declares the routes of a [`Scripted`] server.
 #[derive(Default)]
 pub struct ScriptedBuilder {
@@ -172,7 +169,10 @@ impl ScriptedBuilder {
         });
         let mut router = Router::new();
         for (method, path, default) in self.routes {
-            lock(&state.routes).insert((method.clone(), path.clone()), (VecDeque::new(), default));
+            state
+                .routes
+                .lock()
+                .insert((method.clone(), path.clone()), (VecDeque::new(), default));
             let st = Arc::clone(&state);
             let key = (method.clone(), path.clone());
             router = router.route(method, &path, move |req: Request, _p| {
@@ -186,7 +186,7 @@ impl ScriptedBuilder {
         }
         let server = HttpServer::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
         let addr = server.local_addr()?;
-        *lock(&state.origin) = format!("http://{addr}");
+        *state.origin.lock() = format!("http://{addr}");
         let (trigger, signal) = shutdown::channel();
         tokio::spawn(server.serve(router, signal));
         Ok(Scripted {
@@ -225,26 +225,26 @@ impl Scripted {
 
     /// Queues `replies` on `method path` before its default.
     pub fn script(&self, method: Method, path: &str, replies: impl IntoIterator<Item = Canned>) {
-        if let Some((q, _)) = lock(&self.state.routes).get_mut(&(method, path.to_owned())) {
+        if let Some((q, _)) = self.state.routes.lock().get_mut(&(method, path.to_owned())) {
             q.extend(replies);
         }
     }
 
     /// Replaces the default reply of `method path`.
     pub fn set_default(&self, method: Method, path: &str, reply: Canned) {
-        if let Some((_, d)) = lock(&self.state.routes).get_mut(&(method, path.to_owned())) {
+        if let Some((_, d)) = self.state.routes.lock().get_mut(&(method, path.to_owned())) {
             *d = reply;
         }
     }
 
     /// Sets the NODELIST of [`Canned::Discover`].
     pub fn set_nodes(&self, nodes: Vec<Value>) {
-        *lock(&self.state.nodes) = nodes;
+        *self.state.nodes.lock() = nodes;
     }
 
     /// Every request so far.
     pub fn requests(&self) -> Vec<Recorded> {
-        lock(&self.state.log).clone()
+        self.state.log.lock().clone()
     }
 
     /// Requests whose path ends with `suffix` (e.g. `/v1/task`), any method.
@@ -293,7 +293,7 @@ async fn answer(st: &State, key: RouteKey, mut req: Request) -> Response {
         at: Instant::now(),
     };
     let reply = {
-        let mut routes = lock(&st.routes);
+        let mut routes = st.routes.lock();
         match routes.get_mut(&key) {
             Some((q, d)) => q.pop_front().unwrap_or_else(|| d.clone()),
             None => Canned::Json(
@@ -303,7 +303,7 @@ async fn answer(st: &State, key: RouteKey, mut req: Request) -> Response {
         }
     };
     let req_json = rec.json();
-    lock(&st.log).push(rec);
+    st.log.lock().push(rec);
     render(st, reply, &req_json)
 }
 
@@ -330,7 +330,7 @@ fn render(st: &State, reply: Canned, req: &Value) -> Response {
             }),
         ),
         Canned::Discover => {
-            let nodes = lock(&st.nodes).clone();
+            let nodes = st.nodes.lock().clone();
             let mut r = json(
                 StatusCode::OK,
                 &json!({"nodes": nodes, "count": nodes.len(), "query_ms": 1}),
@@ -376,7 +376,7 @@ fn render(st: &State, reply: Canned, req: &Value) -> Response {
             let location = if path.starts_with("http") {
                 path
             } else {
-                format!("{}{path}", lock(&st.origin))
+                format!("{}{path}", st.origin.lock())
             };
             if let Ok(v) = HeaderValue::from_str(&location) {
                 r.headers_mut().insert(http::header::LOCATION, v);
@@ -393,13 +393,13 @@ pub struct RecordingSleeper(Mutex<Vec<Duration>>);
 impl RecordingSleeper {
     /// The sleeps requested so far.
     pub fn sleeps(&self) -> Vec<Duration> {
-        lock(&self.0).clone()
+        self.0.lock().clone()
     }
 }
 
 impl iicp_client::time::Sleeper for RecordingSleeper {
     fn sleep(&self, d: Duration) -> iicp_client::time::SleepFuture {
-        lock(&self.0).push(d);
+        self.0.lock().push(d);
         Box::pin(async {})
     }
 }

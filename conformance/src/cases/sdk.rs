@@ -13,8 +13,9 @@
 //! Ids: `SDK-0N` where both readings coincide, `SDK-0N-SEED` / `SDK-0N-SPEC` where they
 //! differ.
 
+use parking_lot::Mutex;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
@@ -639,15 +640,13 @@ struct LogBuffer(Arc<Mutex<Vec<u8>>>);
 
 impl LogBuffer {
     fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().map(|g| g.clone()).unwrap_or_default()).into_owned()
+        String::from_utf8_lossy(&self.0.lock()).into_owned()
     }
 }
 
 impl Write for LogBuffer {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut g) = self.0.lock() {
-            g.extend_from_slice(buf);
-        }
+        self.0.lock().extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {

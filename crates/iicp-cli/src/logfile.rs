@@ -1,16 +1,16 @@
 //! The `--log-dir` copy of the log: a second `tracing` output (no colours) that writes
 //! to a file once `serve` knows its node id, and to nothing before.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::fs::File;
 use std::io::Write;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tracing_subscriber::fmt::MakeWriter;
 
 static FILE: Mutex<Option<File>> = Mutex::new(None);
 
 fn slot() -> MutexGuard<'static, Option<File>> {
-    FILE.lock().unwrap_or_else(PoisonError::into_inner)
+    FILE.lock()
 }
 
 /// From now on every log line is also appended to `file`.

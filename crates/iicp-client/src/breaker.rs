@@ -2,8 +2,8 @@
 //! open it; 30 s later it is half-open and lets one probe through; the probe's success
 //! closes it, its failure reopens it. Time is injected ([`Clock`]). The table is bounded.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::time::Clock;
@@ -34,7 +34,7 @@ impl Breakers {
     /// exactly one probe until its outcome is recorded.
     pub(crate) fn allow(&self, node: &str, clock: &dyn Clock) -> bool {
         let now = clock.now();
-        let mut nodes = lock(&self.nodes);
+        let mut nodes = self.nodes.lock();
         let Some(state) = nodes.get_mut(node) else {
             return true;
         };
@@ -56,7 +56,7 @@ impl Breakers {
     /// half-open probe.
     pub(crate) fn is_open(&self, node: &str, clock: &dyn Clock) -> bool {
         let now = clock.now();
-        let nodes = lock(&self.nodes);
+        let nodes = self.nodes.lock();
         match nodes
             .get(node)
             .and_then(|s| s.opened_at.map(|at| (at, s.probing)))
@@ -67,12 +67,12 @@ impl Breakers {
     }
 
     pub(crate) fn record_success(&self, node: &str) {
-        lock(&self.nodes).remove(node);
+        self.nodes.lock().remove(node);
     }
 
     pub(crate) fn record_failure(&self, node: &str, clock: &dyn Clock) {
         let now = clock.now();
-        let mut nodes = lock(&self.nodes);
+        let mut nodes = self.nodes.lock();
         if !nodes.contains_key(node) && nodes.len() >= MAX_TRACKED {
             evict(&mut nodes);
         }
@@ -95,7 +95,7 @@ impl Breakers {
 
     /// Releases a half-open probe whose outcome says nothing about the node's health.
     pub(crate) fn release_probe(&self, node: &str) {
-        if let Some(state) = lock(&self.nodes).get_mut(node) {
+        if let Some(state) = self.nodes.lock().get_mut(node) {
             state.probing = false;
         }
     }
@@ -113,30 +113,20 @@ fn evict(nodes: &mut HashMap<String, State>) {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex as StdMutex;
+    use parking_lot::Mutex as StdMutex;
 
     struct Manual(StdMutex<Instant>);
     impl Clock for Manual {
         fn now(&self) -> Instant {
-            *self
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
+            *self.0.lock()
         }
     }
     impl Manual {
         fn advance(&self, d: Duration) {
-            let mut t = self
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut t = self.0.lock();
             *t += d;
         }
     }
@@ -187,6 +177,6 @@ mod tests {
         for i in 0..(MAX_TRACKED + 10) {
             b.record_failure(&format!("n{i}"), &clock);
         }
-        assert!(lock(&b.nodes).len() <= MAX_TRACKED);
+        assert!(b.nodes.lock().len() <= MAX_TRACKED);
     }
 }

@@ -18,9 +18,10 @@
 //! 6. `no_nodes_available` (+ `IICP-E033`) when no candidate was eligible,
 //!    `all_nodes_failed` (last node error as source) when every candidate failed.
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use iicp_proto::crypto::cx::NodePublicKey;
@@ -925,7 +926,7 @@ impl Client {
             RouteDiscovery::Ticketed => true,
             RouteDiscovery::Auto => {
                 let now = self.inner.env.clock.now();
-                let mut off = lock(&self.inner.ticketing_off_until);
+                let mut off = self.inner.ticketing_off_until.lock();
                 match *off {
                     Some(until) if now < until => false,
                     Some(_) => {
@@ -1033,7 +1034,7 @@ impl Client {
                                 continue;
                             }
                             let until = self.inner.env.clock.now() + TICKETING_RECHECK;
-                            *lock(&self.inner.ticketing_off_until) = Some(until);
+                            *self.inner.ticketing_off_until.lock() = Some(until);
                             tracing::debug!("directory lacks ticketed dispatch; using discover");
                             *source = self.list_source(p, skips).await?;
                             *profile = self.inner.strategy.name();
@@ -1169,7 +1170,7 @@ impl Client {
         let (caller, node_token) = self.inner.node_credentials.as_ref()?;
         let key = (target.to_owned(), intent.to_owned());
         let now = unix_now();
-        if let Some((tok, exp)) = lock(&self.inner.tokens).get(&key) {
+        if let Some((tok, exp)) = self.inner.tokens.lock().get(&key) {
             if now.saturating_add(TOKEN_RENEW_BEFORE_SECS) < *exp {
                 return Some(tok.clone());
             }
@@ -1182,7 +1183,7 @@ impl Client {
         {
             Ok(resp) => {
                 let exp = resp.expires_at.unwrap_or(now.saturating_add(300));
-                let mut tokens = lock(&self.inner.tokens);
+                let mut tokens = self.inner.tokens.lock();
                 if tokens.len() >= TOKEN_CACHE_ENTRIES {
                     tokens.retain(|_, (_, e)| now.saturating_add(TOKEN_RENEW_BEFORE_SECS) < *e);
                     if tokens.len() >= TOKEN_CACHE_ENTRIES {
@@ -1211,7 +1212,7 @@ impl Client {
             .collect::<Vec<_>>()
             .join("&");
         let now = self.inner.env.clock.now();
-        if let Some((expires, list)) = lock(&self.inner.discovery_cache).get(&key) {
+        if let Some((expires, list)) = self.inner.discovery_cache.lock().get(&key) {
             if now < *expires {
                 return Ok(Arc::clone(list));
             }
@@ -1228,7 +1229,7 @@ impl Client {
             m.min(self.inner.discovery_ttl)
         });
         if !ttl.is_zero() {
-            let mut cache = lock(&self.inner.discovery_cache);
+            let mut cache = self.inner.discovery_cache.lock();
             if cache.len() >= DISCOVERY_CACHE_ENTRIES {
                 cache.retain(|_, (e, _)| now < *e);
                 if cache.len() >= DISCOVERY_CACHE_ENTRIES {
@@ -1244,7 +1245,7 @@ impl Client {
     /// answered, with the time left as `retry_after`, and no request sent.
     fn directory_gate(&self) -> Result<(), Error> {
         let now = self.inner.env.clock.now();
-        let mut wait = lock(&self.inner.directory_wait);
+        let mut wait = self.inner.directory_wait.lock();
         match wait.as_ref() {
             Some((until, body)) if now < *until => {
                 let mut body = body.clone();
@@ -1269,7 +1270,7 @@ impl Client {
             {
                 let after = after.min(MAX_DIRECTORY_WAIT);
                 let until = self.inner.env.clock.now() + after;
-                *lock(&self.inner.directory_wait) = Some((until, body.clone()));
+                *self.inner.directory_wait.lock() = Some((until, body.clone()));
                 tracing::debug!(
                     wait_ms = after.as_millis() as u64,
                     "directory asked to wait"
@@ -1281,7 +1282,7 @@ impl Client {
 
     /// Drops cached discovery results (e.g. after the mesh changed).
     pub fn clear_discovery_cache(&self) {
-        lock(&self.inner.discovery_cache).clear();
+        self.inner.discovery_cache.lock().clear();
     }
 
     // -----------------------------------------------------------------------------
@@ -1558,10 +1559,6 @@ fn to_completion(result: &Value, task_id: &TaskId) -> Option<ChatCompletion> {
         obj.insert("id".into(), Value::from(task_id.as_str()));
     }
     serde_json::from_value(Value::Object(obj)).ok()
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

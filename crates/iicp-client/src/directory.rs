@@ -16,7 +16,8 @@
 //!
 //! [`Client`]: crate::Client
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use iicp_proto::crypto::token::{
@@ -151,7 +152,7 @@ impl DirectoryClient {
                 origin: self.inner.origin.clone(),
                 http: self.inner.http.clone(),
                 timeout,
-                key: Mutex::new(*lock(&self.inner.key)),
+                key: Mutex::new(*self.inner.key.lock()),
             }),
         }
     }
@@ -382,7 +383,7 @@ impl DirectoryClient {
     /// 503 `not_configured` when the directory has no key, `backend_error` for a key
     /// that is not 64 hex digits of an Ed25519 point, transport errors.
     pub async fn directory_key(&self) -> Result<DirectoryPublicKey, Error> {
-        if let Some(key) = *lock(&self.inner.key) {
+        if let Some(key) = *self.inner.key.lock() {
             return Ok(key);
         }
         let http = self.inner.http.get(self.url("/v1/directory-key"));
@@ -393,7 +394,7 @@ impl DirectoryClient {
             .map_err(|e| Error::protocol(format!("directory key refused: {e}")).with_source(e))?;
         let key = DirectoryPublicKey::from_bytes(&bytes)
             .map_err(|e| Error::protocol(format!("directory key refused: {e}")).with_source(e))?;
-        *lock(&self.inner.key) = Some(key);
+        *self.inner.key.lock() = Some(key);
         Ok(key)
     }
 
@@ -572,10 +573,6 @@ pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

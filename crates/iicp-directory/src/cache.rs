@@ -16,10 +16,11 @@
 //! Computing a missing entry is single-flight per query (sharded locks): concurrent
 //! requests for it wait for the one computation instead of repeating it.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use crate::store::NodeState;
 
@@ -88,7 +89,7 @@ impl DiscoverCache {
     /// What is cached for `query` at `now_ms`.
     pub(crate) fn lookup(&self, query: &str, now_ms: u64) -> Lookup {
         let generation = self.generation();
-        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let entries = self.entries.lock();
         let Some(hit) = entries
             .get(query)
             .filter(|h| h.generation == generation && now_ms >= h.at_ms)
@@ -129,7 +130,7 @@ impl DiscoverCache {
             count,
             relay_available,
         });
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut entries = self.entries.lock();
         if entries.len() >= MAX_ENTRIES && !entries.contains_key(&query) {
             entries.clear();
         }
@@ -217,7 +218,7 @@ mod tests {
         for i in 0..(MAX_ENTRIES + 10) {
             put(&c, &format!("q{i}"), 1);
         }
-        let len = c.entries.lock().unwrap().len();
+        let len = c.entries.lock().len();
         assert!(len <= MAX_ENTRIES, "{len}");
         assert!(fresh(&c, &format!("q{}", MAX_ENTRIES + 9), 1));
         // one lock per query, whatever its shard

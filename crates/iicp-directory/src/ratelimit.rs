@@ -5,9 +5,9 @@
 //! Memory is bounded: at most `max_keys` sources are tracked; when the table is full,
 //! sources whose window has emptied are dropped first, then the stalest source.
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::Mutex;
 
 /// A rolling-window limiter: `limit` events per `window_ms` per key.
 #[derive(Debug)]
@@ -31,10 +31,7 @@ impl RateLimiter {
     /// Records an event for `key` at `now_ms`. `Err(retry_after_ms)` when over the limit
     /// (the refused event is not recorded).
     pub(crate) fn check(&self, key: IpAddr, now_ms: u64) -> Result<(), u64> {
-        let mut hits = match self.hits.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut hits = self.hits.lock();
         // Events at or before `cutoff` are outside the window (none early in the epoch).
         let cutoff = now_ms.checked_sub(self.window_ms);
         let expired = |t: u64| cutoff.is_some_and(|c| t <= c);
@@ -84,6 +81,6 @@ mod tests {
             let other = IpAddr::from([10, 0, 0, i]);
             assert!(rl.check(other, 2000).is_ok());
         }
-        assert!(rl.hits.lock().unwrap().len() <= 2);
+        assert!(rl.hits.lock().len() <= 2);
     }
 }

@@ -3,10 +3,11 @@
 //! per-node mutation locks and the signing keys. PROTOCOL.md §8.12 (state axes and
 //! timers).
 
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock};
 
 use iicp_proto::crypto::token::DirectoryKey;
 use iicp_proto::directory::RegisterRequest;
@@ -202,10 +203,7 @@ impl Core {
     }
 
     pub(crate) fn read(&self) -> RwLockReadGuard<'_, Registry> {
-        match self.registry.read() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        self.registry.read()
     }
 
     /// Replaces the working-set state of `node_id` after it was stored, and drops cached
@@ -228,10 +226,7 @@ impl Core {
     /// Write access to the node set. Callers that add, remove or rename nodes also call
     /// `discover_cache.invalidate()`; state updates go through [`Core::replace_state`].
     pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Registry> {
-        match self.registry.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        self.registry.write()
     }
 
     /// The mutation lock of `node_id`: register, heartbeat, deregister and probe

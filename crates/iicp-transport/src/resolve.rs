@@ -203,14 +203,14 @@ mod tests {
 
     #[tokio::test]
     async fn the_rule_sees_the_whole_answer() {
-        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
         let s = Arc::clone(&seen);
         let rule = AddressRule::new(move |addrs| {
-            s.lock().unwrap().extend_from_slice(addrs);
+            s.lock().extend_from_slice(addrs);
             true
         });
         resolve("localhost", 80, Some(&rule)).await.unwrap();
-        let seen = seen.lock().unwrap();
+        let seen = seen.lock();
         assert!(!seen.is_empty());
         assert!(seen.iter().all(IpAddr::is_loopback));
     }

@@ -1,7 +1,7 @@
 //! In-process [`Store`]: nothing survives the process. For tests and throwaway meshes.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard};
 
 use super::{NodeRecord, NodeState, ReceiptOutcome, ReceiptRecord, Store, StoreFuture};
 
@@ -38,10 +38,7 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        match self.inner.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        self.inner.lock()
     }
 }
 

@@ -8,8 +8,9 @@
 //! `last_seen_ms`, plus the full REGISTER JSON and the dynamic state as JSON;
 //! `directory_key`, `receipts` (unique `(node_id, nonce)`), `credits` and `operators`.
 
+use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use iicp_proto::secret::Secret;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -112,7 +113,7 @@ impl SqliteStore {
 
     /// The schema version of the open database.
     pub fn schema_version(&self) -> Result<i64, StoreError> {
-        let conn = lock(&self.conn);
+        let conn = self.conn.lock();
         Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
     }
 
@@ -124,19 +125,12 @@ impl SqliteStore {
         let conn = Arc::clone(&self.conn);
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
-                let mut guard = lock(&conn);
+                let mut guard = conn.lock();
                 f(&mut guard)
             })
             .await
             .map_err(|_| StoreError::Task)?
         })
-    }
-}
-
-fn lock(conn: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
-    match conn.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
     }
 }
 

@@ -18,10 +18,11 @@
 //! the same checks. Payloads are never logged, and source addresses are not logged
 //! either.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{Method, StatusCode};
@@ -235,10 +236,7 @@ struct Registry {
 
 impl Registry {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // a poisoned lock only means a panic elsewhere; the maps stay consistent
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock()
     }
 
     fn alive(&self, worker_id: &str) -> Option<Session> {

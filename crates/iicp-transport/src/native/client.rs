@@ -5,9 +5,10 @@
 //! resent); a failed or closed connection is replaced on the next call. After an ACK
 //! timeout the endpoint is not dialled again for [`NativeClientConfig::ack_backoff`].
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use iicp_proto::message::{Call, Response};
@@ -116,7 +117,7 @@ impl NativeClient {
         endpoint: &NativeEndpoint,
     ) -> Result<ConnectionHandle, NativeError> {
         let slot = {
-            let mut slots = lock(&self.inner.slots);
+            let mut slots = self.inner.slots.lock();
             slots.entry(endpoint.clone()).or_default().clone()
         };
         let mut guard = slot.lock().await;
@@ -125,7 +126,7 @@ impl NativeClient {
                 return Ok(conn.clone());
             }
         }
-        if let Some(until) = lock(&self.inner.backoff).get(endpoint) {
+        if let Some(until) = self.inner.backoff.lock().get(endpoint) {
             if Instant::now() < *until {
                 return Err(NativeError::BackingOff(endpoint.to_string()));
             }
@@ -137,12 +138,12 @@ impl NativeClient {
 
     /// Number of pooled endpoints (live or not).
     pub fn pooled(&self) -> usize {
-        lock(&self.inner.slots).len()
+        self.inner.slots.lock().len()
     }
 
     /// Closes every pooled connection gracefully.
     pub fn close_all(&self) {
-        let slots: Vec<Slot> = lock(&self.inner.slots).drain().map(|(_, s)| s).collect();
+        let slots: Vec<Slot> = self.inner.slots.lock().drain().map(|(_, s)| s).collect();
         for slot in slots {
             if let Ok(guard) = slot.try_lock() {
                 if let Some(c) = guard.as_ref() {
@@ -240,7 +241,10 @@ impl NativeClient {
         tokio::spawn(async move {
             if let Ok(info) = task.await {
                 if info.reason == "ack_timeout" {
-                    lock(&inner.backoff).insert(ep, Instant::now() + inner.config.ack_backoff);
+                    inner
+                        .backoff
+                        .lock()
+                        .insert(ep, Instant::now() + inner.config.ack_backoff);
                 }
             }
         });
@@ -248,7 +252,7 @@ impl NativeClient {
     }
 
     fn tls_connector(&self) -> Result<tokio_rustls::TlsConnector, NativeError> {
-        let mut cached = lock(&self.inner.tls);
+        let mut cached = self.inner.tls.lock();
         if let Some(c) = cached.as_ref() {
             return Ok(c.clone());
         }
@@ -275,9 +279,4 @@ impl NativeClient {
         *cached = Some(connector.clone());
         Ok(connector)
     }
-}
-
-/// Locks a std mutex, recovering the data if a holder panicked (the maps stay valid).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

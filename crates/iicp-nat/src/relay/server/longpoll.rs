@@ -14,9 +14,10 @@
 //! are bounded; payloads and session tokens are never logged. Streaming lifecycle events
 //! are accepted and ignored (the relay answers with the final `result`).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::AUTHORIZATION;
@@ -57,25 +58,21 @@ pub(super) struct HttpSession {
     liveness: Duration,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl HttpSession {
     pub(super) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
             || (self.pulling.load(Ordering::Relaxed) == 0
-                && lock(&self.last_seen).elapsed() > self.liveness)
+                && self.last_seen.lock().elapsed() > self.liveness)
     }
 
     pub(super) fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
         // waiting forwards see their sender dropped and fail
-        lock(&self.pending).clear();
+        self.pending.lock().clear();
     }
 
     fn touch(&self) {
-        *lock(&self.last_seen) = Instant::now();
+        *self.last_seen.lock() = Instant::now();
     }
 
     /// Queues `task` for the worker's next pull and waits for its result.
@@ -87,7 +84,7 @@ impl HttpSession {
     ) -> Result<Value, ForwardError> {
         let (tx, rx) = oneshot::channel();
         {
-            let mut pending = lock(&self.pending);
+            let mut pending = self.pending.lock();
             if pending.len() >= self.max_pending {
                 return Err(ForwardError::Failed);
             }
@@ -98,14 +95,14 @@ impl HttpSession {
             task: task.clone(),
         };
         if self.calls_tx.try_send(pushed).is_err() {
-            lock(&self.pending).remove(&call_id);
+            self.pending.lock().remove(&call_id);
             return Err(ForwardError::Failed);
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(_)) => Err(ForwardError::Failed),
             Err(_) => {
-                lock(&self.pending).remove(&call_id);
+                self.pending.lock().remove(&call_id);
                 Err(ForwardError::Timeout)
             }
         }
@@ -270,7 +267,7 @@ async fn result(relay: RelayHandle, mut req: Request) -> Result<Response, HttpEr
     let call_id = str_field(&body, "call_id").ok_or_else(incomplete)?;
     match (body.get("result"), body.get("event")) {
         (Some(result), _) => {
-            if let Some(tx) = lock(&session.pending).remove(&call_id) {
+            if let Some(tx) = session.pending.lock().remove(&call_id) {
                 let _ = tx.send(result.clone());
             }
         }
