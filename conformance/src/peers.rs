@@ -669,7 +669,10 @@ impl RecordingEcho {
 }
 
 impl TaskHandler for RecordingEcho {
-    fn handle(&self, task: iicp_node::Task) -> BoxFuture<Result<TaskOutput, HandlerError>> {
+    fn handle(
+        &self,
+        task: iicp_node::Task,
+    ) -> BoxFuture<'static, Result<TaskOutput, HandlerError>> {
         self.seen.lock().push(Arrived {
             task_id: task.task_id.as_str().to_owned(),
             transport: task.transport,

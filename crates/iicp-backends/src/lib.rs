@@ -29,7 +29,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,7 +62,7 @@ pub const EMBEDDING_INTENT: &str = "urn:iicp:intent:llm:embedding:v1";
 pub const MAX_ERROR_TEXT: usize = 512;
 
 /// A boxed, sendable future.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use futures_util::future::BoxFuture;
 
 /// The model-server dialects this crate speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -116,24 +116,11 @@ fn evict(nodes: &mut HashMap<String, State>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use parking_lot::Mutex as StdMutex;
-
-    struct Manual(StdMutex<Instant>);
-    impl Clock for Manual {
-        fn now(&self) -> Instant {
-            *self.0.lock()
-        }
-    }
-    impl Manual {
-        fn advance(&self, d: Duration) {
-            let mut t = self.0.lock();
-            *t += d;
-        }
-    }
+    use iicp_proto::time::ManualClock;
 
     #[test]
     fn opens_after_five_and_half_opens_after_thirty_seconds() {
-        let clock = Manual(StdMutex::new(Instant::now()));
+        let clock = ManualClock::starting_now();
         let b = Breakers::default();
         for _ in 0..4 {
             b.record_failure("n", &clock);
@@ -158,7 +145,7 @@ mod tests {
 
     #[test]
     fn success_resets_the_count() {
-        let clock = Manual(StdMutex::new(Instant::now()));
+        let clock = ManualClock::starting_now();
         let b = Breakers::default();
         for _ in 0..4 {
             b.record_failure("n", &clock);
@@ -172,7 +159,7 @@ mod tests {
 
     #[test]
     fn bounded() {
-        let clock = Manual(StdMutex::new(Instant::now()));
+        let clock = ManualClock::starting_now();
         let b = Breakers::default();
         for i in 0..(MAX_TRACKED + 10) {
             b.record_failure(&format!("n{i}"), &clock);

@@ -5,20 +5,16 @@
 //! own implementations to [`ClientBuilder`](crate::ClientBuilder).
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand_core::{OsRng, RngCore};
 
 /// A boxed, sendable future returned by [`Sleeper::sleep`].
-pub type SleepFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+pub type SleepFuture = futures_util::future::BoxFuture<'static, ()>;
 
-/// A monotonic clock (circuit breaker, discovery cache, consumer-token cache).
-pub trait Clock: Send + Sync + 'static {
-    /// The current instant.
-    fn now(&self) -> Instant;
-}
+/// The clock (its monotonic [`Clock::now`] times the circuit breaker, the discovery
+/// cache and the consumer-token cache): the workspace's one, from [`iicp_proto::time`].
+pub use iicp_proto::time::{Clock, ManualClock, SystemClock};
 
 /// Waits between retries (PROTOCOL.md §7.1 back-off).
 pub trait Sleeper: Send + Sync + 'static {
@@ -31,16 +27,6 @@ pub trait Sleeper: Send + Sync + 'static {
 pub trait Random: Send + Sync + 'static {
     /// A uniform number in `[0, 1)`.
     fn next_f64(&self) -> f64;
-}
-
-/// [`Instant::now`].
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
 }
 
 /// [`tokio::time::sleep`].

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use iicp_client::time::ManualClock;
 use iicp_client::{Error, ErrorCode, RouteDiscovery};
 use iicp_proto::crypto::cx::CxKeyPair;
 use rand_core::OsRng;
@@ -248,7 +249,7 @@ async fn one_task_id_and_one_traceparent_across_attempts() {
 async fn circuit_breaker_opens_after_five_failures_for_thirty_seconds() {
     let always_503: Vec<Reply> = (0..50).map(|_| status(503)).collect();
     let (dir, nodes) = mesh(vec![always_503, vec![]]).await;
-    let clock = Arc::new(ManualClock::new());
+    let clock = Arc::new(ManualClock::starting_now());
     let client = builder(&dir, Arc::new(RecordingSleeper::default()))
         .clock(clock.clone())
         .route_discovery(RouteDiscovery::Legacy)
@@ -279,7 +280,7 @@ async fn half_open_probe_success_closes_the_breaker() {
     let mut script: Vec<Reply> = (0..5).map(|_| status(503)).collect();
     script.push(Reply::Ok);
     let (dir, nodes) = mesh(vec![script, vec![]]).await;
-    let clock = Arc::new(ManualClock::new());
+    let clock = Arc::new(ManualClock::starting_now());
     let client = builder(&dir, Arc::new(RecordingSleeper::default()))
         .clock(clock.clone())
         .build()

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use iicp_client::time::ManualClock;
 use iicp_client::{
     ChatOptions, Client, DiscoverOptions, Encryption, ErrorCode, RouteDiscovery, Task,
 };
@@ -250,7 +251,7 @@ async fn without_api_token_no_authorization_header_is_sent() {
 async fn discovery_is_cached_for_a_few_seconds() {
     let node = fake_node(&node_id(1), key(), vec![]).await;
     let dir = fake_directory(vec![node.entry()], Tickets::Off).await;
-    let clock = Arc::new(ManualClock::new());
+    let clock = Arc::new(ManualClock::starting_now());
     let client = builder(&dir, Arc::new(RecordingSleeper::default()))
         .route_discovery(RouteDiscovery::Legacy)
         .clock(clock.clone())

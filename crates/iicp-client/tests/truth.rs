@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use http::{Method, StatusCode};
+use iicp_client::time::ManualClock;
 use iicp_client::{DiscoverOptions, ErrorCode, RouteDiscovery};
 use iicp_proto::crypto::cx::CxKeyPair;
 use iicp_transport::http::server::{json, Request, Router};
@@ -144,7 +145,7 @@ async fn busy_directory() -> (Server, Arc<std::sync::atomic::AtomicUsize>) {
 #[tokio::test]
 async fn a_directory_retry_after_is_remembered_across_calls() {
     let (server, hits) = busy_directory().await;
-    let clock = Arc::new(ManualClock::new());
+    let clock = Arc::new(ManualClock::starting_now());
     let client = iicp_client::Client::builder()
         .directory_url(format!("{}/api", server.url()))
         .allow_private_endpoints(true)

@@ -404,7 +404,10 @@ mod tests {
     }
 
     impl DirectoryApi for Outage {
-        fn register(&self, _: &RegisterRequest) -> BoxFuture<Result<RegisterAck, DirectoryError>> {
+        fn register(
+            &self,
+            _: &RegisterRequest,
+        ) -> BoxFuture<'static, Result<RegisterAck, DirectoryError>> {
             let r = self.call("register").map(|()| RegisterAck {
                 node_id: "node-1".into(),
                 node_token: Some(Secret::new(TOKEN)),
@@ -417,18 +420,24 @@ mod tests {
             &self,
             _: &Secret,
             _: &HeartbeatRequest,
-        ) -> BoxFuture<Result<HeartbeatResponse, DirectoryError>> {
+        ) -> BoxFuture<'static, Result<HeartbeatResponse, DirectoryError>> {
             let r = self
                 .call("heartbeat")
                 .map(|()| HeartbeatResponse::default());
             Box::pin(async move { r })
         }
 
-        fn deregister(&self, _: &Secret, _: &str) -> BoxFuture<Result<(), DirectoryError>> {
+        fn deregister(
+            &self,
+            _: &Secret,
+            _: &str,
+        ) -> BoxFuture<'static, Result<(), DirectoryError>> {
             Box::pin(async { Ok(()) })
         }
 
-        fn directory_key(&self) -> BoxFuture<Result<Option<DirectoryPublicKey>, DirectoryError>> {
+        fn directory_key(
+            &self,
+        ) -> BoxFuture<'static, Result<Option<DirectoryPublicKey>, DirectoryError>> {
             Box::pin(async { Ok(None) })
         }
     }

@@ -53,7 +53,7 @@ fn map_error(e: BackendError) -> HandlerError {
 }
 
 impl TaskHandler for BackendHandler {
-    fn handle(&self, task: Task) -> BoxFuture<Result<TaskOutput, HandlerError>> {
+    fn handle(&self, task: Task) -> BoxFuture<'static, Result<TaskOutput, HandlerError>> {
         let backend = Arc::clone(&self.backend);
         Box::pin(async move {
             let remaining = task.remaining();
@@ -133,7 +133,7 @@ impl Default for EchoModel {
 }
 
 impl TaskHandler for EchoModel {
-    fn handle(&self, task: Task) -> BoxFuture<Result<TaskOutput, HandlerError>> {
+    fn handle(&self, task: Task) -> BoxFuture<'static, Result<TaskOutput, HandlerError>> {
         let out = self
             .complete(&task.payload)
             .map(|v| TaskOutput::new(v).with_model(self.name.clone()));

@@ -354,20 +354,29 @@ impl DirectoryStatus {
 /// own to embed the node elsewhere or to script a directory in tests.
 pub trait DirectoryApi: Send + Sync + fmt::Debug + 'static {
     /// `POST /v1/register` → the ACK (HTTP 201).
-    fn register(&self, req: &RegisterRequest) -> BoxFuture<Result<RegisterAck, DirectoryError>>;
+    fn register(
+        &self,
+        req: &RegisterRequest,
+    ) -> BoxFuture<'static, Result<RegisterAck, DirectoryError>>;
 
     /// `POST /v1/heartbeat` with `Authorization: Bearer <token>` → the PONG.
     fn heartbeat(
         &self,
         token: &Secret,
         req: &HeartbeatRequest,
-    ) -> BoxFuture<Result<HeartbeatResponse, DirectoryError>>;
+    ) -> BoxFuture<'static, Result<HeartbeatResponse, DirectoryError>>;
 
     /// `DELETE /v1/register` with `{node_id}`; 404 counts as done.
-    fn deregister(&self, token: &Secret, node_id: &str) -> BoxFuture<Result<(), DirectoryError>>;
+    fn deregister(
+        &self,
+        token: &Secret,
+        node_id: &str,
+    ) -> BoxFuture<'static, Result<(), DirectoryError>>;
 
     /// `GET /v1/directory-key`; `None` when the directory has no key (404/503).
-    fn directory_key(&self) -> BoxFuture<Result<Option<DirectoryPublicKey>, DirectoryError>>;
+    fn directory_key(
+        &self,
+    ) -> BoxFuture<'static, Result<Option<DirectoryPublicKey>, DirectoryError>>;
 
     /// `POST /v1/credits/award` with a signed receipt body (§8.11). The default says
     /// the operation is unsupported.
@@ -375,7 +384,7 @@ pub trait DirectoryApi: Send + Sync + fmt::Debug + 'static {
         &self,
         token: &Secret,
         receipt: &Value,
-    ) -> BoxFuture<Result<(), DirectoryError>> {
+    ) -> BoxFuture<'static, Result<(), DirectoryError>> {
         let _ = (token, receipt);
         Box::pin(async { Err(DirectoryError::unsupported("credits award")) })
     }
@@ -426,7 +435,10 @@ impl HttpDirectory {
 }
 
 impl DirectoryApi for HttpDirectory {
-    fn register(&self, req: &RegisterRequest) -> BoxFuture<Result<RegisterAck, DirectoryError>> {
+    fn register(
+        &self,
+        req: &RegisterRequest,
+    ) -> BoxFuture<'static, Result<RegisterAck, DirectoryError>> {
         let client = self.client.clone();
         let req = req.clone();
         Box::pin(async move {
@@ -441,7 +453,7 @@ impl DirectoryApi for HttpDirectory {
         &self,
         token: &Secret,
         req: &HeartbeatRequest,
-    ) -> BoxFuture<Result<HeartbeatResponse, DirectoryError>> {
+    ) -> BoxFuture<'static, Result<HeartbeatResponse, DirectoryError>> {
         let client = self.client.clone();
         let (token, req) = (token.clone(), req.clone());
         Box::pin(async move {
@@ -452,7 +464,11 @@ impl DirectoryApi for HttpDirectory {
         })
     }
 
-    fn deregister(&self, token: &Secret, node_id: &str) -> BoxFuture<Result<(), DirectoryError>> {
+    fn deregister(
+        &self,
+        token: &Secret,
+        node_id: &str,
+    ) -> BoxFuture<'static, Result<(), DirectoryError>> {
         let client = self.client.clone();
         let (token, node_id) = (token.clone(), node_id.to_owned());
         Box::pin(async move {
@@ -464,7 +480,9 @@ impl DirectoryApi for HttpDirectory {
         })
     }
 
-    fn directory_key(&self) -> BoxFuture<Result<Option<DirectoryPublicKey>, DirectoryError>> {
+    fn directory_key(
+        &self,
+    ) -> BoxFuture<'static, Result<Option<DirectoryPublicKey>, DirectoryError>> {
         let client = self.client.clone();
         Box::pin(async move {
             match client.directory_key().await {
@@ -479,7 +497,7 @@ impl DirectoryApi for HttpDirectory {
         &self,
         token: &Secret,
         receipt: &Value,
-    ) -> BoxFuture<Result<(), DirectoryError>> {
+    ) -> BoxFuture<'static, Result<(), DirectoryError>> {
         let rb = self
             .http
             .post_json(

@@ -120,12 +120,7 @@ impl NodeEvent {
     }
 }
 
-/// ISO-8601 UTC with milliseconds (`YYYY-MM-DDTHH:MM:SS.mmmZ`) of a time since the
-/// Unix epoch, the timestamp format of event logs.
-pub fn iso8601_millis(t: Duration) -> String {
-    let secs = crate::clock::iso8601(t.as_secs());
-    format!("{}.{:03}Z", secs.trim_end_matches('Z'), t.subsec_millis())
-}
+pub use iicp_proto::time::iso8601_millis;
 
 impl EventKind {
     /// The event name used in event logs (`register_ok`, …).
@@ -183,7 +178,10 @@ mod tests {
     }
 
     impl DirectoryApi for Flaky {
-        fn register(&self, _: &RegisterRequest) -> BoxFuture<Result<RegisterAck, DirectoryError>> {
+        fn register(
+            &self,
+            _: &RegisterRequest,
+        ) -> BoxFuture<'static, Result<RegisterAck, DirectoryError>> {
             let r = self.check("register").map(|()| RegisterAck {
                 node_id: "node-1".into(),
                 node_token: Some(Secret::new("tok-secret")),
@@ -196,16 +194,22 @@ mod tests {
             &self,
             _: &Secret,
             _: &HeartbeatRequest,
-        ) -> BoxFuture<Result<HeartbeatResponse, DirectoryError>> {
+        ) -> BoxFuture<'static, Result<HeartbeatResponse, DirectoryError>> {
             Box::pin(async { Err(DirectoryError::unsupported("heartbeat")) })
         }
 
-        fn deregister(&self, _: &Secret, _: &str) -> BoxFuture<Result<(), DirectoryError>> {
+        fn deregister(
+            &self,
+            _: &Secret,
+            _: &str,
+        ) -> BoxFuture<'static, Result<(), DirectoryError>> {
             let r = self.check("deregister");
             Box::pin(async move { r })
         }
 
-        fn directory_key(&self) -> BoxFuture<Result<Option<DirectoryPublicKey>, DirectoryError>> {
+        fn directory_key(
+            &self,
+        ) -> BoxFuture<'static, Result<Option<DirectoryPublicKey>, DirectoryError>> {
             Box::pin(async { Ok(None) })
         }
     }

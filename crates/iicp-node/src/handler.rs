@@ -13,7 +13,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use iicp_proto::error::{ErrorBody, ErrorCode, MAX_MESSAGE_CHARS};
@@ -24,7 +23,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 /// A boxed, sendable future.
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+pub use futures_util::future::BoxFuture;
 
 /// Which transport a task arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -303,7 +302,7 @@ impl HandlerError {
 /// ```
 pub trait TaskHandler: Send + Sync + 'static {
     /// Runs one task.
-    fn handle(&self, task: Task) -> BoxFuture<Result<TaskOutput, HandlerError>>;
+    fn handle(&self, task: Task) -> BoxFuture<'static, Result<TaskOutput, HandlerError>>;
 }
 
 impl<F, Fut, O> TaskHandler for F
@@ -312,7 +311,7 @@ where
     Fut: Future<Output = Result<O, HandlerError>> + Send + 'static,
     O: Into<TaskOutput>,
 {
-    fn handle(&self, task: Task) -> BoxFuture<Result<TaskOutput, HandlerError>> {
+    fn handle(&self, task: Task) -> BoxFuture<'static, Result<TaskOutput, HandlerError>> {
         let fut = self(task);
         Box::pin(async move { fut.await.map(Into::into) })
     }

@@ -55,7 +55,7 @@ impl NativeTasks {
 }
 
 impl CallHandler for NativeTasks {
-    fn handle(&self, call: Call, ctx: CallContext) -> BoxFuture<Response> {
+    fn handle(&self, call: Call, ctx: CallContext) -> BoxFuture<'static, Response> {
         let shared = Arc::clone(&self.shared);
         let handler = Arc::clone(&self.handler);
         Box::pin(async move { native_call(shared, handler, call, ctx).await })

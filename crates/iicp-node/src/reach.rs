@@ -290,7 +290,11 @@ struct RelayTasks {
 }
 
 impl CallHandler for RelayTasks {
-    fn handle(&self, call: Call, ctx: CallContext) -> iicp_transport::native::BoxFuture<Response> {
+    fn handle(
+        &self,
+        call: Call,
+        ctx: CallContext,
+    ) -> iicp_transport::native::BoxFuture<'static, Response> {
         let shared = Arc::clone(&self.shared);
         let handler = Arc::clone(&self.handler);
         Box::pin(async move {

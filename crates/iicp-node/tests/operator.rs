@@ -274,7 +274,10 @@ struct FakeDirectory {
 }
 
 impl DirectoryApi for FakeDirectory {
-    fn register(&self, req: &RegisterRequest) -> BoxFuture<Result<RegisterAck, DirectoryError>> {
+    fn register(
+        &self,
+        req: &RegisterRequest,
+    ) -> BoxFuture<'static, Result<RegisterAck, DirectoryError>> {
         let mut regs = self.registers.lock().expect("lock");
         regs.push(req.clone());
         let ack: RegisterAck = serde_json::from_value(json!({
@@ -290,17 +293,23 @@ impl DirectoryApi for FakeDirectory {
         &self,
         _token: &Secret,
         _req: &HeartbeatRequest,
-    ) -> BoxFuture<Result<HeartbeatResponse, DirectoryError>> {
+    ) -> BoxFuture<'static, Result<HeartbeatResponse, DirectoryError>> {
         let pong: HeartbeatResponse =
             serde_json::from_value(json!({"ok": true, "next_heartbeat_ms": 20})).expect("pong");
         Box::pin(async move { Ok(pong) })
     }
 
-    fn deregister(&self, _token: &Secret, _node_id: &str) -> BoxFuture<Result<(), DirectoryError>> {
+    fn deregister(
+        &self,
+        _token: &Secret,
+        _node_id: &str,
+    ) -> BoxFuture<'static, Result<(), DirectoryError>> {
         Box::pin(async { Ok(()) })
     }
 
-    fn directory_key(&self) -> BoxFuture<Result<Option<DirectoryPublicKey>, DirectoryError>> {
+    fn directory_key(
+        &self,
+    ) -> BoxFuture<'static, Result<Option<DirectoryPublicKey>, DirectoryError>> {
         Box::pin(async { Ok(None) })
     }
 }

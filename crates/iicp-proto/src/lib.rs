@@ -31,3 +31,4 @@ pub mod message;
 pub mod secret;
 pub mod session;
 pub mod task;
+pub mod time;

@@ -13,7 +13,6 @@
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::str::FromStr;
 
 use iicp_proto::message::{Call, Discover, Response};
@@ -28,7 +27,7 @@ pub use connection::{CloseInfo, ConnectionConfig, ConnectionHandle};
 pub use iicp_proto::constants::DEFAULT_PORT;
 
 /// A boxed, sendable future, as returned by [`CallHandler::handle`].
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+pub use futures_util::future::BoxFuture;
 
 /// What a handler knows about the CALL's connection.
 #[derive(Clone, Debug)]
@@ -48,7 +47,7 @@ pub const DISCOVER_MAX_LIMIT: usize = 100;
 /// RESPONSE with the CALL: a response without session or call id gets the CALL's.
 pub trait CallHandler: Send + Sync + 'static {
     /// Runs one CALL to completion.
-    fn handle(&self, call: Call, ctx: CallContext) -> BoxFuture<Response>;
+    fn handle(&self, call: Call, ctx: CallContext) -> BoxFuture<'static, Response>;
 
     /// The nodes a DISCOVER on a task connection lists (PROTOCOL.md §10.5, §10.7): JSON
     /// objects with the directory's NODELIST field names, sent as string-keyed CBOR maps
@@ -78,7 +77,7 @@ where
     F: Fn(Call, CallContext) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response> + Send + 'static,
 {
-    fn handle(&self, call: Call, ctx: CallContext) -> BoxFuture<Response> {
+    fn handle(&self, call: Call, ctx: CallContext) -> BoxFuture<'static, Response> {
         Box::pin(self(call, ctx))
     }
 }

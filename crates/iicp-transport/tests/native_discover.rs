@@ -28,7 +28,7 @@ struct Handler {
 }
 
 impl CallHandler for Handler {
-    fn handle(&self, call: Call, _ctx: CallContext) -> BoxFuture<Response> {
+    fn handle(&self, call: Call, _ctx: CallContext) -> BoxFuture<'static, Response> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move { Response::success(&call, Body::cbor(&json!({"ok": true}))) })
     }

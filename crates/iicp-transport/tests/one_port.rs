@@ -293,7 +293,7 @@ async fn ack_announces_the_handler_node_id_of_the_moment() {
             &self,
             call: Call,
             _ctx: CallContext,
-        ) -> iicp_transport::native::BoxFuture<Response> {
+        ) -> iicp_transport::native::BoxFuture<'static, Response> {
             Box::pin(async move { Response::success(&call, Body::cbor(&serde_json::json!({}))) })
         }
         fn node_id(&self) -> Option<String> {

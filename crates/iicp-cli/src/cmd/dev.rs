@@ -98,7 +98,10 @@ impl TaskHandler for ArcHandler {
     fn handle(
         &self,
         task: iicp_node::Task,
-    ) -> iicp_node::handler::BoxFuture<Result<iicp_node::TaskOutput, iicp_node::HandlerError>> {
+    ) -> iicp_node::handler::BoxFuture<
+        'static,
+        Result<iicp_node::TaskOutput, iicp_node::HandlerError>,
+    > {
         self.0.handle(task)
     }
 }

@@ -10,10 +10,10 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Method, StatusCode};
-use iicp_client::time::{Clock, Random, SleepFuture, Sleeper};
+use iicp_client::time::{Random, SleepFuture, Sleeper};
 use iicp_proto::crypto::cx::{open_call, CxKeyPair, IicpConf};
 use iicp_proto::crypto::token::{DirectoryKey, DispatchTicketClaims};
 use iicp_transport::http::server::{
@@ -56,24 +56,6 @@ pub struct FixedRandom(pub f64);
 impl Random for FixedRandom {
     fn next_f64(&self) -> f64 {
         self.0
-    }
-}
-
-/// A clock moved by hand.
-pub struct ManualClock(pub Mutex<Instant>);
-
-impl ManualClock {
-    pub fn new() -> Self {
-        Self(Mutex::new(Instant::now()))
-    }
-    pub fn advance(&self, d: Duration) {
-        *lock(&self.0) += d;
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Instant {
-        *lock(&self.0)
     }
 }
 

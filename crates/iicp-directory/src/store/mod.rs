@@ -18,8 +18,6 @@ mod memory;
 mod sqlite;
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -32,7 +30,7 @@ pub use sqlite::SqliteStore;
 use crate::error::StoreError;
 
 /// The future every [`Store`] method returns.
-pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+pub type StoreFuture<'a, T> = futures_util::future::BoxFuture<'a, Result<T, StoreError>>;
 
 /// Credentials of one node, as stored.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]

@@ -95,7 +95,7 @@ pub type Request = http::Request<RequestBody>;
 pub type Response = http::Response<ResponseBody>;
 
 /// The future a [`Handler`] returns.
-pub type HandlerFuture = Pin<Box<dyn Future<Output = Response> + Send + 'static>>;
+pub type HandlerFuture = futures_util::future::BoxFuture<'static, Response>;
 
 /// The remote address of the connection a request arrived on (request extension).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
