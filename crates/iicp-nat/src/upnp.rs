@@ -4,9 +4,14 @@
 //! `AddPortMapping`, `DeletePortMapping`, `GetSpecificPortMappingEntry`, and
 //! WANIPv6FirewallControl `AddPinhole`, `UpdatePinhole`, `DeletePinhole`.
 //!
-//! Hand-written over [`iicp_transport::http::HttpClient`]: the control calls are small
-//! SOAP POSTs; descriptions and answers are parsed with `roxmltree`. Every exchange has a
-//! timeout and a response size cap; nothing here retries (the planner decides).
+//! `rupnp` sends the IPv4 SSDP search ([`ssdp::search_v4_group`]). Descriptions and SOAP
+//! exchanges go over [`iicp_transport::http::HttpClient`] and are parsed with `roxmltree`:
+//! `rupnp`'s own description and action calls cannot do what the planner needs — its
+//! actions report a SOAP fault sent with HTTP 500 (as UPnP sends them) as a bare status,
+//! losing 714/718/725/606; it reads answers without a size cap; it keeps control URLs
+//! private and cannot bind the source address pinhole calls must leave from
+//! (docs/adr/0011-rupnp-for-upnp.md). Every exchange has a timeout and a response size
+//! cap; nothing here retries (the planner decides).
 //!
 //! IPv6 pinholes: IGD2 gateways authorise `AddPinhole` (and the later `UpdatePinhole` and
 //! `DeletePinhole`) by the caller's address — miniupnpd answers 606 "Action not
@@ -304,9 +309,16 @@ impl UpnpDiscovery {
             Some(t) => t.clone(),
             None => ssdp::v6_targets(&crate::detect::ipv6_scopes()),
         };
-        let v4_target = [self.config.ssdp_target];
+        let v4_target = self.config.ssdp_target;
+        let v4_search = async {
+            if v4_target == ssdp::SSDP_GROUP_V4 {
+                ssdp::search_v4_group(&ssdp::SEARCH_TARGETS, timeout).await
+            } else {
+                ssdp::search(&[v4_target], &ssdp::SEARCH_TARGETS, timeout).await
+            }
+        };
         let (v4, v6) = tokio::join!(
-            ssdp::search(&v4_target, &ssdp::SEARCH_TARGETS, timeout),
+            v4_search,
             ssdp::search(&v6_targets, &ssdp::SEARCH_TARGETS, timeout),
         );
         let v6 = v6.unwrap_or_else(|e| {
@@ -903,6 +915,12 @@ mod tests {
             parse_fault("<e><errorCode> 606 </errorCode></e>"),
             Some((606, String::new()))
         );
+    }
+
+    #[test]
+    fn the_default_search_is_the_ipv4_group() {
+        // the default IPv4 search goes through rupnp (`ssdp::search_v4_group`)
+        assert_eq!(DiscoveryConfig::default().ssdp_target, ssdp::SSDP_GROUP_V4);
     }
 
     #[test]
