@@ -4,9 +4,14 @@
 //! `AddPortMapping`, `DeletePortMapping`, `GetSpecificPortMappingEntry`, and
 //! WANIPv6FirewallControl `AddPinhole`, `UpdatePinhole`, `DeletePinhole`.
 //!
-//! Hand-written over [`iicp_transport::http::HttpClient`]: the control calls are small
-//! SOAP POSTs and the answers are flat XML. Every exchange has a timeout and a response
-//! size cap; nothing here retries (the planner decides).
+//! `rupnp` sends the IPv4 SSDP search ([`ssdp::search_v4_group`]). Descriptions and SOAP
+//! exchanges go over [`iicp_transport::http::HttpClient`] and are parsed with `roxmltree`:
+//! `rupnp`'s own description and action calls cannot do what the planner needs — its
+//! actions report a SOAP fault sent with HTTP 500 (as UPnP sends them) as a bare status,
+//! losing 714/718/725/606; it reads answers without a size cap; it keeps control URLs
+//! private and cannot bind the source address pinhole calls must leave from
+//! (docs/adr/0011-rupnp-for-upnp.md). Every exchange has a timeout and a response size
+//! cap; nothing here retries (the planner decides).
 //!
 //! IPv6 pinholes: IGD2 gateways authorise `AddPinhole` (and the later `UpdatePinhole` and
 //! `DeletePinhole`) by the caller's address — miniupnpd answers 606 "Action not
@@ -88,6 +93,9 @@ pub enum UpnpError {
     /// An answer lacked a required element or had a bad value.
     #[error("malformed gateway answer: {0}")]
     Malformed(&'static str),
+    /// An answer (description or SOAP) is not well-formed XML, or too large a tree.
+    #[error("gateway answer is not usable XML")]
+    Xml(#[source] roxmltree::Error),
 }
 
 impl UpnpError {
@@ -301,9 +309,16 @@ impl UpnpDiscovery {
             Some(t) => t.clone(),
             None => ssdp::v6_targets(&crate::detect::ipv6_scopes()),
         };
-        let v4_target = [self.config.ssdp_target];
+        let v4_target = self.config.ssdp_target;
+        let v4_search = async {
+            if v4_target == ssdp::SSDP_GROUP_V4 {
+                ssdp::search_v4_group(&ssdp::SEARCH_TARGETS, timeout).await
+            } else {
+                ssdp::search(&[v4_target], &ssdp::SEARCH_TARGETS, timeout).await
+            }
+        };
         let (v4, v6) = tokio::join!(
-            ssdp::search(&v4_target, &ssdp::SEARCH_TARGETS, timeout),
+            v4_search,
             ssdp::search(&v6_targets, &ssdp::SEARCH_TARGETS, timeout),
         );
         let v6 = v6.unwrap_or_else(|e| {
@@ -442,17 +457,20 @@ struct Description {
     v6fc: Option<Service>,
 }
 
-/// Parses a device description ([`Description`]).
+/// Parses a device description ([`Description`]): every `service` element anywhere
+/// (root device and embedded devices alike) with its `serviceType` and `controlURL`,
+/// control URLs made absolute against `URLBase` or else `location`.
 fn parse_description(location: &str, xml_text: &str) -> Result<Description, UpnpError> {
-    let base = xml::text(xml_text, "URLBase")
+    let doc = xml::Xml::parse(xml_text).map_err(UpnpError::Xml)?;
+    let base = doc
+        .text("URLBase")
         .filter(|b| b.starts_with("http://"))
         .unwrap_or_else(|| location.to_owned());
-    let services: Vec<Service> = xml::elements(xml_text, "service")
-        .into_iter()
+    let services: Vec<Service> = xml::elements(doc.root(), "service")
         .filter_map(|s| {
             Some(Service {
-                service_type: xml::text(s, "serviceType")?,
-                control_url: join(&base, &xml::text(s, "controlURL")?),
+                service_type: xml::text_of(xml::first(s, "serviceType")?),
+                control_url: join(&base, &xml::text_of(xml::first(s, "controlURL")?)),
             })
         })
         .collect();
@@ -466,7 +484,7 @@ fn parse_description(location: &str, xml_text: &str) -> Result<Description, Upnp
         .find(|s| s.service_type == WAN_IPV6_FIREWALL_CONTROL)
         .cloned();
     // the first UDN of the document is the root device's
-    let udn = xml::text(xml_text, "UDN").filter(|u| !u.is_empty());
+    let udn = doc.text("UDN").filter(|u| !u.is_empty());
     Ok(Description { udn, wan, v6fc })
 }
 
@@ -485,13 +503,17 @@ fn envelope(service_type: &str, action: &str, args: &[(&str, String)]) -> String
     body
 }
 
-/// A SOAP fault's `errorCode` and `errorDescription`.
+/// A SOAP fault's `errorCode` and `errorDescription`; `None` when the text is not XML
+/// or has no numeric `errorCode`.
 fn parse_fault(xml_text: &str) -> Option<(u16, String)> {
-    let code = xml::text(xml_text, "errorCode")?.parse().ok()?;
-    Some((
-        code,
-        xml::text(xml_text, "errorDescription").unwrap_or_default(),
-    ))
+    let doc = xml::Xml::parse(xml_text).ok()?;
+    let code = doc.text("errorCode")?.parse().ok()?;
+    Some((code, doc.text("errorDescription").unwrap_or_default()))
+}
+
+/// Parses a SOAP answer whose values are needed.
+fn answer(text: &str) -> Result<xml::Xml<'_>, UpnpError> {
+    xml::Xml::parse(text).map_err(UpnpError::Xml)
 }
 
 impl Igd {
@@ -624,7 +646,9 @@ impl Igd {
     /// Exchange errors and SOAP faults.
     pub async fn get_external_ip(&self) -> Result<Option<IpAddr>, UpnpError> {
         let text = self.soap(&self.wan, "GetExternalIPAddress", &[]).await?;
-        let ip = xml::text(&text, "NewExternalIPAddress").unwrap_or_default();
+        let ip = answer(&text)?
+            .text("NewExternalIPAddress")
+            .unwrap_or_default();
         Ok(ip.parse::<IpAddr>().ok().filter(|ip| !ip.is_unspecified()))
     }
 
@@ -685,8 +709,11 @@ impl Igd {
             Err(UpnpError::Fault { code: 714, .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let field =
-            |n| xml::text(&text, n).ok_or(UpnpError::Malformed("mapping entry field missing"));
+        let doc = answer(&text)?;
+        let field = |n| {
+            doc.text(n)
+                .ok_or(UpnpError::Malformed("mapping entry field missing"))
+        };
         Ok(Some(MappingEntry {
             internal_port: field("NewInternalPort")?
                 .parse()
@@ -715,7 +742,8 @@ impl Igd {
         let text = self
             .soap_with(&client, service, "AddPinhole", &args)
             .await?;
-        let id = xml::text(&text, "UniqueID")
+        let id = answer(&text)?
+            .text("UniqueID")
             .and_then(|id| id.parse().ok())
             .ok_or(UpnpError::Malformed("AddPinhole answer without UniqueID"))?;
         self.owners().insert(id, p.internal_client);
@@ -869,11 +897,59 @@ mod tests {
             "<u:AddPortMapping xmlns:u=\"urn:schemas-upnp-org:service:WANIPConnection:1\">"
         ));
         assert!(e.contains("<NewPortMappingDescription>a&lt;b</NewPortMappingDescription>"));
-        let fault = r#"<s:Envelope><s:Body><s:Fault><faultcode>s:Client</faultcode><faultstring>UPnPError</faultstring><detail><UPnPError xmlns="urn:schemas-upnp-org:control-1-0"><errorCode>718</errorCode><errorDescription>ConflictInMappingEntry</errorDescription></UPnPError></detail></s:Fault></s:Body></s:Envelope>"#;
+        // namespaces declared: an undeclared prefix is not XML (below)
+        let fault = r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><s:Fault><faultcode>s:Client</faultcode><faultstring>UPnPError</faultstring><detail><UPnPError xmlns="urn:schemas-upnp-org:control-1-0"><errorCode>718</errorCode><errorDescription>ConflictInMappingEntry</errorDescription></UPnPError></detail></s:Fault></s:Body></s:Envelope>"#;
         assert_eq!(
             parse_fault(fault),
             Some((718, "ConflictInMappingEntry".to_owned()))
         );
         assert_eq!(parse_fault("<x/>"), None);
+        assert_eq!(
+            parse_fault("<s:Fault><errorCode>718</errorCode></s:Fault>"),
+            None
+        );
+        assert_eq!(parse_fault("<e><errorCode>7x</errorCode></e>"), None);
+        assert_eq!(parse_fault("<e><errorCode>99999</errorCode></e>"), None);
+        assert_eq!(parse_fault("Internal Server Error"), None);
+        assert_eq!(
+            parse_fault("<e><errorCode> 606 </errorCode></e>"),
+            Some((606, String::new()))
+        );
+    }
+
+    #[test]
+    fn the_default_search_is_the_ipv4_group() {
+        // the default IPv4 search goes through rupnp (`ssdp::search_v4_group`)
+        assert_eq!(DiscoveryConfig::default().ssdp_target, ssdp::SSDP_GROUP_V4);
+    }
+
+    #[test]
+    fn description_refuses_garbage_and_keeps_limits() {
+        let loc = "http://10.77.1.1:5000/rootDesc.xml";
+        for bad in ["", "not xml", "<root><service>", "<root>&nope;</root>"] {
+            assert!(
+                matches!(parse_description(loc, bad), Err(UpnpError::Xml(_))),
+                "{bad:?}"
+            );
+        }
+        // a service without controlURL is skipped, not an error of the whole description
+        let partial = r#"<root><service><serviceType>urn:schemas-upnp-org:service:WANIPConnection:2</serviceType></service>
+            <service><serviceType>urn:schemas-upnp-org:service:WANPPPConnection:1</serviceType><controlURL> /ppp </controlURL></service></root>"#;
+        let d = parse_description(loc, partial).unwrap();
+        assert_eq!(d.wan.service_type, WAN_CONNECTION_SERVICES[2]);
+        assert_eq!(d.wan.control_url, "http://10.77.1.1:5000/ppp");
+        // a URLBase that is not http:// is ignored; escaped text is unescaped
+        let based = r#"<root><URLBase>ftp://x/</URLBase><service><serviceType>urn:schemas-upnp-org:service:WANIPConnection:1</serviceType><controlURL>/c?a=1&amp;b=2</controlURL></service></root>"#;
+        let d = parse_description(loc, based).unwrap();
+        assert_eq!(d.wan.control_url, "http://10.77.1.1:5000/c?a=1&b=2");
+        // too many nodes: refused before any service is looked at
+        let huge = format!(
+            "<root>{}</root>",
+            "<x/>".repeat(xml::MAX_NODES as usize + 1)
+        );
+        assert!(matches!(
+            parse_description(loc, &huge),
+            Err(UpnpError::Xml(_))
+        ));
     }
 }

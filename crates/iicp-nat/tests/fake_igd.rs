@@ -308,3 +308,98 @@ async fn without_an_ipv6_answer_pinholes_use_the_ipv4_control_url() {
     let v4_url = format!("http://{}/ctl/IP6FCtl", igd.http);
     assert_eq!(found.pinhole_control_url(), Some(v4_url.as_str()));
 }
+
+/// A hostile or broken gateway: a description that is fine, then answers that are not
+/// XML, too large, or HTTP errors without a SOAP fault. Each is a clear error, never a
+/// panic or an unbounded read.
+#[tokio::test]
+async fn a_broken_gateway_gives_clear_errors() {
+    use http::{Method, StatusCode};
+    use iicp_nat::upnp::{Igd, PortMapping, UpnpError};
+    use iicp_transport::http::server::ResponseBody;
+    use iicp_transport::http::{HttpClient, HttpClientConfig, HttpServer, Router};
+
+    fn reply(status: StatusCode, body: String) -> http::Response<ResponseBody> {
+        http::Response::builder()
+            .status(status)
+            .header("content-type", "text/xml")
+            .body(ResponseBody::from(body))
+            .unwrap()
+    }
+    const DESC: &str = r#"<?xml version="1.0"?><root xmlns="urn:schemas-upnp-org:device-1-0"><device><serviceList>
+<service><serviceType>urn:schemas-upnp-org:service:WANIPConnection:1</serviceType><controlURL>/ctl/IPConn</controlURL></service>
+</serviceList></device></root>"#;
+    let router = Router::new()
+        .route(Method::GET, "/rootDesc.xml", |_r, _p| async {
+            reply(StatusCode::OK, DESC.to_owned())
+        })
+        .route(Method::GET, "/huge.xml", |_r, _p| async {
+            reply(
+                StatusCode::OK,
+                format!("<root>{}</root>", "x".repeat(1 << 20)),
+            )
+        })
+        .route(Method::GET, "/garbage.xml", |_r, _p| async {
+            reply(StatusCode::OK, "<root><device>".to_owned())
+        })
+        .route(Method::POST, "/ctl/IPConn", |req, _p| async move {
+            let action = req
+                .headers()
+                .get("soapaction")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            if action.contains("GetExternalIPAddress") {
+                reply(StatusCode::OK, "<<< not xml".to_owned())
+            } else if action.contains("GetSpecificPortMappingEntry") {
+                reply(StatusCode::OK, "y".repeat(1 << 20))
+            } else {
+                reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal Server Error".to_owned(),
+                )
+            }
+        });
+    let server = HttpServer::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let (_trigger, stop) = iicp_transport::shutdown::channel();
+    tokio::spawn(server.serve(router, stop));
+    let http = HttpClient::new(HttpClientConfig::default()).unwrap();
+    let t = Duration::from_secs(2);
+
+    let huge = Igd::from_location(http.clone(), &format!("http://{addr}/huge.xml"), t).await;
+    assert!(matches!(huge, Err(UpnpError::Http(_))), "{huge:?}");
+    let garbage = Igd::from_location(http.clone(), &format!("http://{addr}/garbage.xml"), t).await;
+    assert!(matches!(garbage, Err(UpnpError::Xml(_))), "{garbage:?}");
+
+    let igd = Igd::from_location(http, &format!("http://{addr}/rootDesc.xml"), t)
+        .await
+        .unwrap();
+    let ip = igd.get_external_ip().await;
+    assert!(matches!(ip, Err(UpnpError::Xml(_))), "{ip:?}");
+    let entry = igd.get_mapping(19484, Protocol::Tcp).await;
+    assert!(matches!(entry, Err(UpnpError::Http(_))), "{entry:?}");
+    let added = igd
+        .add(&PortMapping {
+            external_port: 19484,
+            internal_port: 19484,
+            internal_client: "127.0.0.1".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            lease: Duration::from_secs(60),
+            description: "iicp".into(),
+        })
+        .await;
+    assert!(
+        matches!(
+            added,
+            Err(UpnpError::Status {
+                action: "AddPortMapping",
+                status: 500
+            })
+        ),
+        "{added:?}"
+    );
+    assert_eq!(added.unwrap_err().code(), None);
+}

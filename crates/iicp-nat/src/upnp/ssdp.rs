@@ -1,16 +1,29 @@
 //! SSDP discovery (UPnP Device Architecture §1.3): a multicast `M-SEARCH` per search
 //! target to 239.255.255.250:1900 (IPv4) or to the link-local group `[ff02::c]:1900` on
 //! each IPv6 interface (IGD2 gateways announce their IPv6 control URLs there), unicast
-//! HTTPU answers collected until a deadline. Bounded: one socket, at most
-//! [`MAX_REPLIES`] answers, each ≤ 2 KiB read.
+//! HTTPU answers collected until a deadline. Bounded: at most [`MAX_REPLIES`] answers,
+//! each ≤ 2 KiB read.
+//!
+//! The IPv4 group search goes through `rupnp`'s SSDP client ([`search_v4_group`]). The
+//! IPv6 search and a search sent to any other address (a gateway's unicast SSDP port,
+//! as tests do) are ours ([`search`]): `rupnp` sends only to the IPv4 group
+//! (docs/adr/0011-rupnp-for-upnp.md).
 
-use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use tokio::net::UdpSocket;
+use tokio::time::Instant;
 
 /// The SSDP multicast group and port.
 pub const SSDP_MULTICAST: &str = "239.255.255.250:1900";
+
+/// The IPv4 SSDP group ([`SSDP_MULTICAST`] as an address).
+pub const SSDP_GROUP_V4: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(Ipv4Addr::new(239, 255, 255, 250)),
+    1900,
+);
 
 /// The link-local IPv6 SSDP group (`ff02::c`).
 pub const SSDP_MULTICAST_V6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0xc);
@@ -36,8 +49,8 @@ pub struct Reply {
     /// `USN`: the unique service name (`uuid:…::…`) of the (sub)device that answered,
     /// empty when absent.
     pub usn: String,
-    /// Who answered.
-    pub from: SocketAddr,
+    /// Who answered; `None` from [`search_v4_group`] (`rupnp` does not tell).
+    pub from: Option<SocketAddr>,
 }
 
 /// The `HOST` of an `M-SEARCH` sent to `to`: the multicast group of its family.
@@ -92,7 +105,7 @@ pub fn parse_reply(datagram: &[u8], from: SocketAddr) -> Option<Reply> {
         location,
         st: st.unwrap_or_default(),
         usn: usn.unwrap_or_default(),
-        from,
+        from: Some(from),
     })
 }
 
@@ -154,6 +167,93 @@ pub async fn search(
     Ok(replies)
 }
 
+/// [`search`] for the IPv4 SSDP group ([`SSDP_GROUP_V4`]) through `rupnp`: one
+/// `M-SEARCH` per target (each from its own socket, multicast TTL 2), answers merged in
+/// arrival order with one per `LOCATION` (as [`search`] keeps them), until `timeout` has
+/// passed or [`MAX_REPLIES`] arrived. Answers `rupnp` cannot read are skipped: those
+/// without `USN` or `SERVER`, an unparsable `ST`, or a status line other than
+/// `HTTP/1.1 200`.
+///
+/// # Errors
+/// Socket errors, only when no search could be sent at all.
+pub async fn search_v4_group(targets: &[&str], timeout: Duration) -> std::io::Result<Vec<Reply>> {
+    let deadline = Instant::now() + timeout;
+    let mx = usize::try_from(timeout.as_secs().clamp(1, 5)).unwrap_or(1);
+    let mut searches = tokio::task::JoinSet::new();
+    let mut last_err = None;
+    for st in targets {
+        let target = match st.parse::<rupnp::ssdp::SearchTarget>() {
+            Ok(t) => t,
+            Err(e) => {
+                last_err = Some(std::io::Error::other(e.to_string()));
+                continue;
+            }
+        };
+        match rupnp::ssdp::search(&target, timeout, mx, Some(2)).await {
+            Ok(answers) => {
+                searches.spawn(collect(answers, deadline));
+            }
+            Err(e) => last_err = Some(io_error(e)),
+        }
+    }
+    if searches.is_empty() {
+        return Err(last_err.unwrap_or_else(|| std::io::Error::other("nothing sent")));
+    }
+    let mut arrived: Vec<(Instant, Reply)> = Vec::new();
+    while let Some(done) = searches.join_next().await {
+        arrived.extend(done.unwrap_or_default());
+    }
+    arrived.sort_by_key(|(at, _)| *at);
+    let mut replies: Vec<Reply> = Vec::new();
+    for (_, reply) in arrived {
+        if replies.len() == MAX_REPLIES {
+            break;
+        }
+        if !replies.iter().any(|r| r.location == reply.location) {
+            tracing::debug!(st = %reply.st, "SSDP answer");
+            replies.push(reply);
+        }
+    }
+    Ok(replies)
+}
+
+/// The answers of one `rupnp` search until `deadline` (its own timeout only bounds the
+/// wait for each next answer), at most [`MAX_REPLIES`], each with its arrival time.
+async fn collect<S>(answers: S, deadline: Instant) -> Vec<(Instant, Reply)>
+where
+    S: futures_util::Stream<Item = Result<rupnp::ssdp::SearchResponse, rupnp::ssdp::Error>>,
+{
+    let mut answers = std::pin::pin!(answers);
+    let mut out = Vec::new();
+    while out.len() < MAX_REPLIES {
+        let Ok(Some(answer)) = tokio::time::timeout_at(deadline, answers.next()).await else {
+            break;
+        };
+        match answer {
+            Ok(a) if a.location().starts_with("http://") => out.push((
+                Instant::now(),
+                Reply {
+                    location: a.location().to_owned(),
+                    st: a.search_target().to_string(),
+                    usn: a.usn().to_owned(),
+                    from: None,
+                },
+            )),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "SSDP answer skipped"),
+        }
+    }
+    out
+}
+
+/// The I/O error inside a `rupnp` SSDP error (search start fails only on I/O).
+fn io_error(e: rupnp::ssdp::Error) -> std::io::Error {
+    match e {
+        rupnp::ssdp::Error::IO(e) => e,
+        other => std::io::Error::other(other.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +269,7 @@ mod tests {
         assert_eq!(r.location, "http://10.77.1.1:5000/rootDesc.xml");
         assert!(r.st.ends_with("InternetGatewayDevice:1"));
         assert!(r.usn.starts_with("uuid:6a1c3e6e-77a1::"));
+        assert_eq!(r.from, Some(from));
         assert!(parse_reply(b"NOTIFY * HTTP/1.1\r\nLOCATION: http://x/\r\n\r\n", from).is_none());
         assert!(parse_reply(b"HTTP/1.1 200 OK\r\n\r\n", from).is_none());
         let no_usn = parse_reply(b"HTTP/1.1 200 OK\r\nLOCATION: http://x/\r\n\r\n", from).unwrap();
@@ -178,6 +279,7 @@ mod tests {
     #[test]
     fn m_search_names_the_group_of_its_family() {
         let v4: SocketAddr = SSDP_MULTICAST.parse().unwrap();
+        assert_eq!(v4, SSDP_GROUP_V4);
         let m = m_search(host_header(v4), "st", 2);
         assert!(m.starts_with("M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\n"));
         assert!(m.contains("MX: 2\r\nST: st\r\n\r\n"));

@@ -1,91 +1,72 @@
-//! Just enough XML for UPnP: find elements by local name (namespace prefixes ignored),
-//! take their text, escape and unescape the five predefined entities. Device
-//! descriptions and SOAP answers are small, flat and machine-written; this is not a
-//! general XML parser and never needs to be.
+//! The XML of UPnP, on [`roxmltree`]: device descriptions and SOAP answers are parsed
+//! into a tree (bounded: no DTD, at most [`MAX_NODES`] nodes, and the caller has already
+//! capped the text at the HTTP layer), elements are found by local name (namespace
+//! prefixes and URIs ignored, as gateways vary), and their text comes unescaped. The
+//! only XML we write is the SOAP request body, whose values [`escape`] makes safe.
 
-/// Inner text (raw, not unescaped) of every element whose local name is `name`, in
-/// document order. Elements of the same name must not nest.
-pub(crate) fn elements<'a>(xml: &'a str, name: &str) -> Vec<&'a str> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while let Some(rel) = xml[pos..].find('<') {
-        let start = pos + rel + 1;
-        let rest = &xml[start..];
-        let end_name = rest
-            .find(|c: char| c.is_whitespace() || c == '>' || c == '/')
-            .unwrap_or(rest.len());
-        let qname = &rest[..end_name];
-        pos = start;
-        if qname.starts_with(['/', '?', '!']) || local(qname) != name {
-            continue;
-        }
-        let Some(gt) = rest.find('>') else { break };
-        if rest[..gt].ends_with('/') {
-            out.push("");
-            pos = start + gt + 1;
-            continue;
-        }
-        let body_start = start + gt + 1;
-        let close = format!("</{qname}>");
-        let Some(body_len) = xml[body_start..].find(&close) else {
-            break;
-        };
-        out.push(&xml[body_start..body_start + body_len]);
-        pos = body_start + body_len + close.len();
-    }
-    out
+use roxmltree::{Document, Node, ParsingOptions};
+
+/// Most nodes (elements, text, attributes…) of one parsed answer. A miniupnpd
+/// description has about 300; the cap bounds the tree a hostile gateway can make us build.
+pub(crate) const MAX_NODES: u32 = 20_000;
+
+/// A parsed UPnP document.
+pub(crate) struct Xml<'input> {
+    doc: Document<'input>,
 }
 
-/// Unescaped, trimmed text of the first element named `name`.
-pub(crate) fn text(xml: &str, name: &str) -> Option<String> {
-    elements(xml, name).first().map(|t| unescape(t.trim()))
+impl<'input> Xml<'input> {
+    /// Parses `text` (no DTD, at most [`MAX_NODES`] nodes).
+    ///
+    /// # Errors
+    /// The `roxmltree` error when `text` is not well-formed XML (undeclared namespace
+    /// prefixes and unknown entities included) or too large a tree.
+    pub(crate) fn parse(text: &'input str) -> Result<Self, roxmltree::Error> {
+        let options = ParsingOptions {
+            allow_dtd: false,
+            nodes_limit: MAX_NODES,
+        };
+        Document::parse_with_options(text, options).map(|doc| Self { doc })
+    }
+
+    /// The root element.
+    pub(crate) fn root(&self) -> Node<'_, 'input> {
+        self.doc.root_element()
+    }
+
+    /// Unescaped, trimmed text of the first element named `name` in document order.
+    pub(crate) fn text(&self, name: &str) -> Option<String> {
+        first(self.root(), name).map(text_of)
+    }
 }
 
-fn local(qname: &str) -> &str {
-    qname.rsplit_once(':').map_or(qname, |(_, l)| l)
+/// Every element below `node` (itself included) whose local name is `name`, in
+/// document order.
+pub(crate) fn elements<'a, 'input: 'a>(
+    node: Node<'a, 'input>,
+    name: &'a str,
+) -> impl Iterator<Item = Node<'a, 'input>> + 'a {
+    node.descendants()
+        .filter(move |n| n.is_element() && n.tag_name().name() == name)
 }
 
-/// Replaces the predefined entities and numeric character references.
-pub(crate) fn unescape(s: &str) -> String {
-    if !s.contains('&') {
-        return s.to_owned();
-    }
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find('&') {
-        out.push_str(&rest[..i]);
-        rest = &rest[i..];
-        let Some(semi) = rest.find(';').filter(|n| *n <= 10) else {
-            out.push('&');
-            rest = &rest[1..];
-            continue;
-        };
-        let entity = &rest[1..semi];
-        let ch = match entity {
-            "lt" => Some('<'),
-            "gt" => Some('>'),
-            "amp" => Some('&'),
-            "quot" => Some('"'),
-            "apos" => Some('\''),
-            _ => entity
-                .strip_prefix("#x")
-                .and_then(|h| u32::from_str_radix(h, 16).ok())
-                .or_else(|| entity.strip_prefix('#').and_then(|d| d.parse().ok()))
-                .and_then(char::from_u32),
-        };
-        match ch {
-            Some(c) => {
-                out.push(c);
-                rest = &rest[semi + 1..];
-            }
-            None => {
-                out.push('&');
-                rest = &rest[1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
+/// The first element below `node` (itself included) named `name`.
+pub(crate) fn first<'a, 'input: 'a>(
+    node: Node<'a, 'input>,
+    name: &'a str,
+) -> Option<Node<'a, 'input>> {
+    elements(node, name).next()
+}
+
+/// The text directly inside `node` (all its text children: a comment may split it),
+/// unescaped and trimmed.
+pub(crate) fn text_of(node: Node<'_, '_>) -> String {
+    let text: String = node
+        .children()
+        .filter(Node::is_text)
+        .filter_map(|n| n.text())
+        .collect();
+    text.trim().to_owned()
 }
 
 /// Escapes text for an element body.
@@ -110,21 +91,44 @@ mod tests {
 
     #[test]
     fn finds_elements_by_local_name() {
-        let xml = r#"<?xml version="1.0"?><s:Envelope xmlns:s="x"><s:Body>
+        let text = r#"<?xml version="1.0"?><s:Envelope xmlns:s="x"><s:Body>
             <u:GetExternalIPAddressResponse xmlns:u="urn:x">
             <NewExternalIPAddress>11.77.2.1</NewExternalIPAddress>
-            </u:GetExternalIPAddressResponse><empty/><a>1 &amp; 2 &#x41;&#66;</a></s:Body></s:Envelope>"#;
+            </u:GetExternalIPAddressResponse><empty/><a>1 &amp; 2 &#x41;&#66;</a><c>x<!-- split -->y</c></s:Body></s:Envelope>"#;
+        let xml = Xml::parse(text).unwrap();
         assert_eq!(
-            text(xml, "NewExternalIPAddress").as_deref(),
+            xml.text("NewExternalIPAddress").as_deref(),
             Some("11.77.2.1")
         );
-        assert_eq!(elements(xml, "Body").len(), 1);
-        assert_eq!(text(xml, "empty").as_deref(), Some(""));
-        assert_eq!(text(xml, "a").as_deref(), Some("1 & 2 AB"));
-        assert_eq!(text(xml, "missing"), None);
-        assert_eq!(elements("<a>1</a><a>2</a><b/>", "a"), vec!["1", "2"]);
-        assert_eq!(elements("<a>unclosed", "a"), Vec::<&str>::new());
+        assert_eq!(elements(xml.root(), "Body").count(), 1);
+        assert_eq!(xml.text("empty").as_deref(), Some(""));
+        assert_eq!(xml.text("a").as_deref(), Some("1 & 2 AB"));
+        assert_eq!(xml.text("c").as_deref(), Some("xy"));
+        assert_eq!(xml.text("missing"), None);
+        let two = Xml::parse("<r><a>1</a><a>2</a><b/></r>").unwrap();
+        let texts: Vec<String> = elements(two.root(), "a").map(text_of).collect();
+        assert_eq!(texts, ["1", "2"]);
         assert_eq!(escape("<&>\"'"), "&lt;&amp;&gt;&quot;&apos;");
-        assert_eq!(unescape("&bogus; & &lt;"), "&bogus; & <");
+    }
+
+    #[test]
+    fn refuses_what_is_not_xml() {
+        // an unclosed element, an unknown entity, a bare `&`, an undeclared prefix
+        for bad in [
+            "<a>unclosed",
+            "<a>&bogus;</a>",
+            "<a>1 & 2</a>",
+            "<s:Envelope/>",
+            "",
+            "HTTP/1.1 200 OK",
+        ] {
+            assert!(Xml::parse(bad).is_err(), "{bad:?}");
+        }
+        // no DTD: entity expansion bombs never start
+        let bomb = r#"<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]><r>&b;</r>"#;
+        assert!(Xml::parse(bomb).is_err());
+        // a tree larger than MAX_NODES is refused, not built
+        let wide = format!("<r>{}</r>", "<e/>".repeat(MAX_NODES as usize + 1));
+        assert!(Xml::parse(&wide).is_err());
     }
 }
