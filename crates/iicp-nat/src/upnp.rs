@@ -28,12 +28,11 @@
 pub mod ssdp;
 mod xml;
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use iicp_transport::http::{HttpClient, HttpClientConfig, HttpClientError};
@@ -41,7 +40,7 @@ use iicp_transport::http::{HttpClient, HttpClientConfig, HttpClientError};
 use crate::plan::UpnpFailure;
 
 /// A boxed, sendable future (the [`Gateway`] trait is object safe).
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use futures_util::future::BoxFuture;
 
 /// Service type of the IPv6 firewall control service.
 pub const WAN_IPV6_FIREWALL_CONTROL: &str = "urn:schemas-upnp-org:service:WANIPv6FirewallControl:1";
@@ -617,9 +616,7 @@ impl Igd {
     }
 
     fn owners(&self) -> MutexGuard<'_, HashMap<u32, IpAddr>> {
-        self.pinhole_owners
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.pinhole_owners.lock()
     }
 
     /// The client for pinhole actions on behalf of `owner`: a client bound to `owner`
