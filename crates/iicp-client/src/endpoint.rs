@@ -18,7 +18,9 @@
 //! dial ([`EndpointPolicy::address_rule`], `iicp_transport::resolve`), so a DNS answer
 //! that changes between a check and the connection (rebinding) cannot slip through.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
+
+use iicp_proto::endpoint;
 
 use iicp_transport::resolve::AddressRule;
 
@@ -48,18 +50,6 @@ pub enum EndpointRefusal {
 pub struct EndpointPolicy {
     allow_private: bool,
 }
-
-/// Special-use suffixes refused as provider hosts.
-const LOCAL_SUFFIXES: [&str; 8] = [
-    ".local",
-    ".localhost",
-    ".internal",
-    ".lan",
-    ".home.arpa",
-    ".test",
-    ".example",
-    ".invalid",
-];
 
 impl EndpointPolicy {
     /// A policy; `allow_private` admits loopback and private endpoints (dev meshes).
@@ -92,7 +82,10 @@ impl EndpointPolicy {
         if self.allow_private {
             return Ok(());
         }
-        let private = addrs.iter().filter(|a| !is_global(**a)).count();
+        let private = addrs
+            .iter()
+            .filter(|a| !endpoint::classify_ip(**a).is_global())
+            .count();
         match private {
             0 => Ok(()),
             n if n == addrs.len() => Err(EndpointRefusal::PrivateAddress),
@@ -109,17 +102,10 @@ impl EndpointPolicy {
         }
         // every literal form the resolver takes without a lookup (`127.1`,
         // `2130706433`, `0x7f.1`, …) is an address, not a name
-        if let Some(ip) = iicp_proto::endpoint::ip_literal(host) {
+        if let Some(ip) = endpoint::ip_literal(host) {
             return self.check_addresses(&[ip]);
         }
-        if self.allow_private {
-            return Ok(());
-        }
-        let name = host.trim_end_matches('.').to_ascii_lowercase();
-        if name == "localhost"
-            || !name.contains('.')
-            || LOCAL_SUFFIXES.iter().any(|s| name.ends_with(s))
-        {
+        if !self.allow_private && endpoint::is_local_name(host) {
             return Err(EndpointRefusal::LocalName);
         }
         Ok(())
@@ -138,7 +124,7 @@ impl EndpointPolicy {
     pub async fn check_resolved(&self, url: &str) -> Result<(), EndpointRefusal> {
         let (host, port) = host_port(url).ok_or(EndpointRefusal::Malformed)?;
         self.check_host(&host)?;
-        if self.allow_private || iicp_proto::endpoint::ip_literal(&host).is_some() {
+        if self.allow_private || endpoint::ip_literal(&host).is_some() {
             return Ok(());
         }
         let addrs: Vec<IpAddr> = tokio::net::lookup_host((host.as_str(), port))
@@ -151,101 +137,12 @@ impl EndpointPolicy {
     }
 }
 
-/// Host (IPv6 without brackets) and port of an endpoint URL.
+/// Host (IPv6 without brackets, lowercase) and port of an endpoint URL
+/// (`http`, `https`, `iicp`, `iicpsec`).
 pub(crate) fn host_port(url: &str) -> Option<(String, u16)> {
-    let (scheme, rest) = url.split_once("://")?;
-    let default_port = match scheme.to_ascii_lowercase().as_str() {
-        "http" => 80,
-        "https" => 443,
-        "iicp" | "iicpsec" => 9484,
-        _ => return None,
-    };
-    let authority = rest.split(['/', '?', '#']).next()?;
-    if authority.contains('@') || authority.is_empty() {
-        return None;
-    }
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, tail) = v6.split_once(']')?;
-        let port = match tail.strip_prefix(':') {
-            Some(p) => p.parse().ok()?,
-            None if tail.is_empty() => default_port,
-            None => return None,
-        };
-        (h.to_owned(), port)
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_owned(), p.parse().ok()?),
-            None => (authority.to_owned(), default_port),
-        }
-    };
-    if host.is_empty() {
-        return None;
-    }
-    Some((host, port))
-}
-
-/// Whether an address is globally routable.
-pub fn is_global(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => is_global_v4(v4),
-        IpAddr::V6(v6) => is_global_v6(v6),
-    }
-}
-
-fn is_global_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, c, _] = ip.octets();
-    !(a == 0
-        || a == 10
-        || a == 127
-        || (a == 100 && (64..=127).contains(&b))
-        || (a == 169 && b == 254)
-        || (a == 172 && (16..=31).contains(&b))
-        || (a == 192 && b == 0 && c == 0)
-        || (a == 192 && b == 0 && c == 2)
-        || (a == 192 && b == 88 && c == 99)
-        || (a == 192 && b == 168)
-        || (a == 198 && (18..=19).contains(&b))
-        || (a == 198 && b == 51 && c == 100)
-        || (a == 203 && b == 0 && c == 113)
-        || a >= 224)
-}
-
-fn is_global_v6(ip: Ipv6Addr) -> bool {
-    if let Some(v4) = ip.to_ipv4_mapped() {
-        return is_global_v4(v4);
-    }
-    let s = ip.segments();
-    if ip.is_unspecified() || ip.is_loopback() {
-        return false;
-    }
-    // IPv4-compatible (deprecated) ::a.b.c.d
-    if s[..6] == [0, 0, 0, 0, 0, 0] {
-        return false;
-    }
-    // NAT64 64:ff9b::/96 and 6to4 2002::/16 embed an IPv4 address.
-    if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
-        return is_global_v4(Ipv4Addr::new(
-            (s[6] >> 8) as u8,
-            s[6] as u8,
-            (s[7] >> 8) as u8,
-            s[7] as u8,
-        ));
-    }
-    if s[0] == 0x2002 {
-        return is_global_v4(Ipv4Addr::new(
-            (s[1] >> 8) as u8,
-            s[1] as u8,
-            (s[2] >> 8) as u8,
-            s[2] as u8,
-        ));
-    }
-    !((s[0] & 0xfe00) == 0xfc00          // unique local fc00::/7
-        || (s[0] & 0xffc0) == 0xfe80     // link-local fe80::/10
-        || (s[0] & 0xffc0) == 0xfec0     // site-local fec0::/10
-        || (s[0] & 0xff00) == 0xff00     // multicast
-        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
-        || (s[0] == 0x0100 && s[1..4] == [0, 0, 0]) // discard 100::/64
-        || (s[0] == 0x2001 && s[1] < 0x0200 && s[1] != 0)) // IETF protocol assignments (Teredo 2001::/32 stays)
+    endpoint::parse_url(url, endpoint::ENDPOINT_SCHEMES)
+        .ok()
+        .map(|u| (u.host, u.port))
 }
 
 #[cfg(test)]
@@ -277,15 +174,18 @@ mod tests {
             host_port("http://[2001:db8::1]:80/x"),
             Some(("2001:db8::1".to_owned(), 80))
         );
-        assert!(!is_global(
-            "2001:db8::1"
-                .parse()
-                .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
-        ));
-        assert!(is_global(
-            "2606:4700::1111"
-                .parse()
-                .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
-        ));
+        assert_eq!(
+            p.check_url("http://[2001:db8::1]:80"),
+            Err(EndpointRefusal::PrivateAddress)
+        );
+        assert_eq!(p.check_url("http://[2606:4700::1111]:80"), Ok(()));
+        assert_eq!(
+            p.check_url("http://127.1"),
+            Err(EndpointRefusal::PrivateAddress)
+        );
+        assert_eq!(
+            p.check_url("https://x.invalid"),
+            Err(EndpointRefusal::LocalName)
+        );
     }
 }

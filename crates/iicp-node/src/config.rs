@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use iicp_proto::crypto::cx::CxKeyPair;
 use iicp_proto::crypto::token::DirectoryPublicKey;
+use iicp_proto::endpoint;
 use iicp_proto::intent::{Intent, IntentError};
 use iicp_proto::secret::Secret;
 
@@ -573,7 +574,7 @@ impl NodeBuilder {
     /// node from it).
     pub(crate) fn into_config(self) -> Result<NodeConfig, ConfigError> {
         let endpoint = self.endpoint.ok_or(ConfigError::MissingEndpoint)?;
-        if url_host(&endpoint).is_none() {
+        if !is_http_url(&endpoint) {
             return Err(ConfigError::InvalidEndpoint);
         }
         if self.intents.is_empty() {
@@ -595,7 +596,7 @@ impl NodeBuilder {
             return Err(ConfigError::Region);
         }
         if let Some(url) = &self.directory_url {
-            if url_host(url).is_none() {
+            if !is_http_url(url) {
                 return Err(ConfigError::DirectoryUrl);
             }
         }
@@ -704,64 +705,18 @@ impl NodeBuilder {
     }
 }
 
-/// The host of an `http://` / `https://` URL (IPv6 without brackets).
-pub(crate) fn url_host(url: &str) -> Option<&str> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))?;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    if authority.is_empty() || authority.contains('@') {
-        return None;
-    }
-    let host = if let Some(v6) = authority.strip_prefix('[') {
-        v6.split(']').next()?
-    } else {
-        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
-    };
-    (!host.is_empty()).then_some(host)
+/// Whether `url` is an `http://` / `https://` URL with a host.
+fn is_http_url(url: &str) -> bool {
+    endpoint::parse_url(url, endpoint::HTTP_SCHEMES).is_ok()
 }
 
-/// Whether an `http(s)://` endpoint is only reachable on this machine or its LAN:
-/// loopback, private, link-local, CGNAT or a local-only name (DESIGN §4.12). A URL
-/// without a host counts as private. Such an endpoint registers only with a directory
-/// that is itself private ([`crate::Node::register`]).
+/// Whether an `http(s)://` endpoint is not routable on the internet: loopback, private,
+/// link-local, CGNAT, documentation or other special-use addresses, or a local-only
+/// name ([`iicp_proto::endpoint::HostClass`], the rule the directory applies at
+/// REGISTER). A URL that does not parse counts as private. Such an endpoint registers
+/// only with a directory that is itself private ([`crate::Node::register`]).
 pub fn is_private_endpoint(url: &str) -> bool {
-    url_host(url).is_none_or(is_private_host)
-}
-
-/// Whether a host is loopback, private, link-local or a local-only name (DESIGN §4.12).
-pub(crate) fn is_private_host(host: &str) -> bool {
-    use std::net::IpAddr;
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return match ip {
-            IpAddr::V4(v4) => {
-                v4.is_loopback()
-                    || v4.is_private()
-                    || v4.is_link_local()
-                    || v4.is_unspecified()
-                    || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
-            }
-            IpAddr::V6(v6) => {
-                v6.is_loopback()
-                    || v6.is_unspecified()
-                    || (v6.segments()[0] & 0xfe00) == 0xfc00
-                    || (v6.segments()[0] & 0xffc0) == 0xfe80
-            }
-        };
-    }
-    let h = host.to_ascii_lowercase();
-    h == "localhost"
-        || !h.contains('.')
-        || [
-            ".local",
-            ".lan",
-            ".internal",
-            ".test",
-            ".localhost",
-            ".home.arpa",
-        ]
-        .iter()
-        .any(|s| h.ends_with(s))
+    endpoint::parse_url(url, endpoint::HTTP_SCHEMES).map_or(true, |u| !u.class().is_global())
 }
 
 fn version_grammar(s: &str) -> bool {
@@ -780,27 +735,36 @@ mod tests {
     use crate::Node;
 
     #[test]
-    fn hosts() {
-        assert_eq!(url_host("http://a.example:9484/x"), Some("a.example"));
-        assert_eq!(url_host("https://[::1]:8/"), Some("::1"));
-        assert_eq!(url_host("ftp://x"), None);
-        assert_eq!(url_host("http://"), None);
-        assert_eq!(url_host("http://u@h"), None);
-        for p in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "192.168.0.1",
-            "::1",
-            "fd00::1",
-            "localhost",
-            "box",
-            "n.local",
-            "100.64.0.1",
-        ] {
-            assert!(is_private_host(p), "{p}");
+    fn private_endpoints() {
+        assert!(is_http_url("http://a.example.com:9484/x"));
+        assert!(is_http_url("https://[::1]:8/"));
+        for bad in ["ftp://x", "http://", "http://u@h", "nope"] {
+            assert!(!is_http_url(bad), "{bad}");
         }
-        for p in ["8.8.8.8", "node.example.com", "2001:db8::1"] {
-            assert!(!is_private_host(p), "{p}");
+        for p in [
+            "http://127.0.0.1:9484",
+            "http://127.1:9484",
+            "http://10.1.2.3",
+            "http://192.168.0.1",
+            "http://[::1]:1",
+            "http://[fd00::1]",
+            "http://[::ffff:10.0.0.1]",
+            "http://localhost:8",
+            "http://box",
+            "http://n.local",
+            "http://100.64.0.1",
+            "http://192.0.2.1",
+            "http://[2001:db8::1]",
+            "not a url",
+        ] {
+            assert!(is_private_endpoint(p), "{p}");
+        }
+        for p in [
+            "http://8.8.8.8",
+            "https://node.example.com",
+            "http://[2606:4700::1111]:9484",
+        ] {
+            assert!(!is_private_endpoint(p), "{p}");
         }
     }
 

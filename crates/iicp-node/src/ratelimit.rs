@@ -140,26 +140,10 @@ fn forwarded_for(element: &str) -> Option<&str> {
     })
 }
 
-/// Addresses of the operator's own network: loopback, private (RFC 1918), link-local,
-/// CGNAT (100.64/10), unique-local (fc00::/7), unspecified.
+/// Addresses of the operator's own network (loopback, private, link-local, CGNAT,
+/// unspecified): [`iicp_proto::endpoint::HostClass::is_internal`].
 fn internal(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || (o[0] == 100 && (o[1] & 0xc0) == 64)
-        }
-        IpAddr::V6(v6) => {
-            let s0 = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (s0 & 0xfe00) == 0xfc00
-                || (s0 & 0xffc0) == 0xfe80
-        }
-    }
+    iicp_proto::endpoint::classify_ip(ip).is_internal()
 }
 
 #[cfg(test)]

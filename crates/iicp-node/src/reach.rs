@@ -627,18 +627,13 @@ impl Planner {
             }
         }
         let endpoint = advertised_endpoint(shared);
-        if crate::config::is_private_endpoint(&endpoint) {
-            let dir_private = shared
-                .cfg
-                .directory_url
-                .as_deref()
-                .is_none_or(crate::config::is_private_endpoint);
-            if !dir_private {
-                reach.registers = false;
-                reach.guidance.push(
-                    "the endpoint is private and no public route was found: not registering with the public directory".to_owned(),
-                );
-            }
+        if crate::config::is_private_endpoint(&endpoint)
+            && crate::registration::refuses_private(shared)
+        {
+            reach.registers = false;
+            reach.guidance.push(
+                "the endpoint is private and no public route was found: not registering with the public directory".to_owned(),
+            );
         }
         shared.advert.lock().withheld = !reach.registers;
         tracing::info!(

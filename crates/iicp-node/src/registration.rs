@@ -118,12 +118,7 @@ pub(crate) async fn register(s: &Shared) -> Result<Secret, Error> {
 async fn register_once(s: &Shared) -> Result<Secret, Error> {
     let dir = s.cfg.directory.clone().ok_or(Error::NoDirectory)?;
     if is_private_endpoint(&advertised_endpoint(s)) {
-        let dir_private = s
-            .cfg
-            .directory_url
-            .as_deref()
-            .is_none_or(is_private_endpoint);
-        if !dir_private {
+        if refuses_private(s) {
             return Err(Error::PrivateEndpoint);
         }
         tracing::warn!(
@@ -203,6 +198,15 @@ async fn deregister_once(s: &Shared) -> Result<(), Error> {
     }
     tracing::info!(%node_id, "deregistered from the directory");
     Ok(())
+}
+
+/// Whether the node's directory is public, so a private endpoint must not register
+/// there (DESIGN §4.12: private endpoints register only with a private directory).
+pub(crate) fn refuses_private(s: &Shared) -> bool {
+    !s.cfg
+        .directory_url
+        .as_deref()
+        .is_none_or(is_private_endpoint)
 }
 
 /// Applies the advert to a REGISTER body.

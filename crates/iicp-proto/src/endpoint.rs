@@ -1,5 +1,8 @@
-//! Endpoint hosts and URL components, without I/O: what an IP literal is, and the one
-//! percent-encoding of query components and path segments every crate uses.
+//! Endpoints without I/O, once for the workspace: what an IP literal is, what class of
+//! host an endpoint names ([`HostClass`]: loopback, private, link-local, CGNAT,
+//! documentation, other special-use, local-only name, global), how an endpoint URL
+//! parses ([`parse_url`]), and the one percent-encoding of query components and path
+//! segments every crate uses.
 //!
 //! A host is an IP literal whenever the system resolver would take it as one without a
 //! lookup, so that a policy that classifies hosts sees the address the connection will
@@ -10,7 +13,7 @@
 //! Rust's `IpAddr::from_str` knows only the dotted quad, so a check built on it alone
 //! lets `http://127.1/` through as a "name".
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The address `host` denotes when it is an IP literal in any form the system resolver
 /// accepts without a lookup (see the module docs); `None` for a host name. IPv6 may be
@@ -116,6 +119,293 @@ pub fn query_pairs(query: &str, limit: usize) -> Vec<(String, String)> {
         .collect()
 }
 
+/// What kind of host an endpoint names: the one classification the node (may it
+/// register with a public directory?), the directory (REGISTER routability, §8.2
+/// `IICP-E035`; the `/v1/probe` guard, §8.9), the client (provider SSRF policy, §9.3)
+/// and the rate limiter (which proxies are the operator's own) all use.
+/// `fixtures/endpoint-security-v1.json` is the test oracle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HostClass {
+    /// `0.0.0.0`, `::`.
+    Unspecified,
+    /// `127/8`, `::1`.
+    Loopback,
+    /// RFC 1918 and unique-local `fc00::/7`.
+    Private,
+    /// `169.254/16` (cloud metadata lives here), `fe80::/10`.
+    LinkLocal,
+    /// Carrier-grade NAT shared space `100.64/10`.
+    SharedCgnat,
+    /// Documentation ranges (`192.0.2/24`, `198.51.100/24`, `203.0.113/24`,
+    /// `2001:db8::/32`).
+    Documentation,
+    /// Everything else that is not routable on the internet: benchmarking, IETF
+    /// assignments, multicast, broadcast, reserved, `0/8`, site-local, discard,
+    /// IPv4-compatible IPv6, and translated forms of non-global IPv4 addresses.
+    Special,
+    /// A name that can only be local: `localhost`, a single label (`ollama`), or a
+    /// special-use suffix (`.local`, `.localhost`, `.internal`, `.lan`, `.home.arpa`,
+    /// `.test`, `.example`, `.invalid`).
+    LocalName,
+    /// A globally routable address, or a name that may resolve to one.
+    Global,
+}
+
+impl HostClass {
+    /// Routable on the internet (a name counts until it is resolved).
+    pub fn is_global(self) -> bool {
+        self == HostClass::Global
+    }
+
+    /// The operator's own network: unspecified, loopback, private, link-local or CGNAT
+    /// (the proxies whose `X-Forwarded-For` a node may trust).
+    pub fn is_internal(self) -> bool {
+        matches!(
+            self,
+            HostClass::Unspecified
+                | HostClass::Loopback
+                | HostClass::Private
+                | HostClass::LinkLocal
+                | HostClass::SharedCgnat
+        )
+    }
+}
+
+/// Special-use name suffixes that never denote a public host (RFC 6761, RFC 6762,
+/// RFC 8375, ICANN `.internal`, and the common `.lan`).
+const LOCAL_SUFFIXES: [&str; 8] = [
+    ".local",
+    ".localhost",
+    ".internal",
+    ".lan",
+    ".home.arpa",
+    ".test",
+    ".example",
+    ".invalid",
+];
+
+/// Classifies an address; IPv4-mapped, NAT64 (`64:ff9b::/96`) and 6to4 (`2002::/16`)
+/// addresses take the class of the IPv4 address they carry.
+pub fn classify_ip(ip: IpAddr) -> HostClass {
+    match ip {
+        IpAddr::V4(v4) => classify_v4(v4),
+        IpAddr::V6(v6) => classify_v6(v6),
+    }
+}
+
+fn classify_v4(ip: Ipv4Addr) -> HostClass {
+    let [a, b, c, _] = ip.octets();
+    if ip.is_unspecified() {
+        HostClass::Unspecified
+    } else if ip.is_loopback() {
+        HostClass::Loopback
+    } else if ip.is_private() {
+        HostClass::Private
+    } else if ip.is_link_local() {
+        HostClass::LinkLocal
+    } else if a == 100 && (64..=127).contains(&b) {
+        HostClass::SharedCgnat
+    } else if ip.is_documentation() {
+        HostClass::Documentation
+    } else if a == 0
+        || a >= 224 // multicast, reserved, broadcast
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 192 && b == 88 && c == 99) // deprecated 6to4 relay anycast
+        || (a == 198 && (18..=19).contains(&b))
+    // benchmarking
+    {
+        HostClass::Special
+    } else {
+        HostClass::Global
+    }
+}
+
+fn embedded_v4(s: &[u16], at: usize) -> Ipv4Addr {
+    let [h0, l0] = s[at].to_be_bytes();
+    let [h1, l1] = s[at + 1].to_be_bytes();
+    Ipv4Addr::new(h0, l0, h1, l1)
+}
+
+fn classify_v6(ip: Ipv6Addr) -> HostClass {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return classify_v4(v4);
+    }
+    let s = ip.segments();
+    if ip.is_unspecified() {
+        HostClass::Unspecified
+    } else if ip.is_loopback() {
+        HostClass::Loopback
+    } else if s[..6] == [0, 0, 0, 0, 0, 0] {
+        // IPv4-compatible (deprecated) ::a.b.c.d
+        HostClass::Special
+    } else if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
+        // NAT64 carries an IPv4 address
+        match classify_v4(embedded_v4(&s, 6)) {
+            HostClass::Global => HostClass::Global,
+            _ => HostClass::Special,
+        }
+    } else if s[0] == 0x2002 {
+        // 6to4 carries an IPv4 address
+        match classify_v4(embedded_v4(&s, 1)) {
+            HostClass::Global => HostClass::Global,
+            _ => HostClass::Special,
+        }
+    } else if (s[0] & 0xfe00) == 0xfc00 {
+        HostClass::Private
+    } else if (s[0] & 0xffc0) == 0xfe80 {
+        HostClass::LinkLocal
+    } else if s[0] == 0x2001 && s[1] == 0x0db8 {
+        HostClass::Documentation
+    } else if (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
+        || (s[0] & 0xff00) == 0xff00 // multicast
+        || (s[0] == 0x0100 && s[1..4] == [0, 0, 0]) // discard 100::/64
+        || (s[0] == 0x2001 && s[1] < 0x0200 && s[1] != 0)
+    // IETF protocol assignments (Teredo 2001::/32 stays global)
+    {
+        HostClass::Special
+    } else {
+        HostClass::Global
+    }
+}
+
+/// Whether a host *name* can only be local (see [`HostClass::LocalName`]); a trailing
+/// dot and letter case do not matter.
+pub fn is_local_name(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || !name.contains('.') || LOCAL_SUFFIXES.iter().any(|s| name.ends_with(s))
+}
+
+/// Classifies a host as written in a URL: an IP literal in any form the resolver takes
+/// ([`ip_literal`]), else a name.
+pub fn classify_host(host: &str) -> HostClass {
+    match ip_literal(host) {
+        Some(ip) => classify_ip(ip),
+        None if is_local_name(host) => HostClass::LocalName,
+        None => HostClass::Global,
+    }
+}
+
+/// `http` and `https` with their default ports (REGISTER `endpoint`).
+pub const HTTP_SCHEMES: &[(&str, u16)] = &[("http", 80), ("https", 443)];
+/// `iicp` and `iicpsec` on port 9484 (REGISTER `transport_endpoint`, §8.2).
+pub const NATIVE_SCHEMES: &[(&str, u16)] = &[
+    ("iicp", crate::constants::DEFAULT_PORT),
+    ("iicpsec", crate::constants::DEFAULT_PORT),
+];
+/// Every provider endpoint scheme (HTTP and native).
+pub const ENDPOINT_SCHEMES: &[(&str, u16)] = &[
+    ("http", 80),
+    ("https", 443),
+    ("iicp", crate::constants::DEFAULT_PORT),
+    ("iicpsec", crate::constants::DEFAULT_PORT),
+];
+
+/// An endpoint URL, parsed: `scheme://host[:port][/path]` and nothing else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointUrl {
+    /// Lowercase scheme.
+    pub scheme: String,
+    /// Host, lowercase, IPv6 without brackets.
+    pub host: String,
+    /// The explicit port, else the scheme's default.
+    pub port: u16,
+    /// The host as an address, when it is an IP literal in any resolver form.
+    pub ip: Option<IpAddr>,
+}
+
+impl EndpointUrl {
+    /// The host's class.
+    pub fn class(&self) -> HostClass {
+        match self.ip {
+            Some(ip) => classify_ip(ip),
+            None if is_local_name(&self.host) => HostClass::LocalName,
+            None => HostClass::Global,
+        }
+    }
+}
+
+/// Why a URL is not an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UrlError {
+    /// Not an absolute URL with a host (or too long, or with whitespace, a bad port or
+    /// a host that is neither an address nor a DNS name).
+    #[error("not an absolute URL with a host")]
+    Malformed,
+    /// A scheme not accepted here.
+    #[error("URL scheme not accepted here")]
+    Scheme,
+    /// Userinfo, a query or a fragment.
+    #[error("URL has userinfo, a query or a fragment")]
+    Extras,
+}
+
+/// Parses an endpoint URL, accepting only `schemes` (`(scheme, default port)`).
+///
+/// # Errors
+/// [`UrlError`] saying what is wrong.
+pub fn parse_url(url: &str, schemes: &[(&str, u16)]) -> Result<EndpointUrl, UrlError> {
+    let url = url.trim();
+    if url.len() > 2048 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(UrlError::Malformed);
+    }
+    let (scheme, rest) = url.split_once("://").ok_or(UrlError::Malformed)?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = schemes
+        .iter()
+        .find(|(s, _)| *s == scheme)
+        .map(|(_, p)| *p)
+        .ok_or(UrlError::Scheme)?;
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    if authority.contains('@') || tail.contains('?') || tail.contains('#') {
+        return Err(UrlError::Extras);
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or(UrlError::Malformed)?;
+        if h.parse::<Ipv6Addr>().is_err() {
+            return Err(UrlError::Malformed);
+        }
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or(UrlError::Malformed)?),
+        };
+        (h, port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(UrlError::Malformed);
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or(UrlError::Malformed)?,
+    };
+    let host = host.to_ascii_lowercase();
+    let ip = ip_literal(&host);
+    if ip.is_none()
+        && !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    {
+        return Err(UrlError::Malformed);
+    }
+    Ok(EndpointUrl {
+        scheme,
+        host,
+        port,
+        ip,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +509,146 @@ mod tests {
                 .map(|a| a.map(|s| s.ip()).collect())
                 .unwrap_or_default();
             assert_eq!(sys, vec![ip_literal(host).unwrap()], "{host}");
+        }
+    }
+
+    #[test]
+    fn parses_endpoint_urls() {
+        let ok = |u: &str, schemes| parse_url(u, schemes).unwrap_or_else(|e| panic!("{u}: {e}"));
+        let u = ok("http://127.0.0.1:9484", HTTP_SCHEMES);
+        assert_eq!((u.host.as_str(), u.port), ("127.0.0.1", 9484));
+        let u = ok("HTTPS://[::1]/", HTTP_SCHEMES);
+        assert_eq!(
+            (u.scheme.as_str(), u.host.as_str(), u.port),
+            ("https", "::1", 443)
+        );
+        let u = ok("http://2130706433:80", HTTP_SCHEMES);
+        assert_eq!(u.ip, Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        let u = ok("http://127.1", HTTP_SCHEMES);
+        assert_eq!(u.ip, Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        assert_eq!(ok("iicp://node.example.com", NATIVE_SCHEMES).port, 9484);
+        assert_eq!(
+            ok("iicpsec://Node.Example.com:1/x", ENDPOINT_SCHEMES).host,
+            "node.example.com"
+        );
+        assert_eq!(parse_url("ftp://x", HTTP_SCHEMES), Err(UrlError::Scheme));
+        assert_eq!(parse_url("iicp://x", HTTP_SCHEMES), Err(UrlError::Scheme));
+        for extras in ["http://u:p@x.com", "http://x.com/?q=1", "http://x.com/#f"] {
+            assert_eq!(
+                parse_url(extras, HTTP_SCHEMES),
+                Err(UrlError::Extras),
+                "{extras}"
+            );
+        }
+        for bad in [
+            "not a url",
+            "http://",
+            "http://x.com:0",
+            "http://x.com:65536",
+            "http://x.com:port",
+            "http://[::1",
+            "http://[not-v6]:80",
+            "http://x y.com",
+            "http://ex%41mple.com",
+            "http://bad\u{7f}.com",
+        ] {
+            assert_eq!(
+                parse_url(bad, HTTP_SCHEMES),
+                Err(UrlError::Malformed),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse_url(&format!("http://{}.com", "a".repeat(2048)), HTTP_SCHEMES),
+            Err(UrlError::Malformed)
+        );
+    }
+
+    #[test]
+    fn endpoint_security_vectors() {
+        // fixtures/endpoint-security-v1.json address vectors, plus the forms around them
+        for (addr, class) in [
+            ("93.184.216.34", HostClass::Global),
+            ("2606:2800:220:1:248:1893:25c8:1946", HostClass::Global),
+            ("127.0.0.1", HostClass::Loopback),
+            ("10.0.0.5", HostClass::Private),
+            ("172.16.0.1", HostClass::Private),
+            ("192.168.1.1", HostClass::Private),
+            ("169.254.169.254", HostClass::LinkLocal),
+            ("100.64.0.1", HostClass::SharedCgnat),
+            ("100.127.255.255", HostClass::SharedCgnat),
+            ("100.128.0.1", HostClass::Global),
+            ("192.0.2.10", HostClass::Documentation),
+            ("198.51.100.7", HostClass::Documentation),
+            ("203.0.113.9", HostClass::Documentation),
+            ("198.18.0.1", HostClass::Special),
+            ("192.0.0.8", HostClass::Special),
+            ("224.0.0.1", HostClass::Special),
+            ("255.255.255.255", HostClass::Special),
+            ("240.0.0.1", HostClass::Special),
+            ("0.1.2.3", HostClass::Special),
+            ("0.0.0.0", HostClass::Unspecified),
+            ("fd00::1", HostClass::Private),
+            ("fe80::1", HostClass::LinkLocal),
+            ("fec0::1", HostClass::Special),
+            ("ff02::1", HostClass::Special),
+            ("2001:db8::1", HostClass::Documentation),
+            ("::ffff:127.0.0.1", HostClass::Loopback),
+            ("::ffff:8.8.8.8", HostClass::Global),
+            ("::127.0.0.1", HostClass::Special),
+            ("64:ff9b::a00:1", HostClass::Special),
+            ("64:ff9b::808:808", HostClass::Global),
+            ("2002:a00:1::", HostClass::Special),
+            ("2002:808:808::", HostClass::Global),
+            ("2001::1", HostClass::Global),
+            ("2001:10::1", HostClass::Special),
+            ("100::1", HostClass::Special),
+            ("::1", HostClass::Loopback),
+            ("::", HostClass::Unspecified),
+        ] {
+            let ip: IpAddr = addr.parse().unwrap_or_else(|_| panic!("{addr}"));
+            assert_eq!(classify_ip(ip), class, "{addr}");
+            assert_eq!(
+                classify_ip(ip).is_global(),
+                class == HostClass::Global,
+                "{addr}"
+            );
+        }
+        for (host, class) in [
+            ("provider.example.com", HostClass::Global),
+            ("localhost", HostClass::LocalName),
+            ("LOCALHOST.", HostClass::LocalName),
+            ("provider.local", HostClass::LocalName),
+            ("provider.internal", HostClass::LocalName),
+            ("a.home.arpa", HostClass::LocalName),
+            ("x.test", HostClass::LocalName),
+            ("x.example", HostClass::LocalName),
+            ("x.invalid", HostClass::LocalName),
+            ("ollama", HostClass::LocalName),
+            ("127.1", HostClass::Loopback),
+            ("0x7f.1", HostClass::Loopback),
+            ("[::1]", HostClass::Loopback),
+            ("10.1", HostClass::Private),
+        ] {
+            assert_eq!(classify_host(host), class, "{host}");
+        }
+    }
+
+    #[test]
+    fn internal_is_the_operators_own_network() {
+        for (addr, internal) in [
+            ("127.0.0.1", true),
+            ("10.1.2.3", true),
+            ("100.64.0.1", true),
+            ("169.254.1.1", true),
+            ("fd00::1", true),
+            ("0.0.0.0", true),
+            ("192.0.2.1", false),
+            ("224.0.0.1", false),
+            ("8.8.8.8", false),
+        ] {
+            let ip: IpAddr = addr.parse().unwrap_or_else(|_| panic!("{addr}"));
+            assert_eq!(classify_ip(ip).is_internal(), internal, "{addr}");
         }
     }
 }

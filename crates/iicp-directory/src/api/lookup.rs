@@ -22,7 +22,7 @@ use super::{
 };
 use crate::auth::iso8601;
 use crate::cache::{Cached, Lookup};
-use crate::net::{is_private_host, parse_host_ip, EndpointUrl};
+use crate::net::{ip_literal, is_private_host, EndpointUrl};
 use crate::probe::{self, ProbeFailure};
 use crate::state::PROBATION_TASKS;
 use crate::state::{Core, Counters, Node};
@@ -505,7 +505,7 @@ pub(super) async fn probe(core: Arc<Core>, req: Request, _p: Params) -> HandlerR
         .ok_or_else(|| HttpError::validation("`port` must be an integer in 1024..=65535"))?;
     let url = EndpointUrl {
         scheme: "tcp".to_owned(),
-        ip: parse_host_ip(&host),
+        ip: ip_literal(&host),
         host,
         port,
     };
