@@ -3,6 +3,7 @@
 //! PROTOCOL.md §8.2 (with §8.2.3 implementation metadata, §8.2.4 `current_node_token`)
 //! and §8.6.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
@@ -11,15 +12,15 @@ use iicp_proto::crypto::token::DirectoryPublicKey;
 use iicp_proto::directory::{Capability, Limits, RegisterRequest};
 use iicp_proto::intent::Intent;
 use iicp_proto::secret::Secret;
-use iicp_transport::listener::Services;
+use iicp_transport::listener::{Listener, ListenerConfig, Services};
 use iicp_transport::native::NativeEndpoint;
 use tokio::sync::{broadcast, Semaphore};
 
 use crate::capability::build_capabilities_for;
 use crate::clock::iso8601;
 use crate::config::{
-    is_private_endpoint, NodeBuilder, NodeConfig, IMPLEMENTATION_NAME, IMPLEMENTATION_VERSION,
-    NATIVE_CX_V1,
+    is_private_endpoint, may_register, NodeBuilder, NodeConfig, IMPLEMENTATION_NAME,
+    IMPLEMENTATION_VERSION, NATIVE_CX_V1,
 };
 use crate::dedup::Dedup;
 use crate::directory::{DirectoryError, DirectoryFailure, DirectoryStatus};
@@ -87,6 +88,22 @@ impl Shared {
 
     pub(crate) fn token(&self) -> Option<Secret> {
         lock(&self.creds).token.clone()
+    }
+
+    /// Replaces the node token with what `f` returns, called under the credentials lock
+    /// (it may update the other credentials, not the token), and announces a change
+    /// ([`EventKind::NodeTokenChanged`]) once the lock is released.
+    pub(crate) fn replace_token(&self, f: impl FnOnce(&mut Credentials) -> Option<Secret>) {
+        let held = {
+            let mut c = lock(&self.creds);
+            let token = f(&mut c);
+            if c.token == token {
+                return;
+            }
+            c.token = token;
+            c.token.is_some()
+        };
+        crate::event::emit(self, EventKind::NodeTokenChanged { held });
     }
 
     pub(crate) fn hmac_key(&self) -> Option<Secret> {
@@ -273,9 +290,14 @@ impl Node {
         self.shared.token()
     }
 
-    /// Adopts a node token from an earlier registration (e.g. a saved node file).
+    /// Adopts a node token from an earlier registration (e.g. a saved node profile):
+    /// the one way to give a node its token before it serves or registers (an empty
+    /// token clears it). Every change of the token held, this one, an issue at
+    /// registration or the clearing at deregistration, is announced with
+    /// [`EventKind::NodeTokenChanged`].
     pub fn set_node_token(&self, token: Secret) {
-        lock(&self.shared.creds).token = (!token.is_empty()).then_some(token);
+        self.shared
+            .replace_token(|_| (!token.is_empty()).then_some(token));
     }
 
     /// What the node knows of its directory now: registered or not, the failures in a
@@ -412,17 +434,13 @@ impl Node {
     async fn register_once(&self) -> Result<Secret, Error> {
         let s = &self.shared;
         let dir = s.cfg.directory.clone().ok_or(Error::NoDirectory)?;
-        if is_private_endpoint(&crate::reach::advertised_endpoint(s)) {
-            let dir_private = s
-                .cfg
-                .directory_url
-                .as_deref()
-                .is_none_or(is_private_endpoint);
-            if !dir_private {
-                return Err(Error::PrivateEndpoint);
-            }
+        let endpoint = crate::reach::advertised_endpoint(s);
+        if !may_register(&endpoint, s.cfg.directory_url.as_deref()) {
+            return Err(Error::PrivateEndpoint);
+        }
+        if is_private_endpoint(&endpoint) {
             tracing::warn!(
-                endpoint = %crate::reach::advertised_endpoint(s),
+                endpoint = %endpoint,
                 "registering a loopback/private endpoint: only peers on this network can reach the node"
             );
         }
@@ -439,16 +457,15 @@ impl Node {
             .clone()
             .filter(|t| !t.is_empty())
             .ok_or_else(|| DirectoryError::invalid_reply("register"))?;
-        {
-            let mut creds = lock(&s.creds);
+        s.replace_token(|creds| {
             if !ack.node_id.is_empty() {
                 creds.node_id = Some(ack.node_id.clone());
             }
-            creds.token = Some(token.clone());
             if ack.node_hmac_key.as_ref().is_some_and(|k| !k.is_empty()) {
                 creds.hmac_key.clone_from(&ack.node_hmac_key);
             }
-        }
+            Some(token.clone())
+        });
         let not_after = req
             .operator_delegation
             .as_ref()
@@ -497,10 +514,8 @@ impl Node {
         tokio::time::timeout(s.cfg.directory_timeout, dir.deregister(&token, &node_id))
             .await
             .map_err(|_| DirectoryError::transport("deregister", Elapsed))??;
-        let mut c = lock(&s.creds);
-        if c.token.as_ref() == Some(&token) {
-            c.token = None;
-        }
+        // a token issued meanwhile (a re-registration) stays
+        s.replace_token(|c| c.token.clone().filter(|held| *held != token));
         tracing::info!(%node_id, "deregistered from the directory");
         Ok(())
     }
@@ -542,18 +557,23 @@ impl Node {
         }
     }
 
-    /// Binds `options.host:options.port` (never another port) and serves HTTP and
-    /// native IICP there. With a directory configured, registers in the background if
-    /// no token is held (and `options.register`), then heartbeats until stopped.
+    /// Serves HTTP and native IICP on `listener`, a port the caller bound (the CLI binds
+    /// the first free port of a range, [`Listener::bind_first_free`]; tests bind port 0).
+    /// The node sets the listener's drain deadline, body ceiling and native ACK node id
+    /// from its configuration. With a directory configured, registers in the background
+    /// if no token is held (and `options.register`), then heartbeats until stopped.
     ///
     /// # Errors
-    /// [`Error::Bind`] when the port cannot be bound.
+    /// [`Error::Listener`]; [`Error::Bind`] when the relay accept port of a
+    /// relay-capable node cannot be bound.
     pub async fn serve(
         &self,
+        listener: Listener,
         handler: impl TaskHandler,
         options: ServeOptions,
     ) -> Result<ServeHandle, Error> {
-        let handle = crate::serve::start(self.clone(), Arc::new(handler), options).await?;
+        let handle =
+            crate::serve::start(self.clone(), listener, Arc::new(handler), options).await?;
         crate::event::emit(
             &self.shared,
             EventKind::Serving {
@@ -563,6 +583,23 @@ impl Node {
             },
         );
         Ok(handle)
+    }
+
+    /// Binds `addr` exactly (never another port) with the default listener settings and
+    /// serves there ([`Node::serve`]).
+    ///
+    /// # Errors
+    /// [`Error::Bind`] when `addr` cannot be bound, else as [`Node::serve`].
+    pub async fn bind_and_serve(
+        &self,
+        addr: SocketAddr,
+        handler: impl TaskHandler,
+        options: ServeOptions,
+    ) -> Result<ServeHandle, Error> {
+        let listener = Listener::bind(addr, ListenerConfig::default())
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        self.serve(listener, handler, options).await
     }
 
     /// Time until the directory considers a silent node dormant (§8.3), for callers
