@@ -843,9 +843,10 @@ impl Mesh {
         )
         .build()?;
         let handle = node
-            .serve(
+            .bind_and_serve(
+                std::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
                 recorder.clone(),
-                ServeOptions::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+                ServeOptions::default(),
             )
             .await?;
         let start = Instant::now();

@@ -4,16 +4,17 @@
 //! FAIL against deliberately broken targets, so that the cases can fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
 use iicp_conformance::cases::{self, Case, Ctx, Target};
-use iicp_conformance::peers::{free_port, Mesh};
+use iicp_conformance::peers::Mesh;
 use iicp_conformance::report::{CaseReport, Verdict};
 use iicp_conformance::scripted::{Canned, ScriptedBuilder};
 use iicp_node::{AuthMode, HandlerError, Node, ServeHandle, ServeOptions, Task, TaskOutput};
+use iicp_transport::listener::{Listener, ListenerConfig};
 use serde_json::{json, Value};
 
 const CHAT: &str = iicp_client::CHAT_INTENT;
@@ -44,7 +45,13 @@ async fn handle(task: Task) -> Result<TaskOutput, HandlerError> {
 }
 
 async fn our_node(mesh: &Mesh, auth: AuthMode) -> ServeHandle {
-    let port = free_port().unwrap();
+    let mut config = ListenerConfig::default();
+    config.native.session.handshake_timeout = NATIVE_TIMEOUT;
+    config.native.session.read_timeout = NATIVE_TIMEOUT;
+    let listener = Listener::bind((Ipv4Addr::LOCALHOST, 0).into(), config)
+        .await
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
     let node = Node::builder()
         .endpoint(format!("http://127.0.0.1:{port}"))
         .intent(CHAT)
@@ -56,10 +63,9 @@ async fn our_node(mesh: &Mesh, auth: AuthMode) -> ServeHandle {
         .directory_url(mesh.url())
         .build()
         .unwrap();
-    let mut opts = ServeOptions::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
-    opts.listener.native.session.handshake_timeout = NATIVE_TIMEOUT;
-    opts.listener.native.session.read_timeout = NATIVE_TIMEOUT;
-    node.serve(handle, opts).await.unwrap()
+    node.serve(listener, handle, ServeOptions::default())
+        .await
+        .unwrap()
 }
 
 fn ctx_for(h: &ServeHandle, mesh: &Mesh) -> Ctx {

@@ -48,9 +48,10 @@ async fn binary_against_our_node_passes_and_writes_the_report() {
         .build()
         .unwrap();
     let h = node
-        .serve(
+        .bind_and_serve(
+            std::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
             EchoModel::new("echo"),
-            ServeOptions::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port).with_register(false),
+            ServeOptions::default().with_register(false),
         )
         .await
         .unwrap();

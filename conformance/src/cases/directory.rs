@@ -324,9 +324,10 @@ async fn our_node(dir: &Scripted) -> Result<iicp_node::ServeHandle, Stop> {
         .directory_timeout(Duration::from_secs(2))
         .build()
         .map_err(io)?;
-    node.serve(
+    node.bind_and_serve(
+        std::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
         iicp_node::EchoModel::new("conformance-model"),
-        iicp_node::ServeOptions::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+        iicp_node::ServeOptions::default(),
     )
     .await
     .map_err(io)

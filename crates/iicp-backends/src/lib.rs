@@ -12,6 +12,9 @@
 //!   `anthropic` (`https://api.anthropic.com/v1`, the Messages API mapped to and from
 //!   the OpenAI chat-completion shape).
 //! * [`detect_flavour`] — what kind of OpenAI-compatible server answers at a URL.
+//! * [`ServerSpec`] — a model server as an operator names it (type, URL, key), read the
+//!   same way by every command; [`ServerSpec::prepare`] chooses the served model
+//!   ([`plan_models`]) and builds its adapter.
 //! * [`stub::StubModel`] — a fast OpenAI-compatible stub model server (benchmarks, demos).
 //!
 //! Every result of `llm:chat:v1` is an OpenAI chat-completion object, whichever server
@@ -44,6 +47,7 @@ mod clean;
 mod detect;
 #[cfg(feature = "openai-compat")]
 pub mod openai;
+mod server;
 pub mod sse;
 pub mod stub;
 
@@ -51,6 +55,7 @@ pub use detect::{
     context_length, detect_flavour, flavour_of, list_models, plan_models, Flavour,
     ModelChoiceError, ModelPlan,
 };
+pub use server::{Prepared, ServerSpec, SetupError};
 
 /// The chat intent every backend serves.
 pub use iicp_proto::constants::CHAT_INTENT;

@@ -816,3 +816,28 @@ async fn llama_cpp_python_is_not_taken_for_vllm() {
         Flavour::Custom
     );
 }
+
+#[tokio::test]
+async fn a_server_spec_prepares_the_only_model_it_lists() {
+    let stub = iicp_backends::stub::StubModel::new("stub-model", Duration::ZERO);
+    let server = HttpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let (_trigger, sd) = shutdown::channel();
+    tokio::spawn(server.serve(stub.router(), sd));
+    let http = HttpClient::new(HttpClientConfig::default()).expect("client");
+    // the server root as an operator pastes it
+    let spec = iicp_backends::ServerSpec::resolve(None, Some(&format!("http://{addr}")), None)
+        .expect("spec");
+    assert_eq!(spec.base_url, format!("http://{addr}/v1"));
+    let ready = spec.prepare(&http, None).await.expect("auto-selected");
+    assert_eq!(ready.plan.model, "stub-model");
+    assert_eq!(ready.plan.models, ["stub-model"]);
+    assert_eq!(ready.backend.default_model(), Some("stub-model"));
+    assert_eq!(spec.models(&http).await.expect("models"), ["stub-model"]);
+    assert!(spec.flavour(&http).await.is_some());
+    // a named model is served even when the server does not list it
+    let named = spec.prepare(&http, Some("other")).await.expect("named");
+    assert_eq!(named.plan.model, "other");
+}

@@ -2,6 +2,7 @@
 
 pub(crate) mod bench;
 pub(crate) mod chat;
+pub(crate) mod common;
 pub(crate) mod completion;
 pub(crate) mod credits;
 pub(crate) mod dev;

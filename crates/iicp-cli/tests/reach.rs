@@ -103,7 +103,11 @@ async fn node_without_route_binds_an_elected_relay_and_is_reached_through_it() {
         .build()
         .unwrap();
     let relay_handle = relay
-        .serve(EchoModel::default(), ServeOptions::new(LOCAL, relay_port))
+        .bind_and_serve(
+            std::net::SocketAddr::new(LOCAL, relay_port),
+            EchoModel::default(),
+            ServeOptions::default(),
+        )
         .await
         .unwrap();
     let accept = relay_handle.relay_addr().expect("relay accept listener");
@@ -126,9 +130,10 @@ async fn node_without_route_binds_an_elected_relay_and_is_reached_through_it() {
         .build()
         .unwrap();
     let handle = worker
-        .serve(
+        .bind_and_serve(
+            std::net::SocketAddr::new(LOCAL, worker_port),
             EchoModel::default(),
-            ServeOptions::new(LOCAL, worker_port).with_reach(no_route()),
+            ServeOptions::default().with_reach(no_route()),
         )
         .await
         .unwrap();
@@ -245,7 +250,11 @@ async fn relay_accept_port_may_not_equal_the_node_port() {
         .build()
         .unwrap();
     let err = node
-        .serve(EchoModel::default(), ServeOptions::new(LOCAL, port))
+        .bind_and_serve(
+            std::net::SocketAddr::new(LOCAL, port),
+            EchoModel::default(),
+            ServeOptions::default(),
+        )
         .await
         .expect_err("collision refused");
     let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
@@ -257,9 +266,10 @@ async fn public_endpoint_is_tier_0_and_nothing_is_tier_4() {
     let port = free_port();
     let node = on_port(port).build().unwrap();
     let h = node
-        .serve(
+        .bind_and_serve(
+            std::net::SocketAddr::new(LOCAL, port),
             EchoModel::default(),
-            ServeOptions::new(LOCAL, port)
+            ServeOptions::default()
                 .with_reach(no_route().with_public_endpoint("https://node.example.com:9484")),
         )
         .await
@@ -276,9 +286,10 @@ async fn public_endpoint_is_tier_0_and_nothing_is_tier_4() {
     let port = free_port();
     let node = on_port(port).build().unwrap();
     let h = node
-        .serve(
+        .bind_and_serve(
+            std::net::SocketAddr::new(LOCAL, port),
             EchoModel::default(),
-            ServeOptions::new(LOCAL, port).with_reach(no_route()),
+            ServeOptions::default().with_reach(no_route()),
         )
         .await
         .unwrap();
@@ -327,7 +338,11 @@ async fn relay_node_answers_signed_peer_exchanges() {
         .build()
         .unwrap();
     let h = relay
-        .serve(EchoModel::default(), ServeOptions::new(LOCAL, port))
+        .bind_and_serve(
+            std::net::SocketAddr::new(LOCAL, port),
+            EchoModel::default(),
+            ServeOptions::default(),
+        )
         .await
         .unwrap();
     wait_registered(&relay).await;
@@ -463,9 +478,13 @@ async fn mesh_nodes_exchange_peers_through_a_relay_node() {
             .build()
             .unwrap();
         handles.push(
-            node.serve(EchoModel::default(), ServeOptions::new(LOCAL, port))
-                .await
-                .unwrap(),
+            node.bind_and_serve(
+                std::net::SocketAddr::new(LOCAL, port),
+                EchoModel::default(),
+                ServeOptions::default(),
+            )
+            .await
+            .unwrap(),
         );
         wait_registered(&node).await;
         nodes.push(node);
@@ -498,9 +517,10 @@ async fn node_maps_its_port_through_an_igd_and_deletes_the_mapping_on_stop() {
     rc.container = Some(iicp_node::reach::Container::None);
     rc.discovery = igd.discovery_config();
     let h = node
-        .serve(
+        .bind_and_serve(
+            std::net::SocketAddr::new(LOCAL, port),
             EchoModel::default(),
-            ServeOptions::new(LOCAL, port).with_reach(rc),
+            ServeOptions::default().with_reach(rc),
         )
         .await
         .unwrap();
@@ -591,7 +611,11 @@ async fn doctor_says_whether_a_relay_is_listed() {
         .build()
         .unwrap();
     let h = relay
-        .serve(EchoModel::default(), ServeOptions::new(LOCAL, port))
+        .bind_and_serve(
+            std::net::SocketAddr::new(LOCAL, port),
+            EchoModel::default(),
+            ServeOptions::default(),
+        )
         .await
         .unwrap();
     wait_registered(&relay).await;

@@ -118,6 +118,35 @@ fn usage_errors_exit_2_before_any_network_io() {
 }
 
 #[test]
+fn the_node_builders_refusals_are_usage_errors_with_its_reason() {
+    let home = temp_home("config");
+    let long_region = "r".repeat(65);
+    for (args, reason) in [
+        (
+            &["--max-concurrent", "257"][..],
+            "max_concurrent must be 1-256",
+        ),
+        (
+            &["--region", long_region.as_str()],
+            "region must be at most 64 characters",
+        ),
+        (&["--intent", "urn:iicp:intent:BAD:v1"], "invalid intent: "),
+    ] {
+        let o = run(iicp()
+            .env("IICP_HOME", &home)
+            .args(["serve", "--backend-type", "echo", "--skip-registration"])
+            .args(args));
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!("ERROR: invalid node configuration: {reason}")),
+            "{args:?}: {err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+#[test]
 fn port_collision_auto_increments_unless_public_endpoint() {
     let home = temp_home("port");
     let blocker = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

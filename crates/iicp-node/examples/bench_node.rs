@@ -11,11 +11,12 @@
 //! killed.
 #![allow(clippy::print_stdout)]
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use iicp_backends::{BackendConfig, BackendKind};
 use iicp_node::{BackendHandler, Node, RateLimit, ServeOptions};
+use iicp_transport::listener::{Listener, ListenerConfig};
 
 // the allocator of the `iicp` binary, so the benchmark measures what operators run
 #[global_allocator]
@@ -62,9 +63,18 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
             window: Duration::from_secs(60),
         })
         .build()?;
-    let mut options = ServeOptions::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port).with_register(false);
-    options.listener.max_connections = max_connections;
-    let handle = node.serve(BackendHandler::new(backend), options).await?;
+    let listener = Listener::bind(
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+        ListenerConfig {
+            max_connections,
+            ..ListenerConfig::default()
+        },
+    )
+    .await?;
+    let options = ServeOptions::default().with_register(false);
+    let handle = node
+        .serve(listener, BackendHandler::new(backend), options)
+        .await?;
     println!(
         "bench node on http://{} (native iicp://{}), backend {backend_url}",
         handle.local_addr(),

@@ -541,7 +541,10 @@ mod tests {
         let kinds: Vec<&str> = std::iter::from_fn(|| events.try_recv().ok())
             .map(|e| e.kind.name())
             .collect();
-        assert_eq!(kinds, ["directory_recovered", "register_ok"]);
+        assert_eq!(
+            kinds,
+            ["node_token_changed", "directory_recovered", "register_ok"]
+        );
         // heartbeats follow at the configured interval
         until_calls(&dir, 9).await;
         assert_eq!(dir.calls.lock()[8].0, "heartbeat");

@@ -27,7 +27,7 @@ pub const IMPLEMENTATION_NAME: &str = "iicp-rs";
 pub const IMPLEMENTATION_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Default `sdk_compatibility_version` (and `sdk_version`, which must equal it).
 pub const SDK_COMPATIBILITY_VERSION: &str = env!("CARGO_PKG_VERSION");
-/// Default port of [`crate::ServeOptions`] (PROTOCOL.md §1.2).
+/// The IICP port (PROTOCOL.md §1.2), where the CLI starts looking for a free one.
 pub use iicp_proto::constants::DEFAULT_PORT;
 /// Default relay accept port (§14.2).
 pub use iicp_proto::constants::DEFAULT_RELAY_ACCEPT_PORT;
@@ -570,16 +570,53 @@ impl NodeBuilder {
         self
     }
 
-    /// Validates the settings into a [`NodeConfig`] (`NodeBuilder::build` makes the
-    /// node from it).
-    pub(crate) fn into_config(self) -> Result<NodeConfig, ConfigError> {
-        let endpoint = self.endpoint.ok_or(ConfigError::MissingEndpoint)?;
-        if !is_http_url(&endpoint) {
-            return Err(ConfigError::InvalidEndpoint);
+    /// Checks the settings given so far as [`NodeBuilder::build`] does, without building
+    /// and without requiring the endpoint (checked when set): a caller that learns the
+    /// endpoint and the models later (after binding its port, after asking its model
+    /// server) refuses a bad configuration before any of that.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check(false)
+    }
+
+    fn check(&self, endpoint_required: bool) -> Result<(), ConfigError> {
+        match &self.endpoint {
+            None if endpoint_required => return Err(ConfigError::MissingEndpoint),
+            Some(e) if !is_http_url(e) => return Err(ConfigError::InvalidEndpoint),
+            _ => {}
         }
         if self.intents.is_empty() {
             return Err(ConfigError::NoIntent);
         }
+        for raw in &self.intents {
+            Intent::new(raw.as_str()).map_err(ConfigError::Intent)?;
+        }
+        if !(1..=256).contains(&self.max_concurrent.unwrap_or(4)) {
+            return Err(ConfigError::MaxConcurrent);
+        }
+        if self.region.as_ref().is_some_and(|r| r.chars().count() > 64) {
+            return Err(ConfigError::Region);
+        }
+        if let Some(url) = &self.directory_url {
+            if !is_http_url(url) {
+                return Err(ConfigError::DirectoryUrl);
+            }
+        }
+        if let Some(v) = &self.sdk_compatibility_version {
+            if !version_grammar(v) {
+                return Err(ConfigError::SdkVersion);
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates the settings into a [`NodeConfig`] (`NodeBuilder::build` makes the
+    /// node from it).
+    pub(crate) fn into_config(self) -> Result<NodeConfig, ConfigError> {
+        self.check(true)?;
+        let endpoint = self.endpoint.ok_or(ConfigError::MissingEndpoint)?;
         let mut intents: Vec<Intent> = Vec::new();
         for raw in &self.intents {
             let intent = Intent::new(raw.as_str()).map_err(ConfigError::Intent)?;
@@ -588,24 +625,10 @@ impl NodeBuilder {
             }
         }
         let max_concurrent = self.max_concurrent.unwrap_or(4);
-        if !(1..=256).contains(&max_concurrent) {
-            return Err(ConfigError::MaxConcurrent);
-        }
         let region = self.region.unwrap_or_else(|| "unknown".to_owned());
-        if region.chars().count() > 64 {
-            return Err(ConfigError::Region);
-        }
-        if let Some(url) = &self.directory_url {
-            if !is_http_url(url) {
-                return Err(ConfigError::DirectoryUrl);
-            }
-        }
         let sdk = self
             .sdk_compatibility_version
             .unwrap_or_else(|| SDK_COMPATIBILITY_VERSION.to_owned());
-        if !version_grammar(&sdk) {
-            return Err(ConfigError::SdkVersion);
-        }
         let mut models: Vec<String> = Vec::new();
         for m in self.models {
             if !m.is_empty() && !models.contains(&m) {
@@ -719,6 +742,29 @@ pub fn is_private_endpoint(url: &str) -> bool {
     endpoint::parse_url(url, endpoint::HTTP_SCHEMES).map_or(true, |u| !u.class().is_global())
 }
 
+/// Whether a node advertising `endpoint` may register with the directory at
+/// `directory_url` (DESIGN §4.12): a public endpoint always; a loopback or LAN endpoint
+/// ([`is_private_endpoint`]) only with a directory that is itself private (a private
+/// mesh), since nobody a public directory sends could reach it. The node refuses such a
+/// registration ([`crate::Error::PrivateEndpoint`]); a caller checks first to skip it.
+pub fn may_register(endpoint: &str, directory_url: Option<&str>) -> bool {
+    !is_private_endpoint(endpoint) || directory_url.is_none_or(is_private_endpoint)
+}
+
+/// The endpoint a node bound to `addr` advertises when it is given no public one: the
+/// bound address, with loopback for an unspecified one (`[::]:9484` →
+/// `http://127.0.0.1:9484`; IPv6 loopback stays `http://[::1]:…`).
+pub fn local_endpoint(addr: std::net::SocketAddr) -> String {
+    use std::net::{IpAddr, Ipv6Addr};
+    let port = addr.port();
+    match addr.ip() {
+        IpAddr::V6(v6) if v6 == Ipv6Addr::LOCALHOST => format!("http://[::1]:{port}"),
+        h if h.is_unspecified() || h.is_loopback() => format!("http://127.0.0.1:{port}"),
+        IpAddr::V4(v4) => format!("http://{v4}:{port}"),
+        IpAddr::V6(v6) => format!("http://[{v6}]:{port}"),
+    }
+}
+
 fn version_grammar(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
@@ -766,6 +812,33 @@ mod tests {
         ] {
             assert!(!is_private_endpoint(p), "{p}");
         }
+    }
+
+    #[test]
+    fn private_endpoints_register_only_with_private_directories() {
+        let public_dir = Some("https://iicp.network/api");
+        assert!(may_register("https://node.example.com:9484", public_dir));
+        assert!(!may_register("http://127.0.0.1:9484", public_dir));
+        assert!(!may_register("http://[::1]:9484", public_dir));
+        assert!(may_register(
+            "http://127.0.0.1:9484",
+            Some("http://127.0.0.1:8080/api")
+        ));
+        assert!(may_register(
+            "http://192.168.1.5:9484",
+            Some("http://box.lan/api")
+        ));
+        assert!(may_register("http://127.0.0.1:9484", None));
+    }
+
+    #[test]
+    fn local_endpoints() {
+        let ep = |a: &str| local_endpoint(a.parse().expect("addr"));
+        assert_eq!(ep("[::]:9484"), "http://127.0.0.1:9484");
+        assert_eq!(ep("0.0.0.0:1"), "http://127.0.0.1:1");
+        assert_eq!(ep("[::1]:9484"), "http://[::1]:9484");
+        assert_eq!(ep("10.0.0.2:1"), "http://10.0.0.2:1");
+        assert_eq!(ep("[2001:db8::1]:7"), "http://[2001:db8::1]:7");
     }
 
     #[test]
@@ -831,6 +904,30 @@ mod tests {
                 .err(),
             Some(ConfigError::SdkVersion)
         );
+        // validate: the same checks, the endpoint only when set
+        let early = || Node::builder().intent("urn:iicp:intent:llm:chat:v1");
+        assert_eq!(early().validate(), Ok(()));
+        assert_eq!(
+            early().max_concurrent(0).validate(),
+            Err(ConfigError::MaxConcurrent)
+        );
+        assert_eq!(
+            early().region("r".repeat(65)).validate(),
+            Err(ConfigError::Region)
+        );
+        assert!(matches!(
+            early().intent("urn:iicp:intent:BAD:v1").validate(),
+            Err(ConfigError::Intent(_))
+        ));
+        assert_eq!(
+            early().directory_url("iicp.network").validate(),
+            Err(ConfigError::DirectoryUrl)
+        );
+        assert_eq!(
+            early().endpoint("x").validate(),
+            Err(ConfigError::InvalidEndpoint)
+        );
+        assert_eq!(Node::builder().validate(), Err(ConfigError::NoIntent));
         let node = base().model("a").model("a").build().expect("ok");
         assert_eq!(node.config().models, ["a"]);
         assert_eq!(node.config().region, "unknown");

@@ -26,7 +26,8 @@ pub enum Error {
     /// the node (DESIGN §4.12).
     #[error("a private endpoint cannot be registered with a public directory")]
     PrivateEndpoint,
-    /// The port could not be bound (it is never auto-incremented, DESIGN §4.15).
+    /// The port could not be bound ([`crate::Node::bind_and_serve`], the relay accept
+    /// port; a port is never auto-incremented by the library, DESIGN §4.15).
     #[error("could not bind {addr}")]
     Bind {
         /// The address.
@@ -35,6 +36,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A bound socket could not tell its address.
+    #[error("the listening socket failed")]
+    Listener(#[source] std::io::Error),
 }
 
 impl Error {

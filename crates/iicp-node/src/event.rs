@@ -1,7 +1,8 @@
 //! Lifecycle events of a node, for operators' event logs (SEED-SDK.md §2.2
 //! `--log-dir`: `register_ok`, `register_fail`, `serve_start`, `deregister_ok`,
 //! `deregister_fail`; ours: `directory_unavailable`, `directory_recovered` for the
-//! directory circuit breaker, ADR 0009).
+//! directory circuit breaker, ADR 0009; `node_token_changed` for whoever persists the
+//! node token).
 //!
 //! [`Node::subscribe`](crate::Node::subscribe) hands out a receiver of a bounded
 //! broadcast channel ([`EVENT_CAPACITY`] events); a receiver that falls behind loses the
@@ -96,6 +97,14 @@ pub enum EventKind {
         /// Whether the node registers it (false: no public route, withdrawn).
         registers: bool,
     },
+    /// The node token held changed (`node_token_changed`): issued at registration,
+    /// replaced, set by [`Node::set_node_token`](crate::Node::set_node_token), or
+    /// cleared at deregistration. It carries no token: whoever persists the token reads
+    /// it with [`Node::node_token`](crate::Node::node_token).
+    NodeTokenChanged {
+        /// Whether a token is held now.
+        held: bool,
+    },
     /// The node deregistered (`deregister_ok`).
     Deregistered {
         /// The directory base URL.
@@ -134,6 +143,7 @@ impl EventKind {
             EventKind::DirectoryUnavailable { .. } => "directory_unavailable",
             EventKind::DirectoryRecovered { .. } => "directory_recovered",
             EventKind::ReachabilityChanged { .. } => "reachability_changed",
+            EventKind::NodeTokenChanged { .. } => "node_token_changed",
         }
     }
 }
@@ -240,15 +250,20 @@ mod tests {
         ));
         dir.down.store(false, Ordering::Relaxed);
         node.register().await.expect("register");
+        // the token issued comes first, then the registration
+        let ev = rx.try_recv().expect("node_token_changed");
+        assert_eq!(ev.kind, EventKind::NodeTokenChanged { held: true });
+        assert_eq!(ev.node_id.as_deref(), Some("node-1"));
         let ev = rx.try_recv().expect("register_ok");
         assert_eq!(ev.node_id.as_deref(), Some("node-1"));
         assert_eq!(ev.kind.name(), "register_ok");
         assert!(ev.timestamp().ends_with('Z'));
 
         let handle = node
-            .serve(
+            .bind_and_serve(
+                ([127, 0, 0, 1], 0).into(),
                 EchoModel::default(),
-                ServeOptions::new([127, 0, 0, 1].into(), 0).with_register(false),
+                ServeOptions::default().with_register(false),
             )
             .await
             .expect("serve");
@@ -268,8 +283,19 @@ mod tests {
         dir.down.store(false, Ordering::Relaxed);
         let stopped = handle.stop().await;
         assert!(stopped.deregistered);
+        let ev = rx.try_recv().expect("node_token_changed");
+        assert_eq!(ev.kind, EventKind::NodeTokenChanged { held: false });
         let ev = rx.try_recv().expect("deregister_ok");
         assert_eq!(ev.kind.name(), "deregister_ok");
+        // a token set by hand is announced once, an unchanged one not again
+        node.set_node_token(Secret::new("saved-token"));
+        node.set_node_token(Secret::new("saved-token"));
+        let ev = rx.try_recv().expect("node_token_changed");
+        assert_eq!(ev.kind, EventKind::NodeTokenChanged { held: true });
+        assert!(rx.try_recv().is_err());
+        node.set_node_token(Secret::new(""));
+        let ev = rx.try_recv().expect("node_token_changed");
+        assert_eq!(ev.kind, EventKind::NodeTokenChanged { held: false });
         // nothing secret in any event
         assert!(!format!("{ev:?}").contains("tok-secret"));
     }

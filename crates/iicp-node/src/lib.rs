@@ -22,13 +22,14 @@
 //!
 //! What it does not do: parse arguments, read the environment or files (except the
 //! [`operator`] store and the [`run`] state under `$IICP_HOME`), print, prompt, pick
-//! ports (it never auto-increments, DESIGN §4.15), talk to model servers (a
+//! ports (the caller binds the listener [`Node::serve`] takes; DESIGN §4.15), talk to model servers (a
 //! [`TaskHandler`] does; `iicp-backends` provides them), or implement NAT traversal itself (it drives `iicp-nat` from [`reach`]).
 //!
 //! Place in the crate graph: layer L3, over `iicp-proto` and `iicp-transport`.
 //!
 //! ```no_run
 //! use iicp_node::{HandlerError, Node, ServeOptions, Task};
+//! use iicp_transport::listener::{Listener, ListenerConfig};
 //! use serde_json::json;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -39,8 +40,11 @@
 //!     .directory_url("https://iicp.network/api")
 //!     .build()?;
 //! node.register().await?;
+//! // the caller binds the port (`Listener::bind_first_free` takes the first free one)
+//! let listener = Listener::bind("[::]:9484".parse()?, ListenerConfig::default()).await?;
 //! let handle = node
 //!     .serve(
+//!         listener,
 //!         |task: Task| async move {
 //!             Ok::<_, HandlerError>(json!({"choices": [{"message": {"role": "assistant", "content": "hi"}}]}))
 //!         },
@@ -83,8 +87,8 @@ mod state;
 
 pub use backend::{BackendHandler, EchoModel};
 pub use config::{
-    is_private_endpoint, AuthMode, Backoff, Breaker, ConfigError, NodeBuilder, NodeConfig,
-    RateLimit, UnknownAuthMode,
+    is_private_endpoint, local_endpoint, may_register, AuthMode, Backoff, Breaker, ConfigError,
+    NodeBuilder, NodeConfig, RateLimit, UnknownAuthMode,
 };
 pub use directory::{
     DirectoryApi, DirectoryError, DirectoryFailure, DirectoryStatus, HttpDirectory,

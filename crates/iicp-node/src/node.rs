@@ -71,9 +71,14 @@ impl Node {
         self.shared.token()
     }
 
-    /// Adopts a node token from an earlier registration (e.g. a saved node file).
+    /// Adopts a node token from an earlier registration (e.g. a saved node profile):
+    /// the one way to give a node its token before it serves or registers (an empty
+    /// token clears it). Every change of the token held, this one, an issue at
+    /// registration or the clearing at deregistration, is announced with
+    /// [`EventKind::NodeTokenChanged`](crate::event::EventKind::NodeTokenChanged).
     pub fn set_node_token(&self, token: Secret) {
-        self.shared.creds.lock().token = (!token.is_empty()).then_some(token);
+        self.shared
+            .replace_token(|_| (!token.is_empty()).then_some(token));
     }
 
     /// What the node knows of its directory now: registered or not, the failures in a

@@ -1,8 +1,8 @@
 //! Reachability: how a serving node becomes reachable from outside (PROTOCOL.md
 //! §13.1–§13.2 ladder, §14.4–§14.6 relay, §19 T31; SEED-SDK.md §3).
 //!
-//! With [`ReachConfig`] in [`crate::ServeOptions::reach`], [`crate::Node::serve`], after
-//! binding its port and before the first registration:
+//! With [`ReachConfig`] in [`crate::ServeOptions::reach`], [`crate::Node::serve`], once
+//! its port is bound and before the first registration:
 //!
 //! 1. gathers observations: interface addresses and container detection
 //!    ([`iicp_nat::detect`], unless given in the config), the operator settings;
@@ -627,9 +627,7 @@ impl Planner {
             }
         }
         let endpoint = advertised_endpoint(shared);
-        if crate::config::is_private_endpoint(&endpoint)
-            && crate::registration::refuses_private(shared)
-        {
+        if !crate::config::may_register(&endpoint, shared.cfg.directory_url.as_deref()) {
             reach.registers = false;
             reach.guidance.push(
                 "the endpoint is private and no public route was found: not registering with the public directory".to_owned(),

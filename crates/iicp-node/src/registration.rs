@@ -11,7 +11,7 @@ use iicp_proto::secret::Secret;
 
 use crate::clock::iso8601;
 use crate::config::{
-    is_private_endpoint, IMPLEMENTATION_NAME, IMPLEMENTATION_VERSION, NATIVE_CX_V1,
+    is_private_endpoint, may_register, IMPLEMENTATION_NAME, IMPLEMENTATION_VERSION, NATIVE_CX_V1,
 };
 use crate::directory::DirectoryError;
 use crate::error::Error;
@@ -117,12 +117,13 @@ pub(crate) async fn register(s: &Shared) -> Result<Secret, Error> {
 
 async fn register_once(s: &Shared) -> Result<Secret, Error> {
     let dir = s.cfg.directory.clone().ok_or(Error::NoDirectory)?;
-    if is_private_endpoint(&advertised_endpoint(s)) {
-        if refuses_private(s) {
-            return Err(Error::PrivateEndpoint);
-        }
+    let endpoint = advertised_endpoint(s);
+    if !may_register(&endpoint, s.cfg.directory_url.as_deref()) {
+        return Err(Error::PrivateEndpoint);
+    }
+    if is_private_endpoint(&endpoint) {
         tracing::warn!(
-            endpoint = %advertised_endpoint(s),
+            endpoint = %endpoint,
             "registering a loopback/private endpoint: only peers on this network can reach the node"
         );
     }
@@ -139,16 +140,15 @@ async fn register_once(s: &Shared) -> Result<Secret, Error> {
         .clone()
         .filter(|t| !t.is_empty())
         .ok_or_else(|| DirectoryError::invalid_reply("register"))?;
-    {
-        let mut creds = s.creds.lock();
+    s.replace_token(|creds| {
         if !ack.node_id.is_empty() {
             creds.node_id = Some(ack.node_id.clone());
         }
-        creds.token = Some(token.clone());
         if ack.node_hmac_key.as_ref().is_some_and(|k| !k.is_empty()) {
             creds.hmac_key.clone_from(&ack.node_hmac_key);
         }
-    }
+        Some(token.clone())
+    });
     let not_after = req
         .operator_delegation
         .as_ref()
@@ -192,21 +192,10 @@ async fn deregister_once(s: &Shared) -> Result<(), Error> {
     tokio::time::timeout(s.cfg.directory_timeout, dir.deregister(&token, &node_id))
         .await
         .map_err(|_| DirectoryError::transport("deregister", Elapsed))??;
-    let mut c = s.creds.lock();
-    if c.token.as_ref() == Some(&token) {
-        c.token = None;
-    }
+    // a token issued meanwhile (a re-registration) stays
+    s.replace_token(|c| c.token.clone().filter(|held| *held != token));
     tracing::info!(%node_id, "deregistered from the directory");
     Ok(())
-}
-
-/// Whether the node's directory is public, so a private endpoint must not register
-/// there (DESIGN §4.12: private endpoints register only with a private directory).
-pub(crate) fn refuses_private(s: &Shared) -> bool {
-    !s.cfg
-        .directory_url
-        .as_deref()
-        .is_none_or(is_private_endpoint)
 }
 
 /// Applies the advert to a REGISTER body.

@@ -1,16 +1,15 @@
-//! Serving: bind the one port, run the listener and the directory agent, and stop
-//! gracefully (SEED-SDK.md §1.11; PROTOCOL.md §1.2, §10.6; DESIGN §4.2, §4.15).
+//! Serving: run the caller's bound listener (HTTP and native IICP on one port) and the
+//! directory agent, and stop gracefully (SEED-SDK.md §1.11; PROTOCOL.md §1.2, §10.6; DESIGN §4.2, §4.15).
 //!
 //! [`ServeHandle::stop`] stops accepting connections, lets in-flight tasks finish up to
 //! the drain deadline (native sessions answer their in-flight CALLs, then send CLOSE
 //! `graceful`), stops the heartbeat loop and deregisters.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use iicp_proto::secret::Secret;
 use iicp_transport::listener::{Listener, ListenerConfig};
 use iicp_transport::shutdown::{self, Trigger};
 use tokio::sync::watch;
@@ -19,7 +18,6 @@ use tokio::task::JoinHandle;
 use iicp_nat::relay::{check_ports, RelayError};
 use iicp_nat::{RelayConfig, RelayServer};
 
-use crate::config::DEFAULT_PORT;
 use crate::error::Error;
 use crate::event::EventKind;
 use crate::handler::TaskHandler;
@@ -30,18 +28,9 @@ use crate::reach::{ReachConfig, Reachability};
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ServeOptions {
-    /// Address to bind (default `0.0.0.0`).
-    pub host: IpAddr,
-    /// Port to bind (default 9484; 0 = ephemeral). Never changed by the library.
-    pub port: u16,
-    /// A node token from an earlier registration; heartbeats start with it.
-    pub node_token: Option<Secret>,
     /// With a directory and no token held: register in the background, with backoff,
     /// until it succeeds (default on).
     pub register: bool,
-    /// Listener settings (connection limits, timeouts, TLS); the node sets the native
-    /// ACK node id, drain deadlines and the body ceiling from its own configuration.
-    pub listener: ListenerConfig,
     /// Reachability (NAT detection, UPnP, relay; [`crate::reach`]). `None` (default):
     /// the configured endpoint is registered as given.
     pub reach: Option<ReachConfig>,
@@ -50,32 +39,13 @@ pub struct ServeOptions {
 impl Default for ServeOptions {
     fn default() -> Self {
         Self {
-            host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            port: DEFAULT_PORT,
-            node_token: None,
             register: true,
-            listener: ListenerConfig::default(),
             reach: None,
         }
     }
 }
 
 impl ServeOptions {
-    /// `host:port` with the other defaults.
-    pub fn new(host: IpAddr, port: u16) -> Self {
-        Self {
-            host,
-            port,
-            ..Self::default()
-        }
-    }
-
-    /// Adopts a node token from an earlier registration.
-    pub fn with_node_token(mut self, token: impl Into<Secret>) -> Self {
-        self.node_token = Some(token.into());
-        self
-    }
-
     /// Whether to register in the background when no token is held.
     pub fn with_register(mut self, register: bool) -> Self {
         self.register = register;
@@ -115,18 +85,22 @@ pub struct ServeHandle {
 }
 
 impl Node {
-    /// Binds `options.host:options.port` (never another port) and serves HTTP and
-    /// native IICP there. With a directory configured, registers in the background if
-    /// no token is held (and `options.register`), then heartbeats until stopped.
+    /// Serves HTTP and native IICP on `listener`, a port the caller bound (the CLI binds
+    /// the first free port of a range, [`Listener::bind_first_free`]; tests bind port 0).
+    /// The node sets the listener's drain deadline, body ceiling and native ACK node id
+    /// from its configuration. With a directory configured, registers in the background
+    /// if no token is held (and `options.register`), then heartbeats until stopped.
     ///
     /// # Errors
-    /// [`Error::Bind`] when the port cannot be bound.
+    /// [`Error::Listener`]; [`Error::Bind`] when the relay accept port of a
+    /// relay-capable node cannot be bound.
     pub async fn serve(
         &self,
+        listener: Listener,
         handler: impl TaskHandler,
         options: ServeOptions,
     ) -> Result<ServeHandle, Error> {
-        let handle = crate::serve::start(self.clone(), Arc::new(handler), options).await?;
+        let handle = start(self.clone(), listener, Arc::new(handler), options).await?;
         self.shared.emit(EventKind::Serving {
             addr: handle.local_addr(),
             endpoint: self.shared.cfg.endpoint.clone(),
@@ -134,32 +108,41 @@ impl Node {
         });
         Ok(handle)
     }
+
+    /// Binds `addr` exactly (never another port) with the default listener settings and
+    /// serves there ([`Node::serve`]).
+    ///
+    /// # Errors
+    /// [`Error::Bind`] when `addr` cannot be bound, else as [`Node::serve`].
+    pub async fn bind_and_serve(
+        &self,
+        addr: SocketAddr,
+        handler: impl TaskHandler,
+        options: ServeOptions,
+    ) -> Result<ServeHandle, Error> {
+        let listener = Listener::bind(addr, ListenerConfig::default())
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        self.serve(listener, handler, options).await
+    }
 }
 
 pub(crate) async fn start(
     node: Node,
+    mut listener: Listener,
     handler: Arc<dyn TaskHandler>,
     options: ServeOptions,
 ) -> Result<ServeHandle, Error> {
     let shared = Arc::clone(&node.shared);
-    if let Some(token) = options.node_token.clone() {
-        node.set_node_token(token);
-    }
     shared.draining.store(false, Ordering::Relaxed);
     let cfg = &shared.cfg;
-    let mut lc = options.listener.clone();
+    let lc = listener.config_mut();
     lc.drain_timeout = cfg.drain_timeout;
     lc.http.drain_timeout = cfg.drain_timeout;
     lc.http.max_body_bytes = lc.http.max_body_bytes.max(cfg.max_body_bytes);
     lc.native.session.drain_timeout = cfg.drain_timeout;
     lc.native.session.node_id = shared.node_id();
-    let addr = SocketAddr::new(options.host, options.port);
-    let listener = Listener::bind(addr, lc)
-        .await
-        .map_err(|source| Error::Bind { addr, source })?;
-    let local = listener
-        .local_addr()
-        .map_err(|source| Error::Bind { addr, source })?;
+    let local = listener.local_addr().map_err(Error::Listener)?;
     if cfg.native && !cfg.endpoint.starts_with("https://") {
         tracing::warn!(
             "serving plaintext native IICP (iicp://); prefer TLS (iicpsec://) in production"
@@ -168,10 +151,8 @@ pub(crate) async fn start(
     let (trigger, stop) = shutdown::channel();
     // relay-capable: the relay accept server and its HTTP routes (§14.2, §19 T31)
     let relay = if cfg.relay_capable {
-        let server = start_relay(&node, options.host, local.port()).await?;
-        let addr = server
-            .local_addr()
-            .map_err(|source| Error::Bind { addr, source })?;
+        let server = start_relay(&node, local.ip(), local.port()).await?;
+        let addr = server.local_addr().map_err(Error::Listener)?;
         shared.advert.lock().relay_accept_port = Some(addr.port());
         let handle = server.handle();
         let task = tokio::spawn(server.serve(stop.clone()));

@@ -131,6 +131,22 @@ impl Shared {
         self.creds.lock().token.clone()
     }
 
+    /// Replaces the node token with what `f` returns, called under the credentials lock
+    /// (it may update the other credentials, not the token), and announces a change
+    /// ([`EventKind::NodeTokenChanged`]) once the lock is released.
+    pub(crate) fn replace_token(&self, f: impl FnOnce(&mut Credentials) -> Option<Secret>) {
+        let held = {
+            let mut c = self.creds.lock();
+            let token = f(&mut c);
+            if c.token == token {
+                return;
+            }
+            c.token = token;
+            c.token.is_some()
+        };
+        self.emit(EventKind::NodeTokenChanged { held });
+    }
+
     pub(crate) fn hmac_key(&self) -> Option<Secret> {
         self.cfg
             .node_hmac_key

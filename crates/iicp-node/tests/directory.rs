@@ -189,7 +189,11 @@ async fn register_heartbeat_reregister_deregister() {
     }
     let echo = Echo::default();
     let h = node
-        .serve(echo.handler(), ServeOptions::new([127, 0, 0, 1].into(), 0))
+        .bind_and_serve(
+            std::net::SocketAddr::new([127, 0, 0, 1].into(), 0),
+            echo.handler(),
+            ServeOptions::default(),
+        )
         .await
         .expect("serve");
     wait_until("two heartbeats", &s, |g| g.heartbeats.len() >= 2).await;
@@ -265,7 +269,11 @@ async fn directory_down_then_back() {
     let node = node_for(dir_addr);
     let echo = Echo::default();
     let h = node
-        .serve(echo.handler(), ServeOptions::new([127, 0, 0, 1].into(), 0))
+        .bind_and_serve(
+            std::net::SocketAddr::new([127, 0, 0, 1].into(), 0),
+            echo.handler(),
+            ServeOptions::default(),
+        )
         .await
         .expect("serve");
     let c = http();
@@ -454,7 +462,11 @@ async fn the_breaker_pauses_directory_calls_while_tasks_are_served() {
     let mut events = node.subscribe();
     let echo = Echo::default();
     let h = node
-        .serve(echo.handler(), ServeOptions::new([127, 0, 0, 1].into(), 0))
+        .bind_and_serve(
+            std::net::SocketAddr::new([127, 0, 0, 1].into(), 0),
+            echo.handler(),
+            ServeOptions::default(),
+        )
         .await
         .expect("serve");
     // five failures, then the breaker opens

@@ -300,10 +300,10 @@ async fn native_off_and_port_in_use() {
         .is_err());
     // the library never moves to another port
     let again = node
-        .serve(
+        .bind_and_serve(
+            h.local_addr(),
             echo.handler(),
-            iicp_node::ServeOptions::new(h.local_addr().ip(), h.local_addr().port())
-                .with_register(false),
+            iicp_node::ServeOptions::default().with_register(false),
         )
         .await;
     assert!(matches!(again, Err(iicp_node::Error::Bind { .. })));

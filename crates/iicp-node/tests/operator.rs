@@ -214,6 +214,18 @@ fn node_profiles_and_cx_keys_persist() {
         .expect("present");
     assert_eq!(k2.public_key(), key.public_key());
     assert!(home.load_cx_key("other").expect("load").is_none());
+    // load or create: the saved key, else a new one that is kept
+    assert_eq!(
+        home.cx_key(&p.node_id).expect("saved").public_key(),
+        key.public_key()
+    );
+    let fresh = home.cx_key("other").expect("created");
+    assert_eq!(
+        home.cx_key("other").expect("kept").public_key(),
+        fresh.public_key()
+    );
+    #[cfg(unix)]
+    assert_eq!(mode(&home.cx_key_path("other")), 0o600);
     let _ = std::fs::remove_dir_all(home.root());
 }
 
@@ -380,11 +392,12 @@ async fn delegation_is_renewed_before_it_expires() {
         .build()
         .expect("build");
     let handle = node
-        .serve(
+        .bind_and_serve(
+            std::net::SocketAddr::new("127.0.0.1".parse().expect("ip"), 0),
             |_t: iicp_node::Task| async move {
                 Ok::<_, iicp_node::HandlerError>(json!({"choices": []}))
             },
-            ServeOptions::new("127.0.0.1".parse().expect("ip"), 0),
+            ServeOptions::default(),
         )
         .await
         .expect("serve");

@@ -12,7 +12,7 @@
 //! and a drain deadline on shutdown.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -90,6 +90,42 @@ impl Listener {
             tcp: TcpListener::bind(addr).await?,
             config,
         })
+    }
+
+    /// Binds the first free port of `start`, `start + 1`, … on `host`: at most `tries`
+    /// ports, none past 65535. The listener that bound is kept, so no other process can
+    /// take the port between a check and the bind. Port 0 binds one ephemeral port.
+    ///
+    /// # Errors
+    /// `AddrInUse`, naming the range, when every port tried is in use; any other bind
+    /// error (no such address, a privileged port) at once.
+    pub async fn bind_first_free(
+        host: IpAddr,
+        start: u16,
+        tries: u16,
+        config: ListenerConfig,
+    ) -> io::Result<Self> {
+        let last = if start == 0 {
+            0
+        } else {
+            start.saturating_add(tries.max(1) - 1)
+        };
+        for port in start..=last {
+            match TcpListener::bind(SocketAddr::new(host, port)).await {
+                Ok(tcp) => return Ok(Self { tcp, config }),
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("every port of {start}-{last} on {host} is in use"),
+        ))
+    }
+
+    /// The settings connections are served with; adjust them before [`Listener::serve`].
+    pub fn config_mut(&mut self) -> &mut ListenerConfig {
+        &mut self.config
     }
 
     /// Binds `[::]:port` accepting IPv4 and IPv6 where the OS allows, else `0.0.0.0:port`.
@@ -406,6 +442,39 @@ mod tests {
             sniff(&mut short, false).await.is_err(),
             "EOF before a decision"
         );
+    }
+
+    #[tokio::test]
+    async fn bind_first_free_skips_ports_in_use() {
+        let host = IpAddr::from([127, 0, 0, 1]);
+        let cfg = ListenerConfig::default;
+        let taken = Listener::bind(SocketAddr::new(host, 0), cfg())
+            .await
+            .expect("bind");
+        let port = taken.local_addr().expect("addr").port();
+        // the port in use is skipped, and the listener that bound is the one returned
+        let next = Listener::bind_first_free(host, port, 64, cfg())
+            .await
+            .expect("a free port among the next 64");
+        let got = next.local_addr().expect("addr").port();
+        assert!(
+            got > port && got < port.saturating_add(64),
+            "{port} -> {got}"
+        );
+        // nothing free: a clear error naming the range
+        let e = Listener::bind_first_free(host, port, 1, cfg())
+            .await
+            .expect_err("every port in use");
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        assert_eq!(
+            e.to_string(),
+            format!("every port of {port}-{port} on 127.0.0.1 is in use")
+        );
+        // port 0: one ephemeral port
+        let any = Listener::bind_first_free(host, 0, 64, cfg())
+            .await
+            .expect("ephemeral");
+        assert_ne!(any.local_addr().expect("addr").port(), 0);
     }
 
     #[tokio::test]

@@ -8,7 +8,7 @@ use iicp_client::{ChatOptions, Client, Encryption, Transport};
 use iicp_proto::task::ChatMessage;
 use serde_json::json;
 
-use super::serve::DEFAULT_DIRECTORY;
+use super::common::DEFAULT_DIRECTORY;
 use super::UsageError;
 
 /// Which transport carries the task.

@@ -8,7 +8,7 @@ use iicp_node::credits::{self, CreditsSummary};
 use iicp_node::operator::{Home, NodeProfile};
 use iicp_proto::secret::Secret;
 
-use super::serve::{home, operator_error, probe_client, DEFAULT_DIRECTORY};
+use super::common::{home, operator_error, probe_client, DEFAULT_DIRECTORY};
 use super::UsageError;
 
 /// Arguments of `credits`.

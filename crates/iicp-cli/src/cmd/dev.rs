@@ -3,28 +3,22 @@
 //! chat sent through discover → select → submit over HTTP and over the native transport.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use iicp_backends::BackendConfig;
 use iicp_client::load::Histogram;
 use iicp_client::{Client, Task, TaskResult, Transport, TransportUsed};
 use iicp_directory::store::MemoryStore;
 use iicp_directory::Directory;
-use iicp_node::{
-    BackendHandler, EchoModel, Node, RateLimit, ServeHandle, ServeOptions, TaskHandler,
-};
-use iicp_proto::secret::Secret;
+use iicp_node::{Node, NodeEvent, RateLimit, ServeHandle, ServeOptions};
 use iicp_proto::task::{ChatMessage, Qos};
 use iicp_transport::listener::{Listener, ListenerConfig};
 use iicp_transport::shutdown;
 use serde_json::json;
+use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::bench::ms;
-use super::UsageError;
-
-use iicp_proto::constants::CHAT_INTENT as CHAT;
+use super::common::{config_error, probe_client, Backend, Handler, CHAT};
 
 /// Arguments of `dev`.
 #[derive(Debug, clap::Args)]
@@ -41,9 +35,10 @@ pub(crate) struct Args {
     /// A real model server instead of the built-in echo model.
     #[arg(long, env = "IICP_BACKEND_URL")]
     backend_url: Option<String>,
-    /// Backend type: openai_compat, vllm, llamacpp, anthropic.
-    #[arg(long, env = "IICP_BACKEND_TYPE", default_value = "openai_compat")]
-    backend_type: String,
+    /// Backend type: openai_compat, vllm, llamacpp, anthropic [default: openai_compat;
+    /// anthropic for a URL at api.anthropic.com].
+    #[arg(long, env = "IICP_BACKEND_TYPE")]
+    backend_type: Option<String>,
     /// Model name (with --backend-url; auto-selected when the server lists exactly one).
     #[arg(long, env = "IICP_BACKEND_MODEL")]
     model: Option<String>,
@@ -59,51 +54,39 @@ pub(crate) struct Args {
     rounds: u32,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// The task handler: the echo model, or the model server at `--backend-url` read the
-/// way `serve` reads it (`/v1` added, the model auto-selected when the server lists one,
-/// GGUF paths published by file name).
-async fn handler(args: &Args) -> anyhow::Result<(Arc<dyn TaskHandler>, String)> {
-    let Some(url) = &args.backend_url else {
-        return Ok((Arc::new(EchoModel::default()), "echo".into()));
+/// way `serve` reads it ([`Backend`]: `/v1` added, the type inferred from the URL, the
+/// model auto-selected when the server lists one, GGUF paths published by file name).
+async fn handler(args: &Args) -> anyhow::Result<(Handler, String)> {
+    let backend = match &args.backend_url {
+        None => Backend::Echo,
+        Some(url) => Backend::from_flags(
+            args.backend_type.as_deref(),
+            Some(url),
+            args.backend_api_key.as_deref(),
+        )?,
     };
-    let (kind, base_url) = iicp_backends::resolve_endpoint(Some(&args.backend_type), Some(url))
-        .map_err(|e| UsageError(format!("--backend-type/--backend-url: {e}")))?;
-    let api_key = args.backend_api_key.clone().map(Secret::new);
-    let plan = iicp_backends::plan_models(
-        &super::serve::probe_client()?,
-        &base_url,
-        api_key.as_ref(),
-        args.model.as_deref(),
-    )
-    .await
-    .map_err(|e| UsageError(e.to_string()))?;
-    let mut config = BackendConfig::new(kind);
-    config.base_url = Some(base_url);
-    config.model = Some(plan.model.clone());
-    config.api_key = api_key;
-    config.model_aliases = plan.aliases;
-    let backend = iicp_backends::build(config).map_err(|e| UsageError(e.to_string()))?;
-    Ok((Arc::new(BackendHandler::new(backend)), plan.model))
+    let (plan, handler) = backend
+        .prepare(&probe_client()?, args.model.as_deref())
+        .await?;
+    Ok((handler, plan.model))
 }
 
-struct ArcHandler(Arc<dyn TaskHandler>);
-
-impl TaskHandler for ArcHandler {
-    fn handle(
-        &self,
-        task: iicp_node::Task,
-    ) -> iicp_node::handler::BoxFuture<
-        'static,
-        Result<iicp_node::TaskOutput, iicp_node::HandlerError>,
-    > {
-        self.0.handle(task)
+/// Waits until `node` holds a node token (registered), told by its events.
+async fn registered(
+    node: &Node,
+    events: &mut broadcast::Receiver<NodeEvent>,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<()> {
+    while node.node_token().is_none() {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(_) | Err(RecvError::Lagged(_))) => {}
+            Ok(Err(RecvError::Closed)) | Err(_) => {
+                bail!("nodes did not register with the directory within 15 s")
+            }
+        }
     }
+    Ok(())
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
@@ -129,10 +112,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let dir_task = tokio::spawn(async move { directory.serve(listener, dir_sd).await });
     println!("directory   {dir_url}");
 
-    // 2. the nodes
-    let mut handles: Vec<ServeHandle> = Vec::new();
+    // 2. the nodes, each on a port bound first
+    let mut handles: Vec<(ServeHandle, broadcast::Receiver<NodeEvent>)> = Vec::new();
     for i in 0..args.nodes {
-        let port = free_port()?;
+        let listener = Listener::bind(SocketAddr::new(loopback, 0), ListenerConfig::default())
+            .await
+            .with_context(|| format!("binding node {i}"))?;
+        let port = listener.local_addr()?.port();
         let node = Node::builder()
             .endpoint(format!("http://127.0.0.1:{port}"))
             .intent(CHAT)
@@ -145,25 +131,21 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 window: Duration::from_secs(60),
             })
             .build()
-            .context("configuring a node")?;
+            .map_err(config_error)?;
+        let events = node.subscribe();
         let handle = node
-            .serve(
-                ArcHandler(Arc::clone(&handler)),
-                ServeOptions::new(loopback, port),
-            )
+            .serve(listener, handler.clone(), ServeOptions::default())
             .await
             .with_context(|| format!("starting node {i}"))?;
         println!(
             "node {i}      http://127.0.0.1:{port} (native iicp://127.0.0.1:{port}), model {model}"
         );
-        handles.push(handle);
+        handles.push((handle, events));
     }
     let start = Instant::now();
-    while handles.iter().any(|h| h.node().node_token().is_none()) {
-        if start.elapsed() > Duration::from_secs(15) {
-            bail!("nodes did not register with the directory within 15 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    for (h, events) in &mut handles {
+        registered(h.node(), events, deadline).await?;
     }
     println!(
         "registered  {} node(s) in {:.0?}",
@@ -210,7 +192,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         crate::signal::on_terminate(trigger);
         sd.fired().await;
     }
-    for h in handles {
+    for (h, _) in handles {
         let _ = h.stop().await;
     }
     dir_trigger.fire();

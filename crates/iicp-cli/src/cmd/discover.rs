@@ -5,7 +5,7 @@ use iicp_client::DiscoverOptions;
 use iicp_proto::directory::NodeEntry;
 
 use super::chat::{ConsumerArgs, TransportArg};
-use super::serve::CHAT;
+use super::common::CHAT;
 
 /// Arguments of `discover`.
 #[derive(Debug, clap::Args)]

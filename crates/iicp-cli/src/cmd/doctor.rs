@@ -8,8 +8,8 @@ use iicp_client::DirectoryClient;
 use iicp_proto::directory::DiscoverQuery;
 use serde_json::{json, Value};
 
+use super::common::{home, probe_client, Backend, CHAT, DEFAULT_DIRECTORY};
 use super::runstate::serving_on;
-use super::serve::{home, probe_client, Backend, CHAT, DEFAULT_DIRECTORY};
 use super::UsageError;
 
 mod nat;
@@ -81,7 +81,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let profile = match (&args.node, &home) {
         (Some(name), Some(h)) => Some(
             h.load_node(name)
-                .map_err(super::serve::operator_error)?
+                .map_err(super::common::operator_error)?
                 .ok_or_else(|| UsageError(format!("no saved node {name:?}; run `iicp init`")))?,
         ),
         (Some(_), None) => {

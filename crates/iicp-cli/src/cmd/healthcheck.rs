@@ -6,7 +6,7 @@
 
 use iicp_node::run::{read_health, HealthError, Verdict};
 
-use super::serve::home;
+use super::common::home;
 use super::{Exit, UsageError};
 use crate::{EXIT_FAILURE, EXIT_USAGE};
 

@@ -8,10 +8,8 @@ use iicp_node::operator::{valid_display_name, Home, NodeAuth, NodeProfile};
 use iicp_node::AuthMode;
 use iicp_proto::secret::Secret;
 
-use super::serve::{
-    check_token, generate_token, given_token, home, now_unix, operator_error, CHAT,
-    DEFAULT_DIRECTORY,
-};
+use super::common::{home, now_unix, operator_error, CHAT, DEFAULT_DIRECTORY};
+use super::serve::{check_token, generate_token, given_token};
 use super::UsageError;
 use crate::prompt;
 

@@ -7,7 +7,7 @@ use iicp_node::run::lock_holder;
 use iicp_node::AuthMode;
 use serde_json::{json, Value};
 
-use super::serve::{home, operator_error};
+use super::common::{home, operator_error};
 
 /// Arguments of `list`.
 #[derive(Debug, clap::Args)]

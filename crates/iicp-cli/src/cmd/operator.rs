@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use iicp_node::operator::{self, valid_display_name, OperatorFile};
 use serde_json::json;
 
-use super::serve::{home, now_unix, operator_error, probe_client, DEFAULT_DIRECTORY};
+use super::common::{home, now_unix, operator_error, probe_client, DEFAULT_DIRECTORY};
 use super::UsageError;
 use crate::prompt;
 

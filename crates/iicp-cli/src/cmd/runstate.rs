@@ -4,16 +4,18 @@
 //! runtime-health snapshot that `healthcheck` reads, and `run/<node_id>.serve.json`
 //! (pid, node id, profile name, listening address) by which `doctor` recognises the
 //! port of a serving node. All of it is released when the value is dropped: the
-//! pidfile, the snapshot and the serve file are removed.
+//! pidfile, the snapshot and the serve file are removed. [`ProfileToken`] keeps the node
+//! token in the saved profile equal to the node's (told by `node_token_changed`).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use iicp_node::event::{EventKind, NodeEvent};
-use iicp_node::operator::Home;
+use iicp_node::operator::{Home, NodeProfile};
 use iicp_node::run::{pid_alive, pidfile_path, run_dir, HealthWriter, InstanceLock, Lifecycle};
 use iicp_node::Node;
+use iicp_proto::secret::Secret;
 use serde_json::{json, Value};
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio::sync::oneshot;
@@ -46,6 +48,37 @@ pub(crate) struct ServingNode {
     pub(crate) node_id: String,
     pub(crate) name: Option<String>,
     pub(crate) port: u16,
+}
+
+/// The node token saved in a node profile (`--node NAME`), kept equal to the node's.
+pub(crate) struct ProfileToken<'a> {
+    pub(crate) file: Option<(&'a Home, &'a NodeProfile)>,
+    pub(crate) node_id: &'a str,
+    pub(crate) saved: Option<Secret>,
+}
+
+impl ProfileToken<'_> {
+    /// Saves the node's token when it differs from the saved one.
+    pub(crate) fn sync(&mut self, node: &Node) {
+        let now = node.node_token();
+        if now != self.saved {
+            self.save(now);
+        }
+    }
+
+    /// Saves `token` (`None`: none held) in the profile, when serving one.
+    pub(crate) fn save(&mut self, token: Option<Secret>) {
+        self.saved.clone_from(&token);
+        let Some((home, profile)) = self.file else {
+            return;
+        };
+        let mut p = profile.clone();
+        p.node_id = self.node_id.to_owned();
+        p.node_token = token;
+        if let Err(e) = home.save_node(&p) {
+            tracing::warn!(error = %e, "could not save the node profile");
+        }
+    }
 }
 
 /// The live serving node listening on `port`, if this configuration root has one.
@@ -274,6 +307,14 @@ fn event_line(ev: &NodeEvent) -> Value {
         } => (
             format!("serving on {addr} as {endpoint}"),
             json!({"listen": addr.to_string(), "endpoint": endpoint, "native": native}),
+        ),
+        EventKind::NodeTokenChanged { held } => (
+            if *held {
+                "node token issued".to_owned()
+            } else {
+                "node token cleared".to_owned()
+            },
+            json!({"held": held}),
         ),
         EventKind::Deregistered { directory_url } => (
             format!(

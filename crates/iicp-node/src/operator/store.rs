@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
-use super::{nullable_string, OperatorError, OperatorFile};
+use super::{nullable_string, OperatorError, OperatorFile, OperatorIdentity};
 use crate::access::AuthMode;
 
 /// `port` written by `init` (the node default, 9484).
@@ -313,6 +313,39 @@ impl Home {
             source,
         })?;
         Ok(path)
+    }
+}
+
+impl Home {
+    /// The identity a node registers as: `None` without an operator file or with a
+    /// keyless (legacy `op-…`) one, so the node registers anonymously; else the key,
+    /// unsealed with `passphrase` when it is encrypted.
+    ///
+    /// # Errors
+    /// As [`Home::load_operator`] and [`OperatorFile::unlock`]
+    /// ([`OperatorError::PassphraseRequired`] for a sealed key without a passphrase).
+    pub fn operator_identity(
+        &self,
+        passphrase: Option<&str>,
+    ) -> Result<Option<OperatorIdentity>, OperatorError> {
+        match self.load_operator()? {
+            Some(file) if file.is_key_backed() => file.unlock(passphrase).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// The IICP-CX key of `node_id`, persisted: the saved one, else a fresh key, saved
+    /// (mode 0600) so the node keeps its key across restarts.
+    ///
+    /// # Errors
+    /// As [`Home::load_cx_key`] and [`Home::save_cx_key`].
+    pub fn cx_key(&self, node_id: &str) -> Result<CxKeyPair, OperatorError> {
+        if let Some(key) = self.load_cx_key(node_id)? {
+            return Ok(key);
+        }
+        let key = CxKeyPair::generate(&mut rand_core::OsRng);
+        self.save_cx_key(node_id, &key)?;
+        Ok(key)
     }
 }
 

@@ -22,9 +22,10 @@ pub fn builder() -> NodeBuilder {
 }
 
 pub async fn serve(node: &Node, handler: impl iicp_node::TaskHandler) -> ServeHandle {
-    node.serve(
+    node.bind_and_serve(
+        std::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
         handler,
-        ServeOptions::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0).with_register(false),
+        ServeOptions::default().with_register(false),
     )
     .await
     .expect("serve")

@@ -4,9 +4,9 @@
 //! what the node's reachability planning achieved. The logic lives in `iicp_node::reach`.
 
 use iicp_node::reach::{Container, Tier};
-use iicp_node::{ReachConfig, ServeHandle};
+use iicp_node::{is_private_endpoint, ReachConfig, ServeHandle};
 
-use super::{is_private_url, Args};
+use super::Args;
 
 /// Precedence `--no-auto-detect-nat` > `--auto-detect-nat` > `IICP_AUTO_DETECT_NAT` > on.
 pub(super) fn auto_detect(args: &Args) -> bool {
@@ -47,7 +47,7 @@ pub(super) fn reach_config(
         .relay_worker_endpoint
         .as_deref()
         .filter(|s| !s.trim().is_empty());
-    let private_dir = directory.is_none_or(is_private_url);
+    let private_dir = directory.is_none_or(is_private_endpoint);
     if relay.is_none() && (!auto || (private_dir && !args.auto_detect_nat)) {
         return None;
     }
