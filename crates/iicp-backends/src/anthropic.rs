@@ -18,6 +18,7 @@
 //! `backend_error`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
 
 use iicp_transport::http::HttpClient;
 use serde_json::{json, Map, Value};
@@ -64,8 +65,11 @@ impl Anthropic {
         req
     }
 
-    fn timeout(&self, deadline: Option<Duration>) -> Duration {
-        deadline.map_or(self.config.timeout, |d| d.min(self.config.timeout))
+    fn timeout(&self, deadline: Option<Instant>) -> Duration {
+        deadline.map_or(self.config.timeout, |d| {
+            d.saturating_duration_since(Instant::now())
+                .min(self.config.timeout)
+        })
     }
 
     /// The Messages API request for an OpenAI-shaped chat payload.
@@ -324,7 +328,7 @@ impl Backend for Anthropic {
         &'a self,
         intent: &'a str,
         payload: &'a Value,
-        deadline: Option<Duration>,
+        deadline: Option<Instant>,
     ) -> BoxFuture<'a, Result<Completion, BackendError>> {
         Box::pin(within(deadline, async move {
             if intent != CHAT_INTENT {
@@ -348,7 +352,7 @@ impl Backend for Anthropic {
     fn chat_stream<'a>(
         &'a self,
         payload: &'a Value,
-        deadline: Option<Duration>,
+        deadline: Option<Instant>,
     ) -> BoxFuture<'a, Result<ChatStream, BackendError>> {
         Box::pin(async move {
             let body = self.request_body(payload, true)?;

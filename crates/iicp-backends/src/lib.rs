@@ -35,6 +35,7 @@ use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 
 use iicp_proto::error::ErrorCode;
 use iicp_proto::secret::Secret;
@@ -491,14 +492,14 @@ pub trait Backend: Send + Sync + 'static {
         &'a self,
         intent: &'a str,
         payload: &'a Value,
-        deadline: Option<Duration>,
+        deadline: Option<Instant>,
     ) -> BoxFuture<'a, Result<Completion, BackendError>>;
 
     /// Streams a chat (`stream: true` towards the server; SSE back).
     fn chat_stream<'a>(
         &'a self,
         payload: &'a Value,
-        deadline: Option<Duration>,
+        deadline: Option<Instant>,
     ) -> BoxFuture<'a, Result<ChatStream, BackendError>>;
 
     /// The models the server lists.
@@ -574,11 +575,11 @@ pub fn build_with_client(
 
 /// Runs `fut` within `deadline` (if any), mapping expiry to `task_timeout`.
 pub(crate) async fn within<T>(
-    deadline: Option<Duration>,
+    deadline: Option<Instant>,
     fut: impl Future<Output = Result<T, BackendError>>,
 ) -> Result<T, BackendError> {
     match deadline {
-        Some(d) => tokio::time::timeout(d, fut)
+        Some(at) => tokio::time::timeout_at(at, fut)
             .await
             .unwrap_or_else(|_| Err(BackendError::timeout())),
         None => fut.await,
@@ -609,7 +610,7 @@ pub(crate) enum Step {
 /// Sends a streaming request; a non-2xx answer is read (bounded) and mapped to an error.
 pub(crate) async fn open_stream(
     req: iicp_transport::http::client::RequestBuilder,
-    deadline: Option<Duration>,
+    deadline: Option<Instant>,
 ) -> Result<iicp_transport::http::HttpStream, BackendError> {
     let stream = within(deadline, async {
         req.send_streaming().await.map_err(|e| transport_error(&e))
@@ -628,7 +629,7 @@ pub(crate) async fn open_stream(
 /// [`ChatStream`] ends the task and with it the request.
 pub(crate) fn pump_events(
     mut stream: iicp_transport::http::HttpStream,
-    deadline: Option<Duration>,
+    deadline: Option<Instant>,
     mut on_event: impl FnMut(sse::SseEvent) -> Result<Step, BackendError> + Send + 'static,
 ) -> ChatStream {
     let (tx, rx) = tokio::sync::mpsc::channel(32);

@@ -7,6 +7,7 @@
 //! the server's own completion object.
 
 use std::time::Duration;
+use tokio::time::Instant;
 
 use iicp_transport::http::HttpClient;
 use serde::ser::{Serialize, SerializeMap, Serializer};
@@ -75,8 +76,11 @@ impl OpenAi {
         publish_model(&self.config, result);
     }
 
-    fn timeout(&self, deadline: Option<Duration>) -> Duration {
-        deadline.map_or(self.config.timeout, |d| d.min(self.config.timeout))
+    fn timeout(&self, deadline: Option<Instant>) -> Duration {
+        deadline.map_or(self.config.timeout, |d| {
+            d.saturating_duration_since(Instant::now())
+                .min(self.config.timeout)
+        })
     }
 }
 
@@ -145,7 +149,7 @@ impl Backend for OpenAi {
         &'a self,
         intent: &'a str,
         payload: &'a Value,
-        deadline: Option<Duration>,
+        deadline: Option<Instant>,
     ) -> BoxFuture<'a, Result<Completion, BackendError>> {
         Box::pin(within(deadline, async move {
             let path = path_for(intent).ok_or_else(|| BackendError::unsupported_intent(intent))?;
@@ -176,7 +180,7 @@ impl Backend for OpenAi {
     fn chat_stream<'a>(
         &'a self,
         payload: &'a Value,
-        deadline: Option<Duration>,
+        deadline: Option<Instant>,
     ) -> BoxFuture<'a, Result<ChatStream, BackendError>> {
         Box::pin(async move {
             let body = self.body_for(payload, true)?;

@@ -147,7 +147,11 @@ async fn openai_dialect_sends_the_payload_through() {
         cfg.api_key = Some(Secret::new("sk-test-123"));
         let backend = build(cfg).expect("build");
         let out = backend
-            .execute(CHAT_INTENT, &chat_payload(), Some(Duration::from_secs(5)))
+            .execute(
+                CHAT_INTENT,
+                &chat_payload(),
+                Some(tokio::time::Instant::now() + Duration::from_secs(5)),
+            )
             .await
             .expect(fixture);
         let expected: Value = serde_json::from_str(&data(fixture)).expect("json");
@@ -255,7 +259,7 @@ async fn errors_unreachable_timeout_malformed_and_oversize() {
         .execute(
             CHAT_INTENT,
             &chat_payload(),
-            Some(Duration::from_millis(200)),
+            Some(tokio::time::Instant::now() + Duration::from_millis(200)),
         )
         .await
         .expect_err("deadline");
@@ -500,7 +504,7 @@ async fn streaming_in_both_dialects() {
     let stream = backend
         .chat_stream(
             &json!({"messages": [{"role": "user", "content": "x"}]}),
-            Some(Duration::from_secs(5)),
+            Some(tokio::time::Instant::now() + Duration::from_secs(5)),
         )
         .await
         .expect("stream");

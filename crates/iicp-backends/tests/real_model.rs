@@ -93,7 +93,11 @@ async fn smollm2_answers_through_both_openai_dialect_adapters() {
         })
         .expect("build");
         let out = backend
-            .execute(CHAT_INTENT, &payload, Some(Duration::from_secs(120)))
+            .execute(
+                CHAT_INTENT,
+                &payload,
+                Some(tokio::time::Instant::now() + Duration::from_secs(120)),
+            )
             .await
             .expect("real completion");
         let content = out.result["choices"][0]["message"]["content"]
@@ -108,7 +112,10 @@ async fn smollm2_answers_through_both_openai_dialect_adapters() {
         assert_eq!(out.result["object"], "chat.completion");
     }
     let text = backend
-        .chat_stream(&payload, Some(Duration::from_secs(120)))
+        .chat_stream(
+            &payload,
+            Some(tokio::time::Instant::now() + Duration::from_secs(120)),
+        )
         .await
         .expect("stream")
         .collect_text()

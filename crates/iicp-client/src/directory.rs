@@ -502,6 +502,56 @@ impl DirectoryClient {
             .await?;
         parse_ok(&reply)
     }
+
+    /// Credit receipt: `POST {base}/v1/credits/award` with a signed receipt body and
+    /// the node's bearer token (§8.11).
+    ///
+    /// # Errors
+    /// The directory's error (401 for a wrong token, 409 for a replayed nonce) or a
+    /// transport error.
+    pub async fn award_credits(
+        &self,
+        node_token: &Secret,
+        receipt: &serde_json::Value,
+    ) -> Result<(), Error> {
+        let http = self
+            .inner
+            .http
+            .post_json(self.url("/v1/credits/award"), receipt)
+            .bearer(node_token.clone());
+        let reply = self.send(self.prepare(http, None)).await?;
+        if reply.is_success() {
+            Ok(())
+        } else {
+            Err(Error::remote(reply.error_body()))
+        }
+    }
+
+    /// A node's credit ledger: `GET {base}/v1/credits/summary?node_id=…` with the node's
+    /// bearer token (§8.1 credits extension), as the directory sent it.
+    ///
+    /// # Errors
+    /// The directory's error (401, 404 without the extension), a body that is not a
+    /// JSON object, or a transport error.
+    pub async fn credits_summary(
+        &self,
+        node_token: &Secret,
+        node_id: &str,
+    ) -> Result<serde_json::Value, Error> {
+        let url = self.url(&format!(
+            "/v1/credits/summary?node_id={}",
+            iicp_proto::endpoint::encode_component(node_id)
+        ));
+        let http = self.inner.http.get(url).bearer(node_token.clone());
+        let reply = self.send(self.prepare(http, None)).await?;
+        let body: serde_json::Value = parse_ok(&reply)?;
+        if body.is_object() {
+            Ok(body)
+        } else {
+            Err(Error::protocol("the credits summary is not a JSON object")
+                .with_status(reply.status.as_u16()))
+        }
+    }
 }
 
 fn malformed(message: &str) -> Error {

@@ -105,7 +105,7 @@ impl EndpointPolicy {
         if let Some(ip) = endpoint::ip_literal(host) {
             return self.check_addresses(&[ip]);
         }
-        if !self.allow_private && endpoint::is_local_name(host) {
+        if !self.allow_private && !endpoint::classify_name(host).is_global() {
             return Err(EndpointRefusal::LocalName);
         }
         Ok(())

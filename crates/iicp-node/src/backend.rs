@@ -56,8 +56,7 @@ impl TaskHandler for BackendHandler {
     fn handle(&self, task: Task) -> BoxFuture<'static, Result<TaskOutput, HandlerError>> {
         let backend = Arc::clone(&self.backend);
         Box::pin(async move {
-            let remaining = task.remaining();
-            let run = backend.execute(task.intent.as_str(), &task.payload, Some(remaining));
+            let run = backend.execute(task.intent.as_str(), &task.payload, Some(task.deadline));
             let out = tokio::select! {
                 out = run => out.map_err(map_error)?,
                 () = task.cancel.cancelled() => return Err(HandlerError::Timeout),

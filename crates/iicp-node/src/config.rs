@@ -744,11 +744,18 @@ pub fn is_private_endpoint(url: &str) -> bool {
 
 /// Whether a node advertising `endpoint` may register with the directory at
 /// `directory_url` (DESIGN §4.12): a public endpoint always; a loopback or LAN endpoint
-/// ([`is_private_endpoint`]) only with a directory that is itself private (a private
-/// mesh), since nobody a public directory sends could reach it. The node refuses such a
+/// ([`is_private_endpoint`]) only with a directory on this machine or its network (a
+/// private mesh), since nobody a public directory sends could reach it. The node refuses such a
 /// registration ([`crate::Error::PrivateEndpoint`]); a caller checks first to skip it.
 pub fn may_register(endpoint: &str, directory_url: Option<&str>) -> bool {
-    !is_private_endpoint(endpoint) || directory_url.is_none_or(is_private_endpoint)
+    !is_private_endpoint(endpoint) || directory_url.is_none_or(is_local_directory)
+}
+
+/// Whether a directory URL names this machine or its network (an internal address or
+/// a local name: [`iicp_proto::endpoint::HostClass::is_local_network`]), which makes a
+/// private mesh. A name reserved for testing (`.example`) is not on the network.
+fn is_local_directory(url: &str) -> bool {
+    endpoint::parse_url(url, endpoint::HTTP_SCHEMES).is_ok_and(|u| u.class().is_local_network())
 }
 
 /// The endpoint a node bound to `addr` advertises when it is given no public one: the
@@ -812,6 +819,22 @@ mod tests {
         ] {
             assert!(!is_private_endpoint(p), "{p}");
         }
+        let lo = "http://127.0.0.1:9484";
+        assert!(may_register(
+            "https://node.example.com",
+            Some("https://iicp.network/api")
+        ));
+        assert!(!may_register(lo, Some("https://iicp.network/api")));
+        assert!(!may_register(lo, Some("http://directory.example/api")));
+        for dir in [
+            "http://127.0.0.1:8080",
+            "http://10.0.0.2/api",
+            "http://dirbox:80",
+            "http://d.lan",
+        ] {
+            assert!(may_register(lo, Some(dir)), "{dir}");
+        }
+        assert!(may_register(lo, None));
     }
 
     #[test]

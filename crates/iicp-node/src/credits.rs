@@ -9,8 +9,9 @@
 
 use std::time::Duration;
 
+use iicp_client::DirectoryClient;
 use iicp_proto::secret::Secret;
-use iicp_transport::http::client::{HttpClient, Redirects};
+use iicp_transport::http::client::HttpClient;
 use serde_json::{Map, Value};
 
 /// Timeout of one summary request.
@@ -135,57 +136,47 @@ pub async fn summary_with_pause(
     node_token: &Secret,
     pause: Duration,
 ) -> Result<CreditsSummary, CreditsError> {
-    let base = directory_url.trim().trim_end_matches('/');
+    let base = directory_url.trim();
     if !(base.starts_with("http://") || base.starts_with("https://")) {
         return Err(CreditsError::InvalidUrl);
     }
-    let url = format!(
-        "{base}/v1/credits/summary?node_id={}",
-        percent_encode(node_id)
-    );
+    let dir = DirectoryClient::new(base, http.clone())
+        .map_err(|_| CreditsError::InvalidUrl)?
+        .with_timeout(SUMMARY_TIMEOUT);
     let mut last = String::new();
     for attempt in 0..2 {
         if attempt > 0 {
             tokio::time::sleep(pause).await;
         }
-        let reply = http
-            .get(&url)
-            .header("accept", "application/json")
-            .bearer(node_token.clone())
-            .redirects(Redirects::follow(3))
-            .timeout(SUMMARY_TIMEOUT)
-            .send()
-            .await;
-        let reply = match reply {
-            Ok(r) => r,
-            Err(e) => {
-                last = crate::operator::transport_message(&e);
-                tracing::debug!(attempt, error = %last, "credits summary request failed");
-                continue;
-            }
-        };
-        let status = reply.status.as_u16();
-        if (400..500).contains(&status) {
-            return Err(CreditsError::Rejected {
-                status,
-                message: reply.error_body().message,
-            });
-        }
-        if status >= 500 {
-            last = format!("HTTP {status}: {}", reply.error_body().message);
-            continue;
-        }
-        match reply.json::<Value>() {
-            Ok(v) if v.is_object() => return Ok(CreditsSummary::new(v)),
-            _ => last = format!("undecodable answer (HTTP {status})"),
+        match dir.credits_summary(node_token, node_id).await {
+            Ok(v) => return Ok(CreditsSummary::new(v)),
+            Err(e) => match (e.status_code(), e.error_body()) {
+                (Some(status @ 400..=499), Some(body)) => {
+                    return Err(CreditsError::Rejected {
+                        status,
+                        message: body.message.clone(),
+                    })
+                }
+                _ => {
+                    last = chain(&e);
+                    tracing::debug!(attempt, error = %last, "credits summary request failed");
+                }
+            },
         }
     }
     Err(CreditsError::Unavailable(last))
 }
 
-/// Percent-encodes a query component (`iicp_proto::endpoint::encode_component`).
-fn percent_encode(s: &str) -> String {
-    iicp_proto::endpoint::encode_component(s)
+/// An error with its sources, one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
 }
 
 #[cfg(test)]
@@ -202,6 +193,5 @@ mod tests {
         assert!(s.reconciles());
         assert_eq!(s.tokens_per_credit(), 1000);
         assert!(s.operator_wallet().is_none());
-        assert_eq!(percent_encode("a b/é"), "a%20b%2F%C3%A9");
     }
 }

@@ -14,7 +14,7 @@ use iicp_proto::crypto::token::DirectoryPublicKey;
 use iicp_proto::directory::{HeartbeatRequest, HeartbeatResponse, RegisterAck, RegisterRequest};
 use iicp_proto::error::ErrorCode;
 use iicp_proto::secret::Secret;
-use iicp_transport::http::client::{HttpClient, HttpClientError, Redirects};
+use iicp_transport::http::client::HttpClient;
 use serde_json::Value;
 
 use crate::handler::BoxFuture;
@@ -239,22 +239,6 @@ impl DirectoryError {
             source: Some(Box::new(err)),
         }
     }
-
-    fn from_http(operation: &'static str, err: HttpClientError) -> Self {
-        match &err {
-            HttpClientError::Status { status, error, .. } => {
-                Self::status(operation, *status, Some(error.code.clone()))
-                    .with_retry_after(error.retry_after_ms.map(Duration::from_millis))
-                    .with_message(&error.message)
-            }
-            _ => {
-                let retryable = err.is_retryable();
-                let mut e = Self::transport(operation, err);
-                e.retryable = retryable;
-                e
-            }
-        }
-    }
 }
 
 /// A failed directory call as the node remembers it for operators
@@ -390,12 +374,11 @@ pub trait DirectoryApi: Send + Sync + fmt::Debug + 'static {
     }
 }
 
-/// [`DirectoryApi`] over HTTP: `iicp_client::DirectoryClient` for the directory
-/// protocol, plus the credits-receipt POST it does not offer.
+/// [`DirectoryApi`] over HTTP: `iicp_client::DirectoryClient`, whose errors are
+/// wrapped once ([`DirectoryError`]).
 #[derive(Clone)]
 pub struct HttpDirectory {
     client: DirectoryClient,
-    http: HttpClient,
 }
 
 impl fmt::Debug for HttpDirectory {
@@ -417,10 +400,10 @@ impl HttpDirectory {
         http: HttpClient,
         timeout: Duration,
     ) -> Result<Self, DirectoryError> {
-        let client = DirectoryClient::new(base_url, http.clone())
+        let client = DirectoryClient::new(base_url, http)
             .map_err(|e| DirectoryError::from_client("configure", e))?
             .with_timeout(timeout);
-        Ok(Self { client, http })
+        Ok(Self { client })
     }
 
     /// The base URL.
@@ -498,25 +481,13 @@ impl DirectoryApi for HttpDirectory {
         token: &Secret,
         receipt: &Value,
     ) -> BoxFuture<'static, Result<(), DirectoryError>> {
-        let rb = self
-            .http
-            .post_json(
-                format!("{}/v1/credits/award", self.client.base_url()),
-                receipt,
-            )
-            .bearer(token.clone())
-            .header(
-                iicp_proto::constants::VERSION_HEADER,
-                iicp_proto::constants::PROTOCOL_VERSION_HEADER,
-            )
-            .redirects(Redirects::follow(3))
-            .timeout(Duration::from_secs(10));
+        let client = self.client.clone();
+        let (token, receipt) = (token.clone(), receipt.clone());
         Box::pin(async move {
-            rb.send()
+            client
+                .award_credits(&token, &receipt)
                 .await
-                .and_then(|r| r.error_for_status())
-                .map(|_| ())
-                .map_err(|e| DirectoryError::from_http("credits award", e))
+                .map_err(|e| DirectoryError::from_client("credits award", e))
         })
     }
 }

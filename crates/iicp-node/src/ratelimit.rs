@@ -1,13 +1,13 @@
-//! Per-origin / per-IP fixed-window rate limit on task submission (PROTOCOL.md §4.3
-//! "per-origin rate limit", §19 T6, DESIGN §4.5). Bounded: at most `MAX_KEYS` keys are
-//! tracked; beyond that, new keys share one overflow bucket.
+//! Per-origin / per-IP sliding-window rate limit on task submission (PROTOCOL.md §4.3
+//! "per-origin rate limit", §19 T6, DESIGN §4.5), on [`iicp_proto::limit`]. Bounded:
+//! at most `MAX_KEYS` keys are tracked; beyond that, the idlest key is dropped.
 //!
 //! Behind a reverse proxy every caller arrives from the proxy's address; with
 //! `trust_forwarded_for` the per-IP key is the client address the proxies report
 //! ([`client_addr`], ADR 0008).
 
+use iicp_proto::limit::SlidingWindow;
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -15,49 +15,32 @@ use tokio::time::Instant;
 
 use crate::config::RateLimit;
 
-/// Most distinct keys tracked at once.
+/// Most distinct keys tracked at once (the idlest is dropped beyond).
 const MAX_KEYS: usize = 10_000;
-const OVERFLOW: &str = "\u{0}overflow";
 
-/// The limiter.
+/// The limiter: the workspace's [`SlidingWindow`] on tokio's clock (so tests that pause
+/// time control it).
 pub(crate) struct RateLimiter {
-    limit: RateLimit,
-    windows: Mutex<HashMap<String, (Instant, u32)>>,
+    origin: Instant,
+    window: Mutex<SlidingWindow<String>>,
 }
 
 impl RateLimiter {
     pub(crate) fn new(limit: RateLimit) -> Self {
         Self {
-            limit,
-            windows: Mutex::new(HashMap::new()),
+            origin: Instant::now(),
+            window: Mutex::new(SlidingWindow::new(
+                limit.max_requests,
+                limit.window,
+                MAX_KEYS,
+            )),
         }
     }
 
     /// Counts a request for `key`; `Err(wait)` when over the limit.
     pub(crate) fn check(&self, key: &str) -> Result<(), Duration> {
-        if self.limit.max_requests == 0 {
-            return Ok(());
-        }
-        let now = Instant::now();
-        let window = self.limit.window;
-        let mut map = self.windows.lock();
-        if !map.contains_key(key) && map.len() >= MAX_KEYS {
-            map.retain(|_, (start, _)| now.duration_since(*start) < window);
-        }
-        let key = if !map.contains_key(key) && map.len() >= MAX_KEYS {
-            OVERFLOW
-        } else {
-            key
-        };
-        let slot = map.entry(key.to_owned()).or_insert((now, 0));
-        if now.duration_since(slot.0) >= window {
-            *slot = (now, 0);
-        }
-        if slot.1 >= self.limit.max_requests {
-            return Err(window.saturating_sub(now.duration_since(slot.0)));
-        }
-        slot.1 += 1;
-        Ok(())
+        let now = Instant::now().saturating_duration_since(self.origin);
+        self.window.lock().check(&key.to_owned(), now)
     }
 }
 

@@ -145,9 +145,11 @@ pub enum HostClass {
     /// IPv4-compatible IPv6, and translated forms of non-global IPv4 addresses.
     Special,
     /// A name that can only be local: `localhost`, a single label (`ollama`), or a
-    /// special-use suffix (`.local`, `.localhost`, `.internal`, `.lan`, `.home.arpa`,
-    /// `.test`, `.example`, `.invalid`).
+    /// local-network suffix (`.local`, `.localhost`, `.internal`, `.lan`, `.home.arpa`).
     LocalName,
+    /// A name reserved for testing and documentation that never resolves publicly
+    /// (RFC 6761 `.test`, `.example`, `.invalid`).
+    ReservedName,
     /// A globally routable address, or a name that may resolve to one.
     Global,
 }
@@ -156,6 +158,12 @@ impl HostClass {
     /// Routable on the internet (a name counts until it is resolved).
     pub fn is_global(self) -> bool {
         self == HostClass::Global
+    }
+
+    /// On this machine or its network: an internal address or a local name (a
+    /// directory there makes a private mesh, where private endpoints register).
+    pub fn is_local_network(self) -> bool {
+        self.is_internal() || self == HostClass::LocalName
     }
 
     /// The operator's own network: unspecified, loopback, private, link-local or CGNAT
@@ -172,18 +180,13 @@ impl HostClass {
     }
 }
 
-/// Special-use name suffixes that never denote a public host (RFC 6761, RFC 6762,
-/// RFC 8375, ICANN `.internal`, and the common `.lan`).
-const LOCAL_SUFFIXES: [&str; 8] = [
-    ".local",
-    ".localhost",
-    ".internal",
-    ".lan",
-    ".home.arpa",
-    ".test",
-    ".example",
-    ".invalid",
-];
+/// Name suffixes of the local network (RFC 6761 `.localhost`, RFC 6762 `.local`,
+/// RFC 8375 `.home.arpa`, ICANN `.internal`, and the common `.lan`).
+const LOCAL_SUFFIXES: [&str; 5] = [".local", ".localhost", ".internal", ".lan", ".home.arpa"];
+
+/// Top-level names reserved for testing and documentation (RFC 6761). (The
+/// `example.com` family resolves, and tests and docs use it as a public host.)
+const RESERVED_SUFFIXES: [&str; 3] = [".test", ".example", ".invalid"];
 
 /// Classifies an address; IPv4-mapped, NAT64 (`64:ff9b::/96`) and 6to4 (`2002::/16`)
 /// addresses take the class of the IPv4 address they carry.
@@ -269,20 +272,28 @@ fn classify_v6(ip: Ipv6Addr) -> HostClass {
     }
 }
 
-/// Whether a host *name* can only be local (see [`HostClass::LocalName`]); a trailing
-/// dot and letter case do not matter.
-pub fn is_local_name(name: &str) -> bool {
+/// Classifies a host *name* ([`HostClass::LocalName`], [`HostClass::ReservedName`] or
+/// [`HostClass::Global`]); a trailing dot and letter case do not matter.
+pub fn classify_name(name: &str) -> HostClass {
     let name = name.trim_end_matches('.').to_ascii_lowercase();
-    name == "localhost" || !name.contains('.') || LOCAL_SUFFIXES.iter().any(|s| name.ends_with(s))
+    if name == "localhost"
+        || !name.contains('.')
+        || LOCAL_SUFFIXES.iter().any(|s| name.ends_with(s))
+    {
+        HostClass::LocalName
+    } else if RESERVED_SUFFIXES.iter().any(|s| name.ends_with(s)) {
+        HostClass::ReservedName
+    } else {
+        HostClass::Global
+    }
 }
 
 /// Classifies a host as written in a URL: an IP literal in any form the resolver takes
-/// ([`ip_literal`]), else a name.
+/// ([`ip_literal`]), else a name ([`classify_name`]).
 pub fn classify_host(host: &str) -> HostClass {
     match ip_literal(host) {
         Some(ip) => classify_ip(ip),
-        None if is_local_name(host) => HostClass::LocalName,
-        None => HostClass::Global,
+        None => classify_name(host),
     }
 }
 
@@ -319,8 +330,7 @@ impl EndpointUrl {
     pub fn class(&self) -> HostClass {
         match self.ip {
             Some(ip) => classify_ip(ip),
-            None if is_local_name(&self.host) => HostClass::LocalName,
-            None => HostClass::Global,
+            None => classify_name(&self.host),
         }
     }
 }
@@ -615,15 +625,17 @@ mod tests {
             );
         }
         for (host, class) in [
+            ("provider.iicp.network", HostClass::Global),
+            ("example.community", HostClass::Global),
             ("provider.example.com", HostClass::Global),
             ("localhost", HostClass::LocalName),
             ("LOCALHOST.", HostClass::LocalName),
             ("provider.local", HostClass::LocalName),
             ("provider.internal", HostClass::LocalName),
             ("a.home.arpa", HostClass::LocalName),
-            ("x.test", HostClass::LocalName),
-            ("x.example", HostClass::LocalName),
-            ("x.invalid", HostClass::LocalName),
+            ("x.test", HostClass::ReservedName),
+            ("x.example", HostClass::ReservedName),
+            ("x.invalid", HostClass::ReservedName),
             ("ollama", HostClass::LocalName),
             ("127.1", HostClass::Loopback),
             ("0x7f.1", HostClass::Loopback),
@@ -631,6 +643,11 @@ mod tests {
             ("10.1", HostClass::Private),
         ] {
             assert_eq!(classify_host(host), class, "{host}");
+            let local = matches!(
+                class,
+                HostClass::LocalName | HostClass::Loopback | HostClass::Private
+            );
+            assert_eq!(classify_host(host).is_local_network(), local, "{host}");
         }
     }
 

@@ -2,66 +2,35 @@
 //! bind rate limit (default 30 binds per 60 s) and the one-use `jti` cache of bind
 //! tickets. Both take the time as an argument and are bounded in size.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
+
+use iicp_proto::limit::SlidingWindow;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-/// Sliding-window limit of new binds per source address.
+/// Sliding-window limit of new binds per source address (the workspace's
+/// [`SlidingWindow`], timed from the first bind it sees).
 #[derive(Debug)]
 pub(crate) struct BindRateLimiter {
-    limit: u32,
-    window: Duration,
-    max_sources: usize,
-    hits: HashMap<IpAddr, VecDeque<Instant>>,
+    origin: Option<Instant>,
+    window: SlidingWindow<IpAddr>,
 }
 
 impl BindRateLimiter {
     /// `limit` binds per `window` per source; 0 disables. At most `max_sources` sources
-    /// are tracked (the oldest windows are dropped first when full).
+    /// are tracked (the idlest is dropped first when full).
     pub(crate) fn new(limit: u32, window: Duration, max_sources: usize) -> Self {
         Self {
-            limit,
-            window,
-            max_sources: max_sources.max(1),
-            hits: HashMap::new(),
+            origin: None,
+            window: SlidingWindow::new(limit, window, max_sources),
         }
     }
 
     /// Records a bind from `source` at `now`; `false` when over the limit.
     pub(crate) fn allow(&mut self, source: IpAddr, now: Instant) -> bool {
-        if self.limit == 0 {
-            return true;
-        }
-        let window = self.window;
-        if !self.hits.contains_key(&source) && self.hits.len() >= self.max_sources {
-            self.hits.retain(|_, q| {
-                q.back()
-                    .is_some_and(|t| now.saturating_duration_since(*t) < window)
-            });
-            if self.hits.len() >= self.max_sources {
-                // still full of active sources: evict the one idle longest
-                let oldest = self
-                    .hits
-                    .iter()
-                    .min_by_key(|(_, q)| q.back().copied())
-                    .map(|(ip, _)| *ip);
-                if let Some(ip) = oldest {
-                    self.hits.remove(&ip);
-                }
-            }
-        }
-        let q = self.hits.entry(source).or_default();
-        while q
-            .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) >= window)
-        {
-            q.pop_front();
-        }
-        if q.len() >= self.limit as usize {
-            return false;
-        }
-        q.push_back(now);
-        true
+        let origin = *self.origin.get_or_insert(now);
+        let at = now.saturating_duration_since(origin);
+        self.window.check(&source, at).is_ok()
     }
 }
 
@@ -124,7 +93,7 @@ mod tests {
         let mut small = BindRateLimiter::new(1, Duration::from_secs(60), 1);
         assert!(small.allow(a, t0));
         assert!(small.allow(b, t0));
-        assert_eq!(small.hits.len(), 1);
+        assert_eq!(small.window.keys(), 1);
     }
 
     #[test]
