@@ -12,7 +12,6 @@
 //!   `anthropic` (`https://api.anthropic.com/v1`, the Messages API mapped to and from
 //!   the OpenAI chat-completion shape).
 //! * [`detect_flavour`] — what kind of OpenAI-compatible server answers at a URL.
-//! * [`stub::StubModel`] — a fast OpenAI-compatible stub model server (benchmarks, demos).
 //!
 //! Every result of `llm:chat:v1` is an OpenAI chat-completion object, whichever server
 //! produced it. Errors are [`BackendError`]s carrying an IICP [`ErrorCode`]
@@ -45,7 +44,6 @@ mod detect;
 #[cfg(feature = "openai-compat")]
 pub mod openai;
 pub mod sse;
-pub mod stub;
 
 pub use detect::{
     context_length, detect_flavour, flavour_of, list_models, plan_models, Flavour,

@@ -624,7 +624,7 @@ async fn model_listing_and_flavour_detection() {
 
 #[tokio::test]
 async fn the_stub_model_serves_what_the_adapters_ask() {
-    let stub = iicp_backends::stub::StubModel::new("stub-model", Duration::ZERO);
+    let stub = iicp_testkit::stub::StubModel::new("stub-model", Duration::ZERO);
     let server = HttpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .expect("bind");

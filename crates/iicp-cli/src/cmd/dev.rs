@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use iicp_backends::BackendConfig;
-use iicp_client::load::Histogram;
 use iicp_client::{Client, Task, TaskResult, Transport, TransportUsed};
 use iicp_directory::store::MemoryStore;
 use iicp_directory::Directory;
@@ -17,6 +16,7 @@ use iicp_node::{
 };
 use iicp_proto::secret::Secret;
 use iicp_proto::task::{ChatMessage, Qos};
+use iicp_testkit::load::Histogram;
 use iicp_transport::listener::{Listener, ListenerConfig};
 use iicp_transport::shutdown;
 use serde_json::json;
