@@ -12,8 +12,8 @@ use http::Method;
 use iicp_conformance::cases::{self, Case, Ctx, Target};
 use iicp_conformance::peers::Mesh;
 use iicp_conformance::report::{CaseReport, Verdict};
-use iicp_conformance::scripted::{Canned, ScriptedBuilder};
 use iicp_node::{AuthMode, HandlerError, Node, ServeHandle, ServeOptions, Task, TaskOutput};
+use iicp_testkit::scripted::{Canned, ScriptedBuilder};
 use iicp_transport::listener::{Listener, ListenerConfig};
 use serde_json::{json, Value};
 

@@ -8,8 +8,8 @@ use std::process::{Command, Output};
 
 use http::Method;
 use iicp_conformance::peers::{free_port, Scratch};
-use iicp_conformance::scripted::{Canned, ScriptedBuilder};
 use iicp_node::{EchoModel, Node, ServeOptions};
+use iicp_testkit::scripted::{Canned, ScriptedBuilder};
 use serde_json::{json, Value};
 
 /// Runs the binary with `args` (off the runtime's threads).

@@ -22,7 +22,8 @@ use serde_json::{json, Value};
 use super::{
     case, ensure, error_code, expect_status, json_body, status_of, Case, Ctx, Outcome, Stop, Target,
 };
-use crate::scripted::{Canned, RecordingSleeper, Scripted, ScriptedBuilder};
+use iicp_testkit::scripted::{Canned, Scripted, ScriptedBuilder};
+use iicp_testkit::time::RecordingSleeper;
 
 const T: Target = Target::Directory;
 const X: Target = Target::Client;
@@ -389,7 +390,7 @@ async fn node_reregisters(code: u16) -> Outcome {
     Ok(Some(code))
 }
 
-use crate::scripted::Recorded;
+use iicp_testkit::server::Recorded;
 
 async fn node_retry_after() -> Outcome {
     let dir = ScriptedBuilder::directory().start().await.map_err(io)?;

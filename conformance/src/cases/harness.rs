@@ -22,7 +22,7 @@ use serde_json::json;
 use super::sdk::{counts, mesh, shared_traceparent, task_ids, transient, SECRET};
 use super::{case, ensure, Case, Ctx, Outcome, Stop, Target};
 use crate::peers::{self, Scratch};
-use crate::scripted::{Canned, Scripted};
+use iicp_testkit::scripted::{Canned, Scripted};
 
 const T: Target = Target::ClientCmd;
 

@@ -1,5 +1,5 @@
 //! SDK-01..06 in both readings (DESIGN.md §4.10) against our `iicp_client::Client`,
-//! with scripted directories and nodes on 127.0.0.1:0 ([`crate::scripted`]).
+//! with scripted directories and nodes on 127.0.0.1:0 ([`iicp_testkit::scripted`]).
 //!
 //! * the seed's reading (SEED-SDK.md §6): SDK-01 pipeline with node retry, SDK-02 UUID v4
 //!   task ids, SDK-03 URN validation, SDK-04 the 120 000 ms cap, SDK-05 429/503 back-off
@@ -23,7 +23,8 @@ use iicp_client::{Client, ClientBuilder, Encryption, ErrorCode, RouteDiscovery, 
 use serde_json::json;
 
 use super::{case, ensure, Case, Outcome, Stop, Target};
-use crate::scripted::{Canned, FixedRandom, RecordingSleeper, Scripted, ScriptedBuilder};
+use iicp_testkit::scripted::{Canned, Scripted, ScriptedBuilder};
+use iicp_testkit::time::{FixedRandom, RecordingSleeper};
 
 const T: Target = Target::Client;
 

@@ -15,7 +15,6 @@
 //! * [`ServerSpec`] — a model server as an operator names it (type, URL, key), read the
 //!   same way by every command; [`ServerSpec::prepare`] chooses the served model
 //!   ([`plan_models`]) and builds its adapter.
-//! * [`stub::StubModel`] — a fast OpenAI-compatible stub model server (benchmarks, demos).
 //!
 //! Every result of `llm:chat:v1` is an OpenAI chat-completion object, whichever server
 //! produced it. Errors are [`BackendError`]s carrying an IICP [`ErrorCode`]
@@ -50,7 +49,6 @@ mod detect;
 pub mod openai;
 mod server;
 pub mod sse;
-pub mod stub;
 
 pub use detect::{
     context_length, detect_flavour, flavour_of, list_models, plan_models, Flavour,

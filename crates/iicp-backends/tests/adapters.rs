@@ -628,7 +628,7 @@ async fn model_listing_and_flavour_detection() {
 
 #[tokio::test]
 async fn the_stub_model_serves_what_the_adapters_ask() {
-    let stub = iicp_backends::stub::StubModel::new("stub-model", Duration::ZERO);
+    let stub = iicp_testkit::stub::StubModel::new("stub-model", Duration::ZERO);
     let server = HttpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .expect("bind");
@@ -823,7 +823,7 @@ async fn llama_cpp_python_is_not_taken_for_vllm() {
 
 #[tokio::test]
 async fn a_server_spec_prepares_the_only_model_it_lists() {
-    let stub = iicp_backends::stub::StubModel::new("stub-model", Duration::ZERO);
+    let stub = iicp_testkit::stub::StubModel::new("stub-model", Duration::ZERO);
     let server = HttpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .expect("bind");

@@ -106,7 +106,6 @@ mod client;
 pub mod directory;
 pub mod endpoint;
 pub mod error;
-pub mod load;
 mod options;
 pub mod select;
 mod submit;

@@ -1,13 +1,12 @@
 //! IICP-CX round trips against fake nodes that open the envelope with
 //! `crypto::cx::open_call` and encrypt their response (PROTOCOL.md §16).
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
 use iicp_client::{Encryption, ErrorCode};
 use iicp_proto::crypto::cx::CxKeyPair;
+use iicp_testkit::fake::*;
+use iicp_testkit::time::*;
 use rand_core::OsRng;
 use serde_json::json;
 

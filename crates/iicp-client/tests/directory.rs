@@ -2,11 +2,8 @@
 //! bearer tokens, `X-Node-Id`, `DELETE` with a body, key caching, ticket outcomes and
 //! 307/308 redirects (up to 3 hops).
 
-mod common;
+use std::sync::Arc;
 
-use std::sync::{Arc, Mutex};
-
-use common::*;
 use http::{Method, StatusCode};
 use iicp_client::{DirectoryClient, ErrorCode, TicketOutcome};
 use iicp_proto::directory::{
@@ -14,8 +11,11 @@ use iicp_proto::directory::{
 };
 use iicp_proto::intent::Intent;
 use iicp_proto::secret::Secret;
+use iicp_testkit::fake::*;
+use iicp_testkit::server::*;
 use iicp_transport::http::client::{HttpClient, HttpClientConfig};
 use iicp_transport::http::server::{json, Request, Router};
+use parking_lot::Mutex;
 use serde_json::json;
 
 type Log = Arc<Mutex<Vec<Recorded>>>;
@@ -57,7 +57,7 @@ async fn directory(log: Log, ticket_status: u16) -> Server {
             let log = Arc::clone(&l1);
             async move {
                 let rec = record(&mut req).await;
-                lock(&log).push(rec);
+                log.lock().push(rec);
                 json(
                     StatusCode::CREATED,
                     &json!({"node_id": "n-1", "node_token": "tok-registered-secret", "jwt_token": "jwt-x", "node_hmac_key": "hmac-x"}),
@@ -68,7 +68,7 @@ async fn directory(log: Log, ticket_status: u16) -> Server {
             let log = Arc::clone(&l2);
             async move {
                 let rec = record(&mut req).await;
-                lock(&log).push(rec);
+                log.lock().push(rec);
                 json(StatusCode::OK, &json!({"deregistered": true}))
             }
         })
@@ -77,7 +77,7 @@ async fn directory(log: Log, ticket_status: u16) -> Server {
             async move {
                 let rec = record(&mut req).await;
                 let ok = rec.header("authorization") == Some("Bearer tok-registered-secret");
-                lock(&log).push(rec);
+                log.lock().push(rec);
                 if ok {
                     json(StatusCode::OK, &json!({"ok": true, "next_heartbeat_ms": 30000}))
                 } else {
@@ -92,7 +92,7 @@ async fn directory(log: Log, ticket_status: u16) -> Server {
             let log = Arc::clone(&l4);
             async move {
                 let rec = record(&mut req).await;
-                lock(&log).push(rec);
+                log.lock().push(rec);
                 json(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &json!({"error": {"code": "not_configured", "message": "no key"}}),
@@ -103,7 +103,7 @@ async fn directory(log: Log, ticket_status: u16) -> Server {
             let log = Arc::clone(&l5);
             async move {
                 let rec = record(&mut req).await;
-                lock(&log).push(rec);
+                log.lock().push(rec);
                 json(StatusCode::CREATED, &json!({"token": "ct.abc", "expires_at": 1}))
             }
         })
@@ -111,7 +111,7 @@ async fn directory(log: Log, ticket_status: u16) -> Server {
             let log = Arc::clone(&l6);
             async move {
                 let rec = record(&mut req).await;
-                lock(&log).push(rec);
+                log.lock().push(rec);
                 let (code, body) = match ticket_status {
                     503 => (503, json!({"error": {"code": "not_configured", "message": "no key"}})),
                     404 => (404, json!({"error": {"code": "no_route_available", "message": "none"}})),
@@ -125,7 +125,7 @@ async fn directory(log: Log, ticket_status: u16) -> Server {
         .route(Method::POST, "/r2/api/v1/register", redirect("/r1/api/v1/register", 308))
         .route(Method::POST, "/r3/api/v1/register", redirect("/r2/api/v1/register", 307))
         .route(Method::POST, "/r4/api/v1/register", redirect("/r3/api/v1/register", 307));
-    serve(router).await
+    serve(router).await.expect("serve")
 }
 
 fn register_request() -> RegisterRequest {
@@ -178,7 +178,7 @@ async fn lifecycle_calls_use_the_base_url_and_credentials() {
         .expect("consumer token");
     assert_eq!(ct.token.expose(), "ct.abc");
 
-    let calls = lock(&log).clone();
+    let calls = log.lock().clone();
     let paths: Vec<(String, String)> = calls
         .iter()
         .map(|c| (c.method.clone(), c.path.clone()))
@@ -214,7 +214,7 @@ async fn redirects_are_followed_up_to_three_hops() {
     let dir = DirectoryClient::new(&format!("{}/r3/api", server.url()), http()).expect("dir");
     let ack = dir.register(&register_request()).await.expect("3 hops");
     assert_eq!(ack.node_id, "n-1");
-    let body = lock(&log)[0].json();
+    let body = log.lock()[0].json();
     assert_eq!(
         body["endpoint"], "https://node.example.com",
         "body kept across 307/308"
@@ -296,7 +296,7 @@ async fn probe_relay_ticket_and_node_detail() {
             async move {
                 let query = req.uri().query().unwrap_or_default().to_owned();
                 let rec = record(&mut req).await;
-                lock(&log).push(rec);
+                log.lock().push(rec);
                 match query.as_str() {
                     "host=203.0.113.7&port=9484" => {
                         json(StatusCode::OK, &json!({"reachable": true}))
@@ -320,7 +320,7 @@ async fn probe_relay_ticket_and_node_detail() {
                     let rec = record(&mut req).await;
                     let ok = rec.header("authorization") == Some("Bearer tok-node")
                         && rec.header("x-node-id") == Some("n-1");
-                    lock(&log).push(rec);
+                    log.lock().push(rec);
                     if ok {
                         json(
                             StatusCode::CREATED,
@@ -342,7 +342,7 @@ async fn probe_relay_ticket_and_node_detail() {
                 let log = Arc::clone(&l3);
                 async move {
                     let rec = record(&mut req).await;
-                    lock(&log).push(rec);
+                    log.lock().push(rec);
                     let id = p.get("id").unwrap_or_default().to_owned();
                     json(
                         StatusCode::OK,
@@ -351,7 +351,7 @@ async fn probe_relay_ticket_and_node_detail() {
                 }
             },
         );
-    let server = serve(router).await;
+    let server = serve(router).await.expect("serve");
     let dir = DirectoryClient::new(&format!("{}/api", server.url()), http()).expect("dir");
 
     assert_eq!(
@@ -384,7 +384,7 @@ async fn probe_relay_ticket_and_node_detail() {
     let bad = dir.node_detail("../v1/register").await.expect_err("bad id");
     assert_eq!(bad.code(), &ErrorCode::InvalidConfig);
 
-    let calls = lock(&log).clone();
+    let calls = log.lock().clone();
     let tickets: Vec<_> = calls
         .iter()
         .filter(|c| c.path == "/api/v1/relay/ticket")

@@ -1,15 +1,15 @@
 //! Submission over the native transport against a native `CallHandler` (ADR 0002 CALL
 //! layout, ADR 0005 native IICP-CX), and the transport preference.
 
-mod common;
+use std::sync::Arc;
 
-use std::sync::{Arc, Mutex};
-
-use common::*;
 use iicp_client::{Encryption, ErrorCode, Transport, TransportUsed, NATIVE_CX_V1};
 use iicp_proto::crypto::cx::{open_call, CxKeyPair, IicpConf};
 use iicp_proto::message::{Body, Call, Prefer, Response};
+use iicp_testkit::fake::*;
+use iicp_testkit::time::*;
 use iicp_transport::native::{CallContext, CallHandler};
+use parking_lot::Mutex;
 use rand_core::OsRng;
 use serde_json::{json, Value};
 
@@ -23,8 +23,8 @@ fn handler(calls: Calls, script: Vec<u16>, key: Option<CxKeyPair>) -> Arc<dyn Ca
         let script = Arc::clone(&script);
         let key = key.clone();
         async move {
-            lock(&calls).push(call.clone());
-            let step = lock(&script).pop_front().unwrap_or(0);
+            calls.lock().push(call.clone());
+            let step = script.lock().pop_front().unwrap_or(0);
             if step != 0 {
                 return Response::error(&call, "temporarily_unavailable", step, "scripted");
             }
@@ -89,7 +89,7 @@ async fn plaintext_task_over_native_uses_the_superset_call_layout() {
         done.result()["echo"]["messages"][0]["content"],
         "PAYLOAD-MARKER-7f3a"
     );
-    let calls = lock(&calls).clone();
+    let calls = calls.lock().clone();
     assert_eq!(calls.len(), 1);
     let c = &calls[0];
     assert_eq!(c.protocol_version, Some(1));
@@ -107,7 +107,7 @@ async fn plaintext_task_over_native_uses_the_superset_call_layout() {
         c.auth_token.as_ref().map(|s| s.expose().to_owned()),
         Some("api-token-native-1".to_owned())
     );
-    assert!(lock(&node.http_calls).is_empty());
+    assert!(node.http_calls.lock().is_empty());
 }
 
 #[tokio::test]
@@ -129,8 +129,8 @@ async fn native_ipv4_shorthand_for_loopback_is_refused_before_any_io() {
         .expect("client");
     let err = strict.submit(chat_task()).await.expect_err("refused");
     assert_eq!(err.code(), &ErrorCode::NoNodesAvailable, "{err}");
-    assert!(lock(&calls).is_empty());
-    assert!(lock(&node.http_calls).is_empty());
+    assert!(calls.lock().is_empty());
+    assert!(node.http_calls.lock().is_empty());
     let open = builder(&dir, Arc::new(RecordingSleeper::default()))
         .encryption(Encryption::AllowPlaintext)
         .transport(Transport::Native)
@@ -138,7 +138,7 @@ async fn native_ipv4_shorthand_for_loopback_is_refused_before_any_io() {
         .expect("client");
     let done = open.submit(chat_task()).await.expect("submit");
     assert_eq!(done.transport, TransportUsed::Native);
-    assert_eq!(lock(&calls).len(), 1);
+    assert_eq!(calls.lock().len(), 1);
 }
 
 #[tokio::test]
@@ -154,7 +154,7 @@ async fn native_retries_keep_the_idempotency_key_and_change_the_call_id() {
         .expect("client");
     let done = client.submit(chat_task()).await.expect("submit");
     assert_eq!(done.attempts, 3);
-    let calls = lock(&calls).clone();
+    let calls = calls.lock().clone();
     assert_eq!(calls.len(), 3);
     let ids: std::collections::HashSet<_> = calls.iter().map(|c| c.call_id.clone()).collect();
     assert_eq!(ids.len(), 3, "fresh call id per attempt");
@@ -176,7 +176,7 @@ async fn native_errors_follow_the_same_rules() {
         .expect("client");
     let err = client.submit(chat_task()).await.expect_err("502");
     assert_eq!(err.status_code(), Some(502));
-    assert_eq!(lock(&calls).len(), 1);
+    assert_eq!(calls.lock().len(), 1);
     assert_ne!(err.code(), &ErrorCode::AllNodesFailed);
 }
 
@@ -201,7 +201,7 @@ async fn native_cx_round_trip_with_a_native_cx_v1_node() {
         done.result()["seen"]["messages"][0]["content"],
         "PAYLOAD-MARKER-7f3a"
     );
-    let c = &lock(&calls)[0];
+    let c = &calls.lock()[0];
     let key5 = c
         .payload
         .as_ref()
@@ -230,8 +230,8 @@ async fn keyed_node_without_native_cx_is_reached_over_http() {
         let done = client.submit(chat_task()).await.expect("submit");
         assert_eq!(done.transport, TransportUsed::Http, "{transport:?}");
     }
-    assert!(lock(&calls).is_empty());
-    assert_eq!(lock(&node.http_calls).len(), 2);
+    assert!(calls.lock().is_empty());
+    assert_eq!(node.http_calls.lock().len(), 2);
 }
 
 #[tokio::test]
@@ -246,5 +246,5 @@ async fn http_preference_ignores_the_native_endpoint() {
         .expect("client");
     let done = client.submit(chat_task()).await.expect("submit");
     assert_eq!(done.transport, TransportUsed::Http);
-    assert!(lock(&calls).is_empty());
+    assert!(calls.lock().is_empty());
 }

@@ -2,15 +2,15 @@
 //! back-off envelope, node switch, no retry on other 4xx / 502, the circuit breaker,
 //! one task id and one traceparent per logical submit.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use iicp_client::time::ManualClock;
 use iicp_client::{Error, ErrorCode, RouteDiscovery};
 use iicp_proto::crypto::cx::CxKeyPair;
+use iicp_testkit::fake::*;
+use iicp_testkit::server::*;
+use iicp_testkit::time::*;
 use rand_core::OsRng;
 
 fn key() -> Option<CxKeyPair> {

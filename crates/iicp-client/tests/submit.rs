@@ -1,18 +1,18 @@
 //! Validation before I/O, the timeout cap, empty discovery, credentials (never leaked),
 //! the discovery cache, discover filtering and the chat helper.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use iicp_client::time::ManualClock;
 use iicp_client::{
     ChatOptions, Client, DiscoverOptions, Encryption, ErrorCode, RouteDiscovery, Task,
 };
 use iicp_proto::crypto::cx::CxKeyPair;
 use iicp_proto::task::ChatMessage;
+use iicp_testkit::fake::*;
+use iicp_testkit::server::*;
+use iicp_testkit::time::*;
 use rand_core::OsRng;
 use serde_json::json;
 

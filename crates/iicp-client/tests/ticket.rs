@@ -1,13 +1,12 @@
 //! Ticketed discovery (PROTOCOL.md §8.5): tickets signed by a `DirectoryKey`, exclusion
 //! of failed nodes, refusal of unverifiable tickets, and the fallback to GET discover.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
 use iicp_client::{ErrorCode, RouteDiscovery, Strategy};
 use iicp_proto::crypto::cx::CxKeyPair;
+use iicp_testkit::fake::*;
+use iicp_testkit::time::*;
 use rand_core::OsRng;
 
 fn key() -> Option<CxKeyPair> {

@@ -3,16 +3,16 @@
 //! from the directory, out-of-range and duplicate discovery entries, `limit`, IPv4
 //! shorthand endpoints refused before any I/O, and messages that keep the cause.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use http::{Method, StatusCode};
 use iicp_client::time::ManualClock;
 use iicp_client::{DiscoverOptions, ErrorCode, RouteDiscovery};
 use iicp_proto::crypto::cx::CxKeyPair;
+use iicp_testkit::fake::*;
+use iicp_testkit::server::*;
+use iicp_testkit::time::*;
 use iicp_transport::http::server::{json, Request, Router};
 use rand_core::OsRng;
 use serde_json::{json as j, Value};
@@ -139,7 +139,7 @@ async fn busy_directory() -> (Server, Arc<std::sync::atomic::AtomicUsize>) {
             }
         })
         .nest_alias("/api");
-    (serve(router).await, hits)
+    (serve(router).await.expect("serve"), hits)
 }
 
 #[tokio::test]
@@ -388,7 +388,7 @@ async fn a_slow_directory_is_cut_at_the_directory_timeout() {
             json(StatusCode::OK, &j!({"nodes": []}))
         })
         .nest_alias("/api");
-    let server = serve(router).await;
+    let server = serve(router).await.expect("serve");
     let client = iicp_client::Client::builder()
         .directory_url(format!("{}/api", server.url()))
         .route_discovery(RouteDiscovery::Legacy)

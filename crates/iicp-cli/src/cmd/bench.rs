@@ -1,12 +1,12 @@
 //! `bench`: closed-loop load against one IICP node over HTTP (`POST /v1/task`) or the
 //! native transport (`iicp://`), with throughput, latency quantiles, errors by code and
-//! the generator's own CPU cost (`iicp_client::load`).
+//! the generator's own CPU cost (`iicp_testkit::load`).
 
 use std::io::{IsTerminal as _, Write as _};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use iicp_client::load::{self, LoadConfig, Progress, Report, Stop, Target};
+use iicp_testkit::load::{self, LoadConfig, Progress, Report, Stop, Target};
 
 use super::UsageError;
 

@@ -6,12 +6,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use iicp_client::load::Histogram;
 use iicp_client::{Client, Task, TaskResult, Transport, TransportUsed};
 use iicp_directory::store::MemoryStore;
 use iicp_directory::Directory;
 use iicp_node::{Node, NodeEvent, RateLimit, ServeHandle, ServeOptions};
 use iicp_proto::task::{ChatMessage, Qos};
+use iicp_testkit::load::Histogram;
 use iicp_transport::listener::{Listener, ListenerConfig};
 use iicp_transport::shutdown;
 use serde_json::json;

@@ -1,11 +1,11 @@
-//! `stub-model`: serves `iicp_backends::stub::StubModel`, the shared backend of node
+//! `stub-model`: serves `iicp_testkit::stub::StubModel`, the shared backend of node
 //! benchmarks; prints the request counts per path on exit (Ctrl-C / SIGTERM).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use iicp_backends::stub::StubModel;
+use iicp_testkit::stub::StubModel;
 use iicp_transport::http::server::{HttpServer, HttpServerConfig};
 use iicp_transport::shutdown;
 /// Arguments of `stub-model`.

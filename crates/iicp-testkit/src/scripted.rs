@@ -3,20 +3,24 @@
 //!
 //! Each route has a default reply ([`Canned`]) and a queue of scripted replies that are
 //! used first, oldest first. Every request is recorded (method, path, headers, body,
-//! arrival time) so a case can count attempts, compare trace headers and look for
-//! leaked secrets. The server stops when the [`Scripted`] is dropped.
+//! arrival time: [`Recorded`]) so a case can count attempts, compare trace headers and
+//! look for leaked secrets. It runs on the kit's test server ([`crate::server`]) and
+//! stops when the [`Scripted`] is dropped.
+//!
+//! The conformance runner's client-side cases use it (`iicp-conformance`), so it speaks
+//! only what any SDK's client sends; [`crate::fake`] has the protocol-aware fakes
+//! (IICP-CX, signed dispatch tickets) of `iicp-client`'s own tests.
 
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
-use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method, StatusCode};
-use iicp_transport::http::server::{json, read_body, HttpServer, Request, Response, Router};
-use iicp_transport::shutdown::{self, Trigger};
+use iicp_transport::http::server::{json, Request, Response, Router};
 use serde_json::{json, Value};
+
+use crate::server::{record, serve, Recorded, Server};
 
 /// One scripted answer.
 #[derive(Clone, Debug)]
@@ -39,42 +43,6 @@ pub enum Canned {
     /// A redirect with this status to this path on the same server, or to this absolute
     /// URL when it starts with `http`.
     Redirect(u16, String),
-}
-
-/// One request as the server saw it.
-#[derive(Clone, Debug)]
-pub struct Recorded {
-    /// Method.
-    pub method: String,
-    /// Path and query.
-    pub path: String,
-    /// Headers.
-    pub headers: http::HeaderMap,
-    /// Body bytes.
-    pub body: Vec<u8>,
-    /// When it arrived.
-    pub at: Instant,
-}
-
-impl Recorded {
-    /// A header's value as text (`None` when absent or not visible ASCII).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name)?.to_str().ok()
-    }
-
-    /// The body as JSON (`null` when it is not).
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-
-    /// Whether `needle` occurs anywhere in the request (path, header values, body).
-    pub fn contains(&self, needle: &str) -> bool {
-        let n = needle.as_bytes();
-        let has = |hay: &[u8]| hay.windows(n.len().max(1)).any(|w| w == n);
-        has(self.path.as_bytes())
-            || self.headers.values().any(|v| has(v.as_bytes()))
-            || has(&self.body)
-    }
 }
 
 /// `(method, path)` of a scripted route.
@@ -184,30 +152,22 @@ impl ScriptedBuilder {
         if let Some(prefix) = &self.alias {
             router = router.nest_alias(prefix);
         }
-        let server = HttpServer::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
-        let addr = server.local_addr()?;
-        *state.origin.lock() = format!("http://{addr}");
-        let (trigger, signal) = shutdown::channel();
-        tokio::spawn(server.serve(router, signal));
-        Ok(Scripted {
-            addr,
-            state,
-            _trigger: trigger,
-        })
+        let server = serve(router).await?;
+        *state.origin.lock() = server.url();
+        Ok(Scripted { server, state })
     }
 }
 
 /// A running scripted server; stops on drop.
 pub struct Scripted {
-    addr: SocketAddr,
+    server: Server,
     state: Arc<State>,
-    _trigger: Trigger,
 }
 
 impl std::fmt::Debug for Scripted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Scripted")
-            .field("addr", &self.addr)
+            .field("addr", &self.server.addr())
             .finish()
     }
 }
@@ -215,7 +175,12 @@ impl std::fmt::Debug for Scripted {
 impl Scripted {
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
+    }
+
+    /// The test server underneath (connections accepted, raw bytes received).
+    pub fn server(&self) -> &Server {
+        &self.server
     }
 
     /// `http://127.0.0.1:PORT/api`, the base a client is given.
@@ -280,18 +245,7 @@ impl Scripted {
 }
 
 async fn answer(st: &State, key: RouteKey, mut req: Request) -> Response {
-    let body = read_body(&mut req, 4 << 20)
-        .await
-        .map(|b| b.to_vec())
-        .unwrap_or_default();
-    let rec = Recorded {
-        method: req.method().to_string(),
-        // origin-form request target: path and query
-        path: req.uri().to_string(),
-        headers: req.headers().clone(),
-        body,
-        at: Instant::now(),
-    };
+    let rec = record(&mut req).await;
     let reply = {
         let mut routes = st.routes.lock();
         match routes.get_mut(&key) {
@@ -383,33 +337,5 @@ fn render(st: &State, reply: Canned, req: &Value) -> Response {
             }
             r
         }
-    }
-}
-
-/// Records requested back-off sleeps and returns at once (injected into our client).
-#[derive(Debug, Default)]
-pub struct RecordingSleeper(Mutex<Vec<Duration>>);
-
-impl RecordingSleeper {
-    /// The sleeps requested so far.
-    pub fn sleeps(&self) -> Vec<Duration> {
-        self.0.lock().clone()
-    }
-}
-
-impl iicp_client::time::Sleeper for RecordingSleeper {
-    fn sleep(&self, d: Duration) -> iicp_client::time::SleepFuture {
-        self.0.lock().push(d);
-        Box::pin(async {})
-    }
-}
-
-/// A random source that always returns the same number (0.5 = no jitter).
-#[derive(Debug, Clone, Copy)]
-pub struct FixedRandom(pub f64);
-
-impl iicp_client::time::Random for FixedRandom {
-    fn next_f64(&self) -> f64 {
-        self.0
     }
 }

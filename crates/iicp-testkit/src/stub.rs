@@ -1,5 +1,6 @@
-//! A fast OpenAI-compatible stub model server: the shared, zero-cost backend of node
-//! benchmarks (ours and the other SDKs' nodes) and of demos without a model server.
+//! A fast OpenAI-compatible stub model server (`iicp stub-model`): the shared, zero-cost
+//! backend of node benchmarks (ours and the other SDKs' nodes), of tests that need a
+//! model server, and of demos without one.
 //!
 //! Answers what nodes send to a model server: `POST /v1/chat/completions` (and
 //! `/chat/completions`, `/v1/completions`, `/completions`, Ollama's `/api/chat`,

@@ -155,7 +155,7 @@ impl LoadConfig {
             stop: Stop::Duration(Duration::from_secs(10)),
             warmup: Duration::from_secs(1),
             payload_bytes: 256,
-            intent: crate::CHAT_INTENT.to_owned(),
+            intent: iicp_client::CHAT_INTENT.to_owned(),
             timeout: Duration::from_secs(30),
             connections: 1,
             watch_pids: Vec::new(),

@@ -1,211 +1,41 @@
-//! Scripted providers for the client tests: a fake directory and fake nodes built on
-//! iicp-transport's router and listener, all on 127.0.0.1:0. They record what they
-//! receive (every byte of every connection, and each parsed request) and answer from a
-//! script. Everything stops when the test's runtime ends.
-#![allow(dead_code, unreachable_pub)]
+//! Protocol-aware fakes for `iicp-client`'s tests: a fake directory (discovery, signed
+//! dispatch tickets, consumer tokens, its key) and fake nodes (scripted answers, IICP-CX
+//! opened and sealed with the node's key), all on the kit's test server
+//! ([`crate::server`]) at 127.0.0.1:0. They record what they receive and answer from a
+//! script. Everything stops when its value is dropped or the test's runtime ends.
+//!
+//! [`crate::scripted`] is the protocol-neutral counterpart the conformance runner uses.
+//!
+//! The constructors ([`fake_node`], [`fake_directory`], [`native_node`]) are test
+//! fixtures: they panic when no loopback port can be bound.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use iicp_client::time::{Random, SleepFuture, Sleeper};
 use iicp_proto::crypto::cx::{open_call, CxKeyPair, IicpConf};
 use iicp_proto::crypto::token::{DirectoryKey, DispatchTicketClaims};
-use iicp_transport::http::server::{
-    json, read_body, serve_connection, HttpServerConfig, Request, Response, Router,
-};
+use iicp_transport::http::server::{json, Request, Response, Router};
 use iicp_transport::listener::{Listener, ListenerConfig, Services};
 use iicp_transport::native::CallHandler;
 use iicp_transport::shutdown::{self, Trigger};
+use parking_lot::Mutex;
 use rand_core::OsRng;
 use serde_json::{json, Value};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
 
-pub const CHAT: &str = "urn:iicp:intent:llm:chat:v1";
+use crate::server::{record, serve, Recorded, Server};
+use crate::time::{FixedRandom, RecordingSleeper};
 
-// ---------------------------------------------------------------------------------
-// Injected time and randomness
-// ---------------------------------------------------------------------------------
+/// The chat intent URN the fakes and [`chat_task`] use.
+pub const CHAT: &str = iicp_client::CHAT_INTENT;
 
-/// Records requested sleeps and returns at once.
-#[derive(Default)]
-pub struct RecordingSleeper(pub Mutex<Vec<Duration>>);
-
-impl Sleeper for RecordingSleeper {
-    fn sleep(&self, d: Duration) -> SleepFuture {
-        lock(&self.0).push(d);
-        Box::pin(async {})
-    }
-}
-
-impl RecordingSleeper {
-    pub fn sleeps(&self) -> Vec<Duration> {
-        lock(&self.0).clone()
-    }
-}
-
-/// Always returns the same number.
-pub struct FixedRandom(pub f64);
-
-impl Random for FixedRandom {
-    fn next_f64(&self) -> f64 {
-        self.0
-    }
-}
-
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-// ---------------------------------------------------------------------------------
-// HTTP server with connection counting and byte capture
-// ---------------------------------------------------------------------------------
-
-/// A stream that copies every byte it reads into `log`.
-struct Tee<S> {
-    inner: S,
-    log: Arc<Mutex<Vec<u8>>>,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Tee<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &res {
-            let new = buf.filled()[before..].to_vec();
-            lock(&self.log).extend_from_slice(&new);
-        }
-        res
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tee<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// A running HTTP server.
-pub struct Server {
-    pub addr: SocketAddr,
-    /// Accepted TCP connections.
-    pub connections: Arc<AtomicUsize>,
-    /// Every byte received, all connections concatenated.
-    pub bytes: Arc<Mutex<Vec<u8>>>,
-    _trigger: Trigger,
-}
-
-impl Server {
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-    pub fn accepted(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
-    }
-    pub fn raw(&self) -> String {
-        String::from_utf8_lossy(&lock(&self.bytes)).into_owned()
-    }
-}
-
-pub async fn serve(router: Router) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let router = Arc::new(router);
-    let connections = Arc::new(AtomicUsize::new(0));
-    let bytes = Arc::new(Mutex::new(Vec::new()));
-    let (trigger, shutdown) = shutdown::channel();
-    {
-        let connections = Arc::clone(&connections);
-        let bytes = Arc::clone(&bytes);
-        let mut stop = shutdown.clone();
-        tokio::spawn(async move {
-            let config = HttpServerConfig::default();
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let Ok((stream, peer)) = accepted else { continue };
-                        connections.fetch_add(1, Ordering::SeqCst);
-                        let io = Tee { inner: stream, log: Arc::clone(&bytes) };
-                        let router = Arc::clone(&router);
-                        let config = config.clone();
-                        let sd = shutdown.clone();
-                        tokio::spawn(async move {
-                            serve_connection(io, peer, router, &config, sd).await;
-                        });
-                    }
-                    () = stop.fired() => break,
-                }
-            }
-        });
-    }
-    Server {
-        addr,
-        connections,
-        bytes,
-        _trigger: trigger,
-    }
-}
-
-/// One request as a handler saw it.
-#[derive(Clone, Debug)]
-pub struct Recorded {
-    pub method: String,
-    pub path: String,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Recorded {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-}
-
-pub async fn record(req: &mut Request) -> Recorded {
-    let body = read_body(req, 4 << 20)
-        .await
-        .map(|b| b.to_vec())
-        .unwrap_or_default();
-    Recorded {
-        method: req.method().to_string(),
-        path: req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_default(),
-        headers: req
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
-            .collect(),
-        body,
-    }
+fn internal_error(what: &str) -> Response {
+    json(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        &json!({"error": {"code": "internal_error", "message": what}}),
+    )
 }
 
 // ---------------------------------------------------------------------------------
@@ -233,6 +63,8 @@ pub enum Reply {
     Spread(Value),
 }
 
+/// 429 `capacity_exceeded` with the QoS class, `retry_after_ms` 1000 and the legacy
+/// code `IICP-E021` (the current shape).
 pub fn capacity_exceeded() -> Reply {
     Reply::Status(
         429,
@@ -240,6 +72,7 @@ pub fn capacity_exceeded() -> Reply {
     )
 }
 
+/// 429 with the legacy code `IICP-E021` as its code (an older node's shape).
 pub fn e021_429() -> Reply {
     Reply::Status(
         429,
@@ -247,6 +80,9 @@ pub fn e021_429() -> Reply {
     )
 }
 
+/// `code` with the protocol error code of that status (`validation_error` for 400,
+/// `unauthorized` 401, `rate_limited` 429, `backend_error` 502,
+/// `temporarily_unavailable` 503, `task_timeout` 504, else `internal_error`).
 pub fn status(code: u16) -> Reply {
     let slug = match code {
         400 => "validation_error",
@@ -263,37 +99,58 @@ pub fn status(code: u16) -> Reply {
     )
 }
 
+/// What a [`FakeNode`] knows and has seen.
+#[derive(Debug)]
 pub struct NodeState {
+    /// Its node id.
     pub id: String,
+    /// Answers still to give, oldest first; [`Reply::Ok`] once empty.
     pub script: Mutex<VecDeque<Reply>>,
+    /// Every `POST /v1/task` so far.
     pub calls: Mutex<Vec<Recorded>>,
+    /// Its IICP-CX key pair (`None`: plaintext only).
     pub key: Option<CxKeyPair>,
     /// Plaintext payloads the node saw (decrypted when encrypted).
     pub payloads: Mutex<Vec<Value>>,
 }
 
+/// A running fake node: `POST /v1/task` answers from its script, `GET /iicp/health`
+/// says `ok`.
+#[derive(Debug)]
 pub struct FakeNode {
+    /// The server it runs on.
     pub server: Server,
+    /// What it knows and has seen.
     pub state: Arc<NodeState>,
 }
 
 impl FakeNode {
+    /// Every task request so far.
     pub fn calls(&self) -> Vec<Recorded> {
-        lock(&self.state.calls).clone()
+        self.state.calls.lock().clone()
     }
+
+    /// How many task requests it got.
     pub fn count(&self) -> usize {
-        lock(&self.state.calls).len()
+        self.state.calls.lock().len()
     }
+
+    /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         self.server.url()
     }
+
+    /// The plaintext payloads it saw (decrypted when encrypted).
     pub fn payloads(&self) -> Vec<Value> {
-        lock(&self.state.payloads).clone()
+        self.state.payloads.lock().clone()
     }
+
     /// The NODELIST entry of this node.
     pub fn entry(&self) -> Value {
         node_entry(&self.state.id, &self.url(), self.state.key.as_ref(), &[])
     }
+
+    /// The NODELIST entry of this node, its CX advertisement also listing `features`.
     pub fn entry_with_features(&self, features: &[&str]) -> Value {
         node_entry(
             &self.state.id,
@@ -304,6 +161,8 @@ impl FakeNode {
     }
 }
 
+/// A NODELIST entry for node `id` at `endpoint` (region `eu-central`, score 0.9,
+/// available, load 0.1), with the CX advertisement of `key` plus `features` when given.
 pub fn node_entry(id: &str, endpoint: &str, key: Option<&CxKeyPair>, features: &[&str]) -> Value {
     let mut v = json!({
         "node_id": id,
@@ -318,7 +177,7 @@ pub fn node_entry(id: &str, endpoint: &str, key: Option<&CxKeyPair>, features: &
         for f in features {
             adv.features.push((*f).to_owned());
         }
-        v["cx_public_key"] = serde_json::to_value(adv).expect("adv");
+        v["cx_public_key"] = serde_json::to_value(adv).unwrap_or(Value::Null);
     }
     v
 }
@@ -328,6 +187,11 @@ pub fn node_id(n: u32) -> String {
     format!("{n:08x}-0000-4000-8000-000000000000")
 }
 
+/// Starts a fake node `id` answering `script` in order, then [`Reply::Ok`]; with `key`
+/// it opens IICP-CX requests and seals the answer when the client requires it.
+///
+/// # Panics
+/// When no loopback port can be bound.
 pub async fn fake_node(id: &str, key: Option<CxKeyPair>, script: Vec<Reply>) -> FakeNode {
     let state = Arc::new(NodeState {
         id: id.to_owned(),
@@ -343,8 +207,8 @@ pub async fn fake_node(id: &str, key: Option<CxKeyPair>, script: Vec<Reply>) -> 
             async move {
                 let rec = record(&mut req).await;
                 let body = rec.json();
-                lock(&st.calls).push(rec);
-                let reply = lock(&st.script).pop_front().unwrap_or(Reply::Ok);
+                st.calls.lock().push(rec);
+                let reply = st.script.lock().pop_front().unwrap_or(Reply::Ok);
                 answer(&st, &body, reply).await
             }
         })
@@ -352,7 +216,7 @@ pub async fn fake_node(id: &str, key: Option<CxKeyPair>, script: Vec<Reply>) -> 
             json(StatusCode::OK, &json!({"status": "ok"}))
         });
     FakeNode {
-        server: serve(router).await,
+        server: serve(router).await.expect("bind a loopback port"),
         state,
     }
 }
@@ -384,7 +248,9 @@ async fn answer(st: &NodeState, body: &Value, reply: Reply) -> Response {
             obj.insert("task_id".into(), json!(task_id));
             obj.insert("status".into(), json!("completed"));
             obj.insert("generated_by_ai".into(), json!(true));
-            lock(&st.payloads).push(body.get("payload").cloned().unwrap_or(Value::Null));
+            st.payloads
+                .lock()
+                .push(body.get("payload").cloned().unwrap_or(Value::Null));
             return json(StatusCode::OK, &Value::Object(obj));
         }
         Reply::Status(code, v) => {
@@ -412,7 +278,9 @@ async fn answer(st: &NodeState, body: &Value, reply: Reply) -> Response {
         let opened = IicpConf::from_value(conf).and_then(|c| open_call(key, &c, &task_id, &intent));
         match opened {
             Ok(o) => {
-                lock(&st.payloads).push(o.payload_json().unwrap_or(Value::Null));
+                st.payloads
+                    .lock()
+                    .push(o.payload_json().unwrap_or(Value::Null));
                 response_key = Some(o.response_key().clone());
             }
             Err(e) => {
@@ -423,7 +291,9 @@ async fn answer(st: &NodeState, body: &Value, reply: Reply) -> Response {
             }
         }
     } else {
-        lock(&st.payloads).push(body.get("payload").cloned().unwrap_or(Value::Null));
+        st.payloads
+            .lock()
+            .push(body.get("payload").cloned().unwrap_or(Value::Null));
     }
     let id = if wrong_id {
         "00000000-0000-4000-8000-000000000001".to_owned()
@@ -434,9 +304,12 @@ async fn answer(st: &NodeState, body: &Value, reply: Reply) -> Response {
     let wants_encrypted = body["cx_response_encryption"] == "required";
     match response_key {
         Some(rk) if wants_encrypted && !plain_always => {
-            let sealed = rk
-                .seal(&mut OsRng, &serde_json::to_vec(&full).expect("json"))
-                .expect("seal");
+            let Ok(plain) = serde_json::to_vec(&full) else {
+                return internal_error("cannot encode the answer");
+            };
+            let Ok(sealed) = rk.seal(&mut OsRng, &plain) else {
+                return internal_error("cannot seal the answer");
+            };
             json(
                 StatusCode::OK,
                 &json!({"task_id": id, "status": "encrypted", "iicp_conf_resp": sealed.to_value()}),
@@ -450,12 +323,28 @@ async fn answer(st: &NodeState, body: &Value, reply: Reply) -> Response {
 // Fake native node (HTTP + native on one port)
 // ---------------------------------------------------------------------------------
 
+/// A running node on iicp-transport's one-port listener: native CALLs go to the
+/// handler, `POST /v1/task` answers `{"via": "http"}`. Stops when dropped.
 pub struct NativeNode {
+    /// The bound address.
     pub addr: SocketAddr,
+    /// Every HTTP task request so far.
     pub http_calls: Arc<Mutex<Vec<Recorded>>>,
     _trigger: Trigger,
 }
 
+impl std::fmt::Debug for NativeNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NativeNode")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts a node whose native CALLs `handler` answers.
+///
+/// # Panics
+/// When no loopback port can be bound.
 pub async fn native_node(handler: Arc<dyn CallHandler>) -> NativeNode {
     let http_calls = Arc::new(Mutex::new(Vec::new()));
     let hc = Arc::clone(&http_calls);
@@ -464,7 +353,7 @@ pub async fn native_node(handler: Arc<dyn CallHandler>) -> NativeNode {
         async move {
             let rec = record(&mut req).await;
             let body = rec.json();
-            lock(&hc).push(rec);
+            hc.lock().push(rec);
             json(
                 StatusCode::OK,
                 &json!({"task_id": body["task_id"], "status": "success", "result": {"via": "http"}}),
@@ -472,12 +361,12 @@ pub async fn native_node(handler: Arc<dyn CallHandler>) -> NativeNode {
         }
     });
     let listener = Listener::bind(
-        "127.0.0.1:0".parse().expect("addr"),
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         ListenerConfig::default(),
     )
     .await
-    .expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    .expect("bind a loopback port");
+    let addr = listener.local_addr().expect("the bound address");
     let (trigger, sd) = shutdown::channel();
     tokio::spawn(listener.serve(
         Services {
@@ -508,17 +397,39 @@ pub enum Tickets {
     BadSignature,
 }
 
+/// What a [`FakeDirectory`] knows and has seen.
 pub struct DirState {
+    /// The NODELIST of `GET /v1/discover`, in order.
     pub nodes: Mutex<Vec<Value>>,
+    /// How dispatch tickets are answered.
     pub tickets: Mutex<Tickets>,
+    /// The directory key (`GET /v1/directory-key`, ticket signatures).
     pub key: DirectoryKey,
+    /// The wrong key of [`Tickets::BadSignature`].
     pub other_key: DirectoryKey,
+    /// `http://127.0.0.1:PORT`, the tickets' issuer.
     pub origin: Mutex<String>,
+    /// Every request so far.
     pub calls: Mutex<Vec<Recorded>>,
 }
 
+impl std::fmt::Debug for DirState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirState")
+            .field("nodes", &self.nodes.lock().len())
+            .field("tickets", &*self.tickets.lock())
+            .field("origin", &*self.origin.lock())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running fake directory at `…/api` (and at the root): `GET /v1/discover`,
+/// `POST /v1/dispatch/ticket`, `GET /v1/directory-key`, `POST /v1/consumer-token`.
+#[derive(Debug)]
 pub struct FakeDirectory {
+    /// The server it runs on.
     pub server: Server,
+    /// What it knows and has seen.
     pub state: Arc<DirState>,
 }
 
@@ -527,20 +438,31 @@ impl FakeDirectory {
     pub fn base(&self) -> String {
         format!("{}/api", self.server.url())
     }
+
+    /// Every request so far.
     pub fn calls(&self) -> Vec<Recorded> {
-        lock(&self.state.calls).clone()
+        self.state.calls.lock().clone()
     }
+
+    /// How many requests had a path starting with `path_prefix`.
     pub fn count(&self, path_prefix: &str) -> usize {
         self.calls()
             .iter()
             .filter(|c| c.path.starts_with(path_prefix))
             .count()
     }
+
+    /// Replaces the NODELIST.
     pub fn set_nodes(&self, nodes: Vec<Value>) {
-        *lock(&self.state.nodes) = nodes;
+        *self.state.nodes.lock() = nodes;
     }
 }
 
+/// Starts a fake directory listing `nodes`, answering dispatch tickets as `tickets`
+/// says; consumer tokens are `consumer-token-for-<node id>`.
+///
+/// # Panics
+/// When no loopback port can be bound.
 pub async fn fake_directory(nodes: Vec<Value>, tickets: Tickets) -> FakeDirectory {
     let state = Arc::new(DirState {
         nodes: Mutex::new(nodes),
@@ -559,8 +481,8 @@ pub async fn fake_directory(nodes: Vec<Value>, tickets: Tickets) -> FakeDirector
             let st = Arc::clone(&s1);
             async move {
                 let rec = record(&mut req).await;
-                lock(&st.calls).push(rec);
-                let nodes = lock(&st.nodes).clone();
+                st.calls.lock().push(rec);
+                let nodes = st.nodes.lock().clone();
                 let mut resp = json(StatusCode::OK, &json!({"nodes": nodes, "count": nodes.len(), "query_ms": 1}));
                 resp.headers_mut().insert(
                     "cache-control",
@@ -574,7 +496,7 @@ pub async fn fake_directory(nodes: Vec<Value>, tickets: Tickets) -> FakeDirector
             async move {
                 let rec = record(&mut req).await;
                 let body = rec.json();
-                lock(&st.calls).push(rec);
+                st.calls.lock().push(rec);
                 ticket(&st, &body)
             }
         })
@@ -582,7 +504,7 @@ pub async fn fake_directory(nodes: Vec<Value>, tickets: Tickets) -> FakeDirector
             let st = Arc::clone(&s3);
             async move {
                 let rec = record(&mut req).await;
-                lock(&st.calls).push(rec);
+                st.calls.lock().push(rec);
                 json(
                     StatusCode::OK,
                     &json!({"public_key": st.key.public_key().to_hex(), "algorithm": "ed25519"}),
@@ -594,7 +516,7 @@ pub async fn fake_directory(nodes: Vec<Value>, tickets: Tickets) -> FakeDirector
             async move {
                 let rec = record(&mut req).await;
                 let body = rec.json();
-                lock(&st.calls).push(rec);
+                st.calls.lock().push(rec);
                 json(
                     StatusCode::CREATED,
                     &json!({"token": format!("consumer-token-for-{}", body["target_node_id"].as_str().unwrap_or("")), "expires_at": unix_now() + 300}),
@@ -602,19 +524,19 @@ pub async fn fake_directory(nodes: Vec<Value>, tickets: Tickets) -> FakeDirector
             }
         })
         .nest_alias("/api");
-    let server = serve(router).await;
-    *lock(&state.origin) = server.url();
+    let server = serve(router).await.expect("bind a loopback port");
+    *state.origin.lock() = server.url();
     FakeDirectory { server, state }
 }
 
-pub fn unix_now() -> u64 {
+fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
 fn ticket(st: &DirState, body: &Value) -> Response {
-    let mode = *lock(&st.tickets);
+    let mode = *st.tickets.lock();
     if mode == Tickets::Off {
         return json(
             StatusCode::NOT_FOUND,
@@ -630,7 +552,7 @@ fn ticket(st: &DirState, body: &Value) -> Response {
         })
         .unwrap_or_default();
     let intent = body["intent"].as_str().unwrap_or_default();
-    let nodes = lock(&st.nodes).clone();
+    let nodes = st.nodes.lock().clone();
     let Some(node) = nodes.into_iter().find(|n| {
         let id = n["node_id"].as_str().unwrap_or_default();
         !excluded.iter().any(|p| id.starts_with(p.as_str()))
@@ -641,23 +563,25 @@ fn ticket(st: &DirState, body: &Value) -> Response {
         );
     };
     let node_id = node["node_id"].as_str().unwrap_or_default().to_owned();
-    let origin = lock(&st.origin).clone();
+    let origin = st.origin.lock().clone();
     let claims = DispatchTicketClaims::new(&mut OsRng, &origin, &node_id, intent, unix_now(), 60);
     let key = if mode == Tickets::BadSignature {
         &st.other_key
     } else {
         &st.key
     };
-    let token = key.issue(&claims).expect("issue");
+    let Ok(token) = key.issue(&claims) else {
+        return internal_error("cannot sign the ticket");
+    };
     json(
         StatusCode::CREATED,
         &json!({
             "ticket": token,
-            "ticket_id_prefix": &claims.jti[..12],
+            "ticket_id_prefix": claims.jti.get(..12).unwrap_or(&claims.jti),
             "expires_at": claims.exp,
             "intent": intent,
             "node_id": node_id,
-            "node_id_prefix": &node_id[..8],
+            "node_id_prefix": node_id.get(..8).unwrap_or(&node_id),
             "route": node,
             "algorithm": "ed25519",
             "data_class": "ticketed_route_dispatch",
@@ -677,6 +601,8 @@ pub fn builder(dir: &FakeDirectory, sleeper: Arc<RecordingSleeper>) -> iicp_clie
         .random(Arc::new(FixedRandom(0.5)))
 }
 
+/// A chat task whose user message is the marker `PAYLOAD-MARKER-7f3a` (to look for
+/// leaks).
 pub fn chat_task() -> iicp_client::Task {
     iicp_client::Task::new(
         CHAT,
