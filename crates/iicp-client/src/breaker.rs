@@ -116,7 +116,7 @@ fn evict(nodes: &mut HashMap<String, State>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use iicp_proto::time::ManualClock;
+    use iicp_transport::clock::ManualClock;
 
     #[test]
     fn opens_after_five_and_half_opens_after_thirty_seconds() {

@@ -13,8 +13,8 @@ use rand_core::{OsRng, RngCore};
 pub type SleepFuture = futures_util::future::BoxFuture<'static, ()>;
 
 /// The clock (its monotonic [`Clock::now`] times the circuit breaker, the discovery
-/// cache and the consumer-token cache): the workspace's one, from [`iicp_proto::time`].
-pub use iicp_proto::time::{Clock, ManualClock, SystemClock};
+/// cache and the consumer-token cache): the workspace's one, from [`iicp_transport::clock`].
+pub use iicp_transport::clock::{Clock, ManualClock, SystemClock};
 
 /// Waits between retries (PROTOCOL.md §7.1 back-off).
 pub trait Sleeper: Send + Sync + 'static {

@@ -30,6 +30,28 @@
 //! * DISCOVER on a server's task connection becomes [`Event::Discover`]; the application
 //!   answers each with [`Session::send_discover_reply`] (a RESPONSE `{2, 3, 20}`, the
 //!   deployed shape, PROTOCOL.md §10.7).
+//!
+//! # Driving a session
+//!
+//! A driver (`iicp_transport::native` is one) runs this loop until
+//! [`Session::is_closed`]:
+//!
+//! 1. **Input.** When bytes arrive, call [`Session::handle_input`] with everything
+//!    buffered and drop the number of bytes it returns from the front of the buffer
+//!    (the rest is an incomplete frame). At end of stream stop reading.
+//! 2. **Events.** Call [`Session::poll_event`] until it returns `None`, and act on each
+//!    (answer CALLs with [`Session::send_response`], DISCOVERs with
+//!    [`Session::send_discover_reply`]). Application sends may happen at any time.
+//! 3. **Transmit.** After any input, timeout or send, call [`Session::take_transmit`]
+//!    and write the bytes in order before reading more (a session never writes by
+//!    itself, and [`Session::pending_transmit`] tells how much is waiting).
+//! 4. **Timers.** Sleep until [`Session::poll_timeout`] (recomputed after each step;
+//!    `None` means no deadline) and then call [`Session::handle_timeout`] with the
+//!    current time; it may queue a CLOSE to transmit.
+//!
+//! Every call takes the time as an argument; passing a time earlier than a previous
+//! call's is harmless (nothing expires). Ignoring a `Result` of a send loses a message,
+//! so they are `#[must_use]`.
 
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -203,6 +225,7 @@ pub struct Session {
 
 impl Session {
     /// Starts a session at `now`. A client queues its INIT immediately.
+    #[must_use]
     pub fn new(config: Config, now: Instant) -> Self {
         let mut s = Self {
             handshake_deadline: Some(now + config.handshake_timeout),
@@ -259,6 +282,7 @@ impl Session {
     }
 
     /// The next event for the application.
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
@@ -281,6 +305,7 @@ impl Session {
     }
 
     /// The earliest instant at which [`Session::handle_timeout`] must be called.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let mut consider = |t: Option<Instant>| {
@@ -336,6 +361,7 @@ impl Session {
 
     /// Consumes complete frames from the front of `buf` and returns how many bytes were
     /// used; the caller keeps the rest (an incomplete frame) for the next call.
+    #[must_use = "the consumed bytes must be dropped from the input buffer"]
     pub fn handle_input(&mut self, buf: &[u8], now: Instant) -> usize {
         let mut used = 0;
         while !self.is_closed() {

@@ -90,7 +90,7 @@ fn server_after_init(msg_type: u8, payload: &[u8]) -> (Vec<Message>, Vec<Event>,
     let mut s = Session::new(Config::server(), t0);
     let mut wire = unhex(INIT);
     wire.extend(frame(msg_type, payload));
-    s.handle_input(&wire, t0);
+    let _ = s.handle_input(&wire, t0);
     let mut out = Vec::new();
     s.take_transmit(&mut out);
     let mut sent = Vec::new();
@@ -304,12 +304,12 @@ fn every_captured_peer_frame_passes_the_structure_rules() {
 fn bad_magic_after_a_valid_frame_closes_with_zero_bytes() {
     let t0 = Instant::now();
     let mut s = Session::new(Config::server(), t0);
-    s.handle_input(&unhex(INIT), t0);
+    let _ = s.handle_input(&unhex(INIT), t0);
     let mut ack = Vec::new();
     s.take_transmit(&mut ack);
     assert_eq!(ack[5], MessageType::ACK.0);
     // 12 bytes that are not a frame header
-    s.handle_input(b"XXXX\x01\x09\x00\x00\x00\x00\x00\x00", t0);
+    let _ = s.handle_input(b"XXXX\x01\x09\x00\x00\x00\x00\x00\x00", t0);
     assert!(s.is_closed());
     assert_eq!(s.pending_transmit(), 0, "no CLOSE frame after bad magic");
     let events: Vec<Event> = std::iter::from_fn(|| s.poll_event()).collect();
@@ -322,7 +322,7 @@ fn bad_magic_after_a_valid_frame_closes_with_zero_bytes() {
     let mut wire = unhex(INIT);
     wire.extend(frame(0x09, &[]));
     wire.extend(b"GET / HTTP/1.1\r\n");
-    s.handle_input(&wire, t0);
+    let _ = s.handle_input(&wire, t0);
     let mut out = Vec::new();
     s.take_transmit(&mut out);
     let types: Vec<u8> = {
@@ -351,7 +351,7 @@ fn discover_is_handed_to_task_servers_and_answered_in_the_deployed_shape() {
         let mut s = Session::new(Config::server(), t0);
         let mut wire = unhex(INIT);
         wire.extend(frame(0x03, &unhex(hex)));
-        s.handle_input(&wire, t0);
+        let _ = s.handle_input(&wire, t0);
         let mut ack = Vec::new();
         s.take_transmit(&mut ack);
         let events: Vec<Event> = std::iter::from_fn(|| s.poll_event()).collect();
@@ -404,10 +404,10 @@ fn discover_before_init_follows_the_call_rule() {
     let mut strict = Config::server();
     strict.require_init = true;
     let mut s = Session::new(strict, t0);
-    s.handle_input(&frame(0x03, &payload), t0);
+    let _ = s.handle_input(&frame(0x03, &payload), t0);
     assert!(s.is_closed(), "require_init refuses it");
     let mut s = Session::new(Config::server(), t0);
-    s.handle_input(&frame(0x03, &payload), t0);
+    let _ = s.handle_input(&frame(0x03, &payload), t0);
     assert!(!s.is_closed());
     assert!(std::iter::from_fn(|| s.poll_event()).any(|e| matches!(e, Event::Discover(_))));
 }

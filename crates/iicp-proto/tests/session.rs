@@ -140,7 +140,7 @@ fn handshake_and_concurrent_calls() {
 fn sdk_client_gets_the_ack_it_expects_and_spec_client_gets_more() {
     let t0 = Instant::now();
     let mut server = Session::new(server_with_id(), t0);
-    server.handle_input(&unhex("494943500101000000000003a10101"), t0); // SDK INIT {1: 1}
+    let _ = server.handle_input(&unhex("494943500101000000000003a10101"), t0); // SDK INIT {1: 1}
     let ack = sent(&mut server, Channel::Task);
     assert_eq!(
         Message::Ack(iicp_proto::message::Ack {
@@ -173,13 +173,13 @@ fn version_negotiation() {
         .expect("enc")
     };
     let mut s = Session::new(Config::server(), t0);
-    s.handle_input(&init(3, 1), t0);
+    let _ = s.handle_input(&init(3, 1), t0);
     let Message::Ack(a) = &sent(&mut s, Channel::Task)[0] else {
         panic!()
     };
     assert_eq!(a.protocol_version, Some(1), "min(offered, ours)");
     let mut s = Session::new(Config::server(), t0);
-    s.handle_input(&init(3, 2), t0);
+    let _ = s.handle_input(&init(3, 2), t0);
     assert_eq!(
         close_reason(&sent(&mut s, Channel::Task)).as_deref(),
         Some("version_mismatch")
@@ -194,7 +194,7 @@ fn version_negotiation() {
     })
     .to_frame()
     .expect("enc");
-    c.handle_input(&ack2, t0);
+    let _ = c.handle_input(&ack2, t0);
     assert_eq!(
         close_reason(&sent(&mut c, Channel::Task)).as_deref(),
         Some("version_mismatch")
@@ -207,11 +207,11 @@ fn server_reaction(spec_peer: bool, input: &[u8]) -> (Option<String>, bool, Vec<
     let t0 = Instant::now();
     let mut s = Session::new(Config::server(), t0);
     if spec_peer {
-        s.handle_input(&Message::Init(Init::v1()).to_frame().expect("enc"), t0);
+        let _ = s.handle_input(&Message::Init(Init::v1()).to_frame().expect("enc"), t0);
         let _ = sent(&mut s, Channel::Task);
         let _ = events(&mut s);
     }
-    s.handle_input(input, t0);
+    let _ = s.handle_input(input, t0);
     let msgs = sent(&mut s, Channel::Task);
     (close_reason(&msgs), s.is_closed(), events(&mut s))
 }
@@ -360,7 +360,7 @@ fn malformed_frame_dispositions() {
 fn bad_magic_closes_without_a_byte() {
     let t0 = Instant::now();
     let mut s = Session::new(Config::server(), t0);
-    s.handle_input(b"GET /iicp/health HTTP/1.1\r\n", t0);
+    let _ = s.handle_input(b"GET /iicp/health HTTP/1.1\r\n", t0);
     assert!(s.is_closed());
     assert_eq!(s.pending_transmit(), 0);
     assert!(
@@ -416,7 +416,7 @@ fn deadlines() {
 
     // half a frame, then silence: read_timeout 30 s after its first byte
     let mut s = Session::new(Config::server(), t0);
-    s.handle_input(&Message::Init(Init::v1()).to_frame().expect("enc"), t0);
+    let _ = s.handle_input(&Message::Init(Init::v1()).to_frame().expect("enc"), t0);
     let _ = sent(&mut s, Channel::Task);
     let half = &frame_bytes(1, 5, &unhex("a1 02 6161"))[..9];
     let t1 = t0 + Duration::from_secs(5);
@@ -448,7 +448,7 @@ fn deadlines() {
         },
         t0,
     );
-    s.handle_input(&Message::Init(Init::v1()).to_frame().expect("enc"), t0);
+    let _ = s.handle_input(&Message::Init(Init::v1()).to_frame().expect("enc"), t0);
     let _ = sent(&mut s, Channel::Task);
     s.handle_timeout(t0 + Duration::from_secs(60));
     assert_eq!(
@@ -473,8 +473,8 @@ fn call_id_bookkeeping() {
     // a RESPONSE nobody asked for is call-id drift
     let stray = Response::success(&call("zzz"), Body::cbor(&serde_json::json!(1)));
     let ack = Message::Ack(Default::default()).to_frame().expect("enc");
-    client.handle_input(&ack, t0);
-    client.handle_input(
+    let _ = client.handle_input(&ack, t0);
+    let _ = client.handle_input(
         &Message::Response(Response {
             session_id: None,
             ..stray
@@ -500,7 +500,7 @@ fn call_id_bookkeeping() {
     for id in ["1", "1", "2", "3"] {
         Message::Call(call(id)).encode(&mut input).expect("enc");
     }
-    server.handle_input(&input, t0);
+    let _ = server.handle_input(&input, t0);
     let calls = events(&mut server)
         .into_iter()
         .filter(|e| matches!(e, Event::Call(_)))
@@ -584,7 +584,7 @@ fn graceful_close_drains_in_flight_calls() {
     // a new CALL during the drain is refused with 503
     let mut late = Vec::new();
     Message::Call(call("late")).encode(&mut late).expect("enc");
-    server.handle_input(&late, t0);
+    let _ = server.handle_input(&late, t0);
     let refused = sent(&mut server, Channel::Task);
     assert!(matches!(&refused[0], Message::Response(r) if r.status_code == Some(503)));
     server
@@ -604,7 +604,7 @@ fn graceful_close_drains_in_flight_calls() {
     Message::Call(call("stuck"))
         .encode(&mut input)
         .expect("enc");
-    server.handle_input(&input, t0);
+    let _ = server.handle_input(&input, t0);
     server.close(t0);
     server.handle_timeout(t0 + Duration::from_secs(5));
     assert!(server.is_closed());
@@ -618,7 +618,7 @@ fn graceful_close_drains_in_flight_calls() {
 fn peer_close_is_answered() {
     let t0 = Instant::now();
     let mut server = Session::new(Config::server(), t0);
-    server.handle_input(
+    let _ = server.handle_input(
         &unhex("494943500101000000000003a10101 494943500107000000000000"),
         t0,
     ); // INIT, empty CLOSE
@@ -632,7 +632,7 @@ fn peer_close_is_answered() {
     );
     // a CLOSE with a reason is reported with it
     let mut c = Session::new(Config::client(), t0);
-    c.handle_input(
+    let _ = c.handle_input(
         &Message::Close(Close {
             reason: Some("auth_failed".into()),
             ..Close::default()
@@ -652,7 +652,7 @@ fn legacy_call_without_init_and_strict_mode() {
     let mut input = Vec::new();
     Message::Call(call("x")).encode(&mut input).expect("enc");
     let mut s = Session::new(Config::server(), t0);
-    s.handle_input(&input, t0);
+    let _ = s.handle_input(&input, t0);
     assert!(events(&mut s).iter().any(|e| matches!(e, Event::Call(_))));
     assert!(
         s.poll_timeout().is_none(),
@@ -665,7 +665,7 @@ fn legacy_call_without_init_and_strict_mode() {
         },
         t0,
     );
-    strict.handle_input(&input, t0);
+    let _ = strict.handle_input(&input, t0);
     assert_eq!(
         close_reason(&sent(&mut strict, Channel::Task)).as_deref(),
         Some("protocol_error")
@@ -698,7 +698,7 @@ fn python_sdk_client_session_replayed() {
     server
         .send_response(Response::success(c, Body::cbor(&result)))
         .expect("respond");
-    server.handle_input(&unhex("494943500107000000000000"), t0);
+    let _ = server.handle_input(&unhex("494943500107000000000000"), t0);
     let out = sent(&mut server, Channel::Task);
     assert_eq!(out.len(), 4, "ACK, PONG, RESPONSE, CLOSE");
     assert!(
@@ -728,7 +728,7 @@ fn rust_sdk_node_session_replayed() {
         "49494350010200000000002aa2010102782466376565643461662d376339372d346663322d616433312d653630643835306239336338",
         "4949435001060000000000faa30266736573732d310f6663616c6c2d310558e6a66763686f6963657381a36d66696e6973685f726561736f6e6473746f7065696e64657800676d657373616765a267636f6e74656e74781d46414b452d5245504c593a2068656c6c6f2072757374206e617469766564726f6c6569617373697374616e7467637265617465641a6b05ec6e6269647263686174636d706c2d66616b652d30303031656d6f64656c6a66616b652d6d6f64656c666f626a6563746f636861742e636f6d706c6574696f6e657573616765a371636f6d706c6574696f6e5f746f6b656e73046d70726f6d70745f746f6b656e73036c746f74616c5f746f6b656e7307",
     ));
-    client.handle_input(&server_frames, t0);
+    let _ = client.handle_input(&server_frames, t0);
     let ev = events(&mut client);
     assert!(
         matches!(&ev[0], Event::Established { ack: Some(a), .. } if a.node_id.as_deref() == Some("f7eed4af-7c97-4fc2-ad31-e60d850b93c8"))

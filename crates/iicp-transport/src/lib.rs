@@ -17,6 +17,7 @@
 //! configuration files. Place in the crate graph: layer L1, above `iicp-proto` only.
 #![forbid(unsafe_code)]
 
+pub mod clock;
 pub mod http;
 pub mod listener;
 pub mod native;
