@@ -53,16 +53,16 @@ pub(crate) fn next_probe_state(
     p
 }
 
-pub(crate) async fn run(core: Arc<Core>, interval: Duration, mut shutdown: Shutdown) {
+pub(crate) async fn run(core: Arc<Core>, interval: Duration, shutdown: Shutdown) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = shutdown.fired() => break,
+            () = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
         tokio::select! {
-            () = shutdown.fired() => break,
+            () = shutdown.cancelled() => break,
             () = sweep_once(&core) => {}
         }
     }

@@ -98,7 +98,7 @@ async fn raw_bind(addr: SocketAddr, bind: RelayBind) -> (RelayAck, ConnectionHan
         cfg,
         None,
         Some(tx),
-        Shutdown::never(),
+        Shutdown::new(),
     );
     handle.send(Message::RelayBind(bind)).await.unwrap();
     let ack = tokio::time::timeout(Duration::from_secs(5), async {

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use iicp_proto::crypto::mac::challenge_response;
 use iicp_proto::directory::{HeartbeatMetrics, HeartbeatRequest};
+use iicp_transport::shutdown::Shutdown;
 use rand_core::RngCore;
-use tokio::sync::watch;
 
 use crate::access::AuthMode;
 use crate::directory::DirectoryError;
@@ -38,7 +38,7 @@ struct State {
 }
 
 /// Runs until `stop` fires.
-pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn run(shared: Arc<Shared>, stop: Shutdown) {
     let mut st = State {
         challenge: None,
         backoff: None,
@@ -47,14 +47,14 @@ pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     };
     let mut first = true;
     loop {
-        if *stop.borrow() {
+        if stop.is_cancelled() {
             return;
         }
         if shared.advert.lock().withheld {
             // no public route yet (reachability plans again): nothing to register
             tokio::select! {
                 () = tokio::time::sleep(WITHHELD_RECHECK) => continue,
-                _ = stop.changed() => return,
+                () = stop.cancelled() => return,
             }
         }
         let delay = if first && shared.token().is_some() {
@@ -65,12 +65,12 @@ pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             first = false;
             tokio::select! {
                 d = step(&shared, &mut st) => d,
-                _ = stop.changed() => return,
+                () = stop.cancelled() => return,
             }
         };
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            _ = stop.changed() => return,
+            () = stop.cancelled() => return,
         }
     }
 }
@@ -468,7 +468,7 @@ mod tests {
         dir.down.store(true, Ordering::Relaxed);
         let node = node(Arc::clone(&dir));
         let mut events = node.subscribe();
-        let (tx, rx) = watch::channel(false);
+        let (tx, rx) = iicp_transport::shutdown::channel();
         let agent = tokio::spawn(run(Arc::clone(&node.shared), rx));
 
         until_calls(&dir, 7).await;
@@ -548,7 +548,7 @@ mod tests {
         // heartbeats follow at the configured interval
         until_calls(&dir, 9).await;
         assert_eq!(dir.calls.lock()[8].0, "heartbeat");
-        tx.send(true).expect("stop");
+        tx.fire();
         agent.await.expect("agent");
     }
 
@@ -574,7 +574,7 @@ mod tests {
             })
             .build()
             .expect("node");
-        let (tx, rx) = watch::channel(false);
+        let (tx, rx) = iicp_transport::shutdown::channel();
         let agent = tokio::spawn(run(Arc::clone(&node.shared), rx));
         until_calls(&dir, 2).await; // register, then a heartbeat after 500 ms
         let t = dir.times();
@@ -595,7 +595,7 @@ mod tests {
             st.last_error.and_then(|e| e.code),
             Some("IICP-E034".to_owned())
         );
-        tx.send(true).expect("stop");
+        tx.fire();
         agent.await.expect("agent");
     }
 }

@@ -20,7 +20,7 @@ use iicp_proto::ids::{TaskId, TraceParent};
 use iicp_proto::intent::Intent;
 use iicp_proto::task::Constraints;
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// A boxed, sendable future.
 pub use futures_util::future::BoxFuture;
@@ -56,11 +56,9 @@ pub struct TraceContext {
 }
 
 /// Fires when the task is abandoned: deadline passed, caller gone, node stopping, or
-/// the task finished. Cheap to clone.
+/// the task finished. Cheap to clone (a [`CancellationToken`] underneath).
 #[derive(Clone)]
-pub struct Cancellation {
-    rx: watch::Receiver<bool>,
-}
+pub struct Cancellation(CancellationToken);
 
 impl fmt::Debug for Cancellation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -73,34 +71,28 @@ impl fmt::Debug for Cancellation {
 impl Cancellation {
     /// A signal and the guard that fires it when dropped.
     pub(crate) fn new() -> (CancelGuard, Cancellation) {
-        let (tx, rx) = watch::channel(false);
-        (CancelGuard(tx), Cancellation { rx })
+        let token = CancellationToken::new();
+        let guard = CancelGuard {
+            _fires_on_drop: token.clone().drop_guard(),
+        };
+        (guard, Cancellation(token))
     }
 
     /// Whether the task was abandoned.
     pub fn is_cancelled(&self) -> bool {
-        *self.rx.borrow() || self.rx.has_changed().is_err()
+        self.0.is_cancelled()
     }
 
     /// Resolves once the task is abandoned.
     pub async fn cancelled(&self) {
-        let mut rx = self.rx.clone();
-        while !*rx.borrow_and_update() {
-            if rx.changed().await.is_err() {
-                return;
-            }
-        }
+        self.0.cancelled().await;
     }
 }
 
 /// Fires the [`Cancellation`] when dropped.
 #[derive(Debug)]
-pub(crate) struct CancelGuard(watch::Sender<bool>);
-
-impl Drop for CancelGuard {
-    fn drop(&mut self) {
-        let _ = self.0.send(true);
-    }
+pub(crate) struct CancelGuard {
+    _fires_on_drop: DropGuard,
 }
 
 /// A validated task as the handler sees it. `Debug` never shows the payload.

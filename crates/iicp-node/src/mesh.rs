@@ -17,8 +17,8 @@ use iicp_proto::crypto::sign::OperatorPublicKey;
 use iicp_proto::directory::NodeEntry;
 use iicp_transport::http::server::{json, read_body, HttpError, Request, Response};
 use iicp_transport::http::Router;
+use iicp_transport::shutdown::Shutdown;
 use serde_json::Value;
-use tokio::sync::watch;
 
 use crate::gossip::{self as mesh, Peer, SIGNATURE_HEADER};
 use crate::state::{MeshState, Shared, GOSSIP_CAPACITY};
@@ -226,18 +226,18 @@ pub(crate) async fn round(shared: &Shared, state: &MeshState) -> usize {
 }
 
 /// Exchanges every 30 s until `stop` fires.
-pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn run(shared: Arc<Shared>, stop: Shutdown) {
     let Some(state) = shared.mesh.clone() else {
         return;
     };
     loop {
         tokio::select! {
             () = tokio::time::sleep(ROUND) => {}
-            _ = stop.changed() => return,
+            () = stop.cancelled() => return,
         }
         tokio::select! {
             _ = round(&shared, &state) => {}
-            _ = stop.changed() => return,
+            () = stop.cancelled() => return,
         }
     }
 }

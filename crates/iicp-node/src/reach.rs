@@ -48,6 +48,7 @@ use iicp_proto::secret::Secret;
 use iicp_proto::task::TaskRequest;
 use iicp_transport::http::client::{HttpClient, HttpClientConfig};
 use iicp_transport::native::{CallContext, CallHandler};
+use iicp_transport::shutdown::{self, Shutdown, Trigger};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -485,14 +486,14 @@ struct Round {
     tier: Tier,
     keeper: Option<LeaseKeeper>,
     worker: Option<RelayWorker>,
-    watcher: Option<(watch::Sender<bool>, JoinHandle<()>)>,
+    watcher: Option<(Trigger, JoinHandle<()>)>,
 }
 
 impl Round {
     /// Stops the relay worker and deletes mappings and pinholes.
     async fn stop(mut self) {
         if let Some((tx, w)) = self.watcher.take() {
-            let _ = tx.send(true);
+            tx.fire();
             let _ = w.await;
         }
         if let Some(worker) = self.worker.take() {
@@ -548,13 +549,13 @@ impl Round {
 #[derive(Debug)]
 pub(crate) struct Running {
     supervisor: Option<JoinHandle<()>>,
-    stop_tx: watch::Sender<bool>,
+    stop_tx: Trigger,
 }
 
 impl Running {
     /// Stops planning, the relay worker, and deletes mappings and pinholes.
     pub(crate) async fn stop(mut self) {
-        let _ = self.stop_tx.send(true);
+        self.stop_tx.fire();
         if let Some(s) = self.supervisor.take() {
             let _ = s.await;
         }
@@ -643,7 +644,7 @@ impl Planner {
         );
         let keeper = (!outcome.leases.is_empty()).then(|| outcome.leases.keep(config.keeper));
         let watcher = worker.as_ref().map(|w| {
-            let (tx, rx) = watch::channel(false);
+            let (tx, rx) = shutdown::channel();
             (
                 tx,
                 tokio::spawn(watch_worker(Arc::clone(&self.shared), w.subscribe(), rx)),
@@ -664,21 +665,21 @@ impl Planner {
     /// reach the endpoint, the relay worker gave up) or not good enough (tier 4, 1c),
     /// lets go of it and plans again; a new endpoint is registered (or withdrawn, when
     /// the new plan has no public route).
-    async fn supervise(self, mut round: Round, mut stop: watch::Receiver<bool>) {
+    async fn supervise(self, mut round: Round, stop: Shutdown) {
         let interval = self.config.replan_interval;
         let prober = self.dir.clone().map(|dir| DirectoryProber { dir });
         let publicly_configured = self.config.public_endpoint.is_some();
         loop {
             if interval.is_zero() || publicly_configured {
                 // the operator's endpoint is trusted as given: nothing to re-plan
-                let _ = stop.changed().await;
+                stop.cancelled().await;
                 break;
             }
             tokio::select! {
                 () = tokio::time::sleep(interval) => {}
-                _ = stop.changed() => break,
+                () = stop.cancelled() => break,
             }
-            if *stop.borrow() {
+            if stop.is_cancelled() {
                 break;
             }
             if round.healthy(&self.shared, prober.as_ref()).await {
@@ -733,7 +734,7 @@ pub(crate) async fn start(
         dir,
     };
     let (reach, round) = planner.round().await;
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = shutdown::channel();
     let supervisor = tokio::spawn(planner.supervise(round, stop_rx));
     (
         reach,
@@ -756,12 +757,12 @@ fn relay_metadata(wc: &WorkerConfig) -> Value {
 async fn watch_worker(
     shared: Arc<Shared>,
     mut state: watch::Receiver<WorkerState>,
-    mut stop: watch::Receiver<bool>,
+    stop: Shutdown,
 ) {
     loop {
         tokio::select! {
             changed = state.changed() => if changed.is_err() { return },
-            _ = stop.changed() => return,
+            () = stop.cancelled() => return,
         }
         let endpoint = match &*state.borrow_and_update() {
             WorkerState::Bound { endpoint, .. } => endpoint.clone(),

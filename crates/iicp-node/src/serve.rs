@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use iicp_transport::listener::{Listener, ListenerConfig};
 use iicp_transport::shutdown::{self, Trigger};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use iicp_nat::relay::{check_ports, RelayError};
@@ -77,11 +76,11 @@ pub struct ServeHandle {
     addr: SocketAddr,
     trigger: Trigger,
     server: JoinHandle<std::io::Result<()>>,
-    agent: Option<(watch::Sender<bool>, JoinHandle<()>)>,
+    agent: Option<(Trigger, JoinHandle<()>)>,
     reachability: Option<Reachability>,
     reach: Option<crate::reach::Running>,
     relay: Option<(SocketAddr, JoinHandle<()>)>,
-    gossip: Option<(watch::Sender<bool>, JoinHandle<()>)>,
+    gossip: Option<(Trigger, JoinHandle<()>)>,
 }
 
 impl Node {
@@ -175,14 +174,14 @@ pub(crate) async fn start(
     // without a public route yet the agent waits (`Advert::withheld`) until a re-plan
     // finds one, then registers
     let agent = if cfg.directory.is_some() && (shared.token().is_some() || options.register) {
-        let (tx, rx) = watch::channel(false);
+        let (tx, rx) = shutdown::channel();
         let task = tokio::spawn(crate::agent::run(Arc::clone(&shared), rx));
         Some((tx, task))
     } else {
         None
     };
     let gossip = (agent.is_some() && shared.mesh.is_some()).then(|| {
-        let (tx, rx) = watch::channel(false);
+        let (tx, rx) = shutdown::channel();
         (tx, tokio::spawn(crate::mesh::run(Arc::clone(&shared), rx)))
     });
     tracing::info!(addr = %local, native = cfg.native, auth = cfg.auth.as_str(), "node serving");
@@ -264,11 +263,11 @@ impl ServeHandle {
             }
         };
         if let Some((tx, task)) = self.agent {
-            let _ = tx.send(true);
+            tx.fire();
             let _ = task.await;
         }
         if let Some((tx, task)) = self.gossip {
-            let _ = tx.send(true);
+            tx.fire();
             let _ = task.await;
         }
         // the relay worker and UPnP mappings go before the registration (§13, §14)

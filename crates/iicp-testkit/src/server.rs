@@ -119,7 +119,7 @@ pub async fn serve(router: Router) -> std::io::Result<Server> {
     {
         let connections = Arc::clone(&connections);
         let bytes = Arc::clone(&bytes);
-        let mut stop = shutdown.clone();
+        let stop = shutdown.clone();
         tokio::spawn(async move {
             let config = HttpServerConfig::default();
             loop {
@@ -136,7 +136,7 @@ pub async fn serve(router: Router) -> std::io::Result<Server> {
                             serve_connection(io, peer, router, &config, sd).await;
                         });
                     }
-                    () = stop.fired() => break,
+                    () = stop.cancelled() => break,
                 }
             }
         });

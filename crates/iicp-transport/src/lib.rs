@@ -23,3 +23,5 @@ pub mod listener;
 pub mod native;
 pub mod resolve;
 pub mod shutdown;
+
+pub use shutdown::CancellationToken;

@@ -175,18 +175,18 @@ impl Listener {
         let config = Arc::new(self.config);
         let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
         let mut conns = JoinSet::new();
-        let mut stop = shutdown.clone();
+        let stop = shutdown.clone();
         loop {
             let permit = tokio::select! {
                 p = Arc::clone(&permits).acquire_owned() => match p {
                     Ok(p) => p,
                     Err(_) => break,
                 },
-                _ = stop.fired() => break,
+                _ = stop.cancelled() => break,
             };
             let accepted = tokio::select! {
                 a = self.tcp.accept() => a,
-                _ = stop.fired() => break,
+                _ = stop.cancelled() => break,
             };
             while conns.try_join_next().is_some() {}
             let (stream, peer) = match accepted {
@@ -264,10 +264,10 @@ async fn handle(
 ) {
     // a connection that has not said anything yet is simply dropped on shutdown
     // (pooling clients open connections they may never use)
-    let mut stop = shutdown.clone();
+    let stop = shutdown.clone();
     let sniffed = tokio::select! {
         r = tokio::time::timeout(config.sniff_timeout, sniff(&mut stream, config.tls.is_some())) => r,
-        () = stop.fired() => return,
+        () = stop.cancelled() => return,
     };
     let (kind, prefix) = match sniffed {
         Ok(Ok(x)) => x,

@@ -1,62 +1,64 @@
-//! A graceful-shutdown signal: one [`Trigger`], any number of cloned [`Shutdown`]
-//! listeners. Servers stop accepting when it fires and drain what is in flight.
+//! Graceful shutdown on tokio-util's [`CancellationToken`]: a [`Shutdown`] is the token
+//! every server and background task watches (`shutdown.cancelled().await`); a
+//! [`Trigger`] owns the shutdown and fires it when told or when dropped, so a server
+//! whose owner goes away stops by itself. Servers stop accepting when it fires and drain
+//! what is in flight.
 
-use tokio::sync::watch;
+pub use tokio_util::sync::CancellationToken;
 
-/// Fires the shutdown.
+/// The shutdown signal servers and tasks watch: a [`CancellationToken`]. Clone it into
+/// every task that must stop; [`CancellationToken::child_token`] gives one that a part
+/// can also stop on its own. `Shutdown::new()` is one nobody fires (for callers without
+/// shutdown needs).
+pub type Shutdown = CancellationToken;
+
+/// Fires its [`Shutdown`] on [`Trigger::fire`] or when dropped.
 #[derive(Debug)]
-pub struct Trigger(watch::Sender<bool>);
+pub struct Trigger(CancellationToken);
 
-/// Observes the shutdown; clone it into every task that must stop.
-#[derive(Clone, Debug)]
-pub struct Shutdown {
-    rx: watch::Receiver<bool>,
-    /// Keeps the sender of [`Shutdown::never`] alive so it never fires.
-    _keep: Option<std::sync::Arc<watch::Sender<bool>>>,
-}
-
-/// A new trigger and its listener.
+/// A new trigger and its shutdown signal.
 pub fn channel() -> (Trigger, Shutdown) {
-    let (tx, rx) = watch::channel(false);
-    (Trigger(tx), Shutdown { rx, _keep: None })
+    let token = CancellationToken::new();
+    (Trigger(token.clone()), token)
 }
 
 impl Trigger {
     /// Signals every listener. Idempotent.
     pub fn fire(&self) {
-        let _ = self.0.send(true);
+        self.0.cancel();
     }
 
     /// A listener for this trigger.
     pub fn subscribe(&self) -> Shutdown {
-        Shutdown {
-            rx: self.0.subscribe(),
-            _keep: None,
-        }
+        self.0.clone()
     }
 }
 
-impl Shutdown {
-    /// A listener that never fires (for callers without shutdown needs).
-    pub fn never() -> Self {
-        let (tx, rx) = watch::channel(false);
-        Shutdown {
-            rx,
-            _keep: Some(std::sync::Arc::new(tx)),
-        }
+impl Drop for Trigger {
+    fn drop(&mut self) {
+        self.0.cancel();
     }
+}
 
-    /// Whether shutdown was signalled.
-    pub fn is_fired(&self) -> bool {
-        *self.rx.borrow()
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    /// Resolves once shutdown is signalled (or its trigger is dropped).
-    pub async fn fired(&mut self) {
-        while !*self.rx.borrow_and_update() {
-            if self.rx.changed().await.is_err() {
-                return;
-            }
-        }
+    #[tokio::test]
+    async fn fires_on_fire_and_on_drop_and_never_otherwise() {
+        let (trigger, shutdown) = channel();
+        let other = trigger.subscribe();
+        assert!(!shutdown.is_cancelled());
+        trigger.fire();
+        shutdown.cancelled().await;
+        assert!(other.is_cancelled());
+
+        let (trigger, shutdown) = channel();
+        drop(trigger);
+        shutdown.cancelled().await;
+
+        let never = Shutdown::new();
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(20), never.cancelled());
+        assert!(waited.await.is_err());
     }
 }

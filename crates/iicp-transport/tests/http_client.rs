@@ -545,7 +545,7 @@ async fn pooled_connections_are_reused() {
             let router = Arc::clone(&router);
             let config = config.clone();
             tokio::spawn(async move {
-                serve_connection(stream, peer, router, &config, Shutdown::never()).await;
+                serve_connection(stream, peer, router, &config, Shutdown::new()).await;
             });
         }
     });
@@ -591,7 +591,7 @@ async fn start_tls(router: Router) -> (u16, Vec<u8>, tokio::task::JoinHandle<()>
                 // a client that rejects the certificate fails the handshake: ignore
                 if let Ok(stream) = acceptor.accept(tcp).await {
                     let config = HttpServerConfig::default();
-                    serve_connection(stream, peer, router, &config, Shutdown::never()).await;
+                    serve_connection(stream, peer, router, &config, Shutdown::new()).await;
                 }
             });
         }

@@ -499,7 +499,7 @@ async fn keep_alive_reuses_one_connection() {
             let router = Arc::clone(&router);
             let config = config.clone();
             tokio::spawn(async move {
-                serve_connection(stream, peer, router, &config, Shutdown::never()).await;
+                serve_connection(stream, peer, router, &config, Shutdown::new()).await;
             });
         }
     });

@@ -188,9 +188,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
 
     if !args.once {
         println!("serving until Ctrl-C");
-        let (trigger, mut sd) = shutdown::channel();
+        let (trigger, sd) = shutdown::channel();
         crate::signal::on_terminate(trigger);
-        sd.fired().await;
+        sd.cancelled().await;
     }
     for (h, _) in handles {
         let _ = h.stop().await;

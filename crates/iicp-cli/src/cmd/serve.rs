@@ -320,7 +320,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     );
 
     // a signal from here on drains, deregisters and cleans up (also during step 6)
-    let (trigger, mut stop) = shutdown::channel();
+    let (trigger, stop) = shutdown::channel();
     crate::signal::on_terminate(trigger);
 
     // 6. the summary at once, then the registration result when it comes: with a saved
@@ -354,7 +354,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         };
         tokio::select! {
             r = wait => r,
-            () = stop.fired() => None,
+            () = stop.cancelled() => None,
         }
     } else {
         None
@@ -374,7 +374,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     loop {
         run.tick(&node, Lifecycle::Running);
         tokio::select! {
-            () = stop.fired() => break,
+            () = stop.cancelled() => break,
             ev = events.recv(), if listening => match ev {
                 Ok(ev) if matches!(ev.kind, EventKind::NodeTokenChanged { .. }) => token.sync(&node),
                 Ok(ev) => shown.later(&ev),

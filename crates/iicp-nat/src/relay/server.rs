@@ -608,7 +608,7 @@ impl RelayServer {
     }
 
     /// Accepts workers until `shutdown` fires; then closes every session gracefully.
-    pub async fn serve(self, mut shutdown: Shutdown) {
+    pub async fn serve(self, shutdown: Shutdown) {
         // bound sessions plus room for handshakes and refusals
         let slots = Arc::new(Semaphore::new(
             self.registry.config.max_sessions.saturating_add(64),
@@ -619,11 +619,11 @@ impl RelayServer {
                     Ok(p) => p,
                     Err(_) => break,
                 },
-                _ = shutdown.fired() => break,
+                _ = shutdown.cancelled() => break,
             };
             let accepted = tokio::select! {
                 a = self.listener.accept() => a,
-                _ = shutdown.fired() => break,
+                _ = shutdown.cancelled() => break,
             };
             let (stream, peer) = match accepted {
                 Ok(a) => a,

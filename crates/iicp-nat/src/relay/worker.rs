@@ -209,13 +209,13 @@ async fn run(
     handler: Arc<dyn CallHandler>,
     tickets: Option<Arc<dyn TicketSource>>,
     state: watch::Sender<WorkerState>,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) {
     let mut attempt: u32 = 0;
     loop {
         let end = tokio::select! {
             end = once(&config, &handler, tickets.as_deref(), &state, shutdown.clone()) => end,
-            _ = shutdown.fired() => SessionEnd::Stop,
+            _ = shutdown.cancelled() => SessionEnd::Stop,
         };
         let delay = match end {
             SessionEnd::Stop => break,
@@ -238,7 +238,7 @@ async fn run(
         tracing::debug!(?delay, attempt, "relay worker reconnecting");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.fired() => break,
+            _ = shutdown.cancelled() => break,
         }
     }
     state.send_replace(WorkerState::Stopped);

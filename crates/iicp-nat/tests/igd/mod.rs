@@ -156,7 +156,7 @@ async fn face(
     // SSDP responder: answers any M-SEARCH with our description URL
     let udp = UdpSocket::bind(format!("{host}:0")).await.unwrap();
     let ssdp = udp.local_addr().unwrap();
-    let mut stop2 = stop.clone();
+    let stop2 = stop.clone();
     tokio::spawn(async move {
         let mut buf = [0u8; 1024];
         loop {
@@ -168,7 +168,7 @@ async fn face(
                         let _ = udp.send_to(reply.as_bytes(), from).await;
                     }
                 }
-                _ = stop2.fired() => break,
+                _ = stop2.cancelled() => break,
             }
         }
     });

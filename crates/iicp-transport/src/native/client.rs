@@ -223,7 +223,7 @@ impl NativeClient {
                 cfg.connection.clone(),
                 None,
                 None,
-                Shutdown::never(),
+                Shutdown::new(),
             )
         } else {
             connection::spawn(
@@ -232,7 +232,7 @@ impl NativeClient {
                 cfg.connection.clone(),
                 None,
                 None,
-                Shutdown::never(),
+                Shutdown::new(),
             )
         };
         // remember handshake timeouts for the spec's 60 s back-off

@@ -301,10 +301,10 @@ where
         mut self,
         mut commands: Option<mpsc::Receiver<Command>>,
         closed_tx: watch::Sender<Option<CloseInfo>>,
-        mut shutdown: Shutdown,
+        shutdown: Shutdown,
     ) -> CloseInfo {
         let mut commands_open = commands.is_some();
-        let mut shutting_down = shutdown.is_fired();
+        let mut shutting_down = shutdown.is_cancelled();
         if shutting_down {
             self.session.close(Instant::now());
         }
@@ -348,7 +348,7 @@ where
                 },
                 Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => self.finish_call(joined),
                 _ = sleep_until(deadline), if deadline.is_some() => self.session.handle_timeout(Instant::now()),
-                _ = shutdown.fired(), if !shutting_down => {
+                _ = shutdown.cancelled(), if !shutting_down => {
                     shutting_down = true;
                     self.session.close(Instant::now());
                 }

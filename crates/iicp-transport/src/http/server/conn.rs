@@ -72,7 +72,7 @@ pub async fn serve_connection<I>(
     peer: SocketAddr,
     router: Arc<Router>,
     config: &HttpServerConfig,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -102,7 +102,7 @@ pub async fn serve_connection<I>(
 
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        () = shutdown.fired() => {
+        () = shutdown.cancelled() => {
             connection.as_mut().graceful_shutdown();
             match tokio::time::timeout(config.drain_timeout, connection.as_mut()).await {
                 Ok(result) => result,
@@ -164,12 +164,12 @@ impl HttpServer {
         let config = Arc::new(config);
         let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
         let mut connections = JoinSet::new();
-        let mut stop = shutdown.clone();
+        let stop = shutdown.clone();
 
         loop {
             tokio::select! {
                 biased;
-                () = stop.fired() => break,
+                () = stop.cancelled() => break,
                 Some(joined) = connections.join_next(), if !connections.is_empty() => {
                     if let Err(err) = joined {
                         if err.is_panic() {
