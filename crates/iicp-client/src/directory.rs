@@ -239,11 +239,7 @@ impl DirectoryClient {
             .delete_json(self.url("/v1/register"), &body)
             .bearer(node_token.clone());
         let reply = self.send(self.prepare(http, None)).await?;
-        if reply.is_success() {
-            Ok(())
-        } else {
-            Err(Error::remote(reply.error_body()))
-        }
+        expect_success(&reply)
     }
 
     /// `DISCOVER`: `GET {base}/v1/discover?intent=…` (§8.4). Discovery itself is never
@@ -520,11 +516,7 @@ impl DirectoryClient {
             .post_json(self.url("/v1/credits/award"), receipt)
             .bearer(node_token.clone());
         let reply = self.send(self.prepare(http, None)).await?;
-        if reply.is_success() {
-            Ok(())
-        } else {
-            Err(Error::remote(reply.error_body()))
-        }
+        expect_success(&reply)
     }
 
     /// A node's credit ledger: `GET {base}/v1/credits/summary?node_id=…` with the node's
@@ -558,11 +550,18 @@ fn malformed(message: &str) -> Error {
     Error::new(Kind::Protocol, ErrorCode::from(TICKET_MALFORMED), message)
 }
 
+/// 2xx → `Ok`; otherwise the parsed error body.
+fn expect_success(reply: &HttpReply) -> Result<(), Error> {
+    if reply.is_success() {
+        Ok(())
+    } else {
+        Err(Error::remote(reply.error_body()))
+    }
+}
+
 /// 2xx → the JSON body; otherwise the parsed error body.
 fn parse_ok<T: DeserializeOwned>(reply: &HttpReply) -> Result<T, Error> {
-    if !reply.is_success() {
-        return Err(Error::remote(reply.error_body()));
-    }
+    expect_success(reply)?;
     reply.json().map_err(|e| {
         Error::protocol(format!("unexpected directory response: {e}"))
             .with_status(reply.status.as_u16())

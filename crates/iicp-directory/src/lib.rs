@@ -17,8 +17,7 @@
 //!
 //! ```no_run
 //! use iicp_directory::Directory;
-//! use iicp_transport::listener::{Listener, ListenerConfig};
-//! use iicp_transport::shutdown;
+//! use iicp_directory::{shutdown, Listener, ListenerConfig};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let directory = Directory::builder().private_mesh(true).build().await?;
@@ -46,4 +45,8 @@ mod view;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use directory::{Config, Directory, DirectoryBuilder};
 pub use error::{DirectoryError, StoreError};
+/// What `Directory::serve` takes: a bound listener and a shutdown signal (re-exported
+/// so a first program needs no other crate).
+pub use iicp_transport::listener::{Listener, ListenerConfig};
+pub use iicp_transport::shutdown::{self, Shutdown, Trigger};
 pub use store::{MemoryStore, SqliteStore, Store};

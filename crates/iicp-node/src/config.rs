@@ -130,7 +130,7 @@ pub enum ConfigError {
 }
 
 /// The validated node configuration. Built by [`NodeBuilder`]; read it back with
-/// [`Node::config`].
+/// [`Node::config`](crate::Node::config).
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct NodeConfig {
@@ -239,7 +239,7 @@ impl fmt::Debug for NodeConfig {
     }
 }
 
-/// Builds a [`Node`]. Start with [`Node::builder`].
+/// Builds a [`Node`](crate::Node). Start with [`Node::builder`](crate::Node::builder).
 ///
 /// ```
 /// use iicp_node::{AuthMode, Node};

@@ -29,7 +29,7 @@
 //!
 //! ```no_run
 //! use iicp_node::{HandlerError, Node, ServeOptions, Task};
-//! use iicp_transport::listener::{Listener, ListenerConfig};
+//! use iicp_node::{Listener, ListenerConfig};
 //! use serde_json::json;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -96,6 +96,9 @@ pub use directory::{
 pub use error::Error;
 pub use event::{EventKind, NodeEvent};
 pub use handler::{HandlerError, Task, TaskHandler, TaskOutput};
+/// What `Node::serve` takes: a bound listener (re-exported so a first program needs no
+/// other crate).
+pub use iicp_transport::listener::{Listener, ListenerConfig};
 pub use node::Node;
 pub use reach::{Diagnosis, ReachConfig, Reachability};
 pub use serve::{ServeHandle, ServeOptions, Stopped};

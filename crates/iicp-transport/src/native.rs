@@ -15,6 +15,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
+use iicp_proto::endpoint::{self, UrlError};
 use iicp_proto::message::{Call, Discover, Response};
 
 pub mod client;
@@ -101,68 +102,35 @@ pub struct EndpointError(&'static str);
 impl FromStr for NativeEndpoint {
     type Err = EndpointError;
 
+    /// `iicp://host[:port][/]` or `iicpsec://…`, parsed by the workspace's endpoint
+    /// model ([`iicp_proto::endpoint::parse_url`]).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (tls, rest) = if let Some(r) = s.strip_prefix("iicpsec://") {
-            (true, r)
-        } else if let Some(r) = s.strip_prefix("iicp://") {
-            (false, r)
-        } else {
-            return Err(EndpointError("scheme must be iicp:// or iicpsec://"));
-        };
-        let authority = rest.split('/').next().unwrap_or_default();
-        if authority.contains('@') {
-            return Err(EndpointError("user info is not allowed"));
-        }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (h, tail) = v6
-                .split_once(']')
-                .ok_or(EndpointError("unclosed IPv6 bracket"))?;
-            let port = match tail.strip_prefix(':') {
-                Some(p) => Some(p),
-                None if tail.is_empty() => None,
-                None => return Err(EndpointError("junk after IPv6 address")),
-            };
-            (h, port)
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (authority, None),
-            }
-        };
-        if host.is_empty() {
-            return Err(EndpointError("missing host"));
-        }
-        let port = match port {
-            Some(p) => p.parse::<u16>().map_err(|_| EndpointError("bad port"))?,
-            None => DEFAULT_PORT,
-        };
-        if port == 0 {
-            return Err(EndpointError("port 0"));
-        }
+        let url = endpoint::parse_url(s, endpoint::NATIVE_SCHEMES).map_err(|e| {
+            EndpointError(match e {
+                UrlError::Scheme => "scheme must be iicp:// or iicpsec://",
+                UrlError::Extras => "user info, a query or a fragment is not allowed",
+                _ => "malformed host or port",
+            })
+        })?;
         Ok(Self {
-            tls,
-            host: host.to_owned(),
-            port,
+            tls: url.scheme == "iicpsec",
+            host: url.host,
+            port: url.port,
         })
     }
 }
 
 impl NativeEndpoint {
     /// The endpoint that shares host and port with an HTTP endpoint, as the SDKs derive
-    /// it: `http://H:P` → `iicp://H:P`, `https://H:P` → `iicpsec://H:P` (PROTOCOL.md §1.2).
-    pub fn from_http(endpoint: &str) -> Option<Self> {
-        let (tls, rest) = if let Some(r) = endpoint.strip_prefix("https://") {
-            (true, r)
-        } else {
-            (false, endpoint.strip_prefix("http://")?)
-        };
-        let authority = rest.split('/').next().unwrap_or_default();
-        let scheme = if tls { "iicpsec://" } else { "iicp://" };
-        let mut ep: NativeEndpoint = format!("{scheme}{authority}").parse().ok()?;
-        if !authority.trim_start_matches('[').contains(':') || authority.ends_with(']') {
-            ep.port = if tls { 443 } else { 80 };
-        }
-        Some(ep)
+    /// it: `http://H:P` → `iicp://H:P`, `https://H:P` → `iicpsec://H:P`, the port
+    /// defaulting to 80/443 (PROTOCOL.md §1.2).
+    pub fn from_http(http_endpoint: &str) -> Option<Self> {
+        let url = endpoint::parse_url(http_endpoint, endpoint::HTTP_SCHEMES).ok()?;
+        Some(Self {
+            tls: url.scheme == "https",
+            host: url.host,
+            port: url.port,
+        })
     }
 
     /// `host:port` for connecting (IPv6 in brackets).
@@ -269,6 +237,8 @@ mod tests {
         );
         for bad in [
             "http://x:1",
+            "iicp://h:1?q",
+            "iicp://h h",
             "iicp://",
             "iicp://h:0",
             "iicp://h:70000",
