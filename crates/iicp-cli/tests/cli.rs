@@ -66,6 +66,60 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
+fn every_url_flag_is_checked_the_same_way() {
+    let isolated = std::env::temp_dir().join(format!("iicp-cli-url-{}", std::process::id()));
+    for (args, flag) in [
+        (
+            &["directory", "serve", "--public-url", "http://h/?q"][..],
+            "--public-url",
+        ),
+        (
+            &["chat", "--directory-url", "ftp://x", "hi"],
+            "--directory-url",
+        ),
+        (
+            &["chat", "--directory-url", "http://u@h/api", "hi"],
+            "--directory-url",
+        ),
+        (
+            &[
+                "credits",
+                "--directory-url",
+                "http://",
+                "--node-id",
+                "n",
+                "--token",
+                "t",
+            ],
+            "--directory-url",
+        ),
+        (
+            &[
+                "serve",
+                "--directory-url",
+                "iicp://h:1",
+                "--backend-type",
+                "echo",
+            ],
+            "--directory-url",
+        ),
+    ] {
+        let out = iicp()
+            .env("IICP_HOME", &isolated)
+            .args(args)
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("{flag} must be an http(s) URL")),
+            "{args:?}: {err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&isolated);
+}
+
+#[test]
 fn completion_scripts() {
     for shell in ["bash", "zsh", "fish"] {
         let out = iicp().args(["completion", shell]).output().expect("run");

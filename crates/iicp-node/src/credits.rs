@@ -136,11 +136,7 @@ pub async fn summary_with_pause(
     node_token: &Secret,
     pause: Duration,
 ) -> Result<CreditsSummary, CreditsError> {
-    let base = directory_url.trim();
-    if !(base.starts_with("http://") || base.starts_with("https://")) {
-        return Err(CreditsError::InvalidUrl);
-    }
-    let dir = DirectoryClient::new(base, http.clone())
+    let dir = DirectoryClient::new(directory_url.trim(), http.clone())
         .map_err(|_| CreditsError::InvalidUrl)?
         .with_timeout(SUMMARY_TIMEOUT);
     let mut last = String::new();

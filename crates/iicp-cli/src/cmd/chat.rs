@@ -58,15 +58,7 @@ pub(crate) struct ConsumerArgs {
 
 impl ConsumerArgs {
     pub(crate) fn client(&self, timeout: Option<Duration>) -> anyhow::Result<Client> {
-        if !(self.directory_url.starts_with("http://")
-            || self.directory_url.starts_with("https://"))
-        {
-            return Err(UsageError(format!(
-                "--directory-url must be an http(s) URL, got {:?}",
-                self.directory_url
-            ))
-            .into());
-        }
+        super::common::http_url("--directory-url", &self.directory_url)?;
         let mut b = Client::builder()
             .directory_url(self.directory_url.clone())
             .allow_private_endpoints(self.allow_private_endpoints)

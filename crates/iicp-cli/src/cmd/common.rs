@@ -21,6 +21,15 @@ pub(crate) use iicp_proto::constants::CHAT_INTENT as CHAT;
 pub(crate) use iicp_proto::constants::DEFAULT_DIRECTORY_URL as DEFAULT_DIRECTORY;
 
 /// An HTTP client for short probes (model lists, directory health).
+/// Checks that the value of `flag` is an absolute `http(s)://` URL with a host and
+/// nothing else (the workspace's endpoint model, `iicp_proto::endpoint::parse_url`);
+/// a usage error naming the flag otherwise.
+pub(crate) fn http_url(flag: &str, url: &str) -> Result<(), UsageError> {
+    iicp_proto::endpoint::parse_url(url, iicp_proto::endpoint::HTTP_SCHEMES)
+        .map(|_| ())
+        .map_err(|e| UsageError(format!("{flag} must be an http(s) URL ({e}), got {url:?}")))
+}
+
 pub(crate) fn probe_client() -> anyhow::Result<HttpClient> {
     let mut cfg = HttpClientConfig::default();
     cfg.request_timeout = Duration::from_secs(5);

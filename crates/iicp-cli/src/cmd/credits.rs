@@ -90,12 +90,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .or_else(|| saved.as_ref().map(|p| p.directory_url.clone()))
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| DEFAULT_DIRECTORY.to_owned());
-    if !(directory.starts_with("http://") || directory.starts_with("https://")) {
-        return Err(UsageError(format!(
-            "--directory-url must be an http(s) URL, got {directory:?}"
-        ))
-        .into());
-    }
+    super::common::http_url("--directory-url", &directory)?;
     let http = probe_client()?;
     let summary = credits::summary(&http, &directory, &node_id, &token).await?;
     if args.json {

@@ -8,8 +8,6 @@ use iicp_directory::Directory;
 use iicp_transport::listener::{Listener, ListenerConfig};
 use iicp_transport::shutdown;
 
-use super::UsageError;
-
 /// Arguments of `directory`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -48,11 +46,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(url) = &args.public_url {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(
-                UsageError(format!("--public-url must be an http(s) URL, got {url:?}")).into(),
-            );
-        }
+        super::common::http_url("--public-url", url)?;
     }
     let mut builder = Directory::builder().private_mesh(args.private_mesh);
     builder = match &args.db {

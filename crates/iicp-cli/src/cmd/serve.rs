@@ -81,12 +81,10 @@ fn nonempty(s: Option<&str>) -> Option<String> {
 }
 
 fn http_url(flag: &str, url: Option<String>) -> anyhow::Result<Option<String>> {
-    match url {
-        Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
-            Err(UsageError(format!("{flag} must be an http(s) URL, got {u:?}")).into())
-        }
-        u => Ok(u),
+    if let Some(u) = &url {
+        super::common::http_url(flag, u)?;
     }
+    Ok(url)
 }
 
 /// flag/env > saved profile > default; what the node builder does not check.
