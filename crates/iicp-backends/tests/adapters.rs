@@ -626,15 +626,25 @@ async fn model_listing_and_flavour_detection() {
     );
 }
 
-#[tokio::test]
-async fn the_stub_model_serves_what_the_adapters_ask() {
+/// The stub model server on a loopback port; it stops when the trigger is dropped.
+async fn start_stub() -> (
+    SocketAddr,
+    shutdown::Trigger,
+    std::sync::Arc<iicp_testkit::stub::StubModel>,
+) {
     let stub = iicp_testkit::stub::StubModel::new("stub-model", Duration::ZERO);
     let server = HttpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .expect("bind");
     let addr = server.local_addr().expect("addr");
-    let (_trigger, sd) = shutdown::channel();
+    let (trigger, sd) = shutdown::channel();
     tokio::spawn(server.serve(stub.router(), sd));
+    (addr, trigger, stub)
+}
+
+#[tokio::test]
+async fn the_stub_model_serves_what_the_adapters_ask() {
+    let (addr, _trigger, stub) = start_stub().await;
     let mut cfg = BackendConfig::new(BackendKind::OpenAiCompat);
     cfg.base_url = Some(format!("http://{addr}/v1"));
     let backend = build(cfg).expect("build");
@@ -823,13 +833,7 @@ async fn llama_cpp_python_is_not_taken_for_vllm() {
 
 #[tokio::test]
 async fn a_server_spec_prepares_the_only_model_it_lists() {
-    let stub = iicp_testkit::stub::StubModel::new("stub-model", Duration::ZERO);
-    let server = HttpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .expect("bind");
-    let addr = server.local_addr().expect("addr");
-    let (_trigger, sd) = shutdown::channel();
-    tokio::spawn(server.serve(stub.router(), sd));
+    let (addr, _trigger, _stub) = start_stub().await;
     let http = HttpClient::new(HttpClientConfig::default()).expect("client");
     // the server root as an operator pastes it
     let spec = iicp_backends::ServerSpec::resolve(None, Some(&format!("http://{addr}")), None)

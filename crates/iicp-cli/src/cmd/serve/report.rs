@@ -68,6 +68,16 @@ pub(super) struct Shown {
     last: Option<String>,
 }
 
+/// `refused` when the directory answered 4xx (it will not change its mind by itself),
+/// else `failed`.
+fn refused_or_failed(status: Option<u16>) -> &'static str {
+    if status.is_some_and(|s| (400..500).contains(&s)) {
+        "refused"
+    } else {
+        "failed"
+    }
+}
+
 impl Shown {
     /// The summary's directory state for the first registration result:
     /// `(registered) node <id>` or `(registration refused: HTTP 403 IICP-E050: …)`.
@@ -82,12 +92,10 @@ impl Shown {
             } => {
                 let text = failure_text(*status, code.as_deref(), message.as_deref(), error);
                 self.last = Some(text.clone());
-                let what = if status.is_some_and(|s| (400..500).contains(&s)) {
-                    "registration refused"
-                } else {
-                    "registration failed"
-                };
-                format!("({what}: {text}; retrying in the background)")
+                format!(
+                    "(registration {}: {text}; retrying in the background)",
+                    refused_or_failed(*status)
+                )
             }
             _ => {
                 self.last = Some(String::new());
@@ -125,12 +133,10 @@ impl Shown {
                     return;
                 }
                 self.last = Some(text.clone());
-                let what = if status.is_some_and(|s| (400..500).contains(&s)) {
-                    "refused"
-                } else {
-                    "failed"
-                };
-                format!("registration {what}: {text} (retrying in the background)")
+                format!(
+                    "registration {}: {text} (retrying in the background)",
+                    refused_or_failed(*status)
+                )
             }
             EventKind::DirectoryUnavailable {
                 failures,
