@@ -35,7 +35,8 @@ pub use iicp_proto::constants::DEFAULT_RELAY_ACCEPT_PORT;
 /// key-5 JSON object with `iicp_conf` is an encrypted task.
 pub use iicp_proto::constants::NATIVE_CX_V1;
 
-/// A fixed-window request limit per key (per `Origin`, else per source IP).
+/// A request limit per key (per `Origin`, else per source IP): at most `max_requests`
+/// in any rolling `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
     /// Requests allowed per window; 0 disables the limit.

@@ -6,31 +6,46 @@
 //! Pure: the caller passes the time, as a [`Duration`] since any fixed origin of its
 //! choice (a monotonic `Instant` it keeps, or Unix time), and holds the lock.
 //!
-//! Memory: at most `max_keys` keys are tracked and each keeps at most `limit` times.
-//! When a new key arrives at a full table, keys whose window has emptied are dropped
-//! first, then the key idle longest.
+//! Memory: at most `max_keys` keys are tracked. A key keeps the times of its events in
+//! the window, except that an event within `window / 256` of the key's newest one is
+//! counted with it (stamped with the newer time): so a key holds at most 257 entries
+//! whatever the limit, and the limiter is at most `window / 256` stricter than an exact
+//! log (it never admits more). When a new key arrives at a full table, keys whose
+//! window has emptied are dropped first, then the key idle longest.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::time::Duration;
 
+/// Entries a key keeps per window at most (besides the newest).
+const SLOTS: u32 = 256;
+
+/// One key's events in the window: `(newest time, count)` groups, oldest first.
+#[derive(Debug, Default)]
+struct Log {
+    groups: VecDeque<(Duration, u32)>,
+    total: u64,
+}
+
 /// A sliding-window limiter (see the module docs).
 #[derive(Debug)]
 pub struct SlidingWindow<K> {
-    limit: usize,
+    limit: u64,
     window: Duration,
+    merge_within: Duration,
     max_keys: usize,
-    hits: HashMap<K, VecDeque<Duration>>,
+    logs: HashMap<K, Log>,
 }
 
 impl<K: Hash + Eq + Clone> SlidingWindow<K> {
     /// `limit` events per `window` per key (0: unlimited), at most `max_keys` keys.
     pub fn new(limit: u32, window: Duration, max_keys: usize) -> Self {
         Self {
-            limit: usize::try_from(limit).unwrap_or(usize::MAX),
+            limit: u64::from(limit),
             window,
+            merge_within: window / SLOTS,
             max_keys: max_keys.max(1),
-            hits: HashMap::new(),
+            logs: HashMap::new(),
         }
     }
 
@@ -42,35 +57,60 @@ impl<K: Hash + Eq + Clone> SlidingWindow<K> {
         }
         let window = self.window;
         let live = |t: &Duration| now.saturating_sub(*t) < window;
-        if !self.hits.contains_key(key) && self.hits.len() >= self.max_keys {
-            self.hits.retain(|_, q| q.back().is_some_and(live));
-            if self.hits.len() >= self.max_keys {
+        if !self.logs.contains_key(key) && self.logs.len() >= self.max_keys {
+            self.logs
+                .retain(|_, log| log.groups.back().is_some_and(|(t, _)| live(t)));
+            if self.logs.len() >= self.max_keys {
                 let idlest = self
-                    .hits
+                    .logs
                     .iter()
-                    .min_by_key(|(_, q)| q.back().copied())
+                    .min_by_key(|(_, log)| log.groups.back().map(|(t, _)| *t))
                     .map(|(k, _)| k.clone());
                 if let Some(k) = idlest {
-                    self.hits.remove(&k);
+                    self.logs.remove(&k);
                 }
             }
         }
-        let q = self.hits.entry(key.clone()).or_default();
-        while q.front().is_some_and(|t| !live(t)) {
-            q.pop_front();
+        let log = self.logs.entry(key.clone()).or_default();
+        while let Some((t, n)) = log.groups.front().copied() {
+            if live(&t) {
+                break;
+            }
+            log.groups.pop_front();
+            log.total -= u64::from(n);
         }
-        if q.len() >= self.limit {
-            let oldest = q.front().copied().unwrap_or(now);
-            let retry = (oldest + window).saturating_sub(now);
-            return Err(retry.max(Duration::from_millis(1)));
+        if log.total >= self.limit {
+            // the event may pass once enough of the oldest ones have left the window
+            let mut leaving = log.total + 1 - self.limit;
+            let mut until = now;
+            for (t, n) in &log.groups {
+                until = *t + window;
+                leaving = leaving.saturating_sub(u64::from(*n));
+                if leaving == 0 {
+                    break;
+                }
+            }
+            return Err(until.saturating_sub(now).max(Duration::from_millis(1)));
         }
-        q.push_back(now);
+        match log.groups.back_mut() {
+            Some((t, n)) if now.saturating_sub(*t) < self.merge_within && now >= *t => {
+                *t = now;
+                *n += 1;
+            }
+            _ => log.groups.push_back((now, 1)),
+        }
+        log.total += 1;
         Ok(())
     }
 
     /// Keys tracked now.
     pub fn keys(&self) -> usize {
-        self.hits.len()
+        self.logs.len()
+    }
+
+    /// Entries kept for `key` (at most 257 whatever the limit).
+    pub fn entries(&self, key: &K) -> usize {
+        self.logs.get(key).map_or(0, |l| l.groups.len())
     }
 }
 
@@ -138,5 +178,27 @@ mod tests {
             let _ = w.check(&"spray", ms(6000 + k));
             assert!(w.keys() <= 2);
         }
+    }
+
+    #[test]
+    fn a_large_limit_keeps_few_entries_and_never_admits_more() {
+        let window = ms(60_000);
+        let mut w = SlidingWindow::new(1_000_000, window, 4);
+        let mut admitted = 0u64;
+        // a million events spread over one window: one every 60 µs
+        for i in 0..1_000_000u64 {
+            if w.check(&"k", Duration::from_micros(i * 60)).is_ok() {
+                admitted += 1;
+            }
+            assert!(w.entries(&"k") <= 257);
+        }
+        assert_eq!(admitted, 1_000_000);
+        assert!(w.check(&"k", ms(59_999)).is_err(), "the window is full");
+        // exact for events further apart than window / 256
+        let mut small = SlidingWindow::new(2, ms(256_000), 1);
+        assert!(small.check(&1, ms(0)).is_ok());
+        assert!(small.check(&1, ms(1_000)).is_ok());
+        assert_eq!(small.check(&1, ms(2_000)), Err(ms(254_000)));
+        assert!(small.check(&1, ms(256_000)).is_ok());
     }
 }
