@@ -185,8 +185,7 @@ pub fn resolve_endpoint(
     };
     let base = match url {
         Some(u) => {
-            let lower = u.to_ascii_lowercase();
-            if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+            if !is_http_url(u) {
                 return Err(EndpointError::NotHttp(u.chars().take(200).collect()));
             }
             let u = u.trim_end_matches('/');
@@ -547,13 +546,18 @@ pub fn build(config: BackendConfig) -> Result<Arc<dyn Backend>, BuildError> {
     build_with_client(config, client)
 }
 
+/// Whether `url` is an `http(s)://` URL with a host (the workspace's endpoint model).
+fn is_http_url(url: &str) -> bool {
+    iicp_proto::endpoint::parse_url(url, iicp_proto::endpoint::HTTP_SCHEMES).is_ok()
+}
+
 /// Builds the adapter for `config` sharing an existing HTTP client.
 pub fn build_with_client(
     config: BackendConfig,
     client: HttpClient,
 ) -> Result<Arc<dyn Backend>, BuildError> {
     let base = config.effective_base_url();
-    if !(base.starts_with("http://") || base.starts_with("https://")) {
+    if !is_http_url(&base) {
         return Err(BuildError::BadUrl);
     }
     if !config.kind.is_enabled() {

@@ -29,6 +29,7 @@ use iicp_proto::directory::{
     DispatchTicketRequest, DispatchTicketResponse, HeartbeatRequest, HeartbeatResponse, NodeEntry,
     NodeList, RegisterAck, RegisterRequest,
 };
+use iicp_proto::endpoint::UrlError;
 use iicp_proto::error::ErrorCode;
 use iicp_proto::ids::TraceParent;
 use iicp_proto::secret::Secret;
@@ -588,28 +589,13 @@ fn cache_max_age(reply: &HttpReply) -> Option<Duration> {
 /// Checks a directory base URL and strips trailing `/`.
 fn validate_base_url(url: &str) -> Result<String, Error> {
     let url = url.trim().trim_end_matches('/');
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| Error::config("directory URL must start with http:// or https://"))?;
-    let authority = rest.split('/').next().unwrap_or_default();
-    if authority.is_empty() {
-        return Err(Error::config("directory URL has no host"));
-    }
-    if authority.contains('@') {
-        return Err(Error::config("directory URL must not carry credentials"));
-    }
-    if url.contains('?') || url.contains('#') {
-        return Err(Error::config(
-            "directory URL must not carry a query or fragment",
-        ));
-    }
-    if url
-        .bytes()
-        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-    {
-        return Err(Error::config("directory URL contains whitespace"));
-    }
+    iicp_proto::endpoint::parse_url(url, iicp_proto::endpoint::HTTP_SCHEMES).map_err(|e| {
+        Error::config(match e {
+            UrlError::Scheme => "directory URL must start with http:// or https://",
+            UrlError::Extras => "directory URL must not carry credentials, a query or a fragment",
+            _ => "directory URL needs a valid host (and port), without whitespace",
+        })
+    })?;
     Ok(url.to_owned())
 }
 
