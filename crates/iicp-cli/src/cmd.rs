@@ -13,6 +13,7 @@ pub(crate) mod healthcheck;
 pub(crate) mod init;
 pub(crate) mod list;
 pub(crate) mod operator;
+pub(crate) mod proxy;
 pub(crate) mod runstate;
 pub(crate) mod serve;
 pub(crate) mod stub_model;

@@ -78,6 +78,8 @@ enum Command {
     Dev(cmd::dev::Args),
     /// Run the embedded IICP directory (a private mesh needs no outside service).
     Directory(cmd::directory::Args),
+    /// Serve the mesh as a local OpenAI-compatible endpoint (port 9483).
+    Proxy(cmd::proxy::Args),
     /// Print a shell completion script.
     Completion(cmd::completion::Args),
     /// Load-test an IICP node over HTTP or the native transport.
@@ -157,6 +159,7 @@ pub fn run(bin: &'static str) -> ExitCode {
             Command::Healthcheck(args) => cmd::healthcheck::run(args),
             Command::Dev(args) => cmd::dev::run(args).await,
             Command::Directory(args) => cmd::directory::run(args).await,
+            Command::Proxy(args) => cmd::proxy::run(args).await,
             Command::Bench(args) => cmd::bench::run(args).await,
             Command::StubModel(args) => cmd::stub_model::run(args).await,
             Command::Completion(args) => {

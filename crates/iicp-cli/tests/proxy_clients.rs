@@ -1,0 +1,233 @@
+//! `iicp proxy` driven by the official client libraries against a real local mesh
+//! (issue 20): `iicp dev` (embedded directory, echo-model nodes) and `iicp proxy` run as
+//! the real binaries; `tests/proxy/openai_client.py` uses the `openai` package for plain
+//! and streamed chats, model listing, an unknown model, an image part, a wrong key; the
+//! error cases run against an empty directory (no nodes) and a mesh whose model server
+//! is slower than the proxy's deadline (timeout).
+//!
+//! Needs `IICP_CLIENTS_PYTHON` (`eval "$(scripts/peers env)"`): fails under CI without
+//! it, skips elsewhere.
+#![allow(clippy::print_stderr)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{directory, iicp, Proc};
+use serde_json::Value;
+
+const PYTHON_VAR: &str = "IICP_CLIENTS_PYTHON";
+const KEY: &str = "sk-proxy-test-key";
+
+fn python() -> Option<PathBuf> {
+    match std::env::var_os(PYTHON_VAR).filter(|v| !v.is_empty()) {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            assert!(
+                p.exists(),
+                "{PYTHON_VAR} names {}, which does not exist",
+                p.display()
+            );
+            Some(p)
+        }
+        None if std::env::var_os("CI").is_some() => {
+            panic!("{PYTHON_VAR} is not set: run the tests through scripts/test (scripts/peers env prints it)")
+        }
+        None => {
+            eprintln!("skipping: {PYTHON_VAR} not set (scripts/peers env prints it)");
+            None
+        }
+    }
+}
+
+fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/proxy")
+        .join(name)
+}
+
+/// Runs a client script case; returns its one JSON line.
+fn client(python: &Path, name: &str, case: &str, base: &str, key: &str, model: &str) -> Value {
+    let o = Command::new(python)
+        .arg(script(name))
+        .args([case, base, key, model])
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("OPENAI_BASE_URL")
+        .output()
+        .expect("python");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{name} {case}: exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{case}: {e}: {stdout}"))
+}
+
+/// `iicp dev` with `nodes` echo nodes (or a model server); returns it and the
+/// directory URL it printed.
+fn dev_mesh(nodes: u16, backend: Option<&str>) -> (Proc, String) {
+    let mut cmd = iicp();
+    cmd.args(["dev", "--nodes", &nodes.to_string()]);
+    if let Some(url) = backend {
+        cmd.args(["--backend-url", url]);
+    }
+    let mut p = Proc::spawn(cmd);
+    let out = p.read_until("serving until Ctrl-C");
+    let dir = out
+        .lines()
+        .find_map(|l| l.strip_prefix("directory").map(str::trim))
+        .expect("directory line")
+        .to_owned();
+    (p, dir)
+}
+
+/// `iicp proxy` on a free port for `dir`; returns it and its base URL.
+fn proxy(dir: &str, extra: &[&str]) -> (Proc, String) {
+    let mut cmd = iicp();
+    cmd.args([
+        "proxy",
+        "--port",
+        "0",
+        "--directory-url",
+        dir,
+        "--allow-private-endpoints",
+    ])
+    .args(extra)
+    .env_remove("IICP_PROXY_API_KEY")
+    .env_remove("IICP_PROXY_PORT")
+    .env_remove("IICP_PROXY_HOST");
+    let mut p = Proc::spawn(cmd);
+    let out = p.read_until("listening on");
+    let url = out
+        .split_whitespace()
+        .find(|w| w.starts_with("http://127.0.0.1:"))
+        .expect("url")
+        .to_owned();
+    (p, url)
+}
+
+#[test]
+fn openai_client_against_a_real_mesh() {
+    let Some(py) = python() else { return };
+    let (_mesh, dir) = dev_mesh(2, None);
+    let (mut px, base) = proxy(&dir, &["--api-key", KEY]);
+    let run = |case: &str, key: &str, model: &str| {
+        client(&py, "openai_client.py", case, &base, key, model)
+    };
+
+    // plain chat: the echo node answered the prompt, with the proxy's headers
+    let v = run("chat", KEY, "iicp");
+    assert_eq!(v["text"], "echo: hello proxy", "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["finish"], "stop");
+    assert_eq!(v["model"], "echo");
+    assert!(v["total_tokens"].as_u64().is_some_and(|t| t > 0), "{v}");
+    let h = &v["headers"];
+    assert_eq!(h["server"], "iicp-proxy");
+    assert_eq!(h["x-iicp-generated-by-ai"], "true");
+    assert!(
+        h["x-iicp-node-id"].as_str().is_some_and(|n| !n.is_empty()),
+        "{h}"
+    );
+    assert_eq!(h["x-iicp-trace-id"].as_str().map(str::len), Some(32), "{h}");
+
+    // the model by name
+    let v = run("chat", KEY, "echo");
+    assert_eq!(v["text"], "echo: hello proxy", "{v}");
+
+    // streamed, with usage: role first, the text, one finish, usage last
+    let v = run("stream", KEY, "iicp");
+    assert_eq!(v["text"], "echo: hello proxy", "{v}");
+    assert_eq!(v["roles"], serde_json::json!(["assistant"]));
+    assert_eq!(v["finish"], serde_json::json!(["stop"]));
+    assert_eq!(v["usage"].as_array().map(Vec::len), Some(1), "{v}");
+    let v = run("stream_plain", KEY, "iicp");
+    assert_eq!(v["text"], "echo: hello proxy", "{v}");
+    assert_eq!(v["usage"], serde_json::json!([]), "{v}");
+
+    // an image part travels to the node (the echo model answers its text part)
+    let v = run("image", KEY, "iicp");
+    assert_eq!(v["text"], "echo: describe", "{v}");
+
+    // the mesh's models, not a fake one
+    let v = run("models", KEY, "iicp");
+    assert_eq!(v["ids"], serde_json::json!(["echo"]), "{v}");
+    assert_eq!(v["retrieved"], "echo");
+    assert_eq!(v["owned_by"], "iicp-mesh");
+
+    // unknown model: 404 in OpenAI's shape
+    let v = run("chat", KEY, "no-such-model");
+    assert_eq!(v["error"], "NotFoundError", "{v}");
+    assert_eq!(v["status"], 404);
+    assert_eq!(v["code"], "model_not_found");
+    assert_eq!(v["server"], "iicp-proxy");
+
+    // wrong key: 401, and the key is not echoed
+    let v = run("chat", "sk-wrong", "iicp");
+    assert_eq!(v["error"], "AuthenticationError", "{v}");
+    assert_eq!(v["status"], 401);
+    assert_eq!(v["code"], "unauthorized");
+    assert!(!v.to_string().contains("sk-wrong"));
+
+    px.signal("-TERM");
+    let (code, _, stderr) = px.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        !stderr.contains(KEY),
+        "the API key leaked into the log: {stderr}"
+    );
+}
+
+#[test]
+fn openai_client_sees_mesh_errors() {
+    let Some(py) = python() else { return };
+
+    // no nodes: 502 carrying IICP-E033
+    let (_dir, empty) = directory();
+    let (_px, base) = proxy(&empty, &[]);
+    let v = client(&py, "openai_client.py", "chat", &base, "any", "iicp");
+    assert_eq!(v["error"], "InternalServerError", "{v}");
+    assert_eq!(v["status"], 502);
+    assert_eq!(v["code"], "IICP-E033");
+    assert_eq!(v["type"], "api_error");
+
+    // a model server slower than the proxy's deadline: 504
+    let mut stub_cmd = iicp();
+    stub_cmd.args(["stub-model", "--port", "0", "--delay-ms", "5000"]);
+    let mut stub = Proc::spawn(stub_cmd);
+    let line = stub.read_until("stub model server on");
+    let stub_url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("stub url")
+        .to_owned();
+    // `iicp dev` sends its own first chats (5 s each) before it serves
+    let (_mesh, dir) = dev_mesh(1, Some(&stub_url));
+    let (_px2, base) = proxy(&dir, &["--timeout-ms", "1500"]);
+    let v = client(&py, "openai_client.py", "chat", &base, "any", "iicp");
+    assert_eq!(v["status"], 504, "{v}");
+    assert_eq!(v["code"], "task_timeout");
+    assert_eq!(v["type"], "timeout_error");
+}
+
+#[test]
+fn proxy_refuses_a_remote_bind_without_a_key() {
+    let o = iicp()
+        .args(["proxy", "--host", "0.0.0.0", "--port", "0"])
+        .env_remove("IICP_PROXY_API_KEY")
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(2), "{}", common::text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--api-key"));
+    // the alias binary runs the same command
+    let o = Command::new(env!("CARGO_BIN_EXE_iicp-node"))
+        .args(["proxy", "--help"])
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", common::text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("--allow-remote"));
+}
