@@ -1,9 +1,10 @@
 //! `iicp proxy` driven by the official client libraries against a real local mesh
 //! (issue 20): `iicp dev` (embedded directory, echo-model nodes) and `iicp proxy` run as
-//! the real binaries; `tests/proxy/openai_client.py` uses the `openai` package for plain
-//! and streamed chats, model listing, an unknown model, an image part, a wrong key; the
-//! error cases run against an empty directory (no nodes) and a mesh whose model server
-//! is slower than the proxy's deadline (timeout).
+//! the real binaries; `tests/proxy/openai_client.py` (the `openai` package) and
+//! `tests/proxy/anthropic_client.py` (`anthropic`) send plain and streamed chats, list
+//! models, ask for an unknown model, pass an image, use a wrong key; the error cases run
+//! against an empty directory (no nodes) and a mesh whose model server is slower than
+//! the proxy's deadline (timeout).
 //!
 //! Needs `IICP_CLIENTS_PYTHON` (`eval "$(scripts/peers env)"`): fails under CI without
 //! it, skips elsewhere.
@@ -111,7 +112,7 @@ fn proxy(dir: &str, extra: &[&str]) -> (Proc, String) {
 }
 
 #[test]
-fn openai_client_against_a_real_mesh() {
+fn client_libraries_against_a_real_mesh() {
     let Some(py) = python() else { return };
     let (_mesh, dir) = dev_mesh(2, None);
     let (mut px, base) = proxy(&dir, &["--api-key", KEY]);
@@ -173,6 +174,61 @@ fn openai_client_against_a_real_mesh() {
     assert_eq!(v["code"], "unauthorized");
     assert!(!v.to_string().contains("sk-wrong"));
 
+    // the anthropic package: a message, the streamed event sequence, an image block,
+    // the model list, an unknown model, a wrong key
+    let run = |case: &str, key: &str, model: &str| {
+        client(&py, "anthropic_client.py", case, &base, key, model)
+    };
+    let v = run("message", KEY, "iicp");
+    assert_eq!(v["text"], "echo: hello proxy", "{v}");
+    assert_eq!(
+        (v["type"].as_str(), v["role"].as_str()),
+        (Some("message"), Some("assistant"))
+    );
+    assert_eq!(v["stop_reason"], "end_turn");
+    assert_eq!(v["model"], "echo");
+    assert!(v["output_tokens"].as_u64().is_some_and(|t| t > 0), "{v}");
+    assert_eq!(v["headers"]["server"], "iicp-proxy");
+    assert_eq!(v["headers"]["x-iicp-generated-by-ai"], "true");
+    let v = run("stream", KEY, "echo");
+    assert_eq!(v["text"], "echo: hello proxy", "{v}");
+    assert_eq!(v["stop_reason"], "end_turn");
+    let events: Vec<&str> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(events.first(), Some(&"message_start"), "{events:?}");
+    assert_eq!(events.last(), Some(&"message_stop"), "{events:?}");
+    for needed in [
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+    ] {
+        assert!(events.contains(&needed), "{needed} missing: {events:?}");
+    }
+    let v = run("image", KEY, "iicp");
+    assert_eq!(v["text"], "echo: describe", "{v}");
+    let v = run("models", KEY, "iicp");
+    assert_eq!(v["ids"], serde_json::json!(["echo"]), "{v}");
+    let v = run("message", KEY, "no-such-model");
+    assert_eq!(
+        (v["error"].as_str(), v["status"].as_u64()),
+        (Some("NotFoundError"), Some(404)),
+        "{v}"
+    );
+    assert_eq!(v["type"], "not_found_error");
+    assert_eq!(v["code"], "model_not_found");
+    let v = run("message", "sk-wrong", "iicp");
+    assert_eq!(
+        (v["error"].as_str(), v["status"].as_u64()),
+        (Some("AuthenticationError"), Some(401)),
+        "{v}"
+    );
+    assert_eq!(v["type"], "authentication_error");
+
     px.signal("-TERM");
     let (code, _, stderr) = px.wait();
     assert_eq!(code, Some(0), "{stderr}");
@@ -183,7 +239,7 @@ fn openai_client_against_a_real_mesh() {
 }
 
 #[test]
-fn openai_client_sees_mesh_errors() {
+fn client_libraries_see_mesh_errors() {
     let Some(py) = python() else { return };
 
     // no nodes: 502 carrying IICP-E033
@@ -194,6 +250,13 @@ fn openai_client_sees_mesh_errors() {
     assert_eq!(v["status"], 502);
     assert_eq!(v["code"], "IICP-E033");
     assert_eq!(v["type"], "api_error");
+    let v = client(&py, "anthropic_client.py", "message", &base, "any", "iicp");
+    assert_eq!(
+        (v["error"].as_str(), v["status"].as_u64()),
+        (Some("InternalServerError"), Some(502)),
+        "{v}"
+    );
+    assert_eq!(v["code"], "IICP-E033");
 
     // a model server slower than the proxy's deadline: 504
     let mut stub_cmd = iicp();

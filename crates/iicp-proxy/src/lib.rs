@@ -47,6 +47,8 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod anthropic;
+mod call;
 mod events;
 mod failure;
 mod models;

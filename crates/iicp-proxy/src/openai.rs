@@ -4,8 +4,9 @@
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 use iicp_client::{ChatMessage, ChatRequest};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
+use crate::call::{opt_bool, opt_f64_in, opt_string, opt_strings, opt_u32, ChatCall};
 use crate::events::{ChatEvent, ChatOutcome, Finish, Tokens};
 use crate::failure::{Class, Failure};
 use crate::models::{is_any, MeshModel};
@@ -26,19 +27,6 @@ const FORWARDED: &[&str] = &[
     "logit_bias",
     "user",
 ];
-
-/// A parsed `POST /v1/chat/completions`.
-#[derive(Debug)]
-pub(crate) struct ChatCall {
-    /// The `llm:chat:v1` payload sent to the mesh.
-    pub(crate) request: ChatRequest,
-    /// The model asked for (`None`: any model of the mesh).
-    pub(crate) model: Option<String>,
-    /// `stream: true`.
-    pub(crate) stream: bool,
-    /// `stream_options.include_usage: true`.
-    pub(crate) include_usage: bool,
-}
 
 /// Parses an OpenAI chat request. Errors: 400 for bad JSON, a missing or malformed
 /// `messages`, or members of the wrong type (named, their values never echoed).
@@ -69,31 +57,8 @@ pub(crate) fn parse_chat(body: &[u8]) -> Result<ChatCall, Failure> {
         Some(n) => Some(n),
         None => opt_u32(&obj, "max_tokens")?,
     };
-    let temperature = match obj.get("temperature") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(
-            v.as_f64()
-                .filter(|t| (0.0..=2.0).contains(t))
-                .ok_or_else(|| Failure::invalid("`temperature` must be a number from 0 to 2"))?,
-        ),
-    };
-    let stop = match obj.get("stop") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(vec![s.clone()]),
-        Some(Value::Array(a)) => Some(
-            a.iter()
-                .map(|s| s.as_str().map(str::to_owned))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| {
-                    Failure::invalid("`stop` must be a string or an array of strings")
-                })?,
-        ),
-        Some(_) => {
-            return Err(Failure::invalid(
-                "`stop` must be a string or an array of strings",
-            ))
-        }
-    };
+    let temperature = opt_f64_in(&obj, "temperature", 0.0, 2.0)?;
+    let stop = opt_strings(&obj, "stop")?;
     let mut request = ChatRequest::new(messages);
     let model = model.filter(|m| !is_any(Some(m)));
     request.model = model.clone();
@@ -114,34 +79,6 @@ pub(crate) fn parse_chat(body: &[u8]) -> Result<ChatCall, Failure> {
         stream,
         include_usage,
     })
-}
-
-fn opt_string(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, Failure> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(Failure::invalid(format!("`{key}` must be a string"))),
-    }
-}
-
-fn opt_bool(obj: &Map<String, Value>, key: &str) -> Result<Option<bool>, Failure> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(Failure::invalid(format!("`{key}` must be a boolean"))),
-    }
-}
-
-fn opt_u32(obj: &Map<String, Value>, key: &str) -> Result<Option<u32>, Failure> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .filter(|n| *n > 0)
-            .map(Some)
-            .ok_or_else(|| Failure::invalid(format!("`{key}` must be a positive integer"))),
-    }
 }
 
 fn usage(t: Tokens) -> Value {

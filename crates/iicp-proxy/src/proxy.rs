@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 use crate::events::ChatOutcome;
 use crate::failure::Failure;
 use crate::models::{is_any, Catalog};
-use crate::openai;
+use crate::{anthropic, openai};
 
 /// The proxy's default port (the port every IICP SDK's compatibility proxy uses).
 pub const DEFAULT_PORT: u16 = 9483;
@@ -41,6 +41,7 @@ pub const DEFAULT_MODEL_CACHE_TTL: Duration = Duration::from_secs(10);
 const X_IICP_GENERATED_BY_AI: HeaderName = HeaderName::from_static("x-iicp-generated-by-ai");
 const X_IICP_NODE_ID: HeaderName = HeaderName::from_static("x-iicp-node-id");
 const X_IICP_TRACE_ID: HeaderName = HeaderName::from_static("x-iicp-trace-id");
+const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 const SERVER_NAME: HeaderValue = HeaderValue::from_static("iicp-proxy");
 
@@ -281,18 +282,38 @@ impl Reply {
             outcome: None,
         }
     }
+
+    /// An answered chat, as JSON.
+    fn answer(outcome: &ChatOutcome, value: &Value) -> Self {
+        Self {
+            outcome: Some((outcome.node_id.clone(), outcome.trace_id.clone())),
+            ..Self::json(StatusCode::OK, value)
+        }
+    }
+
+    /// An answered chat, as server-sent events.
+    fn stream(outcome: &ChatOutcome, body: Bytes) -> Self {
+        Self {
+            status: StatusCode::OK,
+            content_type: "text/event-stream",
+            body,
+            outcome: Some((outcome.node_id.clone(), outcome.trace_id.clone())),
+        }
+    }
 }
 
 /// Which API's shapes a route answers in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Surface {
     OpenAi,
+    Anthropic,
 }
 
 impl Surface {
     fn failure(self, f: &Failure) -> Reply {
         let body = match self {
             Surface::OpenAi => openai::error(f),
+            Surface::Anthropic => anthropic::error(f),
         };
         Reply::json(f.status, &body)
     }
@@ -309,8 +330,10 @@ impl Proxy {
         &self.state.client
     }
 
-    /// The routes: `POST /v1/chat/completions`, `GET /v1/models`, `GET /v1/models/{id}`;
-    /// anything else is a 404 in OpenAI's error shape.
+    /// The routes: OpenAI's `POST /v1/chat/completions`, `GET /v1/models`,
+    /// `GET /v1/models/{id}`; Anthropic's `POST /v1/messages` (and its model list on
+    /// `GET /v1/models` with `anthropic-version`); anything else is a 404 in OpenAI's
+    /// error shape.
     pub fn router(&self) -> Arc<Router> {
         let mut router = Router::new();
         router = self.add(
@@ -319,37 +342,50 @@ impl Proxy {
             "/v1/chat/completions",
             Surface::OpenAi,
             |s, mut req, _| async move {
-                let body = read(&s, &mut req).await?;
-                let call = openai::parse_chat(&body)?;
+                let call = openai::parse_chat(&read(&s, &mut req).await?)?;
+                let (stream, usage) = (call.stream, call.include_usage);
                 let outcome = s.chat(call.request, call.model).await?;
-                let ids = Some((outcome.node_id.clone(), outcome.trace_id.clone()));
-                Ok(if call.stream {
-                    Reply {
-                        status: StatusCode::OK,
-                        content_type: "text/event-stream",
-                        body: openai::stream(&outcome, call.include_usage),
-                        outcome: ids,
-                    }
+                Ok(if stream {
+                    Reply::stream(&outcome, openai::stream(&outcome, usage))
                 } else {
-                    Reply {
-                        outcome: ids,
-                        ..Reply::json(StatusCode::OK, &openai::completion(&outcome))
-                    }
+                    Reply::answer(&outcome, &openai::completion(&outcome))
                 })
             },
         );
         router = self.add(
             router,
+            Method::POST,
+            "/v1/messages",
+            Surface::Anthropic,
+            |s, mut req, _| async move {
+                let call = anthropic::parse_messages(&read(&s, &mut req).await?)?;
+                let stream = call.stream;
+                let outcome = s.chat(call.request, call.model).await?;
+                Ok(if stream {
+                    Reply::stream(&outcome, anthropic::stream(&outcome))
+                } else {
+                    Reply::answer(&outcome, &anthropic::message(&outcome))
+                })
+            },
+        );
+        // one path, two APIs: Anthropic's clients send `anthropic-version`
+        router = self.add(
+            router,
             Method::GET,
             "/v1/models",
             Surface::OpenAi,
-            |s, _, _| async move {
+            |s, req, _| async move {
                 let list = s
                     .catalog
                     .models()
                     .await
                     .map_err(|e| Failure::from_client(&e))?;
-                Ok(Reply::json(StatusCode::OK, &openai::models(&list)))
+                let body = if req.headers().contains_key(ANTHROPIC_VERSION) {
+                    anthropic::models(&list)
+                } else {
+                    openai::models(&list)
+                };
+                Ok(Reply::json(StatusCode::OK, &body))
             },
         );
         router = self.add(
