@@ -1,7 +1,8 @@
 //! `iicp proxy` driven by the official client libraries against a real local mesh
 //! (issue 20): `iicp dev` (embedded directory, echo-model nodes) and `iicp proxy` run as
 //! the real binaries; `tests/proxy/openai_client.py` (the `openai` package) and
-//! `tests/proxy/anthropic_client.py` (`anthropic`) send plain and streamed chats, list
+//! `tests/proxy/anthropic_client.py` (`anthropic`) and `tests/proxy/ollama_client.py`
+//! (`ollama`, through `OLLAMA_HOST`) send plain and streamed chats, list
 //! models, ask for an unknown model, pass an image, use a wrong key; the error cases run
 //! against an empty directory (no nodes) and a mesh whose model server is slower than
 //! the proxy's deadline (timeout).
@@ -229,6 +230,59 @@ fn client_libraries_against_a_real_mesh() {
     );
     assert_eq!(v["type"], "authentication_error");
 
+    // the ollama package (host from OLLAMA_HOST, as users set it): chat, NDJSON
+    // streaming by default, generate, an image, tags/show/version, an unknown model
+    let ollama = |case: &str, key: &str, model: &str| {
+        let o = Command::new(&py)
+            .arg(script("ollama_client.py"))
+            .args([case, "env", key, model])
+            .env("OLLAMA_HOST", &base)
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .output()
+            .expect("python");
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "ollama {case}: {stdout}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_str::<Value>(stdout.trim())
+            .unwrap_or_else(|e| panic!("{case}: {e}: {stdout}"))
+    };
+    let v = ollama("chat", KEY, "echo");
+    assert_eq!(v["text"], "echo: hello proxy", "{v}");
+    assert_eq!(
+        (v["role"].as_str(), v["done"].as_bool()),
+        (Some("assistant"), Some(true))
+    );
+    assert_eq!(v["done_reason"], "stop");
+    let v = ollama("stream", KEY, "iicp");
+    assert_eq!(v["text"], "echo: hello proxy", "{v}");
+    assert_eq!(v["done"], serde_json::json!([false, true]), "{v}");
+    let v = ollama("generate", KEY, "echo");
+    assert_eq!(v["text"], "echo: hello generate", "{v}");
+    assert_eq!(v["streamed"], "echo: hello generate", "{v}");
+    let v = ollama("image", KEY, "iicp");
+    assert_eq!(v["text"], "echo: describe", "{v}");
+    let v = ollama("models", KEY, "iicp");
+    assert_eq!(v["names"], serde_json::json!(["echo"]), "{v}");
+    assert_eq!(v["show_details"], true);
+    assert!(v["version"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
+    let v = ollama("chat", KEY, "no-such-model");
+    assert_eq!(
+        (v["error"].as_str(), v["status"].as_u64()),
+        (Some("ResponseError"), Some(404)),
+        "{v}"
+    );
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("model_not_found")),
+        "{v}"
+    );
+    let v = ollama("chat", "sk-wrong", "iicp");
+    assert_eq!(v["status"], 401, "{v}");
+
     px.signal("-TERM");
     let (code, _, stderr) = px.wait();
     assert_eq!(code, Some(0), "{stderr}");
@@ -257,6 +311,19 @@ fn client_libraries_see_mesh_errors() {
         "{v}"
     );
     assert_eq!(v["code"], "IICP-E033");
+    let o = Command::new(&py)
+        .arg(script("ollama_client.py"))
+        .args(["chat", &base, "any", "iicp"])
+        .output()
+        .expect("python");
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["status"], 502, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("IICP-E033: ")),
+        "{v}"
+    );
 
     // a model server slower than the proxy's deadline: 504
     let mut stub_cmd = iicp();

@@ -52,6 +52,7 @@ mod call;
 mod events;
 mod failure;
 mod models;
+mod ollama;
 mod openai;
 mod proxy;
 

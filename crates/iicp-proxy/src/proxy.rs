@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 use crate::events::ChatOutcome;
 use crate::failure::Failure;
 use crate::models::{is_any, Catalog};
+use crate::ollama::{self, Endpoint};
 use crate::{anthropic, openai};
 
 /// The proxy's default port (the port every IICP SDK's compatibility proxy uses).
@@ -300,6 +301,14 @@ impl Reply {
             outcome: Some((outcome.node_id.clone(), outcome.trace_id.clone())),
         }
     }
+
+    /// An answered chat, as NDJSON lines.
+    fn ndjson(outcome: &ChatOutcome, body: Bytes) -> Self {
+        Self {
+            content_type: "application/x-ndjson",
+            ..Self::stream(outcome, body)
+        }
+    }
 }
 
 /// Which API's shapes a route answers in.
@@ -307,6 +316,7 @@ impl Reply {
 enum Surface {
     OpenAi,
     Anthropic,
+    Ollama,
 }
 
 impl Surface {
@@ -314,6 +324,7 @@ impl Surface {
         let body = match self {
             Surface::OpenAi => openai::error(f),
             Surface::Anthropic => anthropic::error(f),
+            Surface::Ollama => ollama::error(f),
         };
         Reply::json(f.status, &body)
     }
@@ -332,8 +343,9 @@ impl Proxy {
 
     /// The routes: OpenAI's `POST /v1/chat/completions`, `GET /v1/models`,
     /// `GET /v1/models/{id}`; Anthropic's `POST /v1/messages` (and its model list on
-    /// `GET /v1/models` with `anthropic-version`); anything else is a 404 in OpenAI's
-    /// error shape.
+    /// `GET /v1/models` with `anthropic-version`); Ollama's `POST /api/chat`,
+    /// `POST /api/generate`, `GET /api/tags`, `GET /api/version`, `POST /api/show`;
+    /// anything else is a 404 in OpenAI's error shape.
     pub fn router(&self) -> Arc<Router> {
         let mut router = Router::new();
         router = self.add(
@@ -366,6 +378,82 @@ impl Proxy {
                 } else {
                     Reply::answer(&outcome, &anthropic::message(&outcome))
                 })
+            },
+        );
+        for (path, endpoint) in [
+            ("/api/chat", Endpoint::Chat),
+            ("/api/generate", Endpoint::Generate),
+        ] {
+            router = self.add(
+                router,
+                Method::POST,
+                path,
+                Surface::Ollama,
+                move |s, mut req, _| async move {
+                    let body = read(&s, &mut req).await?;
+                    let call = match endpoint {
+                        Endpoint::Chat => ollama::parse_chat(&body)?,
+                        Endpoint::Generate => ollama::parse_generate(&body)?,
+                    };
+                    if endpoint == Endpoint::Generate && ollama::is_load_only(&body) {
+                        let model = call.model.unwrap_or_else(|| "iicp".to_owned());
+                        return Ok(Reply::json(
+                            StatusCode::OK,
+                            &ollama::loaded(&model, unix_now()),
+                        ));
+                    }
+                    let stream = call.stream;
+                    let outcome = s.chat(call.request, call.model).await?;
+                    Ok(if stream {
+                        Reply::ndjson(&outcome, ollama::stream(&outcome, endpoint))
+                    } else {
+                        Reply::answer(&outcome, &ollama::answer(&outcome, endpoint))
+                    })
+                },
+            );
+        }
+        router = self.add(
+            router,
+            Method::GET,
+            "/api/tags",
+            Surface::Ollama,
+            |s, _, _| async move {
+                let list = s
+                    .catalog
+                    .models()
+                    .await
+                    .map_err(|e| Failure::from_client(&e))?;
+                Ok(Reply::json(StatusCode::OK, &ollama::tags(&list)))
+            },
+        );
+        router = self.add(
+            router,
+            Method::GET,
+            "/api/version",
+            Surface::Ollama,
+            |_, _, _| async move {
+                Ok(Reply::json(
+                    StatusCode::OK,
+                    &serde_json::json!({"version": ollama::VERSION}),
+                ))
+            },
+        );
+        router = self.add(
+            router,
+            Method::POST,
+            "/api/show",
+            Surface::Ollama,
+            |s, mut req, _| async move {
+                let model = ollama::show_model(&read(&s, &mut req).await?)?;
+                let list = s
+                    .catalog
+                    .models()
+                    .await
+                    .map_err(|e| Failure::from_client(&e))?;
+                match list.iter().find(|m| m.id == model) {
+                    Some(m) => Ok(Reply::json(StatusCode::OK, &ollama::show(m))),
+                    None => Err(Failure::unknown_model(&model)),
+                }
             },
         );
         // one path, two APIs: Anthropic's clients send `anthropic-version`

@@ -328,3 +328,39 @@ async fn no_nodes_is_502_with_e033() {
     assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(json_of(&bytes)["error"]["code"], "IICP-E033");
 }
+
+#[tokio::test]
+async fn ollama_streams_ndjson_by_default_and_anthropic_errors_are_its_own() {
+    let (_nodes, dir) = mesh(vec![vec![]]).await;
+    let p = proxy(&dir, None);
+    let body = br#"{"model":"test-model","messages":[{"role":"user","content":"hi"}]}"#;
+    let (resp, bytes) = call(&p, Method::POST, "/api/chat", body, None).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+    let lines: Vec<Value> = std::str::from_utf8(&bytes)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(
+        lines[0]["message"]["content"],
+        format!("hello from {}", node_id(1))
+    );
+    assert_eq!(lines[1]["done"], true);
+    // an unknown model, in Ollama's and in Anthropic's shape
+    let (resp, bytes) = call(&p, Method::POST, "/api/show", br#"{"model":"nope"}"#, None).await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert!(json_of(&bytes)["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("model_not_found: "));
+    let body = br#"{"model":"nope","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
+    let (resp, bytes) = call(&p, Method::POST, "/v1/messages", body, None).await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let v = json_of(&bytes);
+    assert_eq!(
+        (v["type"].as_str(), v["error"]["type"].as_str()),
+        (Some("error"), Some("not_found_error"))
+    );
+}
