@@ -3,12 +3,12 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, SERVER};
 use http::{Method, StatusCode};
-use iicp_client::{ChatOptions, ChatRequest, Client, DiscoverOptions, Qos, Secret};
+use iicp_client::{ChatOptions, ChatRequest, Client, DiscoverOptions, Qos, Secret, CHAT_INTENT};
 use iicp_proto::ids::TraceParent;
 use iicp_transport::http::server::{
     read_body, set_retry_after, Params, Request, Response, ResponseBody, Router,
@@ -21,7 +21,8 @@ use subtle::ConstantTimeEq as _;
 use tokio::sync::Semaphore;
 
 use crate::events::ChatOutcome;
-use crate::failure::Failure;
+use crate::failure::{Class, Failure};
+use crate::metrics::Metrics;
 use crate::models::{is_any, Catalog};
 use crate::ollama::{self, Endpoint};
 use crate::{anthropic, openai};
@@ -211,12 +212,15 @@ impl ProxyBuilder {
         };
         let catalog = Catalog::new(
             client.clone(),
-            route,
+            route.clone(),
             self.model_cache_ttl.unwrap_or(DEFAULT_MODEL_CACHE_TTL),
         );
         Ok(Proxy {
             state: Arc::new(State {
                 client,
+                route,
+                metrics: Metrics::new(),
+                started: Instant::now(),
                 catalog,
                 api_key: self.api_key,
                 timeout,
@@ -255,6 +259,9 @@ impl fmt::Debug for Proxy {
 
 struct State {
     client: Client,
+    route: DiscoverOptions,
+    metrics: Metrics,
+    started: Instant,
     catalog: Catalog,
     api_key: Option<Secret>,
     timeout: Duration,
@@ -317,12 +324,24 @@ enum Surface {
     OpenAi,
     Anthropic,
     Ollama,
+    /// `/status`, `/metrics` and unknown routes (errors in OpenAI's shape).
+    Proxy,
 }
 
 impl Surface {
+    /// The `surface` label of the metrics.
+    fn label(self) -> &'static str {
+        match self {
+            Surface::OpenAi => "openai",
+            Surface::Anthropic => "anthropic",
+            Surface::Ollama => "ollama",
+            Surface::Proxy => "proxy",
+        }
+    }
+
     fn failure(self, f: &Failure) -> Reply {
         let body = match self {
-            Surface::OpenAi => openai::error(f),
+            Surface::OpenAi | Surface::Proxy => openai::error(f),
             Surface::Anthropic => anthropic::error(f),
             Surface::Ollama => ollama::error(f),
         };
@@ -456,6 +475,27 @@ impl Proxy {
                 }
             },
         );
+        router = self.add(
+            router,
+            Method::GET,
+            "/status",
+            Surface::Proxy,
+            |s, _, _| async move { Ok(Reply::json(StatusCode::OK, &s.status().await)) },
+        );
+        router = self.add(
+            router,
+            Method::GET,
+            "/metrics",
+            Surface::Proxy,
+            |s, _, _| async move {
+                Ok(Reply {
+                    status: StatusCode::OK,
+                    content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    body: Bytes::from(s.metrics.render()),
+                    outcome: None,
+                })
+            },
+        );
         // one path, two APIs: Anthropic's clients send `anthropic-version`
         router = self.add(
             router,
@@ -505,7 +545,7 @@ impl Proxy {
                 router,
                 method,
                 "/{*rest}",
-                Surface::OpenAi,
+                Surface::Proxy,
                 |_, _, _| async move { Err::<Reply, _>(Failure::no_route()) },
             );
         }
@@ -532,6 +572,8 @@ impl Proxy {
             let state = Arc::clone(&state);
             let f = Arc::clone(&f);
             async move {
+                let started = Instant::now();
+                state.metrics.in_flight(1);
                 let result = match state.permits.try_acquire() {
                     Err(_) => Err(Failure::busy()),
                     Ok(_permit) => match state.authorize(&req) {
@@ -539,7 +581,24 @@ impl Proxy {
                         Ok(()) => f(Arc::clone(&state), req, params).await,
                     },
                 };
-                finish(surface, result)
+                state.metrics.in_flight(-1);
+                if let Err(f) = &result {
+                    if matches!(f.class, Class::Upstream | Class::Timeout | Class::RateLimit) {
+                        state.metrics.upstream_failure(
+                            surface.label(),
+                            f.status.as_u16(),
+                            &f.code,
+                            unix_now(),
+                        );
+                    }
+                }
+                let response = finish(surface, result);
+                state.metrics.request(
+                    surface.label(),
+                    response.status().as_u16(),
+                    started.elapsed(),
+                );
+                response
             }
         })
     }
@@ -566,6 +625,38 @@ impl Proxy {
 }
 
 impl State {
+    /// The mesh as the proxy sees it: is the directory reachable, how many nodes and
+    /// which models serve the chat intent, the last mesh errors.
+    async fn status(&self) -> Value {
+        let found = self.client.discover(CHAT_INTENT, self.route.clone()).await;
+        let (reachable, nodes, models, error) = match &found {
+            Ok(nodes) => {
+                let mut models: Vec<&str> = nodes
+                    .iter()
+                    .flat_map(|n| n.models.iter().flatten())
+                    .map(String::as_str)
+                    .collect();
+                models.sort_unstable();
+                models.dedup();
+                (true, nodes.len(), models, None)
+            }
+            Err(e) => (false, 0, Vec::new(), Some(Failure::from_client(e).code)),
+        };
+        serde_json::json!({
+            "proxy": {
+                "version": env!("CARGO_PKG_VERSION"),
+                "uptime_s": self.started.elapsed().as_secs(),
+                "timeout_ms": u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
+                "api_key_required": self.api_key.is_some(),
+            },
+            "directory": {"url": self.client.directory().base_url(), "reachable": reachable, "error": error},
+            "intent": CHAT_INTENT,
+            "nodes": nodes,
+            "models": models,
+            "last_errors": self.metrics.last_errors(),
+        })
+    }
+
     /// Checks the API key, when one is configured (constant time).
     fn authorize(&self, req: &Request) -> Result<(), Failure> {
         let Some(key) = &self.api_key else {

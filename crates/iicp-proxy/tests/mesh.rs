@@ -364,3 +364,57 @@ async fn ollama_streams_ndjson_by_default_and_anthropic_errors_are_its_own() {
         (Some("error"), Some("not_found_error"))
     );
 }
+
+#[tokio::test]
+async fn status_and_metrics_report_the_mesh() {
+    let (_nodes, dir) = mesh(vec![vec![status(500)], vec![status(500)]]).await;
+    let p = proxy(&dir, None);
+    let (resp, _) = call(
+        &p,
+        Method::POST,
+        "/v1/chat/completions",
+        &chat_body(json!({})),
+        None,
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    let (resp, _) = call(&p, Method::GET, "/v1/models", b"", None).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    let (resp, bytes) = call(&p, Method::GET, "/status", b"", None).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let v = json_of(&bytes);
+    assert_eq!(v["directory"]["reachable"], true, "{v}");
+    assert_eq!(v["nodes"], 2);
+    assert_eq!(v["models"], json!(["test-model"]));
+    assert_eq!(v["last_errors"][0]["status"], 502, "{v}");
+    assert_eq!(v["last_errors"][0]["surface"], "openai");
+
+    let (resp, bytes) = call(&p, Method::GET, "/metrics", b"", None).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    assert!(
+        text.contains(r#"iicp_proxy_requests_total{surface="openai",status="502"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"iicp_proxy_requests_total{surface="openai",status="200"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("iicp_proxy_upstream_failures_total{code="),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"iicp_proxy_request_duration_seconds_count{surface="openai"} 2"#),
+        "{text}"
+    );
+
+    // a directory that does not answer: status says so
+    drop(dir);
+    p.client().clear_discovery_cache(); // the client caches discovery for a few seconds
+    let (_, bytes) = call(&p, Method::GET, "/status", b"", None).await;
+    let v = json_of(&bytes);
+    assert_eq!(v["directory"]["reachable"], false, "{v}");
+    assert!(v["directory"]["error"].is_string(), "{v}");
+}
