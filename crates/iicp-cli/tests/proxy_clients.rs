@@ -69,22 +69,26 @@ fn client(python: &Path, name: &str, case: &str, base: &str, key: &str, model: &
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{case}: {e}: {stdout}"))
 }
 
-/// `iicp dev` with `nodes` echo nodes (or a model server); returns it and the
-/// directory URL it printed.
-fn dev_mesh(nodes: u16, backend: Option<&str>) -> (Proc, String) {
+/// `iicp dev` with `nodes` echo nodes (or a model server); returns it, the directory
+/// URL it printed and the URL of the proxy it started.
+fn dev_mesh(nodes: u16, backend: Option<&str>) -> (Proc, String, String) {
     let mut cmd = iicp();
-    cmd.args(["dev", "--nodes", &nodes.to_string()]);
+    cmd.args(["dev", "--proxy-port", "0", "--nodes", &nodes.to_string()]);
     if let Some(url) = backend {
         cmd.args(["--backend-url", url]);
     }
     let mut p = Proc::spawn(cmd);
     let out = p.read_until("serving until Ctrl-C");
-    let dir = out
-        .lines()
-        .find_map(|l| l.strip_prefix("directory").map(str::trim))
-        .expect("directory line")
-        .to_owned();
-    (p, dir)
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {name} line in {out}"))
+            .to_owned()
+    };
+    let (dir, proxy) = (field("directory"), field("proxy"));
+    assert!(out.contains("try         curl -s "), "{out}");
+    (p, dir, proxy)
 }
 
 /// `iicp proxy` on a free port for `dir`; returns it and its base URL.
@@ -115,7 +119,18 @@ fn proxy(dir: &str, extra: &[&str]) -> (Proc, String) {
 #[test]
 fn client_libraries_against_a_real_mesh() {
     let Some(py) = python() else { return };
-    let (_mesh, dir) = dev_mesh(2, None);
+    let (_mesh, dir, dev_proxy) = dev_mesh(2, None);
+    // `iicp dev` runs a proxy of its own (no key)
+    let v = client(
+        &py,
+        "openai_client.py",
+        "chat",
+        &dev_proxy,
+        "unused",
+        "iicp",
+    );
+    assert_eq!(v["text"], "echo: hello proxy", "{v}");
+
     let (mut px, base) = proxy(&dir, &["--api-key", KEY]);
     let run = |case: &str, key: &str, model: &str| {
         client(&py, "openai_client.py", case, &base, key, model)
@@ -336,7 +351,7 @@ fn client_libraries_see_mesh_errors() {
         .expect("stub url")
         .to_owned();
     // `iicp dev` sends its own first chats (5 s each) before it serves
-    let (_mesh, dir) = dev_mesh(1, Some(&stub_url));
+    let (_mesh, dir, _) = dev_mesh(1, Some(&stub_url));
     let (_px2, base) = proxy(&dir, &["--timeout-ms", "1500"]);
     let v = client(&py, "openai_client.py", "chat", &base, "any", "iicp");
     assert_eq!(v["status"], 504, "{v}");

@@ -1,6 +1,7 @@
 //! `dev`: a complete private mesh on this machine in one command — the embedded
-//! directory on loopback, N nodes (the built-in echo model, or a real backend), and a
-//! chat sent through discover → select → submit over HTTP and over the native transport.
+//! directory on loopback, N nodes (the built-in echo model, or a real backend), the
+//! OpenAI/Anthropic/Ollama proxy in front of it, and a chat sent through discover →
+//! select → submit over HTTP and over the native transport.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use iicp_directory::store::MemoryStore;
 use iicp_directory::Directory;
 use iicp_node::{Node, NodeEvent, RateLimit, ServeHandle, ServeOptions};
 use iicp_proto::task::{ChatMessage, Qos};
+use iicp_proxy::Proxy;
 use iicp_testkit::load::Histogram;
 use iicp_transport::listener::{Listener, ListenerConfig};
 use iicp_transport::shutdown;
@@ -48,6 +50,13 @@ pub(crate) struct Args {
     /// Port of the directory (0 = any free port).
     #[arg(long, default_value_t = 0)]
     directory_port: u16,
+    /// Port of the OpenAI/Anthropic/Ollama proxy in front of the mesh (default 9483, or
+    /// the next free one; 0 = any free port).
+    #[arg(long)]
+    proxy_port: Option<u16>,
+    /// Do not start the proxy.
+    #[arg(long)]
+    no_proxy: bool,
     /// After the first chat on each transport, time this many more `chat()` calls
     /// through the same client (discovery cached) and print their latency percentiles.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
@@ -153,7 +162,34 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         start.elapsed()
     );
 
-    // 3. a chat over each transport, end to end through the directory
+    // 3. the proxy: the mesh as a local OpenAI, Anthropic and Ollama endpoint
+    let (proxy_trigger, proxy_sd) = shutdown::channel();
+    let proxy_task = if args.no_proxy {
+        None
+    } else {
+        let proxy = Proxy::builder()
+            .directory_url(dir_url.clone())
+            .allow_private_endpoints(true)
+            .build()
+            .context("building the proxy")?;
+        let (start, tries) = match args.proxy_port {
+            Some(p) => (p, 1),
+            None => (iicp_proxy::DEFAULT_PORT, 64),
+        };
+        let listener = Listener::bind_first_free(loopback, start, tries, ListenerConfig::default())
+            .await
+            .context("binding the proxy")?;
+        let url = format!("http://{}", listener.local_addr()?);
+        println!("proxy       {url} (OpenAI {url}/v1, Anthropic {url}/v1/messages, Ollama OLLAMA_HOST={url})");
+        println!(
+            "try         curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{{\"model\":\"iicp\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'"
+        );
+        Some(tokio::spawn(async move {
+            proxy.serve(listener, proxy_sd).await
+        }))
+    };
+
+    // 4. a chat over each transport, end to end through the directory
     let mut failed = false;
     for transport in [Transport::Http, Transport::Native] {
         let client = Client::builder()
@@ -191,6 +227,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         let (trigger, sd) = shutdown::channel();
         crate::signal::on_terminate(trigger);
         sd.cancelled().await;
+    }
+    proxy_trigger.fire();
+    if let Some(task) = proxy_task {
+        let _ = task.await;
     }
     for (h, _) in handles {
         let _ = h.stop().await;
