@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 use crate::events::ChatOutcome;
 use crate::failure::{Class, Failure};
 use crate::metrics::Metrics;
-use crate::models::{is_any, Catalog};
+use crate::models::{is_any, Catalog, MeshModel};
 use crate::ollama::{self, Endpoint};
 use crate::{anthropic, openai};
 
@@ -469,6 +469,12 @@ impl Proxy {
                     .models()
                     .await
                     .map_err(|e| Failure::from_client(&e))?;
+                if is_any(Some(&model)) {
+                    // `iicp`: any model of the mesh
+                    let nodes = list.iter().map(|m| m.nodes).sum();
+                    let any = MeshModel { id: model, nodes };
+                    return Ok(Reply::json(StatusCode::OK, &ollama::show(&any)));
+                }
                 match list.iter().find(|m| m.id == model) {
                     Some(m) => Ok(Reply::json(StatusCode::OK, &ollama::show(m))),
                     None => Err(Failure::unknown_model(&model)),

@@ -348,6 +348,9 @@ async fn ollama_streams_ndjson_by_default_and_anthropic_errors_are_its_own() {
         format!("hello from {}", node_id(1))
     );
     assert_eq!(lines[1]["done"], true);
+    // `iicp` is any model of the mesh
+    let (resp, _) = call(&p, Method::POST, "/api/show", br#"{"model":"iicp"}"#, None).await;
+    assert_eq!(resp.status(), StatusCode::OK);
     // an unknown model, in Ollama's and in Anthropic's shape
     let (resp, bytes) = call(&p, Method::POST, "/api/show", br#"{"model":"nope"}"#, None).await;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
