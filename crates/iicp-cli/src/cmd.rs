@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub(crate) mod bench;
+pub(crate) mod bench_proxy;
 pub(crate) mod chat;
 pub(crate) mod common;
 pub(crate) mod completion;

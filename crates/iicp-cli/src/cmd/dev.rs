@@ -98,69 +98,115 @@ async fn registered(
     Ok(())
 }
 
+/// A private mesh on loopback: the embedded directory and nodes answering with one
+/// handler (what `dev` runs, and `bench-proxy` measures against).
+pub(crate) struct Mesh {
+    /// The directory URL nodes and clients use.
+    pub(crate) dir_url: String,
+    handles: Vec<(ServeHandle, broadcast::Receiver<NodeEvent>)>,
+    dir_trigger: shutdown::Trigger,
+    dir_task: tokio::task::JoinHandle<Result<(), iicp_directory::DirectoryError>>,
+}
+
+impl Mesh {
+    /// Starts the directory on `directory_port` (0: any) and `nodes` nodes serving
+    /// `model` with `handler`, and waits until every node is registered; `say` prints
+    /// each step.
+    pub(crate) async fn start(
+        nodes: u16,
+        handler: &Handler,
+        model: &str,
+        directory_port: u16,
+        say: bool,
+    ) -> anyhow::Result<Self> {
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let directory = Directory::builder()
+            .private_mesh(true)
+            .store(MemoryStore::new())
+            .build()
+            .await
+            .context("starting the directory")?;
+        let listener = Listener::bind(
+            SocketAddr::new(loopback, directory_port),
+            ListenerConfig::default(),
+        )
+        .await
+        .context("binding the directory")?;
+        let dir_addr = listener.local_addr()?;
+        let dir_url = format!("http://{dir_addr}/api");
+        let (dir_trigger, dir_sd) = shutdown::channel();
+        let dir_task = tokio::spawn(async move { directory.serve(listener, dir_sd).await });
+        if say {
+            println!("directory   {dir_url}");
+        }
+        let mut mesh = Mesh {
+            dir_url,
+            handles: Vec::new(),
+            dir_trigger,
+            dir_task,
+        };
+        // the nodes, each on a port bound first
+        for i in 0..nodes {
+            let listener = Listener::bind(SocketAddr::new(loopback, 0), ListenerConfig::default())
+                .await
+                .with_context(|| format!("binding node {i}"))?;
+            let port = listener.local_addr()?.port();
+            let node = Node::builder()
+                .endpoint(format!("http://127.0.0.1:{port}"))
+                .intent(CHAT)
+                .model(model.to_owned())
+                .region("local")
+                .directory_url(mesh.dir_url.clone())
+                // a private mesh on loopback: no per-origin task limit (--rounds loads it)
+                .rate_limit(RateLimit {
+                    max_requests: 0,
+                    window: Duration::from_secs(60),
+                })
+                .build()
+                .map_err(config_error)?;
+            let events = node.subscribe();
+            let handle = node
+                .serve(listener, handler.clone(), ServeOptions::default())
+                .await
+                .with_context(|| format!("starting node {i}"))?;
+            if say {
+                println!(
+                    "node {i}      http://127.0.0.1:{port} (native iicp://127.0.0.1:{port}), model {model}"
+                );
+            }
+            mesh.handles.push((handle, events));
+        }
+        let start = Instant::now();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        for (h, events) in &mut mesh.handles {
+            registered(h.node(), events, deadline).await?;
+        }
+        if say {
+            println!(
+                "registered  {} node(s) in {:.0?}",
+                mesh.handles.len(),
+                start.elapsed()
+            );
+        }
+        Ok(mesh)
+    }
+
+    /// Stops the nodes (they deregister), then the directory.
+    pub(crate) async fn stop(self) {
+        for (h, _) in self.handles {
+            let _ = h.stop().await;
+        }
+        self.dir_trigger.fire();
+        let _ = self.dir_task.await;
+    }
+}
+
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let (handler, model) = handler(&args).await?;
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-    // 1. the directory
-    let directory = Directory::builder()
-        .private_mesh(true)
-        .store(MemoryStore::new())
-        .build()
-        .await
-        .context("starting the directory")?;
-    let listener = Listener::bind(
-        SocketAddr::new(loopback, args.directory_port),
-        ListenerConfig::default(),
-    )
-    .await
-    .context("binding the directory")?;
-    let dir_addr = listener.local_addr()?;
-    let dir_url = format!("http://{dir_addr}/api");
-    let (dir_trigger, dir_sd) = shutdown::channel();
-    let dir_task = tokio::spawn(async move { directory.serve(listener, dir_sd).await });
-    println!("directory   {dir_url}");
-
-    // 2. the nodes, each on a port bound first
-    let mut handles: Vec<(ServeHandle, broadcast::Receiver<NodeEvent>)> = Vec::new();
-    for i in 0..args.nodes {
-        let listener = Listener::bind(SocketAddr::new(loopback, 0), ListenerConfig::default())
-            .await
-            .with_context(|| format!("binding node {i}"))?;
-        let port = listener.local_addr()?.port();
-        let node = Node::builder()
-            .endpoint(format!("http://127.0.0.1:{port}"))
-            .intent(CHAT)
-            .model(model.clone())
-            .region("local")
-            .directory_url(dir_url.clone())
-            // a private mesh on loopback: no per-origin task limit (--rounds loads it)
-            .rate_limit(RateLimit {
-                max_requests: 0,
-                window: Duration::from_secs(60),
-            })
-            .build()
-            .map_err(config_error)?;
-        let events = node.subscribe();
-        let handle = node
-            .serve(listener, handler.clone(), ServeOptions::default())
-            .await
-            .with_context(|| format!("starting node {i}"))?;
-        println!(
-            "node {i}      http://127.0.0.1:{port} (native iicp://127.0.0.1:{port}), model {model}"
-        );
-        handles.push((handle, events));
-    }
-    let start = Instant::now();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    for (h, events) in &mut handles {
-        registered(h.node(), events, deadline).await?;
-    }
-    println!(
-        "registered  {} node(s) in {:.0?}",
-        handles.len(),
-        start.elapsed()
-    );
+    let mesh = Mesh::start(args.nodes, &handler, &model, args.directory_port, true).await?;
+    let dir_url = mesh.dir_url.clone();
 
     // 3. the proxy: the mesh as a local OpenAI, Anthropic and Ollama endpoint
     let (proxy_trigger, proxy_sd) = shutdown::channel();
@@ -232,11 +278,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(task) = proxy_task {
         let _ = task.await;
     }
-    for (h, _) in handles {
-        let _ = h.stop().await;
-    }
-    dir_trigger.fire();
-    let _ = dir_task.await;
+    mesh.stop().await;
     if failed {
         bail!("the mesh did not answer over every transport");
     }
