@@ -376,3 +376,159 @@ fn proxy_refuses_a_remote_bind_without_a_key() {
     assert!(o.status.success(), "{}", common::text(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("--allow-remote"));
 }
+
+/// The real SmolLM2 model (llama-cpp-python's server) behind the mesh, asked through
+/// the proxy by each client library (needs IICP_MODEL_PYTHON / IICP_MODEL_GGUF too).
+#[test]
+fn client_libraries_with_a_real_model() {
+    let Some(py) = python() else { return };
+    let (model_py, gguf) = match (
+        std::env::var("IICP_MODEL_PYTHON"),
+        std::env::var("IICP_MODEL_GGUF"),
+    ) {
+        (Ok(p), Ok(g)) => (p, g),
+        _ if std::env::var_os("CI").is_some() => panic!(
+            "IICP_MODEL_PYTHON / IICP_MODEL_GGUF not set: run the tests through scripts/test"
+        ),
+        _ => {
+            eprintln!("skipping: IICP_MODEL_PYTHON / IICP_MODEL_GGUF not set");
+            return;
+        }
+    };
+    let port = common::free_port();
+    let mut server = Command::new(model_py);
+    server
+        .args([
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            &gguf,
+            "--host",
+            "127.0.0.1",
+        ])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--n_ctx",
+            "2048",
+            "--n_threads",
+            "2",
+        ]);
+    // its load log is long: not piped (a full pipe would stall it), killed on drop
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Killed(
+        server
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("model server"),
+    );
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(120),
+            "model server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (_mesh, _dir, base) = dev_mesh(1, Some(&format!("http://127.0.0.1:{port}")));
+    let stem = Path::new(&gguf)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .expect("stem")
+        .to_owned();
+
+    let v = client(&py, "openai_client.py", "models", &base, "k", "iicp");
+    assert_eq!(v["ids"], serde_json::json!([stem]), "{v}");
+    for (script, case) in [
+        ("openai_client.py", "chat"),
+        ("openai_client.py", "stream"),
+        ("anthropic_client.py", "message"),
+        ("ollama_client.py", "chat"),
+    ] {
+        let v = client(&py, script, case, &base, "k", &stem);
+        let text = v["text"].as_str().unwrap_or_default();
+        assert!(!text.trim().is_empty(), "{script} {case}: {v}");
+        assert!(v.get("error").is_none(), "{script} {case}: {v}");
+    }
+}
+
+/// A Python SDK node (iicp-client 0.7.109, `conformance/peers/py_peer.py`, in front of
+/// its OpenAI stub) is the only node of the mesh: the proxy is a consumer like any
+/// other, so the openai client gets the Python node's answer (needs IICP_PEER_PYTHON).
+#[test]
+fn a_python_sdk_node_behind_the_proxy() {
+    let Some(py) = python() else { return };
+    let peer = match std::env::var_os("IICP_PEER_PYTHON").filter(|v| !v.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("IICP_PEER_PYTHON is not set: run the tests through scripts/test")
+        }
+        None => {
+            eprintln!("skipping: IICP_PEER_PYTHON not set");
+            return;
+        }
+    };
+    let scratch = common::temp_home("proxy-py-node");
+    let py_peer =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../conformance/peers/py_peer.py");
+    let peer_cmd = || {
+        let mut c = Command::new(&peer);
+        c.arg(&py_peer)
+            .env("HOME", &scratch)
+            .env("IICP_AUTO_UPDATE", "0")
+            .env("IICP_AUTO_DETECT_NAT", "0")
+            .env("IICP_TUNNEL", "0")
+            .env("NO_COLOR", "1");
+        c
+    };
+    let (_dir_proc, dir) = directory();
+    let mut stub = Proc::spawn({
+        let mut c = peer_cmd();
+        c.args(["stub-openai", "0"]);
+        c
+    });
+    let line = stub.read_until("listening");
+    let stub_port = line
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
+        .find_map(|v| v["port"].as_u64())
+        .expect("stub port");
+    let port = common::free_port().to_string();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let _node = Proc::spawn({
+        let mut c = peer_cmd();
+        c.args(["node", "serve", "--host", "127.0.0.1", "--port", &port])
+            .args(["--public-endpoint", &endpoint, "--directory-url", &dir])
+            .args(["--backend-url", &format!("http://127.0.0.1:{stub_port}")])
+            .args(["--model", "stub-model", "--region", "local"])
+            .args(["--no-auto-detect-nat", "--no-tunnel"]);
+        c
+    });
+    let start = std::time::Instant::now();
+    while !common::discover(&dir, None)
+        .iter()
+        .any(|n| n["endpoint"] == endpoint.as_str())
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "the Python node did not register"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (_px, base) = proxy(&dir, &[]);
+    let v = client(&py, "openai_client.py", "chat", &base, "k", "stub-model");
+    assert_eq!(v["text"], "STUB: hello proxy", "{v}");
+    assert_eq!(v["model"], "stub-model", "{v}");
+    let v = client(&py, "openai_client.py", "stream", &base, "k", "iicp");
+    assert_eq!(v["text"], "STUB: hello proxy", "{v}");
+    let v = client(&py, "openai_client.py", "models", &base, "k", "iicp");
+    assert_eq!(v["ids"], serde_json::json!(["stub-model"]), "{v}");
+    let _ = std::fs::remove_dir_all(&scratch);
+}

@@ -105,7 +105,16 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         Some(url) => Backend::from_flags(None, Some(url), None)?,
     };
     let (plan, handler) = backend.prepare(&probe_client()?, None).await?;
-    let mesh = Mesh::start(args.nodes, &handler, &plan.model, 0, false).await?;
+    let mesh = Mesh::start(
+        args.nodes,
+        &handler,
+        &plan.model,
+        0,
+        // the load is the proxy's, not the node's: no node refuses for capacity
+        Some(u32::from(args.concurrency).max(64)),
+        false,
+    )
+    .await?;
     let client = Client::builder()
         .directory_url(mesh.dir_url.clone())
         .allow_private_endpoints(true)

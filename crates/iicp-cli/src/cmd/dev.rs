@@ -110,13 +110,15 @@ pub(crate) struct Mesh {
 
 impl Mesh {
     /// Starts the directory on `directory_port` (0: any) and `nodes` nodes serving
-    /// `model` with `handler`, and waits until every node is registered; `say` prints
-    /// each step.
+    /// `model` with `handler` (each taking `max_concurrent` tasks at once, else the
+    /// node's default), and waits until every node is registered; `say` prints each
+    /// step.
     pub(crate) async fn start(
         nodes: u16,
         handler: &Handler,
         model: &str,
         directory_port: u16,
+        max_concurrent: Option<u32>,
         say: bool,
     ) -> anyhow::Result<Self> {
         let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -151,7 +153,11 @@ impl Mesh {
                 .await
                 .with_context(|| format!("binding node {i}"))?;
             let port = listener.local_addr()?.port();
-            let node = Node::builder()
+            let mut node = Node::builder();
+            if let Some(n) = max_concurrent {
+                node = node.max_concurrent(n);
+            }
+            let node = node
                 .endpoint(format!("http://127.0.0.1:{port}"))
                 .intent(CHAT)
                 .model(model.to_owned())
@@ -205,7 +211,15 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let (handler, model) = handler(&args).await?;
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-    let mesh = Mesh::start(args.nodes, &handler, &model, args.directory_port, true).await?;
+    let mesh = Mesh::start(
+        args.nodes,
+        &handler,
+        &model,
+        args.directory_port,
+        None,
+        true,
+    )
+    .await?;
     let dir_url = mesh.dir_url.clone();
 
     // 3. the proxy: the mesh as a local OpenAI, Anthropic and Ollama endpoint
