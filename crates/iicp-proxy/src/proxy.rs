@@ -364,7 +364,9 @@ impl Proxy {
     /// `GET /v1/models/{id}`; Anthropic's `POST /v1/messages` (and its model list on
     /// `GET /v1/models` with `anthropic-version`); Ollama's `POST /api/chat`,
     /// `POST /api/generate`, `GET /api/tags`, `GET /api/version`, `POST /api/show`;
-    /// anything else is a 404 in OpenAI's error shape.
+    /// `GET /status` and `GET /metrics`; anything else is a 404 in OpenAI's error
+    /// shape. Every route checks the API key (when one is set) and the concurrency
+    /// limit.
     pub fn router(&self) -> Arc<Router> {
         let mut router = Router::new();
         router = self.add(
