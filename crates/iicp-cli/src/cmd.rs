@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub(crate) mod bench;
+pub(crate) mod bench_proxy;
 pub(crate) mod chat;
 pub(crate) mod common;
 pub(crate) mod completion;
@@ -13,6 +14,7 @@ pub(crate) mod healthcheck;
 pub(crate) mod init;
 pub(crate) mod list;
 pub(crate) mod operator;
+pub(crate) mod proxy;
 pub(crate) mod runstate;
 pub(crate) mod serve;
 pub(crate) mod stub_model;

@@ -78,10 +78,14 @@ enum Command {
     Dev(cmd::dev::Args),
     /// Run the embedded IICP directory (a private mesh needs no outside service).
     Directory(cmd::directory::Args),
+    /// Serve the mesh as a local OpenAI-compatible endpoint (port 9483).
+    Proxy(cmd::proxy::Args),
     /// Print a shell completion script.
     Completion(cmd::completion::Args),
     /// Load-test an IICP node over HTTP or the native transport.
     Bench(cmd::bench::Args),
+    /// Measure what the proxy costs: the same chats through it and through the client.
+    BenchProxy(cmd::bench_proxy::Args),
     /// Run a fast OpenAI-compatible stub model server (a benchmark backend).
     StubModel(cmd::stub_model::Args),
 }
@@ -125,7 +129,7 @@ pub fn run(bin: &'static str) -> ExitCode {
     };
     // the dev mesh prints its own summary; its expected warnings (loopback endpoints,
     // plaintext native) would only be noise there
-    let quiet_default = matches!(cli.command, Command::Dev(_));
+    let quiet_default = matches!(cli.command, Command::Dev(_) | Command::BenchProxy(_));
     init_logging(cli.verbose, cli.quiet, quiet_default);
     let mut builder = match cli.worker_threads {
         1 => tokio::runtime::Builder::new_current_thread(),
@@ -157,7 +161,9 @@ pub fn run(bin: &'static str) -> ExitCode {
             Command::Healthcheck(args) => cmd::healthcheck::run(args),
             Command::Dev(args) => cmd::dev::run(args).await,
             Command::Directory(args) => cmd::directory::run(args).await,
+            Command::Proxy(args) => cmd::proxy::run(args).await,
             Command::Bench(args) => cmd::bench::run(args).await,
+            Command::BenchProxy(args) => cmd::bench_proxy::run(args).await,
             Command::StubModel(args) => cmd::stub_model::run(args).await,
             Command::Completion(args) => {
                 cmd::completion::run(args, bin, &mut Cli::command().name(bin))

@@ -758,6 +758,23 @@ impl Client {
         request.model = options.model.clone();
         request.max_tokens = options.max_tokens;
         request.temperature = options.temperature;
+        self.chat_request(request, options).await
+    }
+
+    /// Chat with a complete `llm:chat:v1` request: every member of `request` (`top_p`,
+    /// `stop`, `tools`, `tool_choice`, `response_format`, image parts, …) travels to the
+    /// node as given; `options` sets the route, QoS, timeout and intent, and its
+    /// `model` / `max_tokens` (when set) the constraints. What compatibility layers
+    /// (the `iicp-proxy` crate) call; [`Client::chat_with`] builds a request from its
+    /// options and calls this.
+    ///
+    /// # Errors
+    /// As [`Client::chat`].
+    pub async fn chat_request(
+        &self,
+        request: ChatRequest,
+        options: ChatOptions,
+    ) -> Result<ChatResult, Error> {
         request.validate().map_err(|e| {
             Error::new(
                 Kind::Input,
@@ -803,6 +820,7 @@ impl Client {
             node_id: result.node_id,
             task_id: result.task_id,
             model,
+            traceparent: result.traceparent,
         })
     }
 

@@ -124,7 +124,7 @@ pub use iicp_proto::directory::NodeEntry;
 pub use iicp_proto::error::ErrorCode;
 pub use iicp_proto::ids::TaskId;
 pub use iicp_proto::secret::Secret;
-pub use iicp_proto::task::{ChatCompletion, ChatMessage, Constraints, Qos};
+pub use iicp_proto::task::{ChatCompletion, ChatMessage, ChatRequest, Constraints, Qos};
 pub use options::{
     ChatOptions, ChatResult, DiscoverOptions, Encryption, RouteDiscovery, Task, TaskResult,
     Transport, TransportUsed, CHAT_INTENT,

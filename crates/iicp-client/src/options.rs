@@ -282,6 +282,9 @@ pub struct ChatResult {
     pub task_id: TaskId,
     /// `model_used` of the response, else the completion's `model`.
     pub model: Option<String>,
+    /// The W3C trace context sent on every attempt (its trace id names the request in
+    /// logs and headers, e.g. the proxy's `X-IICP-Trace-Id`).
+    pub traceparent: TraceParent,
 }
 
 impl ChatResult {

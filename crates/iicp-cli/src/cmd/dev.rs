@@ -1,6 +1,7 @@
 //! `dev`: a complete private mesh on this machine in one command — the embedded
-//! directory on loopback, N nodes (the built-in echo model, or a real backend), and a
-//! chat sent through discover → select → submit over HTTP and over the native transport.
+//! directory on loopback, N nodes (the built-in echo model, or a real backend), the
+//! OpenAI/Anthropic/Ollama proxy in front of it, and a chat sent through discover →
+//! select → submit over HTTP and over the native transport.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use iicp_directory::store::MemoryStore;
 use iicp_directory::Directory;
 use iicp_node::{Node, NodeEvent, RateLimit, ServeHandle, ServeOptions};
 use iicp_proto::task::{ChatMessage, Qos};
+use iicp_proxy::Proxy;
 use iicp_testkit::load::Histogram;
 use iicp_transport::listener::{Listener, ListenerConfig};
 use iicp_transport::shutdown;
@@ -48,6 +50,13 @@ pub(crate) struct Args {
     /// Port of the directory (0 = any free port).
     #[arg(long, default_value_t = 0)]
     directory_port: u16,
+    /// Port of the OpenAI/Anthropic/Ollama proxy in front of the mesh (default 9483, or
+    /// the next free one; 0 = any free port).
+    #[arg(long)]
+    proxy_port: Option<u16>,
+    /// Do not start the proxy.
+    #[arg(long)]
+    no_proxy: bool,
     /// After the first chat on each transport, time this many more `chat()` calls
     /// through the same client (discovery cached) and print their latency percentiles.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
@@ -89,71 +98,158 @@ async fn registered(
     Ok(())
 }
 
+/// A private mesh on loopback: the embedded directory and nodes answering with one
+/// handler (what `dev` runs, and `bench-proxy` measures against).
+pub(crate) struct Mesh {
+    /// The directory URL nodes and clients use.
+    pub(crate) dir_url: String,
+    handles: Vec<(ServeHandle, broadcast::Receiver<NodeEvent>)>,
+    dir_trigger: shutdown::Trigger,
+    dir_task: tokio::task::JoinHandle<Result<(), iicp_directory::DirectoryError>>,
+}
+
+impl Mesh {
+    /// Starts the directory on `directory_port` (0: any) and `nodes` nodes serving
+    /// `model` with `handler` (each taking `max_concurrent` tasks at once, else the
+    /// node's default), and waits until every node is registered; `say` prints each
+    /// step.
+    pub(crate) async fn start(
+        nodes: u16,
+        handler: &Handler,
+        model: &str,
+        directory_port: u16,
+        max_concurrent: Option<u32>,
+        say: bool,
+    ) -> anyhow::Result<Self> {
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let directory = Directory::builder()
+            .private_mesh(true)
+            .store(MemoryStore::new())
+            .build()
+            .await
+            .context("starting the directory")?;
+        let listener = Listener::bind(
+            SocketAddr::new(loopback, directory_port),
+            ListenerConfig::default(),
+        )
+        .await
+        .context("binding the directory")?;
+        let dir_addr = listener.local_addr()?;
+        let dir_url = format!("http://{dir_addr}/api");
+        let (dir_trigger, dir_sd) = shutdown::channel();
+        let dir_task = tokio::spawn(async move { directory.serve(listener, dir_sd).await });
+        if say {
+            println!("directory   {dir_url}");
+        }
+        let mut mesh = Mesh {
+            dir_url,
+            handles: Vec::new(),
+            dir_trigger,
+            dir_task,
+        };
+        // the nodes, each on a port bound first
+        for i in 0..nodes {
+            let listener = Listener::bind(SocketAddr::new(loopback, 0), ListenerConfig::default())
+                .await
+                .with_context(|| format!("binding node {i}"))?;
+            let port = listener.local_addr()?.port();
+            let mut node = Node::builder();
+            if let Some(n) = max_concurrent {
+                node = node.max_concurrent(n);
+            }
+            let node = node
+                .endpoint(format!("http://127.0.0.1:{port}"))
+                .intent(CHAT)
+                .model(model.to_owned())
+                .region("local")
+                .directory_url(mesh.dir_url.clone())
+                // a private mesh on loopback: no per-origin task limit (--rounds loads it)
+                .rate_limit(RateLimit {
+                    max_requests: 0,
+                    window: Duration::from_secs(60),
+                })
+                .build()
+                .map_err(config_error)?;
+            let events = node.subscribe();
+            let handle = node
+                .serve(listener, handler.clone(), ServeOptions::default())
+                .await
+                .with_context(|| format!("starting node {i}"))?;
+            if say {
+                println!(
+                    "node {i}      http://127.0.0.1:{port} (native iicp://127.0.0.1:{port}), model {model}"
+                );
+            }
+            mesh.handles.push((handle, events));
+        }
+        let start = Instant::now();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        for (h, events) in &mut mesh.handles {
+            registered(h.node(), events, deadline).await?;
+        }
+        if say {
+            println!(
+                "registered  {} node(s) in {:.0?}",
+                mesh.handles.len(),
+                start.elapsed()
+            );
+        }
+        Ok(mesh)
+    }
+
+    /// Stops the nodes (they deregister), then the directory.
+    pub(crate) async fn stop(self) {
+        for (h, _) in self.handles {
+            let _ = h.stop().await;
+        }
+        self.dir_trigger.fire();
+        let _ = self.dir_task.await;
+    }
+}
+
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let (handler, model) = handler(&args).await?;
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-    // 1. the directory
-    let directory = Directory::builder()
-        .private_mesh(true)
-        .store(MemoryStore::new())
-        .build()
-        .await
-        .context("starting the directory")?;
-    let listener = Listener::bind(
-        SocketAddr::new(loopback, args.directory_port),
-        ListenerConfig::default(),
+    let mesh = Mesh::start(
+        args.nodes,
+        &handler,
+        &model,
+        args.directory_port,
+        None,
+        true,
     )
-    .await
-    .context("binding the directory")?;
-    let dir_addr = listener.local_addr()?;
-    let dir_url = format!("http://{dir_addr}/api");
-    let (dir_trigger, dir_sd) = shutdown::channel();
-    let dir_task = tokio::spawn(async move { directory.serve(listener, dir_sd).await });
-    println!("directory   {dir_url}");
+    .await?;
+    let dir_url = mesh.dir_url.clone();
 
-    // 2. the nodes, each on a port bound first
-    let mut handles: Vec<(ServeHandle, broadcast::Receiver<NodeEvent>)> = Vec::new();
-    for i in 0..args.nodes {
-        let listener = Listener::bind(SocketAddr::new(loopback, 0), ListenerConfig::default())
-            .await
-            .with_context(|| format!("binding node {i}"))?;
-        let port = listener.local_addr()?.port();
-        let node = Node::builder()
-            .endpoint(format!("http://127.0.0.1:{port}"))
-            .intent(CHAT)
-            .model(model.clone())
-            .region("local")
+    // 3. the proxy: the mesh as a local OpenAI, Anthropic and Ollama endpoint
+    let (proxy_trigger, proxy_sd) = shutdown::channel();
+    let proxy_task = if args.no_proxy {
+        None
+    } else {
+        let proxy = Proxy::builder()
             .directory_url(dir_url.clone())
-            // a private mesh on loopback: no per-origin task limit (--rounds loads it)
-            .rate_limit(RateLimit {
-                max_requests: 0,
-                window: Duration::from_secs(60),
-            })
+            .allow_private_endpoints(true)
             .build()
-            .map_err(config_error)?;
-        let events = node.subscribe();
-        let handle = node
-            .serve(listener, handler.clone(), ServeOptions::default())
+            .context("building the proxy")?;
+        let (start, tries) = match args.proxy_port {
+            Some(p) => (p, 1),
+            None => (iicp_proxy::DEFAULT_PORT, 64),
+        };
+        let listener = Listener::bind_first_free(loopback, start, tries, ListenerConfig::default())
             .await
-            .with_context(|| format!("starting node {i}"))?;
+            .context("binding the proxy")?;
+        let url = format!("http://{}", listener.local_addr()?);
+        println!("proxy       {url} (OpenAI {url}/v1, Anthropic {url}/v1/messages, Ollama OLLAMA_HOST={url})");
         println!(
-            "node {i}      http://127.0.0.1:{port} (native iicp://127.0.0.1:{port}), model {model}"
+            "try         curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{{\"model\":\"iicp\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'"
         );
-        handles.push((handle, events));
-    }
-    let start = Instant::now();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    for (h, events) in &mut handles {
-        registered(h.node(), events, deadline).await?;
-    }
-    println!(
-        "registered  {} node(s) in {:.0?}",
-        handles.len(),
-        start.elapsed()
-    );
+        Some(tokio::spawn(async move {
+            proxy.serve(listener, proxy_sd).await
+        }))
+    };
 
-    // 3. a chat over each transport, end to end through the directory
+    // 4. a chat over each transport, end to end through the directory
     let mut failed = false;
     for transport in [Transport::Http, Transport::Native] {
         let client = Client::builder()
@@ -192,11 +288,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         crate::signal::on_terminate(trigger);
         sd.cancelled().await;
     }
-    for (h, _) in handles {
-        let _ = h.stop().await;
+    proxy_trigger.fire();
+    if let Some(task) = proxy_task {
+        let _ = task.await;
     }
-    dir_trigger.fire();
-    let _ = dir_task.await;
+    mesh.stop().await;
     if failed {
         bail!("the mesh did not answer over every transport");
     }

@@ -1,0 +1,58 @@
+"""Drives `iicp proxy` with the official `openai` Python library (tests/proxy_clients.rs).
+
+usage: openai_client.py CASE BASE_URL API_KEY [MODEL]
+Prints one JSON object: what the library returned or raised.
+"""
+import json
+import sys
+
+import openai
+
+case, base, key = sys.argv[1:4]
+model = sys.argv[4] if len(sys.argv) > 4 else "iicp"
+client = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=30)
+user = [{"role": "user", "content": "hello proxy"}]
+
+
+def out(**kw):
+    print(json.dumps(kw), flush=True)
+
+
+try:
+    if case == "chat":
+        raw = client.chat.completions.with_raw_response.create(model=model, messages=user, temperature=0.2, max_tokens=64)
+        c = raw.parse()
+        out(text=c.choices[0].message.content, model=c.model, id=c.id, object=c.object,
+            finish=c.choices[0].finish_reason, total_tokens=c.usage.total_tokens,
+            headers={k.lower(): v for k, v in raw.headers.items()})
+    elif case == "stream":
+        chunks = list(client.chat.completions.create(model=model, messages=user, stream=True,
+                                                     stream_options={"include_usage": True}))
+        text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        finish = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+        usage = [ch.usage.total_tokens for ch in chunks if ch.usage is not None]
+        out(text=text, chunks=len(chunks), finish=finish, usage=usage,
+            roles=[ch.choices[0].delta.role for ch in chunks if ch.choices and ch.choices[0].delta.role])
+    elif case == "stream_plain":
+        chunks = list(client.chat.completions.create(model=model, messages=user, stream=True))
+        out(text="".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices),
+            usage=[ch.usage for ch in chunks if getattr(ch, "usage", None) is not None])
+    elif case == "image":
+        msg = [{"role": "user", "content": [
+            {"type": "text", "text": "describe"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+        ]}]
+        c = client.chat.completions.create(model=model, messages=msg)
+        out(text=c.choices[0].message.content)
+    elif case == "models":
+        ids = [m.id for m in client.models.list()]
+        one = client.models.retrieve(ids[0]) if ids else None
+        out(ids=ids, retrieved=one.id if one else None, owned_by=one.owned_by if one else None)
+    else:
+        raise SystemExit("unknown case " + case)
+except openai.APIStatusError as e:
+    body = e.body if isinstance(e.body, dict) else {}
+    err = body.get("error", body) if isinstance(body, dict) else {}
+    out(error=type(e).__name__, status=e.status_code, code=err.get("code"), type=err.get("type"),
+        message=err.get("message"), retry_after=e.response.headers.get("retry-after"),
+        server=e.response.headers.get("server"))
