@@ -78,6 +78,10 @@ fn every_url_flag_is_checked_the_same_way() {
             "--directory-url",
         ),
         (
+            &["proxy", "--directory-url", "http://h h/api"],
+            "--directory-url",
+        ),
+        (
             &["chat", "--directory-url", "http://u@h/api", "hi"],
             "--directory-url",
         ),

@@ -102,13 +102,7 @@ fn check_exposure(ip: IpAddr, api_key: bool, allow_remote: bool) -> anyhow::Resu
 
 /// The proxy of these arguments (usage errors before any I/O).
 fn build(args: &Args) -> anyhow::Result<Proxy> {
-    if !(args.directory_url.starts_with("http://") || args.directory_url.starts_with("https://")) {
-        return Err(UsageError(format!(
-            "--directory-url must be an http(s) URL, got {:?}",
-            args.directory_url
-        ))
-        .into());
-    }
+    super::common::http_url("--directory-url", &args.directory_url)?;
     let timeout = Duration::from_millis(args.timeout_ms);
     let mut client = Client::builder()
         .directory_url(args.directory_url.clone())
