@@ -17,9 +17,10 @@
 //! `capacity_exceeded`, `invalid_request_error` → `validation_error`, others →
 //! `backend_error`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::time::Instant;
 
+use iicp_transport::clock::{Clock, SystemClock};
 use iicp_transport::http::HttpClient;
 use serde_json::{json, Map, Value};
 
@@ -266,12 +267,6 @@ fn finish_reason(stop_reason: Option<&str>) -> &'static str {
     }
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Maps a Messages API response to an OpenAI chat completion.
 pub fn from_messages_response(resp: &Value) -> Result<Value, BackendError> {
     let blocks = resp
@@ -304,7 +299,7 @@ pub fn from_messages_response(resp: &Value) -> Result<Value, BackendError> {
     Ok(json!({
         "id": resp.get("id").cloned().unwrap_or(Value::Null),
         "object": "chat.completion",
-        "created": now_secs(),
+        "created": SystemClock.now_secs(),
         "model": resp.get("model").cloned().unwrap_or(Value::Null),
         "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(resp.get("stop_reason").and_then(Value::as_str))}],
         "usage": {"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output},

@@ -23,24 +23,7 @@ const PYTHON_VAR: &str = "IICP_CLIENTS_PYTHON";
 const KEY: &str = "sk-proxy-test-key";
 
 fn python() -> Option<PathBuf> {
-    match std::env::var_os(PYTHON_VAR).filter(|v| !v.is_empty()) {
-        Some(p) => {
-            let p = PathBuf::from(p);
-            assert!(
-                p.exists(),
-                "{PYTHON_VAR} names {}, which does not exist",
-                p.display()
-            );
-            Some(p)
-        }
-        None if std::env::var_os("CI").is_some() => {
-            panic!("{PYTHON_VAR} is not set: run the tests through scripts/test (scripts/peers env prints it)")
-        }
-        None => {
-            eprintln!("skipping: {PYTHON_VAR} not set (scripts/peers env prints it)");
-            None
-        }
-    }
+    common::python_from(PYTHON_VAR)
 }
 
 fn script(name: &str) -> PathBuf {

@@ -39,7 +39,7 @@ use rand_core::OsRng;
 use serde_json::{Map, Value};
 
 use crate::breaker::Breakers;
-use crate::directory::{unix_now, DirectoryClient, TicketOutcome, DEFAULT_DIRECTORY_URL};
+use crate::directory::{DirectoryClient, TicketOutcome, DEFAULT_DIRECTORY_URL};
 use crate::endpoint::EndpointPolicy;
 use crate::error::{short_id, Disposition, Error, Kind};
 use crate::options::{
@@ -1187,7 +1187,7 @@ impl Client {
     async fn consumer_token(&self, target: &str, intent: &str) -> Option<Secret> {
         let (caller, node_token) = self.inner.node_credentials.as_ref()?;
         let key = (target.to_owned(), intent.to_owned());
-        let now = unix_now();
+        let now = self.inner.env.clock.now_secs();
         if let Some((tok, exp)) = self.inner.tokens.lock().get(&key) {
             if now.saturating_add(TOKEN_RENEW_BEFORE_SECS) < *exp {
                 return Some(tok.clone());

@@ -18,7 +18,7 @@
 
 use parking_lot::Mutex;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use iicp_proto::crypto::token::{
     directory_origin, verify_dispatch_ticket, DirectoryPublicKey, DispatchTicketCheck,
@@ -33,6 +33,7 @@ use iicp_proto::endpoint::UrlError;
 use iicp_proto::error::ErrorCode;
 use iicp_proto::ids::TraceParent;
 use iicp_proto::secret::Secret;
+use iicp_transport::clock::{Clock, SystemClock};
 use iicp_transport::http::client::{HttpClient, HttpReply, Redirects, RequestBuilder};
 use serde::de::DeserializeOwned;
 
@@ -350,20 +351,25 @@ impl DirectoryClient {
             intent: &req.intent,
             policy_manifest_sha256: manifest,
         };
-        let claims = verify_dispatch_ticket(&key, response.ticket.expose(), &check, unix_now())
-            .map_err(|e| {
-                let code = if e == iicp_proto::crypto::token::TokenError::PolicyManifestMismatch {
-                    ErrorCode::PolicyManifestBindingMismatch
-                } else {
-                    ErrorCode::from(TICKET_UNVERIFIED)
-                };
-                Error::new(
-                    Kind::Protocol,
-                    code,
-                    format!("dispatch ticket refused: {e}"),
-                )
-                .with_source(e)
-            })?;
+        let claims = verify_dispatch_ticket(
+            &key,
+            response.ticket.expose(),
+            &check,
+            SystemClock.now_secs(),
+        )
+        .map_err(|e| {
+            let code = if e == iicp_proto::crypto::token::TokenError::PolicyManifestMismatch {
+                ErrorCode::PolicyManifestBindingMismatch
+            } else {
+                ErrorCode::from(TICKET_UNVERIFIED)
+            };
+            Error::new(
+                Kind::Protocol,
+                code,
+                format!("dispatch ticket refused: {e}"),
+            )
+            .with_source(e)
+        })?;
         let mut route = route;
         route.node_id = Some(node_id);
         Ok(TicketOutcome::Ticket(Box::new(VerifiedTicket {
@@ -602,12 +608,6 @@ fn validate_base_url(url: &str) -> Result<String, Error> {
 /// Percent-encodes a query component (`iicp_proto::endpoint::encode_component`).
 pub(crate) fn percent_encode(s: &str) -> String {
     iicp_proto::endpoint::encode_component(s)
-}
-
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

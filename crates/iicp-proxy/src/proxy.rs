@@ -3,13 +3,14 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, SERVER};
 use http::{Method, StatusCode};
 use iicp_client::{ChatOptions, ChatRequest, Client, DiscoverOptions, Qos, Secret, CHAT_INTENT};
 use iicp_proto::ids::TraceParent;
+use iicp_transport::clock::{Clock, SystemClock};
 use iicp_transport::http::server::{
     read_body, set_retry_after, Params, Request, Response, ResponseBody, Router,
 };
@@ -420,7 +421,7 @@ impl Proxy {
                         let model = call.model.unwrap_or_else(|| "iicp".to_owned());
                         return Ok(Reply::json(
                             StatusCode::OK,
-                            &ollama::loaded(&model, unix_now()),
+                            &ollama::loaded(&model, SystemClock.now_secs()),
                         ));
                     }
                     let stream = call.stream;
@@ -596,7 +597,7 @@ impl Proxy {
                             surface.label(),
                             f.status.as_u16(),
                             &f.code,
-                            unix_now(),
+                            SystemClock.now_secs(),
                         );
                     }
                 }
@@ -730,7 +731,7 @@ impl State {
             Ok(Ok(result)) => Ok(ChatOutcome::from_result(
                 &result,
                 model.as_deref(),
-                unix_now(),
+                SystemClock.now_secs(),
             )),
         }
     }
@@ -776,12 +777,6 @@ fn finish(surface: Surface, result: Result<Reply, Failure>) -> Response {
         headers.insert(X_IICP_TRACE_ID, v);
     }
     response
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

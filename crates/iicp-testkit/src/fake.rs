@@ -17,6 +17,7 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use iicp_proto::crypto::cx::{open_call, CxKeyPair, IicpConf};
 use iicp_proto::crypto::token::{DirectoryKey, DispatchTicketClaims};
+use iicp_transport::clock::{Clock, SystemClock};
 use iicp_transport::http::server::{json, Request, Response, Router};
 use iicp_transport::listener::{Listener, ListenerConfig, Services};
 use iicp_transport::native::CallHandler;
@@ -519,7 +520,7 @@ pub async fn fake_directory(nodes: Vec<Value>, tickets: Tickets) -> FakeDirector
                 st.calls.lock().push(rec);
                 json(
                     StatusCode::CREATED,
-                    &json!({"token": format!("consumer-token-for-{}", body["target_node_id"].as_str().unwrap_or("")), "expires_at": unix_now() + 300}),
+                    &json!({"token": format!("consumer-token-for-{}", body["target_node_id"].as_str().unwrap_or("")), "expires_at": SystemClock.now_secs() + 300}),
                 )
             }
         })
@@ -527,12 +528,6 @@ pub async fn fake_directory(nodes: Vec<Value>, tickets: Tickets) -> FakeDirector
     let server = serve(router).await.expect("bind a loopback port");
     *state.origin.lock() = server.url();
     FakeDirectory { server, state }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn ticket(st: &DirState, body: &Value) -> Response {
@@ -564,7 +559,14 @@ fn ticket(st: &DirState, body: &Value) -> Response {
     };
     let node_id = node["node_id"].as_str().unwrap_or_default().to_owned();
     let origin = st.origin.lock().clone();
-    let claims = DispatchTicketClaims::new(&mut OsRng, &origin, &node_id, intent, unix_now(), 60);
+    let claims = DispatchTicketClaims::new(
+        &mut OsRng,
+        &origin,
+        &node_id,
+        intent,
+        SystemClock.now_secs(),
+        60,
+    );
     let key = if mode == Tickets::BadSignature {
         &st.other_key
     } else {

@@ -2,7 +2,7 @@
 //! to exit codes, the probe HTTP client, the protocol constants, and the backend as the
 //! `--backend-*` flags name it.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use iicp_backends::{ModelPlan, ServerSpec};
@@ -38,9 +38,7 @@ pub(crate) fn probe_client() -> anyhow::Result<HttpClient> {
 
 /// Seconds since the Unix epoch (0 before it).
 pub(crate) fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    iicp_transport::clock::Clock::now_secs(&iicp_transport::clock::SystemClock)
 }
 
 /// The configuration root, as a usage error when it cannot be found.

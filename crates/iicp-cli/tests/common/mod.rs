@@ -1,11 +1,35 @@
 //! Helpers for the binary tests: the embedded directory and `iicp serve` as child
 //! processes, killed on drop.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::print_stderr)]
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Child, ChildStderr, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+/// The Python interpreter named by the environment variable `var` (`scripts/peers env`
+/// sets it). Under CI a missing one fails the test; elsewhere the test is skipped, with
+/// a line saying so.
+pub fn python_from(var: &str) -> Option<PathBuf> {
+    match std::env::var_os(var).filter(|v| !v.is_empty()) {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            assert!(
+                p.exists(),
+                "{var} names {}, which does not exist",
+                p.display()
+            );
+            Some(p)
+        }
+        None if std::env::var_os("CI").is_some() => {
+            panic!("{var} is not set: run the tests through scripts/test (scripts/peers env prints it)")
+        }
+        None => {
+            eprintln!("skipping: {var} not set (scripts/peers env prints it)");
+            None
+        }
+    }
+}
 
 pub fn iicp() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_iicp"));
