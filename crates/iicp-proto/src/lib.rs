@@ -27,6 +27,7 @@ pub mod error;
 pub mod frame;
 pub mod ids;
 pub mod intent;
+pub mod lifecycle;
 pub mod limit;
 pub mod message;
 pub mod secret;

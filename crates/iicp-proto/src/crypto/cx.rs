@@ -497,6 +497,64 @@ impl ResponseKey {
         })
     }
 
+    /// The AAD of streamed chunk `index`: `task_id|resp|chunk:<index>` (ADR 0013), so a
+    /// chunk cannot be replayed at another position or passed off as the buffered
+    /// answer.
+    fn chunk_aad(&self, index: u64) -> Vec<u8> {
+        let mut aad = self.aad();
+        aad.extend_from_slice(b"|chunk:");
+        aad.extend_from_slice(index.to_string().as_bytes());
+        aad
+    }
+
+    /// Node side: encrypts one streamed chunk (the JSON text of a lifecycle event's
+    /// result) at sequence `index`, with a fresh nonce from `rng` (ADR 0013).
+    ///
+    /// # Errors
+    /// [`CxError::EncryptFailed`].
+    pub fn seal_chunk<R: CryptoRng + RngCore>(
+        &self,
+        rng: &mut R,
+        index: u64,
+        chunk_json: &[u8],
+    ) -> Result<IicpConfResp, CxError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rng.fill_bytes(&mut nonce);
+        let key = derive(
+            &self.shared,
+            &nonce,
+            &[RESPONSE_INFO, self.task_id.as_bytes()],
+            CxError::EncryptFailed,
+        )?;
+        let body = encrypt(&key, &nonce, chunk_json, &self.chunk_aad(index))?;
+        Ok(IicpConfResp {
+            version: VERSION,
+            nonce: b64url_encode(&nonce),
+            encrypted_body: b64url_encode(&body),
+        })
+    }
+
+    /// Client side: opens the streamed chunk sealed at sequence `index`.
+    ///
+    /// # Errors
+    /// As [`ResponseKey::open`]; a chunk sealed at another index fails to decrypt.
+    pub fn open_chunk(
+        &self,
+        index: u64,
+        resp: &IicpConfResp,
+    ) -> Result<Zeroizing<Vec<u8>>, CxError> {
+        check_version(resp.version)?;
+        let nonce = decode_fixed::<NONCE_LEN>(&resp.nonce, "nonce")?;
+        let body = decode_body(&resp.encrypted_body)?;
+        let key = derive(
+            &self.shared,
+            &nonce,
+            &[RESPONSE_INFO, self.task_id.as_bytes()],
+            CxError::DecryptFailed,
+        )?;
+        decrypt(&key, &nonce, &body, &self.chunk_aad(index))
+    }
+
     /// Client side: opens an `iicp_conf_resp` and returns the response JSON bytes.
     ///
     /// # Errors
@@ -814,6 +872,34 @@ mod tests {
             "kq-mvRnQLbzOW-iiyReSEoDmgMfD2CTTItSQ8p3EIiCH6hVsaYqe3uWCIEr32kE8YTW9npWoo5H08-WKUb8jqe9ZYPzdxOPWi6P6v55ynMPkPrRDlQLJLXvUgmim-hBoInRojuk5OXyt"
         );
         assert_eq!(sealed.response_key.open(&r).unwrap().as_slice(), resp);
+    }
+
+    #[test]
+    fn chunks_are_bound_to_their_index() {
+        let mut rng = rand_core::OsRng;
+        let node = node();
+        let nonce: [u8; 12] = core::array::from_fn(|i| 0x41 + i as u8);
+        let sealed =
+            seal_request_with(&seq(0x21), &nonce, &node.public_key(), TASK, CHAT, PAYLOAD).unwrap();
+        let opened = open_call(&node, &sealed.envelope, TASK, CHAT).unwrap();
+        let node_key = opened.response_key();
+        let chunk = br#"{"choices":[{"delta":{"content":"hel"}}]}"#;
+        let c3 = node_key.seal_chunk(&mut rng, 3, chunk).unwrap();
+        assert_eq!(sealed.response_key.open_chunk(3, &c3).unwrap().as_slice(), chunk);
+        // at another position, or as the buffered answer, it does not open
+        assert!(matches!(
+            sealed.response_key.open_chunk(4, &c3),
+            Err(CxError::DecryptFailed)
+        ));
+        assert!(matches!(
+            sealed.response_key.open(&c3),
+            Err(CxError::DecryptFailed)
+        ));
+        let whole = node_key.seal(&mut rng, chunk).unwrap();
+        assert!(sealed.response_key.open_chunk(0, &whole).is_err());
+        // fresh nonces: the same chunk seals differently
+        let again = node_key.seal_chunk(&mut rng, 3, chunk).unwrap();
+        assert_ne!(again.nonce, c3.nonce);
     }
 
     #[test]

@@ -1,0 +1,307 @@
+//! The service-lifecycle profile's vocabulary (PROTOCOL.md §11; `[life]` §2–§6;
+//! ADR 0013): the profile URN, negotiation, the event kinds and how they map onto the
+//! RESPONSE status, and the event object that the HTTP event stream and the relay carry.
+//!
+//! A lifecycle task answers with ordered events: optionally `accepted`, then `partial`
+//! chunks (incremental: concatenated in sequence order), then exactly one terminal
+//! (`completed` with the last chunk, or `failed`/`cancelled`/`timed_out` without a
+//! result). Sequences are 0-based and strictly increasing per task id; `tokens_used` is
+//! cumulative and only the terminal value counts.
+//!
+//! On the native transport each event is one RESPONSE with the key-13 envelope
+//! ([`crate::message::Lifecycle`]); the deployed validators (PROTOCOL.md §11.6) accept
+//! only `partial` and terminal frames there, so native streams start with the first
+//! partial at sequence 0 and never carry `accepted`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::task::{Constraints, ErrorObject, Metrics};
+
+/// The profile URN (`urn:iicp:profile:service-lifecycle:v1`).
+pub const PROFILE: &str = "urn:iicp:profile:service-lifecycle:v1";
+
+/// The CONTROL action that cancels a lifecycle task (ADR 0013: the spec assigns no
+/// keys; ours are `{1: "cancel", 5: reason, 24: task_id}`).
+pub const CANCEL_ACTION: &str = "cancel";
+
+/// Whether `constraints` ask for the lifecycle profile (required or optional).
+pub fn requested(constraints: &Constraints) -> bool {
+    let has = |p: &Option<Vec<String>>| p.as_ref().is_some_and(|v| v.iter().any(|u| u == PROFILE));
+    has(&constraints.required_profiles) || has(&constraints.optional_profiles)
+}
+
+/// The required profiles `constraints` name that `supported` lacks (unknown optional
+/// profiles are ignored, `[life]` §2).
+pub fn missing_required<'a>(constraints: &'a Constraints, supported: &[&str]) -> Vec<&'a str> {
+    constraints
+        .required_profiles
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .filter(|p| !supported.contains(p))
+        .collect()
+}
+
+/// A lifecycle event name (`[life]` §3, §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// The provider committed to one execution.
+    Accepted,
+    /// An incremental result chunk.
+    Partial,
+    /// Final success, carrying the last chunk (maybe empty).
+    Completed,
+    /// Final failure.
+    Failed,
+    /// Cancellation was accepted.
+    Cancelled,
+    /// The deadline passed.
+    TimedOut,
+    /// The provider did not accept the work (cancelled before acceptance).
+    Rejected,
+}
+
+impl EventKind {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Accepted => "accepted",
+            EventKind::Partial => "partial",
+            EventKind::Completed => "completed",
+            EventKind::Failed => "failed",
+            EventKind::Cancelled => "cancelled",
+            EventKind::TimedOut => "timed_out",
+            EventKind::Rejected => "rejected",
+        }
+    }
+
+    /// Parses a wire event name.
+    pub fn parse(s: &str) -> Option<EventKind> {
+        Some(match s {
+            "accepted" => EventKind::Accepted,
+            "partial" => EventKind::Partial,
+            "completed" => EventKind::Completed,
+            "failed" => EventKind::Failed,
+            "cancelled" => EventKind::Cancelled,
+            "timed_out" => EventKind::TimedOut,
+            "rejected" => EventKind::Rejected,
+            _ => return None,
+        })
+    }
+
+    /// Whether nothing may follow this event.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, EventKind::Accepted | EventKind::Partial)
+    }
+
+    /// The RESPONSE status (key 4) this event travels with (§11.3): `partial`,
+    /// `success`, `error` or `timeout`.
+    pub fn status(self) -> &'static str {
+        match self {
+            EventKind::Accepted | EventKind::Partial => "partial",
+            EventKind::Completed => "success",
+            EventKind::Failed | EventKind::Cancelled | EventKind::Rejected => "error",
+            EventKind::TimedOut => "timeout",
+        }
+    }
+
+    /// Whether a RESPONSE `status` agrees with this event (`partial`↔`partial`,
+    /// `success`↔`completed`, `error`↔`failed`/`cancelled`/`rejected`,
+    /// `timeout`↔`timed_out`).
+    pub fn agrees_with_status(self, status: &str) -> bool {
+        match status {
+            "partial" => matches!(self, EventKind::Partial | EventKind::Accepted),
+            "success" | "completed" => self == EventKind::Completed,
+            "error" | "failed" => matches!(
+                self,
+                EventKind::Failed | EventKind::Cancelled | EventKind::Rejected
+            ),
+            "timeout" => self == EventKind::TimedOut,
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One lifecycle event as a JSON object: the `data` of the HTTP event stream
+/// (`GET /v1/tasks/{task_id}/events`) and a relayed event.
+///
+/// Under IICP-CX response encryption an event that carries a result has `status:
+/// "encrypted"` and `iicp_conf_resp` instead of `result`: the sealed JSON text of the
+/// result, with the sequence bound in the AAD (`ResponseKey::seal_chunk`, ADR 0013).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// The task.
+    pub task_id: String,
+    /// 0-based, strictly increasing per task.
+    pub sequence: u64,
+    /// What happened.
+    pub event: EventKind,
+    /// The RESPONSE status: `partial`, `success`, `error`, `timeout`, or `encrypted`.
+    pub status: String,
+    /// Only true on the terminal event.
+    pub is_final: bool,
+    /// The incremental chunk (partial, completed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// The sealed chunk (`status: "encrypted"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iicp_conf_resp: Option<Value>,
+    /// Why a terminal failed (no payload echo).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorObject>,
+    /// Cumulative tokens; the terminal value is authoritative.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_used: Option<u64>,
+    /// The model (terminal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_used: Option<String>,
+    /// Node-side metrics (terminal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Metrics>,
+    /// `true` on a completed AI result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generated_by_ai: Option<bool>,
+    /// Other members, kept.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Event {
+    /// An event of `kind` with its status and finality filled in.
+    pub fn new(task_id: impl Into<String>, sequence: u64, kind: EventKind) -> Self {
+        Self {
+            task_id: task_id.into(),
+            sequence,
+            event: kind,
+            status: kind.status().to_owned(),
+            is_final: kind.is_terminal(),
+            result: None,
+            iicp_conf_resp: None,
+            error: None,
+            tokens_used: None,
+            model_used: None,
+            metrics: None,
+            generated_by_ai: None,
+            extra: Map::new(),
+        }
+    }
+
+    /// Whether the result is sealed.
+    pub fn is_encrypted(&self) -> bool {
+        self.status == "encrypted"
+    }
+}
+
+/// The state a lifecycle task resource reports (`GET /v1/tasks/{task_id}`, the answer
+/// to `POST /v1/tasks` and to a cancel).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskState {
+    /// Always [`PROFILE`].
+    pub profile: String,
+    /// The task.
+    pub task_id: String,
+    /// `accepted`, `streaming`, or the terminal event's name.
+    pub state: String,
+    /// The last event's sequence.
+    pub latest_sequence: u64,
+    /// Whether the task has ended.
+    pub is_final: bool,
+    /// Where its events stream (`text/event-stream`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_url: Option<String>,
+    /// Where it is cancelled (`POST`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_url: Option<String>,
+    /// Other members, kept.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// The HTTP resources a node advertises with the profile (`[life]` §6: a provider
+/// claiming the profile advertises its event-stream and cancel resources), in a
+/// capability's `extensions.service_lifecycle`.
+pub const HTTP_SUBMIT_PATH: &str = "/v1/tasks";
+/// Event stream path template.
+pub const HTTP_EVENTS_PATH: &str = "/v1/tasks/{task_id}/events";
+/// Cancel path template.
+pub const HTTP_CANCEL_PATH: &str = "/v1/tasks/{task_id}/cancel";
+/// Status path template.
+pub const HTTP_STATUS_PATH: &str = "/v1/tasks/{task_id}";
+
+/// The capability extension naming the HTTP resources.
+pub fn http_resources() -> Value {
+    serde_json::json!({
+        "submit": HTTP_SUBMIT_PATH,
+        "events": HTTP_EVENTS_PATH,
+        "cancel": HTTP_CANCEL_PATH,
+        "status": HTTP_STATUS_PATH,
+        "events_media_type": "text/event-stream",
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_map_onto_statuses() {
+        for (kind, status, terminal) in [
+            (EventKind::Accepted, "partial", false),
+            (EventKind::Partial, "partial", false),
+            (EventKind::Completed, "success", true),
+            (EventKind::Failed, "error", true),
+            (EventKind::Cancelled, "error", true),
+            (EventKind::TimedOut, "timeout", true),
+            (EventKind::Rejected, "error", true),
+        ] {
+            assert_eq!(kind.status(), status);
+            assert_eq!(kind.is_terminal(), terminal);
+            assert!(kind.agrees_with_status(status));
+            assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
+        }
+        assert!(!EventKind::Completed.agrees_with_status("partial"));
+        assert!(!EventKind::Partial.agrees_with_status("success"));
+        assert!(!EventKind::TimedOut.agrees_with_status("error"));
+        assert_eq!(EventKind::parse("expired"), None);
+    }
+
+    #[test]
+    fn negotiation_reads_required_and_optional() {
+        let mut c = Constraints::default();
+        assert!(!requested(&c));
+        c.optional_profiles = Some(vec![PROFILE.into()]);
+        assert!(requested(&c));
+        c.optional_profiles = None;
+        c.required_profiles = Some(vec!["urn:iicp:profile:unknown:v1".into(), PROFILE.into()]);
+        assert!(requested(&c));
+        assert_eq!(missing_required(&c, &[PROFILE]), vec!["urn:iicp:profile:unknown:v1"]);
+        assert!(missing_required(&Constraints::default(), &[]).is_empty());
+    }
+
+    #[test]
+    fn events_round_trip_as_json() {
+        let mut e = Event::new("t-1", 2, EventKind::Partial);
+        e.result = Some(serde_json::json!("lo"));
+        e.tokens_used = Some(2);
+        let text = serde_json::to_string(&e).unwrap();
+        assert_eq!(
+            text,
+            r#"{"task_id":"t-1","sequence":2,"event":"partial","status":"partial","is_final":false,"result":"lo","tokens_used":2}"#
+        );
+        let back: Event = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, e);
+        let t: Event = serde_json::from_str(
+            r#"{"task_id":"t","sequence":3,"event":"timed_out","status":"timeout","is_final":true,"error":{"code":"task_timeout","message":"x"}}"#,
+        )
+        .unwrap();
+        assert!(t.event.is_terminal() && t.is_final);
+    }
+}
