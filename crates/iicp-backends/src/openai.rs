@@ -98,8 +98,9 @@ fn publish_model(config: &BackendConfig, result: &mut Value) {
     }
 }
 
-/// The request body: the task's payload with `model` set and `stream` set (streamed) or
-/// removed with `stream_options` (buffered). Serialised from the borrowed payload: the
+/// The request body: the task's payload with `model` set and `stream` set (streamed,
+/// asking for the usage chunk unless the payload sets `stream_options`) or removed with
+/// `stream_options` (buffered). Serialised from the borrowed payload: the
 /// payload tree is not copied.
 pub(crate) struct RequestBody<'p> {
     payload: &'p Map<String, Value>,
@@ -118,6 +119,13 @@ impl Serialize for RequestBody<'_> {
         map.serialize_entry("model", &self.model)?;
         if self.stream {
             map.serialize_entry("stream", &true)?;
+            // the usage arrives in a last chunk, so a streamed task is accounted too
+            if !self.payload.contains_key("stream_options") {
+                map.serialize_entry(
+                    "stream_options",
+                    &serde_json::json!({"include_usage": true}),
+                )?;
+            }
         }
         map.end()
     }
@@ -243,6 +251,19 @@ mod tests {
         assert_eq!(
             body(&bare, Some("d"), false),
             json!({"messages": [], "model": "d"})
+        );
+        // streamed without stream_options: the usage chunk is asked for; the caller's
+        // own stream_options win
+        assert_eq!(
+            body(&bare, Some("d"), true),
+            json!({"messages": [], "model": "d", "stream": true,
+                "stream_options": {"include_usage": true}})
+        );
+        let off = json!({"messages": [], "stream_options": {"include_usage": false}});
+        assert_eq!(
+            body(&off, Some("d"), true),
+            json!({"messages": [], "model": "d", "stream": true,
+                "stream_options": {"include_usage": false}})
         );
     }
 }

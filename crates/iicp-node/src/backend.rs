@@ -8,7 +8,7 @@ use iicp_backends::{Backend, BackendError};
 use iicp_proto::error::ErrorCode;
 use serde_json::{json, Value};
 
-use crate::handler::{BoxFuture, HandlerError, Task, TaskHandler, TaskOutput};
+use crate::handler::{BoxFuture, Chunks, HandlerError, Task, TaskHandler, TaskOutput};
 
 /// Runs each task on a model server; the backend call is bounded by the task deadline
 /// and cancelled when the node abandons the task.
@@ -66,6 +66,61 @@ impl TaskHandler for BackendHandler {
                 output = output.with_tokens(t);
             }
             if let Some(m) = out.model {
+                output = output.with_model(m);
+            }
+            Ok(output)
+        })
+    }
+
+    /// Chat streams from the model server (OpenAI-compatible SSE, Anthropic events);
+    /// other intents are answered in one chunk.
+    fn streams(&self) -> bool {
+        self.backend
+            .intents()
+            .contains(&iicp_proto::constants::CHAT_INTENT)
+    }
+
+    fn handle_stream(
+        &self,
+        task: Task,
+        chunks: Chunks,
+    ) -> BoxFuture<'static, Result<TaskOutput, HandlerError>> {
+        if task.intent.as_str() != iicp_proto::constants::CHAT_INTENT {
+            return self.handle(task);
+        }
+        let backend = Arc::clone(&self.backend);
+        Box::pin(async move {
+            let mut stream = backend
+                .chat_stream(&task.payload, Some(task.deadline))
+                .await
+                .map_err(map_error)?;
+            // one chunk is held back: the last one is the terminal's result
+            let mut held: Option<Value> = None;
+            let mut tokens: Option<u64> = None;
+            let mut model: Option<String> = None;
+            while let Some(next) = stream.next().await {
+                let chunk = next.map_err(map_error)?;
+                if let Some(t) = chunk.pointer("/usage/total_tokens").and_then(Value::as_u64) {
+                    tokens = Some(t);
+                }
+                if model.is_none() {
+                    model = chunk
+                        .get("model")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned);
+                }
+                if let Some(prev) = held.replace(chunk) {
+                    if chunks.send(prev, tokens).await.is_err() {
+                        // nobody reads any more: dropping the stream ends the request
+                        return Err(HandlerError::backend("the task's stream was closed"));
+                    }
+                }
+            }
+            let mut output = TaskOutput::new(held.unwrap_or(Value::Null));
+            if let Some(t) = tokens {
+                output = output.with_tokens(t);
+            }
+            if let Some(m) = model {
                 output = output.with_model(m);
             }
             Ok(output)
@@ -131,12 +186,80 @@ impl Default for EchoModel {
     }
 }
 
+impl EchoModel {
+    /// The same completion as streamed `chat.completion.chunk`s: a role chunk, one
+    /// chunk per word, then the finish chunk with the usage (the terminal's result).
+    #[allow(clippy::result_large_err)] // HandlerError is what every handler returns
+    pub fn stream_chunks(&self, payload: &Value) -> Result<Vec<Value>, HandlerError> {
+        let whole = self.complete(payload)?;
+        let text = whole
+            .pointer("/choices/0/message/content")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let chunk = |delta: Value, finish: Value| {
+            json!({
+                "id": "chatcmpl-echo",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": self.name,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            })
+        };
+        let mut out = vec![chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        )];
+        let mut rest = text;
+        while !rest.is_empty() {
+            // each word with the space before the next one: the chunks join to the text
+            let end = rest
+                .char_indices()
+                .skip_while(|(_, c)| !c.is_whitespace())
+                .find(|(_, c)| !c.is_whitespace())
+                .map_or(rest.len(), |(i, _)| i);
+            out.push(chunk(json!({"content": &rest[..end]}), Value::Null));
+            rest = &rest[end..];
+        }
+        let mut last = chunk(json!({}), json!("stop"));
+        last["usage"] = whole["usage"].clone();
+        out.push(last);
+        Ok(out)
+    }
+}
+
 impl TaskHandler for EchoModel {
     fn handle(&self, task: Task) -> BoxFuture<'static, Result<TaskOutput, HandlerError>> {
         let out = self
             .complete(&task.payload)
             .map(|v| TaskOutput::new(v).with_model(self.name.clone()));
         Box::pin(async move { out })
+    }
+
+    fn streams(&self) -> bool {
+        true
+    }
+
+    fn handle_stream(
+        &self,
+        task: Task,
+        chunks: Chunks,
+    ) -> BoxFuture<'static, Result<TaskOutput, HandlerError>> {
+        let all = self.stream_chunks(&task.payload);
+        let name = self.name.clone();
+        Box::pin(async move {
+            let mut all = all?;
+            let last = all.pop().unwrap_or(Value::Null);
+            let tokens = last.pointer("/usage/total_tokens").and_then(Value::as_u64);
+            for c in all {
+                chunks
+                    .send(c, None)
+                    .await
+                    .map_err(|_| HandlerError::backend("the task's stream was closed"))?;
+            }
+            let mut out = TaskOutput::new(last).with_model(name);
+            out.tokens_used = tokens;
+            Ok(out)
+        })
     }
 }
 
@@ -152,6 +275,30 @@ mod tests {
         assert_eq!(v["usage"]["total_tokens"], 6);
         assert!(m.complete(&json!({"messages": []})).is_err());
         assert!(m.complete(&json!({})).is_err());
+    }
+
+    #[test]
+    fn echo_streams_the_same_text_word_by_word() {
+        let m = EchoModel::default();
+        let p = json!({"messages": [{"role": "user", "content": "hello  there, mesh"}]});
+        let chunks = m.stream_chunks(&p).expect("ok");
+        let text: String = chunks
+            .iter()
+            .filter_map(|c| {
+                c.pointer("/choices/0/delta/content")
+                    .and_then(Value::as_str)
+            })
+            .collect();
+        assert_eq!(text, "echo: hello  there, mesh");
+        // role chunk, four words, finish chunk
+        assert_eq!(chunks.len(), 6);
+        let last = chunks.last().unwrap();
+        assert_eq!(last["choices"][0]["finish_reason"], "stop");
+        assert_eq!(last["usage"], m.complete(&p).unwrap()["usage"]);
+        assert!(chunks[..5]
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk"
+                && c["choices"][0]["finish_reason"].is_null()));
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub(crate) struct Cached {
     pub(crate) status: u16,
     pub(crate) body: Arc<str>,
     pub(crate) error_code: Option<String>,
+    /// A lifecycle task's events (ADR 0013: its duplicates replay them).
+    pub(crate) events: Option<Arc<[iicp_proto::lifecycle::Event]>>,
 }
 
 enum State {
@@ -224,6 +226,7 @@ mod tests {
             status: n,
             body: Arc::from(n.to_string()),
             error_code: None,
+            events: None,
         }
     }
 

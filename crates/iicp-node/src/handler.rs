@@ -295,6 +295,70 @@ impl HandlerError {
 pub trait TaskHandler: Send + Sync + 'static {
     /// Runs one task.
     fn handle(&self, task: Task) -> BoxFuture<'static, Result<TaskOutput, HandlerError>>;
+
+    /// Whether [`TaskHandler::handle_stream`] really streams. Only then does the node
+    /// advertise the service-lifecycle profile (PROTOCOL.md §11.6: never claim it for a
+    /// buffered path). The default is `false`.
+    fn streams(&self) -> bool {
+        false
+    }
+
+    /// Runs one task of the service-lifecycle profile: sends each incremental result
+    /// chunk to `chunks` as it is produced and returns the terminal output, whose
+    /// result is the last chunk (`Value::Null` when there is none left). The deadline
+    /// and cancellation are those of [`TaskHandler::handle`]: the future is dropped
+    /// when the task is cancelled or times out. The default runs `handle` and returns
+    /// its whole result as the one chunk.
+    fn handle_stream(
+        &self,
+        task: Task,
+        chunks: Chunks,
+    ) -> BoxFuture<'static, Result<TaskOutput, HandlerError>> {
+        let _ = chunks;
+        self.handle(task)
+    }
+}
+
+/// One incremental result of a streaming handler.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chunk {
+    /// The chunk (for `llm:chat:v1` an OpenAI `chat.completion.chunk`).
+    pub result: Value,
+    /// Tokens used so far (cumulative), when known.
+    pub tokens_used: Option<u64>,
+}
+
+/// Where a streaming handler sends its chunks ([`TaskHandler::handle_stream`]). Sending
+/// waits while the consumer is behind (bounded queue), so a slow caller slows the model
+/// server instead of growing the node's memory.
+#[derive(Debug, Clone)]
+pub struct Chunks(tokio::sync::mpsc::Sender<Chunk>);
+
+/// The task's consumer is gone: stop producing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the task's stream is closed")]
+pub struct StreamClosed;
+
+impl Chunks {
+    /// A sender and its receiving end, `capacity` chunks apart.
+    pub fn channel(capacity: usize) -> (Self, tokio::sync::mpsc::Receiver<Chunk>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+        (Self(tx), rx)
+    }
+
+    /// Sends one chunk.
+    ///
+    /// # Errors
+    /// [`StreamClosed`] when the task's consumer is gone.
+    pub async fn send(&self, result: Value, tokens_used: Option<u64>) -> Result<(), StreamClosed> {
+        self.0
+            .send(Chunk {
+                result,
+                tokens_used,
+            })
+            .await
+            .map_err(|_| StreamClosed)
+    }
 }
 
 impl<F, Fut, O> TaskHandler for F

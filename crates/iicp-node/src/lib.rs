@@ -84,6 +84,7 @@ mod routes;
 pub mod run;
 mod serve;
 mod state;
+mod stream;
 
 pub use backend::{BackendHandler, EchoModel};
 pub use config::{
@@ -95,7 +96,7 @@ pub use directory::{
 };
 pub use error::Error;
 pub use event::{EventKind, NodeEvent};
-pub use handler::{HandlerError, Task, TaskHandler, TaskOutput};
+pub use handler::{Chunk, Chunks, HandlerError, StreamClosed, Task, TaskHandler, TaskOutput};
 /// What `Node::serve` takes: a bound listener (re-exported so a first program needs no
 /// other crate).
 pub use iicp_transport::listener::{Listener, ListenerConfig};

@@ -33,14 +33,17 @@ use iicp_proto::directory::{Limits, NodeEntry, RegisterRequest};
 use iicp_proto::error::ErrorCode;
 use iicp_proto::ids::TaskId;
 use iicp_proto::intent::Intent;
-use iicp_proto::message::{Body, Call, Discover, Prefer, Response};
+use iicp_proto::lifecycle::{self, Event, EventKind};
+use iicp_proto::message::{Body, Call, Control, Discover, Prefer, Response};
+use iicp_proto::message::{ErrorMap, Lifecycle};
 use iicp_proto::task::{Constraints, Qos, TaskAuth, TaskRequest};
-use iicp_transport::native::{BoxFuture, CallContext, CallHandler};
+use iicp_transport::native::{BoxFuture, CallContext, CallHandler, PartialSender};
 use serde_json::{Map, Value};
 
 use crate::handler::{TaskHandler, Transport};
-use crate::pipeline::{self, Inbound, Outcome};
+use crate::pipeline::{self, Inbound, Outcome, Started};
 use crate::state::Shared;
+use crate::stream::StreamTask;
 
 /// The native CALL handler of a node.
 pub(crate) struct NativeTasks {
@@ -58,7 +61,37 @@ impl CallHandler for NativeTasks {
     fn handle(&self, call: Call, ctx: CallContext) -> BoxFuture<'static, Response> {
         let shared = Arc::clone(&self.shared);
         let handler = Arc::clone(&self.handler);
-        Box::pin(async move { native_call(shared, handler, call, ctx).await })
+        Box::pin(async move { native_call(shared, handler, call, ctx, None).await })
+    }
+
+    fn handle_streaming(
+        &self,
+        call: Call,
+        ctx: CallContext,
+        partials: PartialSender,
+    ) -> BoxFuture<'static, Response> {
+        let shared = Arc::clone(&self.shared);
+        let handler = Arc::clone(&self.handler);
+        Box::pin(async move { native_call(shared, handler, call, ctx, Some(partials)).await })
+    }
+
+    /// A lifecycle cancel `{1: "cancel", 5: reason, 24: task_id}` (ADR 0013) stops the
+    /// task when it was submitted from the same address.
+    fn control(&self, control: &Control, ctx: &CallContext) {
+        if control.action.as_deref() != Some(lifecycle::CANCEL_ACTION) {
+            return;
+        }
+        let Some(task) = control
+            .task_id
+            .as_deref()
+            .and_then(|id| self.shared.streams.get(id))
+        else {
+            return;
+        };
+        if task.owner == ctx.peer.ip().to_canonical() {
+            tracing::info!(task_id = %task.task_id, "lifecycle task cancelled by CONTROL");
+            task.cancel();
+        }
     }
 
     /// The ACK announces the node id the node holds now: one assigned by the directory
@@ -109,7 +142,7 @@ fn own_entry(shared: &Shared, intent: &Intent) -> NodeEntry {
     reg.transport_endpoint = shared.transport_endpoint();
     crate::registration::apply_advert(shared, &mut reg);
     let capabilities: Vec<_> = shared
-        .capabilities
+        .capabilities()
         .iter()
         .filter(|c| c.intent == intent.as_str())
         .cloned()
@@ -125,18 +158,7 @@ fn own_entry(shared: &Shared, intent: &Intent) -> NodeEntry {
     let active = shared.active_jobs();
     let max = cfg.max_concurrent;
     let draining = shared.draining.load(Ordering::Relaxed);
-    let cx = cfg.cx_key.as_ref().map(|key| {
-        let not_after = crate::clock::iso8601(
-            shared
-                .unix_secs()
-                .saturating_add(cfg.cx_key_lifetime.as_secs()),
-        );
-        let mut adv = key.advertisement(Some(not_after), true);
-        if cfg.native {
-            adv.features.push(crate::config::NATIVE_CX_V1.to_owned());
-        }
-        adv
-    });
+    let cx = shared.cx_advertisement();
     let mut transport = vec!["http".to_owned()];
     if reg.transport_endpoint.is_some() {
         transport.push("iicp-native".to_owned());
@@ -177,6 +199,7 @@ async fn native_call(
     handler: Arc<dyn TaskHandler>,
     call: Call,
     ctx: CallContext,
+    partials: Option<PartialSender>,
 ) -> Response {
     // one bucket per caller across both transports (an IPv4 caller of a dual-stack
     // socket arrives IPv4-mapped); forwarding headers do not exist on native
@@ -298,22 +321,30 @@ async fn native_call(
         });
     }
     let trace_bytes = call.trace_id.as_ref().map(|t| **t);
-    let reply = pipeline::run(
-        Arc::clone(&shared),
-        handler,
-        Inbound {
-            transport: Transport::Native,
-            peer,
-            bearer: None,
-            consumer_token: None,
-            traceparent: None,
-            trace_bytes,
-            task,
-            track_duplicates: track,
-            strict_task_id: strict,
+    // key 24 is the deployed streaming switch (ADR 0013)
+    let lifecycle = partials.is_some() && call.task_id.as_deref().is_some_and(|t| !t.is_empty());
+    let inbound = Inbound {
+        transport: Transport::Native,
+        peer,
+        bearer: None,
+        consumer_token: None,
+        traceparent: None,
+        trace_bytes,
+        task,
+        track_duplicates: track,
+        strict_task_id: strict,
+        lifecycle,
+    };
+    let reply = match (lifecycle, partials) {
+        (true, Some(partials)) => match pipeline::start(&shared, handler, inbound).await {
+            Started::Reply(reply) => *reply,
+            Started::Stream(task) => return forward(&shared, &call, task, &partials, true).await,
+            Started::Attached(task) => {
+                return forward(&shared, &call, task, &partials, false).await
+            }
         },
-    )
-    .await;
+        _ => pipeline::run(Arc::clone(&shared), handler, inbound).await,
+    };
     let key5 = match reply.outcome {
         // key 5: the result itself, as the reference nodes answer (not `{"result": …}`,
         // which their clients would hand to the caller as is); the reply is ours, so
@@ -327,6 +358,15 @@ async fn native_call(
         }
         // native CX: the sealed `{task_id, status: "encrypted", iicp_conf_resp}`
         Outcome::Sealed(body) => body,
+        // only lifecycle requests are answered with events
+        Outcome::Stream(_) => {
+            return refuse(
+                &call,
+                ErrorCode::Conflict,
+                409,
+                "task_id is in use by a lifecycle task",
+            )
+        }
         Outcome::Failed { status, error, .. } => {
             let mut r = Response::error(&call, error.code.as_str(), status, &error.message);
             r.duration_ms = Some(reply.latency_ms);
@@ -339,4 +379,103 @@ async fn native_call(
     r.duration_ms = Some(reply.latency_ms);
     r.node_id = shared.node_id();
     r
+}
+
+/// Cancels the lifecycle task when the CALL's connection goes away first (a native
+/// stream cannot be resumed, so nobody is left to read it).
+struct CancelOnDrop(Option<Arc<StreamTask>>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            if !task.is_finished() {
+                tracing::info!(task_id = %task.task_id, "native caller gone; lifecycle task cancelled");
+                task.cancel();
+            }
+        }
+    }
+}
+
+/// Sends a lifecycle task's events as RESPONSEs of `call` (ADR 0013): each `partial`
+/// through `partials`, the terminal as the returned answer; `accepted` is not sent on
+/// native, so the first partial is sequence 0.
+async fn forward(
+    shared: &Shared,
+    call: &Call,
+    task: Arc<StreamTask>,
+    partials: &PartialSender,
+    own: bool,
+) -> Response {
+    let mut guard = CancelOnDrop(own.then(|| Arc::clone(&task)));
+    let node_id = shared.node_id();
+    let mut next = 0usize;
+    let mut native_seq = 0u64;
+    loop {
+        let events = task.next_events(next).await;
+        if events.is_empty() {
+            // ended without a terminal: cannot happen (the log always ends with one)
+            guard.0 = None;
+            return Response::error(
+                call,
+                ErrorCode::BackendError.as_str(),
+                502,
+                "the task ended without a result",
+            );
+        }
+        next += events.len();
+        for e in events {
+            if e.event == EventKind::Accepted {
+                continue;
+            }
+            let e = task.for_caller(e, native_seq);
+            let resp = event_response(call, &e, native_seq, node_id.clone());
+            native_seq += 1;
+            if e.is_final {
+                guard.0 = None;
+                return resp;
+            }
+            if partials.send(resp).await.is_err() {
+                // the connection is gone; the guard cancels our task
+                return Response::error(call, ErrorCode::Cancelled.as_str(), 499, "caller gone");
+            }
+        }
+    }
+}
+
+/// One lifecycle event as a RESPONSE in the deployed lifecycle layout: keys 1, 2, 3,
+/// 4, 5?, 6?, 7?, 8?, 11, 12 and the key-13 envelope (no key 15: the call id moves to
+/// key 3, PROTOCOL.md §10.7).
+fn event_response(call: &Call, e: &Event, sequence: u64, node_id: Option<String>) -> Response {
+    let result = match (&e.result, &e.iicp_conf_resp) {
+        (_, Some(sealed)) => Some(Body::cbor(&serde_json::json!({
+            "task_id": e.task_id,
+            "status": "encrypted",
+            "iicp_conf_resp": sealed,
+        }))),
+        (Some(v), None) => Some(Body::cbor(v)),
+        (None, None) => None,
+    };
+    Response {
+        protocol_version: Some(iicp_proto::message::PROTOCOL_VERSION),
+        session_id: call.session_id.clone(),
+        call_id: call.call_id.clone(),
+        status: Some(e.event.status().to_owned()),
+        result,
+        error: e.error.as_ref().map(|err| ErrorMap {
+            code: err.code.as_ref().map(|c| c.as_str().to_owned()),
+            message: Some(err.message.clone()),
+        }),
+        tokens_used: e.tokens_used,
+        duration_ms: e.metrics.as_ref().and_then(|m| m.latency_ms),
+        node_id,
+        is_final: Some(e.is_final),
+        lifecycle: Some(Lifecycle {
+            task_id: call.task_id.clone().or_else(|| Some(e.task_id.clone())),
+            sequence: Some(sequence),
+            event: Some(e.event.as_str().to_owned()),
+            is_final: Some(e.is_final),
+            receipt: None,
+        }),
+        ..Response::default()
+    }
 }

@@ -94,9 +94,10 @@ impl Node {
         self.shared.events.subscribe()
     }
 
-    /// The advertised capabilities.
-    pub fn capabilities(&self) -> &[Capability] {
-        &self.shared.capabilities
+    /// The advertised capabilities (with the service-lifecycle profile once the node
+    /// serves a streaming handler).
+    pub fn capabilities(&self) -> Vec<Capability> {
+        self.shared.capabilities()
     }
 
     /// The intents accepted by `POST /v1/task`.
@@ -150,6 +151,9 @@ impl Node {
         handler: Arc<dyn TaskHandler>,
         relay: Option<&iicp_nat::RelayHandle>,
     ) -> Services {
+        self.shared
+            .streaming
+            .store(handler.streams(), std::sync::atomic::Ordering::Relaxed);
         let native: Option<Arc<dyn iicp_transport::native::CallHandler>> = if self.shared.cfg.native
         {
             Some(Arc::new(crate::native::NativeTasks::new(

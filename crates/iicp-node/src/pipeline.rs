@@ -42,8 +42,9 @@ use iicp_proto::crypto::token::verify_consumer_token;
 use iicp_proto::error::{ErrorBody, ErrorCode};
 use iicp_proto::ids::{TaskId, TraceParent};
 use iicp_proto::intent::Intent;
+use iicp_proto::lifecycle::{self, EventKind};
 use iicp_proto::secret::Secret;
-use iicp_proto::task::{Metrics as TaskMetrics, TaskRequest, TaskResponse};
+use iicp_proto::task::{ErrorObject, Metrics as TaskMetrics, TaskRequest, TaskResponse};
 use rand_core::RngCore;
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -52,9 +53,11 @@ use tracing::Instrument;
 use crate::access::AuthMode;
 use crate::dedup::{Begin, Cached};
 use crate::handler::{
-    Cancellation, HandlerError, Task, TaskHandler, TaskOutput, TraceContext, Transport,
+    Cancellation, Chunk, Chunks, HandlerError, Task, TaskHandler, TaskOutput, TraceContext,
+    Transport,
 };
 use crate::state::Shared;
+use crate::stream::StreamTask;
 
 /// A task as it reaches the pipeline, whichever transport carried it.
 pub(crate) struct Inbound {
@@ -72,6 +75,10 @@ pub(crate) struct Inbound {
     /// relayed task object, a native CX envelope), which must be a UUID v4; false for
     /// ids the node took from a native idempotency key or made itself.
     pub(crate) strict_task_id: bool,
+    /// Whether the caller negotiated the service-lifecycle profile for this request
+    /// (`POST /v1/tasks`, native key 24, a relayed streaming CALL): it streams when
+    /// the handler does ([`start`]).
+    pub(crate) lifecycle: bool,
 }
 
 /// What became of a task, for each transport to render in its own shape.
@@ -90,6 +97,9 @@ pub(crate) enum Outcome {
     /// The answer sealed for the caller (IICP-CX response encryption, §16.4):
     /// `{task_id, status: "encrypted", iicp_conf_resp}`.
     Sealed(Value),
+    /// A lifecycle task's events: a duplicate attached to the running task or replaying
+    /// the finished one (only [`start`] answers this).
+    Stream(Arc<StreamTask>),
     /// Refused or failed: the status, the RESPONSE-superset error body, the error.
     Failed {
         /// HTTP (and native key 100) status.
@@ -115,7 +125,7 @@ impl Reply {
     /// The HTTP status of the answer.
     pub(crate) fn status(&self) -> u16 {
         match &self.outcome {
-            Outcome::Answered { .. } | Outcome::Sealed(_) => 200,
+            Outcome::Answered { .. } | Outcome::Sealed(_) | Outcome::Stream(_) => 200,
             Outcome::Failed { status, .. } => *status,
         }
     }
@@ -229,12 +239,36 @@ pub(crate) fn error_reply(
 /// the native transport (which has no headers), from key 11; or, as §4.3 requires of
 /// every node, the node's own token or a configured API token.
 fn authorize(shared: &Shared, inb: &Inbound, intent: &str) -> bool {
+    let body_token = inb.task.auth.as_ref().and_then(|a| a.node_token.as_ref());
+    let credentials = Credentials {
+        transport: inb.transport,
+        bearer: inb.bearer.as_ref(),
+        consumer_token: inb.consumer_token.as_ref(),
+        body_token,
+    };
+    authorized(shared, &credentials, intent)
+}
+
+/// The credentials a request brought.
+pub(crate) struct Credentials<'a> {
+    pub(crate) transport: Transport,
+    /// `Authorization: Bearer`.
+    pub(crate) bearer: Option<&'a Secret>,
+    /// `X-IICP-Consumer-Token`.
+    pub(crate) consumer_token: Option<&'a Secret>,
+    /// The task body's `auth.node_token` (native key 11).
+    pub(crate) body_token: Option<&'a Secret>,
+}
+
+/// Whether `c` may run (or observe, or cancel) a task of `intent` under the node's
+/// [`AuthMode`] (§4.3, DESIGN §4.5).
+pub(crate) fn authorized(shared: &Shared, c: &Credentials<'_>, intent: &str) -> bool {
     match shared.cfg.auth {
         AuthMode::Open => true,
-        AuthMode::Token => check_token(shared, inb),
+        AuthMode::Token => check_token(shared, c),
         AuthMode::Consumer => {
-            let offered = inb.consumer_token.as_ref().or(match inb.transport {
-                Transport::Native => inb.task.auth.as_ref().and_then(|a| a.node_token.as_ref()),
+            let offered = c.consumer_token.or(match c.transport {
+                Transport::Native => c.body_token,
                 _ => None,
             });
             if let (Some(token), Some(key), Some(node_id)) =
@@ -251,20 +285,17 @@ fn authorize(shared: &Shared, inb: &Inbound, intent: &str) -> bool {
                     Err(e) => tracing::debug!(reason = %e, "consumer token refused"),
                 }
             }
-            check_token(shared, inb)
+            check_token(shared, c)
         }
     }
 }
 
-fn check_token(shared: &Shared, inb: &Inbound) -> bool {
-    let offered: Vec<&Secret> = [
-        inb.bearer.as_ref(),
-        inb.task.auth.as_ref().and_then(|a| a.node_token.as_ref()),
-    ]
-    .into_iter()
-    .flatten()
-    .filter(|s| !s.is_empty())
-    .collect();
+fn check_token(shared: &Shared, c: &Credentials<'_>) -> bool {
+    let offered: Vec<&Secret> = [c.bearer, c.body_token]
+        .into_iter()
+        .flatten()
+        .filter(|s| !s.is_empty())
+        .collect();
     let own = shared.token();
     let accepted = shared.cfg.api_tokens.iter().chain(own.as_ref());
     let mut ok = false;
@@ -321,6 +352,319 @@ pub(crate) async fn run(shared: Arc<Shared>, handler: Arc<dyn TaskHandler>, inb:
     .await
 }
 
+/// What [`start`] made of a lifecycle request.
+pub(crate) enum Started {
+    /// Refused before acceptance (or not a lifecycle task after all): the answer, to
+    /// render as the buffered transports do.
+    Reply(Box<Reply>),
+    /// Accepted now: read its events.
+    Stream(Arc<StreamTask>),
+    /// A duplicate: attached to the running task, or its finished events replayed.
+    Attached(Arc<StreamTask>),
+}
+
+/// Chunks a streaming handler may queue ahead of the pipeline.
+const CHUNK_QUEUE: usize = 16;
+
+/// Starts a lifecycle task (PROTOCOL.md §11, ADR 0013): steps 1–6 as for any task; once
+/// admitted, the task is registered, `accepted` is its first event, and it runs on its
+/// own tokio task, appending `partial` events as the handler produces chunks and exactly
+/// one terminal. The caller reads the events from the returned [`StreamTask`]; a caller
+/// that goes away does not stop the task (cancel it, or let its deadline end it).
+///
+/// A handler that does not stream, or a request that did not negotiate the profile,
+/// runs buffered ([`run`]) and comes back as [`Started::Reply`].
+pub(crate) async fn start(
+    shared: &Arc<Shared>,
+    handler: Arc<dyn TaskHandler>,
+    mut inb: Inbound,
+) -> Started {
+    if !(inb.lifecycle && handler.streams()) {
+        return Started::Reply(Box::new(run(Arc::clone(shared), handler, inb).await));
+    }
+    let trace = trace_context(&inb);
+    let span = tracing::info_span!(
+        "task",
+        task_id = %inb.task.task_id,
+        intent = %inb.task.intent,
+        trace_id = %trace.trace_id,
+        transport = inb.transport.as_str(),
+        peer = %inb.peer,
+        lifecycle = true,
+    );
+    let started = Instant::now();
+    let admitted = match span.in_scope(|| admit(shared, &mut inb, &trace, started, true)) {
+        Ok(a) => a,
+        Err(reply) => {
+            return match reply.outcome {
+                Outcome::Stream(task) => Started::Attached(task),
+                _ => {
+                    if let Some(e) = reply.error() {
+                        span.in_scope(|| tracing::info!(status = reply.status(), code = %e.code, "task refused"));
+                    }
+                    Started::Reply(reply)
+                }
+            };
+        }
+    };
+    let task = Arc::new(StreamTask::new(
+        inb.task.task_id.to_string(),
+        admitted.intent.as_str().to_owned(),
+        admitted.fingerprint,
+        inb.peer,
+        admitted.seal_key.clone(),
+        trace.trace_id.clone(),
+    ));
+    if let Err(running) = shared.streams.insert(Arc::clone(&task)) {
+        // untracked duplicates (store full) of a running task: attach
+        return Started::Attached(running);
+    }
+    task.emit(EventKind::Accepted, |_| {});
+    tokio::spawn(
+        drive(
+            Arc::clone(shared),
+            handler,
+            inb,
+            trace,
+            started,
+            admitted,
+            Arc::clone(&task),
+        )
+        .instrument(span),
+    );
+    Started::Stream(task)
+}
+
+/// How a lifecycle task's execution ended.
+enum End {
+    Done(Result<TaskOutput, HandlerError>),
+    Cancelled,
+    TimedOut,
+}
+
+/// Runs an accepted lifecycle task: the handler's chunks become `partial` events, and
+/// its end one terminal event; then metrics, the receipt and the duplicate store.
+async fn drive(
+    shared: Arc<Shared>,
+    handler: Arc<dyn TaskHandler>,
+    inb: Inbound,
+    trace: TraceContext,
+    started: Instant,
+    admitted: Admitted,
+    task: Arc<StreamTask>,
+) {
+    let Admitted {
+        intent,
+        intent_label,
+        payload,
+        ticket,
+        permit,
+        ..
+    } = admitted;
+    let timeout_ms = inb.task.constraints.effective_timeout_ms(
+        u64::try_from(shared.cfg.default_timeout.as_millis()).unwrap_or(60_000),
+    );
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+    let mut tokens: Option<u64> = None;
+    let end = {
+        let (cancel_guard, cancel) = Cancellation::new();
+        let running = Running::start(&shared);
+        let (chunks, mut rx) = Chunks::channel(CHUNK_QUEUE);
+        let work = handler.handle_stream(
+            Task {
+                task_id: inb.task.task_id.clone(),
+                intent,
+                payload,
+                constraints: inb.task.constraints.clone(),
+                trace: trace.clone(),
+                deadline,
+                cancel,
+                transport: inb.transport,
+                encrypted: inb.task.iicp_conf.is_some(),
+                source_node_id: inb.task.source_node_id.clone(),
+            },
+            chunks,
+        );
+        tokio::pin!(work);
+        let end = loop {
+            tokio::select! {
+                biased;
+                () = task.cancelled() => break End::Cancelled,
+                () = tokio::time::sleep_until(deadline) => break End::TimedOut,
+                Some(chunk) = rx.recv() => partial(&task, chunk, &mut tokens),
+                out = &mut work => {
+                    while let Ok(chunk) = rx.try_recv() {
+                        partial(&task, chunk, &mut tokens);
+                    }
+                    break End::Done(out);
+                }
+            }
+        };
+        // the handler's future (and with it the model server's request) ends here
+        drop(cancel_guard);
+        drop(running);
+        end
+    };
+    drop(permit);
+    let latency_ms = elapsed_ms(started);
+    let qos = qos_label(&inb.task);
+    let task_id = &inb.task.task_id;
+    let (status, error_code) = match end {
+        End::Done(Ok(out)) => {
+            let total = out
+                .tokens_used
+                .or_else(|| {
+                    out.result
+                        .pointer("/usage/total_tokens")
+                        .and_then(Value::as_u64)
+                })
+                .or(tokens)
+                .unwrap_or(0);
+            let model = out
+                .model_used
+                .clone()
+                .or_else(|| {
+                    out.result
+                        .get("model")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
+                .or_else(|| shared.cfg.models.first().cloned());
+            crate::receipt::spawn(
+                &shared,
+                task_id,
+                total,
+                &out.result,
+                inb.task.source_node_id.as_deref(),
+            );
+            let result = out.result;
+            task.emit(EventKind::Completed, |e| {
+                e.result = (!result.is_null()).then_some(result);
+                e.tokens_used = Some(total);
+                e.model_used = model;
+                e.metrics = Some(TaskMetrics {
+                    latency_ms: Some(latency_ms),
+                    tokens_used: Some(total),
+                    ..TaskMetrics::default()
+                });
+                e.generated_by_ai = Some(true);
+            });
+            shared
+                .metrics
+                .task("success", &intent_label, qos, Some(latency_ms), total);
+            count(&shared, true, latency_ms);
+            tracing::info!(status = 200, latency_ms, "lifecycle task completed");
+            (200, None)
+        }
+        End::Done(Err(e)) => {
+            let body = e.to_error_body();
+            tracing::warn!(code = %body.code, "lifecycle task handler failed");
+            let kind = if body.code == ErrorCode::TaskTimeout {
+                EventKind::TimedOut
+            } else {
+                EventKind::Failed
+            };
+            fail_stream(&shared, &task, kind, &body, &intent_label, qos, latency_ms)
+        }
+        End::Cancelled => {
+            tracing::info!(latency_ms, "lifecycle task cancelled");
+            let body =
+                ErrorBody::new(ErrorCode::Cancelled, "the task was cancelled").with_status(499);
+            fail_stream(
+                &shared,
+                &task,
+                EventKind::Cancelled,
+                &body,
+                &intent_label,
+                qos,
+                latency_ms,
+            )
+        }
+        End::TimedOut => {
+            tracing::warn!(
+                timeout_ms,
+                "lifecycle task deadline passed; handler cancelled"
+            );
+            let body = ErrorBody::new(
+                ErrorCode::TaskTimeout,
+                format!("the task exceeded its {timeout_ms} ms budget"),
+            )
+            .with_status(504);
+            fail_stream(
+                &shared,
+                &task,
+                EventKind::TimedOut,
+                &body,
+                &intent_label,
+                qos,
+                latency_ms,
+            )
+        }
+    };
+    if let Some(t) = ticket {
+        let events = task.events();
+        let terminal = events
+            .last()
+            .and_then(|e| serde_json::to_string(e).ok())
+            .unwrap_or_default();
+        t.finish(Cached {
+            status,
+            body: Arc::from(terminal),
+            error_code,
+            events: Some(Arc::from(events)),
+        });
+    }
+}
+
+/// Appends one handler chunk as a `partial` event (tokens cumulative).
+fn partial(task: &StreamTask, chunk: Chunk, tokens: &mut Option<u64>) {
+    if chunk.tokens_used.is_some() {
+        *tokens = chunk.tokens_used;
+    }
+    let t = *tokens;
+    task.emit(EventKind::Partial, |e| {
+        e.result = Some(chunk.result);
+        e.tokens_used = t;
+    });
+}
+
+/// Ends a lifecycle task with a failure terminal of `kind`; returns what the duplicate
+/// store keeps (status, code).
+fn fail_stream(
+    shared: &Shared,
+    task: &StreamTask,
+    kind: EventKind,
+    body: &ErrorBody,
+    intent_label: &str,
+    qos: &'static str,
+    latency_ms: u64,
+) -> (u16, Option<String>) {
+    let label = match kind {
+        EventKind::TimedOut => "timeout",
+        EventKind::Cancelled => "cancelled",
+        _ => "error",
+    };
+    shared
+        .metrics
+        .task(label, intent_label, qos, Some(latency_ms), 0);
+    count(shared, false, latency_ms);
+    task.emit(kind, |e| {
+        e.error = Some(ErrorObject {
+            code: Some(body.code.clone()),
+            message: body.message.clone(),
+            extra: serde_json::Map::new(),
+        });
+        e.metrics = Some(TaskMetrics {
+            latency_ms: Some(latency_ms),
+            ..TaskMetrics::default()
+        });
+    });
+    (
+        body.status_or_default(),
+        Some(body.code.as_str().to_owned()),
+    )
+}
+
 /// A task that passed steps 1–6, holding its slot.
 struct Admitted {
     intent: Intent,
@@ -331,6 +675,8 @@ struct Admitted {
     /// The duplicate-store entry the answer goes to.
     ticket: Option<crate::dedup::Ticket>,
     permit: tokio::sync::OwnedSemaphorePermit,
+    /// The duplicate fingerprint (a lifecycle resubmission attaches when equal).
+    fingerprint: [u8; 32],
 }
 
 async fn run_inner(
@@ -347,7 +693,8 @@ async fn run_inner(
         seal_key,
         ticket,
         permit,
-    } = match admit(shared, &mut inb, &trace, started) {
+        ..
+    } = match admit(shared, &mut inb, &trace, started, false) {
         Ok(a) => a,
         Err(answer) => return *answer,
     };
@@ -370,6 +717,7 @@ fn admit(
     inb: &mut Inbound,
     trace: &TraceContext,
     started: Instant,
+    streamed: bool,
 ) -> Result<Admitted, Box<Reply>> {
     let cfg = &shared.cfg;
     let task_id = inb.task.task_id.clone();
@@ -427,17 +775,15 @@ fn admit(
         );
     }
     let intent_label = intent.as_str().to_owned();
-    if inb
-        .task
-        .constraints
-        .required_profiles
-        .as_ref()
-        .is_some_and(|p| !p.is_empty())
-    {
+    let missing = lifecycle::missing_required(&inb.task.constraints, shared.supported_profiles());
+    if !missing.is_empty() {
         return fail(
             ErrorBody::new(
                 ErrorCode::UnsupportedProfile,
-                "this node supports none of the required profiles",
+                format!(
+                    "this node does not support the required profile {}",
+                    missing[0]
+                ),
             )
             .with_status(422),
             &intent_label,
@@ -480,11 +826,62 @@ fn admit(
     };
     let seal_key = if wants_encryption { response_key } else { None };
     // 5. duplicates
+    // a streamed and a buffered run of one task id are different requests
+    let mut key = duplicate_key(intent.as_str(), &payload);
+    if streamed {
+        key.push_str("\u{0}lifecycle");
+    }
+    let fp = fingerprint(key.as_bytes());
     let ticket = if inb.track_duplicates {
-        let fp = fingerprint(duplicate_key(intent.as_str(), &payload).as_bytes());
         match shared.dedup.begin(task_id.as_str(), fp) {
             Begin::New(t) => Some(t),
             Begin::Untracked => None,
+            Begin::Replay(Cached {
+                events: Some(events),
+                ..
+            }) => {
+                tracing::info!("duplicate lifecycle task: replaying its events");
+                let replay = StreamTask::replayed(
+                    task_id.to_string(),
+                    intent.as_str().to_owned(),
+                    inb.peer,
+                    seal_key,
+                    trace.trace_id.clone(),
+                    &events,
+                );
+                return Err(Box::new(Reply {
+                    outcome: Outcome::Stream(Arc::new(replay)),
+                    retry_after: None,
+                    trace_id: trace.trace_id.clone(),
+                    tokens_used: None,
+                    latency_ms: elapsed_ms(started),
+                }));
+            }
+            Begin::Conflict if streamed => {
+                // the same request while it runs: attach to its events
+                if let Some(running) = shared
+                    .streams
+                    .get(task_id.as_str())
+                    .filter(|t| t.fingerprint == fp && !t.is_finished())
+                {
+                    return Err(Box::new(Reply {
+                        outcome: Outcome::Stream(running),
+                        retry_after: None,
+                        trace_id: trace.trace_id.clone(),
+                        tokens_used: None,
+                        latency_ms: elapsed_ms(started),
+                    }));
+                }
+                return fail(
+                    ErrorBody::new(
+                        ErrorCode::Conflict,
+                        "task_id is in use: still running, or reused with a different body",
+                    )
+                    .with_status(409),
+                    &intent_label,
+                    "rejected",
+                );
+            }
             Begin::Replay(cached) => {
                 tracing::info!("duplicate task: replaying the cached result");
                 let outcome = match cached.error_code {
@@ -549,6 +946,7 @@ fn admit(
         seal_key,
         ticket,
         permit,
+        fingerprint: fp,
     })
 }
 
@@ -667,6 +1065,7 @@ fn finish(
                     status: 200,
                     body: Arc::clone(&text),
                     error_code: None,
+                    events: None,
                 });
             }
             let mut reply = Reply {

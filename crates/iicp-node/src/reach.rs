@@ -328,6 +328,7 @@ impl CallHandler for RelayTasks {
                     task,
                     track_duplicates: true,
                     strict_task_id: true,
+                    lifecycle: false,
                 },
             )
             .await;
@@ -335,6 +336,14 @@ impl CallHandler for RelayTasks {
             let body = match reply.outcome {
                 Outcome::Answered { text, .. } => Body::Bytes(text.as_bytes().to_vec()),
                 Outcome::Sealed(sealed) => Body::json(&sealed),
+                Outcome::Stream(_) => {
+                    return Response::error(
+                        &call,
+                        iicp_proto::error::ErrorCode::Conflict.as_str(),
+                        409,
+                        "task_id is in use by a lifecycle task",
+                    )
+                }
                 Outcome::Failed { status, error, .. } => {
                     return Response::error(&call, error.code.as_str(), status, &error.message)
                 }

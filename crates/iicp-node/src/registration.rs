@@ -9,9 +9,8 @@ use std::sync::atomic::Ordering;
 use iicp_proto::directory::{Limits, RegisterRequest};
 use iicp_proto::secret::Secret;
 
-use crate::clock::iso8601;
 use crate::config::{
-    is_private_endpoint, may_register, IMPLEMENTATION_NAME, IMPLEMENTATION_VERSION, NATIVE_CX_V1,
+    is_private_endpoint, may_register, IMPLEMENTATION_NAME, IMPLEMENTATION_VERSION,
 };
 use crate::directory::DirectoryError;
 use crate::error::Error;
@@ -25,7 +24,7 @@ pub(crate) fn request(s: &Shared) -> RegisterRequest {
     let mut req = RegisterRequest::new(
         cfg.endpoint.clone(),
         cfg.region.clone(),
-        s.capabilities.clone(),
+        s.capabilities(),
         Limits {
             max_concurrent: cfg.max_concurrent,
             tokens_per_min: cfg.tokens_per_min,
@@ -45,14 +44,7 @@ pub(crate) fn request(s: &Shared) -> RegisterRequest {
         req.relay_capable = Some(true);
         req.relay_accept_port = Some(cfg.relay_accept_port);
     }
-    if let Some(key) = &cfg.cx_key {
-        let not_after = iso8601(s.unix_secs().saturating_add(cfg.cx_key_lifetime.as_secs()));
-        let mut adv = key.advertisement(Some(not_after), true);
-        if cfg.native {
-            adv.features.push(NATIVE_CX_V1.to_owned());
-        }
-        req.cx_public_key = Some(adv);
-    }
+    req.cx_public_key = s.cx_advertisement();
     if let (Some(op), Some(node_id)) = (&cfg.operator, req.node_id.as_deref()) {
         // §17.1–§17.2: a fresh delegation at every REGISTER
         let delegation = op.delegate(node_id, s.unix_secs());

@@ -26,7 +26,7 @@ use iicp_transport::http::server::{
 use serde_json::json;
 
 use crate::handler::{TaskHandler, Transport};
-use crate::pipeline::{self, error_reply, Inbound, Outcome, Reply};
+use crate::pipeline::{self, error_reply, Inbound, Outcome, Reply, Started};
 use crate::state::Shared;
 
 /// Response header carrying the trace id (§5.3, T14).
@@ -36,13 +36,14 @@ pub(crate) const TRACE_HEADER: &str = "x-iicp-trace-id";
 pub(crate) fn router(shared: Arc<Shared>, handler: Arc<dyn TaskHandler>) -> Router {
     let task_shared = Arc::clone(&shared);
     let health_shared = Arc::clone(&shared);
-    let metrics_shared = shared;
-    Router::new()
-        .route(Method::POST, "/v1/task", move |req, _params| {
-            let shared = Arc::clone(&task_shared);
-            let handler = Arc::clone(&handler);
-            async move { post_task(shared, handler, req).await }
-        })
+    let metrics_shared = Arc::clone(&shared);
+    let task_handler = Arc::clone(&handler);
+    let router = Router::new().route(Method::POST, "/v1/task", move |req, _params| {
+        let shared = Arc::clone(&task_shared);
+        let handler = Arc::clone(&task_handler);
+        async move { post_task(shared, handler, req, false).await }
+    });
+    lifecycle_routes(router, &shared, handler)
         .route(Method::GET, "/iicp/health", move |_req, _params| {
             let shared = Arc::clone(&health_shared);
             async move { json(StatusCode::OK, &health(&shared)) }
@@ -97,10 +98,13 @@ fn client_ip(shared: &Shared, req: &Request, headers: &HeaderMap) -> IpAddr {
     crate::ratelimit::client_addr(peer, true, &lines("x-forwarded-for"), &lines("forwarded"))
 }
 
+/// `POST /v1/task` (buffered) and `POST /v1/tasks` (`lifecycle`: the
+/// service-lifecycle resource, ADR 0013).
 async fn post_task(
     shared: Arc<Shared>,
     handler: Arc<dyn TaskHandler>,
     mut req: Request,
+    lifecycle: bool,
 ) -> Response {
     let headers = req.headers();
     let peer = client_ip(&shared, &req, headers);
@@ -125,23 +129,39 @@ async fn post_task(
         Ok(t) => t,
         Err(e) => return with_trace(error_response(e), &early_trace),
     };
-    let reply = pipeline::run(
-        shared,
-        handler,
-        Inbound {
-            transport: Transport::Http,
-            peer,
-            bearer,
-            consumer_token,
-            traceparent,
-            trace_bytes: None,
-            task,
-            track_duplicates: true,
-            strict_task_id: true,
-        },
-    )
-    .await;
-    to_response(reply)
+    let inbound = Inbound {
+        transport: Transport::Http,
+        peer,
+        bearer,
+        consumer_token,
+        traceparent,
+        trace_bytes: None,
+        task,
+        track_duplicates: true,
+        strict_task_id: true,
+        lifecycle,
+    };
+    if !lifecycle {
+        return to_response(pipeline::run(shared, handler, inbound).await);
+    }
+    if !handler.streams() {
+        let e = ErrorBody::new(
+            ErrorCode::UnsupportedProfile,
+            "this node does not stream: use POST /v1/task",
+        )
+        .with_status(422);
+        return to_response(error_reply(Some(&inbound.task.task_id), e, early_trace, 0));
+    }
+    match pipeline::start(&shared, handler, inbound).await {
+        Started::Reply(reply) => to_response(*reply),
+        Started::Stream(task) => with_trace(
+            json(StatusCode::ACCEPTED, &task.state(Some(""))),
+            &task.trace_id,
+        ),
+        Started::Attached(task) => {
+            with_trace(json(StatusCode::OK, &task.state(Some(""))), &task.trace_id)
+        }
+    }
 }
 
 fn error_response(e: HttpError) -> Response {
@@ -174,6 +194,11 @@ fn to_response(reply: Reply) -> Response {
         Outcome::Failed { status, body, .. } => json(
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             &body,
+        ),
+        // only `POST /v1/tasks` asks for events; a buffered request never matches one
+        Outcome::Stream(_) => json(
+            StatusCode::CONFLICT,
+            &ErrorBody::new(ErrorCode::Conflict, "task_id is in use by a lifecycle task"),
         ),
     };
     if let Some(after) = reply.retry_after {
@@ -216,4 +241,188 @@ fn health(shared: &Shared) -> serde_json::Value {
         "implementation_name": crate::config::IMPLEMENTATION_NAME,
         "implementation_version": crate::config::IMPLEMENTATION_VERSION,
     })
+}
+
+// ---------------------------------------------------------------------------
+// The service-lifecycle resources (PROTOCOL.md §11.5, ADR 0013)
+// ---------------------------------------------------------------------------
+
+/// Mounts `POST /v1/tasks`, `GET /v1/tasks/{task_id}`,
+/// `GET /v1/tasks/{task_id}/events` and `POST /v1/tasks/{task_id}/cancel`.
+fn lifecycle_routes(router: Router, shared: &Arc<Shared>, handler: Arc<dyn TaskHandler>) -> Router {
+    let (s1, s2, s3, s4) = (
+        Arc::clone(shared),
+        Arc::clone(shared),
+        Arc::clone(shared),
+        Arc::clone(shared),
+    );
+    router
+        .route(Method::POST, "/v1/tasks", move |req, _params| {
+            let shared = Arc::clone(&s1);
+            let handler = Arc::clone(&handler);
+            async move { post_task(shared, handler, req, true).await }
+        })
+        .route(Method::GET, "/v1/tasks/{task_id}", move |req, params| {
+            let shared = Arc::clone(&s2);
+            async move {
+                match observed(&shared, &req, params.get("task_id")) {
+                    Ok(task) => {
+                        with_trace(json(StatusCode::OK, &task.state(Some(""))), &task.trace_id)
+                    }
+                    Err(r) => *r,
+                }
+            }
+        })
+        .route(
+            Method::GET,
+            "/v1/tasks/{task_id}/events",
+            move |req, params| {
+                let shared = Arc::clone(&s3);
+                async move {
+                    match observed(&shared, &req, params.get("task_id")) {
+                        Ok(task) => events_response(task, resume_after(&req)),
+                        Err(r) => *r,
+                    }
+                }
+            },
+        )
+        .route(
+            Method::POST,
+            "/v1/tasks/{task_id}/cancel",
+            move |req, params| {
+                let shared = Arc::clone(&s4);
+                async move {
+                    match observed(&shared, &req, params.get("task_id")) {
+                        Ok(task) => {
+                            task.cancel();
+                            // answer with the state the cancel led to, when it comes soon
+                            let _ =
+                                tokio::time::timeout(CANCEL_SETTLE, until_finished(&task)).await;
+                            with_trace(json(StatusCode::OK, &task.state(Some(""))), &task.trace_id)
+                        }
+                        Err(r) => *r,
+                    }
+                }
+            },
+        )
+}
+
+/// How long a cancel waits for the task's terminal before it answers the state.
+const CANCEL_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Server-sent-event messages buffered per stream before the task waits for the reader.
+const SSE_QUEUE: usize = 32;
+
+async fn until_finished(task: &crate::stream::StreamTask) {
+    let mut seen = 0;
+    loop {
+        let more = task.next_events(seen).await;
+        if more.is_empty() {
+            return;
+        }
+        seen += more.len();
+    }
+}
+
+/// The lifecycle task a status, events or cancel request names, if the caller may see
+/// it: the credential the node's auth mode asks for tasks of that intent, and in open
+/// mode the submitter's own address. An unknown task and one the caller may not see
+/// are both 404, so task ids cannot be probed.
+fn observed(
+    shared: &Arc<Shared>,
+    req: &Request,
+    task_id: Option<&str>,
+) -> Result<Arc<crate::stream::StreamTask>, Box<Response>> {
+    let headers = req.headers();
+    let not_found = || {
+        Box::new(json(
+            StatusCode::NOT_FOUND,
+            &ErrorBody::new(ErrorCode::NotFound, "no such lifecycle task"),
+        ))
+    };
+    let task = task_id
+        .and_then(|id| shared.streams.get(id))
+        .ok_or_else(not_found)?;
+    let bearer = bearer(headers);
+    let consumer = header_str(headers, "x-iicp-consumer-token").map(Secret::new);
+    let credentials = pipeline::Credentials {
+        transport: Transport::Http,
+        bearer: bearer.as_ref(),
+        consumer_token: consumer.as_ref(),
+        body_token: None,
+    };
+    if !pipeline::authorized(shared, &credentials, &task.intent) {
+        return Err(Box::new(json(
+            StatusCode::UNAUTHORIZED,
+            &ErrorBody::new(
+                ErrorCode::Unauthorized,
+                "missing or invalid task credential",
+            ),
+        )));
+    }
+    let open = shared.cfg.auth == crate::access::AuthMode::Open;
+    if open && client_ip(shared, req, headers) != task.owner {
+        return Err(not_found());
+    }
+    Ok(task)
+}
+
+/// The sequence to resume after: `?after_sequence=N`, else `Last-Event-ID: N`.
+fn resume_after(req: &Request) -> Option<u64> {
+    let from_query = req.uri().query().and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "after_sequence")
+            .and_then(|(_, v)| v.parse::<i64>().ok())
+    });
+    match from_query {
+        Some(n) => u64::try_from(n).ok(),
+        None => header_str(req.headers(), "last-event-id").and_then(|v| v.parse().ok()),
+    }
+}
+
+/// `text/event-stream` of the task's events after `after` (all of them without),
+/// ending after the terminal. Each message: `id:` the sequence, `event:` its name,
+/// `data:` the event object, sealed per chunk under response encryption.
+fn events_response(task: Arc<crate::stream::StreamTask>, after: Option<u64>) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(SSE_QUEUE);
+    let trace_id = task.trace_id.clone();
+    tokio::spawn(async move {
+        let mut next = after.map_or(0, |a| {
+            usize::try_from(a.saturating_add(1)).unwrap_or(usize::MAX)
+        });
+        loop {
+            let events = task.next_events(next).await;
+            if events.is_empty() {
+                break;
+            }
+            next += events.len();
+            let mut out = Vec::with_capacity(256 * events.len());
+            for e in events {
+                let seq = e.sequence;
+                let e = task.for_caller(e, seq);
+                write_sse(&mut out, &e);
+            }
+            if tx.send(Bytes::from(out)).await.is_err() {
+                // the reader left; the task goes on (cancel it to stop it)
+                break;
+            }
+        }
+    });
+    let mut r = Response::new(iicp_transport::http::server::ResponseBody::channel(rx));
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    with_trace(r, &trace_id)
+}
+
+/// One SSE message for `e` (JSON has no raw newlines, so `data:` is one line).
+fn write_sse(out: &mut Vec<u8>, e: &iicp_proto::lifecycle::Event) {
+    use std::io::Write;
+    let _ = write!(out, "id: {}\nevent: {}\ndata: ", e.sequence, e.event);
+    let _ = serde_json::to_writer(&mut *out, e);
+    out.extend_from_slice(b"\n\n");
 }

@@ -55,7 +55,14 @@ pub(crate) struct Counters {
 /// State shared by every part of a running node.
 pub(crate) struct Shared {
     pub(crate) cfg: NodeConfig,
-    pub(crate) capabilities: Vec<Capability>,
+    /// The capabilities as configured; [`Shared::capabilities`] adds what the handler
+    /// brings (the lifecycle profile when it streams).
+    pub(crate) base_capabilities: Vec<Capability>,
+    /// Whether the handler streams ([`crate::handler::TaskHandler::streams`]), set when
+    /// the services are built.
+    pub(crate) streaming: AtomicBool,
+    /// Lifecycle tasks (`stream`).
+    pub(crate) streams: crate::stream::Streams,
     pub(crate) served: Vec<Intent>,
     pub(crate) creds: Mutex<Credentials>,
     pub(crate) dir_key: RwLock<Option<DirectoryPublicKey>>,
@@ -80,6 +87,62 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The advertised capabilities: with a streaming handler, each names the
+    /// service-lifecycle profile, `supports_streaming` and its HTTP resources
+    /// (`extensions.service_lifecycle`, ADR 0013).
+    pub(crate) fn capabilities(&self) -> Vec<Capability> {
+        let mut caps = self.base_capabilities.clone();
+        if self.streaming.load(Ordering::Relaxed) {
+            for cap in &mut caps {
+                let profiles = cap.supported_profiles.get_or_insert_with(Vec::new);
+                if !profiles.iter().any(|p| p == iicp_proto::lifecycle::PROFILE) {
+                    profiles.push(iicp_proto::lifecycle::PROFILE.to_owned());
+                }
+                cap.supports_streaming = Some(true);
+                let mut ext = match cap.extensions.take() {
+                    Some(serde_json::Value::Object(m)) => m,
+                    _ => serde_json::Map::new(),
+                };
+                ext.insert(
+                    "service_lifecycle".to_owned(),
+                    iicp_proto::lifecycle::http_resources(),
+                );
+                cap.extensions = Some(serde_json::Value::Object(ext));
+            }
+        }
+        caps
+    }
+
+    /// The CX key advertisement (REGISTER, DISCOVER answers): the key, its
+    /// `not_after`, and the features this node speaks (native CX, sealed chunks).
+    pub(crate) fn cx_advertisement(&self) -> Option<iicp_proto::directory::CxPublicKey> {
+        let cfg = &self.cfg;
+        let key = cfg.cx_key.as_ref()?;
+        let not_after = crate::clock::iso8601(
+            self.unix_secs()
+                .saturating_add(cfg.cx_key_lifetime.as_secs()),
+        );
+        let mut adv = key.advertisement(Some(not_after), true);
+        if cfg.native {
+            adv.features
+                .push(iicp_proto::constants::NATIVE_CX_V1.to_owned());
+        }
+        if self.streaming.load(Ordering::Relaxed) {
+            adv.features
+                .push(iicp_proto::constants::CX_STREAM_V1.to_owned());
+        }
+        Some(adv)
+    }
+
+    /// The profiles this node supports for a task.
+    pub(crate) fn supported_profiles(&self) -> &'static [&'static str] {
+        if self.streaming.load(Ordering::Relaxed) {
+            &[iicp_proto::lifecycle::PROFILE]
+        } else {
+            &[]
+        }
+    }
+
     pub(crate) fn new(cfg: NodeConfig) -> Self {
         let mut capabilities = build_capabilities_for(&cfg.models, &cfg.intents, cfg.max_tokens);
         if cfg.auth != AuthMode::Open {
@@ -102,7 +165,9 @@ impl Shared {
             hmac_key: None,
         };
         Shared {
-            capabilities,
+            base_capabilities: capabilities,
+            streaming: AtomicBool::new(false),
+            streams: crate::stream::Streams::default(),
             served,
             creds: Mutex::new(creds),
             dir_key: RwLock::new(cfg.directory_key),

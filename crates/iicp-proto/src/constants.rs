@@ -18,6 +18,10 @@ pub const DEFAULT_RELAY_ACCEPT_PORT: u16 = 9485;
 /// (ADR 0005).
 pub const NATIVE_CX_V1: &str = "native_cx_v1";
 
+/// The IICP-CX feature a node advertises when it seals streamed chunks one by one
+/// (ADR 0013).
+pub const CX_STREAM_V1: &str = "cx_stream_v1";
+
 /// The `X-IICP-Version` header a client sends with directory and task requests.
 pub const VERSION_HEADER: &str = "x-iicp-version";
 

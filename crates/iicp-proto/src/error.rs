@@ -111,6 +111,8 @@ error_codes! {
     UnknownIntent = "unknown_intent", status Some(422), retry false;
     /// `unsupported_profile` (422): a required profile is not supported.
     UnsupportedProfile = "unsupported_profile", status Some(422), retry false;
+    /// `cancelled` (499): the caller cancelled a lifecycle task (PROTOCOL.md §11.4).
+    Cancelled = "cancelled", status Some(499), retry false;
     /// `no_available_node` (proxy): candidates existed but every attempt failed.
     NoAvailableNode = "no_available_node", status None, retry false;
     /// `timeout` (proxy): all nodes timed out.

@@ -282,7 +282,10 @@ mod tests {
         c.optional_profiles = None;
         c.required_profiles = Some(vec!["urn:iicp:profile:unknown:v1".into(), PROFILE.into()]);
         assert!(requested(&c));
-        assert_eq!(missing_required(&c, &[PROFILE]), vec!["urn:iicp:profile:unknown:v1"]);
+        assert_eq!(
+            missing_required(&c, &[PROFILE]),
+            vec!["urn:iicp:profile:unknown:v1"]
+        );
         assert!(missing_required(&Constraints::default(), &[]).is_empty());
     }
 

@@ -830,6 +830,12 @@ pub struct Control {
     /// Session id.
     #[n(4)]
     pub session_id: Option<String>,
+    /// Why (a lifecycle cancel, ADR 0013).
+    #[n(5)]
+    pub reason: Option<String>,
+    /// The lifecycle task a cancel names (ADR 0013; as CALL key 24).
+    #[n(24)]
+    pub task_id: Option<String>,
 }
 
 /// ADVERTISE (0x0C on task connections).

@@ -28,6 +28,13 @@ pub struct StubModel {
     model: String,
     completions: AtomicU64,
     counts: Mutex<BTreeMap<String, u64>>,
+    /// Paced streaming: this many content tokens, this far apart (`None`: the fixed
+    /// three-chunk answer at once).
+    pacing: Option<(usize, Duration)>,
+    /// Streams whose reader went away before the last chunk.
+    disconnects: AtomicU64,
+    /// Streamed chunks written.
+    streamed_chunks: AtomicU64,
 }
 
 impl StubModel {
@@ -38,7 +45,32 @@ impl StubModel {
             model: model.into(),
             completions: AtomicU64::new(0),
             counts: Mutex::new(BTreeMap::new()),
+            pacing: None,
+            disconnects: AtomicU64::new(0),
+            streamed_chunks: AtomicU64::new(0),
         })
+    }
+
+    /// A stub whose streamed answers are `tokens` content chunks (`"t0 "`, `"t1 "`, …)
+    /// written `every` apart, then the finish chunk with usage and `[DONE]`, as a model
+    /// server generating tokens does. A reader that leaves early is counted
+    /// ([`StubModel::disconnects`]) and the generation stops.
+    pub fn paced(model: impl Into<String>, tokens: usize, every: Duration) -> Arc<Self> {
+        let mut s = Self::new(model, Duration::ZERO);
+        if let Some(m) = Arc::get_mut(&mut s) {
+            m.pacing = Some((tokens, every));
+        }
+        s
+    }
+
+    /// Paced streams whose reader disconnected before the end.
+    pub fn disconnects(&self) -> u64 {
+        self.disconnects.load(Ordering::Relaxed)
+    }
+
+    /// Paced chunks written so far.
+    pub fn streamed_chunks(&self) -> u64 {
+        self.streamed_chunks.load(Ordering::Relaxed)
     }
 
     /// Requests seen, by `METHOD path` (at most 64 distinct paths are counted).
@@ -119,6 +151,52 @@ fn sse(model: &str) -> Vec<u8> {
     out.into_bytes()
 }
 
+/// A paced event stream (see [`StubModel::paced`]).
+fn paced(stub: Arc<StubModel>, model: String, tokens: usize, every: Duration) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
+    tokio::spawn(async move {
+        let model = serde_json::Value::from(model);
+        let chunk = |delta: &str, finish: &str, usage: &str| {
+            format!(
+                "data: {{\"id\":\"chatcmpl-stub\",\"object\":\"chat.completion.chunk\",\"created\":1767225600,\"model\":{model},\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}]{usage}}}\n\n"
+            )
+        };
+        let mut events = vec![chunk(r#"{"role":"assistant","content":""}"#, "null", "")];
+        for i in 0..tokens {
+            events.push(chunk(&format!(r#"{{"content":"t{i} "}}"#), "null", ""));
+        }
+        events.push(chunk(
+            "{}",
+            r#""stop""#,
+            &format!(
+                r#","usage":{{"prompt_tokens":3,"completion_tokens":{tokens},"total_tokens":{}}}"#,
+                tokens + 3
+            ),
+        ));
+        events.push("data: [DONE]\n\n".to_owned());
+        let last = events.len() - 1;
+        for (i, e) in events.into_iter().enumerate() {
+            if i > 1 && i <= tokens + 1 {
+                tokio::time::sleep(every).await;
+            }
+            if tx.send(bytes::Bytes::from(e)).await.is_err() {
+                stub.disconnects.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            stub.streamed_chunks.fetch_add(1, Ordering::Relaxed);
+            if i == last {
+                return;
+            }
+        }
+    });
+    let mut r = Response::new(iicp_transport::http::server::ResponseBody::channel(rx));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    r
+}
+
 async fn complete(stub: Arc<StubModel>, mut req: Request) -> Response {
     let path = req.uri().path().to_owned();
     stub.count(&format!("POST {path}"));
@@ -136,6 +214,10 @@ async fn complete(stub: Arc<StubModel>, mut req: Request) -> Response {
     let model = parsed.model.as_deref().unwrap_or(&stub.model);
     if parsed.stream == Some(true) && path != "/api/chat" {
         stub.completions.fetch_add(1, Ordering::Relaxed);
+        if let Some((tokens, every)) = stub.pacing {
+            let model = model.to_owned();
+            return paced(stub, model, tokens, every);
+        }
         let mut response = json_bytes(StatusCode::OK, sse(model).into());
         response.headers_mut().insert(
             http::header::CONTENT_TYPE,

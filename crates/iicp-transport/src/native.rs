@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 use iicp_proto::endpoint::{self, UrlError};
-use iicp_proto::message::{Call, Discover, Response};
+use iicp_proto::message::{Call, Control, Discover, Response};
 
 pub mod client;
 pub mod connection;
@@ -39,6 +39,30 @@ pub struct CallContext {
     pub tls: bool,
 }
 
+/// Sends the non-final RESPONSEs of one streaming CALL to its connection, in order
+/// ([`CallHandler::handle_streaming`]). Waits while the connection's queue is full, so
+/// a slow reader slows the producer instead of growing memory.
+#[derive(Clone, Debug)]
+pub struct PartialSender(pub(crate) tokio::sync::mpsc::Sender<Response>);
+
+impl PartialSender {
+    /// Queues `response` (a non-final RESPONSE carrying the CALL's ids). `Err` when the
+    /// connection is gone: stop producing.
+    pub async fn send(&self, response: Response) -> Result<(), ConnectionGone> {
+        self.0.send(response).await.map_err(|_| ConnectionGone)
+    }
+
+    /// A sender whose RESPONSEs go to `tx` (tests, relays that forward elsewhere).
+    pub fn from_channel(tx: tokio::sync::mpsc::Sender<Response>) -> Self {
+        Self(tx)
+    }
+}
+
+/// The connection of a streaming CALL closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the native connection is gone")]
+pub struct ConnectionGone;
+
 /// Nodes listed in one DISCOVER answer when the request names no limit (framing §4.7).
 pub const DISCOVER_DEFAULT_LIMIT: usize = 10;
 /// Most nodes listed in one DISCOVER answer, whatever the request asks for.
@@ -49,6 +73,27 @@ pub const DISCOVER_MAX_LIMIT: usize = 100;
 pub trait CallHandler: Send + Sync + 'static {
     /// Runs one CALL to completion.
     fn handle(&self, call: Call, ctx: CallContext) -> BoxFuture<'static, Response>;
+
+    /// Runs one CALL that may answer with several RESPONSEs (the service-lifecycle
+    /// profile, PROTOCOL.md §11): non-final ones go through `partials`, in order, and the
+    /// returned one is the last. The connection calls this; the default ignores
+    /// `partials` and runs [`CallHandler::handle`].
+    fn handle_streaming(
+        &self,
+        call: Call,
+        ctx: CallContext,
+        partials: PartialSender,
+    ) -> BoxFuture<'static, Response> {
+        let _ = partials;
+        self.handle(call, ctx)
+    }
+
+    /// A CONTROL frame on this connection (PROTOCOL.md §10; the lifecycle profile's
+    /// cancel). Called on the connection's task: act without blocking. The default
+    /// ignores it.
+    fn control(&self, control: &Control, ctx: &CallContext) {
+        let _ = (control, ctx);
+    }
 
     /// The nodes a DISCOVER on a task connection lists (PROTOCOL.md §10.5, §10.7): JSON
     /// objects with the directory's NODELIST field names, sent as string-keyed CBOR maps

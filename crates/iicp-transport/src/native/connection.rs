@@ -264,6 +264,9 @@ struct Actor<IO> {
     tasks: JoinSet<Response>,
     /// (session id, call id) of each running handler task, to answer even if it panics.
     task_calls: HashMap<tokio::task::Id, (Option<String>, Option<String>)>,
+    /// Non-final RESPONSEs of streaming handlers, in order (sent before their final).
+    partials_tx: mpsc::Sender<Response>,
+    partials_rx: mpsc::Receiver<Response>,
     close: Option<CloseInfo>,
 }
 
@@ -279,6 +282,7 @@ where
         messages: Option<MessageSink>,
     ) -> Self {
         let session = Session::new(config.session.clone(), Instant::now());
+        let (partials_tx, partials_rx) = mpsc::channel(PARTIALS_CAPACITY);
         Self {
             io,
             ctx,
@@ -293,6 +297,8 @@ where
             pings: VecDeque::new(),
             tasks: JoinSet::new(),
             task_calls: HashMap::new(),
+            partials_tx,
+            partials_rx,
             close: None,
         }
     }
@@ -346,6 +352,7 @@ where
                     Some(cmd) => self.command(cmd),
                     None => commands_open = false,
                 },
+                Some(partial) = self.partials_rx.recv(), if !self.tasks.is_empty() => self.send_partial(partial),
                 Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => self.finish_call(joined),
                 _ = sleep_until(deadline), if deadline.is_some() => self.session.handle_timeout(Instant::now()),
                 _ = shutdown.cancelled(), if !shutting_down => {
@@ -489,6 +496,11 @@ where
                     }
                 }
                 Event::Discover(d) => self.answer_discover(&d),
+                Event::Message(Message::Control(control)) if self.handler.is_some() => {
+                    if let Some(h) = &self.handler {
+                        h.control(&control, &self.ctx);
+                    }
+                }
                 Event::Message(msg) => match &self.messages {
                     Some(sink) => {
                         if sink.send(msg).await.is_err() {
@@ -550,7 +562,10 @@ where
             return;
         };
         let ids = (call.session_id.clone(), call.call_id.clone());
-        let task = self.tasks.spawn(handler.handle(call, self.ctx.clone()));
+        let partials = super::PartialSender(self.partials_tx.clone());
+        let task = self
+            .tasks
+            .spawn(handler.handle_streaming(call, self.ctx.clone(), partials));
         self.task_calls.insert(task.id(), ids);
     }
 
@@ -568,6 +583,11 @@ where
                 )
             }
         };
+        // every partial a handler queued was queued before it returned: send those
+        // first, so the final answer is the last frame of its call
+        while let Ok(partial) = self.partials_rx.try_recv() {
+            self.send_partial(partial);
+        }
         let Some((session_id, call_id)) = self.task_calls.remove(&task) else {
             return;
         };
@@ -582,6 +602,26 @@ where
         let _ = self.session.send_response(resp);
     }
 }
+
+impl<IO> Actor<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// Sends one non-final RESPONSE of a streaming handler; one marked final, or for a
+    /// call no longer open, is dropped (the handler's returned answer is the final).
+    fn send_partial(&mut self, resp: Response) {
+        if resp.is_final() {
+            tracing::debug!(peer = %self.ctx.peer, "a final RESPONSE sent as a partial was dropped");
+            return;
+        }
+        if let Err(e) = self.session.send_response(resp) {
+            tracing::debug!(peer = %self.ctx.peer, error = %e, "partial RESPONSE not sent");
+        }
+    }
+}
+
+/// Queued partial RESPONSEs per connection before streaming handlers wait.
+const PARTIALS_CAPACITY: usize = 64;
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {

@@ -146,6 +146,13 @@ impl ResponseBody {
         ))
     }
 
+    /// A streaming body fed by `rx`: each received chunk is sent as it arrives (one
+    /// chunked-encoding frame; with `TCP_NODELAY` one segment), the body ends when every
+    /// sender is dropped. For event streams (`text/event-stream`, NDJSON).
+    pub fn channel(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Self {
+        Self::streaming(ChannelBody(rx))
+    }
+
     /// The complete bytes, if this is not a streaming body (empty body → empty bytes).
     pub fn as_bytes(&self) -> Option<&[u8]> {
         match &self.0 {
@@ -231,5 +238,23 @@ impl Body for ResponseBody {
             }
             ResponseInner::Stream(body) => body.size_hint(),
         }
+    }
+}
+
+/// The body of [`ResponseBody::channel`].
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.get_mut()
+            .0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
     }
 }
