@@ -6,6 +6,10 @@ or runs a tiny OpenAI-compatible stub behind an SDK node. Run it with the intero
 python (scripts/peers prints IICP_PEER_PYTHON). Output is one JSON object per line.
 
   py_peer.py tcp-client HOST PORT N       IicpTcpClient: handshake, ping, N calls, close
+  py_peer.py tcp-stream HOST PORT TASK_ID PROMPT
+                                          IicpTcpClient: handshake, stream_call() (the SDK's
+                                          lifecycle client, which validates every frame), then
+                                          a base call() on the same connection
   py_peer.py tcp-discover HOST PORT INTENT
                                           IicpTcpClient: handshake, one discover(), close
   py_peer.py stub-openai PORT             OpenAI-compatible stub (echoes the last user message)
@@ -56,6 +60,20 @@ async def tcp_client(host, port, n):
             r = await c.call(INTENT, {"messages": [{"role": "user", "content": f"py native #{i}"}]},
                              session_id=f"s{i}", call_id=f"c{i}")
             emit(event="call", i=i, ms=(time.perf_counter() - t0) * 1000, result=r)
+    emit(event="closed")
+
+
+async def tcp_stream(host, port, task_id, prompt):
+    from iicp_client.iicp_tcp import IicpTcpClient
+
+    payload = {"messages": [{"role": "user", "content": prompt}]}
+    async with IicpTcpClient(host, port, timeout_s=10) as c:
+        await c.handshake()
+        t0 = time.perf_counter()
+        async for frame in c.stream_call(INTENT, payload, task_id=task_id, call_id="py-attempt-1"):
+            emit(event="frame", ms=(time.perf_counter() - t0) * 1000, frame=frame)
+        r = await c.call(INTENT, payload, session_id="base-1", call_id="base-1")
+        emit(event="call", result=r)
     emit(event="closed")
 
 
@@ -195,6 +213,8 @@ def main():
         asyncio.run(tcp_client(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
     elif cmd == "tcp-discover":
         asyncio.run(tcp_discover(sys.argv[2], int(sys.argv[3]), sys.argv[4]))
+    elif cmd == "tcp-stream":
+        asyncio.run(tcp_stream(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]))
     elif cmd == "stub-openai":
         srv = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), Stub)
         emit(event="listening", port=srv.server_address[1])

@@ -319,3 +319,71 @@ async fn python_tcp_client_discovers_our_node_native() {
     handle.stop().await;
     mesh.stop().await;
 }
+
+/// The Python SDK's lifecycle client (`IicpTcpClient.stream_call`, which validates the
+/// ids, the sequence, the status/event pairs and the finality of every frame) against
+/// our streaming node (ADR 0013): it accepts our lifecycle RESPONSEs, the chunks join
+/// to the answer, and a base `call()` on the same connection still gets one buffered
+/// RESPONSE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_stream_call_to_our_streaming_node() {
+    let Some(py) = python() else { return };
+    let scratch = Scratch::new("py-stream").unwrap();
+    let node = iicp_node::Node::builder()
+        .endpoint("http://127.0.0.1:9484")
+        .intent("urn:iicp:intent:llm:chat:v1")
+        .model("echo")
+        .build()
+        .unwrap();
+    let handle = node
+        .bind_and_serve(
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            iicp_node::EchoModel::default(),
+            iicp_node::ServeOptions::default().with_register(false),
+        )
+        .await
+        .unwrap();
+    let port = handle.local_addr().port().to_string();
+    let task_id = "6f1c1d2e-8a57-4c1e-9d3a-0b1f2e3d4c5b";
+    let out = peers::run(
+        "py-tcp-stream",
+        peers::py_peer(
+            &py,
+            &scratch,
+            &["tcp-stream", "127.0.0.1", &port, task_id, "stream me please"],
+        ),
+        &scratch,
+        PEER_RUN_WITHIN,
+    )
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "python stream_call failed: {}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let events = out.json_lines();
+    let frames: Vec<&Value> = events.iter().filter(|e| e["event"] == "frame").collect();
+    assert!(frames.len() >= 4, "{events:?}");
+    let mut text = String::new();
+    for (i, f) in frames.iter().enumerate() {
+        let frame = &f["frame"];
+        assert_eq!(frame["lifecycle"]["sequence"], i, "{frame}");
+        assert_eq!(frame["lifecycle"]["task_id"], task_id);
+        assert_eq!(frame["call_id"], "py-attempt-1");
+        if let Some(t) = frame["result"]["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+    }
+    let last = &frames.last().unwrap()["frame"];
+    assert_eq!(last["status"], "success");
+    assert_eq!(last["lifecycle"]["event"], "completed");
+    assert_eq!(text, "echo: stream me please");
+    let call = events.iter().find(|e| e["event"] == "call").expect("base call");
+    assert_eq!(
+        call["result"]["choices"][0]["message"]["content"],
+        "echo: stream me please"
+    );
+    handle.stop().await;
+}
