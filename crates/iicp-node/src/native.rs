@@ -90,7 +90,7 @@ impl CallHandler for NativeTasks {
         };
         if task.owner == ctx.peer.ip().to_canonical() {
             tracing::info!(task_id = %task.task_id, "lifecycle task cancelled by CONTROL");
-            task.cancel();
+            task.log.cancel();
         }
     }
 
@@ -388,9 +388,9 @@ struct CancelOnDrop(Option<Arc<StreamTask>>);
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         if let Some(task) = self.0.take() {
-            if !task.is_finished() {
+            if !task.log.is_finished() {
                 tracing::info!(task_id = %task.task_id, "native caller gone; lifecycle task cancelled");
-                task.cancel();
+                task.log.cancel();
             }
         }
     }
@@ -411,7 +411,7 @@ async fn forward(
     let mut next = 0usize;
     let mut native_seq = 0u64;
     loop {
-        let events = task.next_events(next).await;
+        let events = task.log.next_events(next).await;
         if events.is_empty() {
             // ended without a terminal: cannot happen (the log always ends with one)
             guard.0 = None;

@@ -58,6 +58,7 @@ use crate::handler::{
 };
 use crate::state::Shared;
 use crate::stream::StreamTask;
+use iicp_transport::events::EventLog;
 
 /// A task as it reaches the pipeline, whichever transport carried it.
 pub(crate) struct Inbound {
@@ -408,7 +409,7 @@ pub(crate) async fn start(
         }
     };
     let task = Arc::new(StreamTask::new(
-        inb.task.task_id.to_string(),
+        EventLog::new(inb.task.task_id.as_str()),
         admitted.intent.as_str().to_owned(),
         admitted.fingerprint,
         inb.peer,
@@ -419,7 +420,7 @@ pub(crate) async fn start(
         // untracked duplicates (store full) of a running task: attach
         return Started::Attached(running);
     }
-    task.emit(EventKind::Accepted, |_| {});
+    task.log.emit(EventKind::Accepted, |_| {});
     tokio::spawn(
         drive(
             Arc::clone(shared),
@@ -489,7 +490,7 @@ async fn drive(
         let end = loop {
             tokio::select! {
                 biased;
-                () = task.cancelled() => break End::Cancelled,
+                () = task.log.cancelled() => break End::Cancelled,
                 () = tokio::time::sleep_until(deadline) => break End::TimedOut,
                 Some(chunk) = rx.recv() => partial(&task, chunk, &mut tokens),
                 out = &mut work => {
@@ -538,7 +539,7 @@ async fn drive(
                 inb.task.source_node_id.as_deref(),
             );
             let result = out.result;
-            task.emit(EventKind::Completed, |e| {
+            task.log.emit(EventKind::Completed, |e| {
                 e.result = (!result.is_null()).then_some(result);
                 e.tokens_used = Some(total);
                 e.model_used = model;
@@ -602,7 +603,7 @@ async fn drive(
         }
     };
     if let Some(t) = ticket {
-        let events = task.events();
+        let events = task.log.events();
         let terminal = events
             .last()
             .and_then(|e| serde_json::to_string(e).ok())
@@ -622,7 +623,7 @@ fn partial(task: &StreamTask, chunk: Chunk, tokens: &mut Option<u64>) {
         *tokens = chunk.tokens_used;
     }
     let t = *tokens;
-    task.emit(EventKind::Partial, |e| {
+    task.log.emit(EventKind::Partial, |e| {
         e.result = Some(chunk.result);
         e.tokens_used = t;
     });
@@ -648,7 +649,7 @@ fn fail_stream(
         .metrics
         .task(label, intent_label, qos, Some(latency_ms), 0);
     count(shared, false, latency_ms);
-    task.emit(kind, |e| {
+    task.log.emit(kind, |e| {
         e.error = Some(ErrorObject {
             code: Some(body.code.clone()),
             message: body.message.clone(),
@@ -841,13 +842,13 @@ fn admit(
                 ..
             }) => {
                 tracing::info!("duplicate lifecycle task: replaying its events");
-                let replay = StreamTask::replayed(
-                    task_id.to_string(),
+                let replay = StreamTask::new(
+                    EventLog::replayed(task_id.as_str(), &events),
                     intent.as_str().to_owned(),
+                    fp,
                     inb.peer,
                     seal_key,
                     trace.trace_id.clone(),
-                    &events,
                 );
                 return Err(Box::new(Reply {
                     outcome: Outcome::Stream(Arc::new(replay)),
@@ -862,7 +863,7 @@ fn admit(
                 if let Some(running) = shared
                     .streams
                     .get(task_id.as_str())
-                    .filter(|t| t.fingerprint == fp && !t.is_finished())
+                    .filter(|t| t.fingerprint == fp && !t.log.is_finished())
                 {
                     return Err(Box::new(Reply {
                         outcome: Outcome::Stream(running),

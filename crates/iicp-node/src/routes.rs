@@ -155,11 +155,11 @@ async fn post_task(
     match pipeline::start(&shared, handler, inbound).await {
         Started::Reply(reply) => to_response(*reply),
         Started::Stream(task) => with_trace(
-            json(StatusCode::ACCEPTED, &task.state(Some(""))),
+            json(StatusCode::ACCEPTED, &task.log.state(Some(""))),
             &task.trace_id,
         ),
         Started::Attached(task) => {
-            with_trace(json(StatusCode::OK, &task.state(Some(""))), &task.trace_id)
+            with_trace(json(StatusCode::OK, &task.log.state(Some(""))), &task.trace_id)
         }
     }
 }
@@ -267,7 +267,7 @@ fn lifecycle_routes(router: Router, shared: &Arc<Shared>, handler: Arc<dyn TaskH
             async move {
                 match observed(&shared, &req, params.get("task_id")) {
                     Ok(task) => {
-                        with_trace(json(StatusCode::OK, &task.state(Some(""))), &task.trace_id)
+                        with_trace(json(StatusCode::OK, &task.log.state(Some(""))), &task.trace_id)
                     }
                     Err(r) => *r,
                 }
@@ -294,11 +294,11 @@ fn lifecycle_routes(router: Router, shared: &Arc<Shared>, handler: Arc<dyn TaskH
                 async move {
                     match observed(&shared, &req, params.get("task_id")) {
                         Ok(task) => {
-                            task.cancel();
+                            task.log.cancel();
                             // answer with the state the cancel led to, when it comes soon
                             let _ =
-                                tokio::time::timeout(CANCEL_SETTLE, until_finished(&task)).await;
-                            with_trace(json(StatusCode::OK, &task.state(Some(""))), &task.trace_id)
+                                tokio::time::timeout(CANCEL_SETTLE, task.log.finished()).await;
+                            with_trace(json(StatusCode::OK, &task.log.state(Some(""))), &task.trace_id)
                         }
                         Err(r) => *r,
                     }
@@ -312,17 +312,6 @@ const CANCEL_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Server-sent-event messages buffered per stream before the task waits for the reader.
 const SSE_QUEUE: usize = 32;
-
-async fn until_finished(task: &crate::stream::StreamTask) {
-    let mut seen = 0;
-    loop {
-        let more = task.next_events(seen).await;
-        if more.is_empty() {
-            return;
-        }
-        seen += more.len();
-    }
-}
 
 /// The lifecycle task a status, events or cancel request names, if the caller may see
 /// it: the credential the node's auth mode asks for tasks of that intent, and in open
@@ -392,7 +381,7 @@ fn events_response(task: Arc<crate::stream::StreamTask>, after: Option<u64>) -> 
             usize::try_from(a.saturating_add(1)).unwrap_or(usize::MAX)
         });
         loop {
-            let events = task.next_events(next).await;
+            let events = task.log.next_events(next).await;
             if events.is_empty() {
                 break;
             }

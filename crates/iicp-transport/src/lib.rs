@@ -9,6 +9,8 @@
 //!   (used by the node and the directory), and a pooled rustls HTTP client.
 //! * [`listener`] — one TCP port for both: the first bytes of each connection decide
 //!   (`IICP` → native, anything else → HTTP).
+//! * [`events`] — the event log of a service-lifecycle task and a bounded registry of
+//!   them, shared by the node that runs streaming tasks and a relay that forwards them.
 //! * [`shutdown`] — the graceful-shutdown signal shared by the servers.
 //! * [`resolve`] — name resolution with an address rule checked on the addresses the
 //!   clients actually dial (no DNS-rebinding window between a policy check and connect).
@@ -18,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod events;
 pub mod http;
 pub mod listener;
 pub mod native;

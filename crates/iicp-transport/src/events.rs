@@ -1,0 +1,435 @@
+//! The event log of one service-lifecycle task (PROTOCOL.md §11, ADR 0013), and a
+//! bounded registry of them: the one place where a lifecycle task's events are
+//! numbered, kept and waited for — by the node that runs the task and by a relay that
+//! forwards one.
+//!
+//! [`EventLog::emit`] numbers events and refuses anything after the terminal;
+//! [`EventLog::append`] takes events numbered elsewhere (a relayed stream) and refuses
+//! gaps, regressions and events after the terminal. Readers call
+//! [`EventLog::next_events`], which waits without polling. [`Registry`] finds tasks by
+//! id and forgets finished ones after [`RETAIN`], keeping at most [`MAX_FINISHED`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use iicp_proto::lifecycle::{Event, EventKind, TaskState, PROFILE};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How long a finished task's events stay readable.
+pub const RETAIN: Duration = Duration::from_secs(120);
+/// Most finished tasks a [`Registry`] keeps.
+pub const MAX_FINISHED: usize = 1024;
+
+/// One lifecycle task's events, in order.
+#[derive(Debug)]
+pub struct EventLog {
+    task_id: String,
+    cancel: CancellationToken,
+    log: Mutex<Log>,
+    changed: tokio::sync::watch::Sender<usize>,
+}
+
+#[derive(Debug)]
+struct Log {
+    events: Vec<Event>,
+    finished_at: Option<Instant>,
+}
+
+/// Why [`EventLog::append`] refused an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    /// The terminal was already appended.
+    #[error("an event after the terminal")]
+    AfterTerminal,
+    /// The sequence is not the next one.
+    #[error("sequence {got} where {expected} was next")]
+    OutOfOrder {
+        /// The next sequence.
+        expected: u64,
+        /// The event's.
+        got: u64,
+    },
+    /// The event names another task.
+    #[error("an event of another task")]
+    OtherTask,
+}
+
+impl EventLog {
+    /// An empty log for `task_id`.
+    pub fn new(task_id: impl Into<String>) -> Self {
+        Self {
+            task_id: task_id.into(),
+            cancel: CancellationToken::new(),
+            log: Mutex::new(Log {
+                events: Vec::new(),
+                finished_at: None,
+            }),
+            changed: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    /// A finished log made of stored events (a duplicate's replay).
+    pub fn replayed(task_id: impl Into<String>, events: &[Event]) -> Self {
+        let log = Self::new(task_id);
+        {
+            let mut g = log.log.lock();
+            g.events = events.to_vec();
+            g.finished_at = Some(Instant::now());
+        }
+        log.changed.send_replace(events.len());
+        log
+    }
+
+    /// The task's id.
+    pub fn task_id(&self) -> &str {
+        &self.task_id
+    }
+
+    /// Appends the next event of `kind`, filled by `fill`, numbered here; `false` (and
+    /// nothing appended) once the terminal was sent.
+    pub fn emit(&self, kind: EventKind, fill: impl FnOnce(&mut Event)) -> bool {
+        let mut log = self.log.lock();
+        if log.finished_at.is_some() {
+            return false;
+        }
+        let sequence = log.events.len() as u64;
+        let mut e = Event::new(self.task_id.clone(), sequence, kind);
+        fill(&mut e);
+        // whatever `fill` did, the envelope stays consistent
+        e.task_id.clone_from(&self.task_id);
+        e.sequence = sequence;
+        e.event = kind;
+        e.is_final = kind.is_terminal();
+        Self::push(&mut log, e);
+        let n = log.events.len();
+        drop(log);
+        self.changed.send_replace(n);
+        true
+    }
+
+    /// Appends an event numbered elsewhere: it must be this task's, carry the next
+    /// sequence and come before or as the terminal.
+    ///
+    /// # Errors
+    /// [`AppendError`]; the log is unchanged.
+    pub fn append(&self, e: Event) -> Result<(), AppendError> {
+        let mut log = self.log.lock();
+        if log.finished_at.is_some() {
+            return Err(AppendError::AfterTerminal);
+        }
+        if e.task_id != self.task_id {
+            return Err(AppendError::OtherTask);
+        }
+        let expected = log.events.len() as u64;
+        if e.sequence != expected {
+            return Err(AppendError::OutOfOrder {
+                expected,
+                got: e.sequence,
+            });
+        }
+        Self::push(&mut log, e);
+        let n = log.events.len();
+        drop(log);
+        self.changed.send_replace(n);
+        Ok(())
+    }
+
+    fn push(log: &mut Log, e: Event) {
+        if e.event.is_terminal() {
+            log.finished_at = Some(Instant::now());
+        }
+        log.events.push(e);
+    }
+
+    /// Asks the task to stop (it ends with `cancelled`, or the terminal it had already
+    /// committed).
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Fires when [`EventLog::cancel`] was called.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await;
+    }
+
+    /// Whether the terminal was appended.
+    pub fn is_finished(&self) -> bool {
+        self.log.lock().finished_at.is_some()
+    }
+
+    fn finished_at(&self) -> Option<Instant> {
+        self.log.lock().finished_at
+    }
+
+    /// Every event so far.
+    pub fn events(&self) -> Vec<Event> {
+        self.log.lock().events.clone()
+    }
+
+    /// The events after the first `from` ones, waiting until there is at least one;
+    /// empty only when the task ended and `from` covers all of it.
+    pub async fn next_events(&self, from: usize) -> Vec<Event> {
+        let mut rx = self.changed.subscribe();
+        loop {
+            {
+                let log = self.log.lock();
+                if log.events.len() > from {
+                    return log.events[from..].to_vec();
+                }
+                if log.finished_at.is_some() {
+                    return Vec::new();
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Vec::new();
+            }
+        }
+    }
+
+    /// Waits until the terminal was appended.
+    pub async fn finished(&self) {
+        let mut seen = 0;
+        loop {
+            let more = self.next_events(seen).await;
+            if more.is_empty() {
+                return;
+            }
+            seen += more.len();
+        }
+    }
+
+    /// The task's state resource; with `base`, the URLs of its event stream and cancel
+    /// resource under it (`""` for paths relative to the server).
+    pub fn state(&self, base: Option<&str>) -> TaskState {
+        let log = self.log.lock();
+        let last = log.events.last();
+        let state = match last.map(|e| e.event) {
+            None | Some(EventKind::Accepted) => "accepted",
+            Some(EventKind::Partial) => "streaming",
+            Some(k) => k.as_str(),
+        };
+        let url = |suffix: &str| base.map(|b| format!("{b}/v1/tasks/{}{suffix}", self.task_id));
+        TaskState {
+            profile: PROFILE.to_owned(),
+            task_id: self.task_id.clone(),
+            state: state.to_owned(),
+            latest_sequence: last.map_or(0, |e| e.sequence),
+            is_final: log.finished_at.is_some(),
+            events_url: url("/events"),
+            cancel_url: url("/cancel"),
+            extra: serde_json::Map::new(),
+        }
+    }
+}
+
+/// Something registered by task id that has an [`EventLog`].
+pub trait HasLog: Send + Sync {
+    /// The log.
+    fn log(&self) -> &EventLog;
+}
+
+impl HasLog for EventLog {
+    fn log(&self) -> &EventLog {
+        self
+    }
+}
+
+/// Lifecycle tasks by id, bounded: running ones stay, finished ones are kept for
+/// [`RETAIN`] and at most [`MAX_FINISHED`] of them, oldest first out.
+pub struct Registry<T> {
+    inner: Mutex<Inner<T>>,
+}
+
+struct Inner<T> {
+    tasks: HashMap<String, Arc<T>>,
+    /// Ids in insertion order, for expiry.
+    order: VecDeque<String>,
+}
+
+impl<T> Default for Registry<T> {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                tasks: HashMap::new(),
+                order: VecDeque::new(),
+            }),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Registry<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("tasks", &self.inner.lock().tasks.len())
+            .finish()
+    }
+}
+
+impl<T: HasLog> Registry<T> {
+    /// The task with `task_id`, if known.
+    pub fn get(&self, task_id: &str) -> Option<Arc<T>> {
+        self.inner.lock().tasks.get(task_id).cloned()
+    }
+
+    /// Registers `task` under its log's id, replacing a finished one; `Err` with the
+    /// one already there when it is still running.
+    ///
+    /// # Errors
+    /// The running task with the same id.
+    pub fn insert(&self, task: Arc<T>) -> Result<(), Arc<T>> {
+        let mut g = self.inner.lock();
+        g.expire(Instant::now());
+        let id = task.log().task_id().to_owned();
+        if let Some(old) = g.tasks.get(&id) {
+            if !old.log().is_finished() {
+                return Err(Arc::clone(old));
+            }
+        }
+        g.order.push_back(id.clone());
+        g.tasks.insert(id, task);
+        Ok(())
+    }
+
+    /// How many tasks are registered (running and kept).
+    pub fn len(&self) -> usize {
+        self.inner.lock().tasks.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<T: HasLog> Inner<T> {
+    fn expire(&mut self, now: Instant) {
+        let mut finished = self
+            .tasks
+            .values()
+            .filter(|t| t.log().finished_at().is_some())
+            .count();
+        let mut keep = VecDeque::with_capacity(self.order.len());
+        while let Some(id) = self.order.pop_front() {
+            let Some(t) = self.tasks.get(&id) else {
+                continue;
+            };
+            match t.log().finished_at() {
+                Some(at) if now.duration_since(at) >= RETAIN || finished > MAX_FINISHED => {
+                    self.tasks.remove(&id);
+                    finished -= 1;
+                }
+                _ => {
+                    if !keep.contains(&id) {
+                        keep.push_back(id);
+                    }
+                }
+            }
+        }
+        self.order = keep;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(id: &str) -> Arc<EventLog> {
+        Arc::new(EventLog::new(id))
+    }
+
+    #[tokio::test]
+    async fn events_are_numbered_and_nothing_follows_the_terminal() {
+        let t = log("a");
+        assert!(t.emit(EventKind::Accepted, |_| {}));
+        assert!(t.emit(EventKind::Partial, |e| {
+            e.result = Some(serde_json::json!("he"));
+            e.sequence = 99; // ignored: the log numbers events
+        }));
+        assert!(t.emit(EventKind::Completed, |_| {}));
+        assert!(!t.emit(EventKind::Partial, |_| {}));
+        assert!(!t.emit(EventKind::Failed, |_| {}));
+        let ev = t.next_events(0).await;
+        assert_eq!(
+            ev.iter().map(|e| (e.sequence, e.event, e.is_final)).collect::<Vec<_>>(),
+            vec![
+                (0, EventKind::Accepted, false),
+                (1, EventKind::Partial, false),
+                (2, EventKind::Completed, true)
+            ]
+        );
+        assert!(t.next_events(3).await.is_empty());
+        assert_eq!(t.state(None).state, "completed");
+        assert!(t.state(None).is_final);
+        assert_eq!(
+            t.state(Some("/r")).events_url.as_deref(),
+            Some("/r/v1/tasks/a/events")
+        );
+    }
+
+    #[test]
+    fn appended_events_must_be_the_next_of_this_task() {
+        let t = EventLog::new("a");
+        let ev = |id: &str, seq, kind| Event::new(id, seq, kind);
+        assert_eq!(
+            t.append(ev("a", 1, EventKind::Partial)),
+            Err(AppendError::OutOfOrder { expected: 0, got: 1 })
+        );
+        assert_eq!(
+            t.append(ev("b", 0, EventKind::Partial)),
+            Err(AppendError::OtherTask)
+        );
+        t.append(ev("a", 0, EventKind::Partial)).unwrap();
+        assert_eq!(
+            t.append(ev("a", 0, EventKind::Partial)),
+            Err(AppendError::OutOfOrder { expected: 1, got: 0 })
+        );
+        t.append(ev("a", 1, EventKind::Failed)).unwrap();
+        assert!(t.is_finished());
+        assert_eq!(
+            t.append(ev("a", 2, EventKind::Partial)),
+            Err(AppendError::AfterTerminal)
+        );
+    }
+
+    #[tokio::test]
+    async fn readers_wait_for_the_next_event() {
+        let t = log("b");
+        t.emit(EventKind::Accepted, |_| {});
+        let reader = {
+            let t = Arc::clone(&t);
+            tokio::spawn(async move { t.next_events(1).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!reader.is_finished());
+        t.emit(EventKind::Partial, |_| {});
+        let got = reader.await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].sequence, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn finished_tasks_expire_running_ones_stay() {
+        let s: Registry<EventLog> = Registry::default();
+        s.insert(log("run")).unwrap();
+        assert!(s.insert(log("run")).is_err(), "a running id is not replaced");
+        let done = log("done");
+        done.emit(EventKind::Completed, |_| {});
+        s.insert(done).unwrap();
+        s.insert(log("done")).unwrap();
+        assert_eq!(s.len(), 2);
+        tokio::time::advance(RETAIN + Duration::from_secs(1)).await;
+        s.insert(log("new")).unwrap();
+        assert!(s.get("run").is_some());
+        assert!(s.get("new").is_some());
+        // "done" was replaced by a task that has not finished: still there
+        assert!(s.get("done").is_some());
+        s.get("done").unwrap().emit(EventKind::Failed, |_| {});
+        tokio::time::advance(RETAIN + Duration::from_secs(1)).await;
+        s.insert(log("later")).unwrap();
+        assert!(s.get("done").is_none());
+        assert_eq!(s.len(), 3);
+    }
+}
