@@ -399,7 +399,7 @@ impl Drop for CancelOnDrop {
 /// Sends a lifecycle task's events as RESPONSEs of `call` (ADR 0013): each `partial`
 /// through `partials`, the terminal as the returned answer; `accepted` is not sent on
 /// native, so the first partial is sequence 0.
-async fn forward(
+pub(crate) async fn forward(
     shared: &Shared,
     call: &Call,
     task: Arc<StreamTask>,

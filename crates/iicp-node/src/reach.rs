@@ -55,7 +55,7 @@ use tokio::task::JoinHandle;
 
 use crate::event::EventKind;
 use crate::handler::{TaskHandler, Transport};
-use crate::pipeline::{self, Inbound, Outcome};
+use crate::pipeline::{self, Inbound, Outcome, Started};
 use crate::registration::advertised_endpoint;
 use crate::state::Shared;
 
@@ -296,6 +296,32 @@ impl CallHandler for RelayTasks {
         call: Call,
         ctx: CallContext,
     ) -> iicp_transport::native::BoxFuture<'static, Response> {
+        self.relayed(call, ctx, None)
+    }
+
+    /// A relayed CALL with key 24 streams (PROTOCOL.md §14.2: the worker answers with
+    /// lifecycle RESPONSEs, which the relay forwards).
+    fn handle_streaming(
+        &self,
+        call: Call,
+        ctx: CallContext,
+        partials: iicp_transport::native::PartialSender,
+    ) -> iicp_transport::native::BoxFuture<'static, Response> {
+        self.relayed(call, ctx, Some(partials))
+    }
+
+    fn node_id(&self) -> Option<String> {
+        self.shared.node_id()
+    }
+}
+
+impl RelayTasks {
+    fn relayed(
+        &self,
+        call: Call,
+        ctx: CallContext,
+        partials: Option<iicp_transport::native::PartialSender>,
+    ) -> iicp_transport::native::BoxFuture<'static, Response> {
         let shared = Arc::clone(&self.shared);
         let handler = Arc::clone(&self.handler);
         Box::pin(async move {
@@ -315,23 +341,34 @@ impl CallHandler for RelayTasks {
                     )
                 }
             };
-            let reply = pipeline::run(
-                shared,
-                handler,
-                Inbound {
-                    transport: Transport::Native,
-                    peer: ctx.peer.ip(),
-                    bearer: None,
-                    consumer_token: None,
-                    traceparent: None,
-                    trace_bytes: None,
-                    task,
-                    track_duplicates: true,
-                    strict_task_id: true,
-                    lifecycle: false,
-                },
-            )
-            .await;
+            let lifecycle = partials.is_some() && call.task_id.as_deref().is_some_and(|t| !t.is_empty());
+            let inbound = Inbound {
+                transport: Transport::Native,
+                peer: ctx.peer.ip(),
+                bearer: None,
+                consumer_token: None,
+                traceparent: None,
+                trace_bytes: None,
+                task,
+                track_duplicates: true,
+                strict_task_id: true,
+                lifecycle,
+            };
+            let reply = match partials {
+                Some(partials) if lifecycle => {
+                    match pipeline::start(&shared, handler, inbound).await {
+                        Started::Reply(reply) => *reply,
+                        Started::Stream(t) => {
+                            return crate::native::forward(&shared, &call, t, &partials, true).await
+                        }
+                        Started::Attached(t) => {
+                            return crate::native::forward(&shared, &call, t, &partials, false)
+                                .await
+                        }
+                    }
+                }
+                _ => pipeline::run(shared, handler, inbound).await,
+            };
             // the relayed answer is the whole RESPONSE (sealed or not), as JSON text
             let body = match reply.outcome {
                 Outcome::Answered { text, .. } => Body::Bytes(text.as_bytes().to_vec()),
@@ -353,10 +390,6 @@ impl CallHandler for RelayTasks {
             r.duration_ms = Some(reply.latency_ms);
             r
         })
-    }
-
-    fn node_id(&self) -> Option<String> {
-        self.shared.node_id()
     }
 }
 
