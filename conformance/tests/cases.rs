@@ -12,7 +12,10 @@ use http::Method;
 use iicp_conformance::cases::{self, Case, Ctx, Target};
 use iicp_conformance::peers::Mesh;
 use iicp_conformance::report::{CaseReport, Verdict};
-use iicp_node::{AuthMode, HandlerError, Node, ServeHandle, ServeOptions, Task, TaskOutput};
+use iicp_node::handler::{BoxFuture, Chunks};
+use iicp_node::{
+    AuthMode, HandlerError, Node, ServeHandle, ServeOptions, Task, TaskHandler, TaskOutput,
+};
 use iicp_testkit::scripted::{Canned, ScriptedBuilder};
 use iicp_transport::listener::{Listener, ListenerConfig};
 use serde_json::{json, Value};
@@ -44,6 +47,36 @@ async fn handle(task: Task) -> Result<TaskOutput, HandlerError> {
     Ok(TaskOutput::new(chat_completion(&format!("echo: {text}"))))
 }
 
+/// [`handle`], and streaming: the echo in two chunks (the lifecycle cases).
+struct Echoing;
+
+impl TaskHandler for Echoing {
+    fn handle(&self, task: Task) -> BoxFuture<'static, Result<TaskOutput, HandlerError>> {
+        Box::pin(handle(task))
+    }
+    fn streams(&self) -> bool {
+        true
+    }
+    fn handle_stream(
+        &self,
+        task: Task,
+        chunks: Chunks,
+    ) -> BoxFuture<'static, Result<TaskOutput, HandlerError>> {
+        Box::pin(async move {
+            let text = task.payload["messages"][0]["content"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let chunk = |t: &str| json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": t}}]});
+            chunks
+                .send(chunk("echo: "), Some(1))
+                .await
+                .map_err(|_| HandlerError::backend("closed"))?;
+            Ok(TaskOutput::new(chunk(&text)).with_tokens(2))
+        })
+    }
+}
+
 async fn our_node(mesh: &Mesh, auth: AuthMode) -> ServeHandle {
     let mut config = ListenerConfig::default();
     config.native.session.handshake_timeout = NATIVE_TIMEOUT;
@@ -63,7 +96,7 @@ async fn our_node(mesh: &Mesh, auth: AuthMode) -> ServeHandle {
         .directory_url(mesh.url())
         .build()
         .unwrap();
-    node.serve(listener, handle, ServeOptions::default())
+    node.serve(listener, Echoing, ServeOptions::default())
         .await
         .unwrap()
 }
@@ -249,6 +282,85 @@ async fn cases_fail_against_a_garbage_native_endpoint() {
             "NATIVE-MAL-04",
             "NATIVE-CALL-01",
         ],
+    )
+    .await;
+    server.abort();
+}
+
+/// A native node whose lifecycle streams drift: the first RESPONSE names another call
+/// id, the terminal skips a sequence number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_cases_fail_against_a_drifting_stream() {
+    use iicp_proto::frame::{Decoded, Frame};
+    use iicp_proto::message::{Ack, Body, Channel, Lifecycle, Message, Response};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = s.read(&mut chunk).await {
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Ok(Decoded::Complete { frame, consumed }) =
+                        Frame::decode(&buf, 1 << 20)
+                    {
+                        let msg = Message::decode(&frame.header, frame.payload, Channel::Task);
+                        buf.drain(..consumed);
+                        let mut out = Vec::new();
+                        match msg {
+                            Ok(Message::Init(_)) => {
+                                Message::Ack(Ack::default()).encode(&mut out).unwrap();
+                            }
+                            Ok(Message::Call(call)) => {
+                                for (seq, last, call_id) in
+                                    [(0, false, "someone-else"), (2, true, "")]
+                                {
+                                    let r = Response {
+                                        session_id: call.session_id.clone(),
+                                        call_id: Some(if call_id.is_empty() {
+                                            call.call_id.clone().unwrap_or_default()
+                                        } else {
+                                            call_id.to_owned()
+                                        }),
+                                        status: Some(if last { "success" } else { "partial" }.into()),
+                                        result: Some(Body::cbor(&json!({"x": seq}))),
+                                        is_final: Some(last),
+                                        lifecycle: Some(Lifecycle {
+                                            task_id: call.task_id.clone(),
+                                            sequence: Some(seq),
+                                            event: Some(if last { "completed" } else { "partial" }.into()),
+                                            is_final: Some(last),
+                                            receipt: None,
+                                        }),
+                                        ..Response::default()
+                                    };
+                                    Message::Response(r).encode(&mut out).unwrap();
+                                }
+                            }
+                            _ => {}
+                        }
+                        if s.write_all(&out).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let ctx = Ctx {
+        node_native: Some(addr.to_string()),
+        request_timeout: Duration::from_secs(2),
+        ..Ctx::default()
+    };
+    run_expecting_failures(
+        ctx,
+        Target::NodeNative,
+        &["SERVICE-LIFECYCLE-14", "SERVICE-LIFECYCLE-22"],
     )
     .await;
     server.abort();

@@ -71,6 +71,10 @@ pub fn cases() -> Vec<Case> {
             "PROTOCOL §10.5 CALL/RESPONSE, §19 T3", |ctx| call(ctx, Layout::Spec)),
         case!("NATIVE-CALL-03", T, "CALL with key 5 as a CBOR map is accepted",
             "PROTOCOL §10.7 (servers accept key 5 as a map), §19 T3", |ctx| call(ctx, Layout::MapPayload)),
+        case!("SERVICE-LIFECYCLE-14", T, "CALL with key 24 → lifecycle RESPONSEs correlated to the CALL: ids echoed, sequence 0,1,… without gaps, status/event and key 12/envelope agree, exactly one terminal, nothing after it (skipped when the node answers buffered: it does not stream)",
+            "PROTOCOL §11.3, §10.7 (key 24 switch); [life] §4, §6; service-profiles-v1.json SERVICE-LIFECYCLE-14..20; ADR 0013", |ctx| lifecycle_stream(ctx)),
+        case!("SERVICE-LIFECYCLE-22", T, "a retry keeps task_id with a new call_id → the same events again, correlated to the new call",
+            "PROTOCOL §11.4, §7.2; [life] §5; SERVICE-LIFECYCLE-07, -22", |ctx| lifecycle_retry(ctx)),
         case!("NATIVE-LIM-01", T, "a half-sent frame on one connection does not stall another",
             "PROTOCOL §10.2, §10.3; DESIGN §5 (bounded per connection)", |ctx| half_sent_isolated(ctx)),
         case!("NATIVE-TMO-01", T, "a half-sent frame is cut with CLOSE read_timeout",
@@ -586,6 +590,133 @@ async fn call(ctx: Arc<Ctx>, layout: Layout) -> Outcome {
     let error = !v["100"].is_null() || !v["6"].is_null() || v["4"] == "error";
     ensure(!error && !v["5"].is_null(), None, || {
         format!("RESPONSE is an error or has no result (key 5): {v}")
+    })?;
+    Ok(None)
+}
+
+/// Sends a lifecycle CALL (key 24) and reads every RESPONSE up to the final one,
+/// then waits briefly for anything after it. `Ok(None)`: the node answered one
+/// buffered RESPONSE (no key 13), so it does not stream.
+async fn lifecycle_frames(
+    c: &mut Conn,
+    ctx: &Ctx,
+    task_id: &str,
+    call_id: &str,
+) -> Result<Option<Vec<Value>>, Stop> {
+    let payload_json = serde_json::to_vec(&ctx.payload).unwrap_or_default();
+    let mut m = vec![
+        (1, C::U(1)),
+        (2, C::T("lc-session".into())),
+        (3, C::T(ctx.intent.clone())),
+        (5, C::B(payload_json)),
+        (6, C::U(30)),
+    ];
+    if let Some(t) = &ctx.node_token {
+        m.push((11, C::T(t.clone())));
+    }
+    m.push((15, C::T(call_id.to_owned())));
+    m.push((24, C::T(task_id.to_owned())));
+    c.send(&v1(0x05, &C::M(m).bytes())).await?;
+    let mut frames = Vec::new();
+    loop {
+        let rx = c
+            .recv_skipping(&[0x0A], ctx.request_timeout)
+            .await?
+            .ok_or_else(|| {
+                Stop::assertion(
+                    None,
+                    format!("closed after {} RESPONSEs, before a final one", frames.len()),
+                )
+            })?;
+        let v = rx.json();
+        ensure(rx.ty == 0x06, None, || {
+            format!("expected RESPONSE (0x06), got type {:#04x} {v}", rx.ty)
+        })?;
+        if frames.is_empty() && v["13"].is_null() {
+            return Ok(None);
+        }
+        let last = v["12"] != Value::Bool(false);
+        frames.push(v);
+        if last {
+            break;
+        }
+    }
+    // nothing may follow the terminal
+    match c.recv_within(Duration::from_millis(300)).await {
+        Ok(Some(rx)) => {
+            return Err(Stop::assertion(
+                None,
+                format!("a frame after the terminal: type {:#04x} {}", rx.ty, rx.json()),
+            ))
+        }
+        Ok(None) | Err(_) => {}
+    }
+    Ok(Some(frames))
+}
+
+/// Checks one CALL's lifecycle RESPONSEs against §11.3.
+fn check_lifecycle(frames: &[Value], task_id: &str, call_id: &str) -> Result<(), Stop> {
+    for (i, v) in frames.iter().enumerate() {
+        let env = &v["13"];
+        ensure(v["2"] == "lc-session", None, || format!("frame {i}: session_id drift: {v}"))?;
+        ensure(v["3"] == call_id, None, || format!("frame {i}: call_id (key 3) drift: {v}"))?;
+        ensure(env["1"] == task_id, None, || format!("frame {i}: task_id (13.1) drift: {v}"))?;
+        ensure(env["2"] == i as u64, None, || {
+            format!("frame {i}: sequence {} (expected {i}: 0-based, no gap)", env["2"])
+        })?;
+        ensure(v["12"] == env["4"], None, || {
+            format!("frame {i}: key 12 {} ≠ envelope is_final {}", v["12"], env["4"])
+        })?;
+        let last = i == frames.len() - 1;
+        ensure(v["12"] == Value::Bool(last), None, || {
+            format!("frame {i}: is_final {} (only the last frame is final)", v["12"])
+        })?;
+        let agrees = match (v["4"].as_str(), env["3"].as_str()) {
+            (Some("partial"), Some("partial")) => !last,
+            (Some("success"), Some("completed")) => last,
+            (Some("error"), Some("failed" | "cancelled")) => last,
+            (Some("timeout"), Some("timed_out")) => last,
+            _ => false,
+        };
+        ensure(agrees, None, || {
+            format!("frame {i}: status {} / event {} disagree", v["4"], env["3"])
+        })?;
+    }
+    let terminal = &frames[frames.len() - 1];
+    ensure(terminal["4"] == "success", None, || {
+        format!("the stream ended with {terminal}, not a completed result")
+    })
+}
+
+async fn lifecycle_stream(ctx: Arc<Ctx>) -> Outcome {
+    let mut c = Conn::open(&ctx).await?;
+    c.handshake().await?;
+    let (task_id, call_id) = (super::task_id(), super::task_id());
+    let Some(frames) = lifecycle_frames(&mut c, &ctx, &task_id, &call_id).await? else {
+        return Err(Stop::Skip(
+            "the node answered key 24 with one buffered RESPONSE: it does not stream".into(),
+        ));
+    };
+    check_lifecycle(&frames, &task_id, &call_id)?;
+    Ok(None)
+}
+
+async fn lifecycle_retry(ctx: Arc<Ctx>) -> Outcome {
+    let mut c = Conn::open(&ctx).await?;
+    c.handshake().await?;
+    let task_id = super::task_id();
+    let first_call = super::task_id();
+    let Some(first) = lifecycle_frames(&mut c, &ctx, &task_id, &first_call).await? else {
+        return Err(Stop::Skip("the node does not stream".into()));
+    };
+    let retry_call = super::task_id();
+    let again = lifecycle_frames(&mut c, &ctx, &task_id, &retry_call)
+        .await?
+        .ok_or_else(|| Stop::assertion(None, "the retry was answered buffered".to_owned()))?;
+    check_lifecycle(&again, &task_id, &retry_call)?;
+    let results = |f: &[Value]| f.iter().map(|v| v["5"].clone()).collect::<Vec<_>>();
+    ensure(results(&first) == results(&again), None, || {
+        "the retry's results differ from the first run's (executed again?)".to_owned()
     })?;
     Ok(None)
 }
