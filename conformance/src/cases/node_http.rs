@@ -40,6 +40,13 @@ pub fn cases() -> Vec<Case> {
             |ctx| health_ct(ctx)
         ),
         case!(
+            "SERVICE-LIFECYCLE-02",
+            T,
+            "POST /v1/tasks (profile required) → 202 task state; its event stream: accepted at 0, partials, one completed terminal, sequences without gaps (skipped when the node refuses the profile: it does not stream)",
+            "PROTOCOL §11.2, §11.3, §11.5; [life] §3, §4, §6; SERVICE-LIFECYCLE-01, -02; ADR 0013",
+            |ctx| lifecycle_http(ctx)
+        ),
+        case!(
             "NODE-TASK-01",
             T,
             "a valid CALL yields 200 (or 502) with a JSON body",
@@ -663,4 +670,86 @@ async fn deadline(ctx: Arc<Ctx>) -> Outcome {
         return Ok(status_of(&r));
     }
     refused(&r, &[504], Some("task_timeout"))
+}
+
+/// `POST /v1/tasks`, then `GET` the advertised event stream and check it (§11).
+async fn lifecycle_http(ctx: Arc<Ctx>) -> Outcome {
+    let http = ctx.http()?;
+    let id = super::task_id();
+    let mut body = task_body(&ctx, &id);
+    body["constraints"]["required_profiles"] = json!([iicp_proto::lifecycle::PROFILE]);
+    let mut req = http.post_json(format!("{}/v1/tasks", base(&ctx)?), &body);
+    if let Some(t) = &ctx.node_token {
+        req = req.bearer(t.clone());
+    }
+    let r = req.send().await?;
+    if matches!(r.status.as_u16(), 404 | 405 | 422) {
+        return Err(Stop::Skip(format!(
+            "POST /v1/tasks answered {}: the node does not stream",
+            r.status
+        )));
+    }
+    expect_status(&r, &[202])?;
+    let state = json_body(&r)?;
+    ensure(state["task_id"] == id.as_str(), status_of(&r), || {
+        format!("state names task {}", state["task_id"])
+    })?;
+    let events_url = state["events_url"]
+        .as_str()
+        .ok_or_else(|| Stop::assertion(status_of(&r), "no events_url in the task state".to_owned()))?;
+    let url = if events_url.starts_with("http") {
+        events_url.to_owned()
+    } else {
+        format!("{}{events_url}", base(&ctx)?)
+    };
+    let mut req = http.get(url);
+    if let Some(t) = &ctx.node_token {
+        req = req.bearer(t.clone());
+    }
+    let r = req.send().await?;
+    expect_status(&r, &[200])?;
+    ensure(
+        r.headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream")),
+        status_of(&r),
+        || format!("events Content-Type is {:?}", r.headers.get("content-type")),
+    )?;
+    let text = String::from_utf8_lossy(&r.body);
+    let events: Vec<Value> = text
+        .split("\n\n")
+        .filter_map(|m| m.lines().find_map(|l| l.strip_prefix("data:")))
+        .map(|d| serde_json::from_str(d.trim()).unwrap_or(Value::Null))
+        .collect();
+    ensure(events.len() >= 2, status_of(&r), || {
+        format!("{} events; at least accepted and a terminal expected", events.len())
+    })?;
+    ensure(events[0]["event"] == "accepted", status_of(&r), || {
+        format!("the first event is {}", events[0])
+    })?;
+    for (i, e) in events.iter().enumerate() {
+        let last = i == events.len() - 1;
+        ensure(e["sequence"] == i as u64, status_of(&r), || {
+            format!("event {i} has sequence {}", e["sequence"])
+        })?;
+        ensure(e["task_id"] == id.as_str(), status_of(&r), || {
+            format!("event {i} names task {}", e["task_id"])
+        })?;
+        ensure(e["is_final"] == Value::Bool(last), status_of(&r), || {
+            format!("event {i}: is_final {} (only the last is final)", e["is_final"])
+        })?;
+        if !last {
+            ensure(
+                e["event"] == "accepted" || e["event"] == "partial",
+                status_of(&r),
+                || format!("event {i} is {} before the end", e["event"]),
+            )?;
+        }
+    }
+    let terminal = &events[events.len() - 1];
+    ensure(terminal["event"] == "completed", status_of(&r), || {
+        format!("the terminal is {terminal}")
+    })?;
+    Ok(status_of(&r))
 }
