@@ -108,6 +108,7 @@ pub mod endpoint;
 pub mod error;
 mod options;
 pub mod select;
+mod stream;
 mod submit;
 pub mod time;
 
@@ -129,5 +130,7 @@ pub use options::{
     ChatOptions, ChatResult, DiscoverOptions, Encryption, RouteDiscovery, Task, TaskResult,
     Transport, TransportUsed, CHAT_INTENT,
 };
+pub use iicp_proto::task::{ToolCallDelta, Usage};
 pub use select::Strategy;
+pub use stream::{ChatEvent, ChatStream, StreamEnd, TaskEvent, TaskStream};
 pub use submit::NATIVE_CX_V1;
