@@ -602,6 +602,8 @@ struct Prepared {
     task_id: TaskId,
     traceparent: TraceParent,
     timeout: Duration,
+    /// A streamed submit: candidates that stream come first.
+    stream: bool,
 }
 
 #[derive(Default)]
@@ -870,7 +872,8 @@ impl Client {
     /// # Errors
     /// As [`Client::submit`] until the stream starts; the stream's items after that.
     pub async fn submit_stream(&self, task: Task) -> Result<TaskStream, Error> {
-        let prepared = self.prepare(task)?;
+        let mut prepared = self.prepare(task)?;
+        prepared.stream = true;
         let deadline = tokio::time::Instant::now() + prepared.timeout;
         let run = self.run_with(&prepared, Mode::Stream { deadline });
         let finished = match tokio::time::timeout_at(deadline, run).await {
@@ -1031,6 +1034,7 @@ impl Client {
             task_id: task.task_id.unwrap_or_else(|| TaskId::generate(&mut OsRng)),
             traceparent: TraceParent::generate(&mut OsRng),
             timeout,
+            stream: false,
         })
     }
 
@@ -1055,10 +1059,6 @@ impl Client {
     async fn run_with(&self, p: &Prepared, mode: Mode) -> Result<Finished, Error> {
         let mut skips = Skips::default();
         let (mut source, mut profile) = self.open_source(p, &mut skips).await?;
-        if let (Mode::Stream { .. }, Source::List(queue)) = (mode, &mut source) {
-            // nodes that stream first, each group in the strategy's order
-            queue.make_contiguous().sort_by_key(|c| !c.streams);
-        }
         let mut attempts = 0u32;
         let mut tried = 0usize;
         let mut last: Option<Error> = None;
@@ -1152,16 +1152,26 @@ impl Client {
             }
         }
         let nodes: Vec<NodeEntry> = eligible.iter().map(|(n, _)| n.clone()).collect();
-        let order =
-            self.inner
-                .strategy
-                .order(&nodes, MAX_CANDIDATES, self.inner.env.random.as_ref());
+        // a stream ranks every eligible node, so that streaming ones can come first
+        let max = if p.stream {
+            nodes.len().max(MAX_CANDIDATES)
+        } else {
+            MAX_CANDIDATES
+        };
+        let order = self
+            .inner
+            .strategy
+            .order(&nodes, max, self.inner.env.random.as_ref());
         let mut slots: Vec<Option<Candidate>> =
             eligible.into_iter().map(|(_, c)| Some(c)).collect();
-        let queue = order
+        let mut queue: VecDeque<Candidate> = order
             .into_iter()
             .filter_map(|i| slots.get_mut(i).and_then(Option::take))
             .collect();
+        if p.stream {
+            // nodes that stream first, each group in the strategy's order
+            queue.make_contiguous().sort_by_key(|c| !c.streams);
+        }
         Ok(Source::List(queue))
     }
 

@@ -41,6 +41,9 @@ use crate::submit::{self, Exchange, Seal, CX_RESP_INVALID, CX_RESP_REQUIRED};
 
 /// Largest SSE message (bytes between blank lines) the client buffers.
 const MAX_SSE_MESSAGE: usize = 4 << 20;
+/// How long an HTTP event stream may take to end after its terminal event; an event
+/// arriving within it breaks the stream (nothing may follow the terminal).
+const TRAILING_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 /// The reason sent with the cancel of a dropped stream.
 const DROP_REASON: &str = "client_cancelled";
 
@@ -761,7 +764,54 @@ impl Driver {
                 Ok(Ok(Some(Ok(raw)))) => raw,
                 Ok(Ok(Some(Err(terminal)))) => return Ok(terminal),
             };
-            return self.convert(raw);
+            let ev = self.convert(raw)?;
+            if matches!(ev, TaskEvent::Completed(_)) {
+                if let Err(e) = self.drain_trailing().await {
+                    return Err(self.fail(e, true));
+                }
+            }
+            return Ok(ev);
+        }
+    }
+
+    /// After an HTTP terminal: the stream must end; an event after the terminal (a
+    /// second terminal, a late partial) is a protocol error, not a success.
+    async fn drain_trailing(&mut self) -> Result<(), Error> {
+        let Self {
+            source, tracker, ..
+        } = self;
+        let Source::Http { body, sse } = source else {
+            return Ok(());
+        };
+        let check = |tracker: &mut Tracker, sse: &mut Sse| -> Result<bool, Error> {
+            while let Some(msg) = sse.next_message()? {
+                let ev = parse_sse_event(&msg)?;
+                match tracker.accept_event(&ev) {
+                    Err(v) => return Err(violation(&v)),
+                    Ok(Step::Discard) => {}
+                    Ok(Step::Accept(_)) => {
+                        return Err(Error::protocol("an event after the terminal event"))
+                    }
+                }
+            }
+            Ok(true)
+        };
+        let grace = tokio::time::sleep(TRAILING_GRACE);
+        tokio::pin!(grace);
+        loop {
+            check(tracker, sse)?;
+            tokio::select! {
+                () = &mut grace => return Ok(()),
+                chunk = body.chunk() => match chunk {
+                    Ok(Some(bytes)) => sse.feed(&bytes)?,
+                    Ok(None) => {
+                        sse.feed(b"\n\n")?;
+                        check(tracker, sse)?;
+                        return Ok(());
+                    }
+                    Err(_) => return Ok(()),
+                },
+            }
         }
     }
 

@@ -314,6 +314,8 @@ pub(crate) fn lift_result(value: Value) -> Value {
 pub(crate) fn native_error(e: NativeError) -> Error {
     let (kind, code) = if matches!(e, NativeError::AddressRefused(_)) {
         (Kind::Connect, ErrorCode::EndpointRefused)
+    } else if matches!(e, NativeError::Protocol(_)) {
+        (Kind::Protocol, ErrorCode::BackendError)
     } else if e.is_timeout() {
         (Kind::Timeout, ErrorCode::TaskTimeout)
     } else if e.is_connect() {
