@@ -31,9 +31,7 @@ use iicp_proto::ids::{TaskId, TraceParent};
 use iicp_proto::intent::{check_intent_policy, Intent};
 use iicp_proto::lifecycle;
 use iicp_proto::secret::Secret;
-use iicp_proto::task::{
-    ChatCompletion, ChatMessage, ChatRequest, Constraints, Qos, TaskResponse, MIN_TIMEOUT_MS,
-};
+use iicp_proto::task::{ChatMessage, ChatRequest, Constraints, Qos, TaskResponse, MIN_TIMEOUT_MS};
 use iicp_transport::http::client::{HttpClient, HttpClientConfig};
 use iicp_transport::native::{NativeClient, NativeEndpoint};
 use rand_core::OsRng;
@@ -44,8 +42,8 @@ use crate::directory::{DirectoryClient, TicketOutcome, DEFAULT_DIRECTORY_URL};
 use crate::endpoint::EndpointPolicy;
 use crate::error::{short_id, Disposition, Error, Kind};
 use crate::options::{
-    ChatOptions, ChatResult, DiscoverOptions, Encryption, RouteDiscovery, Task, TaskResult,
-    Transport, TransportUsed, CHAT_INTENT,
+    to_completion, ChatOptions, ChatResult, DiscoverOptions, Encryption, RouteDiscovery, Task,
+    TaskResult, Transport, TransportUsed, CHAT_INTENT,
 };
 use crate::select::{Strategy, MAX_CANDIDATES};
 use crate::stream::{self, ChatStream, Driver, TaskStream};
@@ -560,8 +558,8 @@ enum Mode {
 
 /// What a successful attempt produced.
 enum Done {
-    Buffered(TaskResponse),
-    Stream(Driver),
+    Buffered(Box<TaskResponse>),
+    Stream(Box<Driver>),
 }
 
 /// A successful submission through the retry loop.
@@ -895,8 +893,8 @@ impl Client {
             traceparent: prepared.traceparent,
         };
         let driver = match finished.done {
-            Done::Stream(d) => d,
-            Done::Buffered(resp) => Driver::buffered(info, resp, deadline, self.secret_values()),
+            Done::Stream(d) => *d,
+            Done::Buffered(resp) => Driver::buffered(info, *resp, deadline, self.secret_values()),
         };
         Ok(TaskStream::new(driver))
     }
@@ -976,7 +974,6 @@ fn chat_task(request: ChatRequest, options: ChatOptions) -> Result<Task, Error> 
 }
 
 impl Client {
-
     // -----------------------------------------------------------------------------
     // Pipeline
     // -----------------------------------------------------------------------------
@@ -1046,7 +1043,7 @@ impl Client {
         Ok(TaskResult {
             task_id: p.task_id.clone(),
             node_id: f.node_id,
-            response,
+            response: *response,
             attempts: f.attempts,
             latency: f.latency,
             transport: f.transport,
@@ -1313,7 +1310,9 @@ impl Client {
             let started = Instant::now();
             let stream_deadline = match mode {
                 // a keyed node streams only when it seals chunks (ADR 0013)
-                Mode::Stream { deadline } if cand.streams && (cand.key.is_none() || cand.cx_stream) => {
+                Mode::Stream { deadline }
+                    if cand.streams && (cand.key.is_none() || cand.cx_stream) =>
+                {
                     Some(deadline)
                 }
                 _ => None,
@@ -1334,12 +1333,14 @@ impl Client {
                         &cand.route,
                         &exchange,
                         &seal,
-                        info,
-                        deadline,
-                        self.secret_values(),
+                        stream::Start {
+                            info,
+                            deadline,
+                            secrets: self.secret_values(),
+                        },
                     )
                     .await
-                    .map(Done::Stream)
+                    .map(|d| Done::Stream(Box::new(d)))
                 }
                 None => submit::attempt(
                     &self.inner.http,
@@ -1349,7 +1350,7 @@ impl Client {
                     &seal,
                 )
                 .await
-                .map(Done::Buffered),
+                .map(|r| Done::Buffered(Box::new(r))),
             };
             let err = match outcome {
                 Ok(done) => {
@@ -1746,61 +1747,6 @@ fn project_constraints(c: &Constraints, timeout: Duration) -> Constraints {
         );
     }
     out
-}
-
-/// Maps a node's result to an OpenAI chat completion (seed SDK §1.5): choices indexed
-/// by position, role default `assistant`, content default `""`, `finish_reason` default
-/// `stop`, `id` default the task id. A bare text result (`content`, `text`, `response`,
-/// `output` or a string) becomes one choice.
-pub(crate) fn to_completion(result: &Value, task_id: &TaskId) -> Option<ChatCompletion> {
-    let mut obj = match result {
-        Value::Object(o) => o.clone(),
-        Value::String(s) => {
-            let mut o = Map::new();
-            o.insert("content".into(), Value::String(s.clone()));
-            o
-        }
-        _ => return None,
-    };
-    if !obj.get("choices").is_some_and(Value::is_array) {
-        let text = ["content", "text", "response", "output"]
-            .iter()
-            .find_map(|k| obj.get(*k).and_then(Value::as_str).map(str::to_owned))?;
-        obj.insert(
-            "choices".into(),
-            serde_json::json!([{"message": {"role": "assistant", "content": text}}]),
-        );
-    }
-    if let Some(Value::Array(choices)) = obj.get_mut("choices") {
-        for (i, choice) in choices.iter_mut().enumerate() {
-            let Value::Object(c) = choice else {
-                *choice = serde_json::json!({"message": {"role": "assistant", "content": ""}});
-                continue;
-            };
-            c.entry("index").or_insert(Value::from(i));
-            if c.get("finish_reason").is_none_or(Value::is_null) {
-                c.insert("finish_reason".into(), Value::from("stop"));
-            }
-            let msg = c
-                .entry("message")
-                .or_insert_with(|| Value::Object(Map::new()));
-            if !msg.is_object() {
-                *msg = Value::Object(Map::new());
-            }
-            if let Value::Object(m) = msg {
-                if !m.get("role").is_some_and(Value::is_string) {
-                    m.insert("role".into(), Value::from("assistant"));
-                }
-                if m.get("content").is_none_or(Value::is_null) {
-                    m.insert("content".into(), Value::from(""));
-                }
-            }
-        }
-    }
-    if !obj.get("id").is_some_and(Value::is_string) {
-        obj.insert("id".into(), Value::from(task_id.as_str()));
-    }
-    serde_json::from_value(Value::Object(obj)).ok()
 }
 
 #[cfg(test)]

@@ -292,8 +292,8 @@ fn finish_chat(
         (parts, completion)
     } else {
         // a buffered answer: the whole completion, as `chat` maps it
-        let completion = crate::client::to_completion(&end.result, &end.task_id)
-            .ok_or_else(|| {
+        let completion =
+            crate::options::to_completion(&end.result, &end.task_id).ok_or_else(|| {
                 Error::protocol("the node's result is not a chat completion")
                     .with_node(&end.node_id)
             })?;
@@ -328,10 +328,12 @@ impl ChatStream {
             queue: VecDeque::new(),
             done: false,
         };
-        let inner = futures_util::stream::unfold(state, |mut s| async move {
-            s.next().await.map(|ev| (ev, s))
-        })
-        .boxed();
+        let inner =
+            futures_util::stream::unfold(
+                state,
+                |mut s| async move { s.next().await.map(|ev| (ev, s)) },
+            )
+            .boxed();
         Self {
             inner,
             task_id,
@@ -398,7 +400,9 @@ impl Canceller {
         match self {
             Canceller::Native { conn, task_id } => {
                 rt.spawn(async move {
-                    let _ = conn.send(Message::Control(Control::cancel(task_id, reason))).await;
+                    let _ = conn
+                        .send(Message::Control(Control::cancel(task_id, reason)))
+                        .await;
                 });
             }
             Canceller::Http {
@@ -434,7 +438,10 @@ impl Canceller {
 
 enum Source {
     Native(ResponseStream),
-    Http { body: HttpStream, sse: Sse },
+    Http {
+        body: HttpStream,
+        sse: Sse,
+    },
     /// A buffered answer: nothing more to read.
     None,
 }
@@ -476,6 +483,13 @@ impl Drop for Driver {
     }
 }
 
+/// What a stream attempt starts with besides the exchange.
+pub(crate) struct Start {
+    pub(crate) info: Info,
+    pub(crate) deadline: Instant,
+    pub(crate) secrets: Vec<Secret>,
+}
+
 /// A stream attempt's outcome before its first content: the driver, or the error (with
 /// what to do about it decided by the caller's retry loop).
 pub(crate) async fn open(
@@ -484,20 +498,21 @@ pub(crate) async fn open(
     route: &crate::submit::Route,
     ex: &Exchange<'_>,
     seal: &Seal<'_>,
-    info: Info,
-    deadline: Instant,
-    secrets: Vec<Secret>,
+    start: Start,
 ) -> Result<Driver, Error> {
+    let Start {
+        info,
+        deadline,
+        secrets,
+    } = start;
     let sealed = submit::seal_for(ex, seal)?;
     let resp_required = sealed.is_some() && seal.response_encryption;
     let key = sealed.as_ref().map(|s| s.response_key.clone());
     let task_id = ex.task_id.as_str().to_owned();
     let (source, cancel) = match route {
         crate::submit::Route::Native(endpoint) => {
-            let mut call = submit::native_call(
-                &submit::native_key5(ex, sealed.as_ref(), resp_required),
-                ex,
-            );
+            let mut call =
+                submit::native_call(&submit::native_key5(ex, sealed.as_ref(), resp_required), ex);
             call.task_id = Some(task_id.clone());
             let (conn, source) = native_stream(native, endpoint, call).await?;
             let cancel = Canceller::Native {
@@ -583,7 +598,10 @@ async fn http_start(
     deadline: Instant,
 ) -> Result<HttpStart, Error> {
     let mut body = submit::task_body(ex, sealed, resp_required);
-    let profiles = body.constraints.required_profiles.get_or_insert_with(Vec::new);
+    let profiles = body
+        .constraints
+        .required_profiles
+        .get_or_insert_with(Vec::new);
     if !profiles.iter().any(|p| p == PROFILE) {
         profiles.push(PROFILE.to_owned());
     }
@@ -882,9 +900,9 @@ impl Driver {
             };
             let conf = IicpConfResp::from_value(sealed)
                 .map_err(|e| invalid("malformed iicp_conf_resp").with_source(e))?;
-            let plain = key
-                .open_chunk(raw.sequence, &conf)
-                .map_err(|e| invalid("a sealed chunk does not open at its sequence").with_source(e))?;
+            let plain = key.open_chunk(raw.sequence, &conf).map_err(|e| {
+                invalid("a sealed chunk does not open at its sequence").with_source(e)
+            })?;
             let value: Value = serde_json::from_slice(&plain)
                 .map_err(|e| invalid("a sealed chunk is not JSON").with_source(e))?;
             return Ok(Some(value));
@@ -1067,12 +1085,9 @@ fn http_raw(ev: Event, kind: EventKind) -> Raw {
         kind,
         result: if sealed.is_some() { None } else { ev.result },
         sealed,
-        error: ev.error.map(|e| {
-            ErrorBody::new(
-                e.code.unwrap_or(ErrorCode::BackendError),
-                e.message,
-            )
-        }),
+        error: ev
+            .error
+            .map(|e| ErrorBody::new(e.code.unwrap_or(ErrorCode::BackendError), e.message)),
         tokens_used: ev.tokens_used,
         model_used: ev.model_used,
         metrics: ev.metrics,
@@ -1211,7 +1226,9 @@ fn parse_sse_event(msg: &SseMessage) -> Result<Event, Error> {
         .as_deref()
         .is_some_and(|id| id.parse::<u64>().ok() != Some(ev.sequence))
     {
-        return Err(Error::protocol("an event's SSE id disagrees with its sequence"));
+        return Err(Error::protocol(
+            "an event's SSE id disagrees with its sequence",
+        ));
     }
     Ok(ev)
 }
@@ -1223,9 +1240,11 @@ mod tests {
     #[test]
     fn sse_messages_split_on_blank_lines_across_chunks() {
         let mut sse = Sse::default();
-        sse.feed(b": comment\nid: 0\nevent: accepted\ndata: {\"a\":").expect("feed");
+        sse.feed(b": comment\nid: 0\nevent: accepted\ndata: {\"a\":")
+            .expect("feed");
         assert_eq!(sse.next_message().expect("ok"), None);
-        sse.feed(b"1}\r\n\r\nid: 1\ndata: x\ndata: y\n\n").expect("feed");
+        sse.feed(b"1}\r\n\r\nid: 1\ndata: x\ndata: y\n\n")
+            .expect("feed");
         let m = sse.next_message().expect("ok").expect("one");
         assert_eq!(m.id.as_deref(), Some("0"));
         assert_eq!(m.event.as_deref(), Some("accepted"));

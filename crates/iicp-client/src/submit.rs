@@ -282,7 +282,11 @@ pub(crate) fn native_response(
 }
 
 /// The client error of a native error answer (key 6, keys 100/101).
-pub(crate) fn native_failure(code: Option<&str>, status: Option<u64>, message: Option<&str>) -> Error {
+pub(crate) fn native_failure(
+    code: Option<&str>,
+    status: Option<u64>,
+    message: Option<&str>,
+) -> Error {
     {
         {
             let status = status.and_then(|s| u16::try_from(s).ok());

@@ -104,7 +104,10 @@ async fn drain_chat(
 /// Reads a task stream to its end: partial count, and the terminal or the error.
 async fn drain_task(
     mut s: iicp_client::TaskStream,
-) -> (usize, Result<Box<iicp_client::StreamEnd>, iicp_client::Error>) {
+) -> (
+    usize,
+    Result<Box<iicp_client::StreamEnd>, iicp_client::Error>,
+) {
     let mut partials = 0;
     while let Some(ev) = s.next().await {
         match ev {
@@ -123,7 +126,10 @@ async fn drain_task(
 
 #[tokio::test]
 async fn native_chat_streams_deltas_and_assembles_the_completion() {
-    let node = native_stream_node(native_script(|c| happy_frames(c, &hello(), Some(last_chunk())))).await;
+    let node = native_stream_node(native_script(|c| {
+        happy_frames(c, &hello(), Some(last_chunk()))
+    }))
+    .await;
     let (client, _dir) = client_for(vec![native_entry(1, &node)]).await;
     let s = client
         .chat_stream(request(), ChatOptions::default())
@@ -134,9 +140,19 @@ async fn native_chat_streams_deltas_and_assembles_the_completion() {
     let (text, done) = drain_chat(s).await;
     let done = done.expect("done");
     assert_eq!(text, "Hello, world");
-    assert_eq!(done.text(), "Hello, world", "the assembly is the concatenation");
-    assert_eq!(done.completion.choices[0].finish_reason.as_deref(), Some("stop"));
-    assert_eq!(done.completion.usage.as_ref().and_then(|u| u.total_tokens), Some(7));
+    assert_eq!(
+        done.text(),
+        "Hello, world",
+        "the assembly is the concatenation"
+    );
+    assert_eq!(
+        done.completion.choices[0].finish_reason.as_deref(),
+        Some("stop")
+    );
+    assert_eq!(
+        done.completion.usage.as_ref().and_then(|u| u.total_tokens),
+        Some(7)
+    );
     assert_eq!(done.task_id, task_id);
     assert_eq!(done.node_id, node_id(1));
     // the CALL: key 24 = the task id, a call id, the task id as idempotency key
@@ -146,8 +162,14 @@ async fn native_chat_streams_deltas_and_assembles_the_completion() {
     assert_eq!(c.task_id.as_deref(), Some(task_id.as_str()));
     assert!(c.call_id.is_some());
     assert_eq!(c.idempotency_key.as_deref(), Some(task_id.as_str()));
-    assert_eq!(call_payload(c)["messages"][0]["content"], "PAYLOAD-MARKER-7f3a");
-    assert!(node.controls().is_empty(), "a finished stream cancels nothing");
+    assert_eq!(
+        call_payload(c)["messages"][0]["content"],
+        "PAYLOAD-MARKER-7f3a"
+    );
+    assert!(
+        node.controls().is_empty(),
+        "a finished stream cancels nothing"
+    );
 }
 
 #[tokio::test]
@@ -210,7 +232,10 @@ async fn http_chat_streams_over_sse_with_the_same_credentials_and_trace() {
     assert_eq!(posts.len(), 2);
     let body = posts[0].json();
     assert_eq!(body["constraints"]["required_profiles"], json!([PROFILE]));
-    assert_eq!(body["payload"]["messages"][0]["content"], "PAYLOAD-MARKER-7f3a");
+    assert_eq!(
+        body["payload"]["messages"][0]["content"],
+        "PAYLOAD-MARKER-7f3a"
+    );
     let gets = node.hits("GET", "/events");
     assert_eq!(gets.len(), 2);
     let task_id = body["task_id"].as_str().expect("task id");
@@ -219,7 +244,10 @@ async fn http_chat_streams_over_sse_with_the_same_credentials_and_trace() {
     for r in [&posts[0], &gets[0]] {
         assert_eq!(r.header("authorization"), Some("Bearer api-token-stream-1"));
     }
-    assert_eq!(posts[0].header("traceparent"), gets[0].header("traceparent"));
+    assert_eq!(
+        posts[0].header("traceparent"),
+        gets[0].header("traceparent")
+    );
     assert!(posts[0].header("traceparent").is_some());
     assert!(node.hits("POST", "/cancel").is_empty());
 }
@@ -232,7 +260,10 @@ async fn http_chat_streams_over_sse_with_the_same_credentials_and_trace() {
 /// outcome.
 async fn native_outcome(
     f: impl Fn(&Call) -> Vec<NativeStep> + Send + Sync + 'static,
-) -> (usize, Result<Box<iicp_client::StreamEnd>, iicp_client::Error>) {
+) -> (
+    usize,
+    Result<Box<iicp_client::StreamEnd>, iicp_client::Error>,
+) {
     let node = native_stream_node(native_script(f)).await;
     let (client, _dir) = client_for(vec![native_entry(1, &node)]).await;
     match client.submit_stream(chat_task()).await {
@@ -251,11 +282,18 @@ async fn native_call_id_drift_is_an_error() {
         let p0 = lifecycle_frame(c, 0, EventKind::Partial, Some(chunk("a")));
         let mut done = lifecycle_frame(c, 1, EventKind::Completed, None);
         done.call_id = Some("c-drift".into());
-        vec![send(p0), send(done), NativeStep::Sleep(Duration::from_secs(3))]
+        vec![
+            send(p0),
+            send(done),
+            NativeStep::Sleep(Duration::from_secs(3)),
+        ]
     })
     .await;
     let e = out.expect_err("drift");
-    assert!(matches!(e.kind(), ErrorKind::Protocol | ErrorKind::Transport), "{e}");
+    assert!(
+        matches!(e.kind(), ErrorKind::Protocol | ErrorKind::Transport),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -264,7 +302,11 @@ async fn native_session_drift_is_an_error() {
         let p0 = lifecycle_frame(c, 0, EventKind::Partial, Some(chunk("a")));
         let mut p1 = lifecycle_frame(c, 1, EventKind::Partial, Some(chunk("b")));
         p1.session_id = Some("another-session".into());
-        vec![send(p0), send(p1), NativeStep::Sleep(Duration::from_secs(3))]
+        vec![
+            send(p0),
+            send(p1),
+            NativeStep::Sleep(Duration::from_secs(3)),
+        ]
     })
     .await;
     let e = out.expect_err("drift");
@@ -292,11 +334,21 @@ async fn native_sequence_gap_is_an_error() {
 async fn native_duplicates_and_regressions_are_discarded() {
     let node = native_stream_node(native_script(|c| {
         vec![
-            send(lifecycle_frame(c, 0, EventKind::Partial, Some(chunk("Hel")))),
+            send(lifecycle_frame(
+                c,
+                0,
+                EventKind::Partial,
+                Some(chunk("Hel")),
+            )),
             send(lifecycle_frame(c, 0, EventKind::Partial, Some(chunk("XX")))),
             send(lifecycle_frame(c, 1, EventKind::Partial, Some(chunk("lo")))),
             send(lifecycle_frame(c, 0, EventKind::Partial, Some(chunk("YY")))),
-            send(lifecycle_frame(c, 2, EventKind::Completed, Some(last_chunk()))),
+            send(lifecycle_frame(
+                c,
+                2,
+                EventKind::Completed,
+                Some(last_chunk()),
+            )),
         ]
     }))
     .await;
@@ -321,14 +373,20 @@ async fn native_partial_marked_final_and_status_contradictions_are_errors() {
         vec![send(p)]
     })
     .await;
-    assert!(out.expect_err("final partial").message().contains("partial_marked_final"));
+    assert!(out
+        .expect_err("final partial")
+        .message()
+        .contains("partial_marked_final"));
     let (_, out) = native_outcome(|c| {
         let mut p = lifecycle_frame(c, 0, EventKind::Partial, Some(chunk("a")));
         p.status = Some("success".into());
         vec![send(p), NativeStep::Sleep(Duration::from_secs(3))]
     })
     .await;
-    assert!(out.expect_err("contradiction").message().contains("status_event_disagreement"));
+    assert!(out
+        .expect_err("contradiction")
+        .message()
+        .contains("status_event_disagreement"));
 }
 
 #[tokio::test]
@@ -350,9 +408,10 @@ async fn native_missing_terminal_is_a_failure() {
 #[tokio::test]
 async fn native_oversize_frame_is_an_error() {
     let (_, out) = native_outcome(|c| {
-        let mut frame = Message::Response(lifecycle_frame(c, 1, EventKind::Partial, Some(chunk("b"))))
-            .to_frame()
-            .expect("frame");
+        let mut frame =
+            Message::Response(lifecycle_frame(c, 1, EventKind::Partial, Some(chunk("b"))))
+                .to_frame()
+                .expect("frame");
         frame[8..12].copy_from_slice(&(iicp_proto::frame::MAX_PAYLOAD + 1).to_be_bytes());
         vec![
             send(lifecycle_frame(c, 0, EventKind::Partial, Some(chunk("a")))),
@@ -374,7 +433,12 @@ async fn native_failed_terminal_after_partial_keeps_its_code() {
             message: Some("generation failed".into()),
         });
         vec![
-            send(lifecycle_frame(c, 0, EventKind::Partial, Some(json!("incomplete")))),
+            send(lifecycle_frame(
+                c,
+                0,
+                EventKind::Partial,
+                Some(json!("incomplete")),
+            )),
             send(failed),
         ]
     })
@@ -389,7 +453,10 @@ async fn native_failed_terminal_after_partial_keeps_its_code() {
 /// One stream against an HTTP node whose event stream `events` scripts.
 async fn http_outcome(
     events: impl Fn(&str, &Value) -> Vec<HttpStep> + Send + Sync + 'static,
-) -> (usize, Result<Box<iicp_client::StreamEnd>, iicp_client::Error>) {
+) -> (
+    usize,
+    Result<Box<iicp_client::StreamEnd>, iicp_client::Error>,
+) {
     let node = http_stream_node(http_script(|_| Submit::Accept, events)).await;
     let (client, _dir) = client_for(vec![http_entry(1, &node)]).await;
     match client.submit_stream(chat_task()).await {
@@ -402,11 +469,19 @@ async fn http_outcome(
 async fn http_partial_after_the_terminal_and_a_second_terminal_are_errors() {
     let (_, out) = http_outcome(|t, _| {
         let mut steps = happy_events(t, &[chunk("a")], None);
-        steps.push(HttpStep::Event(event(t, 3, EventKind::Partial, Some(chunk("late")))));
+        steps.push(HttpStep::Event(event(
+            t,
+            3,
+            EventKind::Partial,
+            Some(chunk("late")),
+        )));
         steps
     })
     .await;
-    assert!(out.expect_err("late partial").message().contains("after_terminal"));
+    assert!(out
+        .expect_err("late partial")
+        .message()
+        .contains("after_terminal"));
     let (_, out) = http_outcome(|t, _| {
         let mut steps = happy_events(t, &[chunk("a")], None);
         let mut failed = event(t, 3, EventKind::Failed, None);
@@ -419,7 +494,10 @@ async fn http_partial_after_the_terminal_and_a_second_terminal_are_errors() {
         steps
     })
     .await;
-    assert!(out.expect_err("second terminal").message().contains("after_terminal"));
+    assert!(out
+        .expect_err("second terminal")
+        .message()
+        .contains("after_terminal"));
 }
 
 #[tokio::test]
@@ -431,7 +509,10 @@ async fn http_sse_ending_without_terminal_and_gaps_are_errors() {
     })
     .await;
     assert_eq!(partials, 2);
-    assert!(out.expect_err("missing").message().contains("missing_terminal"));
+    assert!(out
+        .expect_err("missing")
+        .message()
+        .contains("missing_terminal"));
     let (_, out) = http_outcome(|t, _| {
         vec![
             HttpStep::Event(event(t, 0, EventKind::Accepted, None)),
@@ -464,7 +545,12 @@ async fn http_task_id_drift_is_an_error() {
     let (_, out) = http_outcome(|t, _| {
         vec![
             HttpStep::Event(event(t, 0, EventKind::Accepted, None)),
-            HttpStep::Event(event("another-task", 1, EventKind::Completed, Some(chunk("x")))),
+            HttpStep::Event(event(
+                "another-task",
+                1,
+                EventKind::Completed,
+                Some(chunk("x")),
+            )),
         ]
     })
     .await;
@@ -514,7 +600,11 @@ async fn an_http_refusal_is_retried_like_a_buffered_one() {
     let s = client.submit_stream(chat_task()).await.expect("stream");
     assert_eq!(s.node_id(), node_id(2));
     drain_task(s).await.1.expect("completed");
-    assert_eq!(busy.hits("POST", "/v1/tasks").len(), 1, "capacity_exceeded: next node at once");
+    assert_eq!(
+        busy.hits("POST", "/v1/tasks").len(),
+        1,
+        "capacity_exceeded: next node at once"
+    );
     assert!(busy.hits("GET", "/events").is_empty());
 }
 
@@ -522,7 +612,12 @@ async fn an_http_refusal_is_retried_like_a_buffered_one() {
 async fn a_failure_after_a_partial_is_terminal_and_says_what_was_received() {
     let a = native_stream_node(native_script(|c| {
         vec![
-            send(lifecycle_frame(c, 0, EventKind::Partial, Some(chunk("Hel")))),
+            send(lifecycle_frame(
+                c,
+                0,
+                EventKind::Partial,
+                Some(chunk("Hel")),
+            )),
             send(lifecycle_frame(c, 1, EventKind::Partial, Some(chunk("lo")))),
             NativeStep::Close,
         ]
@@ -559,7 +654,10 @@ async fn dropping_a_native_stream_sends_the_cancel_control() {
     let (client, _dir) = client_for(vec![native_entry(1, &node)]).await;
     let mut s = client.submit_stream(chat_task()).await.expect("stream");
     let task_id = s.task_id().clone();
-    assert!(matches!(s.next().await, Some(Ok(TaskEvent::Partial { .. }))));
+    assert!(matches!(
+        s.next().await,
+        Some(Ok(TaskEvent::Partial { .. }))
+    ));
     drop(s);
     let cancel = node
         .wait_cancel(Duration::from_secs(3))
@@ -585,15 +683,24 @@ async fn dropping_an_http_stream_posts_the_cancel() {
     let (client, _dir) = client_for(vec![http_entry(1, &node)]).await;
     let mut s = client.submit_stream(chat_task()).await.expect("stream");
     let task_id = s.task_id().clone();
-    assert!(matches!(s.next().await, Some(Ok(TaskEvent::Accepted { .. }))));
-    assert!(matches!(s.next().await, Some(Ok(TaskEvent::Partial { .. }))));
+    assert!(matches!(
+        s.next().await,
+        Some(Ok(TaskEvent::Accepted { .. }))
+    ));
+    assert!(matches!(
+        s.next().await,
+        Some(Ok(TaskEvent::Partial { .. }))
+    ));
     drop(s);
     let cancel = node
         .wait_cancel(Duration::from_secs(3))
         .await
         .expect("the cancel POST reached the node");
     assert_eq!(cancel.path, format!("/v1/tasks/{task_id}/cancel"));
-    assert_eq!(cancel.header("authorization"), Some("Bearer api-token-stream-1"));
+    assert_eq!(
+        cancel.header("authorization"),
+        Some("Bearer api-token-stream-1")
+    );
 }
 
 #[tokio::test]
@@ -612,7 +719,8 @@ async fn the_deadline_bounds_the_whole_stream() {
         .build()
         .expect("client");
     let started = std::time::Instant::now();
-    let (partials, out) = drain_task(client.submit_stream(chat_task()).await.expect("stream")).await;
+    let (partials, out) =
+        drain_task(client.submit_stream(chat_task()).await.expect("stream")).await;
     assert_eq!(partials, 1);
     let e = out.expect_err("deadline");
     assert!(e.is_timeout(), "{e}");
@@ -633,17 +741,32 @@ async fn cx_native_node(key: CxKeyPair, seal_at: fn(u64) -> u64) -> NativeStream
     native_stream_node(native_script(move |c| {
         let task = c.task_id.clone().unwrap_or_default();
         let p = call_payload(c);
-        let Some((_, rk)) = open_cx(&key, &p["iicp_conf"], &task, c.intent.as_deref().unwrap_or("")) else {
+        let Some((_, rk)) = open_cx(
+            &key,
+            &p["iicp_conf"],
+            &task,
+            c.intent.as_deref().unwrap_or(""),
+        ) else {
             return vec![NativeStep::Close];
         };
         assert_eq!(p["cx_response_encryption"], "required");
         let mut out = Vec::new();
         for (i, ch) in hello().iter().enumerate() {
             let sealed = sealed_native_result(&rk, &task, seal_at(i as u64), ch);
-            out.push(send(lifecycle_frame(c, i as u64, EventKind::Partial, Some(sealed))));
+            out.push(send(lifecycle_frame(
+                c,
+                i as u64,
+                EventKind::Partial,
+                Some(sealed),
+            )));
         }
         let sealed = sealed_native_result(&rk, &task, seal_at(3), &last_chunk());
-        out.push(send(lifecycle_frame(c, 3, EventKind::Completed, Some(sealed))));
+        out.push(send(lifecycle_frame(
+            c,
+            3,
+            EventKind::Completed,
+            Some(sealed),
+        )));
         out
     }))
     .await
@@ -683,7 +806,10 @@ async fn cx_chunks_are_opened_at_their_sequence() {
     let call = &node.calls()[0];
     let p = call_payload(call);
     assert!(p.get("iicp_conf").is_some());
-    assert!(!p.to_string().contains("PAYLOAD-MARKER"), "the payload travelled sealed");
+    assert!(
+        !p.to_string().contains("PAYLOAD-MARKER"),
+        "the payload travelled sealed"
+    );
 }
 
 #[tokio::test]
@@ -698,7 +824,8 @@ async fn a_chunk_sealed_at_another_index_is_refused() {
     let client = builder(&dir, Arc::new(RecordingSleeper::default()))
         .build()
         .expect("client");
-    let (partials, out) = drain_task(client.submit_stream(chat_task()).await.expect("stream")).await;
+    let (partials, out) =
+        drain_task(client.submit_stream(chat_task()).await.expect("stream")).await;
     assert_eq!(partials, 1, "chunk 0 opened, chunk 1 refused");
     let e = out.expect_err("moved chunk");
     assert_eq!(e.code().as_str(), "IICP-CX-RESP-INVALID");
@@ -709,7 +836,11 @@ async fn a_chunk_sealed_at_another_index_is_refused() {
 async fn a_keyed_node_without_cx_stream_is_asked_buffered() {
     let key = CxKeyPair::generate(&mut OsRng);
     let node = cx_native_node(key.clone(), |s| s).await;
-    let dir = fake_directory(vec![cx_entry(1, &node, &key, &[NATIVE_CX_V1])], Tickets::Off).await;
+    let dir = fake_directory(
+        vec![cx_entry(1, &node, &key, &[NATIVE_CX_V1])],
+        Tickets::Off,
+    )
+    .await;
     let client = builder(&dir, Arc::new(RecordingSleeper::default()))
         .build()
         .expect("client");
@@ -732,7 +863,9 @@ async fn a_node_that_does_not_stream_answers_as_one_delta() {
     let plain = fake_node(
         &node_id(1),
         None,
-        vec![Reply::Result(json!({"choices": [{"message": {"role": "assistant", "content": "whole answer"}}]}))],
+        vec![Reply::Result(
+            json!({"choices": [{"message": {"role": "assistant", "content": "whole answer"}}]}),
+        )],
     )
     .await;
     let (client, _dir) = client_for(vec![plain.entry()]).await;
@@ -814,4 +947,64 @@ async fn a_buffered_native_call_refuses_a_lifecycle_partial() {
         .expect_err("partial to a buffered call");
     assert!(err.to_string().contains("lifecycle"), "{err}");
     assert!(!err.is_timeout(), "refused at once, not timed out: {err}");
+}
+
+#[tokio::test]
+async fn cx_chunks_over_http_are_encrypted_events() {
+    let key = CxKeyPair::generate(&mut OsRng);
+    let k = key.clone();
+    let node = http_stream_node(http_script(
+        |_| Submit::Accept,
+        move |t, body| {
+            let intent = body["intent"].as_str().unwrap_or_default();
+            let Some((plain, rk)) = open_cx(&k, &body["iicp_conf"], t, intent) else {
+                return Vec::new();
+            };
+            assert_eq!(plain["messages"][0]["content"], "PAYLOAD-MARKER-7f3a");
+            let mut steps = vec![HttpStep::Event(event(t, 0, EventKind::Accepted, None))];
+            let chunks = hello();
+            for (i, c) in chunks.iter().chain([&last_chunk()]).enumerate() {
+                let seq = i as u64 + 1;
+                let kind = if i == chunks.len() {
+                    EventKind::Completed
+                } else {
+                    EventKind::Partial
+                };
+                let mut e = event(t, seq, kind, None);
+                e.status = "encrypted".into();
+                let text = serde_json::to_vec(c).expect("json");
+                e.iicp_conf_resp = Some(
+                    rk.seal_chunk(&mut OsRng, seq, &text)
+                        .expect("seal")
+                        .to_value(),
+                );
+                steps.push(HttpStep::Event(e));
+            }
+            steps
+        },
+    ))
+    .await;
+    let entry = stream_entry(&node_id(1), &node.url(), None, Some(&key), &[CX_STREAM_V1]);
+    let dir = fake_directory(vec![entry], Tickets::Off).await;
+    let client = builder(&dir, Arc::new(RecordingSleeper::default()))
+        .build()
+        .expect("client");
+    let (text, done) = drain_chat(
+        client
+            .chat_stream(request(), ChatOptions::default())
+            .await
+            .expect("stream"),
+    )
+    .await;
+    assert_eq!(text, "Hello, world");
+    assert_eq!(
+        done.expect("done")
+            .completion
+            .usage
+            .and_then(|u| u.total_tokens),
+        Some(7)
+    );
+    let post = &node.hits("POST", "/v1/tasks")[0];
+    assert!(!post.json().to_string().contains("PAYLOAD-MARKER"));
+    assert_eq!(post.json()["cx_response_encryption"], "required");
 }

@@ -358,19 +358,18 @@ impl<'a> Observed<'a> {
     /// # Errors
     /// [`Violation::Malformed`] without the envelope, its sequence or its event name.
     pub fn from_response(resp: &'a crate::message::Response) -> Result<Self, Violation> {
-        let env = resp
-            .lifecycle
-            .as_ref()
-            .ok_or(Violation::Malformed("RESPONSE without a lifecycle envelope"))?;
+        let env = resp.lifecycle.as_ref().ok_or(Violation::Malformed(
+            "RESPONSE without a lifecycle envelope",
+        ))?;
         Ok(Self {
             session_id: resp.session_id.as_deref(),
             call_id: resp.call_id(),
             status: resp.status.as_deref(),
             envelope_final: Some(resp.is_final()),
             task_id: env.task_id.as_deref(),
-            sequence: env
-                .sequence
-                .ok_or(Violation::Malformed("lifecycle envelope without a sequence"))?,
+            sequence: env.sequence.ok_or(Violation::Malformed(
+                "lifecycle envelope without a sequence",
+            ))?,
             event: env
                 .event
                 .as_deref()
@@ -563,7 +562,6 @@ impl Tracker {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -599,8 +597,30 @@ mod tests {
         c.optional_profiles = None;
         c.required_profiles = Some(vec!["urn:iicp:profile:unknown:v1".into(), PROFILE.into()]);
         assert!(requested(&c));
-        assert_eq!(missing_required(&c, &[PROFILE]), vec!["urn:iicp:profile:unknown:v1"]);
+        assert_eq!(
+            missing_required(&c, &[PROFILE]),
+            vec!["urn:iicp:profile:unknown:v1"]
+        );
         assert!(missing_required(&Constraints::default(), &[]).is_empty());
+    }
+
+    #[test]
+    fn the_cancel_control_uses_the_cancel_action() {
+        let c = crate::message::Control::cancel("t-1", "client_cancelled");
+        assert_eq!(c.action.as_deref(), Some(CANCEL_ACTION));
+        assert_eq!(c.task_id.as_deref(), Some("t-1"));
+        assert_eq!(c.reason.as_deref(), Some("client_cancelled"));
+        // {1: "cancel", 5: reason, 24: task_id} and nothing else
+        let frame = crate::message::Message::Control(c)
+            .to_frame()
+            .expect("frame");
+        let v = crate::message::RawCbor(frame[12..].to_vec())
+            .to_json()
+            .expect("cbor");
+        assert_eq!(
+            v,
+            serde_json::json!({"1": "cancel", "5": "client_cancelled", "24": "t-1"})
+        );
     }
 
     #[test]

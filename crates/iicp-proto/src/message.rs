@@ -840,10 +840,10 @@ pub struct Control {
 
 impl Control {
     /// The lifecycle cancel of `task_id`: `{1: "cancel", 5: reason, 24: task_id}`
-    /// (ADR 0013).
+    /// (ADR 0013; `cancel` is `lifecycle::CANCEL_ACTION`).
     pub fn cancel(task_id: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
-            action: Some(crate::lifecycle::CANCEL_ACTION.to_owned()),
+            action: Some("cancel".to_owned()),
             reason: Some(reason.into()),
             task_id: Some(task_id.into()),
             ..Self::default()

@@ -225,20 +225,24 @@ impl CallIds {
             (Some(got), Some(want)) => got == want,
             (Some(got), None) => self.session_id.as_deref() == Some(got),
             (None, _) => {
-                resp.session_id.is_some() && resp.session_id.as_deref() == self.session_id.as_deref()
+                resp.session_id.is_some()
+                    && resp.session_id.as_deref() == self.session_id.as_deref()
             }
         }
     }
 }
 
 /// The key of the outstanding call `resp` answers, if any.
-pub fn outbound_key<'a, V: std::borrow::Borrow<CallIds>>(
-    outbound: &'a HashMap<String, V>,
+pub fn outbound_key<V: std::borrow::Borrow<CallIds>>(
+    outbound: &HashMap<String, V>,
     resp: &Response,
 ) -> Option<String> {
     // fast path: the correlation id is the key
     if let Some(id) = resp.correlation_id() {
-        if outbound.get(id).is_some_and(|c| c.borrow().answered_by(resp)) {
+        if outbound
+            .get(id)
+            .is_some_and(|c| c.borrow().answered_by(resp))
+        {
             return Some(id.to_owned());
         }
     }

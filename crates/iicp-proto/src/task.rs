@@ -1392,10 +1392,8 @@ impl ChatStreamAssembler {
         let choices = choices
             .into_iter()
             .map(|(index, c)| {
-                let mut message = ChatMessage::new(
-                    c.role.unwrap_or_else(|| "assistant".to_owned()),
-                    c.content,
-                );
+                let mut message =
+                    ChatMessage::new(c.role.unwrap_or_else(|| "assistant".to_owned()), c.content);
                 let has_calls = !c.tool_calls.is_empty();
                 if has_calls {
                     let calls: Vec<Value> = c
@@ -1409,15 +1407,16 @@ impl ChatStreamAssembler {
                             })
                         })
                         .collect();
-                    message.extra.insert("tool_calls".into(), Value::Array(calls));
+                    message
+                        .extra
+                        .insert("tool_calls".into(), Value::Array(calls));
                 }
                 let default_reason = if has_calls { "tool_calls" } else { "stop" };
                 ChatChoice {
                     index: Some(index),
                     message,
                     finish_reason: Some(
-                        c.finish_reason
-                            .unwrap_or_else(|| default_reason.to_owned()),
+                        c.finish_reason.unwrap_or_else(|| default_reason.to_owned()),
                     ),
                     extra: Map::new(),
                 }
@@ -1509,8 +1508,10 @@ mod chat_stream_tests {
     #[test]
     fn deltas_and_tool_calls_merge_by_index() {
         let mut a = ChatStreamAssembler::new();
-        let p = a.push(&json!({"id": "c-1", "object": "chat.completion.chunk", "created": 7, "model": "m",
-            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}));
+        let p = a.push(
+            &json!({"id": "c-1", "object": "chat.completion.chunk", "created": 7, "model": "m",
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
+        );
         assert_eq!(p.text, "");
         let p = a.push(&json!({"choices": [{"index": 0, "delta": {"tool_calls": [
             {"index": 0, "id": "call_a", "type": "function", "function": {"name": "get_", "arguments": "{\"ci"}},
@@ -1519,8 +1520,10 @@ mod chat_stream_tests {
         assert_eq!(p.tool_calls[0].id.as_deref(), Some("call_a"));
         a.push(&json!({"choices": [{"index": 0, "delta": {"tool_calls": [
             {"index": 0, "function": {"name": "weather", "arguments": "ty\":\"Bonn\"}"}}]}}]}));
-        let p = a.push(&json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}}));
+        let p = a.push(
+            &json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}}),
+        );
         assert_eq!(p.finish_reason.as_deref(), Some("tool_calls"));
         assert_eq!(p.usage.as_ref().and_then(Usage::total), Some(9));
         assert_eq!(a.chunks(), 4);
@@ -1528,7 +1531,9 @@ mod chat_stream_tests {
         assert_eq!(done.id.as_deref(), Some("c-1"));
         assert_eq!(done.object.as_deref(), Some("chat.completion"));
         assert_eq!((done.created, done.model.as_deref()), (Some(7), Some("m")));
-        let calls = done.choices[0].message.extra["tool_calls"].as_array().expect("calls");
+        let calls = done.choices[0].message.extra["tool_calls"]
+            .as_array()
+            .expect("calls");
         assert_eq!(calls.len(), 2);
         assert_eq!(calls[0]["id"], "call_a");
         assert_eq!(calls[0]["function"]["name"], "get_weather");
@@ -1547,7 +1552,8 @@ mod chat_stream_tests {
         let mut a = ChatStreamAssembler::new();
         assert_eq!(a.push(&json!("hel")).text, "hel");
         assert_eq!(
-            a.push(&json!({"choices": [{"delta": {"content": "lo"}}]})).text,
+            a.push(&json!({"choices": [{"delta": {"content": "lo"}}]}))
+                .text,
             "lo"
         );
         // a terminal with the whole message repeats nothing already streamed
@@ -1560,8 +1566,10 @@ mod chat_stream_tests {
 
         // only a whole completion (a buffered answer)
         let mut b = ChatStreamAssembler::new();
-        let p = b.push(&json!({"object": "chat.completion", "choices": [{"index": 0,
-            "message": {"role": "assistant", "content": "whole"}}], "usage": {"total_tokens": 2}}));
+        let p = b.push(
+            &json!({"object": "chat.completion", "choices": [{"index": 0,
+            "message": {"role": "assistant", "content": "whole"}}], "usage": {"total_tokens": 2}}),
+        );
         assert_eq!(p.text, "whole");
         let done = b.finish();
         assert_eq!(done.text().as_deref(), Some("whole"));

@@ -291,15 +291,20 @@ fn vectors_07_08_21_22_23_are_server_rules() {
         "SERVICE-LIFECYCLE-23",
     ] {
         let v = vector(id);
-        assert!(v.get("events").is_none() && v.get("native_frames").is_none(), "{id}");
+        assert!(
+            v.get("events").is_none() && v.get("native_frames").is_none(),
+            "{id}"
+        );
     }
 }
 
 #[test]
 fn contradictions_beyond_the_vectors() {
     // status against event
-    let mut r = frame(&serde_json::json!({"session_id": "s", "call_id": "c", "status": "success", "is_final": false,
-        "lifecycle": {"task_id": "t", "sequence": 0, "event": "partial", "is_final": false}}));
+    let mut r = frame(
+        &serde_json::json!({"session_id": "s", "call_id": "c", "status": "success", "is_final": false,
+        "lifecycle": {"task_id": "t", "sequence": 0, "event": "partial", "is_final": false}}),
+    );
     let mut t = Tracker::native("t", Some("c"), Some("s"));
     assert!(matches!(
         t.accept_response(&r),
@@ -337,6 +342,9 @@ fn contradictions_beyond_the_vectors() {
     // an encrypted HTTP event is judged by its event
     let mut e = Event::new("t", 0, Partial);
     e.status = "encrypted".into();
-    assert_eq!(Tracker::new("t").accept_event(&e), Ok(Step::Accept(Partial)));
+    assert_eq!(
+        Tracker::new("t").accept_event(&e),
+        Ok(Step::Accept(Partial))
+    );
     assert_eq!(Violation::CallIdDrift.code(), "call_id_drift");
 }

@@ -37,6 +37,7 @@ use tokio::sync::mpsc;
 
 /// One step of a native script.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // scripts are short; a frame reads better unboxed
 pub enum NativeStep {
     /// Write this RESPONSE frame as it is.
     Send(Response),
@@ -111,7 +112,12 @@ impl NativeStreamNode {
 
 /// The RESPONSE of lifecycle event `kind` at `sequence` for `call`, in the ADR 0013
 /// layout `{1: 1, 2, 3, 4, 5?, 11, 12, 13: {1, 2, 3, 4}}`.
-pub fn lifecycle_frame(call: &Call, sequence: u64, kind: EventKind, result: Option<Value>) -> Response {
+pub fn lifecycle_frame(
+    call: &Call,
+    sequence: u64,
+    kind: EventKind,
+    result: Option<Value>,
+) -> Response {
     Response {
         protocol_version: Some(1),
         session_id: call.session_id.clone(),
@@ -266,7 +272,12 @@ pub fn call_payload(call: &Call) -> Value {
 
 /// Opens the IICP-CX request in a native CALL's key 5 or an HTTP task body (its
 /// `iicp_conf`) with `key`: the plaintext payload and the task's response key.
-pub fn open_cx(key: &CxKeyPair, conf: &Value, task_id: &str, intent: &str) -> Option<(Value, ResponseKey)> {
+pub fn open_cx(
+    key: &CxKeyPair,
+    conf: &Value,
+    task_id: &str,
+    intent: &str,
+) -> Option<(Value, ResponseKey)> {
     let conf = IicpConf::from_value(conf).ok()?;
     let opened = iicp_proto::crypto::cx::open_call(key, &conf, task_id, intent).ok()?;
     Some((opened.payload_json().ok()?, opened.response_key().clone()))
@@ -276,7 +287,9 @@ pub fn open_cx(key: &CxKeyPair, conf: &Value, task_id: &str, intent: &str) -> Op
 /// status: "encrypted", iicp_conf_resp}`.
 pub fn sealed_native_result(rk: &ResponseKey, task_id: &str, index: u64, chunk: &Value) -> Value {
     let text = serde_json::to_vec(chunk).unwrap_or_default();
-    let sealed = rk.seal_chunk(&mut OsRng, index, &text).expect("seal a chunk");
+    let sealed = rk
+        .seal_chunk(&mut OsRng, index, &text)
+        .expect("seal a chunk");
     json!({"task_id": task_id, "status": "encrypted", "iicp_conf_resp": sealed.to_value()})
 }
 
@@ -325,6 +338,7 @@ pub enum Submit {
 
 /// One step of the event stream.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // scripts are short; an event reads better unboxed
 pub enum HttpStep {
     /// One SSE message for the event (`id:` sequence, `event:` name, `data:` JSON).
     Event(Event),
@@ -356,7 +370,12 @@ pub fn event(task_id: &str, sequence: u64, kind: EventKind, result: Option<Value
 /// The events of a happy HTTP stream: `accepted` at 0, one partial per chunk, then
 /// `completed` with `last`.
 pub fn happy_events(task_id: &str, chunks: &[Value], last: Option<Value>) -> Vec<HttpStep> {
-    let mut out = vec![HttpStep::Event(event(task_id, 0, EventKind::Accepted, None))];
+    let mut out = vec![HttpStep::Event(event(
+        task_id,
+        0,
+        EventKind::Accepted,
+        None,
+    ))];
     for (i, c) in chunks.iter().enumerate() {
         let mut e = event(task_id, i as u64 + 1, EventKind::Partial, Some(c.clone()));
         e.tokens_used = Some(i as u64 + 1);
@@ -369,14 +388,19 @@ pub fn happy_events(task_id: &str, chunks: &[Value], last: Option<Value>) -> Vec
     out
 }
 
+/// The answer to a `POST /v1/tasks` body.
+pub type SubmitScript = Arc<dyn Fn(&Value) -> Submit + Send + Sync>;
+/// The event stream of a task id and its `POST /v1/tasks` body.
+pub type EventScript = Arc<dyn Fn(&str, &Value) -> Vec<HttpStep> + Send + Sync>;
+
 /// What the HTTP fake answers: `submit` for each `POST /v1/tasks` (given its body),
 /// `events` for each event stream (given the task id and that body).
 #[derive(Clone)]
 pub struct HttpScript {
     /// The answer to `POST /v1/tasks`.
-    pub submit: Arc<dyn Fn(&Value) -> Submit + Send + Sync>,
+    pub submit: SubmitScript,
     /// The event stream of a task.
-    pub events: Arc<dyn Fn(&str, &Value) -> Vec<HttpStep> + Send + Sync>,
+    pub events: EventScript,
 }
 
 /// A running fake HTTP streaming node.
@@ -417,7 +441,9 @@ impl HttpStreamNode {
     pub fn hits(&self, method: &str, suffix: &str) -> Vec<RawRequest> {
         self.requests()
             .into_iter()
-            .filter(|r| r.method == method && r.path.split('?').next().unwrap_or("").ends_with(suffix))
+            .filter(|r| {
+                r.method == method && r.path.split('?').next().unwrap_or("").ends_with(suffix)
+            })
             .collect()
     }
 

@@ -885,7 +885,10 @@ mod tests {
         let node_key = opened.response_key();
         let chunk = br#"{"choices":[{"delta":{"content":"hel"}}]}"#;
         let c3 = node_key.seal_chunk(&mut rng, 3, chunk).unwrap();
-        assert_eq!(sealed.response_key.open_chunk(3, &c3).unwrap().as_slice(), chunk);
+        assert_eq!(
+            sealed.response_key.open_chunk(3, &c3).unwrap().as_slice(),
+            chunk
+        );
         // at another position, or as the buffered answer, it does not open
         assert!(matches!(
             sealed.response_key.open_chunk(4, &c3),

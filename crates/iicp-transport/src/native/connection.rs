@@ -136,7 +136,9 @@ impl ConnectionHandle {
     pub async fn call_stream(&self, call: Call) -> Result<ResponseStream, NativeError> {
         let id = call
             .correlation_id()
-            .ok_or(NativeError::Session(iicp_proto::session::SessionError::MissingId))?
+            .ok_or(NativeError::Session(
+                iicp_proto::session::SessionError::MissingId,
+            ))?
             .to_owned();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let (ack_tx, ack_rx) = oneshot::channel();
