@@ -1008,3 +1008,77 @@ async fn cx_chunks_over_http_are_encrypted_events() {
     assert!(!post.json().to_string().contains("PAYLOAD-MARKER"));
     assert_eq!(post.json()["cx_response_encryption"], "required");
 }
+
+#[tokio::test]
+async fn a_native_accepted_frame_is_taken_where_one_comes() {
+    let node = native_stream_node(native_script(|c| {
+        // `accepted` travels as status partial without a result, at sequence 0
+        let mut out = vec![send(lifecycle_frame(c, 0, EventKind::Accepted, None))];
+        out.push(send(lifecycle_frame(
+            c,
+            1,
+            EventKind::Partial,
+            Some(chunk("Hi")),
+        )));
+        out.push(send(lifecycle_frame(
+            c,
+            2,
+            EventKind::Completed,
+            Some(last_chunk()),
+        )));
+        out
+    }))
+    .await;
+    let (client, _dir) = client_for(vec![native_entry(1, &node)]).await;
+    let mut s = client.submit_stream(chat_task()).await.expect("stream");
+    assert_eq!(
+        s.next().await.expect("one").expect("ok"),
+        TaskEvent::Accepted { sequence: 0 }
+    );
+    let (partials, end) = drain_task(s).await;
+    assert_eq!(partials, 1);
+    assert_eq!(end.expect("completed").sequence, Some(2));
+}
+
+#[tokio::test]
+async fn chat_streams_tool_call_fragments_and_usage() {
+    let node = http_stream_node(http_script(
+        |_| Submit::Accept,
+        |t, _| {
+            let frags = vec![
+                json!({"choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [
+                    {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"ci"}}]}}]}),
+                json!({"choices": [{"index": 0, "delta": {"tool_calls": [
+                    {"index": 0, "function": {"arguments": "ty\":\"Bonn\"}"}}]}}]}),
+            ];
+            let last = json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}],
+                "usage": {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15}});
+            happy_events(t, &frags, Some(last))
+        },
+    ))
+    .await;
+    let (client, _dir) = client_for(vec![http_entry(1, &node)]).await;
+    let mut s = client
+        .chat_stream(request(), ChatOptions::default())
+        .await
+        .expect("stream");
+    let (mut frags, mut usage, mut done) = (Vec::new(), None, None);
+    while let Some(ev) = s.next().await {
+        match ev.expect("ok") {
+            ChatEvent::ToolCallDelta(d) => frags.push(d),
+            ChatEvent::Usage(u) => usage = Some(u),
+            ChatEvent::Done(r) => done = Some(r),
+            ChatEvent::Delta(t) => panic!("no text expected: {t:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(frags.len(), 2);
+    assert_eq!(frags[0].id.as_deref(), Some("call_1"));
+    assert_eq!(usage.and_then(|u| u.total_tokens), Some(15));
+    let done = done.expect("done");
+    let choice = &done.completion.choices[0];
+    assert_eq!(choice.finish_reason.as_deref(), Some("tool_calls"));
+    let call = &choice.message.extra["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "get_weather");
+    assert_eq!(call["function"]["arguments"], "{\"city\":\"Bonn\"}");
+}
