@@ -29,10 +29,9 @@ use iicp_proto::directory::{DiscoverQuery, NodeEntry, NodeList, MAX_EXCLUDED_PRE
 use iicp_proto::error::{ErrorBody, ErrorCode};
 use iicp_proto::ids::{TaskId, TraceParent};
 use iicp_proto::intent::{check_intent_policy, Intent};
+use iicp_proto::lifecycle;
 use iicp_proto::secret::Secret;
-use iicp_proto::task::{
-    ChatCompletion, ChatMessage, ChatRequest, Constraints, Qos, TaskResponse, MIN_TIMEOUT_MS,
-};
+use iicp_proto::task::{ChatMessage, ChatRequest, Constraints, Qos, TaskResponse, MIN_TIMEOUT_MS};
 use iicp_transport::http::client::{HttpClient, HttpClientConfig};
 use iicp_transport::native::{NativeClient, NativeEndpoint};
 use rand_core::OsRng;
@@ -43,10 +42,11 @@ use crate::directory::{DirectoryClient, TicketOutcome, DEFAULT_DIRECTORY_URL};
 use crate::endpoint::EndpointPolicy;
 use crate::error::{short_id, Disposition, Error, Kind};
 use crate::options::{
-    ChatOptions, ChatResult, DiscoverOptions, Encryption, RouteDiscovery, Task, TaskResult,
-    Transport, TransportUsed, CHAT_INTENT,
+    to_completion, ChatOptions, ChatResult, DiscoverOptions, Encryption, RouteDiscovery, Task,
+    TaskResult, Transport, TransportUsed, CHAT_INTENT,
 };
 use crate::select::{Strategy, MAX_CANDIDATES};
+use crate::stream::{self, ChatStream, Driver, TaskStream};
 use crate::submit::{self, Exchange, Route, Seal, NATIVE_CX_V1};
 use crate::time::{Clock, Env, Random, Sleeper};
 
@@ -536,6 +536,10 @@ enum Skip {
 
 /// An eligible node with its route and key.
 struct Candidate {
+    /// The node advertises the service-lifecycle profile.
+    streams: bool,
+    /// Its CX key lists `cx_stream_v1` (it seals streamed chunks).
+    cx_stream: bool,
     node_id: String,
     route: Route,
     check_url: String,
@@ -543,6 +547,30 @@ struct Candidate {
     response_encryption: bool,
     /// The node advertises `consumer` auth (`iicp_auth` capability extension).
     consumer_auth: bool,
+}
+
+/// Buffered submission, or a stream bounded by a deadline.
+#[derive(Clone, Copy)]
+enum Mode {
+    Buffered,
+    Stream { deadline: tokio::time::Instant },
+}
+
+/// What a successful attempt produced.
+enum Done {
+    Buffered(Box<TaskResponse>),
+    Stream(Box<Driver>),
+}
+
+/// A successful submission through the retry loop.
+struct Finished {
+    done: Done,
+    node_id: String,
+    attempts: u32,
+    latency: Duration,
+    transport: TransportUsed,
+    encrypted: bool,
+    profile: &'static str,
 }
 
 /// What to do after a failed attempt.
@@ -572,6 +600,8 @@ struct Prepared {
     task_id: TaskId,
     traceparent: TraceParent,
     timeout: Duration,
+    /// A streamed submit: candidates that stream come first.
+    stream: bool,
 }
 
 #[derive(Default)]
@@ -642,6 +672,17 @@ impl Client {
         }
         if let Some((_, t)) = &self.inner.node_credentials {
             out.push(t.expose());
+        }
+        out
+    }
+
+    fn secret_values(&self) -> Vec<Secret> {
+        let mut out = Vec::with_capacity(2);
+        if let Some(t) = &self.inner.api_token {
+            out.push(t.clone());
+        }
+        if let Some((_, t)) = &self.inner.node_credentials {
+            out.push(t.clone());
         }
         out
     }
@@ -775,6 +816,128 @@ impl Client {
         request: ChatRequest,
         options: ChatOptions,
     ) -> Result<ChatResult, Error> {
+        let task = chat_task(request, options)?;
+        let result = self.submit(task).await?;
+        let completion = to_completion(result.result(), &result.task_id).ok_or_else(|| {
+            Error::protocol("the node's result is not a chat completion").with_node(&result.node_id)
+        })?;
+        let model = result
+            .response
+            .model_used
+            .clone()
+            .or_else(|| completion.model.clone());
+        Ok(ChatResult {
+            completion,
+            node_id: result.node_id,
+            task_id: result.task_id,
+            model,
+            traceparent: result.traceparent,
+        })
+    }
+
+    /// Submits a task as a stream of lifecycle events (the service-lifecycle profile,
+    /// PROTOCOL.md §11, ADR 0013): `Accepted`?, `Partial` chunks, then `Completed` — or
+    /// an error, never a success, when the node breaks the event rules, the stream ends
+    /// before its terminal event, or the deadline passes.
+    ///
+    /// Discovery prefers nodes that advertise the profile; a node that does not stream
+    /// (or a keyed node without `cx_stream_v1`) is asked buffered and its answer comes
+    /// as one `Completed` ([`TaskStream::is_streamed`] is then false). Failures before
+    /// the first partial are retried as [`Client::submit`] retries them (the next node
+    /// gets the same task id, a new call id); after it a failure ends the stream, its
+    /// message saying how many chunks and characters were received. The client's (or
+    /// the task's) timeout bounds the whole stream. Dropping the stream before its end
+    /// cancels the task on the node (native CONTROL `cancel`, HTTP `POST
+    /// /v1/tasks/{id}/cancel`; best effort).
+    ///
+    /// ```no_run
+    /// use iicp_client::{Client, Task, TaskEvent};
+    /// use serde_json::json;
+    ///
+    /// # async fn run(client: Client) -> Result<(), iicp_client::Error> {
+    /// let task = Task::new("urn:iicp:intent:llm:chat:v1", json!({"messages": [{"role": "user", "content": "Hi"}]}));
+    /// let mut events = client.submit_stream(task).await?;
+    /// while let Some(event) = events.next().await {
+    ///     match event? {
+    ///         TaskEvent::Partial { result, .. } => println!("chunk {result}"),
+    ///         TaskEvent::Completed(end) => println!("done, {:?} tokens", end.tokens_used),
+    ///         _ => {}
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Client::submit`] until the stream starts; the stream's items after that.
+    pub async fn submit_stream(&self, task: Task) -> Result<TaskStream, Error> {
+        let mut prepared = self.prepare(task)?;
+        prepared.stream = true;
+        let deadline = tokio::time::Instant::now() + prepared.timeout;
+        let run = self.run_with(&prepared, Mode::Stream { deadline });
+        let finished = match tokio::time::timeout_at(deadline, run).await {
+            Ok(r) => r.map_err(|e| self.scrub(e))?,
+            Err(_) => {
+                return Err(Error::new(
+                    Kind::Timeout,
+                    ErrorCode::TaskTimeout,
+                    "no stream started within the task's deadline",
+                ))
+            }
+        };
+        let info = stream::Info {
+            node_id: finished.node_id,
+            task_id: prepared.task_id.clone(),
+            transport: finished.transport,
+            encrypted: finished.encrypted,
+            attempts: finished.attempts,
+            traceparent: prepared.traceparent,
+        };
+        let driver = match finished.done {
+            Done::Stream(d) => *d,
+            Done::Buffered(resp) => Driver::buffered(info, *resp, deadline, self.secret_values()),
+        };
+        Ok(TaskStream::new(driver))
+    }
+
+    /// Chat as a stream ([`Client::chat_request`] streamed): text deltas, tool-call
+    /// fragments and usage as they come, then `Done` with the assembled completion —
+    /// what [`Client::chat_request`] would have returned. Always works: from a node
+    /// that does not stream, the whole answer comes as one delta before `Done`.
+    ///
+    /// ```no_run
+    /// use iicp_client::{ChatEvent, ChatMessage, ChatOptions, ChatRequest, Client};
+    /// use std::io::Write;
+    ///
+    /// # async fn run(client: Client) -> Result<(), iicp_client::Error> {
+    /// let request = ChatRequest::new(vec![ChatMessage::new("user", "Tell me a story")]);
+    /// let mut chat = client.chat_stream(request, ChatOptions::default()).await?;
+    /// while let Some(event) = chat.next().await {
+    ///     match event? {
+    ///         ChatEvent::Delta(text) => print!("{text}"),
+    ///         ChatEvent::Done(reply) => println!("\n[{} via {}]", reply.task_id, reply.node_id),
+    ///         _ => {}
+    ///     }
+    ///     let _ = std::io::stdout().flush();
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Client::chat_request`] until the stream starts; then as
+    /// [`Client::submit_stream`].
+    pub async fn chat_stream(
+        &self,
+        request: ChatRequest,
+        options: ChatOptions,
+    ) -> Result<ChatStream, Error> {
+        let task = chat_task(request, options)?;
+        Ok(ChatStream::new(self.submit_stream(task).await?))
+    }
+}
+
+/// The `llm:chat:v1` task of a chat request and its options.
+fn chat_task(request: ChatRequest, options: ChatOptions) -> Result<Task, Error> {
+    {
         request.validate().map_err(|e| {
             Error::new(
                 Kind::Input,
@@ -806,24 +969,11 @@ impl Client {
             node_id: options.node_id,
             ..DiscoverOptions::default()
         };
-        let result = self.submit(task).await?;
-        let completion = to_completion(result.result(), &result.task_id).ok_or_else(|| {
-            Error::protocol("the node's result is not a chat completion").with_node(&result.node_id)
-        })?;
-        let model = result
-            .response
-            .model_used
-            .clone()
-            .or_else(|| completion.model.clone());
-        Ok(ChatResult {
-            completion,
-            node_id: result.node_id,
-            task_id: result.task_id,
-            model,
-            traceparent: result.traceparent,
-        })
+        Ok(task)
     }
+}
 
+impl Client {
     // -----------------------------------------------------------------------------
     // Pipeline
     // -----------------------------------------------------------------------------
@@ -881,10 +1031,29 @@ impl Client {
             task_id: task.task_id.unwrap_or_else(|| TaskId::generate(&mut OsRng)),
             traceparent: TraceParent::generate(&mut OsRng),
             timeout,
+            stream: false,
         })
     }
 
     async fn run(&self, p: &Prepared) -> Result<TaskResult, Error> {
+        let f = self.run_with(p, Mode::Buffered).await?;
+        let Done::Buffered(response) = f.done else {
+            return Err(Error::protocol("a buffered submit produced a stream"));
+        };
+        Ok(TaskResult {
+            task_id: p.task_id.clone(),
+            node_id: f.node_id,
+            response: *response,
+            attempts: f.attempts,
+            latency: f.latency,
+            transport: f.transport,
+            encrypted: f.encrypted,
+            selection_profile: f.profile,
+            traceparent: p.traceparent,
+        })
+    }
+
+    async fn run_with(&self, p: &Prepared, mode: Mode) -> Result<Finished, Error> {
         let mut skips = Skips::default();
         let (mut source, mut profile) = self.open_source(p, &mut skips).await?;
         let mut attempts = 0u32;
@@ -900,18 +1069,16 @@ impl Client {
                 None => break,
             };
             tried += 1;
-            match self.try_node(&cand, p, &mut attempts).await {
-                Ok((response, latency, transport)) => {
-                    return Ok(TaskResult {
-                        task_id: p.task_id.clone(),
+            match self.try_node(&cand, p, &mut attempts, mode).await {
+                Ok((done, latency, transport)) => {
+                    return Ok(Finished {
+                        done,
                         node_id: cand.node_id,
-                        response,
                         attempts,
                         latency,
                         transport,
                         encrypted: cand.key.is_some(),
-                        selection_profile: profile,
-                        traceparent: p.traceparent,
+                        profile,
                     })
                 }
                 Err((Next::Stop, e)) => return Err(e.with_node(&cand.node_id)),
@@ -982,16 +1149,26 @@ impl Client {
             }
         }
         let nodes: Vec<NodeEntry> = eligible.iter().map(|(n, _)| n.clone()).collect();
-        let order =
-            self.inner
-                .strategy
-                .order(&nodes, MAX_CANDIDATES, self.inner.env.random.as_ref());
+        // a stream ranks every eligible node, so that streaming ones can come first
+        let max = if p.stream {
+            nodes.len().max(MAX_CANDIDATES)
+        } else {
+            MAX_CANDIDATES
+        };
+        let order = self
+            .inner
+            .strategy
+            .order(&nodes, max, self.inner.env.random.as_ref());
         let mut slots: Vec<Option<Candidate>> =
             eligible.into_iter().map(|(_, c)| Some(c)).collect();
-        let queue = order
+        let mut queue: VecDeque<Candidate> = order
             .into_iter()
             .filter_map(|i| slots.get_mut(i).and_then(Option::take))
             .collect();
+        if p.stream {
+            // nodes that stream first, each group in the strategy's order
+            queue.make_contiguous().sort_by_key(|c| !c.streams);
+        }
         Ok(Source::List(queue))
     }
 
@@ -1070,7 +1247,8 @@ impl Client {
         cand: &Candidate,
         p: &Prepared,
         attempts: &mut u32,
-    ) -> Result<(TaskResponse, Duration, TransportUsed), (Next, Error)> {
+        mode: Mode,
+    ) -> Result<(Done, Duration, TransportUsed), (Next, Error)> {
         let env = &self.inner.env;
         // names and literals here; resolved addresses in the provider pools' connectors
         if let Err(refusal) = self.inner.endpoint_policy.check_url(&cand.check_url) {
@@ -1130,18 +1308,54 @@ impl Client {
             }
             *attempts += 1;
             let started = Instant::now();
-            let outcome = submit::attempt(
-                &self.inner.http,
-                &self.inner.native,
-                &cand.route,
-                &exchange,
-                &seal,
-            )
-            .await;
+            let stream_deadline = match mode {
+                // a keyed node streams only when it seals chunks (ADR 0013)
+                Mode::Stream { deadline }
+                    if cand.streams && (cand.key.is_none() || cand.cx_stream) =>
+                {
+                    Some(deadline)
+                }
+                _ => None,
+            };
+            let outcome = match stream_deadline {
+                Some(deadline) => {
+                    let info = stream::Info {
+                        node_id: cand.node_id.clone(),
+                        task_id: p.task_id.clone(),
+                        transport,
+                        encrypted: cand.key.is_some(),
+                        attempts: *attempts,
+                        traceparent: p.traceparent,
+                    };
+                    stream::open(
+                        &self.inner.http,
+                        &self.inner.native,
+                        &cand.route,
+                        &exchange,
+                        &seal,
+                        stream::Start {
+                            info,
+                            deadline,
+                            secrets: self.secret_values(),
+                        },
+                    )
+                    .await
+                    .map(|d| Done::Stream(Box::new(d)))
+                }
+                None => submit::attempt(
+                    &self.inner.http,
+                    &self.inner.native,
+                    &cand.route,
+                    &exchange,
+                    &seal,
+                )
+                .await
+                .map(|r| Done::Buffered(Box::new(r))),
+            };
             let err = match outcome {
-                Ok(resp) => {
+                Ok(done) => {
                     self.inner.breakers.record_success(&cand.node_id);
-                    return Ok((resp, started.elapsed(), transport));
+                    return Ok((done, started.elapsed(), transport));
                 }
                 Err(e) => self.scrub(e),
             };
@@ -1404,7 +1618,18 @@ impl Client {
             Some("consumer") if !has_api_token && !has_identity => return Err(Skip::NoCredential),
             _ => {}
         }
+        let streams = node.capabilities.iter().any(|c| {
+            c.supported_profiles
+                .iter()
+                .flatten()
+                .any(|p| p == lifecycle::PROFILE)
+        });
+        let cx_stream = node
+            .cx_key()
+            .is_some_and(|k| k.features.iter().any(|f| f == lifecycle::CX_STREAM_V1));
         Ok(Candidate {
+            streams,
+            cx_stream,
             node_id,
             route,
             check_url,
@@ -1522,61 +1747,6 @@ fn project_constraints(c: &Constraints, timeout: Duration) -> Constraints {
         );
     }
     out
-}
-
-/// Maps a node's result to an OpenAI chat completion (seed SDK §1.5): choices indexed
-/// by position, role default `assistant`, content default `""`, `finish_reason` default
-/// `stop`, `id` default the task id. A bare text result (`content`, `text`, `response`,
-/// `output` or a string) becomes one choice.
-fn to_completion(result: &Value, task_id: &TaskId) -> Option<ChatCompletion> {
-    let mut obj = match result {
-        Value::Object(o) => o.clone(),
-        Value::String(s) => {
-            let mut o = Map::new();
-            o.insert("content".into(), Value::String(s.clone()));
-            o
-        }
-        _ => return None,
-    };
-    if !obj.get("choices").is_some_and(Value::is_array) {
-        let text = ["content", "text", "response", "output"]
-            .iter()
-            .find_map(|k| obj.get(*k).and_then(Value::as_str).map(str::to_owned))?;
-        obj.insert(
-            "choices".into(),
-            serde_json::json!([{"message": {"role": "assistant", "content": text}}]),
-        );
-    }
-    if let Some(Value::Array(choices)) = obj.get_mut("choices") {
-        for (i, choice) in choices.iter_mut().enumerate() {
-            let Value::Object(c) = choice else {
-                *choice = serde_json::json!({"message": {"role": "assistant", "content": ""}});
-                continue;
-            };
-            c.entry("index").or_insert(Value::from(i));
-            if c.get("finish_reason").is_none_or(Value::is_null) {
-                c.insert("finish_reason".into(), Value::from("stop"));
-            }
-            let msg = c
-                .entry("message")
-                .or_insert_with(|| Value::Object(Map::new()));
-            if !msg.is_object() {
-                *msg = Value::Object(Map::new());
-            }
-            if let Value::Object(m) = msg {
-                if !m.get("role").is_some_and(Value::is_string) {
-                    m.insert("role".into(), Value::from("assistant"));
-                }
-                if m.get("content").is_none_or(Value::is_null) {
-                    m.insert("content".into(), Value::from(""));
-                }
-            }
-        }
-    }
-    if !obj.get("id").is_some_and(Value::is_string) {
-        obj.insert("id".into(), Value::from(task_id.as_str()));
-    }
-    serde_json::from_value(Value::Object(obj)).ok()
 }
 
 #[cfg(test)]

@@ -204,6 +204,12 @@ impl Error {
         self
     }
 
+    /// Puts `prefix` before the message (`prefix: message`).
+    pub(crate) fn with_prefix(mut self, prefix: &str) -> Self {
+        self.inner.message = format!("{prefix}: {}", self.inner.message);
+        self
+    }
+
     pub(crate) fn with_status(mut self, status: u16) -> Self {
         self.inner.status = Some(status);
         self

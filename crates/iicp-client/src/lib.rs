@@ -4,7 +4,8 @@
 //! client the node runtime and the CLI share.
 //!
 //! What it is:
-//! * [`Client`] / [`ClientBuilder`] — `discover`, `submit`, `chat`, `chat_with`
+//! * [`Client`] / [`ClientBuilder`] — `discover`, `submit`, `chat`, `chat_with`, and
+//!   streamed `submit_stream` / `chat_stream`
 //!   (PROTOCOL.md §4, §8.4–§8.5, §9, §16; DESIGN §4.5, §4.6, §4.8–§4.10, §4.12);
 //! * [`DirectoryClient`] — register, heartbeat, deregister, discover, dispatch tickets,
 //!   consumer tokens, the directory key (§8);
@@ -99,6 +100,38 @@
 //! assert_eq!(again.node_id, first.node_id);
 //! # Ok(()) }
 //! ```
+//!
+//! ## Stream a chat
+//!
+//! [`Client::chat_stream`] prints the answer as it is generated: nodes that advertise
+//! the service-lifecycle profile (`urn:iicp:profile:service-lifecycle:v1`) stream it
+//! over the native transport or HTTP server-sent events; from a node that does not,
+//! the whole answer comes as one delta. `Done` carries the same [`ChatResult`] that
+//! [`Client::chat_request`] returns. A node that breaks the event rules, a stream that
+//! ends before its terminal event, and the client's deadline all end the stream with
+//! an error, never with a partial answer passed off as complete. Dropping the stream
+//! early cancels the task on the node. [`Client::submit_stream`] is the same for any
+//! intent, with the raw chunks ([`TaskEvent`]).
+//!
+//! ```no_run
+//! use iicp_client::{ChatEvent, ChatMessage, ChatOptions, ChatRequest, Client};
+//!
+//! # async fn run(client: Client) -> Result<(), iicp_client::Error> {
+//! let request = ChatRequest::new(vec![ChatMessage::new("user", "Write a haiku")]);
+//! let mut chat = client.chat_stream(request, ChatOptions::default()).await?;
+//! while let Some(event) = chat.next().await {
+//!     match event? {
+//!         ChatEvent::Delta(text) => print!("{text}"),
+//!         ChatEvent::Done(reply) => println!("\n({} via node {})", reply.task_id, reply.node_id),
+//!         _ => {} // tool-call fragments, usage
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Failures before the first chunk are retried on the next node like any submit; a
+//! failure after it ends the stream, and its message says how many chunks and
+//! characters had arrived.
 #![forbid(unsafe_code)]
 
 mod breaker;
@@ -108,6 +141,7 @@ pub mod endpoint;
 pub mod error;
 mod options;
 pub mod select;
+mod stream;
 mod submit;
 pub mod time;
 
@@ -125,9 +159,11 @@ pub use iicp_proto::error::ErrorCode;
 pub use iicp_proto::ids::TaskId;
 pub use iicp_proto::secret::Secret;
 pub use iicp_proto::task::{ChatCompletion, ChatMessage, ChatRequest, Constraints, Qos};
+pub use iicp_proto::task::{ToolCallDelta, Usage};
 pub use options::{
     ChatOptions, ChatResult, DiscoverOptions, Encryption, RouteDiscovery, Task, TaskResult,
     Transport, TransportUsed, CHAT_INTENT,
 };
 pub use select::Strategy;
+pub use stream::{ChatEvent, ChatStream, StreamEnd, TaskEvent, TaskStream};
 pub use submit::NATIVE_CX_V1;

@@ -10,7 +10,7 @@ use iicp_proto::intent::Intent;
 use iicp_proto::task::{
     ChatCompletion, ChatMessage, Constraints, Metrics, Qos, TaskResponse, TaskStatus,
 };
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// The chat intent used by [`Client::chat`](crate::Client::chat).
 pub const CHAT_INTENT: &str = "urn:iicp:intent:llm:chat:v1";
@@ -304,4 +304,59 @@ impl ChatResult {
     pub fn message(&self) -> Option<&ChatMessage> {
         self.completion.choices.first().map(|c| &c.message)
     }
+}
+
+/// Maps a node's result to an OpenAI chat completion (seed SDK §1.5): choices indexed
+/// by position, role default `assistant`, content default `""`, `finish_reason` default
+/// `stop`, `id` default the task id. A bare text result (`content`, `text`, `response`,
+/// `output` or a string) becomes one choice.
+pub(crate) fn to_completion(result: &Value, task_id: &TaskId) -> Option<ChatCompletion> {
+    let mut obj = match result {
+        Value::Object(o) => o.clone(),
+        Value::String(s) => {
+            let mut o = Map::new();
+            o.insert("content".into(), Value::String(s.clone()));
+            o
+        }
+        _ => return None,
+    };
+    if !obj.get("choices").is_some_and(Value::is_array) {
+        let text = ["content", "text", "response", "output"]
+            .iter()
+            .find_map(|k| obj.get(*k).and_then(Value::as_str).map(str::to_owned))?;
+        obj.insert(
+            "choices".into(),
+            serde_json::json!([{"message": {"role": "assistant", "content": text}}]),
+        );
+    }
+    if let Some(Value::Array(choices)) = obj.get_mut("choices") {
+        for (i, choice) in choices.iter_mut().enumerate() {
+            let Value::Object(c) = choice else {
+                *choice = serde_json::json!({"message": {"role": "assistant", "content": ""}});
+                continue;
+            };
+            c.entry("index").or_insert(Value::from(i));
+            if c.get("finish_reason").is_none_or(Value::is_null) {
+                c.insert("finish_reason".into(), Value::from("stop"));
+            }
+            let msg = c
+                .entry("message")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if !msg.is_object() {
+                *msg = Value::Object(Map::new());
+            }
+            if let Value::Object(m) = msg {
+                if !m.get("role").is_some_and(Value::is_string) {
+                    m.insert("role".into(), Value::from("assistant"));
+                }
+                if m.get("content").is_none_or(Value::is_null) {
+                    m.insert("content".into(), Value::from(""));
+                }
+            }
+        }
+    }
+    if !obj.get("id").is_some_and(Value::is_string) {
+        obj.insert("id".into(), Value::from(task_id.as_str()));
+    }
+    serde_json::from_value(Value::Object(obj)).ok()
 }

@@ -19,7 +19,8 @@
 use std::time::Duration;
 
 use iicp_proto::crypto::cx::{
-    seal_request, IicpConfResp, NodePublicKey, ResponseKey, RESPONSE_ENCRYPTION_REQUIRED,
+    seal_request, IicpConfResp, NodePublicKey, ResponseKey, SealedRequest,
+    RESPONSE_ENCRYPTION_REQUIRED,
 };
 use iicp_proto::error::{ErrorBody, ErrorCode};
 use iicp_proto::ids::{uuid_v4, TaskId, TraceParent};
@@ -27,7 +28,7 @@ use iicp_proto::intent::Intent;
 use iicp_proto::message::{Body, Call, Outcome, Prefer};
 use iicp_proto::secret::Secret;
 use iicp_proto::task::{Constraints, TaskRequest, TaskResponse, TaskStatus, TraceInfo};
-use iicp_transport::http::client::{HttpClient, Redirects};
+use iicp_transport::http::client::{HttpClient, Redirects, RequestBuilder};
 use iicp_transport::native::{NativeClient, NativeEndpoint, NativeError};
 use rand_core::OsRng;
 use serde_json::{json, Value};
@@ -80,60 +81,16 @@ pub(crate) async fn attempt(
     ex: &Exchange<'_>,
     seal: &Seal<'_>,
 ) -> Result<TaskResponse, Error> {
-    let sealed = match seal.key {
-        Some(key) => Some(
-            seal_request(
-                &mut OsRng,
-                key,
-                ex.task_id.as_str(),
-                ex.intent.as_str(),
-                ex.payload_json,
-            )
-            .map_err(|e| {
-                Error::new(
-                    Kind::Crypto,
-                    e.wire_code(),
-                    format!("IICP-CX sealing failed: {e}"),
-                )
-                .with_source(e)
-            })?,
-        ),
-        None => None,
-    };
+    let sealed = seal_for(ex, seal)?;
     let response_key = sealed.as_ref().map(|s| &s.response_key);
     let resp_required = sealed.is_some() && seal.response_encryption;
     let response = match route {
         Route::Http(url) => {
-            let mut body = match &sealed {
-                Some(s) => {
-                    TaskRequest::new_encrypted(ex.task_id.clone(), ex.intent, s.envelope.to_value())
-                }
-                None => TaskRequest::new(ex.task_id.clone(), ex.intent, ex.payload.clone()),
-            };
-            body.constraints = ex.constraints.clone();
-            body.trace = Some(TraceInfo {
-                trace_id: Some(ex.traceparent.trace_id_hex()),
-                ..TraceInfo::default()
-            });
-            if resp_required {
-                body.cx_response_encryption = Some(RESPONSE_ENCRYPTION_REQUIRED.to_owned());
-            }
+            let body = task_body(ex, sealed.as_ref(), resp_required);
             http_attempt(http, url, &body, ex).await?
         }
         Route::Native(endpoint) => {
-            let key5 = match &sealed {
-                Some(s) => {
-                    let mut v = json!({
-                        "task_id": ex.task_id.as_str(),
-                        "iicp_conf": s.envelope.to_value(),
-                    });
-                    if resp_required {
-                        v["cx_response_encryption"] = json!(RESPONSE_ENCRYPTION_REQUIRED);
-                    }
-                    v
-                }
-                None => ex.payload.clone(),
-            };
+            let key5 = native_key5(ex, sealed.as_ref(), resp_required);
             native_attempt(native, endpoint, key5, ex).await?
         }
     };
@@ -144,29 +101,121 @@ pub(crate) async fn attempt(
     Ok(response)
 }
 
-async fn http_attempt(
-    http: &HttpClient,
-    url: &str,
-    body: &TaskRequest,
+/// Seals the payload to the node's key, when it has one.
+pub(crate) fn seal_for(ex: &Exchange<'_>, seal: &Seal<'_>) -> Result<Option<SealedRequest>, Error> {
+    let Some(key) = seal.key else {
+        return Ok(None);
+    };
+    seal_request(
+        &mut OsRng,
+        key,
+        ex.task_id.as_str(),
+        ex.intent.as_str(),
+        ex.payload_json,
+    )
+    .map(Some)
+    .map_err(|e| {
+        Error::new(
+            Kind::Crypto,
+            e.wire_code(),
+            format!("IICP-CX sealing failed: {e}"),
+        )
+        .with_source(e)
+    })
+}
+
+/// The JSON body of `POST /v1/task` (and `POST /v1/tasks`).
+pub(crate) fn task_body(
     ex: &Exchange<'_>,
-) -> Result<TaskResponse, Error> {
-    let mut req = http
-        .post_json(url, body)
-        .header("accept", "application/json")
+    sealed: Option<&SealedRequest>,
+    resp_required: bool,
+) -> TaskRequest {
+    let mut body = match sealed {
+        Some(s) => TaskRequest::new_encrypted(ex.task_id.clone(), ex.intent, s.envelope.to_value()),
+        None => TaskRequest::new(ex.task_id.clone(), ex.intent, ex.payload.clone()),
+    };
+    body.constraints = ex.constraints.clone();
+    body.trace = Some(TraceInfo {
+        trace_id: Some(ex.traceparent.trace_id_hex()),
+        ..TraceInfo::default()
+    });
+    if resp_required {
+        body.cx_response_encryption = Some(RESPONSE_ENCRYPTION_REQUIRED.to_owned());
+    }
+    body
+}
+
+/// Key 5 of a native CALL: the payload, or the ADR 0005 CX object.
+pub(crate) fn native_key5(
+    ex: &Exchange<'_>,
+    sealed: Option<&SealedRequest>,
+    resp_required: bool,
+) -> Value {
+    match sealed {
+        Some(s) => {
+            let mut v = json!({
+                "task_id": ex.task_id.as_str(),
+                "iicp_conf": s.envelope.to_value(),
+            });
+            if resp_required {
+                v["cx_response_encryption"] = json!(RESPONSE_ENCRYPTION_REQUIRED);
+            }
+            v
+        }
+        None => ex.payload.clone(),
+    }
+}
+
+/// The headers of every provider request: trace context, version, credentials.
+pub(crate) fn provider_headers(mut req: RequestBuilder, ex: &Exchange<'_>) -> RequestBuilder {
+    req = req
         .header("traceparent", ex.traceparent.to_string())
         .header("x-iicp-trace-id", ex.traceparent.trace_id_hex())
         .header(
             iicp_proto::constants::VERSION_HEADER,
             PROTOCOL_VERSION_HEADER,
-        )
-        .timeout(ex.timeout)
-        .redirects(Redirects::follow_same_origin(PROVIDER_REDIRECTS));
+        );
     if let Some(token) = ex.api_token {
         req = req.bearer(token.clone());
     }
     if let Some(token) = ex.consumer_token {
         req = req.header("x-iicp-consumer-token", token.expose());
     }
+    req
+}
+
+/// A native CALL in the superset layout with a fresh call id (= session id).
+pub(crate) fn native_call(key5: &Value, ex: &Exchange<'_>) -> Call {
+    let call_id = uuid_v4(&mut OsRng).hyphenated().to_string();
+    let timeout_ms = u64::try_from(ex.timeout.as_millis()).unwrap_or(u64::MAX);
+    Call {
+        protocol_version: Some(iicp_proto::message::PROTOCOL_VERSION),
+        session_id: Some(call_id.clone()),
+        intent: Some(ex.intent.as_str().to_owned()),
+        payload: Some(Body::json(key5)),
+        timeout_s: Some(Call::timeout_from_ms(timeout_ms)),
+        auth_token: ex.api_token.cloned(),
+        call_id: Some(call_id),
+        idempotency_key: Some(ex.task_id.as_str().to_owned()),
+        max_tokens: ex.constraints.max_tokens.map(u64::from),
+        qos: ex.constraints.qos.map(|q| q.as_str().to_owned()),
+        ..Call::default()
+    }
+}
+
+async fn http_attempt(
+    http: &HttpClient,
+    url: &str,
+    body: &TaskRequest,
+    ex: &Exchange<'_>,
+) -> Result<TaskResponse, Error> {
+    let req = provider_headers(
+        http.post_json(url, body)
+            .header("accept", "application/json")
+            .timeout(ex.timeout)
+            .redirects(Redirects::follow_same_origin(PROVIDER_REDIRECTS)),
+        ex,
+    );
     let reply = req
         .send()
         .await
@@ -185,25 +234,19 @@ async fn native_attempt(
     key5: Value,
     ex: &Exchange<'_>,
 ) -> Result<TaskResponse, Error> {
-    let call_id = uuid_v4(&mut OsRng).hyphenated().to_string();
-    let timeout_ms = u64::try_from(ex.timeout.as_millis()).unwrap_or(u64::MAX);
-    let call = Call {
-        protocol_version: Some(iicp_proto::message::PROTOCOL_VERSION),
-        session_id: Some(call_id.clone()),
-        intent: Some(ex.intent.as_str().to_owned()),
-        payload: Some(Body::json(&key5)),
-        timeout_s: Some(Call::timeout_from_ms(timeout_ms)),
-        auth_token: ex.api_token.cloned(),
-        call_id: Some(call_id),
-        idempotency_key: Some(ex.task_id.as_str().to_owned()),
-        max_tokens: ex.constraints.max_tokens.map(u64::from),
-        qos: ex.constraints.qos.map(|q| q.as_str().to_owned()),
-        ..Call::default()
-    };
+    let call = native_call(&key5, ex);
     let resp = native
         .call(endpoint, call, ex.timeout)
         .await
         .map_err(native_error)?;
+    native_response(&resp, ex)
+}
+
+/// A buffered native RESPONSE as a task response (or the node's error).
+pub(crate) fn native_response(
+    resp: &iicp_proto::message::Response,
+    ex: &Exchange<'_>,
+) -> Result<TaskResponse, Error> {
     match resp.outcome() {
         Outcome::Success(body) => {
             let value = match body {
@@ -234,7 +277,18 @@ async fn native_attempt(
             code,
             status,
             message,
-        } => {
+        } => Err(native_failure(code, status, message)),
+    }
+}
+
+/// The client error of a native error answer (key 6, keys 100/101).
+pub(crate) fn native_failure(
+    code: Option<&str>,
+    status: Option<u64>,
+    message: Option<&str>,
+) -> Error {
+    {
+        {
             let status = status.and_then(|s| u16::try_from(s).ok());
             let code = match code {
                 Some(c) if !c.is_empty() => ErrorCode::from(c),
@@ -245,14 +299,14 @@ async fn native_attempt(
             if body.code == ErrorCode::E021 && body.message == "capacity_exceeded" {
                 body.legacy_code = Some(ErrorCode::E021);
             }
-            Err(Error::remote(body))
+            Error::remote(body)
         }
     }
 }
 
 /// Native nodes put the handler's value under key 5; a ref-py handler value is a
 /// `{"result": …}` object, which is lifted.
-fn lift_result(value: Value) -> Value {
+pub(crate) fn lift_result(value: Value) -> Value {
     match value {
         Value::Object(mut obj) if obj.len() == 1 && obj.contains_key("result") => {
             obj.remove("result").unwrap_or(Value::Null)
@@ -261,9 +315,11 @@ fn lift_result(value: Value) -> Value {
     }
 }
 
-fn native_error(e: NativeError) -> Error {
+pub(crate) fn native_error(e: NativeError) -> Error {
     let (kind, code) = if matches!(e, NativeError::AddressRefused(_)) {
         (Kind::Connect, ErrorCode::EndpointRefused)
+    } else if matches!(e, NativeError::Protocol(_)) {
+        (Kind::Protocol, ErrorCode::BackendError)
     } else if e.is_timeout() {
         (Kind::Timeout, ErrorCode::TaskTimeout)
     } else if e.is_connect() {
@@ -275,7 +331,7 @@ fn native_error(e: NativeError) -> Error {
 }
 
 /// Decrypts an `encrypted` response; refuses plaintext when encryption was required.
-fn open_response(
+pub(crate) fn open_response(
     response: TaskResponse,
     key: Option<&ResponseKey>,
     required: bool,

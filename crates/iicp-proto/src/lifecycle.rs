@@ -25,6 +25,9 @@ pub const PROFILE: &str = "urn:iicp:profile:service-lifecycle:v1";
 /// keys; ours are `{1: "cancel", 5: reason, 24: task_id}`).
 pub const CANCEL_ACTION: &str = "cancel";
 
+/// The IICP-CX feature of nodes that seal streamed chunks one by one (ADR 0013).
+pub use crate::constants::CX_STREAM_V1;
+
 /// Whether `constraints` ask for the lifecycle profile (required or optional).
 pub fn requested(constraints: &Constraints) -> bool {
     let has = |p: &Option<Vec<String>>| p.as_ref().is_some_and(|v| v.iter().any(|u| u == PROFILE));
@@ -247,6 +250,317 @@ pub fn http_resources() -> Value {
     })
 }
 
+// ---------------------------------------------------------------------------
+// Receiver-side validation (`[life]` §4, PROTOCOL.md §11.3, §11.6)
+// ---------------------------------------------------------------------------
+
+/// Why a lifecycle stream is invalid: a protocol error, never a success.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Violation {
+    /// A native RESPONSE names another call id than the CALL.
+    #[error("lifecycle response names another call id")]
+    CallIdDrift,
+    /// A native RESPONSE names another session id than the CALL.
+    #[error("lifecycle response names another session id")]
+    SessionIdDrift,
+    /// An event names another task id.
+    #[error("lifecycle event names another task id")]
+    TaskIdDrift,
+    /// An event skips a sequence number.
+    #[error("lifecycle sequence gap: expected {expected}, got {got}")]
+    SequenceGap {
+        /// The next sequence due.
+        expected: u64,
+        /// What came.
+        got: u64,
+    },
+    /// An event after the terminal one.
+    #[error("lifecycle event after the terminal event")]
+    AfterTerminal,
+    /// The RESPONSE `is_final` (key 12) and the envelope's disagree, or a terminal event
+    /// is not marked final.
+    #[error("lifecycle finality disagrees")]
+    FinalityDisagreement,
+    /// The RESPONSE status does not map to the event.
+    #[error("lifecycle status {status:?} contradicts event {event}")]
+    StatusEventDisagreement {
+        /// The status.
+        status: String,
+        /// The event.
+        event: EventKind,
+    },
+    /// A non-terminal event is marked final.
+    #[error("non-terminal lifecycle event marked final")]
+    PartialMarkedFinal,
+    /// The stream ended without a terminal event (ambiguous failure).
+    #[error("lifecycle stream ended without a terminal event")]
+    MissingTerminal,
+    /// The event lacks a member it needs (envelope, sequence, a known event name).
+    #[error("malformed lifecycle event: {0}")]
+    Malformed(&'static str),
+}
+
+impl Violation {
+    /// A stable snake_case name (`call_id_drift`, `sequence_gap`, …).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Violation::CallIdDrift => "call_id_drift",
+            Violation::SessionIdDrift => "session_id_drift",
+            Violation::TaskIdDrift => "task_id_drift",
+            Violation::SequenceGap { .. } => "sequence_gap",
+            Violation::AfterTerminal => "after_terminal",
+            Violation::FinalityDisagreement => "finality_disagreement",
+            Violation::StatusEventDisagreement { .. } => "status_event_disagreement",
+            Violation::PartialMarkedFinal => "partial_marked_final",
+            Violation::MissingTerminal => "missing_terminal",
+            Violation::Malformed(_) => "malformed",
+        }
+    }
+}
+
+/// What to do with an event that passed validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// New: use it (it is the terminal when its kind is terminal).
+    Accept(EventKind),
+    /// A repeat (its sequence is not above the last accepted one): ignore it.
+    Discard,
+}
+
+/// One event as the wire carried it, whichever transport: the common input of
+/// [`Tracker::accept`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observed<'a> {
+    /// RESPONSE key 2 (native only).
+    pub session_id: Option<&'a str>,
+    /// RESPONSE key 3/15 (native only).
+    pub call_id: Option<&'a str>,
+    /// RESPONSE status / event `status`, when carried. `encrypted` is read as the
+    /// event's own status.
+    pub status: Option<&'a str>,
+    /// RESPONSE key 12 (native only).
+    pub envelope_final: Option<bool>,
+    /// The task id of the event.
+    pub task_id: Option<&'a str>,
+    /// The event's sequence.
+    pub sequence: u64,
+    /// The event name as sent.
+    pub event: &'a str,
+    /// The event's own `is_final`.
+    pub is_final: bool,
+}
+
+impl<'a> Observed<'a> {
+    /// A native lifecycle RESPONSE (key 13 envelope required).
+    ///
+    /// # Errors
+    /// [`Violation::Malformed`] without the envelope, its sequence or its event name.
+    pub fn from_response(resp: &'a crate::message::Response) -> Result<Self, Violation> {
+        let env = resp.lifecycle.as_ref().ok_or(Violation::Malformed(
+            "RESPONSE without a lifecycle envelope",
+        ))?;
+        Ok(Self {
+            session_id: resp.session_id.as_deref(),
+            call_id: resp.call_id(),
+            status: resp.status.as_deref(),
+            envelope_final: Some(resp.is_final()),
+            task_id: env.task_id.as_deref(),
+            sequence: env.sequence.ok_or(Violation::Malformed(
+                "lifecycle envelope without a sequence",
+            ))?,
+            event: env
+                .event
+                .as_deref()
+                .ok_or(Violation::Malformed("lifecycle envelope without an event"))?,
+            is_final: env.is_final.unwrap_or(false),
+        })
+    }
+
+    /// An HTTP (or relayed) event object.
+    pub fn from_event(event: &'a Event) -> Self {
+        Self {
+            session_id: None,
+            call_id: None,
+            status: Some(event.status.as_str()),
+            envelope_final: None,
+            task_id: Some(event.task_id.as_str()),
+            sequence: event.sequence,
+            event: event.event.as_str(),
+            is_final: event.is_final,
+        }
+    }
+}
+
+/// The receiver's validator of one lifecycle task's events (`[life]` §4): ids stay the
+/// CALL's, sequences start at 0 (or after a resume point) and grow by one, a repeat is
+/// discarded, status, event and finality agree, exactly one terminal ends the stream and
+/// nothing follows it; [`Tracker::finish`] says whether the stream may end now.
+///
+/// ```
+/// use iicp_proto::lifecycle::{Event, EventKind, Step, Tracker, Violation};
+///
+/// let mut t = Tracker::new("t-1");
+/// let p0 = Event::new("t-1", 0, EventKind::Partial);
+/// assert_eq!(t.accept_event(&p0), Ok(Step::Accept(EventKind::Partial)));
+/// assert_eq!(t.accept_event(&p0), Ok(Step::Discard));
+/// assert_eq!(t.finish(), Err(Violation::MissingTerminal));
+/// let done = Event::new("t-1", 1, EventKind::Completed);
+/// assert_eq!(t.accept_event(&done), Ok(Step::Accept(EventKind::Completed)));
+/// assert_eq!(t.finish(), Ok(()));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tracker {
+    task_id: String,
+    call_id: Option<String>,
+    session_id: Option<String>,
+    /// The last accepted sequence.
+    last: Option<u64>,
+    terminal: Option<EventKind>,
+    accepted: usize,
+}
+
+impl Tracker {
+    /// Tracks the events of `task_id` (HTTP, relayed, or native without id checks).
+    pub fn new(task_id: impl Into<String>) -> Self {
+        Self {
+            task_id: task_id.into(),
+            call_id: None,
+            session_id: None,
+            last: None,
+            terminal: None,
+            accepted: 0,
+        }
+    }
+
+    /// Tracks the RESPONSEs of a native CALL with these ids: a RESPONSE naming another
+    /// call id (or session id) is drift.
+    pub fn native(
+        task_id: impl Into<String>,
+        call_id: Option<&str>,
+        session_id: Option<&str>,
+    ) -> Self {
+        Self {
+            call_id: call_id.map(str::to_owned),
+            session_id: session_id.map(str::to_owned),
+            ..Self::new(task_id)
+        }
+    }
+
+    /// Continues after `sequence` (an HTTP resume with `after_sequence`).
+    #[must_use]
+    pub fn resumed_after(mut self, sequence: u64) -> Self {
+        self.last = Some(sequence);
+        self
+    }
+
+    /// The task id.
+    pub fn task_id(&self) -> &str {
+        &self.task_id
+    }
+
+    /// The last accepted sequence.
+    pub fn last_sequence(&self) -> Option<u64> {
+        self.last
+    }
+
+    /// The terminal event, once accepted.
+    pub fn terminal(&self) -> Option<EventKind> {
+        self.terminal
+    }
+
+    /// How many events were accepted (repeats not counted).
+    pub fn accepted(&self) -> usize {
+        self.accepted
+    }
+
+    /// Validates a native lifecycle RESPONSE.
+    ///
+    /// # Errors
+    /// The [`Violation`]; the stream is then broken.
+    pub fn accept_response(&mut self, resp: &crate::message::Response) -> Result<Step, Violation> {
+        self.accept(&Observed::from_response(resp)?)
+    }
+
+    /// Validates an HTTP event object.
+    ///
+    /// # Errors
+    /// The [`Violation`]; the stream is then broken.
+    pub fn accept_event(&mut self, event: &Event) -> Result<Step, Violation> {
+        self.accept(&Observed::from_event(event))
+    }
+
+    /// Validates one event.
+    ///
+    /// # Errors
+    /// The [`Violation`]; the stream is then broken.
+    pub fn accept(&mut self, o: &Observed<'_>) -> Result<Step, Violation> {
+        if let (Some(want), Some(got)) = (self.call_id.as_deref(), o.call_id) {
+            if want != got {
+                return Err(Violation::CallIdDrift);
+            }
+        }
+        if self.call_id.is_some() && o.call_id.is_none() && o.session_id.is_none() {
+            return Err(Violation::CallIdDrift);
+        }
+        if let (Some(want), Some(got)) = (self.session_id.as_deref(), o.session_id) {
+            if want != got {
+                return Err(Violation::SessionIdDrift);
+            }
+        }
+        if o.task_id.is_some_and(|t| t != self.task_id) {
+            return Err(Violation::TaskIdDrift);
+        }
+        let kind = EventKind::parse(o.event).ok_or(Violation::Malformed("unknown event name"))?;
+        if self.last.is_some_and(|last| o.sequence <= last) {
+            return Ok(Step::Discard);
+        }
+        if self.terminal.is_some() {
+            return Err(Violation::AfterTerminal);
+        }
+        let expected = self.last.map_or(0, |l| l.saturating_add(1));
+        if o.sequence != expected {
+            return Err(Violation::SequenceGap {
+                expected,
+                got: o.sequence,
+            });
+        }
+        if let Some(status) = o.status.filter(|s| *s != "encrypted") {
+            if !kind.agrees_with_status(status) {
+                return Err(Violation::StatusEventDisagreement {
+                    status: status.to_owned(),
+                    event: kind,
+                });
+            }
+        }
+        if o.envelope_final.is_some_and(|f| f != o.is_final) {
+            return Err(Violation::FinalityDisagreement);
+        }
+        match (kind.is_terminal(), o.is_final) {
+            (false, true) => return Err(Violation::PartialMarkedFinal),
+            (true, false) => return Err(Violation::FinalityDisagreement),
+            _ => {}
+        }
+        self.last = Some(o.sequence);
+        self.accepted += 1;
+        if kind.is_terminal() {
+            self.terminal = Some(kind);
+        }
+        Ok(Step::Accept(kind))
+    }
+
+    /// Whether the stream may end here: only after its terminal event.
+    ///
+    /// # Errors
+    /// [`Violation::MissingTerminal`] before it (an ambiguous failure, never success).
+    pub fn finish(&self) -> Result<(), Violation> {
+        match self.terminal {
+            Some(_) => Ok(()),
+            None => Err(Violation::MissingTerminal),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +601,25 @@ mod tests {
             vec!["urn:iicp:profile:unknown:v1"]
         );
         assert!(missing_required(&Constraints::default(), &[]).is_empty());
+    }
+
+    #[test]
+    fn the_cancel_control_uses_the_cancel_action() {
+        let c = crate::message::Control::cancel("t-1", "client_cancelled");
+        assert_eq!(c.action.as_deref(), Some(CANCEL_ACTION));
+        assert_eq!(c.task_id.as_deref(), Some("t-1"));
+        assert_eq!(c.reason.as_deref(), Some("client_cancelled"));
+        // {1: "cancel", 5: reason, 24: task_id} and nothing else
+        let frame = crate::message::Message::Control(c)
+            .to_frame()
+            .expect("frame");
+        let v = crate::message::RawCbor(frame[12..].to_vec())
+            .to_json()
+            .expect("cbor");
+        assert_eq!(
+            v,
+            serde_json::json!({"1": "cancel", "5": "client_cancelled", "24": "t-1"})
+        );
     }
 
     #[test]

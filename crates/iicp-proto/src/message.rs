@@ -818,7 +818,7 @@ pub struct Feedback {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
 #[cbor(map)]
 pub struct Control {
-    /// `credit_grant` | `credit_revoke` | `rate_limit` | `pause` | `resume`.
+    /// `credit_grant` | `credit_revoke` | `rate_limit` | `pause` | `resume` | `cancel`.
     #[n(1)]
     pub action: Option<String>,
     /// Credits.
@@ -830,12 +830,25 @@ pub struct Control {
     /// Session id.
     #[n(4)]
     pub session_id: Option<String>,
-    /// Why (a lifecycle cancel, ADR 0013).
+    /// Why (the lifecycle cancel, ADR 0013).
     #[n(5)]
     pub reason: Option<String>,
-    /// The lifecycle task a cancel names (ADR 0013; as CALL key 24).
+    /// The lifecycle task a `cancel` names (ADR 0013: the CALL's key 24).
     #[n(24)]
     pub task_id: Option<String>,
+}
+
+impl Control {
+    /// The lifecycle cancel of `task_id`: `{1: "cancel", 5: reason, 24: task_id}`
+    /// (ADR 0013; `cancel` is `lifecycle::CANCEL_ACTION`).
+    pub fn cancel(task_id: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            action: Some("cancel".to_owned()),
+            reason: Some(reason.into()),
+            task_id: Some(task_id.into()),
+            ..Self::default()
+        }
+    }
 }
 
 /// ADVERTISE (0x0C on task connections).

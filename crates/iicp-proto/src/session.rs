@@ -53,7 +53,7 @@
 //! call's is harmless (nothing expires). Ignoring a `Result` of a send loses a message,
 //! so they are `#[must_use]`.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::frame::{
@@ -199,6 +199,63 @@ enum State {
     Closed,
 }
 
+/// The ids a CALL was sent with, to recognise its RESPONSEs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallIds {
+    /// Key 15 of the CALL.
+    pub call_id: Option<String>,
+    /// Key 2 of the CALL.
+    pub session_id: Option<String>,
+}
+
+impl CallIds {
+    /// The ids of `call`.
+    pub fn of(call: &Call) -> Self {
+        Self {
+            call_id: call.call_id.clone(),
+            session_id: call.session_id.clone(),
+        }
+    }
+
+    /// Whether `resp` answers this CALL: a RESPONSE naming a call id answers only the
+    /// CALL sent with that call id; one naming none answers by its session id. A
+    /// RESPONSE with another call id never answers, whatever its session id.
+    pub fn answered_by(&self, resp: &Response) -> bool {
+        match (resp.call_id(), self.call_id.as_deref()) {
+            (Some(got), Some(want)) => got == want,
+            (Some(got), None) => self.session_id.as_deref() == Some(got),
+            (None, _) => {
+                resp.session_id.is_some()
+                    && resp.session_id.as_deref() == self.session_id.as_deref()
+            }
+        }
+    }
+}
+
+/// The key of the outstanding call `resp` answers, if any.
+pub fn outbound_key<V: std::borrow::Borrow<CallIds>>(
+    outbound: &HashMap<String, V>,
+    resp: &Response,
+) -> Option<String> {
+    // fast path: the correlation id is the key
+    if let Some(id) = resp.correlation_id() {
+        if outbound
+            .get(id)
+            .is_some_and(|c| c.borrow().answered_by(resp))
+        {
+            return Some(id.to_owned());
+        }
+    }
+    let mut found = outbound
+        .iter()
+        .filter(|(_, c)| (*c).borrow().answered_by(resp))
+        .map(|(k, _)| k);
+    match (found.next(), found.next()) {
+        (Some(k), None) => Some(k.clone()),
+        _ => None,
+    }
+}
+
 /// One end of a native connection, without IO.
 #[derive(Debug)]
 pub struct Session {
@@ -214,7 +271,8 @@ pub struct Session {
     /// The peer showed it speaks the spec (INIT with `min_version`, or a rich ACK).
     peer_spec_aware: bool,
     /// Ids of CALLs we sent that await a RESPONSE.
-    outbound: HashSet<String>,
+    /// Ids of CALLs we sent that await a RESPONSE: correlation id → the CALL's ids.
+    outbound: HashMap<String, CallIds>,
     /// Ids of CALLs we received that await our RESPONSE.
     inbound: HashSet<String>,
     /// DISCOVERs handed to the application and not answered yet.
@@ -235,7 +293,7 @@ impl Session {
             last_activity: now,
             seen_frame: false,
             peer_spec_aware: false,
-            outbound: HashSet::new(),
+            outbound: HashMap::new(),
             inbound: HashSet::new(),
             discovers: 0,
             tx: Vec::new(),
@@ -300,7 +358,7 @@ impl Session {
             self.inbound = HashSet::new();
         }
         if self.outbound.is_empty() {
-            self.outbound = HashSet::new();
+            self.outbound = HashMap::new();
         }
     }
 
@@ -617,13 +675,9 @@ impl Session {
                 Some("RESPONSE sent in the wrong direction"),
             );
         }
-        // the SDKs echo the call id (key 15) and the session id (key 2); we registered
-        // the call under its correlation id, so look up either
-        let known = [resp.call_id(), resp.session_id.as_deref()]
-            .into_iter()
-            .flatten()
-            .find(|id| self.outbound.contains(*id))
-            .map(str::to_owned);
+        // the SDKs echo the call id (key 15) and the session id (key 2); a call sent
+        // with a call id is answered only by a RESPONSE naming that call id
+        let known = outbound_key(&self.outbound, &resp);
         let Some(id) = known else {
             return self.close_with(
                 CloseReason::ProtocolError,
@@ -647,21 +701,22 @@ impl Session {
             .correlation_id()
             .ok_or(SessionError::MissingId)?
             .to_owned();
-        if self.outbound.contains(&id) {
+        if self.outbound.contains_key(&id) {
             return Err(SessionError::DuplicateCall);
         }
         if self.outbound.len() >= self.config.max_in_flight {
             return Err(SessionError::TooManyInFlight);
         }
+        let ids = CallIds::of(&call);
         Message::Call(call).encode(&mut self.tx)?;
-        self.outbound.insert(id);
+        self.outbound.insert(id, ids);
         Ok(())
     }
 
     /// Forgets an outstanding outbound call (the caller gave up, e.g. on its timeout);
     /// a late RESPONSE to it then counts as call-id drift only if the id is reused.
     pub fn abandon_call(&mut self, id: &str) -> bool {
-        self.outbound.remove(id)
+        self.outbound.remove(id).is_some()
     }
 
     /// Sends the RESPONSE to a received CALL. A final response ends the call.

@@ -1125,6 +1125,315 @@ impl ChatCompletion {
     }
 }
 
+/// One function-call fragment of a streamed chat chunk (`delta.tool_calls[]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolCallDelta {
+    /// The choice it belongs to.
+    pub choice: u32,
+    /// Its `index` (fragments with the same index are one call).
+    pub index: u32,
+    /// The call id, when this fragment carries it (usually the first).
+    pub id: Option<String>,
+    /// The function name fragment.
+    pub name: Option<String>,
+    /// The arguments fragment (JSON text, concatenated across fragments).
+    pub arguments: Option<String>,
+}
+
+/// What one streamed chunk contributed ([`ChatStreamAssembler::push`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChatChunkParts {
+    /// New text of the first choice.
+    pub text: String,
+    /// Tool-call fragments, every choice.
+    pub tool_calls: Vec<ToolCallDelta>,
+    /// `usage`, when the chunk carried it.
+    pub usage: Option<Usage>,
+    /// The first choice's `finish_reason`, when the chunk carried it.
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct ToolCallAcc {
+    id: Option<String>,
+    kind: Option<String>,
+    name: String,
+    arguments: String,
+}
+
+#[derive(Debug, Clone, Default)]
+struct ChoiceAcc {
+    role: Option<String>,
+    content: String,
+    tool_calls: std::collections::BTreeMap<u32, ToolCallAcc>,
+    finish_reason: Option<String>,
+}
+
+/// Assembles the streamed `llm:chat:v1` chunks of a lifecycle task (OpenAI
+/// `chat.completion.chunk` objects: `choices[].delta.content`, `delta.tool_calls`
+/// merged by `index`, `finish_reason`, `usage`) into one `chat.completion`, the shape
+/// the buffered path returns. A chunk that is a whole `chat.completion` (choices with
+/// `message`, as a buffered answer or a terminal carrying everything) sets its choices'
+/// text; a bare string (or `{"content"|"text": …}`) is text of the first choice.
+///
+/// ```
+/// use iicp_proto::task::ChatStreamAssembler;
+/// use serde_json::json;
+///
+/// let mut a = ChatStreamAssembler::new();
+/// a.push(&json!({"object": "chat.completion.chunk", "model": "m",
+///     "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}]}));
+/// a.push(&json!({"choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}],
+///     "usage": {"prompt_tokens": 3, "completion_tokens": 2}}));
+/// let done = a.finish();
+/// assert_eq!(done.text().as_deref(), Some("Hello"));
+/// assert_eq!(done.choices[0].finish_reason.as_deref(), Some("stop"));
+/// assert_eq!(done.usage.and_then(|u| u.total()), Some(5));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ChatStreamAssembler {
+    id: Option<String>,
+    model: Option<String>,
+    created: Option<u64>,
+    choices: std::collections::BTreeMap<u32, ChoiceAcc>,
+    usage: Option<Usage>,
+    chunks: usize,
+}
+
+impl ChatStreamAssembler {
+    /// An empty assembly.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many chunks were pushed.
+    pub fn chunks(&self) -> usize {
+        self.chunks
+    }
+
+    /// The text of the first choice so far.
+    pub fn text(&self) -> &str {
+        self.choices.get(&0).map_or("", |c| c.content.as_str())
+    }
+
+    /// Adds one chunk (or a whole completion) and says what it contributed. Null and
+    /// unrecognised values contribute nothing.
+    pub fn push(&mut self, chunk: &Value) -> ChatChunkParts {
+        self.chunks += 1;
+        let mut parts = ChatChunkParts::default();
+        let obj = match chunk {
+            Value::String(s) => {
+                self.add_text(0, s, &mut parts);
+                return parts;
+            }
+            Value::Object(o) => o,
+            _ => return parts,
+        };
+        if self.id.is_none() {
+            self.id = obj.get("id").and_then(Value::as_str).map(str::to_owned);
+        }
+        if let Some(m) = obj.get("model").and_then(Value::as_str) {
+            self.model = Some(m.to_owned());
+        }
+        if self.created.is_none() {
+            self.created = obj.get("created").and_then(Value::as_u64);
+        }
+        if let Some(u) = obj.get("usage").filter(|u| u.is_object()) {
+            if let Ok(u) = serde_json::from_value::<Usage>(u.clone()) {
+                self.usage = Some(u.clone());
+                parts.usage = Some(u);
+            }
+        }
+        let Some(choices) = obj.get("choices").and_then(Value::as_array) else {
+            if let Some(t) = ["content", "text"]
+                .iter()
+                .find_map(|k| obj.get(*k).and_then(Value::as_str))
+            {
+                self.add_text(0, t, &mut parts);
+            }
+            return parts;
+        };
+        for (pos, choice) in choices.iter().enumerate() {
+            let index = choice
+                .get("index")
+                .and_then(Value::as_u64)
+                .and_then(|i| u32::try_from(i).ok())
+                .unwrap_or_else(|| u32::try_from(pos).unwrap_or(u32::MAX));
+            if let Some(delta) = choice.get("delta").filter(|d| d.is_object()) {
+                self.merge_delta(index, delta, &mut parts);
+            } else if let Some(message) = choice.get("message").filter(|m| m.is_object()) {
+                self.merge_message(index, message, &mut parts);
+            }
+            if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+                self.choices.entry(index).or_default().finish_reason = Some(reason.to_owned());
+                if index == 0 {
+                    parts.finish_reason = Some(reason.to_owned());
+                }
+            }
+        }
+        parts
+    }
+
+    fn add_text(&mut self, index: u32, text: &str, parts: &mut ChatChunkParts) {
+        self.choices
+            .entry(index)
+            .or_default()
+            .content
+            .push_str(text);
+        if index == 0 {
+            parts.text.push_str(text);
+        }
+    }
+
+    fn merge_delta(&mut self, index: u32, delta: &Value, parts: &mut ChatChunkParts) {
+        if let Some(role) = delta.get("role").and_then(Value::as_str) {
+            self.choices.entry(index).or_default().role = Some(role.to_owned());
+        }
+        if let Some(text) = delta.get("content").and_then(Value::as_str) {
+            self.add_text(index, text, parts);
+        }
+        for (pos, call) in delta
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let call_index = call
+                .get("index")
+                .and_then(Value::as_u64)
+                .and_then(|i| u32::try_from(i).ok())
+                .unwrap_or_else(|| u32::try_from(pos).unwrap_or(u32::MAX));
+            let f = call.get("function");
+            let frag = ToolCallDelta {
+                choice: index,
+                index: call_index,
+                id: call.get("id").and_then(Value::as_str).map(str::to_owned),
+                name: f
+                    .and_then(|f| f.get("name"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                arguments: f
+                    .and_then(|f| f.get("arguments"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+            };
+            let acc = self
+                .choices
+                .entry(index)
+                .or_default()
+                .tool_calls
+                .entry(call_index)
+                .or_default();
+            if frag.id.is_some() {
+                acc.id.clone_from(&frag.id);
+            }
+            if let Some(t) = call.get("type").and_then(Value::as_str) {
+                acc.kind = Some(t.to_owned());
+            }
+            if let Some(n) = &frag.name {
+                acc.name.push_str(n);
+            }
+            if let Some(a) = &frag.arguments {
+                acc.arguments.push_str(a);
+            }
+            parts.tool_calls.push(frag);
+        }
+    }
+
+    /// A whole message: authoritative for its choice. Text already streamed is not
+    /// repeated in `parts` when the message continues it.
+    fn merge_message(&mut self, index: u32, message: &Value, parts: &mut ChatChunkParts) {
+        let msg: ChatMessage = match serde_json::from_value(message.clone()) {
+            Ok(m) => m,
+            Err(_) => return,
+        };
+        let text = msg.text().unwrap_or_default();
+        let acc = self.choices.entry(index).or_default();
+        if !msg.role.is_empty() {
+            acc.role = Some(msg.role.clone());
+        }
+        let new = text.strip_prefix(acc.content.as_str()).unwrap_or(&text);
+        if index == 0 {
+            parts.text.push_str(new);
+        }
+        acc.content = text;
+        if let Some(Value::Array(calls)) = msg.extra.get("tool_calls") {
+            acc.tool_calls.clear();
+            for (pos, call) in calls.iter().enumerate() {
+                let f = call.get("function");
+                let get = |v: Option<&Value>, k: &str| {
+                    v.and_then(|v| v.get(k))
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                };
+                acc.tool_calls.insert(
+                    u32::try_from(pos).unwrap_or(u32::MAX),
+                    ToolCallAcc {
+                        id: get(Some(call), "id"),
+                        kind: get(Some(call), "type"),
+                        name: get(f, "name").unwrap_or_default(),
+                        arguments: get(f, "arguments").unwrap_or_default(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// The assembled `chat.completion`: choices by index (role default `assistant`,
+    /// `finish_reason` default `stop`, or `tool_calls` when the choice has calls),
+    /// `tool_calls` with their merged names and arguments, the last `usage`.
+    pub fn finish(self) -> ChatCompletion {
+        let choices = if self.choices.is_empty() {
+            vec![(0, ChoiceAcc::default())]
+        } else {
+            self.choices.into_iter().collect()
+        };
+        let choices = choices
+            .into_iter()
+            .map(|(index, c)| {
+                let mut message =
+                    ChatMessage::new(c.role.unwrap_or_else(|| "assistant".to_owned()), c.content);
+                let has_calls = !c.tool_calls.is_empty();
+                if has_calls {
+                    let calls: Vec<Value> = c
+                        .tool_calls
+                        .into_values()
+                        .map(|t| {
+                            serde_json::json!({
+                                "id": t.id,
+                                "type": t.kind.unwrap_or_else(|| "function".to_owned()),
+                                "function": {"name": t.name, "arguments": t.arguments},
+                            })
+                        })
+                        .collect();
+                    message
+                        .extra
+                        .insert("tool_calls".into(), Value::Array(calls));
+                }
+                let default_reason = if has_calls { "tool_calls" } else { "stop" };
+                ChatChoice {
+                    index: Some(index),
+                    message,
+                    finish_reason: Some(
+                        c.finish_reason.unwrap_or_else(|| default_reason.to_owned()),
+                    ),
+                    extra: Map::new(),
+                }
+            })
+            .collect();
+        ChatCompletion {
+            id: self.id,
+            object: Some("chat.completion".to_owned()),
+            created: self.created,
+            model: self.model,
+            choices,
+            usage: self.usage,
+            extra: Map::new(),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Health
 // ---------------------------------------------------------------------------
@@ -1188,5 +1497,88 @@ impl HealthStatus {
     /// True when `status` is `ok` or `degraded` (the conformance requirement).
     pub fn is_live(&self) -> bool {
         matches!(self.status.as_str(), "ok" | "degraded")
+    }
+}
+
+#[cfg(test)]
+mod chat_stream_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn deltas_and_tool_calls_merge_by_index() {
+        let mut a = ChatStreamAssembler::new();
+        let p = a.push(
+            &json!({"id": "c-1", "object": "chat.completion.chunk", "created": 7, "model": "m",
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
+        );
+        assert_eq!(p.text, "");
+        let p = a.push(&json!({"choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "id": "call_a", "type": "function", "function": {"name": "get_", "arguments": "{\"ci"}},
+            {"index": 1, "id": "call_b", "function": {"name": "time", "arguments": ""}}]}}]}));
+        assert_eq!(p.tool_calls.len(), 2);
+        assert_eq!(p.tool_calls[0].id.as_deref(), Some("call_a"));
+        a.push(&json!({"choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "function": {"name": "weather", "arguments": "ty\":\"Bonn\"}"}}]}}]}));
+        let p = a.push(
+            &json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}}),
+        );
+        assert_eq!(p.finish_reason.as_deref(), Some("tool_calls"));
+        assert_eq!(p.usage.as_ref().and_then(Usage::total), Some(9));
+        assert_eq!(a.chunks(), 4);
+        let done = a.finish();
+        assert_eq!(done.id.as_deref(), Some("c-1"));
+        assert_eq!(done.object.as_deref(), Some("chat.completion"));
+        assert_eq!((done.created, done.model.as_deref()), (Some(7), Some("m")));
+        let calls = done.choices[0].message.extra["tool_calls"]
+            .as_array()
+            .expect("calls");
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0]["id"], "call_a");
+        assert_eq!(calls[0]["function"]["name"], "get_weather");
+        assert_eq!(calls[0]["function"]["arguments"], "{\"city\":\"Bonn\"}");
+        assert_eq!(calls[1]["type"], "function");
+        assert_eq!(calls[1]["function"]["name"], "time");
+        assert_eq!(done.choices[0].finish_reason.as_deref(), Some("tool_calls"));
+        // the assembly is a valid chat completion
+        let back: ChatCompletion =
+            serde_json::from_value(serde_json::to_value(&done).expect("json")).expect("parse");
+        assert_eq!(back, done);
+    }
+
+    #[test]
+    fn text_chunks_strings_and_a_whole_completion_terminal() {
+        let mut a = ChatStreamAssembler::new();
+        assert_eq!(a.push(&json!("hel")).text, "hel");
+        assert_eq!(
+            a.push(&json!({"choices": [{"delta": {"content": "lo"}}]}))
+                .text,
+            "lo"
+        );
+        // a terminal with the whole message repeats nothing already streamed
+        let p = a.push(&json!({"choices": [{"message": {"role": "assistant", "content": "hello!"}, "finish_reason": "stop"}]}));
+        assert_eq!(p.text, "!");
+        assert_eq!(a.text(), "hello!");
+        let done = a.finish();
+        assert_eq!(done.text().as_deref(), Some("hello!"));
+        assert_eq!(done.choices[0].message.role, "assistant");
+
+        // only a whole completion (a buffered answer)
+        let mut b = ChatStreamAssembler::new();
+        let p = b.push(
+            &json!({"object": "chat.completion", "choices": [{"index": 0,
+            "message": {"role": "assistant", "content": "whole"}}], "usage": {"total_tokens": 2}}),
+        );
+        assert_eq!(p.text, "whole");
+        let done = b.finish();
+        assert_eq!(done.text().as_deref(), Some("whole"));
+        assert_eq!(done.choices[0].finish_reason.as_deref(), Some("stop"));
+        assert_eq!(done.usage.and_then(|u| u.total_tokens), Some(2));
+
+        // nothing at all: one empty assistant choice; null contributes nothing
+        let mut c = ChatStreamAssembler::new();
+        assert_eq!(c.push(&Value::Null), ChatChunkParts::default());
+        assert_eq!(c.finish().text().as_deref(), Some(""));
     }
 }

@@ -814,3 +814,44 @@ fn relay_session_reverses_the_call_direction() {
         .iter()
         .any(|e| matches!(e, Event::Response(r) if r.call_id() == Some("rc-1"))));
 }
+
+#[test]
+fn a_response_with_another_call_id_answers_nothing_even_with_the_same_session_id() {
+    let t0 = Instant::now();
+    let mut client = Session::new(Config::client(), t0);
+    let ack = Message::Ack(Default::default()).to_frame().expect("enc");
+    let _ = client.handle_input(&ack, t0);
+    let _ = client.poll_event();
+    // both calls share session id "sess" (as the SDKs' literal session ids do)
+    client.send_call(call("a")).expect("a");
+    let drift = Response::success(&call("not-a"), Body::cbor(&serde_json::json!(1)));
+    assert_eq!(drift.session_id.as_deref(), Some("sess"));
+    let _ = client.handle_input(&Message::Response(drift).to_frame().expect("enc"), t0);
+    let mut answered = false;
+    while let Some(e) = client.poll_event() {
+        answered |= matches!(e, Event::Response(_));
+    }
+    assert!(!answered, "call-id drift must not complete call a");
+    assert_eq!(
+        close_reason(&sent(&mut client, Channel::Task)).as_deref(),
+        Some("protocol_error")
+    );
+
+    // a RESPONSE echoing only the session id still answers (deployed peers)
+    let mut client = Session::new(Config::client(), t0);
+    let _ = client.handle_input(&ack, t0);
+    client.send_call(call("b")).expect("b");
+    let mut only_session = Response::success(&call("b"), Body::cbor(&serde_json::json!(1)));
+    only_session.call_id = None;
+    only_session.legacy_call_id = None;
+    let _ = client.handle_input(
+        &Message::Response(only_session).to_frame().expect("enc"),
+        t0,
+    );
+    let mut answered = false;
+    while let Some(e) = client.poll_event() {
+        answered |= matches!(e, Event::Response(_));
+    }
+    assert!(answered);
+    assert_eq!(client.in_flight().0, 0);
+}

@@ -16,6 +16,8 @@
 //!   node on the one-port listener with a native CALL handler.
 //! * [`server`] — the one HTTP test server they all run on (127.0.0.1:0, connection
 //!   count, every received byte kept, stops on drop) and [`server::Recorded`] requests.
+//! * [`stream`] — fake streaming nodes (native and HTTP, the service-lifecycle profile of
+//!   ADR 0013) scripted frame by frame, recording CALLs, CONTROLs and requests.
 //! * [`time`] — a recording sleeper and a fixed random source to inject into
 //!   `iicp_client`.
 //!
@@ -30,5 +32,6 @@ pub mod fake;
 pub mod load;
 pub mod scripted;
 pub mod server;
+pub mod stream;
 pub mod stub;
 pub mod time;

@@ -22,7 +22,7 @@ pub mod client;
 pub mod connection;
 
 pub use client::{NativeClient, NativeClientConfig};
-pub use connection::{CloseInfo, ConnectionConfig, ConnectionHandle};
+pub use connection::{CloseInfo, ConnectionConfig, ConnectionHandle, ResponseStream};
 
 /// Default TCP port of the native transport (PROTOCOL.md §1.2).
 pub use iicp_proto::constants::DEFAULT_PORT;
@@ -239,6 +239,14 @@ pub enum NativeError {
     /// No RESPONSE within the call's timeout.
     #[error("call timed out")]
     Timeout,
+    /// The peer's RESPONSEs break the protocol for this call (a lifecycle frame to a
+    /// buffered CALL).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The reader of a streamed call fell more than
+    /// [`connection::STREAM_BUFFER`] RESPONSEs behind.
+    #[error("the stream's reader fell behind")]
+    Overflow,
     /// The session refused the request (duplicate id, too many in flight, …).
     #[error(transparent)]
     Session(#[from] iicp_proto::session::SessionError),

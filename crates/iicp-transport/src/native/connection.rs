@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use iicp_proto::frame::{Decoded, Frame};
 use iicp_proto::message::{Call, Discover, DiscoverReply, Message, Ping, Response};
-use iicp_proto::session::{self, Event, Session};
+use iicp_proto::session::{self, CallIds, Event, Session};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -66,7 +66,14 @@ pub struct CloseInfo {
 
 enum Command {
     Call(Call, oneshot::Sender<Result<Response, NativeError>>),
+    Stream(
+        Call,
+        mpsc::Sender<Result<Response, NativeError>>,
+        oneshot::Sender<Result<(), NativeError>>,
+    ),
     Abandon(String),
+    /// The stream's receiver is gone: drop its later RESPONSEs until the final one.
+    Release(String),
     Send(Message, oneshot::Sender<Result<(), NativeError>>),
     Ping(Option<Vec<u8>>, oneshot::Sender<Result<Ping, NativeError>>),
     Close,
@@ -83,7 +90,9 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Command::Call(..) => "Call",
+            Command::Stream(..) => "Stream",
             Command::Abandon(_) => "Abandon",
+            Command::Release(_) => "Release",
             Command::Send(..) => "Send",
             Command::Ping(..) => "Ping",
             Command::Close => "Close",
@@ -111,6 +120,39 @@ impl ConnectionHandle {
                 Err(NativeError::Timeout)
             }
         }
+    }
+
+    /// Sends a CALL whose answer is a stream of RESPONSEs (a lifecycle CALL with key
+    /// 24): every RESPONSE correlated with it, in arrival order, until and including the
+    /// final one; then the stream ends. When the connection ends first, the stream
+    /// yields the error ([`NativeError::Closed`]) and ends. Dropping the stream does not
+    /// cancel the task (send the CONTROL `cancel` for that); its later RESPONSEs are
+    /// dropped. The CALL needs a call id or session id unique among this connection's
+    /// outstanding calls.
+    ///
+    /// The stream holds up to [`STREAM_BUFFER`] RESPONSEs the caller has not read yet;
+    /// a caller that falls further behind gets [`NativeError::Overflow`] and the call
+    /// is released.
+    pub async fn call_stream(&self, call: Call) -> Result<ResponseStream, NativeError> {
+        let id = call
+            .correlation_id()
+            .ok_or(NativeError::Session(
+                iicp_proto::session::SessionError::MissingId,
+            ))?
+            .to_owned();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let (ack_tx, ack_rx) = oneshot::channel();
+        self.commands
+            .send(Command::Stream(call, tx, ack_tx))
+            .await
+            .map_err(|_| self.closed_error())?;
+        ack_rx.await.map_err(|_| self.closed_error())??;
+        Ok(ResponseStream {
+            rx,
+            id,
+            commands: self.commands.clone(),
+            done: false,
+        })
     }
 
     /// Sends any non-call message (RELAY_BIND, RELAY_ACK, FEEDBACK, …).
@@ -176,6 +218,47 @@ impl ConnectionHandle {
             .as_ref()
             .map_or_else(|| "connection ended".to_owned(), |c| c.reason.clone());
         NativeError::Closed(reason)
+    }
+}
+
+/// RESPONSEs a [`ResponseStream`] buffers before its reader is told it fell behind.
+pub const STREAM_BUFFER: usize = 256;
+
+/// The RESPONSEs of one streamed CALL ([`ConnectionHandle::call_stream`]).
+#[derive(Debug)]
+pub struct ResponseStream {
+    rx: mpsc::Receiver<Result<Response, NativeError>>,
+    id: String,
+    commands: mpsc::Sender<Command>,
+    done: bool,
+}
+
+impl ResponseStream {
+    /// The next RESPONSE; `None` after the final one, or after the error that ended
+    /// the stream (a closed connection, an overflow).
+    pub async fn next(&mut self) -> Option<Result<Response, NativeError>> {
+        if self.done {
+            return None;
+        }
+        let item = self.rx.recv().await;
+        match &item {
+            Some(Ok(r)) if !r.is_final() => {}
+            _ => self.done = true,
+        }
+        item
+    }
+
+    /// The correlation id of the CALL.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Drop for ResponseStream {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.commands.try_send(Command::Release(self.id.clone()));
+        }
     }
 }
 
@@ -248,6 +331,42 @@ where
         .await
 }
 
+/// An outbound call awaiting RESPONSEs.
+struct Pending {
+    ids: CallIds,
+    waiter: Waiter,
+}
+
+impl std::borrow::Borrow<CallIds> for Pending {
+    fn borrow(&self) -> &CallIds {
+        &self.ids
+    }
+}
+
+enum Waiter {
+    /// A buffered call: one final RESPONSE.
+    Once(oneshot::Sender<Result<Response, NativeError>>),
+    /// A streamed call: every RESPONSE until the final one.
+    Stream(mpsc::Sender<Result<Response, NativeError>>),
+    /// Nobody listens any more (a released stream, a buffered call that got a
+    /// lifecycle partial): RESPONSEs are dropped until the final one.
+    Gone,
+}
+
+impl Waiter {
+    fn fail(self, e: NativeError) {
+        match self {
+            Waiter::Once(tx) => {
+                let _ = tx.send(Err(e));
+            }
+            Waiter::Stream(tx) => {
+                let _ = tx.try_send(Err(e));
+            }
+            Waiter::Gone => {}
+        }
+    }
+}
+
 struct Actor<IO> {
     io: IO,
     ctx: CallContext,
@@ -259,7 +378,7 @@ struct Actor<IO> {
     /// How much the next read asks for (adapts between [`MIN_READ`] and [`MAX_READ`]).
     read_hint: usize,
     wbuf: Vec<u8>,
-    pending: HashMap<String, oneshot::Sender<Result<Response, NativeError>>>,
+    pending: HashMap<String, Pending>,
     pings: VecDeque<oneshot::Sender<Result<Ping, NativeError>>>,
     tasks: JoinSet<Response>,
     /// (session id, call id) of each running handler task, to answer even if it panics.
@@ -368,8 +487,8 @@ where
             reason: "closed".into(),
             by_peer: false,
         });
-        for (_, tx) in self.pending.drain() {
-            let _ = tx.send(Err(NativeError::Closed(info.reason.clone())));
+        for (_, p) in self.pending.drain() {
+            p.waiter.fail(NativeError::Closed(info.reason.clone()));
         }
         for tx in self.pings.drain(..) {
             let _ = tx.send(Err(NativeError::Closed(info.reason.clone())));
@@ -444,9 +563,16 @@ where
         match cmd {
             Command::Call(call, tx) => {
                 let id = call.correlation_id().map(str::to_owned);
+                let ids = CallIds::of(&call);
                 match (self.session.send_call(call), id) {
                     (Ok(()), Some(id)) => {
-                        self.pending.insert(id, tx);
+                        self.pending.insert(
+                            id,
+                            Pending {
+                                ids,
+                                waiter: Waiter::Once(tx),
+                            },
+                        );
                     }
                     (Ok(()), None) => {}
                     (Err(e), _) => {
@@ -454,9 +580,38 @@ where
                     }
                 }
             }
+            Command::Stream(call, tx, ack) => {
+                let id = call.correlation_id().map(str::to_owned);
+                let ids = CallIds::of(&call);
+                match (self.session.send_call(call), id) {
+                    (Ok(()), Some(id)) => {
+                        self.pending.insert(
+                            id,
+                            Pending {
+                                ids,
+                                waiter: Waiter::Stream(tx),
+                            },
+                        );
+                        let _ = ack.send(Ok(()));
+                    }
+                    (Ok(()), None) => {
+                        let _ = ack.send(Err(NativeError::Session(
+                            iicp_proto::session::SessionError::MissingId,
+                        )));
+                    }
+                    (Err(e), _) => {
+                        let _ = ack.send(Err(e.into()));
+                    }
+                }
+            }
             Command::Abandon(id) => {
                 self.session.abandon_call(&id);
                 self.pending.remove(&id);
+            }
+            Command::Release(id) => {
+                if let Some(p) = self.pending.get_mut(&id) {
+                    p.waiter = Waiter::Gone;
+                }
             }
             Command::Send(msg, tx) => {
                 let _ = tx.send(self.session.send(msg).map_err(Into::into));
@@ -475,21 +630,7 @@ where
         while let Some(event) = self.session.poll_event() {
             match event {
                 Event::Call(call) => self.start_call(call),
-                Event::Response(resp) => {
-                    let key = [resp.call_id(), resp.session_id.as_deref()]
-                        .into_iter()
-                        .flatten()
-                        .find(|k| self.pending.contains_key(*k))
-                        .map(str::to_owned);
-                    if let Some(key) = key {
-                        if resp.is_final() {
-                            if let Some(tx) = self.pending.remove(&key) {
-                                let _ = tx.send(Ok(resp));
-                            }
-                        }
-                        // partial (lifecycle) responses are not surfaced by this API
-                    }
-                }
+                Event::Response(resp) => self.route_response(resp),
                 Event::Pong(p) => {
                     if let Some(tx) = self.pings.pop_front() {
                         let _ = tx.send(Ok(p));
@@ -523,6 +664,51 @@ where
                 Event::Established { .. } => {}
                 _ => {}
             }
+        }
+    }
+
+    /// Hands a RESPONSE to the call it answers (the session already checked that it
+    /// answers an outstanding call, strictly by call id when the CALL had one): a
+    /// buffered call takes its final RESPONSE and fails on a lifecycle partial; a
+    /// streamed call takes each until the final one.
+    fn route_response(&mut self, resp: Response) {
+        let Some(key) = session::outbound_key(&self.pending, &resp) else {
+            return;
+        };
+        let is_final = resp.is_final();
+        let Some(p) = self.pending.get_mut(&key) else {
+            return;
+        };
+        match &p.waiter {
+            Waiter::Once(_) if is_final => {
+                if let Some(Pending {
+                    waiter: Waiter::Once(tx),
+                    ..
+                }) = self.pending.remove(&key)
+                {
+                    let _ = tx.send(Ok(resp));
+                }
+                return;
+            }
+            Waiter::Once(_) => {
+                // buffered requests never see lifecycle frames (ADR 0013)
+                let waiter = std::mem::replace(&mut p.waiter, Waiter::Gone);
+                waiter.fail(NativeError::Protocol(
+                    "lifecycle RESPONSE to a buffered CALL".into(),
+                ));
+            }
+            Waiter::Stream(tx) => {
+                if tx.capacity() <= 1 && !is_final {
+                    let waiter = std::mem::replace(&mut p.waiter, Waiter::Gone);
+                    waiter.fail(NativeError::Overflow);
+                } else if tx.try_send(Ok(resp)).is_err() {
+                    p.waiter = Waiter::Gone;
+                }
+            }
+            Waiter::Gone => {}
+        }
+        if is_final {
+            self.pending.remove(&key);
         }
     }
 
