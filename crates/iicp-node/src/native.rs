@@ -444,7 +444,7 @@ pub(crate) async fn forward(
 
 /// One lifecycle event as a RESPONSE in the deployed lifecycle layout: keys 1, 2, 3,
 /// 4, 5?, 6?, 7?, 8?, 11, 12 and the key-13 envelope (no key 15: the call id moves to
-/// key 3, PROTOCOL.md §10.7).
+/// key 3, PROTOCOL.md §10.7); a failure terminal also carries keys 100/101.
 fn event_response(call: &Call, e: &Event, sequence: u64, node_id: Option<String>) -> Response {
     let result = match (&e.result, &e.iicp_conf_resp) {
         (_, Some(sealed)) => Some(Body::cbor(&serde_json::json!({
@@ -469,6 +469,14 @@ fn event_response(call: &Call, e: &Event, sequence: u64, node_id: Option<String>
         duration_ms: e.metrics.as_ref().and_then(|m| m.latency_ms),
         node_id,
         is_final: Some(e.is_final),
+        // the deployed error keys too, so that a caller reading only those (a base
+        // client that happened to send key 24) still sees the status and the reason
+        status_code: e
+            .error
+            .as_ref()
+            .and_then(|err| err.code.as_ref())
+            .map(|c| u64::from(c.http_status().unwrap_or(502))),
+        message: e.error.as_ref().map(|err| err.message.clone()),
         lifecycle: Some(Lifecycle {
             task_id: call.task_id.clone().or_else(|| Some(e.task_id.clone())),
             sequence: Some(sequence),
