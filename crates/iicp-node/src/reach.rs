@@ -341,7 +341,8 @@ impl RelayTasks {
                     )
                 }
             };
-            let lifecycle = partials.is_some() && call.task_id.as_deref().is_some_and(|t| !t.is_empty());
+            let lifecycle =
+                partials.is_some() && call.task_id.as_deref().is_some_and(|t| !t.is_empty());
             let inbound = Inbound {
                 transport: Transport::Native,
                 peer: ctx.peer.ip(),
