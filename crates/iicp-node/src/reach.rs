@@ -313,6 +313,10 @@ impl CallHandler for RelayTasks {
     fn node_id(&self) -> Option<String> {
         self.shared.node_id()
     }
+
+    fn control(&self, control: &iicp_proto::message::Control, ctx: &CallContext) {
+        crate::native::cancel_by_control(&self.shared, control, ctx);
+    }
 }
 
 impl RelayTasks {
