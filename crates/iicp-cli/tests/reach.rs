@@ -200,8 +200,10 @@ async fn node_without_route_binds_an_elected_relay_and_is_reached_through_it() {
         .encryption(iicp_client::Encryption::AllowPlaintext)
         .build()
         .unwrap();
-    let mut options = iicp_client::ChatOptions::default();
-    options.node_id = Some("worker-node-1".into());
+    let options = iicp_client::ChatOptions {
+        node_id: Some("worker-node-1".into()),
+        ..Default::default()
+    };
     let request = iicp_client::ChatRequest::new(vec![iicp_client::ChatMessage::new(
         "user",
         "streamed through the relay",
