@@ -645,18 +645,15 @@ async fn lifecycle_frames(
         }
     }
     // nothing may follow the terminal
-    match c.recv_within(Duration::from_millis(300)).await {
-        Ok(Some(rx)) => {
-            return Err(Stop::assertion(
-                None,
-                format!(
-                    "a frame after the terminal: type {:#04x} {}",
-                    rx.ty,
-                    rx.json()
-                ),
-            ))
-        }
-        Ok(None) | Err(_) => {}
+    if let Ok(Some(rx)) = c.recv_within(Duration::from_millis(300)).await {
+        return Err(Stop::assertion(
+            None,
+            format!(
+                "a frame after the terminal: type {:#04x} {}",
+                rx.ty,
+                rx.json()
+            ),
+        ));
     }
     Ok(Some(frames))
 }
