@@ -272,7 +272,10 @@ fn serve_registers_answers_chat_and_deregisters_on_sigterm() {
         "--allow-private-endpoints",
     ]));
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "echo: all at once");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "echo: all at once"
+    );
     assert!(!String::from_utf8_lossy(&o.stderr).contains("first token"));
     let o = run(iicp().env("IICP_HOME", &home).args([
         "chat",
