@@ -225,7 +225,10 @@ fn dev_once_chats_over_both_transports() {
             "{c}"
         );
         // the echo nodes stream: the time to the first token and the chunk count
-        assert!(c.contains(", first token ") && c.contains(" chunks)"), "{c}");
+        assert!(
+            c.contains(", first token ") && c.contains(" chunks)"),
+            "{c}"
+        );
     }
     assert!(
         stdout.contains("/api"),
@@ -384,5 +387,12 @@ fn dev_once_with_a_real_model() {
             !answer.trim().is_empty() && !answer.contains("<no text>"),
             "{c}"
         );
+        // the model's tokens streamed through the node: many chunks
+        let chunks: usize = c
+            .split_once(" chunks)")
+            .and_then(|(head, _)| head.rsplit_once('(').map(|x| x.1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(chunks > 3, "{c}");
     }
 }

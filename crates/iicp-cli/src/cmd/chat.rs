@@ -188,7 +188,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             streamed: false,
         }
     } else {
-        let request = ChatRequest::new(vec![ChatMessage::new("user", prompt)]);
+        // what `chat_with` puts into the request from the options
+        let mut request = ChatRequest::new(vec![ChatMessage::new("user", prompt)]);
+        request.model.clone_from(&options.model);
+        request.max_tokens = options.max_tokens;
         streamed(&client, request, options, args.consumer.json, t0).await?
     };
     let elapsed = t0.elapsed();
