@@ -205,7 +205,6 @@ async fn discover(label: &str, http: &HttpClient, base: &str) {
         pct(&mut lat, 0.5),
         pct(&mut lat, 0.99)
     );
-
 }
 
 async fn heartbeats(

@@ -6,7 +6,12 @@
 //! same file adds a trigger whose deferred foreign-key violation makes the writer's
 //! `COMMIT` itself fail, and a second connection holding the write lock keeps the
 //! writer waiting so that queued writes batch deterministically.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
 
 mod common;
 
@@ -79,7 +84,10 @@ async fn writes_queued_during_a_commit_share_one_transaction() {
     for p in pending {
         assert!(p.await.unwrap());
     }
-    assert!(!unknown.await.unwrap(), "an unknown node is reported per write");
+    assert!(
+        !unknown.await.unwrap(),
+        "an unknown node is reported per write"
+    );
     let stats = store.group_commit_stats();
     assert_eq!(stats.writes, 101);
     // The first batch may have been taken before the rest were queued; the rest share
@@ -112,7 +120,9 @@ async fn a_failed_group_commit_fails_every_write_in_it() {
         .collect();
     side.execute_batch("COMMIT").unwrap();
     for p in pending {
-        let err = p.await.expect_err("a write of a failed transaction is not acknowledged");
+        let err = p
+            .await
+            .expect_err("a write of a failed transaction is not acknowledged");
         assert!(matches!(err, StoreError::GroupCommit(_)), "{err:?}");
     }
     let stats = store.group_commit_stats();
@@ -167,7 +177,11 @@ async fn concurrent_heartbeats_are_all_durable_after_reopen() {
     for i in 0..40 {
         let ack = register(
             &base,
-            &register_body(&format!("http://127.0.0.1:{}", 21000 + i), "eu-central", &["m"]),
+            &register_body(
+                &format!("http://127.0.0.1:{}", 21000 + i),
+                "eu-central",
+                &["m"],
+            ),
         )
         .await;
         nodes.push((
@@ -214,7 +228,11 @@ async fn concurrent_heartbeats_are_all_durable_after_reopen() {
     for (id, challenge) in acked {
         let n = stored.iter().find(|n| n.node_id == id).unwrap();
         assert_eq!(n.state.active_jobs, 5, "{id}");
-        assert_eq!(n.state.challenge.as_deref(), Some(challenge.as_str()), "{id}");
+        assert_eq!(
+            n.state.challenge.as_deref(),
+            Some(challenge.as_str()),
+            "{id}"
+        );
     }
 }
 
