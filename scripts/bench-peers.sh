@@ -8,7 +8,15 @@
 #   scripts/bench-peers.sh [--duration 10s] [--no-write]
 #
 # Runs per node: HTTP keep-alive at 64 concurrent; native CALLs at 64 concurrent on one
-# multiplexed connection and on 8; HTTP sequential (1 worker: per-task overhead).
+# multiplexed connection and on 8; HTTP sequential (1 worker: per-task overhead). The
+# whole set is repeated RUNS times (default 3) and every figure is reported as a range
+# over the repetitions, with the load average read before each one and the machine
+# (CPU model and cores from /proc/cpuinfo). Then, per node, a fixed number of tasks
+# (SYSCALL_TASKS, default 2000) at 64 concurrent over HTTP and over one native
+# connection counts the node's context switches (/proc/PID/task/*/status) and, in a
+# second pass under `strace -c -f -p PID`, its system calls: per task, machine
+# independent. The Python SDK node is left out of those passes (SYSCALL_PYTHON=1 adds
+# it; at ~35 tasks/s it takes minutes).
 # Every node gets max_concurrent 256 and its per-origin task rate limit off
 # (IICP_TASK_RATE_LIMIT=0 for the peers), so admission limits do not decide the result.
 # Our node is the `bench_node` example of iicp-node (BackendHandler over the stub).
@@ -26,6 +34,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 payload=${BENCH_PAYLOAD:-256}
+runs_n=${RUNS:-3}
+syscall_tasks=${SYSCALL_TASKS:-2000}
+command -v strace >/dev/null || { echo "bench-peers: strace is needed for the system-call counts" >&2; exit 1; }
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/iicp-rs-target}
 
 echo "== peers" >&2
@@ -87,22 +98,73 @@ runs=(
 )
 results="$work/results.jsonl"
 : >"$results"
-for run in "${runs[@]}"; do
+# read before any measured run (the label in the section says "before")
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+loads=()
+for rep in $(seq 1 "$runs_n"); do
+  loads+=("$(cut -d' ' -f1-3 /proc/loadavg)")
+  echo "== repetition $rep of $runs_n (load average before it: ${loads[-1]})" >&2
+  for run in "${runs[@]}"; do
+    IFS='|' read -r key label scheme flags <<<"$run"
+    for i in "${!names[@]}"; do
+      name=${names[$i]}
+      out="$work/$name-$key-$rep"
+      echo "== $name: $label" >&2
+      # shellcheck disable=SC2086
+      if "$iicp" -q bench --target "$scheme://127.0.0.1:${ports[$i]}" $flags -d "$duration" \
+          --payload-bytes "$payload" --watch-pid "${procs[$i]}" --watch-pid "$stub_pid" --json \
+          >"$out.json" 2>"$out.err"; then
+        jq -c --arg node "$name" --arg run "$key" --arg title "$label" --argjson rep "$rep" \
+          '{node:$node, run:$run, title:$title, rep:$rep, r:.}' "$out.json" >>"$results"
+      else
+        echo "   failed: $(tail -n 1 "$out.err")" >&2
+        jq -nc --arg node "$name" --arg run "$key" --arg title "$label" --argjson rep "$rep" \
+          --arg err "$(tail -n 1 "$out.err")" '{node:$node, run:$run, title:$title, rep:$rep, error:$err}' >>"$results"
+      fi
+    done
+  done
+done
+
+# ---- machine-independent figures: context switches and system calls per task -----
+ctxsw() { # pid: voluntary + involuntary context switches of all its threads
+  cat /proc/"$1"/task/*/status 2>/dev/null |
+    awk '/^(voluntary|nonvoluntary)_ctxt_switches:/ {n += $2} END {print n + 0}'
+}
+sys_runs=(
+  "http64|HTTP keep-alive, 64 concurrent|http|-c 64"
+  "native64|native, 64 concurrent, 1 connection|iicp|-c 64 --connections 1"
+)
+sysres="$work/syscalls.tsv"
+: >"$sysres"
+for run in "${sys_runs[@]}"; do
   IFS='|' read -r key label scheme flags <<<"$run"
   for i in "${!names[@]}"; do
     name=${names[$i]}
-    echo "== $name: $label" >&2
+    [ "$name" = python-sdk ] && [ "${SYSCALL_PYTHON:-0}" != 1 ] && continue
+    pid=${procs[$i]}
+    target="$scheme://127.0.0.1:${ports[$i]}"
+    echo "== $name: $label, $syscall_tasks tasks: context switches, then system calls (strace)" >&2
+    c0=$(ctxsw "$pid")
     # shellcheck disable=SC2086
-    if "$iicp" -q bench --target "$scheme://127.0.0.1:${ports[$i]}" $flags -d "$duration" \
-        --payload-bytes "$payload" --watch-pid "${procs[$i]}" --watch-pid "$stub_pid" --json \
-        >"$work/$name-$key.json" 2>"$work/$name-$key.err"; then
-      jq -c --arg node "$name" --arg run "$key" --arg title "$label" \
-        '{node:$node, run:$run, title:$title, r:.}' "$work/$name-$key.json" >>"$results"
-    else
-      echo "   failed: $(tail -n 1 "$work/$name-$key.err")" >&2
-      jq -nc --arg node "$name" --arg run "$key" --arg title "$label" \
-        --arg err "$(tail -n 1 "$work/$name-$key.err")" '{node:$node, run:$run, title:$title, error:$err}' >>"$results"
-    fi
+    "$iicp" -q bench --target "$target" $flags -n "$syscall_tasks" --warmup 0s \
+      --payload-bytes "$payload" >/dev/null 2>&1 || { echo "   failed" >&2; continue; }
+    c1=$(ctxsw "$pid")
+    strace -c -f -p "$pid" -o "$work/strace-$name-$key.txt" 2>"$work/strace-$name-$key.err" &
+    spid=$!
+    # wait until every thread is attached
+    for _ in $(seq 1 50); do
+      [ "$(grep -c attached "$work/strace-$name-$key.err" 2>/dev/null)" -ge "$(ls /proc/"$pid"/task | wc -l)" ] && break
+      sleep 0.1
+    done
+    # shellcheck disable=SC2086
+    "$iicp" -q bench --target "$target" $flags -n "$syscall_tasks" --warmup 0s \
+      --payload-bytes "$payload" >/dev/null 2>&1 || echo "   failed under strace" >&2
+    kill -INT "$spid"
+    wait "$spid" 2>/dev/null || true
+    calls=$(awk '$NF == "total" {print $4}' "$work/strace-$name-$key.txt")
+    top=$(awk 'NR > 2 && $1 ~ /^[0-9.]+$/ && $NF != "total" {print $NF "=" $4}' "$work/strace-$name-$key.txt" |
+      sort -t= -k2 -nr | head -n 4 | tr '\n' ' ')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$name" "$syscall_tasks" "$((c1 - c0))" "${calls:-0}" "$top" >>"$sysres"
   done
 done
 echo "== stub model requests by path" >&2
@@ -111,7 +173,8 @@ sleep 0.5
 cat "$work/stub.log" >&2
 
 # ---- the table -----------------------------------------------------------------
-cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)
+cpu=$(sed -n 's/^model name[[:space:]]*: *//p' /proc/cpuinfo | head -n 1)
+cores=$(grep -c '^processor' /proc/cpuinfo)
 mem=$(free -g | awk '/^Mem:/ {print $2}')
 rustv=$(rustc --version | cut -d' ' -f2)
 rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -119,26 +182,46 @@ dirty=$(git diff --quiet 2>/dev/null || echo "+uncommitted changes")
 pyv=$("$IICP_PEER_PYTHON" -c 'import importlib.metadata as m; print(m.version("iicp-client"))')
 rsv=$("$rs_node" --version 2>/dev/null | awk '{print $NF}')
 when=$(date -u '+%Y-%m-%d %H:%M UTC')
-load=$(cut -d' ' -f1-3 /proc/loadavg)
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+host=$(hostname)
 
 table=$(jq -rs '
   def f0: (. * 1 | round | tostring);
   def us: if . >= 1000 then ((. / 10 | round) / 100 | tostring) + " ms" else ((. | round) | tostring) + " µs" end;
-  def cpu: (.cpu_seconds_per_1000 * 1000 | round | tostring) + " µs";
+  def cpu: (. * 1000 | round);
   def mib: if . == null then "-" else ((. / 1048576 * 10 | round) / 10 | tostring) + " MiB" end;
-  (map(select(.node == "iicp-rs" and .r != null)) | map({key: .run, value: .r.throughput_rps}) | from_entries) as $ours
-  | "| run | node | tasks/s | ours ÷ theirs | p50 | p90 | p99 | max | errors | node CPU per task | node RSS | bench CPU per task |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    (.[] | if .r == null then
-        "| \(.title) | \(.node) | failed: \(.error) | | | | | | | | | |"
-      else
-        .r as $r | ($r.watched | map(select(.pid != null)) | .[0]) as $n
-        | "| \(.title) | \(.node) | \($r.throughput_rps | f0) | "
-          + (if (.node | startswith("iicp-rs")) or $r.throughput_rps == 0 then "—" else (($ours[.run] // 0) / $r.throughput_rps * 10 | round / 10 | tostring) + "×" end)
-          + " | \($r.latency.p50_us | us) | \($r.latency.p90_us | us) | \($r.latency.p99_us | us) | \($r.latency.max_us | us) | \($r.errors)"
-          + " | \($n | cpu) | \($n.rss_bytes | mib) | \($r.generator | cpu) |"
-      end)
+  def range(f): (map(f) | if length == 0 then "-" elif min == max then (min | tostring) else "\(min)–\(max)" end);
+  # numbers in, "min–max" out (min and max taken on the numbers, not on their text)
+  def urange: (if length == 0 then "-" elif min == max then (min | us) else "\(min | us) – \(max | us)" end);
+  def node: (.r.watched | map(select(.pid != null)) | .[0]);
+  (map(select(.node == "iicp-rs" and .r != null)) | map({key: "\(.run)/\(.rep)", value: .r.throughput_rps}) | from_entries) as $ours
+  | "| run | node | tasks/s: best (range) | ours ÷ theirs (range) | p50 (range) | p99 (range) | errors | node CPU per task, µs (range) | node RSS (max) | bench CPU per task, µs (range) |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+    (to_entries | map(.value + {i: .key}) | group_by(.run + "/" + .node) | sort_by(.[0].i) | .[]
+      | . as $g | ($g | map(select(.r != null))) as $ok | $g[0] as $h
+      | if ($ok | length) == 0 then
+          "| \($h.title) | \($h.node) | failed: \($g[0].error) | | | | | | | |"
+        else
+          ($ok | map(.r.throughput_rps)) as $tps
+          | ($ok | map(select(.r.throughput_rps > 0 and ($ours["\(.run)/\(.rep)"] != null)) | ($ours["\(.run)/\(.rep)"] / .r.throughput_rps * 10 | round / 10))) as $ratios
+          | "| \($h.title) | \($h.node) | \($tps | max | f0) (\($tps | min | f0)–\($tps | max | f0), \($ok | length) runs) | "
+            + (if ($h.node | startswith("iicp-rs")) or ($ratios | length) == 0 then "—"
+               elif ($ratios | min) == ($ratios | max) then "\($ratios | min)×"
+               else "\($ratios | min)–\($ratios | max)×" end)
+            + " | \($ok | map(.r.latency.p50_us) | urange) | \($ok | map(.r.latency.p99_us) | urange)"
+            + " | \($ok | map(.r.errors) | add) | \($ok | range(node | .cpu_seconds_per_1000 | cpu))"
+            + " | \($ok | map(node | .rss_bytes) | max | mib) | \($ok | range(.r.generator.cpu_seconds_per_1000 | cpu)) |"
+        end)
 ' "$results")
+
+sys_table=$(
+  echo "| run | node | tasks | context switches per task | system calls per task | most frequent calls (count) |"
+  echo "|---|---|---|---|---|---|"
+  while IFS=$'\t' read -r label name n cs calls top; do
+    echo "| $label | $name | $n | $(awk -v a="$cs" -v n="$n" 'BEGIN {printf "%.2f", a / n}') | $(awk -v a="$calls" -v n="$n" 'BEGIN {printf "%.2f", a / n}') | $top|"
+  done <"$sysres"
+)
+loads_list=$(printf '%s; ' "${loads[@]}")
 
 section=$(cat <<EOF
 <!-- bench-peers:begin (generated by scripts/bench-peers.sh; a rerun replaces this section) -->
@@ -148,7 +231,8 @@ All three nodes ran at the same time on this machine, each with \`--skip-registr
 (ours: the \`bench_node\` example), \`max_concurrent\` 256 and no per-origin rate limit,
 behind the same \`iicp stub-model\` backend (zero delay, fixed small completion), and were
 loaded one after the other by \`iicp bench\` with identical settings: ${duration} measured
-after a 1 s warm-up, ${payload}-byte chat payloads, plaintext tasks (no IICP-CX), a fresh
+after a 1 s warm-up, the whole set repeated ${runs_n} times (each figure is the range over
+the repetitions; "ours ÷ theirs" is computed within each repetition), ${payload}-byte chat payloads, plaintext tasks (no IICP-CX), a fresh
 UUID task id per task. "ours ÷ theirs" is our node's throughput (\`iicp-rs\`, default
 runtime: one worker thread per core) divided by that node's in the same run;
 \`iicp-rs-1t\` is the same node on one runtime thread (\`iicp --worker-threads 1\`),
@@ -160,8 +244,9 @@ resolution); RSS is at the end of the run.
 scripts/bench-peers.sh --duration ${duration}
 \`\`\`
 
-Machine: ${cpu}, $(nproc) vCPU, ${mem} GiB, Linux $(uname -r); load average before the
-run ${load} (other work shares these cores). Versions: iicp-rs ${rev}${dirty:+ (${dirty})},
+Machine: ${cpu}, ${cores} vCPU (/proc/cpuinfo), ${mem} GiB, host ${host}, Linux $(uname -r);
+load average before the first run ${load_start}, before each repetition ${loads_list%; },
+after the last ${load_end} (other work shares these cores). Versions: iicp-rs ${rev}${dirty:+ (${dirty})},
 Rust ${rustv}; Python SDK iicp-client ${pyv} (\`iicp-node serve\`); Rust SDK iicp-client
 ${rsv} (\`iicp-node serve\`). Measured ${when}.
 
@@ -171,6 +256,16 @@ The load generator, the stub and the three nodes share the same 2 cores, so a no
 throughput at 64 concurrent is bounded by the CPU the whole chain needs per task
 (generator + node + stub, two loopback TCP hops); "node CPU per task" is the number that
 compares the nodes' own cost.
+
+Machine-independent figures, per node and ${syscall_tasks} tasks at 64 concurrent
+(\`iicp bench -n ${syscall_tasks} --warmup 0s\`): context switches of all the node's threads
+(from /proc/PID/task/*/status, a pass without tracing) and its system calls (a second
+pass under \`strace -c -f -p PID\`; tracing slows the node, which lets more replies share
+a write, so read it as an upper bound on what the node needs), each divided by the tasks.
+A node that forwards to an HTTP backend needs at least 4 calls per task (read the request,
+write to the backend, read its answer, write the reply).
+
+${sys_table}
 <!-- bench-peers:end -->
 EOF
 )

@@ -4,13 +4,19 @@
 //! for the memory and the SQLite store.
 //!
 //! `cargo run --release -p iicp-directory --example dirbench -- [NODES] [REQUESTS] [CONCURRENCY]`
+//!
+//! Environment: `DIRBENCH_STORES=memory,sqlite` (the default: both) picks the stores;
+//! `DIRBENCH_SKIP_DISCOVER=1` runs only register and heartbeats (for `strace -c -f`).
+//! Each store reports the RSS growth of the process over its registrations (RSS delta
+//! / nodes: the working set, the store and the allocator's slack), and the SQLite store
+//! the transactions its group-commit writer used for the heartbeats.
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use iicp_directory::store::{MemoryStore, SqliteStore};
+use iicp_directory::store::{GroupCommitStats, MemoryStore, SqliteStore};
 use iicp_directory::Directory;
 use iicp_transport::http::{HttpClient, HttpClientConfig};
 use iicp_transport::listener::{Listener, ListenerConfig};
@@ -22,7 +28,27 @@ fn pct(samples: &mut [Duration], q: f64) -> Duration {
     samples[((samples.len() as f64 - 1.0) * q).round() as usize]
 }
 
-async fn run(label: &str, directory: Directory, nodes: usize, requests: usize, concurrency: usize) {
+/// Resident set size of this process in KiB (`VmRSS`).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn run(
+    label: &str,
+    directory: Directory,
+    sqlite: Option<SqliteStore>,
+    nodes: usize,
+    requests: usize,
+    concurrency: usize,
+) {
+    let skip_discover = std::env::var_os("DIRBENCH_SKIP_DISCOVER").is_some();
     let listener = Listener::bind(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         ListenerConfig::default(),
@@ -43,6 +69,7 @@ async fn run(label: &str, directory: Directory, nodes: usize, requests: usize, c
     let http = HttpClient::new(config).unwrap();
 
     // register
+    let rss0 = rss_kib();
     let t0 = Instant::now();
     let mut creds: Vec<(String, String)> = Vec::with_capacity(nodes);
     let regions = ["eu-central", "us-west", "ap-south", "sa-east"];
@@ -75,11 +102,23 @@ async fn run(label: &str, directory: Directory, nodes: usize, requests: usize, c
         }
     }
     let reg = t0.elapsed();
+    let rss1 = rss_kib();
     println!(
-        "{label}: registered {nodes} nodes in {reg:.2?} ({:.0}/s at concurrency {concurrency})",
-        nodes as f64 / reg.as_secs_f64()
+        "{label}: registered {nodes} nodes in {reg:.2?} ({:.0}/s at concurrency {concurrency}); RSS {} -> {} MiB, {:.0} bytes per node",
+        nodes as f64 / reg.as_secs_f64(),
+        rss0 / 1024,
+        rss1 / 1024,
+        (rss1.saturating_sub(rss0) * 1024) as f64 / nodes.max(1) as f64
     );
+    if !skip_discover {
+        discover(label, &http, &base).await;
+    }
+    heartbeats(label, &http, &base, creds, sqlite, requests, concurrency).await;
+    trigger.fire();
+    let _ = server.await;
+}
 
+async fn discover(label: &str, http: &HttpClient, base: &str) {
     // discover latency, one at a time
     for (limit, region) in [(10, ""), (50, "&region=eu-central"), (10, "&model=model-3")] {
         let url = format!("{base}/v1/discover?intent=urn:iicp:intent:llm:chat:v1&qos=best-effort&limit={limit}{region}");
@@ -130,7 +169,7 @@ async fn run(label: &str, directory: Directory, nodes: usize, requests: usize, c
     let start = Arc::new(tokio::sync::Barrier::new(clients + 1));
     let mut workers = Vec::new();
     for w in 0..clients {
-        let (http, base, start) = (http.clone(), base.clone(), Arc::clone(&start));
+        let (http, base, start) = (http.clone(), base.to_owned(), Arc::clone(&start));
         workers.push(tokio::spawn(async move {
             let queries = ["", "&region=eu-central&limit=50", "&model=model-3"];
             let mut lat = Vec::with_capacity(per_client);
@@ -166,13 +205,26 @@ async fn run(label: &str, directory: Directory, nodes: usize, requests: usize, c
         pct(&mut lat, 0.5),
         pct(&mut lat, 0.99)
     );
+}
 
-    // heartbeat throughput
+async fn heartbeats(
+    label: &str,
+    http: &HttpClient,
+    base: &str,
+    creds: Vec<(String, String)>,
+    sqlite: Option<SqliteStore>,
+    requests: usize,
+    concurrency: usize,
+) {
+    if requests == 0 {
+        return;
+    }
     let creds = Arc::new(creds);
+    let stats0 = sqlite.as_ref().map(SqliteStore::group_commit_stats);
     let t0 = Instant::now();
     let mut workers = Vec::new();
     for w in 0..concurrency {
-        let (http, creds, base) = (http.clone(), Arc::clone(&creds), base.clone());
+        let (http, creds, base) = (http.clone(), Arc::clone(&creds), base.to_owned());
         workers.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut i = w;
@@ -206,8 +258,17 @@ async fn run(label: &str, directory: Directory, nodes: usize, requests: usize, c
         pct(&mut lat, 0.5),
         pct(&mut lat, 0.99)
     );
-    trigger.fire();
-    let _ = server.await;
+    if let (Some(store), Some(before)) = (sqlite, stats0) {
+        let after: GroupCommitStats = store.group_commit_stats();
+        let commits = after.commits - before.commits;
+        let writes = after.writes - before.writes;
+        println!(
+            "{label}: group commit: {writes} heartbeats in {commits} transactions = {:.3} transactions (WAL fsyncs) per heartbeat, {:.1} per transaction, largest {}",
+            commits as f64 / writes.max(1) as f64,
+            writes as f64 / commits.max(1) as f64,
+            after.largest_batch
+        );
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -225,25 +286,32 @@ async fn main() {
             .liveness_probe(false)
             .register_rate_limit(u32::MAX, Duration::from_secs(60))
     };
-    run(
-        "memory",
-        builder().store(MemoryStore::new()).build().await.unwrap(),
-        nodes,
-        requests,
-        concurrency,
-    )
-    .await;
-    let path = std::env::temp_dir().join(format!("iicp-dirbench-{}.db", std::process::id()));
-    let store = SqliteStore::open_async(&path).await.unwrap();
-    run(
-        "sqlite",
-        builder().store(store).build().await.unwrap(),
-        nodes,
-        requests,
-        concurrency,
-    )
-    .await;
-    for ext in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+    let stores = std::env::var("DIRBENCH_STORES").unwrap_or_else(|_| "memory,sqlite".into());
+    if stores.split(',').any(|s| s == "memory") {
+        run(
+            "memory",
+            builder().store(MemoryStore::new()).build().await.unwrap(),
+            None,
+            nodes,
+            requests,
+            concurrency,
+        )
+        .await;
+    }
+    if stores.split(',').any(|s| s == "sqlite") {
+        let path = std::env::temp_dir().join(format!("iicp-dirbench-{}.db", std::process::id()));
+        let store = SqliteStore::open_async(&path).await.unwrap();
+        run(
+            "sqlite",
+            builder().store(store.clone()).build().await.unwrap(),
+            Some(store),
+            nodes,
+            requests,
+            concurrency,
+        )
+        .await;
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+        }
     }
 }

@@ -28,6 +28,10 @@ pub enum StoreError {
     /// Filesystem error (opening or creating the database).
     #[error("storage I/O error")]
     Io(#[source] std::io::Error),
+    /// The group-commit transaction that held this write failed and was rolled back:
+    /// the write is not stored. Every write of that transaction gets this error.
+    #[error("the group commit holding this write failed; nothing of it was stored")]
+    GroupCommit(#[source] std::sync::Arc<StoreError>),
 }
 
 impl From<rusqlite::Error> for StoreError {

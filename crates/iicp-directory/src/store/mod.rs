@@ -25,7 +25,7 @@ use serde_json::{Map, Value};
 use iicp_proto::secret::Secret;
 
 pub use memory::MemoryStore;
-pub use sqlite::SqliteStore;
+pub use sqlite::{GroupCommitStats, SqliteStore, MAX_GROUP_COMMIT};
 
 use crate::error::StoreError;
 

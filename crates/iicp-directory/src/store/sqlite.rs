@@ -1,7 +1,17 @@
 //! SQLite [`Store`] (rusqlite, bundled SQLite): one database file, WAL journal,
 //! `synchronous=FULL` so every acknowledged write survives a crash or power loss,
-//! numbered schema migrations in a transaction, and every call on the blocking thread
-//! pool (`spawn_blocking`), never on the async runtime threads.
+//! numbered schema migrations in a transaction, and every call off the async runtime
+//! threads: [`Store::put_state`] (heartbeats, probe results) on one writer thread with
+//! group commit, everything else on the blocking thread pool (`spawn_blocking`).
+//!
+//! Group commit (`docs/adr/0014-heartbeat-group-commit.md`): `put_state` hands its row
+//! to the writer thread and waits. The writer takes the first waiting write and every
+//! other one already queued (at most [`MAX_GROUP_COMMIT`]), applies them in one
+//! `IMMEDIATE` transaction and commits it (one WAL fsync), and only then answers each
+//! caller. It never waits for more writes to arrive: a lone write commits at once, and
+//! writes batch up by themselves while a commit is in flight. If the transaction fails,
+//! it is rolled back and every write in it gets [`StoreError::GroupCommit`]; nothing is
+//! acknowledged that is not durable.
 //!
 //! Schema (version 1): `nodes` keeps indexed copies of `endpoint`,
 //! `transport_endpoint`, `region`, `cx_public_key`, the credential hashes and
@@ -10,7 +20,8 @@
 
 use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 
 use iicp_proto::secret::Secret;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -70,11 +81,56 @@ CREATE TABLE operators (
 );
 "#];
 
+/// Most `put_state` writes committed in one transaction by the group-commit writer.
+pub const MAX_GROUP_COMMIT: usize = 1024;
+
+/// Counters of the group-commit writer (`put_state`), since the store was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupCommitStats {
+    /// Transactions the writer committed (each one WAL fsync with `synchronous=FULL`).
+    pub commits: u64,
+    /// Writes acknowledged as durable (the rows of those transactions).
+    pub writes: u64,
+    /// Transactions that failed and were rolled back.
+    pub failed_commits: u64,
+    /// Writes answered with [`StoreError::GroupCommit`].
+    pub failed_writes: u64,
+    /// The largest number of writes in one transaction.
+    pub largest_batch: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    commits: AtomicU64,
+    writes: AtomicU64,
+    failed_commits: AtomicU64,
+    failed_writes: AtomicU64,
+    largest_batch: AtomicU64,
+}
+
+/// One `put_state` waiting for the writer.
+struct StateWrite {
+    node_id: String,
+    state_json: String,
+    last_seen_ms: i64,
+    reply: tokio::sync::oneshot::Sender<Result<bool, StoreError>>,
+}
+
+/// The sending half of the writer thread's queue; the thread ends when the last clone
+/// of the store is dropped.
+#[derive(Debug)]
+struct Writer {
+    queue: mpsc::Sender<StateWrite>,
+    counters: Arc<Counters>,
+}
+
 /// A [`Store`] in one SQLite database file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    writer: Arc<Writer>,
 }
 
 impl SqliteStore {
@@ -92,10 +148,33 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
+        let conn = Arc::new(Mutex::new(conn));
+        let (queue, rx) = mpsc::channel();
+        let counters = Arc::new(Counters::default());
+        {
+            let (conn, counters) = (Arc::clone(&conn), Arc::clone(&counters));
+            std::thread::Builder::new()
+                .name("iicp-dir-sqlite-writer".into())
+                .spawn(move || writer_loop(&conn, &rx, &counters))
+                .map_err(StoreError::Io)?;
+        }
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            conn,
             path,
+            writer: Arc::new(Writer { queue, counters }),
         })
+    }
+
+    /// Counters of the group-commit writer: transactions and writes so far.
+    pub fn group_commit_stats(&self) -> GroupCommitStats {
+        let c = &self.writer.counters;
+        GroupCommitStats {
+            commits: c.commits.load(Ordering::Relaxed),
+            writes: c.writes.load(Ordering::Relaxed),
+            failed_commits: c.failed_commits.load(Ordering::Relaxed),
+            failed_writes: c.failed_writes.load(Ordering::Relaxed),
+            largest_batch: c.largest_batch.load(Ordering::Relaxed),
+        }
     }
 
     /// [`SqliteStore::open`] on the blocking thread pool.
@@ -132,6 +211,59 @@ impl SqliteStore {
             .map_err(|_| StoreError::Task)?
         })
     }
+}
+
+/// The group-commit writer: one transaction per batch of queued `put_state` writes,
+/// each caller answered after the commit (or the rollback).
+fn writer_loop(conn: &Mutex<Connection>, rx: &mpsc::Receiver<StateWrite>, counters: &Counters) {
+    let mut batch: Vec<StateWrite> = Vec::with_capacity(MAX_GROUP_COMMIT);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < MAX_GROUP_COMMIT {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let result = commit_states(&mut conn.lock(), &batch);
+        let n = batch.len() as u64;
+        match result {
+            Ok(found) => {
+                counters.commits.fetch_add(1, Ordering::Relaxed);
+                counters.writes.fetch_add(n, Ordering::Relaxed);
+                counters.largest_batch.fetch_max(n, Ordering::Relaxed);
+                for (w, found) in batch.drain(..).zip(found) {
+                    let _ = w.reply.send(Ok(found));
+                }
+            }
+            Err(err) => {
+                counters.failed_commits.fetch_add(1, Ordering::Relaxed);
+                counters.failed_writes.fetch_add(n, Ordering::Relaxed);
+                tracing::error!(error = %err, writes = n, "directory group commit failed; rolled back");
+                let err = Arc::new(err);
+                for w in batch.drain(..) {
+                    let _ = w.reply.send(Err(StoreError::GroupCommit(Arc::clone(&err))));
+                }
+            }
+        }
+    }
+}
+
+/// Applies `batch` in one `IMMEDIATE` transaction; for each write whether its node
+/// exists. On any error the transaction is rolled back (dropped uncommitted).
+fn commit_states(conn: &mut Connection, batch: &[StateWrite]) -> Result<Vec<bool>, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut found = Vec::with_capacity(batch.len());
+    {
+        let mut stmt = tx.prepare_cached(
+            "UPDATE nodes SET state_json = ?2, last_seen_ms = ?3 WHERE node_id = ?1",
+        )?;
+        for w in batch {
+            found.push(stmt.execute(params![w.node_id, w.state_json, w.last_seen_ms])? > 0);
+        }
+    }
+    tx.commit()?;
+    Ok(found)
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -271,13 +403,25 @@ impl Store for SqliteStore {
         })
     }
 
+    /// Queued to the group-commit writer at once (not on first poll); resolves after
+    /// the transaction holding it is durable, or with [`StoreError::GroupCommit`] if
+    /// that transaction failed.
     fn put_state(&self, node_id: String, state: NodeState) -> StoreFuture<'_, bool> {
-        self.run(move |conn| {
-            let n = conn.execute(
-                "UPDATE nodes SET state_json = ?2, last_seen_ms = ?3 WHERE node_id = ?1",
-                params![node_id, state_json(&state)?, to_i64(state.last_seen_ms)],
-            )?;
-            Ok(n > 0)
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let queued = state_json(&state).and_then(|state_json| {
+            self.writer
+                .queue
+                .send(StateWrite {
+                    node_id,
+                    state_json,
+                    last_seen_ms: to_i64(state.last_seen_ms),
+                    reply,
+                })
+                .map_err(|_| StoreError::Task)
+        });
+        Box::pin(async move {
+            queued?;
+            answer.await.map_err(|_| StoreError::Task)?
         })
     }
 
