@@ -94,8 +94,9 @@ impl TaskHandler for BackendHandler {
                 .chat_stream(&task.payload, Some(task.deadline))
                 .await
                 .map_err(map_error)?;
-            // one chunk is held back: the last one is the terminal's result
-            let mut held: Option<Value> = None;
+            // every chunk goes out as it arrives (holding one back for the terminal
+            // would delay each by a token); the terminal carries none ([life] §4: a
+            // completed event may omit an empty last chunk)
             let mut tokens: Option<u64> = None;
             let mut model: Option<String> = None;
             while let Some(next) = stream.next().await {
@@ -109,14 +110,12 @@ impl TaskHandler for BackendHandler {
                         .and_then(Value::as_str)
                         .map(str::to_owned);
                 }
-                if let Some(prev) = held.replace(chunk) {
-                    if chunks.send(prev, tokens).await.is_err() {
-                        // nobody reads any more: dropping the stream ends the request
-                        return Err(HandlerError::backend("the task's stream was closed"));
-                    }
+                if chunks.send(chunk, tokens).await.is_err() {
+                    // nobody reads any more: dropping the stream ends the request
+                    return Err(HandlerError::backend("the task's stream was closed"));
                 }
             }
-            let mut output = TaskOutput::new(held.unwrap_or(Value::Null));
+            let mut output = TaskOutput::new(Value::Null);
             if let Some(t) = tokens {
                 output = output.with_tokens(t);
             }
