@@ -2,6 +2,7 @@
 
 pub(crate) mod bench;
 pub(crate) mod bench_proxy;
+pub(crate) mod bench_stream;
 pub(crate) mod chat;
 pub(crate) mod common;
 pub(crate) mod completion;

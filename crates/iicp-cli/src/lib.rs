@@ -86,6 +86,9 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Measure what the proxy costs: the same chats through it and through the client.
     BenchProxy(cmd::bench_proxy::Args),
+    /// Measure what streaming costs: time to the first token through the mesh against
+    /// the model server's own, and the node's CPU per streamed chunk.
+    BenchStream(cmd::bench_stream::Args),
     /// Run a fast OpenAI-compatible stub model server (a benchmark backend).
     StubModel(cmd::stub_model::Args),
 }
@@ -129,7 +132,10 @@ pub fn run(bin: &'static str) -> ExitCode {
     };
     // the dev mesh prints its own summary; its expected warnings (loopback endpoints,
     // plaintext native) would only be noise there
-    let quiet_default = matches!(cli.command, Command::Dev(_) | Command::BenchProxy(_));
+    let quiet_default = matches!(
+        cli.command,
+        Command::Dev(_) | Command::BenchProxy(_) | Command::BenchStream(_)
+    );
     init_logging(cli.verbose, cli.quiet, quiet_default);
     let mut builder = match cli.worker_threads {
         1 => tokio::runtime::Builder::new_current_thread(),
@@ -164,6 +170,7 @@ pub fn run(bin: &'static str) -> ExitCode {
             Command::Proxy(args) => cmd::proxy::run(args).await,
             Command::Bench(args) => cmd::bench::run(args).await,
             Command::BenchProxy(args) => cmd::bench_proxy::run(args).await,
+            Command::BenchStream(args) => cmd::bench_stream::run(args).await,
             Command::StubModel(args) => cmd::stub_model::run(args).await,
             Command::Completion(args) => {
                 cmd::completion::run(args, bin, &mut Cli::command().name(bin))

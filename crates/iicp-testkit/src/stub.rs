@@ -51,9 +51,9 @@ impl StubModel {
         })
     }
 
-    /// A stub whose streamed answers are `tokens` content chunks (`"t0 "`, `"t1 "`, …)
-    /// written `every` apart, then the finish chunk with usage and `[DONE]`, as a model
-    /// server generating tokens does. A reader that leaves early is counted
+    /// A stub whose streamed answers are `tokens` content chunks (`"t0 "`, `"t1 "`, …;
+    /// fewer when the request's `max_tokens` says so) written `every` apart, then the
+    /// finish chunk with usage and `[DONE]`, as a model server generating tokens does. A reader that leaves early is counted
     /// ([`StubModel::disconnects`]) and the generation stops.
     pub fn paced(model: impl Into<String>, tokens: usize, every: Duration) -> Arc<Self> {
         let mut s = Self::new(model, Duration::ZERO);
@@ -105,6 +105,8 @@ struct CompletionRequest {
     model: Option<String>,
     #[serde(default)]
     stream: Option<bool>,
+    #[serde(default)]
+    max_tokens: Option<usize>,
 }
 
 fn completion(stub: &StubModel, model: &str, path: &str) -> Vec<u8> {
@@ -207,6 +209,7 @@ async fn complete(stub: Arc<StubModel>, mut req: Request) -> Response {
     let parsed: CompletionRequest = serde_json::from_slice(&body).unwrap_or(CompletionRequest {
         model: None,
         stream: None,
+        max_tokens: None,
     });
     if !stub.delay.is_zero() {
         tokio::time::sleep(stub.delay).await;
@@ -216,6 +219,8 @@ async fn complete(stub: Arc<StubModel>, mut req: Request) -> Response {
         stub.completions.fetch_add(1, Ordering::Relaxed);
         if let Some((tokens, every)) = stub.pacing {
             let model = model.to_owned();
+            // a request's `max_tokens` shortens the answer, as a model server's does
+            let tokens = parsed.max_tokens.map_or(tokens, |m| m.min(tokens));
             return paced(stub, model, tokens, every);
         }
         let mut response = json_bytes(StatusCode::OK, sse(model).into());

@@ -1,0 +1,449 @@
+//! `bench-stream`: what streaming through the mesh costs (issue 19's benchmark).
+//!
+//! One private mesh on this machine: the embedded directory, one node whose model
+//! server streams (the built-in paced stub — `--tokens` content chunks `--token-delay-ms`
+//! apart — or `--backend-url`, e.g. llama.cpp's server), and this process's clients.
+//! The node runs on a runtime of its own, on one thread, so that its CPU time can be
+//! read apart from the clients' and the model server's (`/proc/self/task/TID/schedstat`,
+//! nanoseconds).
+//!
+//! Reported:
+//! * time to the first token: calling the model server directly (a streamed
+//!   `POST /chat/completions`, until the first content chunk) and through the mesh
+//!   (`Client::chat_stream`, until the first non-empty delta; discovery cached, IICP-CX
+//!   on), over HTTP and native — p50/p90/p99, and the mesh's p50 minus the direct p50;
+//! * the node's CPU per streamed chunk: the node thread's CPU time over tasks of
+//!   `--tokens` chunks minus that over one-chunk tasks, divided by the extra chunks
+//!   (the stub's pacing is off for this part).
+
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use iicp_backends::{BackendConfig, BackendKind};
+use iicp_client::{ChatEvent, ChatMessage, ChatOptions, ChatRequest, Client, Transport};
+use iicp_directory::store::MemoryStore;
+use iicp_directory::Directory;
+use iicp_node::backend::BackendHandler;
+use iicp_node::{Node, ServeOptions};
+use iicp_testkit::load::Histogram;
+use iicp_testkit::stub::StubModel;
+use iicp_transport::http::client::{HttpClient, HttpClientConfig};
+use iicp_transport::listener::{Listener, ListenerConfig};
+use iicp_transport::shutdown;
+use serde_json::json;
+
+use super::bench::ms;
+
+/// Arguments of `bench-stream`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Measured chats per path (after 20 unmeasured).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    rounds: u32,
+    /// Content chunks of each streamed answer (the stub's; a cap for a model server).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(2..=4096))]
+    tokens: u32,
+    /// The stub's delay between tokens, in ms.
+    #[arg(long, default_value_t = 5)]
+    token_delay_ms: u64,
+    /// An OpenAI-compatible model server that streams (e.g. `http://127.0.0.1:8080/v1`)
+    /// instead of the built-in paced stub.
+    #[arg(long, value_name = "URL")]
+    backend_url: Option<String>,
+    /// The model to ask the server for.
+    #[arg(long, default_value = "stub")]
+    model: String,
+    /// Tasks per side of the CPU-per-chunk measurement (0: skip it).
+    #[arg(long, default_value_t = 300)]
+    cpu_tasks: u32,
+    /// Print the results as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The node's thread: its id (for its CPU time) and how to stop it.
+struct NodeThread {
+    tid: u32,
+    trigger: shutdown::Trigger,
+    join: std::thread::JoinHandle<()>,
+}
+
+/// CPU time the thread `tid` of this process has used, in ns.
+fn thread_cpu_ns(tid: u32) -> anyhow::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+        .context("reading the node thread's schedstat")?;
+    s.split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .context("unexpected schedstat")
+}
+
+/// Starts the node on its own one-thread runtime, in front of `backend_url`, registered
+/// with `dir_url`.
+fn start_node(dir_url: String, backend_url: String, model: String) -> anyhow::Result<NodeThread> {
+    let (tx, rx) = std_mpsc::channel();
+    let (trigger, stop) = shutdown::channel();
+    let join = std::thread::Builder::new()
+        .name("bench-node".into())
+        .spawn(move || {
+            let tid = std::fs::read_link("/proc/thread-self").ok().and_then(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.parse::<u32>().ok())
+            });
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(anyhow::Error::new(e)));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let started = async {
+                    let listener = Listener::bind(
+                        (std::net::Ipv4Addr::LOCALHOST, 0).into(),
+                        ListenerConfig::default(),
+                    )
+                    .await?;
+                    let addr = listener.local_addr()?;
+                    let mut cfg = BackendConfig::new(BackendKind::OpenAiCompat);
+                    cfg.base_url = Some(backend_url);
+                    cfg.model = Some(model.clone());
+                    let backend = iicp_backends::build(cfg)?;
+                    let node = Node::builder()
+                        .endpoint(format!("http://{addr}"))
+                        .intent(iicp_client::CHAT_INTENT)
+                        .model(model)
+                        .directory_url(dir_url)
+                        .max_concurrent(256)
+                        .build()?;
+                    let handle = node
+                        .serve(
+                            listener,
+                            BackendHandler::new(backend),
+                            ServeOptions::default(),
+                        )
+                        .await?;
+                    let t0 = Instant::now();
+                    while node.node_token().is_none() {
+                        if t0.elapsed() > Duration::from_secs(10) {
+                            bail!("the node did not register");
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Ok::<_, anyhow::Error>(handle)
+                };
+                match started.await {
+                    Ok(handle) => {
+                        let _ = tx.send(tid.context("no thread id"));
+                        stop.cancelled().await;
+                        handle.stop().await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            });
+        })?;
+    let tid = rx.recv().context("the node thread ended")??;
+    Ok(NodeThread { tid, trigger, join })
+}
+
+fn request(max_tokens: u32) -> ChatRequest {
+    let mut r = ChatRequest::new(vec![ChatMessage::new("user", "Tell me a story.")]);
+    r.max_tokens = Some(max_tokens);
+    r
+}
+
+/// Time to the first non-empty delta of one streamed chat; drains it to the end and
+/// returns the chunk count too.
+async fn mesh_once(client: &Client, max_tokens: u32) -> anyhow::Result<(Duration, usize)> {
+    let t0 = Instant::now();
+    let mut chat = client
+        .chat_stream(request(max_tokens), ChatOptions::default())
+        .await?;
+    let mut first = None;
+    let mut chunks = 0;
+    while let Some(ev) = chat.next().await {
+        match ev? {
+            ChatEvent::Delta(t) if !t.is_empty() => {
+                chunks += 1;
+                first.get_or_insert_with(|| t0.elapsed());
+            }
+            ChatEvent::Done(_) => break,
+            _ => {}
+        }
+    }
+    if !chat.is_streamed() {
+        bail!("the node answered buffered");
+    }
+    Ok((first.context("no text")?, chunks))
+}
+
+/// Time to the first content chunk calling the model server directly.
+async fn direct_once(
+    http: &HttpClient,
+    url: &str,
+    model: &str,
+    max_tokens: u32,
+) -> anyhow::Result<Duration> {
+    let body = json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "Tell me a story."}],
+        "max_tokens": max_tokens,
+        "stream": true,
+    });
+    let t0 = Instant::now();
+    let mut stream = http.post_json(url, &body).send_streaming().await?;
+    if !stream.status.is_success() {
+        bail!("the model server answered HTTP {}", stream.status);
+    }
+    let mut first = None;
+    let mut seen = Vec::new();
+    while let Some(chunk) = stream.chunk().await? {
+        if first.is_none() {
+            seen.extend_from_slice(&chunk);
+            // the first event with non-empty content
+            let text = String::from_utf8_lossy(&seen);
+            if text
+                .split("\n\n")
+                .filter_map(|e| e.strip_prefix("data: "))
+                .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+                .any(|v| {
+                    v.pointer("/choices/0/delta/content")
+                        .and_then(serde_json::Value::as_str)
+                        .is_some_and(|t| !t.is_empty())
+                })
+            {
+                first = Some(t0.elapsed());
+                seen.clear();
+            }
+        }
+    }
+    first.context("the model server sent no content")
+}
+
+struct Quantiles {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+}
+
+fn quantiles(h: &Histogram) -> Quantiles {
+    Quantiles {
+        p50: h.quantile_ns(0.5) / 1000.0,
+        p90: h.quantile_ns(0.9) / 1000.0,
+        p99: h.quantile_ns(0.99) / 1000.0,
+    }
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    // the model server: the paced stub unless one is given
+    let (_stub_server, backend_url, stub) = match &args.backend_url {
+        Some(url) => (None, url.trim_end_matches('/').to_owned(), None),
+        None => {
+            let stub = StubModel::paced(
+                args.model.clone(),
+                args.tokens as usize,
+                Duration::from_millis(args.token_delay_ms),
+            );
+            let server = iicp_testkit::server::serve(stub.router()).await?;
+            let url = format!("{}/v1", server.url());
+            (Some(server), url, Some(stub))
+        }
+    };
+    // the directory
+    let dir = Directory::builder()
+        .private_mesh(true)
+        .store(MemoryStore::new())
+        .build()
+        .await?;
+    let dl = Listener::bind(
+        (std::net::Ipv4Addr::LOCALHOST, 0).into(),
+        ListenerConfig::default(),
+    )
+    .await?;
+    let dir_url = format!("http://{}/api", dl.local_addr()?);
+    let (dir_trigger, dir_stop) = shutdown::channel();
+    let dir_task = tokio::spawn(async move { dir.serve(dl, dir_stop).await });
+    let node = start_node(dir_url.clone(), backend_url.clone(), args.model.clone())?;
+
+    let http = HttpClient::new(HttpClientConfig::default())?;
+    let chat_url = format!("{backend_url}/chat/completions");
+    let mut results = Vec::new();
+    // direct
+    for _ in 0..20 {
+        direct_once(&http, &chat_url, &args.model, args.tokens).await?;
+    }
+    let mut direct = Histogram::new();
+    for _ in 0..args.rounds {
+        direct.record(direct_once(&http, &chat_url, &args.model, args.tokens).await?);
+    }
+    results.push(("direct", quantiles(&direct), 0usize));
+    for (name, transport) in [
+        ("mesh, HTTP", Transport::Http),
+        ("mesh, native", Transport::Native),
+    ] {
+        let client = Client::builder()
+            .directory_url(dir_url.clone())
+            .allow_private_endpoints(true)
+            .transport(transport)
+            .build()?;
+        for _ in 0..20 {
+            mesh_once(&client, args.tokens).await?;
+        }
+        let mut h = Histogram::new();
+        let mut chunks = 0;
+        for _ in 0..args.rounds {
+            let (first, n) = mesh_once(&client, args.tokens).await?;
+            h.record(first);
+            chunks = n;
+        }
+        results.push((name, quantiles(&h), chunks));
+    }
+
+    // the node's CPU per chunk: many chunks against one, pacing off
+    let mut cpu = Vec::new();
+    if args.cpu_tasks > 0 {
+        let fast_stub = if stub.is_some() {
+            let s = StubModel::paced(args.model.clone(), args.tokens as usize, Duration::ZERO);
+            Some((iicp_testkit::server::serve(s.router()).await?, s))
+        } else {
+            None
+        };
+        // a second node in front of the unpaced stub (the paced one would dominate)
+        let cpu_node = match &fast_stub {
+            Some((server, _)) => Some(start_node(
+                dir_url.clone(),
+                format!("{}/v1", server.url()),
+                format!("{}-fast", args.model),
+            )?),
+            None => None,
+        };
+        let measured = cpu_node.as_ref().unwrap_or(&node);
+        let model = if cpu_node.is_some() {
+            format!("{}-fast", args.model)
+        } else {
+            args.model.clone()
+        };
+        for (name, transport) in [("HTTP", Transport::Http), ("native", Transport::Native)] {
+            let client = Client::builder()
+                .directory_url(dir_url.clone())
+                .allow_private_endpoints(true)
+                .transport(transport)
+                .build()?;
+            let options = ChatOptions {
+                model: Some(model.clone()),
+                ..ChatOptions::default()
+            };
+            let once = |max_tokens: u32| {
+                let client = &client;
+                let options = options.clone();
+                async move {
+                    let mut r = request(max_tokens);
+                    r.model = options.model.clone();
+                    let mut chat = client.chat_stream(r, options).await?;
+                    while let Some(ev) = chat.next().await {
+                        if let ChatEvent::Done(_) = ev? {
+                            break;
+                        }
+                    }
+                    Ok::<_, anyhow::Error>(())
+                }
+            };
+            for _ in 0..20 {
+                once(1).await?;
+                once(args.tokens).await?;
+            }
+            let mut per_task = [0f64; 2];
+            for (i, tokens) in [1, args.tokens].into_iter().enumerate() {
+                let before = thread_cpu_ns(measured.tid)?;
+                for _ in 0..args.cpu_tasks {
+                    once(tokens).await?;
+                }
+                let after = thread_cpu_ns(measured.tid)?;
+                per_task[i] = (after - before) as f64 / f64::from(args.cpu_tasks) / 1000.0;
+            }
+            let per_chunk = (per_task[1] - per_task[0]) / f64::from(args.tokens - 1);
+            cpu.push((name, per_task[0], per_task[1], per_chunk));
+        }
+        if let Some(n) = cpu_node {
+            n.trigger.fire();
+            let _ = n.join.join();
+        }
+    }
+    node.trigger.fire();
+    let _ = node.join.join();
+    dir_trigger.fire();
+    let _ = dir_task.await;
+
+    let direct_p50 = results[0].1.p50;
+    if args.json {
+        let ttft: Vec<_> = results
+            .iter()
+            .map(|(name, q, chunks)| {
+                json!({"path": name, "p50_us": q.p50, "p90_us": q.p90, "p99_us": q.p99,
+                "p50_minus_direct_us": q.p50 - direct_p50, "chunks": chunks})
+            })
+            .collect();
+        let cpu: Vec<_> = cpu
+            .iter()
+            .map(|(name, one, many, per)| {
+                json!({"transport": name, "cpu_us_per_1_chunk_task": one,
+                "cpu_us_per_many_chunk_task": many, "cpu_us_per_chunk": per})
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "rounds": args.rounds, "tokens": args.tokens, "token_delay_ms": args.token_delay_ms,
+                "backend": if stub.is_some() { "paced stub" } else { backend_url.as_str() },
+                "time_to_first_token": ttft, "node_cpu_per_chunk": cpu,
+            }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "time to first token, {} chats each ({} tokens, {}):",
+        args.rounds,
+        args.tokens,
+        if stub.is_some() {
+            format!("paced stub, {} ms apart", args.token_delay_ms)
+        } else {
+            backend_url.clone()
+        }
+    );
+    for (name, q, chunks) in &results {
+        let over = if *name == "direct" {
+            String::new()
+        } else {
+            format!(
+                "  (+{} over direct, {chunks} chunks)",
+                ms(q.p50 - direct_p50)
+            )
+        };
+        println!(
+            "  {name:<13} p50 {:>9}  p90 {:>9}  p99 {:>9}{over}",
+            ms(q.p50),
+            ms(q.p90),
+            ms(q.p99)
+        );
+    }
+    if !cpu.is_empty() {
+        println!("node CPU ({} tasks each side, pacing off):", args.cpu_tasks);
+        for (name, one, many, per) in &cpu {
+            println!(
+                "  {name:<7} {} per 1-chunk task, {} per {}-chunk task: {} per chunk",
+                ms(*one),
+                ms(*many),
+                args.tokens,
+                ms(*per)
+            );
+        }
+    }
+    Ok(())
+}
