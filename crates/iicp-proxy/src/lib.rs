@@ -72,6 +72,7 @@ mod models;
 mod ollama;
 mod openai;
 mod proxy;
+mod stream;
 
 pub use proxy::{
     Proxy, ProxyBuilder, ProxyError, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT,
