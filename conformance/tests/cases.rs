@@ -327,13 +327,17 @@ async fn lifecycle_cases_fail_against_a_drifting_stream() {
                                         } else {
                                             call_id.to_owned()
                                         }),
-                                        status: Some(if last { "success" } else { "partial" }.into()),
+                                        status: Some(
+                                            if last { "success" } else { "partial" }.into(),
+                                        ),
                                         result: Some(Body::cbor(&json!({"x": seq}))),
                                         is_final: Some(last),
                                         lifecycle: Some(Lifecycle {
                                             task_id: call.task_id.clone(),
                                             sequence: Some(seq),
-                                            event: Some(if last { "completed" } else { "partial" }.into()),
+                                            event: Some(
+                                                if last { "completed" } else { "partial" }.into(),
+                                            ),
                                             is_final: Some(last),
                                             receipt: None,
                                         }),

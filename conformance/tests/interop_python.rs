@@ -350,7 +350,13 @@ async fn python_stream_call_to_our_streaming_node() {
         peers::py_peer(
             &py,
             &scratch,
-            &["tcp-stream", "127.0.0.1", &port, task_id, "stream me please"],
+            &[
+                "tcp-stream",
+                "127.0.0.1",
+                &port,
+                task_id,
+                "stream me please",
+            ],
         ),
         &scratch,
         PEER_RUN_WITHIN,
@@ -380,7 +386,10 @@ async fn python_stream_call_to_our_streaming_node() {
     assert_eq!(last["status"], "success");
     assert_eq!(last["lifecycle"]["event"], "completed");
     assert_eq!(text, "echo: stream me please");
-    let call = events.iter().find(|e| e["event"] == "call").expect("base call");
+    let call = events
+        .iter()
+        .find(|e| e["event"] == "call")
+        .expect("base call");
     assert_eq!(
         call["result"]["choices"][0]["message"]["content"],
         "echo: stream me please"

@@ -625,7 +625,10 @@ async fn lifecycle_frames(
             .ok_or_else(|| {
                 Stop::assertion(
                     None,
-                    format!("closed after {} RESPONSEs, before a final one", frames.len()),
+                    format!(
+                        "closed after {} RESPONSEs, before a final one",
+                        frames.len()
+                    ),
                 )
             })?;
         let v = rx.json();
@@ -642,14 +645,15 @@ async fn lifecycle_frames(
         }
     }
     // nothing may follow the terminal
-    match c.recv_within(Duration::from_millis(300)).await {
-        Ok(Some(rx)) => {
-            return Err(Stop::assertion(
-                None,
-                format!("a frame after the terminal: type {:#04x} {}", rx.ty, rx.json()),
-            ))
-        }
-        Ok(None) | Err(_) => {}
+    if let Ok(Some(rx)) = c.recv_within(Duration::from_millis(300)).await {
+        return Err(Stop::assertion(
+            None,
+            format!(
+                "a frame after the terminal: type {:#04x} {}",
+                rx.ty,
+                rx.json()
+            ),
+        ));
     }
     Ok(Some(frames))
 }
@@ -658,18 +662,33 @@ async fn lifecycle_frames(
 fn check_lifecycle(frames: &[Value], task_id: &str, call_id: &str) -> Result<(), Stop> {
     for (i, v) in frames.iter().enumerate() {
         let env = &v["13"];
-        ensure(v["2"] == "lc-session", None, || format!("frame {i}: session_id drift: {v}"))?;
-        ensure(v["3"] == call_id, None, || format!("frame {i}: call_id (key 3) drift: {v}"))?;
-        ensure(env["1"] == task_id, None, || format!("frame {i}: task_id (13.1) drift: {v}"))?;
+        ensure(v["2"] == "lc-session", None, || {
+            format!("frame {i}: session_id drift: {v}")
+        })?;
+        ensure(v["3"] == call_id, None, || {
+            format!("frame {i}: call_id (key 3) drift: {v}")
+        })?;
+        ensure(env["1"] == task_id, None, || {
+            format!("frame {i}: task_id (13.1) drift: {v}")
+        })?;
         ensure(env["2"] == i as u64, None, || {
-            format!("frame {i}: sequence {} (expected {i}: 0-based, no gap)", env["2"])
+            format!(
+                "frame {i}: sequence {} (expected {i}: 0-based, no gap)",
+                env["2"]
+            )
         })?;
         ensure(v["12"] == env["4"], None, || {
-            format!("frame {i}: key 12 {} ≠ envelope is_final {}", v["12"], env["4"])
+            format!(
+                "frame {i}: key 12 {} ≠ envelope is_final {}",
+                v["12"], env["4"]
+            )
         })?;
         let last = i == frames.len() - 1;
         ensure(v["12"] == Value::Bool(last), None, || {
-            format!("frame {i}: is_final {} (only the last frame is final)", v["12"])
+            format!(
+                "frame {i}: is_final {} (only the last frame is final)",
+                v["12"]
+            )
         })?;
         let agrees = match (v["4"].as_str(), env["3"].as_str()) {
             (Some("partial"), Some("partial")) => !last,

@@ -694,9 +694,9 @@ async fn lifecycle_http(ctx: Arc<Ctx>) -> Outcome {
     ensure(state["task_id"] == id.as_str(), status_of(&r), || {
         format!("state names task {}", state["task_id"])
     })?;
-    let events_url = state["events_url"]
-        .as_str()
-        .ok_or_else(|| Stop::assertion(status_of(&r), "no events_url in the task state".to_owned()))?;
+    let events_url = state["events_url"].as_str().ok_or_else(|| {
+        Stop::assertion(status_of(&r), "no events_url in the task state".to_owned())
+    })?;
     let url = if events_url.starts_with("http") {
         events_url.to_owned()
     } else {
@@ -723,7 +723,10 @@ async fn lifecycle_http(ctx: Arc<Ctx>) -> Outcome {
         .map(|d| serde_json::from_str(d.trim()).unwrap_or(Value::Null))
         .collect();
     ensure(events.len() >= 2, status_of(&r), || {
-        format!("{} events; at least accepted and a terminal expected", events.len())
+        format!(
+            "{} events; at least accepted and a terminal expected",
+            events.len()
+        )
     })?;
     ensure(events[0]["event"] == "accepted", status_of(&r), || {
         format!("the first event is {}", events[0])
@@ -737,7 +740,10 @@ async fn lifecycle_http(ctx: Arc<Ctx>) -> Outcome {
             format!("event {i} names task {}", e["task_id"])
         })?;
         ensure(e["is_final"] == Value::Bool(last), status_of(&r), || {
-            format!("event {i}: is_final {} (only the last is final)", e["is_final"])
+            format!(
+                "event {i}: is_final {} (only the last is final)",
+                e["is_final"]
+            )
         })?;
         if !last {
             ensure(

@@ -224,6 +224,8 @@ fn dev_once_chats_over_both_transports() {
             c.contains("IICP-CX encrypted") && c.ends_with("echo: ping the mesh"),
             "{c}"
         );
+        // the echo nodes stream: the time to the first token and the chunk count
+        assert!(c.contains(", first token ") && c.contains(" chunks)"), "{c}");
     }
     assert!(
         stdout.contains("/api"),

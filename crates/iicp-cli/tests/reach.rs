@@ -192,6 +192,41 @@ async fn node_without_route_binds_an_elected_relay_and_is_reached_through_it() {
         .unwrap();
     assert_eq!(health.status.as_u16(), 200);
 
+    // our client streams a chat from the worker through the relay: the worker's
+    // lifecycle RESPONSEs pass the relay and arrive as server-sent events
+    let client = iicp_client::Client::builder()
+        .directory_url(dir.clone())
+        .allow_private_endpoints(true)
+        .encryption(iicp_client::Encryption::AllowPlaintext)
+        .build()
+        .unwrap();
+    let options = iicp_client::ChatOptions {
+        node_id: Some("worker-node-1".into()),
+        ..Default::default()
+    };
+    let request = iicp_client::ChatRequest::new(vec![iicp_client::ChatMessage::new(
+        "user",
+        "streamed through the relay",
+    )]);
+    let mut chat = client.chat_stream(request, options).await.unwrap();
+    assert!(chat.is_streamed(), "the worker streams");
+    let (mut deltas, mut text, mut done) = (0, String::new(), None);
+    while let Some(ev) = chat.next().await {
+        match ev.unwrap() {
+            iicp_client::ChatEvent::Delta(t) => {
+                deltas += 1;
+                text.push_str(&t);
+            }
+            iicp_client::ChatEvent::Done(r) => done = Some(r),
+            _ => {}
+        }
+    }
+    assert_eq!(text, "echo: streamed through the relay");
+    assert!(deltas > 1, "more than one chunk: {deltas}");
+    let done = done.expect("done");
+    assert_eq!(done.node_id, "worker-node-1");
+    assert_eq!(done.text(), "echo: streamed through the relay");
+
     // the worker's own refusals come back as they are (not as a relay failure)
     let unserved = json!({
         "task_id": "8e2f6a5b-3c4d-4e5f-9a0b-b1c2d3e4f5a6",

@@ -259,7 +259,24 @@ fn serve_registers_answers_chat_and_deregisters_on_sigterm() {
             String::from_utf8_lossy(&o.stdout).trim(),
             "echo: ping the node"
         );
+        // the echo node streams: printed as it arrived, with its first token time
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("first token after"), "{transport}: {err}");
     }
+    let o = run(iicp().env("IICP_HOME", &home).args([
+        "chat",
+        "all at once",
+        "--no-stream",
+        "--directory-url",
+        &url,
+        "--allow-private-endpoints",
+    ]));
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "echo: all at once"
+    );
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("first token"));
     let o = run(iicp().env("IICP_HOME", &home).args([
         "chat",
         "json please",
@@ -272,6 +289,9 @@ fn serve_registers_answers_chat_and_deregisters_on_sigterm() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(v["text"], "echo: json please");
     assert_eq!(v["node_id"], node_id.as_str());
+    assert_eq!(v["streamed"], true);
+    assert!(v["first_token_ms"].as_u64().is_some(), "{v}");
+    assert!(v["first_token_ms"].as_u64() <= v["latency_ms"].as_u64());
     // without --allow-private-endpoints the loopback node is refused (exit 1)
     let o = run(iicp()
         .env("IICP_HOME", &home)

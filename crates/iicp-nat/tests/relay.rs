@@ -458,3 +458,281 @@ async fn relay_port_collisions() {
     .unwrap_err();
     assert!(matches!(err, RelayError::PortInUse { .. }), "{err:?}");
 }
+
+/// A worker handler that streams: a CALL with key 24 gets `n` partial lifecycle frames
+/// (`"w0 "`, `"w1 "`, …) `every` apart, then the completed terminal; a cancel CONTROL
+/// for its task ends it with `cancelled`. With `skip`, it numbers its terminal wrong.
+struct Streamer {
+    n: u64,
+    every: Duration,
+    skip: bool,
+    cancelled: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+fn frame(call: &Call, seq: u64, event: &str, status: &str, result: Option<Value>) -> Response {
+    let last = status != "partial";
+    Response {
+        protocol_version: Some(1),
+        session_id: call.session_id.clone(),
+        call_id: call.call_id.clone(),
+        status: Some(status.into()),
+        result: result.map(|r| Body::cbor(&r)),
+        is_final: Some(last),
+        lifecycle: Some(iicp_proto::message::Lifecycle {
+            task_id: call.task_id.clone(),
+            sequence: Some(seq),
+            event: Some(event.into()),
+            is_final: Some(last),
+            receipt: None,
+        }),
+        ..Response::default()
+    }
+}
+
+impl CallHandler for Streamer {
+    fn handle(
+        &self,
+        call: Call,
+        _ctx: CallContext,
+    ) -> iicp_transport::native::BoxFuture<'static, Response> {
+        Box::pin(async move { Response::success(&call, Body::json(&json!({"buffered": true}))) })
+    }
+
+    fn handle_streaming(
+        &self,
+        call: Call,
+        ctx: CallContext,
+        partials: iicp_transport::native::PartialSender,
+    ) -> iicp_transport::native::BoxFuture<'static, Response> {
+        if call.task_id.is_none() {
+            return self.handle(call, ctx);
+        }
+        let (n, every, skip) = (self.n, self.every, self.skip);
+        let cancelled = Arc::clone(&self.cancelled);
+        Box::pin(async move {
+            let id = call.task_id.clone().unwrap_or_default();
+            for seq in 0..n {
+                if cancelled.lock().unwrap().contains(&id) {
+                    let mut r = frame(&call, seq, "cancelled", "error", None);
+                    r.error = Some(iicp_proto::message::ErrorMap {
+                        code: Some("cancelled".into()),
+                        message: Some("cancelled".into()),
+                    });
+                    return r;
+                }
+                let chunk =
+                    json!({"choices": [{"index": 0, "delta": {"content": format!("w{seq} ")}}]});
+                if partials
+                    .send(frame(&call, seq, "partial", "partial", Some(chunk)))
+                    .await
+                    .is_err()
+                {
+                    return frame(&call, seq, "failed", "error", None);
+                }
+                tokio::time::sleep(every).await;
+            }
+            let last = if skip { n + 1 } else { n };
+            frame(
+                &call,
+                last,
+                "completed",
+                "success",
+                Some(json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})),
+            )
+        })
+    }
+
+    fn control(&self, control: &iicp_proto::message::Control, _ctx: &CallContext) {
+        if control.action.as_deref() == Some("cancel") {
+            if let Some(id) = &control.task_id {
+                self.cancelled.lock().unwrap().push(id.clone());
+            }
+        }
+    }
+}
+
+fn sse_events(body: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(body)
+        .split("\n\n")
+        .filter_map(|m| m.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn lifecycle_streams_pass_through_the_relay() {
+    let relay = relay().await;
+    let cancelled = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let streamer = Streamer {
+        n: 3,
+        every: Duration::from_millis(10),
+        skip: false,
+        cancelled: Arc::clone(&cancelled),
+    };
+    let worker = RelayWorker::spawn(worker_config(&relay, "w-s"), Arc::new(streamer), None);
+    let endpoint = worker
+        .wait_bound(Duration::from_secs(5))
+        .await
+        .expect("bound");
+    let id = "5b8c6d1e-2f3a-4b5c-8d9e-0f1a2b3c4d5e";
+    let task = json!({"task_id": id, "intent": CHAT, "payload": {"messages": []},
+        "constraints": {"required_profiles": ["urn:iicp:profile:service-lifecycle:v1"]}});
+    let r = client()
+        .post_json(format!("{endpoint}/v1/tasks"), &task)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status.as_u16(),
+        202,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let state: Value = r.json().unwrap();
+    assert_eq!(state["task_id"], id);
+    assert_eq!(
+        state["events_url"],
+        format!("/v1/relay-for/w-s/v1/tasks/{id}/events")
+    );
+    let r = client()
+        .get(format!("{endpoint}/v1/tasks/{id}/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status.as_u16(), 200);
+    let events = sse_events(&r.body);
+    assert_eq!(events.len(), 4, "{events:?}");
+    let text: String = events
+        .iter()
+        .filter_map(|e| e["result"]["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "w0 w1 w2 ");
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["sequence"], i, "the worker's numbering is kept");
+        assert_eq!(e["task_id"], id);
+    }
+    assert_eq!(events[3]["event"], "completed");
+    assert_eq!(events[3]["is_final"], true);
+    // the state, and a retry of the same caller: the known state
+    let s: Value = client()
+        .get(format!("{endpoint}/v1/tasks/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(s["state"], "completed");
+    let r = client()
+        .post_json(format!("{endpoint}/v1/tasks"), &task)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status.as_u16(), 200);
+    // the buffered resource is untouched
+    let r = client()
+        .post_json(
+            format!("{endpoint}/v1/task"),
+            &json!({"task_id": "b-1", "intent": CHAT, "payload": {}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status.as_u16(), 200);
+    assert_eq!(r.json::<Value>().unwrap()["buffered"], true);
+    // unknown tasks: 404
+    let r = client()
+        .get(format!("{endpoint}/v1/tasks/nope/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status.as_u16(), 404);
+    worker.stop().await;
+    relay.trigger.fire();
+}
+
+#[tokio::test]
+async fn relayed_cancel_reaches_the_worker_and_broken_streams_fail() {
+    let relay = relay().await;
+    let cancelled = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let slow = Streamer {
+        n: 1000,
+        every: Duration::from_millis(20),
+        skip: false,
+        cancelled: Arc::clone(&cancelled),
+    };
+    let worker = RelayWorker::spawn(worker_config(&relay, "w-c"), Arc::new(slow), None);
+    let endpoint = worker
+        .wait_bound(Duration::from_secs(5))
+        .await
+        .expect("bound");
+    let id = "6c9d7e2f-3a4b-4c5d-9e0f-1a2b3c4d5e6f";
+    let task = json!({"task_id": id, "intent": CHAT, "payload": {}});
+    let r = client()
+        .post_json(format!("{endpoint}/v1/tasks"), &task)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status.as_u16(), 202);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = client()
+        .post_json(
+            format!("{endpoint}/v1/tasks/{id}/cancel"),
+            &json!({"reason": "user"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status.as_u16(), 200);
+    let s: Value = r.json().unwrap();
+    assert_eq!(s["state"], "cancelled", "{s}");
+    assert_eq!(cancelled.lock().unwrap().as_slice(), [id.to_owned()]);
+    let events = sse_events(
+        &client()
+            .get(format!("{endpoint}/v1/tasks/{id}/events"))
+            .send()
+            .await
+            .unwrap()
+            .body,
+    );
+    assert_eq!(events.last().unwrap()["event"], "cancelled");
+    assert!(events.len() < 100);
+    worker.stop().await;
+
+    // a worker that skips a sequence number: the relay ends the stream as failed
+    let broken = Streamer {
+        n: 2,
+        every: Duration::from_millis(1),
+        skip: true,
+        cancelled: Arc::new(std::sync::Mutex::new(Vec::new())),
+    };
+    let worker = RelayWorker::spawn(worker_config(&relay, "w-b"), Arc::new(broken), None);
+    let endpoint = worker
+        .wait_bound(Duration::from_secs(5))
+        .await
+        .expect("bound");
+    let id = "7d0e8f3a-4b5c-4d6e-8f1a-2b3c4d5e6f70";
+    let r = client()
+        .post_json(
+            format!("{endpoint}/v1/tasks"),
+            &json!({"task_id": id, "intent": CHAT, "payload": {}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status.as_u16(), 202);
+    let events = sse_events(
+        &client()
+            .get(format!("{endpoint}/v1/tasks/{id}/events"))
+            .send()
+            .await
+            .unwrap()
+            .body,
+    );
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "failed", "{events:?}");
+    assert_eq!(last["error"]["code"], "IICP-E031");
+    assert_eq!(last["sequence"], 2, "numbered after the last good event");
+    assert!(!events.iter().any(|e| e["event"] == "completed"));
+    worker.stop().await;
+    relay.trigger.fire();
+}

@@ -78,20 +78,7 @@ impl CallHandler for NativeTasks {
     /// A lifecycle cancel `{1: "cancel", 5: reason, 24: task_id}` (ADR 0013) stops the
     /// task when it was submitted from the same address.
     fn control(&self, control: &Control, ctx: &CallContext) {
-        if control.action.as_deref() != Some(lifecycle::CANCEL_ACTION) {
-            return;
-        }
-        let Some(task) = control
-            .task_id
-            .as_deref()
-            .and_then(|id| self.shared.streams.get(id))
-        else {
-            return;
-        };
-        if task.owner == ctx.peer.ip().to_canonical() {
-            tracing::info!(task_id = %task.task_id, "lifecycle task cancelled by CONTROL");
-            task.log.cancel();
-        }
+        cancel_by_control(&self.shared, control, ctx);
     }
 
     /// The ACK announces the node id the node holds now: one assigned by the directory
@@ -485,5 +472,25 @@ fn event_response(call: &Call, e: &Event, sequence: u64, node_id: Option<String>
             receipt: None,
         }),
         ..Response::default()
+    }
+}
+
+/// A lifecycle cancel CONTROL `{1: "cancel", 5: reason, 24: task_id}` (ADR 0013; from a
+/// relay it arrives as OBSERVE and is handed over as this CONTROL) stops the task when
+/// it was submitted over a connection from the same address.
+pub(crate) fn cancel_by_control(shared: &Shared, control: &Control, ctx: &CallContext) {
+    if control.action.as_deref() != Some(lifecycle::CANCEL_ACTION) {
+        return;
+    }
+    let Some(task) = control
+        .task_id
+        .as_deref()
+        .and_then(|id| shared.streams.get(id))
+    else {
+        return;
+    };
+    if task.owner.to_canonical() == ctx.peer.ip().to_canonical() {
+        tracing::info!(task_id = %task.task_id, "lifecycle task cancelled by its caller");
+        task.log.cancel();
     }
 }

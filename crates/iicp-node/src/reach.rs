@@ -313,6 +313,10 @@ impl CallHandler for RelayTasks {
     fn node_id(&self) -> Option<String> {
         self.shared.node_id()
     }
+
+    fn control(&self, control: &iicp_proto::message::Control, ctx: &CallContext) {
+        crate::native::cancel_by_control(&self.shared, control, ctx);
+    }
 }
 
 impl RelayTasks {
@@ -341,7 +345,8 @@ impl RelayTasks {
                     )
                 }
             };
-            let lifecycle = partials.is_some() && call.task_id.as_deref().is_some_and(|t| !t.is_empty());
+            let lifecycle =
+                partials.is_some() && call.task_id.as_deref().is_some_and(|t| !t.is_empty());
             let inbound = Inbound {
                 transport: Transport::Native,
                 peer: ctx.peer.ip(),

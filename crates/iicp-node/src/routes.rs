@@ -20,6 +20,7 @@ use iicp_proto::error::{ErrorBody, ErrorCode};
 use iicp_proto::ids::TraceParent;
 use iicp_proto::secret::Secret;
 use iicp_proto::task::TaskRequest;
+use iicp_transport::events;
 use iicp_transport::http::server::{
     json, json_bytes, read_json, set_retry_after, HttpError, PeerAddr, Request, Response, Router,
 };
@@ -158,9 +159,10 @@ async fn post_task(
             json(StatusCode::ACCEPTED, &task.log.state(Some(""))),
             &task.trace_id,
         ),
-        Started::Attached(task) => {
-            with_trace(json(StatusCode::OK, &task.log.state(Some(""))), &task.trace_id)
-        }
+        Started::Attached(task) => with_trace(
+            json(StatusCode::OK, &task.log.state(Some(""))),
+            &task.trace_id,
+        ),
     }
 }
 
@@ -266,9 +268,10 @@ fn lifecycle_routes(router: Router, shared: &Arc<Shared>, handler: Arc<dyn TaskH
             let shared = Arc::clone(&s2);
             async move {
                 match observed(&shared, &req, params.get("task_id")) {
-                    Ok(task) => {
-                        with_trace(json(StatusCode::OK, &task.log.state(Some(""))), &task.trace_id)
-                    }
+                    Ok(task) => with_trace(
+                        json(StatusCode::OK, &task.log.state(Some(""))),
+                        &task.trace_id,
+                    ),
                     Err(r) => *r,
                 }
             }
@@ -280,7 +283,7 @@ fn lifecycle_routes(router: Router, shared: &Arc<Shared>, handler: Arc<dyn TaskH
                 let shared = Arc::clone(&s3);
                 async move {
                     match observed(&shared, &req, params.get("task_id")) {
-                        Ok(task) => events_response(task, resume_after(&req)),
+                        Ok(task) => events_response(task, events::resume_after(&req)),
                         Err(r) => *r,
                     }
                 }
@@ -296,9 +299,11 @@ fn lifecycle_routes(router: Router, shared: &Arc<Shared>, handler: Arc<dyn TaskH
                         Ok(task) => {
                             task.log.cancel();
                             // answer with the state the cancel led to, when it comes soon
-                            let _ =
-                                tokio::time::timeout(CANCEL_SETTLE, task.log.finished()).await;
-                            with_trace(json(StatusCode::OK, &task.log.state(Some(""))), &task.trace_id)
+                            let _ = tokio::time::timeout(CANCEL_SETTLE, task.log.finished()).await;
+                            with_trace(
+                                json(StatusCode::OK, &task.log.state(Some(""))),
+                                &task.trace_id,
+                            )
                         }
                         Err(r) => *r,
                     }
@@ -309,9 +314,6 @@ fn lifecycle_routes(router: Router, shared: &Arc<Shared>, handler: Arc<dyn TaskH
 
 /// How long a cancel waits for the task's terminal before it answers the state.
 const CANCEL_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Server-sent-event messages buffered per stream before the task waits for the reader.
-const SSE_QUEUE: usize = 32;
 
 /// The lifecycle task a status, events or cancel request names, if the caller may see
 /// it: the credential the node's auth mode asks for tasks of that intent, and in open
@@ -356,62 +358,13 @@ fn observed(
     Ok(task)
 }
 
-/// The sequence to resume after: `?after_sequence=N`, else `Last-Event-ID: N`.
-fn resume_after(req: &Request) -> Option<u64> {
-    let from_query = req.uri().query().and_then(|q| {
-        q.split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == "after_sequence")
-            .and_then(|(_, v)| v.parse::<i64>().ok())
-    });
-    match from_query {
-        Some(n) => u64::try_from(n).ok(),
-        None => header_str(req.headers(), "last-event-id").and_then(|v| v.parse().ok()),
-    }
-}
-
-/// `text/event-stream` of the task's events after `after` (all of them without),
-/// ending after the terminal. Each message: `id:` the sequence, `event:` its name,
-/// `data:` the event object, sealed per chunk under response encryption.
+/// The task's event stream for this caller (sealed per chunk under response
+/// encryption).
 fn events_response(task: Arc<crate::stream::StreamTask>, after: Option<u64>) -> Response {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(SSE_QUEUE);
     let trace_id = task.trace_id.clone();
-    tokio::spawn(async move {
-        let mut next = after.map_or(0, |a| {
-            usize::try_from(a.saturating_add(1)).unwrap_or(usize::MAX)
-        });
-        loop {
-            let events = task.log.next_events(next).await;
-            if events.is_empty() {
-                break;
-            }
-            next += events.len();
-            let mut out = Vec::with_capacity(256 * events.len());
-            for e in events {
-                let seq = e.sequence;
-                let e = task.for_caller(e, seq);
-                write_sse(&mut out, &e);
-            }
-            if tx.send(Bytes::from(out)).await.is_err() {
-                // the reader left; the task goes on (cancel it to stop it)
-                break;
-            }
-        }
+    let r = events::sse_response(task, after, |task, e| {
+        let seq = e.sequence;
+        task.for_caller(e, seq)
     });
-    let mut r = Response::new(iicp_transport::http::server::ResponseBody::channel(rx));
-    let h = r.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    h.insert(
-        http::header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache"),
-    );
     with_trace(r, &trace_id)
-}
-
-/// One SSE message for `e` (JSON has no raw newlines, so `data:` is one line).
-fn write_sse(out: &mut Vec<u8>, e: &iicp_proto::lifecycle::Event) {
-    use std::io::Write;
-    let _ = write!(out, "id: {}\nevent: {}\ndata: ", e.sequence, e.event);
-    let _ = serde_json::to_writer(&mut *out, e);
-    out.extend_from_slice(b"\n\n");
 }

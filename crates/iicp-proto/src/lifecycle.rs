@@ -623,6 +623,26 @@ mod tests {
     }
 
     #[test]
+    fn the_relay_cancel_is_an_observe_standing_for_the_control() {
+        use crate::message::{Control, Observe};
+        let o = Observe::cancel("t-1", "caller");
+        assert_eq!(o.as_cancel(), Some(Control::cancel("t-1", "caller")));
+        // other OBSERVEs are not cancels
+        let mut other = o.clone();
+        other.event_type = Some("update".into());
+        assert_eq!(other.as_cancel(), None);
+        let mut other = o.clone();
+        other.subject = Some("session".into());
+        assert_eq!(other.as_cancel(), None);
+        let mut other = o;
+        other.data = Some(crate::message::RawCbor(crate::cbor::json_to_vec(
+            &serde_json::json!({"action": "pause"}),
+        )));
+        assert_eq!(other.as_cancel(), None);
+        assert_eq!(Observe::default().as_cancel(), None);
+    }
+
+    #[test]
     fn events_round_trip_as_json() {
         let mut e = Event::new("t-1", 2, EventKind::Partial);
         e.result = Some(serde_json::json!("lo"));

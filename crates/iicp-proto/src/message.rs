@@ -896,6 +896,39 @@ pub struct Observe {
     pub sequence: Option<u64>,
 }
 
+impl Observe {
+    /// A lifecycle cancel as OBSERVE, for relay connections, where type 0x0B is
+    /// RELAY_BIND and a CONTROL cannot travel (ADR 0013): `{1: "call", 2: task_id,
+    /// 3: "end", 4: {"action": "cancel", "reason": reason}}`.
+    pub fn cancel(task_id: impl Into<String>, reason: impl Into<String>) -> Self {
+        let data = serde_json::json!({"action": "cancel", "reason": reason.into()});
+        Self {
+            subject: Some("call".to_owned()),
+            subject_id: Some(task_id.into()),
+            event_type: Some("end".to_owned()),
+            data: Some(RawCbor(cbor::json_to_vec(&data))),
+            sequence: None,
+        }
+    }
+
+    /// The lifecycle cancel this OBSERVE carries ([`Observe::cancel`]), as the CONTROL
+    /// it stands for.
+    pub fn as_cancel(&self) -> Option<Control> {
+        if self.subject.as_deref() != Some("call") || self.event_type.as_deref() != Some("end") {
+            return None;
+        }
+        let data = self.data.as_ref()?.to_json().ok()?;
+        if data.get("action").and_then(serde_json::Value::as_str) != Some("cancel") {
+            return None;
+        }
+        let reason = data
+            .get("reason")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default();
+        Some(Control::cancel(self.subject_id.clone()?, reason))
+    }
+}
+
 /// TELEMETRY (0x0E).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
 #[cbor(map)]

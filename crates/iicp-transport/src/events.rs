@@ -332,6 +332,80 @@ impl<T: HasLog> Inner<T> {
     }
 }
 
+/// Server-sent-event messages buffered per stream before the writer waits for the
+/// reader.
+const SSE_QUEUE: usize = 32;
+
+/// The sequence an event-stream request resumes after: `?after_sequence=N` (a negative
+/// N: from the start), else the `Last-Event-ID: N` header.
+pub fn resume_after(req: &crate::http::server::Request) -> Option<u64> {
+    let from_query = req.uri().query().and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "after_sequence")
+            .and_then(|(_, v)| v.parse::<i64>().ok())
+    });
+    match from_query {
+        Some(n) => u64::try_from(n).ok(),
+        None => req
+            .headers()
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok()),
+    }
+}
+
+/// A `text/event-stream` response of `task`'s events after sequence `after` (all of
+/// them without), ending after the terminal (ADR 0013): one message per event, `id:`
+/// the sequence, `event:` its name, `data:` the event object as `render` makes it for
+/// this caller (sealing a result per chunk, say). Events are written as they come; a
+/// reader that leaves stops the writer, not the task.
+pub fn sse_response<T: HasLog + 'static>(
+    task: Arc<T>,
+    after: Option<u64>,
+    render: impl Fn(&T, Event) -> Event + Send + 'static,
+) -> crate::http::server::Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(SSE_QUEUE);
+    tokio::spawn(async move {
+        let mut next = after.map_or(0, |a| {
+            usize::try_from(a.saturating_add(1)).unwrap_or(usize::MAX)
+        });
+        loop {
+            let events = task.log().next_events(next).await;
+            if events.is_empty() {
+                break;
+            }
+            next += events.len();
+            let mut out = Vec::with_capacity(256 * events.len());
+            for e in events {
+                write_sse(&mut out, &render(&task, e));
+            }
+            if tx.send(bytes::Bytes::from(out)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut r = crate::http::server::Response::new(crate::http::server::ResponseBody::channel(rx));
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    r
+}
+
+/// One SSE message for `e` (JSON has no raw newlines, so `data:` is one line).
+pub fn write_sse(out: &mut Vec<u8>, e: &Event) {
+    use std::io::Write;
+    let _ = write!(out, "id: {}\nevent: {}\ndata: ", e.sequence, e.event);
+    let _ = serde_json::to_writer(&mut *out, e);
+    out.extend_from_slice(b"\n\n");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,7 +427,9 @@ mod tests {
         assert!(!t.emit(EventKind::Failed, |_| {}));
         let ev = t.next_events(0).await;
         assert_eq!(
-            ev.iter().map(|e| (e.sequence, e.event, e.is_final)).collect::<Vec<_>>(),
+            ev.iter()
+                .map(|e| (e.sequence, e.event, e.is_final))
+                .collect::<Vec<_>>(),
             vec![
                 (0, EventKind::Accepted, false),
                 (1, EventKind::Partial, false),
@@ -375,7 +451,10 @@ mod tests {
         let ev = |id: &str, seq, kind| Event::new(id, seq, kind);
         assert_eq!(
             t.append(ev("a", 1, EventKind::Partial)),
-            Err(AppendError::OutOfOrder { expected: 0, got: 1 })
+            Err(AppendError::OutOfOrder {
+                expected: 0,
+                got: 1
+            })
         );
         assert_eq!(
             t.append(ev("b", 0, EventKind::Partial)),
@@ -384,7 +463,10 @@ mod tests {
         t.append(ev("a", 0, EventKind::Partial)).unwrap();
         assert_eq!(
             t.append(ev("a", 0, EventKind::Partial)),
-            Err(AppendError::OutOfOrder { expected: 1, got: 0 })
+            Err(AppendError::OutOfOrder {
+                expected: 1,
+                got: 0
+            })
         );
         t.append(ev("a", 1, EventKind::Failed)).unwrap();
         assert!(t.is_finished());
@@ -410,11 +492,30 @@ mod tests {
         assert_eq!(got[0].sequence, 1);
     }
 
+    #[test]
+    fn sse_messages_are_one_line_of_json_each() {
+        let mut e = Event::new("t", 3, EventKind::Partial);
+        e.result = Some(serde_json::json!({"text": "a\nb"}));
+        let mut out = Vec::new();
+        write_sse(&mut out, &e);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("id: 3\nevent: partial\ndata: {"));
+        assert!(text.ends_with("}\n\n"));
+        assert_eq!(
+            text.matches('\n').count(),
+            4,
+            "the newline in the chunk stays escaped"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn finished_tasks_expire_running_ones_stay() {
         let s: Registry<EventLog> = Registry::default();
         s.insert(log("run")).unwrap();
-        assert!(s.insert(log("run")).is_err(), "a running id is not replaced");
+        assert!(
+            s.insert(log("run")).is_err(),
+            "a running id is not replaced"
+        );
         let done = log("done");
         done.emit(EventKind::Completed, |_| {});
         s.insert(done).unwrap();

@@ -1,10 +1,14 @@
 //! `chat PROMPT…`: send one chat through the mesh — discover, select, submit (with
-//! IICP-CX encryption) — and print the answer (SEED-SDK.md §2.5 `query`).
+//! IICP-CX encryption) — and print the answer as it is generated (SEED-SDK.md §2.5
+//! `query`; the service-lifecycle profile, PROTOCOL.md §11: a node that does not stream
+//! answers in one piece). `--no-stream` waits for the whole answer.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use iicp_client::{ChatOptions, Client, Encryption, Transport};
+use std::io::Write as _;
+
+use iicp_client::{ChatEvent, ChatOptions, ChatRequest, ChatResult, Client, Encryption, Transport};
 use iicp_proto::task::ChatMessage;
 use serde_json::json;
 
@@ -99,6 +103,64 @@ pub(crate) struct Args {
     /// Time budget per node attempt in ms (at most 120000).
     #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..=120_000))]
     timeout_ms: u64,
+    /// Wait for the whole answer instead of printing it as it is generated.
+    #[arg(long, env = "IICP_NO_STREAM", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    no_stream: bool,
+}
+
+/// What a chat gave: the reply, and when its first text arrived (streamed).
+struct Answer {
+    reply: ChatResult,
+    first_token: Option<Duration>,
+    streamed: bool,
+}
+
+/// Runs the chat streamed, printing each delta to stdout as it arrives unless `quiet`.
+async fn streamed(
+    client: &Client,
+    request: ChatRequest,
+    options: ChatOptions,
+    quiet: bool,
+    t0: Instant,
+) -> anyhow::Result<Answer> {
+    let mut chat = client
+        .chat_stream(request, options)
+        .await
+        .context("chat failed")?;
+    let streamed = chat.is_streamed();
+    let mut first_token = None;
+    let mut stdout = std::io::stdout().lock();
+    while let Some(event) = chat.next().await {
+        match event {
+            Ok(ChatEvent::Delta(text)) => {
+                if first_token.is_none() && !text.is_empty() {
+                    first_token = Some(t0.elapsed());
+                }
+                if !quiet {
+                    stdout.write_all(text.as_bytes())?;
+                    stdout.flush()?;
+                }
+            }
+            Ok(ChatEvent::Done(reply)) => {
+                if !quiet {
+                    writeln!(stdout)?;
+                }
+                return Ok(Answer {
+                    reply: *reply,
+                    first_token,
+                    streamed,
+                });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if !quiet && first_token.is_some() {
+                    writeln!(stdout)?;
+                }
+                return Err(anyhow::Error::new(e).context("chat failed"));
+            }
+        }
+    }
+    anyhow::bail!("chat failed: the stream ended without an answer")
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
@@ -116,26 +178,46 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         ..ChatOptions::default()
     };
     let t0 = Instant::now();
-    let reply = client
-        .chat_with(vec![ChatMessage::new("user", prompt)], options)
-        .await
-        .context("chat failed")?;
+    let answer = if args.no_stream {
+        Answer {
+            reply: client
+                .chat_with(vec![ChatMessage::new("user", prompt)], options)
+                .await
+                .context("chat failed")?,
+            first_token: None,
+            streamed: false,
+        }
+    } else {
+        let request = ChatRequest::new(vec![ChatMessage::new("user", prompt)]);
+        streamed(&client, request, options, args.consumer.json, t0).await?
+    };
     let elapsed = t0.elapsed();
+    let reply = &answer.reply;
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     if args.consumer.json {
         let out = json!({
             "text": reply.text(),
             "node_id": reply.node_id,
             "task_id": reply.task_id.as_str(),
             "model": reply.model,
-            "latency_ms": u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            "latency_ms": ms(elapsed),
+            "first_token_ms": answer.first_token.map(ms),
+            "streamed": answer.streamed,
             "completion": reply.completion,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        println!("{}", reply.text());
+        if args.no_stream {
+            println!("{}", reply.text());
+        }
         let node = reply.node_id.get(..8).unwrap_or(&reply.node_id);
+        let first = match (answer.first_token, answer.streamed) {
+            (Some(t), true) => format!(", first token after {t:.1?}"),
+            (_, false) if !args.no_stream => " (the node does not stream)".to_owned(),
+            _ => String::new(),
+        };
         eprintln!(
-            "answered by node {node}{} in {elapsed:.1?}",
+            "answered by node {node}{} in {elapsed:.1?}{first}",
             reply
                 .model
                 .as_deref()

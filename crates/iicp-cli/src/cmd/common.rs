@@ -165,6 +165,24 @@ impl TaskHandler for Handler {
             Handler::Server(h) => h.handle(task),
         }
     }
+
+    fn streams(&self) -> bool {
+        match self {
+            Handler::Echo(h) => h.streams(),
+            Handler::Server(h) => h.streams(),
+        }
+    }
+
+    fn handle_stream(
+        &self,
+        task: Task,
+        chunks: iicp_node::Chunks,
+    ) -> BoxFuture<'static, Result<TaskOutput, HandlerError>> {
+        match self {
+            Handler::Echo(h) => h.handle_stream(task, chunks),
+            Handler::Server(h) => h.handle_stream(task, chunks),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use iicp_client::{Client, Task, TaskResult, Transport, TransportUsed};
+use iicp_client::{Client, Task, TaskEvent, Transport, TransportUsed};
 use iicp_directory::store::MemoryStore;
 use iicp_directory::Directory;
 use iicp_node::{Node, NodeEvent, RateLimit, ServeHandle, ServeOptions};
@@ -260,16 +260,16 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             .context("building the client")?;
         let payload = json!({"messages": [{"role": "user", "content": args.prompt}]});
         let t0 = Instant::now();
-        match client
-            .submit(Task::new(CHAT, payload).with_qos(Qos::BestEffort))
-            .await
+        if let Err(e) = streamed_chat(
+            &client,
+            Task::new(CHAT, payload).with_qos(Qos::BestEffort),
+            t0,
+        )
+        .await
         {
-            Ok(result) => report(&result, t0.elapsed()),
-            Err(e) => {
-                failed = true;
-                println!("chat        {transport:?} failed: {e}");
-                continue;
-            }
+            failed = true;
+            println!("chat        {transport:?} failed: {e}");
+            continue;
         }
         if args.rounds > 0 {
             if let Err(e) = time_rounds(&client, transport, &args.prompt, args.rounds).await {
@@ -330,25 +330,48 @@ async fn time_rounds(
     Ok(())
 }
 
-fn report(result: &TaskResult, elapsed: Duration) {
-    let text = result
-        .response
-        .result
-        .as_ref()
-        .and_then(|r| r.pointer("/choices/0/message/content"))
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or("<no text>")
-        .to_owned();
-    let transport = match result.transport {
+/// One chat, streamed (the echo model streams word by word): prints the node, the
+/// transport, the time to the first token and to the end, and the joined answer.
+async fn streamed_chat(client: &Client, task: Task, t0: Instant) -> anyhow::Result<()> {
+    let mut stream = client.submit_stream(task).await?;
+    let mut assembler = iicp_proto::task::ChatStreamAssembler::new();
+    let mut first_token: Option<Duration> = None;
+    let end = loop {
+        match stream.next().await {
+            Some(Ok(TaskEvent::Partial { result, .. })) => {
+                let parts = assembler.push(&result);
+                if first_token.is_none() && !parts.text.is_empty() {
+                    first_token = Some(t0.elapsed());
+                }
+            }
+            Some(Ok(TaskEvent::Completed(end))) => {
+                assembler.push(&end.result);
+                break end;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => anyhow::bail!("the stream ended without an answer"),
+        }
+    };
+    let elapsed = t0.elapsed();
+    let transport = match end.transport {
         TransportUsed::Http => "HTTP",
         TransportUsed::Native => "native",
         _ => "other",
     };
-    let node = result.node_id.get(..8).unwrap_or(&result.node_id);
-    let cx = if result.encrypted {
+    let node = end.node_id.get(..8).unwrap_or(&end.node_id);
+    let cx = if end.encrypted {
         ", IICP-CX encrypted"
     } else {
         ""
     };
-    println!("chat        via {transport:<6} node {node}  {elapsed:>8.1?}{cx}: {text}");
+    let first = match (end.streamed, first_token) {
+        (true, Some(t)) => format!(", first token {t:.1?} ({} chunks)", end.chunks),
+        _ => ", not streamed".to_owned(),
+    };
+    println!(
+        "chat        via {transport:<6} node {node}  {elapsed:>8.1?}{first}{cx}: {}",
+        assembler.text()
+    );
+    Ok(())
 }

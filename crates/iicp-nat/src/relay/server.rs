@@ -28,7 +28,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use http::{Method, StatusCode};
 use iicp_proto::crypto::token::{verify_relay_ticket, DirectoryPublicKey};
 use iicp_proto::error::ErrorCode;
-use iicp_proto::message::{Body, Call, Channel, Message, Outcome, Prefer, RelayAck, RelayBind};
+use iicp_proto::message::{
+    Body, Call, Channel, Message, Outcome, Prefer, RelayAck, RelayBind, Response,
+};
 use iicp_proto::session::Role;
 use iicp_transport::http::server::{json, read_json, HttpError};
 use iicp_transport::http::Router;
@@ -42,6 +44,7 @@ use tokio::sync::{mpsc, Semaphore};
 use super::limits::{BindRateLimiter, JtiCache};
 
 mod longpoll;
+mod stream;
 use super::{RelayError, DEFAULT_RELAY_PORT};
 
 /// RELAY_ACK error reasons (PROTOCOL.md §14.2).
@@ -232,6 +235,8 @@ struct Registry {
     state: Mutex<State>,
     generation: AtomicU64,
     calls: AtomicU64,
+    /// Tasks streamed through the relay (`stream`).
+    streams: stream::Streams,
 }
 
 impl Registry {
@@ -411,31 +416,7 @@ impl RelayHandle {
                 return Err(ForwardError::Failed);
             }
         };
-        match resp.outcome() {
-            Outcome::Success(Some(body)) => {
-                body.to_json(Prefer::Json).map_err(|_| ForwardError::Failed)
-            }
-            Outcome::Success(None) => Ok(Value::Object(Map::new())),
-            Outcome::Timeout => Err(ForwardError::Worker {
-                status: 504,
-                code: "task_timeout".to_owned(),
-                message: "the relayed worker's task timed out".to_owned(),
-            }),
-            Outcome::Error {
-                code: Some(code),
-                status: Some(status),
-                message,
-            } if (400..600).contains(&status) => Err(ForwardError::Worker {
-                status: u16::try_from(status).unwrap_or(502),
-                code: code.chars().take(64).collect(),
-                message: message
-                    .unwrap_or("the relayed worker refused the task")
-                    .chars()
-                    .take(512)
-                    .collect(),
-            }),
-            _ => Err(ForwardError::Failed),
-        }
+        outcome_of(&resp)
     }
 
     /// Adds `POST /v1/relay-for/{worker_id}/v1/task`,
@@ -446,6 +427,7 @@ impl RelayHandle {
         let task = self.clone();
         let health = self.clone();
         let legacy = self.clone();
+        let router = stream::routes(self, router);
         longpoll::routes(self, router)
             .route_cors(Method::POST, "/v1/relay", move |mut req, _params| {
                 // legacy `{target_node_id, task}` (§14.4): bound workers only; no peer
@@ -512,6 +494,35 @@ impl RelayHandle {
                     }
                 },
             )
+    }
+}
+
+/// What a worker's (final, buffered) RESPONSE says: its JSON result, or why it failed.
+fn outcome_of(resp: &Response) -> Result<Value, ForwardError> {
+    match resp.outcome() {
+        Outcome::Success(Some(body)) => {
+            body.to_json(Prefer::Json).map_err(|_| ForwardError::Failed)
+        }
+        Outcome::Success(None) => Ok(Value::Object(Map::new())),
+        Outcome::Timeout => Err(ForwardError::Worker {
+            status: 504,
+            code: "task_timeout".to_owned(),
+            message: "the relayed worker's task timed out".to_owned(),
+        }),
+        Outcome::Error {
+            code: Some(code),
+            status: Some(status),
+            message,
+        } if (400..600).contains(&status) => Err(ForwardError::Worker {
+            status: u16::try_from(status).unwrap_or(502),
+            code: code.chars().take(64).collect(),
+            message: message
+                .unwrap_or("the relayed worker refused the task")
+                .chars()
+                .take(512)
+                .collect(),
+        }),
+        _ => Err(ForwardError::Failed),
     }
 }
 
@@ -588,6 +599,7 @@ impl RelayServer {
             config,
             generation: AtomicU64::new(0),
             calls: AtomicU64::new(0),
+            streams: stream::Streams::default(),
         });
         Ok(Self { listener, registry })
     }

@@ -642,6 +642,14 @@ where
                         h.control(&control, &self.ctx);
                     }
                 }
+                // a relay's cancel (ADR 0013: CONTROL's type byte is RELAY_BIND there)
+                Event::Message(Message::Observe(o))
+                    if self.handler.is_some() && o.as_cancel().is_some() =>
+                {
+                    if let (Some(h), Some(control)) = (&self.handler, o.as_cancel()) {
+                        h.control(&control, &self.ctx);
+                    }
+                }
                 Event::Message(msg) => match &self.messages {
                     Some(sink) => {
                         if sink.send(msg).await.is_err() {
