@@ -214,7 +214,10 @@ fn client_libraries_against_a_real_mesh() {
         .collect();
     assert_eq!(events.first(), Some(&"message_start"), "{events:?}");
     assert_eq!(events.last(), Some(&"message_stop"), "{events:?}");
-    let deltas = events.iter().filter(|e| **e == "content_block_delta").count();
+    let deltas = events
+        .iter()
+        .filter(|e| **e == "content_block_delta")
+        .count();
     assert!(deltas >= 3, "one text_delta per word: {events:?}");
     for needed in [
         "content_block_start",

@@ -352,7 +352,9 @@ pub(crate) mod tests {
         assert_eq!(ev.len(), 4);
         assert_eq!(ev[0], ChatEvent::Start);
         assert_eq!(ev[1], ChatEvent::Text("hi".into()));
-        assert!(matches!(&ev[2], ChatEvent::Tool(d) if d.whole && d.index == 0 && d.name.as_deref() == Some(call.name.as_str())));
+        assert!(
+            matches!(&ev[2], ChatEvent::Tool(d) if d.whole && d.index == 0 && d.name.as_deref() == Some(call.name.as_str()))
+        );
         assert!(matches!(
             ev[3],
             ChatEvent::Finish {

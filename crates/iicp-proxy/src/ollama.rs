@@ -13,7 +13,7 @@ use iicp_proto::time::iso8601;
 use serde_json::{json, Map, Value};
 
 use crate::call::{opt_bool, opt_f64_in, opt_string, opt_strings, opt_u32, ChatCall};
-use crate::events::{ChatEvent, ChatOutcome, Finish, Head, ToolCall, Tokens};
+use crate::events::{ChatEvent, ChatOutcome, Finish, Head, Tokens, ToolCall};
 use crate::failure::Failure;
 use crate::models::{is_any, MeshModel};
 

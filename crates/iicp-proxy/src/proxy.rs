@@ -24,10 +24,10 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use crate::call::ChatCall;
 use crate::events::{ChatEvent, ChatOutcome, Head, Relay};
 use crate::failure::{Class, Failure};
-use crate::stream::Renderer;
 use crate::metrics::Metrics;
 use crate::models::{is_any, Catalog, MeshModel};
 use crate::ollama::{self, Endpoint};
+use crate::stream::Renderer;
 use crate::{anthropic, openai};
 
 /// The proxy's default port (the port every IICP SDK's compatibility proxy uses).

@@ -166,12 +166,18 @@ async fn each_surface_relays_the_deltas_one_at_a_time() {
             "message_stop"
         ]
     );
-    assert_eq!(events[4]["delta"], json!({"type": "text_delta", "text": "lo, "}));
+    assert_eq!(
+        events[4]["delta"],
+        json!({"type": "text_delta", "text": "lo, "})
+    );
     assert_eq!(events[7]["delta"]["stop_reason"], "end_turn");
     assert_eq!(events[7]["usage"]["output_tokens"], 3);
 
     // Ollama chat and generate: a done:false line per delta, then done:true with counts
-    for (path, field) in [("/api/chat", "/message/content"), ("/api/generate", "/response")] {
+    for (path, field) in [
+        ("/api/chat", "/message/content"),
+        ("/api/generate", "/response"),
+    ] {
         let body = if path == "/api/chat" {
             json!({"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]})
         } else {
@@ -181,7 +187,10 @@ async fn each_surface_relays_the_deltas_one_at_a_time() {
         assert_eq!(resp.status(), StatusCode::OK, "{path}");
         assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
         let text = text_of(&frames(&mut resp).await);
-        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         let parts: Vec<&str> = lines
             .iter()
             .filter_map(|l| l.pointer(field).and_then(Value::as_str))
@@ -200,8 +209,10 @@ async fn each_surface_relays_the_deltas_one_at_a_time() {
 async fn tool_call_fragments_are_relayed() {
     let frag = |v: Value| json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": v}]});
     let chunks = vec![
-        frag(json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
-                                     "function": {"name": "get_weather", "arguments": ""}}]})),
+        frag(
+            json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                     "function": {"name": "get_weather", "arguments": ""}}]}),
+        ),
         frag(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]})),
         frag(json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]})),
     ];
@@ -241,14 +252,20 @@ async fn tool_call_fragments_are_relayed() {
         .filter_map(|e| e["delta"]["partial_json"].as_str())
         .collect();
     assert_eq!(json, r#"{"city":"Paris"}"#);
-    let delta = events.iter().find(|e| e["type"] == "message_delta").unwrap();
+    let delta = events
+        .iter()
+        .find(|e| e["type"] == "message_delta")
+        .unwrap();
     assert_eq!(delta["delta"]["stop_reason"], "tool_use");
 
     // Ollama: the assembled call in one message before the final line
     let body = json!({"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]});
     let mut resp = send(&p, "/api/chat", &body).await;
     let text = text_of(&frames(&mut resp).await);
-    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let with_calls = lines
         .iter()
         .find(|l| l["message"]["tool_calls"].is_array())
@@ -279,7 +296,12 @@ async fn a_failure_before_the_first_event_is_the_surfaces_error_response() {
 async fn a_failure_after_the_first_event_is_an_in_stream_error_never_a_success() {
     let (_node, _dir, p) = streaming_node(|c| {
         vec![
-            NativeStep::Send(lifecycle_frame(c, 0, EventKind::Partial, Some(chunk("Hel")))),
+            NativeStep::Send(lifecycle_frame(
+                c,
+                0,
+                EventKind::Partial,
+                Some(chunk("Hel")),
+            )),
             NativeStep::Sleep(Duration::from_millis(20)),
             NativeStep::Close,
         ]
@@ -293,19 +315,28 @@ async fn a_failure_after_the_first_event_is_an_in_stream_error_never_a_success()
     assert_eq!(data[1]["choices"][0]["delta"]["content"], "Hel");
     let last = data.last().unwrap();
     assert!(last["error"]["code"].is_string(), "{text}");
-    assert!(!text.contains("[DONE]") && !text.contains("finish_reason\":\"stop"), "{text}");
+    assert!(
+        !text.contains("[DONE]") && !text.contains("finish_reason\":\"stop"),
+        "{text}"
+    );
 
     let mut resp = send(&p, "/v1/messages", &chat(true)).await;
     let text = text_of(&frames(&mut resp).await);
     assert!(text.contains("event: error\n"), "{text}");
-    assert!(!text.contains("message_stop") && !text.contains("message_delta"), "{text}");
+    assert!(
+        !text.contains("message_stop") && !text.contains("message_delta"),
+        "{text}"
+    );
     let events = sse_data(&text);
     assert_eq!(events.last().unwrap()["type"], "error");
 
     let body = json!({"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]});
     let mut resp = send(&p, "/api/chat", &body).await;
     let text = text_of(&frames(&mut resp).await);
-    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines[0]["message"]["content"], "Hel");
     assert!(lines.last().unwrap()["error"].is_string(), "{text}");
     assert!(lines.iter().all(|l| l["done"] != true), "{text}");
@@ -317,9 +348,15 @@ async fn a_failure_after_the_first_event_is_an_in_stream_error_never_a_success()
         .unwrap();
     let mut m = p.router().handle(req).await;
     let metrics = text_of(&frames(&mut m).await);
-    assert!(metrics.contains("iicp_proxy_upstream_failures_total"), "{metrics}");
+    assert!(
+        metrics.contains("iicp_proxy_upstream_failures_total"),
+        "{metrics}"
+    );
     // the streams released their slot (only this /metrics request is in flight)
-    assert!(metrics.contains("iicp_proxy_requests_in_flight 1"), "{metrics}");
+    assert!(
+        metrics.contains("iicp_proxy_requests_in_flight 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
