@@ -5,7 +5,10 @@
 //! (`ollama`, through `OLLAMA_HOST`) send plain and streamed chats, list
 //! models, ask for an unknown model, pass an image, use a wrong key; the error cases run
 //! against an empty directory (no nodes) and a mesh whose model server is slower than
-//! the proxy's deadline (timeout).
+//! the proxy's deadline (timeout). Streaming is real: against a paced model server (20
+//! tokens 50 ms apart, `iicp_testkit::stub::StubModel::paced`, behind `iicp dev`'s node)
+//! each library sees the chunks arrive as they are generated; a reader that hangs up
+//! stops the model server; a full proxy answers 429; an oversized body 413.
 //!
 //! Needs `IICP_CLIENTS_PYTHON` (`eval "$(scripts/peers env)"`): fails under CI without
 //! it, skips elsewhere.
@@ -15,6 +18,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use common::{directory, iicp, Proc};
 use serde_json::Value;
@@ -139,9 +143,11 @@ fn client_libraries_against_a_real_mesh() {
     let v = run("chat", KEY, "echo");
     assert_eq!(v["text"], "echo: hello proxy", "{v}");
 
-    // streamed, with usage: role first, the text, one finish, usage last
+    // streamed, with usage: role first, the text word by word, one finish, usage last
     let v = run("stream", KEY, "iicp");
     assert_eq!(v["text"], "echo: hello proxy", "{v}");
+    // role, three words, finish, usage
+    assert!(v["chunks"].as_u64().is_some_and(|n| n >= 6), "{v}");
     assert_eq!(v["roles"], serde_json::json!(["assistant"]));
     assert_eq!(v["finish"], serde_json::json!(["stop"]));
     assert_eq!(v["usage"].as_array().map(Vec::len), Some(1), "{v}");
@@ -158,6 +164,14 @@ fn client_libraries_against_a_real_mesh() {
     assert_eq!(v["ids"], serde_json::json!(["echo"]), "{v}");
     assert_eq!(v["retrieved"], "echo");
     assert_eq!(v["owned_by"], "iicp-mesh");
+    // an unknown model on /v1/models/{id}
+    let v = run("retrieve", KEY, "no-such-model");
+    assert_eq!(
+        (v["error"].as_str(), v["status"].as_u64()),
+        (Some("NotFoundError"), Some(404)),
+        "{v}"
+    );
+    assert_eq!(v["code"], "model_not_found");
 
     // unknown model: 404 in OpenAI's shape
     let v = run("chat", KEY, "no-such-model");
@@ -200,6 +214,11 @@ fn client_libraries_against_a_real_mesh() {
         .collect();
     assert_eq!(events.first(), Some(&"message_start"), "{events:?}");
     assert_eq!(events.last(), Some(&"message_stop"), "{events:?}");
+    let deltas = events
+        .iter()
+        .filter(|e| **e == "content_block_delta")
+        .count();
+    assert!(deltas >= 3, "one text_delta per word: {events:?}");
     for needed in [
         "content_block_start",
         "content_block_delta",
@@ -256,7 +275,12 @@ fn client_libraries_against_a_real_mesh() {
     assert_eq!(v["done_reason"], "stop");
     let v = ollama("stream", KEY, "iicp");
     assert_eq!(v["text"], "echo: hello proxy", "{v}");
-    assert_eq!(v["done"], serde_json::json!([false, true]), "{v}");
+    // a line per word, then the final one
+    assert_eq!(
+        v["done"],
+        serde_json::json!([false, false, false, true]),
+        "{v}"
+    );
     let v = ollama("generate", KEY, "echo");
     assert_eq!(v["text"], "echo: hello generate", "{v}");
     assert_eq!(v["streamed"], "echo: hello generate", "{v}");
@@ -266,6 +290,12 @@ fn client_libraries_against_a_real_mesh() {
     assert_eq!(v["names"], serde_json::json!(["echo"]), "{v}");
     assert_eq!(v["show_details"], true);
     assert!(v["version"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
+    let v = ollama("show", KEY, "no-such-model");
+    assert_eq!(
+        (v["error"].as_str(), v["status"].as_u64()),
+        (Some("ResponseError"), Some(404)),
+        "{v}"
+    );
     let v = ollama("chat", KEY, "no-such-model");
     assert_eq!(
         (v["error"].as_str(), v["status"].as_u64()),
@@ -288,6 +318,111 @@ fn client_libraries_against_a_real_mesh() {
         !stderr.contains(KEY),
         "the API key leaked into the log: {stderr}"
     );
+
+    // a body over the proxy's cap: 413 in each library
+    let (_px3, small) = proxy(&dir, &["--max-body-bytes", "2048"]);
+    let v = client(&py, "openai_client.py", "too_large", &small, "k", "iicp");
+    assert_eq!(v["status"], 413, "{v}");
+    assert_eq!(v["code"], "payload_too_large", "{v}");
+    let v = client(&py, "anthropic_client.py", "too_large", &small, "k", "iicp");
+    assert_eq!(v["status"], 413, "{v}");
+    assert_eq!(v["type"], "request_too_large", "{v}");
+}
+
+/// Waits up to 10 s for `what`.
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !ok() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "timed out waiting: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Arrival times (s) of a `timed` case's content chunks, checked: the text is the
+/// model's 20 tokens, and they came as generated — the last well after the first (the
+/// stub spaces them 50 ms apart, 950 ms first to last), not all at once at the end.
+fn assert_streamed(case: &str, v: &Value) {
+    let want: String = (0..20).map(|i| format!("t{i} ")).collect();
+    assert_eq!(v["text"], want.as_str(), "{case}: {v}");
+    let at: Vec<f64> = v["at"]
+        .as_array()
+        .expect("times")
+        .iter()
+        .filter_map(Value::as_f64)
+        .collect();
+    assert!(at.len() >= 10, "{case}: chunks {at:?}");
+    let (first, last) = (at[0], at[at.len() - 1]);
+    assert!(
+        last - first >= 0.5,
+        "{case}: the first chunk came only {:.3} s before the last (buffered?): {at:?}",
+        last - first
+    );
+}
+
+#[test]
+fn streams_arrive_as_the_model_generates() {
+    let Some(py) = python() else { return };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let stub = iicp_testkit::stub::StubModel::paced("paced", 20, Duration::from_millis(50));
+    let stub_srv = rt
+        .block_on(iicp_testkit::server::serve(stub.router()))
+        .expect("stub");
+    let (_mesh, dir, base) = dev_mesh(1, Some(&stub_srv.url()));
+
+    // each library sees the tokens as the model server generates them
+    let v = client(&py, "openai_client.py", "timed", &base, "k", "paced");
+    assert_streamed("openai", &v);
+    let v = client(&py, "anthropic_client.py", "timed", &base, "k", "paced");
+    assert_streamed("anthropic", &v);
+    let o = Command::new(&py)
+        .arg(script("ollama_client.py"))
+        .args(["timed", &base, "k", "paced"])
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .output()
+        .expect("python");
+    let v: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stderr)));
+    assert_streamed("ollama", &v);
+
+    // a reader that hangs up after three chunks: the node cancels, the model server
+    // sees its reader go and stops generating
+    let (disconnects, chunks) = (stub.disconnects(), stub.streamed_chunks());
+    let v = client(&py, "openai_client.py", "cancel", &base, "k", "paced");
+    assert_eq!(v["read"], 3, "{v}");
+    wait_for("the model server saw the hang-up", || {
+        stub.disconnects() > disconnects
+    });
+    let generated = stub.streamed_chunks() - chunks;
+    assert!(generated < 20, "generation went on: {generated} chunks");
+
+    // the proxy's only slot held by a stream: a second chat gets 429 and Retry-After
+    let proxy = iicp_proxy::Proxy::builder()
+        .directory_url(dir.as_str())
+        .allow_private_endpoints(true)
+        .max_concurrent(1)
+        .build()
+        .expect("proxy");
+    let listener = rt
+        .block_on(iicp_transport::listener::Listener::bind(
+            "127.0.0.1:0".parse().expect("addr"),
+            iicp_transport::listener::ListenerConfig::default(),
+        ))
+        .expect("bind");
+    let one = format!("http://{}", listener.local_addr().expect("addr"));
+    let (trigger, stop) = iicp_transport::shutdown::channel();
+    rt.spawn(async move { proxy.serve(listener, stop).await });
+    let v = client(&py, "openai_client.py", "busy", &one, "k", "paced");
+    assert_eq!(
+        (v["error"].as_str(), v["status"].as_u64()),
+        (Some("RateLimitError"), Some(429)),
+        "{v}"
+    );
+    assert_eq!(v["code"], "capacity_exceeded");
+    assert!(v["retry_after"].as_str().is_some(), "{v}");
+    trigger.fire();
 }
 
 #[test]

@@ -9,12 +9,12 @@
 //! sources), `tool_use` blocks assistant `tool_calls`, `tool_result` blocks `tool`
 //! messages, `tools` / `tool_choice` OpenAI's function tools.
 
-use bytes::{BufMut as _, Bytes, BytesMut};
+use bytes::{BufMut as _, BytesMut};
 use iicp_client::{ChatMessage, ChatRequest};
 use serde_json::{json, Map, Value};
 
 use crate::call::{opt_bool, opt_f64_in, opt_string, opt_strings, opt_u32, ChatCall};
-use crate::events::{ChatEvent, ChatOutcome, Finish};
+use crate::events::{ChatEvent, ChatOutcome, Finish, Head};
 use crate::failure::{Class, Failure};
 use crate::models::{is_any, MeshModel};
 
@@ -225,8 +225,8 @@ fn stop_reason(f: &Finish) -> &'static str {
     }
 }
 
-fn message_id(o: &ChatOutcome) -> String {
-    format!("msg_{}", o.id.replace('-', ""))
+fn message_id(id: &str) -> String {
+    format!("msg_{}", id.replace('-', ""))
 }
 
 fn tool_input(arguments: &str) -> Value {
@@ -246,7 +246,7 @@ pub(crate) fn message(o: &ChatOutcome) -> Value {
         content.push(json!({"type": "tool_use", "id": c.id, "name": c.name, "input": tool_input(&c.arguments)}));
     }
     json!({
-        "id": message_id(o),
+        "id": message_id(&o.id),
         "type": "message",
         "role": "assistant",
         "model": o.model,
@@ -265,16 +265,24 @@ fn sse(out: &mut BytesMut, event: &str, data: &Value) {
     out.put_slice(b"\n\n");
 }
 
+/// The content block open in a rendered stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Open {
+    Text(usize),
+    /// A `tool_use` block: its index, and the tool call's.
+    Tool(usize, usize),
+}
+
 /// The block state of one rendered stream.
 #[derive(Debug, Default)]
 pub(crate) struct StreamState {
     next_index: usize,
-    open_text: Option<usize>,
+    open: Option<Open>,
 }
 
 impl StreamState {
-    fn close_text(&mut self, out: &mut BytesMut) {
-        if let Some(index) = self.open_text.take() {
+    fn close(&mut self, out: &mut BytesMut) {
+        if let Some(Open::Text(index) | Open::Tool(index, _)) = self.open.take() {
             sse(
                 out,
                 "content_block_stop",
@@ -282,13 +290,20 @@ impl StreamState {
             );
         }
     }
+
+    fn next(&mut self) -> usize {
+        let i = self.next_index;
+        self.next_index += 1;
+        i
+    }
 }
 
-/// Renders one event as Anthropic server-sent events into `out`.
+/// Renders one event as Anthropic server-sent events into `out`: text deltas in a text
+/// block, tool-call fragments as a `tool_use` block's `input_json_delta`s.
 pub(crate) fn render_event(
     out: &mut BytesMut,
     state: &mut StreamState,
-    o: &ChatOutcome,
+    h: &Head,
     event: &ChatEvent,
 ) {
     match event {
@@ -297,20 +312,20 @@ pub(crate) fn render_event(
                 out,
                 "message_start",
                 &json!({"type": "message_start", "message": {
-                    "id": message_id(o), "type": "message", "role": "assistant", "model": o.model,
+                    "id": message_id(&h.id), "type": "message", "role": "assistant", "model": h.model,
                     "content": [], "stop_reason": null, "stop_sequence": null,
-                    "usage": {"input_tokens": o.usage.prompt, "output_tokens": 0},
+                    "usage": {"input_tokens": 0, "output_tokens": 0},
                 }}),
             );
             sse(out, "ping", &json!({"type": "ping"}));
         }
         ChatEvent::Text(text) => {
-            let index = match state.open_text {
-                Some(i) => i,
-                None => {
-                    let i = state.next_index;
-                    state.next_index += 1;
-                    state.open_text = Some(i);
+            let index = match state.open {
+                Some(Open::Text(i)) => i,
+                _ => {
+                    state.close(out);
+                    let i = state.next();
+                    state.open = Some(Open::Text(i));
                     sse(
                         out,
                         "content_block_start",
@@ -325,50 +340,58 @@ pub(crate) fn render_event(
                 &json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": text}}),
             );
         }
-        ChatEvent::Tool { call, .. } => {
-            state.close_text(out);
-            let i = state.next_index;
-            state.next_index += 1;
-            sse(
-                out,
-                "content_block_start",
-                &json!({"type": "content_block_start", "index": i,
-                        "content_block": {"type": "tool_use", "id": call.id, "name": call.name, "input": {}}}),
-            );
-            sse(
-                out,
-                "content_block_delta",
-                &json!({"type": "content_block_delta", "index": i,
-                        "delta": {"type": "input_json_delta", "partial_json": tool_input(&call.arguments).to_string()}}),
-            );
-            sse(
-                out,
-                "content_block_stop",
-                &json!({"type": "content_block_stop", "index": i}),
-            );
+        ChatEvent::Tool(d) => {
+            let index = match state.open {
+                Some(Open::Tool(i, call)) if call == d.index => i,
+                _ => {
+                    state.close(out);
+                    let i = state.next();
+                    state.open = Some(Open::Tool(i, d.index));
+                    let id = d
+                        .id
+                        .clone()
+                        .unwrap_or_else(|| format!("toolu_{}_{}", h.id.replace('-', ""), d.index));
+                    sse(
+                        out,
+                        "content_block_start",
+                        &json!({"type": "content_block_start", "index": i,
+                                "content_block": {"type": "tool_use", "id": id, "name": d.name.clone().unwrap_or_default(), "input": {}}}),
+                    );
+                    i
+                }
+            };
+            // a whole call's arguments are normalised to an object, as in a message
+            let partial = if d.whole {
+                tool_input(&d.arguments).to_string()
+            } else {
+                d.arguments.clone()
+            };
+            if !partial.is_empty() {
+                sse(
+                    out,
+                    "content_block_delta",
+                    &json!({"type": "content_block_delta", "index": index,
+                            "delta": {"type": "input_json_delta", "partial_json": partial}}),
+                );
+            }
         }
-        ChatEvent::Finish { reason, usage } => {
-            state.close_text(out);
+        ChatEvent::Finish { reason, usage, .. } => {
+            state.close(out);
             sse(
                 out,
                 "message_delta",
                 &json!({"type": "message_delta",
                         "delta": {"stop_reason": stop_reason(reason), "stop_sequence": null},
-                        "usage": {"output_tokens": usage.completion}}),
+                        "usage": {"input_tokens": usage.prompt, "output_tokens": usage.completion}}),
             );
             sse(out, "message_stop", &json!({"type": "message_stop"}));
         }
     }
 }
 
-/// The whole synthesised stream of an outcome.
-pub(crate) fn stream(o: &ChatOutcome) -> Bytes {
-    let mut out = BytesMut::with_capacity(1024 + o.text.len() * 2);
-    let mut state = StreamState::default();
-    for event in o.events() {
-        render_event(&mut out, &mut state, o, &event);
-    }
-    out.freeze()
+/// A failure after the stream began: Anthropic's `error` event (its clients raise it).
+pub(crate) fn render_error(out: &mut BytesMut, f: &Failure) {
+    sse(out, "error", &error(f));
 }
 
 /// Anthropic's model list (`GET /v1/models` with `anthropic-version`).
@@ -405,7 +428,8 @@ pub(crate) fn error(f: &Failure) -> Value {
 mod tests {
     use super::*;
     use crate::events::tests::outcome;
-    use crate::events::ToolCall;
+    use crate::events::{ToolCall, ToolDelta};
+    use bytes::Bytes;
 
     #[test]
     fn request_maps_to_openai_messages() {
@@ -491,6 +515,15 @@ mod tests {
         assert_eq!(v["stop_reason"], "tool_use");
     }
 
+    fn stream(o: &ChatOutcome) -> Bytes {
+        let mut out = BytesMut::new();
+        let mut state = StreamState::default();
+        for event in o.events() {
+            render_event(&mut out, &mut state, &o.head(), &event);
+        }
+        out.freeze()
+    }
+
     fn events(b: &Bytes) -> Vec<(String, Value)> {
         std::str::from_utf8(b)
             .expect("utf-8")
@@ -539,5 +572,57 @@ mod tests {
         assert_eq!(ev[6].1["delta"]["partial_json"], r#"{"a":1}"#);
         assert_eq!(ev[8].1["delta"]["stop_reason"], "tool_use");
         assert_eq!(ev[8].1["usage"]["output_tokens"], 2);
+    }
+
+    #[test]
+    fn streamed_tool_fragments_and_errors() {
+        let h = outcome("", vec![]).head();
+        let mut out = BytesMut::new();
+        let mut st = StreamState::default();
+        let frag = |index, first: bool, args: &str| {
+            ChatEvent::Tool(ToolDelta {
+                index,
+                id: first.then(|| format!("call_{index}")),
+                name: first.then(|| "f".to_owned()),
+                arguments: args.into(),
+                whole: false,
+            })
+        };
+        for ev in [
+            ChatEvent::Start,
+            ChatEvent::Text("a".into()),
+            frag(0, true, ""),
+            frag(0, false, r#"{"x":"#),
+            frag(0, false, "1}"),
+            frag(1, true, "{}"),
+        ] {
+            render_event(&mut out, &mut st, &h, &ev);
+        }
+        render_error(&mut out, &Failure::deadline());
+        let ev = events(&out.freeze());
+        let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "ping",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "error"
+            ]
+        );
+        assert_eq!(ev[5].1["content_block"]["id"], "call_0");
+        assert_eq!(ev[6].1["delta"]["partial_json"], r#"{"x":"#);
+        assert_eq!(ev[7].1["delta"]["partial_json"], "1}");
+        assert_eq!(ev[9].1["index"], 2);
+        assert_eq!(ev[11].1["error"]["type"], "api_error");
+        assert_eq!(ev[11].1["error"]["code"], "task_timeout");
     }
 }

@@ -1,13 +1,15 @@
-//! The surface-neutral answer of a chat ([`ChatOutcome`]) and the stream of events a
-//! surface renders ([`ChatEvent`]).
+//! The surface-neutral answer of a chat ([`ChatOutcome`]), the stream of events a
+//! surface renders ([`ChatEvent`]) and [`Relay`], which turns the client's streamed chat
+//! ([`iicp_client::ChatEvent`]) into those events as they arrive.
 //!
-//! Nodes answer with a complete OpenAI-shaped completion today, so a streamed answer is
-//! synthesised: [`ChatOutcome::events`] turns the buffered result into the events a real
-//! stream of deltas would produce (start, text deltas, tool calls, finish with usage).
-//! Each surface renders events one at a time, so a node path that streams can later
-//! feed the same renderers event by event.
+//! A streamed answer is relayed, never synthesised: each text delta and tool-call
+//! fragment the node sends becomes one event, rendered and written at once. A node that
+//! does not stream answers as one delta (the client's fallback); its tool calls, which
+//! arrive only with the assembled completion, are rendered whole before the finish.
 
-use iicp_client::ChatResult;
+use std::collections::BTreeSet;
+
+use iicp_client::{ChatEvent as ClientEvent, ChatResult};
 use serde_json::Value;
 
 /// One tool call of the assistant's answer.
@@ -95,27 +97,122 @@ pub(crate) struct ChatOutcome {
     pub(crate) trace_id: String,
 }
 
-/// One event of a (possibly synthesised) stream.
+/// A fragment of one tool call: the first of an `index` carries the id and the name,
+/// the arguments (JSON text) are concatenated across fragments.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ToolDelta {
+    /// Position among the tool calls (from 0).
+    pub(crate) index: usize,
+    /// The call id, on the first fragment.
+    pub(crate) id: Option<String>,
+    /// The function name, on the first fragment.
+    pub(crate) name: Option<String>,
+    /// A piece of the arguments (may be empty).
+    pub(crate) arguments: String,
+    /// Whether this fragment is the whole call (from a completion, not a stream).
+    pub(crate) whole: bool,
+}
+
+/// What is fixed about a streamed answer once the node accepted it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Head {
+    /// The completion id (the task id).
+    pub(crate) id: String,
+    /// The model asked for (`iicp`: any).
+    pub(crate) model: String,
+    /// Unix seconds.
+    pub(crate) created: u64,
+}
+
+/// One event of a streamed answer.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum ChatEvent {
     /// The answer begins (role `assistant`).
     Start,
     /// A piece of the assistant's text.
     Text(String),
-    /// A complete tool call (`index` counts tool calls from 0).
-    Tool {
-        /// Position among the tool calls.
-        index: usize,
-        /// The call.
-        call: ToolCall,
-    },
+    /// A piece of a tool call.
+    Tool(ToolDelta),
     /// The answer is complete.
     Finish {
         /// Why generation stopped.
         reason: Finish,
         /// Token counts.
         usage: Tokens,
+        /// The assembled tool calls (Ollama sends them whole).
+        tool_calls: Vec<ToolCall>,
     },
+}
+
+/// Turns the client's streamed chat events into [`ChatEvent`]s, in order.
+#[derive(Debug)]
+pub(crate) struct Relay {
+    /// The model asked for.
+    requested: Option<String>,
+    /// Tool-call indexes already sent as fragments.
+    tools_seen: BTreeSet<u32>,
+    /// Whether `Done` came.
+    done: bool,
+}
+
+impl Relay {
+    /// A relay for a chat that asked for `requested` (`None`: any model).
+    pub(crate) fn new(requested: Option<String>) -> Self {
+        Self {
+            requested,
+            tools_seen: BTreeSet::new(),
+            done: false,
+        }
+    }
+
+    /// Whether the answer is complete.
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// The events of one client event (`now`: the Unix time).
+    pub(crate) fn push(&mut self, event: ClientEvent, now: u64) -> Vec<ChatEvent> {
+        match event {
+            ClientEvent::Delta(text) if text.is_empty() => Vec::new(),
+            ClientEvent::Delta(text) => vec![ChatEvent::Text(text)],
+            ClientEvent::ToolCallDelta(d) if d.choice == 0 => {
+                self.tools_seen.insert(d.index);
+                vec![ChatEvent::Tool(ToolDelta {
+                    index: usize::try_from(d.index).unwrap_or(usize::MAX),
+                    id: d.id,
+                    name: d.name,
+                    arguments: d.arguments.unwrap_or_default(),
+                    whole: false,
+                })]
+            }
+            ClientEvent::Done(result) => {
+                self.done = true;
+                let outcome = ChatOutcome::from_result(&result, self.requested.as_deref(), now);
+                let mut out = Vec::new();
+                // a buffered answer's tool calls come only with the completion
+                for (index, call) in outcome.tool_calls.iter().enumerate() {
+                    let seen = u32::try_from(index).is_ok_and(|i| self.tools_seen.contains(&i));
+                    if !seen {
+                        out.push(ChatEvent::Tool(ToolDelta {
+                            index,
+                            id: Some(call.id.clone()),
+                            name: Some(call.name.clone()),
+                            arguments: call.arguments.clone(),
+                            whole: true,
+                        }));
+                    }
+                }
+                out.push(ChatEvent::Finish {
+                    reason: outcome.finish,
+                    usage: outcome.usage,
+                    tool_calls: outcome.tool_calls,
+                });
+                out
+            }
+            // other choices' fragments, usage (the completion's is authoritative), …
+            _ => Vec::new(),
+        }
+    }
 }
 
 impl ChatOutcome {
@@ -160,8 +257,19 @@ impl ChatOutcome {
         }
     }
 
+    /// The head of a stream of this answer.
+    #[cfg(test)]
+    pub(crate) fn head(&self) -> Head {
+        Head {
+            id: self.id.clone(),
+            model: self.model.clone(),
+            created: self.created,
+        }
+    }
+
     /// The events of a stream of this answer: `Start`, the text (one `Text` when there
-    /// is any), each tool call, `Finish`.
+    /// is any), each tool call whole, `Finish` (renderer tests).
+    #[cfg(test)]
     pub(crate) fn events(&self) -> Vec<ChatEvent> {
         let mut out = Vec::with_capacity(3 + self.tool_calls.len());
         out.push(ChatEvent::Start);
@@ -169,14 +277,18 @@ impl ChatOutcome {
             out.push(ChatEvent::Text(self.text.clone()));
         }
         for (index, call) in self.tool_calls.iter().enumerate() {
-            out.push(ChatEvent::Tool {
+            out.push(ChatEvent::Tool(ToolDelta {
                 index,
-                call: call.clone(),
-            });
+                id: Some(call.id.clone()),
+                name: Some(call.name.clone()),
+                arguments: call.arguments.clone(),
+                whole: true,
+            }));
         }
         out.push(ChatEvent::Finish {
             reason: self.finish.clone(),
             usage: self.usage,
+            tool_calls: self.tool_calls.clone(),
         });
         out
     }
@@ -240,7 +352,9 @@ pub(crate) mod tests {
         assert_eq!(ev.len(), 4);
         assert_eq!(ev[0], ChatEvent::Start);
         assert_eq!(ev[1], ChatEvent::Text("hi".into()));
-        assert_eq!(ev[2], ChatEvent::Tool { index: 0, call });
+        assert!(
+            matches!(&ev[2], ChatEvent::Tool(d) if d.whole && d.index == 0 && d.name.as_deref() == Some(call.name.as_str()))
+        );
         assert!(matches!(
             ev[3],
             ChatEvent::Finish {

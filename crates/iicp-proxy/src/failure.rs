@@ -143,6 +143,17 @@ impl Failure {
         )
     }
 
+    /// 502: the node's event stream ended without its answer (the client reports
+    /// broken streams as errors; this is the proxy's guard should one end silently).
+    pub(crate) fn stream_ended() -> Self {
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            Class::Upstream,
+            ErrorCode::BackendError.as_str(),
+            "the mesh's answer ended before it was complete",
+        )
+    }
+
     /// A request-body error of the HTTP layer (413 too large, 408 too slow, 400
     /// broken, 415 not JSON) as a failure.
     pub(crate) fn from_http(err: &HttpError) -> Self {

@@ -25,14 +25,24 @@
 //! `urn:iicp:intent:llm:chat:v1` (cached briefly); a request's `model` filters
 //! discovery (`iicp` or empty: any model) and an unknown model is a 404.
 //!
-//! Nodes answer with complete results today, so a streamed request gets a well-formed
-//! stream synthesised from the buffered answer (each API's exact chunks; `data: [DONE]`
-//! last for OpenAI). The surfaces render an internal stream of events (start, text
-//! deltas, tool calls, finish with usage), so a node path that streams can feed them
-//! later without touching the renderers.
+//! Streaming is real: a `stream: true` request (Ollama streams by default) goes through
+//! [`iicp_client::Client::chat_stream`] and each text delta and tool-call fragment the
+//! node sends is written to the application as it arrives, in that API's chunk format
+//! (OpenAI `chat.completion.chunk` events, a usage chunk with
+//! `stream_options.include_usage`, `data: [DONE]` last; Anthropic's event sequence with
+//! `text_delta` and `input_json_delta`; Ollama's NDJSON lines, `done: true` last with the
+//! counts). The response head is sent once the node's first event came: a failure before
+//! it is the surface's normal error response; a failure after it is the surface's
+//! in-stream error (OpenAI a `data: {"error": …}` event, Anthropic an `error` event,
+//! Ollama a last `{"error": …}` line) and the stream ends without its success marker. An
+//! application that hangs up drops the chat stream, which cancels the task on the node
+//! (and the node stops its model server). A node that does not stream answers through the
+//! same path as one delta (the client's fallback). While a stream runs it holds its
+//! concurrency slot.
 //!
-//! Every response carries `Server: iicp-proxy` and `X-IICP-Trace-Id`; answered chats
-//! also `X-IICP-Node-Id` and `X-IICP-Generated-By-AI: true`. Failures are mapped once,
+//! Every response carries `Server: iicp-proxy` and `X-IICP-Trace-Id` (except streamed
+//! answers: the chat stream does not tell its trace id before its end); answered chats
+//! also `X-IICP-Node-Id`, `X-IICP-Task-Id` and `X-IICP-Generated-By-AI: true`. Failures are mapped once,
 //! for every surface: no node → 502 with `IICP-E033`, every node failed → 502, timeout
 //! → 504, capacity everywhere → 429 with `Retry-After`, bad JSON → 400, body over the
 //! cap → 413, wrong API key → 401, too many requests at once → 429. The IICP code is in
@@ -72,6 +82,7 @@ mod models;
 mod ollama;
 mod openai;
 mod proxy;
+mod stream;
 
 pub use proxy::{
     Proxy, ProxyBuilder, ProxyError, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT,

@@ -7,13 +7,13 @@
 //! `num_predict` / `stop` / `seed` the OpenAI members, `format` a `response_format`,
 //! tool calls OpenAI's (arguments as JSON text).
 
-use bytes::{BufMut as _, Bytes, BytesMut};
+use bytes::{BufMut as _, BytesMut};
 use iicp_client::{ChatMessage, ChatRequest};
 use iicp_proto::time::iso8601;
 use serde_json::{json, Map, Value};
 
 use crate::call::{opt_bool, opt_f64_in, opt_string, opt_strings, opt_u32, ChatCall};
-use crate::events::{ChatEvent, ChatOutcome, Finish};
+use crate::events::{ChatEvent, ChatOutcome, Finish, Head, Tokens, ToolCall};
 use crate::failure::Failure;
 use crate::models::{is_any, MeshModel};
 
@@ -212,9 +212,9 @@ fn done_reason(f: &Finish) -> &'static str {
     }
 }
 
-fn tool_calls(o: &ChatOutcome) -> Value {
+fn tool_calls(calls: &[ToolCall]) -> Value {
     Value::Array(
-        o.tool_calls
+        calls
             .iter()
             .map(|c| {
                 let args = serde_json::from_str::<Value>(&c.arguments)
@@ -229,24 +229,30 @@ fn tool_calls(o: &ChatOutcome) -> Value {
 
 /// The final object (`done: true`) of an answer; `text` is the whole answer when not
 /// streamed, empty as the last line of a stream.
-fn done(o: &ChatOutcome, endpoint: Endpoint, text: &str, with_tools: bool) -> Value {
+fn done(
+    (model, created): (&str, u64),
+    (finish, usage): (&Finish, Tokens),
+    endpoint: Endpoint,
+    text: &str,
+    calls: &[ToolCall],
+) -> Value {
     let mut v = json!({
-        "model": o.model,
-        "created_at": iso8601(o.created),
+        "model": model,
+        "created_at": iso8601(created),
         "done": true,
-        "done_reason": done_reason(&o.finish),
+        "done_reason": done_reason(finish),
         "total_duration": 0,
         "load_duration": 0,
-        "prompt_eval_count": o.usage.prompt,
+        "prompt_eval_count": usage.prompt,
         "prompt_eval_duration": 0,
-        "eval_count": o.usage.completion,
+        "eval_count": usage.completion,
         "eval_duration": 0,
     });
     match endpoint {
         Endpoint::Chat => {
             let mut message = json!({"role": "assistant", "content": text});
-            if with_tools && !o.tool_calls.is_empty() {
-                message["tool_calls"] = tool_calls(o);
+            if !calls.is_empty() {
+                message["tool_calls"] = tool_calls(calls);
             }
             v["message"] = message;
         }
@@ -260,7 +266,13 @@ fn done(o: &ChatOutcome, endpoint: Endpoint, text: &str, with_tools: bool) -> Va
 
 /// The one-object answer (`"stream": false`).
 pub(crate) fn answer(o: &ChatOutcome, endpoint: Endpoint) -> Value {
-    done(o, endpoint, &o.text, true)
+    done(
+        (&o.model, o.created),
+        (&o.finish, o.usage),
+        endpoint,
+        &o.text,
+        &o.tool_calls,
+    )
 }
 
 fn line(out: &mut BytesMut, v: &Value) {
@@ -268,15 +280,11 @@ fn line(out: &mut BytesMut, v: &Value) {
     out.put_u8(b'\n');
 }
 
-/// Renders one event as NDJSON lines into `out`.
-pub(crate) fn render_event(
-    out: &mut BytesMut,
-    o: &ChatOutcome,
-    endpoint: Endpoint,
-    event: &ChatEvent,
-) {
+/// Renders one event as NDJSON lines into `out`: a `done: false` line per text delta;
+/// tool calls whole in one message before the final `done: true` line (as Ollama).
+pub(crate) fn render_event(out: &mut BytesMut, h: &Head, endpoint: Endpoint, event: &ChatEvent) {
     let partial = |text: &str| {
-        let mut v = json!({"model": o.model, "created_at": iso8601(o.created), "done": false});
+        let mut v = json!({"model": h.model, "created_at": iso8601(h.created), "done": false});
         match endpoint {
             Endpoint::Chat => v["message"] = json!({"role": "assistant", "content": text}),
             Endpoint::Generate => v["response"] = json!(text),
@@ -284,28 +292,30 @@ pub(crate) fn render_event(
         v
     };
     match event {
-        ChatEvent::Start => {}
+        ChatEvent::Start | ChatEvent::Tool(_) => {}
         ChatEvent::Text(text) => line(out, &partial(text)),
-        ChatEvent::Tool { .. } => {}
-        ChatEvent::Finish { .. } => {
-            // Ollama sends tool calls in one message, before the final line
-            if endpoint == Endpoint::Chat && !o.tool_calls.is_empty() {
+        ChatEvent::Finish {
+            reason,
+            usage,
+            tool_calls: calls,
+        } => {
+            if endpoint == Endpoint::Chat && !calls.is_empty() {
                 let mut v = partial("");
-                v["message"]["tool_calls"] = tool_calls(o);
+                v["message"]["tool_calls"] = tool_calls(calls);
                 line(out, &v);
             }
-            line(out, &done(o, endpoint, "", false));
+            line(
+                out,
+                &done((&h.model, h.created), (reason, *usage), endpoint, "", &[]),
+            );
         }
     }
 }
 
-/// The whole synthesised NDJSON stream of an outcome.
-pub(crate) fn stream(o: &ChatOutcome, endpoint: Endpoint) -> Bytes {
-    let mut out = BytesMut::with_capacity(512 + o.text.len() * 2);
-    for event in o.events() {
-        render_event(&mut out, o, endpoint, &event);
-    }
-    out.freeze()
+/// A failure after the stream began: a last line `{"error": "…"}` (what Ollama sends
+/// and its clients raise).
+pub(crate) fn render_error(out: &mut BytesMut, f: &Failure) {
+    line(out, &error(f));
 }
 
 /// The answer to a load-only generate (an empty prompt).
@@ -357,7 +367,15 @@ pub(crate) fn error(f: &Failure) -> Value {
 mod tests {
     use super::*;
     use crate::events::tests::outcome;
-    use crate::events::ToolCall;
+    use bytes::Bytes;
+
+    fn stream(o: &ChatOutcome, endpoint: Endpoint) -> Bytes {
+        let mut out = BytesMut::new();
+        for event in o.events() {
+            render_event(&mut out, &o.head(), endpoint, &event);
+        }
+        out.freeze()
+    }
 
     #[test]
     fn chat_request_mapping() {
@@ -441,6 +459,12 @@ mod tests {
             l[0]["message"]["tool_calls"][0]["function"]["arguments"],
             json!({"a": 1})
         );
+        let mut out = BytesMut::new();
+        render_error(&mut out, &Failure::deadline());
+        let l = lines(&out.freeze());
+        assert!(l[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("task_timeout: ")));
     }
 
     #[test]

@@ -2,12 +2,12 @@
 //! `GET /v1/models/{id}`, in OpenAI's own shapes (completion, `chat.completion.chunk`
 //! server-sent events ending with `data: [DONE]`, `{"error":{…}}` bodies).
 
-use bytes::{BufMut as _, Bytes, BytesMut};
+use bytes::{BufMut as _, BytesMut};
 use iicp_client::{ChatMessage, ChatRequest};
 use serde_json::{json, Value};
 
 use crate::call::{opt_bool, opt_f64_in, opt_string, opt_strings, opt_u32, ChatCall};
-use crate::events::{ChatEvent, ChatOutcome, Finish, Tokens};
+use crate::events::{ChatEvent, ChatOutcome, Finish, Head, Tokens};
 use crate::failure::{Class, Failure};
 use crate::models::{is_any, MeshModel};
 
@@ -138,12 +138,12 @@ fn sse(out: &mut BytesMut, value: &Value) {
 
 /// One `chat.completion.chunk` (`usage: null` on every chunk when usage was asked
 /// for, as OpenAI does).
-fn chunk(o: &ChatOutcome, delta: Value, finish: Option<&Finish>, include_usage: bool) -> Value {
+fn chunk(h: &Head, delta: Value, finish: Option<&Finish>, include_usage: bool) -> Value {
     let mut c = json!({
-        "id": format!("chatcmpl-{}", o.id),
+        "id": format!("chatcmpl-{}", h.id),
         "object": "chat.completion.chunk",
-        "created": o.created,
-        "model": o.model,
+        "created": h.created,
+        "model": h.model,
         "system_fingerprint": null,
         "choices": [{
             "index": 0,
@@ -158,18 +158,14 @@ fn chunk(o: &ChatOutcome, delta: Value, finish: Option<&Finish>, include_usage: 
     c
 }
 
-/// Renders one event as server-sent events into `out`.
-pub(crate) fn render_event(
-    out: &mut BytesMut,
-    o: &ChatOutcome,
-    event: &ChatEvent,
-    include_usage: bool,
-) {
+/// Renders one event as server-sent events into `out`; after `Finish` comes
+/// `data: [DONE]`.
+pub(crate) fn render_event(out: &mut BytesMut, h: &Head, event: &ChatEvent, include_usage: bool) {
     match event {
         ChatEvent::Start => sse(
             out,
             &chunk(
-                o,
+                h,
                 json!({"role": "assistant", "content": "", "refusal": null}),
                 None,
                 include_usage,
@@ -177,50 +173,50 @@ pub(crate) fn render_event(
         ),
         ChatEvent::Text(text) => sse(
             out,
-            &chunk(o, json!({"content": text}), None, include_usage),
+            &chunk(h, json!({"content": text}), None, include_usage),
         ),
-        ChatEvent::Tool { index, call } => sse(
-            out,
-            &chunk(
-                o,
-                json!({"tool_calls": [{
-                    "index": index,
-                    "id": call.id,
-                    "type": "function",
-                    "function": {"name": call.name, "arguments": call.arguments},
-                }]}),
-                None,
-                include_usage,
-            ),
-        ),
-        ChatEvent::Finish { reason, usage: u } => {
-            sse(out, &chunk(o, json!({}), Some(reason), include_usage));
+        ChatEvent::Tool(d) => {
+            // OpenAI's fragments: the first of a call names it, the rest add arguments
+            let mut call = json!({"index": d.index, "function": {"arguments": d.arguments}});
+            if let Some(id) = &d.id {
+                call["id"] = json!(id);
+                call["type"] = json!("function");
+            }
+            if let Some(name) = &d.name {
+                call["function"]["name"] = json!(name);
+            }
+            sse(
+                out,
+                &chunk(h, json!({"tool_calls": [call]}), None, include_usage),
+            );
+        }
+        ChatEvent::Finish {
+            reason, usage: u, ..
+        } => {
+            sse(out, &chunk(h, json!({}), Some(reason), include_usage));
             if include_usage {
                 sse(
                     out,
                     &json!({
-                        "id": format!("chatcmpl-{}", o.id),
+                        "id": format!("chatcmpl-{}", h.id),
                         "object": "chat.completion.chunk",
-                        "created": o.created,
-                        "model": o.model,
+                        "created": h.created,
+                        "model": h.model,
                         "system_fingerprint": null,
                         "choices": [],
                         "usage": usage(*u),
                     }),
                 );
             }
+            out.put_slice(b"data: [DONE]\n\n");
         }
     }
 }
 
-/// The whole synthesised stream of an outcome, `data: [DONE]` last.
-pub(crate) fn stream(o: &ChatOutcome, include_usage: bool) -> Bytes {
-    let mut out = BytesMut::with_capacity(512 + o.text.len() * 2);
-    for event in o.events() {
-        render_event(&mut out, o, &event, include_usage);
-    }
-    out.put_slice(b"data: [DONE]\n\n");
-    out.freeze()
+/// A failure after the stream began: one `data: {"error": {…}}` event (what OpenAI
+/// sends and its clients raise), and no `[DONE]`.
+pub(crate) fn render_error(out: &mut BytesMut, f: &Failure) {
+    sse(out, &error(f));
 }
 
 /// A model object.
@@ -252,6 +248,7 @@ mod tests {
     use super::*;
     use crate::events::tests::outcome;
     use crate::events::ToolCall;
+    use bytes::Bytes;
     use http::StatusCode;
 
     #[test]
@@ -347,6 +344,14 @@ mod tests {
         );
     }
 
+    fn stream(o: &ChatOutcome, include_usage: bool) -> Bytes {
+        let mut out = BytesMut::new();
+        for event in o.events() {
+            render_event(&mut out, &o.head(), &event, include_usage);
+        }
+        out.freeze()
+    }
+
     fn frames(b: &Bytes) -> Vec<String> {
         let text = std::str::from_utf8(b).expect("utf-8");
         assert!(text.ends_with("\n\n"));
@@ -382,6 +387,44 @@ mod tests {
         assert_eq!(last["usage"]["completion_tokens"], 2);
         let first: Value = serde_json::from_str(&f[0]).expect("json");
         assert_eq!(first["usage"], Value::Null);
+    }
+
+    #[test]
+    fn tool_fragments_and_in_stream_errors() {
+        let h = outcome("", vec![]).head();
+        let mut out = BytesMut::new();
+        let first = crate::events::ToolDelta {
+            index: 1,
+            id: Some("call_7".into()),
+            name: Some("f".into()),
+            arguments: String::new(),
+            whole: false,
+        };
+        let more = crate::events::ToolDelta {
+            id: None,
+            name: None,
+            arguments: r#"{"a":"#.into(),
+            ..first.clone()
+        };
+        render_event(&mut out, &h, &ChatEvent::Tool(first), false);
+        render_event(&mut out, &h, &ChatEvent::Tool(more), false);
+        render_error(&mut out, &Failure::deadline());
+        let f = frames(&out.freeze());
+        let c: Vec<Value> = f
+            .iter()
+            .map(|s| serde_json::from_str(s).expect("json"))
+            .collect();
+        let t0 = &c[0]["choices"][0]["delta"]["tool_calls"][0];
+        assert_eq!(
+            (t0["index"].as_u64(), t0["id"].as_str(), t0["type"].as_str()),
+            (Some(1), Some("call_7"), Some("function"))
+        );
+        assert_eq!(t0["function"], json!({"name": "f", "arguments": ""}));
+        let t1 = &c[1]["choices"][0]["delta"]["tool_calls"][0];
+        assert!(t1.get("id").is_none() && t1["function"].get("name").is_none());
+        assert_eq!(t1["function"]["arguments"], r#"{"a":"#);
+        assert_eq!(c[2]["error"]["code"], "task_timeout");
+        assert!(!f.iter().any(|s| s == "[DONE]"));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, SERVER};
 use http::{Method, StatusCode};
 use iicp_client::{ChatOptions, ChatRequest, Client, DiscoverOptions, Qos, Secret, CHAT_INTENT};
@@ -19,13 +19,15 @@ use iicp_transport::shutdown::Shutdown;
 use rand_core::OsRng;
 use serde_json::Value;
 use subtle::ConstantTimeEq as _;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use crate::events::ChatOutcome;
+use crate::call::ChatCall;
+use crate::events::{ChatEvent, ChatOutcome, Head, Relay};
 use crate::failure::{Class, Failure};
 use crate::metrics::Metrics;
 use crate::models::{is_any, Catalog, MeshModel};
 use crate::ollama::{self, Endpoint};
+use crate::stream::Renderer;
 use crate::{anthropic, openai};
 
 /// The proxy's default port (the port every IICP SDK's compatibility proxy uses).
@@ -44,6 +46,10 @@ pub const DEFAULT_MODEL_CACHE_TTL: Duration = Duration::from_secs(10);
 const X_IICP_GENERATED_BY_AI: HeaderName = HeaderName::from_static("x-iicp-generated-by-ai");
 const X_IICP_NODE_ID: HeaderName = HeaderName::from_static("x-iicp-node-id");
 const X_IICP_TRACE_ID: HeaderName = HeaderName::from_static("x-iicp-trace-id");
+const X_IICP_TASK_ID: HeaderName = HeaderName::from_static("x-iicp-task-id");
+/// Rendered pieces of a streamed answer queued for the connection; a slower reader
+/// holds the relay (and so the node) back rather than growing a buffer.
+const STREAM_QUEUE: usize = 16;
 const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 const SERVER_NAME: HeaderValue = HeaderValue::from_static("iicp-proxy");
@@ -226,7 +232,7 @@ impl ProxyBuilder {
                 api_key: self.api_key,
                 timeout,
                 max_body_bytes,
-                permits: Semaphore::new(max_concurrent),
+                permits: Arc::new(Semaphore::new(max_concurrent)),
                 qos: self.qos,
                 region,
                 min_reputation: self.min_reputation,
@@ -267,7 +273,7 @@ struct State {
     api_key: Option<Secret>,
     timeout: Duration,
     max_body_bytes: usize,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     qos: Option<Qos>,
     region: Option<String>,
     min_reputation: Option<f64>,
@@ -277,9 +283,32 @@ struct State {
 struct Reply {
     status: StatusCode,
     content_type: &'static str,
-    body: Bytes,
+    body: Body,
     /// Set when a chat answered.
-    outcome: Option<(String, String)>,
+    outcome: Option<Answered>,
+}
+
+/// The body of a reply.
+enum Body {
+    /// Complete bytes.
+    Full(Bytes),
+    /// A streamed answer: the connection reads `rx`; `pump` (run on its own task)
+    /// relays the node's events into it.
+    Stream {
+        rx: mpsc::Receiver<Bytes>,
+        pump: Pump,
+    },
+}
+
+/// The relay of a streamed answer, run after the response head is sent.
+type Pump = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Who answered a chat (the headers of an answer).
+struct Answered {
+    node_id: String,
+    task_id: String,
+    /// The mesh trace id, when known (a streamed answer's is not, before its end).
+    trace_id: Option<String>,
 }
 
 impl Reply {
@@ -287,7 +316,7 @@ impl Reply {
         Self {
             status,
             content_type: "application/json",
-            body: Bytes::from(value.to_string()),
+            body: Body::Full(Bytes::from(value.to_string())),
             outcome: None,
         }
     }
@@ -295,26 +324,12 @@ impl Reply {
     /// An answered chat, as JSON.
     fn answer(outcome: &ChatOutcome, value: &Value) -> Self {
         Self {
-            outcome: Some((outcome.node_id.clone(), outcome.trace_id.clone())),
+            outcome: Some(Answered {
+                node_id: outcome.node_id.clone(),
+                task_id: outcome.id.clone(),
+                trace_id: Some(outcome.trace_id.clone()),
+            }),
             ..Self::json(StatusCode::OK, value)
-        }
-    }
-
-    /// An answered chat, as server-sent events.
-    fn stream(outcome: &ChatOutcome, body: Bytes) -> Self {
-        Self {
-            status: StatusCode::OK,
-            content_type: "text/event-stream",
-            body,
-            outcome: Some((outcome.node_id.clone(), outcome.trace_id.clone())),
-        }
-    }
-
-    /// An answered chat, as NDJSON lines.
-    fn ndjson(outcome: &ChatOutcome, body: Bytes) -> Self {
-        Self {
-            content_type: "application/x-ndjson",
-            ..Self::stream(outcome, body)
         }
     }
 }
@@ -377,13 +392,13 @@ impl Proxy {
             Surface::OpenAi,
             |s, mut req, _| async move {
                 let call = openai::parse_chat(&read(&s, &mut req).await?)?;
-                let (stream, usage) = (call.stream, call.include_usage);
+                if call.stream {
+                    let include_usage = call.include_usage;
+                    return streamed(s, Surface::OpenAi, call, Renderer::OpenAi { include_usage })
+                        .await;
+                }
                 let outcome = s.chat(call.request, call.model).await?;
-                Ok(if stream {
-                    Reply::stream(&outcome, openai::stream(&outcome, usage))
-                } else {
-                    Reply::answer(&outcome, &openai::completion(&outcome))
-                })
+                Ok(Reply::answer(&outcome, &openai::completion(&outcome)))
             },
         );
         router = self.add(
@@ -393,13 +408,12 @@ impl Proxy {
             Surface::Anthropic,
             |s, mut req, _| async move {
                 let call = anthropic::parse_messages(&read(&s, &mut req).await?)?;
-                let stream = call.stream;
+                if call.stream {
+                    let renderer = Renderer::Anthropic(anthropic::StreamState::default());
+                    return streamed(s, Surface::Anthropic, call, renderer).await;
+                }
                 let outcome = s.chat(call.request, call.model).await?;
-                Ok(if stream {
-                    Reply::stream(&outcome, anthropic::stream(&outcome))
-                } else {
-                    Reply::answer(&outcome, &anthropic::message(&outcome))
-                })
+                Ok(Reply::answer(&outcome, &anthropic::message(&outcome)))
             },
         );
         for (path, endpoint) in [
@@ -424,13 +438,12 @@ impl Proxy {
                             &ollama::loaded(&model, SystemClock.now_secs()),
                         ));
                     }
-                    let stream = call.stream;
+                    if call.stream {
+                        let renderer = Renderer::Ollama(endpoint);
+                        return streamed(s, Surface::Ollama, call, renderer).await;
+                    }
                     let outcome = s.chat(call.request, call.model).await?;
-                    Ok(if stream {
-                        Reply::ndjson(&outcome, ollama::stream(&outcome, endpoint))
-                    } else {
-                        Reply::answer(&outcome, &ollama::answer(&outcome, endpoint))
-                    })
+                    Ok(Reply::answer(&outcome, &ollama::answer(&outcome, endpoint)))
                 },
             );
         }
@@ -500,7 +513,7 @@ impl Proxy {
                 Ok(Reply {
                     status: StatusCode::OK,
                     content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    body: Bytes::from(s.metrics.render()),
+                    body: Body::Full(Bytes::from(s.metrics.render())),
                     outcome: None,
                 })
             },
@@ -583,30 +596,33 @@ impl Proxy {
             async move {
                 let started = Instant::now();
                 state.metrics.in_flight(1);
-                let result = match state.permits.try_acquire() {
-                    Err(_) => Err(Failure::busy()),
-                    Ok(_permit) => match state.authorize(&req) {
-                        Err(failure) => Err(failure),
-                        Ok(()) => f(Arc::clone(&state), req, params).await,
+                let permit = Arc::clone(&state.permits).try_acquire_owned();
+                let (result, permit) = match permit {
+                    Err(_) => (Err(Failure::busy()), None),
+                    Ok(permit) => match state.authorize(&req) {
+                        Err(failure) => (Err(failure), Some(permit)),
+                        Ok(()) => (f(Arc::clone(&state), req, params).await, Some(permit)),
                     },
                 };
-                state.metrics.in_flight(-1);
                 if let Err(f) = &result {
-                    if matches!(f.class, Class::Upstream | Class::Timeout | Class::RateLimit) {
-                        state.metrics.upstream_failure(
-                            surface.label(),
-                            f.status.as_u16(),
-                            &f.code,
-                            SystemClock.now_secs(),
-                        );
-                    }
+                    state.record_failure(surface, f);
                 }
-                let response = finish(surface, result);
+                let (response, pump) = finish(surface, result);
                 state.metrics.request(
                     surface.label(),
                     response.status().as_u16(),
                     started.elapsed(),
                 );
+                match pump {
+                    // a streamed answer holds its permit and counts in flight to its end
+                    Some(pump) => {
+                        tokio::spawn(relay_to_end(Arc::clone(&state), pump, permit));
+                    }
+                    None => {
+                        drop(permit);
+                        state.metrics.in_flight(-1);
+                    }
+                }
                 response
             }
         })
@@ -633,7 +649,118 @@ impl Proxy {
     }
 }
 
+/// Runs a streamed answer's relay, then releases what the request held.
+async fn relay_to_end(state: Arc<State>, pump: Pump, permit: Option<OwnedSemaphorePermit>) {
+    pump.await;
+    drop(permit);
+    state.metrics.in_flight(-1);
+}
+
+/// A streamed chat: the node's deltas relayed to the client as they arrive, in the
+/// surface's chunk format. Everything up to the node's first event is answered as a
+/// normal response (a failure gets the surface's error status and body); after it, the
+/// head is sent and a failure is the surface's in-stream error, never a success. The
+/// client going away drops the chat stream, which cancels the task on the node.
+async fn streamed(
+    state: Arc<State>,
+    surface: Surface,
+    call: ChatCall,
+    mut renderer: Renderer,
+) -> Result<Reply, Failure> {
+    let (request, options, model) = state.prepare(call.request, call.model).await?;
+    let started = tokio::time::timeout(state.timeout, state.client.chat_stream(request, options));
+    let mut chat = match started.await {
+        Err(_) => return Err(Failure::deadline()),
+        Ok(Err(e)) => return Err(state.failed(&e)),
+        Ok(Ok(chat)) => chat,
+    };
+    // the first event before the head: nothing has been sent if it is a failure
+    let first = match chat.next().await {
+        Some(Ok(event)) => event,
+        Some(Err(e)) => return Err(state.failed(&e)),
+        None => return Err(Failure::stream_ended()),
+    };
+    let now = SystemClock.now_secs();
+    let head = Head {
+        id: chat.task_id().as_str().to_owned(),
+        model: model.clone().unwrap_or_else(|| "iicp".to_owned()),
+        created: now,
+    };
+    let answered = Answered {
+        node_id: chat.node_id().to_owned(),
+        task_id: head.id.clone(),
+        trace_id: None,
+    };
+    let content_type = renderer.content_type();
+    let mut relay = Relay::new(model);
+    let mut out = BytesMut::with_capacity(1024);
+    renderer.event(&mut out, &head, &ChatEvent::Start);
+    for event in relay.push(first, now) {
+        renderer.event(&mut out, &head, &event);
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
+    let pump = Box::pin(async move {
+        loop {
+            if !out.is_empty() && tx.send(out.split().freeze()).await.is_err() {
+                return; // the client went away: dropping `chat` cancels the node's task
+            }
+            if relay.is_done() {
+                return;
+            }
+            let next = tokio::select! {
+                biased;
+                () = tx.closed() => return,
+                next = chat.next() => next,
+            };
+            match next {
+                Some(Ok(event)) => {
+                    for event in relay.push(event, SystemClock.now_secs()) {
+                        renderer.event(&mut out, &head, &event);
+                    }
+                }
+                Some(Err(e)) => {
+                    let failure = state.failed(&e);
+                    state.record_failure(surface, &failure);
+                    renderer.error(&mut out, &failure);
+                    let _ = tx.send(out.split().freeze()).await;
+                    return;
+                }
+                None => {
+                    renderer.error(&mut out, &Failure::stream_ended());
+                    let _ = tx.send(out.split().freeze()).await;
+                    return;
+                }
+            }
+        }
+    });
+    Ok(Reply {
+        status: StatusCode::OK,
+        content_type,
+        body: Body::Stream { rx, pump },
+        outcome: Some(answered),
+    })
+}
+
 impl State {
+    /// Counts a mesh failure (upstream, timeout, capacity) in the metrics.
+    fn record_failure(&self, surface: Surface, f: &Failure) {
+        if matches!(f.class, Class::Upstream | Class::Timeout | Class::RateLimit) {
+            self.metrics.upstream_failure(
+                surface.label(),
+                f.status.as_u16(),
+                &f.code,
+                SystemClock.now_secs(),
+            );
+        }
+    }
+
+    /// A client error as the proxy's failure (logged without the peer's text).
+    fn failed(&self, e: &iicp_client::Error) -> Failure {
+        let failure = Failure::from_client(e);
+        tracing::debug!(code = %failure.code, status = failure.status.as_u16(), "proxied chat failed");
+        failure
+    }
+
     /// The mesh as the proxy sees it: is the directory reachable, how many nodes and
     /// which models serve the chat intent, the last mesh errors.
     async fn status(&self) -> Value {
@@ -693,13 +820,13 @@ impl State {
         }
     }
 
-    /// One chat through the mesh under the proxy's deadline; an unknown model is a 404
-    /// before anything is sent.
-    async fn chat(
+    /// The request and options of one chat under the proxy's deadline, and the model
+    /// asked for (`None`: any); an unknown model is a 404 before anything is sent.
+    async fn prepare(
         &self,
         mut request: ChatRequest,
         model: Option<String>,
-    ) -> Result<ChatOutcome, Failure> {
+    ) -> Result<(ChatRequest, ChatOptions, Option<String>), Failure> {
         let model = model.filter(|m| !is_any(Some(m)));
         if let Some(m) = &model {
             match self.catalog.offers(m).await {
@@ -719,15 +846,21 @@ impl State {
             min_reputation: self.min_reputation,
             ..ChatOptions::default()
         };
+        Ok((request, options, model))
+    }
+
+    /// One buffered chat through the mesh under the proxy's deadline.
+    async fn chat(
+        &self,
+        request: ChatRequest,
+        model: Option<String>,
+    ) -> Result<ChatOutcome, Failure> {
+        let (request, options, model) = self.prepare(request, model).await?;
         let answer =
             tokio::time::timeout(self.timeout, self.client.chat_request(request, options)).await;
         match answer {
             Err(_) => Err(Failure::deadline()),
-            Ok(Err(e)) => {
-                let failure = Failure::from_client(&e);
-                tracing::debug!(code = %failure.code, status = failure.status.as_u16(), "proxied chat failed");
-                Err(failure)
-            }
+            Ok(Err(e)) => Err(self.failed(&e)),
             Ok(Ok(result)) => Ok(ChatOutcome::from_result(
                 &result,
                 model.as_deref(),
@@ -745,38 +878,46 @@ async fn read(state: &State, req: &mut Request) -> Result<Bytes, Failure> {
 }
 
 /// The response: the reply or the failure in the surface's shape, with `Server`,
-/// `X-IICP-Trace-Id`, and on answered chats `X-IICP-Node-Id` and
-/// `X-IICP-Generated-By-AI`.
-fn finish(surface: Surface, result: Result<Reply, Failure>) -> Response {
+/// `X-IICP-Trace-Id` (but on a streamed answer, whose trace the client does not tell
+/// before its end), and on answered chats `X-IICP-Node-Id`, `X-IICP-Task-Id` and
+/// `X-IICP-Generated-By-AI`; and a streamed answer's relay, to run.
+fn finish(surface: Surface, result: Result<Reply, Failure>) -> (Response, Option<Pump>) {
     let (reply, node, retry_after) = match result {
         Ok(reply) => (reply, None, None),
         Err(f) => (surface.failure(&f), f.node_id.clone(), f.retry_after),
     };
-    let mut response = Response::new(ResponseBody::from(reply.body));
+    let (body, pump) = match reply.body {
+        Body::Full(bytes) => (ResponseBody::from(bytes), None),
+        Body::Stream { rx, pump } => (ResponseBody::channel(rx), Some(pump)),
+    };
+    let mut response = Response::new(body);
     *response.status_mut() = reply.status;
     let headers = response.headers_mut();
     headers.insert(SERVER, SERVER_NAME);
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
-    if reply.content_type == "text/event-stream" {
+    if pump.is_some() {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }
     if let Some(after) = retry_after {
         set_retry_after(headers, after);
     }
     let (node, trace) = match reply.outcome {
-        Some((node, trace)) => {
+        Some(answered) => {
             headers.insert(X_IICP_GENERATED_BY_AI, HeaderValue::from_static("true"));
-            (Some(node), trace)
+            if let Ok(v) = HeaderValue::from_str(&answered.task_id) {
+                headers.insert(X_IICP_TASK_ID, v);
+            }
+            (Some(answered.node_id), answered.trace_id)
         }
-        None => (node, TraceParent::generate(&mut OsRng).trace_id_hex()),
+        None => (node, Some(TraceParent::generate(&mut OsRng).trace_id_hex())),
     };
     if let Some(v) = node.and_then(|n| HeaderValue::from_str(&n).ok()) {
         headers.insert(X_IICP_NODE_ID, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&trace) {
+    if let Some(v) = trace.and_then(|t| HeaderValue::from_str(&t).ok()) {
         headers.insert(X_IICP_TRACE_ID, v);
     }
-    response
+    (response, pump)
 }
 
 #[cfg(test)]

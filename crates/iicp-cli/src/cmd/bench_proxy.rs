@@ -2,15 +2,17 @@
 //! process and through `iicp_proxy::Proxy` (OpenAI `POST /v1/chat/completions` over
 //! loopback HTTP, served by this process), against one private mesh on this machine
 //! (`dev`'s: the embedded directory and nodes with the echo model, or `--backend-url`).
-//! Reported: p50/p90/p99 at concurrency 1 (the latency the proxy adds) and throughput
-//! at `--concurrency` (the share of direct throughput the proxy keeps).
+//! Reported: p50/p90/p99 at concurrency 1 (the latency the proxy adds), throughput
+//! at `--concurrency` (the share of direct throughput the proxy keeps), and the time to
+//! the first streamed chunk at concurrency 1 (`Client::chat_stream` to its first delta,
+//! the proxy's `stream: true` to the first body chunk, which carries the first delta).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use iicp_client::{ChatMessage, Client};
+use iicp_client::{ChatEvent, ChatMessage, ChatOptions, ChatRequest, Client};
 use iicp_proxy::Proxy;
 use iicp_testkit::load::Histogram;
 use iicp_transport::http::client::{HttpClient, HttpClientConfig};
@@ -68,6 +70,50 @@ impl Path {
         }
         Ok(())
     }
+}
+
+impl Path {
+    /// One streamed chat, read to its end: the time to its first chunk.
+    async fn first_chunk(&self) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let mut first = None;
+        match self {
+            Path::Direct(client) => {
+                let request = ChatRequest::new(vec![ChatMessage::new("user", "hello bench")]);
+                let mut chat = client.chat_stream(request, ChatOptions::default()).await?;
+                while let Some(event) = chat.next().await {
+                    if let ChatEvent::Delta(_) = event? {
+                        first.get_or_insert_with(|| started.elapsed());
+                    }
+                }
+            }
+            Path::Proxy(http, url) => {
+                let body = json!({"model": "iicp", "stream": true,
+                                  "messages": [{"role": "user", "content": "hello bench"}]});
+                let mut reply = http.post_json(url.as_ref(), &body).send_streaming().await?;
+                if !reply.status.is_success() {
+                    bail!("the proxy answered HTTP {}", reply.status);
+                }
+                while reply.chunk().await?.is_some() {
+                    first.get_or_insert_with(|| started.elapsed());
+                }
+            }
+        }
+        first.context("the stream carried no chunk")
+    }
+}
+
+/// Streamed chats one at a time for `secs`: the times to the first chunk.
+async fn measure_first_chunk(path: &Path, secs: u64) -> anyhow::Result<Histogram> {
+    for _ in 0..50 {
+        path.first_chunk().await?;
+    }
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut h = Histogram::new();
+    while Instant::now() < until {
+        h.record(path.first_chunk().await?);
+    }
+    Ok(h)
 }
 
 /// Closed-loop load for `secs` with `workers` workers: latencies and completed count.
@@ -145,13 +191,22 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         let (p1, _) = measure(&proxied, 1, args.seconds).await?;
         let (_, dn) = measure(&direct, args.concurrency, args.seconds).await?;
         let (_, pn) = measure(&proxied, args.concurrency, args.seconds).await?;
-        anyhow::Ok((d1.latency(), p1.latency(), dn, pn))
+        let df = measure_first_chunk(&direct, args.seconds).await?;
+        let pf = measure_first_chunk(&proxied, args.seconds).await?;
+        anyhow::Ok((
+            d1.latency(),
+            p1.latency(),
+            dn,
+            pn,
+            (df.latency(), pf.latency()),
+        ))
     }
     .await;
     trigger.fire();
     let _ = served.await;
     mesh.stop().await;
-    let (d1, p1, dn, pn) = result?;
+    let (d1, p1, dn, pn, (df, pf)) = result?;
+    let added_first_p50_us = pf.p50_us - df.p50_us;
     let added_p50_us = p1.p50_us - d1.p50_us;
     let kept = if dn > 0.0 { pn / dn } else { 0.0 };
     if args.json {
@@ -162,6 +217,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             "proxy_c1": {"p50_us": p1.p50_us, "p90_us": p1.p90_us, "p99_us": p1.p99_us},
             "added_p50_us": added_p50_us,
             "direct_rps": dn, "proxy_rps": pn, "throughput_kept": kept,
+            "first_chunk_c1": {
+                "direct": {"p50_us": df.p50_us, "p90_us": df.p90_us, "p99_us": df.p99_us},
+                "proxy": {"p50_us": pf.p50_us, "p90_us": pf.p90_us, "p99_us": pf.p99_us},
+                "added_p50_us": added_first_p50_us,
+            },
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
@@ -187,6 +247,19 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             args.concurrency,
             kept * 100.0
         );
+        println!(
+            "1st chunk   direct  p50 {}  p90 {}  p99 {}   (streamed, c=1)",
+            ms(df.p50_us),
+            ms(df.p90_us),
+            ms(df.p99_us)
+        );
+        println!(
+            "1st chunk   proxy   p50 {}  p90 {}  p99 {}",
+            ms(pf.p50_us),
+            ms(pf.p90_us),
+            ms(pf.p99_us)
+        );
+        println!("added       1st chunk p50 {}", ms(added_first_p50_us));
     }
     Ok(())
 }

@@ -5,6 +5,7 @@ Prints one JSON object: what the library returned or raised.
 """
 import json
 import sys
+import time
 
 import anthropic
 
@@ -35,6 +36,19 @@ try:
             final = s.get_final_message()
             text = "".join(b.text for b in final.content if b.type == "text")
         out(text=text, events=events, stop_reason=final.stop_reason, output_tokens=final.usage.output_tokens)
+    elif case == "timed":
+        t0 = time.monotonic()
+        at, text = [], ""
+        with client.messages.stream(model=model, max_tokens=64, messages=user) as s:
+            for t in s.text_stream:
+                if t:
+                    at.append(time.monotonic() - t0)
+                    text += t
+        out(text=text, at=at)
+    elif case == "too_large":
+        big = [{"role": "user", "content": "x" * 8192}]
+        client.messages.create(model=model, max_tokens=16, messages=big)
+        out(answered=True)
     elif case == "image":
         msg = [{"role": "user", "content": [
             {"type": "text", "text": "describe"},

@@ -6,6 +6,7 @@ Prints one JSON object: what the library returned or raised.
 """
 import json
 import sys
+import time
 
 import ollama
 
@@ -33,6 +34,17 @@ try:
         r = client.generate(model=model, prompt="hello generate", stream=False)
         s = list(client.generate(model=model, prompt="hello generate", stream=True))
         out(text=r.response, done=r.done, streamed="".join(p.response for p in s), lines=len(s))
+    elif case == "timed":
+        t0 = time.monotonic()
+        at, text = [], ""
+        for p in client.chat(model=model, messages=user, stream=True):
+            if p.message.content:
+                at.append(time.monotonic() - t0)
+                text += p.message.content
+        out(text=text, at=at)
+    elif case == "show":
+        r = client.show(model)
+        out(details=r.details is not None)
     elif case == "image":
         r = client.chat(model=model, stream=False, messages=[
             {"role": "user", "content": "describe", "images": ["iVBORw0KGgo="]}])

@@ -5,6 +5,7 @@ Prints one JSON object: what the library returned or raised.
 """
 import json
 import sys
+import time
 
 import openai
 
@@ -37,6 +38,42 @@ try:
         chunks = list(client.chat.completions.create(model=model, messages=user, stream=True))
         out(text="".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices),
             usage=[ch.usage for ch in chunks if getattr(ch, "usage", None) is not None])
+    elif case == "timed":
+        # arrival time of each content chunk, relative to the request
+        t0 = time.monotonic()
+        at, text = [], ""
+        for ch in client.chat.completions.create(model=model, messages=user, stream=True):
+            if ch.choices and ch.choices[0].delta.content:
+                at.append(time.monotonic() - t0)
+                text += ch.choices[0].delta.content
+        out(text=text, at=at)
+    elif case == "cancel":
+        # read three content chunks, then hang up
+        s = client.chat.completions.create(model=model, messages=user, stream=True)
+        got = 0
+        for ch in s:
+            if ch.choices and ch.choices[0].delta.content:
+                got += 1
+                if got == 3:
+                    break
+        s.close()
+        out(read=got)
+    elif case == "busy":
+        # one stream holds the proxy's only slot while a second chat is asked
+        s = client.chat.completions.create(model=model, messages=user, stream=True)
+        first = next(iter(s))
+        try:
+            client.chat.completions.create(model=model, messages=user)
+            out(second="answered")
+        finally:
+            s.close()
+    elif case == "too_large":
+        big = [{"role": "user", "content": "x" * 8192}]
+        client.chat.completions.create(model=model, messages=big)
+        out(answered=True)
+    elif case == "retrieve":
+        m = client.models.retrieve(model)
+        out(id=m.id)
     elif case == "image":
         msg = [{"role": "user", "content": [
             {"type": "text", "text": "describe"},
