@@ -212,6 +212,7 @@ pub struct ChatStream {
     task_id: TaskId,
     node_id: String,
     streamed: bool,
+    traceparent: TraceParent,
 }
 
 impl std::fmt::Debug for ChatStream {
@@ -322,6 +323,7 @@ impl ChatStream {
         let task_id = tasks.task_id().clone();
         let node_id = tasks.node_id().to_owned();
         let streamed = tasks.is_streamed();
+        let traceparent = *tasks.traceparent();
         let state = ChatState {
             tasks,
             assembler: ChatStreamAssembler::new(),
@@ -339,7 +341,14 @@ impl ChatStream {
             task_id,
             node_id,
             streamed,
+            traceparent,
         }
+    }
+
+    /// The W3C trace context the task travels under (its trace id is the one the
+    /// node logs and answers with).
+    pub fn traceparent(&self) -> &TraceParent {
+        &self.traceparent
     }
 
     /// The next event; `None` after `Done` or after an error.

@@ -40,8 +40,8 @@
 //! same path as one delta (the client's fallback). While a stream runs it holds its
 //! concurrency slot.
 //!
-//! Every response carries `Server: iicp-proxy` and `X-IICP-Trace-Id` (except streamed
-//! answers: the chat stream does not tell its trace id before its end); answered chats
+//! Every response carries `Server: iicp-proxy` and `X-IICP-Trace-Id` (a streamed answer
+//! the trace id of its task); answered chats
 //! also `X-IICP-Node-Id`, `X-IICP-Task-Id` and `X-IICP-Generated-By-AI: true`. Failures are mapped once,
 //! for every surface: no node → 502 with `IICP-E033`, every node failed → 502, timeout
 //! → 504, capacity everywhere → 429 with `Retry-After`, bad JSON → 400, body over the

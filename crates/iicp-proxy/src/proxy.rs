@@ -689,7 +689,7 @@ async fn streamed(
     let answered = Answered {
         node_id: chat.node_id().to_owned(),
         task_id: head.id.clone(),
-        trace_id: None,
+        trace_id: Some(chat.traceparent().trace_id_hex()),
     };
     let content_type = renderer.content_type();
     let mut relay = Relay::new(model);

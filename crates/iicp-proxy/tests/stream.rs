@@ -123,6 +123,12 @@ async fn each_surface_relays_the_deltas_one_at_a_time() {
     assert_eq!(resp.headers()["x-iicp-node-id"], node_id(1).as_str());
     assert_eq!(resp.headers()["x-iicp-generated-by-ai"], "true");
     assert!(resp.headers().contains_key("x-iicp-task-id"));
+    // the task's own trace id (32 hex), known when the stream starts
+    let trace = resp.headers()["x-iicp-trace-id"].to_str().unwrap();
+    assert!(
+        trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{trace}"
+    );
     let f = frames(&mut resp).await;
     assert!(f.len() >= 4, "one write per delta: {} writes", f.len());
     let data = sse_data(&text_of(&f));
