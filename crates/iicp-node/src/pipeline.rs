@@ -487,11 +487,13 @@ async fn drive(
             chunks,
         );
         tokio::pin!(work);
+        let expiry = tokio::time::sleep_until(deadline);
+        tokio::pin!(expiry);
         let end = loop {
             tokio::select! {
                 biased;
                 () = task.log.cancelled() => break End::Cancelled,
-                () = tokio::time::sleep_until(deadline) => break End::TimedOut,
+                () = &mut expiry => break End::TimedOut,
                 Some(chunk) = rx.recv() => partial(&task, chunk, &mut tokens),
                 out = &mut work => {
                     while let Ok(chunk) = rx.try_recv() {

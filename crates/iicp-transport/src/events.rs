@@ -247,7 +247,12 @@ struct Inner<T> {
     tasks: HashMap<String, Arc<T>>,
     /// Ids in insertion order, for expiry.
     order: VecDeque<String>,
+    /// When finished tasks were last looked through.
+    last_sweep: Option<Instant>,
 }
+
+/// How often an insert looks through the finished tasks (more often only at the bound).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl<T> Default for Registry<T> {
     fn default() -> Self {
@@ -255,6 +260,7 @@ impl<T> Default for Registry<T> {
             inner: Mutex::new(Inner {
                 tasks: HashMap::new(),
                 order: VecDeque::new(),
+                last_sweep: None,
             }),
         }
     }
@@ -306,12 +312,23 @@ impl<T: HasLog> Registry<T> {
 
 impl<T: HasLog> Inner<T> {
     fn expire(&mut self, now: Instant) {
+        // a full pass at most once a second, unless the count bound may be reached:
+        // inserting stays cheap with a thousand tasks kept
+        let crowded = self.tasks.len() > MAX_FINISHED;
+        let swept_lately = self
+            .last_sweep
+            .is_some_and(|at| now.duration_since(at) < SWEEP_EVERY);
+        if swept_lately && !crowded {
+            return;
+        }
+        self.last_sweep = Some(now);
         let mut finished = self
             .tasks
             .values()
             .filter(|t| t.log().finished_at().is_some())
             .count();
         let mut keep = VecDeque::with_capacity(self.order.len());
+        let mut kept = std::collections::HashSet::with_capacity(self.tasks.len());
         while let Some(id) = self.order.pop_front() {
             let Some(t) = self.tasks.get(&id) else {
                 continue;
@@ -322,7 +339,7 @@ impl<T: HasLog> Inner<T> {
                     finished -= 1;
                 }
                 _ => {
-                    if !keep.contains(&id) {
+                    if kept.insert(id.clone()) {
                         keep.push_back(id);
                     }
                 }

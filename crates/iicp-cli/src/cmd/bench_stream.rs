@@ -65,6 +65,7 @@ pub(crate) struct Args {
 /// The node's thread: its id (for its CPU time) and how to stop it.
 struct NodeThread {
     tid: u32,
+    node_id: String,
     trigger: shutdown::Trigger,
     join: std::thread::JoinHandle<()>,
 }
@@ -120,6 +121,11 @@ fn start_node(dir_url: String, backend_url: String, model: String) -> anyhow::Re
                         .model(model)
                         .directory_url(dir_url)
                         .max_concurrent(256)
+                        // loopback load: no per-origin task limit
+                        .rate_limit(iicp_node::RateLimit {
+                            max_requests: 0,
+                            ..iicp_node::RateLimit::default()
+                        })
                         .build()?;
                     let handle = node
                         .serve(
@@ -135,11 +141,12 @@ fn start_node(dir_url: String, backend_url: String, model: String) -> anyhow::Re
                         }
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
-                    Ok::<_, anyhow::Error>(handle)
+                    let id = node.node_id().unwrap_or_default();
+                    Ok::<_, anyhow::Error>((handle, id))
                 };
                 match started.await {
-                    Ok(handle) => {
-                        let _ = tx.send(tid.context("no thread id"));
+                    Ok((handle, id)) => {
+                        let _ = tx.send(tid.context("no thread id").map(|t| (t, id)));
                         stop.cancelled().await;
                         handle.stop().await;
                     }
@@ -149,8 +156,13 @@ fn start_node(dir_url: String, backend_url: String, model: String) -> anyhow::Re
                 }
             });
         })?;
-    let tid = rx.recv().context("the node thread ended")??;
-    Ok(NodeThread { tid, trigger, join })
+    let (tid, node_id) = rx.recv().context("the node thread ended")??;
+    Ok(NodeThread {
+        tid,
+        node_id,
+        trigger,
+        join,
+    })
 }
 
 fn request(max_tokens: u32) -> ChatRequest {
@@ -336,8 +348,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 .allow_private_endpoints(true)
                 .transport(transport)
                 .build()?;
+            // pinned to the measured node
             let options = ChatOptions {
                 model: Some(model.clone()),
+                node_id: Some(measured.node_id.clone()),
                 ..ChatOptions::default()
             };
             let once = |max_tokens: u32| {
