@@ -57,9 +57,57 @@ pub(crate) struct Args {
     /// Tasks per side of the CPU-per-chunk measurement (0: skip it).
     #[arg(long, default_value_t = 300)]
     cpu_tasks: u32,
+    /// Without IICP-CX (a keyless node, plaintext tasks): what the encryption costs.
+    #[arg(long)]
+    plaintext: bool,
+    /// Also count the node thread's system calls per chunk, under `strace -c` (a
+    /// separate pass: strace slows the node; needs `strace` and ptrace rights).
+    #[arg(long)]
+    syscalls: bool,
     /// Print the results as JSON on stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// `strace -c` attached to one thread for the length of a pass.
+struct Strace {
+    child: std::process::Child,
+    out: std::path::PathBuf,
+}
+
+impl Strace {
+    fn attach(tid: u32, tag: &str) -> anyhow::Result<Self> {
+        let out = std::env::temp_dir().join(format!(
+            "iicp-bench-stream-{}-{tag}.strace",
+            std::process::id()
+        ));
+        let child = std::process::Command::new("strace")
+            .args(["-c", "-p", &tid.to_string(), "-o"])
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting strace (is it installed?)")?;
+        // attaching takes a moment
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(Self { child, out })
+    }
+
+    /// Detaches (SIGINT) and returns the system calls counted.
+    fn calls(mut self) -> anyhow::Result<u64> {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let text = std::fs::read_to_string(&self.out).context("reading strace's summary")?;
+        let _ = std::fs::remove_file(&self.out);
+        // "100.00    0.000123           1       456         7 total"
+        text.lines()
+            .find(|l| l.trim_end().ends_with(" total"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|n| n.parse().ok())
+            .context("no total in strace's summary")
+    }
 }
 
 /// The node's thread: its id (for its CPU time) and how to stop it.
@@ -80,9 +128,28 @@ fn thread_cpu_ns(tid: u32) -> anyhow::Result<u64> {
         .context("unexpected schedstat")
 }
 
+/// Context switches (voluntary and not) of the thread `tid` of this process so far.
+fn thread_switches(tid: u32) -> anyhow::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
+        .context("reading the node thread's status")?;
+    Ok(s.lines()
+        .filter(|l| l.contains("ctxt_switches:"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum())
+}
+
 /// Starts the node on its own one-thread runtime, in front of `backend_url`, registered
 /// with `dir_url`.
-fn start_node(dir_url: String, backend_url: String, model: String) -> anyhow::Result<NodeThread> {
+fn start_node(
+    dir_url: String,
+    backend_url: String,
+    model: String,
+    plaintext: bool,
+) -> anyhow::Result<NodeThread> {
     let (tx, rx) = std_mpsc::channel();
     let (trigger, stop) = shutdown::channel();
     let join = std::thread::Builder::new()
@@ -115,7 +182,11 @@ fn start_node(dir_url: String, backend_url: String, model: String) -> anyhow::Re
                     cfg.base_url = Some(backend_url);
                     cfg.model = Some(model.clone());
                     let backend = iicp_backends::build(cfg)?;
-                    let node = Node::builder()
+                    let mut builder = Node::builder();
+                    if plaintext {
+                        builder = builder.without_cx();
+                    }
+                    let node = builder
                         .endpoint(format!("http://{addr}"))
                         .intent(iicp_client::CHAT_INTENT)
                         .model(model)
@@ -282,7 +353,17 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let dir_url = format!("http://{}/api", dl.local_addr()?);
     let (dir_trigger, dir_stop) = shutdown::channel();
     let dir_task = tokio::spawn(async move { dir.serve(dl, dir_stop).await });
-    let node = start_node(dir_url.clone(), backend_url.clone(), args.model.clone())?;
+    let node = start_node(
+        dir_url.clone(),
+        backend_url.clone(),
+        args.model.clone(),
+        args.plaintext,
+    )?;
+    let encryption = if args.plaintext {
+        iicp_client::Encryption::AllowPlaintext
+    } else {
+        iicp_client::Encryption::Required
+    };
 
     let http = HttpClient::new(HttpClientConfig::default())?;
     let chat_url = format!("{backend_url}/chat/completions");
@@ -304,6 +385,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             .directory_url(dir_url.clone())
             .allow_private_endpoints(true)
             .transport(transport)
+            .encryption(encryption)
             .build()?;
         for _ in 0..20 {
             mesh_once(&client, args.tokens).await?;
@@ -320,6 +402,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
 
     // the node's CPU per chunk: many chunks against one, pacing off
     let mut cpu = Vec::new();
+    let mut syscalls = Vec::new();
     if args.cpu_tasks > 0 {
         let fast_stub = if stub.is_some() {
             let s = StubModel::paced(args.model.clone(), args.tokens as usize, Duration::ZERO);
@@ -333,6 +416,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 dir_url.clone(),
                 format!("{}/v1", server.url()),
                 format!("{}-fast", args.model),
+                args.plaintext,
             )?),
             None => None,
         };
@@ -347,6 +431,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 .directory_url(dir_url.clone())
                 .allow_private_endpoints(true)
                 .transport(transport)
+                .encryption(encryption)
                 .build()?;
             // pinned to the measured node
             let options = ChatOptions {
@@ -374,16 +459,39 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 once(args.tokens).await?;
             }
             let mut per_task = [0f64; 2];
+            let mut switches = [0f64; 2];
             for (i, tokens) in [1, args.tokens].into_iter().enumerate() {
-                let before = thread_cpu_ns(measured.tid)?;
+                let cpu_before = thread_cpu_ns(measured.tid)?;
+                let sw_before = thread_switches(measured.tid)?;
                 for _ in 0..args.cpu_tasks {
                     once(tokens).await?;
                 }
-                let after = thread_cpu_ns(measured.tid)?;
-                per_task[i] = (after - before) as f64 / f64::from(args.cpu_tasks) / 1000.0;
+                let cpu_after = thread_cpu_ns(measured.tid)?;
+                let sw_after = thread_switches(measured.tid)?;
+                per_task[i] = (cpu_after - cpu_before) as f64 / f64::from(args.cpu_tasks) / 1000.0;
+                switches[i] = (sw_after - sw_before) as f64 / f64::from(args.cpu_tasks);
             }
-            let per_chunk = (per_task[1] - per_task[0]) / f64::from(args.tokens - 1);
-            cpu.push((name, per_task[0], per_task[1], per_chunk));
+            let extra = f64::from(args.tokens - 1);
+            let per_chunk = (per_task[1] - per_task[0]) / extra;
+            let switches_per_chunk = (switches[1] - switches[0]) / extra;
+            cpu.push((
+                name,
+                per_task[0],
+                per_task[1],
+                per_chunk,
+                switches_per_chunk,
+            ));
+            if args.syscalls {
+                let mut calls = [0f64; 2];
+                for (i, tokens) in [1, args.tokens].into_iter().enumerate() {
+                    let strace = Strace::attach(measured.tid, &format!("{name}-{tokens}"))?;
+                    for _ in 0..args.cpu_tasks {
+                        once(tokens).await?;
+                    }
+                    calls[i] = strace.calls()? as f64 / f64::from(args.cpu_tasks);
+                }
+                syscalls.push((name, calls[0], calls[1], (calls[1] - calls[0]) / extra));
+            }
         }
         if let Some(n) = cpu_node {
             n.trigger.fire();
@@ -406,9 +514,17 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             .collect();
         let cpu: Vec<_> = cpu
             .iter()
-            .map(|(name, one, many, per)| {
+            .map(|(name, one, many, per, sw)| {
                 json!({"transport": name, "cpu_us_per_1_chunk_task": one,
-                "cpu_us_per_many_chunk_task": many, "cpu_us_per_chunk": per})
+                "cpu_us_per_many_chunk_task": many, "cpu_us_per_chunk": per,
+                "context_switches_per_chunk": sw})
+            })
+            .collect();
+        let syscalls: Vec<_> = syscalls
+            .iter()
+            .map(|(name, one, many, per)| {
+                json!({"transport": name, "syscalls_per_1_chunk_task": one,
+                "syscalls_per_many_chunk_task": many, "syscalls_per_chunk": per})
             })
             .collect();
         println!(
@@ -417,6 +533,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 "rounds": args.rounds, "tokens": args.tokens, "token_delay_ms": args.token_delay_ms,
                 "backend": if stub.is_some() { "paced stub" } else { backend_url.as_str() },
                 "time_to_first_token": ttft, "node_cpu_per_chunk": cpu,
+                "node_syscalls_per_chunk": syscalls,
             }))?
         );
         return Ok(());
@@ -449,15 +566,21 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     if !cpu.is_empty() {
         println!("node CPU ({} tasks each side, pacing off):", args.cpu_tasks);
-        for (name, one, many, per) in &cpu {
+        for (name, one, many, per, sw) in &cpu {
             println!(
-                "  {name:<7} {} per 1-chunk task, {} per {}-chunk task: {} per chunk",
+                "  {name:<7} {} per 1-chunk task, {} per {}-chunk task: {} and {sw:.2} context switches per chunk",
                 ms(*one),
                 ms(*many),
                 args.tokens,
                 ms(*per)
             );
         }
+    }
+    for (name, one, many, per) in &syscalls {
+        println!(
+            "  {name:<7} {one:.1} system calls per 1-chunk task, {many:.1} per {}-chunk task: {per:.2} per chunk (strace -c)",
+            args.tokens
+        );
     }
     Ok(())
 }
