@@ -552,10 +552,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         let over = if *name == "direct" {
             String::new()
         } else {
-            format!(
-                "  (+{} over direct, {chunks} chunks)",
-                ms(q.p50 - direct_p50)
-            )
+            let d = q.p50 - direct_p50;
+            let sign = if d < 0.0 { "-" } else { "+" };
+            format!("  ({sign}{} against direct, {chunks} chunks)", ms(d.abs()))
         };
         println!(
             "  {name:<13} p50 {:>9}  p90 {:>9}  p99 {:>9}{over}",
