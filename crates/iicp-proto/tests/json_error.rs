@@ -252,6 +252,7 @@ fn code_table_status_and_retryability() {
         ("unsupported_media_type", Some(415), false),
         ("unknown_intent", Some(422), false),
         ("unsupported_profile", Some(422), false),
+        ("cancelled", Some(499), false),
         ("no_available_node", None, false),
         ("timeout", None, true),
         ("tool_execution_denied", Some(403), false),
