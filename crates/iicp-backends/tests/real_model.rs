@@ -5,68 +5,18 @@
 //! Needs `IICP_MODEL_PYTHON` and `IICP_MODEL_GGUF` (set by `scripts/test`); without them
 //! the test fails under CI and skips elsewhere.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use iicp_backends::{build, BackendConfig, BackendKind, CHAT_INTENT};
 use serde_json::json;
 
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn model_env() -> Option<(String, String)> {
-    match (
-        std::env::var("IICP_MODEL_PYTHON"),
-        std::env::var("IICP_MODEL_GGUF"),
-    ) {
-        (Ok(py), Ok(gguf)) => Some((py, gguf)),
-        _ if std::env::var_os("CI").is_some() => panic!(
-            "IICP_MODEL_PYTHON / IICP_MODEL_GGUF not set: run the tests through scripts/test"
-        ),
-        _ => None,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smollm2_answers_through_both_openai_dialect_adapters() {
-    let Some((py, gguf)) = model_env() else {
+    let Some((py, gguf)) = iicp_testkit::model::from_env() else {
         return;
     };
-    let port = TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let _server = Guard(
-        Command::new(py)
-            .args([
-                "-m",
-                "llama_cpp.server",
-                "--model",
-                &gguf,
-                "--model_alias",
-                "smollm2",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--n_ctx",
-                "2048",
-                "--n_threads",
-                "2",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start llama_cpp.server"),
-    );
+    let server = iicp_testkit::model::ModelServer::start(&py, &gguf, Some("smollm2"));
+    let port = server.port();
     let base = format!("http://127.0.0.1:{port}/v1");
     let mut cfg = BackendConfig::new(BackendKind::OpenAiCompat);
     cfg.base_url = Some(base.clone());

@@ -305,48 +305,11 @@ fn dev_rounds_times_repeated_chats() {
 /// every node (needs IICP_MODEL_PYTHON / IICP_MODEL_GGUF from scripts/test).
 #[test]
 fn dev_once_with_a_real_model() {
-    let (py, gguf) = match (
-        std::env::var("IICP_MODEL_PYTHON"),
-        std::env::var("IICP_MODEL_GGUF"),
-    ) {
-        (Ok(p), Ok(g)) => (p, g),
-        _ if std::env::var_os("CI").is_some() => panic!(
-            "IICP_MODEL_PYTHON / IICP_MODEL_GGUF not set: run the tests through scripts/test"
-        ),
-        _ => return,
+    let Some((py, gguf)) = iicp_testkit::model::from_env() else {
+        return;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let mut server = Command::new(py)
-        .args([
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            &gguf,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--n_ctx",
-            "2048",
-            "--n_threads",
-            "2",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("model server");
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "model server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let server = iicp_testkit::model::ModelServer::start(&py, &gguf, None);
+    let port = server.port();
     let out = iicp()
         .args([
             "dev",
@@ -361,8 +324,7 @@ fn dev_once_with_a_real_model() {
         ])
         .output()
         .expect("run");
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

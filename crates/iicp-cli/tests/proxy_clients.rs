@@ -500,61 +500,12 @@ fn proxy_refuses_a_remote_bind_without_a_key() {
 #[test]
 fn client_libraries_with_a_real_model() {
     let Some(py) = python() else { return };
-    let (model_py, gguf) = match (
-        std::env::var("IICP_MODEL_PYTHON"),
-        std::env::var("IICP_MODEL_GGUF"),
-    ) {
-        (Ok(p), Ok(g)) => (p, g),
-        _ if std::env::var_os("CI").is_some() => panic!(
-            "IICP_MODEL_PYTHON / IICP_MODEL_GGUF not set: run the tests through scripts/test"
-        ),
-        _ => {
-            eprintln!("skipping: IICP_MODEL_PYTHON / IICP_MODEL_GGUF not set");
-            return;
-        }
+    let Some((model_py, gguf)) = iicp_testkit::model::from_env() else {
+        eprintln!("skipping: IICP_MODEL_PYTHON / IICP_MODEL_GGUF not set");
+        return;
     };
-    let port = common::free_port();
-    let mut server = Command::new(model_py);
-    server
-        .args([
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            &gguf,
-            "--host",
-            "127.0.0.1",
-        ])
-        .args([
-            "--port",
-            &port.to_string(),
-            "--n_ctx",
-            "2048",
-            "--n_threads",
-            "2",
-        ]);
-    // its load log is long: not piped (a full pipe would stall it), killed on drop
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _server = Killed(
-        server
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("model server"),
-    );
-    let start = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(120),
-            "model server did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    let server = iicp_testkit::model::ModelServer::start(&model_py, &gguf, None);
+    let port = server.port();
     let (_mesh, _dir, base) = dev_mesh(1, Some(&format!("http://127.0.0.1:{port}")));
     let stem = Path::new(&gguf)
         .file_stem()

@@ -14,7 +14,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use iicp_backends::{BackendConfig, BackendKind};
@@ -24,28 +23,6 @@ use iicp_node::backend::BackendHandler;
 use iicp_node::{Node, ServeOptions};
 use iicp_transport::listener::{Listener, ListenerConfig};
 use iicp_transport::shutdown;
-
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn model_env() -> Option<(String, String)> {
-    match (
-        std::env::var("IICP_MODEL_PYTHON"),
-        std::env::var("IICP_MODEL_GGUF"),
-    ) {
-        (Ok(py), Ok(gguf)) => Some((py, gguf)),
-        _ if std::env::var_os("CI").is_some() => panic!(
-            "IICP_MODEL_PYTHON / IICP_MODEL_GGUF not set: run the tests through scripts/test"
-        ),
-        _ => None,
-    }
-}
 
 fn options() -> ChatOptions {
     ChatOptions {
@@ -64,37 +41,11 @@ fn request(prompt: &str) -> ChatRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smollm2_streams_through_the_mesh_over_http_and_native_with_cx() {
-    let Some((py, gguf)) = model_env() else {
+    let Some((py, gguf)) = iicp_testkit::model::from_env() else {
         return;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _server = Guard(
-        Command::new(py)
-            .args([
-                "-m",
-                "llama_cpp.server",
-                "--model",
-                &gguf,
-                "--model_alias",
-                "smollm2",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--n_ctx",
-                "2048",
-                "--n_threads",
-                "2",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start llama_cpp.server"),
-    );
+    let server = iicp_testkit::model::ModelServer::start(&py, &gguf, Some("smollm2"));
+    let port = server.port();
     let mut cfg = BackendConfig::new(BackendKind::LlamaCpp);
     cfg.base_url = Some(format!("http://127.0.0.1:{port}/v1"));
     cfg.model = Some("smollm2".into());

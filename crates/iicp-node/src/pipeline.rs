@@ -462,28 +462,14 @@ async fn drive(
         permit,
         ..
     } = admitted;
-    let timeout_ms = inb.task.constraints.effective_timeout_ms(
-        u64::try_from(shared.cfg.default_timeout.as_millis()).unwrap_or(60_000),
-    );
-    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+    let (timeout_ms, deadline) = budget(&shared, &inb);
     let mut tokens: Option<u64> = None;
     let end = {
         let (cancel_guard, cancel) = Cancellation::new();
         let running = Running::start(&shared);
         let (chunks, mut rx) = Chunks::channel(CHUNK_QUEUE);
         let work = handler.handle_stream(
-            Task {
-                task_id: inb.task.task_id.clone(),
-                intent,
-                payload,
-                constraints: inb.task.constraints.clone(),
-                trace: trace.clone(),
-                deadline,
-                cancel,
-                transport: inb.transport,
-                encrypted: inb.task.iicp_conf.is_some(),
-                source_node_id: inb.task.source_node_id.clone(),
-            },
+            handler_task(&inb, &trace, (intent, payload), deadline, cancel),
             chunks,
         );
         tokio::pin!(work);
@@ -953,6 +939,40 @@ fn admit(
     })
 }
 
+/// The task's budget in ms (its `timeout_ms`, else the node's default) and the
+/// deadline it sets from now: the one place the task deadline is computed.
+fn budget(shared: &Shared, inb: &Inbound) -> (u64, Instant) {
+    let timeout_ms = inb.task.constraints.effective_timeout_ms(
+        u64::try_from(shared.cfg.default_timeout.as_millis()).unwrap_or(60_000),
+    );
+    (
+        timeout_ms,
+        Instant::now() + Duration::from_millis(timeout_ms),
+    )
+}
+
+/// The task as the handler sees it.
+fn handler_task(
+    inb: &Inbound,
+    trace: &TraceContext,
+    (intent, payload): (Intent, Value),
+    deadline: Instant,
+    cancel: Cancellation,
+) -> Task {
+    Task {
+        task_id: inb.task.task_id.clone(),
+        intent,
+        payload,
+        constraints: inb.task.constraints.clone(),
+        trace: trace.clone(),
+        deadline,
+        cancel,
+        transport: inb.transport,
+        encrypted: inb.task.iicp_conf.is_some(),
+        source_node_id: inb.task.source_node_id.clone(),
+    }
+}
+
 /// What the handler did within the deadline (`Err`: the deadline passed first).
 type HandlerOutcome = Result<Result<TaskOutput, HandlerError>, tokio::time::error::Elapsed>;
 
@@ -966,23 +986,9 @@ async fn execute(
     (intent, payload): (Intent, Value),
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> (u64, HandlerOutcome) {
-    let timeout_ms = inb.task.constraints.effective_timeout_ms(
-        u64::try_from(shared.cfg.default_timeout.as_millis()).unwrap_or(60_000),
-    );
-    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+    let (timeout_ms, deadline) = budget(shared, inb);
     let (cancel_guard, cancel) = Cancellation::new();
-    let task = Task {
-        task_id: inb.task.task_id.clone(),
-        intent,
-        payload,
-        constraints: inb.task.constraints.clone(),
-        trace: trace.clone(),
-        deadline,
-        cancel,
-        transport: inb.transport,
-        encrypted: inb.task.iicp_conf.is_some(),
-        source_node_id: inb.task.source_node_id.clone(),
-    };
+    let task = handler_task(inb, trace, (intent, payload), deadline, cancel);
     let running = Running::start(shared);
     let outcome = tokio::time::timeout_at(deadline, handler.handle(task)).await;
     drop(cancel_guard);

@@ -14,6 +14,8 @@
 //! * [`fake`] — protocol-aware fakes for `iicp-client`'s tests: a directory that signs
 //!   dispatch tickets and mints consumer tokens, nodes that open and seal IICP-CX, a
 //!   node on the one-port listener with a native CALL handler.
+//! * [`model`] — the real model server of the tests (llama-cpp-python with SmolLM2),
+//!   started on a free port and killed on drop.
 //! * [`server`] — the one HTTP test server they all run on (127.0.0.1:0, connection
 //!   count, every received byte kept, stops on drop) and [`server::Recorded`] requests.
 //! * [`stream`] — fake streaming nodes (native and HTTP, the service-lifecycle profile of
@@ -30,6 +32,7 @@
 
 pub mod fake;
 pub mod load;
+pub mod model;
 pub mod scripted;
 pub mod server;
 pub mod stream;

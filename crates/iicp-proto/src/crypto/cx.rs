@@ -483,18 +483,46 @@ impl ResponseKey {
         nonce: &[u8; NONCE_LEN],
         response_json: &[u8],
     ) -> Result<IicpConfResp, CxError> {
+        self.seal_with_aad(nonce, response_json, &self.aad())
+    }
+
+    /// Encrypts `plaintext` under this key with `nonce` and `aad`.
+    fn seal_with_aad(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        plaintext: &[u8],
+        aad: &[u8],
+    ) -> Result<IicpConfResp, CxError> {
         let key = derive(
             &self.shared,
             nonce,
             &[RESPONSE_INFO, self.task_id.as_bytes()],
             CxError::EncryptFailed,
         )?;
-        let body = encrypt(&key, nonce, response_json, &self.aad())?;
+        let body = encrypt(&key, nonce, plaintext, aad)?;
         Ok(IicpConfResp {
             version: VERSION,
             nonce: b64url_encode(nonce),
             encrypted_body: b64url_encode(&body),
         })
+    }
+
+    /// Decrypts `resp` under this key with `aad`.
+    fn open_with_aad(
+        &self,
+        resp: &IicpConfResp,
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CxError> {
+        check_version(resp.version)?;
+        let nonce = decode_fixed::<NONCE_LEN>(&resp.nonce, "nonce")?;
+        let body = decode_body(&resp.encrypted_body)?;
+        let key = derive(
+            &self.shared,
+            &nonce,
+            &[RESPONSE_INFO, self.task_id.as_bytes()],
+            CxError::DecryptFailed,
+        )?;
+        decrypt(&key, &nonce, &body, aad)
     }
 
     /// The AAD of streamed chunk `index`: `task_id|resp|chunk:<index>` (ADR 0013), so a
@@ -520,18 +548,7 @@ impl ResponseKey {
     ) -> Result<IicpConfResp, CxError> {
         let mut nonce = [0u8; NONCE_LEN];
         rng.fill_bytes(&mut nonce);
-        let key = derive(
-            &self.shared,
-            &nonce,
-            &[RESPONSE_INFO, self.task_id.as_bytes()],
-            CxError::EncryptFailed,
-        )?;
-        let body = encrypt(&key, &nonce, chunk_json, &self.chunk_aad(index))?;
-        Ok(IicpConfResp {
-            version: VERSION,
-            nonce: b64url_encode(&nonce),
-            encrypted_body: b64url_encode(&body),
-        })
+        self.seal_with_aad(&nonce, chunk_json, &self.chunk_aad(index))
     }
 
     /// Client side: opens the streamed chunk sealed at sequence `index`.
@@ -543,16 +560,7 @@ impl ResponseKey {
         index: u64,
         resp: &IicpConfResp,
     ) -> Result<Zeroizing<Vec<u8>>, CxError> {
-        check_version(resp.version)?;
-        let nonce = decode_fixed::<NONCE_LEN>(&resp.nonce, "nonce")?;
-        let body = decode_body(&resp.encrypted_body)?;
-        let key = derive(
-            &self.shared,
-            &nonce,
-            &[RESPONSE_INFO, self.task_id.as_bytes()],
-            CxError::DecryptFailed,
-        )?;
-        decrypt(&key, &nonce, &body, &self.chunk_aad(index))
+        self.open_with_aad(resp, &self.chunk_aad(index))
     }
 
     /// Client side: opens an `iicp_conf_resp` and returns the response JSON bytes.
@@ -561,16 +569,7 @@ impl ResponseKey {
     /// [`CxError::UnsupportedVersion`], [`CxError::BadEncoding`] or
     /// [`CxError::DecryptFailed`].
     pub fn open(&self, resp: &IicpConfResp) -> Result<Zeroizing<Vec<u8>>, CxError> {
-        check_version(resp.version)?;
-        let nonce = decode_fixed::<NONCE_LEN>(&resp.nonce, "nonce")?;
-        let body = decode_body(&resp.encrypted_body)?;
-        let key = derive(
-            &self.shared,
-            &nonce,
-            &[RESPONSE_INFO, self.task_id.as_bytes()],
-            CxError::DecryptFailed,
-        )?;
-        decrypt(&key, &nonce, &body, &self.aad())
+        self.open_with_aad(resp, &self.aad())
     }
 }
 
