@@ -329,17 +329,23 @@ fn qos_label(task: &TaskRequest) -> &'static str {
     task.constraints.qos.map_or("best-effort", |q| q.as_str())
 }
 
-/// Runs one task through the pipeline.
-pub(crate) async fn run(shared: Arc<Shared>, handler: Arc<dyn TaskHandler>, inb: Inbound) -> Reply {
-    let trace = trace_context(&inb);
-    let span = tracing::info_span!(
+/// The log span of one task (ids, transport, peer; never the payload).
+fn task_span(inb: &Inbound, trace: &TraceContext, lifecycle: bool) -> tracing::Span {
+    tracing::info_span!(
         "task",
         task_id = %inb.task.task_id,
         intent = %inb.task.intent,
         trace_id = %trace.trace_id,
         transport = inb.transport.as_str(),
         peer = %inb.peer,
-    );
+        lifecycle,
+    )
+}
+
+/// Runs one task through the pipeline.
+pub(crate) async fn run(shared: Arc<Shared>, handler: Arc<dyn TaskHandler>, inb: Inbound) -> Reply {
+    let trace = trace_context(&inb);
+    let span = task_span(&inb, &trace, false);
     async move {
         let started = Instant::now();
         let reply = run_inner(&shared, handler, inb, trace, started).await;
@@ -384,15 +390,7 @@ pub(crate) async fn start(
         return Started::Reply(Box::new(run(Arc::clone(shared), handler, inb).await));
     }
     let trace = trace_context(&inb);
-    let span = tracing::info_span!(
-        "task",
-        task_id = %inb.task.task_id,
-        intent = %inb.task.intent,
-        trace_id = %trace.trace_id,
-        transport = inb.transport.as_str(),
-        peer = %inb.peer,
-        lifecycle = true,
-    );
+    let span = task_span(&inb, &trace, true);
     let started = Instant::now();
     let admitted = match span.in_scope(|| admit(shared, &mut inb, &trace, started, true)) {
         Ok(a) => a,

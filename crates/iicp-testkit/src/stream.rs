@@ -196,7 +196,8 @@ async fn native_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Out>();
+    // bounded: a scripted node that writes faster than its peer reads waits
+    let (tx, mut rx) = mpsc::channel::<Out>(64);
     tokio::spawn(async move {
         while let Some(out) = rx.recv().await {
             match out {
@@ -226,7 +227,7 @@ async fn native_connection(
         let mut out = Vec::new();
         session.take_transmit(&mut out);
         if !out.is_empty() {
-            let _ = tx.send(Out::Bytes(out));
+            let _ = tx.send(Out::Bytes(out)).await;
         }
         while let Some(ev) = session.poll_event() {
             match ev {
@@ -239,15 +240,15 @@ async fn native_connection(
                             match step {
                                 NativeStep::Send(r) => {
                                     if let Ok(f) = Message::Response(r).to_frame() {
-                                        let _ = tx.send(Out::Bytes(f));
+                                        let _ = tx.send(Out::Bytes(f)).await;
                                     }
                                 }
                                 NativeStep::Raw(b) => {
-                                    let _ = tx.send(Out::Bytes(b));
+                                    let _ = tx.send(Out::Bytes(b)).await;
                                 }
                                 NativeStep::Sleep(d) => tokio::time::sleep(d).await,
                                 NativeStep::Close => {
-                                    let _ = tx.send(Out::Close);
+                                    let _ = tx.send(Out::Close).await;
                                     return;
                                 }
                             }
