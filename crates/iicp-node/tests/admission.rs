@@ -14,19 +14,6 @@ use iicp_proto::crypto::token::{ConsumerTokenClaims, DirectoryKey};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-/// A handler that holds every task until the gate opens.
-fn gated(gate: Arc<Semaphore>, calls: Arc<AtomicUsize>) -> impl iicp_node::TaskHandler {
-    move |_task: Task| {
-        let gate = Arc::clone(&gate);
-        let calls = Arc::clone(&calls);
-        async move {
-            calls.fetch_add(1, Ordering::SeqCst);
-            let _p = gate.acquire().await;
-            Ok::<_, HandlerError>(chat_completion("done"))
-        }
-    }
-}
-
 #[tokio::test]
 async fn capacity_exactly_at_max_concurrent() {
     let gate = Arc::new(Semaphore::new(0));

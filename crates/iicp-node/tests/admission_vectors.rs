@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use common::*;
-use iicp_node::{HandlerError, Task};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
@@ -29,19 +28,6 @@ fn vector(id: &str) -> Value {
         .find(|v| v["id"] == id)
         .cloned()
         .unwrap_or_else(|| panic!("no vector {id}"))
-}
-
-/// Counts executions; holds each until the gate opens.
-fn counted(gate: Arc<Semaphore>, calls: Arc<AtomicUsize>) -> impl iicp_node::TaskHandler {
-    move |_task: Task| {
-        let gate = Arc::clone(&gate);
-        let calls = Arc::clone(&calls);
-        async move {
-            calls.fetch_add(1, Ordering::SeqCst);
-            let _p = gate.acquire().await;
-            Ok::<_, HandlerError>(chat_completion("done"))
-        }
-    }
 }
 
 /// A task body with the vector's request members as constraints.
@@ -62,7 +48,7 @@ async fn admission_vectors_against_our_node() {
     let gate = Arc::new(Semaphore::new(1000));
     let calls = Arc::new(AtomicUsize::new(0));
     let node = builder().max_concurrent(1).build().expect("node");
-    let h = serve(&node, counted(Arc::clone(&gate), Arc::clone(&calls))).await;
+    let h = serve(&node, gated(Arc::clone(&gate), Arc::clone(&calls))).await;
     let addr = h.local_addr();
     let c = http();
 

@@ -125,3 +125,19 @@ pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
     panic!("timed out waiting for {what}");
 }
+
+/// A handler that counts its calls and holds every task until the gate opens.
+pub fn gated(
+    gate: Arc<tokio::sync::Semaphore>,
+    calls: Arc<AtomicUsize>,
+) -> impl iicp_node::TaskHandler {
+    move |_task: Task| {
+        let gate = Arc::clone(&gate);
+        let calls = Arc::clone(&calls);
+        async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let _p = gate.acquire().await;
+            Ok::<_, HandlerError>(chat_completion("done"))
+        }
+    }
+}
