@@ -9,6 +9,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use iicp_proto::crypto::manifest::{self, Verification};
 use iicp_proto::crypto::token::DirectoryKey;
 use iicp_proto::directory::RegisterRequest;
 use iicp_transport::http::client::HttpClient;
@@ -52,6 +53,9 @@ pub(crate) struct Node {
     pub(crate) url: EndpointUrl,
     /// Operator display name (rename or bound delegation), if any.
     pub(crate) operator_name: Option<String>,
+    /// The signature check of the registration's `policy_manifest` (time-free; the
+    /// views apply the dates).
+    pub(crate) manifest: Option<Verification>,
 }
 
 impl Node {
@@ -64,11 +68,17 @@ impl Node {
             .operator_display_name
             .clone()
             .filter(|_| record.state.operator_pub.is_some());
+        let manifest = reg
+            .policy_manifest
+            .as_ref()
+            .and_then(serde_json::Value::as_object)
+            .map(manifest::check);
         Some(Self {
             record,
             reg,
             url,
             operator_name,
+            manifest,
         })
     }
 }

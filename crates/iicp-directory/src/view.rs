@@ -2,6 +2,8 @@
 //! of §9.1, and the NODELIST / node-detail renderings (§8.4 dispatch and `view=public`
 //! views, §8.5 `route`, §8.11 node detail).
 
+use iicp_proto::crypto::manifest::{self, IdentityLevel, Status};
+use iicp_proto::crypto::sign::OperatorPublicKey;
 use iicp_proto::directory::{Capability, NodeEntry};
 use serde_json::{json, Map, Value};
 
@@ -253,6 +255,52 @@ impl Node {
         (score, label, detail)
     }
 
+    /// `node_policy_manifest` (dir §3.4, ADR 0016): the manifest as the node registered
+    /// it, signature included so that clients can check it themselves, plus the
+    /// directory's evidence at `now_secs`: `verification`, `evidence`,
+    /// `manifest_identity_level` (`operator_bound` when the policy key is the operator
+    /// key of this node's verified delegation), `policy_key_fingerprint` and, when
+    /// bound, `operator_fingerprint`.
+    pub(crate) fn served_manifest(&self, now_secs: u64) -> Option<Value> {
+        let original = self.reg.policy_manifest.as_ref()?.as_object()?;
+        let check = self.manifest.as_ref()?;
+        let status = check.at(now_secs);
+        let bound_operator = self.record.state.operator_pub.as_deref().filter(|op| {
+            let key = OperatorPublicKey::from_operator_id(op).ok();
+            key.is_some() && key == check.public_key
+        });
+        let level = match status {
+            Status::SelfAttested => Some(IdentityLevel::SelfAttested),
+            Status::SignedValid if bound_operator.is_some() => Some(IdentityLevel::OperatorBound),
+            Status::SignedValid => Some(IdentityLevel::SignedValid),
+            Status::SignedRevoked => Some(IdentityLevel::Revoked),
+            Status::SignedSuperseded => Some(IdentityLevel::Rotated),
+            _ => None,
+        };
+        let mut out = original.clone();
+        let mut verification = check.to_json();
+        verification["status"] = status.as_str().into();
+        out.insert("verification".into(), verification);
+        out.insert("evidence".into(), status.evidence().into());
+        out.insert(
+            "manifest_identity_level".into(),
+            level.map_or(Value::Null, |l| l.as_str().into()),
+        );
+        if let Some(key) = &check.public_key {
+            out.insert(
+                "policy_key_fingerprint".into(),
+                manifest::policy_key_fingerprint(key).into(),
+            );
+        }
+        if let Some(op) = bound_operator {
+            out.insert(
+                "operator_fingerprint".into(),
+                operator_fingerprint(op).into(),
+            );
+        }
+        Some(Value::Object(out))
+    }
+
     /// The dispatch-view NODELIST entry (§8.4); also the `route` of a ticket (§8.5).
     pub(crate) fn entry(&self, score: f64, intent: &str, now_ms: u64, s: &Settings) -> Value {
         let reg = &self.reg;
@@ -321,7 +369,7 @@ impl Node {
                 "currency": "credits",
                 "attested": false,
             })),
-            node_policy_manifest: reg.policy_manifest.clone(),
+            node_policy_manifest: self.served_manifest(now_ms / 1000),
             health_label: Some(label.to_owned()),
             exposure_mode: reg.exposure_mode.clone(),
             route_evidence: Some(Value::String(
@@ -409,9 +457,4 @@ impl Node {
     }
 }
 
-/// Short public fingerprint of an operator key: first 16 hex of SHA-256 of the key text.
-pub(crate) fn operator_fingerprint(operator_pub: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = hex::encode(Sha256::digest(operator_pub.as_bytes()));
-    digest.chars().take(16).collect()
-}
+pub(crate) use iicp_proto::crypto::manifest::operator_fingerprint;

@@ -274,7 +274,7 @@ pub(super) async fn dispatch_ticket(
     };
     let now_secs = core.clock.now_secs();
     let iss = issuer(&core, &req);
-    let claims = DispatchTicketClaims::new(
+    let mut claims = DispatchTicketClaims::new(
         &mut OsRng,
         &iss,
         &node.record.node_id,
@@ -282,9 +282,14 @@ pub(super) async fn dispatch_ticket(
         now_secs,
         core.settings.ticket_ttl_secs,
     );
+    let route = node.entry(score, intent.as_str(), core.now_ms(), &core.settings);
+    // the ticket binds the route's manifest (§8.5 `policy_manifest_sha256`)
+    claims.policy_manifest_sha256 = route
+        .pointer("/node_policy_manifest/verification/canonical_sha256")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let ticket = core.key.issue(&claims).map_err(|_| HttpError::internal())?;
     Counters::bump(&core.counters.tickets);
-    let route = node.entry(score, intent.as_str(), core.now_ms(), &core.settings);
     let body = json!({
         "ticket": ticket,
         "ticket_id_prefix": claims.jti.get(..12).unwrap_or(&claims.jti),

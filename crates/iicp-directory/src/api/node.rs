@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use iicp_proto::crypto::mac::verify_challenge_response;
+use iicp_proto::crypto::manifest::{self, Status};
 use iicp_proto::crypto::sign::{verify_delegation_for_node, Delegation};
 use iicp_proto::directory::{DeregisterRequest, HeartbeatRequest, RegisterRequest};
 use iicp_proto::error::ErrorCode;
@@ -71,6 +72,7 @@ pub(super) async fn register(core: Arc<Core>, mut req: Request, _p: Params) -> H
     let reg: RegisterRequest = typed(&body, "REGISTER")?;
     reg.validate()
         .map_err(|e| HttpError::validation(e.to_string()))?;
+    check_policy_manifest(&core, &reg)?;
     let s = &core.settings;
 
     // Endpoint policy (§8.2, DESIGN §4.12).
@@ -437,4 +439,26 @@ pub(super) async fn me(core: Arc<Core>, req: Request, _p: Params) -> HandlerResu
             "endpoint": node.reg.endpoint,
         }),
     ))
+}
+
+/// A REGISTER's `policy_manifest` (PROTOCOL.md §17.4, ADR 0016): well-formed, and when
+/// signed, valid now. Invalid and expired signed manifests are refused (dir §3.1);
+/// unsigned ones are accepted as self-attested.
+fn check_policy_manifest(core: &Core, reg: &RegisterRequest) -> Result<(), HttpError> {
+    let Some(m) = reg.policy_manifest.as_ref().filter(|m| !m.is_null()) else {
+        return Ok(());
+    };
+    manifest::validate(m).map_err(|e| HttpError::validation(e.to_string()))?;
+    let Some(object) = m.as_object() else {
+        return Ok(());
+    };
+    let v = manifest::verify(object, core.clock.now_secs());
+    match v.status {
+        Status::SignedInvalid | Status::SignedExpired => Err(HttpError::validation(format!(
+            "`policy_manifest` refused: {}{}",
+            v.status.as_str(),
+            v.error.map(|e| format!(" ({e})")).unwrap_or_default()
+        ))),
+        _ => Ok(()),
+    }
 }
