@@ -2,7 +2,7 @@
 //! ADR 0016): refused when invalid or expired at REGISTER, served with the directory's
 //! evidence and the node's signature, bound to dispatch tickets, `operator_bound` when
 //! the policy key is the node's delegated operator key.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 mod common;
 
