@@ -8,6 +8,8 @@
 //! canon = canonical_manifest(signed)
 //! ```
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use iicp_proto::crypto::manifest::{self, Status};
 use iicp_proto::crypto::sign::OperatorKey;
 use serde_json::{Map, Value};
