@@ -57,7 +57,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve a provider node in front of a model server, registered with a directory.
-    Serve(cmd::serve::Args),
+    Serve(Box<cmd::serve::Args>),
     /// Create the operator identity and a saved node profile.
     Init(cmd::init::Args),
     /// The operator identity: show, rename, encrypt, decrypt.
@@ -156,7 +156,7 @@ pub fn run(bin: &'static str) -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => cmd::serve::run(args).await,
+            Command::Serve(args) => cmd::serve::run(*args).await,
             Command::Init(args) => cmd::init::run(args),
             Command::Operator(args) => cmd::operator::run(args).await,
             Command::Chat(args) => cmd::chat::run(args).await,

@@ -45,6 +45,7 @@ use crate::options::{
     to_completion, ChatOptions, ChatResult, DiscoverOptions, Encryption, RouteDiscovery, Task,
     TaskResult, Transport, TransportUsed, CHAT_INTENT,
 };
+use crate::routing::{self, Exclusion, RoutingPolicy, RoutingProfile};
 use crate::select::{Strategy, MAX_CANDIDATES};
 use crate::stream::{self, ChatStream, Driver, TaskStream};
 use crate::submit::{self, Exchange, Route, Seal, NATIVE_CX_V1};
@@ -161,6 +162,7 @@ pub struct ClientBuilder {
     directory_timeout: Option<Duration>,
     user_agent: Option<String>,
     headers: Vec<(String, String)>,
+    routing: RoutingPolicy,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -176,6 +178,7 @@ impl fmt::Debug for ClientBuilder {
             .field("allow_private_endpoints", &self.allow_private_endpoints)
             .field("strategy", &self.strategy)
             .field("route_discovery", &self.route_discovery)
+            .field("routing", &self.routing)
             .field("retry", &self.retry)
             .field("directory_timeout", &self.directory_timeout)
             .field("user_agent", &self.user_agent)
@@ -208,6 +211,7 @@ impl Default for ClientBuilder {
             directory_timeout: None,
             user_agent: None,
             headers: Vec::new(),
+            routing: RoutingPolicy::default(),
         }
     }
 }
@@ -308,6 +312,15 @@ impl ClientBuilder {
         self
     }
 
+    /// The routing policy of every request (PROTOCOL.md §9.4; default `standard`); a
+    /// request's [`DiscoverOptions::routing`] overrides it. `debug_override` allows
+    /// plaintext (with a warning in the log); `sensitive` admits only nodes on this
+    /// machine, whose loopback endpoints it therefore allows.
+    pub fn routing_policy(mut self, policy: impl Into<RoutingPolicy>) -> Self {
+        self.routing = policy.into();
+        self
+    }
+
     /// Route discovery mode (default [`RouteDiscovery::Auto`]).
     pub fn route_discovery(mut self, mode: RouteDiscovery) -> Self {
         self.route_discovery = mode;
@@ -356,7 +369,19 @@ impl ClientBuilder {
     /// # Errors
     /// `invalid_config` for a timeout of zero or above 120 000 ms, a bad directory URL,
     /// an empty credential, or an HTTP client that cannot be built.
-    pub fn build(self) -> Result<Client, Error> {
+    pub fn build(mut self) -> Result<Client, Error> {
+        self.routing.validate().map_err(Error::config)?;
+        match self.routing.profile {
+            RoutingProfile::DebugOverride => {
+                tracing::warn!(
+                    "routing profile debug_override: prompts may be sent in plaintext to nodes without an IICP-CX key"
+                );
+                self.encryption = Encryption::AllowPlaintext;
+            }
+            // the only nodes it admits are on this machine
+            RoutingProfile::Sensitive => self.allow_private_endpoints = true,
+            _ => {}
+        }
         if self.timeout > MAX_TIMEOUT {
             return Err(Error::config(format!(
                 "timeout of {} ms exceeds the maximum of {} ms",
@@ -445,6 +470,7 @@ impl ClientBuilder {
                 ticketing_off_until: Mutex::new(None),
                 directory_wait: Mutex::new(None),
                 retry: self.retry,
+                routing: self.routing,
             }),
         })
     }
@@ -466,6 +492,7 @@ struct Inner {
     discovery_ttl: Duration,
     env: Env,
     breakers: Breakers,
+    routing: RoutingPolicy,
     discovery_cache: Mutex<HashMap<String, (Instant, Arc<NodeList>)>>,
     tokens: Mutex<HashMap<(String, String), (Secret, u64)>>,
     ticketing_off_until: Mutex<Option<Instant>>,
@@ -532,6 +559,8 @@ enum Skip {
     CircuitOpen,
     /// The node advertises an auth mode whose credential this client cannot present.
     NoCredential,
+    /// The routing profile excludes it.
+    Policy(Exclusion),
 }
 
 /// An eligible node with its route and key.
@@ -602,6 +631,8 @@ struct Prepared {
     timeout: Duration,
     /// A streamed submit: candidates that stream come first.
     stream: bool,
+    /// The effective routing policy.
+    routing: RoutingPolicy,
 }
 
 #[derive(Default)]
@@ -614,8 +645,28 @@ impl Skips {
         *self.counts.entry(s).or_default() += 1;
     }
 
-    fn no_candidates(&self) -> Error {
+    fn no_candidates(&self, routing: &RoutingPolicy) -> Error {
         let total: usize = self.counts.values().sum();
+        if self.counts.keys().any(|k| matches!(k, Skip::Policy(_))) {
+            let mut reasons: Vec<String> = self
+                .counts
+                .iter()
+                .map(|(k, v)| match k {
+                    Skip::Policy(e) => format!("{}: {v}", e.as_str()),
+                    other => format!("{other:?}: {v}"),
+                })
+                .collect();
+            reasons.sort();
+            return Error::new(
+                Kind::Policy,
+                ErrorCode::RoutingPolicyRefused,
+                format!(
+                    "routing profile {} refused all {total} discovered node(s) before dispatch; no prompt was sent ({})",
+                    routing.profile,
+                    reasons.join(", ")
+                ),
+            );
+        }
         let keyless = self.counts.get(&Skip::Keyless).copied().unwrap_or(0);
         if total > 0 && keyless == total {
             return Error::new(
@@ -967,6 +1018,7 @@ fn chat_task(request: ChatRequest, options: ChatOptions) -> Result<Task, Error> 
             min_reputation: options.min_reputation,
             model: options.model,
             node_id: options.node_id,
+            routing: options.routing,
             ..DiscoverOptions::default()
         };
         Ok(task)
@@ -1022,6 +1074,16 @@ impl Client {
         if route.region.is_none() {
             route.region = task.constraints.region.clone();
         }
+        let routing = route
+            .routing
+            .clone()
+            .unwrap_or_else(|| self.inner.routing.clone());
+        routing.validate().map_err(Error::config)?;
+        if routing.profile == RoutingProfile::DebugOverride
+            && self.inner.routing.profile != RoutingProfile::DebugOverride
+        {
+            tracing::warn!("routing profile debug_override: this request may travel in plaintext");
+        }
         Ok(Prepared {
             intent,
             payload: task.payload,
@@ -1032,6 +1094,7 @@ impl Client {
             traceparent: TraceParent::generate(&mut OsRng),
             timeout,
             stream: false,
+            routing,
         })
     }
 
@@ -1049,6 +1112,7 @@ impl Client {
             transport: f.transport,
             encrypted: f.encrypted,
             selection_profile: f.profile,
+            routing_profile: p.routing.profile,
             traceparent: p.traceparent,
         })
     }
@@ -1094,7 +1158,7 @@ impl Client {
             }
         }
         match last {
-            None => Err(skips.no_candidates()),
+            None => Err(skips.no_candidates(&p.routing)),
             Some(last) => Err(Error::exhausted(tried, attempts, last, all_transient)),
         }
     }
@@ -1109,6 +1173,8 @@ impl Client {
             _ if p.route.node_id.is_some() => false,
             RouteDiscovery::Legacy => false,
             RouteDiscovery::Ticketed => true,
+            // a restrictive profile evaluates every discovered node, not one per ticket
+            RouteDiscovery::Auto if p.routing.profile.is_restrictive() => false,
             RouteDiscovery::Auto => {
                 let now = self.inner.env.clock.now();
                 let mut off = self.inner.ticketing_off_until.lock();
@@ -1143,7 +1209,7 @@ impl Client {
         let list = self.discover_cached(&query, &p.traceparent).await?;
         let mut eligible: Vec<(NodeEntry, Candidate)> = Vec::new();
         for node in list.nodes.iter().filter(|n| pinned_to(&p.route, n)) {
-            match self.candidate(node) {
+            match self.candidate(node, &p.routing) {
                 Ok(c) => eligible.push((node.clone(), c)),
                 Err(s) => skips.add(s),
             }
@@ -1209,7 +1275,7 @@ impl Client {
                         TicketOutcome::Ticket(ticket) => {
                             let node_id = ticket.node_id().to_owned();
                             excluded.push(short_id(&node_id).to_owned());
-                            match self.candidate(&ticket.route) {
+                            match self.candidate(&ticket.route, &p.routing) {
                                 Ok(c) => return Ok(Some(c)),
                                 Err(s) => skips.add(s),
                             }
@@ -1591,14 +1657,24 @@ impl Client {
 
     /// Full eligibility for submission: [`Client::basic_eligibility`], the IICP-CX
     /// requirement and the circuit breaker.
-    fn candidate(&self, node: &NodeEntry) -> Result<Candidate, Skip> {
+    fn candidate(&self, node: &NodeEntry, routing: &RoutingPolicy) -> Result<Candidate, Skip> {
         let (node_id, route, check_url) = self.basic_eligibility(node)?;
+        routing::evaluate(
+            routing,
+            node,
+            &check_url,
+            node.cx_key().is_some(),
+            self.inner.env.clock.now_secs(),
+        )
+        .map_err(Skip::Policy)?;
+        let plaintext_ok = self.inner.encryption == Encryption::AllowPlaintext
+            || routing.profile == RoutingProfile::DebugOverride;
         let (key, response_encryption) = match node.cx_key() {
             Some(adv) => match NodePublicKey::from_advertisement(&adv) {
                 Ok(k) => (Some(k), adv.supports_response_encryption()),
                 Err(_) => return Err(Skip::BadKey),
             },
-            None if self.inner.encryption == Encryption::Required => return Err(Skip::Keyless),
+            None if !plaintext_ok => return Err(Skip::Keyless),
             None => (None, false),
         };
         if self

@@ -140,6 +140,7 @@ pub mod directory;
 pub mod endpoint;
 pub mod error;
 mod options;
+pub mod routing;
 pub mod select;
 mod stream;
 mod submit;
@@ -164,6 +165,7 @@ pub use options::{
     ChatOptions, ChatResult, DiscoverOptions, Encryption, RouteDiscovery, Task, TaskResult,
     Transport, TransportUsed, CHAT_INTENT,
 };
+pub use routing::{RoutingPolicy, RoutingProfile};
 pub use select::Strategy;
 pub use stream::{ChatEvent, ChatStream, StreamEnd, TaskEvent, TaskStream};
 pub use submit::NATIVE_CX_V1;

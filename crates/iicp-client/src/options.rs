@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 use iicp_proto::directory::{DiscoverQuery, DispatchTicketRequest};
+
+use crate::routing::{RoutingPolicy, RoutingProfile};
 use iicp_proto::ids::{TaskId, TraceParent};
 use iicp_proto::intent::Intent;
 use iicp_proto::task::{
@@ -88,6 +90,8 @@ pub struct DiscoverOptions {
     /// others are not candidates, and ticketed dispatch is not used. A node that is no
     /// longer listed, or not eligible, gives `no_nodes_available`.
     pub node_id: Option<String>,
+    /// The routing policy of this request; the client's otherwise (§9.4).
+    pub routing: Option<RoutingPolicy>,
 }
 
 impl DiscoverOptions {
@@ -224,6 +228,8 @@ pub struct TaskResult {
     /// The selection profile: `directory_ticket_v1` for ticketed dispatch, else the
     /// strategy name (`deterministic`, `weighted_v1`, `epsilon`).
     pub selection_profile: &'static str,
+    /// The routing profile that admitted the node (§9.4).
+    pub routing_profile: RoutingProfile,
     /// The W3C trace context sent on every attempt.
     pub traceparent: TraceParent,
 }
@@ -266,6 +272,8 @@ pub struct ChatOptions {
     pub intent: Option<String>,
     /// Only this node ([`DiscoverOptions::node_id`](crate::DiscoverOptions::node_id)).
     pub node_id: Option<String>,
+    /// The routing policy of this chat; the client's otherwise (§9.4).
+    pub routing: Option<RoutingPolicy>,
 }
 
 /// The result of [`Client::chat`](crate::Client::chat): an OpenAI chat completion and

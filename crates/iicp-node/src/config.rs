@@ -128,6 +128,9 @@ pub enum ConfigError {
     /// The HTTP client for the directory could not be built.
     #[error("the directory HTTP client could not be built")]
     HttpClient,
+    /// The policy manifest is malformed (PROTOCOL.md §17.4).
+    #[error("invalid policy manifest: {0}")]
+    PolicyManifest(#[source] iicp_proto::crypto::manifest::ManifestError),
 }
 
 /// The validated node configuration. Built by [`NodeBuilder`]; read it back with
@@ -209,6 +212,10 @@ pub struct NodeConfig {
     /// The operator identity whose delegation every REGISTER carries (PROTOCOL.md §17.2);
     /// `None`: the node registers anonymously.
     pub operator: Option<OperatorIdentity>,
+    /// The data-handling declaration every REGISTER carries as `policy_manifest`
+    /// (PROTOCOL.md §17.4): signed with the operator key when there is an operator,
+    /// self-attested otherwise.
+    pub policy_manifest: Option<serde_json::Map<String, serde_json::Value>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) directory: Option<Arc<dyn DirectoryApi>>,
 }
@@ -291,6 +298,7 @@ pub struct NodeBuilder {
     drain_timeout: Option<Duration>,
     directory_key: Option<DirectoryPublicKey>,
     operator: Option<OperatorIdentity>,
+    policy_manifest: Option<serde_json::Map<String, serde_json::Value>>,
     clock: Option<ClockSlot>,
     directory: Option<DirectorySlot>,
 }
@@ -565,6 +573,15 @@ impl NodeBuilder {
         self
     }
 
+    /// The node's policy manifest (PROTOCOL.md §17.4, ADR 0016): a data-handling
+    /// declaration (`retention`, `training_use`, `jurisdiction`, …) sent at every
+    /// REGISTER, signed then with the operator key (90-day expiry) when the node has an
+    /// [`NodeBuilder::operator`]. Checked by [`manifest::validate`](iicp_proto::crypto::manifest::validate).
+    pub fn policy_manifest(mut self, manifest: serde_json::Map<String, serde_json::Value>) -> Self {
+        self.policy_manifest = Some(manifest);
+        self
+    }
+
     /// Wall clock (default: the system clock).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(ClockSlot(clock));
@@ -609,6 +626,10 @@ impl NodeBuilder {
             if !version_grammar(v) {
                 return Err(ConfigError::SdkVersion);
             }
+        }
+        if let Some(m) = &self.policy_manifest {
+            iicp_proto::crypto::manifest::validate(&serde_json::Value::Object(m.clone()))
+                .map_err(ConfigError::PolicyManifest)?;
         }
         Ok(())
     }
@@ -720,6 +741,7 @@ impl NodeBuilder {
             drain_timeout: self.drain_timeout.unwrap_or(Duration::from_secs(10)),
             directory_key: self.directory_key,
             operator: self.operator,
+            policy_manifest: self.policy_manifest,
             clock: self
                 .clock
                 .map_or_else(|| Arc::new(SystemClock) as Arc<dyn Clock>, |c| c.0),

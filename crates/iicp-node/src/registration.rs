@@ -6,6 +6,7 @@
 
 use std::sync::atomic::Ordering;
 
+use iicp_proto::crypto::manifest;
 use iicp_proto::directory::{Limits, RegisterRequest};
 use iicp_proto::secret::Secret;
 
@@ -53,6 +54,14 @@ pub(crate) fn request(s: &Shared) -> RegisterRequest {
             (!op.display_name().is_empty()).then(|| op.display_name().to_owned());
         req.operator_created_at = (!op.created_at().is_empty()).then(|| op.created_at().to_owned());
         req.operator_integrity_hash = Some(op.integrity_hash());
+    }
+    if let Some(m) = &cfg.policy_manifest {
+        // §17.4: signed with the operator key at every REGISTER, else self-attested
+        let m = match &cfg.operator {
+            Some(op) => manifest::sign(m.clone(), op.key(), s.unix_secs()),
+            None => m.clone(),
+        };
+        req.policy_manifest = Some(serde_json::Value::Object(m));
     }
     apply_advert(s, &mut req);
     req.node_hmac_key.clone_from(&cfg.node_hmac_key);

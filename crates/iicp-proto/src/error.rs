@@ -266,6 +266,9 @@ error_codes! {
     RedirectRefused = "IICP-REDIRECT-REFUSED", status None, retry false;
     /// `IICP-CANDIDATE-RANKER-REFUSED` (client).
     CandidateRankerRefused = "IICP-CANDIDATE-RANKER-REFUSED", status None, retry false;
+    /// `IICP-POLICY-ROUTING` (client, terminal): the routing profile excluded every
+    /// discovered node; nothing was sent to a node (§9.4).
+    RoutingPolicyRefused = "IICP-POLICY-ROUTING", status None, retry false;
     /// `IICP-POLICY-MANIFEST-BINDING-MISMATCH` (client).
     PolicyManifestBindingMismatch = "IICP-POLICY-MANIFEST-BINDING-MISMATCH", status None, retry false;
 }

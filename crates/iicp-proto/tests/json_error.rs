@@ -327,6 +327,7 @@ fn code_table_status_and_retryability() {
         ("IICP-REDIRECT-REFUSED", None, false),
         ("IICP-CANDIDATE-RANKER-REFUSED", None, false),
         ("IICP-POLICY-MANIFEST-BINDING-MISMATCH", None, false),
+        ("IICP-POLICY-ROUTING", None, false),
     ];
     assert_eq!(
         table.len(),

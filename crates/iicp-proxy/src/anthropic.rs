@@ -417,6 +417,7 @@ pub(crate) fn error(f: &Failure) -> Value {
         }
         Class::InvalidRequest => "invalid_request_error",
         Class::Authentication => "authentication_error",
+        Class::Permission => "permission_error",
         Class::NotFound => "not_found_error",
         Class::RateLimit => "rate_limit_error",
         Class::Timeout | Class::Upstream | Class::Internal => "api_error",

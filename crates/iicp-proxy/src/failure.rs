@@ -19,6 +19,8 @@ pub(crate) enum Class {
     InvalidRequest,
     /// Missing or wrong API key (401).
     Authentication,
+    /// The proxy's routing profile refuses every node that could answer (403).
+    Permission,
     /// No such model or route (404).
     NotFound,
     /// Every node is at capacity, or the proxy itself is (429).
@@ -181,6 +183,7 @@ impl Failure {
     /// | a timeout (local, `task_timeout`, 504; for `all_nodes_failed` the last node's) | 504 | `task_timeout` |
     /// | capacity everywhere (429 / node switch; for `all_nodes_failed` the last node's) | 429 + `Retry-After` | `capacity_exceeded` |
     /// | every node failed otherwise | 502 | `all_nodes_failed` |
+    /// | the routing profile refuses every node (`IICP-POLICY-ROUTING`) | 403 | the code |
     /// | the request is invalid (`validation_error`, `invalid_intent`, policy) | 400 | the code |
     /// | the proxy's client is misconfigured | 500 | `invalid_config` |
     /// | anything else (directory unreachable, a node's 4xx/5xx, protocol, CX) | 502 | the code |
@@ -223,6 +226,13 @@ impl Failure {
                 Class::Upstream,
                 code,
                 "every candidate node of the mesh failed",
+            ),
+            // the routing profile (the proxy's privacy setting) excludes every node
+            ErrorKind::Policy if err.code() == &ErrorCode::RoutingPolicyRefused => Self::new(
+                StatusCode::FORBIDDEN,
+                Class::Permission,
+                code,
+                err.message(),
             ),
             // our own client's text: it names the problem, never a value of the payload
             ErrorKind::Input | ErrorKind::Policy => Self::new(

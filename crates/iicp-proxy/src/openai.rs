@@ -235,6 +235,7 @@ pub(crate) fn error(f: &Failure) -> Value {
     let kind = match f.class {
         Class::InvalidRequest | Class::NotFound => "invalid_request_error",
         Class::Authentication => "authentication_error",
+        Class::Permission => "permission_error",
         Class::RateLimit => "rate_limit_error",
         Class::Timeout => "timeout_error",
         Class::Upstream => "api_error",

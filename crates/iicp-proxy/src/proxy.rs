@@ -76,6 +76,7 @@ pub struct ProxyBuilder {
     client: Option<Client>,
     directory_url: Option<String>,
     allow_private_endpoints: bool,
+    routing: Option<iicp_client::RoutingPolicy>,
     api_key: Option<Secret>,
     timeout: Option<Duration>,
     max_body_bytes: Option<usize>,
@@ -109,6 +110,13 @@ impl ProxyBuilder {
     /// The directory of the default client (ignored with [`ProxyBuilder::client`]).
     pub fn directory_url(mut self, url: impl Into<String>) -> Self {
         self.directory_url = Some(url.into());
+        self
+    }
+
+    /// The routing policy of the default client (PROTOCOL.md §9.4; ignored with
+    /// [`ProxyBuilder::client`]): a refusal is answered 403 in each surface's shape.
+    pub fn routing_policy(mut self, policy: impl Into<iicp_client::RoutingPolicy>) -> Self {
+        self.routing = Some(policy.into());
         self
     }
 
@@ -204,6 +212,9 @@ impl ProxyBuilder {
                 let mut b = Client::builder()
                     .allow_private_endpoints(self.allow_private_endpoints)
                     .timeout(timeout);
+                if let Some(policy) = self.routing {
+                    b = b.routing_policy(policy);
+                }
                 if let Some(url) = self.directory_url {
                     b = b.directory_url(url);
                 }

@@ -58,6 +58,8 @@ pub(crate) struct ConsumerArgs {
     /// Preferred region.
     #[arg(long, env = "IICP_REGION")]
     pub(crate) region: Option<String>,
+    #[command(flatten)]
+    pub(crate) routing: super::common::RoutingArgs,
 }
 
 impl ConsumerArgs {
@@ -65,6 +67,7 @@ impl ConsumerArgs {
         super::common::http_url("--directory-url", &self.directory_url)?;
         let mut b = Client::builder()
             .directory_url(self.directory_url.clone())
+            .routing_policy(self.routing.policy()?)
             .allow_private_endpoints(self.allow_private_endpoints)
             .transport(self.transport.into())
             .encryption(if self.allow_plaintext {

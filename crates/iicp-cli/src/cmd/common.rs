@@ -227,3 +227,81 @@ mod tests {
         );
     }
 }
+
+/// The routing-policy flags of `chat`, `discover`, `proxy` and `dev` (PROTOCOL.md §9.4,
+/// ADR 0016).
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct RoutingArgs {
+    /// Routing profile: standard, sensitive (only a node on this machine),
+    /// eu_restricted, allowed_regions_strict, strict_policy (signed manifest, no payload
+    /// retention), operator_bound_policy, debug_override (plaintext allowed).
+    #[arg(long, env = "IICP_ROUTING_PROFILE", default_value = "standard", value_name = "PROFILE", value_parser = parse_profile)]
+    pub(crate) routing_profile: iicp_client::RoutingProfile,
+    /// Regions admitted by allowed_regions_strict and eu_restricted (comma-separated;
+    /// `eu` admits `eu-*`, `eea` admits `eu-*` too).
+    #[arg(
+        long,
+        env = "IICP_ALLOWED_REGIONS",
+        value_delimiter = ',',
+        value_name = "REGION,…"
+    )]
+    pub(crate) allowed_regions: Vec<String>,
+    /// allowed_regions_strict: also require a signed-valid policy manifest.
+    #[arg(long, env = "IICP_REQUIRE_SIGNED_POLICY_MANIFEST", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    pub(crate) require_signed_policy_manifest: bool,
+    /// With --require-signed-policy-manifest: the manifest's jurisdiction must be one
+    /// of these (comma-separated).
+    #[arg(
+        long,
+        env = "IICP_JURISDICTION_ALLOWLIST",
+        value_delimiter = ',',
+        value_name = "CODE,…"
+    )]
+    pub(crate) jurisdiction_allowlist: Vec<String>,
+}
+
+fn parse_profile(s: &str) -> Result<iicp_client::RoutingProfile, String> {
+    s.parse()
+        .map_err(|e: iicp_client::routing::UnknownProfile| e.to_string())
+}
+
+impl RoutingArgs {
+    /// The policy, its parameters checked (a usage error otherwise). Prints the
+    /// warning `debug_override` calls for.
+    pub(crate) fn policy(&self) -> anyhow::Result<iicp_client::RoutingPolicy> {
+        let policy = self.quiet_policy()?;
+        if policy.profile == iicp_client::RoutingProfile::DebugOverride {
+            eprintln!(
+                "warning: routing profile debug_override: prompts may travel in plaintext to nodes without an IICP-CX key"
+            );
+        }
+        Ok(policy)
+    }
+
+    /// [`RoutingArgs::policy`] without the warning.
+    pub(crate) fn quiet_policy(&self) -> anyhow::Result<iicp_client::RoutingPolicy> {
+        let mut policy = iicp_client::RoutingPolicy::new(self.routing_profile).allowed_regions(
+            self.allowed_regions
+                .iter()
+                .map(|r| r.trim().to_owned())
+                .filter(|r| !r.is_empty()),
+        );
+        if self.require_signed_policy_manifest {
+            policy = policy.require_signed_policy_manifest(
+                self.jurisdiction_allowlist
+                    .iter()
+                    .map(|j| j.trim().to_owned())
+                    .filter(|j| !j.is_empty()),
+            );
+        } else if !self.jurisdiction_allowlist.is_empty() {
+            return Err(UsageError(
+                "--jurisdiction-allowlist needs --require-signed-policy-manifest".into(),
+            )
+            .into());
+        }
+        policy
+            .validate()
+            .map_err(|e| UsageError(format!("invalid routing policy: {e}")))?;
+        Ok(policy)
+    }
+}

@@ -57,6 +57,8 @@ pub(crate) struct Args {
     /// Do not start the proxy.
     #[arg(long)]
     no_proxy: bool,
+    #[command(flatten)]
+    routing: super::common::RoutingArgs,
     /// After the first chat on each transport, time this many more `chat()` calls
     /// through the same client (discovery cached) and print their latency percentiles.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
@@ -208,6 +210,7 @@ impl Mesh {
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let routing = args.routing.policy()?;
     let (handler, model) = handler(&args).await?;
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -230,6 +233,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         let proxy = Proxy::builder()
             .directory_url(dir_url.clone())
             .allow_private_endpoints(true)
+            .routing_policy(routing.clone())
             .build()
             .context("building the proxy")?;
         let (start, tries) = match args.proxy_port {
@@ -255,6 +259,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         let client = Client::builder()
             .directory_url(dir_url.clone())
             .allow_private_endpoints(true)
+            .routing_policy(routing.clone())
             .transport(transport)
             .build()
             .context("building the client")?;

@@ -1,7 +1,7 @@
 //! `discover [INTENT]`: list the nodes a directory offers for an intent (the nodes a
 //! `chat` could reach with the same options).
 
-use iicp_client::DiscoverOptions;
+use iicp_client::{routing, DiscoverOptions};
 use iicp_proto::directory::NodeEntry;
 
 use super::chat::{ConsumerArgs, TransportArg};
@@ -49,10 +49,29 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             _ => anyhow::Error::new(e).context("discovery failed"),
         })?;
     let total = all.len();
+    // the warning of debug_override was printed when the client was built
+    let policy = args.consumer.routing.quiet_policy()?;
+    let now = super::common::now_unix();
+    let mut excluded: std::collections::BTreeMap<&'static str, usize> = Default::default();
     let nodes: Vec<NodeEntry> = all
         .into_iter()
         .filter(|n| reachable(n, &args.consumer))
+        .filter(|n| {
+            let endpoint = n
+                .endpoint
+                .as_deref()
+                .or(n.transport_endpoint.as_deref())
+                .unwrap_or("");
+            match routing::evaluate(&policy, n, endpoint, n.cx_key().is_some(), now) {
+                Ok(()) => true,
+                Err(e) => {
+                    *excluded.entry(e.as_str()).or_default() += 1;
+                    false
+                }
+            }
+        })
         .collect();
+    let refused: usize = excluded.values().sum();
     if args.consumer.json {
         println!("{}", serde_json::to_string_pretty(&nodes)?);
     } else {
@@ -81,10 +100,18 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             );
         }
     }
-    if nodes.len() < total {
+    if nodes.len() + refused < total {
         eprintln!(
             "{} node(s) hidden: without an IICP-CX key (--allow-plaintext) or without native transport",
-            total - nodes.len()
+            total - nodes.len() - refused
+        );
+    }
+    if refused > 0 {
+        let reasons: Vec<String> = excluded.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        eprintln!(
+            "{refused} node(s) excluded by routing profile {} ({})",
+            policy.profile,
+            reasons.join(", ")
         );
     }
     Ok(())

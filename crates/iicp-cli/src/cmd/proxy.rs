@@ -61,6 +61,8 @@ pub(crate) struct Args {
     /// Accept loopback and private node endpoints (a private mesh).
     #[arg(long, env = "IICP_ALLOW_PRIVATE_ENDPOINTS", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     allow_private_endpoints: bool,
+    #[command(flatten)]
+    routing: super::common::RoutingArgs,
     /// Deadline of one request in ms (at most 120000); past it, 504.
     #[arg(long, env = "IICP_PROXY_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..=120_000))]
     timeout_ms: u64,
@@ -107,6 +109,7 @@ fn build(args: &Args) -> anyhow::Result<Proxy> {
     let mut client = Client::builder()
         .directory_url(args.directory_url.clone())
         .allow_private_endpoints(args.allow_private_endpoints)
+        .routing_policy(args.routing.policy()?)
         .transport(args.transport.into())
         .encryption(if args.allow_plaintext {
             Encryption::AllowPlaintext

@@ -27,6 +27,7 @@ use super::UsageError;
 mod access;
 mod args;
 mod nat;
+mod policy;
 mod report;
 
 pub(crate) use access::{check_token, generate_token, given_token};
@@ -224,6 +225,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let saved_auth = access::load(home.as_ref(), args.node.as_deref())?;
     let cfg = resolve(&args, profile.as_ref(), saved_auth.as_ref())?;
     let mut builder = node_builder(&args, &cfg);
+    let manifest = args.policy.manifest()?;
+    let declares_policy = manifest.is_some();
+    if let Some(m) = manifest {
+        builder = builder.policy_manifest(m);
+    }
     builder.validate().map_err(config_error)?;
     let mut run = RunState::start(
         home.as_ref(),
@@ -288,6 +294,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(op) = &operator {
         builder = builder.operator(op.clone());
+    } else if declares_policy {
+        eprintln!(
+            "policy manifest: no operator identity, so it is sent unsigned (self-attested); strict routing profiles will not admit this node (`iicp init` creates an identity)"
+        );
     }
     // the CX key persists with a saved profile
     let persist = home.as_ref().filter(|_| args.node.is_some());

@@ -93,6 +93,8 @@ pub(crate) struct Args {
     pub(super) log_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub(super) access: super::access::AccessArgs,
+    #[command(flatten)]
+    pub(super) policy: super::policy::PolicyArgs,
 }
 
 fn replan_interval(text: &str) -> Result<Duration, String> {
