@@ -327,6 +327,33 @@ fn client_libraries_against_a_real_mesh() {
     let v = client(&py, "anthropic_client.py", "too_large", &small, "k", "iicp");
     assert_eq!(v["status"], 413, "{v}");
     assert_eq!(v["type"], "request_too_large", "{v}");
+
+    // a routing profile no node of this mesh satisfies (its nodes are in region
+    // `local`): 403 in each library, with the rule and the count, and no node asked
+    let (_px4, eu) = proxy(&dir, &["--routing-profile", "eu_restricted"]);
+    let v = client(&py, "openai_client.py", "chat", &eu, "k", "iicp");
+    assert_eq!(
+        (v["error"].as_str(), v["status"].as_u64()),
+        (Some("PermissionDeniedError"), Some(403)),
+        "{v}"
+    );
+    assert_eq!(v["code"], "IICP-POLICY-ROUTING", "{v}");
+    assert_eq!(v["type"], "permission_error", "{v}");
+    let v = client(&py, "anthropic_client.py", "message", &eu, "k", "iicp");
+    assert_eq!(
+        (v["error"].as_str(), v["status"].as_u64()),
+        (Some("PermissionDeniedError"), Some(403)),
+        "{v}"
+    );
+    assert_eq!(v["type"], "permission_error", "{v}");
+    let v = client(&py, "ollama_client.py", "chat", &eu, "k", "iicp");
+    assert_eq!(v["status"], 403, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("region_not_allowed: 2")),
+        "{v}"
+    );
 }
 
 /// Waits up to 10 s for `what`.
