@@ -19,6 +19,11 @@
 //!   --cgnat6`), `iicp serve` opens an IPv6 pinhole (tier 1b), is probed and listed by an
 //!   IPv6 directory, chats with a WAN client, and removes the pinhole on SIGTERM.
 //!
+//! * `sensitive_sends_no_byte_to_a_remote_node`: a chat from the LAN host under the
+//!   `sensitive` routing profile refuses the node on the WAN host before dialling (an
+//!   nftables counter on the WAN host stays at zero); under `standard` the same chat
+//!   reaches it.
+//!
 //! The harness is shared with `iicp-nat`'s lab test (`crates/iicp-nat/tests/lab`). Runs
 //! as root with `ip netns` and miniupnpd (installed by `scripts/nat-lab`); skips
 //! otherwise, except under `CI=true`, where it fails.
@@ -381,6 +386,123 @@ fn serve_maps_again_when_the_gateway_loses_the_mapping() {
         "mapping left behind"
     );
     let _ = std::fs::remove_dir_all(&home);
+}
+
+/// The packets the WAN host has received on `port` (an nftables counter the test adds
+/// in the WAN namespace: it sees every TCP segment, whether or not a request completes).
+fn wan_packets_to(lab: &Lab, port: u16) -> u64 {
+    let out = lab
+        .exec("wan", "nft")
+        .args(["list", "chain", "inet", "iicp_spy", "input"])
+        .output()
+        .expect("nft list");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|l| l.contains(&format!("dport {port}")))
+        .and_then(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words
+                .iter()
+                .position(|w| *w == "packets")
+                .and_then(|i| words.get(i + 1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no counter for port {port}:\n{text}"))
+}
+
+/// `iicp chat --json` from the LAN host through the lab's directory.
+fn lan_chat(
+    lab: &Lab,
+    home: &std::path::Path,
+    prompt: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    iicp_in(lab, "lan", home)
+        .args(["chat", prompt, "--json", "--directory-url", &dir_url()])
+        .args(extra)
+        .output()
+        .expect("iicp chat")
+}
+
+#[test]
+fn sensitive_sends_no_byte_to_a_remote_node() {
+    // A node on the WAN host is remote for a client on the LAN host. Under the
+    // `sensitive` routing profile the client refuses it before dialling: an nftables
+    // counter on the WAN host sees no packet to the node's port. The same chat under
+    // `standard` reaches the node and moves the counter (the control).
+    let Some(lab) = build_lab("s") else {
+        return;
+    };
+    let home = temp_home("natlab-sensitive");
+    let _dir = start_directory(&lab, &home);
+    let public = format!("http://{WAN_HOST}:{NODE_PORT}");
+    let mut node = serve_in(
+        &lab,
+        "wan",
+        &home,
+        NODE_PORT,
+        &["--public-endpoint", &public],
+    );
+    let summary = read_within(&mut node, "serving ", Duration::from_secs(60));
+    assert!(summary.contains("(registered)"), "{summary}");
+    for args in [
+        vec!["add", "table", "inet", "iicp_spy"],
+        vec![
+            "add",
+            "chain",
+            "inet",
+            "iicp_spy",
+            "input",
+            "{ type filter hook input priority 0; policy accept; }",
+        ],
+        vec![
+            "add",
+            "rule",
+            "inet",
+            "iicp_spy",
+            "input",
+            "tcp",
+            "dport",
+            &NODE_PORT.to_string(),
+            "counter",
+        ],
+    ] {
+        let st = lab.exec("wan", "nft").args(&args).status().expect("nft");
+        assert!(st.success(), "nft {args:?}");
+    }
+    assert_eq!(wan_packets_to(&lab, NODE_PORT), 0);
+
+    let lan_home = temp_home("natlab-sensitive-client");
+    let o = lan_chat(
+        &lab,
+        &lan_home,
+        "a secret prompt",
+        &["--routing-profile", "sensitive"],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("IICP-POLICY-ROUTING"), "{err}");
+    assert!(err.contains("remote_executor_disabled: 1"), "{err}");
+    assert!(!err.contains("a secret prompt"), "{err}");
+    assert_eq!(
+        wan_packets_to(&lab, NODE_PORT),
+        0,
+        "sensitive reached the remote node"
+    );
+
+    let o = lan_chat(&lab, &lan_home, "a public prompt", &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["text"], "echo: a public prompt", "{v}");
+    assert!(
+        wan_packets_to(&lab, NODE_PORT) > 0,
+        "the control chat left no packet"
+    );
+
+    node.signal("-TERM");
+    let _ = node.wait();
+    let _ = std::fs::remove_dir_all(&home);
+    let _ = std::fs::remove_dir_all(&lan_home);
 }
 
 fn client() -> iicp_transport::http::HttpClient {
