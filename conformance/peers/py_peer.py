@@ -25,6 +25,11 @@ python (scripts/peers prints IICP_PEER_PYTHON). Output is one JSON object per li
                                           IICP_CONFORMANCE_INTENT (plain discovery,
                                           directory order, plaintext to keyless nodes),
                                           node_token from IICP_CONFORMANCE_NODE_TOKEN
+  py_peer.py manifest-sign FILE          the SDK's load_and_sign_policy_manifest with a fresh
+                                          operator key: prints {"manifest": signed}
+  py_peer.py manifest-verify              reads a signed manifest (JSON) on stdin; checks it
+                                          with the SDK's canonical_manifest and Ed25519
+                                          (cryptography): prints {"ok", "canonical_sha256"}
   py_peer.py chat DIR_URL PROMPT [--sdk-qos]
                                           IicpClient.chat_async with ticketed dispatch
                                           (route_discovery_mode=ticketed: tickets are verified);
@@ -207,6 +212,32 @@ def node(args):
     sys.exit(cli.main())
 
 
+def manifest_sign(path):
+    from iicp_client.identity import OperatorIdentity
+    from iicp_client.policy_manifest import load_and_sign_policy_manifest
+
+    op = OperatorIdentity.generate(display_name="interop")
+    emit(manifest=load_and_sign_policy_manifest(path, op))
+
+
+def manifest_verify():
+    import base64
+    import hashlib
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from iicp_client.policy_manifest import canonical_manifest
+
+    manifest = json.load(sys.stdin)
+    canon = canonical_manifest(manifest)
+    sig = manifest["signature"]
+    key = Ed25519PublicKey.from_public_bytes(base64.b64decode(sig["public_key"]))
+    try:
+        key.verify(base64.b64decode(sig["signature"]), canon)
+        ok = True
+    except Exception:  # noqa: BLE001 - any failure is a failed verification
+        ok = False
+    emit(ok=ok, canonical_sha256=hashlib.sha256(canon).hexdigest())
+
+
 def main():
     cmd = sys.argv[1]
     if cmd == "tcp-client":
@@ -227,6 +258,10 @@ def main():
         asyncio.run(submit())
     elif cmd == "chat":
         asyncio.run(chat(sys.argv[2], sys.argv[3], "--sdk-qos" in sys.argv[4:]))
+    elif cmd == "manifest-sign":
+        manifest_sign(sys.argv[2])
+    elif cmd == "manifest-verify":
+        manifest_verify()
     else:
         sys.exit(f"unknown command {cmd}")
 

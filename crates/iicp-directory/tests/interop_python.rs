@@ -209,3 +209,101 @@ async fn python_node_and_client_against_our_directory() {
     }
     d.stop().await;
 }
+
+/// Runs `py_peer.py manifest-verify` on `manifest`: (signature ok, the SDK's canonical
+/// SHA-256).
+fn python_verifies(py: &Path, manifest: &Value) -> (bool, String) {
+    use std::io::Write as _;
+    let mut child = peer(py, &["manifest-verify"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(manifest.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "manifest-verify failed");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        v["ok"].as_bool().unwrap(),
+        v["canonical_sha256"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// PROTOCOL.md §17.4: a policy manifest the Python SDK signs (fresh operator key,
+/// microsecond timestamps) registers with our directory and is served `signed_valid`
+/// with the hash the SDK computes; a manifest we sign verifies with the SDK's canonical
+/// form and Ed25519, and a changed one does not.
+#[tokio::test]
+async fn policy_manifests_cross_between_the_sdks() {
+    use iicp_proto::crypto::manifest::{self, Status};
+    use iicp_proto::crypto::sign::OperatorKey;
+    use iicp_transport::clock::{Clock as _, SystemClock};
+
+    let Some(py) = peer_python() else { return };
+    let tmp = TempDir::new("py-manifest");
+    std::fs::create_dir_all(&tmp.0).unwrap();
+    let file = tmp.0.join("manifest.json");
+    let declaration = serde_json::json!({
+        "version": "2026-07-02",
+        "jurisdiction": "DE",
+        "policy_url": "https://example.org/policy/v1",
+        "remote_executor_can_read_prompt": true,
+        "training_use": "none",
+        "retention": {"task_payload": "none", "logs_days": 7},
+        "subprocessors": ["self-hosted", "Rechenzentrum N\u{fc}rnberg"]
+    });
+    std::fs::write(&file, declaration.to_string()).unwrap();
+
+    // Python signs, our directory verifies and serves it
+    let out = run_peer(&py, &["manifest-sign", file.to_str().unwrap()], &tmp.0).await;
+    let theirs = out[0]["manifest"].clone();
+    let object = theirs.as_object().unwrap();
+    assert_eq!(
+        manifest::verify(object, SystemClock.now_secs()).status,
+        Status::SignedValid
+    );
+    let (ok, their_sha) = python_verifies(&py, &theirs);
+    assert!(ok);
+    assert_eq!(manifest::canonical_sha256(object), their_sha);
+    let d = start_with(
+        Backend::Memory,
+        Directory::builder().private_mesh(true),
+        None,
+    )
+    .await;
+    let mut body = register_body("http://127.0.0.1:19401", "eu-central", &["m"]);
+    body["policy_manifest"] = theirs.clone();
+    let ack = register(&d.base, &body).await;
+    let id = ack["node_id"].as_str().unwrap();
+    let r = get(&format!("{}/api/v1/node/{id}", d.base)).await;
+    let served = &r.body["node_policy_manifest"];
+    assert_eq!(
+        served["verification"]["status"], "signed_valid",
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        served["verification"]["canonical_sha256"],
+        their_sha.as_str()
+    );
+
+    // we sign, Python verifies; a changed member fails there too
+    let key = OperatorKey::from_seed(&[42; 32]);
+    let ours = manifest::sign(
+        declaration.as_object().unwrap().clone(),
+        &key,
+        SystemClock.now_secs(),
+    );
+    let (ok, sha) = python_verifies(&py, &Value::Object(ours.clone()));
+    assert!(ok, "the Python SDK refused our signature");
+    assert_eq!(sha, manifest::canonical_sha256(&ours));
+    let mut changed = ours;
+    changed["jurisdiction"] = "US".into();
+    assert!(!python_verifies(&py, &Value::Object(changed)).0);
+    d.stop().await;
+}
