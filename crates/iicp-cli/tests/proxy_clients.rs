@@ -21,7 +21,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{directory, iicp, Proc};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const PYTHON_VAR: &str = "IICP_CLIENTS_PYTHON";
 const KEY: &str = "sk-proxy-test-key";
@@ -502,6 +502,50 @@ fn client_libraries_see_mesh_errors() {
     assert_eq!(v["status"], 504, "{v}");
     assert_eq!(v["code"], "task_timeout");
     assert_eq!(v["type"], "timeout_error");
+}
+
+/// A tool call round trip in each library: the model server (the stub) calls the
+/// caller's tool, the node and the proxy carry the call back in each surface's shape
+/// (OpenAI `tool_calls`, also streamed as deltas; Anthropic `tool_use` blocks; Ollama
+/// `tool_calls` with object arguments), the caller answers with the tool's result, and
+/// the model's reply to it comes back.
+#[test]
+fn tool_calls_round_trip_in_each_library() {
+    let Some(py) = python() else { return };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let stub = iicp_testkit::stub::StubModel::new("tooly", Duration::ZERO);
+    let stub_srv = rt
+        .block_on(iicp_testkit::server::serve(stub.router()))
+        .expect("stub");
+    let (_mesh, _dir, base) = dev_mesh(1, Some(&stub_srv.url()));
+    let query = json!({"query": "weather in Berlin"});
+
+    for case in ["tools", "tools_stream"] {
+        let v = client(&py, "openai_client.py", case, &base, "k", "tooly");
+        assert_eq!(v["finish"], "tool_calls", "{case}: {v}");
+        assert_eq!(v["calls"][0]["id"], "call_stub_0", "{case}: {v}");
+        assert_eq!(v["calls"][0]["name"], "lookup", "{case}: {v}");
+        let args: Value = serde_json::from_str(v["calls"][0]["arguments"].as_str().unwrap_or(""))
+            .expect("arguments are JSON");
+        assert_eq!(args, query, "{case}: {v}");
+        assert_eq!(v["text"], "tool said: sunny, 21 C", "{case}: {v}");
+    }
+    let v = client(&py, "anthropic_client.py", "tools", &base, "k", "tooly");
+    assert_eq!(v["stop_reason"], "tool_use", "{v}");
+    assert_eq!(v["uses"][0]["name"], "lookup", "{v}");
+    assert_eq!(v["uses"][0]["input"], query, "{v}");
+    assert_eq!(v["text"], "tool said: sunny, 21 C", "{v}");
+    let o = Command::new(&py)
+        .arg(script("ollama_client.py"))
+        .args(["tools", &base, "k", "tooly"])
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .output()
+        .expect("ollama client");
+    let v: Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", common::text(&o)));
+    assert_eq!(v["calls"][0]["name"], "lookup", "{v}");
+    assert_eq!(v["calls"][0]["arguments"], query, "{v}");
+    assert_eq!(v["text"], "tool said: sunny, 21 C", "{v}");
 }
 
 #[test]

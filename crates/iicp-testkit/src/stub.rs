@@ -8,6 +8,12 @@
 //! `GET /health`. `"stream": true` gets the same answer as server-sent events. Every reply
 //! is a fixed small completion, after the configured delay. Other paths get a JSON 404
 //! and are counted ([`StubModel::request_counts`]).
+//!
+//! Tool calls, for round trips: a chat completion request with `tools` whose last message
+//! is not a `tool` result is answered with a call of the first tool (`id`
+//! `call_stub_0`, arguments `{"query": <the last user text>}`, `finish_reason`
+//! `tool_calls`; streamed as tool-call deltas); a request whose last message is a `tool`
+//! result is answered `tool said: <its content>`.
 
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -107,6 +113,121 @@ struct CompletionRequest {
     stream: Option<bool>,
     #[serde(default)]
     max_tokens: Option<usize>,
+    #[serde(default)]
+    tools: Vec<serde_json::Value>,
+    #[serde(default)]
+    messages: Vec<serde_json::Value>,
+}
+
+/// What a tool-aware chat request asks of the stub.
+enum ToolTurn {
+    /// Call this tool with these arguments (a JSON text).
+    Call { name: String, arguments: String },
+    /// Answer after the tool's result.
+    Answer(String),
+}
+
+/// The message's text: a string content, or its text parts joined.
+fn text_of(message: &serde_json::Value) -> String {
+    match message.get("content") {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(serde_json::Value::as_str))
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    }
+}
+
+impl CompletionRequest {
+    fn tool_turn(&self) -> Option<ToolTurn> {
+        let last = self.messages.last()?;
+        if last.get("role").and_then(serde_json::Value::as_str) == Some("tool") {
+            return Some(ToolTurn::Answer(format!("tool said: {}", text_of(last))));
+        }
+        let name = self
+            .tools
+            .first()?
+            .pointer("/function/name")?
+            .as_str()?
+            .to_owned();
+        let query = self
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.get("role").and_then(serde_json::Value::as_str) == Some("user"))
+            .map(text_of)
+            .unwrap_or_default();
+        Some(ToolTurn::Call {
+            name,
+            arguments: serde_json::json!({ "query": query }).to_string(),
+        })
+    }
+}
+
+/// A chat completion for a tool turn.
+fn tool_completion(n: u64, model: &str, turn: &ToolTurn) -> Vec<u8> {
+    let (message, finish) = match turn {
+        ToolTurn::Call { name, arguments } => (
+            serde_json::json!({"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_stub_0", "type": "function", "function": {"name": name, "arguments": arguments}}
+            ]}),
+            "tool_calls",
+        ),
+        ToolTurn::Answer(text) => (
+            serde_json::json!({"role": "assistant", "content": text}),
+            "stop",
+        ),
+    };
+    serde_json::json!({
+        "id": format!("chatcmpl-stub-{n}"), "object": "chat.completion", "created": 1_767_225_600u64,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6},
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// The same tool turn as server-sent events: the call's name first, its arguments in
+/// two pieces, then the finish chunk.
+fn tool_sse(model: &str, turn: &ToolTurn) -> Vec<u8> {
+    let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+        let c = serde_json::json!({
+            "id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": 1_767_225_600u64,
+            "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        });
+        format!("data: {c}\n\n")
+    };
+    let mut out = String::new();
+    match turn {
+        ToolTurn::Call { name, arguments } => {
+            let (a, b) = arguments.split_at(arguments.len() / 2);
+            out.push_str(&chunk(
+                serde_json::json!({"role": "assistant", "content": null, "tool_calls": [
+                    {"index": 0, "id": "call_stub_0", "type": "function", "function": {"name": name, "arguments": ""}}
+                ]}),
+                None,
+            ));
+            for piece in [a, b] {
+                out.push_str(&chunk(
+                    serde_json::json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+                    None,
+                ));
+            }
+            out.push_str(&chunk(serde_json::json!({}), Some("tool_calls")));
+        }
+        ToolTurn::Answer(text) => {
+            out.push_str(&chunk(
+                serde_json::json!({"role": "assistant", "content": text}),
+                None,
+            ));
+            out.push_str(&chunk(serde_json::json!({}), Some("stop")));
+        }
+    }
+    out.push_str("data: [DONE]\n\n");
+    out.into_bytes()
 }
 
 fn completion(stub: &StubModel, model: &str, path: &str) -> Vec<u8> {
@@ -210,11 +331,27 @@ async fn complete(stub: Arc<StubModel>, mut req: Request) -> Response {
         model: None,
         stream: None,
         max_tokens: None,
+        tools: Vec::new(),
+        messages: Vec::new(),
     });
     if !stub.delay.is_zero() {
         tokio::time::sleep(stub.delay).await;
     }
     let model = parsed.model.as_deref().unwrap_or(&stub.model);
+    if path.ends_with("/chat/completions") {
+        if let Some(turn) = parsed.tool_turn() {
+            let n = stub.completions.fetch_add(1, Ordering::Relaxed);
+            if parsed.stream == Some(true) {
+                let mut response = json_bytes(StatusCode::OK, tool_sse(model, &turn).into());
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/event-stream"),
+                );
+                return response;
+            }
+            return json_bytes(StatusCode::OK, tool_completion(n, model, &turn).into());
+        }
+    }
     if parsed.stream == Some(true) && path != "/api/chat" {
         stub.completions.fetch_add(1, Ordering::Relaxed);
         if let Some((tokens, every)) = stub.pacing {

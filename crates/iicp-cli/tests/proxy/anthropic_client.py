@@ -56,6 +56,18 @@ try:
         ]}]
         m = client.messages.create(model=model, max_tokens=32, messages=msg)
         out(text=m.content[0].text)
+    elif case == "tools":
+        tools = [{"name": "lookup", "description": "look a word up",
+                  "input_schema": {"type": "object", "properties": {"query": {"type": "string"}}}}]
+        msgs = [{"role": "user", "content": "weather in Berlin"}]
+        first = client.messages.create(model=model, max_tokens=64, messages=msgs, tools=tools)
+        uses = [b for b in first.content if b.type == "tool_use"]
+        msgs.append({"role": "assistant", "content": [b.model_dump() for b in first.content]})
+        msgs.append({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": uses[0].id if uses else "none", "content": "sunny, 21 C"}]})
+        second = client.messages.create(model=model, max_tokens=64, messages=msgs, tools=tools)
+        out(stop_reason=first.stop_reason, uses=[{"id": u.id, "name": u.name, "input": u.input} for u in uses],
+            text="".join(b.text for b in second.content if b.type == "text"))
     elif case == "models":
         out(ids=[m.id for m in client.models.list()])
     else:

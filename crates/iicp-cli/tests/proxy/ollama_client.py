@@ -49,6 +49,18 @@ try:
         r = client.chat(model=model, stream=False, messages=[
             {"role": "user", "content": "describe", "images": ["iVBORw0KGgo="]}])
         out(text=r.message.content)
+    elif case == "tools":
+        tools = [{"type": "function", "function": {
+            "name": "lookup", "description": "look a word up",
+            "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}]
+        msgs = [{"role": "user", "content": "weather in Berlin"}]
+        first = client.chat(model=model, messages=msgs, tools=tools, stream=False)
+        calls = [{"name": c.function.name, "arguments": dict(c.function.arguments)} for c in first.message.tool_calls or []]
+        msgs.append({"role": "assistant", "content": "", "tool_calls": [
+            {"function": {"name": c["name"], "arguments": c["arguments"]}} for c in calls]})
+        msgs.append({"role": "tool", "content": "sunny, 21 C"})
+        second = client.chat(model=model, messages=msgs, tools=tools, stream=False)
+        out(calls=calls, text=second.message.content)
     elif case == "models":
         tags = client.list()
         names = [m.model for m in tags.models]

@@ -81,6 +81,35 @@ try:
         ]}]
         c = client.chat.completions.create(model=model, messages=msg)
         out(text=c.choices[0].message.content)
+    elif case in ("tools", "tools_stream"):
+        # a tool call round trip: the model calls the tool, the caller answers it, the
+        # model answers with the tool's result
+        tools = [{"type": "function", "function": {
+            "name": "lookup", "description": "look a word up",
+            "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}]
+        msgs = [{"role": "user", "content": "weather in Berlin"}]
+        if case == "tools":
+            first = client.chat.completions.create(model=model, messages=msgs, tools=tools, tool_choice="auto")
+            msg, finish = first.choices[0].message, first.choices[0].finish_reason
+            calls = [{"id": c.id, "name": c.function.name, "arguments": c.function.arguments} for c in msg.tool_calls or []]
+        else:
+            acc, finish = {}, None
+            for ch in client.chat.completions.create(model=model, messages=msgs, tools=tools, stream=True):
+                if not ch.choices:
+                    continue
+                for d in ch.choices[0].delta.tool_calls or []:
+                    slot = acc.setdefault(d.index, {"id": None, "name": "", "arguments": ""})
+                    slot["id"] = d.id or slot["id"]
+                    if d.function:
+                        slot["name"] += d.function.name or ""
+                        slot["arguments"] += d.function.arguments or ""
+                finish = ch.choices[0].finish_reason or finish
+            calls = [acc[i] for i in sorted(acc)]
+        msgs.append({"role": "assistant", "content": None, "tool_calls": [
+            {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}} for c in calls]})
+        msgs.append({"role": "tool", "tool_call_id": calls[0]["id"] if calls else "none", "content": "sunny, 21 C"})
+        second = client.chat.completions.create(model=model, messages=msgs, tools=tools)
+        out(calls=calls, finish=finish, text=second.choices[0].message.content)
     elif case == "models":
         ids = [m.id for m in client.models.list()]
         one = client.models.retrieve(ids[0]) if ids else None
