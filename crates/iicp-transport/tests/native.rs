@@ -508,3 +508,124 @@ async fn sdk_style_client_without_init_and_with_empty_close() {
     trigger.fire();
     task.await.expect("join").expect("serve");
 }
+
+/// Counts the server's write calls (each `poll_write` that wrote something is one
+/// `write(2)` on a socket).
+struct CountingIo {
+    inner: tokio::io::DuplexStream,
+    writes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl tokio::io::AsyncRead for CountingIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CountingIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        r
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// 64 calls on one connection whose handlers return together: their answers leave in
+/// one or two writes, not 64 (issue 22: coalesced replies, fewer syscalls per task).
+#[tokio::test]
+async fn answers_ready_together_leave_in_one_write() {
+    use iicp_transport::native::connection::{serve, spawn};
+    use iicp_transport::native::ConnectionConfig;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const N: usize = 64;
+    let started = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let handler: Arc<dyn CallHandler> = {
+        let (started, gate) = (started.clone(), gate.clone());
+        Arc::new(move |call: Call, _ctx: CallContext| {
+            let (started, gate) = (started.clone(), gate.clone());
+            async move {
+                started.fetch_add(1, Ordering::SeqCst);
+                let _permit = gate.acquire().await.expect("gate");
+                Response::success(&call, Body::cbor(&serde_json::json!({"ok": true})))
+            }
+        })
+    };
+    let (server_io, client_io) = tokio::io::duplex(1 << 20);
+    let writes = Arc::new(AtomicUsize::new(0));
+    let ctx = CallContext {
+        peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+        tls: false,
+    };
+    let (trigger, shutdown) = shutdown::channel();
+    let server = tokio::spawn(serve(
+        CountingIo {
+            inner: server_io,
+            writes: writes.clone(),
+        },
+        ctx.clone(),
+        ConnectionConfig::server(),
+        handler,
+        shutdown.clone(),
+    ));
+    let (client, _task) = spawn(
+        client_io,
+        ctx,
+        ConnectionConfig::client(),
+        None,
+        None,
+        shutdown,
+    );
+    let mut calls = Vec::new();
+    for i in 0..N {
+        let client = client.clone();
+        calls.push(tokio::spawn(async move {
+            client
+                .call(
+                    call(&format!("c{i}"), serde_json::json!({"i": i})),
+                    Duration::from_secs(10),
+                )
+                .await
+        }));
+    }
+    while started.load(Ordering::SeqCst) < N {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let before = writes.load(Ordering::SeqCst);
+    gate.add_permits(N);
+    for c in calls {
+        let r = c.await.expect("join").expect("call");
+        assert!(matches!(r.outcome(), Outcome::Success(_)));
+    }
+    let answers = writes.load(Ordering::SeqCst) - before;
+    assert!(
+        (1..=2).contains(&answers),
+        "{N} answers took {answers} writes"
+    );
+    trigger.fire();
+    let _ = server.await;
+}

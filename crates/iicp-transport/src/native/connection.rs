@@ -471,8 +471,20 @@ where
                     Some(cmd) => self.command(cmd),
                     None => commands_open = false,
                 },
-                Some(partial) = self.partials_rx.recv(), if !self.tasks.is_empty() => self.send_partial(partial),
-                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => self.finish_call(joined),
+                Some(partial) = self.partials_rx.recv(), if !self.tasks.is_empty() => {
+                    self.send_partial(partial);
+                    // partials queued meanwhile leave in the same write
+                    for _ in 0..MAX_COALESCED {
+                        match self.partials_rx.try_recv() {
+                            Ok(p) => self.send_partial(p),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    self.finish_call(joined);
+                    self.finish_ready_calls();
+                }
                 _ = sleep_until(deadline), if deadline.is_some() => self.session.handle_timeout(Instant::now()),
                 _ = shutdown.cancelled(), if !shutting_down => {
                     shutting_down = true;
@@ -765,6 +777,17 @@ where
 
     /// Sends the answer of a finished handler task; a panicked handler is answered with
     /// a 500 error so the caller is not left waiting.
+    /// Answers every call whose handler has already returned (at most
+    /// [`MAX_COALESCED`]), so that answers ready together leave in one write.
+    fn finish_ready_calls(&mut self) {
+        for _ in 0..MAX_COALESCED {
+            match self.tasks.try_join_next_with_id() {
+                Some(joined) => self.finish_call(joined),
+                None => break,
+            }
+        }
+    }
+
     fn finish_call(&mut self, joined: Result<(tokio::task::Id, Response), tokio::task::JoinError>) {
         let (task, mut resp) = match joined {
             Ok(done) => done,
@@ -813,6 +836,9 @@ where
         }
     }
 }
+
+/// Most finished calls answered in one write (the rest follow in the next).
+const MAX_COALESCED: usize = 256;
 
 /// Queued partial RESPONSEs per connection before streaming handlers wait.
 const PARTIALS_CAPACITY: usize = 64;
