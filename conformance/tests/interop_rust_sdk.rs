@@ -8,7 +8,8 @@
 //!   node, HTTP.
 //!
 //! The Rust SDK's native client (`IicpTcpClient`) is a library type its CLI does not
-//! expose, so it has no cell here (`docs/interop.md`).
+//! expose; our harness `conformance/peers/rust-sdk-tcp` drives it (calls, DISCOVER and
+//! its lifecycle client `call_stream`) against our node.
 //!
 //! Needs `IICP_RUST_SDK_BIN` (`scripts/peers env`): fails under CI without it, skips
 //! elsewhere.
@@ -253,6 +254,73 @@ async fn rust_sdk_tcp_client_to_our_node_native() {
         .all(|a| a.transport == Arrival::Native && !a.encrypted));
     handle.stop().await;
     mesh.stop().await;
+}
+
+/// The Rust SDK's validating lifecycle client (`IicpTcpClient::call_stream`, native CALL
+/// with key 24, checked frame by frame with its `NativeResponseSequence`) accepts our
+/// streaming node's lifecycle RESPONSEs (ADR 0013): ids echoed, sequence 0, 1, … , one
+/// `completed` terminal, and the chunks join to the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_sdk_stream_call_to_our_streaming_node() {
+    let bin = match peers::locate("IICP_RUST_SDK_TCP") {
+        Ok(Some(p)) => p,
+        Ok(None) => return,
+        Err(e) => panic!("{e}"),
+    };
+    let scratch = Scratch::new("rs-tcp-stream").unwrap();
+    let node = iicp_node::Node::builder()
+        .endpoint("http://127.0.0.1:9484")
+        .intent("urn:iicp:intent:llm:chat:v1")
+        .model("echo")
+        .build()
+        .unwrap();
+    let handle = node
+        .bind_and_serve(
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            iicp_node::EchoModel::default(),
+            iicp_node::ServeOptions::default().with_register(false),
+        )
+        .await
+        .unwrap();
+    let port = handle.local_addr().port().to_string();
+    let task_id = "3e1c1d2e-8a57-4c1e-9d3a-0b1f2e3d4c5b";
+    let mut cmd = peers::peer_command(&bin, &scratch);
+    cmd.args(["127.0.0.1", &port, "stream", task_id, "stream me from rust"]);
+    let out = peers::run(
+        "rust-sdk-tcp-stream",
+        cmd,
+        &scratch,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    let events = out.json_lines();
+    assert!(
+        !events.iter().any(|e| e["event"] == "error"),
+        "the SDK refused a frame: {events:?}"
+    );
+    let frames: Vec<&Value> = events.iter().filter(|e| e["event"] == "frame").collect();
+    assert!(frames.len() >= 4, "{events:?}");
+    let mut text = String::new();
+    for (i, f) in frames.iter().enumerate() {
+        let frame = &f["frame"];
+        assert_eq!(frame["lifecycle"]["sequence"], i, "{frame}");
+        assert_eq!(frame["lifecycle"]["task_id"], task_id);
+        assert_eq!(frame["call_id"], "rs-stream-call");
+        assert_eq!(frame["session_id"], "rs-stream-session");
+        if let Some(t) = frame["result"]["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+    }
+    let last = &frames.last().unwrap()["frame"];
+    assert_eq!(last["is_final"], true);
+    assert_eq!(last["lifecycle"]["event"], "completed");
+    assert!(frames[..frames.len() - 1]
+        .iter()
+        .all(|f| f["frame"]["is_final"] == false));
+    assert_eq!(text, "echo: stream me from rust");
+    handle.stop().await;
 }
 
 /// The Rust SDK's `IicpTcpClient::discover` gets our node's own entry at once (issue 16

@@ -2,7 +2,9 @@
 //! printing one JSON object per line:
 //!
 //! * `rust-sdk-tcp HOST PORT N` — handshake, ping, N CALLs;
-//! * `rust-sdk-tcp HOST PORT discover INTENT` — handshake, one DISCOVER, the node list.
+//! * `rust-sdk-tcp HOST PORT discover INTENT` — handshake, one DISCOVER, the node list;
+//! * `rust-sdk-tcp HOST PORT stream TASK_ID PROMPT` — handshake, the SDK's validating
+//!   lifecycle client (`call_stream`, key 24): one line per frame, or its error.
 
 use iicp_client::iicp_tcp::IicpTcpClient;
 use serde_json::json;
@@ -19,6 +21,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let nodes = client.discover(&args[4]).await?;
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         println!("{}", json!({"event": "discover", "ms": ms, "nodes": serde_json::to_value(&nodes)?}));
+        println!("{}", json!({"event": "done"}));
+        return Ok(());
+    }
+    if args[3] == "stream" {
+        use futures_util::StreamExt as _;
+        let payload = json!({"messages": [{"role": "user", "content": args[5]}]});
+        let frames = client.call_stream(
+            "urn:iicp:intent:llm:chat:v1",
+            payload,
+            args[4].clone(),
+            "rs-stream-session",
+            Some("rs-stream-call".to_owned()),
+            None,
+        );
+        let mut frames = std::pin::pin!(frames);
+        while let Some(frame) = frames.next().await {
+            match frame {
+                Ok(f) => println!("{}", json!({"event": "frame", "frame": serde_json::to_value(&f)?})),
+                Err(e) => println!("{}", json!({"event": "error", "error": e.to_string()})),
+            }
+        }
         println!("{}", json!({"event": "done"}));
         return Ok(());
     }
