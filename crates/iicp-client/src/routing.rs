@@ -105,6 +105,14 @@ impl fmt::Display for RoutingProfile {
 #[error("unknown routing profile `{0}` (expected one of standard, sensitive, eu_restricted, allowed_regions_strict, strict_policy, operator_bound_policy, debug_override)")]
 pub struct UnknownProfile(pub String);
 
+/// An unknown profile name is a configuration error (`invalid_config`), so that
+/// `name.parse::<RoutingProfile>()?` works in code returning the client's [`Error`](crate::Error).
+impl From<UnknownProfile> for crate::Error {
+    fn from(e: UnknownProfile) -> Self {
+        crate::Error::config(e.to_string())
+    }
+}
+
 impl FromStr for RoutingProfile {
     type Err = UnknownProfile;
 
@@ -540,7 +548,9 @@ mod tests {
             assert_eq!(p.as_str().parse::<RoutingProfile>(), Ok(p));
         }
         assert_eq!("EU-Restricted".parse(), Ok(RoutingProfile::EuRestricted));
-        assert!("paranoid".parse::<RoutingProfile>().is_err());
+        let err = crate::Error::from("paranoid".parse::<RoutingProfile>().unwrap_err());
+        assert_eq!(err.code(), &iicp_proto::error::ErrorCode::InvalidConfig);
+        assert!(err.to_string().contains("paranoid"));
     }
 
     #[test]
