@@ -27,6 +27,7 @@ use super::UsageError;
 mod access;
 mod args;
 mod nat;
+mod notify;
 mod report;
 
 pub(crate) use access::{check_token, generate_token, given_token};
@@ -233,6 +234,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     )?;
     let operator = operator_identity(home.as_ref())?;
     let http = probe_client()?;
+    let mut manager = notify::Manager::from_env();
 
     // 2. the model: named, else auto-selected (SEED-SDK §2.3 step 5)
     let (plan, handler) = cfg.backend.prepare(&http, cfg.model.as_deref()).await?;
@@ -358,6 +360,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         None
     };
     report::serving(&handle, &cfg, register, first.as_ref(), &mut shown);
+    manager.ready(notify::status_line(&handle, &endpoint, register));
 
     // 7. report the directory's answers as they change, and keep the profile's node
     //    token in step with the node's (`node_token_changed`), until a signal arrives
@@ -368,9 +371,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     };
     token.sync(&node); // a token issued while the summary waited
     let mut health = tokio::time::interval(Duration::from_secs(1));
+    let mut watchdog = tokio::time::interval(manager.watchdog_every());
     let mut listening = true;
     loop {
         run.tick(&node, Lifecycle::Running);
+        manager.status(notify::status_line(&handle, &endpoint, register));
         tokio::select! {
             () = stop.cancelled() => break,
             ev = events.recv(), if listening => match ev {
@@ -380,8 +385,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 Err(RecvError::Closed) => listening = false,
             },
             _ = health.tick() => {}
+            _ = watchdog.tick() => manager.ping(),
         }
     }
+    manager.stopping();
     run.tick(&node, Lifecycle::Stopping);
     let stopped = handle.stop().await;
     if stopped.deregistered {
