@@ -18,6 +18,7 @@ pub(crate) mod operator;
 pub(crate) mod proxy;
 pub(crate) mod runstate;
 pub(crate) mod serve;
+pub(crate) mod service;
 pub(crate) mod stub_model;
 
 pub(crate) use crate::exit::{Exit, UsageError};

@@ -76,6 +76,9 @@ enum Command {
     Healthcheck(cmd::healthcheck::Args),
     /// Start a private mesh on this machine (directory + nodes) and chat through it.
     Dev(cmd::dev::Args),
+    /// Run a saved node unattended under systemd (user unit) or launchd: install,
+    /// status, restart, uninstall.
+    Service(cmd::service::Args),
     /// Run the embedded IICP directory (a private mesh needs no outside service).
     Directory(cmd::directory::Args),
     /// Serve the mesh as a local OpenAI-compatible endpoint (port 9483).
@@ -166,6 +169,7 @@ pub fn run(bin: &'static str) -> ExitCode {
             Command::Credits(args) => cmd::credits::run(args).await,
             Command::Healthcheck(args) => cmd::healthcheck::run(args),
             Command::Dev(args) => cmd::dev::run(args).await,
+            Command::Service(args) => cmd::service::run(args),
             Command::Directory(args) => cmd::directory::run(args).await,
             Command::Proxy(args) => cmd::proxy::run(args).await,
             Command::Bench(args) => cmd::bench::run(args).await,
