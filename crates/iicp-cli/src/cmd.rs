@@ -6,6 +6,7 @@ pub(crate) mod bench_stream;
 pub(crate) mod chat;
 pub(crate) mod common;
 pub(crate) mod completion;
+pub(crate) mod config;
 pub(crate) mod credits;
 pub(crate) mod dev;
 pub(crate) mod directory;
