@@ -80,6 +80,7 @@ fn serve_notifies_ready_status_watchdog_and_stopping() {
         status.contains("directory registered"),
         "READY comes after the registration: {status}"
     );
+    assert!(status.contains("recovery healthy"), "{status}");
     assert!(pings(&got) >= 2, "watchdog pings: {got:?}");
 
     node.signal("-TERM");

@@ -22,6 +22,7 @@ use crate::event::EventKind;
 use crate::handler::TaskHandler;
 use crate::node::Node;
 use crate::reach::{ReachConfig, Reachability};
+use crate::recovery::Alive;
 
 /// How to serve.
 #[derive(Debug, Clone)]
@@ -81,6 +82,7 @@ pub struct ServeHandle {
     reach: Option<crate::reach::Running>,
     relay: Option<(SocketAddr, JoinHandle<()>)>,
     gossip: Option<(Trigger, JoinHandle<()>)>,
+    models: Option<(Trigger, JoinHandle<()>)>,
 }
 
 impl Node {
@@ -162,7 +164,34 @@ pub(crate) async fn start(
     };
     let services = node.services_with(Arc::clone(&handler), relay.as_ref().map(|r| &r.1));
     let relay = relay.map(|(a, _, t)| (a, t));
-    let server = tokio::spawn(listener.serve(services, stop));
+    let server = {
+        // a listener that ends while the node is not stopping serves nobody: recovery
+        // recommends a restart
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let result = listener.serve(services, stop).await;
+            if !shared.draining.load(Ordering::Relaxed) {
+                match &result {
+                    Ok(()) => tracing::error!("the listener stopped; a restart is recommended"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the listener failed; a restart is recommended")
+                    }
+                }
+                shared.recovery.listener_dead.store(true, Ordering::Relaxed);
+            }
+            result
+        })
+    };
+    let models = (!cfg.model_check_interval.is_zero()).then(|| {
+        let (tx, rx) = shutdown::channel();
+        let alive = Alive::new(Arc::clone(&shared), "model check");
+        let task = crate::models::run(Arc::clone(&shared), Arc::clone(&handler), rx);
+        let task = tokio::spawn(async move {
+            task.await;
+            alive.done();
+        });
+        (tx, task)
+    });
     let (reachability, reach) = match options.reach.clone() {
         Some(rc) => {
             let (r, running) =
@@ -175,11 +204,20 @@ pub(crate) async fn start(
     // finds one, then registers
     let agent = if cfg.directory.is_some() && (shared.token().is_some() || options.register) {
         let (tx, rx) = shutdown::channel();
-        let task = tokio::spawn(crate::agent::run(Arc::clone(&shared), rx));
+        let alive = Alive::new(Arc::clone(&shared), "directory agent");
+        let agent = crate::agent::run(Arc::clone(&shared), rx);
+        let task = tokio::spawn(async move {
+            agent.await;
+            alive.done();
+        });
         Some((tx, task))
     } else {
         None
     };
+    shared
+        .recovery
+        .registering
+        .store(agent.is_some(), Ordering::Relaxed);
     let gossip = (agent.is_some() && shared.mesh.is_some()).then(|| {
         let (tx, rx) = shutdown::channel();
         (tx, tokio::spawn(crate::mesh::run(Arc::clone(&shared), rx)))
@@ -195,6 +233,7 @@ pub(crate) async fn start(
         reach,
         relay,
         gossip,
+        models,
     })
 }
 
@@ -267,6 +306,10 @@ impl ServeHandle {
             let _ = task.await;
         }
         if let Some((tx, task)) = self.gossip {
+            tx.fire();
+            let _ = task.await;
+        }
+        if let Some((tx, task)) = self.models {
             tx.fire();
             let _ = task.await;
         }

@@ -250,6 +250,9 @@ fn node_builder(args: &Args, cfg: &Resolved) -> NodeBuilder {
     if let Some(d) = args.directory_backoff_base {
         b = b.directory_backoff_base(d);
     }
+    if let Some(d) = args.model_check_interval {
+        b = b.model_check_interval(d);
+    }
     cfg.access.apply(b)
 }
 

@@ -186,6 +186,7 @@ pub(crate) fn effective(
         flag("heartbeat_interval", ms(args.heartbeat_interval)),
         flag("directory_backoff_base", ms(args.directory_backoff_base)),
         flag("replan_interval", ms(args.replan_interval)),
+        flag("model_check_interval", ms(args.model_check_interval)),
         flag(
             "auto_detect_nat",
             Value::from(super::nat::auto_detect(args)),

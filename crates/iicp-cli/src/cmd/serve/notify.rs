@@ -109,5 +109,8 @@ pub(super) fn status_line(
     } else {
         "none"
     };
-    format!("serving {endpoint} (tier {tier}); directory {directory}")
+    format!(
+        "serving {endpoint} (tier {tier}); directory {directory}; recovery {}",
+        node.recovery().state.as_str()
+    )
 }
