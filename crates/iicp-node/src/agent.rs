@@ -316,7 +316,7 @@ async fn heartbeat(shared: &Shared, st: &mut State) -> Result<Duration, Director
     req.status = Some("available".to_owned());
     req.max_concurrent = Some(max);
     req.health_models.clone_from(&shared.health_models.lock());
-    let recovery = crate::recovery::observe(shared);
+    let recovery = shared.recovery_now();
     req.recovery_state = Some(recovery.state.as_str().to_owned());
     req.recovery_action = Some(recovery.action.as_str().to_owned());
     if let Some((id, m)) = &st.batch {

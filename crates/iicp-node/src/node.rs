@@ -91,7 +91,7 @@ impl Node {
     /// The supervised-recovery verdict now ([`crate::recovery`]): state, action, reason
     /// and since when.
     pub fn recovery(&self) -> crate::recovery::Recovery {
-        crate::recovery::observe(&self.shared)
+        self.shared.recovery_now()
     }
 
     /// The models advertised now: the configured ones until the backend's model list

@@ -13,7 +13,8 @@
 //! | `limited_reach` | reachability found only a relay or the local network | `none` behind a relay (it works), `operator_endpoint_needed` when local only |
 //! | `healthy` | otherwise | `none` |
 //!
-//! [`Tracker`] remembers since when the state holds. The node reports it in
+//! The node remembers since when the state holds; `Shared::recovery_now` gathers
+//! the observations. The node reports it in
 //! `/iicp/health`, the runtime-health snapshot and its heartbeats (`recovery_state`,
 //! `recovery_action`).
 
@@ -214,35 +215,6 @@ impl Recovery {
     }
 }
 
-/// The recovery verdict of the node now, from what its parts observed.
-pub(crate) fn observe(shared: &crate::state::Shared) -> Recovery {
-    let st = shared.directory_status();
-    let (reach, withheld) = {
-        let ad = shared.advert.lock();
-        let reach = if ad.relayed {
-            Reach::Relay
-        } else if ad.local_only || ad.withheld {
-            Reach::LocalOnly
-        } else {
-            Reach::Direct
-        };
-        (reach, ad.withheld)
-    };
-    let s = &shared.recovery;
-    let o = Observations {
-        listener_dead: s.listener_dead.load(Ordering::Relaxed),
-        tasks_died: s.tasks_died.load(Ordering::Relaxed),
-        backend_reachable: s.backend_reachable(),
-        backend_failures: s.backend_failures.load(Ordering::Relaxed),
-        registers: s.registering.load(Ordering::Relaxed) && !withheld,
-        registered: st.registered,
-        directory_failures: st.consecutive_failures,
-        breaker_open: st.breaker_open_until_unix_ms.is_some(),
-        reach,
-    };
-    s.tracker.observe(&o, shared.unix_ms())
-}
-
 /// What the node's parts report for recovery (held in the shared state).
 #[derive(Debug, Default)]
 pub(crate) struct Signals {
@@ -279,51 +251,13 @@ impl Signals {
             .store(if ok { 1 } else { 2 }, Ordering::Relaxed);
     }
 
+    /// The last model-list read: `None` never read.
     pub(crate) fn backend_reachable(&self) -> Option<bool> {
         match self.backend_read.load(Ordering::Relaxed) {
             1 => Some(true),
             2 => Some(false),
             _ => None,
         }
-    }
-}
-
-/// Marks a background task of the node as ended unexpectedly when dropped (by a panic
-/// or an early return) unless [`Alive::done`] was called or the node is stopping.
-pub(crate) struct Alive {
-    shared: std::sync::Arc<crate::state::Shared>,
-    what: &'static str,
-    done: bool,
-}
-
-impl Alive {
-    pub(crate) fn new(shared: std::sync::Arc<crate::state::Shared>, what: &'static str) -> Self {
-        Self {
-            shared,
-            what,
-            done: false,
-        }
-    }
-
-    /// The task ended as it should.
-    pub(crate) fn done(mut self) {
-        self.done = true;
-    }
-}
-
-impl Drop for Alive {
-    fn drop(&mut self) {
-        if self.done || self.shared.draining.load(Ordering::Relaxed) {
-            return;
-        }
-        tracing::error!(
-            task = self.what,
-            "a background task of the node stopped; a restart is recommended"
-        );
-        self.shared
-            .recovery
-            .tasks_died
-            .fetch_add(1, Ordering::Relaxed);
     }
 }
 

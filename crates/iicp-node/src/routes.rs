@@ -241,7 +241,7 @@ fn health(shared: &Shared) -> serde_json::Value {
         "native_transport": cfg.native,
         "transport_endpoint": shared.transport_endpoint(),
         "cx": cfg.cx_key.is_some(),
-        "recovery": crate::recovery::observe(shared).to_json(),
+        "recovery": shared.recovery_now().to_json(),
         "implementation_name": crate::config::IMPLEMENTATION_NAME,
         "implementation_version": crate::config::IMPLEMENTATION_VERSION,
     })

@@ -22,7 +22,6 @@ use crate::event::EventKind;
 use crate::handler::TaskHandler;
 use crate::node::Node;
 use crate::reach::{ReachConfig, Reachability};
-use crate::recovery::Alive;
 
 /// How to serve.
 #[derive(Debug, Clone)]
@@ -336,5 +335,44 @@ impl ServeHandle {
             drained,
             deregistered,
         }
+    }
+}
+
+/// Marks a background task of the node as ended unexpectedly when dropped (by a panic
+/// or an early return) unless [`Alive::done`] was called or the node is stopping.
+pub(crate) struct Alive {
+    shared: Arc<crate::state::Shared>,
+    what: &'static str,
+    done: bool,
+}
+
+impl Alive {
+    pub(crate) fn new(shared: Arc<crate::state::Shared>, what: &'static str) -> Self {
+        Self {
+            shared,
+            what,
+            done: false,
+        }
+    }
+
+    /// The task ended as it should.
+    pub(crate) fn done(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        if self.done || self.shared.draining.load(Ordering::Relaxed) {
+            return;
+        }
+        tracing::error!(
+            task = self.what,
+            "a background task of the node stopped; a restart is recommended"
+        );
+        self.shared
+            .recovery
+            .tasks_died
+            .fetch_add(1, Ordering::Relaxed);
     }
 }

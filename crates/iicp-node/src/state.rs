@@ -32,6 +32,7 @@ use crate::event::{EventKind, NodeEvent, EVENT_CAPACITY};
 use crate::gossip::{Mesh, Peer};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
+use crate::recovery::Recovery;
 
 /// Most credit receipts posted at once; more are dropped (they are best effort).
 const MAX_RECEIPTS_IN_FLIGHT: usize = 16;
@@ -162,6 +163,37 @@ impl Shared {
             }
         }
         capabilities
+    }
+
+    /// The recovery verdict of the node now, from what its parts observed
+    /// ([`crate::recovery`]).
+    pub(crate) fn recovery_now(&self) -> Recovery {
+        let shared = self;
+        let st = shared.directory_status();
+        let (reach, withheld) = {
+            let ad = shared.advert.lock();
+            let reach = if ad.relayed {
+                crate::recovery::Reach::Relay
+            } else if ad.local_only || ad.withheld {
+                crate::recovery::Reach::LocalOnly
+            } else {
+                crate::recovery::Reach::Direct
+            };
+            (reach, ad.withheld)
+        };
+        let s = &shared.recovery;
+        let o = crate::recovery::Observations {
+            listener_dead: s.listener_dead.load(Ordering::Relaxed),
+            tasks_died: s.tasks_died.load(Ordering::Relaxed),
+            backend_reachable: s.backend_reachable(),
+            backend_failures: s.backend_failures.load(Ordering::Relaxed),
+            registers: s.registering.load(Ordering::Relaxed) && !withheld,
+            registered: st.registered,
+            directory_failures: st.consecutive_failures,
+            breaker_open: st.breaker_open_until_unix_ms.is_some(),
+            reach,
+        };
+        s.tracker.observe(&o, shared.unix_ms())
     }
 
     /// The advertised models.
