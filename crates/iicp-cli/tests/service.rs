@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{directory, free_port, iicp, run, temp_home, text, Proc};
+use common::{directory, echo_on, free_port, iicp, run, temp_home, text, Proc};
 
 /// Every datagram received until `until` holds for the ones so far, or `within` passes.
 fn collect(
@@ -45,17 +45,8 @@ fn serve_notifies_ready_status_watchdog_and_stopping() {
         .env("NOTIFY_SOCKET", &sock_path)
         .env("WATCHDOG_USEC", "400000")
         .env_remove("WATCHDOG_PID")
-        .args([
-            "serve",
-            "--backend-type",
-            "echo",
-            "--directory-url",
-            &url,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-        ]);
+        .args(["serve", "--directory-url", &url])
+        .args(echo_on(port));
     let mut node = Proc::spawn(cmd);
     let summary = node.read_until("serving ");
     assert!(summary.contains("(registered)"), "{summary}");
@@ -107,16 +98,8 @@ fn a_watchdog_meant_for_another_pid_gets_no_pings() {
         .env("NOTIFY_SOCKET", &sock_path)
         .env("WATCHDOG_USEC", "200000")
         .env("WATCHDOG_PID", "1") // not the node's pid: no pings
-        .args([
-            "serve",
-            "--backend-type",
-            "echo",
-            "--skip-registration",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-        ]);
+        .args(["serve", "--skip-registration"])
+        .args(echo_on(port));
     let mut node = Proc::spawn(cmd);
     node.read_until("serving ");
     let got = collect(&sock, Duration::from_secs(2), |_| false);

@@ -2,9 +2,9 @@
 //! the model-drift check): every [`NodeConfig::model_check_interval`] the node asks its
 //! handler ([`TaskHandler::models`]) which models the backend lists. The answer goes
 //! into the heartbeat (`health_models`) and into recovery (a failed read is
-//! `backend_attention`). When the list is not empty and differs, as a set, from the
-//! advertised one, the node advertises the new list (the served model first while the
-//! backend still lists it) and the directory agent registers again with it.
+//! `backend_attention`). When the list is not empty and, with the served model kept
+//! first, differs as a set from the advertised one, the node advertises the new list
+//! and the directory agent registers again with it.
 //!
 //! [`NodeConfig::model_check_interval`]: crate::NodeConfig::model_check_interval
 
@@ -64,26 +64,22 @@ fn check(shared: &Shared, live: Vec<String>) {
     }
 }
 
-/// The list to advertise when `live` differs from `current` as a set (and is not
-/// empty): `live`, with `current`'s first (served) model first while it is listed.
+/// The list to advertise when the backend's `live` list (not empty) changed what the
+/// node offers: the served model (`current`'s first, kept even when the backend does not
+/// list it — the operator may have named a model the server loads on demand) followed by
+/// `live`; `None` when that is the same set as `current`.
 pub(crate) fn drifted(current: &[String], live: &[String]) -> Option<Vec<String>> {
     if live.is_empty() {
         return None;
     }
-    let same = live.len() == current.len() && live.iter().all(|m| current.contains(m));
-    if same {
-        return None;
-    }
-    let mut next: Vec<String> = Vec::with_capacity(live.len());
-    if let Some(served) = current.first().filter(|m| live.contains(m)) {
-        next.push(served.clone());
-    }
+    let mut next: Vec<String> = current.first().cloned().into_iter().collect();
     for m in live {
         if !next.contains(m) {
             next.push(m.clone());
         }
     }
-    Some(next)
+    let same = next.len() == current.len() && next.iter().all(|m| current.contains(m));
+    (!same).then_some(next)
 }
 
 #[cfg(test)]
@@ -102,11 +98,13 @@ mod tests {
             None,
             "an empty list is no evidence"
         );
+        // a named model the backend does not list stays, as the served one
+        assert_eq!(drifted(&v(&["a", "b"]), &v(&["b"])), None);
         assert_eq!(drifted(&v(&["a"]), &v(&["b", "a"])), Some(v(&["a", "b"])));
-        assert_eq!(drifted(&v(&["a", "b"]), &v(&["c"])), Some(v(&["c"])));
+        assert_eq!(drifted(&v(&["a", "b"]), &v(&["c"])), Some(v(&["a", "c"])));
         assert_eq!(
-            drifted(&v(&["a", "b"]), &v(&["b", "c"])),
-            Some(v(&["b", "c"]))
+            drifted(&v(&["a", "b"]), &v(&["c", "b"])),
+            Some(v(&["a", "c", "b"]))
         );
     }
 }

@@ -3,6 +3,7 @@
 //! serialises a profile and checks that the table names exactly its members, so the
 //! schema cannot drift from the loader; the validator also runs the loader itself.
 
+use iicp_proto::error::json_kind as json_type;
 use serde_json::{json, Map, Value};
 
 use super::store::NodeProfile;
@@ -162,17 +163,6 @@ impl std::fmt::Display for FieldIssue {
             &self.pointer
         };
         write!(f, "{at}: {}", self.message)
-    }
-}
-
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
