@@ -6,6 +6,7 @@ pub(crate) mod bench_stream;
 pub(crate) mod chat;
 pub(crate) mod common;
 pub(crate) mod completion;
+pub(crate) mod config;
 pub(crate) mod credits;
 pub(crate) mod dev;
 pub(crate) mod directory;
@@ -18,6 +19,7 @@ pub(crate) mod operator;
 pub(crate) mod proxy;
 pub(crate) mod runstate;
 pub(crate) mod serve;
+pub(crate) mod service;
 pub(crate) mod stub_model;
 
 pub(crate) use crate::exit::{Exit, UsageError};

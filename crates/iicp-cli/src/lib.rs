@@ -76,6 +76,12 @@ enum Command {
     Healthcheck(cmd::healthcheck::Args),
     /// Start a private mesh on this machine (directory + nodes) and chat through it.
     Dev(cmd::dev::Args),
+    /// Run a saved node unattended under systemd (user unit) or launchd: install,
+    /// status, restart, uninstall.
+    Service(cmd::service::Args),
+    /// Node profile configuration: its JSON schema, a field-level check, and the
+    /// effective settings of `serve` with their sources.
+    Config(cmd::config::Args),
     /// Run the embedded IICP directory (a private mesh needs no outside service).
     Directory(cmd::directory::Args),
     /// Serve the mesh as a local OpenAI-compatible endpoint (port 9483).
@@ -121,9 +127,9 @@ pub fn run(bin: &'static str) -> ExitCode {
         .name(bin)
         .bin_name(bin)
         .try_get_matches()
-        .and_then(|m| Cli::from_arg_matches(&m));
-    let cli = match parsed {
-        Ok(cli) => cli,
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) => {
             let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
             let _ = e.print();
@@ -166,6 +172,8 @@ pub fn run(bin: &'static str) -> ExitCode {
             Command::Credits(args) => cmd::credits::run(args).await,
             Command::Healthcheck(args) => cmd::healthcheck::run(args),
             Command::Dev(args) => cmd::dev::run(args).await,
+            Command::Service(args) => cmd::service::run(args),
+            Command::Config(args) => cmd::config::run(args, matches.subcommand_matches("config")),
             Command::Directory(args) => cmd::directory::run(args).await,
             Command::Proxy(args) => cmd::proxy::run(args).await,
             Command::Bench(args) => cmd::bench::run(args).await,

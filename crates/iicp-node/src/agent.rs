@@ -176,6 +176,20 @@ async fn step(shared: &Shared, st: &mut State) -> Duration {
         tracing::info!("operator delegation expires soon; registering again to renew it");
         return register(shared, st).await;
     }
+    if shared
+        .models_dirty
+        .swap(false, std::sync::atomic::Ordering::Relaxed)
+    {
+        tracing::info!("the advertised models changed; registering again");
+        let (delay, registered) = register_once(shared, st).await;
+        if !registered {
+            // not registered with the new list yet: try again next time
+            shared
+                .models_dirty
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        return delay;
+    }
     match heartbeat(shared, st).await {
         Ok(interval) => {
             st.backoff = None;
@@ -205,12 +219,17 @@ async fn step(shared: &Shared, st: &mut State) -> Duration {
 }
 
 async fn register(shared: &Shared, st: &mut State) -> Duration {
+    register_once(shared, st).await.0
+}
+
+/// One registration: the delay to the next attempt, and whether it succeeded.
+async fn register_once(shared: &Shared, st: &mut State) -> (Duration, bool) {
     match crate::registration::register(shared).await {
         Ok(_) => {
             st.backoff = None;
             st.challenge = None;
             fetch_directory_key(shared).await;
-            st.interval
+            (st.interval, true)
         }
         Err(e) => {
             let directory_error = match &e {
@@ -228,7 +247,7 @@ async fn register(shared: &Shared, st: &mut State) -> Duration {
                 .heartbeat_failure(directory_error.map_or("rejected", failure_reason));
             // Node::register counted the failure
             let failures = shared.dir_status.lock().consecutive_failures;
-            after_failure(shared, st, directory_error, failures)
+            (after_failure(shared, st, directory_error, failures), false)
         }
     }
 }
@@ -296,6 +315,10 @@ async fn heartbeat(shared: &Shared, st: &mut State) -> Result<Duration, Director
     req.available = Some(available);
     req.status = Some("available".to_owned());
     req.max_concurrent = Some(max);
+    req.health_models.clone_from(&shared.health_models.lock());
+    let recovery = shared.recovery_now();
+    req.recovery_state = Some(recovery.state.as_str().to_owned());
+    req.recovery_action = Some(recovery.action.as_str().to_owned());
     if let Some((id, m)) = &st.batch {
         req.metrics_batch_id = Some(id.clone());
         req.metrics = Some(m.clone());
@@ -380,6 +403,10 @@ mod tests {
         down: AtomicBool,
         retry_after: Option<Duration>,
         calls: Mutex<Vec<(&'static str, Instant)>>,
+        /// The models of the last REGISTER's capabilities.
+        registered_models: Mutex<Vec<String>>,
+        /// The last heartbeat body.
+        last_heartbeat: Mutex<Option<HeartbeatRequest>>,
     }
 
     impl Outage {
@@ -406,8 +433,13 @@ mod tests {
     impl DirectoryApi for Outage {
         fn register(
             &self,
-            _: &RegisterRequest,
+            req: &RegisterRequest,
         ) -> BoxFuture<'static, Result<RegisterAck, DirectoryError>> {
+            *self.registered_models.lock() = req
+                .capabilities
+                .iter()
+                .flat_map(|c| c.models.iter().cloned())
+                .collect();
             let r = self.call("register").map(|()| RegisterAck {
                 node_id: "node-1".into(),
                 node_token: Some(Secret::new(TOKEN)),
@@ -419,8 +451,9 @@ mod tests {
         fn heartbeat(
             &self,
             _: &Secret,
-            _: &HeartbeatRequest,
+            req: &HeartbeatRequest,
         ) -> BoxFuture<'static, Result<HeartbeatResponse, DirectoryError>> {
+            *self.last_heartbeat.lock() = Some(req.clone());
             let r = self
                 .call("heartbeat")
                 .map(|()| HeartbeatResponse::default());
@@ -460,6 +493,38 @@ mod tests {
             assert!(start.elapsed() < Duration::from_secs(3600), "no call {n}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_carry_recovery_and_health_models_and_new_models_register_again() {
+        let dir = Arc::new(Outage::default());
+        let node = node(Arc::clone(&dir));
+        let shared = Arc::clone(&node.shared);
+        shared.recovery.registering.store(true, Ordering::Relaxed);
+        *shared.health_models.lock() = Some(vec!["m".to_owned()]);
+        let (tx, rx) = iicp_transport::shutdown::channel();
+        let agent = tokio::spawn(run(Arc::clone(&shared), rx));
+        until_calls(&dir, 2).await;
+        assert_eq!(*dir.registered_models.lock(), ["m"]);
+        let hb = dir.last_heartbeat.lock().clone().expect("a heartbeat");
+        assert_eq!(hb.recovery_state.as_deref(), Some("healthy"));
+        assert_eq!(hb.recovery_action.as_deref(), Some("none"));
+        assert_eq!(hb.health_models, Some(vec!["m".to_owned()]));
+
+        // the backend's list drifted: the next step registers with the new models
+        shared.set_models(vec!["m".to_owned(), "n".to_owned()]);
+        until_calls(&dir, 3).await;
+        assert_eq!(dir.calls.lock()[2].0, "register");
+        assert_eq!(*dir.registered_models.lock(), ["m", "n"]);
+        assert!(!shared.models_dirty.load(Ordering::Relaxed));
+        // then heartbeats again; a failing backend shows in them
+        shared.recovery.backend_read(false);
+        until_calls(&dir, 4).await;
+        assert_eq!(dir.calls.lock()[3].0, "heartbeat");
+        let hb = dir.last_heartbeat.lock().clone().expect("a heartbeat");
+        assert_eq!(hb.recovery_state.as_deref(), Some("backend_attention"));
+        tx.fire();
+        agent.await.expect("agent");
     }
 
     #[tokio::test(start_paused = true)]

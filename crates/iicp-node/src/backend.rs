@@ -72,6 +72,22 @@ impl TaskHandler for BackendHandler {
         })
     }
 
+    /// The server's model list, by public name (no GGUF path is advertised).
+    fn models(&self) -> Option<BoxFuture<'static, Result<Vec<String>, HandlerError>>> {
+        let backend = Arc::clone(&self.backend);
+        Some(Box::pin(async move {
+            let ids = backend.models().await.map_err(map_error)?;
+            let mut out: Vec<String> = Vec::with_capacity(ids.len());
+            for id in ids {
+                let public = iicp_backends::public_model_name(&id);
+                if !out.contains(&public) {
+                    out.push(public);
+                }
+            }
+            Ok(out)
+        }))
+    }
+
     /// Chat streams from the model server (OpenAI-compatible SSE, Anthropic events);
     /// other intents are answered in one chunk.
     fn streams(&self) -> bool {

@@ -35,6 +35,9 @@ pub use iicp_proto::constants::DEFAULT_RELAY_ACCEPT_PORT;
 /// key-5 JSON object with `iicp_conf` is an encrypted task.
 pub use iicp_proto::constants::NATIVE_CX_V1;
 
+/// How often the backend's model list is read by default.
+pub const DEFAULT_MODEL_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+
 /// A request limit per key (per `Origin`, else per source IP): at most `max_requests`
 /// in any rolling `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +186,9 @@ pub struct NodeConfig {
     pub directory_breaker: Breaker,
     /// Heartbeat interval until the directory says otherwise (`next_heartbeat_ms`).
     pub heartbeat_interval: Duration,
+    /// How often the backend's model list is read (`health_models`; a changed list is
+    /// advertised and registered again); zero never.
+    pub model_check_interval: Duration,
     /// The CX key (`None`: no IICP-CX; privacy-first clients skip the node).
     pub cx_key: Option<CxKeyPair>,
     /// Advertised CX key lifetime (`not_after`, at most 90 days).
@@ -284,6 +290,7 @@ pub struct NodeBuilder {
     directory_backoff: Option<Backoff>,
     directory_breaker: Option<Breaker>,
     heartbeat_interval: Option<Duration>,
+    model_check_interval: Option<Duration>,
     cx_key: Option<Option<CxKeyPair>>,
     cx_key_lifetime: Option<Duration>,
     default_timeout: Option<Duration>,
@@ -480,6 +487,15 @@ impl NodeBuilder {
     /// Heartbeat interval until the directory sends `next_heartbeat_ms` (default 30 s).
     pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
         self.heartbeat_interval = Some(interval);
+        self
+    }
+
+    /// How often the node reads the backend's model list through its handler
+    /// ([`crate::TaskHandler::models`]): the heartbeat's `health_models`, recovery's
+    /// `backend_attention`, and re-registration when the list changed (default 60 s;
+    /// zero never; at least 100 ms otherwise).
+    pub fn model_check_interval(mut self, interval: Duration) -> Self {
+        self.model_check_interval = Some(interval);
         self
     }
 
@@ -718,6 +734,11 @@ impl NodeBuilder {
                 .heartbeat_interval
                 .unwrap_or(Duration::from_secs(30))
                 .max(Duration::from_millis(10)),
+            model_check_interval: match self.model_check_interval {
+                None => DEFAULT_MODEL_CHECK_INTERVAL,
+                Some(Duration::ZERO) => Duration::ZERO,
+                Some(d) => d.max(Duration::from_millis(100)),
+            },
             cx_key,
             cx_key_lifetime: self
                 .cx_key_lifetime

@@ -317,6 +317,14 @@ pub trait TaskHandler: Send + Sync + 'static {
         let _ = chunks;
         self.handle(task)
     }
+
+    /// The models the backend lists now (public names), for the node's periodic check
+    /// (`health_models`, re-registration when the list drifts, recovery's
+    /// `backend_attention`). `None`: the handler cannot tell, and the node does not
+    /// check. The default is `None`.
+    fn models(&self) -> Option<BoxFuture<'static, Result<Vec<String>, HandlerError>>> {
+        None
+    }
 }
 
 /// One incremental result of a streaming handler.

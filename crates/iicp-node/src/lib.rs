@@ -17,8 +17,9 @@
 //!   operator → node delegation sent at REGISTER ([`operator`], §17);
 //! * announces its lifecycle (registered, serving, deregistered, and their failures) to
 //!   subscribers ([`Node::subscribe`], [`event`]), keeps the single-instance lock and the
-//!   runtime-health snapshot under `~/.iicp/run` ([`run`]), and reads the directory's
-//!   credit summary of the node ([`credits`]).
+//!   runtime-health snapshot under `~/.iicp/run` ([`run`]), speaks the service
+//!   manager's notify protocol ([`notify`]), and reads the directory's credit summary
+//!   of the node ([`credits`]).
 //!
 //! What it does not do: parse arguments, read the environment or files (except the
 //! [`operator`] store and the [`run`] state under `$IICP_HOME`), print, prompt, pick
@@ -72,13 +73,16 @@ pub mod gossip;
 pub mod handler;
 mod mesh;
 mod metrics;
+mod models;
 mod native;
 mod node;
+pub mod notify;
 pub mod operator;
 mod pipeline;
 mod ratelimit;
 pub mod reach;
 mod receipt;
+pub mod recovery;
 mod registration;
 mod routes;
 pub mod run;

@@ -140,7 +140,7 @@ fn own_entry(shared: &Shared, intent: &Intent) -> NodeEntry {
         .collect();
     models.dedup();
     if models.is_empty() {
-        models.clone_from(&cfg.models);
+        models = shared.models();
     }
     let active = shared.active_jobs();
     let max = cfg.max_concurrent;

@@ -88,6 +88,18 @@ impl Node {
         self.shared.directory_status()
     }
 
+    /// The supervised-recovery verdict now ([`crate::recovery`]): state, action, reason
+    /// and since when.
+    pub fn recovery(&self) -> crate::recovery::Recovery {
+        self.shared.recovery_now()
+    }
+
+    /// The models advertised now: the configured ones until the backend's model list
+    /// drifts (then the node registers again with the new list).
+    pub fn models(&self) -> Vec<String> {
+        self.shared.models()
+    }
+
     /// Lifecycle events from now on (registration, serving, deregistration), for event
     /// logs. Bounded: a receiver that falls behind loses the oldest events.
     pub fn subscribe(&self) -> broadcast::Receiver<crate::event::NodeEvent> {

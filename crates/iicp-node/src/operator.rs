@@ -36,6 +36,7 @@ use serde_json::{Map, Value};
 
 use crate::clock::iso8601;
 
+pub mod schema;
 mod store;
 
 pub(crate) use store::{create_private_dir, node_file_stem};

@@ -516,7 +516,7 @@ async fn drive(
                         .and_then(Value::as_str)
                         .map(str::to_owned)
                 })
-                .or_else(|| shared.cfg.models.first().cloned());
+                .or_else(|| shared.first_model());
             crate::receipt::spawn(
                 &shared,
                 task_id,
@@ -635,6 +635,7 @@ fn fail_stream(
         .metrics
         .task(label, intent_label, qos, Some(latency_ms), 0);
     count(shared, false, latency_ms);
+    shared.recovery.task_failed(&body.code);
     task.log.emit(kind, |e| {
         e.error = Some(ErrorObject {
             code: Some(body.code.clone()),
@@ -1013,7 +1014,6 @@ fn finish(
     pending: Pending,
     outcome: HandlerOutcome,
 ) -> Reply {
-    let cfg = &shared.cfg;
     let task_id = &inb.task.task_id;
     let qos = qos_label(&inb.task);
     let Pending {
@@ -1040,7 +1040,7 @@ fn finish(
                         .and_then(Value::as_str)
                         .map(str::to_owned)
                 })
-                .or_else(|| cfg.models.first().cloned());
+                .or_else(|| shared.first_model());
             let mut r = TaskResponse::success(task_id.clone(), out.result);
             r.metrics = Some(TaskMetrics {
                 latency_ms: Some(latency_ms),
@@ -1102,6 +1102,7 @@ fn finish(
                 .metrics
                 .task(label, &intent_label, qos, Some(latency_ms), 0);
             count(shared, false, latency_ms);
+            shared.recovery.task_failed(&body.code);
             error_reply(Some(task_id), body, trace.trace_id.clone(), latency_ms)
         }
         Err(_) => {
@@ -1110,6 +1111,7 @@ fn finish(
                 .metrics
                 .task("timeout", &intent_label, qos, Some(latency_ms), 0);
             count(shared, false, latency_ms);
+            shared.recovery.task_failed(&ErrorCode::TaskTimeout);
             error_reply(
                 Some(task_id),
                 ErrorBody::new(
@@ -1144,6 +1146,9 @@ impl Drop for Running<'_> {
 }
 
 fn count(shared: &Shared, success: bool, latency_ms: u64) {
+    if success {
+        shared.recovery.task_succeeded();
+    }
     let mut c = shared.counters.lock();
     if success {
         c.success += 1;

@@ -492,7 +492,7 @@ impl iicp_nat::RelayBinder for NodeRelays {
                 return RelayObservation::Unavailable;
             };
             let mut wc = WorkerConfig::new(host, port, worker_id, intent.as_str());
-            wc.models.clone_from(&self.shared.cfg.models);
+            wc.models = self.shared.models();
             wc.backoff_initial = self.config.relay_backoff;
             let tickets = self.dir.clone().map(|dir| {
                 Arc::new(DirectoryTickets {
@@ -668,6 +668,7 @@ impl Planner {
             ad.transport_method = plan.transport_method;
             ad.exposure_mode = Some(plan.exposure_mode);
             ad.relayed = plan.tier == Tier::Relay;
+            ad.local_only = plan.tier == Tier::LocalOnly;
             ad.transport_metadata = None;
             if let Some(wc) = &worker_cfg {
                 reach.relay = Some(format!("{}:{}", wc.relay_host, wc.relay_port));

@@ -217,6 +217,7 @@ fn health(shared: &Shared) -> serde_json::Value {
     let draining = shared.draining.load(Ordering::Relaxed);
     let available = !draining && active < max;
     let intent = cfg.intents.first().map(|i| i.as_str().to_owned());
+    let models = shared.models();
     json!({
         "status": if draining { "degraded" } else { "ok" },
         "node_id": shared.node_id(),
@@ -226,8 +227,8 @@ fn health(shared: &Shared) -> serde_json::Value {
         "max_concurrent": max,
         "effective_max_concurrent": max,
         "available": available,
-        "model": cfg.models.first(),
-        "models": cfg.models,
+        "model": models.first(),
+        "models": models,
         "intent": intent,
         "intents": shared.served.iter().map(|i| i.as_str()).collect::<Vec<_>>(),
         "auth_mode": cfg.auth.as_str(),
@@ -240,6 +241,7 @@ fn health(shared: &Shared) -> serde_json::Value {
         "native_transport": cfg.native,
         "transport_endpoint": shared.transport_endpoint(),
         "cx": cfg.cx_key.is_some(),
+        "recovery": shared.recovery_now().to_json(),
         "implementation_name": crate::config::IMPLEMENTATION_NAME,
         "implementation_version": crate::config::IMPLEMENTATION_VERSION,
     })

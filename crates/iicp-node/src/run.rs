@@ -371,6 +371,7 @@ impl HealthWriter {
             "active_jobs": shared.active_jobs(),
             "max_concurrent": shared.cfg.max_concurrent,
             "directory": self.register.then(|| directory_json(node, &status)),
+            "recovery": node.recovery().to_json(),
         })
     }
 
@@ -455,6 +456,7 @@ fn health_state(snap: &Value) -> Value {
         snap["reason_codes"],
         snap["directory"]["state"],
         snap["directory"]["last_error"]["error"],
+        snap["recovery"]["state"],
     ])
 }
 
@@ -533,6 +535,15 @@ impl HealthReport {
             if !pid_alive(pid) {
                 return Verdict::Unhealthy(format!("process {pid} is gone"));
             }
+        }
+        // the node's own verdict: it cannot recover by itself (an addition to the
+        // Python SDK's schema; its snapshots have no `recovery`)
+        if s.pointer("/recovery/state").and_then(Value::as_str) == Some("restart_recommended") {
+            let why = s
+                .pointer("/recovery/reason")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            return Verdict::Unhealthy(format!("restart recommended: {why}"));
         }
         let field = |k: &str| s.get(k).and_then(Value::as_str).unwrap_or("");
         if ready {
@@ -713,6 +724,24 @@ mod tests {
         let s = w.snapshot(&node, Lifecycle::Running);
         assert_eq!(s["directory"]["state"], "registered");
         assert_eq!(s["readiness"], "ready");
+        assert_eq!(s["recovery"]["state"], "healthy");
+        // a dead listener: the snapshot and the verdict say restart
+        node.shared
+            .recovery
+            .listener_dead
+            .store(true, Ordering::Relaxed);
+        let s = w.snapshot(&node, Lifecycle::Running);
+        assert_eq!(s["recovery"]["state"], "restart_recommended");
+        assert_eq!(s["recovery"]["action"], "restart_self");
+        let report = HealthReport {
+            snapshot: s,
+            age: Duration::ZERO,
+        };
+        assert!(
+            matches!(report.verdict(false), Verdict::Unhealthy(ref why) if why.starts_with("restart recommended")),
+            "{:?}",
+            report.verdict(false)
+        );
         // a node that does not register has no directory object
         let w = HealthWriter::new(&home, "n2", false).expect("writer");
         assert!(w.snapshot(&node, Lifecycle::Running)["directory"].is_null());

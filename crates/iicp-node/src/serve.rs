@@ -81,6 +81,7 @@ pub struct ServeHandle {
     reach: Option<crate::reach::Running>,
     relay: Option<(SocketAddr, JoinHandle<()>)>,
     gossip: Option<(Trigger, JoinHandle<()>)>,
+    models: Option<(Trigger, JoinHandle<()>)>,
 }
 
 impl Node {
@@ -162,7 +163,34 @@ pub(crate) async fn start(
     };
     let services = node.services_with(Arc::clone(&handler), relay.as_ref().map(|r| &r.1));
     let relay = relay.map(|(a, _, t)| (a, t));
-    let server = tokio::spawn(listener.serve(services, stop));
+    let server = {
+        // a listener that ends while the node is not stopping serves nobody: recovery
+        // recommends a restart
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let result = listener.serve(services, stop).await;
+            if !shared.draining.load(Ordering::Relaxed) {
+                match &result {
+                    Ok(()) => tracing::error!("the listener stopped; a restart is recommended"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the listener failed; a restart is recommended")
+                    }
+                }
+                shared.recovery.listener_dead.store(true, Ordering::Relaxed);
+            }
+            result
+        })
+    };
+    let models = (!cfg.model_check_interval.is_zero()).then(|| {
+        let (tx, rx) = shutdown::channel();
+        let alive = Alive::new(Arc::clone(&shared), "model check");
+        let task = crate::models::run(Arc::clone(&shared), Arc::clone(&handler), rx);
+        let task = tokio::spawn(async move {
+            task.await;
+            alive.done();
+        });
+        (tx, task)
+    });
     let (reachability, reach) = match options.reach.clone() {
         Some(rc) => {
             let (r, running) =
@@ -175,11 +203,20 @@ pub(crate) async fn start(
     // finds one, then registers
     let agent = if cfg.directory.is_some() && (shared.token().is_some() || options.register) {
         let (tx, rx) = shutdown::channel();
-        let task = tokio::spawn(crate::agent::run(Arc::clone(&shared), rx));
+        let alive = Alive::new(Arc::clone(&shared), "directory agent");
+        let agent = crate::agent::run(Arc::clone(&shared), rx);
+        let task = tokio::spawn(async move {
+            agent.await;
+            alive.done();
+        });
         Some((tx, task))
     } else {
         None
     };
+    shared
+        .recovery
+        .registering
+        .store(agent.is_some(), Ordering::Relaxed);
     let gossip = (agent.is_some() && shared.mesh.is_some()).then(|| {
         let (tx, rx) = shutdown::channel();
         (tx, tokio::spawn(crate::mesh::run(Arc::clone(&shared), rx)))
@@ -195,6 +232,7 @@ pub(crate) async fn start(
         reach,
         relay,
         gossip,
+        models,
     })
 }
 
@@ -270,6 +308,10 @@ impl ServeHandle {
             tx.fire();
             let _ = task.await;
         }
+        if let Some((tx, task)) = self.models {
+            tx.fire();
+            let _ = task.await;
+        }
         // the relay worker and UPnP mappings go before the registration (§13, §14)
         if let Some(reach) = self.reach {
             reach.stop().await;
@@ -293,5 +335,44 @@ impl ServeHandle {
             drained,
             deregistered,
         }
+    }
+}
+
+/// Marks a background task of the node as ended unexpectedly when dropped (by a panic
+/// or an early return) unless [`Alive::done`] was called or the node is stopping.
+pub(crate) struct Alive {
+    shared: Arc<crate::state::Shared>,
+    what: &'static str,
+    done: bool,
+}
+
+impl Alive {
+    pub(crate) fn new(shared: Arc<crate::state::Shared>, what: &'static str) -> Self {
+        Self {
+            shared,
+            what,
+            done: false,
+        }
+    }
+
+    /// The task ended as it should.
+    pub(crate) fn done(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        if self.done || self.shared.draining.load(Ordering::Relaxed) {
+            return;
+        }
+        tracing::error!(
+            task = self.what,
+            "a background task of the node stopped; a restart is recommended"
+        );
+        self.shared
+            .recovery
+            .tasks_died
+            .fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -32,6 +32,7 @@ use crate::event::{EventKind, NodeEvent, EVENT_CAPACITY};
 use crate::gossip::{Mesh, Peer};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
+use crate::recovery::Recovery;
 
 /// Most credit receipts posted at once; more are dropped (they are best effort).
 const MAX_RECEIPTS_IN_FLIGHT: usize = 16;
@@ -55,9 +56,18 @@ pub(crate) struct Counters {
 /// State shared by every part of a running node.
 pub(crate) struct Shared {
     pub(crate) cfg: NodeConfig,
-    /// The capabilities as configured; [`Shared::capabilities`] adds what the handler
-    /// brings (the lifecycle profile when it streams).
-    pub(crate) base_capabilities: Vec<Capability>,
+    /// The capabilities of the advertised models; [`Shared::capabilities`] adds what
+    /// the handler brings (the lifecycle profile when it streams). Rebuilt when the
+    /// backend's model list drifts ([`Shared::set_models`]).
+    pub(crate) base_capabilities: RwLock<Vec<Capability>>,
+    /// The advertised models: the configured ones until the backend's list drifts.
+    pub(crate) models: RwLock<Vec<String>>,
+    /// The models changed since the last registration: the agent registers again.
+    pub(crate) models_dirty: AtomicBool,
+    /// The backend's model list at the last check (heartbeat `health_models`).
+    pub(crate) health_models: Mutex<Option<Vec<String>>>,
+    /// What recovery observes ([`crate::recovery`]).
+    pub(crate) recovery: crate::recovery::Signals,
     /// Whether the handler streams ([`crate::handler::TaskHandler::streams`]), set when
     /// the services are built.
     pub(crate) streaming: AtomicBool,
@@ -91,7 +101,7 @@ impl Shared {
     /// service-lifecycle profile, `supports_streaming` and its HTTP resources
     /// (`extensions.service_lifecycle`, ADR 0013).
     pub(crate) fn capabilities(&self) -> Vec<Capability> {
-        let mut caps = self.base_capabilities.clone();
+        let mut caps = self.base_capabilities.read().clone();
         if self.streaming.load(Ordering::Relaxed) {
             for cap in &mut caps {
                 let profiles = cap.supported_profiles.get_or_insert_with(Vec::new);
@@ -143,14 +153,70 @@ impl Shared {
         }
     }
 
-    pub(crate) fn new(cfg: NodeConfig) -> Self {
-        let mut capabilities = build_capabilities_for(&cfg.models, &cfg.intents, cfg.max_tokens);
+    /// The capabilities of `models` under `cfg`.
+    fn capabilities_of(cfg: &NodeConfig, models: &[String]) -> Vec<Capability> {
+        let mut capabilities = build_capabilities_for(models, &cfg.intents, cfg.max_tokens);
         if cfg.auth != AuthMode::Open {
             // tell clients which credential to bring (`iicp_auth` extension)
             for cap in &mut capabilities {
                 cap.set_auth_mode(Some(cfg.auth.as_str()));
             }
         }
+        capabilities
+    }
+
+    /// The recovery verdict of the node now, from what its parts observed
+    /// ([`crate::recovery`]).
+    pub(crate) fn recovery_now(&self) -> Recovery {
+        let shared = self;
+        let st = shared.directory_status();
+        let (reach, withheld) = {
+            let ad = shared.advert.lock();
+            let reach = if ad.relayed {
+                crate::recovery::Reach::Relay
+            } else if ad.local_only || ad.withheld {
+                crate::recovery::Reach::LocalOnly
+            } else {
+                crate::recovery::Reach::Direct
+            };
+            (reach, ad.withheld)
+        };
+        let s = &shared.recovery;
+        let o = crate::recovery::Observations {
+            listener_dead: s.listener_dead.load(Ordering::Relaxed),
+            tasks_died: s.tasks_died.load(Ordering::Relaxed),
+            backend_reachable: s.backend_reachable(),
+            backend_failures: s.backend_failures.load(Ordering::Relaxed),
+            registers: s.registering.load(Ordering::Relaxed) && !withheld,
+            registered: st.registered,
+            directory_failures: st.consecutive_failures,
+            breaker_open: st.breaker_open_until_unix_ms.is_some(),
+            reach,
+        };
+        s.tracker.observe(&o, shared.unix_ms())
+    }
+
+    /// The advertised models.
+    pub(crate) fn models(&self) -> Vec<String> {
+        self.models.read().clone()
+    }
+
+    /// The first advertised model.
+    pub(crate) fn first_model(&self) -> Option<String> {
+        self.models.read().first().cloned()
+    }
+
+    /// Advertises `models` from now on (the capabilities follow) and marks the
+    /// registration as out of date. The intents served stay those of the start.
+    pub(crate) fn set_models(&self, models: Vec<String>) {
+        let caps = Self::capabilities_of(&self.cfg, &models);
+        *self.base_capabilities.write() = caps;
+        *self.models.write() = models;
+        self.models_dirty.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn new(cfg: NodeConfig) -> Self {
+        let capabilities = Self::capabilities_of(&cfg, &cfg.models);
         let mut served: Vec<Intent> = cfg.intents.clone();
         for cap in &capabilities {
             if let Ok(i) = cap.parsed_intent() {
@@ -165,7 +231,11 @@ impl Shared {
             hmac_key: None,
         };
         Shared {
-            base_capabilities: capabilities,
+            base_capabilities: RwLock::new(capabilities),
+            models: RwLock::new(cfg.models.clone()),
+            models_dirty: AtomicBool::new(false),
+            health_models: Mutex::new(None),
+            recovery: crate::recovery::Signals::default(),
             streaming: AtomicBool::new(false),
             streams: crate::stream::Streams::default(),
             served,
@@ -335,6 +405,8 @@ pub(crate) struct Advert {
     /// The plan found no public route and the directory is public: do not register
     /// (the heartbeat loop waits until a re-plan finds one).
     pub(crate) withheld: bool,
+    /// The plan reaches the node on the local network only (tier 4).
+    pub(crate) local_only: bool,
 }
 
 /// Peers, senders and cached keys a gossiping node holds at most.

@@ -360,7 +360,9 @@ impl<'de> Deserialize<'de> for ErrorCode {
     }
 }
 
-pub(crate) fn json_kind(v: &Value) -> &'static str {
+/// The kind of a JSON value with its article (`a string`, `null`), for messages that
+/// say what was found instead of what was expected.
+pub fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

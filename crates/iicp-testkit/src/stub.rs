@@ -41,14 +41,19 @@ pub struct StubModel {
     disconnects: AtomicU64,
     /// Streamed chunks written.
     streamed_chunks: AtomicU64,
+    /// What `/v1/models` and `/api/tags` list (the model alone until
+    /// [`StubModel::set_listed`]).
+    listed: Mutex<Vec<String>>,
 }
 
 impl StubModel {
     /// A stub answering as `model` after `delay`.
     pub fn new(model: impl Into<String>, delay: Duration) -> Arc<Self> {
+        let model = model.into();
         Arc::new(Self {
             delay,
-            model: model.into(),
+            listed: Mutex::new(vec![model.clone()]),
+            model,
             completions: AtomicU64::new(0),
             counts: Mutex::new(BTreeMap::new()),
             pacing: None,
@@ -82,6 +87,12 @@ impl StubModel {
     /// Requests seen, by `METHOD path` (at most 64 distinct paths are counted).
     pub fn request_counts(&self) -> BTreeMap<String, u64> {
         self.counts.lock().clone()
+    }
+
+    /// Lists `models` from now on (a model server that loaded or dropped models); the
+    /// stub still answers every completion as its own model.
+    pub fn set_listed(&self, models: &[&str]) {
+        *self.listed.lock() = models.iter().map(|m| (*m).to_owned()).collect();
     }
 
     /// Completions answered.
@@ -386,28 +397,34 @@ fn router(stub: &Arc<StubModel>) -> Router {
             complete(Arc::clone(&s), req)
         });
     }
-    let models = Arc::new(
-        serde_json::json!({"object": "list", "data": [{"id": stub.model, "object": "model", "created": 1767225600, "owned_by": "stub"}]})
-            .to_string(),
-    );
     for path in ["/v1/models", "/models"] {
-        let (s, m) = (Arc::clone(stub), Arc::clone(&models));
+        let s = Arc::clone(stub);
         router = router.route(Method::GET, path, move |req: Request, _p: Params| {
             s.count(&format!("GET {}", req.uri().path()));
-            let body = m.as_bytes().to_vec();
-            async move { json_bytes(StatusCode::OK, body.into()) }
+            let data: Vec<serde_json::Value> = s
+                .listed
+                .lock()
+                .iter()
+                .map(|m| serde_json::json!({"id": m, "object": "model", "created": 1767225600, "owned_by": "stub"}))
+                .collect();
+            let body = serde_json::json!({"object": "list", "data": data}).to_string();
+            async move { json_bytes(StatusCode::OK, body.into_bytes().into()) }
         });
     }
-    let tags = serde_json::json!({"models": [{"name": stub.model, "model": stub.model, "size": 0, "digest": "stub"}]})
-        .to_string();
     let s = Arc::clone(stub);
     router = router.route(
         Method::GET,
         "/api/tags",
         move |_req: Request, _p: Params| {
             s.count("GET /api/tags");
-            let body = tags.clone().into_bytes();
-            async move { json_bytes(StatusCode::OK, body.into()) }
+            let models: Vec<serde_json::Value> = s
+                .listed
+                .lock()
+                .iter()
+                .map(|m| serde_json::json!({"name": m, "model": m, "size": 0, "digest": "stub"}))
+                .collect();
+            let body = serde_json::json!({"models": models}).to_string();
+            async move { json_bytes(StatusCode::OK, body.into_bytes().into()) }
         },
     );
     let s = Arc::clone(stub);

@@ -183,6 +183,13 @@ impl TaskHandler for Handler {
             Handler::Server(h) => h.handle_stream(task, chunks),
         }
     }
+
+    fn models(&self) -> Option<BoxFuture<'static, Result<Vec<String>, HandlerError>>> {
+        match self {
+            Handler::Echo(h) => h.models(),
+            Handler::Server(h) => h.models(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,11 @@
 //! `healthcheck --node NAME [--json] [--ready]`: reads the runtime-health snapshot that
 //! `serve --node NAME` rewrites every 5 s (`~/.iicp/run/NAME/health-v1.json`, the
 //! Python SDK's schema) — SEED-SDK.md §2.5. Exit 0 live (with `--ready`: ready, which
-//! includes being registered when the node registers), 1 stale, gone, not live or not
-//! ready, 2 no usable snapshot. No network I/O, so it suits a Docker `HEALTHCHECK`.
+//! includes being registered when the node registers), 1 stale, gone, not live, not
+//! ready, or the node's recovery state is `restart_recommended` (it cannot recover by
+//! itself: a supervisor should restart it), 2 no usable snapshot. The recovery state
+//! (`iicp_node::recovery`) is printed with its action, reason and since when. No
+//! network I/O, so it suits a Docker `HEALTHCHECK`.
 
 use iicp_node::run::{read_health, HealthError, Verdict};
 
@@ -57,6 +60,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         if let Some(d) = s.get("directory").filter(|d| d.is_object()) {
             println!("  directory  {}", directory_line(d));
         }
+        if let Some(r) = s.get("recovery").filter(|r| r.is_object()) {
+            println!("  recovery   {}", recovery_line(r));
+        }
         println!("  age        {}s", report.age.as_secs());
     }
     let code = match report.verdict(args.ready) {
@@ -75,6 +81,28 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     Err(Exit(code).into())
+}
+
+/// `backend_attention (action backend_attention, since …): <reason>` from the
+/// snapshot's `recovery` object.
+fn recovery_line(r: &serde_json::Value) -> String {
+    let text = |k: &str| {
+        r.get(k)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("unknown")
+    };
+    let mut line = format!(
+        "{} (action {}, since {})",
+        text("state"),
+        text("action"),
+        text("since")
+    );
+    let reason = text("reason");
+    if !reason.is_empty() && reason != "unknown" {
+        line.push_str(": ");
+        line.push_str(reason);
+    }
+    line
 }
 
 /// `refused (HTTP 403 IICP-E050: <message>)` from the snapshot's `directory` object.

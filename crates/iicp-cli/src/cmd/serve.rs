@@ -26,12 +26,15 @@ use super::UsageError;
 
 mod access;
 mod args;
+mod effective;
 mod nat;
+mod notify;
 mod policy;
 mod report;
 
 pub(crate) use access::{check_token, generate_token, given_token};
 pub(crate) use args::Args;
+pub(crate) use effective::effective;
 
 /// Ports tried from `--port` when it is in use (SEED-SDK §2.4).
 const PORT_TRIES: u16 = 64;
@@ -73,6 +76,51 @@ pub(super) struct Resolved {
     pub(super) host: IpAddr,
     pub(super) public_endpoint: Option<String>,
     pub(super) access: access::Access,
+    /// Where each value came from (`config effective`).
+    pub(super) origins: Origins,
+}
+
+/// Where a resolved value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A flag or its environment variable (clap tells which).
+    Given,
+    /// The saved node profile (or its `auth/<name>.json`).
+    Profile,
+    /// The built-in default.
+    Default,
+}
+
+/// The origin of each resolved value, by the name of its `serve` flag (its clap id).
+#[derive(Debug, Default)]
+pub(crate) struct Origins(Vec<(&'static str, Origin)>);
+
+impl Origins {
+    /// `given` (flag or environment), else `profile`; records which under `field`
+    /// ([`Origin::Default`] when neither: the caller applies the default).
+    pub(crate) fn pick<T>(
+        &mut self,
+        field: &'static str,
+        given: Option<T>,
+        profile: Option<T>,
+    ) -> Option<T> {
+        let (value, origin) = match (given, profile) {
+            (Some(g), _) => (Some(g), Origin::Given),
+            (None, Some(p)) => (Some(p), Origin::Profile),
+            (None, None) => (None, Origin::Default),
+        };
+        self.0.push((field, origin));
+        value
+    }
+
+    /// Where `field` came from ([`Origin::Default`] when it was not recorded).
+    pub(crate) fn of(&self, field: &str) -> Origin {
+        self.0
+            .iter()
+            .rev()
+            .find(|(f, _)| *f == field)
+            .map_or(Origin::Default, |(_, o)| *o)
+    }
 }
 
 fn nonempty(s: Option<&str>) -> Option<String> {
@@ -94,8 +142,13 @@ fn resolve(
     profile: Option<&NodeProfile>,
     saved_auth: Option<&NodeAuth>,
 ) -> anyhow::Result<Resolved> {
+    let mut o = Origins::default();
     let p = |f: fn(&NodeProfile) -> &str| profile.and_then(|p| nonempty(Some(f(p))));
-    let backend_url = nonempty(args.backend_url.as_deref()).or_else(|| p(|p| &p.backend_url));
+    let backend_url = o.pick(
+        "backend_url",
+        nonempty(args.backend_url.as_deref()),
+        p(|p| &p.backend_url),
+    );
     let backend = Backend::from_flags(
         args.backend_type.as_deref(),
         backend_url.as_deref(),
@@ -104,20 +157,26 @@ fn resolve(
     let directory = if args.skip_registration {
         None
     } else {
-        let d = nonempty(args.directory_url.as_deref())
-            .or_else(|| p(|p| &p.directory_url))
+        let d = o
+            .pick(
+                "directory_url",
+                nonempty(args.directory_url.as_deref()),
+                p(|p| &p.directory_url),
+            )
             .unwrap_or_else(|| DEFAULT_DIRECTORY.to_owned());
         http_url("--directory-url", Some(d.trim_end_matches('/').to_owned()))?
     };
-    let public_endpoint =
-        nonempty(args.public_endpoint.as_deref()).or_else(|| p(|p| &p.public_endpoint));
+    let public_endpoint = o.pick(
+        "public_endpoint",
+        nonempty(args.public_endpoint.as_deref()),
+        p(|p| &p.public_endpoint),
+    );
     let public_endpoint = http_url("--public-endpoint", public_endpoint)?;
-    let host_text = nonempty(args.host.as_deref())
-        .or_else(|| p(|p| &p.host))
+    let host_text = o
+        .pick("host", nonempty(args.host.as_deref()), p(|p| &p.host))
         .unwrap_or_else(|| "::".to_owned());
-    let port = args
-        .port
-        .or_else(|| profile.map(|p| p.port))
+    let port = o
+        .pick("port", args.port, profile.map(|p| p.port))
         .unwrap_or(DEFAULT_PORT);
     if args.relay_capable && args.relay_accept_port.unwrap_or(9485) == port && port != 0 {
         return Err(UsageError(format!(
@@ -136,21 +195,28 @@ fn resolve(
             .into());
         }
     }
-    let access = access::Access::resolve(&args.access, saved_auth, directory.is_some())?;
+    let access = access::Access::resolve(&args.access, saved_auth, directory.is_some(), &mut o)?;
     Ok(Resolved {
         backend,
-        model: nonempty(args.model.as_deref()).or_else(|| p(|p| &p.model)),
+        model: o.pick("model", nonempty(args.model.as_deref()), p(|p| &p.model)),
         directory,
-        region: nonempty(args.region.as_deref()).or_else(|| p(|p| &p.region)),
-        intent: nonempty(args.intent.as_deref())
-            .or_else(|| p(|p| &p.intent))
+        region: o.pick("region", nonempty(args.region.as_deref()), p(|p| &p.region)),
+        intent: o
+            .pick("intent", nonempty(args.intent.as_deref()), p(|p| &p.intent))
             .unwrap_or_else(|| CHAT.to_owned()),
-        max_concurrent: args
-            .max_concurrent
-            .or_else(|| profile.map(|p| p.max_concurrent))
+        max_concurrent: o
+            .pick(
+                "max_concurrent",
+                args.max_concurrent,
+                profile.map(|p| p.max_concurrent),
+            )
             .unwrap_or(4),
-        node_id: nonempty(args.node_id.as_deref())
-            .or_else(|| p(|p| &p.node_id))
+        node_id: o
+            .pick(
+                "node_id",
+                nonempty(args.node_id.as_deref()),
+                p(|p| &p.node_id),
+            )
             .unwrap_or_else(|| iicp_proto::ids::uuid_v4(&mut rand_core::OsRng).to_string())
             .chars()
             .take(36)
@@ -159,6 +225,7 @@ fn resolve(
         host: args::parse_host(&host_text)?,
         public_endpoint,
         access,
+        origins: o,
     })
 }
 
@@ -184,6 +251,9 @@ fn node_builder(args: &Args, cfg: &Resolved) -> NodeBuilder {
     if let Some(d) = args.directory_backoff_base {
         b = b.directory_backoff_base(d);
     }
+    if let Some(d) = args.model_check_interval {
+        b = b.model_check_interval(d);
+    }
     cfg.access.apply(b)
 }
 
@@ -203,8 +273,9 @@ async fn bind(cfg: &Resolved) -> anyhow::Result<Listener> {
     Ok(listener)
 }
 
-pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    // 1. configuration (no network I/O before it is valid)
+/// The configuration root and, with `--node NAME`, the saved profile (a usage error
+/// when there is none).
+fn load_profile(args: &Args) -> anyhow::Result<(Option<Home>, Option<NodeProfile>)> {
     let home = match &args.node {
         Some(_) => Some(home()?),
         None => Home::from_env().ok(),
@@ -222,6 +293,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    Ok((home, profile))
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    // 1. configuration (no network I/O before it is valid)
+    let (home, profile) = load_profile(&args)?;
     let saved_auth = access::load(home.as_ref(), args.node.as_deref())?;
     let cfg = resolve(&args, profile.as_ref(), saved_auth.as_ref())?;
     let mut builder = node_builder(&args, &cfg);
@@ -239,6 +316,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     )?;
     let operator = operator_identity(home.as_ref())?;
     let http = probe_client()?;
+    let mut manager = notify::Manager::from_env();
 
     // 2. the model: named, else auto-selected (SEED-SDK §2.3 step 5)
     let (plan, handler) = cfg.backend.prepare(&http, cfg.model.as_deref()).await?;
@@ -368,6 +446,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         None
     };
     report::serving(&handle, &cfg, register, first.as_ref(), &mut shown);
+    manager.ready(notify::status_line(&handle, &endpoint, register));
 
     // 7. report the directory's answers as they change, and keep the profile's node
     //    token in step with the node's (`node_token_changed`), until a signal arrives
@@ -378,9 +457,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     };
     token.sync(&node); // a token issued while the summary waited
     let mut health = tokio::time::interval(Duration::from_secs(1));
+    let mut watchdog = tokio::time::interval(manager.watchdog_every());
     let mut listening = true;
     loop {
         run.tick(&node, Lifecycle::Running);
+        manager.status(notify::status_line(&handle, &endpoint, register));
         tokio::select! {
             () = stop.cancelled() => break,
             ev = events.recv(), if listening => match ev {
@@ -390,8 +471,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 Err(RecvError::Closed) => listening = false,
             },
             _ = health.tick() => {}
+            _ = watchdog.tick() => manager.ping(),
         }
     }
+    manager.stopping();
     run.tick(&node, Lifecycle::Stopping);
     let stopped = handle.stop().await;
     if stopped.deregistered {

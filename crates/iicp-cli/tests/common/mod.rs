@@ -41,6 +41,20 @@ pub fn iicp() -> Command {
     c
 }
 
+/// `serve`'s flags for a node on 127.0.0.1:`port` with the built-in echo model.
+pub fn echo_on(port: u16) -> Vec<String> {
+    [
+        "--backend-type",
+        "echo",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")

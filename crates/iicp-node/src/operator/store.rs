@@ -511,7 +511,7 @@ pub(crate) fn node_file_stem(node_id: &str) -> String {
 }
 
 /// Whether `name` is a valid node profile name.
-fn valid_node_name(name: &str) -> bool {
+pub(crate) fn valid_node_name(name: &str) -> bool {
     let b = name.as_bytes();
     !b.is_empty()
         && b.len() <= 63

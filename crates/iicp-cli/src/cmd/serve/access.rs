@@ -198,13 +198,13 @@ impl Access {
         args: &AccessArgs,
         saved: Option<&NodeAuth>,
         directory: bool,
+        origins: &mut super::Origins,
     ) -> anyhow::Result<Self> {
-        let mode = args
-            .auth
-            .or_else(|| saved.map(|s| s.mode))
+        let mode = origins
+            .pick("auth", args.auth, saved.map(|s| s.mode))
             .unwrap_or_default();
         let given = given_token(args.node_token.as_ref(), mode)?;
-        let token = given.or_else(|| saved.and_then(|s| s.api_token.clone()));
+        let token = origins.pick("node_token", given, saved.and_then(|s| s.api_token.clone()));
         if let Some(t) = &token {
             check_token(t.expose()).map_err(UsageError)?;
         }
@@ -255,6 +255,11 @@ impl Access {
                 "--auth consumer on a node that does not register: no consumer token can be verified and no node token is set, so every task will be refused (set {TOKEN_ENV}, or register)"
             );
         }
+    }
+
+    /// Whether callers may present an access token (the token itself is never shown).
+    pub(crate) fn has_token(&self) -> bool {
+        self.token.is_some()
     }
 
     /// The summary's `auth` value (no secret).

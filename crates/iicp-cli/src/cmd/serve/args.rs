@@ -40,6 +40,10 @@ pub(crate) struct Args {
     /// First retry delay after a failed directory call, doubling to 60s; 10ms-60s [default: 1s].
     #[arg(long, env = "IICP_DIRECTORY_BACKOFF_BASE", value_name = "DURATION", value_parser = backoff_base)]
     pub(super) directory_backoff_base: Option<Duration>,
+    /// How often the backend's model list is read: a changed list is advertised and
+    /// registered again; a failed read shows as backend_attention; 0 never, else 100ms-1h [default: 60s].
+    #[arg(long, env = "IICP_MODEL_CHECK_INTERVAL", value_name = "DURATION", value_parser = model_check_interval)]
+    pub(super) model_check_interval: Option<Duration>,
     /// Region (registered as `unknown` when empty).
     #[arg(long, env = "IICP_REGION")]
     pub(super) region: Option<String>,
@@ -135,6 +139,13 @@ fn fmt_duration(d: Duration) -> String {
     } else {
         format!("{}ms", d.as_millis())
     }
+}
+
+fn model_check_interval(text: &str) -> Result<Duration, String> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    duration_within(text, Duration::from_millis(100), Duration::from_secs(3600))
 }
 
 fn heartbeat_interval(text: &str) -> Result<Duration, String> {
