@@ -282,3 +282,87 @@ fn profiles_admit_and_refuse_nodes_by_their_signed_manifests() {
     }
     let _ = std::fs::remove_dir_all(bad);
 }
+
+/// A saved profile's `policy_manifest` is validated by `iicp config validate` (with the
+/// member's pointer) and declared by `iicp serve --node`, signed, with flags on top.
+#[test]
+fn a_saved_profile_declares_its_policy_manifest() {
+    let (_dir, url) = directory();
+    let home = temp_home("privacy-profile");
+    let port = free_port();
+    let o = run(iicp().env("IICP_HOME", &home).args([
+        "init",
+        "--yes",
+        "--node",
+        "p1",
+        "--display-name",
+        "Profile Operator",
+        "--directory-url",
+        &url,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--region",
+        "eu-north",
+    ]));
+    assert!(o.status.success(), "{}", text(&o));
+    let path = home.join("nodes").join("p1.json");
+    let mut profile: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("profile")).expect("json");
+
+    profile["policy_manifest"] = serde_json::json!({"training_use": "sometimes"});
+    std::fs::write(&path, profile.to_string()).expect("write");
+    let o = run(iicp()
+        .env("IICP_HOME", &home)
+        .args(["config", "validate", "--node", "p1"]));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("/policy_manifest") && out.contains("/training_use"),
+        "{out}"
+    );
+
+    profile["policy_manifest"] = serde_json::json!({
+        "jurisdiction": "SE", "training_use": "none", "retention": {"task_payload": "transient"}
+    });
+    std::fs::write(&path, profile.to_string()).expect("write");
+    let o = run(iicp()
+        .env("IICP_HOME", &home)
+        .args(["config", "validate", "--node", "p1"]));
+    assert!(o.status.success(), "{}", text(&o));
+
+    // the flag overrides the profile's retention; the rest is the profile's
+    let mut cmd = iicp();
+    cmd.env("IICP_HOME", &home).args([
+        "serve",
+        "--node",
+        "p1",
+        "--backend-type",
+        "echo",
+        "--retention",
+        "none",
+    ]);
+    let mut node = Proc::spawn(cmd);
+    let summary = node.read_until("serving ");
+    assert!(summary.contains("(registered)"), "{summary}");
+    let nodes = common::discover(&url, None);
+    let m = &nodes[0]["node_policy_manifest"];
+    assert_eq!(m["verification"]["status"], "signed_valid", "{m}");
+    assert_eq!(m["manifest_identity_level"], "operator_bound", "{m}");
+    assert_eq!(m["jurisdiction"], "SE");
+    assert_eq!(m["training_use"], "none");
+    assert_eq!(m["retention"]["task_payload"], "none");
+    let (ids, _) = admitted(&url, &["--routing-profile", "strict_policy"]);
+    assert_eq!(
+        ids,
+        vec![nodes[0]["node_id"].as_str().expect("id").to_owned()]
+    );
+    node.signal("-TERM");
+    let _ = node.wait();
+    let _ = std::fs::remove_dir_all(home);
+}

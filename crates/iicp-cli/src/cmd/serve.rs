@@ -302,7 +302,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let saved_auth = access::load(home.as_ref(), args.node.as_deref())?;
     let cfg = resolve(&args, profile.as_ref(), saved_auth.as_ref())?;
     let mut builder = node_builder(&args, &cfg);
-    let manifest = args.policy.manifest()?;
+    let manifest = args
+        .policy
+        .manifest(profile.as_ref().and_then(|p| p.policy_manifest.as_ref()))?;
     let declares_policy = manifest.is_some();
     if let Some(m) = manifest {
         builder = builder.policy_manifest(m);

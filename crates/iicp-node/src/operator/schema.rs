@@ -39,6 +39,8 @@ pub enum FieldKind {
     Strings,
     /// A secret string or `null` (never printed).
     Secret,
+    /// A node policy manifest (PROTOCOL.md §17.4) or `null`.
+    Manifest,
 }
 
 /// One member of a node profile.
@@ -88,6 +90,7 @@ pub const PROFILE_FIELDS: &[FieldSpec] = &[
     field("node_token", FieldKind::Secret, false, "The directory's node token of the last registration (secret; kept by `serve`)."),
     field("node_hmac_key", FieldKind::Secret, false, "The node HMAC key of the last registration (secret)."),
     field("created_at", FieldKind::Text, false, "Creation time, YYYY-MM-DDTHH:MM:SSZ."),
+    field("policy_manifest", FieldKind::Manifest, false, "The node's data-handling declaration (retention, training_use, jurisdiction, …), signed with the operator key at every registration (PROTOCOL.md §17.4); `serve --retention …` and `--policy-manifest FILE` override it."),
 ];
 
 /// The `$id` of the schema.
@@ -116,6 +119,19 @@ fn kind_schema(kind: FieldKind) -> Value {
         FieldKind::Bool => json!({"type": "boolean"}),
         FieldKind::Strings => json!({"type": "array", "items": {"type": "string"}}),
         FieldKind::Secret => json!({"type": ["string", "null"], "writeOnly": true}),
+        FieldKind::Manifest => json!({
+            "type": ["object", "null"],
+            "properties": {
+                "jurisdiction": {"type": ["string", "null"]},
+                "training_use": {"enum": ["none", "opt_in", "provider_defined", null]},
+                "remote_executor_can_read_prompt": {"type": "boolean"},
+                "retention": {"type": ["object", "null"], "properties": {
+                    "task_payload": {"enum": ["none", "transient", "provider_defined", null]},
+                    "logs_days": {"type": ["integer", "null"], "minimum": 0},
+                }},
+                "subprocessors": {"type": ["array", "null"], "items": {"type": "string"}},
+            },
+        }),
     }
 }
 
@@ -251,6 +267,12 @@ fn check(kind: FieldKind, v: &Value) -> Option<String> {
             Value::Bool(_) => Ok(()),
             other => Err(format!("expected a boolean, got {}", json_type(other))),
         },
+        FieldKind::Manifest => {
+            if v.is_null() {
+                return Ok(());
+            }
+            iicp_proto::crypto::manifest::validate(v).map_err(|e| e.to_string())
+        }
         FieldKind::Strings => {
             let a = v
                 .as_array()

@@ -440,6 +440,9 @@ pub struct NodeProfile {
     /// Creation time.
     #[serde(default, deserialize_with = "nullable_string")]
     pub created_at: String,
+    /// The node's policy manifest (PROTOCOL.md §17.4), sent at every registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_manifest: Option<Map<String, Value>>,
     /// Members this crate does not know, kept as they are.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -489,6 +492,7 @@ impl NodeProfile {
             node_token: None,
             node_hmac_key: None,
             created_at: crate::clock::iso8601(now_unix),
+            policy_manifest: None,
             extra: Map::new(),
         }
     }

@@ -65,9 +65,14 @@ fn name<T: clap::ValueEnum>(v: T) -> String {
 }
 
 impl PolicyArgs {
-    /// The manifest these flags declare, `None` when none is given. A file that is not a
-    /// JSON object, or a result that is malformed, is a usage error naming the member.
-    pub(crate) fn manifest(&self) -> anyhow::Result<Option<Map<String, Value>>> {
+    /// The manifest to declare: `--policy-manifest FILE`, else the profile's
+    /// (`saved`), with the flags' members on top; `None` when there is none. A file that
+    /// is not a JSON object, or a result that is malformed, is a usage error naming the
+    /// member.
+    pub(crate) fn manifest(
+        &self,
+        saved: Option<&Map<String, Value>>,
+    ) -> anyhow::Result<Option<Map<String, Value>>> {
         let flags = self.retention.is_some()
             || self.logs_days.is_some()
             || self.jurisdiction.is_some()
@@ -98,6 +103,7 @@ impl PolicyArgs {
                     }
                 }
             }
+            None if saved.is_some() => saved.cloned().unwrap_or_default(),
             None if flags => {
                 let mut m = Map::new();
                 // a remote executor reads the prompts it runs (dir §3.4)
