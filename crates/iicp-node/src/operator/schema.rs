@@ -371,7 +371,10 @@ mod tests {
     use super::*;
 
     fn valid() -> Value {
-        serde_json::to_value(NodeProfile::new("n1", "op", 1_700_000_000)).expect("json")
+        let mut p = NodeProfile::new("n1", "op", 1_700_000_000);
+        // optional members are written only when set
+        p.policy_manifest = Some(Map::new());
+        serde_json::to_value(p).expect("json")
     }
 
     #[test]
