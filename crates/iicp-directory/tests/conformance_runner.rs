@@ -69,7 +69,7 @@ async fn public_conformance_runner_passes() {
         runner.display()
     );
     let mut lines = Vec::new();
-    for backend in BACKENDS {
+    for backend in backends() {
         // A production-mode directory (no private endpoints) with liveness probing on.
         let d = start_with(backend, Directory::builder(), None).await;
         let reports = TempDir::new("conformance");

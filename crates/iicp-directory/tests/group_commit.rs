@@ -42,6 +42,7 @@ fn record(i: usize) -> NodeRecord {
         registered_at_ms: 1,
         updated_at_ms: 1,
         state: NodeState::new(1),
+        rev: 0,
     }
 }
 

@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::Method;
-use iicp_directory::{Directory, DirectoryBuilder, ManualClock, SqliteStore};
+use iicp_directory::{Directory, DirectoryBuilder, ManualClock, PgStore, SqliteStore};
+use iicp_testkit::postgres::PgServer;
 use iicp_transport::http::client::{HttpClient, HttpClientConfig, HttpReply};
 use iicp_transport::listener::{Listener, ListenerConfig};
 use iicp_transport::shutdown::{self, Trigger};
@@ -27,9 +28,35 @@ pub const CHAT: &str = "urn:iicp:intent:llm:chat:v1";
 pub enum Backend {
     Memory,
     Sqlite,
+    /// A fresh database on the test binary's PostgreSQL server.
+    Postgres,
 }
 
-pub const BACKENDS: [Backend; 2] = [Backend::Memory, Backend::Sqlite];
+/// Every store the tests run against: memory, SQLite, and PostgreSQL when its binaries
+/// are there (skipped with a note outside CI, a failure under CI otherwise).
+pub fn backends() -> Vec<Backend> {
+    let mut b = vec![Backend::Memory, Backend::Sqlite];
+    if PgServer::shared().is_some() {
+        b.push(Backend::Postgres);
+    }
+    b
+}
+
+/// A fresh, empty database on the test binary's PostgreSQL server, as a URL; `None`
+/// when PostgreSQL is missing outside CI.
+pub async fn pg_database(tag: &str) -> Option<String> {
+    let server = PgServer::shared()?;
+    let name = PgServer::database_name(tag);
+    let (client, conn) = tokio_postgres::connect(&server.url("postgres"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    Some(server.url(&name))
+}
 
 /// A fresh temporary directory path (removed by [`TempDir`]'s drop).
 pub struct TempDir(pub PathBuf);
@@ -102,6 +129,10 @@ pub async fn start_with(
             let tmp = tmp.unwrap_or_else(|| TempDir::new("sqlite"));
             let store = SqliteStore::open_async(tmp.db()).await.unwrap();
             (builder.store(store), Some(tmp))
+        }
+        Backend::Postgres => {
+            let url = pg_database("dir").await.expect("PostgreSQL available");
+            (builder.store(PgStore::connect(&url).await.unwrap()), tmp)
         }
     };
     let directory = builder.build().await.unwrap();
