@@ -122,13 +122,6 @@ pub(super) async fn register(core: Arc<Core>, mut req: Request, _p: Params) -> H
         .clone()
         .unwrap_or_else(|| uuid_v4(&mut OsRng).to_string());
 
-    // With a shared store another directory process may know this node better (it
-    // registered or rotated its token there): decide on the stored truth.
-    if core.store.shared() {
-        core.refresh_node(&node_id)
-            .await
-            .map_err(|e| store_failed(&core, &e))?;
-    }
     // Ownership rules for a known node (§8.2.4), decided on a snapshot; the old
     // endpoint's probe (for a route change without proof) also runs outside the lock.
     let snapshot = core.node(&node_id);
@@ -148,6 +141,8 @@ pub(super) async fn register(core: Arc<Core>, mut req: Request, _p: Params) -> H
     }
 
     let _guard = core.node_lock(&node_id).lock().await;
+    // With a shared store another directory process may know this node better (it
+    // registered or rotated its token there): decide on the stored truth.
     if core.store.shared() {
         core.refresh_node_locked(&node_id)
             .await

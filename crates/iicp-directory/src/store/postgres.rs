@@ -106,6 +106,34 @@ CREATE TABLE operators (
 );
 "#];
 
+const UPSERT_NODE: &str = "
+INSERT INTO nodes (node_id, endpoint, transport_endpoint, region, cx_public_key, token_hash,
+    proxy_token_hash, hmac_key, registered_at_ms, updated_at_ms, registration_json)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+ON CONFLICT (node_id) DO UPDATE SET
+    endpoint = excluded.endpoint,
+    transport_endpoint = excluded.transport_endpoint,
+    region = excluded.region,
+    cx_public_key = excluded.cx_public_key,
+    token_hash = excluded.token_hash,
+    proxy_token_hash = excluded.proxy_token_hash,
+    hmac_key = excluded.hmac_key,
+    registered_at_ms = excluded.registered_at_ms,
+    updated_at_ms = excluded.updated_at_ms,
+    registration_json = excluded.registration_json";
+
+/// The state of a (re-)registered node, with a new revision that is also its
+/// registration revision.
+const UPSERT_STATE: &str = "
+WITH r AS (SELECT nextval('node_rev') AS v)
+INSERT INTO node_state (node_id, rev, reg_rev, last_seen_ms, state_json)
+SELECT $1, r.v, r.v, $2, $3 FROM r
+ON CONFLICT (node_id) DO UPDATE SET rev = excluded.rev, reg_rev = excluded.reg_rev,
+    last_seen_ms = excluded.last_seen_ms, state_json = excluded.state_json
+RETURNING rev";
+
+const NOTIFY: &str = "SELECT pg_notify($1, $2)";
+
 /// The group-commit statement: the rows whose revision matched (or any revision for
 /// an expected revision < 0) get the new state and a new revision.
 const UPDATE_STATES: &str = "
@@ -215,13 +243,19 @@ async fn durable(client: &Client) -> Result<(), StoreError> {
 /// The connection pool of the ordinary calls.
 struct Pool {
     target: Target,
-    idle: Mutex<Vec<Client>>,
+    idle: Mutex<Vec<Conn>>,
     permits: Semaphore,
+}
+
+/// A pooled connection and the statements prepared on it.
+struct Conn {
+    client: Client,
+    prepared: HashMap<String, Statement>,
 }
 
 /// A pooled connection, returned to the pool on drop unless it broke.
 struct Pooled<'a> {
-    client: Option<Client>,
+    conn: Option<Conn>,
     pool: &'a Pool,
     _permit: tokio::sync::SemaphorePermit<'a>,
 }
@@ -229,15 +263,26 @@ struct Pooled<'a> {
 impl Pooled<'_> {
     /// The connection (present from creation until drop).
     fn client(&mut self) -> Result<&mut Client, StoreError> {
-        self.client.as_mut().ok_or(StoreError::Task)
+        Ok(&mut self.conn.as_mut().ok_or(StoreError::Task)?.client)
+    }
+
+    /// `sql` prepared on this connection (once per connection).
+    async fn prepare(&mut self, sql: &str) -> Result<Statement, StoreError> {
+        let conn = self.conn.as_mut().ok_or(StoreError::Task)?;
+        if let Some(st) = conn.prepared.get(sql) {
+            return Ok(st.clone());
+        }
+        let st = conn.client.prepare(sql).await?;
+        conn.prepared.insert(sql.to_owned(), st.clone());
+        Ok(st)
     }
 }
 
 impl Drop for Pooled<'_> {
     fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            if !client.is_closed() {
-                self.pool.idle.lock().push(client);
+        if let Some(conn) = self.conn.take() {
+            if !conn.client.is_closed() {
+                self.pool.idle.lock().push(conn);
             }
         }
     }
@@ -248,19 +293,33 @@ impl Pool {
         let permit = self.permits.acquire().await.map_err(|_| StoreError::Task)?;
         let reused = loop {
             match self.idle.lock().pop() {
-                Some(c) if c.is_closed() => continue,
+                Some(c) if c.client.is_closed() => continue,
                 other => break other,
             }
         };
-        let client = match reused {
+        let conn = match reused {
             Some(c) => c,
-            None => self.target.connect("iicp-directory").await?,
+            None => Conn {
+                client: self.target.connect("iicp-directory").await?,
+                prepared: HashMap::new(),
+            },
         };
         Ok(Pooled {
-            client: Some(client),
+            conn: Some(conn),
             pool: self,
             _permit: permit,
         })
+    }
+
+    /// Runs one prepared statement on a pooled connection.
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let mut c = self.get().await?;
+        let st = c.prepare(sql).await?;
+        Ok(c.client()?.query(&st, params).await?)
     }
 }
 
@@ -351,7 +410,10 @@ impl PgStore {
         }
         let pool = Pool {
             target: target.clone(),
-            idle: Mutex::new(vec![first]),
+            idle: Mutex::new(vec![Conn {
+                client: first,
+                prepared: HashMap::new(),
+            }]),
             permits: Semaphore::new(tuning.pool_size.max(1)),
         };
         let (queue, rx) = mpsc::unbounded_channel();
@@ -409,8 +471,7 @@ impl PgStore {
         key: &str,
     ) -> Result<(), StoreError> {
         let payload = format!("{kind}:{instance}:{key}");
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
-            .await?;
+        tx.execute(NOTIFY, &[&CHANNEL, &payload]).await?;
         Ok(())
     }
 
@@ -419,11 +480,10 @@ impl PgStore {
         filter: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<NodeRecord>, StoreError> {
-        let mut c = self.inner.pool.get().await?;
         let sql = format!(
             "SELECT {NODE_COLUMNS} FROM nodes n JOIN node_state s ON s.node_id = n.node_id {filter}"
         );
-        let rows = c.client()?.query(&sql, params).await?;
+        let rows = self.inner.pool.query(&sql, params).await?;
         rows.iter()
             .map(|r| {
                 decode_node(RawNode {
@@ -752,56 +812,47 @@ impl Store for PgStore {
         })
     }
 
+    /// One transaction: the registration, the state with a new revision, and the
+    /// announcement, pipelined (one round trip for the three statements).
     fn put_node(&self, node: NodeRecord) -> StoreFuture<'_, u64> {
         Box::pin(async move {
             let (registration, cx) = encode_registration(&node)?;
             let state = encode_state(&node.state)?;
+            let payload = format!("n:{}:{}", self.inner.instance, node.node_id);
             let mut c = self.inner.pool.get().await?;
+            let (upsert_node, upsert_state, notify) = (
+                c.prepare(UPSERT_NODE).await?,
+                c.prepare(UPSERT_STATE).await?,
+                c.prepare(NOTIFY).await?,
+            );
             let tx = c.client()?.transaction().await?;
-            tx.execute(
-                "INSERT INTO nodes (node_id, endpoint, transport_endpoint, region, cx_public_key,
-                    token_hash, proxy_token_hash, hmac_key, registered_at_ms, updated_at_ms,
-                    registration_json)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                 ON CONFLICT (node_id) DO UPDATE SET
-                    endpoint = excluded.endpoint,
-                    transport_endpoint = excluded.transport_endpoint,
-                    region = excluded.region,
-                    cx_public_key = excluded.cx_public_key,
-                    token_hash = excluded.token_hash,
-                    proxy_token_hash = excluded.proxy_token_hash,
-                    hmac_key = excluded.hmac_key,
-                    registered_at_ms = excluded.registered_at_ms,
-                    updated_at_ms = excluded.updated_at_ms,
-                    registration_json = excluded.registration_json",
-                &[
-                    &node.node_id,
-                    &node.endpoint,
-                    &node.transport_endpoint,
-                    &node.region,
-                    &cx,
-                    &node.credentials.token_hash,
-                    &node.credentials.proxy_token_hash,
-                    &node.credentials.hmac_key.expose(),
-                    &to_i64(node.registered_at_ms),
-                    &to_i64(node.updated_at_ms),
-                    &registration,
-                ],
-            )
-            .await?;
-            let row = tx
-                .query_one(
-                    "WITH r AS (SELECT nextval('node_rev') AS v)
-                     INSERT INTO node_state (node_id, rev, reg_rev, last_seen_ms, state_json)
-                     SELECT $1, r.v, r.v, $2, $3 FROM r
-                     ON CONFLICT (node_id) DO UPDATE SET rev = excluded.rev,
-                        reg_rev = excluded.reg_rev, last_seen_ms = excluded.last_seen_ms,
-                        state_json = excluded.state_json
-                     RETURNING rev",
-                    &[&node.node_id, &to_i64(node.state.last_seen_ms), &state],
-                )
-                .await?;
-            Self::notify(&tx, 'n', &self.inner.instance, &node.node_id).await?;
+            let hmac_key = node.credentials.hmac_key.expose();
+            let (registered, updated, seen) = (
+                to_i64(node.registered_at_ms),
+                to_i64(node.updated_at_ms),
+                to_i64(node.state.last_seen_ms),
+            );
+            type Param<'p> = &'p (dyn tokio_postgres::types::ToSql + Sync);
+            let node_params: [Param<'_>; 11] = [
+                &node.node_id,
+                &node.endpoint,
+                &node.transport_endpoint,
+                &node.region,
+                &cx,
+                &node.credentials.token_hash,
+                &node.credentials.proxy_token_hash,
+                &hmac_key,
+                &registered,
+                &updated,
+                &registration,
+            ];
+            let state_params: [Param<'_>; 3] = [&node.node_id, &seen, &state];
+            let notify_params: [Param<'_>; 2] = [&CHANNEL, &payload];
+            let (_, row, _) = tokio::try_join!(
+                tx.execute(&upsert_node, &node_params),
+                tx.query_one(&upsert_state, &state_params),
+                tx.execute(&notify, &notify_params),
+            )?;
             tx.commit().await?;
             Ok(to_u64(row.try_get(0)?))
         })
@@ -922,9 +973,9 @@ impl Store for PgStore {
 
     fn receipts(&self, node_id: String, limit: usize) -> StoreFuture<'_, Vec<ReceiptRecord>> {
         Box::pin(async move {
-            let mut c = self.inner.pool.get().await?;
-            let rows = c
-                .client()?
+            let rows = self
+                .inner
+                .pool
                 .query(
                     "SELECT node_id, task_id, nonce, tokens_used, amount, response_hash,
                             querying_node_id, reason, recorded_at_ms
@@ -978,15 +1029,15 @@ impl Store for PgStore {
 
     fn operator_name(&self, operator_pub: String) -> StoreFuture<'_, Option<String>> {
         Box::pin(async move {
-            let mut c = self.inner.pool.get().await?;
-            let row = c
-                .client()?
-                .query_opt(
+            let rows = self
+                .inner
+                .pool
+                .query(
                     "SELECT display_name FROM operators WHERE operator_pub = $1",
                     &[&operator_pub],
                 )
                 .await?;
-            Ok(match row {
+            Ok(match rows.first() {
                 Some(r) => Some(r.try_get(0)?),
                 None => None,
             })
@@ -1026,9 +1077,9 @@ impl Store for PgStore {
 
     fn state_changes(&self, cursor: u64) -> StoreFuture<'_, StateChanges> {
         Box::pin(async move {
-            let mut c = self.inner.pool.get().await?;
-            let rows = c
-                .client()?
+            let rows = self
+                .inner
+                .pool
                 .query(
                     "SELECT node_id, rev, reg_rev > $1, state_json FROM node_state WHERE rev > $1",
                     &[&to_i64(cursor)],
