@@ -348,6 +348,9 @@ impl Directory {
     /// retention of dormant nodes) and, with a shared store, the task that follows the
     /// other directory processes' changes (the first call only). They run until
     /// `shutdown` fires; at most [`Config::max_concurrent_probes`] probes run at once.
+    /// With a shared store, call it (or [`Directory::serve`], which does) also when
+    /// mounting [`Directory::router`] elsewhere: without it the working copy does not
+    /// follow the other processes, and their announcements queue up unread.
     pub fn spawn_background(&self, shutdown: Shutdown) -> JoinHandle<()> {
         let core = Arc::clone(&self.core);
         let changes = core.changes.lock().take();

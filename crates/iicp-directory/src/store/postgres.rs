@@ -657,6 +657,9 @@ async fn writer_loop(
                     Err(_) => break,
                 }
             }
+            // Rows are locked in node order by every batch (of this and of other
+            // processes), so two concurrent batches cannot deadlock on each other.
+            batch.sort_unstable_by(|a, b| a.node_id.cmp(&b.node_id));
             batch
         };
         if conn.as_ref().is_none_or(|c| c.client.is_closed()) {
