@@ -9,6 +9,38 @@ fn iicp() -> Command {
     Command::new(env!("CARGO_BIN_EXE_iicp"))
 }
 
+/// `GET /health` on 127.0.0.1:`port`: the raw answer.
+fn get_health(port: u16) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut resp = String::new();
+    stream.read_to_string(&mut resp).expect("read");
+    resp
+}
+
+/// Sends SIGTERM and waits (at most 15 s) for the exit code.
+fn stop_with_sigterm(child: &mut std::process::Child) -> Option<i32> {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return s.code();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -166,34 +198,12 @@ fn directory_serve_answers_and_stops_on_sigterm() {
     stdout.read_line(&mut line).expect("banner");
     assert!(line.contains(&format!("127.0.0.1:{port}")), "{line}");
     // the health endpoint answers over plain HTTP
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    use std::io::{Read as _, Write as _};
-    stream
-        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .expect("write");
-    let mut resp = String::new();
-    stream.read_to_string(&mut resp).expect("read");
+    let resp = get_health(port);
     assert!(
         resp.starts_with("HTTP/1.1 200") && resp.contains("\"private_mesh\":true"),
         "{resp}"
     );
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let start = Instant::now();
-    let code = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s.code();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(code, Some(0));
+    assert_eq!(stop_with_sigterm(&mut child), Some(0));
     assert!(db.exists(), "SQLite database written");
     let _ = std::fs::remove_file(&db);
     for ext in ["-wal", "-shm"] {
@@ -415,29 +425,7 @@ fn directory_serve_on_postgresql_from_the_environment() {
         line.contains(&format!("postgresql {}", pg.url("postgres"))),
         "{line}"
     );
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    use std::io::{Read as _, Write as _};
-    stream
-        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .expect("write");
-    let mut resp = String::new();
-    stream.read_to_string(&mut resp).expect("read");
+    let resp = get_health(port);
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let start = Instant::now();
-    let code = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s.code();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(code, Some(0));
+    assert_eq!(stop_with_sigterm(&mut child), Some(0));
 }

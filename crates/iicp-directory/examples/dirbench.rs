@@ -265,19 +265,19 @@ async fn heartbeats(
     }
     let creds = Arc::new(creds);
     let stats0 = stats.get();
-    let t0 = Instant::now();
-    let mut workers = Vec::new();
-    for w in 0..concurrency {
-        let (http, creds, bases) = (http.clone(), Arc::clone(&creds), Arc::clone(bases));
-        workers.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut i = w;
-            while i < requests {
+    let bases = Arc::clone(bases);
+    let http = http.clone();
+    closed_loop(
+        &format!("{label}: {requests} heartbeats"),
+        requests,
+        concurrency,
+        move |i| {
+            let (http, creds, bases) = (http.clone(), Arc::clone(&creds), Arc::clone(&bases));
+            async move {
                 let node = i % creds.len();
                 let (id, token) = &creds[node];
                 // a node heartbeats through one instance (sticky)
                 let base = &bases[node % bases.len()];
-                let t = Instant::now();
                 let r = http
                     .post_json(
                         format!("{base}/v1/heartbeat"),
@@ -288,6 +288,30 @@ async fn heartbeats(
                     .await
                     .unwrap();
                 assert!(r.is_success(), "{}", r.status);
+            }
+        },
+    )
+    .await;
+    report_group_commit(label, &stats, stats0);
+}
+
+/// `requests` calls of `call(i)` from `concurrency` workers (worker w makes calls w,
+/// w + concurrency, …); prints the rate and latency percentiles after `what`.
+async fn closed_loop<F, Fut>(what: &str, requests: usize, concurrency: usize, call: F)
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let t0 = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..concurrency {
+        let call = call.clone();
+        workers.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = w;
+            while i < requests {
+                let t = Instant::now();
+                call(i).await;
                 lat.push(t.elapsed());
                 i += concurrency;
             }
@@ -300,12 +324,11 @@ async fn heartbeats(
     }
     let el = t0.elapsed();
     println!(
-        "{label}: {requests} heartbeats in {el:.2?} = {:.0}/s at concurrency {concurrency}; median {:.2?} p99 {:.2?}",
+        "{what} in {el:.2?} = {:.0}/s at concurrency {concurrency}; median {:.2?} p99 {:.2?}",
         requests as f64 / el.as_secs_f64(),
         pct(&mut lat, 0.5),
         pct(&mut lat, 0.99)
     );
-    report_group_commit(label, &stats, stats0);
 }
 
 fn report_group_commit(label: &str, stats: &Stats, before: Option<(u64, u64, u64)>) {
@@ -342,38 +365,25 @@ async fn store_only(
             .collect(),
     );
     let before = stats.get();
-    let t0 = Instant::now();
-    let mut workers = Vec::new();
-    for w in 0..concurrency {
-        let (ids, store) = (Arc::clone(&ids), Arc::clone(&stores[w % stores.len()]));
-        workers.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut i = w;
-            while i < requests {
+    let stores = Arc::new(stores);
+    closed_loop(
+        &format!("{label}: store only: {requests} durable put_state"),
+        requests,
+        concurrency,
+        move |i| {
+            let (ids, stores) = (Arc::clone(&ids), Arc::clone(&stores));
+            async move {
                 let mut state = iicp_directory::store::NodeState::new(1_000 + i as u64);
                 state.active_jobs = 1;
-                let t = Instant::now();
+                let store = &stores[i % concurrency % stores.len()];
                 assert!(store
                     .put_state(ids[i % ids.len()].clone(), state)
                     .await
                     .unwrap());
-                lat.push(t.elapsed());
-                i += concurrency;
             }
-            lat
-        }));
-    }
-    let mut lat = Vec::new();
-    for w in workers {
-        lat.extend(w.await.unwrap());
-    }
-    let el = t0.elapsed();
-    println!(
-        "{label}: store only: {requests} durable put_state in {el:.2?} = {:.0}/s at concurrency {concurrency}; median {:.2?} p99 {:.2?}",
-        requests as f64 / el.as_secs_f64(),
-        pct(&mut lat, 0.5),
-        pct(&mut lat, 0.99)
-    );
+        },
+    )
+    .await;
     report_group_commit(&format!("{label} store only"), stats, before);
 }
 

@@ -46,6 +46,15 @@ fn instance_config() -> Config {
     c
 }
 
+/// Two instances on a fresh database, on one manual clock; `None` without PostgreSQL.
+async fn two_instances(tag: &str) -> Option<(String, ManualClock, TestDir, TestDir)> {
+    let url = pg_database(tag).await?;
+    let clock = ManualClock::starting_now();
+    let a = instance(&url, &clock).await;
+    let b = instance(&url, &clock).await;
+    Some((url, clock, a, b))
+}
+
 async fn instance(url: &str, clock: &ManualClock) -> TestDir {
     let store = PgStore::connect(url).await.unwrap();
     let directory = Directory::builder()
@@ -277,12 +286,9 @@ async fn acknowledged_writes_survive_a_kill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_act_as_one_directory() {
-    let Some(url) = pg_database("two").await else {
+    let Some((_url, clock, a, b)) = two_instances("two").await else {
         return;
     };
-    let clock = ManualClock::starting_now();
-    let a = instance(&url, &clock).await;
-    let b = instance(&url, &clock).await;
     assert_eq!(a.directory.public_key(), b.directory.public_key());
 
     // register via A → discover, node detail and auth by token via B within 1 s
@@ -444,12 +450,9 @@ async fn two_instances_act_as_one_directory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renames_and_tokens_of_one_instance_hold_at_the_other() {
-    let Some(url) = pg_database("tokens").await else {
+    let Some((_url, clock, a, b)) = two_instances("tokens").await else {
         return;
     };
-    let clock = ManualClock::starting_now();
-    let a = instance(&url, &clock).await;
-    let b = instance(&url, &clock).await;
     let now = iicp_directory::Clock::now_secs(&clock);
 
     // A node bound to an operator (§17.2), registered via A.
@@ -550,12 +553,9 @@ async fn renames_and_tokens_of_one_instance_hold_at_the_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweeps_run_on_one_instance_and_move_when_it_goes() {
-    let Some(url) = pg_database("sweep").await else {
+    let Some((url, clock, a, b)) = two_instances("sweep").await else {
         return;
     };
-    let clock = ManualClock::starting_now();
-    let a = instance(&url, &clock).await;
-    let b = instance(&url, &clock).await;
     let one = || a.directory.is_sweeper() as u8 + b.directory.is_sweeper() as u8 == 1;
     eventually("one sweeper", Duration::from_secs(3), || async { one() }).await;
     // stays one for a while

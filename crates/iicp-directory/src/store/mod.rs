@@ -374,6 +374,24 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     }
 }
 
+/// What a re-registration replaces in `nodes`, for both SQL stores (the `SET` list of
+/// their `INSERT … ON CONFLICT (node_id) DO UPDATE`).
+macro_rules! registration_updates {
+    () => {
+        "endpoint = excluded.endpoint,
+         transport_endpoint = excluded.transport_endpoint,
+         region = excluded.region,
+         cx_public_key = excluded.cx_public_key,
+         token_hash = excluded.token_hash,
+         proxy_token_hash = excluded.proxy_token_hash,
+         hmac_key = excluded.hmac_key,
+         registered_at_ms = excluded.registered_at_ms,
+         updated_at_ms = excluded.updated_at_ms,
+         registration_json = excluded.registration_json"
+    };
+}
+pub(crate) use registration_updates;
+
 pub(crate) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }

@@ -39,9 +39,9 @@ use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Notification, Statemen
 
 use super::group::{Counters, GroupCommitStats, MAX_GROUP_COMMIT};
 use super::{
-    decode_node, decode_state, encode_registration, encode_state, to_i64, to_u64, Change,
-    ChangedState, NodeRecord, NodeState, RawNode, ReceiptOutcome, ReceiptRecord, StateChanges,
-    StateWrite, Store, StoreFuture,
+    decode_node, decode_state, encode_registration, encode_state, registration_updates, to_i64,
+    to_u64, Change, ChangedState, NodeRecord, NodeState, RawNode, ReceiptOutcome, ReceiptRecord,
+    StateChanges, StateWrite, Store, StoreFuture,
 };
 use crate::error::StoreError;
 
@@ -106,21 +106,14 @@ CREATE TABLE operators (
 );
 "#];
 
-const UPSERT_NODE: &str = "
-INSERT INTO nodes (node_id, endpoint, transport_endpoint, region, cx_public_key, token_hash,
-    proxy_token_hash, hmac_key, registered_at_ms, updated_at_ms, registration_json)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-ON CONFLICT (node_id) DO UPDATE SET
-    endpoint = excluded.endpoint,
-    transport_endpoint = excluded.transport_endpoint,
-    region = excluded.region,
-    cx_public_key = excluded.cx_public_key,
-    token_hash = excluded.token_hash,
-    proxy_token_hash = excluded.proxy_token_hash,
-    hmac_key = excluded.hmac_key,
-    registered_at_ms = excluded.registered_at_ms,
-    updated_at_ms = excluded.updated_at_ms,
-    registration_json = excluded.registration_json";
+const UPSERT_NODE: &str = concat!(
+    "INSERT INTO nodes (node_id, endpoint, transport_endpoint, region, cx_public_key,
+        token_hash, proxy_token_hash, hmac_key, registered_at_ms, updated_at_ms,
+        registration_json)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+     ON CONFLICT (node_id) DO UPDATE SET ",
+    registration_updates!()
+);
 
 /// The state of a (re-)registered node, with a new revision that is also its
 /// registration revision.

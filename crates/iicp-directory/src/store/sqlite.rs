@@ -26,8 +26,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::group::{Counters, GroupCommitStats, MAX_GROUP_COMMIT};
 use super::{
-    decode_node, encode_state, to_i64, to_u64, NodeRecord, NodeState, RawNode, ReceiptOutcome,
-    ReceiptRecord, Store, StoreFuture,
+    decode_node, encode_state, registration_updates, to_i64, to_u64, NodeRecord, NodeState,
+    RawNode, ReceiptOutcome, ReceiptRecord, Store, StoreFuture,
 };
 use crate::error::StoreError;
 
@@ -295,23 +295,15 @@ impl Store for SqliteStore {
         self.run(move |conn| {
             let (registration, cx) = super::encode_registration(&node)?;
             conn.execute(
-                "INSERT INTO nodes (node_id, endpoint, transport_endpoint, region, cx_public_key,
-                    token_hash, proxy_token_hash, hmac_key, registered_at_ms, updated_at_ms,
-                    last_seen_ms, registration_json, state_json)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-                 ON CONFLICT(node_id) DO UPDATE SET
-                    endpoint = excluded.endpoint,
-                    transport_endpoint = excluded.transport_endpoint,
-                    region = excluded.region,
-                    cx_public_key = excluded.cx_public_key,
-                    token_hash = excluded.token_hash,
-                    proxy_token_hash = excluded.proxy_token_hash,
-                    hmac_key = excluded.hmac_key,
-                    registered_at_ms = excluded.registered_at_ms,
-                    updated_at_ms = excluded.updated_at_ms,
-                    last_seen_ms = excluded.last_seen_ms,
-                    registration_json = excluded.registration_json,
-                    state_json = excluded.state_json",
+                concat!(
+                    "INSERT INTO nodes (node_id, endpoint, transport_endpoint, region,
+                        cx_public_key, token_hash, proxy_token_hash, hmac_key, registered_at_ms,
+                        updated_at_ms, last_seen_ms, registration_json, state_json)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                     ON CONFLICT(node_id) DO UPDATE SET ",
+                    registration_updates!(),
+                    ", last_seen_ms = excluded.last_seen_ms, state_json = excluded.state_json"
+                ),
                 params![
                     node.node_id,
                     node.endpoint,
