@@ -151,6 +151,9 @@ pub(crate) struct Core {
     pub(crate) changes: parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Change>>>,
     /// Whether this process ran the last background sweep (held the sweep lease).
     pub(crate) sweeper: std::sync::atomic::AtomicBool,
+    /// Nodes or names were reloaded from a shared store since the discover cache was
+    /// last invalidated for that ([`Core::flush_remote_changes`]).
+    remote_changes: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Core {
@@ -202,6 +205,7 @@ impl Core {
             discover_cache: DiscoverCache::default(),
             changes: parking_lot::Mutex::new(None),
             sweeper: std::sync::atomic::AtomicBool::new(false),
+            remote_changes: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -263,6 +267,21 @@ impl Core {
         reload
     }
 
+    /// Notes that a reload from a shared store changed the node set. The discover cache
+    /// is invalidated for such changes at most every [`crate::sync::FLUSH_INTERVAL`]:
+    /// a burst of registrations through another instance (thousands per second while a
+    /// mesh restarts) would otherwise make every discover here recompute.
+    fn remote_changed(&self) {
+        self.remote_changes.store(true, Ordering::Release);
+    }
+
+    /// Invalidates the discover cache if reloads changed the node set since the last call.
+    pub(crate) fn flush_remote_changes(&self) {
+        if self.remote_changes.swap(false, Ordering::AcqRel) {
+            self.discover_cache.invalidate();
+        }
+    }
+
     /// A node from a stored record, with its operator's display name.
     pub(crate) async fn node_from_record(&self, record: NodeRecord) -> Option<Node> {
         let mut node = Node::from_record(record)?;
@@ -296,11 +315,11 @@ impl Core {
                         self.write().remove(node_id);
                     }
                 }
-                self.discover_cache.invalidate();
+                self.remote_changed();
             }
             None => {
                 if self.write().remove(node_id).is_some() {
-                    self.discover_cache.invalidate();
+                    self.remote_changed();
                 }
             }
         }
@@ -315,7 +334,7 @@ impl Core {
                 n.operator_name = name.clone().or_else(|| n.reg.operator_display_name.clone());
             }
         }
-        self.discover_cache.invalidate();
+        self.remote_changed();
         Ok(())
     }
 

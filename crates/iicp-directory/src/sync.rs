@@ -7,6 +7,8 @@
 //!   [`crate::Config::sync_interval`] by revision. Each pull starts from the cursor of
 //!   the pull before the last one, so a write whose commit came a little after a later
 //!   revision's is still seen; states at or below the revision held are ignored;
+//! * changes of the node set found this way drop the discover cache at most every
+//!   [`FLUSH_INTERVAL`] (200 ms), not once per reloaded node;
 //! * everything, when the feed reconnected ([`Change::Resync`]) and every
 //!   [`crate::Config::resync_interval`] as a safety net: nodes with a higher revision
 //!   are replaced, nodes missing here or gone from the store are reloaded one by one
@@ -29,6 +31,10 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::state::Core;
 use crate::store::Change;
 
+/// How often node-set changes reloaded from the store invalidate the discover cache (at
+/// most; a cached result is never served older than 2 s anyway, `cache.rs`).
+pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+
 /// Follows the store until `shutdown` fires. `cursor`: the highest revision loaded at
 /// start.
 pub(crate) async fn run(
@@ -46,6 +52,8 @@ pub(crate) async fn run(
         resync_interval,
     );
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut flush = tokio::time::interval(FLUSH_INTERVAL);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // (cursor of the previous pull, cursor of the last pull)
     let mut cursors = (cursor, cursor);
     let mut feed_open = true;
@@ -80,6 +88,7 @@ pub(crate) async fn run(
                 }
             }
             _ = resync.tick() => full_resync(&core).await,
+            _ = flush.tick() => core.flush_remote_changes(),
         }
     }
     tracing::debug!("directory store sync stopped");
