@@ -9,6 +9,26 @@ fn iicp() -> Command {
     Command::new(env!("CARGO_BIN_EXE_iicp"))
 }
 
+/// Spawns `cmd` (stdout piped, stderr dropped) and reads its first line. Keep the
+/// returned reader until the child has ended: its later prints need the pipe open.
+fn spawn_with_banner(
+    cmd: &mut Command,
+) -> (
+    std::process::Child,
+    String,
+    BufReader<std::process::ChildStdout>,
+) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    stdout.read_line(&mut line).expect("banner");
+    (child, line, stdout)
+}
+
 /// `GET /health` on 127.0.0.1:`port`: the raw answer.
 fn get_health(port: u16) -> String {
     use std::io::{Read as _, Write as _};
@@ -179,23 +199,17 @@ fn completion_scripts() {
 fn directory_serve_answers_and_stops_on_sigterm() {
     let port = free_port();
     let db = std::env::temp_dir().join(format!("iicp-cli-dir-{port}.db"));
-    let mut child = iicp()
-        .args([
-            "directory",
-            "serve",
-            "--private-mesh",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--db",
-        ])
-        .arg(&db)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let mut line = String::new();
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    stdout.read_line(&mut line).expect("banner");
+    let mut cmd = iicp();
+    cmd.args([
+        "directory",
+        "serve",
+        "--private-mesh",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--db",
+    ])
+    .arg(&db);
+    let (mut child, line, _stdout) = spawn_with_banner(&mut cmd);
     assert!(line.contains(&format!("127.0.0.1:{port}")), "{line}");
     // the health endpoint answers over plain HTTP
     let resp = get_health(port);
@@ -406,21 +420,15 @@ fn directory_serve_on_postgresql_from_the_environment() {
         return;
     };
     let port = free_port();
-    let mut child = iicp()
-        .args([
-            "directory",
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env("IICP_DIRECTORY_DB", pg.url("postgres"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let mut line = String::new();
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    stdout.read_line(&mut line).expect("banner");
+    let mut cmd = iicp();
+    cmd.args([
+        "directory",
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .env("IICP_DIRECTORY_DB", pg.url("postgres"));
+    let (mut child, line, _stdout) = spawn_with_banner(&mut cmd);
     assert!(
         line.contains(&format!("postgresql {}", pg.url("postgres"))),
         "{line}"

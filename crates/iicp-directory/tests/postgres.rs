@@ -637,30 +637,31 @@ async fn the_listener_reconnects_after_its_backend_is_terminated() {
         .len()
     };
     assert_eq!(terminate().await, 2, "both instances listen");
+    // Registers a node via A and waits until B discovers it.
+    let register_seen_at_b = |port: u16, what: &'static str, within: Duration| {
+        let (a, b) = (a.base.clone(), b.base.clone());
+        async move {
+            let ack = register(
+                &a,
+                &register_body(&format!("http://127.0.0.1:{port}"), "eu-central", &["m"]),
+            )
+            .await;
+            let (id, _) = id_token(&ack);
+            eventually(what, within, || discovered(&b, &id)).await;
+        }
+    };
     // registered while B's listener is down: B learns it from the resync after reconnecting
-    let ack = register(
-        &a.base,
-        &register_body("http://127.0.0.1:19705", "eu-central", &["m"]),
-    )
-    .await;
-    let (first, _) = id_token(&ack);
-    eventually(
+    register_seen_at_b(
+        19705,
         "B resyncs after reconnecting",
         Duration::from_secs(5),
-        || discovered(&b.base, &first),
     )
     .await;
     // and the reconnected listener delivers later changes
-    let ack = register(
-        &a.base,
-        &register_body("http://127.0.0.1:19706", "eu-central", &["m"]),
-    )
-    .await;
-    let (second, _) = id_token(&ack);
-    eventually(
+    register_seen_at_b(
+        19706,
         "B hears of a registration after the reconnect",
         Duration::from_secs(1),
-        || discovered(&b.base, &second),
     )
     .await;
     a.stop().await;

@@ -388,6 +388,8 @@ pub(super) async fn heartbeat(core: Arc<Core>, mut req: Request, _p: Params) -> 
         core.refresh_node_locked(&node_id)
             .await
             .map_err(|e| store_failed(&core, &e))?;
+        // The reloaded node may have rotated its token meanwhile: check it again.
+        super::check_credential(&core, req.headers(), Some(&node_id), body_token)?;
     };
     let challenge = state.challenge.clone().unwrap_or_default();
     let reputation = state.reputation;
