@@ -321,26 +321,20 @@ async fn two_instances_act_as_one_directory() {
     let hmac = ack["node_hmac_key"].as_str().unwrap();
     let r = heartbeat(&a.base, &id, &token, json!({"active_jobs": 1})).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let challenge = r.body["challenge"].as_str().unwrap().to_owned();
-    let r = heartbeat(
-        &b.base,
-        &id,
-        &token,
-        json!({"challenge_response": challenge_response(hmac, &challenge)}),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.body["challenge_verified"], true);
-    let challenge = r.body["challenge"].as_str().unwrap().to_owned();
-    let r = heartbeat(
-        &a.base,
-        &id,
-        &token,
-        json!({"challenge_response": challenge_response(hmac, &challenge)}),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.body["challenge_verified"], true);
+    let mut challenge = r.body["challenge"].as_str().unwrap().to_owned();
+    // each answer goes to the instance that did not send the challenge
+    for base in [&b.base, &a.base, &b.base] {
+        let r = heartbeat(
+            base,
+            &id,
+            &token,
+            json!({"challenge_response": challenge_response(hmac, &challenge)}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["challenge_verified"], true);
+        challenge = r.body["challenge"].as_str().unwrap().to_owned();
+    }
 
     // heartbeats via A keep the node alive at B: 60 s, heartbeat via A, 60 s more
     // (120 s after registration, past the 90 s window) — B took the last_seen of A's
@@ -665,5 +659,70 @@ async fn the_listener_reconnects_after_its_backend_is_terminated() {
     )
     .await;
     a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_instance_loses_no_acknowledged_heartbeat() {
+    let Some((url, _clock, a, b)) = two_instances("drop").await else {
+        return;
+    };
+    let mut nodes = Vec::new();
+    for i in 0..20u16 {
+        let ack = register(
+            &a.base,
+            &register_body(
+                &format!("http://127.0.0.1:{}", 19800 + i),
+                "eu-central",
+                &["m"],
+            ),
+        )
+        .await;
+        nodes.push(id_token(&ack));
+    }
+    // 20 nodes heartbeat 5 times each through A, all at once; then A goes away.
+    let base = Arc::new(a.base.clone());
+    let mut tasks = Vec::new();
+    for (id, token) in nodes {
+        let base = Arc::clone(&base);
+        tasks.push(tokio::spawn(async move {
+            let mut last = String::new();
+            for k in 1..=5u32 {
+                let r = heartbeat(&base, &id, &token, json!({"active_jobs": k})).await;
+                assert_eq!(r.status, 200, "{}", r.body);
+                last = r.body["challenge"].as_str().unwrap().to_owned();
+            }
+            (id, token, last)
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.push(t.await.unwrap());
+    }
+    let directory = a.directory.clone();
+    a.stop().await;
+    drop(directory);
+    // Every acknowledged heartbeat is in the database, and B serves it: the last
+    // challenge A sent is the one B verifies.
+    let store = PgStore::connect(&url).await.unwrap();
+    for (id, token, challenge) in &acked {
+        let n = store.load_node(id.clone()).await.unwrap().unwrap();
+        assert_eq!(n.state.active_jobs, 5, "{id}");
+        assert_eq!(
+            n.state.challenge.as_deref(),
+            Some(challenge.as_str()),
+            "{id}"
+        );
+        let hmac = n.credentials.hmac_key.expose().to_owned();
+        let r = heartbeat(
+            &b.base,
+            id,
+            token,
+            json!({"challenge_response": challenge_response(&hmac, challenge)}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["challenge_verified"], true);
+    }
     b.stop().await;
 }
