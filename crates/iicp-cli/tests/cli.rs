@@ -9,6 +9,66 @@ fn iicp() -> Command {
     Command::new(env!("CARGO_BIN_EXE_iicp"))
 }
 
+/// Spawns `cmd` (stdout piped, stderr dropped) and reads its first line. Keep the
+/// returned reader until the child has ended: its later prints need the pipe open.
+fn spawn_with_banner(
+    cmd: &mut Command,
+) -> (
+    std::process::Child,
+    String,
+    BufReader<std::process::ChildStdout>,
+) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    stdout.read_line(&mut line).expect("banner");
+    (child, line, stdout)
+}
+
+/// `GET /health` on 127.0.0.1:`port`: the raw answer.
+fn get_health(port: u16) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut resp = String::new();
+    stream.read_to_string(&mut resp).expect("read");
+    resp
+}
+
+/// Sends SIGTERM and waits (at most 15 s) for the exit code.
+fn stop_with_sigterm(child: &mut std::process::Child) -> Option<i32> {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return s.code();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
 #[test]
 fn help_of_every_command_and_version() {
     for args in [
@@ -137,59 +197,27 @@ fn completion_scripts() {
 
 #[test]
 fn directory_serve_answers_and_stops_on_sigterm() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = free_port();
     let db = std::env::temp_dir().join(format!("iicp-cli-dir-{port}.db"));
-    let mut child = iicp()
-        .args([
-            "directory",
-            "serve",
-            "--private-mesh",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--db",
-        ])
-        .arg(&db)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let mut line = String::new();
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    stdout.read_line(&mut line).expect("banner");
+    let mut cmd = iicp();
+    cmd.args([
+        "directory",
+        "serve",
+        "--private-mesh",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--db",
+    ])
+    .arg(&db);
+    let (mut child, line, _stdout) = spawn_with_banner(&mut cmd);
     assert!(line.contains(&format!("127.0.0.1:{port}")), "{line}");
     // the health endpoint answers over plain HTTP
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    use std::io::{Read as _, Write as _};
-    stream
-        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .expect("write");
-    let mut resp = String::new();
-    stream.read_to_string(&mut resp).expect("read");
+    let resp = get_health(port);
     assert!(
         resp.starts_with("HTTP/1.1 200") && resp.contains("\"private_mesh\":true"),
         "{resp}"
     );
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let start = Instant::now();
-    let code = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s.code();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(code, Some(0));
+    assert_eq!(stop_with_sigterm(&mut child), Some(0));
     assert!(db.exists(), "SQLite database written");
     let _ = std::fs::remove_file(&db);
     for ext in ["-wal", "-shm"] {
@@ -357,4 +385,55 @@ fn dev_once_with_a_real_model() {
             .unwrap_or(0);
         assert!(chunks > 3, "{c}");
     }
+}
+
+#[test]
+fn directory_serve_names_an_unreachable_postgresql_without_its_password() {
+    let port = free_port();
+    let out = iicp()
+        .args([
+            "directory",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            &format!("postgres://dir:hunter2-secret@127.0.0.1:{port}/iicp"),
+        ])
+        .output()
+        .expect("run");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(!all.contains("hunter2"), "{all}");
+    assert!(
+        all.contains(&format!("postgres://dir:***@127.0.0.1:{port}/iicp")),
+        "{all}"
+    );
+}
+
+#[test]
+fn directory_serve_on_postgresql_from_the_environment() {
+    let Some(pg) = iicp_testkit::postgres::PgServer::shared() else {
+        return;
+    };
+    let port = free_port();
+    let mut cmd = iicp();
+    cmd.args([
+        "directory",
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .env("IICP_DIRECTORY_DB", pg.url("postgres"));
+    let (mut child, line, _stdout) = spawn_with_banner(&mut cmd);
+    assert!(
+        line.contains(&format!("postgresql {}", pg.url("postgres"))),
+        "{line}"
+    );
+    let resp = get_health(port);
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(stop_with_sigterm(&mut child), Some(0));
 }

@@ -1,23 +1,34 @@
 //! Directory load benchmark: registers N nodes over loopback HTTP, then measures
 //! `GET /v1/discover` latency (one client; one client with the result cache defeated;
 //! 100 concurrent clients) and `POST /v1/heartbeat` throughput at a given concurrency,
-//! for the memory and the SQLite store.
+//! for the memory, the SQLite and the PostgreSQL store.
 //!
-//! `cargo run --release -p iicp-directory --example dirbench -- [NODES] [REQUESTS] [CONCURRENCY]`
+//! `cargo run --release -p iicp-directory --example dirbench -- [NODES] [REQUESTS] [CONCURRENCY] [--store S]… [--pg-url URL] [--instances N] [--store-only]`
 //!
-//! Environment: `DIRBENCH_STORES=memory,sqlite` (the default: both) picks the stores;
+//! * `--store memory|sqlite|postgres` (repeatable; default memory and sqlite, or
+//!   `DIRBENCH_STORES=memory,sqlite,postgres`) picks the stores.
+//! * `--pg-url URL` (or `DIRBENCH_PG_URL`): the PostgreSQL database (emptied tables are
+//!   not assumed: use a fresh one). Without it a throwaway server is started with
+//!   `iicp_testkit::postgres` (default settings, `fsync=on`) and a fresh database made.
+//! * `--instances N` (PostgreSQL only, default 1): N directory instances on the one
+//!   database, as behind a reverse proxy: registrations and discovers go round-robin,
+//!   each node heartbeats through one instance (node i → instance i mod N, sticky as a
+//!   proxy hashing on the node would make it).
+//! * `--store-only`: also measure `Store::put_state` without HTTP (N stores' worth of
+//!   callers calling the store directly at CONCURRENCY): what the store itself sustains.
+//!
 //! `DIRBENCH_SKIP_DISCOVER=1` runs only register and heartbeats (for `strace -c -f`).
 //! Each store reports the RSS growth of the process over its registrations (RSS delta
-//! / nodes: the working set, the store and the allocator's slack), and the SQLite store
-//! the transactions its group-commit writer used for the heartbeats.
+//! / nodes: the working set, the store and the allocator's slack), and the SQL stores
+//! the transactions their group-commit writers used for the heartbeats.
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use iicp_directory::store::{GroupCommitStats, MemoryStore, SqliteStore};
-use iicp_directory::Directory;
+use iicp_directory::store::{GroupCommitStats, MemoryStore, PgStore, SqliteStore, Store};
+use iicp_directory::{Config, Directory};
 use iicp_transport::http::{HttpClient, HttpClientConfig};
 use iicp_transport::listener::{Listener, ListenerConfig};
 use iicp_transport::shutdown;
@@ -40,29 +51,58 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// Group-commit counters of the store(s) under test: (commits, writes, largest batch).
+#[derive(Clone)]
+enum Stats {
+    None,
+    Sqlite(SqliteStore),
+    Pg(Vec<PgStore>),
+}
+
+impl Stats {
+    fn get(&self) -> Option<(u64, u64, u64)> {
+        let sum = |all: &[GroupCommitStats]| {
+            all.iter().fold((0, 0, 0), |(c, w, l), s| {
+                (c + s.commits, w + s.writes, l.max(s.largest_batch))
+            })
+        };
+        match self {
+            Self::None => None,
+            Self::Sqlite(s) => Some(sum(&[s.group_commit_stats()])),
+            Self::Pg(v) => Some(sum(&v
+                .iter()
+                .map(PgStore::group_commit_stats)
+                .collect::<Vec<_>>())),
+        }
+    }
+}
+
 async fn run(
     label: &str,
-    directory: Directory,
-    sqlite: Option<SqliteStore>,
+    directories: Vec<Directory>,
+    stats: Stats,
     nodes: usize,
     requests: usize,
     concurrency: usize,
 ) {
     let skip_discover = std::env::var_os("DIRBENCH_SKIP_DISCOVER").is_some();
-    let listener = Listener::bind(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        ListenerConfig::default(),
-    )
-    .await
-    .unwrap();
-    let addr = listener.local_addr().unwrap();
     let (trigger, sd) = shutdown::channel();
-    let directory = Arc::new(directory);
-    let server = {
-        let d = Arc::clone(&directory);
-        tokio::spawn(async move { d.serve(listener, sd).await })
-    };
-    let base = format!("http://{addr}/api");
+    let mut servers = Vec::new();
+    let mut bases = Vec::new();
+    for directory in directories {
+        let listener = Listener::bind(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            ListenerConfig::default(),
+        )
+        .await
+        .unwrap();
+        bases.push(format!("http://{}/api", listener.local_addr().unwrap()));
+        let sd = sd.clone();
+        servers.push(tokio::spawn(
+            async move { directory.serve(listener, sd).await },
+        ));
+    }
+    let bases = Arc::new(bases);
     // keep a connection per concurrent caller (the default pool keeps 32 per host)
     let mut config = HttpClientConfig::default();
     config.pool_max_idle_per_host = 256;
@@ -76,7 +116,7 @@ async fn run(
     let mut batch = Vec::new();
     for i in 0..nodes {
         let http = http.clone();
-        let url = format!("{base}/v1/register");
+        let url = format!("{}/v1/register", bases[i % bases.len()]);
         let body = json!({
             "endpoint": format!("http://10.{}.{}.{}:9484", (i >> 16) & 255, (i >> 8) & 255, i & 255),
             "region": regions[i % regions.len()],
@@ -111,14 +151,17 @@ async fn run(
         (rss1.saturating_sub(rss0) * 1024) as f64 / nodes.max(1) as f64
     );
     if !skip_discover {
-        discover(label, &http, &base).await;
+        discover(label, &http, &bases).await;
     }
-    heartbeats(label, &http, &base, creds, sqlite, requests, concurrency).await;
+    heartbeats(label, &http, &bases, creds, stats, requests, concurrency).await;
     trigger.fire();
-    let _ = server.await;
+    for s in servers {
+        let _ = s.await;
+    }
 }
 
-async fn discover(label: &str, http: &HttpClient, base: &str) {
+async fn discover(label: &str, http: &HttpClient, bases: &Arc<Vec<String>>) {
+    let base = bases[0].as_str();
     // discover latency, one at a time
     for (limit, region) in [(10, ""), (50, "&region=eu-central"), (10, "&model=model-3")] {
         let url = format!("{base}/v1/discover?intent=urn:iicp:intent:llm:chat:v1&qos=best-effort&limit={limit}{region}");
@@ -169,7 +212,8 @@ async fn discover(label: &str, http: &HttpClient, base: &str) {
     let start = Arc::new(tokio::sync::Barrier::new(clients + 1));
     let mut workers = Vec::new();
     for w in 0..clients {
-        let (http, base, start) = (http.clone(), base.to_owned(), Arc::clone(&start));
+        let (http, start) = (http.clone(), Arc::clone(&start));
+        let base = bases[w % bases.len()].clone();
         workers.push(tokio::spawn(async move {
             let queries = ["", "&region=eu-central&limit=50", "&model=model-3"];
             let mut lat = Vec::with_capacity(per_client);
@@ -210,9 +254,9 @@ async fn discover(label: &str, http: &HttpClient, base: &str) {
 async fn heartbeats(
     label: &str,
     http: &HttpClient,
-    base: &str,
+    bases: &Arc<Vec<String>>,
     creds: Vec<(String, String)>,
-    sqlite: Option<SqliteStore>,
+    stats: Stats,
     requests: usize,
     concurrency: usize,
 ) {
@@ -220,17 +264,20 @@ async fn heartbeats(
         return;
     }
     let creds = Arc::new(creds);
-    let stats0 = sqlite.as_ref().map(SqliteStore::group_commit_stats);
-    let t0 = Instant::now();
-    let mut workers = Vec::new();
-    for w in 0..concurrency {
-        let (http, creds, base) = (http.clone(), Arc::clone(&creds), base.to_owned());
-        workers.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut i = w;
-            while i < requests {
-                let (id, token) = &creds[i % creds.len()];
-                let t = Instant::now();
+    let stats0 = stats.get();
+    let bases = Arc::clone(bases);
+    let http = http.clone();
+    closed_loop(
+        &format!("{label}: {requests} heartbeats"),
+        requests,
+        concurrency,
+        move |i| {
+            let (http, creds, bases) = (http.clone(), Arc::clone(&creds), Arc::clone(&bases));
+            async move {
+                let node = i % creds.len();
+                let (id, token) = &creds[node];
+                // a node heartbeats through one instance (sticky)
+                let base = &bases[node % bases.len()];
                 let r = http
                     .post_json(
                         format!("{base}/v1/heartbeat"),
@@ -241,6 +288,30 @@ async fn heartbeats(
                     .await
                     .unwrap();
                 assert!(r.is_success(), "{}", r.status);
+            }
+        },
+    )
+    .await;
+    report_group_commit(label, &stats, stats0);
+}
+
+/// `requests` calls of `call(i)` from `concurrency` workers (worker w makes calls w,
+/// w + concurrency, …); prints the rate and latency percentiles after `what`.
+async fn closed_loop<F, Fut>(what: &str, requests: usize, concurrency: usize, call: F)
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let t0 = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..concurrency {
+        let call = call.clone();
+        workers.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = w;
+            while i < requests {
+                let t = Instant::now();
+                call(i).await;
                 lat.push(t.elapsed());
                 i += concurrency;
             }
@@ -253,65 +324,196 @@ async fn heartbeats(
     }
     let el = t0.elapsed();
     println!(
-        "{label}: {requests} heartbeats in {el:.2?} = {:.0}/s at concurrency {concurrency}; median {:.2?} p99 {:.2?}",
+        "{what} in {el:.2?} = {:.0}/s at concurrency {concurrency}; median {:.2?} p99 {:.2?}",
         requests as f64 / el.as_secs_f64(),
         pct(&mut lat, 0.5),
         pct(&mut lat, 0.99)
     );
-    if let (Some(store), Some(before)) = (sqlite, stats0) {
-        let after: GroupCommitStats = store.group_commit_stats();
-        let commits = after.commits - before.commits;
-        let writes = after.writes - before.writes;
+}
+
+fn report_group_commit(label: &str, stats: &Stats, before: Option<(u64, u64, u64)>) {
+    if let (Some(before), Some(after)) = (before, stats.get()) {
+        let commits = after.0 - before.0;
+        let writes = after.1 - before.1;
         println!(
-            "{label}: group commit: {writes} heartbeats in {commits} transactions = {:.3} transactions (WAL fsyncs) per heartbeat, {:.1} per transaction, largest {}",
+            "{label}: group commit: {writes} heartbeats in {commits} transactions = {:.3} transactions (WAL flushes) per heartbeat, {:.1} per transaction, largest {}",
             commits as f64 / writes.max(1) as f64,
             writes as f64 / commits.max(1) as f64,
-            after.largest_batch
+            after.2
         );
     }
 }
 
+/// `Store::put_state` called directly (no HTTP): `requests` durable writes over the
+/// stored nodes from `concurrency` callers, spread over `stores`.
+async fn store_only(
+    label: &str,
+    stores: Vec<Arc<dyn Store>>,
+    stats: &Stats,
+    nodes: usize,
+    requests: usize,
+    concurrency: usize,
+) {
+    let ids: Arc<Vec<String>> = Arc::new(
+        stores[0]
+            .load_nodes()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| n.node_id)
+            .take(nodes)
+            .collect(),
+    );
+    let before = stats.get();
+    let stores = Arc::new(stores);
+    closed_loop(
+        &format!("{label}: store only: {requests} durable put_state"),
+        requests,
+        concurrency,
+        move |i| {
+            let (ids, stores) = (Arc::clone(&ids), Arc::clone(&stores));
+            async move {
+                let mut state = iicp_directory::store::NodeState::new(1_000 + i as u64);
+                state.active_jobs = 1;
+                let store = &stores[i % concurrency % stores.len()];
+                assert!(store
+                    .put_state(ids[i % ids.len()].clone(), state)
+                    .await
+                    .unwrap());
+            }
+        },
+    )
+    .await;
+    report_group_commit(&format!("{label} store only"), stats, before);
+}
+
+/// A fresh database: on `--pg-url`'s server, else on a throwaway server of this process.
+async fn pg_database(url: Option<String>) -> (String, Option<iicp_testkit::postgres::PgServer>) {
+    if let Some(url) = url {
+        return (url, None);
+    }
+    let bin =
+        iicp_testkit::postgres::find_binaries().expect("PostgreSQL binaries (initdb, postgres)");
+    let server = iicp_testkit::postgres::PgServer::start(&bin).unwrap();
+    let (client, conn) = tokio_postgres::connect(&server.url("postgres"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute("CREATE DATABASE dirbench")
+        .await
+        .unwrap();
+    (server.url("dirbench"), Some(server))
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let nodes = args.first().copied().unwrap_or(10_000);
-    let requests = args.get(1).copied().unwrap_or(20_000);
-    let concurrency = args.get(2).copied().unwrap_or(32);
-    let builder = || {
-        Directory::builder()
-            .private_mesh(true)
-            .liveness_probe(false)
-            .register_rate_limit(u32::MAX, Duration::from_secs(60))
+    let mut numbers = Vec::new();
+    let mut stores: Vec<String> = Vec::new();
+    let mut pg_url = std::env::var("DIRBENCH_PG_URL").ok();
+    let mut instances = 1usize;
+    let mut direct = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--store" => stores.push(args.next().expect("--store NAME")),
+            "--pg-url" => pg_url = Some(args.next().expect("--pg-url URL")),
+            "--instances" => {
+                instances = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("--instances N")
+            }
+            "--store-only" => direct = true,
+            n => numbers.push(n.parse::<usize>().expect("a number or a flag")),
+        }
+    }
+    if stores.is_empty() {
+        stores = std::env::var("DIRBENCH_STORES")
+            .unwrap_or_else(|_| "memory,sqlite".into())
+            .split(',')
+            .map(str::to_owned)
+            .collect();
+    }
+    let nodes = numbers.first().copied().unwrap_or(10_000);
+    let requests = numbers.get(1).copied().unwrap_or(20_000);
+    let concurrency = numbers.get(2).copied().unwrap_or(32);
+    let config = || {
+        let mut c = Config::default();
+        c.private_mesh = true;
+        c.liveness_probe = false;
+        c.register_rate_limit = u32::MAX;
+        c
     };
-    let stores = std::env::var("DIRBENCH_STORES").unwrap_or_else(|_| "memory,sqlite".into());
-    if stores.split(',').any(|s| s == "memory") {
+    let builder = || Directory::builder().config(config());
+    let has = |s: &str| stores.iter().any(|x| x == s);
+    if has("memory") {
         run(
             "memory",
-            builder().store(MemoryStore::new()).build().await.unwrap(),
-            None,
+            vec![builder().store(MemoryStore::new()).build().await.unwrap()],
+            Stats::None,
             nodes,
             requests,
             concurrency,
         )
         .await;
     }
-    if stores.split(',').any(|s| s == "sqlite") {
+    if has("sqlite") {
         let path = std::env::temp_dir().join(format!("iicp-dirbench-{}.db", std::process::id()));
         let store = SqliteStore::open_async(&path).await.unwrap();
         run(
             "sqlite",
-            builder().store(store.clone()).build().await.unwrap(),
-            Some(store),
+            vec![builder().store(store.clone()).build().await.unwrap()],
+            Stats::Sqlite(store.clone()),
             nodes,
             requests,
             concurrency,
         )
         .await;
+        if direct {
+            store_only(
+                "sqlite",
+                vec![Arc::new(store.clone())],
+                &Stats::Sqlite(store),
+                nodes,
+                requests,
+                concurrency,
+            )
+            .await;
+        }
         for ext in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+        }
+    }
+    if has("postgres") {
+        let (url, _server) = pg_database(pg_url.clone()).await;
+        let mut pg = Vec::new();
+        let mut directories = Vec::new();
+        for _ in 0..instances.max(1) {
+            let store = PgStore::connect(&url).await.unwrap();
+            directories.push(builder().store(store.clone()).build().await.unwrap());
+            pg.push(store);
+        }
+        let label = if instances > 1 {
+            format!("postgres, {instances} instances")
+        } else {
+            "postgres".to_owned()
+        };
+        run(
+            &label,
+            directories,
+            Stats::Pg(pg.clone()),
+            nodes,
+            requests,
+            concurrency,
+        )
+        .await;
+        if direct {
+            let stores: Vec<Arc<dyn Store>> = pg
+                .iter()
+                .map(|s| Arc::new(s.clone()) as Arc<dyn Store>)
+                .collect();
+            store_only(&label, stores, &Stats::Pg(pg), nodes, requests, concurrency).await;
         }
     }
 }

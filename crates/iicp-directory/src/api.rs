@@ -233,11 +233,44 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|s| !s.is_empty())
 }
 
+/// Identifies the calling node like [`check_credential`]. With a shared store, a
+/// credential that does not match the working copy is checked once more after reloading
+/// the node it names (by `node_id`, `X-Node-Id` or the JWT subject): it may have
+/// registered or rotated its token through another directory process a moment ago. A
+/// bare token without a node id is only looked up in the working copy (which announced
+/// changes reach within milliseconds), so bad tokens cannot make the store scan.
+async fn authenticate(
+    core: &Core,
+    headers: &HeaderMap,
+    claimed: Option<&str>,
+    body_token: Option<&str>,
+) -> Result<String, HttpError> {
+    let first = check_credential(core, headers, claimed, body_token);
+    if first.is_ok() || !core.store.shared() {
+        return first;
+    }
+    let jwt_sub = bearer(headers)
+        .filter(|t| t.matches('.').count() == 2)
+        .and_then(|t| core.jwt.verify(&t, core.clock.now_secs()))
+        .map(|(sub, _)| sub);
+    let Some(id) = claimed
+        .map(str::to_owned)
+        .or_else(|| header_str(headers, "x-node-id").map(str::to_owned))
+        .or(jwt_sub)
+    else {
+        return first;
+    };
+    if let Err(err) = core.refresh_node(&id).await {
+        return Err(store_failed(core, &err));
+    }
+    check_credential(core, headers, claimed, body_token)
+}
+
 /// Identifies the calling node from its bearer credential (§8.0): a `node_token`
 /// (self-identifying here, since the directory indexes token hashes), optionally with
 /// `X-Node-Id`, or the `jwt_token` of the ACK. `claimed` (a `node_id` in the body) and
 /// `X-Node-Id` must name the same node.
-fn authenticate(
+fn check_credential(
     core: &Core,
     headers: &HeaderMap,
     claimed: Option<&str>,

@@ -66,8 +66,15 @@ pub struct Config {
     pub name: String,
     /// Most liveness probes in flight at once. Default 16.
     pub max_concurrent_probes: usize,
-    /// Period of the background sweep (re-probes, retention). Default 1 s.
+    /// Period of the background sweep (re-probes, retention). Default 1 s. With a shared
+    /// store the sweep runs in one process at a time (the one holding the sweep lease).
     pub sweep_interval: Duration,
+    /// Shared stores (PostgreSQL): how often the node states other directory processes
+    /// wrote (heartbeats, probes) are pulled into this one's working copy. Default 2 s.
+    pub sync_interval: Duration,
+    /// Shared stores: how often the whole working copy is compared with the store, as a
+    /// safety net for missed announcements. Default 300 s.
+    pub resync_interval: Duration,
 }
 
 impl Default for Config {
@@ -91,6 +98,8 @@ impl Default for Config {
             name: "iicp-rs-directory".to_owned(),
             max_concurrent_probes: 16,
             sweep_interval: Duration::from_secs(1),
+            sync_interval: Duration::from_secs(2),
+            resync_interval: Duration::from_secs(300),
         }
     }
 }
@@ -187,9 +196,14 @@ impl DirectoryBuilder {
         let seed = store.directory_key_seed(*candidate).await?;
         let key = DirectoryKey::from_seed(&seed);
 
+        // A shared store: listen for the other processes' changes before loading, so
+        // that none made after the load is missed.
+        let changes = store.subscribe().await?;
         let mut registry = Registry::default();
         let mut skipped = 0usize;
+        let mut cursor = 0u64;
         for record in store.load_nodes().await? {
+            cursor = cursor.max(record.rev);
             match Node::from_record(record) {
                 Some(node) => registry.insert(node),
                 None => skipped += 1,
@@ -241,9 +255,15 @@ impl DirectoryBuilder {
             ),
             http,
         );
+        *core.changes.lock() = changes;
         Ok(Directory {
             core: Arc::new(core),
             sweep_interval: config.sweep_interval.max(Duration::from_millis(50)),
+            sync: SyncSettings {
+                cursor,
+                interval: config.sync_interval.max(Duration::from_millis(50)),
+                resync_interval: config.resync_interval.max(Duration::from_secs(1)),
+            },
         })
     }
 }
@@ -274,6 +294,16 @@ impl DirectoryBuilder {
 pub struct Directory {
     core: Arc<Core>,
     sweep_interval: Duration,
+    sync: SyncSettings,
+}
+
+/// Settings of the shared-store sync task.
+#[derive(Debug, Clone, Copy)]
+struct SyncSettings {
+    /// The highest revision loaded at start.
+    cursor: u64,
+    interval: Duration,
+    resync_interval: Duration,
 }
 
 impl Directory {
@@ -315,11 +345,40 @@ impl Directory {
     }
 
     /// Starts the background sweep (endpoint re-probes with backoff, active probes,
-    /// retention of dormant nodes). It runs until `shutdown` fires; at most
-    /// [`Config::max_concurrent_probes`] probes run at once.
+    /// retention of dormant nodes) and, with a shared store, the task that follows the
+    /// other directory processes' changes (the first call only). They run until
+    /// `shutdown` fires; at most [`Config::max_concurrent_probes`] probes run at once.
+    /// With a shared store, call it (or [`Directory::serve`], which does) also when
+    /// mounting [`Directory::router`] elsewhere: without it the working copy does not
+    /// follow the other processes, and their announcements queue up unread.
     pub fn spawn_background(&self, shutdown: Shutdown) -> JoinHandle<()> {
         let core = Arc::clone(&self.core);
-        tokio::spawn(crate::sweep::run(core, self.sweep_interval, shutdown))
+        let changes = core.changes.lock().take();
+        let sweep = crate::sweep::run(Arc::clone(&core), self.sweep_interval, shutdown.clone());
+        let sync = self.sync;
+        tokio::spawn(async move {
+            match changes {
+                Some(changes) => {
+                    let follow = crate::sync::run(
+                        core,
+                        changes,
+                        sync.cursor,
+                        sync.interval,
+                        sync.resync_interval,
+                        shutdown,
+                    );
+                    tokio::join!(sweep, follow);
+                }
+                None => sweep.await,
+            }
+        })
+    }
+
+    /// Whether this process ran the last background sweep. Always true after the first
+    /// sweep with a single-process store; with a shared store, true in the one process
+    /// holding the sweep lease.
+    pub fn is_sweeper(&self) -> bool {
+        self.core.sweeper.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Serves the directory on `listener` (HTTP only) with the background sweep until

@@ -28,10 +28,35 @@ pub enum StoreError {
     /// Filesystem error (opening or creating the database).
     #[error("storage I/O error")]
     Io(#[source] std::io::Error),
+    /// PostgreSQL reported an error (a statement, a transaction or a lost connection).
+    #[error("postgresql storage error")]
+    Postgres(#[source] tokio_postgres::Error),
+    /// No connection to PostgreSQL could be opened. `target` is the database URL with
+    /// its password replaced by `***`.
+    #[error("could not connect to PostgreSQL at {target}")]
+    Connect {
+        /// The database URL, password redacted.
+        target: String,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The database URL does not parse. `target` has its password replaced by `***`.
+    #[error("invalid PostgreSQL URL {target}")]
+    BadUrl {
+        /// The database URL, password redacted.
+        target: String,
+    },
     /// The group-commit transaction that held this write failed and was rolled back:
     /// the write is not stored. Every write of that transaction gets this error.
     #[error("the group commit holding this write failed; nothing of it was stored")]
     GroupCommit(#[source] std::sync::Arc<StoreError>),
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        StoreError::Postgres(err)
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -7,7 +7,9 @@
 //! (§14.6), bootstrap, node detail, probe with an SSRF guard, credits receipts, operator
 //! rename, stats and health — served under both `/v1/…` and `/api/v1/…`. State lives
 //! behind the [`Store`] trait: [`MemoryStore`] for tests, [`SqliteStore`] for a
-//! persistent single-machine directory (see `docs/adr/0003-directory-storage.md`).
+//! persistent single-machine directory (see `docs/adr/0003-directory-storage.md`),
+//! [`PgStore`] for several directory processes sharing one PostgreSQL database
+//! (`docs/adr/0015-postgresql-store.md`).
 //!
 //! What it is not: no node or client runtime, no federation (§8.1 Phase 6), no
 //! gossip, no WebRTC signalling, no operator self-service beyond rename.
@@ -40,6 +42,7 @@ mod ratelimit;
 mod state;
 pub mod store;
 mod sweep;
+mod sync;
 mod view;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -49,4 +52,4 @@ pub use error::{DirectoryError, StoreError};
 /// so a first program needs no other crate).
 pub use iicp_transport::listener::{Listener, ListenerConfig};
 pub use iicp_transport::shutdown::{self, Shutdown, Trigger};
-pub use store::{MemoryStore, SqliteStore, Store};
+pub use store::{MemoryStore, PgStore, SqliteStore, Store};

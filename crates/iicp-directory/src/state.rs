@@ -17,9 +17,10 @@ use iicp_transport::http::client::HttpClient;
 use crate::auth::JwtKey;
 use crate::cache::{changes_eligibility, DiscoverCache};
 use crate::clock::Clock;
+use crate::error::StoreError;
 use crate::net::{parse_url, EndpointUrl, HTTP_SCHEMES};
 use crate::ratelimit::RateLimiter;
-use crate::store::{NodeRecord, NodeState, Store};
+use crate::store::{Change, ChangedState, NodeRecord, NodeState, Store};
 
 /// Nodes with at least this many completed tasks are out of probation.
 pub(crate) const PROBATION_TASKS: u64 = 10;
@@ -156,6 +157,13 @@ pub(crate) struct Core {
     pub(crate) counters: Counters,
     pub(crate) started_at_ms: u64,
     pub(crate) discover_cache: DiscoverCache,
+    /// The feed of other processes' changes (shared stores), until the sync task takes it.
+    pub(crate) changes: parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Change>>>,
+    /// Whether this process ran the last background sweep (held the sweep lease).
+    pub(crate) sweeper: std::sync::atomic::AtomicBool,
+    /// Nodes or names were reloaded from a shared store since the discover cache was
+    /// last invalidated for that ([`Core::flush_remote_changes`]).
+    remote_changes: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Core {
@@ -205,6 +213,9 @@ impl Core {
             counters: Counters::default(),
             started_at_ms,
             discover_cache: DiscoverCache::default(),
+            changes: parking_lot::Mutex::new(None),
+            sweeper: std::sync::atomic::AtomicBool::new(false),
+            remote_changes: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -216,11 +227,20 @@ impl Core {
         self.registry.read()
     }
 
-    /// Replaces the working-set state of `node_id` after it was stored, and drops cached
-    /// discover results when the change can alter which queries return the node.
-    pub(crate) fn replace_state(&self, node_id: &str, state: NodeState) {
+    /// Replaces the working-set state of `node_id` after it was stored at revision
+    /// `rev`, and drops cached discover results when the change can alter which queries
+    /// return the node. A state older than the one held (a lower revision, from a shared
+    /// store) is ignored; revision 0 (single-process stores) always replaces.
+    pub(crate) fn replace_state(&self, node_id: &str, state: NodeState, rev: u64) {
         let mut reg = self.write();
+        self.replace_state_in(&mut reg, node_id, state, rev);
+    }
+
+    fn replace_state_in(&self, reg: &mut Registry, node_id: &str, state: NodeState, rev: u64) {
         if let Some(n) = reg.nodes.get_mut(node_id) {
+            if rev != 0 && rev <= n.record.rev {
+                return;
+            }
             if changes_eligibility(
                 &n.record.state,
                 &state,
@@ -230,7 +250,102 @@ impl Core {
                 self.discover_cache.invalidate();
             }
             n.record.state = state;
+            n.record.rev = rev;
         }
+    }
+
+    /// Applies states another process wrote (shared stores); returns the nodes to reload
+    /// whole (unknown here, or re-registered since).
+    pub(crate) fn apply_states(&self, states: Vec<ChangedState>) -> Vec<String> {
+        let mut reload = Vec::new();
+        for chunk in states.chunks(256) {
+            let mut reg = self.write();
+            for c in chunk {
+                if c.registration_changed || !reg.nodes.contains_key(&c.node_id) {
+                    let newer = reg
+                        .nodes
+                        .get(&c.node_id)
+                        .is_none_or(|n| n.record.rev < c.rev);
+                    if newer {
+                        reload.push(c.node_id.clone());
+                    }
+                    continue;
+                }
+                self.replace_state_in(&mut reg, &c.node_id, c.state.clone(), c.rev);
+            }
+        }
+        reload
+    }
+
+    /// Notes that a reload from a shared store changed the node set. The discover cache
+    /// is invalidated for such changes at most every [`crate::sync::FLUSH_INTERVAL`]:
+    /// a burst of registrations through another instance (thousands per second while a
+    /// mesh restarts) would otherwise make every discover here recompute.
+    fn remote_changed(&self) {
+        self.remote_changes.store(true, Ordering::Release);
+    }
+
+    /// Invalidates the discover cache if reloads changed the node set since the last call.
+    pub(crate) fn flush_remote_changes(&self) {
+        if self.remote_changes.swap(false, Ordering::AcqRel) {
+            self.discover_cache.invalidate();
+        }
+    }
+
+    /// A node from a stored record, with its operator's display name.
+    pub(crate) async fn node_from_record(&self, record: NodeRecord) -> Option<Node> {
+        let mut node = Node::from_record(record)?;
+        if node.operator_name.is_none() {
+            if let Some(op) = node.record.state.operator_pub.clone() {
+                node.operator_name = self.store.operator_name(op).await.ok().flatten();
+            }
+        }
+        Some(node)
+    }
+
+    /// Reloads `node_id` from the store (shared stores: another process may have
+    /// registered, rotated or deleted it), under its mutation lock.
+    pub(crate) async fn refresh_node(&self, node_id: &str) -> Result<(), StoreError> {
+        let _guard = self.node_lock(node_id).lock().await;
+        self.refresh_node_locked(node_id).await
+    }
+
+    /// [`Core::refresh_node`] for a caller that holds the node's mutation lock.
+    pub(crate) async fn refresh_node_locked(&self, node_id: &str) -> Result<(), StoreError> {
+        match self.store.load_node(node_id.to_owned()).await? {
+            Some(record) => {
+                let held = self.read().nodes.get(node_id).map(|n| n.record.rev);
+                if held.is_some_and(|rev| rev >= record.rev) {
+                    return Ok(());
+                }
+                match self.node_from_record(record).await {
+                    Some(node) => self.write().insert(node),
+                    None => {
+                        tracing::warn!("a stored node with an unreadable registration was skipped");
+                        self.write().remove(node_id);
+                    }
+                }
+                self.remote_changed();
+            }
+            None => {
+                if self.write().remove(node_id).is_some() {
+                    self.remote_changed();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reloads the display name of `operator_pub` into its nodes.
+    pub(crate) async fn refresh_operator(&self, operator_pub: &str) -> Result<(), StoreError> {
+        let name = self.store.operator_name(operator_pub.to_owned()).await?;
+        for n in self.write().nodes.values_mut() {
+            if n.record.state.operator_pub.as_deref() == Some(operator_pub) {
+                n.operator_name = name.clone().or_else(|| n.reg.operator_display_name.clone());
+            }
+        }
+        self.remote_changed();
+        Ok(())
     }
 
     /// Write access to the node set. Callers that add, remove or rename nodes also call

@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 
 use crate::probe::{self, ProbeFailure};
 use crate::state::{Core, Settings};
-use crate::store::ProbeState;
+use crate::store::{ProbeState, StateWrite};
 
 /// Consecutive failures after which a verified endpoint counts as unverified again.
 const FAILURES_TO_UNVERIFY: u32 = 3;
@@ -60,6 +60,21 @@ pub(crate) async fn run(core: Arc<Core>, interval: Duration, shutdown: Shutdown)
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = tick.tick() => {}
+        }
+        // With a shared store only the holder of the sweep lease sweeps.
+        let lead = tokio::select! {
+            () = shutdown.cancelled() => break,
+            lead = core.store.sweep_lease() => lead,
+        };
+        let lead = lead.unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "could not check the sweep lease");
+            false
+        });
+        if core.sweeper.swap(lead, std::sync::atomic::Ordering::AcqRel) != lead {
+            tracing::info!(sweeper = lead, "directory background sweep lease changed");
+        }
+        if !lead {
+            continue;
         }
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -153,13 +168,18 @@ pub(crate) async fn apply_probe(
     }
     match core
         .store
-        .put_state(node_id.to_owned(), state.clone())
+        .put_state_at(node_id.to_owned(), state.clone(), node.record.rev)
         .await
     {
-        Ok(true) => {
-            core.replace_state(node_id, state);
+        Ok(StateWrite::Written { rev }) => core.replace_state(node_id, state, rev),
+        Ok(StateWrite::Conflict) => {
+            // Another directory process wrote the node since: take its state; the
+            // endpoint is probed again at the next due time.
+            if let Err(err) = core.refresh_node_locked(node_id).await {
+                tracing::warn!(error = %err, "could not reload a node");
+            }
         }
-        Ok(false) => {}
+        Ok(_) => {}
         Err(err) => tracing::warn!(error = %err, "could not store probe result"),
     }
 }

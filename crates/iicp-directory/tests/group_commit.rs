@@ -15,41 +15,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use common::*;
 use iicp_directory::error::StoreError;
-use iicp_directory::store::{NodeCredentials, NodeRecord, NodeState};
+use iicp_directory::store::NodeState;
 use iicp_directory::{Directory, SqliteStore, Store};
-use iicp_proto::secret::Secret;
 use serde_json::json;
-
-fn record(i: usize) -> NodeRecord {
-    NodeRecord {
-        node_id: format!("node-{i:04}"),
-        registration: json!({"endpoint": format!("http://127.0.0.1:{}", 20000 + i)}),
-        endpoint: format!("http://127.0.0.1:{}", 20000 + i),
-        transport_endpoint: None,
-        region: "eu-central".into(),
-        cx_public_key: None,
-        credentials: NodeCredentials {
-            token_hash: format!("{i:064x}"),
-            proxy_token_hash: format!("p{i:063x}"),
-            hmac_key: Secret::new(format!("key-{i}")),
-        },
-        registered_at_ms: 1,
-        updated_at_ms: 1,
-        state: NodeState::new(1),
-    }
-}
-
-fn state(seq: u64) -> NodeState {
-    let mut s = NodeState::new(1_000 + seq);
-    s.active_jobs = u32::try_from(seq).unwrap();
-    s
-}
 
 /// Adds (or drops) a trigger that makes every transaction updating `nodes` fail at
 /// `COMMIT` (a deferred foreign-key violation), through a second connection.
@@ -265,79 +237,21 @@ async fn heartbeat_answers_503_when_its_commit_fails() {
 
 const CHILD_ENV: &str = "IICP_GROUP_COMMIT_KILL_CHILD_DB";
 
-/// The process the kill test starts and kills: opens the store named by the
-/// environment, registers 16 nodes and heartbeats them concurrently (each node in
-/// order) for ever, printing `ack <node> <seq>` after each acknowledged write. Without
-/// that environment variable (a normal test run) it does nothing.
+/// The process the kill test starts and kills (`common::kill_child_writes`): opens the
+/// store named by the environment and writes until killed. Without that environment
+/// variable (a normal test run) it does nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_test_child_process() {
     let Some(db) = std::env::var_os(CHILD_ENV) else {
         return;
     };
-    let store = SqliteStore::open_async(db).await.unwrap();
-    for i in 0..16 {
-        store.put_node(record(i)).await.unwrap();
-    }
-    let store = Arc::new(store);
-    let mut tasks = Vec::new();
-    for i in 0..16 {
-        let store = Arc::clone(&store);
-        tasks.push(tokio::spawn(async move {
-            let id = format!("node-{i:04}");
-            for seq in 1.. {
-                assert!(store.put_state(id.clone(), state(seq)).await.unwrap());
-                let mut out = std::io::stdout().lock();
-                writeln!(out, "ack {id} {seq}").unwrap();
-                out.flush().unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    kill_child_writes(Arc::new(SqliteStore::open_async(db).await.unwrap())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_a_kill() {
     let tmp = TempDir::new("gc-kill");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "kill_test_child_process", "--nocapture"])
-        .env(CHILD_ENV, tmp.db())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut acked = std::collections::HashMap::<String, u64>::new();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut count = 0;
-    while count < 2_000 {
-        let line = lines.next().expect("child ended early").unwrap();
-        let mut parts = line.split(' ');
-        if parts.next() != Some("ack") {
-            continue;
-        }
-        let id = parts.next().unwrap().to_owned();
-        let seq: u64 = parts.next().unwrap().parse().unwrap();
-        let e = acked.entry(id).or_default();
-        *e = (*e).max(seq);
-        count += 1;
-    }
-    // SIGKILL while writes are in flight: no shutdown, no checkpoint, no unwinding.
-    child.kill().unwrap();
-    child.wait().unwrap();
-
+    let acked = kill_writer_child("kill_test_child_process", CHILD_ENV, tmp.db().as_os_str());
     let reopened = SqliteStore::open_async(tmp.db()).await.unwrap();
-    let stored = reopened.load_nodes().await.unwrap();
-    assert_eq!(stored.len(), 16);
-    for (id, seq) in acked {
-        let n = stored.iter().find(|n| n.node_id == id).unwrap();
-        // The stored write is the last acknowledged one or a later one (acknowledged
-        // after we stopped reading, or committed but not yet answered).
-        assert!(
-            u64::from(n.state.active_jobs) >= seq,
-            "{id}: acknowledged {seq}, stored {}",
-            n.state.active_jobs
-        );
-        assert_eq!(n.state.last_seen_ms, 1_000 + u64::from(n.state.active_jobs));
-    }
+    assert_every_ack_stored(&reopened.load_nodes().await.unwrap(), acked);
 }

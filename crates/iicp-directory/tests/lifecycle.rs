@@ -23,7 +23,7 @@ async fn heartbeat(base: &str, node_id: &str, token: &str, extra: Value) -> Repl
 
 #[tokio::test]
 async fn register_heartbeat_rotate_deregister() {
-    for backend in BACKENDS {
+    for backend in backends() {
         let clock = ManualClock::starting_now();
         let d = start_mesh(backend, &clock).await;
         let base = d.base.clone();
@@ -162,7 +162,7 @@ fn ids(r: &Reply) -> Vec<String> {
 
 #[tokio::test]
 async fn discover_filters_scoring_expiry() {
-    for backend in BACKENDS {
+    for backend in backends() {
         let clock = ManualClock::starting_now();
         let d = start_mesh(backend, &clock).await;
         let base = d.base.clone();
@@ -346,7 +346,7 @@ async fn discover_filters_scoring_expiry() {
 /// of the node set (register, deregister, availability) shows at once.
 #[tokio::test]
 async fn discover_cache_follows_the_node_set() {
-    for backend in BACKENDS {
+    for backend in backends() {
         let clock = ManualClock::starting_now();
         let d = start_mesh(backend, &clock).await;
         let base = d.base.clone();

@@ -18,7 +18,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn tickets_and_tokens_verify() {
-    for backend in BACKENDS {
+    for backend in backends() {
         let clock = ManualClock::starting_now();
         let d = start_mesh(backend, &clock).await;
         let base = d.base.clone();

@@ -16,6 +16,9 @@
 //!   node on the one-port listener with a native CALL handler.
 //! * [`model`] — the real model server of the tests (llama-cpp-python with SmolLM2),
 //!   started on a free port and killed on drop.
+//! * [`postgres`] — a throwaway PostgreSQL server (`initdb` + `postgres` on a free
+//!   loopback port, as `nobody` when the tests run as root) for the directory's
+//!   PostgreSQL store tests; skips outside CI and fails under CI without the binaries.
 //! * [`server`] — the one HTTP test server they all run on (127.0.0.1:0, connection
 //!   count, every received byte kept, stops on drop) and [`server::Recorded`] requests.
 //! * [`stream`] — fake streaming nodes (native and HTTP, the service-lifecycle profile of
@@ -33,6 +36,7 @@
 pub mod fake;
 pub mod load;
 pub mod model;
+pub mod postgres;
 pub mod scripted;
 pub mod server;
 pub mod stream;

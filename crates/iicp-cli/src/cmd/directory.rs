@@ -2,8 +2,11 @@
 
 use std::net::SocketAddr;
 
+use std::ffi::OsString;
+use std::path::PathBuf;
+
 use anyhow::Context as _;
-use iicp_directory::store::{MemoryStore, SqliteStore};
+use iicp_directory::store::{redact_url, MemoryStore, PgStore, SqliteStore};
 use iicp_directory::Directory;
 use iicp_transport::listener::{Listener, ListenerConfig};
 use iicp_transport::shutdown;
@@ -26,9 +29,11 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "IICP_DIRECTORY_LISTEN", default_value = "127.0.0.1:9480")]
     listen: SocketAddr,
-    /// SQLite database file; without it the directory keeps everything in memory.
-    #[arg(long, env = "IICP_DIRECTORY_DB")]
-    db: Option<std::path::PathBuf>,
+    /// Where the directory keeps its state: a SQLite database file, or a PostgreSQL
+    /// URL (postgres://user[:password]@host[:port]/database, also postgresql://) that
+    /// several directory instances may share. Without it everything stays in memory.
+    #[arg(long, env = "IICP_DIRECTORY_DB", value_name = "FILE|URL")]
+    db: Option<OsString>,
     /// The public base URL nodes and clients use (default: http://<listen address>);
     /// dispatch tickets name it as their issuer.
     #[arg(long, env = "IICP_DIRECTORY_PUBLIC_URL")]
@@ -49,13 +54,28 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         super::common::http_url("--public-url", url)?;
     }
     let mut builder = Directory::builder().private_mesh(args.private_mesh);
-    builder = match &args.db {
-        Some(path) => builder.store(
-            SqliteStore::open_async(path)
-                .await
-                .with_context(|| format!("opening {}", path.display()))?,
-        ),
-        None => builder.store(MemoryStore::new()),
+    let storage = match Storage::from_arg(args.db.as_ref()) {
+        Storage::Postgres(url) => {
+            let shown = redact_url(&url);
+            builder = builder.store(
+                PgStore::connect(&url)
+                    .await
+                    .with_context(|| format!("opening the PostgreSQL database {shown}"))?,
+            );
+            format!("postgresql {shown}")
+        }
+        Storage::Sqlite(path) => {
+            builder = builder.store(
+                SqliteStore::open_async(&path)
+                    .await
+                    .with_context(|| format!("opening {}", path.display()))?,
+            );
+            format!("sqlite {}", path.display())
+        }
+        Storage::Memory => {
+            builder = builder.store(MemoryStore::new());
+            "memory".to_owned()
+        }
     };
     if let Some(url) = &args.public_url {
         builder = builder.public_url(url.clone());
@@ -67,10 +87,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let bound = listener.local_addr()?;
     let (trigger, sd) = shutdown::channel();
     crate::signal::on_terminate(trigger);
-    let storage = args.db.as_ref().map_or_else(
-        || "memory".to_owned(),
-        |p| format!("sqlite {}", p.display()),
-    );
     let base = args
         .public_url
         .clone()
@@ -86,4 +102,48 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("directory key: {}", directory.public_key().to_hex());
     directory.serve(listener, sd).await.context("serving")?;
     Ok(())
+}
+
+/// What `--db` names.
+#[derive(Debug, PartialEq)]
+enum Storage {
+    Memory,
+    Sqlite(PathBuf),
+    /// A `postgres://` or `postgresql://` URL (may hold a password: shown redacted only).
+    Postgres(String),
+}
+
+impl Storage {
+    fn from_arg(db: Option<&OsString>) -> Self {
+        match db {
+            None => Self::Memory,
+            Some(v) => match v.to_str() {
+                Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => {
+                    Self::Postgres(s.to_owned())
+                }
+                _ => Self::Sqlite(PathBuf::from(v)),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Storage;
+    use std::ffi::OsString;
+    use std::path::PathBuf;
+
+    #[test]
+    fn db_names_a_file_or_a_postgresql_url() {
+        let arg = |s: &str| Storage::from_arg(Some(&OsString::from(s)));
+        assert_eq!(Storage::from_arg(None), Storage::Memory);
+        assert_eq!(arg("dir.db"), Storage::Sqlite(PathBuf::from("dir.db")));
+        assert_eq!(
+            arg("/var/lib/iicp/postgres.db"),
+            Storage::Sqlite(PathBuf::from("/var/lib/iicp/postgres.db"))
+        );
+        for url in ["postgres://u@127.0.0.1:5432/d", "postgresql://u:p@h/d"] {
+            assert_eq!(arg(url), Storage::Postgres(url.to_owned()));
+        }
+    }
 }

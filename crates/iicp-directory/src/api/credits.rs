@@ -16,7 +16,7 @@ use super::{
 };
 use crate::auth::token_hash;
 use crate::state::{Core, Counters};
-use crate::store::{ReceiptOutcome, ReceiptRecord};
+use crate::store::{ReceiptOutcome, ReceiptRecord, StateWrite};
 
 /// Tokens per credit (§8.11 credit schedule).
 const TOKENS_PER_CREDIT: u32 = 1000;
@@ -62,7 +62,7 @@ pub(super) async fn award(core: Arc<Core>, mut req: Request, _p: Params) -> Hand
         .get("node_id")
         .and_then(Value::as_str)
         .map(str::to_owned);
-    let node_id = authenticate(&core, req.headers(), claimed.as_deref(), None)?;
+    let node_id = authenticate(&core, req.headers(), claimed.as_deref(), None).await?;
     let r: AwardRequest = typed(&body, "credits award")?;
     if !bounded(&r.task_id, 128)
         || !bounded(&r.nonce, 128)
@@ -137,17 +137,29 @@ pub(super) async fn award(core: Arc<Core>, mut req: Request, _p: Params) -> Hand
     };
     Counters::bump(&core.counters.receipts);
     {
+        // The receipt counter of the node state (best effort, as the receipt itself is
+        // stored): written over the revision it was read at, reloaded once if another
+        // directory process wrote the node in between.
         let _guard = core.node_lock(&node_id).lock().await;
-        if let Some(n) = core.node(&node_id) {
+        for _ in 0..2 {
+            let Some(n) = core.node(&node_id) else { break };
             let mut state = n.record.state.clone();
             state.receipts = state.receipts.saturating_add(1);
-            if core
+            match core
                 .store
-                .put_state(node_id.clone(), state.clone())
+                .put_state_at(node_id.clone(), state.clone(), n.record.rev)
                 .await
-                .is_ok()
             {
-                core.replace_state(&node_id, state);
+                Ok(StateWrite::Written { rev }) => {
+                    core.replace_state(&node_id, state, rev);
+                    break;
+                }
+                Ok(StateWrite::Conflict) => {
+                    if core.refresh_node_locked(&node_id).await.is_err() {
+                        break;
+                    }
+                }
+                _ => break,
             }
         }
     }
@@ -167,7 +179,7 @@ pub(super) async fn award(core: Arc<Core>, mut req: Request, _p: Params) -> Hand
 }
 
 pub(super) async fn balance(core: Arc<Core>, req: Request, _p: Params) -> HandlerResult {
-    let node_id = authenticate(&core, req.headers(), None, None)?;
+    let node_id = authenticate(&core, req.headers(), None, None).await?;
     let balance = core
         .store
         .credit_balance(node_id.clone())
@@ -189,7 +201,7 @@ pub(super) async fn summary(core: Arc<Core>, req: Request, _p: Params) -> Handle
         .find(|(k, _)| k == "node_id")
         .map(|(_, v)| v)
         .filter(|v| !v.is_empty());
-    let node_id = authenticate(&core, req.headers(), claimed.as_deref(), None)?;
+    let node_id = authenticate(&core, req.headers(), claimed.as_deref(), None).await?;
     let balance = core
         .store
         .credit_balance(node_id.clone())
@@ -213,7 +225,7 @@ pub(super) async fn summary(core: Arc<Core>, req: Request, _p: Params) -> Handle
 }
 
 pub(super) async fn transactions(core: Arc<Core>, req: Request, _p: Params) -> HandlerResult {
-    let node_id = authenticate(&core, req.headers(), None, None)?;
+    let node_id = authenticate(&core, req.headers(), None, None).await?;
     let receipts = core
         .store
         .receipts(node_id.clone(), 100)

@@ -24,7 +24,7 @@ use crate::auth::{iso8601, random_hex, random_token, token_hash, token_matches, 
 use crate::net::{is_private_host, parse_url, HTTP_SCHEMES, NATIVE_SCHEMES};
 use crate::probe::{self, ProbeFailure};
 use crate::state::{Core, Counters, Node};
-use crate::store::{NodeCredentials, NodeRecord, NodeState};
+use crate::store::{NodeCredentials, NodeRecord, NodeState, StateWrite};
 use crate::sweep::{next_probe_state, short};
 
 /// Members never stored from a REGISTER body.
@@ -143,6 +143,13 @@ pub(super) async fn register(core: Arc<Core>, mut req: Request, _p: Params) -> H
     }
 
     let _guard = core.node_lock(&node_id).lock().await;
+    // With a shared store another directory process may know this node better (it
+    // registered or rotated its token there): decide on the stored truth.
+    if core.store.shared() {
+        core.refresh_node_locked(&node_id)
+            .await
+            .map_err(|e| store_failed(&core, &e))?;
+    }
     let existing = core.node(&node_id);
     if let Some(old) = &existing {
         let proof = presented
@@ -255,15 +262,14 @@ pub(super) async fn register(core: Arc<Core>, mut req: Request, _p: Params) -> H
         registered_at_ms: existing.as_ref().map_or(now, |o| o.record.registered_at_ms),
         updated_at_ms: now,
         state,
+        rev: 0,
     };
-    let mut node = Node::from_record(record.clone())
+    let mut node = core
+        .node_from_record(record.clone())
+        .await
         .ok_or_else(|| HttpError::validation("registration could not be stored"))?;
-    if node.operator_name.is_none() {
-        if let Some(op) = node.record.state.operator_pub.clone() {
-            node.operator_name = core.store.operator_name(op).await.ok().flatten();
-        }
-    }
-    core.store
+    node.record.rev = core
+        .store
         .put_node(record)
         .await
         .map_err(|e| store_failed(&core, &e))?;
@@ -308,10 +314,10 @@ pub(super) async fn deregister(core: Arc<Core>, mut req: Request, _p: Params) ->
     if d.node_id.is_empty() {
         return Err(HttpError::validation("`node_id` is required"));
     }
-    if core.node(&d.node_id).is_none() {
+    if !known_node(&core, &d.node_id).await? {
         return Err(unknown_node());
     }
-    let node_id = authenticate(&core, req.headers(), Some(&d.node_id), None)?;
+    let node_id = authenticate(&core, req.headers(), Some(&d.node_id), None).await?;
     let _guard = core.node_lock(&node_id).lock().await;
     core.store
         .delete_node(node_id.clone())
@@ -332,18 +338,133 @@ pub(super) async fn heartbeat(core: Arc<Core>, mut req: Request, _p: Params) -> 
     if hb.node_id.is_empty() {
         return Err(HttpError::validation("`node_id` is required"));
     }
-    if core.node(&hb.node_id).is_none() {
+    if !known_node(&core, &hb.node_id).await? {
         return Err(unknown_node());
     }
     let body_token = hb.node_token.as_ref().map(Secret::expose);
-    let node_id = authenticate(&core, req.headers(), Some(&hb.node_id), body_token)?;
+    let node_id = authenticate(&core, req.headers(), Some(&hb.node_id), body_token).await?;
     hb.validate()
         .map_err(|e| HttpError::validation(e.to_string()))?;
     let ip = client_ip(&core, &req);
     let s = &core.settings;
 
     let _guard = core.node_lock(&node_id).lock().await;
+    // With a shared store, a stale working copy (another directory process took the
+    // last heartbeat, and with it sent the challenge) is reloaded and the heartbeat
+    // applied again: on a challenge mismatch, and when the conditional write finds a
+    // newer revision.
+    let mut reloads = 0;
+    let (state, challenge_verified, batch_accepted) = loop {
+        let node = core.node(&node_id).ok_or_else(unknown_node)?;
+        match apply_heartbeat(&core, &node, &hb, &body, ip) {
+            Ok((state, verified, batch)) => {
+                match core
+                    .store
+                    .put_state_at(node_id.clone(), state.clone(), node.record.rev)
+                    .await
+                    .map_err(|e| store_failed(&core, &e))?
+                {
+                    StateWrite::Written { rev } => {
+                        core.replace_state(&node_id, state.clone(), rev);
+                        break (state, verified, batch);
+                    }
+                    StateWrite::Conflict if reloads < MAX_RELOADS => {}
+                    StateWrite::Conflict => return Err(busy()),
+                    _ => {
+                        core.write().remove(&node_id);
+                        core.discover_cache.invalidate();
+                        return Err(unknown_node());
+                    }
+                }
+            }
+            // The only refusal: the challenge response did not verify.
+            Err(_) if core.store.shared() && reloads == 0 => {
+                tracing::debug!(node = %short(&node_id), "challenge response did not verify on the working copy; reloading the node");
+            }
+            Err(e) => {
+                tracing::warn!(node = %short(&node_id), "heartbeat challenge response did not verify");
+                return Err(e);
+            }
+        }
+        reloads += 1;
+        core.refresh_node_locked(&node_id)
+            .await
+            .map_err(|e| store_failed(&core, &e))?;
+        // The reloaded node may have rotated its token meanwhile: check it again.
+        super::check_credential(&core, req.headers(), Some(&node_id), body_token)?;
+    };
+    let challenge = state.challenge.clone().unwrap_or_default();
+    let reputation = state.reputation;
+    drop(_guard);
+    Counters::bump(&core.counters.heartbeats);
+
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "ok": true,
+            "next_heartbeat_ms": s.heartbeat_interval_ms,
+            "reputation_score": reputation,
+            "reputation_model": "iicp-rs-beta-v1",
+            "reputation_epoch": "v1",
+            "metrics_batch_accepted": batch_accepted,
+            "challenge": challenge,
+            "challenge_verified": challenge_verified.unwrap_or(false),
+        }),
+    ))
+}
+
+pub(super) async fn me(core: Arc<Core>, req: Request, _p: Params) -> HandlerResult {
+    let node_id = authenticate(&core, req.headers(), None, None).await?;
     let node = core.node(&node_id).ok_or_else(unknown_node)?;
+    Ok(super::no_store(
+        StatusCode::OK,
+        &json!({
+            "node_id": node_id,
+            "observed_source_ip": node.record.state.observed_ip,
+            "endpoint": node.reg.endpoint,
+        }),
+    ))
+}
+
+/// Reloads of a node one heartbeat may take before it answers 503 (another directory
+/// process keeps writing the node).
+const MAX_RELOADS: usize = 3;
+
+/// 503 for a heartbeat whose node other directory processes keep writing.
+fn busy() -> HttpError {
+    err(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::TemporarilyUnavailable,
+        "the node is being updated through another directory instance; retry",
+    )
+    .with_retry_after(Duration::from_secs(1))
+}
+
+/// Whether `node_id` is registered; with a shared store, a node missing from the working
+/// copy is looked up in the store (it may have registered through another directory
+/// process a moment ago).
+async fn known_node(core: &Core, node_id: &str) -> Result<bool, HttpError> {
+    if core.node(node_id).is_some() {
+        return Ok(true);
+    }
+    if core.store.shared() && valid_node_id(node_id) {
+        core.refresh_node(node_id)
+            .await
+            .map_err(|e| store_failed(core, &e))?;
+        return Ok(core.node(node_id).is_some());
+    }
+    Ok(false)
+}
+
+/// The state after heartbeat `hb` on `node` (its challenge response checked), whether
+/// the challenge verified, and the accepted metrics batch.
+fn apply_heartbeat(
+    core: &Core,
+    node: &Node,
+    hb: &HeartbeatRequest,
+    body: &Map<String, Value>,
+    ip: std::net::IpAddr,
+) -> Result<(NodeState, Option<bool>, Option<String>), HttpError> {
     let mut state = node.record.state.clone();
     let mut challenge_verified = None;
     if let Some(response) = hb.challenge_response.as_deref() {
@@ -354,7 +475,6 @@ pub(super) async fn heartbeat(core: Arc<Core>, mut req: Request, _p: Params) -> 
                 response,
             );
             if !ok {
-                tracing::warn!(node = %short(&node_id), "heartbeat challenge response did not verify");
                 return Err(err(
                     StatusCode::UNAUTHORIZED,
                     "invalid_challenge_response",
@@ -402,43 +522,8 @@ pub(super) async fn heartbeat(core: Arc<Core>, mut req: Request, _p: Params) -> 
         }
     }
     state.heartbeat = extras;
-    let challenge = random_hex(16);
-    state.challenge = Some(challenge.clone());
-    core.store
-        .put_state(node_id.clone(), state.clone())
-        .await
-        .map_err(|e| store_failed(&core, &e))?;
-    let reputation = state.reputation;
-    core.replace_state(&node_id, state);
-    drop(_guard);
-    Counters::bump(&core.counters.heartbeats);
-
-    Ok(json(
-        StatusCode::OK,
-        &json!({
-            "ok": true,
-            "next_heartbeat_ms": s.heartbeat_interval_ms,
-            "reputation_score": reputation,
-            "reputation_model": "iicp-rs-beta-v1",
-            "reputation_epoch": "v1",
-            "metrics_batch_accepted": batch_accepted,
-            "challenge": challenge,
-            "challenge_verified": challenge_verified.unwrap_or(false),
-        }),
-    ))
-}
-
-pub(super) async fn me(core: Arc<Core>, req: Request, _p: Params) -> HandlerResult {
-    let node_id = authenticate(&core, req.headers(), None, None)?;
-    let node = core.node(&node_id).ok_or_else(unknown_node)?;
-    Ok(super::no_store(
-        StatusCode::OK,
-        &json!({
-            "node_id": node_id,
-            "observed_source_ip": node.record.state.observed_ip,
-            "endpoint": node.reg.endpoint,
-        }),
-    ))
+    state.challenge = Some(random_hex(16));
+    Ok((state, challenge_verified, batch_accepted))
 }
 
 /// A REGISTER's `policy_manifest` (PROTOCOL.md §17.4, ADR 0016): well-formed, and when

@@ -44,7 +44,7 @@ pub(super) async fn directory_key(core: Arc<Core>, req: Request, _p: Params) -> 
 }
 
 pub(super) async fn consumer_token(core: Arc<Core>, mut req: Request, _p: Params) -> HandlerResult {
-    let caller = authenticate(&core, req.headers(), None, None)?;
+    let caller = authenticate(&core, req.headers(), None, None).await?;
     if let Err(retry_ms) = core
         .consumer_limiter
         .check(client_ip(&core, &req), core.now_ms())
@@ -90,7 +90,7 @@ pub(super) async fn consumer_token(core: Arc<Core>, mut req: Request, _p: Params
 }
 
 pub(super) async fn relay_ticket(core: Arc<Core>, mut req: Request, _p: Params) -> HandlerResult {
-    let worker = authenticate(&core, req.headers(), None, None)?;
+    let worker = authenticate(&core, req.headers(), None, None).await?;
     let body = read_object(&core, &mut req).await?;
     let relay = match body.get("relay_node_id") {
         None | Some(serde_json::Value::Null) => None,

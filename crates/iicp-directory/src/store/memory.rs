@@ -51,9 +51,13 @@ impl Store for MemoryStore {
         ready(self.lock().nodes.values().cloned().collect())
     }
 
-    fn put_node(&self, node: NodeRecord) -> StoreFuture<'_, ()> {
+    fn load_node(&self, node_id: String) -> StoreFuture<'_, Option<NodeRecord>> {
+        ready(self.lock().nodes.get(&node_id).cloned())
+    }
+
+    fn put_node(&self, node: NodeRecord) -> StoreFuture<'_, u64> {
         self.lock().nodes.insert(node.node_id.clone(), node);
-        ready(())
+        ready(0)
     }
 
     fn put_state(&self, node_id: String, state: NodeState) -> StoreFuture<'_, bool> {

@@ -3,18 +3,28 @@
 //! credit receipts (§8.11) and operator display names (§17.3).
 //!
 //! The [`Store`] trait is asynchronous and object-safe (boxed futures) so that back ends
-//! with their own async drivers (a PostgreSQL store, see
-//! `docs/adr/0003-directory-storage.md`) fit as well as blocking ones:
-//! [`SqliteStore`] runs every call on the blocking thread pool, never on the async
-//! runtime threads. [`MemoryStore`] keeps everything in process (tests, throwaway
-//! meshes).
+//! with their own async drivers fit as well as blocking ones: [`SqliteStore`] runs every
+//! call on the blocking thread pool, never on the async runtime threads; [`PgStore`]
+//! (PostgreSQL, `docs/adr/0015-postgresql-store.md`) is natively async. [`MemoryStore`]
+//! keeps everything in process (tests, throwaway meshes).
 //!
 //! The directory keeps a working copy of all live nodes in memory and writes through to
 //! the store before it answers; on start it loads the store. Secrets: the store sees
 //! only SHA-256 hashes of `node_token` and `proxy_token`. `node_hmac_key` is kept in
 //! clear because verifying an HMAC needs the key; it is never served back.
+//!
+//! **Shared stores.** A store that several directory processes use at once
+//! ([`Store::shared`], PostgreSQL) also tells each process what the others changed:
+//! [`Store::subscribe`] announces registrations, deletions and renames
+//! ([`Change`]), [`Store::state_changes`] lists the node states written since a cursor
+//! (heartbeats, probes), and every row carries a revision ([`NodeRecord::rev`]) so that
+//! [`Store::put_state_at`] writes only over the state it was computed from. Background
+//! sweeps run in one process at a time ([`Store::sweep_lease`]). Single-process stores
+//! keep the defaults: no announcements, revision 0, the lease always held.
 
+mod group;
 mod memory;
+mod postgres;
 mod sqlite;
 
 use std::fmt;
@@ -24,8 +34,10 @@ use serde_json::{Map, Value};
 
 use iicp_proto::secret::Secret;
 
+pub use group::{GroupCommitStats, MAX_GROUP_COMMIT};
 pub use memory::MemoryStore;
-pub use sqlite::{GroupCommitStats, SqliteStore, MAX_GROUP_COMMIT};
+pub use postgres::{redact_url, PgStore, PgStoreConfig};
+pub use sqlite::SqliteStore;
 
 use crate::error::StoreError;
 
@@ -183,6 +195,60 @@ pub struct NodeRecord {
     pub updated_at_ms: u64,
     /// Dynamic state.
     pub state: NodeState,
+    /// Revision of the stored row: a shared store gives every write of the node (of its
+    /// registration or its state) a new, higher number; 0 in single-process stores,
+    /// which do not track revisions. Ignored by [`Store::put_node`].
+    pub rev: u64,
+}
+
+/// Outcome of a conditional state write ([`Store::put_state_at`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StateWrite {
+    /// Stored; the node's new revision (0 in single-process stores).
+    Written {
+        /// The revision of the row after the write.
+        rev: u64,
+    },
+    /// No such node.
+    Unknown,
+    /// The stored revision is not the expected one: another process wrote the node
+    /// since it was read. Nothing was written; reload the node and retry.
+    Conflict,
+}
+
+/// A change another directory process made to a shared store ([`Store::subscribe`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Change {
+    /// The node was registered, re-registered (token rotation) or deleted: reload it.
+    Node(String),
+    /// The operator's display name changed: reload it.
+    Operator(String),
+    /// Announcements may have been lost (the feed reconnected): reload everything.
+    Resync,
+}
+
+/// One node state written since a cursor ([`Store::state_changes`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangedState {
+    /// The node.
+    pub node_id: String,
+    /// Its revision after the write.
+    pub rev: u64,
+    /// The registration itself changed since the cursor (reload the whole node).
+    pub registration_changed: bool,
+    /// The state as stored.
+    pub state: NodeState,
+}
+
+/// The answer of [`Store::state_changes`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StateChanges {
+    /// The highest revision in `states` (the cursor passed in when there are none).
+    pub cursor: u64,
+    /// The states written with a revision above the cursor.
+    pub states: Vec<ChangedState>,
 }
 
 /// A verified credit receipt (`POST /v1/credits/award`, §8.11).
@@ -229,11 +295,33 @@ pub enum ReceiptOutcome {
 pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Every stored node.
     fn load_nodes(&self) -> StoreFuture<'_, Vec<NodeRecord>>;
-    /// Inserts or replaces a node (registration, credentials and state).
-    fn put_node(&self, node: NodeRecord) -> StoreFuture<'_, ()>;
+    /// One stored node, as it is now.
+    fn load_node(&self, node_id: String) -> StoreFuture<'_, Option<NodeRecord>>;
+    /// Inserts or replaces a node (registration, credentials and state); the node's new
+    /// revision ([`NodeRecord::rev`], 0 in single-process stores).
+    fn put_node(&self, node: NodeRecord) -> StoreFuture<'_, u64>;
     /// Replaces only the dynamic state of a node (heartbeats, probes). `Ok(false)` if
     /// the node is unknown.
     fn put_state(&self, node_id: String, state: NodeState) -> StoreFuture<'_, bool>;
+    /// Replaces the dynamic state of a node if its stored revision is still `rev` (the
+    /// one the state was computed from). Single-process stores have one writer and
+    /// ignore `rev` (the default: [`Store::put_state`]).
+    fn put_state_at(
+        &self,
+        node_id: String,
+        state: NodeState,
+        rev: u64,
+    ) -> StoreFuture<'_, StateWrite> {
+        let _ = rev;
+        let write = self.put_state(node_id, state);
+        Box::pin(async move {
+            Ok(if write.await? {
+                StateWrite::Written { rev: 0 }
+            } else {
+                StateWrite::Unknown
+            })
+        })
+    }
     /// Removes a node. `Ok(false)` if it was unknown.
     fn delete_node(&self, node_id: String) -> StoreFuture<'_, bool>;
     /// The directory signing-key seed: the stored one, or `candidate` stored now if
@@ -255,4 +343,137 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     ) -> StoreFuture<'_, bool>;
     /// An operator's display name.
     fn operator_name(&self, operator_pub: String) -> StoreFuture<'_, Option<String>>;
+
+    /// Whether other directory processes may write this store at the same time (then
+    /// the directory follows their changes; see the module docs). Default `false`.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// The changes other processes make from now on, once the feed is listening
+    /// (`None` for single-process stores, the default). [`Change::Resync`] is sent when
+    /// announcements may have been missed. The feed ends when the receiver is dropped.
+    fn subscribe(&self) -> StoreFuture<'_, Option<tokio::sync::mpsc::UnboundedReceiver<Change>>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// Node states written with a revision above `cursor` (shared stores; the default
+    /// is none).
+    fn state_changes(&self, cursor: u64) -> StoreFuture<'_, StateChanges> {
+        Box::pin(std::future::ready(Ok(StateChanges {
+            cursor,
+            states: Vec::new(),
+        })))
+    }
+
+    /// Whether this process holds (or has just taken) the lease to run the background
+    /// sweeps, which must run in one process at a time. Single-process stores always
+    /// hold it (the default).
+    fn sweep_lease(&self) -> StoreFuture<'_, bool> {
+        Box::pin(std::future::ready(Ok(true)))
+    }
+}
+
+/// What a re-registration replaces in `nodes`, for both SQL stores (the `SET` list of
+/// their `INSERT … ON CONFLICT (node_id) DO UPDATE`).
+macro_rules! registration_updates {
+    () => {
+        "endpoint = excluded.endpoint,
+         transport_endpoint = excluded.transport_endpoint,
+         region = excluded.region,
+         cx_public_key = excluded.cx_public_key,
+         token_hash = excluded.token_hash,
+         proxy_token_hash = excluded.proxy_token_hash,
+         hmac_key = excluded.hmac_key,
+         registered_at_ms = excluded.registered_at_ms,
+         updated_at_ms = excluded.updated_at_ms,
+         registration_json = excluded.registration_json"
+    };
+}
+pub(crate) use registration_updates;
+
+pub(crate) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// The dynamic state as the stores keep it (JSON text).
+pub(crate) fn encode_state(state: &NodeState) -> Result<String, StoreError> {
+    serde_json::to_string(state).map_err(|_| StoreError::Corrupt { what: "node state" })
+}
+
+/// The registration and `cx_public_key` as the stores keep them (JSON text).
+pub(crate) fn encode_registration(
+    node: &NodeRecord,
+) -> Result<(String, Option<String>), StoreError> {
+    let registration =
+        serde_json::to_string(&node.registration).map_err(|_| StoreError::Corrupt {
+            what: "registration",
+        })?;
+    let cx = match &node.cx_public_key {
+        Some(v) => Some(serde_json::to_string(v).map_err(|_| StoreError::Corrupt {
+            what: "cx_public_key",
+        })?),
+        None => None,
+    };
+    Ok((registration, cx))
+}
+
+/// The columns of one stored node, as the SQL stores read them.
+pub(crate) struct RawNode {
+    pub(crate) node_id: String,
+    pub(crate) endpoint: String,
+    pub(crate) transport_endpoint: Option<String>,
+    pub(crate) region: String,
+    pub(crate) cx_public_key: Option<String>,
+    pub(crate) token_hash: String,
+    pub(crate) proxy_token_hash: String,
+    pub(crate) hmac_key: String,
+    pub(crate) registered_at_ms: i64,
+    pub(crate) updated_at_ms: i64,
+    pub(crate) registration_json: String,
+    pub(crate) state_json: String,
+    pub(crate) rev: u64,
+}
+
+/// Decodes the JSON columns of a stored node.
+pub(crate) fn decode_node(raw: RawNode) -> Result<NodeRecord, StoreError> {
+    Ok(NodeRecord {
+        registration: serde_json::from_str(&raw.registration_json).map_err(|_| {
+            StoreError::Corrupt {
+                what: "registration",
+            }
+        })?,
+        endpoint: raw.endpoint,
+        transport_endpoint: raw.transport_endpoint,
+        region: raw.region,
+        cx_public_key: match raw.cx_public_key {
+            Some(text) => {
+                Some(
+                    serde_json::from_str::<Value>(&text).map_err(|_| StoreError::Corrupt {
+                        what: "cx_public_key",
+                    })?,
+                )
+            }
+            None => None,
+        },
+        credentials: NodeCredentials {
+            token_hash: raw.token_hash,
+            proxy_token_hash: raw.proxy_token_hash,
+            hmac_key: Secret::new(raw.hmac_key),
+        },
+        registered_at_ms: to_u64(raw.registered_at_ms),
+        updated_at_ms: to_u64(raw.updated_at_ms),
+        state: decode_state(&raw.state_json)?,
+        node_id: raw.node_id,
+        rev: raw.rev,
+    })
+}
+
+/// Decodes a stored state.
+pub(crate) fn decode_state(text: &str) -> Result<NodeState, StoreError> {
+    serde_json::from_str(text).map_err(|_| StoreError::Corrupt { what: "node state" })
 }

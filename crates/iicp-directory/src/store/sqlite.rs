@@ -20,15 +20,14 @@
 
 use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 
-use iicp_proto::secret::Secret;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use serde_json::Value;
 
+use super::group::{Counters, GroupCommitStats, MAX_GROUP_COMMIT};
 use super::{
-    NodeCredentials, NodeRecord, NodeState, ReceiptOutcome, ReceiptRecord, Store, StoreFuture,
+    decode_node, encode_state, registration_updates, to_i64, to_u64, NodeRecord, NodeState,
+    RawNode, ReceiptOutcome, ReceiptRecord, Store, StoreFuture,
 };
 use crate::error::StoreError;
 
@@ -80,34 +79,6 @@ CREATE TABLE operators (
     ts           INTEGER NOT NULL
 );
 "#];
-
-/// Most `put_state` writes committed in one transaction by the group-commit writer.
-pub const MAX_GROUP_COMMIT: usize = 1024;
-
-/// Counters of the group-commit writer (`put_state`), since the store was opened.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct GroupCommitStats {
-    /// Transactions the writer committed (each one WAL fsync with `synchronous=FULL`).
-    pub commits: u64,
-    /// Writes acknowledged as durable (the rows of those transactions).
-    pub writes: u64,
-    /// Transactions that failed and were rolled back.
-    pub failed_commits: u64,
-    /// Writes answered with [`StoreError::GroupCommit`].
-    pub failed_writes: u64,
-    /// The largest number of writes in one transaction.
-    pub largest_batch: u64,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    commits: AtomicU64,
-    writes: AtomicU64,
-    failed_commits: AtomicU64,
-    failed_writes: AtomicU64,
-    largest_batch: AtomicU64,
-}
 
 /// One `put_state` waiting for the writer.
 struct StateWrite {
@@ -167,14 +138,7 @@ impl SqliteStore {
 
     /// Counters of the group-commit writer: transactions and writes so far.
     pub fn group_commit_stats(&self) -> GroupCommitStats {
-        let c = &self.writer.counters;
-        GroupCommitStats {
-            commits: c.commits.load(Ordering::Relaxed),
-            writes: c.writes.load(Ordering::Relaxed),
-            failed_commits: c.failed_commits.load(Ordering::Relaxed),
-            failed_writes: c.failed_writes.load(Ordering::Relaxed),
-            largest_batch: c.largest_batch.load(Ordering::Relaxed),
-        }
+        self.writer.counters.snapshot()
     }
 
     /// [`SqliteStore::open`] on the blocking thread pool.
@@ -229,16 +193,13 @@ fn writer_loop(conn: &Mutex<Connection>, rx: &mpsc::Receiver<StateWrite>, counte
         let n = batch.len() as u64;
         match result {
             Ok(found) => {
-                counters.commits.fetch_add(1, Ordering::Relaxed);
-                counters.writes.fetch_add(n, Ordering::Relaxed);
-                counters.largest_batch.fetch_max(n, Ordering::Relaxed);
+                counters.committed(n);
                 for (w, found) in batch.drain(..).zip(found) {
                     let _ = w.reply.send(Ok(found));
                 }
             }
             Err(err) => {
-                counters.failed_commits.fetch_add(1, Ordering::Relaxed);
-                counters.failed_writes.fetch_add(n, Ordering::Relaxed);
+                counters.failed(n);
                 tracing::error!(error = %err, writes = n, "directory group commit failed; rolled back");
                 let err = Arc::new(err);
                 for w in batch.drain(..) {
@@ -290,54 +251,23 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-fn state_json(state: &NodeState) -> Result<String, StoreError> {
-    serde_json::to_string(state).map_err(|_| StoreError::Corrupt { what: "node state" })
-}
-
 fn row_to_node(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<NodeRecord, StoreError>> {
-    let node_id: String = row.get("node_id")?;
-    let cx: Option<String> = row.get("cx_public_key")?;
-    let registration: String = row.get("registration_json")?;
-    let state: String = row.get("state_json")?;
-    let build = || -> Result<NodeRecord, StoreError> {
-        Ok(NodeRecord {
-            registration: serde_json::from_str(&registration).map_err(|_| StoreError::Corrupt {
-                what: "registration",
-            })?,
-            endpoint: row.get("endpoint")?,
-            transport_endpoint: row.get("transport_endpoint")?,
-            region: row.get("region")?,
-            cx_public_key: match cx {
-                Some(text) => {
-                    Some(
-                        serde_json::from_str::<Value>(&text).map_err(|_| StoreError::Corrupt {
-                            what: "cx_public_key",
-                        })?,
-                    )
-                }
-                None => None,
-            },
-            credentials: NodeCredentials {
-                token_hash: row.get("token_hash")?,
-                proxy_token_hash: row.get("proxy_token_hash")?,
-                hmac_key: Secret::new(row.get::<_, String>("hmac_key")?),
-            },
-            registered_at_ms: to_u64(row.get("registered_at_ms")?),
-            updated_at_ms: to_u64(row.get("updated_at_ms")?),
-            state: serde_json::from_str(&state)
-                .map_err(|_| StoreError::Corrupt { what: "node state" })?,
-            node_id: node_id.clone(),
-        })
+    let raw = RawNode {
+        node_id: row.get("node_id")?,
+        endpoint: row.get("endpoint")?,
+        transport_endpoint: row.get("transport_endpoint")?,
+        region: row.get("region")?,
+        cx_public_key: row.get("cx_public_key")?,
+        token_hash: row.get("token_hash")?,
+        proxy_token_hash: row.get("proxy_token_hash")?,
+        hmac_key: row.get("hmac_key")?,
+        registered_at_ms: row.get("registered_at_ms")?,
+        updated_at_ms: row.get("updated_at_ms")?,
+        registration_json: row.get("registration_json")?,
+        state_json: row.get("state_json")?,
+        rev: 0,
     };
-    Ok(build())
+    Ok(decode_node(raw))
 }
 
 impl Store for SqliteStore {
@@ -353,36 +283,27 @@ impl Store for SqliteStore {
         })
     }
 
-    fn put_node(&self, node: NodeRecord) -> StoreFuture<'_, ()> {
+    fn load_node(&self, node_id: String) -> StoreFuture<'_, Option<NodeRecord>> {
         self.run(move |conn| {
-            let registration =
-                serde_json::to_string(&node.registration).map_err(|_| StoreError::Corrupt {
-                    what: "registration",
-                })?;
-            let cx = match &node.cx_public_key {
-                Some(v) => Some(serde_json::to_string(v).map_err(|_| StoreError::Corrupt {
-                    what: "cx_public_key",
-                })?),
-                None => None,
-            };
+            let mut stmt = conn.prepare_cached("SELECT * FROM nodes WHERE node_id = ?1")?;
+            let found = stmt.query_row([node_id], row_to_node).optional()?;
+            found.transpose()
+        })
+    }
+
+    fn put_node(&self, node: NodeRecord) -> StoreFuture<'_, u64> {
+        self.run(move |conn| {
+            let (registration, cx) = super::encode_registration(&node)?;
             conn.execute(
-                "INSERT INTO nodes (node_id, endpoint, transport_endpoint, region, cx_public_key,
-                    token_hash, proxy_token_hash, hmac_key, registered_at_ms, updated_at_ms,
-                    last_seen_ms, registration_json, state_json)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-                 ON CONFLICT(node_id) DO UPDATE SET
-                    endpoint = excluded.endpoint,
-                    transport_endpoint = excluded.transport_endpoint,
-                    region = excluded.region,
-                    cx_public_key = excluded.cx_public_key,
-                    token_hash = excluded.token_hash,
-                    proxy_token_hash = excluded.proxy_token_hash,
-                    hmac_key = excluded.hmac_key,
-                    registered_at_ms = excluded.registered_at_ms,
-                    updated_at_ms = excluded.updated_at_ms,
-                    last_seen_ms = excluded.last_seen_ms,
-                    registration_json = excluded.registration_json,
-                    state_json = excluded.state_json",
+                concat!(
+                    "INSERT INTO nodes (node_id, endpoint, transport_endpoint, region,
+                        cx_public_key, token_hash, proxy_token_hash, hmac_key, registered_at_ms,
+                        updated_at_ms, last_seen_ms, registration_json, state_json)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                     ON CONFLICT(node_id) DO UPDATE SET ",
+                    registration_updates!(),
+                    ", last_seen_ms = excluded.last_seen_ms, state_json = excluded.state_json"
+                ),
                 params![
                     node.node_id,
                     node.endpoint,
@@ -396,10 +317,10 @@ impl Store for SqliteStore {
                     to_i64(node.updated_at_ms),
                     to_i64(node.state.last_seen_ms),
                     registration,
-                    state_json(&node.state)?,
+                    encode_state(&node.state)?,
                 ],
             )?;
-            Ok(())
+            Ok(0)
         })
     }
 
@@ -408,7 +329,7 @@ impl Store for SqliteStore {
     /// that transaction failed.
     fn put_state(&self, node_id: String, state: NodeState) -> StoreFuture<'_, bool> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let queued = state_json(&state).and_then(|state_json| {
+        let queued = encode_state(&state).and_then(|state_json| {
             self.writer
                 .queue
                 .send(StateWrite {

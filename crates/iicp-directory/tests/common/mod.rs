@@ -8,12 +8,20 @@
     clippy::expect_used
 )]
 
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
-use iicp_directory::{Directory, DirectoryBuilder, ManualClock, SqliteStore};
+use iicp_directory::store::{NodeCredentials, NodeRecord, NodeState};
+use iicp_directory::{Directory, DirectoryBuilder, ManualClock, PgStore, SqliteStore, Store};
+use iicp_proto::secret::Secret;
+use iicp_testkit::postgres::PgServer;
 use iicp_transport::http::client::{HttpClient, HttpClientConfig, HttpReply};
 use iicp_transport::listener::{Listener, ListenerConfig};
 use iicp_transport::shutdown::{self, Trigger};
@@ -27,9 +35,35 @@ pub const CHAT: &str = "urn:iicp:intent:llm:chat:v1";
 pub enum Backend {
     Memory,
     Sqlite,
+    /// A fresh database on the test binary's PostgreSQL server.
+    Postgres,
 }
 
-pub const BACKENDS: [Backend; 2] = [Backend::Memory, Backend::Sqlite];
+/// Every store the tests run against: memory, SQLite, and PostgreSQL when its binaries
+/// are there (skipped with a note outside CI, a failure under CI otherwise).
+pub fn backends() -> Vec<Backend> {
+    let mut b = vec![Backend::Memory, Backend::Sqlite];
+    if PgServer::shared().is_some() {
+        b.push(Backend::Postgres);
+    }
+    b
+}
+
+/// A fresh, empty database on the test binary's PostgreSQL server, as a URL; `None`
+/// when PostgreSQL is missing outside CI.
+pub async fn pg_database(tag: &str) -> Option<String> {
+    let server = PgServer::shared()?;
+    let name = PgServer::database_name(tag);
+    let (client, conn) = tokio_postgres::connect(&server.url("postgres"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    Some(server.url(&name))
+}
 
 /// A fresh temporary directory path (removed by [`TempDir`]'s drop).
 pub struct TempDir(pub PathBuf);
@@ -103,8 +137,16 @@ pub async fn start_with(
             let store = SqliteStore::open_async(tmp.db()).await.unwrap();
             (builder.store(store), Some(tmp))
         }
+        Backend::Postgres => {
+            let url = pg_database("dir").await.expect("PostgreSQL available");
+            (builder.store(PgStore::connect(&url).await.unwrap()), tmp)
+        }
     };
-    let directory = builder.build().await.unwrap();
+    serve(builder.build().await.unwrap(), tmp).await
+}
+
+/// Serves a built directory on 127.0.0.1:0.
+pub async fn serve(directory: Directory, tmp: Option<TempDir>) -> TestDir {
     let listener = Listener::bind("127.0.0.1:0".parse().unwrap(), ListenerConfig::default())
         .await
         .unwrap();
@@ -214,4 +256,120 @@ pub fn peer_python() -> Option<PathBuf> {
 /// `conformance/peers/py_peer.py` of this repository.
 pub fn harness() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../conformance/peers/py_peer.py")
+}
+
+/// A stored node record for store-level tests: `node-{i:04}`.
+pub fn record(i: usize) -> NodeRecord {
+    NodeRecord {
+        node_id: format!("node-{i:04}"),
+        registration: json!({"endpoint": format!("http://127.0.0.1:{}", 20000 + i)}),
+        endpoint: format!("http://127.0.0.1:{}", 20000 + i),
+        transport_endpoint: None,
+        region: "eu-central".into(),
+        cx_public_key: None,
+        credentials: NodeCredentials {
+            token_hash: format!("{i:064x}"),
+            proxy_token_hash: format!("p{i:063x}"),
+            hmac_key: Secret::new(format!("key-{i}")),
+        },
+        registered_at_ms: 1,
+        updated_at_ms: 1,
+        state: NodeState::new(1),
+        rev: 0,
+    }
+}
+
+/// The `seq`-th state written in store-level tests (`active_jobs` = `seq`).
+pub fn state(seq: u64) -> NodeState {
+    let mut s = NodeState::new(1_000 + seq);
+    s.active_jobs = u32::try_from(seq).unwrap();
+    s
+}
+
+/// The body of a kill test's child process: registers 16 nodes in `store` and writes
+/// their states concurrently (each node in order) for ever, printing `ack <node> <seq>`
+/// after each acknowledged write.
+pub async fn kill_child_writes(store: Arc<dyn Store>) {
+    for i in 0..16 {
+        store.put_node(record(i)).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let id = format!("node-{i:04}");
+            for seq in 1.. {
+                assert!(store.put_state(id.clone(), state(seq)).await.unwrap());
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "ack {id} {seq}").unwrap();
+                out.flush().unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// Runs test `child_test` of this binary as a child process with `env=value`, reads
+/// 2 000 acknowledgements of [`kill_child_writes`], then SIGKILLs it while writes are in
+/// flight (no shutdown, no unwinding). The highest acknowledged sequence per node.
+pub fn kill_writer_child(child_test: &str, env: &str, value: &OsStr) -> HashMap<String, u64> {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", child_test, "--nocapture"])
+        .env(env, value)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut acked = HashMap::<String, u64>::new();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut count = 0;
+    while count < 2_000 {
+        let line = lines.next().expect("child ended early").unwrap();
+        let mut parts = line.split(' ');
+        if parts.next() != Some("ack") {
+            continue;
+        }
+        let id = parts.next().unwrap().to_owned();
+        let seq: u64 = parts.next().unwrap().parse().unwrap();
+        let e = acked.entry(id).or_default();
+        *e = (*e).max(seq);
+        count += 1;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    acked
+}
+
+/// Every acknowledged write of [`kill_writer_child`] is in `stored`: the last
+/// acknowledged state of each node, or a later one (acknowledged after the parent
+/// stopped reading, or committed but not yet answered).
+pub fn assert_every_ack_stored(stored: &[NodeRecord], acked: HashMap<String, u64>) {
+    assert_eq!(stored.len(), 16);
+    for (id, seq) in acked {
+        let n = stored.iter().find(|n| n.node_id == id).unwrap();
+        assert!(
+            u64::from(n.state.active_jobs) >= seq,
+            "{id}: acknowledged {seq}, stored {}",
+            n.state.active_jobs
+        );
+        assert_eq!(n.state.last_seen_ms, 1_000 + u64::from(n.state.active_jobs));
+    }
+}
+
+/// Polls `check` every 20 ms until it holds or `within` has passed; how long it took.
+pub async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if check().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < within, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
