@@ -52,7 +52,7 @@ async fn listed(base: &str, node_id: &str) -> Value {
 
 #[tokio::test]
 async fn signed_manifests_are_verified_served_and_bound_to_tickets() {
-    for backend in BACKENDS {
+    for backend in backends() {
         let clock = ManualClock::starting_now();
         let d = start_mesh(backend, &clock).await;
         let base = d.base.clone();
