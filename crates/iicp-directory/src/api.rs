@@ -3,6 +3,7 @@
 //! the spec code; no handler logs or echoes a credential or a request value.
 
 mod credits;
+mod keys;
 mod lookup;
 mod node;
 mod tokens;
@@ -77,6 +78,27 @@ pub(crate) fn router(core: Arc<Core>) -> Router {
         Method::POST,
         "/v1/operator/rename",
         tokens::operator_rename,
+    );
+    let r = route(
+        r,
+        &core,
+        Method::POST,
+        "/v1/operator/challenge",
+        keys::challenge,
+    );
+    let r = route(
+        r,
+        &core,
+        Method::POST,
+        "/v1/operator/key/revoke",
+        keys::revoke,
+    );
+    let r = route(
+        r,
+        &core,
+        Method::POST,
+        "/v1/operator/key/rotate",
+        keys::rotate,
     );
     let r = route(r, &core, Method::POST, "/v1/credits/award", credits::award);
     let r = route(

@@ -200,6 +200,14 @@ impl DirectoryBuilder {
         // that none made after the load is missed.
         let changes = store.subscribe().await?;
         let mut registry = Registry::default();
+        registry.set_keys(
+            store
+                .key_statuses()
+                .await?
+                .into_iter()
+                .map(|k| (k.key_sha256.clone(), k))
+                .collect(),
+        );
         let mut skipped = 0usize;
         let mut cursor = 0u64;
         for record in store.load_nodes().await? {

@@ -20,7 +20,7 @@ use crate::clock::Clock;
 use crate::error::StoreError;
 use crate::net::{parse_url, EndpointUrl, HTTP_SCHEMES};
 use crate::ratelimit::RateLimiter;
-use crate::store::{Change, ChangedState, NodeRecord, NodeState, Store};
+use crate::store::{Change, ChangedState, KeyRecord, NodeRecord, NodeState, Store};
 
 /// Nodes with at least this many completed tasks are out of probation.
 pub(crate) const PROBATION_TASKS: u64 = 10;
@@ -57,6 +57,9 @@ pub(crate) struct Node {
     /// The signature check of the registration's `policy_manifest` (time-free; the
     /// views apply the dates).
     pub(crate) manifest: Option<Verification>,
+    /// The lifecycle record of the manifest's signing key, when it was revoked or
+    /// superseded (kept current by [`Registry`]).
+    pub(crate) key_status: Option<KeyRecord>,
 }
 
 impl Node {
@@ -80,6 +83,7 @@ impl Node {
             url,
             operator_name,
             manifest,
+            key_status: None,
         })
     }
 }
@@ -90,10 +94,34 @@ pub(crate) struct Registry {
     pub(crate) nodes: HashMap<String, Node>,
     pub(crate) by_token: HashMap<String, String>,
     pub(crate) by_proxy_token: HashMap<String, String>,
+    /// The key lifecycle registry (revoked and superseded keys), by key SHA-256.
+    pub(crate) keys: HashMap<String, KeyRecord>,
+}
+
+impl Node {
+    /// SHA-256 of the key that signed the registration's policy manifest.
+    pub(crate) fn manifest_key_sha256(&self) -> Option<&str> {
+        self.manifest.as_ref()?.public_key_sha256.as_deref()
+    }
 }
 
 impl Registry {
-    pub(crate) fn insert(&mut self, node: Node) {
+    /// Replaces the key lifecycle registry and updates every node's `key_status`.
+    pub(crate) fn set_keys(&mut self, keys: HashMap<String, KeyRecord>) {
+        self.keys = keys;
+        for node in self.nodes.values_mut() {
+            node.key_status = node
+                .manifest_key_sha256()
+                .and_then(|sha| self.keys.get(sha))
+                .cloned();
+        }
+    }
+
+    pub(crate) fn insert(&mut self, mut node: Node) {
+        node.key_status = node
+            .manifest_key_sha256()
+            .and_then(|sha| self.keys.get(sha))
+            .cloned();
         if let Some(old) = self.nodes.get(&node.record.node_id) {
             let (t, p) = (
                 old.record.credentials.token_hash.clone(),
@@ -164,6 +192,8 @@ pub(crate) struct Core {
     /// Nodes or names were reloaded from a shared store since the discover cache was
     /// last invalidated for that ([`Core::flush_remote_changes`]).
     remote_changes: std::sync::atomic::AtomicBool,
+    /// Operator challenge nonces: nonce → (operator_pub, expiry ms) (`api::keys`).
+    pub(crate) nonces: parking_lot::Mutex<HashMap<String, (String, u64)>>,
 }
 
 impl std::fmt::Debug for Core {
@@ -216,7 +246,20 @@ impl Core {
             changes: parking_lot::Mutex::new(None),
             sweeper: std::sync::atomic::AtomicBool::new(false),
             remote_changes: std::sync::atomic::AtomicBool::new(false),
+            nonces: parking_lot::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Reloads the key lifecycle registry from the store (another process changed it).
+    pub(crate) async fn reload_keys(&self) -> Result<(), crate::error::StoreError> {
+        let keys = self.store.key_statuses().await?;
+        self.write().set_keys(
+            keys.into_iter()
+                .map(|k| (k.key_sha256.clone(), k))
+                .collect(),
+        );
+        self.discover_cache.invalidate();
+        Ok(())
     }
 
     pub(crate) fn now_ms(&self) -> u64 {

@@ -71,6 +71,11 @@ pub(crate) async fn run(
                         tracing::warn!(error = %err, "could not reload an operator name");
                     }
                 }
+                Some(Change::Key(_)) => {
+                    if let Err(err) = core.reload_keys().await {
+                        tracing::warn!(error = %err, "could not reload the key lifecycle registry");
+                    }
+                }
                 Some(Change::Resync) => full_resync(&core).await,
                 None => feed_open = false,
             },
@@ -96,6 +101,9 @@ pub(crate) async fn run(
 
 /// Reloads every node that differs from the store.
 pub(crate) async fn full_resync(core: &Core) {
+    if let Err(err) = core.reload_keys().await {
+        tracing::warn!(error = %err, "could not reload the key lifecycle registry");
+    }
     let records = match core.store.load_nodes().await {
         Ok(r) => r,
         Err(err) => {

@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 use crate::auth::iso8601;
 use crate::net::address_family;
 use crate::state::{Node, Settings, PROBATION_TASKS};
+use crate::store::KeyStatus;
 
 /// Everything a selection needs besides the node.
 #[derive(Debug, Clone, Default)]
@@ -264,7 +265,14 @@ impl Node {
     pub(crate) fn served_manifest(&self, now_secs: u64) -> Option<Value> {
         let original = self.reg.policy_manifest.as_ref()?.as_object()?;
         let check = self.manifest.as_ref()?;
-        let status = check.at(now_secs);
+        // the lifecycle registry outranks the signature: a revoked or rotated key
+        let status = match (&self.key_status, check.at(now_secs)) {
+            (Some(k), Status::SignedValid | Status::SignedExpired) => match k.status {
+                KeyStatus::Revoked => Status::SignedRevoked,
+                KeyStatus::Superseded => Status::SignedSuperseded,
+            },
+            (_, status) => status,
+        };
         let bound_operator = self.record.state.operator_pub.as_deref().filter(|op| {
             let key = OperatorPublicKey::from_operator_id(op).ok();
             key.is_some() && key == check.public_key
@@ -297,6 +305,18 @@ impl Node {
                 "operator_fingerprint".into(),
                 operator_fingerprint(op).into(),
             );
+        }
+        if let Some(k) = &self.key_status {
+            if k.status == KeyStatus::Revoked {
+                out.insert("revoked_at".into(), iso8601(k.at_ms / 1000).into());
+            }
+            out.insert(
+                "revocation_reason_class".into(),
+                k.reason_class.clone().into(),
+            );
+            if let Some(epoch) = k.rotation_epoch {
+                out.insert("rotation_epoch".into(), epoch.into());
+            }
         }
         Some(Value::Object(out))
     }

@@ -230,3 +230,240 @@ async fn invalid_expired_and_malformed_manifests_are_refused_at_register() {
     );
     d.stop().await;
 }
+
+/// A signed self-service request of `action` by `key` over a fresh challenge nonce.
+async fn self_service(
+    base: &str,
+    key: &OperatorKey,
+    action: iicp_proto::crypto::sign::SelfServiceAction,
+    fields: Map<String, Value>,
+    now: u64,
+) -> Map<String, Value> {
+    use iicp_proto::crypto::sign::{self_service_body, sign_self_service};
+    let c = post(
+        &format!("{base}/api/v1/operator/challenge"),
+        &json!({"operator_pub": key.operator_id()}),
+        None,
+    )
+    .await;
+    assert_eq!(c.status, 200, "{}", c.body);
+    assert_eq!(
+        c.raw
+            .headers
+            .get("cache-control")
+            .map(|v| v.to_str().unwrap()),
+        Some("no-store")
+    );
+    let nonce = c.body["nonce"].as_str().unwrap();
+    let mut body = self_service_body(action, &key.operator_id(), nonce, now, fields);
+    let sig = sign_self_service(key, &body);
+    body.insert("sig".into(), sig.into());
+    body
+}
+
+#[tokio::test]
+async fn revoked_and_rotated_keys_are_refused() {
+    use iicp_proto::crypto::sign::{self_service_body, sign_self_service, SelfServiceAction};
+    for backend in backends() {
+        let clock = ManualClock::starting_now();
+        let d = start_mesh(backend, &clock).await;
+        let base = d.base.clone();
+        let now = clock.now_secs();
+        let k = OperatorKey::from_seed(&[31; 32]);
+        let node_id = "7b0f3a34-0c57-4a45-9d0e-3c1f2b7a9e12";
+        let mut body = with_manifest(
+            "http://127.0.0.1:19321",
+            Value::Object(manifest::sign(declaration(), &k, now)),
+        );
+        body["node_id"] = json!(node_id);
+        body["operator_delegation"] =
+            serde_json::to_value(sign_delegation(&k, node_id, now + 3600)).unwrap();
+        register(&base, &body).await;
+        let detail =
+            |base: String| async move { get(&format!("{base}/api/v1/node/{node_id}")).await.body };
+        assert_eq!(
+            detail(base.clone()).await["node_policy_manifest"]["manifest_identity_level"],
+            "operator_bound"
+        );
+
+        // revocation needs confirm, the key's signature and a nonce issued to it
+        let revoke_url = format!("{base}/api/v1/operator/key/revoke");
+        let fields = |v: Value| v.as_object().cloned().unwrap();
+        let unconfirmed = self_service(
+            &base,
+            &k,
+            SelfServiceAction::KeyRevoke,
+            fields(json!({"reason_class": "compromise"})),
+            now,
+        )
+        .await;
+        assert_eq!(
+            post(&revoke_url, &Value::Object(unconfirmed), None)
+                .await
+                .status,
+            422
+        );
+        let other = OperatorKey::from_seed(&[32; 32]);
+        let mut forged = self_service(
+            &base,
+            &k,
+            SelfServiceAction::KeyRevoke,
+            fields(json!({"confirm": true})),
+            now,
+        )
+        .await;
+        forged.insert("sig".into(), sign_self_service(&other, &forged).into());
+        assert_eq!(
+            post(&revoke_url, &Value::Object(forged), None).await.status,
+            401
+        );
+        let good = self_service(
+            &base,
+            &k,
+            SelfServiceAction::KeyRevoke,
+            fields(json!({"confirm": true, "reason_class": "compromise"})),
+            now,
+        )
+        .await;
+        let r = post(&revoke_url, &Value::Object(good.clone()), None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["revocation_reason_class"], "compromise");
+        // the nonce was used
+        assert_eq!(
+            post(&revoke_url, &Value::Object(good), None).await.status,
+            401
+        );
+
+        let m = detail(base.clone()).await["node_policy_manifest"].clone();
+        assert_eq!(m["verification"]["status"], "signed_revoked", "{m}");
+        assert_eq!(m["manifest_identity_level"], "revoked");
+        assert_eq!(m["evidence"], "directory_revoked");
+        assert_eq!(m["revocation_reason_class"], "compromise");
+        assert!(m["revoked_at"].is_string());
+        // nothing new is signed with it, and it binds no node
+        let mut again = with_manifest(
+            "http://127.0.0.1:19322",
+            Value::Object(manifest::sign(declaration(), &k, now)),
+        );
+        let r = post(&format!("{base}/api/v1/register"), &again, None).await;
+        assert_eq!(r.status, 422, "{}", r.body);
+        assert!(r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("signed_revoked"));
+        again.as_object_mut().unwrap().remove("policy_manifest");
+        again["node_id"] = json!("8b0f3a34-0c57-4a45-9d0e-3c1f2b7a9e13");
+        again["operator_delegation"] = serde_json::to_value(sign_delegation(
+            &k,
+            "8b0f3a34-0c57-4a45-9d0e-3c1f2b7a9e13",
+            now + 3600,
+        ))
+        .unwrap();
+        register(&base, &again).await;
+        let r = get(&format!(
+            "{base}/api/v1/node/8b0f3a34-0c57-4a45-9d0e-3c1f2b7a9e13"
+        ))
+        .await;
+        assert!(r.body["operator_fingerprint"].is_null(), "{}", r.body);
+        let again = self_service(
+            &base,
+            &k,
+            SelfServiceAction::KeyRevoke,
+            fields(json!({"confirm": true})),
+            now,
+        )
+        .await;
+        assert_eq!(
+            post(&revoke_url, &Value::Object(again), None).await.status,
+            409
+        );
+
+        // rotation: the old key and the successor both sign
+        let l = OperatorKey::from_seed(&[33; 32]);
+        let m_key = OperatorKey::from_seed(&[34; 32]);
+        let node_l = "9b0f3a34-0c57-4a45-9d0e-3c1f2b7a9e14";
+        let mut body = with_manifest(
+            "http://127.0.0.1:19323",
+            Value::Object(manifest::sign(declaration(), &l, now)),
+        );
+        body["node_id"] = json!(node_l);
+        register(&base, &body).await;
+        let rotate_url = format!("{base}/api/v1/operator/key/rotate");
+        let rotation = |successor: &OperatorKey, signer: &OperatorKey| {
+            let (successor, signer, l) = (successor.clone(), signer.clone(), l.clone());
+            let base = base.clone();
+            async move {
+                let mut b = self_service(
+                    &base,
+                    &l,
+                    SelfServiceAction::KeyRotate,
+                    fields(json!({"new_operator_pub": successor.operator_id()})),
+                    now,
+                )
+                .await;
+                let mut succ = self_service_body(
+                    SelfServiceAction::KeyRotateSuccessor,
+                    &l.operator_id(),
+                    b["nonce"].as_str().unwrap(),
+                    now,
+                    fields(
+                        json!({"new_operator_pub": successor.operator_id(), "rotation_epoch": null}),
+                    ),
+                );
+                succ.remove("sig");
+                b.insert(
+                    "new_key_sig".into(),
+                    sign_self_service(&signer, &succ).into(),
+                );
+                b
+            }
+        };
+        // the successor's signature must be the successor's
+        let wrong = rotation(&m_key, &other).await;
+        assert_eq!(
+            post(&rotate_url, &Value::Object(wrong), None).await.status,
+            401
+        );
+        // a revoked successor is refused
+        let to_revoked = rotation(&k, &k).await;
+        assert_eq!(
+            post(&rotate_url, &Value::Object(to_revoked), None)
+                .await
+                .status,
+            422
+        );
+        let ok = rotation(&m_key, &m_key).await;
+        let r = post(&rotate_url, &Value::Object(ok), None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["rotation_epoch"], 1);
+        let m =
+            get(&format!("{base}/api/v1/node/{node_l}")).await.body["node_policy_manifest"].clone();
+        assert_eq!(m["verification"]["status"], "signed_superseded", "{m}");
+        assert_eq!(m["manifest_identity_level"], "rotated");
+        assert_eq!(m["rotation_epoch"], 1);
+        let r = post(
+            &format!("{base}/api/v1/register"),
+            &with_manifest(
+                "http://127.0.0.1:19324",
+                Value::Object(manifest::sign(declaration(), &l, now)),
+            ),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 422, "{}", r.body);
+        assert!(r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("signed_superseded"));
+        // the successor signs as usual
+        register(
+            &base,
+            &with_manifest(
+                "http://127.0.0.1:19325",
+                Value::Object(manifest::sign(declaration(), &m_key, now)),
+            ),
+        )
+        .await;
+        d.stop().await;
+    }
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::StatusCode;
 use iicp_proto::crypto::mac::verify_challenge_response;
 use iicp_proto::crypto::manifest::{self, Status};
-use iicp_proto::crypto::sign::{verify_delegation_for_node, Delegation};
+use iicp_proto::crypto::sign::{verify_delegation_for_node, Delegation, OperatorPublicKey};
 use iicp_proto::directory::{DeregisterRequest, HeartbeatRequest, RegisterRequest};
 use iicp_proto::error::ErrorCode;
 use iicp_proto::ids::uuid_v4;
@@ -24,6 +24,7 @@ use crate::auth::{iso8601, random_hex, random_token, token_hash, token_matches, 
 use crate::net::{is_private_host, parse_url, HTTP_SCHEMES, NATIVE_SCHEMES};
 use crate::probe::{self, ProbeFailure};
 use crate::state::{Core, Counters, Node};
+use crate::store::KeyStatus;
 use crate::store::{NodeCredentials, NodeRecord, NodeState, StateWrite};
 use crate::sweep::{next_probe_state, short};
 
@@ -238,6 +239,15 @@ pub(super) async fn register(core: Arc<Core>, mut req: Request, _p: Params) -> H
         .as_ref()
         .and_then(|d| serde_json::from_value::<Delegation>(d.clone()).ok())
         .filter(|d| verify_delegation_for_node(d, &node_id, core.clock.now_secs()).is_ok())
+        // a revoked or superseded operator key binds no node
+        .filter(|d| {
+            OperatorPublicKey::from_operator_id(&d.operator_pub).is_ok_and(|k| {
+                !core
+                    .read()
+                    .keys
+                    .contains_key(&manifest::public_key_sha256(&k))
+            })
+        })
         .map(|d| d.operator_pub);
 
     for k in REGISTER_SECRETS {
@@ -538,6 +548,20 @@ fn check_policy_manifest(core: &Core, reg: &RegisterRequest) -> Result<(), HttpE
         return Ok(());
     };
     let v = manifest::verify(object, core.clock.now_secs());
+    // a key in the lifecycle registry signs nothing new (dir §3.4)
+    if let Some(sha) = v.public_key_sha256.as_deref() {
+        if let Some(k) = core.read().keys.get(sha) {
+            let status = match k.status {
+                KeyStatus::Revoked => Status::SignedRevoked,
+                KeyStatus::Superseded => Status::SignedSuperseded,
+            };
+            return Err(HttpError::validation(format!(
+                "`policy_manifest` refused: {} (the signing key was {} by its operator)",
+                status.as_str(),
+                k.status.as_str()
+            )));
+        }
+    }
     match v.status {
         Status::SignedInvalid | Status::SignedExpired => Err(HttpError::validation(format!(
             "`policy_manifest` refused: {}{}",

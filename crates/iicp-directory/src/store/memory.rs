@@ -3,7 +3,9 @@
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::{HashMap, HashSet};
 
-use super::{NodeRecord, NodeState, ReceiptOutcome, ReceiptRecord, Store, StoreFuture};
+use super::{
+    KeyRecord, KeyStatus, NodeRecord, NodeState, ReceiptOutcome, ReceiptRecord, Store, StoreFuture,
+};
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -13,6 +15,7 @@ struct Inner {
     nonces: HashSet<(String, String)>,
     balances: HashMap<String, f64>,
     operators: HashMap<String, (String, u64)>,
+    keys: HashMap<String, KeyRecord>,
 }
 
 /// A [`Store`] in memory. Receipts are kept up to a bound (oldest dropped first).
@@ -143,5 +146,21 @@ impl Store for MemoryStore {
                 .get(&operator_pub)
                 .map(|(n, _)| n.clone()),
         )
+    }
+
+    fn put_key_status(&self, record: KeyRecord) -> StoreFuture<'_, bool> {
+        let mut inner = self.lock();
+        let allowed = match inner.keys.get(&record.key_sha256) {
+            None => true,
+            Some(old) => old.status == KeyStatus::Superseded && record.status == KeyStatus::Revoked,
+        };
+        if allowed {
+            inner.keys.insert(record.key_sha256.clone(), record);
+        }
+        ready(allowed)
+    }
+
+    fn key_statuses(&self) -> StoreFuture<'_, Vec<KeyRecord>> {
+        ready(self.lock().keys.values().cloned().collect())
     }
 }

@@ -36,6 +36,7 @@ use iicp_proto::secret::Secret;
 
 pub use group::{GroupCommitStats, MAX_GROUP_COMMIT};
 pub use memory::MemoryStore;
+
 pub use postgres::{redact_url, PgStore, PgStoreConfig};
 pub use sqlite::SqliteStore;
 
@@ -217,6 +218,50 @@ pub enum StateWrite {
     Conflict,
 }
 
+/// Where a policy (operator) key stands in the directory's lifecycle registry (dir §3.4
+/// "policy-key lifecycle registry", ADR 0016).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum KeyStatus {
+    /// The operator revoked it (`key_revoke`): final.
+    Revoked,
+    /// The operator rotated to a successor (`key_rotate`).
+    Superseded,
+}
+
+impl KeyStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Revoked => "revoked",
+            Self::Superseded => "superseded",
+        }
+    }
+
+    /// From the stored name.
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Revoked, Self::Superseded]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+/// One key of the lifecycle registry, by the SHA-256 (hex) of its raw 32 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// SHA-256 (lowercase hex) of the raw public key.
+    pub key_sha256: String,
+    /// Revoked or superseded.
+    pub status: KeyStatus,
+    /// When the directory recorded it, ms since the epoch.
+    pub at_ms: u64,
+    /// Redacted reason (`operator_request`, `compromise`, `superseded`, …).
+    pub reason_class: String,
+    /// Rotation epoch of a superseded key (1 for the first rotation).
+    pub rotation_epoch: Option<u64>,
+}
+
 /// A change another directory process made to a shared store ([`Store::subscribe`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -225,6 +270,8 @@ pub enum Change {
     Node(String),
     /// The operator's display name changed: reload it.
     Operator(String),
+    /// A key of the lifecycle registry changed: reload the registry.
+    Key(String),
     /// Announcements may have been lost (the feed reconnected): reload everything.
     Resync,
 }
@@ -343,6 +390,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     ) -> StoreFuture<'_, bool>;
     /// An operator's display name.
     fn operator_name(&self, operator_pub: String) -> StoreFuture<'_, Option<String>>;
+    /// Records a key's lifecycle status. A revoked key stays revoked: `Ok(false)` when
+    /// the key is already revoked, or already superseded and `record` supersedes it
+    /// again.
+    fn put_key_status(&self, record: KeyRecord) -> StoreFuture<'_, bool>;
+    /// Every key of the lifecycle registry.
+    fn key_statuses(&self) -> StoreFuture<'_, Vec<KeyRecord>>;
 
     /// Whether other directory processes may write this store at the same time (then
     /// the directory follows their changes; see the module docs). Default `false`.

@@ -40,8 +40,8 @@ use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Notification, Statemen
 use super::group::{Counters, GroupCommitStats, MAX_GROUP_COMMIT};
 use super::{
     decode_node, decode_state, encode_registration, encode_state, registration_updates, to_i64,
-    to_u64, Change, ChangedState, NodeRecord, NodeState, RawNode, ReceiptOutcome, ReceiptRecord,
-    StateChanges, StateWrite, Store, StoreFuture,
+    to_u64, Change, ChangedState, KeyRecord, KeyStatus, NodeRecord, NodeState, RawNode,
+    ReceiptOutcome, ReceiptRecord, StateChanges, StateWrite, Store, StoreFuture,
 };
 use crate::error::StoreError;
 
@@ -53,7 +53,8 @@ const MIGRATION_LOCK: i64 = 0x4949_4350_4d49_4752; // "IICPMIGR"
 const SWEEP_LOCK: i64 = 0x4949_4350_5357_4550; // "IICPSWEP"
 
 /// The schema migrations, applied in order; index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE SEQUENCE node_rev;
 CREATE TABLE nodes (
     node_id            text PRIMARY KEY,
@@ -104,7 +105,17 @@ CREATE TABLE operators (
     display_name text NOT NULL,
     ts           bigint NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE key_lifecycle (
+    key_sha256     text PRIMARY KEY,
+    status         text NOT NULL,
+    at_ms          bigint NOT NULL,
+    reason_class   text NOT NULL,
+    rotation_epoch bigint
+);
+"#,
+];
 
 const UPSERT_NODE: &str = concat!(
     "INSERT INTO nodes (node_id, endpoint, transport_endpoint, region, cx_public_key,
@@ -738,6 +749,7 @@ fn parse_change(n: &Notification, instance: &str) -> Option<Change> {
     match kind {
         "n" => Some(Change::Node(key.to_owned())),
         "o" => Some(Change::Operator(key.to_owned())),
+        "k" => Some(Change::Key(key.to_owned())),
         _ => None,
     }
 }
@@ -1037,6 +1049,63 @@ impl Store for PgStore {
                 Some(r) => Some(r.try_get(0)?),
                 None => None,
             })
+        })
+    }
+
+    fn put_key_status(&self, record: KeyRecord) -> StoreFuture<'_, bool> {
+        Box::pin(async move {
+            let mut c = self.inner.pool.get().await?;
+            let tx = c.client()?.transaction().await?;
+            // a revoked key stays revoked; a superseded one may still be revoked
+            let n = tx
+                .execute(
+                    "INSERT INTO key_lifecycle (key_sha256, status, at_ms, reason_class, rotation_epoch)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (key_sha256) DO UPDATE SET status = excluded.status,
+                        at_ms = excluded.at_ms, reason_class = excluded.reason_class
+                     WHERE key_lifecycle.status = 'superseded' AND excluded.status = 'revoked'",
+                    &[
+                        &record.key_sha256,
+                        &record.status.as_str(),
+                        &to_i64(record.at_ms),
+                        &record.reason_class,
+                        &record.rotation_epoch.map(to_i64),
+                    ],
+                )
+                .await?;
+            if n > 0 {
+                Self::notify(&tx, 'k', &self.inner.instance, &record.key_sha256).await?;
+            }
+            tx.commit().await?;
+            Ok(n > 0)
+        })
+    }
+
+    fn key_statuses(&self) -> StoreFuture<'_, Vec<KeyRecord>> {
+        Box::pin(async move {
+            let rows = self
+                .inner
+                .pool
+                .query(
+                    "SELECT key_sha256, status, at_ms, reason_class, rotation_epoch FROM key_lifecycle",
+                    &[],
+                )
+                .await?;
+            let mut out = Vec::new();
+            for r in rows {
+                let status: String = r.try_get(1)?;
+                let Some(status) = KeyStatus::parse(&status) else {
+                    continue;
+                };
+                out.push(KeyRecord {
+                    key_sha256: r.try_get(0)?,
+                    status,
+                    at_ms: to_u64(r.try_get(2)?),
+                    reason_class: r.try_get(3)?,
+                    rotation_epoch: r.try_get::<_, Option<i64>>(4)?.map(to_u64),
+                });
+            }
+            Ok(out)
         })
     }
 

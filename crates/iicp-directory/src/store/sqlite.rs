@@ -26,13 +26,14 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::group::{Counters, GroupCommitStats, MAX_GROUP_COMMIT};
 use super::{
-    decode_node, encode_state, registration_updates, to_i64, to_u64, NodeRecord, NodeState,
-    RawNode, ReceiptOutcome, ReceiptRecord, Store, StoreFuture,
+    decode_node, encode_state, registration_updates, to_i64, to_u64, KeyRecord, KeyStatus,
+    NodeRecord, NodeState, RawNode, ReceiptOutcome, ReceiptRecord, Store, StoreFuture,
 };
 use crate::error::StoreError;
 
 /// The schema migrations, applied in order; index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE nodes (
     node_id            TEXT PRIMARY KEY,
     endpoint           TEXT NOT NULL,
@@ -78,7 +79,17 @@ CREATE TABLE operators (
     display_name TEXT NOT NULL,
     ts           INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE key_lifecycle (
+    key_sha256     TEXT PRIMARY KEY,
+    status         TEXT NOT NULL,
+    at_ms          INTEGER NOT NULL,
+    reason_class   TEXT NOT NULL,
+    rotation_epoch INTEGER
+);
+"#,
+];
 
 /// One `put_state` waiting for the writer.
 struct StateWrite {
@@ -481,6 +492,59 @@ impl Store for SqliteStore {
                     |r| r.get(0),
                 )
                 .optional()?)
+        })
+    }
+
+    fn put_key_status(&self, record: KeyRecord) -> StoreFuture<'_, bool> {
+        self.run(move |conn| {
+            // a revoked key stays revoked; a superseded one may still be revoked
+            let n = conn.execute(
+                "INSERT INTO key_lifecycle (key_sha256, status, at_ms, reason_class, rotation_epoch)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(key_sha256) DO UPDATE SET status = excluded.status,
+                    at_ms = excluded.at_ms, reason_class = excluded.reason_class
+                 WHERE key_lifecycle.status = 'superseded' AND excluded.status = 'revoked'",
+                params![
+                    record.key_sha256,
+                    record.status.as_str(),
+                    to_i64(record.at_ms),
+                    record.reason_class,
+                    record.rotation_epoch.map(to_i64),
+                ],
+            )?;
+            Ok(n > 0)
+        })
+    }
+
+    fn key_statuses(&self) -> StoreFuture<'_, Vec<KeyRecord>> {
+        self.run(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT key_sha256, status, at_ms, reason_class, rotation_epoch FROM key_lifecycle",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (key_sha256, status, at_ms, reason_class, epoch) = row?;
+                let Some(status) = KeyStatus::parse(&status) else {
+                    continue;
+                };
+                out.push(KeyRecord {
+                    key_sha256,
+                    status,
+                    at_ms: to_u64(at_ms),
+                    reason_class,
+                    rotation_epoch: epoch.map(to_u64),
+                });
+            }
+            Ok(out)
         })
     }
 }
