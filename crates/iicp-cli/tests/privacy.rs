@@ -366,3 +366,94 @@ fn a_saved_profile_declares_its_policy_manifest() {
     let _ = node.wait();
     let _ = std::fs::remove_dir_all(home);
 }
+
+/// `iicp operator rotate` and `revoke` reach the directory's key lifecycle registry: a
+/// manifest signed with the old key is served as rotated (operator_bound_policy refuses
+/// it) until the node registers again with the new key; after a revocation the node's
+/// manifest is refused at registration.
+#[test]
+fn rotated_and_revoked_operator_keys_are_refused() {
+    let (_dir, url) = directory();
+    let home = temp_home("privacy-rotate");
+    operator(&home, "Rotating Operator");
+    let flags = ["--retention", "none", "--jurisdiction", "DE"];
+    let a = serve(&home, &url, "eu-central", &flags);
+    let (ids, _) = admitted(&url, &["--routing-profile", "operator_bound_policy"]);
+    assert_eq!(ids, vec![a.id.clone()]);
+
+    let o =
+        run(iicp()
+            .env("IICP_HOME", &home)
+            .args(["operator", "rotate", "--directory-url", &url]));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("rotated (epoch 1)"),
+        "{}",
+        text(&o)
+    );
+    let (ids, err) = admitted(&url, &["--routing-profile", "operator_bound_policy"]);
+    assert!(ids.is_empty(), "{ids:?}");
+    assert!(
+        err.contains("policy_manifest_revoked_or_rotated: 1"),
+        "{err}"
+    );
+    let nodes = common::discover(&url, None);
+    assert_eq!(
+        nodes[0]["node_policy_manifest"]["manifest_identity_level"],
+        "rotated"
+    );
+
+    // the node registers again with the new key
+    let Node { mut proc, .. } = a;
+    proc.signal("-TERM");
+    let _ = proc.wait();
+    let b = serve(&home, &url, "eu-central", &flags);
+    let (ids, _) = admitted(&url, &["--routing-profile", "operator_bound_policy"]);
+    assert_eq!(ids, vec![b.id.clone()]);
+
+    // revocation is confirmed, then permanent: the node's manifest is refused
+    let o =
+        run(iicp()
+            .env("IICP_HOME", &home)
+            .args(["operator", "revoke", "--directory-url", &url]));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = run(iicp().env("IICP_HOME", &home).args([
+        "operator",
+        "revoke",
+        "--directory-url",
+        &url,
+        "--yes",
+        "--reason",
+        "compromise",
+    ]));
+    assert!(o.status.success(), "{}", text(&o));
+    let nodes = common::discover(&url, None);
+    let m = &nodes[0]["node_policy_manifest"];
+    assert_eq!(m["verification"]["status"], "signed_revoked", "{m}");
+    assert_eq!(m["revocation_reason_class"], "compromise");
+    let Node { mut proc, .. } = b;
+    proc.signal("-TERM");
+    let _ = proc.wait();
+    let port = free_port();
+    let mut cmd = iicp();
+    cmd.env("IICP_HOME", &home).args([
+        "serve",
+        "--backend-type",
+        "echo",
+        "--directory-url",
+        &url,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--retention",
+        "none",
+    ]);
+    let mut c = Proc::spawn(cmd);
+    let out = c.read_until("signed_revoked");
+    assert!(out.contains("policy_manifest"), "{out}");
+    c.signal("-TERM");
+    let _ = c.wait();
+    assert!(common::discover(&url, None).is_empty());
+    let _ = std::fs::remove_dir_all(home);
+}

@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use iicp_proto::crypto::atrest::{self, AtRestError, EncryptedSeed};
 use iicp_proto::crypto::sign::{
-    operator_integrity_hash, sign_delegation, sign_rename, Delegation, OperatorKey, Rename,
-    DEFAULT_DELEGATION_TTL_SECS,
+    operator_integrity_hash, self_service_body, sign_delegation, sign_rename, sign_self_service,
+    Delegation, OperatorKey, Rename, SelfServiceAction, DEFAULT_DELEGATION_TTL_SECS,
 };
 use iicp_proto::secret::Secret;
 use iicp_transport::http::client::{HttpClient, HttpClientError, Redirects};
@@ -458,6 +458,192 @@ pub async fn rename(
             .map(str::to_owned),
         nodes_updated: v.get("nodes_updated").and_then(Value::as_u64),
     })
+}
+
+/// POSTs `body` to `{directory}/v1/operator/{path}` and returns the JSON answer.
+async fn operator_post(
+    http: &HttpClient,
+    directory_url: &str,
+    path: &str,
+    operation: &'static str,
+    body: &Value,
+) -> Result<Value, OperatorError> {
+    let url = format!("{}/v1/operator/{path}", directory_url.trim_end_matches('/'));
+    let failed = |status: Option<u16>, message: String| OperatorError::Directory {
+        operation,
+        status,
+        message,
+    };
+    let reply = http
+        .post_json(url, body)
+        .header("accept", "application/json")
+        .redirects(Redirects::follow(3))
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await
+        .map_err(|e| failed(None, transport_message(&e)))?;
+    if !reply.is_success() {
+        let err = reply.error_body();
+        return Err(failed(Some(reply.status.as_u16()), err.message));
+    }
+    Ok(reply.json().unwrap_or(Value::Null))
+}
+
+/// A signed self-service body of `action` by `key` over a fresh challenge nonce of the
+/// directory (PROTOCOL.md §17.3), `fields` included.
+async fn self_service(
+    http: &HttpClient,
+    directory_url: &str,
+    key: &OperatorKey,
+    action: SelfServiceAction,
+    fields: Map<String, Value>,
+    now_unix: u64,
+) -> Result<Map<String, Value>, OperatorError> {
+    let challenge = operator_post(
+        http,
+        directory_url,
+        "challenge",
+        "challenge",
+        &serde_json::json!({"operator_pub": key.operator_id()}),
+    )
+    .await?;
+    let nonce = challenge
+        .get("nonce")
+        .and_then(Value::as_str)
+        .ok_or_else(|| OperatorError::Directory {
+            operation: "challenge",
+            status: None,
+            message: "the answer carries no nonce".into(),
+        })?;
+    let mut body = self_service_body(action, &key.operator_id(), nonce, now_unix, fields);
+    let sig = sign_self_service(key, &body);
+    body.insert("sig".into(), sig.into());
+    Ok(body)
+}
+
+/// Revokes the operator key at a directory (`key_revoke`, `confirm: true`): policy
+/// manifests it signed are then served `signed_revoked` and refused at registration,
+/// and it binds no node. Permanent. Returns the directory's answer.
+///
+/// # Errors
+/// [`OperatorError::Directory`] when the directory refuses or cannot be reached.
+pub async fn revoke_key(
+    http: &HttpClient,
+    directory_url: &str,
+    identity: &OperatorIdentity,
+    reason_class: &str,
+    now_unix: u64,
+) -> Result<Value, OperatorError> {
+    let mut fields = Map::new();
+    fields.insert("confirm".into(), true.into());
+    fields.insert("reason_class".into(), reason_class.into());
+    let body = self_service(
+        http,
+        directory_url,
+        &identity.key,
+        SelfServiceAction::KeyRevoke,
+        fields,
+        now_unix,
+    )
+    .await?;
+    operator_post(
+        http,
+        directory_url,
+        "key/revoke",
+        "key revoke",
+        &Value::Object(body),
+    )
+    .await
+}
+
+/// Rotates the operator key to `successor` at a directory (`key_rotate`, signed by the
+/// current key, with the successor's `key_rotate_successor` signature in
+/// `new_key_sig`): the old key is then superseded. Returns the directory's answer.
+///
+/// # Errors
+/// [`OperatorError::Directory`] when the directory refuses or cannot be reached.
+pub async fn rotate_key(
+    http: &HttpClient,
+    directory_url: &str,
+    identity: &OperatorIdentity,
+    successor: &OperatorKey,
+    now_unix: u64,
+) -> Result<Value, OperatorError> {
+    let mut fields = Map::new();
+    fields.insert("new_operator_pub".into(), successor.operator_id().into());
+    let mut body = self_service(
+        http,
+        directory_url,
+        &identity.key,
+        SelfServiceAction::KeyRotate,
+        fields,
+        now_unix,
+    )
+    .await?;
+    let mut succ = Map::new();
+    succ.insert("new_operator_pub".into(), successor.operator_id().into());
+    succ.insert("rotation_epoch".into(), Value::Null);
+    let nonce = body
+        .get("nonce")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let succ = self_service_body(
+        SelfServiceAction::KeyRotateSuccessor,
+        &identity.operator_id(),
+        &nonce,
+        now_unix,
+        succ,
+    );
+    body.insert(
+        "new_key_sig".into(),
+        sign_self_service(successor, &succ).into(),
+    );
+    operator_post(
+        http,
+        directory_url,
+        "key/rotate",
+        "key rotate",
+        &Value::Object(body),
+    )
+    .await
+}
+
+impl OperatorFile {
+    /// Replaces the key with `successor` (after a rotation): a new `operator_id`, its
+    /// integrity hash from a new `created_at`; the display name and contact stay. An
+    /// encrypted identity stays encrypted under `passphrase`.
+    ///
+    /// # Errors
+    /// [`OperatorError::PassphraseRequired`] for an encrypted identity without one,
+    /// [`OperatorError::AtRest`] when sealing fails.
+    pub fn replace_key(
+        &mut self,
+        successor: &OperatorKey,
+        passphrase: Option<&str>,
+        now_unix: u64,
+    ) -> Result<(), OperatorError> {
+        let sealed = match (&self.operator_secret_enc, passphrase) {
+            (Some(_), None) => return Err(OperatorError::PassphraseRequired),
+            (Some(_), Some(p)) => Some(atrest::encrypt_operator_key(
+                &mut rand_core::OsRng,
+                p,
+                successor,
+            )?),
+            (None, _) => None,
+        };
+        self.operator_id = successor.operator_id();
+        self.created_at = iso8601(now_unix);
+        self.operator_integrity_hash = operator_integrity_hash(&self.operator_id, &self.created_at);
+        match sealed {
+            Some(record) => {
+                self.operator_secret_enc = Some(record);
+                self.operator_secret = Secret::default();
+            }
+            None => self.operator_secret = Secret::new(successor.seed_base64().as_str()),
+        }
+        Ok(())
+    }
 }
 
 pub(crate) fn transport_message(e: &HttpClientError) -> String {

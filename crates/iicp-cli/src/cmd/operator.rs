@@ -32,6 +32,26 @@ enum Sub {
         #[arg(long, env = "IICP_DIRECTORY_URL", default_value = DEFAULT_DIRECTORY, value_name = "URL")]
         directory_url: String,
     },
+    /// Replace the operator key with a new one, announced to the directory (signed by
+    /// both keys); manifests signed with the old key are then served as rotated.
+    Rotate {
+        /// Directory base URL.
+        #[arg(long, env = "IICP_DIRECTORY_URL", default_value = DEFAULT_DIRECTORY, value_name = "URL")]
+        directory_url: String,
+    },
+    /// Revoke the operator key at the directory (permanent: nothing it signed is trusted
+    /// any more); `--yes` confirms.
+    Revoke {
+        /// Directory base URL.
+        #[arg(long, env = "IICP_DIRECTORY_URL", default_value = DEFAULT_DIRECTORY, value_name = "URL")]
+        directory_url: String,
+        /// Why: operator_request, compromise, superseded or policy_violation.
+        #[arg(long, default_value = "operator_request", value_parser = ["operator_request", "compromise", "superseded", "policy_violation"])]
+        reason: String,
+        /// Confirm the revocation.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Encrypt the operator secret at rest (passphrase from IICP_OPERATOR_PASSPHRASE or a prompt).
     Encrypt,
     /// Remove the at-rest encryption of the operator secret.
@@ -74,6 +94,66 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 ack.nodes_updated
                     .map(|n| format!(" ({n} registered node(s) updated)"))
                     .unwrap_or_default()
+            );
+            Ok(())
+        }
+        Sub::Rotate { directory_url } => {
+            super::common::http_url("--directory-url", &directory_url)?;
+            let pass = if file.is_encrypted() {
+                Some(prompt::passphrase(false)?)
+            } else {
+                None
+            };
+            let identity = file
+                .unlock(pass.as_deref().map(String::as_str))
+                .map_err(operator_error)?;
+            let successor = iicp_proto::crypto::sign::OperatorKey::generate(&mut rand_core::OsRng);
+            let http = probe_client()?;
+            let ack =
+                operator::rotate_key(&http, &directory_url, &identity, &successor, now_unix())
+                    .await
+                    .map_err(operator_error)?;
+            let old = file.operator_id.clone();
+            file.replace_key(&successor, pass.as_deref().map(String::as_str), now_unix())
+                .map_err(operator_error)?;
+            home.save_operator(&file).map_err(operator_error)?;
+            println!(
+                "operator key rotated (epoch {}): {old} -> {}",
+                ack.get("rotation_epoch")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0),
+                file.operator_id
+            );
+            println!("restart serving nodes so that they register with the new key");
+            Ok(())
+        }
+        Sub::Revoke {
+            directory_url,
+            reason,
+            yes,
+        } => {
+            super::common::http_url("--directory-url", &directory_url)?;
+            if !yes {
+                return Err(UsageError(
+                    "revoking the operator key is permanent: pass --yes to confirm".into(),
+                )
+                .into());
+            }
+            let pass = if file.is_encrypted() {
+                Some(prompt::passphrase(false)?)
+            } else {
+                None
+            };
+            let identity = file
+                .unlock(pass.as_deref().map(String::as_str))
+                .map_err(operator_error)?;
+            let http = probe_client()?;
+            operator::revoke_key(&http, &directory_url, &identity, &reason, now_unix())
+                .await
+                .map_err(operator_error)?;
+            println!(
+                "operator key {} revoked ({reason}); create a new identity with `iicp init --force`",
+                file.operator_id
             );
             Ok(())
         }
