@@ -520,6 +520,26 @@ pub fn python_node(
     Ok((node, port))
 }
 
+/// Our node with the echo model (which streams) on 127.0.0.1, without a directory: the
+/// target of the peers' lifecycle clients (ADR 0013).
+///
+/// # Errors
+/// When it cannot be built or bound.
+pub async fn streaming_echo_node() -> Result<ServeHandle, PeerError> {
+    let node = Node::builder()
+        .endpoint("http://127.0.0.1:9484")
+        .intent(CHAT)
+        .model(ECHO_MODEL)
+        .build()?;
+    Ok(node
+        .bind_and_serve(
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            EchoModel::default(),
+            ServeOptions::default().with_register(false),
+        )
+        .await?)
+}
+
 /// The public endpoint the Rust SDK node registers: 127.0.0.1 written as one decimal
 /// number, because its CLI skips registration for endpoints it recognises as loopback
 /// (INTEROP.md).

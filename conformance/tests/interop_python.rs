@@ -329,20 +329,7 @@ async fn python_tcp_client_discovers_our_node_native() {
 async fn python_stream_call_to_our_streaming_node() {
     let Some(py) = python() else { return };
     let scratch = Scratch::new("py-stream").unwrap();
-    let node = iicp_node::Node::builder()
-        .endpoint("http://127.0.0.1:9484")
-        .intent("urn:iicp:intent:llm:chat:v1")
-        .model("echo")
-        .build()
-        .unwrap();
-    let handle = node
-        .bind_and_serve(
-            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            iicp_node::EchoModel::default(),
-            iicp_node::ServeOptions::default().with_register(false),
-        )
-        .await
-        .unwrap();
+    let handle = peers::streaming_echo_node().await.unwrap();
     let port = handle.local_addr().port().to_string();
     let task_id = "6f1c1d2e-8a57-4c1e-9d3a-0b1f2e3d4c5b";
     let out = peers::run(

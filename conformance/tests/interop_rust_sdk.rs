@@ -268,20 +268,7 @@ async fn rust_sdk_stream_call_to_our_streaming_node() {
         Err(e) => panic!("{e}"),
     };
     let scratch = Scratch::new("rs-tcp-stream").unwrap();
-    let node = iicp_node::Node::builder()
-        .endpoint("http://127.0.0.1:9484")
-        .intent("urn:iicp:intent:llm:chat:v1")
-        .model("echo")
-        .build()
-        .unwrap();
-    let handle = node
-        .bind_and_serve(
-            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            iicp_node::EchoModel::default(),
-            iicp_node::ServeOptions::default().with_register(false),
-        )
-        .await
-        .unwrap();
+    let handle = peers::streaming_echo_node().await.unwrap();
     let port = handle.local_addr().port().to_string();
     let task_id = "3e1c1d2e-8a57-4c1e-9d3a-0b1f2e3d4c5b";
     let mut cmd = peers::peer_command(&bin, &scratch);

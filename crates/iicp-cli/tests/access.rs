@@ -548,13 +548,7 @@ fn doctor_recognises_the_serving_node_on_its_port() {
     cmd.args(["--node", "edge"]);
     let mut node = Proc::spawn(cmd);
     let summary = node.read_until("serving ");
-    let node_id = summary
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("IICP node "))
-        .expect("node id")
-        .trim()
-        .to_owned();
+    let node_id = common::node_id_of(&summary);
     let doctor = |json: bool| {
         let mut c = iicp();
         c.env("IICP_HOME", &home)
@@ -615,13 +609,7 @@ fn doctor_recognises_the_serving_node_on_its_port() {
     let elsewhere = temp_home("doctor-other");
     let mut node = Proc::spawn(serve_cmd(&elsewhere, port));
     let summary = node.read_until("serving ");
-    let other_id = summary
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("IICP node "))
-        .expect("node id")
-        .trim()
-        .to_owned();
+    let other_id = common::node_id_of(&summary);
     let o = doctor(false);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(

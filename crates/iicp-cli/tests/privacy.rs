@@ -47,13 +47,7 @@ fn serve(home: &Path, dir: &str, region: &str, extra: &[&str]) -> Node {
     let mut proc = Proc::spawn(cmd);
     let summary = proc.read_until("serving ");
     assert!(summary.contains("(registered)"), "{summary}");
-    let id = summary
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("IICP node "))
-        .expect("node id")
-        .trim()
-        .to_owned();
+    let id = common::node_id_of(&summary);
     Node {
         proc,
         home: home.to_owned(),

@@ -228,13 +228,7 @@ fn serve_registers_answers_chat_and_deregisters_on_sigterm() {
     let summary = node.read_until("serving ");
     assert!(summary.contains("(registered)"), "{summary}");
     assert!(summary.contains("operator   anonymous"), "{summary}");
-    let node_id = summary
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("IICP node "))
-        .expect("node id")
-        .trim()
-        .to_owned();
+    let node_id = common::node_id_of(&summary);
 
     let nodes = discover(&url, Some(&home));
     assert_eq!(nodes.len(), 1, "{nodes:?}");

@@ -106,7 +106,7 @@ async fn migrations_are_idempotent_and_concurrent_starts_agree_on_one_key() {
         stores.push(o.await.unwrap().unwrap());
     }
     for s in &stores {
-        assert_eq!(s.schema_version().await.unwrap(), 1);
+        assert_eq!(s.schema_version().await.unwrap(), 2);
     }
     // Concurrent first starts with different candidate keys agree on one.
     let seeds: Vec<_> = stores
@@ -125,7 +125,7 @@ async fn migrations_are_idempotent_and_concurrent_starts_agree_on_one_key() {
     assert!((1..=4).any(|i| agreed[0] == [i as u8; 32]));
     // Opening again migrates nothing and keeps the key.
     let again = PgStore::connect(&url).await.unwrap();
-    assert_eq!(again.schema_version().await.unwrap(), 1);
+    assert_eq!(again.schema_version().await.unwrap(), 2);
     assert_eq!(again.directory_key_seed([9; 32]).await.unwrap(), agreed[0]);
     let db = sql(&url).await;
     let versions: i64 = db
@@ -144,7 +144,7 @@ async fn migrations_are_idempotent_and_concurrent_starts_agree_on_one_key() {
             err,
             StoreError::SchemaTooNew {
                 found: 99,
-                supported: 1
+                supported: 2
             }
         ),
         "{err:?}"

@@ -63,7 +63,7 @@ async fn restart_keeps_state() {
     // The raw file holds hashes, not tokens, and every member the node sent.
     {
         let store = SqliteStore::open_async(&db).await.unwrap();
-        assert_eq!(store.schema_version().unwrap(), 1);
+        assert_eq!(store.schema_version().unwrap(), 2);
         let nodes = store.load_nodes().await.unwrap();
         assert_eq!(nodes.len(), 1);
         let n = &nodes[0];

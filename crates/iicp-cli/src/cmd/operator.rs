@@ -74,14 +74,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 )
                 .into());
             }
-            let pass = if file.is_encrypted() {
-                Some(prompt::passphrase(false)?)
-            } else {
-                None
-            };
-            let identity = file
-                .unlock(pass.as_deref().map(String::as_str))
-                .map_err(operator_error)?;
+            let (identity, _) = unlock(&file)?;
             let http = probe_client()?;
             let ack = operator::rename(&http, &directory_url, &identity, &name, now_unix())
                 .await
@@ -99,14 +92,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         }
         Sub::Rotate { directory_url } => {
             super::common::http_url("--directory-url", &directory_url)?;
-            let pass = if file.is_encrypted() {
-                Some(prompt::passphrase(false)?)
-            } else {
-                None
-            };
-            let identity = file
-                .unlock(pass.as_deref().map(String::as_str))
-                .map_err(operator_error)?;
+            let (identity, pass) = unlock(&file)?;
             let successor = iicp_proto::crypto::sign::OperatorKey::generate(&mut rand_core::OsRng);
             let http = probe_client()?;
             let ack =
@@ -139,14 +125,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 )
                 .into());
             }
-            let pass = if file.is_encrypted() {
-                Some(prompt::passphrase(false)?)
-            } else {
-                None
-            };
-            let identity = file
-                .unlock(pass.as_deref().map(String::as_str))
-                .map_err(operator_error)?;
+            let (identity, _) = unlock(&file)?;
             let http = probe_client()?;
             operator::revoke_key(&http, &directory_url, &identity, &reason, now_unix())
                 .await
@@ -187,6 +166,25 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The operator key, asking for the passphrase when it is sealed; the passphrase is
+/// returned for re-sealing.
+fn unlock(
+    file: &OperatorFile,
+) -> anyhow::Result<(
+    operator::OperatorIdentity,
+    Option<zeroize::Zeroizing<String>>,
+)> {
+    let pass = if file.is_encrypted() {
+        Some(prompt::passphrase(false)?)
+    } else {
+        None
+    };
+    let identity = file
+        .unlock(pass.as_deref().map(String::as_str))
+        .map_err(operator_error)?;
+    Ok((identity, pass))
 }
 
 fn show(

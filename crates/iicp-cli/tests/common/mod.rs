@@ -206,3 +206,14 @@ pub fn discover(dir: &str, home: Option<&PathBuf>) -> Vec<serde_json::Value> {
     assert!(o.status.success(), "{}", text(&o));
     serde_json::from_slice(&o.stdout).expect("json")
 }
+
+/// The node id of `serve`'s summary (its first line, `IICP node <id>`).
+pub fn node_id_of(summary: &str) -> String {
+    summary
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("IICP node "))
+        .expect("node id")
+        .trim()
+        .to_owned()
+}
