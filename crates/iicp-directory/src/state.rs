@@ -186,7 +186,7 @@ pub(crate) struct Core {
     pub(crate) started_at_ms: u64,
     pub(crate) discover_cache: DiscoverCache,
     /// The feed of other processes' changes (shared stores), until the sync task takes it.
-    pub(crate) changes: parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Change>>>,
+    pub(crate) changes: parking_lot::Mutex<Option<tokio::sync::mpsc::Receiver<Change>>>,
     /// Whether this process ran the last background sweep (held the sweep lease).
     pub(crate) sweeper: std::sync::atomic::AtomicBool,
     /// Nodes or names were reloaded from a shared store since the discover cache was

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iicp_transport::shutdown::Shutdown;
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::Receiver;
 
 use crate::state::Core;
 use crate::store::Change;
@@ -39,7 +39,7 @@ pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 /// start.
 pub(crate) async fn run(
     core: Arc<Core>,
-    mut changes: UnboundedReceiver<Change>,
+    mut changes: Receiver<Change>,
     cursor: u64,
     interval: Duration,
     resync_interval: Duration,

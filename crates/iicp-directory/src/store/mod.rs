@@ -406,7 +406,7 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// The changes other processes make from now on, once the feed is listening
     /// (`None` for single-process stores, the default). [`Change::Resync`] is sent when
     /// announcements may have been missed. The feed ends when the receiver is dropped.
-    fn subscribe(&self) -> StoreFuture<'_, Option<tokio::sync::mpsc::UnboundedReceiver<Change>>> {
+    fn subscribe(&self) -> StoreFuture<'_, Option<tokio::sync::mpsc::Receiver<Change>>> {
         Box::pin(std::future::ready(Ok(None)))
     }
 

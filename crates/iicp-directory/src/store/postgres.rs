@@ -136,6 +136,11 @@ ON CONFLICT (node_id) DO UPDATE SET rev = excluded.rev, reg_rev = excluded.reg_r
     last_seen_ms = excluded.last_seen_ms, state_json = excluded.state_json
 RETURNING rev";
 
+/// Most heartbeat writes queued for the writers; more callers wait.
+const MAX_QUEUED_WRITES: usize = 65_536;
+/// Most announcements queued between the listener and the directory; beyond that they
+/// are dropped and the directory resynchronises.
+const MAX_QUEUED_NOTES: usize = 4096;
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
 /// The group-commit statement: the rows whose revision matched (or any revision for
@@ -340,7 +345,7 @@ struct QueuedState {
 /// The writers' queue; `carry` holds a write taken from the channel that must wait for
 /// the next batch (its node is already in the current one).
 struct Queue {
-    rx: mpsc::UnboundedReceiver<QueuedState>,
+    rx: mpsc::Receiver<QueuedState>,
     carry: Option<QueuedState>,
 }
 
@@ -354,7 +359,7 @@ struct Lease {
 struct Inner {
     target: Target,
     pool: Pool,
-    queue: mpsc::UnboundedSender<QueuedState>,
+    queue: mpsc::Sender<QueuedState>,
     counters: Arc<Counters>,
     instance: String,
     lease: tokio::sync::Mutex<Lease>,
@@ -420,7 +425,7 @@ impl PgStore {
             }]),
             permits: Semaphore::new(tuning.pool_size.max(1)),
         };
-        let (queue, rx) = mpsc::unbounded_channel();
+        let (queue, rx) = mpsc::channel(MAX_QUEUED_WRITES);
         let counters = Arc::new(Counters::default());
         let shared_queue = Arc::new(tokio::sync::Mutex::new(Queue { rx, carry: None }));
         for _ in 0..tuning.writers.max(1) {
@@ -516,20 +521,28 @@ impl PgStore {
         expect: i64,
     ) -> StoreFuture<'_, StateWrite> {
         let (reply, answer) = oneshot::channel();
-        let queued = encode_state(state).and_then(|state_json| {
-            self.inner
-                .queue
-                .send(QueuedState {
-                    node_id,
-                    state_json,
-                    last_seen_ms: to_i64(state.last_seen_ms),
-                    expect,
-                    reply,
-                })
-                .map_err(|_| StoreError::Task)
+        let queued = encode_state(state).map(|state_json| QueuedState {
+            node_id,
+            state_json,
+            last_seen_ms: to_i64(state.last_seen_ms),
+            expect,
+            reply,
+        });
+        // queued at once, so that writes made together commit together; a full queue
+        // makes the caller wait (back-pressure) instead of growing memory
+        let waiting = queued.map(|q| match self.inner.queue.try_send(q) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(q)) => Some(Ok(q)),
+            Err(mpsc::error::TrySendError::Closed(_)) => Some(Err(StoreError::Task)),
         });
         Box::pin(async move {
-            queued?;
+            if let Some(q) = waiting? {
+                self.inner
+                    .queue
+                    .send(q?)
+                    .await
+                    .map_err(|_| StoreError::Task)?;
+            }
             answer.await.map_err(|_| StoreError::Task)?
         })
     }
@@ -708,24 +721,25 @@ fn fail_batch(batch: Vec<QueuedState>, err: StoreError, counters: &Counters) {
 
 /// Opens the listening connection: `LISTEN` done, notifications arriving on the
 /// returned channel until the connection ends.
-async fn listen(
-    target: &Target,
-) -> Result<(Client, mpsc::UnboundedReceiver<Notification>), StoreError> {
+async fn listen(target: &Target) -> Result<(Client, Notes), StoreError> {
     let mut config = target.config.clone();
     config.application_name("iicp-directory-listener");
     let (client, mut connection) = config
         .connect(NoTls)
         .await
         .map_err(|source| target.connect_error(source))?;
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(MAX_QUEUED_NOTES);
+    let overflow = Arc::new(AtomicBool::new(false));
+    let lost = Arc::clone(&overflow);
     tokio::spawn(async move {
         loop {
             match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                Some(Ok(AsyncMessage::Notification(n))) => {
-                    if tx.send(n).is_err() {
-                        break;
-                    }
-                }
+                Some(Ok(AsyncMessage::Notification(n))) => match tx.try_send(n) {
+                    Ok(()) => {}
+                    // a reader that cannot keep up resynchronises instead
+                    Err(mpsc::error::TrySendError::Full(_)) => lost.store(true, Ordering::Release),
+                    Err(mpsc::error::TrySendError::Closed(_)) => break,
+                },
                 Some(Ok(_)) => {}
                 Some(Err(err)) => {
                     tracing::debug!(error = %err, "postgresql listener connection ended");
@@ -736,7 +750,14 @@ async fn listen(
         }
     });
     client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
-    Ok((client, rx))
+    Ok((client, Notes { rx, overflow }))
+}
+
+/// The notifications of a listening connection, and whether some were dropped because
+/// the reader fell [`MAX_QUEUED_NOTES`] behind.
+struct Notes {
+    rx: mpsc::Receiver<Notification>,
+    overflow: Arc<AtomicBool>,
 }
 
 /// What a notification announces, unless it came from this process.
@@ -759,17 +780,23 @@ fn parse_change(n: &Notification, instance: &str) -> Option<Change> {
 async fn feed_loop(
     target: Target,
     instance: String,
-    out: mpsc::UnboundedSender<Change>,
+    out: mpsc::Sender<Change>,
     mut client: Client,
-    mut notes: mpsc::UnboundedReceiver<Notification>,
+    mut notes: Notes,
 ) {
     loop {
         loop {
             tokio::select! {
-                n = notes.recv() => match n {
+                n = notes.rx.recv() => match n {
                     Some(n) => {
-                        if let Some(change) = parse_change(&n, &instance) {
-                            if out.send(change).is_err() {
+                        // announcements were dropped: everything is reloaded instead
+                        let change = if notes.overflow.swap(false, Ordering::AcqRel) {
+                            Some(Change::Resync)
+                        } else {
+                            parse_change(&n, &instance)
+                        };
+                        if let Some(change) = change {
+                            if out.send(change).await.is_err() {
                                 return;
                             }
                         }
@@ -800,7 +827,7 @@ async fn feed_loop(
             }
         }
         tracing::info!("PostgreSQL change listener reconnected; resynchronising");
-        if out.send(Change::Resync).is_err() {
+        if out.send(Change::Resync).await.is_err() {
             return;
         }
     }
@@ -1116,7 +1143,7 @@ impl Store for PgStore {
     /// Opens the listening connection (the `LISTEN` is in place when this resolves) and
     /// forwards the other processes' announcements. One feed per store: a second call
     /// gets `None`.
-    fn subscribe(&self) -> StoreFuture<'_, Option<mpsc::UnboundedReceiver<Change>>> {
+    fn subscribe(&self) -> StoreFuture<'_, Option<mpsc::Receiver<Change>>> {
         Box::pin(async move {
             if self.inner.subscribed.swap(true, Ordering::AcqRel) {
                 return Ok(None);
@@ -1128,7 +1155,7 @@ impl Store for PgStore {
                     return Err(err);
                 }
             };
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = mpsc::channel(MAX_QUEUED_NOTES);
             tokio::spawn(feed_loop(
                 self.inner.target.clone(),
                 self.inner.instance.clone(),
