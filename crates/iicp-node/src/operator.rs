@@ -427,25 +427,7 @@ pub async fn rename(
     now_unix: u64,
 ) -> Result<RenameAck, OperatorError> {
     let body = identity.sign_rename(display_name, now_unix)?;
-    let url = format!("{}/v1/operator/rename", directory_url.trim_end_matches('/'));
-    let failed = |status: Option<u16>, message: String| OperatorError::Directory {
-        operation: "rename",
-        status,
-        message,
-    };
-    let reply = http
-        .post_json(url, &body)
-        .header("accept", "application/json")
-        .redirects(Redirects::follow(3))
-        .timeout(Duration::from_secs(15))
-        .send()
-        .await
-        .map_err(|e| failed(None, transport_message(&e)))?;
-    if !reply.is_success() {
-        let err = reply.error_body();
-        return Err(failed(Some(reply.status.as_u16()), err.message));
-    }
-    let v: Value = reply.json().unwrap_or(Value::Null);
+    let v = operator_post(http, directory_url, "rename", "rename", &body).await?;
     Ok(RenameAck {
         display_name: v
             .get("display_name")
@@ -461,12 +443,12 @@ pub async fn rename(
 }
 
 /// POSTs `body` to `{directory}/v1/operator/{path}` and returns the JSON answer.
-async fn operator_post(
+async fn operator_post<B: Serialize + ?Sized>(
     http: &HttpClient,
     directory_url: &str,
     path: &str,
     operation: &'static str,
-    body: &Value,
+    body: &B,
 ) -> Result<Value, OperatorError> {
     let url = format!("{}/v1/operator/{path}", directory_url.trim_end_matches('/'));
     let failed = |status: Option<u16>, message: String| OperatorError::Directory {
