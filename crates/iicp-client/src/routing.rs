@@ -311,7 +311,6 @@ pub struct ManifestEvidence {
 pub fn check_manifest(served: &Value, now_unix: u64) -> Option<ManifestEvidence> {
     let served = served.as_object()?;
     let candidates = manifest::signed_originals(served);
-    let signed = served.get("signature").is_some_and(|s| !s.is_null());
     let checked: Vec<_> = candidates
         .iter()
         .map(|m| (m, manifest::verify(m, now_unix)))
@@ -320,11 +319,7 @@ pub fn check_manifest(served: &Value, now_unix: u64) -> Option<ManifestEvidence>
         .iter()
         .find(|(_, v)| matches!(v.status, Status::SignedValid | Status::SignedExpired))
         .or_else(|| checked.first())?;
-    let mut status = if signed && v.status == Status::SelfAttested {
-        Status::SignedInvalid
-    } else {
-        v.status
-    };
+    let mut status = v.status;
     let directory = served.get("verification");
     let mut mismatch = false;
     if let Some(sha) = directory
