@@ -328,3 +328,247 @@ async fn legacy_relay_route_and_per_source_task_limit() {
     assert!(r.headers.contains_key("retry-after"));
     w.abort();
 }
+
+/// Posts one lifecycle event of a streamed call as a long-poll worker does.
+async fn post_event(relay: &Relay, token: &str, call_id: &Value, event: Value) -> u16 {
+    post(
+        format!("{}/v1/relay/result", relay.base),
+        &json!({"call_id": call_id, "event": event}),
+        Some(token),
+    )
+    .await
+    .status
+    .as_u16()
+}
+
+fn event(task_id: &str, sequence: u64, kind: &str, text: Option<&str>) -> Value {
+    let terminal = kind != "accepted" && kind != "partial";
+    let mut e = json!({
+        "task_id": task_id,
+        "sequence": sequence,
+        "event": kind,
+        "status": match kind { "partial" => "partial", "accepted" => "accepted", _ => "success" },
+        "is_final": terminal,
+    });
+    if let Some(t) = text {
+        e["result"] = json!({"choices": [{"index": 0, "delta": {"content": t}}]});
+    }
+    e
+}
+
+/// Reads server-sent events from `stream` until one whose `event` is `until`; returns
+/// the events read (data objects).
+async fn read_until(
+    stream: &mut iicp_transport::http::HttpStream,
+    buf: &mut Vec<u8>,
+    until: &str,
+) -> Vec<Value> {
+    let mut out = Vec::new();
+    loop {
+        while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
+            let msg: Vec<u8> = buf.drain(..pos + 2).collect();
+            let text = String::from_utf8(msg).unwrap();
+            if let Some(data) = text.lines().find_map(|l| l.strip_prefix("data:")) {
+                let v: Value = serde_json::from_str(data.trim()).unwrap();
+                let done = v["event"] == until;
+                out.push(v);
+                if done {
+                    return out;
+                }
+            }
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.chunk())
+            .await
+            .expect("an event in time")
+            .unwrap()
+            .expect("the stream goes on");
+        buf.extend_from_slice(&chunk);
+    }
+}
+
+#[tokio::test]
+async fn a_long_poll_worker_streams_its_events_as_it_posts_them() {
+    let relay = relay_with(RelayConfig {
+        poll_timeout: Duration::from_secs(5),
+        ..quick()
+    })
+    .await;
+    let tok = token(&bind(&relay, "lp-s").await);
+    let endpoint = format!("{}/v1/relay-for/lp-s", relay.base);
+    let id = "8e1f9a4b-5c6d-4e7f-9a2b-3c4d5e6f7081";
+    let task = json!({"task_id": id, "intent": CHAT, "payload": {"messages": []},
+        "constraints": {"required_profiles": ["urn:iicp:profile:service-lifecycle:v1"]}});
+
+    // the caller submits; the worker's pull carries the task as a streamed call
+    let submit = tokio::spawn({
+        let (url, task) = (format!("{endpoint}/v1/tasks"), task.clone());
+        async move { post(url, &task, None).await }
+    });
+    let pulled = pull(&relay, &tok).await;
+    assert_eq!(pulled.status.as_u16(), 200);
+    let p: Value = pulled.json().unwrap();
+    assert_eq!(p["stream"], true, "{p}");
+    assert_eq!(p["task_id"], id);
+    assert!(p["session_id"].as_str().is_some_and(|s| !s.is_empty()));
+    assert_eq!(p["task"]["payload"], json!({"messages": []}));
+    let call = p["call_id"].clone();
+    assert_eq!(
+        post_event(&relay, &tok, &call, event(id, 0, "accepted", None)).await,
+        204
+    );
+    let accepted = submit.await.unwrap();
+    assert_eq!(accepted.status.as_u16(), 202, "{:?}", accepted.body);
+    assert_eq!(accepted.json::<Value>().unwrap()["task_id"], id);
+
+    // the caller's event stream shows each event as the worker posts it
+    let mut events = client()
+        .get(format!("{endpoint}/v1/tasks/{id}/events"))
+        .header("accept", "text/event-stream")
+        .send_streaming()
+        .await
+        .unwrap();
+    assert_eq!(events.status.as_u16(), 200);
+    let mut buf = Vec::new();
+    let first = read_until(&mut events, &mut buf, "accepted").await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        post_event(&relay, &tok, &call, event(id, 1, "partial", Some("Hel"))).await,
+        204
+    );
+    let got = read_until(&mut events, &mut buf, "partial").await;
+    assert_eq!(got[0]["result"]["choices"][0]["delta"]["content"], "Hel");
+    // the terminal is not posted yet: what the caller has was streamed, not buffered
+    assert_eq!(
+        post_event(&relay, &tok, &call, event(id, 2, "partial", Some("lo"))).await,
+        204
+    );
+    let mut done = event(id, 3, "completed", None);
+    done["tokens_used"] = json!(2);
+    assert_eq!(post_event(&relay, &tok, &call, done).await, 204);
+    let rest = read_until(&mut events, &mut buf, "completed").await;
+    let kinds: Vec<_> = rest.iter().map(|e| e["event"].clone()).collect();
+    assert_eq!(kinds, [json!("partial"), json!("completed")]);
+    assert_eq!(rest[1]["sequence"], 3);
+    assert_eq!(rest[1]["is_final"], true);
+    assert_eq!(rest[1]["tokens_used"], 2);
+    // an event after the terminal is dropped (the relay no longer listens)
+    assert_eq!(
+        post_event(&relay, &tok, &call, event(id, 4, "partial", Some("x"))).await,
+        204
+    );
+    let state: Value = client()
+        .get(format!("{endpoint}/v1/tasks/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(state["state"], "completed", "{state}");
+}
+
+#[tokio::test]
+async fn long_poll_streams_cancel_answer_buffered_and_break_on_bad_events() {
+    let relay = relay_with(RelayConfig {
+        poll_timeout: Duration::from_secs(5),
+        ..quick()
+    })
+    .await;
+    let tok = token(&bind(&relay, "lp-c").await);
+    let endpoint = format!("{}/v1/relay-for/lp-c", relay.base);
+    let start = |id: &'static str| {
+        let url = format!("{endpoint}/v1/tasks");
+        tokio::spawn(async move {
+            post(
+                url,
+                &json!({"task_id": id, "intent": CHAT, "payload": {}}),
+                None,
+            )
+            .await
+        })
+    };
+
+    // cancel: the caller's stream ends `cancelled`, the worker's later posts are dropped
+    let id = "9f2a0b5c-6d7e-4f80-8b3c-4d5e6f708192";
+    let submit = start(id);
+    let p: Value = pull(&relay, &tok).await.json().unwrap();
+    let call = p["call_id"].clone();
+    assert_eq!(
+        post_event(&relay, &tok, &call, event(id, 0, "accepted", None)).await,
+        204
+    );
+    assert_eq!(submit.await.unwrap().status.as_u16(), 202);
+    assert_eq!(
+        post_event(&relay, &tok, &call, event(id, 1, "partial", Some("a"))).await,
+        204
+    );
+    let c = post(format!("{endpoint}/v1/tasks/{id}/cancel"), &json!({}), None).await;
+    assert_eq!(c.status.as_u16(), 200);
+    let s: Value = c.json().unwrap();
+    assert_eq!(s["state"], "cancelled", "{s}");
+    assert_eq!(
+        post_event(&relay, &tok, &call, event(id, 2, "partial", Some("b"))).await,
+        204
+    );
+    let body = client()
+        .get(format!("{endpoint}/v1/tasks/{id}/events"))
+        .send()
+        .await
+        .unwrap()
+        .body;
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let kinds: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| serde_json::from_str::<Value>(d.trim()).unwrap()["event"].clone())
+        .collect();
+    assert_eq!(
+        kinds,
+        [json!("accepted"), json!("partial"), json!("cancelled")]
+    );
+
+    // a worker that answers the streamed call with one result: a buffered answer
+    let id = "a03b1c6d-7e8f-4091-9c4d-5e6f708192a3";
+    let submit = start(id);
+    let p: Value = pull(&relay, &tok).await.json().unwrap();
+    let r = post(
+        format!("{}/v1/relay/result", relay.base),
+        &json!({"call_id": p["call_id"], "result": {"output": {"text": "all at once"}}}),
+        Some(&tok),
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 204);
+    let answer = submit.await.unwrap();
+    assert_eq!(answer.status.as_u16(), 200);
+    let v: Value = answer.json().unwrap();
+    assert_eq!(v["task_id"], id);
+    assert_eq!(v["output"]["text"], "all at once");
+
+    // another task's event, or a sequence gap: the stream fails, never succeeds
+    for (n, bad) in [
+        ("b14c2d7e-8f90-4a12-8d5e-6f708192a3b4", "other"),
+        ("c25d3e8f-90a1-4b23-9e6f-708192a3b4c5", "gap"),
+    ] {
+        let submit = start(n);
+        let p: Value = pull(&relay, &tok).await.json().unwrap();
+        let call = p["call_id"].clone();
+        assert_eq!(
+            post_event(&relay, &tok, &call, event(n, 0, "accepted", None)).await,
+            204
+        );
+        assert_eq!(submit.await.unwrap().status.as_u16(), 202);
+        let wrong = if bad == "other" {
+            event("not-this-task", 1, "partial", Some("x"))
+        } else {
+            event(n, 5, "partial", Some("x"))
+        };
+        assert_eq!(post_event(&relay, &tok, &call, wrong).await, 204);
+        let mut events = client()
+            .get(format!("{endpoint}/v1/tasks/{n}/events"))
+            .send_streaming()
+            .await
+            .unwrap();
+        let got = read_until(&mut events, &mut Vec::new(), "failed").await;
+        assert_eq!(got.last().unwrap()["event"], "failed", "{bad}: {got:?}");
+        assert_eq!(got.last().unwrap()["error"]["code"], "IICP-E031");
+    }
+}

@@ -11,8 +11,16 @@
 //! Binds go through the same checks as RELAY_BIND (ticket, non-displacement, rate
 //! limit, session cap, `jti` replay). A session is alive while a pull is waiting or the
 //! last pull ended less than `http_liveness` (90 s) ago. Queues and the pending-call map
-//! are bounded; payloads and session tokens are never logged. Streaming lifecycle events
-//! are accepted and ignored (the relay answers with the final `result`).
+//! are bounded; payloads and session tokens are never logged.
+//!
+//! A task submitted to the worker's lifecycle resources (`…/v1/relay-for/{id}/v1/tasks`,
+//! module `stream`) is pulled as `{call_id, task_id, session_id, stream: true, task}`;
+//! the worker posts its lifecycle events one by one as `{call_id, event}` and the relay
+//! streams them to the caller as they come. A worker that cannot stream may post one
+//! `{call_id, result}` instead: the caller gets a buffered answer. An event posted for a
+//! call the relay no longer streams (cancelled, ended, timed out) is answered 204 and
+//! dropped, like any result for an unknown call (§14.3 has no cancel for long-poll
+//! workers: the relay ends the caller's stream and stops listening).
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -41,8 +49,30 @@ const MAX_CONTROL_BODY: usize = 64 * 1024;
 struct Pushed {
     call_id: String,
     task: Value,
+    /// A streamed call: its task and session ids.
+    stream: Option<(String, String)>,
 }
 
+/// What a worker posted for a streamed call.
+#[derive(Debug)]
+pub(super) enum Posted {
+    /// `{call_id, result}`: a buffered answer.
+    Result(Value),
+    /// `{call_id, event}`: one lifecycle event, as the worker wrote it.
+    Event(Value),
+}
+
+/// Who waits for a pushed call's answer.
+enum Waiter {
+    /// A buffered call: its one result.
+    Result(oneshot::Sender<Value>),
+    /// A streamed call: everything the worker posts for it, in order.
+    Stream(mpsc::Sender<Posted>),
+}
+
+/// Posts of one streamed call buffered before the worker's `POST /v1/relay/result`
+/// waits (back-pressure instead of a drop).
+const STREAM_QUEUE: usize = 64;
 /// One HTTP long-poll worker session.
 pub(super) struct HttpSession {
     token: Secret,
@@ -50,7 +80,7 @@ pub(super) struct HttpSession {
     generation: AtomicU64,
     calls_tx: mpsc::Sender<Pushed>,
     calls_rx: tokio::sync::Mutex<mpsc::Receiver<Pushed>>,
-    pending: Mutex<HashMap<String, oneshot::Sender<Value>>>,
+    pending: Mutex<HashMap<String, Waiter>>,
     max_pending: usize,
     last_seen: Mutex<Instant>,
     pulling: AtomicUsize,
@@ -88,11 +118,12 @@ impl HttpSession {
             if pending.len() >= self.max_pending {
                 return Err(ForwardError::Failed);
             }
-            pending.insert(call_id.clone(), tx);
+            pending.insert(call_id.clone(), Waiter::Result(tx));
         }
         let pushed = Pushed {
             call_id: call_id.clone(),
             task: task.clone(),
+            stream: None,
         };
         if self.calls_tx.try_send(pushed).is_err() {
             self.pending.lock().remove(&call_id);
@@ -105,6 +136,66 @@ impl HttpSession {
                 self.pending.lock().remove(&call_id);
                 Err(ForwardError::Timeout)
             }
+        }
+    }
+
+    /// Queues `task` for the worker's next pull as the streamed call `call_id` of
+    /// `task_id`, and returns what the worker posts for it (until
+    /// [`Self::end_stream`], or the session's end, which closes the receiver).
+    pub(super) fn stream(
+        &self,
+        call_id: &str,
+        task_id: &str,
+        task: &Value,
+    ) -> Result<mpsc::Receiver<Posted>, ForwardError> {
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        {
+            let mut pending = self.pending.lock();
+            if pending.len() >= self.max_pending {
+                return Err(ForwardError::Failed);
+            }
+            pending.insert(call_id.to_owned(), Waiter::Stream(tx));
+        }
+        let pushed = Pushed {
+            call_id: call_id.to_owned(),
+            task: task.clone(),
+            stream: Some((task_id.to_owned(), call_id.to_owned())),
+        };
+        if self.calls_tx.try_send(pushed).is_err() {
+            self.pending.lock().remove(call_id);
+            return Err(ForwardError::Failed);
+        }
+        Ok(rx)
+    }
+
+    /// Stops listening for the streamed call `call_id`: later posts for it are dropped.
+    pub(super) fn end_stream(&self, call_id: &str) {
+        self.pending.lock().remove(call_id);
+    }
+
+    /// Hands a worker's post for `call_id` to whoever waits for it; a post nobody
+    /// waits for is dropped.
+    async fn deliver(&self, call_id: &str, posted: Posted) {
+        let stream = {
+            let mut pending = self.pending.lock();
+            match pending.get(call_id) {
+                Some(Waiter::Stream(tx)) => tx.clone(),
+                Some(Waiter::Result(_)) => {
+                    if let (Posted::Result(v), Some(Waiter::Result(tx))) =
+                        (posted, pending.remove(call_id))
+                    {
+                        let _ = tx.send(v);
+                    }
+                    // a lifecycle event for a buffered call is ignored
+                    return;
+                }
+                None => return,
+            }
+        };
+        // waits while the caller's side is behind; a closed receiver means the relay
+        // stopped listening
+        if stream.send(posted).await.is_err() {
+            self.end_stream(call_id);
         }
     }
 }
@@ -245,10 +336,19 @@ async fn pull(relay: RelayHandle, req: Request) -> Result<Response, HttpError> {
         rx.recv().await
     };
     match tokio::time::timeout_at(deadline, next).await {
-        Ok(Some(p)) => Ok(json(
-            StatusCode::OK,
-            &json!({"call_id": p.call_id, "task": p.task}),
-        )),
+        Ok(Some(p)) => {
+            let body = match p.stream {
+                None => json!({"call_id": p.call_id, "task": p.task}),
+                Some((task_id, session_id)) => json!({
+                    "call_id": p.call_id,
+                    "task_id": task_id,
+                    "session_id": session_id,
+                    "stream": true,
+                    "task": p.task,
+                }),
+            };
+            Ok(json(StatusCode::OK, &body))
+        }
         _ => Ok(StatusCode::NO_CONTENT.into_response()),
     }
 }
@@ -265,15 +365,15 @@ async fn result(relay: RelayHandle, mut req: Request) -> Result<Response, HttpEr
         )
     };
     let call_id = str_field(&body, "call_id").ok_or_else(incomplete)?;
-    match (body.get("result"), body.get("event")) {
-        (Some(result), _) => {
-            if let Some(tx) = session.pending.lock().remove(&call_id) {
-                let _ = tx.send(result.clone());
-            }
-        }
-        (None, Some(_)) => {}
-        (None, None) => return Err(incomplete()),
-    }
+    let posted = match body {
+        Value::Object(mut m) => match (m.remove("result"), m.remove("event")) {
+            (Some(result), _) => Posted::Result(result),
+            (None, Some(event)) => Posted::Event(event),
+            (None, None) => return Err(incomplete()),
+        },
+        _ => return Err(incomplete()),
+    };
+    session.deliver(&call_id, posted).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -12,7 +12,13 @@
 //!   (server-sent events; the worker's sequence numbers, which its sealed chunks are
 //!   bound to, are kept — no `accepted` event is added).
 //! * `POST …/v1/tasks/{task_id}/cancel` sends the worker the cancel — as OBSERVE
-//!   (ADR 0013: on a relay connection CONTROL's type byte 0x0B is RELAY_BIND).
+//!   (ADR 0013: on a relay connection CONTROL's type byte 0x0B is RELAY_BIND). A
+//!   long-poll worker has no cancel message (§14.3): the relay ends the stream with a
+//!   `cancelled` terminal and drops the worker's later events.
+//!
+//! A worker bound over HTTP long-poll streams too: its pull carries the task with
+//! `stream: true`, and each `{call_id, event}` it posts is appended as it arrives
+//! (module `longpoll`).
 //! * `GET …/v1/tasks/{task_id}` is the state.
 //!
 //! The events are checked on the way (order, one terminal, nothing after it); a worker
@@ -34,6 +40,7 @@ use iicp_transport::http::Router;
 use iicp_transport::native::ConnectionHandle;
 use serde_json::Value;
 
+use super::longpoll::{HttpSession, Posted};
 use super::{relay_answer, ForwardError, RelayHandle, Session};
 
 /// A task streamed through the relay.
@@ -41,7 +48,61 @@ pub(crate) struct Relayed {
     log: EventLog,
     worker_id: String,
     owner: IpAddr,
-    handle: ConnectionHandle,
+    upstream: Upstream,
+}
+
+/// The worker a relayed stream comes from, as far as cancelling it goes.
+enum Upstream {
+    Native(ConnectionHandle),
+    LongPoll {
+        session: Arc<HttpSession>,
+        call_id: String,
+    },
+}
+
+/// Where a relayed stream's events come from.
+enum Source {
+    Native(iicp_transport::native::ResponseStream),
+    LongPoll(tokio::sync::mpsc::Receiver<Posted>),
+}
+
+/// One read from a [`Source`].
+enum Next {
+    /// A lifecycle event of the task.
+    Event(Box<Event>),
+    /// An answer without the lifecycle envelope: a refusal or a buffered answer.
+    Buffered(Answer),
+    /// The worker went away, or sent something unusable.
+    Broken(&'static str),
+}
+
+/// A buffered answer of the worker, in the form its transport gave it.
+enum Answer {
+    Native(Box<Response>),
+    LongPoll(Value),
+}
+
+impl Source {
+    async fn next(&mut self, task_id: &str) -> Next {
+        match self {
+            Self::Native(stream) => match stream.next().await {
+                Some(Ok(resp)) => match event_of(&resp, task_id) {
+                    Some(e) => Next::Event(Box::new(e)),
+                    None => Next::Buffered(Answer::Native(Box::new(resp))),
+                },
+                Some(Err(_)) | None => Next::Broken("the relayed worker went away"),
+            },
+            Self::LongPoll(rx) => match rx.recv().await {
+                Some(Posted::Event(v)) => match serde_json::from_value::<Event>(v) {
+                    Ok(e) if e.task_id == task_id => Next::Event(Box::new(e)),
+                    Ok(_) => Next::Broken("the relayed worker sent another task's event"),
+                    Err(_) => Next::Broken("the relayed worker sent an invalid event"),
+                },
+                Some(Posted::Result(v)) => Next::Buffered(Answer::LongPoll(v)),
+                None => Next::Broken("the relayed worker went away"),
+            },
+        }
+    }
 }
 
 impl HasLog for Relayed {
@@ -121,14 +182,7 @@ pub(super) fn routes(relay: &RelayHandle, router: Router) -> Router {
                 async move {
                     let t = observed(&relay, &req, params.get("worker_id"), params.get("task_id"))?;
                     if !t.log.is_finished() {
-                        // CONTROL's type byte is RELAY_BIND on a relay connection
-                        let cancel = Observe::cancel(t.log.task_id(), "cancelled by the caller");
-                        if t.handle.send(Message::Observe(cancel)).await.is_err() {
-                            tracing::debug!(
-                                "relay: cancel not delivered, the worker's session ended"
-                            );
-                        }
-                        let _ = tokio::time::timeout(CANCEL_SETTLE, t.log.finished()).await;
+                        cancel(&t).await;
                     }
                     Ok::<_, HttpError>(json(
                         StatusCode::OK,
@@ -137,6 +191,31 @@ pub(super) fn routes(relay: &RelayHandle, router: Router) -> Router {
                 }
             },
         )
+}
+
+/// Cancels a relayed stream: a native worker is sent the cancel and given
+/// [`CANCEL_SETTLE`] to end its stream; a long-poll worker's stream is ended here.
+async fn cancel(t: &Relayed) {
+    match &t.upstream {
+        Upstream::Native(handle) => {
+            // CONTROL's type byte is RELAY_BIND on a relay connection
+            let cancel = Observe::cancel(t.log.task_id(), "cancelled by the caller");
+            if handle.send(Message::Observe(cancel)).await.is_err() {
+                tracing::debug!("relay: cancel not delivered, the worker's session ended");
+            }
+            let _ = tokio::time::timeout(CANCEL_SETTLE, t.log.finished()).await;
+        }
+        Upstream::LongPoll { session, call_id } => {
+            session.end_stream(call_id);
+            t.log.emit(EventKind::Cancelled, |e| {
+                e.error = Some(ErrorObject {
+                    code: Some(ErrorCode::Cancelled),
+                    message: "cancelled by the caller".to_owned(),
+                    extra: serde_json::Map::new(),
+                });
+            });
+        }
+    }
 }
 
 /// The streamed task `task_id` of `worker`, if the caller submitted it; 404 otherwise
@@ -181,17 +260,10 @@ async fn submit(
         ));
     };
     let task_id = task_id.to_owned();
-    let handle = match relay.inner.alive(worker) {
-        Some(Session::Native(h)) => h,
-        Some(Session::Http(_)) => {
-            return Err(HttpError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                ErrorCode::UnsupportedProfile,
-                "this worker is bound over HTTP long-poll and does not stream: use /v1/task",
-            ))
-        }
-        None => return Err(ForwardError::NoSession.http()),
-    };
+    let session = relay
+        .inner
+        .alive(worker)
+        .ok_or_else(|| ForwardError::NoSession.http())?;
     if let Some(existing) = relay.inner.streams.get(&task_id) {
         if existing.worker_id == worker && Some(existing.owner) == owner {
             // the same caller again (a retry): the known state
@@ -205,37 +277,61 @@ async fn submit(
         .inner
         .calls
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let call = Call {
-        session_id: Some(format!("relay-{n}")),
-        call_id: Some(format!("relay-{n}")),
-        payload: Some(Body::json(&task)),
-        task_id: Some(task_id.clone()),
-        ..Call::default()
-    };
-    let forward_timeout = relay.inner.config.forward_timeout;
-    let mut stream = match handle.call_stream(call).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::info!(error = %e, "relay: streamed forward failed");
-            return Err(ForwardError::Failed.http());
+    let call_id = format!("relay-{n}");
+    let (upstream, mut source) = match session {
+        Session::Native(handle) => {
+            let call = Call {
+                session_id: Some(call_id.clone()),
+                call_id: Some(call_id),
+                payload: Some(Body::json(&task)),
+                task_id: Some(task_id.clone()),
+                ..Call::default()
+            };
+            match handle.call_stream(call).await {
+                Ok(s) => (Upstream::Native(handle), Source::Native(s)),
+                Err(e) => {
+                    tracing::info!(error = %e, "relay: streamed forward failed");
+                    return Err(ForwardError::Failed.http());
+                }
+            }
+        }
+        Session::Http(session) => {
+            let rx = session
+                .stream(&call_id, &task_id, &task)
+                .map_err(|e| e.http())?;
+            (
+                Upstream::LongPoll { session, call_id },
+                Source::LongPoll(rx),
+            )
         }
     };
-    let first = match tokio::time::timeout(forward_timeout, stream.next()).await {
-        Err(_) => return Err(ForwardError::Timeout.http()),
-        Ok(None | Some(Err(_))) => return Err(ForwardError::Failed.http()),
-        Ok(Some(Ok(r))) => r,
+    let first =
+        tokio::time::timeout(relay.inner.config.forward_timeout, source.next(&task_id)).await;
+    let Ok(first) = first else {
+        upstream.end();
+        return Err(ForwardError::Timeout.http());
     };
-    let Some(first_event) = event_of(&first, &task_id) else {
+    let first_event = match first {
+        Next::Event(e) => *e,
         // no envelope: a refusal, or a worker that answered buffered
-        return buffered(&task, first);
+        Next::Buffered(answer) => {
+            upstream.end();
+            return buffered(&task, answer);
+        }
+        Next::Broken(why) => {
+            tracing::info!(reason = why, "relay: streamed forward failed");
+            upstream.end();
+            return Err(ForwardError::Failed.http());
+        }
     };
     let relayed = Arc::new(Relayed {
         log: EventLog::new(task_id.clone()),
         worker_id: worker.to_owned(),
         owner: owner.unwrap_or(IpAddr::from([0, 0, 0, 0])),
-        handle,
+        upstream,
     });
     if relay.inner.streams.insert(Arc::clone(&relayed)).is_err() {
+        relayed.upstream.end();
         return Err(HttpError::new(
             StatusCode::CONFLICT,
             ErrorCode::Conflict,
@@ -246,17 +342,28 @@ async fn submit(
     let pump = Arc::clone(&relayed);
     tokio::spawn(async move {
         while !pump.log.is_finished() {
-            match stream.next().await {
-                Some(Ok(resp)) => match event_of(&resp, pump.log.task_id()) {
-                    Some(e) => append(&pump, e),
-                    None => broken(&pump, "the relayed worker answered outside the stream"),
-                },
-                Some(Err(_)) | None => broken(&pump, "the relayed worker went away"),
+            match source.next(pump.log.task_id()).await {
+                Next::Event(e) => append(&pump, *e),
+                Next::Buffered(_) => {
+                    broken(&pump, "the relayed worker answered outside the stream");
+                }
+                Next::Broken(why) => broken(&pump, why),
             }
         }
+        pump.upstream.end();
     });
     let state = relayed.log.state(Some(&base(worker)));
     Ok(json(StatusCode::ACCEPTED, &state))
+}
+
+impl Upstream {
+    /// The relay stops listening to this call (a long-poll worker's later posts for it
+    /// are dropped; a native stream ends with its `ResponseStream`).
+    fn end(&self) {
+        if let Self::LongPoll { session, call_id } = self {
+            session.end_stream(call_id);
+        }
+    }
 }
 
 /// Appends a worker's event; one out of order or after the terminal ends the stream
@@ -278,13 +385,17 @@ fn broken(t: &Relayed, message: &str) {
     });
 }
 
-/// A worker's first RESPONSE that carries no lifecycle envelope, answered as the
+/// A worker's first answer that carries no lifecycle envelope, answered as the
 /// buffered relay route answers.
 fn buffered(
     task: &Value,
-    resp: Response,
+    answer: Answer,
 ) -> Result<iicp_transport::http::server::Response, HttpError> {
-    match super::outcome_of(&resp) {
+    let result = match answer {
+        Answer::Native(resp) => super::outcome_of(&resp),
+        Answer::LongPoll(result) => Ok(result),
+    };
+    match result {
         Ok(result) => Ok(json(StatusCode::OK, &relay_answer(task, result))),
         Err(e) => Err(e.http()),
     }
