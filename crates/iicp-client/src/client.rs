@@ -38,7 +38,7 @@ use rand_core::OsRng;
 use serde_json::{Map, Value};
 
 use crate::breaker::Breakers;
-use crate::directory::{DirectoryClient, TicketOutcome, DEFAULT_DIRECTORY_URL};
+use crate::directory::{DirectoryClient, TicketOutcome, VerifiedTicket, DEFAULT_DIRECTORY_URL};
 use crate::endpoint::EndpointPolicy;
 use crate::error::{short_id, Disposition, Error, Kind};
 use crate::options::{
@@ -72,6 +72,15 @@ const TOKEN_CACHE_ENTRIES: usize = 256;
 const TOKEN_RENEW_BEFORE_SECS: u64 = 30;
 /// Most ticket requests per submit (usable or not).
 const MAX_TICKET_REQUESTS: usize = 6;
+/// Longest a dispatch ticket's route serves further tasks of the same query (§8.5: a
+/// ticket discloses a route and is not single-use in v1). The directory ranks from a
+/// view it refreshes about this often (its discover cache), so a new ticket within it
+/// names the same node; never longer than the client's discovery TTL.
+const TICKET_REUSE: Duration = Duration::from_secs(1);
+/// A ticket this close to its `exp` is not reused.
+const TICKET_REUSE_MARGIN_SECS: u64 = 5;
+/// Most ticket queries remembered.
+const TICKET_CACHE_ENTRIES: usize = 64;
 /// How long a directory without ticketed dispatch is not asked again.
 const TICKETING_RECHECK: Duration = Duration::from_secs(300);
 /// Code of a directory that lacks ticketed dispatch in `Ticketed` mode (seed SDK).
@@ -468,6 +477,7 @@ impl ClientBuilder {
                 discovery_cache: Mutex::new(HashMap::new()),
                 tokens: Mutex::new(HashMap::new()),
                 ticketing_off_until: Mutex::new(None),
+                recent_tickets: Mutex::new(HashMap::new()),
                 directory_wait: Mutex::new(None),
                 retry: self.retry,
                 routing: self.routing,
@@ -496,6 +506,9 @@ struct Inner {
     discovery_cache: Mutex<HashMap<String, (Instant, Arc<NodeList>)>>,
     tokens: Mutex<HashMap<(String, String), (Secret, u64)>>,
     ticketing_off_until: Mutex<Option<Instant>>,
+    /// The last verified ticket of each ticket query (without exclusions), by the
+    /// request's JSON text, and when it came ([`TICKET_REUSE`]).
+    recent_tickets: Mutex<HashMap<String, (Instant, Arc<VerifiedTicket>)>>,
     /// A directory 429/503 with `Retry-After`: until then, directory calls fail fast
     /// with that error (what it answered, and how long is left).
     directory_wait: Mutex<Option<(Instant, ErrorBody)>>,
@@ -1147,6 +1160,7 @@ impl Client {
                 }
                 Err((Next::Stop, e)) => return Err(e.with_node(&cand.node_id)),
                 Err((_, e)) => {
+                    self.forget_tickets_to(&cand.node_id);
                     tracing::debug!(
                         node = %short_id(&cand.node_id),
                         code = %e.code(),
@@ -1238,6 +1252,41 @@ impl Client {
         Ok(Source::List(queue))
     }
 
+    /// The recent ticket of the query `key`, while it may be reused.
+    fn recent_ticket(&self, key: &str) -> Option<Arc<VerifiedTicket>> {
+        let clock = self.inner.env.clock.as_ref();
+        let reuse = TICKET_REUSE.min(self.inner.discovery_ttl);
+        let mut recent = self.inner.recent_tickets.lock();
+        let (at, ticket) = recent.get(key)?;
+        if clock.now().saturating_duration_since(*at) < reuse
+            && ticket.claims.exp > clock.now_secs() + TICKET_REUSE_MARGIN_SECS
+        {
+            return Some(Arc::clone(ticket));
+        }
+        recent.remove(key);
+        None
+    }
+
+    fn remember_ticket(&self, key: String, ticket: &VerifiedTicket) {
+        if TICKET_REUSE.min(self.inner.discovery_ttl).is_zero() {
+            return;
+        }
+        let mut recent = self.inner.recent_tickets.lock();
+        if recent.len() >= TICKET_CACHE_ENTRIES && !recent.contains_key(&key) {
+            recent.clear();
+        }
+        let now = self.inner.env.clock.now();
+        recent.insert(key, (now, Arc::new(ticket.clone())));
+    }
+
+    /// A node failed: no remembered ticket routes to it any more.
+    fn forget_tickets_to(&self, node_id: &str) {
+        self.inner
+            .recent_tickets
+            .lock()
+            .retain(|_, (_, t)| t.node_id() != node_id);
+    }
+
     async fn next_candidate(
         &self,
         source: &mut Source,
@@ -1264,6 +1313,21 @@ impl Client {
                         .route
                         .ticket_request(&p.intent, self.inner.region.as_deref());
                     req.exclude_node_id_prefixes = excluded.clone();
+                    // a first request of a query may reuse its recent ticket's route
+                    let reuse_key = excluded
+                        .is_empty()
+                        .then(|| serde_json::to_string(&req).ok())
+                        .flatten();
+                    if let Some(ticket) = reuse_key.as_deref().and_then(|k| self.recent_ticket(k)) {
+                        excluded.push(short_id(ticket.node_id()).to_owned());
+                        match self.candidate(&ticket.route, &p.routing) {
+                            Ok(c) => return Ok(Some(c)),
+                            Err(s) => {
+                                skips.add(s);
+                                continue;
+                            }
+                        }
+                    }
                     self.directory_gate()?;
                     let outcome = self.note_directory(
                         self.inner
@@ -1273,6 +1337,9 @@ impl Client {
                     )?;
                     match outcome {
                         TicketOutcome::Ticket(ticket) => {
+                            if let Some(key) = reuse_key {
+                                self.remember_ticket(key, &ticket);
+                            }
                             let node_id = ticket.node_id().to_owned();
                             excluded.push(short_id(&node_id).to_owned());
                             match self.candidate(&ticket.route, &p.routing) {

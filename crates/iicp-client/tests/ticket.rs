@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use iicp_client::{ErrorCode, RouteDiscovery, Strategy};
 use iicp_proto::crypto::cx::CxKeyPair;
+use iicp_testkit::fake::Reply;
 use iicp_testkit::fake::*;
 use iicp_testkit::time::*;
 use rand_core::OsRng;
@@ -150,4 +151,60 @@ async fn falls_back_to_discover_and_remembers_it() {
         .expect("client");
     legacy.submit(chat_task()).await.expect("legacy");
     assert_eq!(ticketing.count("/api/v1/dispatch/ticket"), 0);
+}
+
+#[tokio::test]
+async fn a_recent_tickets_route_serves_the_next_tasks_until_it_ages_or_fails() {
+    let a = fake_node(&node_id(1), key(), vec![Reply::Ok, Reply::Ok]).await;
+    let b = fake_node(&node_id(2), key(), vec![]).await;
+    let dir = fake_directory(vec![a.entry(), b.entry()], Tickets::On).await;
+    let clock = Arc::new(iicp_client::time::ManualClock::starting_now());
+    let client = builder(&dir, Arc::new(RecordingSleeper::default()))
+        .clock(clock.clone())
+        .build()
+        .expect("client");
+    let tickets = || dir.count("/api/v1/dispatch/ticket");
+    // within a second: one ticket serves every task of the query
+    for _ in 0..3 {
+        let done = client.submit(chat_task()).await.expect("submit");
+        assert_eq!(done.node_id, node_id(1));
+        assert_eq!(done.selection_profile, "directory_ticket_v1");
+    }
+    assert_eq!(tickets(), 1);
+    assert_eq!(a.count(), 3);
+    // another query (a model) asks for its own ticket
+    let mut task = chat_task();
+    task.route.model = Some("m".into());
+    client.submit(task).await.expect("with a model");
+    assert_eq!(tickets(), 2);
+    // older than a second: a new ticket
+    clock.advance(std::time::Duration::from_millis(1_100));
+    client.submit(chat_task()).await.expect("later");
+    assert_eq!(tickets(), 3);
+    // the ticket's node fails: the next ticket excludes it, and the failed node's
+    // ticket is not reused afterwards
+    a.state
+        .script
+        .lock()
+        .extend([status(503), status(503), status(503)]);
+    let done = client.submit(chat_task()).await.expect("fails over");
+    assert_eq!(done.node_id, node_id(2));
+    assert_eq!(tickets(), 4);
+    let done = client.submit(chat_task()).await.expect("after the failure");
+    assert_eq!(tickets(), 5, "the failed node's ticket was forgotten");
+    assert_eq!(done.node_id, node_id(1), "the directory's choice again");
+}
+
+#[tokio::test]
+async fn tickets_are_not_reused_without_a_discovery_cache() {
+    let a = fake_node(&node_id(1), key(), vec![]).await;
+    let dir = fake_directory(vec![a.entry()], Tickets::On).await;
+    let client = builder(&dir, Arc::new(RecordingSleeper::default()))
+        .discovery_cache_ttl(std::time::Duration::ZERO)
+        .build()
+        .expect("client");
+    for _ in 0..2 {
+        client.submit(chat_task()).await.expect("submit");
+    }
+    assert_eq!(dir.count("/api/v1/dispatch/ticket"), 2);
 }
