@@ -582,6 +582,8 @@ struct Candidate {
     streams: bool,
     /// Its CX key lists `cx_stream_v1` (it seals streamed chunks).
     cx_stream: bool,
+    /// It advertises `POST /v1/tasks/stream` (submit and events in one request, ADR 0019).
+    submit_stream: bool,
     node_id: String,
     route: Route,
     check_url: String,
@@ -1470,6 +1472,7 @@ impl Client {
                             info,
                             deadline,
                             secrets: self.secret_values(),
+                            one_request: cand.submit_stream,
                         },
                     )
                     .await
@@ -1767,12 +1770,20 @@ impl Client {
                 .flatten()
                 .any(|p| p == lifecycle::PROFILE)
         });
+        let submit_stream = node.capabilities.iter().any(|c| {
+            c.extensions
+                .as_ref()
+                .and_then(|e| e.pointer("/service_lifecycle/submit_stream"))
+                .and_then(Value::as_str)
+                == Some(lifecycle::HTTP_SUBMIT_STREAM_PATH)
+        });
         let cx_stream = node
             .cx_key()
             .is_some_and(|k| k.features.iter().any(|f| f == lifecycle::CX_STREAM_V1));
         Ok(Candidate {
             streams,
             cx_stream,
+            submit_stream,
             node_id,
             route,
             check_url,

@@ -497,6 +497,8 @@ pub(crate) struct Start {
     pub(crate) info: Info,
     pub(crate) deadline: Instant,
     pub(crate) secrets: Vec<Secret>,
+    /// Over HTTP: the node takes `POST /v1/tasks/stream` (ADR 0019).
+    pub(crate) one_request: bool,
 }
 
 /// A stream attempt's outcome before its first content: the driver, or the error (with
@@ -513,6 +515,7 @@ pub(crate) async fn open(
         info,
         deadline,
         secrets,
+        one_request,
     } = start;
     let sealed = submit::seal_for(ex, seal)?;
     let resp_required = sealed.is_some() && seal.response_encryption;
@@ -532,7 +535,19 @@ pub(crate) async fn open(
         }
         crate::submit::Route::Http(url) => {
             let base = url.trim_end_matches("/v1/task").to_owned();
-            match http_start(http, &base, ex, sealed.as_ref(), resp_required, deadline).await? {
+            let started = if one_request {
+                http_start_streaming(http, &base, ex, sealed.as_ref(), resp_required, deadline)
+                    .await?
+            } else {
+                None
+            };
+            let started = match started {
+                Some(s) => s,
+                None => {
+                    http_start(http, &base, ex, sealed.as_ref(), resp_required, deadline).await?
+                }
+            };
+            match started {
                 HttpStart::Buffered(resp) => {
                     let resp = submit::open_response(resp, key.as_ref(), resp_required)?;
                     return Ok(Driver::buffered(info, resp, deadline, secrets));
@@ -597,6 +612,82 @@ enum HttpStart {
     Buffered(TaskResponse),
 }
 
+/// The lifecycle task body: the task with the profile required.
+fn lifecycle_body(
+    ex: &Exchange<'_>,
+    sealed: Option<&iicp_proto::crypto::cx::SealedRequest>,
+    resp_required: bool,
+) -> iicp_proto::task::TaskRequest {
+    let mut body = submit::task_body(ex, sealed, resp_required);
+    let profiles = body
+        .constraints
+        .required_profiles
+        .get_or_insert_with(Vec::new);
+    if !profiles.iter().any(|p| p == PROFILE) {
+        profiles.push(PROFILE.to_owned());
+    }
+    body
+}
+
+/// `POST /v1/tasks/stream`: the task and its event stream in one request (ADR 0019).
+/// `None` when the resource is not there after all (404/405: an older relay or node in
+/// front): the caller falls back to [`http_start`].
+async fn http_start_streaming(
+    http: &HttpClient,
+    base: &str,
+    ex: &Exchange<'_>,
+    sealed: Option<&iicp_proto::crypto::cx::SealedRequest>,
+    resp_required: bool,
+    deadline: Instant,
+) -> Result<Option<HttpStart>, Error> {
+    let body = lifecycle_body(ex, sealed, resp_required);
+    let left = deadline.saturating_duration_since(Instant::now());
+    let stream = submit::provider_headers(
+        http.post_json(
+            format!("{base}{}", lifecycle::HTTP_SUBMIT_STREAM_PATH),
+            &body,
+        )
+        .header("accept", "text/event-stream")
+        .timeout(left.max(std::time::Duration::from_millis(1)))
+        .redirects(Redirects::None),
+        ex,
+    )
+    .send_streaming()
+    .await
+    .map_err(|e| Error::http(e, ErrorCode::TaskTimeout))?;
+    let status = stream.status.as_u16();
+    let sse = stream
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+    if status == 200 && sse {
+        return Ok(Some(HttpStart::Stream(stream)));
+    }
+    let retry_after = stream
+        .headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|secs| secs.saturating_mul(1000));
+    let bytes = stream.collect().await.unwrap_or_default();
+    // no such resource here (a relay's missing session is 404 `IICP-E030`, a refusal)
+    if status == 405
+        || (status == 404 && ErrorBody::parse(status, &bytes).code == ErrorCode::NotFound)
+    {
+        return Ok(None);
+    }
+    // a refusal exactly as /v1/tasks answers it; a 200 JSON is a buffered answer
+    TaskResponse::parse(status, &bytes)
+        .map(|r| Some(HttpStart::Buffered(r)))
+        .map_err(|mut b| {
+            if b.retry_after_ms.is_none() {
+                b.retry_after_ms = retry_after;
+            }
+            Error::remote(b)
+        })
+}
+
 /// `POST /v1/tasks`, then the event stream.
 async fn http_start(
     http: &HttpClient,
@@ -606,14 +697,7 @@ async fn http_start(
     resp_required: bool,
     deadline: Instant,
 ) -> Result<HttpStart, Error> {
-    let mut body = submit::task_body(ex, sealed, resp_required);
-    let profiles = body
-        .constraints
-        .required_profiles
-        .get_or_insert_with(Vec::new);
-    if !profiles.iter().any(|p| p == PROFILE) {
-        profiles.push(PROFILE.to_owned());
-    }
+    let body = lifecycle_body(ex, sealed, resp_required);
     let left = deadline.saturating_duration_since(Instant::now());
     let req = submit::provider_headers(
         http.post_json(format!("{base}{}", lifecycle::HTTP_SUBMIT_PATH), &body)

@@ -46,6 +46,7 @@ fn http_script(
     HttpScript {
         submit: Arc::new(submit),
         events: Arc::new(events),
+        one_request: true,
     }
 }
 
@@ -73,6 +74,17 @@ fn native_entry(n: u32, node: &NativeStreamNode) -> Value {
 
 fn http_entry(n: u32, node: &HttpStreamNode) -> Value {
     stream_entry(&node_id(n), &node.url(), None, None, &[])
+}
+
+/// An entry that advertises only the reference lifecycle resources (no
+/// `submit_stream`): a peer SDK's node.
+fn two_step_entry(n: u32, node: &HttpStreamNode) -> Value {
+    let mut e = http_entry(n, node);
+    e["capabilities"][0]["extensions"]["service_lifecycle"]
+        .as_object_mut()
+        .expect("resources")
+        .remove("submit_stream");
+    e
 }
 
 fn request() -> ChatRequest {
@@ -202,7 +214,7 @@ async fn native_task_events_carry_sequences_and_cumulative_tokens() {
 }
 
 #[tokio::test]
-async fn http_chat_streams_over_sse_with_the_same_credentials_and_trace() {
+async fn http_chat_streams_over_sse_in_one_request_with_the_credentials_and_trace() {
     let node = http_stream_node(http_script(
         |_| Submit::Accept,
         |task, _| happy_events(task, &hello(), Some(last_chunk())),
@@ -228,7 +240,9 @@ async fn http_chat_streams_over_sse_with_the_same_credentials_and_trace() {
     assert_eq!(text, "Hello, world");
     assert_eq!(done.expect("done").text(), "Hello, world");
 
-    let posts = node.hits("POST", "/v1/tasks");
+    // each stream is one request: the task, answered with its events
+    assert_eq!(node.requests().len(), 2);
+    let posts = node.hits("POST", "/v1/tasks/stream");
     assert_eq!(posts.len(), 2);
     let body = posts[0].json();
     assert_eq!(body["constraints"]["required_profiles"], json!([PROFILE]));
@@ -236,8 +250,24 @@ async fn http_chat_streams_over_sse_with_the_same_credentials_and_trace() {
         body["payload"]["messages"][0]["content"],
         "PAYLOAD-MARKER-7f3a"
     );
+    assert_eq!(posts[0].header("accept"), Some("text/event-stream"));
+    assert_eq!(
+        posts[0].header("authorization"),
+        Some("Bearer api-token-stream-1")
+    );
+    assert!(posts[0].header("traceparent").is_some());
+    assert!(node.hits("GET", "/events").is_empty());
+    assert!(node.hits("POST", "/cancel").is_empty());
+}
+
+/// The two requests of the reference resources: `POST /v1/tasks`, then the events.
+fn assert_two_requests(node: &HttpStreamNode) {
+    let posts = node.hits("POST", "/v1/tasks");
+    assert_eq!(posts.len(), 1);
+    let body = posts[0].json();
+    assert_eq!(body["constraints"]["required_profiles"], json!([PROFILE]));
     let gets = node.hits("GET", "/events");
-    assert_eq!(gets.len(), 2);
+    assert_eq!(gets.len(), 1);
     let task_id = body["task_id"].as_str().expect("task id");
     assert_eq!(gets[0].path, format!("/v1/tasks/{task_id}/events"));
     assert_eq!(gets[0].header("accept"), Some("text/event-stream"));
@@ -249,7 +279,53 @@ async fn http_chat_streams_over_sse_with_the_same_credentials_and_trace() {
         gets[0].header("traceparent")
     );
     assert!(posts[0].header("traceparent").is_some());
-    assert!(node.hits("POST", "/cancel").is_empty());
+}
+
+#[tokio::test]
+async fn a_node_without_the_one_request_resource_streams_in_two_requests() {
+    let node = http_stream_node(http_script(
+        |_| Submit::Accept,
+        |task, _| happy_events(task, &hello(), Some(last_chunk())),
+    ))
+    .await;
+    let (client, _dir) = client_for(vec![two_step_entry(1, &node)]).await;
+    let (text, done) = drain_chat(
+        client
+            .chat_stream(request(), ChatOptions::default())
+            .await
+            .expect("stream"),
+    )
+    .await;
+    assert_eq!(text, "Hello, world");
+    done.expect("done");
+    assert!(node.hits("POST", "/v1/tasks/stream").is_empty());
+    assert_two_requests(&node);
+}
+
+#[tokio::test]
+async fn an_advertised_one_request_resource_that_is_missing_falls_back_to_two_requests() {
+    let mut script = http_script(
+        |_| Submit::Accept,
+        |task, _| happy_events(task, &hello(), Some(last_chunk())),
+    );
+    script.one_request = false;
+    let node = http_stream_node(script).await;
+    let (client, _dir) = client_for(vec![http_entry(1, &node)]).await;
+    let (text, done) = drain_chat(
+        client
+            .chat_stream(request(), ChatOptions::default())
+            .await
+            .expect("stream"),
+    )
+    .await;
+    assert_eq!(text, "Hello, world");
+    done.expect("done");
+    assert_eq!(
+        node.hits("POST", "/v1/tasks/stream").len(),
+        1,
+        "tried first"
+    );
+    assert_two_requests(&node);
 }
 
 // -------------------------------------------------------------------------------------
@@ -601,7 +677,7 @@ async fn an_http_refusal_is_retried_like_a_buffered_one() {
     assert_eq!(s.node_id(), node_id(2));
     drain_task(s).await.1.expect("completed");
     assert_eq!(
-        busy.hits("POST", "/v1/tasks").len(),
+        busy.hits("POST", "/v1/tasks/stream").len(),
         1,
         "capacity_exceeded: next node at once"
     );
@@ -1004,7 +1080,7 @@ async fn cx_chunks_over_http_are_encrypted_events() {
             .and_then(|u| u.total_tokens),
         Some(7)
     );
-    let post = &node.hits("POST", "/v1/tasks")[0];
+    let post = &node.hits("POST", "/v1/tasks/stream")[0];
     assert!(!post.json().to_string().contains("PAYLOAD-MARKER"));
     assert_eq!(post.json()["cx_response_encryption"], "required");
 }

@@ -572,3 +572,46 @@ async fn long_poll_streams_cancel_answer_buffered_and_break_on_bad_events() {
         assert_eq!(got.last().unwrap()["error"]["code"], "IICP-E031");
     }
 }
+
+#[tokio::test]
+async fn one_request_submit_streams_through_the_relay() {
+    let relay = relay_with(RelayConfig {
+        poll_timeout: Duration::from_secs(5),
+        ..quick()
+    })
+    .await;
+    let tok = token(&bind(&relay, "lp-o").await);
+    let id = "d36e4f90-a1b2-4c34-8f70-8192a3b4c5d6";
+    let task = json!({"task_id": id, "intent": CHAT, "payload": {}});
+    let url = format!("{}/v1/relay-for/lp-o/v1/tasks/stream", relay.base);
+    let opened = tokio::spawn(async move {
+        client()
+            .post_json(url, &task)
+            .header("accept", "text/event-stream")
+            .send_streaming()
+            .await
+            .unwrap()
+    });
+    let p: Value = pull(&relay, &tok).await.json().unwrap();
+    let call = p["call_id"].clone();
+    assert_eq!(
+        post_event(&relay, &tok, &call, event(id, 0, "accepted", None)).await,
+        204
+    );
+    let mut stream = opened.await.unwrap();
+    assert_eq!(stream.status.as_u16(), 200);
+    let mut buf = Vec::new();
+    read_until(&mut stream, &mut buf, "accepted").await;
+    assert_eq!(
+        post_event(&relay, &tok, &call, event(id, 1, "partial", Some("hi"))).await,
+        204
+    );
+    let got = read_until(&mut stream, &mut buf, "partial").await;
+    assert_eq!(got[0]["result"]["choices"][0]["delta"]["content"], "hi");
+    assert_eq!(
+        post_event(&relay, &tok, &call, event(id, 2, "completed", None)).await,
+        204
+    );
+    let end = read_until(&mut stream, &mut buf, "completed").await;
+    assert_eq!(end.last().unwrap()["is_final"], true);
+}

@@ -42,7 +42,7 @@ pub(crate) fn router(shared: Arc<Shared>, handler: Arc<dyn TaskHandler>) -> Rout
     let router = Router::new().route(Method::POST, "/v1/task", move |req, _params| {
         let shared = Arc::clone(&task_shared);
         let handler = Arc::clone(&task_handler);
-        async move { post_task(shared, handler, req, false).await }
+        async move { post_task(shared, handler, req, Submit::Buffered).await }
     });
     lifecycle_routes(router, &shared, handler)
         .route(Method::GET, "/iicp/health", move |_req, _params| {
@@ -99,14 +99,26 @@ fn client_ip(shared: &Shared, req: &Request, headers: &HeaderMap) -> IpAddr {
     crate::ratelimit::client_addr(peer, true, &lines("x-forwarded-for"), &lines("forwarded"))
 }
 
-/// `POST /v1/task` (buffered) and `POST /v1/tasks` (`lifecycle`: the
-/// service-lifecycle resource, ADR 0013).
+/// Which task resource a request came to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Submit {
+    /// `POST /v1/task`: buffered.
+    Buffered,
+    /// `POST /v1/tasks`: the service-lifecycle resource (ADR 0013), 202 and the state.
+    Lifecycle,
+    /// `POST /v1/tasks/stream`: the lifecycle resource answered with the event stream
+    /// itself (ADR 0019).
+    LifecycleEvents,
+}
+
+/// `POST /v1/task`, `POST /v1/tasks` and `POST /v1/tasks/stream`.
 async fn post_task(
     shared: Arc<Shared>,
     handler: Arc<dyn TaskHandler>,
     mut req: Request,
-    lifecycle: bool,
+    submit: Submit,
 ) -> Response {
+    let lifecycle = submit != Submit::Buffered;
     let headers = req.headers();
     let peer = client_ip(&shared, &req, headers);
     let traceparent = header_str(headers, "traceparent").and_then(|v| TraceParent::parse(v).ok());
@@ -155,6 +167,10 @@ async fn post_task(
     }
     match pipeline::start(&shared, handler, inbound).await {
         Started::Reply(reply) => to_response(*reply),
+        // a duplicate attaches to the running task's stream, from its start
+        Started::Stream(task) | Started::Attached(task) if submit == Submit::LifecycleEvents => {
+            events_response(task, None)
+        }
         Started::Stream(task) => with_trace(
             json(StatusCode::ACCEPTED, &task.log.state(Some(""))),
             &task.trace_id,
@@ -251,21 +267,32 @@ fn health(shared: &Shared) -> serde_json::Value {
 // The service-lifecycle resources (PROTOCOL.md §11.5, ADR 0013)
 // ---------------------------------------------------------------------------
 
-/// Mounts `POST /v1/tasks`, `GET /v1/tasks/{task_id}`,
+/// Mounts `POST /v1/tasks`, `POST /v1/tasks/stream`, `GET /v1/tasks/{task_id}`,
 /// `GET /v1/tasks/{task_id}/events` and `POST /v1/tasks/{task_id}/cancel`.
 fn lifecycle_routes(router: Router, shared: &Arc<Shared>, handler: Arc<dyn TaskHandler>) -> Router {
-    let (s1, s2, s3, s4) = (
+    let (s1, s2, s3, s4, s5) = (
+        Arc::clone(shared),
         Arc::clone(shared),
         Arc::clone(shared),
         Arc::clone(shared),
         Arc::clone(shared),
     );
+    let h1 = Arc::clone(&handler);
     router
         .route(Method::POST, "/v1/tasks", move |req, _params| {
             let shared = Arc::clone(&s1);
-            let handler = Arc::clone(&handler);
-            async move { post_task(shared, handler, req, true).await }
+            let handler = Arc::clone(&h1);
+            async move { post_task(shared, handler, req, Submit::Lifecycle).await }
         })
+        .route(
+            Method::POST,
+            iicp_proto::lifecycle::HTTP_SUBMIT_STREAM_PATH,
+            move |req, _params| {
+                let shared = Arc::clone(&s5);
+                let handler = Arc::clone(&handler);
+                async move { post_task(shared, handler, req, Submit::LifecycleEvents).await }
+            },
+        )
         .route(Method::GET, "/v1/tasks/{task_id}", move |req, params| {
             let shared = Arc::clone(&s2);
             async move {

@@ -375,11 +375,16 @@ async fn events(
     if r.status == 200 {
         assert_eq!(content_type, Some("text/event-stream"));
     }
-    let text = String::from_utf8(r.body.to_vec()).expect("utf-8");
-    let mut out = Vec::new();
     if r.status != 200 {
-        return (r.status.as_u16(), out);
+        return (r.status.as_u16(), Vec::new());
     }
+    (r.status.as_u16(), parse_sse(&r.body))
+}
+
+/// The messages of an event stream body: (id, event name, event).
+fn parse_sse(body: &[u8]) -> Vec<(String, String, Event)> {
+    let text = String::from_utf8(body.to_vec()).expect("utf-8");
+    let mut out = Vec::new();
     for msg in text.split("\n\n").filter(|m| !m.trim().is_empty()) {
         let (mut id, mut name, mut data) = (String::new(), String::new(), String::new());
         for line in msg.lines() {
@@ -393,7 +398,7 @@ async fn events(
         }
         out.push((id, name, serde_json::from_str(&data).expect("event json")));
     }
-    (r.status.as_u16(), out)
+    out
 }
 
 async fn post_tasks(addr: SocketAddr, body: &Value) -> (u16, Value) {
@@ -483,6 +488,68 @@ async fn http_tasks_stream_their_events() {
     let r = post(&http(), addr, &common::task_body(&uuid(), "buffered")).await;
     assert_eq!(r.status, 200);
     assert_eq!(json_of(&r)["status"], "success");
+}
+
+#[tokio::test]
+async fn one_request_submits_and_answers_with_the_event_stream() {
+    let node = builder().build().expect("node");
+    let h = serve(&node, EchoModel::default()).await;
+    let addr = h.local_addr();
+    let id = uuid();
+    let submit = |body: Value| {
+        let url = url(addr, iicp_proto::lifecycle::HTTP_SUBMIT_STREAM_PATH);
+        async move {
+            http()
+                .post_json(url, &body)
+                .header("accept", "text/event-stream")
+                .send()
+                .await
+                .expect("post")
+        }
+    };
+    let r = submit(task_body(&id, "in one request")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("text/event-stream")
+    );
+    let evs = parse_sse(&r.body);
+    assert_eq!(evs[0].2.event, EventKind::Accepted);
+    let mut text = String::new();
+    for (i, (sse_id, name, e)) in evs.iter().enumerate() {
+        assert_eq!(e.sequence, i as u64);
+        assert_eq!(sse_id, &i.to_string());
+        assert_eq!(name, e.event.as_str());
+        assert_eq!(e.task_id, id);
+        assert_eq!(e.is_final, i == evs.len() - 1);
+        if let Some(r) = &e.result {
+            text.push_str(&delta_text(r));
+        }
+    }
+    assert_eq!(text, "echo: in one request");
+    assert_eq!(evs.last().unwrap().2.event, EventKind::Completed);
+    // the task is a lifecycle task like any other: its state and events are there
+    let (status, again) = events(addr, &id, "").await;
+    assert_eq!(status, 200);
+    assert_eq!(again.len(), evs.len());
+    // the same request again attaches to the task's stream; a changed one conflicts
+    let r = submit(task_body(&id, "in one request")).await;
+    assert_eq!(r.status, 200);
+    let replay = parse_sse(&r.body);
+    assert_eq!(
+        replay.iter().map(|e| e.2.sequence).collect::<Vec<_>>(),
+        evs.iter().map(|e| e.2.sequence).collect::<Vec<_>>()
+    );
+    let r = submit(task_body(&id, "changed")).await;
+    assert_eq!(r.status, 409);
+    assert_eq!(json_of(&r)["error"]["code"], "conflict");
+    // advertised beside the reference resources
+    for c in node.capabilities() {
+        assert_eq!(
+            c.extensions.as_ref().unwrap()["service_lifecycle"]["submit_stream"],
+            iicp_proto::lifecycle::HTTP_SUBMIT_STREAM_PATH
+        );
+    }
 }
 
 #[tokio::test]

@@ -238,6 +238,11 @@ pub const HTTP_EVENTS_PATH: &str = "/v1/tasks/{task_id}/events";
 pub const HTTP_CANCEL_PATH: &str = "/v1/tasks/{task_id}/cancel";
 /// Status path template.
 pub const HTTP_STATUS_PATH: &str = "/v1/tasks/{task_id}";
+/// Submit-and-stream: the body of `POST /v1/tasks`, answered with the task's event
+/// stream itself (`text/event-stream`, from `accepted` on) instead of 202 and a second
+/// request for the events; refusals and buffered answers as `POST /v1/tasks` gives
+/// them. Ours (ADR 0019), advertised as `submit_stream` beside the reference resources.
+pub const HTTP_SUBMIT_STREAM_PATH: &str = "/v1/tasks/stream";
 
 /// The capability extension naming the HTTP resources.
 pub fn http_resources() -> Value {
@@ -246,6 +251,7 @@ pub fn http_resources() -> Value {
         "events": HTTP_EVENTS_PATH,
         "cancel": HTTP_CANCEL_PATH,
         "status": HTTP_STATUS_PATH,
+        "submit_stream": HTTP_SUBMIT_STREAM_PATH,
         "events_media_type": "text/event-stream",
     })
 }

@@ -9,7 +9,8 @@
 //!   CALL and each CONTROL.
 //! * [`http_stream_node`] — a raw HTTP/1.1 server: `POST /v1/tasks` (accept with 202
 //!   and the task state, or refuse), `GET /v1/tasks/{id}/events` (the scripted SSE
-//!   body), `POST /v1/tasks/{id}/cancel`; every response closes its connection. It
+//!   body), `POST /v1/tasks/stream` (both in one: the refusal, or the scripted SSE body),
+//!   `POST /v1/tasks/{id}/cancel`; every response closes its connection. It
 //!   records each request.
 //!
 //! Both bind 127.0.0.1:0 and stop accepting when dropped (open connections end with the
@@ -402,6 +403,9 @@ pub struct HttpScript {
     pub submit: SubmitScript,
     /// The event stream of a task.
     pub events: EventScript,
+    /// Whether `POST /v1/tasks/stream` is served (else it is a 404, as on a node or
+    /// relay without it).
+    pub one_request: bool,
 }
 
 /// A running fake HTTP streaming node.
@@ -590,39 +594,26 @@ async fn http_connection(
                 Submit::Buffered(v) => respond(&mut stream, 200, &v, &[]).await,
             }
         }
+        // submit and events in one request (ADR 0019)
+        ("POST", ["v1", "tasks", "stream"]) if script.one_request => {
+            let body = req.json();
+            let task_id = body["task_id"].as_str().unwrap_or_default().to_owned();
+            match (script.submit)(&body) {
+                Submit::Accept => {
+                    let steps = (script.events)(&task_id, &body);
+                    bodies.lock().insert(task_id, body);
+                    write_events(&mut stream, steps).await;
+                }
+                Submit::Refuse(status, v, headers) => {
+                    respond(&mut stream, status, &v, &headers).await;
+                }
+                Submit::Buffered(v) => respond(&mut stream, 200, &v, &[]).await,
+            }
+        }
         ("GET", ["v1", "tasks", task_id, "events"]) => {
             let body = bodies.lock().get(*task_id).cloned().unwrap_or(Value::Null);
             let steps = (script.events)(task_id, &body);
-            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n";
-            if stream.write_all(head.as_bytes()).await.is_err() {
-                return;
-            }
-            for step in steps {
-                match step {
-                    HttpStep::Event(e) => {
-                        if stream.write_all(sse(&e).as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                    HttpStep::Raw(s) => {
-                        if stream.write_all(s.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                    HttpStep::Sleep(d) => tokio::time::sleep(d).await,
-                    HttpStep::Hold => {
-                        // until the client hangs up
-                        let mut sink = [0u8; 256];
-                        while let Ok(n) = stream.read(&mut sink).await {
-                            if n == 0 {
-                                break;
-                            }
-                        }
-                        return;
-                    }
-                }
-            }
-            let _ = stream.shutdown().await;
+            write_events(&mut stream, steps).await;
         }
         ("POST", ["v1", "tasks", task_id, "cancel"]) => {
             respond(&mut stream, 200, &task_state(task_id, "cancelled"), &[]).await;
@@ -637,6 +628,40 @@ async fn http_connection(
             .await;
         }
     }
+}
+
+/// Writes an event stream response: the head, then the scripted steps.
+async fn write_events(stream: &mut TcpStream, steps: Vec<HttpStep>) {
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n";
+    if stream.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    for step in steps {
+        match step {
+            HttpStep::Event(e) => {
+                if stream.write_all(sse(&e).as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            HttpStep::Raw(s) => {
+                if stream.write_all(s.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            HttpStep::Sleep(d) => tokio::time::sleep(d).await,
+            HttpStep::Hold => {
+                // until the client hangs up
+                let mut sink = [0u8; 256];
+                while let Ok(n) = stream.read(&mut sink).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                return;
+            }
+        }
+    }
+    let _ = stream.shutdown().await;
 }
 
 /// A NODELIST entry that advertises the lifecycle profile for the chat intent: HTTP at

@@ -3,7 +3,8 @@
 //! A node behind the relay advertises `…/v1/relay-for/{worker_id}` as its endpoint, so
 //! a client's lifecycle resources arrive here:
 //!
-//! * `POST /v1/relay-for/{worker_id}/v1/tasks` pushes the task to the worker as a CALL
+//! * `POST /v1/relay-for/{worker_id}/v1/tasks` (and `…/v1/tasks/stream`, which answers
+//!   with the event stream itself, ADR 0019) pushes the task to the worker as a CALL
 //!   with key 24 (and key 2) and waits for its first RESPONSE. A lifecycle frame means
 //!   accepted: the relay keeps the stream's events in an [`EventLog`] and answers 202
 //!   with the task state; a final frame without the envelope is the worker's refusal
@@ -129,7 +130,13 @@ fn base(worker: &str) -> String {
 
 /// Adds the streaming resources under `/v1/relay-for/{worker_id}`.
 pub(super) fn routes(relay: &RelayHandle, router: Router) -> Router {
-    let (s, g, e, c) = (relay.clone(), relay.clone(), relay.clone(), relay.clone());
+    let (s, s2, g, e, c) = (
+        relay.clone(),
+        relay.clone(),
+        relay.clone(),
+        relay.clone(),
+        relay.clone(),
+    );
     router
         .route_cors(
             Method::POST,
@@ -141,7 +148,34 @@ pub(super) fn routes(relay: &RelayHandle, router: Router) -> Router {
                     relay.admit_task(&req)?;
                     let limit = relay.inner.config.max_body_bytes;
                     let body: Value = read_json(&mut req, limit).await?;
-                    submit(&relay, &worker, body, peer(&req)).await
+                    Ok::<_, HttpError>(match submit(&relay, &worker, body, peer(&req)).await? {
+                        Submitted::Accepted(t) => {
+                            json(StatusCode::ACCEPTED, &t.log.state(Some(&base(&worker))))
+                        }
+                        Submitted::Known(t) => {
+                            json(StatusCode::OK, &t.log.state(Some(&base(&worker))))
+                        }
+                        Submitted::Answered(r) => r,
+                    })
+                }
+            },
+        )
+        .route_cors(
+            Method::POST,
+            "/v1/relay-for/{worker_id}/v1/tasks/stream",
+            move |mut req, params| {
+                let relay = s2.clone();
+                async move {
+                    let worker = params.get("worker_id").unwrap_or_default().to_owned();
+                    relay.admit_task(&req)?;
+                    let limit = relay.inner.config.max_body_bytes;
+                    let body: Value = read_json(&mut req, limit).await?;
+                    Ok::<_, HttpError>(match submit(&relay, &worker, body, peer(&req)).await? {
+                        Submitted::Accepted(t) | Submitted::Known(t) => {
+                            events::sse_response(t, None, |_, e| e)
+                        }
+                        Submitted::Answered(r) => r,
+                    })
                 }
             },
         )
@@ -242,12 +276,22 @@ fn observed(
     Ok(t)
 }
 
+/// What a streamed submit led to.
+enum Submitted {
+    /// A new relayed stream.
+    Accepted(Arc<Relayed>),
+    /// The same caller's task again (a retry): its known stream.
+    Known(Arc<Relayed>),
+    /// No stream: the worker's refusal or buffered answer.
+    Answered(iicp_transport::http::server::Response),
+}
+
 async fn submit(
     relay: &RelayHandle,
     worker: &str,
     task: Value,
     owner: Option<IpAddr>,
-) -> Result<iicp_transport::http::server::Response, HttpError> {
+) -> Result<Submitted, HttpError> {
     let Some(task_id) = task
         .get("task_id")
         .and_then(Value::as_str)
@@ -266,11 +310,7 @@ async fn submit(
         .ok_or_else(|| ForwardError::NoSession.http())?;
     if let Some(existing) = relay.inner.streams.get(&task_id) {
         if existing.worker_id == worker && Some(existing.owner) == owner {
-            // the same caller again (a retry): the known state
-            return Ok(json(
-                StatusCode::OK,
-                &existing.log.state(Some(&base(worker))),
-            ));
+            return Ok(Submitted::Known(existing));
         }
     }
     let n = relay
@@ -316,7 +356,7 @@ async fn submit(
         // no envelope: a refusal, or a worker that answered buffered
         Next::Buffered(answer) => {
             upstream.end();
-            return buffered(&task, answer);
+            return buffered(&task, answer).map(Submitted::Answered);
         }
         Next::Broken(why) => {
             tracing::info!(reason = why, "relay: streamed forward failed");
@@ -352,8 +392,7 @@ async fn submit(
         }
         pump.upstream.end();
     });
-    let state = relayed.log.state(Some(&base(worker)));
-    Ok(json(StatusCode::ACCEPTED, &state))
+    Ok(Submitted::Accepted(relayed))
 }
 
 impl Upstream {
