@@ -6,6 +6,11 @@
 //! at `--concurrency` (the share of direct throughput the proxy keeps), and the time to
 //! the first streamed chunk at concurrency 1 (`Client::chat_stream` to its first delta,
 //! the proxy's `stream: true` to the first body chunk, which carries the first delta).
+//!
+//! The buffered proxy runs send from a load tool as light as `wrk`: one keep-alive
+//! connection per worker, the request bytes built once, the answer's status and
+//! `content-length` read and its body skipped. The load shares the process (and the two
+//! cores) with the proxy, so a heavy HTTP client there would count against the proxy.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -19,6 +24,8 @@ use iicp_transport::http::client::{HttpClient, HttpClientConfig};
 use iicp_transport::listener::{Listener, ListenerConfig};
 use iicp_transport::shutdown;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use super::bench::ms;
 use super::common::{probe_client, Backend};
@@ -49,24 +56,116 @@ pub(crate) struct Args {
 #[derive(Clone)]
 enum Path {
     Direct(Client),
-    Proxy(HttpClient, Arc<str>),
+    /// The streamed runs' client, the proxy's URL, its address and the buffered
+    /// request's bytes.
+    Proxy(HttpClient, Arc<str>, SocketAddr, Arc<[u8]>),
+}
+
+/// One worker's way of sending: the client, or its own keep-alive connection.
+enum Worker {
+    Direct(Client),
+    Proxy(RawConn),
 }
 
 impl Path {
-    async fn once(&self) -> anyhow::Result<()> {
+    fn worker(&self) -> Worker {
         match self {
-            Path::Direct(client) => {
+            Path::Direct(client) => Worker::Direct(client.clone()),
+            Path::Proxy(_, _, addr, request) => Worker::Proxy(RawConn {
+                addr: *addr,
+                request: Arc::clone(request),
+                stream: None,
+                buf: Vec::with_capacity(4096),
+            }),
+        }
+    }
+}
+
+impl Worker {
+    async fn once(&mut self) -> anyhow::Result<()> {
+        match self {
+            Worker::Direct(client) => {
                 client
                     .chat(vec![ChatMessage::new("user", "hello bench")])
                     .await?;
             }
-            Path::Proxy(http, url) => {
-                let body = json!({"model": "iicp", "messages": [{"role": "user", "content": "hello bench"}]});
-                let reply = http.post_json(url.as_ref(), &body).send().await?;
-                if !reply.is_success() {
-                    bail!("the proxy answered HTTP {}", reply.status);
-                }
+            Worker::Proxy(conn) => conn.once().await?,
+        }
+        Ok(())
+    }
+}
+
+/// The buffered chat request to the proxy, as bytes.
+fn raw_request(addr: SocketAddr) -> Arc<[u8]> {
+    let body = json!({"model": "iicp", "messages": [{"role": "user", "content": "hello bench"}]})
+        .to_string();
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+    .into()
+}
+
+/// A keep-alive HTTP/1.1 connection that sends one fixed request at a time and reads
+/// the answer's status and `content-length` body.
+struct RawConn {
+    addr: SocketAddr,
+    request: Arc<[u8]>,
+    stream: Option<TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl RawConn {
+    async fn once(&mut self) -> anyhow::Result<()> {
+        let stream = match &mut self.stream {
+            Some(s) => s,
+            None => {
+                let s = TcpStream::connect(self.addr).await?;
+                s.set_nodelay(true)?;
+                self.stream.insert(s)
             }
+        };
+        stream.write_all(&self.request).await?;
+        self.buf.clear();
+        let mut chunk = [0u8; 4096];
+        let (head_len, body_len, close) = loop {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                self.stream = None;
+                bail!("the proxy closed the connection");
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buf[..end]).context("a non-UTF-8 head")?;
+                let status = head.split(' ').nth(1).unwrap_or_default();
+                if status != "200" {
+                    bail!("the proxy answered HTTP {status}");
+                }
+                let mut length = None;
+                let mut close = false;
+                for line in head.split("\r\n").skip(1) {
+                    let (name, value) = line.split_once(':').unwrap_or((line, ""));
+                    if name.eq_ignore_ascii_case("content-length") {
+                        length = value.trim().parse::<usize>().ok();
+                    } else if name.eq_ignore_ascii_case("connection") {
+                        close = value.trim().eq_ignore_ascii_case("close");
+                    }
+                }
+                let length = length.context("an answer without content-length")?;
+                break (end + 4, length, close);
+            }
+        };
+        while self.buf.len() < head_len + body_len {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                self.stream = None;
+                bail!("the proxy closed the connection mid-answer");
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        if close {
+            self.stream = None;
         }
         Ok(())
     }
@@ -87,7 +186,7 @@ impl Path {
                     }
                 }
             }
-            Path::Proxy(http, url) => {
+            Path::Proxy(http, url, ..) => {
                 let body = json!({"model": "iicp", "stream": true,
                                   "messages": [{"role": "user", "content": "hello bench"}]});
                 let mut reply = http.post_json(url.as_ref(), &body).send_streaming().await?;
@@ -119,19 +218,20 @@ async fn measure_first_chunk(path: &Path, secs: u64) -> anyhow::Result<Histogram
 /// Closed-loop load for `secs` with `workers` workers: latencies and completed count.
 async fn measure(path: &Path, workers: u16, secs: u64) -> anyhow::Result<(Histogram, f64)> {
     // warm-up: connections, discovery cache, CX keys
+    let mut warm = path.worker();
     for _ in 0..50 {
-        path.once().await?;
+        warm.once().await?;
     }
     let until = Instant::now() + Duration::from_secs(secs);
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(usize::from(workers));
     for _ in 0..workers {
-        let path = path.clone();
+        let mut worker = path.worker();
         tasks.push(tokio::spawn(async move {
             let mut h = Histogram::new();
             while Instant::now() < until {
                 let t = Instant::now();
-                path.once().await?;
+                worker.once().await?;
                 h.record(t.elapsed());
             }
             anyhow::Ok(h)
@@ -177,7 +277,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await
     .context("binding the proxy")?;
-    let url: Arc<str> = format!("http://{}/v1/chat/completions", listener.local_addr()?).into();
+    let proxy_addr = listener.local_addr()?;
+    let url: Arc<str> = format!("http://{proxy_addr}/v1/chat/completions").into();
     let (trigger, sd) = shutdown::channel();
     let served = tokio::spawn(async move { proxy.serve(listener, sd).await });
     let mut cfg = HttpClientConfig::default();
@@ -185,7 +286,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let http = HttpClient::new(cfg).context("building the HTTP client")?;
 
     let direct = Path::Direct(client);
-    let proxied = Path::Proxy(http, url);
+    let proxied = Path::Proxy(http, url, proxy_addr, raw_request(proxy_addr));
     let result = async {
         let (d1, _) = measure(&direct, 1, args.seconds).await?;
         let (p1, _) = measure(&proxied, 1, args.seconds).await?;
