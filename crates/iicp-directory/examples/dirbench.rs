@@ -17,6 +17,14 @@
 //! * `--store-only`: also measure `Store::put_state` without HTTP (N stores' worth of
 //!   callers calling the store directly at CONCURRENCY): what the store itself sustains.
 //!
+//! The directories (their HTTP servers, background tasks and stores) run on their own
+//! tokio runtime, threads named `dir-rt` (plus the SQLite writer thread), and the load
+//! generator on the main runtime, so that each phase can report the CPU time of the
+//! directory apart from the load generator's (`/proc/self/task/*/stat`, 10 ms ticks;
+//! PostgreSQL's own server processes are in neither). The load generator is kept light:
+//! heartbeat bodies and URLs are serialised once, and a discover answer is checked by
+//! its status and by being a JSON object that starts with its `nodes` array, not parsed.
+//!
 //! `DIRBENCH_SKIP_DISCOVER=1` runs only register and heartbeats (for `strace -c -f`).
 //! Each store reports the RSS growth of the process over its registrations (RSS delta
 //! / nodes: the working set, the store and the allocator's slack), and the SQL stores
@@ -51,6 +59,49 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system, ms) of this process's threads so far: (directory, load
+/// generator), by thread name (`dir-rt*` and `iicp-dir-*` are the directory's).
+/// Threads that ended are missing, so only differences over a phase are meaningful.
+fn cpu_split_ms() -> (u64, u64) {
+    let tick_ms = 10; // CLK_TCK = 100
+    let (mut dir, mut other) = (0, 0);
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return (0, 0);
+    };
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = &stat[open + 1..close];
+        // fields after the name: state is field 3; utime and stime are fields 14 and 15
+        let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        if name.starts_with("dir-rt") || name.starts_with("iicp-dir-") {
+            dir += ticks * tick_ms;
+        } else {
+            other += ticks * tick_ms;
+        }
+    }
+    (dir, other)
+}
+
+/// CPU per operation of the directory and of the load generator since `before`.
+fn cpu_report(what: &str, before: (u64, u64), ops: usize) {
+    let after = cpu_split_ms();
+    let per = |ms: u64| ms as f64 * 1000.0 / ops.max(1) as f64;
+    println!(
+        "{what}: CPU per request: directory {:.1} µs, load generator {:.1} µs ({} + {} ms over {ops})",
+        per(after.0 - before.0),
+        per(after.1 - before.1),
+        after.0 - before.0,
+        after.1 - before.1,
+    );
+}
+
 /// Group-commit counters of the store(s) under test: (commits, writes, largest batch).
 #[derive(Clone)]
 enum Stats {
@@ -79,6 +130,7 @@ impl Stats {
 
 async fn run(
     label: &str,
+    dir_rt: &tokio::runtime::Handle,
     directories: Vec<Directory>,
     stats: Stats,
     nodes: usize,
@@ -98,7 +150,7 @@ async fn run(
         .unwrap();
         bases.push(format!("http://{}/api", listener.local_addr().unwrap()));
         let sd = sd.clone();
-        servers.push(tokio::spawn(
+        servers.push(dir_rt.spawn(
             async move { directory.serve(listener, sd).await },
         ));
     }
@@ -110,6 +162,7 @@ async fn run(
 
     // register
     let rss0 = rss_kib();
+    let cpu0 = cpu_split_ms();
     let t0 = Instant::now();
     let mut creds: Vec<(String, String)> = Vec::with_capacity(nodes);
     let regions = ["eu-central", "us-west", "ap-south", "sa-east"];
@@ -150,6 +203,7 @@ async fn run(
         rss1 / 1024,
         (rss1.saturating_sub(rss0) * 1024) as f64 / nodes.max(1) as f64
     );
+    cpu_report(&format!("{label}: register"), cpu0, nodes);
     if !skip_discover {
         discover(label, &http, &bases).await;
     }
@@ -158,6 +212,16 @@ async fn run(
     for s in servers {
         let _ = s.await;
     }
+}
+
+/// A discover answer as the load generator checks it: 200, and a JSON object that opens
+/// with its `nodes` array (the directory writes that member first) and closes.
+fn check_discover(r: &iicp_transport::http::client::HttpReply) {
+    assert!(r.is_success(), "{}", r.status);
+    assert!(
+        r.body.starts_with(b"{\"nodes\":[") && r.body.ends_with(b"}"),
+        "not a discover body"
+    );
 }
 
 async fn discover(label: &str, http: &HttpClient, bases: &Arc<Vec<String>>) {
@@ -169,7 +233,7 @@ async fn discover(label: &str, http: &HttpClient, bases: &Arc<Vec<String>>) {
         for _ in 0..200 {
             let t = Instant::now();
             let r = http.get(&url).send().await.unwrap();
-            assert!(r.is_success());
+            check_discover(&r);
             samples.push(t.elapsed());
         }
         let count = http
@@ -189,14 +253,16 @@ async fn discover(label: &str, http: &HttpClient, bases: &Arc<Vec<String>>) {
 
     // discover without the result cache: every request a distinct query
     let mut samples = Vec::with_capacity(200);
+    let cpu0 = cpu_split_ms();
     for i in 0..200 {
         let url =
             format!("{base}/v1/discover?intent=urn:iicp:intent:llm:chat:v1&limit=10&nocache={i}");
         let t = Instant::now();
         let r = http.get(&url).send().await.unwrap();
-        assert!(r.is_success());
+        check_discover(&r);
         samples.push(t.elapsed());
     }
+    cpu_report(&format!("{label}: discover uncached"), cpu0, 200);
     println!(
         "{label}: discover limit=10, uncached (distinct queries): median {:.2?} p99 {:.2?}",
         pct(&mut samples, 0.5),
@@ -215,19 +281,18 @@ async fn discover(label: &str, http: &HttpClient, bases: &Arc<Vec<String>>) {
         let (http, start) = (http.clone(), Arc::clone(&start));
         let base = bases[w % bases.len()].clone();
         workers.push(tokio::spawn(async move {
-            let queries = ["", "&region=eu-central&limit=50", "&model=model-3"];
+            let urls = ["", "&region=eu-central&limit=50", "&model=model-3"].map(|q| {
+                format!("{base}/v1/discover?intent=urn:iicp:intent:llm:chat:v1&qos=best-effort{q}")
+            });
             let mut lat = Vec::with_capacity(per_client);
             for i in 0..warmup + per_client {
                 if i == warmup {
                     start.wait().await;
                 }
-                let url = format!(
-                    "{base}/v1/discover?intent=urn:iicp:intent:llm:chat:v1&qos=best-effort{}",
-                    queries[(w + i) % queries.len()]
-                );
+                let url = &urls[(w + i) % urls.len()];
                 let t = Instant::now();
-                let r = http.get(&url).send().await.unwrap();
-                assert!(r.is_success());
+                let r = http.get(url).send().await.unwrap();
+                check_discover(&r);
                 if i >= warmup {
                     lat.push(t.elapsed());
                 }
@@ -236,12 +301,18 @@ async fn discover(label: &str, http: &HttpClient, bases: &Arc<Vec<String>>) {
         }));
     }
     start.wait().await;
+    let cpu0 = cpu_split_ms();
     let t0 = Instant::now();
     let mut lat = Vec::new();
     for w in workers {
         lat.extend(w.await.unwrap());
     }
     let el = t0.elapsed();
+    cpu_report(
+        &format!("{label}: discover at {clients} concurrent clients"),
+        cpu0,
+        clients * per_client,
+    );
     println!(
         "{label}: discover at {clients} concurrent clients: {} requests in {el:.2?} = {:.0}/s; median {:.2?} p99 {:.2?}",
         lat.len(),
@@ -263,27 +334,37 @@ async fn heartbeats(
     if requests == 0 {
         return;
     }
-    let creds = Arc::new(creds);
+    // what each node sends, serialised once: (URL, body, token)
+    let calls: Arc<Vec<(String, &'static [u8], String)>> = Arc::new(
+        creds
+            .iter()
+            .enumerate()
+            .map(|(node, (id, token))| {
+                // a node heartbeats through one instance (sticky)
+                let base = &bases[node % bases.len()];
+                let body = serde_json::to_vec(&json!({"node_id": id, "load": 0.25, "active_jobs": 1}))
+                    .unwrap();
+                // leaked once: each request then sends it without a copy
+                let body: &'static [u8] = Box::leak(body.into_boxed_slice());
+                (format!("{base}/v1/heartbeat"), body, token.clone())
+            })
+            .collect(),
+    );
     let stats0 = stats.get();
-    let bases = Arc::clone(bases);
     let http = http.clone();
+    let cpu0 = cpu_split_ms();
     closed_loop(
         &format!("{label}: {requests} heartbeats"),
         requests,
         concurrency,
         move |i| {
-            let (http, creds, bases) = (http.clone(), Arc::clone(&creds), Arc::clone(&bases));
+            let (http, calls) = (http.clone(), Arc::clone(&calls));
             async move {
-                let node = i % creds.len();
-                let (id, token) = &creds[node];
-                // a node heartbeats through one instance (sticky)
-                let base = &bases[node % bases.len()];
+                let (url, body, token) = &calls[i % calls.len()];
                 let r = http
-                    .post_json(
-                        format!("{base}/v1/heartbeat"),
-                        &json!({"node_id": id, "load": 0.25, "active_jobs": 1}),
-                    )
-                    .bearer(token.clone())
+                    .request(http::Method::POST, url)
+                    .body("application/json", *body)
+                    .bearer(token.as_str())
                     .send()
                     .await
                     .unwrap();
@@ -292,6 +373,7 @@ async fn heartbeats(
         },
     )
     .await;
+    cpu_report(&format!("{label}: heartbeats"), cpu0, requests);
     report_group_commit(label, &stats, stats0);
 }
 
@@ -445,12 +527,27 @@ async fn main() {
         c.register_rate_limit = u32::MAX;
         c
     };
-    let builder = || Directory::builder().config(config());
+    // the directories' own runtime (see the module documentation)
+    let dir_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("dir-rt")
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir_rt = dir_runtime.handle().clone();
+    // builds on the directory runtime, so that the background tasks and store
+    // connections it spawns run there
+    let on_dir = |f: std::pin::Pin<Box<dyn std::future::Future<Output = Directory> + Send>>| {
+        let h = dir_rt.clone();
+        async move { h.spawn(f).await.unwrap() }
+    };
+    let builder = move || Directory::builder().config(config());
     let has = |s: &str| stores.iter().any(|x| x == s);
     if has("memory") {
         run(
             "memory",
-            vec![builder().store(MemoryStore::new()).build().await.unwrap()],
+            &dir_rt,
+            vec![on_dir(Box::pin(async move { builder().store(MemoryStore::new()).build().await.unwrap() })).await],
             Stats::None,
             nodes,
             requests,
@@ -461,9 +558,11 @@ async fn main() {
     if has("sqlite") {
         let path = std::env::temp_dir().join(format!("iicp-dirbench-{}.db", std::process::id()));
         let store = SqliteStore::open_async(&path).await.unwrap();
+        let s2 = store.clone();
         run(
             "sqlite",
-            vec![builder().store(store.clone()).build().await.unwrap()],
+            &dir_rt,
+            vec![on_dir(Box::pin(async move { builder().store(s2).build().await.unwrap() })).await],
             Stats::Sqlite(store.clone()),
             nodes,
             requests,
@@ -490,8 +589,13 @@ async fn main() {
         let mut pg = Vec::new();
         let mut directories = Vec::new();
         for _ in 0..instances.max(1) {
-            let store = PgStore::connect(&url).await.unwrap();
-            directories.push(builder().store(store.clone()).build().await.unwrap());
+            let url = url.clone();
+            let store = dir_rt
+                .spawn(async move { PgStore::connect(&url).await.unwrap() })
+                .await
+                .unwrap();
+            let s2 = store.clone();
+            directories.push(on_dir(Box::pin(async move { builder().store(s2).build().await.unwrap() })).await);
             pg.push(store);
         }
         let label = if instances > 1 {
@@ -501,6 +605,7 @@ async fn main() {
         };
         run(
             &label,
+            &dir_rt,
             directories,
             Stats::Pg(pg.clone()),
             nodes,
@@ -516,4 +621,5 @@ async fn main() {
             store_only(&label, stores, &Stats::Pg(pg), nodes, requests, concurrency).await;
         }
     }
+    dir_runtime.shutdown_background();
 }
