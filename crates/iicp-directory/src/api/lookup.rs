@@ -43,38 +43,16 @@ fn policy_refused(intent: &str) -> Result<(), HttpError> {
     })
 }
 
-/// Eligible nodes matching `sel`, scored, best first (ties: most recently seen, then id).
+/// Eligible nodes matching `sel`, scored, best first (ties: most recently seen, then id),
+/// from the dense scan index; only the winners' nodes are read (and cloned).
 fn select(core: &Core, sel: &Selection<'_>, limit: usize) -> Vec<(Node, f64)> {
     let now = core.now_ms();
-    let s = &core.settings;
     let reg = core.read();
-    let mut out: Vec<(&Node, f64)> = reg
-        .nodes
-        .values()
-        .filter(|n| n.is_eligible(now, s) && n.matches(sel))
-        .map(|n| (n, n.score(sel, now)))
-        .filter(|(_, score)| *score >= MIN_SCORE)
-        .collect();
-    let best_first = |(a, sa): &(&Node, f64), (b, sb): &(&Node, f64)| {
-        sb.total_cmp(sa)
-            .then(
-                b.record
-                    .state
-                    .last_seen_ms
-                    .cmp(&a.record.state.last_seen_ms),
-            )
-            .then(a.record.node_id.cmp(&b.record.node_id))
-    };
-    // the best `limit` in linear time, then only those sorted
-    if limit == 0 {
-        return Vec::new();
-    }
-    if out.len() > limit {
-        out.select_nth_unstable_by(limit - 1, best_first);
-        out.truncate(limit);
-    }
-    out.sort_unstable_by(best_first);
-    out.into_iter().map(|(n, s)| (n.clone(), s)).collect()
+    reg.scan
+        .select(sel, now, &core.settings, MIN_SCORE, limit)
+        .into_iter()
+        .filter_map(|(id, score)| Some((reg.nodes.get(id)?.clone(), score)))
+        .collect()
 }
 
 /// `{"nodes": <nodes_json>, ...envelope}`: the envelope is per request (timing), the
