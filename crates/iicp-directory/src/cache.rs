@@ -33,15 +33,34 @@ const LOCK_SHARDS: usize = 16;
 /// Most distinct queries kept; when full, the cache starts over.
 const MAX_ENTRIES: usize = 512;
 
-/// One cached result: the rendered `nodes` array and what the envelope needs.
+/// One cached result: the whole response body, rendered once, but for the value of
+/// `query_ms` (the one member that differs per request), which goes between
+/// `body[..split]` and `body[split..]`.
 #[derive(Debug)]
 pub(crate) struct Cached {
     generation: u64,
     at_ms: u64,
-    /// The `nodes` array, serialised.
-    pub(crate) nodes_json: String,
-    pub(crate) count: usize,
-    pub(crate) relay_available: bool,
+    /// The body without the `query_ms` value.
+    pub(crate) body: Vec<u8>,
+    /// Where the `query_ms` value goes; `None`: the body is served as is.
+    pub(crate) split: Option<usize>,
+    /// The `view=public` rendering.
+    pub(crate) public: bool,
+}
+
+impl Cached {
+    /// The body with `query_ms` spliced in.
+    pub(crate) fn body_with(&self, query_ms: u64) -> Vec<u8> {
+        let Some(at) = self.split.filter(|at| *at <= self.body.len()) else {
+            return self.body.clone();
+        };
+        let ms = query_ms.to_string();
+        let mut out = Vec::with_capacity(self.body.len() + ms.len());
+        out.extend_from_slice(&self.body[..at]);
+        out.extend_from_slice(ms.as_bytes());
+        out.extend_from_slice(&self.body[at..]);
+        out
+    }
 }
 
 /// What the cache has for a query.
@@ -119,16 +138,16 @@ impl DiscoverCache {
         query: String,
         generation: u64,
         now_ms: u64,
-        nodes_json: String,
-        count: usize,
-        relay_available: bool,
+        body: Vec<u8>,
+        split: Option<usize>,
+        public: bool,
     ) -> Arc<Cached> {
         let entry = Arc::new(Cached {
             generation,
             at_ms: now_ms,
-            nodes_json,
-            count,
-            relay_available,
+            body,
+            split,
+            public,
         });
         let mut entries = self.entries.lock();
         if entries.len() >= MAX_ENTRIES && !entries.contains_key(&query) {
@@ -161,7 +180,7 @@ mod tests {
     use super::*;
 
     fn put(c: &DiscoverCache, q: &str, now: u64) {
-        c.put(q.into(), c.generation(), now, "[]".into(), 0, false);
+        c.put(q.into(), c.generation(), now, b"{}".to_vec(), None, false);
     }
 
     fn fresh(c: &DiscoverCache, q: &str, now: u64) -> bool {
@@ -208,7 +227,14 @@ mod tests {
         let c = DiscoverCache::default();
         let generation = c.generation();
         c.invalidate(); // a registration lands while the result is computed
-        c.put("intent=a".into(), generation, 1, "[]".into(), 0, false);
+        c.put(
+            "intent=a".into(),
+            generation,
+            1,
+            b"{}".to_vec(),
+            None,
+            false,
+        );
         assert!(miss(&c, "intent=a", 1));
     }
 
@@ -223,6 +249,16 @@ mod tests {
         assert!(fresh(&c, &format!("q{}", MAX_ENTRIES + 9), 1));
         // one lock per query, whatever its shard
         assert!(Arc::ptr_eq(&c.compute_lock("q1"), &c.compute_lock("q1")));
+    }
+
+    #[test]
+    fn query_ms_is_spliced_into_the_cached_body() {
+        let c = DiscoverCache::default();
+        let body = br#"{"nodes":[],"query_ms":,"x":1}"#.to_vec();
+        let hit = c.put("q".into(), c.generation(), 1, body, Some(23), false);
+        assert_eq!(hit.body_with(17), br#"{"nodes":[],"query_ms":17,"x":1}"#);
+        let whole = c.put("r".into(), c.generation(), 1, b"{}".to_vec(), None, false);
+        assert_eq!(whole.body_with(17), b"{}");
     }
 
     #[test]
