@@ -150,9 +150,7 @@ async fn run(
         .unwrap();
         bases.push(format!("http://{}/api", listener.local_addr().unwrap()));
         let sd = sd.clone();
-        servers.push(dir_rt.spawn(
-            async move { directory.serve(listener, sd).await },
-        ));
+        servers.push(dir_rt.spawn(async move { directory.serve(listener, sd).await }));
     }
     let bases = Arc::new(bases);
     // keep a connection per concurrent caller (the default pool keeps 32 per host)
@@ -342,8 +340,9 @@ async fn heartbeats(
             .map(|(node, (id, token))| {
                 // a node heartbeats through one instance (sticky)
                 let base = &bases[node % bases.len()];
-                let body = serde_json::to_vec(&json!({"node_id": id, "load": 0.25, "active_jobs": 1}))
-                    .unwrap();
+                let body =
+                    serde_json::to_vec(&json!({"node_id": id, "load": 0.25, "active_jobs": 1}))
+                        .unwrap();
                 // leaked once: each request then sends it without a copy
                 let body: &'static [u8] = Box::leak(body.into_boxed_slice());
                 (format!("{base}/v1/heartbeat"), body, token.clone())
@@ -547,7 +546,12 @@ async fn main() {
         run(
             "memory",
             &dir_rt,
-            vec![on_dir(Box::pin(async move { builder().store(MemoryStore::new()).build().await.unwrap() })).await],
+            vec![
+                on_dir(Box::pin(async move {
+                    builder().store(MemoryStore::new()).build().await.unwrap()
+                }))
+                .await,
+            ],
             Stats::None,
             nodes,
             requests,
@@ -562,7 +566,12 @@ async fn main() {
         run(
             "sqlite",
             &dir_rt,
-            vec![on_dir(Box::pin(async move { builder().store(s2).build().await.unwrap() })).await],
+            vec![
+                on_dir(Box::pin(async move {
+                    builder().store(s2).build().await.unwrap()
+                }))
+                .await,
+            ],
             Stats::Sqlite(store.clone()),
             nodes,
             requests,
@@ -595,7 +604,12 @@ async fn main() {
                 .await
                 .unwrap();
             let s2 = store.clone();
-            directories.push(on_dir(Box::pin(async move { builder().store(s2).build().await.unwrap() })).await);
+            directories.push(
+                on_dir(Box::pin(async move {
+                    builder().store(s2).build().await.unwrap()
+                }))
+                .await,
+            );
             pg.push(store);
         }
         let label = if instances > 1 {
