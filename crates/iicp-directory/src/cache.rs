@@ -16,6 +16,7 @@
 //! Computing a missing entry is single-flight per query (sharded locks): concurrent
 //! requests for it wait for the one computation instead of repeating it.
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -33,16 +34,16 @@ const LOCK_SHARDS: usize = 16;
 /// Most distinct queries kept; when full, the cache starts over.
 const MAX_ENTRIES: usize = 512;
 
-/// One cached result: the whole response body, rendered once, but for the value of
-/// `query_ms` (the one member that differs per request), which goes between
-/// `body[..split]` and `body[split..]`.
+/// One cached result: the whole response body, rendered once with `query_ms` 0 (a
+/// cache hit takes well under a millisecond, so it is served as is, shared, without a
+/// copy); for any other value the digits replace the `0` at `body[split]`.
 #[derive(Debug)]
 pub(crate) struct Cached {
     generation: u64,
     at_ms: u64,
-    /// The body without the `query_ms` value.
-    pub(crate) body: Vec<u8>,
-    /// Where the `query_ms` value goes; `None`: the body is served as is.
+    /// The body, with `"query_ms":0`.
+    pub(crate) body: Bytes,
+    /// Where the `0` of `query_ms` is; `None`: the body is always served as is.
     pub(crate) split: Option<usize>,
     /// The `view=public` rendering.
     pub(crate) public: bool,
@@ -50,16 +51,19 @@ pub(crate) struct Cached {
 
 impl Cached {
     /// The body with `query_ms` spliced in.
-    pub(crate) fn body_with(&self, query_ms: u64) -> Vec<u8> {
-        let Some(at) = self.split.filter(|at| *at <= self.body.len()) else {
+    pub(crate) fn body_with(&self, query_ms: u64) -> Bytes {
+        let Some(at) = self
+            .split
+            .filter(|at| *at < self.body.len() && query_ms != 0)
+        else {
             return self.body.clone();
         };
         let ms = query_ms.to_string();
         let mut out = Vec::with_capacity(self.body.len() + ms.len());
         out.extend_from_slice(&self.body[..at]);
         out.extend_from_slice(ms.as_bytes());
-        out.extend_from_slice(&self.body[at..]);
-        out
+        out.extend_from_slice(&self.body[at + 1..]);
+        out.into()
     }
 }
 
@@ -145,7 +149,7 @@ impl DiscoverCache {
         let entry = Arc::new(Cached {
             generation,
             at_ms: now_ms,
-            body,
+            body: body.into(),
             split,
             public,
         });
@@ -254,11 +258,15 @@ mod tests {
     #[test]
     fn query_ms_is_spliced_into_the_cached_body() {
         let c = DiscoverCache::default();
-        let body = br#"{"nodes":[],"query_ms":,"x":1}"#.to_vec();
+        let body = br#"{"nodes":[],"query_ms":0,"x":1}"#.to_vec();
         let hit = c.put("q".into(), c.generation(), 1, body, Some(23), false);
-        assert_eq!(hit.body_with(17), br#"{"nodes":[],"query_ms":17,"x":1}"#);
+        assert_eq!(
+            hit.body_with(17),
+            &br#"{"nodes":[],"query_ms":17,"x":1}"#[..]
+        );
+        assert_eq!(hit.body_with(0), &br#"{"nodes":[],"query_ms":0,"x":1}"#[..]);
         let whole = c.put("r".into(), c.generation(), 1, b"{}".to_vec(), None, false);
-        assert_eq!(whole.body_with(17), b"{}");
+        assert_eq!(whole.body_with(17), &b"{}"[..]);
     }
 
     #[test]

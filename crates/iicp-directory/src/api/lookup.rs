@@ -115,7 +115,7 @@ fn compute_discover(core: &Core, q: &DiscoverQuery, key: String, now: u64) -> Ar
 }
 
 /// The DISCOVER body for `nodes_json` (`{"nodes": …, …envelope}`), rendered once per
-/// cached result with `query_ms` left out, and the offset where its value goes.
+/// cached result with `query_ms` 0, and the offset of that `0`.
 fn render_discover(
     q: &DiscoverQuery,
     nodes_json: &str,
@@ -141,7 +141,7 @@ fn render_discover(
             "cx_public_key": "key_ready_only",
         });
     }
-    let mut body = splice_nodes(&envelope, nodes_json);
+    let body = splice_nodes(&envelope, nodes_json);
     // the placeholder is searched for after the node list, in the envelope only
     const MARK: &[u8] = b"\"query_ms\":0";
     let from = b"{\"nodes\":".len() + nodes_json.len();
@@ -149,9 +149,6 @@ fn render_discover(
         .get(from..)
         .and_then(|rest| rest.windows(MARK.len()).position(|w| w == MARK))
         .map(|at| from + at + MARK.len() - 1);
-    if let Some(at) = split {
-        body.remove(at); // the placeholder `0`
-    }
     (body, split)
 }
 
@@ -223,7 +220,7 @@ pub(super) async fn discover(core: Arc<Core>, req: Request, _p: Params) -> Handl
     } else {
         "route_dispatch"
     };
-    let mut resp = json_bytes(StatusCode::OK, body.into());
+    let mut resp = json_bytes(StatusCode::OK, body);
     resp.headers_mut().insert(
         "x-iicp-discover-data-class",
         http::HeaderValue::from_static(data_class),
