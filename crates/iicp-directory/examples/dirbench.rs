@@ -59,46 +59,107 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU time (user + system, ms) of this process's threads so far: (directory, load
-/// generator), by thread name (`dir-rt*` and `iicp-dir-*` are the directory's).
-/// Threads that ended are missing, so only differences over a phase are meaningful.
-fn cpu_split_ms() -> (u64, u64) {
-    let tick_ms = 10; // CLK_TCK = 100
-    let (mut dir, mut other) = (0, 0);
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return (0, 0);
-    };
-    for t in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
-            continue;
-        };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let name = &stat[open + 1..close];
-        // fields after the name: state is field 3; utime and stime are fields 14 and 15
-        let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-        let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        if name.starts_with("dir-rt") || name.starts_with("iicp-dir-") {
-            dir += ticks * tick_ms;
-        } else {
-            other += ticks * tick_ms;
-        }
-    }
-    (dir, other)
+/// CPU time (user + system) so far, ms, by who spent it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    /// The directory runtime's threads (`dir-rt`: HTTP, handlers, blocking pool).
+    dir_rt: u64,
+    /// The SQLite group-commit writer thread (`iicp-dir-*`).
+    store_thread: u64,
+    /// Everything else in this process: the load generator.
+    load: u64,
+    /// The throwaway PostgreSQL server's processes (children of this process).
+    postgres: u64,
 }
 
-/// CPU per operation of the directory and of the load generator since `before`.
-fn cpu_report(what: &str, before: (u64, u64), ops: usize) {
-    let after = cpu_split_ms();
+/// `(name, [utime, stime, cutime, cstime] in ms, ppid)` of a `/proc/…/stat`.
+fn proc_stat(path: &std::path::Path) -> Option<(String, [u64; 4], u32)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let name = stat[open + 1..close].to_owned();
+    // after the name: field 3 (state) is f[0]; ppid is field 4, utime..cstime 14..17
+    let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 10; // CLK_TCK 100
+    let ppid = f.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Some((name, [n(11), n(12), n(13), n(14)], ppid))
+}
+
+/// [`Cpu`] now, from `/proc/self/task/*/stat` (by thread name) and the PostgreSQL
+/// processes this process started. Threads that ended are missing, so only
+/// differences over a phase are meaningful.
+fn cpu_now() -> Cpu {
+    let mut cpu = Cpu::default();
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            let Some((name, [u, s, _, _], _)) = proc_stat(&t.path().join("stat")) else {
+                continue;
+            };
+            if name.starts_with("dir-rt") {
+                cpu.dir_rt += u + s;
+            } else if name.starts_with("iicp-dir-") {
+                cpu.store_thread += u + s;
+            } else {
+                cpu.load += u + s;
+            }
+        }
+    }
+    let me = std::process::id();
+    let procs: Vec<(u32, String, [u64; 4], u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let (name, t, ppid) = proc_stat(&e.path().join("stat"))?;
+            Some((pid, name, t, ppid))
+        })
+        .collect();
+    let parent: std::collections::HashMap<u32, (u32, &str)> = procs
+        .iter()
+        .map(|(pid, name, _, ppid)| (*pid, (*ppid, name.as_str())))
+        .collect();
+    let mine = |mut pid: u32| {
+        for _ in 0..8 {
+            match parent.get(&pid) {
+                Some((ppid, _)) if *ppid == me => return true,
+                Some((ppid, _)) => pid = *ppid,
+                None => return false,
+            }
+        }
+        false
+    };
+    for (pid, name, [u, s, cu, cs], ppid) in &procs {
+        if name != "postgres" || !mine(*pid) {
+            continue;
+        }
+        let postmaster = parent.get(ppid).is_none_or(|(_, n)| *n != "postgres");
+        // ended backends are in the postmaster's children's time
+        cpu.postgres += u + s + if postmaster { cu + cs } else { 0 };
+    }
+    cpu
+}
+
+/// CPU per operation since `before`: the directory (its runtime and store thread), the
+/// load generator and PostgreSQL.
+fn cpu_report(what: &str, before: Cpu, ops: usize) {
+    let after = cpu_now();
     let per = |ms: u64| ms as f64 * 1000.0 / ops.max(1) as f64;
+    let (rt, st) = (
+        after.dir_rt - before.dir_rt,
+        after.store_thread - before.store_thread,
+    );
+    let (load, pg) = (after.load - before.load, after.postgres - before.postgres);
     println!(
-        "{what}: CPU per request: directory {:.1} µs, load generator {:.1} µs ({} + {} ms over {ops})",
-        per(after.0 - before.0),
-        per(after.1 - before.1),
-        after.0 - before.0,
-        after.1 - before.1,
+        "{what}: CPU per request: directory {:.1} µs (runtime {:.1} + store thread {:.1}), load generator {:.1} µs, PostgreSQL {:.1} µs ({} + {} + {} + {} ms over {ops})",
+        per(rt + st),
+        per(rt),
+        per(st),
+        per(load),
+        per(pg),
+        rt,
+        st,
+        load,
+        pg,
     );
 }
 
@@ -160,7 +221,7 @@ async fn run(
 
     // register
     let rss0 = rss_kib();
-    let cpu0 = cpu_split_ms();
+    let cpu0 = cpu_now();
     let t0 = Instant::now();
     let mut creds: Vec<(String, String)> = Vec::with_capacity(nodes);
     let regions = ["eu-central", "us-west", "ap-south", "sa-east"];
@@ -251,7 +312,7 @@ async fn discover(label: &str, http: &HttpClient, bases: &Arc<Vec<String>>) {
 
     // discover without the result cache: every request a distinct query
     let mut samples = Vec::with_capacity(200);
-    let cpu0 = cpu_split_ms();
+    let cpu0 = cpu_now();
     for i in 0..200 {
         let url =
             format!("{base}/v1/discover?intent=urn:iicp:intent:llm:chat:v1&limit=10&nocache={i}");
@@ -299,7 +360,7 @@ async fn discover(label: &str, http: &HttpClient, bases: &Arc<Vec<String>>) {
         }));
     }
     start.wait().await;
-    let cpu0 = cpu_split_ms();
+    let cpu0 = cpu_now();
     let t0 = Instant::now();
     let mut lat = Vec::new();
     for w in workers {
@@ -351,7 +412,7 @@ async fn heartbeats(
     );
     let stats0 = stats.get();
     let http = http.clone();
-    let cpu0 = cpu_split_ms();
+    let cpu0 = cpu_now();
     closed_loop(
         &format!("{label}: {requests} heartbeats"),
         requests,
