@@ -59,17 +59,14 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU time (user + system) so far, ms, by who spent it.
-#[derive(Debug, Clone, Copy, Default)]
+/// CPU time (user + system, ms) of each thread of this process and of the PostgreSQL
+/// processes it started, at one moment (see [`cpu_report`]).
+#[derive(Debug, Clone, Default)]
 struct Cpu {
-    /// The directory runtime's threads (`dir-rt`: HTTP, handlers, blocking pool).
-    dir_rt: u64,
-    /// The SQLite group-commit writer thread (`iicp-dir-*`).
-    store_thread: u64,
-    /// Everything else in this process: the load generator.
-    load: u64,
-    /// The throwaway PostgreSQL server's processes (children of this process).
-    postgres: u64,
+    /// By thread id: (thread name, ms).
+    threads: std::collections::HashMap<u32, (String, u64)>,
+    /// By process id: ms (the postmaster's includes its ended children).
+    postgres: std::collections::HashMap<u32, u64>,
 }
 
 /// `(name, [utime, stime, cutime, cstime] in ms, ppid)` of a `/proc/…/stat`.
@@ -84,22 +81,17 @@ fn proc_stat(path: &std::path::Path) -> Option<(String, [u64; 4], u32)> {
     Some((name, [n(11), n(12), n(13), n(14)], ppid))
 }
 
-/// [`Cpu`] now, from `/proc/self/task/*/stat` (by thread name) and the PostgreSQL
-/// processes this process started. Threads that ended are missing, so only
-/// differences over a phase are meaningful.
+/// [`Cpu`] now, from `/proc/self/task/*/stat` and the PostgreSQL processes this
+/// process started.
 fn cpu_now() -> Cpu {
     let mut cpu = Cpu::default();
     if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
         for t in tasks.flatten() {
-            let Some((name, [u, s, _, _], _)) = proc_stat(&t.path().join("stat")) else {
+            let Some(tid) = t.file_name().to_str().and_then(|n| n.parse().ok()) else {
                 continue;
             };
-            if name.starts_with("dir-rt") {
-                cpu.dir_rt += u + s;
-            } else if name.starts_with("iicp-dir-") {
-                cpu.store_thread += u + s;
-            } else {
-                cpu.load += u + s;
+            if let Some((name, [u, s, _, _], _)) = proc_stat(&t.path().join("stat")) {
+                cpu.threads.insert(tid, (name, u + s));
             }
         }
     }
@@ -134,21 +126,36 @@ fn cpu_now() -> Cpu {
         }
         let postmaster = parent.get(ppid).is_none_or(|(_, n)| *n != "postgres");
         // ended backends are in the postmaster's children's time
-        cpu.postgres += u + s + if postmaster { cu + cs } else { 0 };
+        cpu.postgres
+            .insert(*pid, u + s + if postmaster { cu + cs } else { 0 });
     }
     cpu
 }
 
-/// CPU per operation since `before`: the directory (its runtime and store thread), the
-/// load generator and PostgreSQL.
+/// CPU per operation since `before`, per thread and process (a thread that ended
+/// during the phase is missing, one that started counts whole): the directory's
+/// runtime (`dir-rt`: HTTP, handlers, blocking pool), its store thread (`iicp-dir-*`,
+/// SQLite's group-commit writer), the load generator (every other thread of this
+/// process) and PostgreSQL's processes.
 fn cpu_report(what: &str, before: Cpu, ops: usize) {
     let after = cpu_now();
+    let (mut rt, mut st, mut load) = (0, 0, 0);
+    for (tid, (name, ms)) in &after.threads {
+        let d = ms.saturating_sub(before.threads.get(tid).map_or(0, |t| t.1));
+        if name.starts_with("dir-rt") {
+            rt += d;
+        } else if name.starts_with("iicp-dir-") {
+            st += d;
+        } else {
+            load += d;
+        }
+    }
+    let pg: u64 = after
+        .postgres
+        .iter()
+        .map(|(pid, ms)| ms.saturating_sub(before.postgres.get(pid).copied().unwrap_or(0)))
+        .sum();
     let per = |ms: u64| ms as f64 * 1000.0 / ops.max(1) as f64;
-    let (rt, st) = (
-        after.dir_rt - before.dir_rt,
-        after.store_thread - before.store_thread,
-    );
-    let (load, pg) = (after.load - before.load, after.postgres - before.postgres);
     println!(
         "{what}: CPU per request: directory {:.1} µs (runtime {:.1} + store thread {:.1}), load generator {:.1} µs, PostgreSQL {:.1} µs ({} + {} + {} + {} ms over {ops})",
         per(rt + st),
