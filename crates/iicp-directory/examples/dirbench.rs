@@ -25,6 +25,10 @@
 //! heartbeat bodies and URLs are serialised once, and a discover answer is checked by
 //! its status and by being a JSON object that starts with its `nodes` array, not parsed.
 //!
+//! `DIRBENCH_SHARED_RUNTIME=1` runs the directories on the load generator's runtime
+//! instead (two worker threads in all, fewer threads than the split's four on a 2-core
+//! machine; no CPU split then: everything counts as load generator).
+//!
 //! `DIRBENCH_SKIP_DISCOVER=1` runs only register and heartbeats (for `strace -c -f`).
 //! Each store reports the RSS growth of the process over its registrations (RSS delta
 //! / nodes: the working set, the store and the allocator's slack), and the SQL stores
@@ -601,7 +605,13 @@ async fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let dir_rt = dir_runtime.handle().clone();
+    // DIRBENCH_SHARED_RUNTIME=1: the directories share the load generator's runtime
+    // (two worker threads in all, as before the split; no CPU split then)
+    let dir_rt = if std::env::var_os("DIRBENCH_SHARED_RUNTIME").is_some() {
+        tokio::runtime::Handle::current()
+    } else {
+        dir_runtime.handle().clone()
+    };
     // builds on the directory runtime, so that the background tasks and store
     // connections it spawns run there
     let on_dir = |f: std::pin::Pin<Box<dyn std::future::Future<Output = Directory> + Send>>| {
