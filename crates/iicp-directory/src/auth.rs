@@ -163,7 +163,9 @@ mod tests {
         for _ in 0..3 * RANDOM_POOL / 16 {
             let h = random_hex(16);
             assert_eq!(h.len(), 32);
-            assert!(h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+            assert!(h
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
             assert!(seen.insert(h), "a challenge repeated");
         }
         assert_eq!(random_hex(RANDOM_POOL + 1).len(), 2 * (RANDOM_POOL + 1));

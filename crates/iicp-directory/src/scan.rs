@@ -371,17 +371,13 @@ impl ScanIndex {
             if by_id && !id_filters_pass(&self.slots[slot as usize].id, sel) {
                 continue;
             }
-            let availability = if !rec.has(HAS_WINDOWS) {
-                1.0
-            } else if self.slots[slot as usize]
-                .windows
-                .iter()
-                .any(|&(a, b)| window_contains(a, b, minute))
-            {
-                1.0
-            } else {
-                0.5
-            };
+            // 1 without windows or inside one, 0.5 outside (§9.1)
+            let inside = !rec.has(HAS_WINDOWS)
+                || self.slots[slot as usize]
+                    .windows
+                    .iter()
+                    .any(|&(a, b)| window_contains(a, b, minute));
+            let availability = if inside { 1.0 } else { 0.5 };
             let score = score_from(&ScoreInputs {
                 availability,
                 load: rec.load,
