@@ -38,8 +38,9 @@ const SEASONED: u8 = 1 << 4;
 /// It declared availability windows (the factor then depends on the time of day).
 const HAS_WINDOWS: u8 = 1 << 5;
 
-/// Interned strings beyond which, with few live nodes, the index is rebuilt (names of
-/// departed nodes are not kept forever).
+/// Interned names an index may gain beyond twice what its last build held before it is
+/// rebuilt from the live nodes (names of departed nodes are not kept forever; doubling
+/// keeps the rebuilds' cost linear in the names interned, whatever their number).
 const INTERN_SLACK: usize = 4_096;
 
 /// The compact per-node record a scan reads.
@@ -203,6 +204,8 @@ pub(crate) struct ScanIndex {
     records: Vec<ScanRecord>,
     slots: Vec<SlotInfo>,
     lists: Vec<IntentList>,
+    /// Interned names right after the last [`ScanIndex::build`].
+    names_at_build: usize,
 }
 
 impl ScanIndex {
@@ -212,15 +215,20 @@ impl ScanIndex {
         for node in nodes {
             index.upsert(node);
         }
+        index.names_at_build = index.names();
         index
     }
 
-    /// Whether the interned names far outnumber the live nodes (many nodes came and
-    /// went with their own names): then the registry rebuilds the index.
+    /// Interned names, all kinds.
+    fn names(&self) -> usize {
+        self.intents.len() + self.regions.len() + self.models.len() + self.modalities.len()
+    }
+
+    /// Whether the interned names grew past twice those of the last build (plus
+    /// [`INTERN_SLACK`]): then the registry rebuilds the index, which drops the names
+    /// only departed nodes used.
     pub(crate) fn bloated(&self) -> bool {
-        let names =
-            self.intents.len() + self.regions.len() + self.models.len() + self.modalities.len();
-        names > INTERN_SLACK + 8 * self.slot_of.len()
+        self.names() > INTERN_SLACK + 2 * self.names_at_build
     }
 
     /// Adds `node`, or replaces what the index holds for it (a new registration).
@@ -748,6 +756,35 @@ mod tests {
         }
         // most selections return nodes: the comparison is not of empty lists
         assert!(found * 2 > checked, "{found} of {checked}");
+    }
+
+    #[test]
+    fn rebuilds_are_rare_even_when_every_node_brings_new_names() {
+        let mut reg = Registry::default();
+        let mut builds = 0;
+        let mut last = reg.scan.names_at_build;
+        for i in 0..4_000 {
+            let models: Vec<String> = (0..10).map(|m| format!("model-{i}-{m}")).collect();
+            let mut node = random_node(&mut Rng(i), format!("n{i}"));
+            node.reg.capabilities = vec![iicp_proto::directory::Capability {
+                intent: INTENTS[0].into(),
+                models,
+                ..Default::default()
+            }];
+            reg.insert(node);
+            if reg.scan.names_at_build != last {
+                builds += 1;
+                last = reg.scan.names_at_build;
+            }
+        }
+        // 40 000 names: rebuilt when they pass 4 096, 12 288 and 28 672
+        assert!((1..=4).contains(&builds), "{builds} rebuilds");
+        // and departed nodes' names go at the next rebuild
+        for i in 0..4_000 {
+            reg.remove(&format!("n{i}"));
+        }
+        let index = ScanIndex::build(reg.nodes.values());
+        assert_eq!(index.models.len(), 0);
     }
 
     #[test]
