@@ -17,6 +17,18 @@
 //! * `--store-only`: also measure `Store::put_state` without HTTP (N stores' worth of
 //!   callers calling the store directly at CONCURRENCY): what the store itself sustains.
 //!
+//! The directories (their HTTP servers, background tasks and stores) run on their own
+//! tokio runtime, threads named `dir-rt` (plus the SQLite writer thread), and the load
+//! generator on the main runtime, so that each phase can report the CPU time of the
+//! directory apart from the load generator's (`/proc/self/task/*/stat`, 10 ms ticks;
+//! PostgreSQL's own server processes are in neither). The load generator is kept light:
+//! heartbeat bodies and URLs are serialised once, and a discover answer is checked by
+//! its status and by being a JSON object that starts with its `nodes` array, not parsed.
+//!
+//! `DIRBENCH_SHARED_RUNTIME=1` runs the directories on the load generator's runtime
+//! instead (two worker threads in all, fewer threads than the split's four on a 2-core
+//! machine; no CPU split then: everything counts as load generator).
+//!
 //! `DIRBENCH_SKIP_DISCOVER=1` runs only register and heartbeats (for `strace -c -f`).
 //! Each store reports the RSS growth of the process over its registrations (RSS delta
 //! / nodes: the working set, the store and the allocator's slack), and the SQL stores
@@ -51,6 +63,117 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system, ms) of each thread of this process and of the PostgreSQL
+/// processes it started, at one moment (see [`cpu_report`]).
+#[derive(Debug, Clone, Default)]
+struct Cpu {
+    /// By thread id: (thread name, ms).
+    threads: std::collections::HashMap<u32, (String, u64)>,
+    /// By process id: ms (the postmaster's includes its ended children).
+    postgres: std::collections::HashMap<u32, u64>,
+}
+
+/// `(name, [utime, stime, cutime, cstime] in ms, ppid)` of a `/proc/…/stat`.
+fn proc_stat(path: &std::path::Path) -> Option<(String, [u64; 4], u32)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let name = stat[open + 1..close].to_owned();
+    // after the name: field 3 (state) is f[0]; ppid is field 4, utime..cstime 14..17
+    let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 10; // CLK_TCK 100
+    let ppid = f.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Some((name, [n(11), n(12), n(13), n(14)], ppid))
+}
+
+/// [`Cpu`] now, from `/proc/self/task/*/stat` and the PostgreSQL processes this
+/// process started.
+fn cpu_now() -> Cpu {
+    let mut cpu = Cpu::default();
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            let Some(tid) = t.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            if let Some((name, [u, s, _, _], _)) = proc_stat(&t.path().join("stat")) {
+                cpu.threads.insert(tid, (name, u + s));
+            }
+        }
+    }
+    let me = std::process::id();
+    let procs: Vec<(u32, String, [u64; 4], u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let (name, t, ppid) = proc_stat(&e.path().join("stat"))?;
+            Some((pid, name, t, ppid))
+        })
+        .collect();
+    let parent: std::collections::HashMap<u32, (u32, &str)> = procs
+        .iter()
+        .map(|(pid, name, _, ppid)| (*pid, (*ppid, name.as_str())))
+        .collect();
+    let mine = |mut pid: u32| {
+        for _ in 0..8 {
+            match parent.get(&pid) {
+                Some((ppid, _)) if *ppid == me => return true,
+                Some((ppid, _)) => pid = *ppid,
+                None => return false,
+            }
+        }
+        false
+    };
+    for (pid, name, [u, s, cu, cs], ppid) in &procs {
+        if name != "postgres" || !mine(*pid) {
+            continue;
+        }
+        let postmaster = parent.get(ppid).is_none_or(|(_, n)| *n != "postgres");
+        // ended backends are in the postmaster's children's time
+        cpu.postgres
+            .insert(*pid, u + s + if postmaster { cu + cs } else { 0 });
+    }
+    cpu
+}
+
+/// CPU per operation since `before`, per thread and process (a thread that ended
+/// during the phase is missing, one that started counts whole): the directory's
+/// runtime (`dir-rt`: HTTP, handlers, blocking pool), its store thread (`iicp-dir-*`,
+/// SQLite's group-commit writer), the load generator (every other thread of this
+/// process) and PostgreSQL's processes.
+fn cpu_report(what: &str, before: Cpu, ops: usize) {
+    let after = cpu_now();
+    let (mut rt, mut st, mut load) = (0, 0, 0);
+    for (tid, (name, ms)) in &after.threads {
+        let d = ms.saturating_sub(before.threads.get(tid).map_or(0, |t| t.1));
+        if name.starts_with("dir-rt") {
+            rt += d;
+        } else if name.starts_with("iicp-dir-") {
+            st += d;
+        } else {
+            load += d;
+        }
+    }
+    let pg: u64 = after
+        .postgres
+        .iter()
+        .map(|(pid, ms)| ms.saturating_sub(before.postgres.get(pid).copied().unwrap_or(0)))
+        .sum();
+    let per = |ms: u64| ms as f64 * 1000.0 / ops.max(1) as f64;
+    println!(
+        "{what}: CPU per request: directory {:.1} µs (runtime {:.1} + store thread {:.1}), load generator {:.1} µs, PostgreSQL {:.1} µs ({} + {} + {} + {} ms over {ops})",
+        per(rt + st),
+        per(rt),
+        per(st),
+        per(load),
+        per(pg),
+        rt,
+        st,
+        load,
+        pg,
+    );
+}
+
 /// Group-commit counters of the store(s) under test: (commits, writes, largest batch).
 #[derive(Clone)]
 enum Stats {
@@ -79,6 +202,7 @@ impl Stats {
 
 async fn run(
     label: &str,
+    dir_rt: &tokio::runtime::Handle,
     directories: Vec<Directory>,
     stats: Stats,
     nodes: usize,
@@ -98,9 +222,7 @@ async fn run(
         .unwrap();
         bases.push(format!("http://{}/api", listener.local_addr().unwrap()));
         let sd = sd.clone();
-        servers.push(tokio::spawn(
-            async move { directory.serve(listener, sd).await },
-        ));
+        servers.push(dir_rt.spawn(async move { directory.serve(listener, sd).await }));
     }
     let bases = Arc::new(bases);
     // keep a connection per concurrent caller (the default pool keeps 32 per host)
@@ -110,6 +232,7 @@ async fn run(
 
     // register
     let rss0 = rss_kib();
+    let cpu0 = cpu_now();
     let t0 = Instant::now();
     let mut creds: Vec<(String, String)> = Vec::with_capacity(nodes);
     let regions = ["eu-central", "us-west", "ap-south", "sa-east"];
@@ -150,6 +273,7 @@ async fn run(
         rss1 / 1024,
         (rss1.saturating_sub(rss0) * 1024) as f64 / nodes.max(1) as f64
     );
+    cpu_report(&format!("{label}: register"), cpu0, nodes);
     if !skip_discover {
         discover(label, &http, &bases).await;
     }
@@ -158,6 +282,16 @@ async fn run(
     for s in servers {
         let _ = s.await;
     }
+}
+
+/// A discover answer as the load generator checks it: 200, and a JSON object that opens
+/// with its `nodes` array (the directory writes that member first) and closes.
+fn check_discover(r: &iicp_transport::http::client::HttpReply) {
+    assert!(r.is_success(), "{}", r.status);
+    assert!(
+        r.body.starts_with(b"{\"nodes\":[") && r.body.ends_with(b"}"),
+        "not a discover body"
+    );
 }
 
 async fn discover(label: &str, http: &HttpClient, bases: &Arc<Vec<String>>) {
@@ -169,7 +303,7 @@ async fn discover(label: &str, http: &HttpClient, bases: &Arc<Vec<String>>) {
         for _ in 0..200 {
             let t = Instant::now();
             let r = http.get(&url).send().await.unwrap();
-            assert!(r.is_success());
+            check_discover(&r);
             samples.push(t.elapsed());
         }
         let count = http
@@ -189,14 +323,16 @@ async fn discover(label: &str, http: &HttpClient, bases: &Arc<Vec<String>>) {
 
     // discover without the result cache: every request a distinct query
     let mut samples = Vec::with_capacity(200);
+    let cpu0 = cpu_now();
     for i in 0..200 {
         let url =
             format!("{base}/v1/discover?intent=urn:iicp:intent:llm:chat:v1&limit=10&nocache={i}");
         let t = Instant::now();
         let r = http.get(&url).send().await.unwrap();
-        assert!(r.is_success());
+        check_discover(&r);
         samples.push(t.elapsed());
     }
+    cpu_report(&format!("{label}: discover uncached"), cpu0, 200);
     println!(
         "{label}: discover limit=10, uncached (distinct queries): median {:.2?} p99 {:.2?}",
         pct(&mut samples, 0.5),
@@ -215,19 +351,18 @@ async fn discover(label: &str, http: &HttpClient, bases: &Arc<Vec<String>>) {
         let (http, start) = (http.clone(), Arc::clone(&start));
         let base = bases[w % bases.len()].clone();
         workers.push(tokio::spawn(async move {
-            let queries = ["", "&region=eu-central&limit=50", "&model=model-3"];
+            let urls = ["", "&region=eu-central&limit=50", "&model=model-3"].map(|q| {
+                format!("{base}/v1/discover?intent=urn:iicp:intent:llm:chat:v1&qos=best-effort{q}")
+            });
             let mut lat = Vec::with_capacity(per_client);
             for i in 0..warmup + per_client {
                 if i == warmup {
                     start.wait().await;
                 }
-                let url = format!(
-                    "{base}/v1/discover?intent=urn:iicp:intent:llm:chat:v1&qos=best-effort{}",
-                    queries[(w + i) % queries.len()]
-                );
+                let url = &urls[(w + i) % urls.len()];
                 let t = Instant::now();
-                let r = http.get(&url).send().await.unwrap();
-                assert!(r.is_success());
+                let r = http.get(url).send().await.unwrap();
+                check_discover(&r);
                 if i >= warmup {
                     lat.push(t.elapsed());
                 }
@@ -236,12 +371,18 @@ async fn discover(label: &str, http: &HttpClient, bases: &Arc<Vec<String>>) {
         }));
     }
     start.wait().await;
+    let cpu0 = cpu_now();
     let t0 = Instant::now();
     let mut lat = Vec::new();
     for w in workers {
         lat.extend(w.await.unwrap());
     }
     let el = t0.elapsed();
+    cpu_report(
+        &format!("{label}: discover at {clients} concurrent clients"),
+        cpu0,
+        clients * per_client,
+    );
     println!(
         "{label}: discover at {clients} concurrent clients: {} requests in {el:.2?} = {:.0}/s; median {:.2?} p99 {:.2?}",
         lat.len(),
@@ -263,27 +404,38 @@ async fn heartbeats(
     if requests == 0 {
         return;
     }
-    let creds = Arc::new(creds);
+    // what each node sends, serialised once: (URL, body, token)
+    let calls: Arc<Vec<(String, &'static [u8], String)>> = Arc::new(
+        creds
+            .iter()
+            .enumerate()
+            .map(|(node, (id, token))| {
+                // a node heartbeats through one instance (sticky)
+                let base = &bases[node % bases.len()];
+                let body =
+                    serde_json::to_vec(&json!({"node_id": id, "load": 0.25, "active_jobs": 1}))
+                        .unwrap();
+                // leaked once: each request then sends it without a copy
+                let body: &'static [u8] = Box::leak(body.into_boxed_slice());
+                (format!("{base}/v1/heartbeat"), body, token.clone())
+            })
+            .collect(),
+    );
     let stats0 = stats.get();
-    let bases = Arc::clone(bases);
     let http = http.clone();
+    let cpu0 = cpu_now();
     closed_loop(
         &format!("{label}: {requests} heartbeats"),
         requests,
         concurrency,
         move |i| {
-            let (http, creds, bases) = (http.clone(), Arc::clone(&creds), Arc::clone(&bases));
+            let (http, calls) = (http.clone(), Arc::clone(&calls));
             async move {
-                let node = i % creds.len();
-                let (id, token) = &creds[node];
-                // a node heartbeats through one instance (sticky)
-                let base = &bases[node % bases.len()];
+                let (url, body, token) = &calls[i % calls.len()];
                 let r = http
-                    .post_json(
-                        format!("{base}/v1/heartbeat"),
-                        &json!({"node_id": id, "load": 0.25, "active_jobs": 1}),
-                    )
-                    .bearer(token.clone())
+                    .request(http::Method::POST, url)
+                    .body("application/json", *body)
+                    .bearer(token.as_str())
                     .send()
                     .await
                     .unwrap();
@@ -292,6 +444,7 @@ async fn heartbeats(
         },
     )
     .await;
+    cpu_report(&format!("{label}: heartbeats"), cpu0, requests);
     report_group_commit(label, &stats, stats0);
 }
 
@@ -445,12 +598,38 @@ async fn main() {
         c.register_rate_limit = u32::MAX;
         c
     };
-    let builder = || Directory::builder().config(config());
+    // the directories' own runtime (see the module documentation)
+    let dir_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("dir-rt")
+        .enable_all()
+        .build()
+        .unwrap();
+    // DIRBENCH_SHARED_RUNTIME=1: the directories share the load generator's runtime
+    // (two worker threads in all, as before the split; no CPU split then)
+    let dir_rt = if std::env::var_os("DIRBENCH_SHARED_RUNTIME").is_some() {
+        tokio::runtime::Handle::current()
+    } else {
+        dir_runtime.handle().clone()
+    };
+    // builds on the directory runtime, so that the background tasks and store
+    // connections it spawns run there
+    let on_dir = |f: std::pin::Pin<Box<dyn std::future::Future<Output = Directory> + Send>>| {
+        let h = dir_rt.clone();
+        async move { h.spawn(f).await.unwrap() }
+    };
+    let builder = move || Directory::builder().config(config());
     let has = |s: &str| stores.iter().any(|x| x == s);
     if has("memory") {
         run(
             "memory",
-            vec![builder().store(MemoryStore::new()).build().await.unwrap()],
+            &dir_rt,
+            vec![
+                on_dir(Box::pin(async move {
+                    builder().store(MemoryStore::new()).build().await.unwrap()
+                }))
+                .await,
+            ],
             Stats::None,
             nodes,
             requests,
@@ -461,9 +640,16 @@ async fn main() {
     if has("sqlite") {
         let path = std::env::temp_dir().join(format!("iicp-dirbench-{}.db", std::process::id()));
         let store = SqliteStore::open_async(&path).await.unwrap();
+        let s2 = store.clone();
         run(
             "sqlite",
-            vec![builder().store(store.clone()).build().await.unwrap()],
+            &dir_rt,
+            vec![
+                on_dir(Box::pin(async move {
+                    builder().store(s2).build().await.unwrap()
+                }))
+                .await,
+            ],
             Stats::Sqlite(store.clone()),
             nodes,
             requests,
@@ -490,8 +676,18 @@ async fn main() {
         let mut pg = Vec::new();
         let mut directories = Vec::new();
         for _ in 0..instances.max(1) {
-            let store = PgStore::connect(&url).await.unwrap();
-            directories.push(builder().store(store.clone()).build().await.unwrap());
+            let url = url.clone();
+            let store = dir_rt
+                .spawn(async move { PgStore::connect(&url).await.unwrap() })
+                .await
+                .unwrap();
+            let s2 = store.clone();
+            directories.push(
+                on_dir(Box::pin(async move {
+                    builder().store(s2).build().await.unwrap()
+                }))
+                .await,
+            );
             pg.push(store);
         }
         let label = if instances > 1 {
@@ -501,6 +697,7 @@ async fn main() {
         };
         run(
             &label,
+            &dir_rt,
             directories,
             Stats::Pg(pg.clone()),
             nodes,
@@ -516,4 +713,5 @@ async fn main() {
             store_only(&label, stores, &Stats::Pg(pg), nodes, requests, concurrency).await;
         }
     }
+    dir_runtime.shutdown_background();
 }

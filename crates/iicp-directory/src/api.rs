@@ -363,20 +363,38 @@ async fn read_object(
     }
 }
 
+/// Reads a JSON object body within the directory's limit, as a [`Value`] (always an
+/// object) that [`typed_value`] can read in place.
+async fn read_object_value(core: &Core, req: &mut Request) -> Result<Value, HttpError> {
+    match read_json::<Value>(req, core.settings.max_body_bytes).await? {
+        v @ Value::Object(_) => Ok(v),
+        _ => Err(HttpError::validation("request body must be a JSON object")),
+    }
+}
+
 /// Converts a JSON object into a typed body without echoing values in errors.
 fn typed<T: serde::de::DeserializeOwned>(
     body: &serde_json::Map<String, Value>,
     what: &str,
 ) -> Result<T, HttpError> {
-    serde_json::from_value(Value::Object(body.clone())).map_err(|e| {
-        let text = e.to_string();
-        let detail = if text.starts_with("missing field") {
-            text.split(" at line").next().unwrap_or("").to_owned()
-        } else {
-            "a member has the wrong type or an invalid value".to_owned()
-        };
-        HttpError::validation(format!("invalid {what} body: {detail}"))
-    })
+    serde_json::from_value(Value::Object(body.clone())).map_err(|e| typed_error(&e, what))
+}
+
+/// [`typed`] for a body read by [`read_object_value`]: deserialised from the document
+/// in place, without copying it.
+fn typed_value<T: serde::de::DeserializeOwned>(body: &Value, what: &str) -> Result<T, HttpError> {
+    T::deserialize(body).map_err(|e| typed_error(&e, what))
+}
+
+/// The 422 of a body of the wrong shape: the missing member's name, never a value.
+fn typed_error(e: &serde_json::Error, what: &str) -> HttpError {
+    let text = e.to_string();
+    let detail = if text.starts_with("missing field") {
+        text.split(" at line").next().unwrap_or("").to_owned()
+    } else {
+        "a member has the wrong type or an invalid value".to_owned()
+    };
+    HttpError::validation(format!("invalid {what} body: {detail}"))
 }
 
 /// The issuer (`iss`) of tokens: the origin of the public URL, else of the `Host`.

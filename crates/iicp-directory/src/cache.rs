@@ -16,6 +16,7 @@
 //! Computing a missing entry is single-flight per query (sharded locks): concurrent
 //! requests for it wait for the one computation instead of repeating it.
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -33,15 +34,37 @@ const LOCK_SHARDS: usize = 16;
 /// Most distinct queries kept; when full, the cache starts over.
 const MAX_ENTRIES: usize = 512;
 
-/// One cached result: the rendered `nodes` array and what the envelope needs.
+/// One cached result: the whole response body, rendered once with `query_ms` 0 (a
+/// cache hit takes well under a millisecond, so it is served as is, shared, without a
+/// copy); for any other value the digits replace the `0` at `body[split]`.
 #[derive(Debug)]
 pub(crate) struct Cached {
     generation: u64,
     at_ms: u64,
-    /// The `nodes` array, serialised.
-    pub(crate) nodes_json: String,
-    pub(crate) count: usize,
-    pub(crate) relay_available: bool,
+    /// The body, with `"query_ms":0`.
+    pub(crate) body: Bytes,
+    /// Where the `0` of `query_ms` is; `None`: the body is always served as is.
+    pub(crate) split: Option<usize>,
+    /// The `view=public` rendering.
+    pub(crate) public: bool,
+}
+
+impl Cached {
+    /// The body with `query_ms` spliced in.
+    pub(crate) fn body_with(&self, query_ms: u64) -> Bytes {
+        let Some(at) = self
+            .split
+            .filter(|at| *at < self.body.len() && query_ms != 0)
+        else {
+            return self.body.clone();
+        };
+        let ms = query_ms.to_string();
+        let mut out = Vec::with_capacity(self.body.len() + ms.len());
+        out.extend_from_slice(&self.body[..at]);
+        out.extend_from_slice(ms.as_bytes());
+        out.extend_from_slice(&self.body[at + 1..]);
+        out.into()
+    }
 }
 
 /// What the cache has for a query.
@@ -119,16 +142,16 @@ impl DiscoverCache {
         query: String,
         generation: u64,
         now_ms: u64,
-        nodes_json: String,
-        count: usize,
-        relay_available: bool,
+        body: Vec<u8>,
+        split: Option<usize>,
+        public: bool,
     ) -> Arc<Cached> {
         let entry = Arc::new(Cached {
             generation,
             at_ms: now_ms,
-            nodes_json,
-            count,
-            relay_available,
+            body: body.into(),
+            split,
+            public,
         });
         let mut entries = self.entries.lock();
         if entries.len() >= MAX_ENTRIES && !entries.contains_key(&query) {
@@ -161,7 +184,7 @@ mod tests {
     use super::*;
 
     fn put(c: &DiscoverCache, q: &str, now: u64) {
-        c.put(q.into(), c.generation(), now, "[]".into(), 0, false);
+        c.put(q.into(), c.generation(), now, b"{}".to_vec(), None, false);
     }
 
     fn fresh(c: &DiscoverCache, q: &str, now: u64) -> bool {
@@ -208,7 +231,14 @@ mod tests {
         let c = DiscoverCache::default();
         let generation = c.generation();
         c.invalidate(); // a registration lands while the result is computed
-        c.put("intent=a".into(), generation, 1, "[]".into(), 0, false);
+        c.put(
+            "intent=a".into(),
+            generation,
+            1,
+            b"{}".to_vec(),
+            None,
+            false,
+        );
         assert!(miss(&c, "intent=a", 1));
     }
 
@@ -223,6 +253,20 @@ mod tests {
         assert!(fresh(&c, &format!("q{}", MAX_ENTRIES + 9), 1));
         // one lock per query, whatever its shard
         assert!(Arc::ptr_eq(&c.compute_lock("q1"), &c.compute_lock("q1")));
+    }
+
+    #[test]
+    fn query_ms_is_spliced_into_the_cached_body() {
+        let c = DiscoverCache::default();
+        let body = br#"{"nodes":[],"query_ms":0,"x":1}"#.to_vec();
+        let hit = c.put("q".into(), c.generation(), 1, body, Some(23), false);
+        assert_eq!(
+            hit.body_with(17),
+            &br#"{"nodes":[],"query_ms":17,"x":1}"#[..]
+        );
+        assert_eq!(hit.body_with(0), &br#"{"nodes":[],"query_ms":0,"x":1}"#[..]);
+        let whole = c.put("r".into(), c.generation(), 1, b"{}".to_vec(), None, false);
+        assert_eq!(whole.body_with(17), &b"{}"[..]);
     }
 
     #[test]

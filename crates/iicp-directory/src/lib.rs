@@ -39,6 +39,7 @@ pub mod error;
 mod net;
 mod probe;
 mod ratelimit;
+mod scan;
 mod state;
 pub mod store;
 mod sweep;

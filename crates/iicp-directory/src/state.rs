@@ -20,6 +20,7 @@ use crate::clock::Clock;
 use crate::error::StoreError;
 use crate::net::{parse_url, EndpointUrl, HTTP_SCHEMES};
 use crate::ratelimit::RateLimiter;
+use crate::scan::ScanIndex;
 use crate::store::{Change, ChangedState, KeyRecord, NodeRecord, NodeState, Store};
 
 /// Nodes with at least this many completed tasks are out of probation.
@@ -96,6 +97,10 @@ pub(crate) struct Registry {
     pub(crate) by_proxy_token: HashMap<String, String>,
     /// The key lifecycle registry (revoked and superseded keys), by key SHA-256.
     pub(crate) keys: HashMap<String, KeyRecord>,
+    /// The dense records DISCOVER scans, kept in step with `nodes` by
+    /// [`Registry::insert`], [`Registry::remove`] and [`Core::replace_state`] (the only
+    /// places that change what a selection reads).
+    pub(crate) scan: ScanIndex,
 }
 
 impl Node {
@@ -135,11 +140,28 @@ impl Registry {
             .insert(node.record.credentials.token_hash.clone(), id.clone());
         self.by_proxy_token
             .insert(node.record.credentials.proxy_token_hash.clone(), id.clone());
+        self.scan.upsert(&node);
         self.nodes.insert(id, node);
+        if self.scan.bloated() {
+            self.scan = ScanIndex::build(self.nodes.values());
+        }
+    }
+
+    /// Sets the state and revision of `node_id` (and its scan record); `false` when the
+    /// node is unknown.
+    pub(crate) fn set_state(&mut self, node_id: &str, state: NodeState, rev: u64) -> bool {
+        let Some(n) = self.nodes.get_mut(node_id) else {
+            return false;
+        };
+        n.record.state = state;
+        n.record.rev = rev;
+        self.scan.update_state(n);
+        true
     }
 
     pub(crate) fn remove(&mut self, node_id: &str) -> Option<Node> {
         let old = self.nodes.remove(node_id)?;
+        self.scan.remove(node_id);
         self.by_token.remove(&old.record.credentials.token_hash);
         self.by_proxy_token
             .remove(&old.record.credentials.proxy_token_hash);
@@ -280,21 +302,21 @@ impl Core {
     }
 
     fn replace_state_in(&self, reg: &mut Registry, node_id: &str, state: NodeState, rev: u64) {
-        if let Some(n) = reg.nodes.get_mut(node_id) {
-            if rev != 0 && rev <= n.record.rev {
-                return;
-            }
-            if changes_eligibility(
-                &n.record.state,
-                &state,
-                self.settings.liveness_window_ms,
-                PROBATION_TASKS,
-            ) {
-                self.discover_cache.invalidate();
-            }
-            n.record.state = state;
-            n.record.rev = rev;
+        let Some(n) = reg.nodes.get(node_id) else {
+            return;
+        };
+        if rev != 0 && rev <= n.record.rev {
+            return;
         }
+        if changes_eligibility(
+            &n.record.state,
+            &state,
+            self.settings.liveness_window_ms,
+            PROBATION_TASKS,
+        ) {
+            self.discover_cache.invalidate();
+        }
+        reg.set_state(node_id, state, rev);
     }
 
     /// Applies states another process wrote (shared stores); returns the nodes to reload

@@ -4,12 +4,13 @@
 
 use iicp_proto::crypto::manifest::{self, IdentityLevel, Status};
 use iicp_proto::crypto::sign::OperatorPublicKey;
-use iicp_proto::directory::{Capability, NodeEntry};
+use iicp_proto::directory::{AvailabilityWindow, Capability, NodeEntry};
 use serde_json::{json, Map, Value};
 
 use crate::auth::iso8601;
 use crate::net::address_family;
-use crate::state::{Node, Settings, PROBATION_TASKS};
+use crate::scan::window_contains;
+use crate::state::{Node, Settings};
 use crate::store::KeyStatus;
 
 /// Everything a selection needs besides the node.
@@ -83,7 +84,7 @@ impl Node {
             .unwrap_or(1.0)
     }
 
-    fn cip_remote(&self) -> bool {
+    pub(crate) fn cip_remote(&self) -> bool {
         self.reg
             .policy
             .as_ref()
@@ -99,17 +100,10 @@ impl Node {
             return 1.0;
         };
         let minute = ((now_ms / 60_000) % 1440) as u32;
-        let parse = |t: &str| -> Option<u32> {
-            let (h, m) = t.split_once(':')?;
-            Some(h.trim().parse::<u32>().ok()? * 60 + m.trim().parse::<u32>().ok()?)
-        };
         let inside = windows
             .iter()
-            .any(|w| match (parse(&w.start), parse(&w.end)) {
-                (Some(a), Some(b)) if a <= b => (a..b).contains(&minute),
-                (Some(a), Some(b)) => minute >= a || minute < b,
-                _ => false,
-            });
+            .filter_map(availability_window)
+            .any(|(a, b)| window_contains(a, b, minute));
         if inside {
             1.0
         } else {
@@ -117,7 +111,16 @@ impl Node {
         }
     }
 
-    /// Whether the node passes the filters of `sel` (intent match included).
+    /// Free capacity, 0–1: `(max_concurrent - active_jobs) / max_concurrent`.
+    pub(crate) fn capacity(&self) -> f64 {
+        let max = f64::from(self.max_concurrent());
+        ((max - f64::from(self.record.state.active_jobs)) / max).clamp(0.0, 1.0)
+    }
+
+    /// Whether the node passes the filters of `sel` (intent match included): the
+    /// straightforward filter that the scan index ([`crate::scan`]) answers from its
+    /// records, kept as the reference its tests compare with.
+    #[cfg(test)]
     pub(crate) fn matches(&self, sel: &Selection<'_>) -> bool {
         let Some(cap) = self.capability(sel.intent) else {
             return false;
@@ -130,7 +133,7 @@ impl Node {
             || sel
                 .relay_capable
                 .is_some_and(|want| want != self.reg.relay_capable.unwrap_or(false))
-            || (sel.realtime && self.completed_tasks() < PROBATION_TASKS)
+            || (sel.realtime && self.completed_tasks() < crate::state::PROBATION_TASKS)
         {
             return false;
         }
@@ -154,10 +157,6 @@ impl Node {
 
     /// The §9.1 score (Phase 3 weights, or Phase 5 weights with `model`).
     pub(crate) fn score(&self, sel: &Selection<'_>, now_ms: u64) -> f64 {
-        let availability = self.availability_factor(now_ms);
-        let load = self.load();
-        let max = f64::from(self.max_concurrent());
-        let capacity = ((max - f64::from(self.record.state.active_jobs)) / max).clamp(0.0, 1.0);
         let region = match sel.region {
             Some(r) if !r.is_empty() => {
                 if self.reg.region.eq_ignore_ascii_case(r) {
@@ -168,30 +167,19 @@ impl Node {
             }
             _ => 0.5,
         };
-        let reputation = self.record.state.reputation.clamp(0.0, 1.0);
-        let score = match sel.model {
-            Some(model) => {
+        score_from(&ScoreInputs {
+            availability: self.availability_factor(now_ms),
+            load: self.load(),
+            capacity: self.capacity(),
+            region,
+            reputation: self.record.state.reputation.clamp(0.0, 1.0),
+            model: sel.model.map(|model| {
                 let model_match = self
                     .capability(sel.intent)
                     .is_some_and(|c| c.models.iter().any(|m| m == model));
-                let price = (1.0 / self.multiplier().max(1.0)).clamp(0.0, 1.0);
-                0.25 * availability
-                    + 0.20 * (1.0 - load)
-                    + 0.15 * capacity
-                    + 0.10 * region
-                    + 0.10 * reputation
-                    + 0.10 * if model_match { 1.0 } else { 0.0 }
-                    + 0.10 * price
-            }
-            None => {
-                0.35 * availability
-                    + 0.28 * (1.0 - load)
-                    + 0.18 * capacity
-                    + 0.09 * region
-                    + 0.10 * reputation
-            }
-        };
-        (score * 10_000.0).round() / 10_000.0
+                (model_match, self.multiplier())
+            }),
+        })
     }
 
     fn reputation_tier(&self) -> &'static str {
@@ -475,6 +463,58 @@ impl Node {
         }
         v
     }
+}
+
+/// The factors of the §9.1 score, each 0–1.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ScoreInputs {
+    pub(crate) availability: f64,
+    pub(crate) load: f64,
+    pub(crate) capacity: f64,
+    /// 1 in the requested region, 0 outside it, 0.5 without a region preference.
+    pub(crate) region: f64,
+    /// Clamped to 0–1.
+    pub(crate) reputation: f64,
+    /// With a requested model (Phase 5 weights): whether the node serves it, and the
+    /// node's credit cost multiplier.
+    pub(crate) model: Option<(bool, f64)>,
+}
+
+/// The §9.1 score from its factors, rounded to 4 decimals: the one formula of
+/// [`Node::score`] and of the scan index.
+pub(crate) fn score_from(f: &ScoreInputs) -> f64 {
+    let score = match f.model {
+        Some((model_match, multiplier)) => {
+            let price = (1.0 / multiplier.max(1.0)).clamp(0.0, 1.0);
+            0.25 * f.availability
+                + 0.20 * (1.0 - f.load)
+                + 0.15 * f.capacity
+                + 0.10 * f.region
+                + 0.10 * f.reputation
+                + 0.10 * if model_match { 1.0 } else { 0.0 }
+                + 0.10 * price
+        }
+        None => {
+            0.35 * f.availability
+                + 0.28 * (1.0 - f.load)
+                + 0.18 * f.capacity
+                + 0.09 * f.region
+                + 0.10 * f.reputation
+        }
+    };
+    (score * 10_000.0).round() / 10_000.0
+}
+
+/// An availability window as (start, end) minutes of the day; `None` when a time does
+/// not parse as `H:MM` (such a window never contains the current minute).
+pub(crate) fn availability_window(w: &AvailabilityWindow) -> Option<(u32, u32)> {
+    let parse = |t: &str| -> Option<u32> {
+        let (h, m) = t.split_once(':')?;
+        let h = h.trim().parse::<u32>().ok()?;
+        let m = m.trim().parse::<u32>().ok()?;
+        h.checked_mul(60)?.checked_add(m)
+    };
+    Some((parse(&w.start)?, parse(&w.end)?))
 }
 
 pub(crate) use iicp_proto::crypto::manifest::operator_fingerprint;

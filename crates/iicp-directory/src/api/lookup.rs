@@ -43,38 +43,16 @@ fn policy_refused(intent: &str) -> Result<(), HttpError> {
     })
 }
 
-/// Eligible nodes matching `sel`, scored, best first (ties: most recently seen, then id).
+/// Eligible nodes matching `sel`, scored, best first (ties: most recently seen, then id),
+/// from the dense scan index; only the winners' nodes are read (and cloned).
 fn select(core: &Core, sel: &Selection<'_>, limit: usize) -> Vec<(Node, f64)> {
     let now = core.now_ms();
-    let s = &core.settings;
     let reg = core.read();
-    let mut out: Vec<(&Node, f64)> = reg
-        .nodes
-        .values()
-        .filter(|n| n.is_eligible(now, s) && n.matches(sel))
-        .map(|n| (n, n.score(sel, now)))
-        .filter(|(_, score)| *score >= MIN_SCORE)
-        .collect();
-    let best_first = |(a, sa): &(&Node, f64), (b, sb): &(&Node, f64)| {
-        sb.total_cmp(sa)
-            .then(
-                b.record
-                    .state
-                    .last_seen_ms
-                    .cmp(&a.record.state.last_seen_ms),
-            )
-            .then(a.record.node_id.cmp(&b.record.node_id))
-    };
-    // the best `limit` in linear time, then only those sorted
-    if limit == 0 {
-        return Vec::new();
-    }
-    if out.len() > limit {
-        out.select_nth_unstable_by(limit - 1, best_first);
-        out.truncate(limit);
-    }
-    out.sort_unstable_by(best_first);
-    out.into_iter().map(|(n, s)| (n.clone(), s)).collect()
+    reg.scan
+        .select(sel, now, &core.settings, MIN_SCORE, limit)
+        .into_iter()
+        .filter_map(|(id, score)| Some((reg.nodes.get(id)?.clone(), score)))
+        .collect()
 }
 
 /// `{"nodes": <nodes_json>, ...envelope}`: the envelope is per request (timing), the
@@ -131,14 +109,47 @@ fn compute_discover(core: &Core, q: &DiscoverQuery, key: String, now: u64) -> Ar
         .iter()
         .any(|(n, _)| n.reg.relay_capable.unwrap_or(false));
     let nodes_json = serde_json::to_string(&nodes).unwrap_or_else(|_| "[]".into());
-    core.discover_cache.put(
-        key,
-        generation,
-        now,
-        nodes_json,
-        nodes.len(),
-        relay_available,
-    )
+    let (body, split) = render_discover(q, &nodes_json, nodes.len(), relay_available);
+    core.discover_cache
+        .put(key, generation, now, body, split, public)
+}
+
+/// The DISCOVER body for `nodes_json` (`{"nodes": …, …envelope}`), rendered once per
+/// cached result with `query_ms` 0, and the offset of that `0`.
+fn render_discover(
+    q: &DiscoverQuery,
+    nodes_json: &str,
+    count: usize,
+    relay_available: bool,
+) -> (Vec<u8>, Option<usize>) {
+    let public = q.view == Some(DiscoverView::Public);
+    let mut envelope = json!({
+        "count": count,
+        "query_ms": 0,
+        "intent": q.intent,
+        "view": if public { "public" } else { "dispatch" },
+        "data_class": if public { "public_presentation" } else { "route_dispatch" },
+        "route_fields_present": !public,
+        "relay_available": relay_available,
+        "ticketed_dispatch_available": true,
+        "dispatch_ticket_endpoint": "/v1/dispatch/ticket",
+    });
+    if public {
+        envelope["redaction"] = json!({
+            "node_id": "prefix_only",
+            "route_fields": "omitted",
+            "cx_public_key": "key_ready_only",
+        });
+    }
+    let body = splice_nodes(&envelope, nodes_json);
+    // the placeholder is searched for after the node list, in the envelope only
+    const MARK: &[u8] = b"\"query_ms\":0";
+    let from = b"{\"nodes\":".len() + nodes_json.len();
+    let split = body
+        .get(from..)
+        .and_then(|rest| rest.windows(MARK.len()).position(|w| w == MARK))
+        .map(|at| from + at + MARK.len() - 1);
+    (body, split)
 }
 
 /// [`compute_discover`] on the blocking pool: scoring thousands of nodes takes
@@ -190,36 +201,26 @@ async fn discover_result(
 
 pub(super) async fn discover(core: Arc<Core>, req: Request, _p: Params) -> HandlerResult {
     let started = Instant::now();
-    let q = DiscoverQuery::from_query_pairs(query_pairs(&req)).map_err(discover_error)?;
-    policy_refused(&q.intent)?;
-    let public = q.view == Some(DiscoverView::Public);
-    let cached = discover_result(&core, &q, req.uri().query().unwrap_or("")).await?;
+    let key = req.uri().query().unwrap_or("");
+    // A fresh result of this very query string: the query parsed and passed the intent
+    // policy when it was computed, so it is served without parsing it again.
+    let cached = match core.discover_cache.lookup(key, core.now_ms()) {
+        Lookup::Fresh(hit) => hit,
+        _ => {
+            let q = DiscoverQuery::from_query_pairs(query_pairs(&req)).map_err(discover_error)?;
+            policy_refused(&q.intent)?;
+            discover_result(&core, &q, key).await?
+        }
+    };
     Counters::bump(&core.counters.discovers);
-    let mut envelope = json!({
-        "count": cached.count,
-        "query_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        "intent": q.intent,
-        "view": if public { "public" } else { "dispatch" },
-        "data_class": if public { "public_presentation" } else { "route_dispatch" },
-        "route_fields_present": !public,
-        "relay_available": cached.relay_available,
-        "ticketed_dispatch_available": true,
-        "dispatch_ticket_endpoint": "/v1/dispatch/ticket",
-    });
-    if public {
-        envelope["redaction"] = json!({
-            "node_id": "prefix_only",
-            "route_fields": "omitted",
-            "cx_public_key": "key_ready_only",
-        });
-    }
-    let body = splice_nodes(&envelope, &cached.nodes_json);
-    let data_class = if public {
+    let query_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let body = cached.body_with(query_ms);
+    let data_class = if cached.public {
         "public_presentation"
     } else {
         "route_dispatch"
     };
-    let mut resp = json_bytes(StatusCode::OK, body.into());
+    let mut resp = json_bytes(StatusCode::OK, body);
     resp.headers_mut().insert(
         "x-iicp-discover-data-class",
         http::HeaderValue::from_static(data_class),
@@ -645,4 +646,51 @@ pub(super) async fn health(core: Arc<Core>, _req: Request, _p: Params) -> Handle
             "private_mesh": core.settings.private_mesh,
         }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pre-rendered body with `query_ms` spliced in is the body rendered whole.
+    #[test]
+    fn a_cached_body_is_the_body_rendered_per_request() {
+        let nodes = r#"[{"node_id":"a","query_ms":0,"score":0.5}]"#;
+        for query in [
+            "intent=urn:iicp:intent:llm:chat:v1",
+            "intent=urn:iicp:intent:llm:chat:v1&view=public",
+        ] {
+            let q = DiscoverQuery::from_query_pairs(iicp_proto::endpoint::query_pairs(query, 64))
+                .expect("a valid query");
+            let (body, split) = render_discover(&q, nodes, 1, true);
+            let cache = crate::cache::DiscoverCache::default();
+            let public = q.view == Some(DiscoverView::Public);
+            let hit = cache.put(query.into(), cache.generation(), 1, body, split, public);
+            for ms in [0u64, 7, 1234] {
+                let mut envelope = json!({
+                    "count": 1,
+                    "query_ms": ms,
+                    "intent": q.intent,
+                    "view": if public { "public" } else { "dispatch" },
+                    "data_class": if public { "public_presentation" } else { "route_dispatch" },
+                    "route_fields_present": !public,
+                    "relay_available": true,
+                    "ticketed_dispatch_available": true,
+                    "dispatch_ticket_endpoint": "/v1/dispatch/ticket",
+                });
+                if public {
+                    envelope["redaction"] = json!({
+                        "node_id": "prefix_only",
+                        "route_fields": "omitted",
+                        "cx_public_key": "key_ready_only",
+                    });
+                }
+                assert_eq!(
+                    hit.body_with(ms),
+                    splice_nodes(&envelope, nodes),
+                    "{query} {ms}"
+                );
+            }
+        }
+    }
 }

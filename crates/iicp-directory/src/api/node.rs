@@ -343,8 +343,12 @@ pub(super) async fn deregister(core: Arc<Core>, mut req: Request, _p: Params) ->
 }
 
 pub(super) async fn heartbeat(core: Arc<Core>, mut req: Request, _p: Params) -> HandlerResult {
-    let body = read_object(&core, &mut req).await?;
-    let hb: HeartbeatRequest = typed(&body, "HEARTBEAT")?;
+    // parsed once: the typed request is read from the same document the extras come from
+    let body = super::read_object_value(&core, &mut req).await?;
+    let hb: HeartbeatRequest = super::typed_value(&body, "HEARTBEAT")?;
+    let Value::Object(body) = &body else {
+        return Err(HttpError::validation("request body must be a JSON object"));
+    };
     if hb.node_id.is_empty() {
         return Err(HttpError::validation("`node_id` is required"));
     }
@@ -364,19 +368,26 @@ pub(super) async fn heartbeat(core: Arc<Core>, mut req: Request, _p: Params) -> 
     // applied again: on a challenge mismatch, and when the conditional write finds a
     // newer revision.
     let mut reloads = 0;
-    let (state, challenge_verified, batch_accepted) = loop {
-        let node = core.node(&node_id).ok_or_else(unknown_node)?;
-        match apply_heartbeat(&core, &node, &hb, &body, ip) {
+    let (challenge, reputation, challenge_verified, batch_accepted) = loop {
+        // the new state is computed on the working copy in place (no copy of the node)
+        let (rev, applied) = {
+            let reg = core.read();
+            let node = reg.nodes.get(&node_id).ok_or_else(unknown_node)?;
+            (node.record.rev, apply_heartbeat(&core, node, &hb, body, ip))
+        };
+        match applied {
             Ok((state, verified, batch)) => {
                 match core
                     .store
-                    .put_state_at(node_id.clone(), state.clone(), node.record.rev)
+                    .put_state_at(node_id.clone(), state.clone(), rev)
                     .await
                     .map_err(|e| store_failed(&core, &e))?
                 {
                     StateWrite::Written { rev } => {
-                        core.replace_state(&node_id, state.clone(), rev);
-                        break (state, verified, batch);
+                        let challenge = state.challenge.clone().unwrap_or_default();
+                        let reputation = state.reputation;
+                        core.replace_state(&node_id, state, rev);
+                        break (challenge, reputation, verified, batch);
                     }
                     StateWrite::Conflict if reloads < MAX_RELOADS => {}
                     StateWrite::Conflict => return Err(busy()),
@@ -403,24 +414,36 @@ pub(super) async fn heartbeat(core: Arc<Core>, mut req: Request, _p: Params) -> 
         // The reloaded node may have rotated its token meanwhile: check it again.
         super::check_credential(&core, req.headers(), Some(&node_id), body_token)?;
     };
-    let challenge = state.challenge.clone().unwrap_or_default();
-    let reputation = state.reputation;
     drop(_guard);
     Counters::bump(&core.counters.heartbeats);
 
     Ok(json(
         StatusCode::OK,
-        &json!({
-            "ok": true,
-            "next_heartbeat_ms": s.heartbeat_interval_ms,
-            "reputation_score": reputation,
-            "reputation_model": "iicp-rs-beta-v1",
-            "reputation_epoch": "v1",
-            "metrics_batch_accepted": batch_accepted,
-            "challenge": challenge,
-            "challenge_verified": challenge_verified.unwrap_or(false),
-        }),
+        &HeartbeatAck {
+            challenge: &challenge,
+            challenge_verified: challenge_verified.unwrap_or(false),
+            metrics_batch_accepted: batch_accepted.as_deref(),
+            next_heartbeat_ms: s.heartbeat_interval_ms,
+            ok: true,
+            reputation_epoch: "v1",
+            reputation_model: "iicp-rs-beta-v1",
+            reputation_score: reputation,
+        },
     ))
+}
+
+/// The PONG of a heartbeat (§8.3), serialised without an intermediate JSON map; the
+/// members in the order the map gave them (sorted by name).
+#[derive(serde::Serialize)]
+struct HeartbeatAck<'a> {
+    challenge: &'a str,
+    challenge_verified: bool,
+    metrics_batch_accepted: Option<&'a str>,
+    next_heartbeat_ms: u64,
+    ok: bool,
+    reputation_epoch: &'static str,
+    reputation_model: &'static str,
+    reputation_score: f64,
 }
 
 pub(super) async fn me(core: Arc<Core>, req: Request, _p: Params) -> HandlerResult {
@@ -454,7 +477,7 @@ fn busy() -> HttpError {
 /// copy is looked up in the store (it may have registered through another directory
 /// process a moment ago).
 async fn known_node(core: &Core, node_id: &str) -> Result<bool, HttpError> {
-    if core.node(node_id).is_some() {
+    if core.read().nodes.contains_key(node_id) {
         return Ok(true);
     }
     if core.store.shared() && valid_node_id(node_id) {
