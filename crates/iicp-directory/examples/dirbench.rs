@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use iicp_directory::store::{GroupCommitStats, MemoryStore, PgStore, SqliteStore, Store};
 use iicp_directory::{Config, Directory};
+use iicp_testkit::raw_http::{self, RawHttp};
 use iicp_transport::http::{HttpClient, HttpClientConfig};
 use iicp_transport::listener::{Listener, ListenerConfig};
 use iicp_transport::shutdown;
@@ -277,7 +278,7 @@ async fn run(
     if !skip_discover {
         discover(label, &http, &bases).await;
     }
-    heartbeats(label, &http, &bases, creds, stats, requests, concurrency).await;
+    heartbeats(label, &bases, creds, stats, requests, concurrency).await;
     trigger.fire();
     for s in servers {
         let _ = s.await;
@@ -347,22 +348,37 @@ async fn discover(label: &str, http: &HttpClient, bases: &Arc<Vec<String>>) {
     let warmup = 20;
     let start = Arc::new(tokio::sync::Barrier::new(clients + 1));
     let mut workers = Vec::new();
+    // (a wrk-like keep-alive connection per client, `iicp_testkit::raw_http`: the load
+    // tool shares the two cores with the directory and should cost it little)
     for w in 0..clients {
-        let (http, start) = (http.clone(), Arc::clone(&start));
-        let base = bases[w % bases.len()].clone();
+        let start = Arc::clone(&start);
+        let addr: SocketAddr = bases[w % bases.len()]
+            .trim_start_matches("http://")
+            .trim_end_matches("/api")
+            .parse()
+            .unwrap();
         workers.push(tokio::spawn(async move {
-            let urls = ["", "&region=eu-central&limit=50", "&model=model-3"].map(|q| {
-                format!("{base}/v1/discover?intent=urn:iicp:intent:llm:chat:v1&qos=best-effort{q}")
+            let requests = ["", "&region=eu-central&limit=50", "&model=model-3"].map(|q| {
+                let path = format!(
+                    "/api/v1/discover?intent=urn:iicp:intent:llm:chat:v1&qos=best-effort{q}"
+                );
+                raw_http::request("GET", addr, &path, &[], b"")
             });
+            let mut conn = RawHttp::new(addr);
             let mut lat = Vec::with_capacity(per_client);
             for i in 0..warmup + per_client {
                 if i == warmup {
                     start.wait().await;
                 }
-                let url = &urls[(w + i) % urls.len()];
+                let request = &requests[(w + i) % requests.len()];
                 let t = Instant::now();
-                let r = http.get(url).send().await.unwrap();
-                check_discover(&r);
+                let status = conn.send(request).await.unwrap();
+                assert_eq!(status, 200);
+                let body = conn.body();
+                assert!(
+                    body.starts_with(b"{\"nodes\":[") && body.ends_with(b"}"),
+                    "not a discover body"
+                );
                 if i >= warmup {
                     lat.push(t.elapsed());
                 }
@@ -394,7 +410,6 @@ async fn discover(label: &str, http: &HttpClient, bases: &Arc<Vec<String>>) {
 
 async fn heartbeats(
     label: &str,
-    http: &HttpClient,
     bases: &Arc<Vec<String>>,
     creds: Vec<(String, String)>,
     stats: Stats,
@@ -404,46 +419,75 @@ async fn heartbeats(
     if requests == 0 {
         return;
     }
-    // what each node sends, serialised once: (URL, body, token)
-    let calls: Arc<Vec<(String, &'static [u8], String)>> = Arc::new(
+    // what each node sends, as request bytes built once: (instance, request); the load
+    // comes from wrk-like keep-alive connections (`iicp_testkit::raw_http`), so that the
+    // load tool's own HTTP stack does not count against the directory on the same cores
+    let addrs: Vec<SocketAddr> = bases
+        .iter()
+        .map(|b| {
+            b.trim_start_matches("http://")
+                .trim_end_matches("/api")
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let calls: Arc<Vec<(usize, Vec<u8>)>> = Arc::new(
         creds
             .iter()
             .enumerate()
             .map(|(node, (id, token))| {
                 // a node heartbeats through one instance (sticky)
-                let base = &bases[node % bases.len()];
+                let instance = node % addrs.len();
                 let body =
                     serde_json::to_vec(&json!({"node_id": id, "load": 0.25, "active_jobs": 1}))
                         .unwrap();
-                // leaked once: each request then sends it without a copy
-                let body: &'static [u8] = Box::leak(body.into_boxed_slice());
-                (format!("{base}/v1/heartbeat"), body, token.clone())
+                let auth = format!("Bearer {token}");
+                let request = raw_http::request(
+                    "POST",
+                    addrs[instance],
+                    "/api/v1/heartbeat",
+                    &[
+                        ("content-type", "application/json"),
+                        ("authorization", &auth),
+                    ],
+                    &body,
+                );
+                (instance, request)
             })
             .collect(),
     );
     let stats0 = stats.get();
-    let http = http.clone();
     let cpu0 = cpu_now();
-    closed_loop(
-        &format!("{label}: {requests} heartbeats"),
-        requests,
-        concurrency,
-        move |i| {
-            let (http, calls) = (http.clone(), Arc::clone(&calls));
-            async move {
-                let (url, body, token) = &calls[i % calls.len()];
-                let r = http
-                    .request(http::Method::POST, url)
-                    .body("application/json", *body)
-                    .bearer(token.as_str())
-                    .send()
-                    .await
-                    .unwrap();
-                assert!(r.is_success(), "{}", r.status);
+    let t0 = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..concurrency {
+        let (calls, addrs) = (Arc::clone(&calls), addrs.clone());
+        workers.push(tokio::spawn(async move {
+            let mut conns: Vec<RawHttp> = addrs.iter().map(|a| RawHttp::new(*a)).collect();
+            let mut lat = Vec::new();
+            let mut i = w;
+            while i < requests {
+                let (instance, request) = &calls[i % calls.len()];
+                let t = Instant::now();
+                let status = conns[*instance].send(request).await.unwrap();
+                assert!((200..300).contains(&status), "heartbeat answered {status}");
+                lat.push(t.elapsed());
+                i += concurrency;
             }
-        },
-    )
-    .await;
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for w in workers {
+        lat.extend(w.await.unwrap());
+    }
+    let el = t0.elapsed();
+    println!(
+        "{label}: {requests} heartbeats in {el:.2?} = {:.0}/s at concurrency {concurrency}; median {:.2?} p99 {:.2?}",
+        requests as f64 / el.as_secs_f64(),
+        pct(&mut lat, 0.5),
+        pct(&mut lat, 0.99)
+    );
     cpu_report(&format!("{label}: heartbeats"), cpu0, requests);
     report_group_commit(label, &stats, stats0);
 }

@@ -37,6 +37,7 @@ pub mod fake;
 pub mod load;
 pub mod model;
 pub mod postgres;
+pub mod raw_http;
 pub mod scripted;
 pub mod server;
 pub mod stream;

@@ -20,12 +20,11 @@ use anyhow::{bail, Context as _};
 use iicp_client::{ChatEvent, ChatMessage, ChatOptions, ChatRequest, Client};
 use iicp_proxy::Proxy;
 use iicp_testkit::load::Histogram;
+use iicp_testkit::raw_http::{self, RawHttp};
 use iicp_transport::http::client::{HttpClient, HttpClientConfig};
 use iicp_transport::listener::{Listener, ListenerConfig};
 use iicp_transport::shutdown;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::bench::ms;
 use super::common::{probe_client, Backend};
@@ -72,10 +71,8 @@ impl Path {
         match self {
             Path::Direct(client) => Worker::Direct(client.clone()),
             Path::Proxy(_, _, addr, request) => Worker::Proxy(RawConn {
-                addr: *addr,
+                http: RawHttp::new(*addr),
                 request: Arc::clone(request),
-                stream: None,
-                buf: Vec::with_capacity(4096),
             }),
         }
     }
@@ -99,73 +96,27 @@ impl Worker {
 fn raw_request(addr: SocketAddr) -> Arc<[u8]> {
     let body = json!({"model": "iicp", "messages": [{"role": "user", "content": "hello bench"}]})
         .to_string();
-    format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
+    raw_http::request(
+        "POST",
+        addr,
+        "/v1/chat/completions",
+        &[("content-type", "application/json")],
+        body.as_bytes(),
     )
-    .into_bytes()
     .into()
 }
 
-/// A keep-alive HTTP/1.1 connection that sends one fixed request at a time and reads
-/// the answer's status and `content-length` body.
+/// A worker's keep-alive connection to the proxy and the request it sends.
 struct RawConn {
-    addr: SocketAddr,
+    http: RawHttp,
     request: Arc<[u8]>,
-    stream: Option<TcpStream>,
-    buf: Vec<u8>,
 }
 
 impl RawConn {
     async fn once(&mut self) -> anyhow::Result<()> {
-        let stream = match &mut self.stream {
-            Some(s) => s,
-            None => {
-                let s = TcpStream::connect(self.addr).await?;
-                s.set_nodelay(true)?;
-                self.stream.insert(s)
-            }
-        };
-        stream.write_all(&self.request).await?;
-        self.buf.clear();
-        let mut chunk = [0u8; 4096];
-        let (head_len, body_len, close) = loop {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                self.stream = None;
-                bail!("the proxy closed the connection");
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = std::str::from_utf8(&self.buf[..end]).context("a non-UTF-8 head")?;
-                let status = head.split(' ').nth(1).unwrap_or_default();
-                if status != "200" {
-                    bail!("the proxy answered HTTP {status}");
-                }
-                let mut length = None;
-                let mut close = false;
-                for line in head.split("\r\n").skip(1) {
-                    let (name, value) = line.split_once(':').unwrap_or((line, ""));
-                    if name.eq_ignore_ascii_case("content-length") {
-                        length = value.trim().parse::<usize>().ok();
-                    } else if name.eq_ignore_ascii_case("connection") {
-                        close = value.trim().eq_ignore_ascii_case("close");
-                    }
-                }
-                let length = length.context("an answer without content-length")?;
-                break (end + 4, length, close);
-            }
-        };
-        while self.buf.len() < head_len + body_len {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                self.stream = None;
-                bail!("the proxy closed the connection mid-answer");
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-        if close {
-            self.stream = None;
+        let status = self.http.send(&self.request).await?;
+        if status != 200 {
+            bail!("the proxy answered HTTP {status}");
         }
         Ok(())
     }
