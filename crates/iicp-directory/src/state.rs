@@ -20,8 +20,10 @@ use crate::clock::Clock;
 use crate::error::StoreError;
 use crate::net::{parse_url, EndpointUrl, HTTP_SCHEMES};
 use crate::ratelimit::RateLimiter;
-use crate::scan::ScanIndex;
+pub(crate) mod scan;
+
 use crate::store::{Change, ChangedState, KeyRecord, NodeRecord, NodeState, Store};
+use scan::ScanIndex;
 
 /// Nodes with at least this many completed tasks are out of probation.
 pub(crate) const PROBATION_TASKS: u64 = 10;

@@ -24,9 +24,9 @@ use crate::auth::iso8601;
 use crate::cache::{Cached, Lookup};
 use crate::net::{ip_literal, is_private_host, EndpointUrl};
 use crate::probe::{self, ProbeFailure};
+use crate::rank::Selection;
 use crate::state::PROBATION_TASKS;
 use crate::state::{Core, Counters, Node};
-use crate::view::Selection;
 
 /// Scores below this are never returned (§9.1).
 const MIN_SCORE: f64 = 0.1;

@@ -22,8 +22,8 @@
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
-use crate::state::{Node, Settings, PROBATION_TASKS};
-use crate::view::{availability_window, score_from, ScoreInputs, Selection};
+use super::{Node, Settings, PROBATION_TASKS};
+use crate::rank::{availability_window, score_from, window_contains, ScoreInputs, Selection};
 
 /// The node is accepting work (`state.available`).
 const AVAILABLE: u8 = 1;
@@ -460,16 +460,6 @@ fn id_filters_pass(id: &str, sel: &Selection<'_>) -> bool {
             .exclude_prefixes
             .iter()
             .any(|p| !p.is_empty() && id.starts_with(p.as_str())))
-}
-
-/// Whether `minute` of the day lies in the window from `a` to `b` (across midnight
-/// when `b < a`).
-pub(crate) fn window_contains(a: u32, b: u32, minute: u32) -> bool {
-    if a <= b {
-        (a..b).contains(&minute)
-    } else {
-        minute >= a || minute < b
-    }
 }
 
 #[cfg(test)]
