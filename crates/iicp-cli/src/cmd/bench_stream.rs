@@ -16,6 +16,7 @@
 //!   `--tokens` chunks minus that over one-chunk tasks, divided by the extra chunks
 //!   (the stub's pacing is off for this part).
 
+use std::net::SocketAddr;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,10 @@ pub(crate) struct Args {
     /// separate pass: strace slows the node; needs `strace` and ptrace rights).
     #[arg(long)]
     syscalls: bool,
+    /// Also measure the machine's floor: what a thread that only copies the model
+    /// server's stream to a socket spends per chunk (with the built-in stub).
+    #[arg(long)]
+    floor: bool,
     /// Print the results as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -140,6 +145,93 @@ fn thread_switches(tid: u32) -> anyhow::Result<u64> {
                 .and_then(|v| v.parse::<u64>().ok())
         })
         .sum())
+}
+
+/// What forwarding a stream costs any process on this machine: a thread that does
+/// nothing but copy the (unpaced) model server's streamed answer, read by read, to a
+/// loopback socket, with blocking I/O — no parsing, no framing, no runtime. Measured like
+/// the node (CPU of `tokens`-chunk against 1-chunk answers, per extra chunk), so the two
+/// compare: what the node spends above this floor is its own.
+struct Floor {
+    one: f64,
+    many: f64,
+    per_chunk: f64,
+    switches_per_chunk: f64,
+}
+
+fn floor_pass(stub: SocketAddr, model: &str, tokens: u32, tasks: u32) -> anyhow::Result<Floor> {
+    use std::io::{Read, Write};
+    let sink = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+    let sink_addr = sink.local_addr()?;
+    let drain = std::thread::spawn(move || {
+        if let Ok((mut s, _)) = sink.accept() {
+            let mut buf = [0u8; 16 * 1024];
+            while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+        }
+    });
+    let mut out = std::net::TcpStream::connect(sink_addr)?;
+    out.set_nodelay(true)?;
+    let mut up = std::net::TcpStream::connect(stub)?;
+    up.set_nodelay(true)?;
+    let tid: u32 = std::fs::read_link("/proc/thread-self")?
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.parse().ok())
+        .context("no thread id")?;
+    let request = |max_tokens: u32| {
+        let body = json!({"model": model, "stream": true, "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": "Tell me a story."}]})
+        .to_string();
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: {stub}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    // one streamed answer, forwarded read by read; it ends with the last chunk
+    let mut once = |req: &[u8]| -> anyhow::Result<()> {
+        up.write_all(req)?;
+        let mut tail = Vec::with_capacity(16);
+        loop {
+            let n = up.read(&mut buf)?;
+            if n == 0 {
+                bail!("the model server closed the connection");
+            }
+            out.write_all(&buf[..n])?;
+            tail.extend_from_slice(&buf[n.saturating_sub(16)..n]);
+            if tail.len() > 16 {
+                tail.drain(..tail.len() - 16);
+            }
+            if tail.ends_with(b"0\r\n\r\n") {
+                return Ok(());
+            }
+        }
+    };
+    let (req_one, req_many) = (request(1), request(tokens));
+    for _ in 0..20 {
+        once(&req_one)?;
+        once(&req_many)?;
+    }
+    let mut cpu = [0f64; 2];
+    let mut switches = [0f64; 2];
+    for (i, req) in [&req_one, &req_many].into_iter().enumerate() {
+        let (c0, s0) = (thread_cpu_ns(tid)?, thread_switches(tid)?);
+        for _ in 0..tasks {
+            once(req)?;
+        }
+        cpu[i] = (thread_cpu_ns(tid)? - c0) as f64 / f64::from(tasks) / 1000.0;
+        switches[i] = (thread_switches(tid)? - s0) as f64 / f64::from(tasks);
+    }
+    drop(out);
+    let _ = drain.join();
+    let extra = f64::from(tokens - 1);
+    Ok(Floor {
+        one: cpu[0],
+        many: cpu[1],
+        per_chunk: (cpu[1] - cpu[0]) / extra,
+        switches_per_chunk: (switches[1] - switches[0]) / extra,
+    })
 }
 
 /// Starts the node on its own one-thread runtime, in front of `backend_url`, registered
@@ -403,6 +495,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     // the node's CPU per chunk: many chunks against one, pacing off
     let mut cpu = Vec::new();
     let mut syscalls = Vec::new();
+    let mut floor: Option<Floor> = None;
     if args.cpu_tasks > 0 {
         let fast_stub = if stub.is_some() {
             let s = StubModel::paced(args.model.clone(), args.tokens as usize, Duration::ZERO);
@@ -493,6 +586,20 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 syscalls.push((name, calls[0], calls[1], (calls[1] - calls[0]) / extra));
             }
         }
+        if let (Some((server, _)), true) = (&fast_stub, args.floor) {
+            let addr: SocketAddr = server
+                .url()
+                .trim_start_matches("http://")
+                .parse()
+                .context("the stub's address")?;
+            let (model, tokens, tasks) =
+                (format!("{}-fast", args.model), args.tokens, args.cpu_tasks);
+            floor = Some(
+                tokio::task::spawn_blocking(move || floor_pass(addr, &model, tokens, tasks))
+                    .await
+                    .context("the floor pass panicked")??,
+            );
+        }
         if let Some(n) = cpu_node {
             n.trigger.fire();
             let _ = n.join.join();
@@ -534,6 +641,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 "backend": if stub.is_some() { "paced stub" } else { backend_url.as_str() },
                 "time_to_first_token": ttft, "node_cpu_per_chunk": cpu,
                 "node_syscalls_per_chunk": syscalls,
+                "floor_cpu_per_chunk": floor.as_ref().map(|f| json!({
+                    "cpu_us_per_1_chunk_task": f.one, "cpu_us_per_many_chunk_task": f.many,
+                    "cpu_us_per_chunk": f.per_chunk, "context_switches_per_chunk": f.switches_per_chunk})),
             }))?
         );
         return Ok(());
@@ -574,6 +684,16 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 ms(*per)
             );
         }
+    }
+    if let Some(f) = &floor {
+        println!(
+            "  floor   {} per 1-chunk answer, {} per {}-chunk answer: {} and {:.2} context switches per chunk (a thread that only copies the stream, blocking I/O)",
+            ms(f.one),
+            ms(f.many),
+            args.tokens,
+            ms(f.per_chunk),
+            f.switches_per_chunk
+        );
     }
     for (name, one, many, per) in &syscalls {
         println!(
