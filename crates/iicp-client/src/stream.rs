@@ -612,6 +612,14 @@ enum HttpStart {
     Buffered(TaskResponse),
 }
 
+/// Whether an answer's body is an event stream (`text/event-stream`).
+fn is_event_stream(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
+}
+
 /// The lifecycle task body: the task with the profile required.
 fn lifecycle_body(
     ex: &Exchange<'_>,
@@ -656,12 +664,7 @@ async fn http_start_streaming(
     .await
     .map_err(|e| Error::http(e, ErrorCode::TaskTimeout))?;
     let status = stream.status.as_u16();
-    let sse = stream
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
-    if status == 200 && sse {
+    if status == 200 && is_event_stream(&stream.headers) {
         return Ok(Some(HttpStart::Stream(stream)));
     }
     let retry_after = stream
@@ -746,12 +749,7 @@ async fn http_start(
         let bytes = stream.collect().await.unwrap_or_default();
         return Err(Error::remote(ErrorBody::parse(status, &bytes)));
     }
-    let sse = stream
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
-    if !sse {
+    if !is_event_stream(&stream.headers) {
         return Err(Error::protocol("the event stream is not text/event-stream"));
     }
     Ok(HttpStart::Stream(stream))

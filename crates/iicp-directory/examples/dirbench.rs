@@ -481,12 +481,12 @@ async fn heartbeats(
     for w in workers {
         lat.extend(w.await.unwrap());
     }
-    let el = t0.elapsed();
-    println!(
-        "{label}: {requests} heartbeats in {el:.2?} = {:.0}/s at concurrency {concurrency}; median {:.2?} p99 {:.2?}",
-        requests as f64 / el.as_secs_f64(),
-        pct(&mut lat, 0.5),
-        pct(&mut lat, 0.99)
+    report_rate(
+        &format!("{label}: {requests} heartbeats"),
+        requests,
+        concurrency,
+        t0.elapsed(),
+        &mut lat,
     );
     cpu_report(&format!("{label}: heartbeats"), cpu0, requests);
     report_group_commit(label, &stats, stats0);
@@ -519,12 +519,22 @@ where
     for w in workers {
         lat.extend(w.await.unwrap());
     }
-    let el = t0.elapsed();
+    report_rate(what, requests, concurrency, t0.elapsed(), &mut lat);
+}
+
+/// Prints the rate and latency percentiles of a closed loop after `what`.
+fn report_rate(
+    what: &str,
+    requests: usize,
+    concurrency: usize,
+    el: Duration,
+    lat: &mut [Duration],
+) {
     println!(
         "{what} in {el:.2?} = {:.0}/s at concurrency {concurrency}; median {:.2?} p99 {:.2?}",
         requests as f64 / el.as_secs_f64(),
-        pct(&mut lat, 0.5),
-        pct(&mut lat, 0.99)
+        pct(lat, 0.5),
+        pct(lat, 0.99)
     );
 }
 

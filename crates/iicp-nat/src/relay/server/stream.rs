@@ -141,14 +141,11 @@ pub(super) fn routes(relay: &RelayHandle, router: Router) -> Router {
         .route_cors(
             Method::POST,
             "/v1/relay-for/{worker_id}/v1/tasks",
-            move |mut req, params| {
+            move |req, params| {
                 let relay = s.clone();
                 async move {
-                    let worker = params.get("worker_id").unwrap_or_default().to_owned();
-                    relay.admit_task(&req)?;
-                    let limit = relay.inner.config.max_body_bytes;
-                    let body: Value = read_json(&mut req, limit).await?;
-                    Ok::<_, HttpError>(match submit(&relay, &worker, body, peer(&req)).await? {
+                    let (worker, submitted) = submit_request(&relay, req, &params).await?;
+                    Ok::<_, HttpError>(match submitted {
                         Submitted::Accepted(t) => {
                             json(StatusCode::ACCEPTED, &t.log.state(Some(&base(&worker))))
                         }
@@ -163,14 +160,10 @@ pub(super) fn routes(relay: &RelayHandle, router: Router) -> Router {
         .route_cors(
             Method::POST,
             "/v1/relay-for/{worker_id}/v1/tasks/stream",
-            move |mut req, params| {
+            move |req, params| {
                 let relay = s2.clone();
                 async move {
-                    let worker = params.get("worker_id").unwrap_or_default().to_owned();
-                    relay.admit_task(&req)?;
-                    let limit = relay.inner.config.max_body_bytes;
-                    let body: Value = read_json(&mut req, limit).await?;
-                    Ok::<_, HttpError>(match submit(&relay, &worker, body, peer(&req)).await? {
+                    Ok::<_, HttpError>(match submit_request(&relay, req, &params).await?.1 {
                         Submitted::Accepted(t) | Submitted::Known(t) => {
                             events::sse_response(t, None, |_, e| e)
                         }
@@ -274,6 +267,20 @@ fn observed(
         return Err(not_found());
     }
     Ok(t)
+}
+
+/// A submit resource's request: admitted, its body read, submitted; with the worker id.
+async fn submit_request(
+    relay: &RelayHandle,
+    mut req: Request,
+    params: &iicp_transport::http::Params,
+) -> Result<(String, Submitted), HttpError> {
+    let worker = params.get("worker_id").unwrap_or_default().to_owned();
+    relay.admit_task(&req)?;
+    let limit = relay.inner.config.max_body_bytes;
+    let body: Value = read_json(&mut req, limit).await?;
+    let submitted = submit(relay, &worker, body, peer(&req)).await?;
+    Ok((worker, submitted))
 }
 
 /// What a streamed submit led to.
