@@ -238,7 +238,9 @@ impl HasLog for EventLog {
 }
 
 /// Lifecycle tasks by id, bounded: running ones stay, finished ones are kept for
-/// [`RETAIN`] and at most [`MAX_FINISHED`] of them, oldest first out.
+/// [`RETAIN`] and at most [`MAX_FINISHED`] of them, oldest first out (while a task
+/// older than all of them still runs, up to twice as many for at most a second, until
+/// the next full pass).
 pub struct Registry<T> {
     inner: Mutex<Inner<T>>,
 }
@@ -312,13 +314,31 @@ impl<T: HasLog> Registry<T> {
 
 impl<T: HasLog> Inner<T> {
     fn expire(&mut self, now: Instant) {
-        // a full pass at most once a second, unless the count bound may be reached:
-        // inserting stays cheap with a thousand tasks kept
-        let crowded = self.tasks.len() > MAX_FINISHED;
+        // over the count bound, the oldest finished tasks go first, from the front of the
+        // insertion order: amortized O(1) per insert (a busy node is at the bound all
+        // the time, and a full pass there cost every insert ~MAX_FINISHED lookups)
+        while self.tasks.len() > MAX_FINISHED {
+            let Some(front) = self.order.front() else {
+                break;
+            };
+            match self.tasks.get(front).map(|t| t.log().finished_at().is_some()) {
+                Some(false) => break, // running: the full pass below deals with the rest
+                Some(true) => {
+                    let id = self.order.pop_front().unwrap_or_default();
+                    // a later entry of the same id (it was replaced) is the same task now
+                    self.tasks.remove(&id);
+                }
+                None => {
+                    self.order.pop_front();
+                }
+            }
+        }
+        // a full pass at most once a second, or when running tasks at the front kept the
+        // cheap path from holding the bound twice over
         let swept_lately = self
             .last_sweep
             .is_some_and(|at| now.duration_since(at) < SWEEP_EVERY);
-        if swept_lately && !crowded {
+        if swept_lately && self.tasks.len() <= 2 * MAX_FINISHED {
             return;
         }
         self.last_sweep = Some(now);
@@ -549,5 +569,43 @@ mod tests {
         s.insert(log("later")).unwrap();
         assert!(s.get("done").is_none());
         assert_eq!(s.len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_count_bound_the_oldest_finished_task_goes_and_running_ones_stay() {
+        let s: Registry<EventLog> = Registry::default();
+        let running = log("running-0");
+        s.insert(Arc::clone(&running)).unwrap();
+        for i in 0..MAX_FINISHED {
+            let t = log(&format!("done-{i}"));
+            t.emit(EventKind::Completed, |_| {});
+            s.insert(t).unwrap();
+        }
+        assert_eq!(s.len(), MAX_FINISHED + 1);
+        // within the sweep interval: the bound holds through the cheap path only, which
+        // stops at the running task at the front
+        let next = log("next");
+        next.emit(EventKind::Completed, |_| {});
+        s.insert(next).unwrap();
+        assert_eq!(s.len(), MAX_FINISHED + 2, "the front task runs: nothing goes yet");
+        // once it has finished, inserts evict from the front, oldest first
+        running.emit(EventKind::Completed, |_| {});
+        let after = log("after");
+        after.emit(EventKind::Completed, |_| {});
+        s.insert(after).unwrap();
+        // (the bound holds before each insert: at most MAX_FINISHED + the new one)
+        assert_eq!(s.len(), MAX_FINISHED + 1);
+        assert!(s.get("running-0").is_none() && s.get("done-0").is_none());
+        assert!(s.get("done-1").is_some());
+        assert!(s.get("after").is_some() && s.get("next").is_some());
+        // many more inserts keep it at the bound, newest kept
+        for i in 0..3 * MAX_FINISHED {
+            let t = log(&format!("more-{i}"));
+            t.emit(EventKind::Completed, |_| {});
+            s.insert(t).unwrap();
+            assert!(s.len() <= MAX_FINISHED + 1);
+        }
+        assert!(s.get(&format!("more-{}", 3 * MAX_FINISHED - 1)).is_some());
+        assert!(s.get("after").is_none());
     }
 }
