@@ -321,7 +321,11 @@ impl<T: HasLog> Inner<T> {
             let Some(front) = self.order.front() else {
                 break;
             };
-            match self.tasks.get(front).map(|t| t.log().finished_at().is_some()) {
+            match self
+                .tasks
+                .get(front)
+                .map(|t| t.log().finished_at().is_some())
+            {
                 Some(false) => break, // running: the full pass below deals with the rest
                 Some(true) => {
                     let id = self.order.pop_front().unwrap_or_default();
@@ -587,7 +591,11 @@ mod tests {
         let next = log("next");
         next.emit(EventKind::Completed, |_| {});
         s.insert(next).unwrap();
-        assert_eq!(s.len(), MAX_FINISHED + 2, "the front task runs: nothing goes yet");
+        assert_eq!(
+            s.len(),
+            MAX_FINISHED + 2,
+            "the front task runs: nothing goes yet"
+        );
         // once it has finished, inserts evict from the front, oldest first
         running.emit(EventKind::Completed, |_| {});
         let after = log("after");
