@@ -667,12 +667,7 @@ async fn http_start_streaming(
     if status == 200 && is_event_stream(&stream.headers) {
         return Ok(Some(HttpStart::Stream(stream)));
     }
-    let retry_after = stream
-        .headers
-        .get(http::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|secs| secs.saturating_mul(1000));
+    let retry_after = stream.retry_after_ms();
     let bytes = stream.collect().await.unwrap_or_default();
     // no such resource here (a relay's missing session is 404 `IICP-E030`, a refusal)
     if status == 405

@@ -91,6 +91,19 @@ fn request() -> ChatRequest {
     ChatRequest::new(vec![ChatMessage::new("user", "PAYLOAD-MARKER-7f3a")])
 }
 
+/// One streamed chat of [`request`] through `client`, read to its end.
+async fn chat_to_end(
+    client: &Client,
+) -> (String, Result<iicp_client::ChatResult, iicp_client::Error>) {
+    drain_chat(
+        client
+            .chat_stream(request(), ChatOptions::default())
+            .await
+            .expect("stream"),
+    )
+    .await
+}
+
 /// Reads a chat stream to its end: the deltas' text and the `Done` result (or error).
 async fn drain_chat(
     mut s: iicp_client::ChatStream,
@@ -230,13 +243,7 @@ async fn http_chat_streams_over_sse_in_one_request_with_the_credentials_and_trac
     assert_eq!(partials, 3);
     assert_eq!(end.model_used.as_deref(), Some("fake-model"));
 
-    let (text, done) = drain_chat(
-        client
-            .chat_stream(request(), ChatOptions::default())
-            .await
-            .expect("stream"),
-    )
-    .await;
+    let (text, done) = chat_to_end(&client).await;
     assert_eq!(text, "Hello, world");
     assert_eq!(done.expect("done").text(), "Hello, world");
 
@@ -289,13 +296,7 @@ async fn a_node_without_the_one_request_resource_streams_in_two_requests() {
     ))
     .await;
     let (client, _dir) = client_for(vec![two_step_entry(1, &node)]).await;
-    let (text, done) = drain_chat(
-        client
-            .chat_stream(request(), ChatOptions::default())
-            .await
-            .expect("stream"),
-    )
-    .await;
+    let (text, done) = chat_to_end(&client).await;
     assert_eq!(text, "Hello, world");
     done.expect("done");
     assert!(node.hits("POST", "/v1/tasks/stream").is_empty());
@@ -311,13 +312,7 @@ async fn an_advertised_one_request_resource_that_is_missing_falls_back_to_two_re
     script.one_request = false;
     let node = http_stream_node(script).await;
     let (client, _dir) = client_for(vec![http_entry(1, &node)]).await;
-    let (text, done) = drain_chat(
-        client
-            .chat_stream(request(), ChatOptions::default())
-            .await
-            .expect("stream"),
-    )
-    .await;
+    let (text, done) = chat_to_end(&client).await;
     assert_eq!(text, "Hello, world");
     done.expect("done");
     assert_eq!(
@@ -429,13 +424,7 @@ async fn native_duplicates_and_regressions_are_discarded() {
     }))
     .await;
     let (client, _dir) = client_for(vec![native_entry(1, &node)]).await;
-    let (text, done) = drain_chat(
-        client
-            .chat_stream(request(), ChatOptions::default())
-            .await
-            .expect("stream"),
-    )
-    .await;
+    let (text, done) = chat_to_end(&client).await;
     assert_eq!(text, "Hello");
     assert_eq!(done.expect("done").text(), "Hello");
 }
@@ -701,13 +690,7 @@ async fn a_failure_after_a_partial_is_terminal_and_says_what_was_received() {
     .await;
     let b = native_stream_node(native_script(|c| happy_frames(c, &hello(), None))).await;
     let (client, _dir) = client_for(vec![native_entry(1, &a), native_entry(2, &b)]).await;
-    let (text, out) = drain_chat(
-        client
-            .chat_stream(request(), ChatOptions::default())
-            .await
-            .expect("stream"),
-    )
-    .await;
+    let (text, out) = chat_to_end(&client).await;
     assert_eq!(text, "Hello", "what came before the failure was delivered");
     let e = out.expect_err("terminal failure");
     assert!(e.message().contains("2 chunk(s) (5 chars)"), "{e}");
@@ -870,13 +853,7 @@ async fn cx_chunks_are_opened_at_their_sequence() {
     let client = builder(&dir, Arc::new(RecordingSleeper::default()))
         .build()
         .expect("client: encryption required");
-    let (text, done) = drain_chat(
-        client
-            .chat_stream(request(), ChatOptions::default())
-            .await
-            .expect("stream"),
-    )
-    .await;
+    let (text, done) = chat_to_end(&client).await;
     assert_eq!(text, "Hello, world");
     assert_eq!(done.expect("done").text(), "Hello, world");
     let call = &node.calls()[0];
@@ -1065,13 +1042,7 @@ async fn cx_chunks_over_http_are_encrypted_events() {
     let client = builder(&dir, Arc::new(RecordingSleeper::default()))
         .build()
         .expect("client");
-    let (text, done) = drain_chat(
-        client
-            .chat_stream(request(), ChatOptions::default())
-            .await
-            .expect("stream"),
-    )
-    .await;
+    let (text, done) = chat_to_end(&client).await;
     assert_eq!(text, "Hello, world");
     assert_eq!(
         done.expect("done")

@@ -47,6 +47,14 @@ use iicp_transport::listener::{Listener, ListenerConfig};
 use iicp_transport::shutdown;
 use serde_json::{json, Value};
 
+/// The address of a directory base URL (`http://ADDR/api`).
+fn addr_of(base: &str) -> SocketAddr {
+    base.trim_start_matches("http://")
+        .trim_end_matches("/api")
+        .parse()
+        .unwrap()
+}
+
 fn pct(samples: &mut [Duration], q: f64) -> Duration {
     samples.sort_unstable();
     samples[((samples.len() as f64 - 1.0) * q).round() as usize]
@@ -352,11 +360,7 @@ async fn discover(label: &str, http: &HttpClient, bases: &Arc<Vec<String>>) {
     // tool shares the two cores with the directory and should cost it little)
     for w in 0..clients {
         let start = Arc::clone(&start);
-        let addr: SocketAddr = bases[w % bases.len()]
-            .trim_start_matches("http://")
-            .trim_end_matches("/api")
-            .parse()
-            .unwrap();
+        let addr = addr_of(&bases[w % bases.len()]);
         workers.push(tokio::spawn(async move {
             let requests = ["", "&region=eu-central&limit=50", "&model=model-3"].map(|q| {
                 let path = format!(
@@ -422,15 +426,7 @@ async fn heartbeats(
     // what each node sends, as request bytes built once: (instance, request); the load
     // comes from wrk-like keep-alive connections (`iicp_testkit::raw_http`), so that the
     // load tool's own HTTP stack does not count against the directory on the same cores
-    let addrs: Vec<SocketAddr> = bases
-        .iter()
-        .map(|b| {
-            b.trim_start_matches("http://")
-                .trim_end_matches("/api")
-                .parse()
-                .unwrap()
-        })
-        .collect();
+    let addrs: Vec<SocketAddr> = bases.iter().map(|b| addr_of(b)).collect();
     let calls: Arc<Vec<(usize, Vec<u8>)>> = Arc::new(
         creds
             .iter()

@@ -182,11 +182,13 @@ fn floor_pass(stub: SocketAddr, model: &str, tokens: u32, tasks: u32) -> anyhow:
         let body = json!({"model": model, "stream": true, "max_tokens": max_tokens,
             "messages": [{"role": "user", "content": "Tell me a story."}]})
         .to_string();
-        format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: {stub}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
+        iicp_testkit::raw_http::request(
+            "POST",
+            stub,
+            "/v1/chat/completions",
+            &[("content-type", "application/json")],
+            body.as_bytes(),
         )
-        .into_bytes()
     };
     let mut buf = vec![0u8; 64 * 1024];
     // one streamed answer, forwarded read by read; it ends with the last chunk

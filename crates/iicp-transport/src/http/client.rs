@@ -533,7 +533,21 @@ pub struct HttpStream {
     url: String,
 }
 
+/// A `Retry-After: <seconds>` header in milliseconds, if present and numeric.
+fn retry_after_ms(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|secs| secs.saturating_mul(1000))
+}
+
 impl HttpStream {
+    /// The `Retry-After: <seconds>` header in milliseconds, if present and numeric.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        retry_after_ms(&self.headers)
+    }
+
     /// The next chunk of the body, `None` at its end.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, HttpClientError> {
         loop {
@@ -823,11 +837,7 @@ impl HttpReply {
 
     /// The `Retry-After: <seconds>` header in milliseconds, if present and numeric.
     pub fn retry_after_ms(&self) -> Option<u64> {
-        self.headers
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|secs| secs.saturating_mul(1000))
+        retry_after_ms(&self.headers)
     }
 
     /// The body parsed as an IICP error in any of the shapes peers send (§6.1), with
