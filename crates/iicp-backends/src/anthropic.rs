@@ -26,7 +26,8 @@ use serde_json::{json, Map, Value};
 
 use crate::{
     model_for, open_stream, pump_events, status_error, transport_error, within, Backend,
-    BackendConfig, BackendError, BackendKind, BoxFuture, ChatStream, Completion, Step, CHAT_INTENT,
+    BackendConfig, BackendError, BackendKind, BoxFuture, ChatChunk, ChatStream, Completion, Step,
+    CHAT_INTENT,
 };
 
 const INTENTS: [&str; 1] = [CHAT_INTENT];
@@ -356,7 +357,11 @@ impl Backend for Anthropic {
             Ok(pump_events(stream, deadline, move |ev| {
                 let v: Value = serde_json::from_str(&ev.data)
                     .map_err(|_| BackendError::unavailable("streamed event is not JSON"))?;
-                let chunk = |delta: Value, finish: Value, id: &Value, model: &Value| json!({"id": id, "object": "chat.completion.chunk", "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+                let chunk = |delta: Value, finish: Value, id: &Value, model: &Value| {
+                    ChatChunk::from_value(
+                        &json!({"id": id, "object": "chat.completion.chunk", "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}),
+                    )
+                };
                 Ok(match v.get("type").and_then(Value::as_str) {
                     Some("message_start") => {
                         id = v.pointer("/message/id").cloned().unwrap_or(Value::Null);

@@ -422,12 +422,110 @@ impl Completion {
     }
 }
 
-/// One event of a streamed chat: an OpenAI `chat.completion.chunk` object.
-pub type ChatChunk = Value;
+/// One event of a streamed chat: an OpenAI `chat.completion.chunk` object, kept as the
+/// JSON text it arrived as (a node passes it on without parsing it into a tree and
+/// writing it out again, ADR 0020). What a node reads from it (`usage`, `model`) is
+/// parsed out when asked for, without building a tree.
+#[derive(Clone, Debug)]
+pub struct ChatChunk {
+    json: Box<serde_json::value::RawValue>,
+}
+
+/// The members of a chunk a node reads, parsed without building a tree.
+#[derive(serde::Deserialize)]
+struct Peek<'a> {
+    #[serde(default, borrow)]
+    model: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    usage: Option<PeekUsage>,
+}
+
+#[derive(serde::Deserialize)]
+struct PeekUsage {
+    #[serde(default)]
+    total_tokens: Option<serde_json::Number>,
+}
+
+impl ChatChunk {
+    /// A chunk from a model server's JSON text.
+    ///
+    /// # Errors
+    /// The text is not JSON.
+    pub fn from_text(text: String) -> Result<Self, BackendError> {
+        serde_json::value::RawValue::from_string(text)
+            .map(|json| Self { json })
+            .map_err(|_| BackendError::unavailable("streamed event is not JSON"))
+    }
+
+    /// A chunk made as a value (a dialect mapped to the OpenAI shape).
+    pub fn from_value(v: &Value) -> Self {
+        Self {
+            json: serde_json::value::to_raw_value(v).unwrap_or_default(),
+        }
+    }
+
+    /// The chunk's JSON text.
+    pub fn json(&self) -> &str {
+        self.json.get()
+    }
+
+    /// The chunk's JSON text, owned.
+    pub fn into_json(self) -> Box<serde_json::value::RawValue> {
+        self.json
+    }
+
+    /// The chunk as a value.
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.json.get()).unwrap_or(Value::Null)
+    }
+
+    /// `usage.total_tokens`, when the chunk carries usage. (Only a chunk whose text
+    /// has a `"usage"` key is parsed: usage comes in the last chunk, if at all.)
+    pub fn total_tokens(&self) -> Option<u64> {
+        if !self.json().contains("\"usage\"") {
+            return None;
+        }
+        match serde_json::from_str::<Peek<'_>>(self.json()) {
+            Ok(p) => p.usage?.total_tokens?.as_u64(),
+            // an odd shape: read as a value
+            Err(_) => self
+                .to_value()
+                .pointer("/usage/total_tokens")
+                .and_then(Value::as_u64),
+        }
+    }
+
+    /// `model`, when the chunk names one.
+    pub fn model(&self) -> Option<String> {
+        match serde_json::from_str::<Peek<'_>>(self.json()) {
+            Ok(p) => p.model.map(std::borrow::Cow::into_owned),
+            Err(_) => self
+                .to_value()
+                .get("model")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        }
+    }
+
+    /// `choices[0].delta.content`, when present.
+    pub fn content(&self) -> Option<String> {
+        self.to_value()
+            .pointer("/choices/0/delta/content")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    }
+}
 
 /// A streamed chat: chunks until `None`. Dropping it cancels the backend request.
 pub struct ChatStream {
-    rx: tokio::sync::mpsc::Receiver<Result<ChatChunk, BackendError>>,
+    source: Source,
+}
+
+enum Source {
+    /// Chunks sent by someone else ([`ChatStream::new`]).
+    Channel(tokio::sync::mpsc::Receiver<Result<ChatChunk, BackendError>>),
+    /// A model server's event stream, read as chunks are asked for.
+    Events(Box<EventSource>),
 }
 
 impl fmt::Debug for ChatStream {
@@ -437,26 +535,28 @@ impl fmt::Debug for ChatStream {
 }
 
 impl ChatStream {
-    /// Creates a stream fed by `rx`.
+    /// Creates a stream fed by `rx` (a backend of one's own that produces chunks on a
+    /// task of its own).
     pub fn new(rx: tokio::sync::mpsc::Receiver<Result<ChatChunk, BackendError>>) -> Self {
-        Self { rx }
+        Self {
+            source: Source::Channel(rx),
+        }
     }
 
-    /// The next chunk, or `None` when the stream ended.
+    /// The next chunk, or `None` when the stream ended. After an error, `None`.
     pub async fn next(&mut self) -> Option<Result<ChatChunk, BackendError>> {
-        self.rx.recv().await
+        match &mut self.source {
+            Source::Channel(rx) => rx.recv().await,
+            Source::Events(events) => events.next().await,
+        }
     }
 
     /// Reads every chunk and joins their `delta.content` texts.
     pub async fn collect_text(mut self) -> Result<String, BackendError> {
         let mut text = String::new();
         while let Some(chunk) = self.next().await {
-            let chunk = chunk?;
-            if let Some(t) = chunk
-                .pointer("/choices/0/delta/content")
-                .and_then(Value::as_str)
-            {
-                text.push_str(t);
+            if let Some(t) = chunk?.content() {
+                text.push_str(&t);
             }
         }
         Ok(text)
@@ -626,41 +726,82 @@ pub(crate) async fn open_stream(
     Ok(stream)
 }
 
-/// Feeds the server-sent events of `stream` through `on_event` on a background task and
-/// returns the consumer's end. The whole stream is bounded by `deadline`; dropping the
-/// [`ChatStream`] ends the task and with it the request.
+/// Reads the server-sent events of `stream` through `on_event` as the consumer asks for
+/// chunks: no task of its own, so a chunk goes from the model server's connection to
+/// the caller without another hop. The whole stream is bounded by `deadline`; dropping
+/// the [`ChatStream`] ends the request.
 pub(crate) fn pump_events(
-    mut stream: iicp_transport::http::HttpStream,
+    stream: iicp_transport::http::HttpStream,
     deadline: Option<Instant>,
-    mut on_event: impl FnMut(sse::SseEvent) -> Result<Step, BackendError> + Send + 'static,
+    on_event: impl FnMut(sse::SseEvent) -> Result<Step, BackendError> + Send + 'static,
 ) -> ChatStream {
-    let (tx, rx) = tokio::sync::mpsc::channel(32);
-    tokio::spawn(async move {
-        let pump = async {
-            let mut parser = sse::SseParser::new();
-            while let Some(chunk) = stream.chunk().await.map_err(|e| transport_error(&e))? {
-                for ev in parser
-                    .push(&chunk)
-                    .map_err(|_| BackendError::unavailable("oversized streamed event"))?
-                {
-                    match on_event(ev)? {
-                        Step::Emit(v) => {
-                            if tx.send(Ok(v)).await.is_err() {
-                                return Ok(()); // consumer gone
-                            }
-                        }
-                        Step::Skip => {}
-                        Step::Done => return Ok(()),
+    ChatStream {
+        source: Source::Events(Box::new(EventSource {
+            stream,
+            parser: sse::SseParser::new(),
+            pending: std::collections::VecDeque::new(),
+            on_event: Box::new(on_event),
+            deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
+            done: false,
+        })),
+    }
+}
+
+/// A model server's event stream, read on demand ([`pump_events`]).
+struct EventSource {
+    stream: iicp_transport::http::HttpStream,
+    parser: sse::SseParser,
+    /// Events parsed from the last read, not handed out yet.
+    pending: std::collections::VecDeque<sse::SseEvent>,
+    on_event: Box<dyn FnMut(sse::SseEvent) -> Result<Step, BackendError> + Send>,
+    /// One timer for the whole stream.
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Ended (`Done`, the body's end, or an error already handed out).
+    done: bool,
+}
+
+impl EventSource {
+    async fn next(&mut self) -> Option<Result<ChatChunk, BackendError>> {
+        let out = self.step().await;
+        if !matches!(out, Some(Ok(_))) {
+            self.done = true;
+        }
+        out
+    }
+
+    async fn step(&mut self) -> Option<Result<ChatChunk, BackendError>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            while let Some(ev) = self.pending.pop_front() {
+                match (self.on_event)(ev) {
+                    Ok(Step::Emit(chunk)) => return Some(Ok(chunk)),
+                    Ok(Step::Skip) => {}
+                    Ok(Step::Done) => return None,
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            let read = self.stream.chunk();
+            let read = match self.deadline.as_mut() {
+                Some(expiry) => tokio::select! {
+                    biased;
+                    r = read => r,
+                    () = expiry.as_mut() => return Some(Err(BackendError::timeout())),
+                },
+                None => read.await,
+            };
+            match read {
+                Err(e) => return Some(Err(transport_error(&e))),
+                Ok(None) => return None,
+                Ok(Some(bytes)) => {
+                    if self.parser.push_into(&bytes, &mut self.pending).is_err() {
+                        return Some(Err(BackendError::unavailable("oversized streamed event")));
                     }
                 }
             }
-            Ok::<(), BackendError>(())
-        };
-        if let Err(e) = within(deadline, pump).await {
-            let _ = tx.send(Err(e)).await;
         }
-    });
-    ChatStream::new(rx)
+    }
 }
 
 /// Maps an HTTP-client failure to a backend error.
@@ -830,6 +971,46 @@ mod tests {
         assert_eq!(c.upstream_model("q"), "/m/q.gguf");
         assert_eq!(c.upstream_model("other"), "other");
         assert_eq!(c.public_model("/m/q.gguf"), "q");
+    }
+
+    #[test]
+    fn chunks_pass_as_text_with_usage_and_model_read() {
+        let text = r#"{"id":"c","object":"chat.completion.chunk","model":"m1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7,"prompt_tokens_details":{"cached_tokens":0}}}"#;
+        let c = ChatChunk::from_text(text.to_owned()).expect("chunk");
+        assert_eq!(c.json(), text, "the text passes as it came");
+        assert_eq!(
+            (c.total_tokens(), c.model().as_deref()),
+            (Some(7), Some("m1"))
+        );
+        // odd shapes are still read (a float count, a null model, not an object)
+        let c = ChatChunk::from_text(r#"{"model":null,"usage":{"total_tokens":7.5}}"#.into())
+            .expect("chunk");
+        assert_eq!((c.total_tokens(), c.model()), (None, None));
+        let c = ChatChunk::from_text(r#"{"model":5,"usage":null}"#.into()).expect("chunk");
+        assert_eq!((c.total_tokens(), c.model()), (None, None));
+        assert_eq!(
+            ChatChunk::from_text("[1]".into()).expect("chunk").json(),
+            "[1]"
+        );
+        let c =
+            ChatChunk::from_text(r#"{"choices":[{"index":0,"delta":{"content":"Hi"}}]}"#.into())
+                .expect("chunk");
+        assert_eq!(c.content().as_deref(), Some("Hi"));
+        for bad in ["", "{", "data", r#"{"a":1}x"#] {
+            let e = ChatChunk::from_text(bad.into()).expect_err(bad);
+            assert_eq!(e.code, ErrorCode::BackendError);
+        }
+        let v = serde_json::json!({"model": "m2", "usage": {"total_tokens": 9}});
+        let c = ChatChunk::from_value(&v);
+        assert_eq!(
+            (c.total_tokens(), c.model().as_deref(), c.to_value()),
+            (Some(9), Some("m2"), v)
+        );
+        // the content may name usage: harmless, it is parsed and has none
+        let c =
+            ChatChunk::from_text(r#"{"choices":[{"delta":{"content":"\"usage\": {}"}}]}"#.into())
+                .expect("chunk");
+        assert_eq!(c.total_tokens(), None);
     }
 
     #[test]

@@ -15,8 +15,8 @@ use serde_json::{Map, Value};
 
 use crate::{
     model_for, open_stream, pump_events, status_error, transport_error, within, Backend,
-    BackendConfig, BackendError, BackendKind, BoxFuture, ChatStream, Completion, Step, CHAT_INTENT,
-    COMPLETION_INTENT, EMBEDDING_INTENT,
+    BackendConfig, BackendError, BackendKind, BoxFuture, ChatChunk, ChatStream, Completion, Step,
+    CHAT_INTENT, COMPLETION_INTENT, EMBEDDING_INTENT,
 };
 
 const INTENTS: [&str; 3] = [CHAT_INTENT, COMPLETION_INTENT, EMBEDDING_INTENT];
@@ -202,10 +202,14 @@ impl Backend for OpenAi {
                 if ev.data.trim() == "[DONE]" {
                     return Ok(Step::Done);
                 }
+                if config.model_aliases.is_empty() {
+                    // passed on as it came
+                    return ChatChunk::from_text(ev.data).map(Step::Emit);
+                }
                 let mut chunk: Value = serde_json::from_str(&ev.data)
                     .map_err(|_| BackendError::unavailable("streamed event is not JSON"))?;
                 publish_model(&config, &mut chunk);
-                Ok(Step::Emit(chunk))
+                Ok(Step::Emit(ChatChunk::from_value(&chunk)))
             }))
         })
     }

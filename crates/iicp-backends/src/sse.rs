@@ -39,23 +39,48 @@ impl SseParser {
     /// Feeds bytes; returns the events they completed.
     pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, SseTooLarge> {
         let mut out = Vec::new();
-        for &b in bytes {
-            if b == b'\n' {
-                let mut line = std::mem::take(&mut self.line);
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                if let Some(ev) = self.line_done(&String::from_utf8_lossy(&line)) {
-                    out.push(ev);
-                }
+        self.push_into(bytes, &mut out)?;
+        Ok(out)
+    }
+
+    /// Feeds bytes; appends the events they completed to `out`.
+    pub fn push_into(
+        &mut self,
+        mut bytes: &[u8],
+        out: &mut impl Extend<SseEvent>,
+    ) -> Result<(), SseTooLarge> {
+        while let Some(at) = bytes.iter().position(|&b| b == b'\n') {
+            let (head, rest) = bytes.split_at(at);
+            bytes = &rest[1..];
+            if self.line.len() + head.len() + self.data.len() > MAX_EVENT_BYTES {
+                return Err(SseTooLarge);
+            }
+            // a whole line in this read is parsed where it lies; only a line split
+            // across reads is gathered first
+            let gathered;
+            let mut line = if self.line.is_empty() {
+                head
             } else {
-                self.line.push(b);
-                if self.line.len() + self.data.len() > MAX_EVENT_BYTES {
-                    return Err(SseTooLarge);
-                }
+                self.line.extend_from_slice(head);
+                gathered = std::mem::take(&mut self.line);
+                &gathered[..]
+            };
+            if let [start @ .., b'\r'] = line {
+                line = start;
+            }
+            let line = match std::str::from_utf8(line) {
+                Ok(text) => std::borrow::Cow::Borrowed(text),
+                Err(_) => String::from_utf8_lossy(line),
+            };
+            if let Some(ev) = self.line_done(&line) {
+                out.extend(Some(ev));
             }
         }
-        Ok(out)
+        self.line.extend_from_slice(bytes);
+        if self.line.len() + self.data.len() > MAX_EVENT_BYTES {
+            return Err(SseTooLarge);
+        }
+        Ok(())
     }
 
     /// Flushes an event left without its terminating blank line at end of stream.

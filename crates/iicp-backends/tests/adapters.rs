@@ -524,7 +524,7 @@ async fn streaming_in_both_dialects() {
         .expect("stream");
     let mut chunks = Vec::new();
     while let Some(c) = stream.next().await {
-        chunks.push(c.expect("chunk"));
+        chunks.push(c.expect("chunk").to_value());
     }
     let text: String = chunks
         .iter()
@@ -848,4 +848,57 @@ async fn a_server_spec_prepares_the_only_model_it_lists() {
     // a named model is served even when the server does not list it
     let named = spec.prepare(&http, Some("other")).await.expect("named");
     assert_eq!(named.plan.model, "other");
+}
+
+/// The stream is read on demand: chunks come while they are asked for, the deadline
+/// ends a stream mid-way with `task_timeout` (and nothing after it), and dropping the
+/// stream drops the model server's request.
+#[tokio::test]
+async fn a_streamed_chat_ends_at_its_deadline_and_on_drop() {
+    let stub = iicp_testkit::stub::StubModel::paced("stub-model", 50, Duration::from_millis(20));
+    let server = HttpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let (_trigger, sd) = shutdown::channel();
+    tokio::spawn(server.serve(stub.router(), sd));
+    let mut cfg = BackendConfig::new(BackendKind::OpenAiCompat);
+    cfg.base_url = Some(format!("http://{addr}/v1"));
+    let backend = build(cfg).expect("build");
+    let payload = json!({"messages": [{"role": "user", "content": "x"}], "model": "m"});
+
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(150);
+    let mut stream = backend
+        .chat_stream(&payload, Some(deadline))
+        .await
+        .expect("stream");
+    let mut received = 0;
+    let err = loop {
+        match stream.next().await.expect("an error, not the end") {
+            Ok(_) => received += 1,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.code, ErrorCode::TaskTimeout);
+    assert!(
+        (2..50).contains(&received),
+        "{received} chunks before the deadline"
+    );
+    assert!(stream.next().await.is_none(), "nothing after the error");
+    drop(stream);
+
+    let mut stream = backend.chat_stream(&payload, None).await.expect("stream");
+    assert!(stream.next().await.expect("a chunk").is_ok());
+    drop(stream);
+    for _ in 0..100 {
+        if stub.disconnects() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        stub.disconnects(),
+        2,
+        "both requests were dropped mid-stream"
+    );
 }

@@ -1169,7 +1169,12 @@ fn http_raw(ev: Event, kind: EventKind) -> Raw {
     Raw {
         sequence: ev.sequence,
         kind,
-        result: if sealed.is_some() { None } else { ev.result },
+        result: if sealed.is_some() {
+            None
+        } else {
+            ev.result
+                .map(iicp_proto::lifecycle::EventResult::into_value)
+        },
         sealed,
         error: ev
             .error

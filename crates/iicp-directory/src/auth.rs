@@ -31,47 +31,9 @@ pub(crate) fn random_token() -> Secret {
     Secret::new(hex::encode(bytes.as_ref()))
 }
 
-/// Bytes of OS randomness fetched at once by [`random_hex`].
-const RANDOM_POOL: usize = 4096;
-
-thread_local! {
-    /// OS randomness not handed out yet: `(bytes, next unused offset)`. Bytes are
-    /// zeroed as they are taken, so none is ever handed out twice or kept afterwards.
-    static POOL: std::cell::RefCell<(Zeroizing<Vec<u8>>, usize)> =
-        std::cell::RefCell::new((Zeroizing::new(vec![0; RANDOM_POOL]), RANDOM_POOL));
-}
-
-/// `n` random bytes as lowercase hex (nonces, challenges): OS randomness, taken from a
-/// per-thread pool refilled 4 KiB at a time (one `getrandom` per 256 heartbeat
-/// challenges instead of one per heartbeat).
-pub(crate) fn random_hex(n: usize) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(2 * n);
-    let mut push = |b: u8| {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 15)]));
-    };
-    if n > RANDOM_POOL {
-        let mut bytes = Zeroizing::new(vec![0u8; n]);
-        OsRng.fill_bytes(&mut bytes);
-        bytes.iter().for_each(|b| push(*b));
-        return out;
-    }
-    POOL.with(|pool| {
-        let mut pool = pool.borrow_mut();
-        let (bytes, at) = &mut *pool;
-        if *at + n > bytes.len() {
-            OsRng.fill_bytes(bytes);
-            *at = 0;
-        }
-        for b in &mut bytes[*at..*at + n] {
-            push(*b);
-            *b = 0;
-        }
-        *at += n;
-    });
-    out
-}
+/// `n` random bytes as lowercase hex (nonces, challenges): OS randomness drawn in
+/// blocks (one `getrandom` per 256 heartbeat challenges instead of one per heartbeat).
+pub(crate) use iicp_transport::random::random_hex;
 
 /// SHA-256 of a token, hex. What the store keeps.
 pub(crate) fn token_hash(token: &str) -> String {
@@ -156,22 +118,6 @@ pub(crate) use iicp_proto::time::iso8601;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn random_hex_is_hex_and_never_repeats_across_refills() {
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..3 * RANDOM_POOL / 16 {
-            let h = random_hex(16);
-            assert_eq!(h.len(), 32);
-            assert!(h
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
-            assert!(seen.insert(h), "a challenge repeated");
-        }
-        assert_eq!(random_hex(RANDOM_POOL + 1).len(), 2 * (RANDOM_POOL + 1));
-        assert_eq!(random_hex(7).len(), 14);
-        assert_eq!(random_hex(0), "");
-    }
 
     #[test]
     fn tokens_and_jwt() {

@@ -117,16 +117,14 @@ impl TaskHandler for BackendHandler {
             let mut model: Option<String> = None;
             while let Some(next) = stream.next().await {
                 let chunk = next.map_err(map_error)?;
-                if let Some(t) = chunk.pointer("/usage/total_tokens").and_then(Value::as_u64) {
+                if let Some(t) = chunk.total_tokens() {
                     tokens = Some(t);
                 }
                 if model.is_none() {
-                    model = chunk
-                        .get("model")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned);
+                    model = chunk.model();
                 }
-                if chunks.send(chunk, tokens).await.is_err() {
+                // the model server's JSON text goes on as it came (ADR 0020)
+                if chunks.send_text(chunk.into_json(), tokens).await.is_err() {
                     // nobody reads any more: dropping the stream ends the request
                     return Err(HandlerError::backend("the task's stream was closed"));
                 }

@@ -24,7 +24,7 @@ pub(crate) struct Cached {
     pub(crate) body: Arc<str>,
     pub(crate) error_code: Option<String>,
     /// A lifecycle task's events (ADR 0013: its duplicates replay them).
-    pub(crate) events: Option<Arc<[iicp_proto::lifecycle::Event]>>,
+    pub(crate) events: Option<Arc<[Arc<iicp_proto::lifecycle::Event>]>>,
 }
 
 enum State {

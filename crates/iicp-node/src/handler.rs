@@ -18,6 +18,7 @@ use std::time::Duration;
 use iicp_proto::error::{ErrorBody, ErrorCode, MAX_MESSAGE_CHARS};
 use iicp_proto::ids::{TaskId, TraceParent};
 use iicp_proto::intent::Intent;
+use iicp_proto::lifecycle::EventResult;
 use iicp_proto::task::Constraints;
 use serde_json::Value;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -330,8 +331,9 @@ pub trait TaskHandler: Send + Sync + 'static {
 /// One incremental result of a streaming handler.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chunk {
-    /// The chunk (for `llm:chat:v1` an OpenAI `chat.completion.chunk`).
-    pub result: Value,
+    /// The chunk (for `llm:chat:v1` an OpenAI `chat.completion.chunk`): a value, or JSON
+    /// text passed on as it came ([`Chunks::send_text`]).
+    pub result: EventResult,
     /// Tokens used so far (cumulative), when known.
     pub tokens_used: Option<u64>,
 }
@@ -359,6 +361,28 @@ impl Chunks {
     /// # Errors
     /// [`StreamClosed`] when the task's consumer is gone.
     pub async fn send(&self, result: Value, tokens_used: Option<u64>) -> Result<(), StreamClosed> {
+        self.send_chunk(EventResult::Value(result), tokens_used)
+            .await
+    }
+
+    /// Sends one chunk given as JSON text (a model server's own, passed on without
+    /// being parsed into a value and written out again).
+    ///
+    /// # Errors
+    /// [`StreamClosed`] when the task's consumer is gone.
+    pub async fn send_text(
+        &self,
+        json: Box<serde_json::value::RawValue>,
+        tokens_used: Option<u64>,
+    ) -> Result<(), StreamClosed> {
+        self.send_chunk(EventResult::Text(json), tokens_used).await
+    }
+
+    async fn send_chunk(
+        &self,
+        result: EventResult,
+        tokens_used: Option<u64>,
+    ) -> Result<(), StreamClosed> {
         self.0
             .send(Chunk {
                 result,

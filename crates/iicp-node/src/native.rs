@@ -414,8 +414,9 @@ pub(crate) async fn forward(
             if e.event == EventKind::Accepted {
                 continue;
             }
-            let e = task.for_caller(e, native_seq);
-            let resp = event_response(call, &e, native_seq, node_id.clone());
+            let sealed = task.sealed(&e, native_seq);
+            let e = sealed.as_ref().unwrap_or(&e);
+            let resp = event_response(call, e, native_seq, node_id.clone());
             native_seq += 1;
             if e.is_final {
                 guard.0 = None;
@@ -439,7 +440,7 @@ fn event_response(call: &Call, e: &Event, sequence: u64, node_id: Option<String>
             "status": "encrypted",
             "iicp_conf_resp": sealed,
         }))),
-        (Some(v), None) => Some(Body::cbor(v)),
+        (Some(v), None) => Some(Body::Cbor(v.to_cbor())),
         (None, None) => None,
     };
     Response {

@@ -144,32 +144,11 @@ fn elapsed_ms(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Random bytes for trace ids, drawn from the OS in blocks: one system call per 32 ids
-/// instead of one per task.
-struct TraceRandom {
-    block: [u8; 512],
-    used: usize,
-}
-
-thread_local! {
-    static TRACE_RANDOM: std::cell::RefCell<TraceRandom> = const {
-        std::cell::RefCell::new(TraceRandom { block: [0; 512], used: 512 })
-    };
-}
-
 /// A random 32-hex trace id.
 pub(crate) fn new_trace_id() -> String {
+    // OS randomness drawn in blocks: one system call per 256 ids, not one per task
     let mut b = [0u8; 16];
-    TRACE_RANDOM.with(|r| {
-        let mut r = r.borrow_mut();
-        if r.used + b.len() > r.block.len() {
-            rand_core::OsRng.fill_bytes(&mut r.block);
-            r.used = 0;
-        }
-        let at = r.used;
-        b.copy_from_slice(&r.block[at..at + 16]);
-        r.used += 16;
-    });
+    iicp_transport::random::PooledRng.fill_bytes(&mut b);
     if b == [0; 16] {
         b[15] = 1;
     }
@@ -473,10 +452,13 @@ async fn drive(
         tokio::pin!(work);
         let expiry = tokio::time::sleep_until(deadline);
         tokio::pin!(expiry);
+        // one waiter for the whole task, not a new one per chunk
+        let cancelled = task.log.cancelled();
+        tokio::pin!(cancelled);
         let end = loop {
             tokio::select! {
                 biased;
-                () = task.log.cancelled() => break End::Cancelled,
+                () = &mut cancelled => break End::Cancelled,
                 () = &mut expiry => break End::TimedOut,
                 Some(chunk) = rx.recv() => partial(&task, chunk, &mut tokens),
                 out = &mut work => {
@@ -526,7 +508,7 @@ async fn drive(
             );
             let result = out.result;
             task.log.emit(EventKind::Completed, |e| {
-                e.result = (!result.is_null()).then_some(result);
+                e.result = (!result.is_null()).then_some(result.into());
                 e.tokens_used = Some(total);
                 e.model_used = model;
                 e.metrics = Some(TaskMetrics {
@@ -592,7 +574,7 @@ async fn drive(
         let events = task.log.events();
         let terminal = events
             .last()
-            .and_then(|e| serde_json::to_string(e).ok())
+            .and_then(|e| serde_json::to_string(&**e).ok())
             .unwrap_or_default();
         t.finish(Cached {
             status,

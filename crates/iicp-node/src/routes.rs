@@ -391,9 +391,6 @@ fn observed(
 /// encryption).
 fn events_response(task: Arc<crate::stream::StreamTask>, after: Option<u64>) -> Response {
     let trace_id = task.trace_id.clone();
-    let r = events::sse_response(task, after, |task, e| {
-        let seq = e.sequence;
-        task.for_caller(e, seq)
-    });
+    let r = events::sse_response(task, after, |task, e| task.sealed(e, e.sequence));
     with_trace(r, &trace_id)
 }

@@ -69,24 +69,22 @@ impl StreamTask {
     }
 
     /// `event` as this task's caller receives it at position `index` of its
-    /// transport's sequence: with response encryption, a result is replaced by its
-    /// sealed JSON text (`status: "encrypted"`, `iicp_conf_resp`, ADR 0013). A chunk
-    /// that cannot be sealed is dropped from the event rather than sent in clear.
-    pub(crate) fn for_caller(&self, mut event: Event, index: u64) -> Event {
-        let Some(key) = &self.seal_key else {
-            return event;
-        };
-        let Some(result) = event.result.take() else {
-            return event;
-        };
-        let text = serde_json::to_vec(&result).unwrap_or_default();
-        match key.seal_chunk(&mut rand_core::OsRng, index, &text) {
-            Ok(sealed) => {
-                event.status = "encrypted".to_owned();
-                event.iicp_conf_resp = Some(sealed.to_value());
+    /// transport's sequence, when that differs from the event itself: with response
+    /// encryption, a result is replaced by its sealed JSON text (`status: "encrypted"`,
+    /// `iicp_conf_resp`, ADR 0013). `None`: the event goes as it is. A chunk that cannot
+    /// be sealed is dropped from the event rather than sent in clear.
+    pub(crate) fn sealed(&self, event: &Event, index: u64) -> Option<Event> {
+        let key = self.seal_key.as_ref()?;
+        let result = event.result.as_ref()?;
+        let mut sealed = event.without_result();
+        let text = result.to_json_bytes();
+        match key.seal_chunk(&mut iicp_transport::random::PooledRng, index, &text) {
+            Ok(envelope) => {
+                "encrypted".clone_into(&mut sealed.status);
+                sealed.iicp_conf_resp = Some(envelope.to_value());
             }
             Err(e) => tracing::error!(reason = %e, "CX chunk encryption failed; chunk withheld"),
         }
-        event
+        Some(sealed)
     }
 }

@@ -445,7 +445,7 @@ async fn http_tasks_stream_their_events() {
         assert_eq!(e.status, e.event.status());
         assert_eq!(e.is_final, i == evs.len() - 1);
         if let Some(r) = &e.result {
-            text.push_str(&delta_text(r));
+            text.push_str(&delta_text(&r.to_value()));
         }
     }
     assert_eq!(
@@ -523,7 +523,7 @@ async fn one_request_submits_and_answers_with_the_event_stream() {
         assert_eq!(e.task_id, id);
         assert_eq!(e.is_final, i == evs.len() - 1);
         if let Some(r) = &e.result {
-            text.push_str(&delta_text(r));
+            text.push_str(&delta_text(&r.to_value()));
         }
     }
     assert_eq!(text, "echo: in one request");
@@ -755,4 +755,82 @@ async fn encrypted_tasks_stream_sealed_chunks() {
         text.push_str(&delta_text(&serde_json::from_slice(&opened).unwrap()));
     }
     assert_eq!(text, "echo: secret words");
+}
+
+/// A model server's streamed chunks reach the caller as they came (ADR 0020): over HTTP
+/// each chunk's JSON text is the partial event's `result` byte for byte, and over native
+/// each partial's body is the deterministic CBOR of that same JSON.
+#[tokio::test]
+async fn model_chunks_pass_through_unchanged() {
+    let stub = StubModel::paced("paced", 3, Duration::ZERO);
+    let stub_srv = iicp_testkit::server::serve(stub.router())
+        .await
+        .expect("stub");
+    // what the model server itself sends
+    let direct = http()
+        .post_json(
+            format!("http://{}/v1/chat/completions", stub_srv.addr()),
+            &json!({"model": "paced", "stream": true, "messages": [{"role": "user", "content": "go"}]}),
+        )
+        .send()
+        .await
+        .expect("direct");
+    let chunks: Vec<String> = String::from_utf8(direct.body.to_vec())
+        .expect("utf-8")
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(chunks.len(), 5, "role, three tokens, the finish");
+
+    let mut cfg = iicp_backends::BackendConfig::new(iicp_backends::BackendKind::OpenAiCompat);
+    cfg.base_url = Some(format!("http://{}/v1", stub_srv.addr()));
+    cfg.model = Some("paced".into());
+    let backend = iicp_backends::build(cfg).expect("backend");
+    let node = builder().build().expect("node");
+    let h = serve(&node, BackendHandler::new(backend)).await;
+    let addr = h.local_addr();
+
+    let id = uuid();
+    let (status, _) = post_tasks(addr, &task_body(&id, "go")).await;
+    assert_eq!(status, 202);
+    let r = http()
+        .get(url(addr, &format!("/v1/tasks/{id}/events")))
+        .send()
+        .await
+        .expect("events");
+    let body = String::from_utf8(r.body.to_vec()).expect("utf-8");
+    let partials: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| d.contains(r#""event":"partial""#))
+        .collect();
+    assert!(partials.len() >= chunks.len(), "{body}");
+    for chunk in &chunks {
+        let member = format!(r#""result":{chunk}"#);
+        assert!(
+            partials.iter().any(|p| p.contains(&member)),
+            "{chunk} not passed as it came in {body}"
+        );
+    }
+
+    let mut raw = Raw::connect(addr).await;
+    raw.send(Message::Call(lifecycle_call(&uuid(), "c-1", chat("go"))))
+        .await;
+    let bodies: Vec<Vec<u8>> = raw
+        .responses()
+        .await
+        .iter()
+        .filter(|r| r.status.as_deref() == Some("partial"))
+        .filter_map(|r| match &r.result {
+            Some(Body::Cbor(b)) => Some(b.clone()),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<Vec<u8>> = chunks
+        .iter()
+        .map(|c| iicp_proto::cbor::json_to_vec(&serde_json::from_str(c).expect("json")))
+        .collect();
+    assert_eq!(bodies, expected);
 }

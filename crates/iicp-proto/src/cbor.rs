@@ -407,6 +407,170 @@ pub fn json_to_vec(value: &serde_json::Value) -> Vec<u8> {
     out
 }
 
+/// Encodes JSON text as deterministic CBOR into a new buffer, exactly as [`json_to_vec`]
+/// encodes the value the text parses to, without building that value (a model
+/// server's streamed chunk goes from JSON text to a native RESPONSE in one pass). Of
+/// an object's repeated keys the last counts, as in a parsed value.
+///
+/// # Errors
+/// The text is not one JSON value.
+pub fn json_text_to_vec(text: &str) -> Result<Vec<u8>, serde_json::Error> {
+    use serde::de::DeserializeSeed as _;
+    let mut out = Vec::with_capacity(text.len());
+    let mut de = serde_json::Deserializer::from_str(text);
+    Transcode(&mut out).deserialize(&mut de)?;
+    de.end()?;
+    Ok(out)
+}
+
+/// Writes the JSON value being read as CBOR ([`json_text_to_vec`]).
+struct Transcode<'o>(&'o mut Vec<u8>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Transcode<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// Replaces the one-byte placeholder at `at` by the head of an item of `major` with
+/// `count` members (counts of 24 and more need a longer head).
+fn patch_head(out: &mut Vec<u8>, at: usize, major: u8, count: usize) {
+    if count < 24 {
+        out[at] = (major << 5) | count as u8;
+        return;
+    }
+    let mut head = Vec::with_capacity(9);
+    write_head(&mut head, major, count as u64);
+    out.splice(at..=at, head);
+}
+
+impl<'de> serde::de::Visitor<'de> for Transcode<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.0.push(0xf6);
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.0.push(if v { 0xf5 } else { 0xf4 });
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        write_head(self.0, 0, v);
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        match u64::try_from(v) {
+            Ok(u) => write_head(self.0, 0, u),
+            // negative: major type 1 encodes -1 - n
+            Err(_) => write_head(self.0, 1, (-1 - v) as u64),
+        }
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        self.0.push(0xfb);
+        self.0.extend_from_slice(&v.to_be_bytes());
+        Ok(())
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        write_head(self.0, 3, v.len() as u64);
+        self.0.extend_from_slice(v.as_bytes());
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let at = self.0.len();
+        self.0.push(0);
+        let mut count = 0;
+        while seq.next_element_seed(Transcode(&mut *self.0))?.is_some() {
+            count += 1;
+        }
+        patch_head(self.0, at, 4, count);
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // entries are written in the order read, then put in key order (length, then
+        // bytes: the order of their encoded forms) unless they came in it
+        let start = self.0.len();
+        // (entry start, key end, entry end)
+        let mut entries: Vec<(usize, usize, usize)> = Vec::new();
+        let mut in_order = true;
+        while let Some(()) = map.next_key_seed(Key(&mut *self.0))? {
+            let key_end = self.0.len();
+            map.next_value_seed(Transcode(&mut *self.0))?;
+            let entry = (entries.last().map_or(start, |e| e.2), key_end, self.0.len());
+            if let Some(last) = entries.last() {
+                let (prev, this) = (&self.0[last.0..last.1], &self.0[entry.0..entry.1]);
+                in_order &= (prev.len(), prev) < (this.len(), this);
+            }
+            entries.push(entry);
+        }
+        if in_order {
+            // already sorted and without repeats: only the head goes in front
+            let mut head = Vec::with_capacity(9);
+            write_head(&mut head, 5, entries.len() as u64);
+            self.0.splice(start..start, head);
+            return Ok(());
+        }
+        let body = self.0.split_off(start);
+        let key_of = |e: &(usize, usize, usize)| &body[e.0 - start..e.1 - start];
+        // stable: of equal keys the one read last stays last, and is kept
+        entries.sort_by(|a, b| {
+            let (ka, kb) = (key_of(a), key_of(b));
+            ka.len().cmp(&kb.len()).then_with(|| ka.cmp(kb))
+        });
+        entries.dedup_by(|later, earlier| {
+            let same = key_of(later) == key_of(earlier);
+            if same {
+                *earlier = *later;
+            }
+            same
+        });
+        write_head(self.0, 5, entries.len() as u64);
+        for e in &entries {
+            self.0.extend_from_slice(&body[e.0 - start..e.2 - start]);
+        }
+        Ok(())
+    }
+}
+
+/// Writes an object key as a CBOR text string, without an owned copy of it.
+struct Key<'o>(&'o mut Vec<u8>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Key<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for Key<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        write_head(self.0, 3, v.len() as u64);
+        self.0.extend_from_slice(v.as_bytes());
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -318,6 +318,24 @@ proptest! {
         let _ = Message::decode(&h, &payload, ch);
     }
 
+    /// JSON text transcoded to CBOR in one pass gives the bytes of its parsed value,
+    /// whatever the layout of the text (spacing, key order).
+    #[test]
+    fn json_text_transcodes_like_its_value(v in arb_json(), pretty in any::<bool>()) {
+        let text = if pretty {
+            serde_json::to_string_pretty(&v).unwrap()
+        } else {
+            serde_json::to_string(&v).unwrap()
+        };
+        // (compared with the value the same text parses to: serde_json's float parsing
+        // may move the last bit of a printed float)
+        let parsed: Value = serde_json::from_str(&text).unwrap();
+        prop_assert_eq!(
+            iicp_proto::cbor::json_text_to_vec(&text).unwrap(),
+            iicp_proto::cbor::json_to_vec(&parsed)
+        );
+    }
+
     /// Structured CBOR garbage (valid items of the wrong shape) never panics either.
     #[test]
     fn message_decoder_total_on_cbor(t in 1u8..15, v in arb_json()) {
@@ -332,6 +350,8 @@ fn arb_json() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>().prop_map(Value::from),
         ".{0,8}".prop_map(Value::String),
     ];
     leaf.prop_recursive(3, 24, 6, |inner| {
@@ -396,5 +416,40 @@ impl rand_core::RngCore for XorShift {
     fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
         self.fill_bytes(dest);
         Ok(())
+    }
+}
+
+/// The transcoder's edges: long items (heads of more than one byte), repeated keys (the
+/// last counts, as in a parsed value), escapes, numbers of every kind, and errors.
+#[test]
+fn json_text_transcoding_edges() {
+    use iicp_proto::cbor::{json_text_to_vec, json_to_vec};
+    let long_array = format!("[{}]", vec!["1"; 300].join(","));
+    let wide_map = format!(
+        "{{{}}}",
+        (0..30)
+            .map(|i| format!("\"k{i}\": {i}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    for text in [
+        long_array.as_str(),
+        wide_map.as_str(),
+        r#"{"b": 1, "a": 2, "b": 3}"#,
+        r#"{"esc\"aped": "line\nbreak \u00e9 \ud83d\ude00", "": ""}"#,
+        r#"[-1, -9223372036854775808, 18446744073709551615, 0.5, 1.0, -0.0, 1e300]"#,
+        r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}"#,
+        "null",
+        " true ",
+    ] {
+        let parsed: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            json_text_to_vec(text).unwrap(),
+            json_to_vec(&parsed),
+            "{text}"
+        );
+    }
+    for bad in ["", "{", r#"{"a": 1} x"#, "[1,]", "nul"] {
+        assert!(json_text_to_vec(bad).is_err(), "{bad:?}");
     }
 }

@@ -43,12 +43,17 @@ fn run_events(v: &Value) -> Run {
         let kind = EventKind::parse(e["event"].as_str().expect("event")).expect("known");
         let mut ev = Event::new(task, e["sequence"].as_u64().expect("seq"), kind);
         ev.is_final = e["is_final"].as_bool().expect("is_final");
-        ev.result = e.get("result").cloned();
+        ev.result = e.get("result").cloned().map(Into::into);
         ev.tokens_used = e.get("tokens_used").and_then(Value::as_u64);
         match t.accept_event(&ev) {
             Ok(step) => {
                 if matches!(step, Step::Accept(_)) {
-                    run.text.push_str(ev.result.as_ref().map_or("", text_of));
+                    run.text.push_str(
+                        ev.result
+                            .as_ref()
+                            .and_then(iicp_proto::lifecycle::EventResult::as_value)
+                            .map_or("", text_of),
+                    );
                     run.tokens = ev.tokens_used.or(run.tokens);
                 }
                 run.steps.push(step);

@@ -365,7 +365,7 @@ pub fn sse(event: &Event) -> String {
 /// An event with a plaintext result and cumulative tokens.
 pub fn event(task_id: &str, sequence: u64, kind: EventKind, result: Option<Value>) -> Event {
     let mut e = Event::new(task_id, sequence, kind);
-    e.result = result;
+    e.result = result.map(Into::into);
     e
 }
 

@@ -34,7 +34,8 @@ pub struct EventLog {
 
 #[derive(Debug)]
 struct Log {
-    events: Vec<Event>,
+    /// Shared with the readers: a reader takes its events without copying them.
+    events: Vec<Arc<Event>>,
     finished_at: Option<Instant>,
 }
 
@@ -72,7 +73,7 @@ impl EventLog {
     }
 
     /// A finished log made of stored events (a duplicate's replay).
-    pub fn replayed(task_id: impl Into<String>, events: &[Event]) -> Self {
+    pub fn replayed(task_id: impl Into<String>, events: &[Arc<Event>]) -> Self {
         let log = Self::new(task_id);
         {
             let mut g = log.log.lock();
@@ -141,7 +142,7 @@ impl EventLog {
         if e.event.is_terminal() {
             log.finished_at = Some(Instant::now());
         }
-        log.events.push(e);
+        log.events.push(Arc::new(e));
     }
 
     /// Asks the task to stop (it ends with `cancelled`, or the terminal it had already
@@ -165,13 +166,13 @@ impl EventLog {
     }
 
     /// Every event so far.
-    pub fn events(&self) -> Vec<Event> {
+    pub fn events(&self) -> Vec<Arc<Event>> {
         self.log.lock().events.clone()
     }
 
     /// The events after the first `from` ones, waiting until there is at least one;
     /// empty only when the task ended and `from` covers all of it.
-    pub async fn next_events(&self, from: usize) -> Vec<Event> {
+    pub async fn next_events(&self, from: usize) -> Vec<Arc<Event>> {
         let mut rx = self.changed.subscribe();
         loop {
             {
@@ -373,10 +374,6 @@ impl<T: HasLog> Inner<T> {
     }
 }
 
-/// Server-sent-event messages buffered per stream before the writer waits for the
-/// reader.
-const SSE_QUEUE: usize = 32;
-
 /// The sequence an event-stream request resumes after: `?after_sequence=N` (a negative
 /// N: from the start), else the `Last-Event-ID: N` header.
 pub fn resume_after(req: &crate::http::server::Request) -> Option<u64> {
@@ -404,29 +401,34 @@ pub fn resume_after(req: &crate::http::server::Request) -> Option<u64> {
 pub fn sse_response<T: HasLog + 'static>(
     task: Arc<T>,
     after: Option<u64>,
-    render: impl Fn(&T, Event) -> Event + Send + 'static,
+    render: impl Fn(&T, &Event) -> Option<Event> + Send + 'static,
 ) -> crate::http::server::Response {
-    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(SSE_QUEUE);
-    tokio::spawn(async move {
-        let mut next = after.map_or(0, |a| {
-            usize::try_from(a.saturating_add(1)).unwrap_or(usize::MAX)
-        });
-        loop {
+    let next = after.map_or(0, |a| {
+        usize::try_from(a.saturating_add(1)).unwrap_or(usize::MAX)
+    });
+    // written as the connection asks for them: no task or queue of its own, so an event
+    // goes from the log to the socket without another hop
+    let frames =
+        futures_util::stream::unfold((task, next, render), |(task, next, render)| async move {
             let events = task.log().next_events(next).await;
             if events.is_empty() {
-                break;
+                return None;
             }
-            next += events.len();
             let mut out = Vec::with_capacity(256 * events.len());
-            for e in events {
-                write_sse(&mut out, &render(&task, e));
+            for e in &events {
+                let rendered = render(&task, e);
+                write_sse(&mut out, rendered.as_ref().unwrap_or(e));
             }
-            if tx.send(bytes::Bytes::from(out)).await.is_err() {
-                break;
-            }
-        }
-    });
-    let mut r = crate::http::server::Response::new(crate::http::server::ResponseBody::channel(rx));
+            let frame = hyper::body::Frame::data(bytes::Bytes::from(out));
+            let next = next + events.len();
+            Some((
+                Ok::<_, std::convert::Infallible>(frame),
+                (task, next, render),
+            ))
+        });
+    let body =
+        crate::http::server::ResponseBody::streaming(http_body_util::StreamBody::new(frames));
+    let mut r = crate::http::server::Response::new(body);
     let h = r.headers_mut();
     h.insert(
         http::header::CONTENT_TYPE,
@@ -460,7 +462,7 @@ mod tests {
         let t = log("a");
         assert!(t.emit(EventKind::Accepted, |_| {}));
         assert!(t.emit(EventKind::Partial, |e| {
-            e.result = Some(serde_json::json!("he"));
+            e.result = Some(serde_json::json!("he").into());
             e.sequence = 99; // ignored: the log numbers events
         }));
         assert!(t.emit(EventKind::Completed, |_| {}));
@@ -536,7 +538,7 @@ mod tests {
     #[test]
     fn sse_messages_are_one_line_of_json_each() {
         let mut e = Event::new("t", 3, EventKind::Partial);
-        e.result = Some(serde_json::json!({"text": "a\nb"}));
+        e.result = Some(serde_json::json!({"text": "a\nb"}).into());
         let mut out = Vec::new();
         write_sse(&mut out, &e);
         let text = String::from_utf8(out).unwrap();

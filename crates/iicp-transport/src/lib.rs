@@ -12,6 +12,7 @@
 //! * [`events`] — the event log of a service-lifecycle task and a bounded registry of
 //!   them, shared by the node that runs streaming tasks and a relay that forwards them.
 //! * [`shutdown`] — the graceful-shutdown signal shared by the servers.
+//! * [`random`] — OS randomness drawn in blocks, for nonces and ids on hot paths.
 //! * [`resolve`] — name resolution with an address rule checked on the addresses the
 //!   clients actually dial (no DNS-rebinding window between a policy check and connect).
 //!
@@ -24,6 +25,7 @@ pub mod events;
 pub mod http;
 pub mod listener;
 pub mod native;
+pub mod random;
 pub mod resolve;
 pub mod shutdown;
 

@@ -644,3 +644,48 @@ async fn bad_extra_root_is_a_config_error() {
     let err = HttpClient::new(config).unwrap_err();
     assert!(matches!(err, HttpClientError::Config { .. }), "{err:?}");
 }
+
+/// A streamed body's timeout is an idle timeout: a body whose chunks keep coming may
+/// last longer than it, and a pause longer than it ends the read with a timeout.
+#[tokio::test]
+async fn a_streamed_body_times_out_only_when_idle() {
+    let router = Router::new().route(Method::GET, "/trickle", |_req: Request, _p: Params| async {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        tokio::spawn(async move {
+            for i in 0..5 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if tx.send(Bytes::from(format!("chunk {i}\n"))).await.is_err() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let _ = tx.send(Bytes::from_static(b"too late\n")).await;
+        });
+        Response::new(ResponseBody::channel(rx))
+    });
+    let (addr, _t) = start(router).await;
+    let started = std::time::Instant::now();
+    let mut stream = client()
+        .get(format!("http://{addr}/trickle"))
+        .timeout(Duration::from_millis(300))
+        .send_streaming()
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let err = loop {
+        match stream.chunk().await {
+            Ok(Some(c)) => got.extend_from_slice(&c),
+            Ok(None) => panic!("the body ended"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "chunk 0\nchunk 1\nchunk 2\nchunk 3\nchunk 4\n"
+    );
+    assert!(err.is_timeout(), "{err:?}");
+    // five chunks 100 ms apart outlived the 300 ms timeout; the pause did not
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(700), "{elapsed:?}");
+    assert!(elapsed < Duration::from_millis(2000), "{elapsed:?}");
+}

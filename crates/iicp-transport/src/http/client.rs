@@ -40,8 +40,11 @@ mod insecure;
 mod redirect;
 
 use std::fmt;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -51,6 +54,7 @@ use http::header::{
 };
 use http::{Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Body as _, Frame};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -513,6 +517,8 @@ impl RequestBuilder {
             remaining: exchange.max_response_bytes,
             limit: exchange.max_response_bytes,
             idle_timeout: timeout,
+            idle: None,
+            active: tokio::time::Instant::now(),
             url: redacted,
         })
     }
@@ -530,6 +536,11 @@ pub struct HttpStream {
     remaining: usize,
     limit: usize,
     idle_timeout: Duration,
+    /// One timer for the whole body, armed on the first read and moved on only when it
+    /// fires early (a timer per chunk cost each chunk a registration and a removal).
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the last frame arrived.
+    active: tokio::time::Instant,
     url: String,
 }
 
@@ -548,24 +559,25 @@ impl HttpStream {
         retry_after_ms(&self.headers)
     }
 
-    /// The next chunk of the body, `None` at its end.
+    /// The next chunk of the body, `None` at its end; an error when no frame came for
+    /// the idle timeout.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, HttpClientError> {
         loop {
-            let frame = match tokio::time::timeout(self.idle_timeout, self.body.frame()).await {
-                Err(_) => {
+            let frame = match self.next_frame().await {
+                None => {
                     return Err(HttpClientError::Timeout {
                         url: self.url.clone(),
                         after: self.idle_timeout,
                     })
                 }
-                Ok(None) => return Ok(None),
-                Ok(Some(Err(e))) => {
+                Some(None) => return Ok(None),
+                Some(Some(Err(e))) => {
                     return Err(HttpClientError::Body {
                         url: self.url.clone(),
                         source: Box::new(e),
                     })
                 }
-                Ok(Some(Ok(frame))) => frame,
+                Some(Some(Ok(frame))) => frame,
             };
             let Ok(data) = frame.into_data() else {
                 continue;
@@ -579,6 +591,30 @@ impl HttpStream {
             self.remaining -= data.len();
             return Ok(Some(data));
         }
+    }
+
+    /// The next frame, or `None` when the idle timeout passed without one.
+    async fn next_frame(&mut self) -> Option<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let idle_timeout = self.idle_timeout;
+        let idle = self
+            .idle
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle_timeout)));
+        let (body, active) = (&mut self.body, &mut self.active);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(frame) = Pin::new(&mut *body).poll_frame(cx) {
+                *active = tokio::time::Instant::now();
+                return Poll::Ready(Some(frame));
+            }
+            while idle.as_mut().poll(cx).is_ready() {
+                let due = *active + idle_timeout;
+                if tokio::time::Instant::now() >= due {
+                    return Poll::Ready(None);
+                }
+                idle.as_mut().reset(due);
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Reads the rest of the body (within the size limit).

@@ -165,7 +165,7 @@ pub(super) fn routes(relay: &RelayHandle, router: Router) -> Router {
                 async move {
                     Ok::<_, HttpError>(match submit_request(&relay, req, &params).await?.1 {
                         Submitted::Accepted(t) | Submitted::Known(t) => {
-                            events::sse_response(t, None, |_, e| e)
+                            events::sse_response(t, None, |_, _| None)
                         }
                         Submitted::Answered(r) => r,
                     })
@@ -196,7 +196,7 @@ pub(super) fn routes(relay: &RelayHandle, router: Router) -> Router {
                     Ok::<_, HttpError>(events::sse_response(
                         t,
                         events::resume_after(&req),
-                        |_, e| e,
+                        |_, _| None,
                     ))
                 }
             },
@@ -469,7 +469,7 @@ fn event_of(r: &Response, task_id: &str) -> Option<Event> {
                 e.status = "encrypted".to_owned();
                 e.iicp_conf_resp = v.get("iicp_conf_resp").cloned();
             }
-            _ => e.result = Some(v),
+            _ => e.result = Some(v.into()),
         }
     }
     if let Some(err) = &r.error {
