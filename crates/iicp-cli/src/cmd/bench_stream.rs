@@ -69,6 +69,10 @@ pub(crate) struct Args {
     /// server's stream to a socket spends per chunk (with the built-in stub).
     #[arg(long)]
     floor: bool,
+    /// Only this transport in the CPU-per-chunk measurement (`http` or `native`; both
+    /// by default), so that a profile of the node thread covers one path.
+    #[arg(long, value_parser = ["http", "native"])]
+    transport: Option<String>,
     /// Print the results as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -521,7 +525,14 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         } else {
             args.model.clone()
         };
-        for (name, transport) in [("HTTP", Transport::Http), ("native", Transport::Native)] {
+        let measured_paths = [("HTTP", Transport::Http), ("native", Transport::Native)]
+            .into_iter()
+            .filter(|(name, _)| {
+                args.transport
+                    .as_deref()
+                    .is_none_or(|only| only.eq_ignore_ascii_case(name))
+            });
+        for (name, transport) in measured_paths {
             let client = Client::builder()
                 .directory_url(dir_url.clone())
                 .allow_private_endpoints(true)
