@@ -360,6 +360,17 @@ fn task_body(task_id: &str, text: &str) -> Value {
     })
 }
 
+/// A node whose backend is the real OpenAI-dialect adapter in front of the model server
+/// at `stub` (model `paced`).
+async fn serve_before(stub: SocketAddr) -> iicp_node::ServeHandle {
+    let mut cfg = iicp_backends::BackendConfig::new(iicp_backends::BackendKind::OpenAiCompat);
+    cfg.base_url = Some(format!("http://{stub}/v1"));
+    cfg.model = Some("paced".into());
+    let backend = iicp_backends::build(cfg).expect("backend");
+    let node = builder().build().expect("node");
+    serve(&node, BackendHandler::new(backend)).await
+}
+
 /// Reads a whole event stream and parses its messages.
 async fn events(
     addr: SocketAddr,
@@ -559,12 +570,7 @@ async fn http_cancel_reaches_the_model_server() {
     let stub_srv = iicp_testkit::server::serve(stub.router())
         .await
         .expect("stub");
-    let mut cfg = iicp_backends::BackendConfig::new(iicp_backends::BackendKind::OpenAiCompat);
-    cfg.base_url = Some(format!("http://{}/v1", stub_srv.addr()));
-    cfg.model = Some("paced".into());
-    let backend = iicp_backends::build(cfg).expect("backend");
-    let node = builder().build().expect("node");
-    let h = serve(&node, BackendHandler::new(backend)).await;
+    let h = serve_before(stub_srv.addr()).await;
     let addr = h.local_addr();
     let id = uuid();
     let (status, _) = post_tasks(addr, &task_body(&id, "count")).await;
@@ -605,12 +611,7 @@ async fn first_partial_arrives_before_the_model_finishes() {
     let stub_srv = iicp_testkit::server::serve(stub.router())
         .await
         .expect("stub");
-    let mut cfg = iicp_backends::BackendConfig::new(iicp_backends::BackendKind::OpenAiCompat);
-    cfg.base_url = Some(format!("http://{}/v1", stub_srv.addr()));
-    cfg.model = Some("paced".into());
-    let backend = iicp_backends::build(cfg).expect("backend");
-    let node = builder().build().expect("node");
-    let h = serve(&node, BackendHandler::new(backend)).await;
+    let h = serve_before(stub_srv.addr()).await;
     let mut raw = Raw::connect(h.local_addr()).await;
     raw.send(Message::Call(lifecycle_call(&uuid(), "c-1", chat("go"))))
         .await;
@@ -784,12 +785,7 @@ async fn model_chunks_pass_through_unchanged() {
         .collect();
     assert_eq!(chunks.len(), 5, "role, three tokens, the finish");
 
-    let mut cfg = iicp_backends::BackendConfig::new(iicp_backends::BackendKind::OpenAiCompat);
-    cfg.base_url = Some(format!("http://{}/v1", stub_srv.addr()));
-    cfg.model = Some("paced".into());
-    let backend = iicp_backends::build(cfg).expect("backend");
-    let node = builder().build().expect("node");
-    let h = serve(&node, BackendHandler::new(backend)).await;
+    let h = serve_before(stub_srv.addr()).await;
     let addr = h.local_addr();
 
     let id = uuid();
