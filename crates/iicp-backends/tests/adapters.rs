@@ -633,13 +633,21 @@ async fn start_stub() -> (
     std::sync::Arc<iicp_testkit::stub::StubModel>,
 ) {
     let stub = iicp_testkit::stub::StubModel::new("stub-model", Duration::ZERO);
+    let (addr, trigger) = serve_stub(&stub).await;
+    (addr, trigger, stub)
+}
+
+/// Serves `stub` on a loopback port until the trigger is dropped.
+async fn serve_stub(
+    stub: &std::sync::Arc<iicp_testkit::stub::StubModel>,
+) -> (SocketAddr, shutdown::Trigger) {
     let server = HttpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .expect("bind");
     let addr = server.local_addr().expect("addr");
     let (trigger, sd) = shutdown::channel();
     tokio::spawn(server.serve(stub.router(), sd));
-    (addr, trigger, stub)
+    (addr, trigger)
 }
 
 #[tokio::test]
@@ -856,12 +864,7 @@ async fn a_server_spec_prepares_the_only_model_it_lists() {
 #[tokio::test]
 async fn a_streamed_chat_ends_at_its_deadline_and_on_drop() {
     let stub = iicp_testkit::stub::StubModel::paced("stub-model", 50, Duration::from_millis(20));
-    let server = HttpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .expect("bind");
-    let addr = server.local_addr().expect("addr");
-    let (_trigger, sd) = shutdown::channel();
-    tokio::spawn(server.serve(stub.router(), sd));
+    let (addr, _trigger) = serve_stub(&stub).await;
     let mut cfg = BackendConfig::new(BackendKind::OpenAiCompat);
     cfg.base_url = Some(format!("http://{addr}/v1"));
     let backend = build(cfg).expect("build");
