@@ -3,7 +3,8 @@
 //! need a few random bytes per message (a nonce per sealed chunk, a trace id per task,
 //! a challenge per heartbeat) make one `getrandom` call per few hundred messages
 //! instead of one each. The bytes are the OS's own; each is zeroed as it is handed
-//! out, so none is handed out twice or kept afterwards.
+//! out, so none is handed out twice or kept afterwards. (A process that forked would
+//! hand the same pooled bytes out in parent and child; nothing in this workspace forks.)
 
 use rand_core::{CryptoRng, OsRng, RngCore};
 use zeroize::Zeroize;
