@@ -503,7 +503,9 @@ impl<'de> serde::de::Visitor<'de> for Transcode<'_> {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         // entries are written in the order read, then put in key order (length, then
         // bytes: the order of their encoded forms) unless they came in it
-        let start = self.0.len();
+        let at = self.0.len();
+        self.0.push(0);
+        let start = at + 1;
         // (entry start, key end, entry end)
         let mut entries: Vec<(usize, usize, usize)> = Vec::new();
         let mut in_order = true;
@@ -518,13 +520,12 @@ impl<'de> serde::de::Visitor<'de> for Transcode<'_> {
             entries.push(entry);
         }
         if in_order {
-            // already sorted and without repeats: only the head goes in front
-            let mut head = Vec::with_capacity(9);
-            write_head(&mut head, 5, entries.len() as u64);
-            self.0.splice(start..start, head);
+            // already sorted and without repeats: only the head is written
+            patch_head(self.0, at, 5, entries.len());
             return Ok(());
         }
         let body = self.0.split_off(start);
+        self.0.truncate(at);
         let key_of = |e: &(usize, usize, usize)| &body[e.0 - start..e.1 - start];
         // stable: of equal keys the one read last stays last, and is kept
         entries.sort_by(|a, b| {
