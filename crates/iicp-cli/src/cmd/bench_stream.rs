@@ -137,18 +137,33 @@ fn thread_cpu_ns(tid: u32) -> anyhow::Result<u64> {
         .context("unexpected schedstat")
 }
 
-/// Context switches (voluntary and not) of the thread `tid` of this process so far.
-fn thread_switches(tid: u32) -> anyhow::Result<u64> {
+/// Context switches of the thread `tid` of this process so far: (all, involuntary — the
+/// thread was preempted rather than waiting for work).
+fn thread_switches(tid: u32) -> anyhow::Result<(u64, u64)> {
     let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
         .context("reading the node thread's status")?;
-    Ok(s.lines()
-        .filter(|l| l.contains("ctxt_switches:"))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .sum())
+    let count = |l: &str| {
+        l.split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let (mut all, mut involuntary) = (0, 0);
+    for l in s.lines().filter(|l| l.contains("ctxt_switches:")) {
+        all += count(l);
+        if l.starts_with("nonvoluntary") {
+            involuntary += count(l);
+        }
+    }
+    Ok((all, involuntary))
+}
+
+/// Context switches per task between two readings of [`thread_switches`].
+fn switches_per_task(before: (u64, u64), after: (u64, u64), tasks: u32) -> [f64; 2] {
+    [
+        (after.0 - before.0) as f64 / f64::from(tasks),
+        (after.1 - before.1) as f64 / f64::from(tasks),
+    ]
 }
 
 /// What forwarding a stream costs any process on this machine: a thread that does
@@ -161,6 +176,8 @@ struct Floor {
     many: f64,
     per_chunk: f64,
     switches_per_chunk: f64,
+    /// Of those, preemptions.
+    involuntary_per_chunk: f64,
 }
 
 fn floor_pass(stub: SocketAddr, model: &str, tokens: u32, tasks: u32) -> anyhow::Result<Floor> {
@@ -220,14 +237,14 @@ fn floor_pass(stub: SocketAddr, model: &str, tokens: u32, tasks: u32) -> anyhow:
         once(&req_many)?;
     }
     let mut cpu = [0f64; 2];
-    let mut switches = [0f64; 2];
+    let mut switches = [[0f64; 2]; 2];
     for (i, req) in [&req_one, &req_many].into_iter().enumerate() {
         let (c0, s0) = (thread_cpu_ns(tid)?, thread_switches(tid)?);
         for _ in 0..tasks {
             once(req)?;
         }
         cpu[i] = (thread_cpu_ns(tid)? - c0) as f64 / f64::from(tasks) / 1000.0;
-        switches[i] = (thread_switches(tid)? - s0) as f64 / f64::from(tasks);
+        switches[i] = switches_per_task(s0, thread_switches(tid)?, tasks);
     }
     drop(out);
     let _ = drain.join();
@@ -236,7 +253,8 @@ fn floor_pass(stub: SocketAddr, model: &str, tokens: u32, tasks: u32) -> anyhow:
         one: cpu[0],
         many: cpu[1],
         per_chunk: (cpu[1] - cpu[0]) / extra,
-        switches_per_chunk: (switches[1] - switches[0]) / extra,
+        switches_per_chunk: (switches[1][0] - switches[0][0]) / extra,
+        involuntary_per_chunk: (switches[1][1] - switches[0][1]) / extra,
     })
 }
 
@@ -565,7 +583,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 once(args.tokens).await?;
             }
             let mut per_task = [0f64; 2];
-            let mut switches = [0f64; 2];
+            let mut switches = [[0f64; 2]; 2];
             for (i, tokens) in [1, args.tokens].into_iter().enumerate() {
                 let cpu_before = thread_cpu_ns(measured.tid)?;
                 let sw_before = thread_switches(measured.tid)?;
@@ -575,17 +593,19 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 let cpu_after = thread_cpu_ns(measured.tid)?;
                 let sw_after = thread_switches(measured.tid)?;
                 per_task[i] = (cpu_after - cpu_before) as f64 / f64::from(args.cpu_tasks) / 1000.0;
-                switches[i] = (sw_after - sw_before) as f64 / f64::from(args.cpu_tasks);
+                switches[i] = switches_per_task(sw_before, sw_after, args.cpu_tasks);
             }
             let extra = f64::from(args.tokens - 1);
             let per_chunk = (per_task[1] - per_task[0]) / extra;
-            let switches_per_chunk = (switches[1] - switches[0]) / extra;
+            let switches_per_chunk = (switches[1][0] - switches[0][0]) / extra;
+            let involuntary_per_chunk = (switches[1][1] - switches[0][1]) / extra;
             cpu.push((
                 name,
                 per_task[0],
                 per_task[1],
                 per_chunk,
                 switches_per_chunk,
+                involuntary_per_chunk,
             ));
             if args.syscalls {
                 let mut calls = [0f64; 2];
@@ -634,10 +654,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             .collect();
         let cpu: Vec<_> = cpu
             .iter()
-            .map(|(name, one, many, per, sw)| {
+            .map(|(name, one, many, per, sw, inv)| {
                 json!({"transport": name, "cpu_us_per_1_chunk_task": one,
                 "cpu_us_per_many_chunk_task": many, "cpu_us_per_chunk": per,
-                "context_switches_per_chunk": sw})
+                "context_switches_per_chunk": sw, "involuntary_switches_per_chunk": inv})
             })
             .collect();
         let syscalls: Vec<_> = syscalls
@@ -656,7 +676,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 "node_syscalls_per_chunk": syscalls,
                 "floor_cpu_per_chunk": floor.as_ref().map(|f| json!({
                     "cpu_us_per_1_chunk_task": f.one, "cpu_us_per_many_chunk_task": f.many,
-                    "cpu_us_per_chunk": f.per_chunk, "context_switches_per_chunk": f.switches_per_chunk})),
+                    "cpu_us_per_chunk": f.per_chunk, "context_switches_per_chunk": f.switches_per_chunk,
+                    "involuntary_switches_per_chunk": f.involuntary_per_chunk})),
             }))?
         );
         return Ok(());
@@ -688,9 +709,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     if !cpu.is_empty() {
         println!("node CPU ({} tasks each side, pacing off):", args.cpu_tasks);
-        for (name, one, many, per, sw) in &cpu {
+        for (name, one, many, per, sw, inv) in &cpu {
             println!(
-                "  {name:<7} {} per 1-chunk task, {} per {}-chunk task: {} and {sw:.2} context switches per chunk",
+                "  {name:<7} {} per 1-chunk task, {} per {}-chunk task: {} and {sw:.2} context switches per chunk ({inv:.2} preempted)",
                 ms(*one),
                 ms(*many),
                 args.tokens,
@@ -700,12 +721,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(f) = &floor {
         println!(
-            "  floor   {} per 1-chunk answer, {} per {}-chunk answer: {} and {:.2} context switches per chunk (a thread that only copies the stream, blocking I/O)",
+            "  floor   {} per 1-chunk answer, {} per {}-chunk answer: {} and {:.2} context switches per chunk ({:.2} preempted; a thread that only copies the stream, blocking I/O)",
             ms(f.one),
             ms(f.many),
             args.tokens,
             ms(f.per_chunk),
-            f.switches_per_chunk
+            f.switches_per_chunk,
+            f.involuntary_per_chunk
         );
     }
     for (name, one, many, per) in &syscalls {
