@@ -338,11 +338,30 @@ pub struct Chunk {
     pub tokens_used: Option<u64>,
 }
 
-/// Where a streaming handler sends its chunks ([`TaskHandler::handle_stream`]). Sending
-/// waits while the consumer is behind (bounded queue), so a slow caller slows the model
-/// server instead of growing the node's memory.
-#[derive(Debug, Clone)]
-pub struct Chunks(tokio::sync::mpsc::Sender<Chunk>);
+/// Where a streaming handler sends its chunks ([`TaskHandler::handle_stream`]). In a
+/// node a chunk is appended to the task's event log as it is sent (the log keeps every
+/// event for its readers and for a duplicate's replay, so a queue in front of it would
+/// bound nothing and cost each chunk another wake-up of the task); [`Chunks::channel`]
+/// makes a bounded queue instead, for running a handler outside a node.
+#[derive(Clone)]
+pub struct Chunks(Sink);
+
+type SinkFn = dyn Fn(Chunk) -> Result<(), StreamClosed> + Send + Sync;
+
+#[derive(Clone)]
+enum Sink {
+    Channel(tokio::sync::mpsc::Sender<Chunk>),
+    Direct(std::sync::Arc<SinkFn>),
+}
+
+impl fmt::Debug for Chunks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            Sink::Channel(_) => "Chunks(channel)",
+            Sink::Direct(_) => "Chunks(direct)",
+        })
+    }
+}
 
 /// The task's consumer is gone: stop producing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -353,7 +372,14 @@ impl Chunks {
     /// A sender and its receiving end, `capacity` chunks apart.
     pub fn channel(capacity: usize) -> (Self, tokio::sync::mpsc::Receiver<Chunk>) {
         let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
-        (Self(tx), rx)
+        (Self(Sink::Channel(tx)), rx)
+    }
+
+    /// Chunks handed to `sink` as they are sent.
+    pub(crate) fn direct(
+        sink: impl Fn(Chunk) -> Result<(), StreamClosed> + Send + Sync + 'static,
+    ) -> Self {
+        Self(Sink::Direct(std::sync::Arc::new(sink)))
     }
 
     /// Sends one chunk.
@@ -383,13 +409,14 @@ impl Chunks {
         result: EventResult,
         tokens_used: Option<u64>,
     ) -> Result<(), StreamClosed> {
-        self.0
-            .send(Chunk {
-                result,
-                tokens_used,
-            })
-            .await
-            .map_err(|_| StreamClosed)
+        let chunk = Chunk {
+            result,
+            tokens_used,
+        };
+        match &self.0 {
+            Sink::Channel(tx) => tx.send(chunk).await.map_err(|_| StreamClosed),
+            Sink::Direct(sink) => sink(chunk),
+        }
     }
 }
 

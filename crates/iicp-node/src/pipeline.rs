@@ -53,8 +53,8 @@ use tracing::Instrument;
 use crate::access::AuthMode;
 use crate::dedup::{Begin, Cached};
 use crate::handler::{
-    Cancellation, Chunk, Chunks, HandlerError, Task, TaskHandler, TaskOutput, TraceContext,
-    Transport,
+    Cancellation, Chunk, Chunks, HandlerError, StreamClosed, Task, TaskHandler, TaskOutput,
+    TraceContext, Transport,
 };
 use crate::state::Shared;
 use crate::stream::StreamTask;
@@ -349,9 +349,6 @@ pub(crate) enum Started {
     Attached(Arc<StreamTask>),
 }
 
-/// Chunks a streaming handler may queue ahead of the pipeline.
-const CHUNK_QUEUE: usize = 16;
-
 /// Starts a lifecycle task (PROTOCOL.md §11, ADR 0013): steps 1–6 as for any task; once
 /// admitted, the task is registered, `accepted` is its first event, and it runs on its
 /// own tokio task, appending `partial` events as the handler produces chunks and exactly
@@ -440,34 +437,30 @@ async fn drive(
         ..
     } = admitted;
     let (timeout_ms, deadline) = budget(&shared, &inb);
-    let mut tokens: Option<u64> = None;
+    // tokens so far, cumulative: the handler's chunks go straight into the task's log
+    let tokens: Arc<parking_lot::Mutex<Option<u64>>> = Arc::default();
     let end = {
         let (cancel_guard, cancel) = Cancellation::new();
         let running = Running::start(&shared);
-        let (chunks, mut rx) = Chunks::channel(CHUNK_QUEUE);
+        let chunks = {
+            let (task, tokens) = (Arc::clone(&task), Arc::clone(&tokens));
+            Chunks::direct(move |chunk| {
+                if partial(&task, chunk, &mut tokens.lock()) {
+                    Ok(())
+                } else {
+                    Err(StreamClosed)
+                }
+            })
+        };
         let work = handler.handle_stream(
             handler_task(&inb, &trace, (intent, payload), deadline, cancel),
             chunks,
         );
-        tokio::pin!(work);
-        let expiry = tokio::time::sleep_until(deadline);
-        tokio::pin!(expiry);
-        // one waiter for the whole task, not a new one per chunk
-        let cancelled = task.log.cancelled();
-        tokio::pin!(cancelled);
-        let end = loop {
-            tokio::select! {
-                biased;
-                () = &mut cancelled => break End::Cancelled,
-                () = &mut expiry => break End::TimedOut,
-                Some(chunk) = rx.recv() => partial(&task, chunk, &mut tokens),
-                out = &mut work => {
-                    while let Ok(chunk) = rx.try_recv() {
-                        partial(&task, chunk, &mut tokens);
-                    }
-                    break End::Done(out);
-                }
-            }
+        let end = tokio::select! {
+            biased;
+            () = task.log.cancelled() => End::Cancelled,
+            () = tokio::time::sleep_until(deadline) => End::TimedOut,
+            out = work => End::Done(out),
         };
         // the handler's future (and with it the model server's request) ends here
         drop(cancel_guard);
@@ -487,7 +480,7 @@ async fn drive(
                         .pointer("/usage/total_tokens")
                         .and_then(Value::as_u64)
                 })
-                .or(tokens)
+                .or(*tokens.lock())
                 .unwrap_or(0);
             let model = out
                 .model_used
@@ -586,7 +579,8 @@ async fn drive(
 }
 
 /// Appends one handler chunk as a `partial` event (tokens cumulative).
-fn partial(task: &StreamTask, chunk: Chunk, tokens: &mut Option<u64>) {
+/// `false` once the task has its terminal.
+fn partial(task: &StreamTask, chunk: Chunk, tokens: &mut Option<u64>) -> bool {
     if chunk.tokens_used.is_some() {
         *tokens = chunk.tokens_used;
     }
@@ -594,7 +588,7 @@ fn partial(task: &StreamTask, chunk: Chunk, tokens: &mut Option<u64>) {
     task.log.emit(EventKind::Partial, |e| {
         e.result = Some(chunk.result);
         e.tokens_used = t;
-    });
+    })
 }
 
 /// Ends a lifecycle task with a failure terminal of `kind`; returns what the duplicate
