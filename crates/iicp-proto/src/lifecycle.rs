@@ -174,7 +174,7 @@ impl EventResult {
     pub fn into_value(self) -> Value {
         match self {
             Self::Value(v) => v,
-            Self::Text(t) => serde_json::from_str(t.get()).unwrap_or(Value::Null),
+            text => text.to_value(),
         }
     }
 
