@@ -137,6 +137,30 @@ fn thread_cpu_ns(tid: u32) -> anyhow::Result<u64> {
         .context("unexpected schedstat")
 }
 
+/// User and system CPU time the thread `tid` of this process has used, in ns (from
+/// `/proc/self/task/TID/stat`: clock ticks, so a resolution of 10 ms at the usual 100 Hz;
+/// enough over a pass of a few hundred ms, and it tells what our code could change — user
+/// time — from the kernel's share).
+fn thread_user_sys_ns(tid: u32) -> anyhow::Result<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
+        .context("reading the node thread's stat")?;
+    // the fields after the command name (which is in parentheses and may hold spaces)
+    let rest = s
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("unexpected stat")?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let mut tick = || -> anyhow::Result<u64> {
+        let t: u64 = fields
+            .next()
+            .and_then(|v| v.parse().ok())
+            .context("unexpected stat")?;
+        // USER_HZ is 100 on Linux for every architecture this runs on
+        Ok(t * 10_000_000)
+    };
+    Ok((tick()?, tick()?))
+}
+
 /// Context switches of the thread `tid` of this process so far: (all, involuntary — the
 /// thread was preempted rather than waiting for work).
 fn thread_switches(tid: u32) -> anyhow::Result<(u64, u64)> {
@@ -158,30 +182,160 @@ fn thread_switches(tid: u32) -> anyhow::Result<(u64, u64)> {
     Ok((all, involuntary))
 }
 
-/// Context switches per task between two readings of [`thread_switches`].
-fn switches_per_task(before: (u64, u64), after: (u64, u64), tasks: u32) -> [f64; 2] {
-    [
-        (after.0 - before.0) as f64 / f64::from(tasks),
-        (after.1 - before.1) as f64 / f64::from(tasks),
-    ]
-}
-
 /// What forwarding a stream costs any process on this machine: a thread that does
 /// nothing but copy the (unpaced) model server's streamed answer, read by read, to a
 /// loopback socket, with blocking I/O — no parsing, no framing, no runtime. Measured like
 /// the node (CPU of `tokens`-chunk against 1-chunk answers, per extra chunk), so the two
 /// compare: what the node spends above this floor is its own.
-struct Floor {
+struct Floor(PerChunk);
+
+/// One thread's readings at a point in time, for [`PerChunk`].
+#[derive(Clone, Copy)]
+struct Reading {
+    cpu_ns: u64,
+    user_sys_ns: (u64, u64),
+    switches: (u64, u64),
+}
+
+impl Reading {
+    fn take(tid: u32) -> anyhow::Result<Self> {
+        Ok(Self {
+            cpu_ns: thread_cpu_ns(tid)?,
+            user_sys_ns: thread_user_sys_ns(tid)?,
+            switches: thread_switches(tid)?,
+        })
+    }
+}
+
+/// What one thread spent per task over 1-chunk and over many-chunk tasks, and per extra
+/// chunk: CPU (µs; also split into user and system time, at tick resolution), and
+/// context switches (all, and of those the preemptions).
+struct PerChunk {
     one: f64,
     many: f64,
     per_chunk: f64,
+    user_per_chunk: f64,
+    sys_per_chunk: f64,
     switches_per_chunk: f64,
-    /// Of those, preemptions.
     involuntary_per_chunk: f64,
 }
 
-fn floor_pass(stub: SocketAddr, model: &str, tokens: u32, tasks: u32) -> anyhow::Result<Floor> {
-    use std::io::{Read, Write};
+impl PerChunk {
+    /// From readings before and after `tasks` tasks of one chunk (`one`) and of
+    /// `tokens` chunks (`many`).
+    fn new(one: [Reading; 2], many: [Reading; 2], tasks: u32, tokens: u32) -> Self {
+        let per_task = |v: u64| v as f64 / f64::from(tasks);
+        let d = |r: [Reading; 2]| {
+            [
+                per_task(r[1].cpu_ns - r[0].cpu_ns) / 1000.0,
+                per_task(r[1].user_sys_ns.0 - r[0].user_sys_ns.0) / 1000.0,
+                per_task(r[1].user_sys_ns.1 - r[0].user_sys_ns.1) / 1000.0,
+                per_task(r[1].switches.0 - r[0].switches.0),
+                per_task(r[1].switches.1 - r[0].switches.1),
+            ]
+        };
+        let (a, b) = (d(one), d(many));
+        let extra = f64::from(tokens - 1);
+        let per = |i: usize| (b[i] - a[i]) / extra;
+        Self {
+            one: a[0],
+            many: b[0],
+            per_chunk: per(0),
+            user_per_chunk: per(1),
+            sys_per_chunk: per(2),
+            switches_per_chunk: per(3),
+            involuntary_per_chunk: per(4),
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({"cpu_us_per_1_chunk_task": self.one, "cpu_us_per_many_chunk_task": self.many,
+            "cpu_us_per_chunk": self.per_chunk, "user_us_per_chunk": self.user_per_chunk,
+            "system_us_per_chunk": self.sys_per_chunk,
+            "context_switches_per_chunk": self.switches_per_chunk,
+            "involuntary_switches_per_chunk": self.involuntary_per_chunk})
+    }
+
+    /// "A per 1-chunk task, B per N-chunk task: C (user U, system S) and …".
+    fn line(&self, tokens: u32, what: &str) -> String {
+        format!(
+            "{} per 1-chunk {what}, {} per {tokens}-chunk {what}: {} (user {}, system {}) and {:.2} context switches per chunk ({:.2} preempted)",
+            ms(self.one),
+            ms(self.many),
+            ms(self.per_chunk),
+            ms(self.user_per_chunk),
+            ms(self.sys_per_chunk),
+            self.switches_per_chunk,
+            self.involuntary_per_chunk
+        )
+    }
+}
+
+/// The floor's two connections: to the model server and to the sink.
+enum Pipe {
+    Blocking(std::net::TcpStream, std::net::TcpStream),
+    /// The same copy on a one-thread tokio runtime: what the event loop adds.
+    Evented(
+        tokio::runtime::Runtime,
+        tokio::net::TcpStream,
+        tokio::net::TcpStream,
+    ),
+}
+
+/// Whether the bytes so far (`tail`: the last 16) end a chunked body.
+fn body_ended(tail: &mut Vec<u8>, read: &[u8]) -> bool {
+    tail.extend_from_slice(&read[read.len().saturating_sub(16)..]);
+    if tail.len() > 16 {
+        tail.drain(..tail.len() - 16);
+    }
+    tail.ends_with(b"0\r\n\r\n")
+}
+
+impl Pipe {
+    /// One streamed answer, forwarded read by read; it ends with the last chunk.
+    fn once(&mut self, req: &[u8], buf: &mut [u8]) -> anyhow::Result<()> {
+        let mut tail = Vec::with_capacity(32);
+        match self {
+            Self::Blocking(up, out) => {
+                use std::io::{Read, Write};
+                up.write_all(req)?;
+                loop {
+                    let n = up.read(buf)?;
+                    if n == 0 {
+                        bail!("the model server closed the connection");
+                    }
+                    out.write_all(&buf[..n])?;
+                    if body_ended(&mut tail, &buf[..n]) {
+                        return Ok(());
+                    }
+                }
+            }
+            Self::Evented(rt, up, out) => rt.block_on(async {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                up.write_all(req).await?;
+                loop {
+                    let n = up.read(buf).await?;
+                    if n == 0 {
+                        bail!("the model server closed the connection");
+                    }
+                    out.write_all(&buf[..n]).await?;
+                    if body_ended(&mut tail, &buf[..n]) {
+                        return Ok(());
+                    }
+                }
+            }),
+        }
+    }
+}
+
+fn floor_pass(
+    stub: SocketAddr,
+    model: &str,
+    tokens: u32,
+    tasks: u32,
+    evented: bool,
+) -> anyhow::Result<Floor> {
+    use std::io::Read;
     let sink = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
     let sink_addr = sink.local_addr()?;
     let drain = std::thread::spawn(move || {
@@ -190,9 +344,9 @@ fn floor_pass(stub: SocketAddr, model: &str, tokens: u32, tasks: u32) -> anyhow:
             while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
         }
     });
-    let mut out = std::net::TcpStream::connect(sink_addr)?;
+    let out = std::net::TcpStream::connect(sink_addr)?;
     out.set_nodelay(true)?;
-    let mut up = std::net::TcpStream::connect(stub)?;
+    let up = std::net::TcpStream::connect(stub)?;
     up.set_nodelay(true)?;
     let tid: u32 = std::fs::read_link("/proc/thread-self")?
         .file_name()
@@ -212,50 +366,41 @@ fn floor_pass(stub: SocketAddr, model: &str, tokens: u32, tasks: u32) -> anyhow:
         )
     };
     let mut buf = vec![0u8; 64 * 1024];
-    // one streamed answer, forwarded read by read; it ends with the last chunk
-    let mut once = |req: &[u8]| -> anyhow::Result<()> {
-        up.write_all(req)?;
-        let mut tail = Vec::with_capacity(16);
-        loop {
-            let n = up.read(&mut buf)?;
-            if n == 0 {
-                bail!("the model server closed the connection");
-            }
-            out.write_all(&buf[..n])?;
-            tail.extend_from_slice(&buf[n.saturating_sub(16)..n]);
-            if tail.len() > 16 {
-                tail.drain(..tail.len() - 16);
-            }
-            if tail.ends_with(b"0\r\n\r\n") {
-                return Ok(());
-            }
-        }
+    let mut pipe = if evented {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        up.set_nonblocking(true)?;
+        out.set_nonblocking(true)?;
+        let (up, out) = rt.block_on(async {
+            Ok::<_, std::io::Error>((
+                tokio::net::TcpStream::from_std(up)?,
+                tokio::net::TcpStream::from_std(out)?,
+            ))
+        })?;
+        Pipe::Evented(rt, up, out)
+    } else {
+        Pipe::Blocking(up, out)
     };
+    let mut once = |req: &[u8]| pipe.once(req, &mut buf);
     let (req_one, req_many) = (request(1), request(tokens));
     for _ in 0..20 {
         once(&req_one)?;
         once(&req_many)?;
     }
-    let mut cpu = [0f64; 2];
-    let mut switches = [[0f64; 2]; 2];
+    let mut readings = [[None; 2]; 2];
     for (i, req) in [&req_one, &req_many].into_iter().enumerate() {
-        let (c0, s0) = (thread_cpu_ns(tid)?, thread_switches(tid)?);
+        readings[i][0] = Some(Reading::take(tid)?);
         for _ in 0..tasks {
             once(req)?;
         }
-        cpu[i] = (thread_cpu_ns(tid)? - c0) as f64 / f64::from(tasks) / 1000.0;
-        switches[i] = switches_per_task(s0, thread_switches(tid)?, tasks);
+        readings[i][1] = Some(Reading::take(tid)?);
     }
-    drop(out);
+    // closing the connections ends the drain
+    drop(pipe);
     let _ = drain.join();
-    let extra = f64::from(tokens - 1);
-    Ok(Floor {
-        one: cpu[0],
-        many: cpu[1],
-        per_chunk: (cpu[1] - cpu[0]) / extra,
-        switches_per_chunk: (switches[1][0] - switches[0][0]) / extra,
-        involuntary_per_chunk: (switches[1][1] - switches[0][1]) / extra,
-    })
+    let r = |i: usize| readings[i].map(|r| r.expect("taken above"));
+    Ok(Floor(PerChunk::new(r(0), r(1), tasks, tokens)))
 }
 
 /// Starts the node on its own one-thread runtime, in front of `backend_url`, registered
@@ -519,7 +664,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     // the node's CPU per chunk: many chunks against one, pacing off
     let mut cpu = Vec::new();
     let mut syscalls = Vec::new();
-    let mut floor: Option<Floor> = None;
+    let mut floors: Vec<(&str, Floor)> = Vec::new();
     if args.cpu_tasks > 0 {
         let fast_stub = if stub.is_some() {
             let s = StubModel::paced(args.model.clone(), args.tokens as usize, Duration::ZERO);
@@ -582,31 +727,19 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 once(1).await?;
                 once(args.tokens).await?;
             }
-            let mut per_task = [0f64; 2];
-            let mut switches = [[0f64; 2]; 2];
-            for (i, tokens) in [1, args.tokens].into_iter().enumerate() {
-                let cpu_before = thread_cpu_ns(measured.tid)?;
-                let sw_before = thread_switches(measured.tid)?;
+            let mut readings = Vec::with_capacity(2);
+            for tokens in [1, args.tokens] {
+                let before = Reading::take(measured.tid)?;
                 for _ in 0..args.cpu_tasks {
                     once(tokens).await?;
                 }
-                let cpu_after = thread_cpu_ns(measured.tid)?;
-                let sw_after = thread_switches(measured.tid)?;
-                per_task[i] = (cpu_after - cpu_before) as f64 / f64::from(args.cpu_tasks) / 1000.0;
-                switches[i] = switches_per_task(sw_before, sw_after, args.cpu_tasks);
+                readings.push([before, Reading::take(measured.tid)?]);
             }
-            let extra = f64::from(args.tokens - 1);
-            let per_chunk = (per_task[1] - per_task[0]) / extra;
-            let switches_per_chunk = (switches[1][0] - switches[0][0]) / extra;
-            let involuntary_per_chunk = (switches[1][1] - switches[0][1]) / extra;
             cpu.push((
                 name,
-                per_task[0],
-                per_task[1],
-                per_chunk,
-                switches_per_chunk,
-                involuntary_per_chunk,
+                PerChunk::new(readings[0], readings[1], args.cpu_tasks, args.tokens),
             ));
+            let extra = f64::from(args.tokens - 1);
             if args.syscalls {
                 let mut calls = [0f64; 2];
                 for (i, tokens) in [1, args.tokens].into_iter().enumerate() {
@@ -627,11 +760,15 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 .context("the stub's address")?;
             let (model, tokens, tasks) =
                 (format!("{}-fast", args.model), args.tokens, args.cpu_tasks);
-            floor = Some(
-                tokio::task::spawn_blocking(move || floor_pass(addr, &model, tokens, tasks))
-                    .await
-                    .context("the floor pass panicked")??,
-            );
+            for (name, evented) in [("floor", false), ("floor, tokio", true)] {
+                let model = model.clone();
+                let f = tokio::task::spawn_blocking(move || {
+                    floor_pass(addr, &model, tokens, tasks, evented)
+                })
+                .await
+                .context("the floor pass panicked")??;
+                floors.push((name, f));
+            }
         }
         if let Some(n) = cpu_node {
             n.trigger.fire();
@@ -654,10 +791,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             .collect();
         let cpu: Vec<_> = cpu
             .iter()
-            .map(|(name, one, many, per, sw, inv)| {
-                json!({"transport": name, "cpu_us_per_1_chunk_task": one,
-                "cpu_us_per_many_chunk_task": many, "cpu_us_per_chunk": per,
-                "context_switches_per_chunk": sw, "involuntary_switches_per_chunk": inv})
+            .map(|(name, p)| {
+                let mut v = p.json();
+                v["transport"] = json!(name);
+                v
             })
             .collect();
         let syscalls: Vec<_> = syscalls
@@ -674,10 +811,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 "backend": if stub.is_some() { "paced stub" } else { backend_url.as_str() },
                 "time_to_first_token": ttft, "node_cpu_per_chunk": cpu,
                 "node_syscalls_per_chunk": syscalls,
-                "floor_cpu_per_chunk": floor.as_ref().map(|f| json!({
-                    "cpu_us_per_1_chunk_task": f.one, "cpu_us_per_many_chunk_task": f.many,
-                    "cpu_us_per_chunk": f.per_chunk, "context_switches_per_chunk": f.switches_per_chunk,
-                    "involuntary_switches_per_chunk": f.involuntary_per_chunk})),
+                "floor_cpu_per_chunk": floors.first().map(|f| f.1 .0.json()),
+                "tokio_floor_cpu_per_chunk": floors.get(1).map(|f| f.1 .0.json()),
             }))?
         );
         return Ok(());
@@ -709,25 +844,19 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     if !cpu.is_empty() {
         println!("node CPU ({} tasks each side, pacing off):", args.cpu_tasks);
-        for (name, one, many, per, sw, inv) in &cpu {
-            println!(
-                "  {name:<7} {} per 1-chunk task, {} per {}-chunk task: {} and {sw:.2} context switches per chunk ({inv:.2} preempted)",
-                ms(*one),
-                ms(*many),
-                args.tokens,
-                ms(*per)
-            );
+        for (name, p) in &cpu {
+            println!("  {name:<7} {}", p.line(args.tokens, "task"));
         }
     }
-    if let Some(f) = &floor {
+    for (name, f) in &floors {
         println!(
-            "  floor   {} per 1-chunk answer, {} per {}-chunk answer: {} and {:.2} context switches per chunk ({:.2} preempted; a thread that only copies the stream, blocking I/O)",
-            ms(f.one),
-            ms(f.many),
-            args.tokens,
-            ms(f.per_chunk),
-            f.switches_per_chunk,
-            f.involuntary_per_chunk
+            "  {name:<7} {} (a thread that only copies the stream, {})",
+            f.0.line(args.tokens, "answer"),
+            if name.contains("tokio") {
+                "a one-thread tokio runtime"
+            } else {
+                "blocking I/O"
+            }
         );
     }
     for (name, one, many, per) in &syscalls {
