@@ -72,9 +72,11 @@ start_node() { # name port cmd...
 
 port=$(free_port)
 start_node "iicp-rs" "$port" "$work/bench_node" "$port" "http://127.0.0.1:$stub_port/v1" stub-model 256
-# the same node on one runtime thread (`iicp --worker-threads 1`), for comparison only
+# the same node with one runtime worker per core (`iicp --worker-threads N`, the default
+# before ADR 0021), for comparison only
+cores=$(nproc)
 port=$(free_port)
-start_node "iicp-rs-1t" "$port" "$work/bench_node" "$port" "http://127.0.0.1:$stub_port/v1" stub-model 256 1024 1
+start_node "iicp-rs-${cores}t" "$port" "$work/bench_node" "$port" "http://127.0.0.1:$stub_port/v1" stub-model 256 1024 "$cores"
 port=$(free_port)
 start_node "rust-sdk" "$port" "${peer_env[@]}" "$rs_node" serve --skip-registration \
   --host 127.0.0.1 --port "$port" --backend-url "http://127.0.0.1:$stub_port" --model stub-model \
@@ -234,8 +236,9 @@ loaded one after the other by \`iicp bench\` with identical settings: ${duration
 after a 1 s warm-up, the whole set repeated ${runs_n} times (each figure is the range over
 the repetitions; "ours ÷ theirs" is computed within each repetition), ${payload}-byte chat payloads, plaintext tasks (no IICP-CX), a fresh
 UUID task id per task. "ours ÷ theirs" is our node's throughput (\`iicp-rs\`, default
-runtime: one worker thread per core) divided by that node's in the same run;
-\`iicp-rs-1t\` is the same node on one runtime thread (\`iicp --worker-threads 1\`),
+runtime: the cores less one worker thread, ADR 0021 — on two cores a single-threaded
+runtime) divided by that node's in the same run; \`iicp-rs-${cores}t\` is the same node with
+one runtime worker per core (\`iicp --worker-threads ${cores}\`, the default before ADR 0021),
 shown for comparison. CPU per task is user + system time of the node process (and of the
 load generator) over the measured window divided by the tasks served (10 ms tick
 resolution); RSS is at the end of the run.

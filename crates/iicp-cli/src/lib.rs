@@ -39,9 +39,10 @@ struct Cli {
     /// Only errors on stderr.
     #[arg(short, long, global = true)]
     quiet: bool,
-    /// Runtime threads: 0 = one per CPU core; 1 = a single-threaded runtime (lowest
-    /// per-task CPU when the node shares its cores with the model server, see
-    /// docs/PERFORMANCE.md).
+    /// Runtime threads: 0 = the default — for `serve` the CPU cores less one (at least
+    /// one; on two cores a single thread, the lowest CPU per task when the node shares
+    /// its cores with the model server: ADR 0021, docs/PERFORMANCE.md), for other
+    /// commands one per core; 1 = a single-threaded runtime.
     #[arg(
         long,
         global = true,
@@ -117,6 +118,21 @@ fn program_name(argv0: Option<&std::ffi::OsStr>, default: &'static str) -> Strin
         .to_owned()
 }
 
+/// The runtime for `command` with `--worker-threads` `threads`: a node (`serve`)
+/// defaults to the cores less one (ADR 0021), everything else to one worker per core.
+fn runtime_for(command: &Command, threads: u16) -> tokio::runtime::Builder {
+    let threads = usize::from(threads);
+    if matches!(command, Command::Serve(_)) || threads == 1 {
+        return iicp_node::runtime::builder(threads);
+    }
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if threads > 1 {
+        b.worker_threads(threads);
+    }
+    b.enable_all();
+    b
+}
+
 /// Parses the command line and runs it; `bin` names the program when `argv[0]` does
 /// not.
 pub fn run(bin: &'static str) -> ExitCode {
@@ -143,17 +159,7 @@ pub fn run(bin: &'static str) -> ExitCode {
         Command::Dev(_) | Command::BenchProxy(_) | Command::BenchStream(_)
     );
     init_logging(cli.verbose, cli.quiet, quiet_default);
-    let mut builder = match cli.worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            if n > 1 {
-                b.worker_threads(usize::from(n));
-            }
-            b
-        }
-    };
-    let runtime = match builder.enable_all().build() {
+    let runtime = match runtime_for(&cli.command, cli.worker_threads).build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ERROR: cannot start the async runtime: {e}");
@@ -236,7 +242,8 @@ fn init_logging(verbose: u8, quiet: bool, quiet_default: bool) {
 
 #[cfg(test)]
 mod tests {
-    use super::program_name;
+    use super::{program_name, runtime_for, Cli};
+    use clap::Parser as _;
     use std::ffi::OsStr;
 
     #[test]
@@ -250,5 +257,26 @@ mod tests {
         assert_eq!(name("/"), "iicp");
         assert_eq!(name(&"x".repeat(65)), "iicp");
         assert_eq!(program_name(None, "iicp-node"), "iicp-node");
+    }
+
+    #[test]
+    fn serve_leaves_a_core_and_other_commands_take_them_all() {
+        let cli = |args: &[&str]| Cli::try_parse_from(args).unwrap();
+        let workers = |c: Cli| {
+            runtime_for(&c.command, c.worker_threads)
+                .build()
+                .unwrap()
+                .metrics()
+                .num_workers()
+        };
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let serve = ["iicp", "serve", "--backend-url", "http://127.0.0.1:1/v1"];
+        assert_eq!(workers(cli(&serve)), cores.saturating_sub(1).max(1));
+        assert_eq!(workers(cli(&["iicp", "list"])), cores);
+        // an explicit count wins for every command
+        let mut three = vec!["iicp", "--worker-threads", "3"];
+        three.extend_from_slice(&serve[1..]);
+        assert_eq!(workers(cli(&three)), 3);
+        assert_eq!(workers(cli(&["iicp", "--worker-threads", "1", "list"])), 1);
     }
 }

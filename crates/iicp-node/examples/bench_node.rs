@@ -7,7 +7,8 @@
 //!
 //! `BACKEND_URL` is the OpenAI base, e.g. `http://127.0.0.1:18080/v1`. `MAX_CONNECTIONS`
 //! (default 1024) caps open connections on the port. `THREADS` is the runtime's, as
-//! `iicp --worker-threads`: 0 (default) one per core, 1 single-threaded. Runs until
+//! `iicp --worker-threads` for `serve`: 0 (default) the cores less one (at least one), 1
+//! single-threaded. Runs until
 //! killed.
 #![allow(clippy::print_stdout)]
 
@@ -24,17 +25,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let threads: usize = std::env::args().nth(6).map_or(Ok(0), |s| s.parse())?;
-    let mut runtime = match threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            if n > 1 {
-                b.worker_threads(n);
-            }
-            b
-        }
-    };
-    runtime.enable_all().build()?.block_on(serve())
+    iicp_node::runtime::builder(threads)
+        .build()?
+        .block_on(serve())
 }
 
 async fn serve() -> Result<(), Box<dyn std::error::Error>> {

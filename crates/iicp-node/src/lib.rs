@@ -86,6 +86,7 @@ pub mod recovery;
 mod registration;
 mod routes;
 pub mod run;
+pub mod runtime;
 mod serve;
 mod state;
 mod stream;

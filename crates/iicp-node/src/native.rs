@@ -61,7 +61,7 @@ impl CallHandler for NativeTasks {
     fn handle(&self, call: Call, ctx: CallContext) -> BoxFuture<'static, Response> {
         let shared = Arc::clone(&self.shared);
         let handler = Arc::clone(&self.handler);
-        Box::pin(async move { native_call(shared, handler, call, ctx, None).await })
+        Box::pin(native_call(shared, handler, call, ctx, None))
     }
 
     fn handle_streaming(
@@ -72,7 +72,7 @@ impl CallHandler for NativeTasks {
     ) -> BoxFuture<'static, Response> {
         let shared = Arc::clone(&self.shared);
         let handler = Arc::clone(&self.handler);
-        Box::pin(async move { native_call(shared, handler, call, ctx, Some(partials)).await })
+        Box::pin(native_call(shared, handler, call, ctx, Some(partials)))
     }
 
     /// A lifecycle cancel `{1: "cancel", 5: reason, 24: task_id}` (ADR 0013) stops the

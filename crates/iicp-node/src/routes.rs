@@ -42,7 +42,7 @@ pub(crate) fn router(shared: Arc<Shared>, handler: Arc<dyn TaskHandler>) -> Rout
     let router = Router::new().route(Method::POST, "/v1/task", move |req, _params| {
         let shared = Arc::clone(&task_shared);
         let handler = Arc::clone(&task_handler);
-        async move { post_task(shared, handler, req, Submit::Buffered).await }
+        post_task(shared, handler, req, Submit::Buffered)
     });
     lifecycle_routes(router, &shared, handler)
         .route(Method::GET, "/iicp/health", move |_req, _params| {
@@ -282,7 +282,7 @@ fn lifecycle_routes(router: Router, shared: &Arc<Shared>, handler: Arc<dyn TaskH
         .route(Method::POST, "/v1/tasks", move |req, _params| {
             let shared = Arc::clone(&s1);
             let handler = Arc::clone(&h1);
-            async move { post_task(shared, handler, req, Submit::Lifecycle).await }
+            post_task(shared, handler, req, Submit::Lifecycle)
         })
         .route(
             Method::POST,
@@ -290,7 +290,7 @@ fn lifecycle_routes(router: Router, shared: &Arc<Shared>, handler: Arc<dyn TaskH
             move |req, _params| {
                 let shared = Arc::clone(&s5);
                 let handler = Arc::clone(&handler);
-                async move { post_task(shared, handler, req, Submit::LifecycleEvents).await }
+                post_task(shared, handler, req, Submit::LifecycleEvents)
             },
         )
         .route(Method::GET, "/v1/tasks/{task_id}", move |req, params| {
