@@ -197,21 +197,26 @@ table=$(jq -rs '
   def urange: (if length == 0 then "-" elif min == max then (min | us) else "\(min | us) – \(max | us)" end);
   def node: (.r.watched | map(select(.pid != null)) | .[0]);
   (map(select(.node == "iicp-rs" and .r != null)) | map({key: "\(.run)/\(.rep)", value: .r.throughput_rps}) | from_entries) as $ours
-  | "| run | node | tasks/s: best (range) | ours ÷ theirs (range) | p50 (range) | p99 (range) | errors | node CPU per task, µs (range) | node RSS (max) | bench CPU per task, µs (range) |",
-    "|---|---|---|---|---|---|---|---|---|---|",
+  | (map(select(.node == "iicp-rs" and .r != null)) | map({key: "\(.run)/\(.rep)", value: (node | .cpu_seconds_per_1000)}) | from_entries) as $ourcpu
+  | "| run | node | tasks/s: best (range) | ours ÷ theirs (range) | p50 (range) | p99 (range) | errors | node CPU per task, µs (range) | our node CPU ÷ theirs (range) | node RSS (max) | bench CPU per task, µs (range) |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
     (to_entries | map(.value + {i: .key}) | group_by(.run + "/" + .node) | sort_by(.[0].i) | .[]
       | . as $g | ($g | map(select(.r != null))) as $ok | $g[0] as $h
       | if ($ok | length) == 0 then
-          "| \($h.title) | \($h.node) | failed: \($g[0].error) | | | | | | | |"
+          "| \($h.title) | \($h.node) | failed: \($g[0].error) | | | | | | | | |"
         else
           ($ok | map(.r.throughput_rps)) as $tps
           | ($ok | map(select(.r.throughput_rps > 0 and ($ours["\(.run)/\(.rep)"] != null)) | ($ours["\(.run)/\(.rep)"] / .r.throughput_rps * 10 | round / 10))) as $ratios
+          | ($ok | map(select((node | .cpu_seconds_per_1000) > 0 and ($ourcpu["\(.run)/\(.rep)"] != null)) | ($ourcpu["\(.run)/\(.rep)"] / (node | .cpu_seconds_per_1000) * 1000 | round / 1000))) as $cpuratios
           | "| \($h.title) | \($h.node) | \($tps | max | f0) (\($tps | min | f0)–\($tps | max | f0), \($ok | length) runs) | "
             + (if ($h.node | startswith("iicp-rs")) or ($ratios | length) == 0 then "—"
                elif ($ratios | min) == ($ratios | max) then "\($ratios | min)×"
                else "\($ratios | min)–\($ratios | max)×" end)
             + " | \($ok | map(.r.latency.p50_us) | urange) | \($ok | map(.r.latency.p99_us) | urange)"
             + " | \($ok | map(.r.errors) | add) | \($ok | range(node | .cpu_seconds_per_1000 | cpu))"
+            + (if ($h.node | startswith("iicp-rs")) or ($cpuratios | length) == 0 then " | —"
+               elif ($cpuratios | min) == ($cpuratios | max) then " | \($cpuratios | min)"
+               else " | \($cpuratios | min)–\($cpuratios | max)" end)
             + " | \($ok | map(node | .rss_bytes) | max | mib) | \($ok | range(.r.generator.cpu_seconds_per_1000 | cpu)) |"
         end)
 ' "$results")
@@ -241,7 +246,8 @@ runtime) divided by that node's in the same run; \`iicp-rs-${cores}t\` is the sa
 one runtime worker per core (\`iicp --worker-threads ${cores}\`, the default before ADR 0021),
 shown for comparison. CPU per task is user + system time of the node process (and of the
 load generator) over the measured window divided by the tasks served (10 ms tick
-resolution); RSS is at the end of the run.
+resolution); RSS is at the end of the run; "our node CPU ÷ theirs" is \`iicp-rs\`'s CPU per task divided by
+that node's, within each repetition.
 
 \`\`\`
 scripts/bench-peers.sh --duration ${duration}
