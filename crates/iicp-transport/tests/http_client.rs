@@ -405,7 +405,7 @@ async fn redirects_follow_307_308_only_when_asked() {
             v["info"]["authorization"], "Bearer tok",
             "same origin keeps credentials"
         );
-        assert!(reply.url.ends_with("/echo"));
+        assert!(reply.url().ends_with("/echo"));
     }
 
     // 302 is never followed

@@ -824,7 +824,7 @@ impl Exchange<'_> {
             status: parts.status,
             headers: parts.headers,
             body,
-            url: redact_uri(url),
+            uri: url.clone(),
         })
     }
 }
@@ -851,11 +851,17 @@ pub struct HttpReply {
     pub headers: HeaderMap,
     /// The body.
     pub body: Bytes,
-    /// The URL that answered (after redirects), without userinfo and query.
-    pub url: String,
+    /// The URL that answered (after redirects); redacted when read ([`HttpReply::url`]),
+    /// not on every reply.
+    uri: Uri,
 }
 
 impl HttpReply {
+    /// The URL that answered (after redirects), without userinfo and query.
+    pub fn url(&self) -> String {
+        redact_uri(&self.uri)
+    }
+
     /// Whether the status is 2xx.
     pub fn is_success(&self) -> bool {
         self.status.is_success()
@@ -865,7 +871,7 @@ impl HttpReply {
     /// content (the body may hold tokens).
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, HttpClientError> {
         serde_json::from_slice(&self.body).map_err(|err| HttpClientError::Json {
-            url: self.url.clone(),
+            url: self.url(),
             line: err.line(),
             column: err.column(),
         })
@@ -896,7 +902,7 @@ impl HttpReply {
             Err(HttpClientError::Status {
                 status: self.status.as_u16(),
                 error: Box::new(self.error_body()),
-                url: self.url,
+                url: self.url(),
             })
         }
     }
