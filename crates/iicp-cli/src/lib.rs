@@ -121,16 +121,13 @@ fn program_name(argv0: Option<&std::ffi::OsStr>, default: &'static str) -> Strin
 /// The runtime for `command` with `--worker-threads` `threads`: a node (`serve`)
 /// defaults to the cores less one (ADR 0021), everything else to one worker per core.
 fn runtime_for(command: &Command, threads: u16) -> tokio::runtime::Builder {
-    let threads = usize::from(threads);
-    if matches!(command, Command::Serve(_)) || threads == 1 {
-        return iicp_node::runtime::builder(threads);
-    }
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if threads > 1 {
-        b.worker_threads(threads);
-    }
-    b.enable_all();
-    b
+    let threads = match usize::from(threads) {
+        0 if !matches!(command, Command::Serve(_)) => {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        }
+        n => n,
+    };
+    iicp_node::runtime::builder(threads)
 }
 
 /// Parses the command line and runs it; `bin` names the program when `argv[0]` does

@@ -8,8 +8,7 @@
 //! `BACKEND_URL` is the OpenAI base, e.g. `http://127.0.0.1:18080/v1`. `MAX_CONNECTIONS`
 //! (default 1024) caps open connections on the port. `THREADS` is the runtime's, as
 //! `iicp --worker-threads` for `serve`: 0 (default) the cores less one (at least one), 1
-//! single-threaded. Runs until
-//! killed.
+//! single-threaded. Runs until killed.
 #![allow(clippy::print_stdout)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -182,13 +182,6 @@ fn thread_switches(tid: u32) -> anyhow::Result<(u64, u64)> {
     Ok((all, involuntary))
 }
 
-/// What forwarding a stream costs any process on this machine: a thread that does
-/// nothing but copy the (unpaced) model server's streamed answer, read by read, to a
-/// loopback socket, with blocking I/O — no parsing, no framing, no runtime. Measured like
-/// the node (CPU of `tokens`-chunk against 1-chunk answers, per extra chunk), so the two
-/// compare: what the node spends above this floor is its own.
-struct Floor(PerChunk);
-
 /// One thread's readings at a point in time, for [`PerChunk`].
 #[derive(Clone, Copy)]
 struct Reading {
@@ -328,13 +321,19 @@ impl Pipe {
     }
 }
 
+/// What forwarding a stream costs any process on this machine: a thread that does
+/// nothing but copy the (unpaced) model server's streamed answer, read by read, to a
+/// loopback socket — no parsing, no framing — with blocking I/O, or (`evented`) on a
+/// one-thread tokio runtime. Measured like the node (CPU of `tokens`-chunk against
+/// 1-chunk answers, per extra chunk), so the two compare: what the node spends above
+/// this floor is its own.
 fn floor_pass(
     stub: SocketAddr,
     model: &str,
     tokens: u32,
     tasks: u32,
     evented: bool,
-) -> anyhow::Result<Floor> {
+) -> anyhow::Result<PerChunk> {
     use std::io::Read;
     let sink = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
     let sink_addr = sink.local_addr()?;
@@ -388,19 +387,18 @@ fn floor_pass(
         once(&req_one)?;
         once(&req_many)?;
     }
-    let mut readings = [[None; 2]; 2];
-    for (i, req) in [&req_one, &req_many].into_iter().enumerate() {
-        readings[i][0] = Some(Reading::take(tid)?);
+    let mut readings = Vec::with_capacity(2);
+    for req in [&req_one, &req_many] {
+        let before = Reading::take(tid)?;
         for _ in 0..tasks {
             once(req)?;
         }
-        readings[i][1] = Some(Reading::take(tid)?);
+        readings.push([before, Reading::take(tid)?]);
     }
     // closing the connections ends the drain
     drop(pipe);
     let _ = drain.join();
-    let r = |i: usize| readings[i].map(|r| r.expect("taken above"));
-    Ok(Floor(PerChunk::new(r(0), r(1), tasks, tokens)))
+    Ok(PerChunk::new(readings[0], readings[1], tasks, tokens))
 }
 
 /// Starts the node on its own one-thread runtime, in front of `backend_url`, registered
@@ -664,7 +662,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     // the node's CPU per chunk: many chunks against one, pacing off
     let mut cpu = Vec::new();
     let mut syscalls = Vec::new();
-    let mut floors: Vec<(&str, Floor)> = Vec::new();
+    let mut floors: Vec<(&str, PerChunk)> = Vec::new();
     if args.cpu_tasks > 0 {
         let fast_stub = if stub.is_some() {
             let s = StubModel::paced(args.model.clone(), args.tokens as usize, Duration::ZERO);
@@ -811,8 +809,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 "backend": if stub.is_some() { "paced stub" } else { backend_url.as_str() },
                 "time_to_first_token": ttft, "node_cpu_per_chunk": cpu,
                 "node_syscalls_per_chunk": syscalls,
-                "floor_cpu_per_chunk": floors.first().map(|f| f.1 .0.json()),
-                "tokio_floor_cpu_per_chunk": floors.get(1).map(|f| f.1 .0.json()),
+                "floor_cpu_per_chunk": floors.first().map(|f| f.1.json()),
+                "tokio_floor_cpu_per_chunk": floors.get(1).map(|f| f.1.json()),
             }))?
         );
         return Ok(());
@@ -851,7 +849,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     for (name, f) in &floors {
         println!(
             "  {name:<7} {} (a thread that only copies the stream, {})",
-            f.0.line(args.tokens, "answer"),
+            f.line(args.tokens, "answer"),
             if name.contains("tokio") {
                 "a one-thread tokio runtime"
             } else {
