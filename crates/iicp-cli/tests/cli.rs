@@ -437,3 +437,56 @@ fn directory_serve_on_postgresql_from_the_environment() {
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert_eq!(stop_with_sigterm(&mut child), Some(0));
 }
+
+#[test]
+fn bench_stream_measures_the_node_and_both_floors() {
+    // tiny: 4 unpaced tokens, a few tasks; the figures are not judged, only that every
+    // path streamed and every pass measured something
+    let stdout = stdout_of_success(&[
+        "bench-stream",
+        "--rounds",
+        "1",
+        "--cpu-tasks",
+        "3",
+        "--tokens",
+        "4",
+        "--token-delay-ms",
+        "0",
+        "--floor",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    let paths: Vec<(&str, u64)> = v["time_to_first_token"]
+        .as_array()
+        .expect("time_to_first_token")
+        .iter()
+        .map(|p| (p["path"].as_str().unwrap(), p["chunks"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        paths,
+        [("direct", 0), ("mesh, HTTP", 4), ("mesh, native", 4)],
+        "{stdout}"
+    );
+    let transports: Vec<&str> = v["node_cpu_per_chunk"]
+        .as_array()
+        .expect("node_cpu_per_chunk")
+        .iter()
+        .map(|t| t["transport"].as_str().unwrap())
+        .collect();
+    assert_eq!(transports, ["HTTP", "native"]);
+    let mut passes: Vec<&serde_json::Value> =
+        v["node_cpu_per_chunk"].as_array().unwrap().iter().collect();
+    passes.push(&v["floor_cpu_per_chunk"]);
+    passes.push(&v["tokio_floor_cpu_per_chunk"]);
+    for p in passes {
+        // every pass measured its thread's CPU, and reports user and system time (at
+        // tick resolution, so zero is possible in a pass this short)
+        assert!(
+            p["cpu_us_per_many_chunk_task"].as_f64().unwrap() > 0.0,
+            "{p}"
+        );
+        assert!(p["cpu_us_per_1_chunk_task"].as_f64().unwrap() > 0.0, "{p}");
+        assert!(p["user_us_per_chunk"].is_number(), "{p}");
+        assert!(p["system_us_per_chunk"].is_number(), "{p}");
+    }
+}
