@@ -49,7 +49,7 @@ impl SseParser {
         mut bytes: &[u8],
         out: &mut impl Extend<SseEvent>,
     ) -> Result<(), SseTooLarge> {
-        while let Some(at) = bytes.iter().position(|&b| b == b'\n') {
+        while let Some(at) = memchr::memchr(b'\n', bytes) {
             let (head, rest) = bytes.split_at(at);
             bytes = &rest[1..];
             if self.line.len() + head.len() + self.data.len() > MAX_EVENT_BYTES {
