@@ -336,12 +336,11 @@ async fn native_call(
         // key 5: the result itself, as the reference nodes answer (not `{"result": …}`,
         // which their clients would hand to the caller as is); the reply is ours, so
         // the result is moved out, not copied (a replay has only the text)
-        Outcome::Answered { body, text } => {
-            let body = body.unwrap_or_else(|| serde_json::from_str(&text).unwrap_or(Value::Null));
-            match body {
-                Value::Object(mut body) => body.remove("result").unwrap_or(Value::Null),
+        Outcome::Answered { result, text } => {
+            result.unwrap_or_else(|| match serde_json::from_str::<Value>(&text) {
+                Ok(Value::Object(mut body)) => body.remove("result").unwrap_or(Value::Null),
                 _ => Value::Null,
-            }
+            })
         }
         // native CX: the sealed `{task_id, status: "encrypted", iicp_conf_resp}`
         Outcome::Sealed(body) => body,

@@ -87,13 +87,13 @@ pub(crate) struct Inbound {
 pub(crate) enum Outcome {
     /// The task ran, now or before (a duplicate replayed): the RESPONSE
     /// `{task_id, status: "success", result, …}` as JSON text, shared with the
-    /// duplicate store; `body` is the same object as a value when the task just ran
-    /// (the native transport moves the result out of it), `None` on a replay.
+    /// duplicate store; `result` is its result as a value when the task just ran (the
+    /// native transport answers with it), `None` on a replay.
     Answered {
         /// The RESPONSE as JSON text.
         text: Arc<str>,
-        /// The RESPONSE as a value, when it was built here.
-        body: Option<Value>,
+        /// The RESPONSE's result, when the task ran here (moved, not copied).
+        result: Option<Value>,
     },
     /// The answer sealed for the caller (IICP-CX response encryption, §16.4):
     /// `{task_id, status: "encrypted", iicp_conf_resp}`.
@@ -851,7 +851,7 @@ fn admit(
                 let outcome = match cached.error_code {
                     None => Outcome::Answered {
                         text: Arc::clone(&cached.body),
-                        body: None,
+                        result: None,
                     },
                     Some(code) => Outcome::Failed {
                         status: cached.status,
@@ -1025,7 +1025,6 @@ fn finish(
             });
             r.model_used = model;
             r.generated_by_ai = Some(true);
-            let body = serde_json::to_value(&r).unwrap_or(Value::Null);
             shared.metrics.task(
                 "success",
                 &intent_label,
@@ -1041,8 +1040,9 @@ fn finish(
                 r.result.as_ref().unwrap_or(&Value::Null),
                 inb.task.source_node_id.as_deref(),
             );
-            // serialised once: the replay copy and the HTTP answer share the text
-            let text: Arc<str> = Arc::from(serde_json::to_string(&body).unwrap_or_default());
+            // serialised once, straight from the response (no value tree of it): the
+            // replay copy and the HTTP answer share the text
+            let text: Arc<str> = Arc::from(serde_json::to_string(&r).unwrap_or_default());
             if let Some(t) = ticket {
                 t.finish(Cached {
                     status: 200,
@@ -1054,7 +1054,7 @@ fn finish(
             let mut reply = Reply {
                 outcome: Outcome::Answered {
                     text,
-                    body: Some(body),
+                    result: Some(r.result.take().unwrap_or(Value::Null)),
                 },
                 retry_after: None,
                 trace_id: trace.trace_id.clone(),
