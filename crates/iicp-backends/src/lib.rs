@@ -37,6 +37,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use iicp_proto::error::ErrorCode;
+use iicp_proto::result::ResultJson;
 use iicp_proto::secret::Secret;
 use iicp_transport::http::{HttpClient, HttpClientConfig};
 use serde_json::Value;
@@ -385,8 +386,9 @@ impl BackendError {
 /// The result of a successful backend call.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Completion {
-    /// The result value (an OpenAI chat-completion object for `llm:chat:v1`).
-    pub result: Value,
+    /// The result (an OpenAI chat-completion object for `llm:chat:v1`): the model
+    /// server's JSON text as it came, or a value when the backend rewrote it.
+    pub result: ResultJson,
     /// The model that produced it, when known.
     pub model: Option<String>,
     /// Total tokens used, when the server reported usage.
@@ -394,31 +396,21 @@ pub struct Completion {
 }
 
 impl Completion {
-    /// Wraps a result and reads `model` and `usage.total_tokens` from it.
-    pub fn from_result(result: Value) -> Self {
-        let model = result
-            .get("model")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let usage = result.get("usage");
-        let tokens_used = usage
-            .and_then(|u| u.get("total_tokens"))
-            .and_then(Value::as_u64)
-            .or_else(|| {
-                let p = usage
-                    .and_then(|u| u.get("prompt_tokens"))
-                    .and_then(Value::as_u64)?;
-                let c = usage
-                    .and_then(|u| u.get("completion_tokens"))
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0);
-                Some(p + c)
-            });
+    /// Wraps a result and reads `model` and the token count from it
+    /// ([`ResultJson::summary`]).
+    pub fn from_result(result: impl Into<ResultJson>) -> Self {
+        let result = result.into();
+        let summary = result.summary().unwrap_or_default();
         Self {
             result,
-            model,
-            tokens_used,
+            model: summary.model,
+            tokens_used: summary.tokens_used,
         }
+    }
+
+    /// The result as a value (parsed when it is text).
+    pub fn value(&self) -> Value {
+        self.result.to_value()
     }
 }
 

@@ -9,6 +9,7 @@
 use std::time::Duration;
 use tokio::time::Instant;
 
+use iicp_proto::result::ResultJson;
 use iicp_transport::http::HttpClient;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
@@ -170,18 +171,26 @@ impl Backend for OpenAi {
             if !reply.is_success() {
                 return Err(status_error(reply.status.as_u16(), &reply.body));
             }
-            let mut result: Value = serde_json::from_slice(&reply.body).map_err(|_| {
-                BackendError::unavailable("the model server returned a body that is not JSON")
-            })?;
-            self.publish_model(&mut result);
-            if !result.is_object()
-                || (intent == CHAT_INTENT && !result.get("choices").is_some_and(Value::is_array))
-            {
-                return Err(BackendError::unavailable(
+            let not_json =
+                |_| BackendError::unavailable("the model server returned a body that is not JSON");
+            let result = if self.config.model_aliases.is_empty() {
+                // passed on as the text it came as (ADR 0022)
+                ResultJson::from_bytes(reply.body.into()).map_err(not_json)?
+            } else {
+                let mut result: Value = serde_json::from_slice(&reply.body).map_err(not_json)?;
+                self.publish_model(&mut result);
+                ResultJson::Value(result)
+            };
+            match result.summary() {
+                Some(s) if intent != CHAT_INTENT || s.has_choices => Ok(Completion {
+                    result,
+                    model: s.model,
+                    tokens_used: s.tokens_used,
+                }),
+                _ => Err(BackendError::unavailable(
                     "the model server returned a malformed completion",
-                ));
+                )),
             }
-            Ok(Completion::from_result(result))
         }))
     }
 

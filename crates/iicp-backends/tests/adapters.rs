@@ -9,6 +9,7 @@ use std::time::Duration;
 use http::{HeaderMap, Method, StatusCode};
 use iicp_backends::{build, BackendConfig, BackendKind, Flavour, CHAT_INTENT, EMBEDDING_INTENT};
 use iicp_proto::error::ErrorCode;
+use iicp_proto::result::ResultJson;
 use iicp_proto::secret::Secret;
 use iicp_transport::http::server::{read_body, Params, Request, Response, ResponseBody};
 use iicp_transport::http::{HttpClient, HttpClientConfig, HttpServer, Router};
@@ -156,8 +157,18 @@ async fn openai_dialect_sends_the_payload_through() {
             .expect(fixture);
         let expected: Value = serde_json::from_str(&data(fixture)).expect("json");
         assert_eq!(
-            out.result, expected,
+            out.value(),
+            expected,
             "{fixture}: the completion is passed back unchanged"
+        );
+        assert!(
+            matches!(out.result, ResultJson::Text(_)),
+            "{fixture}: kept as text"
+        );
+        assert_eq!(
+            out.result.to_json_bytes().as_ref(),
+            data(fixture).trim().as_bytes(),
+            "{fixture}: the server's own text"
         );
         assert_eq!(
             out.tokens_used,
@@ -214,7 +225,7 @@ async fn openai_dialect_keeps_the_payload_model_and_maps_errors() {
         .execute(EMBEDDING_INTENT, &json!({"input": "hello"}), None)
         .await
         .expect("embedding");
-    assert_eq!(out.result["data"][0]["embedding"][1], 0.2);
+    assert_eq!(out.value()["data"][0]["embedding"][1], 0.2);
     let err = backend
         .execute("urn:iicp:intent:audio:speech:v1", &json!({}), None)
         .await
@@ -225,6 +236,60 @@ async fn openai_dialect_keeps_the_payload_model_and_maps_errors() {
         .await
         .expect_err("shape");
     assert_eq!(err.code, ErrorCode::ValidationError);
+}
+
+#[tokio::test]
+async fn a_completion_that_is_not_one_is_refused_whichever_way_it_is_read() {
+    let not_completions = [
+        "[1,2]",
+        "\"text\"",
+        "null",
+        r#"{"id":"x"}"#,
+        r#"{"choices":{"0":{}}}"#,
+        r#"{"choices":[]} trailing"#,
+        r#"{"choices":["#,
+    ];
+    for body in not_completions {
+        for aliased in [false, true] {
+            let stub = Stub::start(vec![(
+                Method::POST,
+                "/v1/chat/completions",
+                reply(200, body),
+            )])
+            .await;
+            let mut cfg = config(BackendKind::OpenAiCompat, &stub.base);
+            if aliased {
+                // an alias makes the backend read the answer as a value
+                cfg.model_aliases = vec![("public".to_owned(), "srv".to_owned())];
+            }
+            let err = build(cfg)
+                .expect("build")
+                .execute(CHAT_INTENT, &chat_payload(), None)
+                .await
+                .expect_err(body);
+            assert_eq!(err.code, ErrorCode::BackendError, "{body}");
+            assert!(
+                err.message.starts_with("the model server returned a"),
+                "{body}: {}",
+                err.message
+            );
+        }
+    }
+    // odd member types do not refuse a completion; they are read as a value reads them
+    let body = r#"{"model":7,"choices":[],"usage":{"total_tokens":"9"}}"#;
+    let stub = Stub::start(vec![(
+        Method::POST,
+        "/v1/chat/completions",
+        reply(200, body),
+    )])
+    .await;
+    let out = build(config(BackendKind::OpenAiCompat, &stub.base))
+        .expect("build")
+        .execute(CHAT_INTENT, &chat_payload(), None)
+        .await
+        .expect("completion");
+    assert_eq!((out.model, out.tokens_used), (None, None));
+    assert_eq!(out.result.to_json_bytes().as_ref(), body.as_bytes());
 }
 
 #[tokio::test]
@@ -368,14 +433,14 @@ async fn anthropic_request_mapping() {
         })
     );
     // the answer looks exactly like an OpenAI completion
-    assert_eq!(out.result["object"], "chat.completion");
+    assert_eq!(out.value()["object"], "chat.completion");
     assert_eq!(
-        out.result["choices"][0]["message"],
+        out.value()["choices"][0]["message"],
         json!({"role": "assistant", "content": "Hello! How can I help?"})
     );
-    assert_eq!(out.result["choices"][0]["finish_reason"], "stop");
+    assert_eq!(out.value()["choices"][0]["finish_reason"], "stop");
     assert_eq!(
-        out.result["usage"],
+        out.value()["usage"],
         json!({"prompt_tokens": 12, "completion_tokens": 8, "total_tokens": 20})
     );
     assert_eq!(out.model.as_deref(), Some("claude-3-5-haiku-20241022"));
@@ -399,7 +464,7 @@ async fn anthropic_response_and_error_mapping() {
         .await
         .expect("tool");
     assert_eq!(stub.requests()[0].body["max_tokens"], 100);
-    let msg = &out.result["choices"][0]["message"];
+    let msg = &out.value()["choices"][0]["message"];
     assert_eq!(msg["content"], "I'll check the weather.");
     assert_eq!(msg["tool_calls"][0]["function"]["name"], "get_weather");
     assert_eq!(
@@ -411,7 +476,7 @@ async fn anthropic_response_and_error_mapping() {
         .expect("json"),
         json!({"city": "Paris"})
     );
-    assert_eq!(out.result["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(out.value()["choices"][0]["finish_reason"], "tool_calls");
 
     let stub = Stub::start(vec![(
         Method::POST,
@@ -428,7 +493,7 @@ async fn anthropic_response_and_error_mapping() {
         )
         .await
         .expect("len");
-    assert_eq!(out.result["choices"][0]["finish_reason"], "length");
+    assert_eq!(out.value()["choices"][0]["finish_reason"], "length");
 
     for (status, fixture, code, http) in [
         (
@@ -665,7 +730,10 @@ async fn the_stub_model_serves_what_the_adapters_ask() {
         )
         .await
         .expect("chat");
-    assert_eq!(out.result["choices"][0]["message"]["content"], "stub reply");
+    assert_eq!(
+        out.value()["choices"][0]["message"]["content"],
+        "stub reply"
+    );
     assert_eq!(
         (out.model.as_deref(), out.tokens_used),
         (Some("m2"), Some(6))
@@ -675,7 +743,7 @@ async fn the_stub_model_serves_what_the_adapters_ask() {
         .await
         .expect("embedding");
     assert_eq!(
-        out.result["data"][0]["embedding"].as_array().map(Vec::len),
+        out.value()["data"][0]["embedding"].as_array().map(Vec::len),
         Some(4)
     );
     let text = backend
@@ -753,7 +821,7 @@ async fn model_plans_publish_file_names_and_read_the_context_window() {
         stub.requests()[0].body["model"],
         "/srv/models/qwen2.5-0.5b-instruct-q4_k_m.gguf"
     );
-    assert_eq!(done.result["model"], "qwen2.5-0.5b-instruct-q4_k_m");
+    assert_eq!(done.value()["model"], "qwen2.5-0.5b-instruct-q4_k_m");
     assert_eq!(done.model.as_deref(), Some("qwen2.5-0.5b-instruct-q4_k_m"));
 
     // vLLM: max_model_len

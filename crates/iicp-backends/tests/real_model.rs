@@ -50,16 +50,17 @@ async fn smollm2_answers_through_both_openai_dialect_adapters() {
             )
             .await
             .expect("real completion");
-        let content = out.result["choices"][0]["message"]["content"]
+        let result = out.value();
+        let content = result["choices"][0]["message"]["content"]
             .as_str()
             .expect("content");
         assert!(!content.trim().is_empty(), "{kind}: empty answer");
         assert!(
             out.tokens_used.is_some_and(|t| t > 0),
             "{kind}: usage {:?}",
-            out.result["usage"]
+            result["usage"]
         );
-        assert_eq!(out.result["object"], "chat.completion");
+        assert_eq!(result["object"], "chat.completion");
     }
     let text = backend
         .chat_stream(

@@ -1172,8 +1172,7 @@ fn http_raw(ev: Event, kind: EventKind) -> Raw {
         result: if sealed.is_some() {
             None
         } else {
-            ev.result
-                .map(iicp_proto::lifecycle::EventResult::into_value)
+            ev.result.map(iicp_proto::result::ResultJson::into_value)
         },
         sealed,
         error: ev

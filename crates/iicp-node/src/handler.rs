@@ -18,7 +18,7 @@ use std::time::Duration;
 use iicp_proto::error::{ErrorBody, ErrorCode, MAX_MESSAGE_CHARS};
 use iicp_proto::ids::{TaskId, TraceParent};
 use iicp_proto::intent::Intent;
-use iicp_proto::lifecycle::EventResult;
+use iicp_proto::result::ResultJson;
 use iicp_proto::task::Constraints;
 use serde_json::Value;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -164,8 +164,9 @@ impl Task {
 /// What a handler returns on success: the inner result and optional accounting.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskOutput {
-    /// The inner result (wrapped by the node as `result`).
-    pub result: Value,
+    /// The inner result (wrapped by the node as `result`): a value, or JSON text that
+    /// is passed on as it is (a model server's answer, ADR 0022).
+    pub result: ResultJson,
     /// Tokens used; when `None`, the node reads `result.usage.total_tokens`.
     pub tokens_used: Option<u64>,
     /// The model that produced the result; when `None`, the node reads `result.model`,
@@ -174,10 +175,10 @@ pub struct TaskOutput {
 }
 
 impl TaskOutput {
-    /// An output with just a result.
-    pub fn new(result: Value) -> Self {
+    /// An output with just a result (a [`Value`] or a [`ResultJson`]).
+    pub fn new(result: impl Into<ResultJson>) -> Self {
         Self {
-            result,
+            result: result.into(),
             tokens_used: None,
             model_used: None,
         }
@@ -193,6 +194,20 @@ impl TaskOutput {
     pub fn with_model(mut self, model: impl Into<String>) -> Self {
         self.model_used = Some(model.into());
         self
+    }
+
+    /// The token count and the model, moved out: the handler's, else what the result
+    /// says (`usage`, `model`; [`ResultJson::summary`]).
+    pub(crate) fn take_accounting(&mut self) -> (Option<u64>, Option<String>) {
+        let read = if self.tokens_used.is_none() || self.model_used.is_none() {
+            self.result.summary().unwrap_or_default()
+        } else {
+            iicp_proto::result::Summary::default()
+        };
+        (
+            self.tokens_used.or(read.tokens_used),
+            self.model_used.take().or(read.model),
+        )
     }
 }
 
@@ -333,7 +348,7 @@ pub trait TaskHandler: Send + Sync + 'static {
 pub struct Chunk {
     /// The chunk (for `llm:chat:v1` an OpenAI `chat.completion.chunk`): a value, or JSON
     /// text passed on as it came ([`Chunks::send_text`]).
-    pub result: EventResult,
+    pub result: ResultJson,
     /// Tokens used so far (cumulative), when known.
     pub tokens_used: Option<u64>,
 }
@@ -387,7 +402,7 @@ impl Chunks {
     /// # Errors
     /// [`StreamClosed`] when the task's consumer is gone.
     pub async fn send(&self, result: Value, tokens_used: Option<u64>) -> Result<(), StreamClosed> {
-        self.send_chunk(EventResult::Value(result), tokens_used)
+        self.send_chunk(ResultJson::Value(result), tokens_used)
             .await
     }
 
@@ -401,12 +416,12 @@ impl Chunks {
         json: Box<serde_json::value::RawValue>,
         tokens_used: Option<u64>,
     ) -> Result<(), StreamClosed> {
-        self.send_chunk(EventResult::Text(json), tokens_used).await
+        self.send_chunk(ResultJson::Text(json), tokens_used).await
     }
 
     async fn send_chunk(
         &self,
-        result: EventResult,
+        result: ResultJson,
         tokens_used: Option<u64>,
     ) -> Result<(), StreamClosed> {
         let chunk = Chunk {

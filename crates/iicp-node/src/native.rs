@@ -336,14 +336,16 @@ async fn native_call(
         // key 5: the result itself, as the reference nodes answer (not `{"result": …}`,
         // which their clients would hand to the caller as is); the reply is ours, so
         // the result is moved out, not copied (a replay has only the text)
-        Outcome::Answered { result, text } => {
-            result.unwrap_or_else(|| match serde_json::from_str::<Value>(&text) {
+        Outcome::Answered { result, text } => match result {
+            // JSON text (a model server's answer) goes to CBOR in one pass
+            Some(result) => Body::Cbor(result.to_cbor()),
+            None => Body::cbor(&match serde_json::from_str::<Value>(&text) {
                 Ok(Value::Object(mut body)) => body.remove("result").unwrap_or(Value::Null),
                 _ => Value::Null,
-            })
-        }
+            }),
+        },
         // native CX: the sealed `{task_id, status: "encrypted", iicp_conf_resp}`
-        Outcome::Sealed(body) => body,
+        Outcome::Sealed(body) => Body::cbor(&body),
         // only lifecycle requests are answered with events
         Outcome::Stream(_) => {
             return refuse(
@@ -360,7 +362,7 @@ async fn native_call(
             return r;
         }
     };
-    let mut r = Response::success(&call, Body::cbor(&key5));
+    let mut r = Response::success(&call, key5);
     r.tokens_used = reply.tokens_used;
     r.duration_ms = Some(reply.latency_ms);
     r.node_id = shared.node_id();

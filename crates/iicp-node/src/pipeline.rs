@@ -43,6 +43,7 @@ use iicp_proto::error::{ErrorBody, ErrorCode};
 use iicp_proto::ids::{TaskId, TraceParent};
 use iicp_proto::intent::Intent;
 use iicp_proto::lifecycle::{self, EventKind};
+use iicp_proto::result::ResultJson;
 use iicp_proto::secret::Secret;
 use iicp_proto::task::{ErrorObject, Metrics as TaskMetrics, TaskRequest, TaskResponse};
 use rand_core::RngCore;
@@ -93,7 +94,7 @@ pub(crate) enum Outcome {
         /// The RESPONSE as JSON text.
         text: Arc<str>,
         /// The RESPONSE's result, when the task ran here (moved, not copied).
-        result: Option<Value>,
+        result: Option<ResultJson>,
     },
     /// The answer sealed for the caller (IICP-CX response encryption, §16.4):
     /// `{task_id, status: "encrypted", iicp_conf_resp}`.
@@ -472,36 +473,20 @@ async fn drive(
     let qos = qos_label(&inb.task);
     let task_id = &inb.task.task_id;
     let (status, error_code) = match end {
-        End::Done(Ok(out)) => {
-            let total = out
-                .tokens_used
-                .or_else(|| {
-                    out.result
-                        .pointer("/usage/total_tokens")
-                        .and_then(Value::as_u64)
-                })
-                .or(*tokens.lock())
-                .unwrap_or(0);
-            let model = out
-                .model_used
-                .clone()
-                .or_else(|| {
-                    out.result
-                        .get("model")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                })
-                .or_else(|| shared.first_model());
+        End::Done(Ok(mut out)) => {
+            let (total, model) = out.take_accounting();
+            let total = total.or(*tokens.lock()).unwrap_or(0);
+            let model = model.or_else(|| shared.first_model());
             crate::receipt::spawn(
                 &shared,
                 task_id,
                 total,
-                &out.result,
+                Some(&out.result),
                 inb.task.source_node_id.as_deref(),
             );
             let result = out.result;
             task.log.emit(EventKind::Completed, |e| {
-                e.result = (!result.is_null()).then_some(result.into());
+                e.result = (!result.is_null()).then_some(result);
                 e.tokens_used = Some(total);
                 e.model_used = model;
                 e.metrics = Some(TaskMetrics {
@@ -1001,22 +986,10 @@ fn finish(
 
     let latency_ms = elapsed_ms(started);
     match outcome {
-        Ok(Ok(out)) => {
-            let tokens = out.tokens_used.or_else(|| {
-                out.result
-                    .pointer("/usage/total_tokens")
-                    .and_then(Value::as_u64)
-            });
-            let model = out
-                .model_used
-                .clone()
-                .or_else(|| {
-                    out.result
-                        .get("model")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                })
-                .or_else(|| shared.first_model());
+        Ok(Ok(mut out)) => {
+            let (tokens, model) = out.take_accounting();
+            let model = model.or_else(|| shared.first_model());
+            // the result as it came: a model server's text is written out unparsed
             let mut r = TaskResponse::success(task_id.clone(), out.result);
             r.metrics = Some(TaskMetrics {
                 latency_ms: Some(latency_ms),
@@ -1037,7 +1010,7 @@ fn finish(
                 shared,
                 task_id,
                 tokens.unwrap_or(0),
-                r.result.as_ref().unwrap_or(&Value::Null),
+                r.result.as_ref(),
                 inb.task.source_node_id.as_deref(),
             );
             // serialised once, straight from the response (no value tree of it): the
@@ -1054,7 +1027,7 @@ fn finish(
             let mut reply = Reply {
                 outcome: Outcome::Answered {
                     text,
-                    result: Some(r.result.take().unwrap_or(Value::Null)),
+                    result: r.result.take(),
                 },
                 retry_after: None,
                 trace_id: trace.trace_id.clone(),

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use iicp_proto::crypto::mac::{response_hash, Receipt};
 use iicp_proto::ids::TaskId;
+use iicp_proto::result::ResultJson;
 use rand_core::RngCore;
 use serde_json::{json, Value};
 
@@ -25,7 +26,7 @@ pub(crate) fn spawn(
     shared: &Arc<Shared>,
     task_id: &TaskId,
     tokens_used: u64,
-    result: &Value,
+    result: Option<&ResultJson>,
     querying_node_id: Option<&str>,
 ) {
     if !shared.cfg.credits_receipts {
@@ -50,7 +51,12 @@ pub(crate) fn spawn(
     let mut nonce = [0u8; 16];
     rand_core::OsRng.fill_bytes(&mut nonce);
     let nonce = hex::encode(nonce);
-    let hash = response_hash(result);
+    // the hash is of the canonical form, so a result kept as text is parsed here
+    let hash = match result {
+        Some(ResultJson::Value(v)) => response_hash(v),
+        Some(text) => response_hash(&text.to_value()),
+        None => response_hash(&Value::Null),
+    };
     let querying = querying_node_id.filter(|q| !q.is_empty() && *q != node_id);
     let signature = Receipt {
         task_id: task_id.as_str(),

@@ -30,6 +30,7 @@ pub mod intent;
 pub mod lifecycle;
 pub mod limit;
 pub mod message;
+pub mod result;
 pub mod secret;
 pub mod session;
 pub mod task;

@@ -16,6 +16,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::result::ResultJson;
 use crate::task::{Constraints, ErrorObject, Metrics};
 
 /// The profile URN (`urn:iicp:profile:service-lifecycle:v1`).
@@ -133,100 +134,6 @@ impl std::fmt::Display for EventKind {
     }
 }
 
-/// A lifecycle event's result: a JSON value, or JSON text kept as it came — a model
-/// server's streamed chunk is passed from its connection to the caller's without being
-/// parsed into a tree and written out again (ADR 0020). Both serialise as the same
-/// JSON; what is read back is always a [`EventResult::Value`].
-#[derive(Debug, Clone)]
-pub enum EventResult {
-    /// A value.
-    Value(Value),
-    /// JSON text, known to be valid.
-    Text(Box<serde_json::value::RawValue>),
-}
-
-impl EventResult {
-    /// JSON text as a result.
-    ///
-    /// # Errors
-    /// The text is not one JSON value.
-    pub fn from_text(text: String) -> Result<Self, serde_json::Error> {
-        serde_json::value::RawValue::from_string(text).map(Self::Text)
-    }
-
-    /// The value, when the result is one (not text).
-    pub fn as_value(&self) -> Option<&Value> {
-        match self {
-            Self::Value(v) => Some(v),
-            Self::Text(_) => None,
-        }
-    }
-
-    /// The result as a value (parsed when it is text).
-    pub fn to_value(&self) -> Value {
-        match self {
-            Self::Value(v) => v.clone(),
-            Self::Text(t) => serde_json::from_str(t.get()).unwrap_or(Value::Null),
-        }
-    }
-
-    /// The result as a value (parsed when it is text).
-    pub fn into_value(self) -> Value {
-        match self {
-            Self::Value(v) => v,
-            text => text.to_value(),
-        }
-    }
-
-    /// The result as JSON text.
-    pub fn to_json_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
-        match self {
-            Self::Value(v) => serde_json::to_vec(v).unwrap_or_default().into(),
-            Self::Text(t) => t.get().as_bytes().into(),
-        }
-    }
-
-    /// The result as deterministic CBOR (the body of a native RESPONSE).
-    pub fn to_cbor(&self) -> Vec<u8> {
-        match self {
-            Self::Value(v) => crate::cbor::json_to_vec(v),
-            // the text was checked when it was made
-            Self::Text(t) => crate::cbor::json_text_to_vec(t.get()).unwrap_or_else(|_| vec![0xf6]),
-        }
-    }
-}
-
-impl From<Value> for EventResult {
-    fn from(v: Value) -> Self {
-        Self::Value(v)
-    }
-}
-
-impl PartialEq for EventResult {
-    fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (Self::Value(a), Self::Value(b)) => a == b,
-            (Self::Text(a), Self::Text(b)) if a.get() == b.get() => true,
-            _ => self.to_value() == other.to_value(),
-        }
-    }
-}
-
-impl Serialize for EventResult {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Self::Value(v) => v.serialize(serializer),
-            Self::Text(t) => t.serialize(serializer),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for EventResult {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Value::deserialize(deserializer).map(Self::Value)
-    }
-}
-
 /// One lifecycle event as a JSON object: the `data` of the HTTP event stream
 /// (`GET /v1/tasks/{task_id}/events`) and a relayed event.
 ///
@@ -247,7 +154,7 @@ pub struct Event {
     pub is_final: bool,
     /// The incremental chunk (partial, completed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<EventResult>,
+    pub result: Option<ResultJson>,
     /// The sealed chunk (`status: "encrypted"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iicp_conf_resp: Option<Value>,
@@ -782,26 +689,18 @@ mod tests {
     }
 
     #[test]
-    fn a_result_as_text_is_the_same_json_as_its_value() {
+    fn an_event_carries_a_text_result_as_it_came() {
         let text = r#"{"id":"c1","choices":[{"index":0,"delta":{"content":"Hi"}}],"model":"m"}"#;
-        let raw = EventResult::from_text(text.to_owned()).expect("json");
-        let value = EventResult::from(serde_json::from_str::<Value>(text).expect("json"));
-        assert_eq!(raw, value);
-        assert_eq!(raw.to_cbor(), value.to_cbor());
-        assert_eq!(
-            raw.to_json_bytes().as_ref(),
-            text.as_bytes(),
-            "text passes as it is"
-        );
+        let raw = ResultJson::from_text(text.to_owned()).expect("json");
+        let value = ResultJson::from(serde_json::from_str::<Value>(text).expect("json"));
         let mut e = Event::new("t", 1, EventKind::Partial);
         e.result = Some(raw);
         let wire = serde_json::to_string(&e).expect("serialise");
         assert!(wire.contains(text), "{wire}");
         let back: Event = serde_json::from_str(&wire).expect("parse");
         assert_eq!(
-            back.result.as_ref().and_then(EventResult::as_value),
+            back.result.as_ref().and_then(ResultJson::as_value),
             value.as_value()
         );
-        assert!(EventResult::from_text("{".into()).is_err());
     }
 }

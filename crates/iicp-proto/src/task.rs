@@ -641,15 +641,19 @@ pub struct Metrics {
 
 /// A RESPONSE body (§4.2). Use [`TaskResponse::parse`] on the client; it folds every
 /// failure shape into an [`ErrorBody`].
+///
+/// `R` is the result's type: a value on the client, and on a node a
+/// [`crate::result::ResultJson`], so that a model server's answer is written out as the
+/// text it came as (ADR 0022).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskResponse {
+pub struct TaskResponse<R = Value> {
     /// Echo of the CALL's task id.
     pub task_id: TaskId,
     /// Status.
     pub status: TaskStatus,
     /// Intent-specific output (`llm:chat:v1`: a [`ChatCompletion`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
+    pub result: Option<R>,
     /// Error details when `status` is `error`/`timeout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorObject>,
@@ -682,9 +686,9 @@ const RESPONSE_MEMBERS: [&str; 8] = [
     "iicp_conf_resp",
 ];
 
-impl TaskResponse {
+impl<R> TaskResponse<R> {
     /// A success RESPONSE with `result`.
-    pub fn success(task_id: TaskId, result: Value) -> Self {
+    pub fn success(task_id: TaskId, result: R) -> Self {
         Self {
             task_id,
             status: TaskStatus::Success,
@@ -697,7 +701,9 @@ impl TaskResponse {
             extra: Map::new(),
         }
     }
+}
 
+impl TaskResponse {
     /// An error (or timeout) RESPONSE carrying `error`.
     pub fn failure(task_id: TaskId, error: &ErrorBody) -> Self {
         let status = if error.code == ErrorCode::TaskTimeout {

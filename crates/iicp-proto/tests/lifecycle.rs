@@ -51,7 +51,7 @@ fn run_events(v: &Value) -> Run {
                     run.text.push_str(
                         ev.result
                             .as_ref()
-                            .and_then(iicp_proto::lifecycle::EventResult::as_value)
+                            .and_then(iicp_proto::result::ResultJson::as_value)
                             .map_or("", text_of),
                     );
                     run.tokens = ev.tokens_used.or(run.tokens);
