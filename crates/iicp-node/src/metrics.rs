@@ -8,6 +8,9 @@
 //! are bounded: intents are the node's own (anything else is `other`), statuses and QoS
 //! classes are fixed sets, heartbeat failure reasons are a fixed set.
 
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::RwLock;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -35,6 +38,21 @@ pub(crate) struct Metrics {
     tokens: Family<One, Counter>,
     in_flight: Gauge,
     heartbeat_failures: Family<One, Counter>,
+    /// The series a task outcome counts in, by its labels, looked up once: a family
+    /// lookup hashes every label and allocates each value anew. The label values are
+    /// bounded (see the module head), so this list is short.
+    seen: RwLock<Vec<Arc<Series>>>,
+}
+
+/// The series of one `(status, intent, qos)`. The latency and token series are
+/// made when first used, as the families would make them.
+struct Series {
+    status: &'static str,
+    intent: Box<str>,
+    qos: &'static str,
+    tasks: Counter,
+    latency: OnceLock<Histogram>,
+    tokens: OnceLock<Counter>,
 }
 
 impl Metrics {
@@ -73,7 +91,41 @@ impl Metrics {
             tokens,
             in_flight,
             heartbeat_failures,
+            seen: RwLock::new(Vec::new()),
         }
+    }
+
+    /// The series of `(status, intent, qos)`.
+    fn series(&self, status: &'static str, intent: &str, qos: &'static str) -> Arc<Series> {
+        let find = |seen: &[Arc<Series>]| {
+            seen.iter()
+                .find(|s| s.status == status && s.qos == qos && *s.intent == *intent)
+                .cloned()
+        };
+        if let Some(s) = find(&self.seen.read()) {
+            return s;
+        }
+        let mut seen = self.seen.write();
+        if let Some(s) = find(&seen) {
+            return s;
+        }
+        let s = Arc::new(Series {
+            status,
+            intent: intent.into(),
+            qos,
+            tasks: self
+                .tasks
+                .get_or_create(&[
+                    ("status", status.to_owned()),
+                    ("intent", intent.to_owned()),
+                    ("qos", qos.to_owned()),
+                ])
+                .clone(),
+            latency: OnceLock::new(),
+            tokens: OnceLock::new(),
+        });
+        seen.push(Arc::clone(&s));
+        s
     }
 
     /// Counts a finished task; `latency_ms` only for executed tasks.
@@ -81,25 +133,30 @@ impl Metrics {
         &self,
         status: &'static str,
         intent: &str,
-        qos: &str,
+        qos: &'static str,
         latency_ms: Option<u64>,
         tokens: u64,
     ) {
-        self.tasks
-            .get_or_create(&[
-                ("status", status.to_owned()),
-                ("intent", intent.to_owned()),
-                ("qos", qos.to_owned()),
-            ])
-            .inc();
+        let series = self.series(status, intent, qos);
+        series.tasks.inc();
         if let Some(ms) = latency_ms {
-            self.latency
-                .get_or_create(&[("intent", intent.to_owned()), ("qos", qos.to_owned())])
+            series
+                .latency
+                .get_or_init(|| {
+                    self.latency
+                        .get_or_create(&[("intent", intent.to_owned()), ("qos", qos.to_owned())])
+                        .clone()
+                })
                 .observe(ms as f64);
         }
         if tokens > 0 {
-            self.tokens
-                .get_or_create(&[("intent", intent.to_owned())])
+            series
+                .tokens
+                .get_or_init(|| {
+                    self.tokens
+                        .get_or_create(&[("intent", intent.to_owned())])
+                        .clone()
+                })
                 .inc_by(tokens);
         }
     }
@@ -181,5 +238,49 @@ mod tests {
         assert!(text.contains("iicp_peers_active 0"));
         assert!(text.contains("iicp_heartbeat_failures_total{reason=\"transport\"} 1"));
         assert!(!text.contains("# EOF"));
+    }
+
+    #[test]
+    fn series_are_shared_and_made_when_first_used() {
+        let m = Metrics::new();
+        let chat = "urn:iicp:intent:llm:chat:v1";
+        // a refusal: no latency, no tokens, so neither series exists yet
+        m.task("rejected", chat, "interactive", None, 0);
+        let text = m.render();
+        assert!(text.contains(&format!(
+            "iicp_tasks_total{{status=\"rejected\",intent=\"{chat}\",qos=\"interactive\"}} 1"
+        )));
+        assert!(!text.contains("iicp_task_latency_ms_count{"), "{text}");
+        assert!(!text.contains("iicp_tokens_used_total{"), "{text}");
+        for _ in 0..3 {
+            m.task("success", chat, "interactive", Some(5), 2);
+        }
+        m.task("success", "other", "interactive", Some(700), 0);
+        m.task("error", chat, "batch", Some(20), 0);
+        let text = m.render();
+        for want in [
+            format!(
+                "iicp_tasks_total{{status=\"rejected\",intent=\"{chat}\",qos=\"interactive\"}} 1"
+            ),
+            format!(
+                "iicp_tasks_total{{status=\"success\",intent=\"{chat}\",qos=\"interactive\"}} 3"
+            ),
+            "iicp_tasks_total{status=\"success\",intent=\"other\",qos=\"interactive\"} 1"
+                .to_owned(),
+            format!("iicp_tasks_total{{status=\"error\",intent=\"{chat}\",qos=\"batch\"}} 1"),
+            // rejected and success share the (intent, qos) latency series
+            format!("iicp_task_latency_ms_count{{intent=\"{chat}\",qos=\"interactive\"}} 3"),
+            format!("iicp_task_latency_ms_count{{intent=\"{chat}\",qos=\"batch\"}} 1"),
+            "iicp_task_latency_ms_bucket{le=\"1000.0\",intent=\"other\",qos=\"interactive\"} 1"
+                .to_owned(),
+            format!("iicp_tokens_used_total{{intent=\"{chat}\"}} 6"),
+        ] {
+            assert!(text.contains(&want), "{want} in {text}");
+        }
+        assert!(
+            !text.contains("iicp_tokens_used_total{intent=\"other\"}"),
+            "{text}"
+        );
+        assert_eq!(m.seen.read().len(), 4, "one entry per label set");
     }
 }
