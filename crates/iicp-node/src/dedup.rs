@@ -51,9 +51,10 @@ pub(crate) enum Begin {
 }
 
 struct Inner {
-    entries: HashMap<String, Entry>,
+    /// By task id; the id's one allocation is shared with the order and the ticket.
+    entries: HashMap<Arc<str>, Entry>,
     /// (seq, task id) in insertion order, for expiry and eviction.
-    order: VecDeque<(u64, String)>,
+    order: VecDeque<(u64, Arc<str>)>,
     next_seq: u64,
     ttl: Duration,
     capacity: usize,
@@ -106,18 +107,19 @@ impl Dedup {
         }
         let seq = g.next_seq;
         g.next_seq += 1;
+        let task_id: Arc<str> = Arc::from(task_id);
         g.entries.insert(
-            task_id.to_owned(),
+            Arc::clone(&task_id),
             Entry {
                 fingerprint,
                 state: State::Running,
                 seq,
             },
         );
-        g.order.push_back((seq, task_id.to_owned()));
+        g.order.push_back((seq, Arc::clone(&task_id)));
         Begin::New(Ticket {
             store: self.clone(),
-            task_id: task_id.to_owned(),
+            task_id,
             seq,
             done: false,
         })
@@ -141,7 +143,7 @@ impl Inner {
             match self.entries.get(id) {
                 Some(e) if e.seq == *seq => match &e.state {
                     State::Done { at, .. } if now.duration_since(*at) >= ttl => {
-                        let id = id.clone();
+                        let id = Arc::clone(id);
                         self.entries.remove(&id);
                         self.order.pop_front();
                     }
@@ -181,7 +183,7 @@ impl Inner {
 /// run it).
 pub(crate) struct Ticket {
     store: Dedup,
-    task_id: String,
+    task_id: Arc<str>,
     seq: u64,
     done: bool,
 }
