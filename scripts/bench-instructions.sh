@@ -4,7 +4,12 @@
 # the same binary and inputs, unlike timings on a shared 2-core VM, so it is the number
 # to compare before and after a change to the task path.
 #
-#   scripts/bench-instructions.sh [--tasks N] [BENCH_NODE_BINARY]
+#   scripts/bench-instructions.sh [--tasks N] [--rust-sdk [--peer-tasks M]] [BENCH_NODE_BINARY]
+#
+# --rust-sdk also counts the Rust SDK node (`iicp-node serve`, installed by
+# scripts/peers, run as scripts/bench-peers.sh runs it) the same way, for M and 2M tasks
+# (default 500: it runs several times more instructions per task, and valgrind is slow),
+# and prints ours ÷ theirs: a machine-independent companion to bench-peers' CPU ratio.
 #
 # The node runs under callgrind twice per transport, for N and 2N tasks (8 concurrent,
 # fresh task ids, plaintext, 256-byte payloads); the difference divided by N is the
@@ -16,11 +21,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tasks=3000
+peer_tasks=500
+rust_sdk=0
 node_bin=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --tasks) tasks=$2; shift 2 ;;
-    -*) echo "usage: scripts/bench-instructions.sh [--tasks N] [BENCH_NODE_BINARY]" >&2; exit 2 ;;
+    --rust-sdk) rust_sdk=1; shift ;;
+    --peer-tasks) peer_tasks=$2; shift 2 ;;
+    -*) echo "usage: scripts/bench-instructions.sh [--tasks N] [--rust-sdk [--peer-tasks M]] [BENCH_NODE_BINARY]" >&2; exit 2 ;;
     *) node_bin=$1; shift ;;
   esac
 done
@@ -39,27 +48,54 @@ stub_port=$(free_port)
 pids+=($!)
 wait_http "http://127.0.0.1:$stub_port/v1/models"
 
-# count SCHEME N: total instructions of a node that served N tasks over SCHEME
+# count NODE SCHEME N: total instructions of NODE (ours or rust-sdk) that served N
+# tasks over SCHEME
 count() {
-  local scheme=$1 n=$2 port out
+  local node=$1 scheme=$2 n=$3 port out vg
   port=$(free_port)
-  out="$work/cg-$scheme-$n.out"
-  timeout 600 valgrind --tool=callgrind --callgrind-out-file="$out" "$work/bench_node" \
-    "$port" "http://127.0.0.1:$stub_port/v1" stub-model 256 1024 1 >/dev/null 2>"$work/vg.log" &
-  local vg=$!
-  wait_http "http://127.0.0.1:$port/iicp/health"
-  timeout 600 "$work/iicp" -q bench --target "$scheme://127.0.0.1:$port" -c 8 -n "$n" \
-    --warmup 0s --timeout 60s >"$work/bench-$scheme-$n.txt" 2>&1
+  out="$work/cg-$node-$scheme-$n.out"
+  if [ "$node" = ours ]; then
+    timeout 1200 valgrind --tool=callgrind --callgrind-out-file="$out" "$work/bench_node" \
+      "$port" "http://127.0.0.1:$stub_port/v1" stub-model 256 1024 1 >/dev/null 2>"$work/vg.log" &
+  else
+    mkdir -p "$work/home"
+    HOME="$work/home" IICP_HOME="$work/home/.iicp" IICP_AUTO_UPDATE=0 IICP_AUTO_DETECT_NAT=0 \
+      IICP_TUNNEL=0 IICP_TASK_RATE_LIMIT=0 \
+      timeout 1200 valgrind --tool=callgrind --callgrind-out-file="$out" "$IICP_RUST_SDK_BIN" \
+      serve --skip-registration --host 127.0.0.1 --port "$port" \
+      --backend-url "http://127.0.0.1:$stub_port" --model stub-model --max-concurrent 256 \
+      --no-auto-detect-nat --no-tunnel >/dev/null 2>"$work/vg.log" &
+  fi
+  vg=$!
+  # start-up under valgrind is slow
+  wait_http "http://127.0.0.1:$port/iicp/health" || wait_http "http://127.0.0.1:$port/iicp/health"
+  timeout 1200 "$work/iicp" -q bench --target "$scheme://127.0.0.1:$port" -c 8 -n "$n" \
+    --warmup 0s --timeout 120s >"$work/bench-$node-$scheme-$n.txt" 2>&1
   kill -TERM "$vg"
   wait "$vg" 2>/dev/null || true
-  grep -q "$n ok, 0 errors" "$work/bench-$scheme-$n.txt" \
-    || { echo "bench failed: $(cat "$work/bench-$scheme-$n.txt")" >&2; exit 1; }
+  grep -q "$n ok, 0 errors" "$work/bench-$node-$scheme-$n.txt" \
+    || { echo "bench failed: $(cat "$work/bench-$node-$scheme-$n.txt")" >&2; exit 1; }
   awk '/^summary:/ {print $2}' "$out"
 }
 
+# per_task NODE SCHEME N: the difference between 2N and N tasks, divided by N
+per_task() {
+  local a b
+  a=$(count "$1" "$2" "$3")
+  b=$(count "$1" "$2" $((2 * $3)))
+  echo $(( (b - a) / $3 ))
+}
+
+if [ "$rust_sdk" = 1 ]; then
+  eval "$(scripts/peers env)"
+  : "${IICP_RUST_SDK_BIN:?the Rust peer SDK is not installed}"
+fi
 for scheme in http iicp; do
-  a=$(count "$scheme" "$tasks")
-  b=$(count "$scheme" $((2 * tasks)))
-  echo "$scheme: $(( (b - a) / tasks )) instructions per task (user space, $tasks tasks)"
+  ours=$(per_task ours "$scheme" "$tasks")
+  echo "$scheme: $ours instructions per task (user space, $tasks tasks)"
+  if [ "$rust_sdk" = 1 ]; then
+    theirs=$(per_task rust-sdk "$scheme" "$peer_tasks")
+    echo "$scheme: rust-sdk $theirs instructions per task (user space, $peer_tasks tasks); ours ÷ theirs $(python3 -c "print(f'{$ours / $theirs:.3f}')")"
+  fi
 done
 rm -rf "$work"
