@@ -25,9 +25,8 @@ use iicp_transport::http::HttpClient;
 use serde_json::{json, Map, Value};
 
 use crate::{
-    model_for, open_stream, pump_events, status_error, transport_error, within, Backend,
-    BackendConfig, BackendError, BackendKind, BoxFuture, ChatChunk, ChatStream, Completion, Step,
-    CHAT_INTENT,
+    model_for, open_stream, pump_events, status_error, transport_error, Backend, BackendConfig,
+    BackendError, BackendKind, BoxFuture, ChatChunk, ChatStream, Completion, Step, CHAT_INTENT,
 };
 
 const INTENTS: [&str; 1] = [CHAT_INTENT];
@@ -326,7 +325,9 @@ impl Backend for Anthropic {
         payload: &'a Value,
         deadline: Option<Instant>,
     ) -> BoxFuture<'a, Result<Completion, BackendError>> {
-        Box::pin(within(deadline, async move {
+        // the request's timeout ends at the deadline and covers the whole exchange,
+        // the only await here: no second timer per task
+        Box::pin(async move {
             if intent != CHAT_INTENT {
                 return Err(BackendError::unsupported_intent(intent));
             }
@@ -342,7 +343,7 @@ impl Backend for Anthropic {
             let resp: Value = serde_json::from_slice(&reply.body)
                 .map_err(|_| BackendError::unavailable("the Anthropic response is not JSON"))?;
             Ok(Completion::from_result(from_messages_response(&resp)?))
-        }))
+        })
     }
 
     fn chat_stream<'a>(

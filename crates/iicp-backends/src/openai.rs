@@ -15,9 +15,9 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
 use crate::{
-    model_for, open_stream, pump_events, status_error, transport_error, within, Backend,
-    BackendConfig, BackendError, BackendKind, BoxFuture, ChatChunk, ChatStream, Completion, Step,
-    CHAT_INTENT, COMPLETION_INTENT, EMBEDDING_INTENT,
+    model_for, open_stream, pump_events, status_error, transport_error, Backend, BackendConfig,
+    BackendError, BackendKind, BoxFuture, ChatChunk, ChatStream, Completion, Step, CHAT_INTENT,
+    COMPLETION_INTENT, EMBEDDING_INTENT,
 };
 
 const INTENTS: [&str; 3] = [CHAT_INTENT, COMPLETION_INTENT, EMBEDDING_INTENT];
@@ -160,7 +160,9 @@ impl Backend for OpenAi {
         payload: &'a Value,
         deadline: Option<Instant>,
     ) -> BoxFuture<'a, Result<Completion, BackendError>> {
-        Box::pin(within(deadline, async move {
+        // the request's timeout ends at the deadline and covers the whole exchange,
+        // the only await here: no second timer per task
+        Box::pin(async move {
             let path = path_for(intent).ok_or_else(|| BackendError::unsupported_intent(intent))?;
             let body = self.body_for(payload, false)?;
             let reply = self
@@ -191,7 +193,7 @@ impl Backend for OpenAi {
                     "the model server returned a malformed completion",
                 )),
             }
-        }))
+        })
     }
 
     fn chat_stream<'a>(
