@@ -37,7 +37,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use iicp_proto::error::ErrorCode;
-use iicp_proto::result::ResultJson;
+use iicp_proto::result::{ResultJson, Summary};
 use iicp_proto::secret::Secret;
 use iicp_transport::http::{HttpClient, HttpClientConfig};
 use serde_json::Value;
@@ -401,6 +401,11 @@ impl Completion {
     pub fn from_result(result: impl Into<ResultJson>) -> Self {
         let result = result.into();
         let summary = result.summary().unwrap_or_default();
+        Self::with_summary(result, summary)
+    }
+
+    /// Wraps a result with what [`ResultJson::summary`] read from it.
+    pub fn with_summary(result: ResultJson, summary: Summary) -> Self {
         Self {
             result,
             model: summary.model,

@@ -184,11 +184,9 @@ impl Backend for OpenAi {
                 ResultJson::Value(result)
             };
             match result.summary() {
-                Some(s) if intent != CHAT_INTENT || s.has_choices => Ok(Completion {
-                    result,
-                    model: s.model,
-                    tokens_used: s.tokens_used,
-                }),
+                Some(s) if intent != CHAT_INTENT || s.has_choices => {
+                    Ok(Completion::with_summary(result, s))
+                }
                 _ => Err(BackendError::unavailable(
                     "the model server returned a malformed completion",
                 )),

@@ -167,7 +167,8 @@ pub struct TaskOutput {
     /// The inner result (wrapped by the node as `result`): a value, or JSON text that
     /// is passed on as it is (a model server's answer, ADR 0022).
     pub result: ResultJson,
-    /// Tokens used; when `None`, the node reads `result.usage.total_tokens`.
+    /// Tokens used; when `None`, the node reads `result.usage` (`total_tokens`, else
+    /// `prompt_tokens` + `completion_tokens`).
     pub tokens_used: Option<u64>,
     /// The model that produced the result; when `None`, the node reads `result.model`,
     /// else names its first model.

@@ -490,7 +490,7 @@ async fn drive(
                 &shared,
                 task_id,
                 total,
-                Some(&out.result),
+                &out.result,
                 inb.task.source_node_id.as_deref(),
             );
             let result = out.result;
@@ -998,6 +998,13 @@ fn finish(
         Ok(Ok(mut out)) => {
             let (tokens, model) = out.take_accounting();
             let model = model.or_else(|| shared.first_model());
+            crate::receipt::spawn(
+                shared,
+                task_id,
+                tokens.unwrap_or(0),
+                &out.result,
+                inb.task.source_node_id.as_deref(),
+            );
             // the result as it came: a model server's text is written out unparsed
             let mut r = TaskResponse::success(task_id.clone(), out.result);
             r.metrics = Some(TaskMetrics {
@@ -1015,13 +1022,6 @@ fn finish(
                 tokens.unwrap_or(0),
             );
             count(shared, true, latency_ms);
-            crate::receipt::spawn(
-                shared,
-                task_id,
-                tokens.unwrap_or(0),
-                r.result.as_ref(),
-                inb.task.source_node_id.as_deref(),
-            );
             // serialised once, straight from the response (no value tree of it): the
             // replay copy and the HTTP answer share the text
             let text: Arc<str> = Arc::from(serde_json::to_string(&r).unwrap_or_default());

@@ -26,7 +26,7 @@ pub(crate) fn spawn(
     shared: &Arc<Shared>,
     task_id: &TaskId,
     tokens_used: u64,
-    result: Option<&ResultJson>,
+    result: &ResultJson,
     querying_node_id: Option<&str>,
 ) {
     if !shared.cfg.credits_receipts {
@@ -53,9 +53,8 @@ pub(crate) fn spawn(
     let nonce = hex::encode(nonce);
     // the hash is of the canonical form, so a result kept as text is parsed here
     let hash = match result {
-        Some(ResultJson::Value(v)) => response_hash(v),
-        Some(text) => response_hash(&text.to_value()),
-        None => response_hash(&Value::Null),
+        ResultJson::Value(v) => response_hash(v),
+        text => response_hash(&text.to_value()),
     };
     let querying = querying_node_id.filter(|q| !q.is_empty() && *q != node_id);
     let signature = Receipt {
