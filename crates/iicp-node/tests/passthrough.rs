@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
@@ -14,9 +13,8 @@ use iicp_backends::{BackendConfig, BackendKind};
 use iicp_node::BackendHandler;
 use iicp_proto::message::{Body, Call};
 use iicp_transport::http::server::{read_body, Params, Request, Response as HttpResponse};
-use iicp_transport::http::{HttpServer, Router};
+use iicp_transport::http::Router;
 use iicp_transport::native::{NativeClient, NativeEndpoint};
-use iicp_transport::shutdown::{self, Trigger};
 use serde_json::{json, Value};
 
 /// Keys out of order, an escaped letter and spaces: a value tree written out again
@@ -24,42 +22,26 @@ use serde_json::{json, Value};
 const ANSWER: &str = r#"{"object": "chat.completion", "id": "c-1", "model": "m-srv", "choices": [{"index": 0, "message": {"role": "assistant", "content": "h\u00e9llo"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 4, "completion_tokens": 3}}"#;
 
 /// A model server answering every POST with [`ANSWER`].
-struct Model {
-    base: String,
-    _trigger: Trigger,
-}
-
-impl Model {
-    async fn start() -> Self {
-        let router = Router::new().route(
-            Method::POST,
-            "/{*rest}",
-            |mut req: Request, _p: Params| async move {
-                let _ = read_body(&mut req, 1 << 20).await;
-                let mut resp = HttpResponse::new(ANSWER.as_bytes().to_vec().into());
-                resp.headers_mut()
-                    .insert("content-type", "application/json".parse().expect("ct"));
-                resp
-            },
-        );
-        let server = HttpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
-            .expect("bind");
-        let addr = server.local_addr().expect("addr");
-        let (trigger, sd) = shutdown::channel();
-        tokio::spawn(server.serve(router, sd));
-        Self {
-            base: format!("http://{addr}/v1"),
-            _trigger: trigger,
-        }
-    }
+async fn model() -> iicp_testkit::server::Server {
+    let router = Router::new().route(
+        Method::POST,
+        "/{*rest}",
+        |mut req: Request, _p: Params| async move {
+            let _ = read_body(&mut req, 1 << 20).await;
+            let mut resp = HttpResponse::new(ANSWER.as_bytes().to_vec().into());
+            resp.headers_mut()
+                .insert("content-type", "application/json".parse().expect("ct"));
+            resp
+        },
+    );
+    iicp_testkit::server::serve(router).await.expect("serve")
 }
 
 #[tokio::test]
 async fn the_model_servers_answer_passes_as_it_came() {
-    let model = Model::start().await;
+    let model = model().await;
     let mut cfg = BackendConfig::new(BackendKind::OpenAiCompat);
-    cfg.base_url = Some(model.base.clone());
+    cfg.base_url = Some(format!("{}/v1", model.url()));
     cfg.model = Some("m".into());
     let backend = iicp_backends::build(cfg).expect("backend");
     let node = builder().build().expect("node");
