@@ -1,7 +1,8 @@
 //! A model server's buffered answer reaches the caller as the text it sent (ADR 0022):
 //! over HTTP the RESPONSE's `result` is the server's JSON text byte for byte (its key
 //! order and escapes kept), over native it is the deterministic CBOR of the value that
-//! text holds, and a duplicate replays the same answer on both.
+//! text holds, and a duplicate replays the same answer on both; sealed under IICP-CX, the
+//! answer holds the same text.
 
 mod common;
 
@@ -11,7 +12,9 @@ use common::*;
 use http::Method;
 use iicp_backends::{BackendConfig, BackendKind};
 use iicp_node::BackendHandler;
+use iicp_proto::crypto::cx::{seal_request, IicpConfResp, NodePublicKey};
 use iicp_proto::message::{Body, Call};
+use iicp_proto::task::{TaskResponse, TaskStatus};
 use iicp_transport::http::server::{read_body, Params, Request, Response as HttpResponse};
 use iicp_transport::http::Router;
 use iicp_transport::native::{NativeClient, NativeEndpoint};
@@ -90,5 +93,32 @@ async fn the_model_servers_answer_passes_as_it_came() {
     let again = native.call(&ep, call, t).await.expect("call");
     assert_eq!(again.result, want, "the replay's result");
     native.close_all();
+
+    // IICP-CX: the sealed answer holds the same text, and opens to the same value
+    let adv = node.registration_request().cx_public_key.expect("key");
+    let key = NodePublicKey::from_advertisement(&adv).expect("key");
+    let id = uuid();
+    let plain = serde_json::to_vec(&json!({"messages": [{"role": "user", "content": "hi"}]}))
+        .expect("json");
+    let sealed = seal_request(&mut rand_core::OsRng, &key, &id, CHAT, &plain).expect("seal");
+    let body = json!({
+        "task_id": id, "intent": CHAT,
+        "iicp_conf": sealed.envelope.to_value(),
+        "cx_response_encryption": "required"
+    });
+    let r = post(&client, h.local_addr(), &body).await;
+    assert_eq!(r.status.as_u16(), 200);
+    let outer = TaskResponse::parse(200, &r.body).expect("outer");
+    assert_eq!(outer.status, TaskStatus::Encrypted);
+    let conf =
+        IicpConfResp::from_value(outer.iicp_conf_resp.as_ref().expect("conf")).expect("conf");
+    let inner = sealed.response_key.open(&conf).expect("open");
+    let inner_text = std::str::from_utf8(&inner).expect("utf-8");
+    assert!(
+        inner_text.contains(&format!(r#""result":{ANSWER}"#)),
+        "{inner_text}"
+    );
+    let inner = TaskResponse::parse(200, &inner).expect("inner");
+    assert_eq!(inner.result.as_ref(), Some(&value));
     h.stop().await;
 }
