@@ -42,6 +42,7 @@ use serde_json::{Map, Value};
 
 use crate::handler::{TaskHandler, Transport};
 use crate::pipeline::{self, Inbound, Outcome, Started};
+use crate::ratelimit::RateKey;
 use crate::state::Shared;
 use crate::stream::StreamTask;
 
@@ -191,7 +192,7 @@ async fn native_call(
     // one bucket per caller across both transports (an IPv4 caller of a dual-stack
     // socket arrives IPv4-mapped); forwarding headers do not exist on native
     let peer = ctx.peer.ip().to_canonical();
-    if shared.limiter.check(&format!("ip:{peer}")).is_err() {
+    if shared.limiter.check(&RateKey::Ip(peer)).is_err() {
         return refuse(
             &call,
             ErrorCode::RateLimited,

@@ -18,11 +18,22 @@ use crate::config::RateLimit;
 /// Most distinct keys tracked at once (the idlest is dropped beyond).
 const MAX_KEYS: usize = 10_000;
 
+/// What a request is counted against: the caller's address (both transports share its
+/// bucket), or the `Origin` a browser sent. Typed, so that counting a request formats
+/// and allocates nothing for an address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum RateKey {
+    /// The caller's address ([`client_addr`]; IPv4-mapped addresses canonical).
+    Ip(IpAddr),
+    /// The `Origin` header.
+    Origin(Box<str>),
+}
+
 /// The limiter: the workspace's [`SlidingWindow`] on tokio's clock (so tests that pause
 /// time control it).
 pub(crate) struct RateLimiter {
     origin: Instant,
-    window: Mutex<SlidingWindow<String>>,
+    window: Mutex<SlidingWindow<RateKey>>,
 }
 
 impl RateLimiter {
@@ -38,9 +49,9 @@ impl RateLimiter {
     }
 
     /// Counts a request for `key`; `Err(wait)` when over the limit.
-    pub(crate) fn check(&self, key: &str) -> Result<(), Duration> {
+    pub(crate) fn check(&self, key: &RateKey) -> Result<(), Duration> {
         let now = Instant::now().saturating_duration_since(self.origin);
-        self.window.lock().check(&key.to_owned(), now)
+        self.window.lock().check(key, now)
     }
 }
 
@@ -199,19 +210,24 @@ mod tests {
             max_requests: 2,
             window: Duration::from_secs(60),
         });
-        assert!(rl.check("a").is_ok());
-        assert!(rl.check("a").is_ok());
-        assert!(rl.check("b").is_ok());
-        let wait = rl.check("a").expect_err("limited");
+        let a = RateKey::Ip(ip("192.0.2.1"));
+        // the same text as an origin is another key
+        let b = RateKey::Origin("192.0.2.1".into());
+        assert!(rl.check(&a).is_ok());
+        assert!(rl.check(&a).is_ok());
+        assert!(rl.check(&b).is_ok());
+        let wait = rl.check(&a).expect_err("limited");
         assert_eq!(wait, Duration::from_secs(60));
+        assert!(rl.check(&b).is_ok());
+        assert!(rl.check(&b).is_err());
         tokio::time::advance(Duration::from_secs(60)).await;
-        assert!(rl.check("a").is_ok());
+        assert!(rl.check(&a).is_ok());
         let off = RateLimiter::new(RateLimit {
             max_requests: 0,
             window: Duration::from_secs(1),
         });
         for _ in 0..1000 {
-            assert!(off.check("x").is_ok());
+            assert!(off.check(&a).is_ok());
         }
     }
 }

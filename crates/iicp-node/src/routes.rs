@@ -28,6 +28,7 @@ use serde_json::json;
 
 use crate::handler::{TaskHandler, Transport};
 use crate::pipeline::{self, error_reply, Inbound, Outcome, Reply, Started};
+use crate::ratelimit::RateKey;
 use crate::state::Shared;
 
 /// Response header carrying the trace id (§5.3, T14).
@@ -122,25 +123,22 @@ async fn post_task(
     let headers = req.headers();
     let peer = client_ip(&shared, &req, headers);
     let traceparent = header_str(headers, "traceparent").and_then(|v| TraceParent::parse(v).ok());
-    let early_trace = traceparent
-        .as_ref()
-        .map_or_else(pipeline::new_trace_id, TraceParent::trace_id_hex);
     let key = match header_str(headers, "origin") {
-        Some(o) => format!("origin:{o}"),
-        None => format!("ip:{peer}"),
+        Some(o) => RateKey::Origin(o.into()),
+        None => RateKey::Ip(peer),
     };
     if let Err(wait) = shared.limiter.check(&key) {
         let mut e = ErrorBody::new(ErrorCode::RateLimited, "too many task requests; slow down")
             .with_status(429);
         e.legacy_code = Some(ErrorCode::E023);
         e.retry_after_ms = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
-        return to_response(error_reply(None, e, early_trace, 0));
+        return to_response(error_reply(None, e, early_trace(traceparent.as_ref()), 0));
     }
     let bearer = bearer(headers);
     let consumer_token = header_str(headers, "x-iicp-consumer-token").map(Secret::new);
     let task: TaskRequest = match read_json(&mut req, shared.cfg.max_body_bytes).await {
         Ok(t) => t,
-        Err(e) => return with_trace(error_response(e), &early_trace),
+        Err(e) => return with_trace(error_response(e), &early_trace(traceparent.as_ref())),
     };
     let inbound = Inbound {
         transport: Transport::Http,
@@ -163,7 +161,8 @@ async fn post_task(
             "this node does not stream: use POST /v1/task",
         )
         .with_status(422);
-        return to_response(error_reply(Some(&inbound.task.task_id), e, early_trace, 0));
+        let trace = early_trace(inbound.traceparent.as_ref());
+        return to_response(error_reply(Some(&inbound.task.task_id), e, trace, 0));
     }
     match pipeline::start(&shared, handler, inbound).await {
         Started::Reply(reply) => to_response(*reply),
@@ -180,6 +179,12 @@ async fn post_task(
             &task.trace_id,
         ),
     }
+}
+
+/// The trace id of an answer refused before the pipeline: the caller's, else a new one
+/// (made only then: the pipeline makes its own for the tasks it takes).
+fn early_trace(traceparent: Option<&TraceParent>) -> String {
+    traceparent.map_or_else(pipeline::new_trace_id, TraceParent::trace_id_hex)
 }
 
 fn error_response(e: HttpError) -> Response {
