@@ -22,35 +22,45 @@ use crate::{
 
 const INTENTS: [&str; 3] = [CHAT_INTENT, COMPLETION_INTENT, EMBEDDING_INTENT];
 
+/// The paths of [`INTENTS`], in the same order.
+const PATHS: [&str; 3] = ["/chat/completions", "/completions", "/embeddings"];
+
 /// An OpenAI-dialect backend.
 #[derive(Debug)]
 pub struct OpenAi {
     config: BackendConfig,
     client: HttpClient,
     base: String,
+    /// The URL of each of [`INTENTS`], made once rather than per request.
+    urls: [String; 3],
 }
 
 impl OpenAi {
     /// An adapter for `config` using `client`.
     pub fn new(config: BackendConfig, client: HttpClient) -> Self {
         let base = config.effective_base_url();
+        let urls = PATHS.map(|path| format!("{base}{path}"));
         Self {
             config,
             client,
             base,
+            urls,
         }
+    }
+
+    /// The URL an intent is posted to, when the dialect has one.
+    fn url_for(&self, intent: &str) -> Option<&str> {
+        let i = INTENTS.iter().position(|i| *i == intent)?;
+        Some(&self.urls[i])
     }
 
     fn post(
         &self,
-        path: &str,
+        url: &str,
         body: &RequestBody<'_>,
         timeout: Duration,
     ) -> iicp_transport::http::client::RequestBuilder {
-        let mut req = self
-            .client
-            .post_json(format!("{}{path}", self.base), body)
-            .timeout(timeout);
+        let mut req = self.client.post_json(url, body).timeout(timeout);
         if let Some(key) = &self.config.api_key {
             req = req.bearer(key.clone());
         }
@@ -132,15 +142,6 @@ impl Serialize for RequestBody<'_> {
     }
 }
 
-fn path_for(intent: &str) -> Option<&'static str> {
-    match intent {
-        CHAT_INTENT => Some("/chat/completions"),
-        COMPLETION_INTENT => Some("/completions"),
-        EMBEDDING_INTENT => Some("/embeddings"),
-        _ => None,
-    }
-}
-
 impl Backend for OpenAi {
     fn kind(&self) -> BackendKind {
         self.config.kind
@@ -163,10 +164,12 @@ impl Backend for OpenAi {
         // the request's timeout ends at the deadline and covers the whole exchange,
         // the only await here: no second timer per task
         Box::pin(async move {
-            let path = path_for(intent).ok_or_else(|| BackendError::unsupported_intent(intent))?;
+            let url = self
+                .url_for(intent)
+                .ok_or_else(|| BackendError::unsupported_intent(intent))?;
             let body = self.body_for(payload, false)?;
             let reply = self
-                .post(path, &body, self.timeout(deadline))
+                .post(url, &body, self.timeout(deadline))
                 .send()
                 .await
                 .map_err(|e| transport_error(&e))?;
@@ -201,11 +204,11 @@ impl Backend for OpenAi {
     ) -> BoxFuture<'a, Result<ChatStream, BackendError>> {
         Box::pin(async move {
             let body = self.body_for(payload, true)?;
-            let stream = open_stream(
-                self.post("/chat/completions", &body, self.timeout(deadline)),
-                deadline,
-            )
-            .await?;
+            let url = self
+                .url_for(CHAT_INTENT)
+                .ok_or_else(|| BackendError::unsupported_intent(CHAT_INTENT))?;
+            let stream =
+                open_stream(self.post(url, &body, self.timeout(deadline)), deadline).await?;
             let config = self.config.clone();
             Ok(pump_events(stream, deadline, move |ev| {
                 if ev.data.trim() == "[DONE]" {
