@@ -37,7 +37,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use iicp_proto::error::ErrorCode;
-use iicp_proto::result::{ResultJson, Summary};
+use iicp_proto::result::{summary_of_text, ResultJson, Summary};
 use iicp_proto::secret::Secret;
 use iicp_transport::http::{HttpClient, HttpClientConfig};
 use serde_json::Value;
@@ -428,21 +428,6 @@ pub struct ChatChunk {
     json: Box<serde_json::value::RawValue>,
 }
 
-/// The members of a chunk a node reads, parsed without building a tree.
-#[derive(serde::Deserialize)]
-struct Peek<'a> {
-    #[serde(default, borrow)]
-    model: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default)]
-    usage: Option<PeekUsage>,
-}
-
-#[derive(serde::Deserialize)]
-struct PeekUsage {
-    #[serde(default)]
-    total_tokens: Option<serde_json::Number>,
-}
-
 impl ChatChunk {
     /// A chunk from a model server's JSON text.
     ///
@@ -476,32 +461,19 @@ impl ChatChunk {
         serde_json::from_str(self.json.get()).unwrap_or(Value::Null)
     }
 
-    /// `usage.total_tokens`, when the chunk carries usage. (Only a chunk whose text
-    /// has a `"usage"` key is parsed: usage comes in the last chunk, if at all.)
+    /// The chunk's token count ([`ResultJson::summary`]'s rule), when it carries usage.
+    /// (Only a chunk whose text has a `"usage"` key is parsed: usage comes in the last
+    /// chunk, if at all.)
     pub fn total_tokens(&self) -> Option<u64> {
         if !self.json().contains("\"usage\"") {
             return None;
         }
-        match serde_json::from_str::<Peek<'_>>(self.json()) {
-            Ok(p) => p.usage?.total_tokens?.as_u64(),
-            // an odd shape: read as a value
-            Err(_) => self
-                .to_value()
-                .pointer("/usage/total_tokens")
-                .and_then(Value::as_u64),
-        }
+        summary_of_text(self.json())?.tokens_used
     }
 
     /// `model`, when the chunk names one.
     pub fn model(&self) -> Option<String> {
-        match serde_json::from_str::<Peek<'_>>(self.json()) {
-            Ok(p) => p.model.map(std::borrow::Cow::into_owned),
-            Err(_) => self
-                .to_value()
-                .get("model")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-        }
+        summary_of_text(self.json())?.model
     }
 
     /// `choices[0].delta.content`, when present.

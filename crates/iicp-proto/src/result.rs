@@ -135,24 +135,28 @@ impl ResultJson {
     pub fn summary(&self) -> Option<Summary> {
         match self {
             Self::Value(v) => summary_of(v),
-            Self::Text(t) => {
-                if !t.get().starts_with('{') {
-                    return None;
-                }
-                match serde_json::from_str::<Peek<'_>>(t.get()) {
-                    Ok(p) => Some(Summary {
-                        model: p.model.map(Cow::into_owned),
-                        tokens_used: p.usage.and_then(|u| {
-                            tokens(u.total_tokens, u.prompt_tokens, u.completion_tokens)
-                        }),
-                        has_choices: p.choices.is_some_and(|c| c.get().starts_with('[')),
-                    }),
-                    // a member of another type (a numeric model, a float count, a
-                    // repeated key): read it as a value does
-                    Err(_) => summary_of(&self.to_value()),
-                }
-            }
+            Self::Text(t) => summary_of_text(t.get()),
         }
+    }
+}
+
+/// [`ResultJson::summary`] of JSON text known to be valid (a streamed chunk's too),
+/// read without building a tree.
+pub fn summary_of_text(text: &str) -> Option<Summary> {
+    if !text.starts_with('{') {
+        return None;
+    }
+    match serde_json::from_str::<Peek<'_>>(text) {
+        Ok(p) => Some(Summary {
+            model: p.model.map(Cow::into_owned),
+            tokens_used: p
+                .usage
+                .and_then(|u| tokens(u.total_tokens, u.prompt_tokens, u.completion_tokens)),
+            has_choices: p.choices.is_some_and(|c| c.get().starts_with('[')),
+        }),
+        // a member of another type (a numeric model, a float count, a repeated key):
+        // read it as a value does
+        Err(_) => summary_of(&serde_json::from_str(text).unwrap_or(Value::Null)),
     }
 }
 
