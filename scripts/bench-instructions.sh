@@ -59,12 +59,10 @@ count() {
       "$port" "http://127.0.0.1:$stub_port/v1" stub-model 256 1024 1 >/dev/null 2>"$work/vg.log" &
   else
     mkdir -p "$work/home"
-    HOME="$work/home" IICP_HOME="$work/home/.iicp" IICP_AUTO_UPDATE=0 IICP_AUTO_DETECT_NAT=0 \
-      IICP_TUNNEL=0 IICP_TASK_RATE_LIMIT=0 \
+    peer_node_args "$port" "$stub_port"
+    HOME="$work/home" IICP_HOME="$work/home/.iicp" "${peer_env[@]}" \
       timeout 1200 valgrind --tool=callgrind --callgrind-out-file="$out" "$IICP_RUST_SDK_BIN" \
-      serve --skip-registration --host 127.0.0.1 --port "$port" \
-      --backend-url "http://127.0.0.1:$stub_port" --model stub-model --max-concurrent 256 \
-      --no-auto-detect-nat --no-tunnel >/dev/null 2>"$work/vg.log" &
+      "${peer_args[@]}" >/dev/null 2>"$work/vg.log" &
   fi
   vg=$!
   # start-up under valgrind is slow

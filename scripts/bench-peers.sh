@@ -59,7 +59,6 @@ stub_port=$(free_port)
 pids+=($!)
 wait_http "http://127.0.0.1:$stub_port/v1/models"
 
-peer_env=(env IICP_AUTO_UPDATE=0 IICP_AUTO_DETECT_NAT=0 IICP_TUNNEL=0 IICP_TASK_RATE_LIMIT=0)
 names=(); ports=(); procs=()
 start_node() { # name port cmd...
   local name=$1 port=$2; shift 2
@@ -78,13 +77,11 @@ cores=$(nproc)
 port=$(free_port)
 start_node "iicp-rs-${cores}t" "$port" "$work/bench_node" "$port" "http://127.0.0.1:$stub_port/v1" stub-model 256 1024 "$cores"
 port=$(free_port)
-start_node "rust-sdk" "$port" "${peer_env[@]}" "$rs_node" serve --skip-registration \
-  --host 127.0.0.1 --port "$port" --backend-url "http://127.0.0.1:$stub_port" --model stub-model \
-  --max-concurrent 256 --no-auto-detect-nat --no-tunnel
+peer_node_args "$port" "$stub_port"
+start_node "rust-sdk" "$port" "${peer_env[@]}" "$rs_node" "${peer_args[@]}"
 port=$(free_port)
-start_node "python-sdk" "$port" "${peer_env[@]}" "$py_node" serve --skip-registration \
-  --host 127.0.0.1 --port "$port" --backend-url "http://127.0.0.1:$stub_port" --model stub-model \
-  --max-concurrent 256 --no-auto-detect-nat --no-tunnel
+peer_node_args "$port" "$stub_port"
+start_node "python-sdk" "$port" "${peer_env[@]}" "$py_node" "${peer_args[@]}"
 stub_pid=${pids[0]}
 
 # one task through each node first: the stub must answer what each node sends

@@ -9,6 +9,17 @@ bench_cleanup() {
 }
 trap bench_cleanup EXIT
 
+# peer_node_args PORT STUB_PORT: how the benchmarks run a peer SDK's node (Python or
+# Rust `iicp-node`): no registration, no NAT work or auto-update, no per-origin rate
+# limit, max_concurrent 256, behind the stub model on STUB_PORT. Sets the arrays
+# `peer_env` (the `env` command before the binary) and `peer_args` (after it).
+peer_node_args() {
+  peer_env=(env IICP_AUTO_UPDATE=0 IICP_AUTO_DETECT_NAT=0 IICP_TUNNEL=0 IICP_TASK_RATE_LIMIT=0)
+  peer_args=(serve --skip-registration --host 127.0.0.1 --port "$1"
+    --backend-url "http://127.0.0.1:$2" --model stub-model --max-concurrent 256
+    --no-auto-detect-nat --no-tunnel)
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 wait_http() { # url
