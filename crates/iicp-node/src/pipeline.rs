@@ -153,16 +153,7 @@ pub(crate) fn new_trace_id() -> String {
     if b == [0; 16] {
         b[15] = 1;
     }
-    hex16(&b)
-}
-
-/// 16 bytes as 32 lowercase hex digits (`hex::encode` goes char by char through an
-/// iterator: a measurable share of a task's CPU at tens of thousands of tasks a second).
-fn hex16(b: &[u8; 16]) -> String {
-    let mut out = [0u8; 32];
-    // the buffer is exactly twice the input
-    let _ = hex::encode_to_slice(b, &mut out);
-    out.iter().map(|&c| char::from(c)).collect()
+    iicp_proto::ids::trace_id_hex(&b)
 }
 
 fn trace_context(inb: &Inbound) -> TraceContext {
@@ -178,7 +169,11 @@ fn trace_context(inb: &Inbound) -> TraceContext {
         .as_ref()
         .map(TraceParent::trace_id_hex)
         .or(from_body)
-        .or_else(|| inb.trace_bytes.filter(|b| *b != [0; 16]).map(|b| hex16(&b)))
+        .or_else(|| {
+            inb.trace_bytes
+                .filter(|b| *b != [0; 16])
+                .map(|b| iicp_proto::ids::trace_id_hex(&b))
+        })
         .unwrap_or_else(new_trace_id);
     TraceContext {
         trace_id,
@@ -1159,13 +1154,6 @@ fn seal(reply: &mut Reply, key: &ResponseKey, task_id: &TaskId) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hex16_is_lowercase_hex() {
-        let b: [u8; 16] = core::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0xa5);
-        assert_eq!(hex16(&b), hex::encode(b));
-        assert_eq!(hex16(&[0xff; 16]), "f".repeat(32));
-    }
 
     #[test]
     fn trace_ids_are_random_hex_and_distinct() {
