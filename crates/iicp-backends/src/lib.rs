@@ -412,11 +412,6 @@ impl Completion {
             tokens_used: summary.tokens_used,
         }
     }
-
-    /// The result as a value (parsed when it is text).
-    pub fn value(&self) -> Value {
-        self.result.to_value()
-    }
 }
 
 /// One event of a streamed chat: an OpenAI `chat.completion.chunk` object, kept as the

@@ -157,7 +157,7 @@ async fn openai_dialect_sends_the_payload_through() {
             .expect(fixture);
         let expected: Value = serde_json::from_str(&data(fixture)).expect("json");
         assert_eq!(
-            out.value(),
+            out.result.to_value(),
             expected,
             "{fixture}: the completion is passed back unchanged"
         );
@@ -225,7 +225,7 @@ async fn openai_dialect_keeps_the_payload_model_and_maps_errors() {
         .execute(EMBEDDING_INTENT, &json!({"input": "hello"}), None)
         .await
         .expect("embedding");
-    assert_eq!(out.value()["data"][0]["embedding"][1], 0.2);
+    assert_eq!(out.result.to_value()["data"][0]["embedding"][1], 0.2);
     let err = backend
         .execute("urn:iicp:intent:audio:speech:v1", &json!({}), None)
         .await
@@ -433,14 +433,14 @@ async fn anthropic_request_mapping() {
         })
     );
     // the answer looks exactly like an OpenAI completion
-    assert_eq!(out.value()["object"], "chat.completion");
+    assert_eq!(out.result.to_value()["object"], "chat.completion");
     assert_eq!(
-        out.value()["choices"][0]["message"],
+        out.result.to_value()["choices"][0]["message"],
         json!({"role": "assistant", "content": "Hello! How can I help?"})
     );
-    assert_eq!(out.value()["choices"][0]["finish_reason"], "stop");
+    assert_eq!(out.result.to_value()["choices"][0]["finish_reason"], "stop");
     assert_eq!(
-        out.value()["usage"],
+        out.result.to_value()["usage"],
         json!({"prompt_tokens": 12, "completion_tokens": 8, "total_tokens": 20})
     );
     assert_eq!(out.model.as_deref(), Some("claude-3-5-haiku-20241022"));
@@ -464,7 +464,7 @@ async fn anthropic_response_and_error_mapping() {
         .await
         .expect("tool");
     assert_eq!(stub.requests()[0].body["max_tokens"], 100);
-    let msg = &out.value()["choices"][0]["message"];
+    let msg = &out.result.to_value()["choices"][0]["message"];
     assert_eq!(msg["content"], "I'll check the weather.");
     assert_eq!(msg["tool_calls"][0]["function"]["name"], "get_weather");
     assert_eq!(
@@ -476,7 +476,10 @@ async fn anthropic_response_and_error_mapping() {
         .expect("json"),
         json!({"city": "Paris"})
     );
-    assert_eq!(out.value()["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(
+        out.result.to_value()["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
 
     let stub = Stub::start(vec![(
         Method::POST,
@@ -493,7 +496,10 @@ async fn anthropic_response_and_error_mapping() {
         )
         .await
         .expect("len");
-    assert_eq!(out.value()["choices"][0]["finish_reason"], "length");
+    assert_eq!(
+        out.result.to_value()["choices"][0]["finish_reason"],
+        "length"
+    );
 
     for (status, fixture, code, http) in [
         (
@@ -731,7 +737,7 @@ async fn the_stub_model_serves_what_the_adapters_ask() {
         .await
         .expect("chat");
     assert_eq!(
-        out.value()["choices"][0]["message"]["content"],
+        out.result.to_value()["choices"][0]["message"]["content"],
         "stub reply"
     );
     assert_eq!(
@@ -743,7 +749,9 @@ async fn the_stub_model_serves_what_the_adapters_ask() {
         .await
         .expect("embedding");
     assert_eq!(
-        out.value()["data"][0]["embedding"].as_array().map(Vec::len),
+        out.result.to_value()["data"][0]["embedding"]
+            .as_array()
+            .map(Vec::len),
         Some(4)
     );
     let text = backend
@@ -821,7 +829,10 @@ async fn model_plans_publish_file_names_and_read_the_context_window() {
         stub.requests()[0].body["model"],
         "/srv/models/qwen2.5-0.5b-instruct-q4_k_m.gguf"
     );
-    assert_eq!(done.value()["model"], "qwen2.5-0.5b-instruct-q4_k_m");
+    assert_eq!(
+        done.result.to_value()["model"],
+        "qwen2.5-0.5b-instruct-q4_k_m"
+    );
     assert_eq!(done.model.as_deref(), Some("qwen2.5-0.5b-instruct-q4_k_m"));
 
     // vLLM: max_model_len

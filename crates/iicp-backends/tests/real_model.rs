@@ -50,7 +50,7 @@ async fn smollm2_answers_through_both_openai_dialect_adapters() {
             )
             .await
             .expect("real completion");
-        let result = out.value();
+        let result = out.result.to_value();
         let content = result["choices"][0]["message"]["content"]
             .as_str()
             .expect("content");
