@@ -448,7 +448,8 @@ impl Canceller {
 enum Source {
     Native(ResponseStream),
     Http {
-        body: HttpStream,
+        /// Boxed: the stream holds its connection's state (one allocation per stream).
+        body: Box<HttpStream>,
         sse: Sse,
     },
     /// A buffered answer: nothing more to read.
@@ -554,7 +555,7 @@ pub(crate) async fn open(
                 }
                 HttpStart::Stream(body) => (
                     Source::Http {
-                        body,
+                        body: Box::new(body),
                         sse: Sse::default(),
                     },
                     Canceller::Http {

@@ -1,8 +1,9 @@
 //! The pooled HTTP client of the workspace: node → directory, client → node, backends →
 //! model servers.
 //!
-//! One [`HttpClient`] (cheap to clone, share it) holds a keep-alive pool over
-//! hyper-util's client and a rustls connector (ring provider, webpki roots plus any
+//! One [`HttpClient`] (cheap to clone, share it) holds a keep-alive pool of HTTP/1.1
+//! connections, each driven by the task that uses it (`pool`, ADR 0023), and a rustls
+//! connector (ring provider, webpki roots plus any
 //! private CA given in [`HttpClientConfig::extra_root_certificates`]); `http://` and
 //! `https://` both work. Everything is bounded: connect timeout, a per-request timeout
 //! covering redirects and the body, and a response body cap
@@ -37,6 +38,7 @@
 mod error;
 #[cfg(debug_assertions)]
 mod insecure;
+mod pool;
 mod redirect;
 
 use std::fmt;
@@ -55,10 +57,7 @@ use http::header::{
 use http::{Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body as _, Frame};
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use iicp_proto::error::ErrorBody;
 use iicp_proto::secret::Secret;
 use serde::de::DeserializeOwned;
@@ -70,6 +69,7 @@ pub use error::HttpClientError;
 pub use redirect::Redirects;
 
 use error::{redact_str, redact_uri};
+use pool::{Pool, PooledBody};
 
 /// The default `User-Agent`: `iicp-rs/<crate version>`.
 pub const DEFAULT_USER_AGENT: &str = concat!("iicp-rs/", env!("CARGO_PKG_VERSION"));
@@ -162,8 +162,6 @@ impl fmt::Debug for HttpClientConfig {
     }
 }
 
-type Pool = Client<HttpsConnector<HttpConnector<RuleResolver>>, Full<Bytes>>;
-
 struct Inner {
     pool: Pool,
     /// What the client was built from (its timeouts, caps and redirect policy, and the
@@ -211,12 +209,11 @@ impl HttpClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let pool = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .build(https);
+        let pool = Pool::new(
+            https,
+            config.pool_idle_timeout,
+            config.pool_max_idle_per_host,
+        );
 
         Ok(Self {
             inner: Arc::new(Inner {
@@ -532,7 +529,7 @@ pub struct HttpStream {
     pub status: StatusCode,
     /// The headers.
     pub headers: HeaderMap,
-    body: hyper::body::Incoming,
+    body: PooledBody,
     remaining: usize,
     limit: usize,
     idle_timeout: Duration,
@@ -793,7 +790,7 @@ impl Exchange<'_> {
 
     async fn read(
         &self,
-        response: http::Response<hyper::body::Incoming>,
+        response: http::Response<PooledBody>,
         url: &Uri,
     ) -> Result<HttpReply, HttpClientError> {
         let limit = self.max_response_bytes;

@@ -178,31 +178,30 @@ impl HttpClientError {
     }
 }
 
-/// Maps a hyper-util client error to a typed error.
+/// Maps a pool error to a typed error.
 pub(super) fn classify(
-    err: hyper_util::client::legacy::Error,
+    err: super::pool::PoolError,
     url: &Uri,
     connect_timeout: Duration,
 ) -> HttpClientError {
     let url = redact_uri(url);
-    if err.is_connect() && crate::resolve::ResolveError::refused_in(&err) {
-        return HttpClientError::AddressRefused { url };
-    }
-    if err.is_connect() {
-        if chain_has_timeout(&err) {
-            return HttpClientError::ConnectTimeout {
-                url,
-                after: connect_timeout,
-            };
+    match err {
+        super::pool::PoolError::Connect(source) => {
+            if crate::resolve::ResolveError::refused_in(source.as_ref()) {
+                HttpClientError::AddressRefused { url }
+            } else if chain_has_timeout(source.as_ref()) {
+                HttpClientError::ConnectTimeout {
+                    url,
+                    after: connect_timeout,
+                }
+            } else {
+                HttpClientError::Connect { url, source }
+            }
         }
-        return HttpClientError::Connect {
+        super::pool::PoolError::Request(source) => HttpClientError::Request {
             url,
-            source: Box::new(err),
-        };
-    }
-    HttpClientError::Request {
-        url,
-        source: Box::new(err),
+            source: Box::new(source),
+        },
     }
 }
 
