@@ -19,11 +19,13 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http::header::{HeaderValue, HOST};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
@@ -66,23 +68,75 @@ struct Conn {
     /// `None` once the connection has finished (closed, or failed).
     io: Option<Connection<Io, Full<Bytes>>>,
     origin: Arc<Origin>,
+    /// The gate, and it as a waker: what the connection's I/O, the response and the body
+    /// are polled with.
+    gate: (Arc<Gate>, Waker),
+}
+
+/// Polling a connection from the task that uses it wakes that task for things the task
+/// itself just did: the response head handed over, a body frame taken, the body asking
+/// for more. Each would cost a second turn of the whole task (its HTTP server, the node's
+/// pipeline …) for nothing. So the connection, its response and its body see a waker of
+/// their own: while the task is polling them ([`Conn::drive`]) a wake-up only marks that
+/// they should be polled again, which `drive` does before it returns; outside, it wakes
+/// the task (socket readiness, the model server's next chunk).
+#[derive(Default)]
+struct Gate {
+    /// [`BUSY`] while polled, [`MISSED`] when woken meanwhile.
+    state: AtomicU8,
+    task: AtomicWaker,
+}
+
+const BUSY: u8 = 1;
+const MISSED: u8 = 2;
+
+/// At most this many extra rounds per [`Conn::drive`] before it yields to the scheduler
+/// (a connection that keeps waking itself must not starve other tasks).
+const MAX_ROUNDS: usize = 8;
+
+impl Wake for Gate {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let busy = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (s & BUSY != 0).then_some(s | MISSED)
+            })
+            .is_ok();
+        if !busy {
+            self.task.wake();
+        }
+    }
 }
 
 impl Conn {
-    /// Polls the connection's I/O; drops it when it finishes, which also hands back a
-    /// request it never took and ends a body it was still feeding.
-    fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(io) = self.io.as_mut() else {
-            return Poll::Ready(());
-        };
-        match Pin::new(io).poll(cx) {
-            Poll::Ready(_) => {
-                // an error has gone to the request or body it concerns
-                self.io = None;
-                Poll::Ready(())
-            }
-            Poll::Pending => Poll::Pending,
+    fn new(
+        send: SendRequest<Full<Bytes>>,
+        io: Connection<Io, Full<Bytes>>,
+        origin: Arc<Origin>,
+    ) -> Self {
+        let gate = Arc::new(Gate::default());
+        Self {
+            send,
+            io: Some(io),
+            origin,
+            gate: (Arc::clone(&gate), Waker::from(gate)),
         }
+    }
+
+    /// Runs `step` (which polls this connection and what it feeds) with the gate's
+    /// waker, again while it was woken during the step, until it is ready or nothing
+    /// new happened.
+    fn drive<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut step: impl FnMut(&mut Option<Connection<Io, Full<Bytes>>>, &mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        let io = &mut self.io;
+        drive_with(&self.gate, cx, |cx| step(io, cx))
     }
 
     /// Sends `request` and drives the connection until the response head is in.
@@ -92,11 +146,60 @@ impl Conn {
     ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Full<Bytes>>>> {
         let mut response = std::pin::pin!(self.send.try_send_request(request));
         std::future::poll_fn(|cx| {
-            // the connection first: it takes the request, writes it, reads the head
-            let _ = self.poll_io(cx);
-            response.as_mut().poll(cx)
+            self.drive(cx, |io, cx| {
+                // the connection first: it takes the request, writes it, reads the head
+                let _ = poll_io(io, cx);
+                response.as_mut().poll(cx)
+            })
         })
         .await
+    }
+
+    /// Readies a connection whose response has ended for the pool: one more turn (it
+    /// has read the response's end and goes back to waiting for a request), and the
+    /// task that used it is no longer woken by it. Whether it can take a request.
+    fn settle(&mut self) -> bool {
+        self.gate.0.task.take();
+        let idle = poll_io(&mut self.io, &mut Context::from_waker(Waker::noop())).is_pending();
+        idle && self.send.is_ready()
+    }
+}
+
+/// [`Conn::drive`] on a gate (and its waker): `step` polled with the gate's waker,
+/// again while it was woken during the step, at most [`MAX_ROUNDS`] times.
+fn drive_with<T>(
+    (gate, gate_waker): &(Arc<Gate>, Waker),
+    cx: &mut Context<'_>,
+    mut step: impl FnMut(&mut Context<'_>) -> Poll<T>,
+) -> Poll<T> {
+    gate.task.register(cx.waker());
+    let mut inner = Context::from_waker(gate_waker);
+    for _ in 0..MAX_ROUNDS {
+        gate.state.store(BUSY, Ordering::Release);
+        let polled = step(&mut inner);
+        let state = gate.state.swap(0, Ordering::AcqRel);
+        if polled.is_ready() || state & MISSED == 0 {
+            return polled;
+        }
+    }
+    // still waking itself: yield, and come back
+    cx.waker().wake_by_ref();
+    Poll::Pending
+}
+
+/// Polls a connection's I/O; drops it when it finishes, which also hands back a request
+/// it never took and ends a body it was still feeding.
+fn poll_io(io: &mut Option<Connection<Io, Full<Bytes>>>, cx: &mut Context<'_>) -> Poll<()> {
+    let Some(conn) = io.as_mut() else {
+        return Poll::Ready(());
+    };
+    match Pin::new(conn).poll(cx) {
+        Poll::Ready(_) => {
+            // an error has gone to the request or body it concerns
+            *io = None;
+            Poll::Ready(())
+        }
+        Poll::Pending => Poll::Pending,
     }
 }
 
@@ -202,15 +305,12 @@ impl Pool {
             .map_err(PoolError::Request)?;
         // boxed: a connection (hyper's state and buffers) is large, and moves with its
         // response and in and out of the pool
-        Ok(Box::new(Conn {
-            send,
-            io: Some(io),
-            origin: Arc::new(Origin {
-                https,
-                authority: authority.into(),
-                host,
-            }),
-        }))
+        let origin = Arc::new(Origin {
+            https,
+            authority: authority.into(),
+            host,
+        });
+        Ok(Box::new(Conn::new(send, io, origin)))
     }
 
     /// The most recently used idle connection to `authority` that has not timed out.
@@ -229,16 +329,7 @@ impl Pool {
 
     /// Parks a connection whose last response has ended, if it can take another request.
     fn put(&self, mut conn: Box<Conn>) {
-        if self.shared.max_idle_per_host == 0 {
-            return;
-        }
-        // One more turn, without a waker: the connection has read the response's end
-        // and now goes back to waiting for a request.
-        if conn
-            .poll_io(&mut Context::from_waker(Waker::noop()))
-            .is_ready()
-            || !conn.send.is_ready()
-        {
+        if self.shared.max_idle_per_host == 0 || !conn.settle() {
             return;
         }
         let now = Instant::now();
@@ -370,23 +461,28 @@ impl Body for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        loop {
-            if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
-                return this.seen(frame);
-            }
-            // The body waits for its connection: drive it, then look again (its
-            // wake-up would come back to this task anyway, a scheduler round later).
-            let Some(conn) = this.conn.as_mut() else {
-                return Poll::Pending;
-            };
-            if conn.poll_io(cx).is_ready() {
-                // finished: the body now ends, or fails if it was cut short
-                continue;
-            }
-            return match Pin::new(&mut this.body).poll_frame(cx) {
-                Poll::Ready(frame) => this.seen(frame),
-                Poll::Pending => Poll::Pending,
-            };
+        let body = &mut this.body;
+        let polled = match this.conn.as_mut() {
+            // the connection is gone: its end has reached the body
+            None => Pin::new(body).poll_frame(cx),
+            Some(conn) => conn.drive(cx, |io, cx| loop {
+                if let Poll::Ready(frame) = Pin::new(&mut *body).poll_frame(cx) {
+                    return Poll::Ready(frame);
+                }
+                if io.is_none() {
+                    return Poll::Pending;
+                }
+                // the body waits for its connection: drive it, then look again
+                if poll_io(io, cx).is_ready() {
+                    // finished: the body now ends, or fails if it was cut short
+                    continue;
+                }
+                return Pin::new(&mut *body).poll_frame(cx);
+            }),
+        };
+        match polled {
+            Poll::Ready(frame) => this.seen(frame),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -620,6 +716,81 @@ mod tests {
         let none = super::Pool::new(pool.shared.connector.clone(), Duration::from_secs(90), 0);
         text(&none, get(s.addr, "/a")).await;
         assert_eq!(none.idle_count(false, &s.addr.to_string()), 0);
+    }
+
+    /// Counts its wake-ups.
+    struct Counter(AtomicUsize);
+
+    impl Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_wake_up_while_the_task_polls_is_kept_for_another_round_not_sent_to_the_task() {
+        let counter = Arc::new(Counter(AtomicUsize::new(0)));
+        let task = Waker::from(Arc::clone(&counter));
+        let gate = Arc::new(Gate::default());
+        let gate_waker = Waker::from(Arc::clone(&gate));
+        gate.task.register(&task);
+
+        gate.state.store(BUSY, Ordering::Release);
+        gate_waker.wake_by_ref();
+        gate_waker.wake_by_ref();
+        assert_eq!(counter.0.load(Ordering::SeqCst), 0);
+        assert_eq!(gate.state.swap(0, Ordering::AcqRel), BUSY | MISSED);
+
+        // outside a poll, a wake-up reaches the task
+        gate_waker.wake_by_ref();
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        // once: the registration is used up until the task polls again
+        gate_waker.wake_by_ref();
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn drive_polls_again_while_woken_and_yields_after_a_bounded_number_of_rounds() {
+        let counter = Arc::new(Counter(AtomicUsize::new(0)));
+        let task = Waker::from(Arc::clone(&counter));
+        let mut cx = Context::from_waker(&task);
+        let gate = Arc::new(Gate::default());
+        let conn_gate = (Arc::clone(&gate), Waker::from(gate));
+
+        // a step that wakes itself twice, then is ready
+        let mut rounds = 0;
+        let polled = drive_with(&conn_gate, &mut cx, |cx| {
+            rounds += 1;
+            if rounds < 3 {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            } else {
+                Poll::Ready(rounds)
+            }
+        });
+        assert_eq!(polled, Poll::Ready(3));
+        assert_eq!(counter.0.load(Ordering::SeqCst), 0);
+
+        // a step that always wakes itself: the task is woken to come back later
+        let mut rounds = 0;
+        let polled: Poll<()> = drive_with(&conn_gate, &mut cx, |cx| {
+            rounds += 1;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        });
+        assert!(polled.is_pending());
+        assert_eq!(rounds, MAX_ROUNDS);
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+
+        // a step that is pending and not woken: one round, nothing sent to the task
+        let mut rounds = 0;
+        let polled: Poll<()> = drive_with(&conn_gate, &mut cx, |_| {
+            rounds += 1;
+            Poll::Pending
+        });
+        assert!(polled.is_pending());
+        assert_eq!(rounds, 1);
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
