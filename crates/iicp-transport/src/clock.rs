@@ -96,9 +96,45 @@ impl Clock for ManualClock {
     }
 }
 
+/// How far ahead [`anchor_timers`] keeps its timer.
+pub const TIMER_ANCHOR_PERIOD: Duration = Duration::from_secs(1);
+
+/// Keeps one timer of the runtime at most [`TIMER_ANCHOR_PERIOD`] away, until `stop`.
+///
+/// tokio's time driver wakes its own thread — a write to its `eventfd`, so a system
+/// call, and an `epoll_wait` that returns at once — for every timer registered earlier
+/// than the earliest one it saw when it last parked, and, when it parked with no timer
+/// at all, for every timer registered until it parks again. A server that finishes a
+/// burst of requests, parks, then takes the next burst paid that for each request's
+/// deadline timers: 1.9 extra system calls per task for a node at 64 concurrent tasks on
+/// one native connection (`docs/PERFORMANCE.md`, issue 22). With this timer pending, a
+/// deadline further away than [`TIMER_ANCHOR_PERIOD`] is never the earliest, and the
+/// driver stays asleep; the price is one timer firing a second. [`Listener::serve`]
+/// runs it.
+///
+/// [`Listener::serve`]: crate::listener::Listener::serve
+pub async fn anchor_timers(stop: crate::shutdown::Shutdown) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(TIMER_ANCHOR_PERIOD) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_timer_anchor_runs_until_stopped() {
+        let (trigger, stop) = crate::shutdown::channel();
+        let anchor = tokio::spawn(anchor_timers(stop));
+        tokio::time::sleep(TIMER_ANCHOR_PERIOD * 5 + Duration::from_millis(1)).await;
+        assert!(!anchor.is_finished());
+        trigger.fire();
+        anchor.await.unwrap();
+    }
 
     #[test]
     fn manual_clock_moves_wall_and_monotonic_time_together() {

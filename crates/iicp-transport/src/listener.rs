@@ -176,6 +176,7 @@ impl Listener {
         let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
         let mut conns = JoinSet::new();
         let stop = shutdown.clone();
+        let anchor = tokio::spawn(crate::clock::anchor_timers(shutdown.clone()));
         loop {
             let permit = tokio::select! {
                 p = Arc::clone(&permits).acquire_owned() => match p {
@@ -208,6 +209,7 @@ impl Listener {
             });
         }
         drop(self.tcp);
+        anchor.abort();
         let drained = tokio::time::timeout(config.drain_timeout, async {
             while conns.join_next().await.is_some() {}
         })
