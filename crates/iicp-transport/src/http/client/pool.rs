@@ -549,14 +549,14 @@ mod tests {
     struct Server {
         addr: std::net::SocketAddr,
         accepted: Arc<AtomicUsize>,
-        closed: mpsc::UnboundedReceiver<&'static str>,
+        closed: mpsc::Receiver<&'static str>,
     }
 
     async fn server() -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
-        let (tx, closed) = mpsc::unbounded_channel();
+        let (tx, closed) = mpsc::channel(64);
         let count = Arc::clone(&accepted);
         tokio::spawn(async move {
             while let Ok((mut sock, _)) = listener.accept().await {
@@ -568,7 +568,7 @@ mod tests {
                         let mut chunk = [0u8; 1024];
                         let n = sock.read(&mut chunk).await.unwrap_or(0);
                         if n == 0 {
-                            let _ = tx.send("client");
+                            let _ = tx.send("client").await;
                             return;
                         }
                         buf.extend_from_slice(&chunk[..n]);
@@ -595,7 +595,7 @@ mod tests {
                         }
                         if matches!(path.as_str(), "/close-after" | "/conn-close" | "/half") {
                             let _ = sock.shutdown().await;
-                            let _ = tx.send("server");
+                            let _ = tx.send("server").await;
                             return;
                         }
                     }
