@@ -320,7 +320,9 @@ impl Pool {
         let list = &mut parked[usize::from(https)];
         let now = Instant::now();
         while let Some(p) = list.pop() {
-            if now.duration_since(p.since) < self.shared.idle_timeout && !p.conn.send.is_closed() {
+            // (a parked connection was ready when parked; one closed since is found
+            // when used, and its request sent again)
+            if now.duration_since(p.since) < self.shared.idle_timeout {
                 return Some(p.conn);
             }
         }
