@@ -189,28 +189,14 @@ impl fmt::Debug for HttpClient {
 impl HttpClient {
     /// Builds a client. Fails on an unparsable extra root certificate or user agent.
     pub fn new(config: HttpClientConfig) -> Result<Self, HttpClientError> {
-        let tls = tls_config(&config)?;
         let user_agent =
             HeaderValue::from_str(&config.user_agent).map_err(|_| HttpClientError::Config {
                 reason: "user agent is not a valid header value",
                 source: None,
             })?;
 
-        let mut http = HttpConnector::new_with_resolver(RuleResolver {
-            rule: config.address_rule.clone(),
-        });
-        http.enforce_http(false);
-        // binds only connections of the address's family
-        http.set_local_address(config.local_address);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
         let pool = Pool::new(
-            https,
+            connector(&config)?,
             config.pool_idle_timeout,
             config.pool_max_idle_per_host,
         );
@@ -261,6 +247,24 @@ impl HttpClient {
     ) -> RequestBuilder {
         self.request(Method::DELETE, url).json(body)
     }
+}
+
+/// TCP (the address rule, the connect timeout, the local address, `TCP_NODELAY`), then
+/// rustls for `https`.
+fn connector(config: &HttpClientConfig) -> Result<pool::Connector, HttpClientError> {
+    let mut http = HttpConnector::new_with_resolver(RuleResolver {
+        rule: config.address_rule.clone(),
+    });
+    http.enforce_http(false);
+    // binds only connections of the address's family
+    http.set_local_address(config.local_address);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(config.connect_timeout));
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(config)?)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http))
 }
 
 fn tls_config(config: &HttpClientConfig) -> Result<rustls::ClientConfig, HttpClientError> {

@@ -303,13 +303,13 @@ impl Pool {
             .handshake(io)
             .await
             .map_err(PoolError::Request)?;
-        // boxed: a connection (hyper's state and buffers) is large, and moves with its
-        // response and in and out of the pool
         let origin = Arc::new(Origin {
             https,
             authority: authority.into(),
             host,
         });
+        // boxed: a connection (hyper's state and buffers) is large, and moves with its
+        // response and in and out of the pool
         Ok(Box::new(Conn::new(send, io, origin)))
     }
 
@@ -499,6 +499,13 @@ impl Body for PooledBody {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+
     use super::*;
 
     #[test]
@@ -521,29 +528,9 @@ mod tests {
         assert_eq!(host("http://127.0.0.1:9484/"), "127.0.0.1:9484");
     }
 
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use http_body_util::BodyExt;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-    use tokio::sync::mpsc;
-
     fn pool(idle_timeout: Duration, max_idle_per_host: usize) -> Pool {
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-        let mut http = HttpConnector::new_with_resolver(RuleResolver::default());
-        http.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        Pool::new(https, idle_timeout, max_idle_per_host)
+        let connector = super::super::connector(&super::super::HttpClientConfig::default());
+        Pool::new(connector.unwrap(), idle_timeout, max_idle_per_host)
     }
 
     /// A raw HTTP/1.1 server whose answer depends on the path. It counts connections
