@@ -151,12 +151,24 @@ fn validate(input: &str) -> Result<Parsed, IntentError> {
         });
     }
     // Whole-string checks first so the most helpful error wins.
-    for (position, ch) in input.char_indices() {
-        if ch.is_whitespace() || ch.is_control() {
-            return Err(IntentError::Whitespace { position });
+    if input.is_ascii() {
+        // the same rule for ASCII, byte by byte: whitespace and controls are C0, space
+        // and DEL
+        for (position, b) in input.bytes().enumerate() {
+            match b {
+                0..=0x20 | 0x7f => return Err(IntentError::Whitespace { position }),
+                b'A'..=b'Z' => return Err(IntentError::Uppercase { position }),
+                _ => {}
+            }
         }
-        if ch.is_uppercase() {
-            return Err(IntentError::Uppercase { position });
+    } else {
+        for (position, ch) in input.char_indices() {
+            if ch.is_whitespace() || ch.is_control() {
+                return Err(IntentError::Whitespace { position });
+            }
+            if ch.is_uppercase() {
+                return Err(IntentError::Uppercase { position });
+            }
         }
     }
     let Some(rest) = input.strip_prefix(PREFIX) else {

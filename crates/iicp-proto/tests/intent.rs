@@ -322,3 +322,39 @@ proptest! {
         }
     }
 }
+
+/// Every character at the front of the URN and in its middle, ASCII and not: whitespace
+/// and controls are `Whitespace`, uppercase letters `Uppercase`, at their byte offset,
+/// before any other check; the ASCII ones are checked byte by byte, the others by
+/// character, and both follow the same rule.
+#[test]
+fn whitespace_control_and_uppercase_at_any_position() {
+    let valid = "urn:iicp:intent:llm:chat:v1";
+    let others = [
+        'é', 'Ä', '\u{85}', '\u{a0}', '\u{2028}', 'Σ', '東', '\u{7f}',
+    ];
+    for c in (0u8..0x80).map(char::from).chain(others) {
+        for at in [0, 9, valid.len()] {
+            let mut urn = valid.to_owned();
+            urn.insert(at, c);
+            let want = if c.is_whitespace() || c.is_control() {
+                Some(IntentError::Whitespace { position: at })
+            } else if c.is_uppercase() {
+                Some(IntentError::Uppercase { position: at })
+            } else {
+                None
+            };
+            let got = Intent::new(urn.as_str()).err();
+            match want {
+                Some(e) => assert_eq!(got, Some(e), "{c:?} at {at}"),
+                None => assert!(
+                    !matches!(
+                        got,
+                        Some(IntentError::Whitespace { .. } | IntentError::Uppercase { .. })
+                    ),
+                    "{c:?} at {at}: {got:?}"
+                ),
+            }
+        }
+    }
+}

@@ -178,6 +178,87 @@ fn lenient_call_input_t2_t13() {
     assert!(serde_json::from_value::<Constraints>(json!({"qos": "fast"})).is_err());
 }
 
+/// The CALL parser's rules for member order, unknown and repeated members, nulls,
+/// missing members and wrong shapes.
+#[test]
+fn call_parsing_rules() {
+    let parse = |text: &str| serde_json::from_str::<TaskRequest>(text);
+    let err = |text: &str| parse(text).unwrap_err().to_string();
+    let i = "urn:iicp:intent:llm:chat:v1";
+
+    // from text and from a value alike; members in any order; unknown ones kept,
+    // escaped names unescaped, the last of two same-named unknown members kept
+    let text = format!(
+        r#"{{"x\u0079": 1, "payload": {{"messages": []}}, "intent": "{i}", "task_id": "t",
+            "cip": 1, "cip": [2], "nonce": "n", "trace": {{"trace_id": "ab"}}}}"#
+    );
+    let req = parse(&text).unwrap();
+    assert_eq!(req.task_id.as_str(), "t");
+    assert_eq!(req.intent, i);
+    assert_eq!(req.payload, Some(json!({"messages": []})));
+    assert_eq!(req.extra.get("xy"), Some(&json!(1)));
+    assert_eq!(req.extra.get("cip"), Some(&json!([2])));
+    assert_eq!(req.nonce.as_deref(), Some("n"));
+    assert_eq!(req.trace.as_ref().unwrap().trace_id.as_deref(), Some("ab"));
+    let from_value: TaskRequest = serde_json::from_str::<Value>(&text)
+        .and_then(serde_json::from_value)
+        .unwrap();
+    assert!(from_value == req);
+    // and it writes back what it read
+    let again: TaskRequest = serde_json::from_value(serde_json::to_value(&req).unwrap()).unwrap();
+    assert!(again == req);
+
+    // optional members sent as null are absent
+    let req = parse(&format!(
+        r#"{{"task_id": "t", "intent": "{i}", "payload": null, "iicp_conf": null,
+            "auth": null, "trace": null, "cx_response_encryption": null,
+            "source_node_id": null, "nonce": null}}"#
+    ))
+    .unwrap();
+    assert!(req.payload.is_none() && req.iicp_conf.is_none() && req.auth.is_none());
+    assert!(req.trace.is_none() && req.cx_response_encryption.is_none());
+    assert!(req.source_node_id.is_none() && req.nonce.is_none() && req.extra.is_empty());
+    assert!(req.constraints.is_empty());
+
+    // required members
+    assert!(err(&format!(r#"{{"intent": "{i}"}}"#)).contains("missing field `task_id`"));
+    assert!(err(r#"{"task_id": "t"}"#).contains("missing field `intent`"));
+    // a known member twice is an error, also when one of the two is null
+    for (member, first, second) in [
+        ("task_id", r#""a""#, r#""b""#),
+        ("intent", "null", r#""x""#),
+        ("payload", "null", "{}"),
+        ("constraints", "{}", "{}"),
+        ("nonce", r#""n""#, "null"),
+    ] {
+        let text = format!(
+            r#"{{"task_id": "t", "intent": "{i}", "{member}": {first}, "{member}": {second}}}"#
+        );
+        assert!(
+            err(&text).contains(&format!("duplicate field `{member}`")),
+            "{member}: {}",
+            err(&text)
+        );
+    }
+    // wrong types and shapes are errors, not panics or silent drops
+    assert!(parse(r#"["t", "i"]"#).is_err());
+    assert!(parse(r#""t""#).is_err());
+    assert!(parse(&format!(r#"{{"task_id": 7, "intent": "{i}"}}"#)).is_err());
+    assert!(parse(&format!(
+        r#"{{"task_id": "t", "intent": "{i}", "constraints": null}}"#
+    ))
+    .is_err());
+    assert!(parse(&format!(
+        r#"{{"task_id": "t", "intent": "{i}", "nonce": 5}}"#
+    ))
+    .is_err());
+    assert!(parse(&format!(
+        r#"{{"task_id": "t", "intent": "{i}", "payload": {{"a": }}}}"#
+    ))
+    .is_err());
+    assert!(parse(&format!(r#"{{"task_id": "t", "intent": "{i}"}} trailing"#)).is_err());
+}
+
 #[test]
 fn validate_errors() {
     let intent: Intent = "urn:iicp:intent:llm:chat:v1".parse().unwrap();

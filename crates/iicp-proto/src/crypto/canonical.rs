@@ -146,7 +146,15 @@ fn write_str(s: &str, out: &mut String, ascii: bool) {
     let bytes = s.as_bytes();
     let (mut start, mut i) = (0, 0);
     while i < bytes.len() {
-        let b = bytes[i];
+        // eight bytes at a time while none of them needs an escape
+        while let Some(chunk) = bytes.get(i..i + 8) {
+            let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+            if any_needs_escape(word, ascii) {
+                break;
+            }
+            i += 8;
+        }
+        let Some(&b) = bytes.get(i) else { break };
         if b >= 0x20 && b != b'"' && b != b'\\' && (!ascii || b < 0x80) {
             i += 1;
             continue;
@@ -177,6 +185,21 @@ fn write_str(s: &str, out: &mut String, ascii: bool) {
     }
     out.push_str(&s[start..]);
     out.push('"');
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+
+/// Whether any of the eight bytes of `word` needs an escape in [`write_str`]: a C0
+/// control, `"`, `\`, or with `ascii` a byte of a non-ASCII character. (The
+/// zero-byte and less-than tests of "Bit Twiddling Hacks": exact as a yes/no answer.)
+fn any_needs_escape(word: u64, ascii: bool) -> bool {
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH_BITS;
+    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGH_BITS;
+    let quote = has_zero(word ^ (ONES * u64::from(b'"')));
+    let backslash = has_zero(word ^ (ONES * u64::from(b'\\')));
+    let high = if ascii { word & HIGH_BITS } else { 0 };
+    control | quote | backslash | high != 0
 }
 
 #[cfg(test)]
@@ -220,6 +243,30 @@ mod tests {
             let mut out = String::new();
             write_str(&s, &mut out, false);
             proptest::prop_assert_eq!(out, serde_json::to_string(&s).unwrap());
+        }
+    }
+
+    /// The eight-byte test against the byte-by-byte rule: every pair of byte values at
+    /// several pairs of positions, in a clean word and in one of non-ASCII bytes.
+    #[test]
+    fn the_word_test_agrees_with_the_byte_rule() {
+        let needs =
+            |b: u8, ascii: bool| b < 0x20 || b == b'"' || b == b'\\' || (ascii && b >= 0x80);
+        for background in [b'a', 0xa9] {
+            for (p, q) in [(0, 1), (3, 7), (6, 7), (7, 0), (2, 2)] {
+                for x in 0..=255u8 {
+                    for y in 0..=255u8 {
+                        let mut bytes = [background; 8];
+                        bytes[p] = x;
+                        bytes[q] = y;
+                        let word = u64::from_le_bytes(bytes);
+                        for ascii in [false, true] {
+                            let want = bytes.iter().any(|b| needs(*b, ascii));
+                            assert_eq!(any_needs_escape(word, ascii), want, "{bytes:?} {ascii}");
+                        }
+                    }
+                }
+            }
         }
     }
 
