@@ -219,6 +219,27 @@ table=$(jq -rs '
         end)
 ' "$results")
 
+# per repetition: our node's CPU per task against the Rust SDK node's, split into user
+# and system time
+rep_table=$(jq -rs '
+  def node: (.r.watched | map(select(.pid != null)) | .[0]);
+  def us: (. * 10000 | round / 10);
+  def split: (node | if .user_seconds_per_1000 == null then "\(.cpu_seconds_per_1000 | us)"
+    else "\(.cpu_seconds_per_1000 | us) (\(.user_seconds_per_1000 | us) + \(.system_seconds_per_1000 | us))" end);
+  "| run | repetition | ours: node CPU per task, µs (user + system) | Rust SDK node: the same | ours ÷ theirs |",
+  "|---|---|---|---|---|",
+  (to_entries | map(.value + {i: .key})
+    | map(select(.r != null and (.node == "iicp-rs" or .node == "rust-sdk")))
+    | group_by(.run) | sort_by(.[0].i) | .[]
+    | group_by(.rep) | sort_by(.[0].rep) | .[]
+    | (map(select(.node == "iicp-rs")) | .[0]) as $o
+    | (map(select(.node == "rust-sdk")) | .[0]) as $t
+    | select($o != null and $t != null and ($t | node | .cpu_seconds_per_1000) > 0)
+    | (($o | node | .cpu_seconds_per_1000) / ($t | node | .cpu_seconds_per_1000) * 1000 | round / 1000) as $ratio
+    | "| \($o.title) | \($o.rep) | \($o | split) | \($t | split) | "
+      + (if $ratio <= 0.2 then "**\($ratio)**" else "\($ratio)" end) + " |")
+' "$results")
+
 sys_table=$(
   echo "| run | node | tasks | context switches per task | system calls per task | most frequent calls (count) |"
   echo "|---|---|---|---|---|---|"
@@ -263,6 +284,12 @@ The load generator, the stub and the three nodes share the same 2 cores, so a no
 throughput at 64 concurrent is bounded by the CPU the whole chain needs per task
 (generator + node + stub, two loopback TCP hops); "node CPU per task" is the number that
 compares the nodes' own cost.
+
+Each repetition, our node's CPU per task against the Rust SDK node's, split into user
+and system time (/proc/PID/stat utime and stime; bold: at most ⅕, issue 22's target at
+64 concurrent):
+
+${rep_table}
 
 Machine-independent figures, per node and ${syscall_tasks} tasks at 64 concurrent
 (\`iicp bench -n ${syscall_tasks} --warmup 0s\`): context switches of all the node's threads

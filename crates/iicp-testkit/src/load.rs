@@ -240,6 +240,11 @@ pub struct ProcessCost {
     pub cpu_seconds: f64,
     /// CPU seconds per 1000 measured requests.
     pub cpu_seconds_per_1000: f64,
+    /// Of `cpu_seconds_per_1000`, the time in user space.
+    pub user_seconds_per_1000: f64,
+    /// Of `cpu_seconds_per_1000`, the time in the kernel (system calls, faults,
+    /// interrupts charged to the process).
+    pub system_seconds_per_1000: f64,
     /// Average cores kept busy (`cpu_seconds` / window).
     pub cores: f64,
     /// Resident set size at the end of the run, in bytes.
@@ -367,7 +372,7 @@ pub async fn run(config: &LoadConfig, progress: Arc<Progress>) -> Result<Report,
     tokio::time::sleep_until(measure_from.into()).await;
     progress.measuring.store(true, Ordering::Relaxed);
     let self_before = cpu_ticks("self");
-    let watched_before: Vec<Option<u64>> = config
+    let watched_before: Vec<Option<CpuTicks>> = config
         .watch_pids
         .iter()
         .map(|pid| cpu_ticks(&pid.to_string()))
@@ -383,17 +388,24 @@ pub async fn run(config: &LoadConfig, progress: Arc<Progress>) -> Result<Report,
 
     let requests = total.ok + total.errors;
     let secs = elapsed.as_secs_f64();
-    let cost = |pid: u32, before: Option<u64>, after: Option<u64>, rss: Option<u64>| {
+    let per_1000 = |seconds: f64| {
+        if requests == 0 {
+            0.0
+        } else {
+            seconds * 1000.0 / requests as f64
+        }
+    };
+    let cost = |pid: u32, before: Option<CpuTicks>, after: Option<CpuTicks>, rss: Option<u64>| {
         let (b, a) = (before?, after?);
-        let cpu = a.saturating_sub(b) as f64 / CLOCK_TICKS_PER_SEC;
+        let user = a.user.saturating_sub(b.user) as f64 / CLOCK_TICKS_PER_SEC;
+        let system = a.system.saturating_sub(b.system) as f64 / CLOCK_TICKS_PER_SEC;
+        let cpu = user + system;
         Some(ProcessCost {
             pid,
             cpu_seconds: cpu,
-            cpu_seconds_per_1000: if requests == 0 {
-                0.0
-            } else {
-                cpu * 1000.0 / requests as f64
-            },
+            cpu_seconds_per_1000: per_1000(cpu),
+            user_seconds_per_1000: per_1000(user),
+            system_seconds_per_1000: per_1000(system),
             cores: cpu / secs,
             rss_bytes: rss,
         })
@@ -795,15 +807,26 @@ impl Histogram {
 }
 
 /// User + system CPU ticks of `/proc/<pid>/stat` (`pid` may be `self`).
-fn cpu_ticks(pid: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// A process's CPU time so far, in clock ticks.
+#[derive(Clone, Copy)]
+struct CpuTicks {
+    user: u64,
+    system: u64,
+}
+
+fn cpu_ticks(pid: &str) -> Option<CpuTicks> {
+    parse_cpu_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// utime and stime of a `/proc/PID/stat` line.
+fn parse_cpu_ticks(stat: &str) -> Option<CpuTicks> {
     // the command name may hold spaces and parentheses: fields resume after the last ')'
     let rest = stat.get(stat.rfind(')')? + 1..)?;
     let mut fields = rest.split_whitespace();
     // after ')' come state (field 3) … utime (14) and stime (15)
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    let user: u64 = fields.nth(11)?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(CpuTicks { user, system })
 }
 
 /// `VmRSS` of `/proc/<pid>/status`, in bytes.
@@ -885,5 +908,15 @@ mod tests {
             assert!(cpu_ticks("self").is_some());
             assert!(rss_bytes("self").is_some());
         }
+    }
+
+    #[test]
+    fn user_and_system_ticks_come_from_fields_14_and_15() {
+        // a command name with spaces and parentheses, as the kernel writes it
+        let stat = "4242 (a) b (c) S 1 4242 4242 0 -1 4194560 510 0 0 0 37 12 0 0 20 0 3 0";
+        let t = parse_cpu_ticks(stat).unwrap();
+        assert_eq!((t.user, t.system), (37, 12));
+        assert!(parse_cpu_ticks("4242 (x) S 1 2").is_none());
+        assert!(parse_cpu_ticks("no parenthesis").is_none());
     }
 }

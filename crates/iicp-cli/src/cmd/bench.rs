@@ -208,10 +208,12 @@ fn print_report(r: &Report) {
     }
     for w in &r.watched {
         println!(
-            "pid {:<8} {:.2} CPU-s ({:.3} CPU-s per 1000 tasks, {:.2} cores), RSS {}",
+            "pid {:<8} {:.2} CPU-s ({:.3} CPU-s per 1000 tasks: {:.3} user + {:.3} system; {:.2} cores), RSS {}",
             w.pid,
             w.cpu_seconds,
             w.cpu_seconds_per_1000,
+            w.user_seconds_per_1000,
+            w.system_seconds_per_1000,
             w.cores,
             mib(w.rss_bytes)
         );
